@@ -1,0 +1,1 @@
+"""TurboVid kernels package."""

@@ -1,0 +1,1 @@
+"""TurboVid models package."""

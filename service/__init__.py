@@ -1,0 +1,1 @@
+"""TurboVid service package."""

@@ -1,0 +1,1 @@
+"""TurboVid worker package."""
