@@ -1,0 +1,179 @@
+"""Reading tensors from checkpoint files without a second full copy, and our canonical format.
+
+Every loader in `models/` goes through here:
+
+- `read_state_dict(path)` opens `.pth`/`.pt` (torch's zip format, memory-mapped, weights only),
+  `.safetensors` (memory-mapped), a sharded safetensors set given by its `*.index.json`, or a folder
+  holding any of those. Tensors stay backed by the file until a module takes them with
+  `load_state_dict(assign=True)`.
+- The canonical TurboVid format is a folder with `model.safetensors` and `turbovid.json`, the
+  manifest: which component, which architecture (the config as a dict), which quantization and
+  which attention settings the weights were written for. Quantization is recorded here, never
+  inferred from a file name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+MANIFEST_NAME = "turbovid.json"
+CANONICAL_WEIGHTS = "model.safetensors"
+MANIFEST_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the architecture; the message says why."""
+
+
+@dataclass
+class Manifest:
+    component: str  # "transformer" | "vae" | "text_encoder"
+    architecture: dict[str, Any]
+    quantization: dict[str, Any] | None = None  # e.g. {"method": "w8a8", "block": 128}
+    attention: dict[str, Any] = field(default_factory=dict)  # e.g. {"sla": true, "topk": 0.1}
+    source: str | None = None  # where the weights were converted from
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        version = data.get("version", 0)
+        if version > MANIFEST_VERSION:
+            raise CheckpointError(
+                f"manifest version {version} is newer than this TurboVid reads ({MANIFEST_VERSION})"
+            )
+        known = {"component", "architecture", "quantization", "attention", "source", "version"}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"manifest has unknown fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+def read_manifest(path: str | Path) -> Manifest | None:
+    """The manifest of a canonical checkpoint folder (or of the folder a file sits in), else None."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    return Manifest.from_json(manifest.read_text())
+
+
+def write_canonical(
+    folder: str | Path, state_dict: Mapping[str, torch.Tensor], manifest: Manifest
+) -> Path:
+    """Write `model.safetensors` + `turbovid.json` into `folder` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(folder / CANONICAL_WEIGHTS), metadata={"format": "pt"})
+    # Manifest last: a folder with a manifest is a complete checkpoint.
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())
+    return folder
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            out[key] = f.get_tensor(key)
+    return out
+
+
+def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from exc
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index}: shard {shard} is missing")
+        out.update(_read_safetensors(shard_path))
+    missing = set(weight_map) - set(out)
+    if missing:
+        raise CheckpointError(f"{index}: tensors listed but absent from shards: {sorted(missing)[:5]}")
+    return out
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:
+        # Legacy (non-zip) pickles cannot be memory-mapped.
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    # Training checkpoints nest the weights under a key.
+    for key in ("state_dict", "model", "module", "ema"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors")
+    return obj
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file or folder, memory-mapped where the format allows.
+
+    A folder is read in this order: canonical `model.safetensors`, a `*.safetensors.index.json`,
+    a single `*.safetensors`, a single `*.pth`/`*.pt`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_file():
+        name = path.name
+        if name.endswith(".index.json"):
+            return _read_sharded(path)
+        if name.endswith(".safetensors"):
+            return _read_safetensors(path)
+        if name.endswith((".pth", ".pt", ".bin", ".ckpt")):
+            return _read_torch(path)
+        raise CheckpointError(f"{path}: unknown checkpoint file type")
+    if (path / CANONICAL_WEIGHTS).is_file():
+        return _read_safetensors(path / CANONICAL_WEIGHTS)
+    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt", "*.bin"):
+        found = sorted(path.glob(pattern))
+        if len(found) == 1 or (found and pattern.endswith("index.json")):
+            return read_state_dict(found[0])
+        if len(found) > 1:
+            raise CheckpointError(
+                f"{path}: several {pattern} files and no index; pass the file to load: "
+                + ", ".join(p.name for p in found)
+            )
+    raise CheckpointError(f"{path}: no checkpoint files found (.safetensors, index.json, .pth)")
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys under `prefix` with it removed, when every key has it; else the dict unchanged."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def check_keys(
+    expected: set[str], got: set[str], *, what: str, optional: set[str] | None = None
+) -> None:
+    """Raise CheckpointError naming missing and unexpected keys (a few of each)."""
+    optional = optional or set()
+    missing = sorted(expected - got - optional)
+    unexpected = sorted(got - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:6]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:6]})")
+        raise CheckpointError(f"{what}: checkpoint does not fit: " + "; ".join(parts))
