@@ -1,0 +1,214 @@
+"""Job state in Redis: the one place the gateway and the workers meet besides the RQ queue.
+
+Keys (all under `settings.redis.key_prefix`, default "turbovid"):
+- `<p>:job:<id>`        hash: spec, status, progress, timestamps, timings, output, error, owner, ...
+- `<p>:owner:<owner>`   sorted set of job ids by creation time (listing, tenancy)
+- `<p>:active:<owner>`  set of the owner's non-terminal job ids (max concurrent jobs)
+- `<p>:cancel:<id>`     cancel flag, checked by the worker every denoise step
+- `<p>:idem:<owner>:<key>` idempotency record, written with SET NX
+
+The RQ job id equals the TurboVid job id, so the gateway can also read RQ's own state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from service.contract import TERMINAL, JobError, JobOutput, JobSpec, JobStatus
+
+
+class JobRecord(BaseModel):
+    spec: JobSpec
+    status: JobStatus
+    progress: int = 0
+    created_at: float
+    started_at: float | None = None
+    completed_at: float | None = None
+    expires_at: float | None = None
+    timings: dict[str, float] = {}
+    output: JobOutput | None = None
+    error: JobError | None = None
+    metadata: dict[str, Any] | None = None
+    webhook_url: str | None = None
+    attempts: int = 0  # how many times a worker started it
+    worker: str | None = None
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, prefix: str = "turbovid") -> None:
+        self.r = client
+        self.p = prefix
+
+    # keys ---------------------------------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}"
+
+    def owner_key(self, owner: str) -> str:
+        return f"{self.p}:owner:{owner}"
+
+    def active_key(self, owner: str) -> str:
+        return f"{self.p}:active:{owner}"
+
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.p}:cancel:{job_id}"
+
+    def idempotency_key(self, owner: str, key: str) -> str:
+        return f"{self.p}:idem:{owner}:{key}"
+
+    # gateway side -------------------------------------------------------------------------------
+    def create(
+        self,
+        spec: JobSpec,
+        *,
+        ttl_s: int,
+        metadata: dict[str, Any] | None = None,
+        webhook_url: str | None = None,
+    ) -> JobRecord:
+        record = JobRecord(
+            spec=spec,
+            status=JobStatus.queued,
+            created_at=spec.created_at,
+            metadata=metadata,
+            webhook_url=webhook_url,
+        )
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.job_key(spec.job_id), mapping=_dump(record))
+        pipe.expire(self.job_key(spec.job_id), ttl_s)
+        pipe.zadd(self.owner_key(spec.owner), {spec.job_id: spec.created_at})
+        pipe.sadd(self.active_key(spec.owner), spec.job_id)
+        pipe.execute()
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.r.hgetall(self.job_key(job_id))
+        if not raw:
+            return None
+        return _load(raw)
+
+    def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:
+        """Job ids of `owner`, newest first for order="desc", strictly after the cursor id."""
+        key = self.owner_key(owner)
+        ids: list[str] = [
+            i.decode() if isinstance(i, bytes) else i
+            for i in (self.r.zrevrange(key, 0, -1) if order == "desc" else self.r.zrange(key, 0, -1))
+        ]
+        if after is not None:
+            if after not in ids:
+                return []
+            ids = ids[ids.index(after) + 1 :]
+        return ids[:limit]
+
+    def active_count(self, owner: str) -> int:
+        return int(self.r.scard(self.active_key(owner)))
+
+    def request_cancel(self, job_id: str, ttl_s: int) -> None:
+        self.r.set(self.cancel_key(job_id), "1", ex=ttl_s)
+
+    def delete(self, job_id: str) -> None:
+        record = self.get(job_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.job_key(job_id))
+        if record is not None:
+            pipe.zrem(self.owner_key(record.spec.owner), job_id)
+            pipe.srem(self.active_key(record.spec.owner), job_id)
+        pipe.execute()
+
+    # worker side --------------------------------------------------------------------------------
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.cancel_key(job_id)))
+
+    def mark_started(self, job_id: str, worker: str) -> None:
+        key = self.job_key(job_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping={"status": JobStatus.in_progress.value, "started_at": repr(time.time()),
+                                "worker": worker, "progress": "0"})
+        pipe.hincrby(key, "attempts", 1)
+        pipe.execute()
+
+    def set_progress(self, job_id: str, progress: int) -> None:
+        self.r.hset(self.job_key(job_id), "progress", str(max(0, min(100, int(progress)))))
+
+    def set_timings(self, job_id: str, timings: dict[str, float]) -> None:
+        self.r.hset(self.job_key(job_id), "timings", json.dumps(timings))
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        ttl_s: int,
+        output: JobOutput | None = None,
+        error: JobError | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        """Move a job to a terminal state; a job already terminal is left as it is."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not terminal")
+        record = self.get(job_id)
+        if record is None or record.status in TERMINAL:
+            return
+        now = time.time()
+        fields: dict[str, str] = {
+            "status": status.value,
+            "completed_at": repr(now),
+            "expires_at": repr(now + ttl_s),
+        }
+        if status is JobStatus.completed:
+            fields["progress"] = "100"
+        if output is not None:
+            fields["output"] = output.model_dump_json()
+        if error is not None:
+            fields["error"] = error.model_dump_json()
+        if timings is not None:
+            fields["timings"] = json.dumps(timings)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.job_key(job_id), mapping=fields)
+        pipe.expire(self.job_key(job_id), ttl_s)
+        pipe.srem(self.active_key(record.spec.owner), job_id)
+        pipe.delete(self.cancel_key(job_id))
+        pipe.execute()
+
+    def requeue(self, job_id: str) -> None:
+        """Back to queued after a worker died mid-job (the caller re-enqueues the RQ job)."""
+        self.r.hset(self.job_key(job_id), mapping={"status": JobStatus.queued.value, "progress": "0"})
+
+
+_JSON_FIELDS = ("spec", "timings", "output", "error", "metadata")
+_FLOAT_FIELDS = ("created_at", "started_at", "completed_at", "expires_at")
+
+
+def _dump(record: JobRecord) -> dict[str, str]:
+    out: dict[str, str] = {
+        "spec": record.spec.model_dump_json(),
+        "status": record.status.value,
+        "progress": str(record.progress),
+        "created_at": repr(record.created_at),
+        "timings": json.dumps(record.timings),
+        "attempts": str(record.attempts),
+    }
+    if record.metadata is not None:
+        out["metadata"] = json.dumps(record.metadata)
+    if record.webhook_url is not None:
+        out["webhook_url"] = record.webhook_url
+    return out
+
+
+def _load(raw: dict[Any, Any]) -> JobRecord:
+    d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+         for k, v in raw.items()}
+    data: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in _JSON_FIELDS:
+            data[k] = json.loads(v)
+        elif k in _FLOAT_FIELDS:
+            data[k] = float(v)
+        elif k in ("progress", "attempts"):
+            data[k] = int(v)
+        else:
+            data[k] = v
+    return JobRecord.model_validate(data)

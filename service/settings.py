@@ -1,0 +1,120 @@
+"""The one typed configuration object, read from the environment (and `.env`) at the entry points.
+
+Every variable is `TURBOVID_<GROUP>__<FIELD>`, e.g. `TURBOVID_REDIS__URL`,
+`TURBOVID_STORAGE__BACKEND=s3`, `TURBOVID_WORKER__CHECKPOINT=/ckpt/TurboWan2.1-T2V-1.3B-480P-quant.pth`.
+Entry points (`turbovid gateway|worker|serve`) build `Settings()` once and pass values down;
+nothing below them reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "turbovid"  # every key the service writes starts with this
+
+
+class StorageSettings(BaseModel):
+    backend: Literal["local", "s3"] = "local"
+    local_dir: Path = Path(".turbovid/storage")
+    s3_bucket: str = "turbovid"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None  # MinIO / R2 / any S3-compatible endpoint
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None  # None: boto3's default credential chain
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    presign_ttl_s: int = Field(default=3600, gt=0)
+    multipart_threshold_mb: int = Field(default=16, gt=0)
+    max_attempts: int = Field(default=5, gt=0)  # botocore retries
+
+
+class AuthSettings(BaseModel):
+    enabled: bool = True
+    # API keys are stored hashed (SHA-256 hex) in Redis by `turbovid keys create`; these bootstrap
+    # hashes (name=sha256hex) are loaded at gateway start so a deployment can be configured by env.
+    bootstrap_keys: dict[str, str] = Field(default_factory=dict)
+    rate_limit_per_minute: int = Field(default=60, gt=0)  # job creations per key per minute
+    max_concurrent_jobs: int = Field(default=4, gt=0)  # queued + in_progress per key
+
+
+class LimitsSettings(BaseModel):
+    max_prompt_chars: int = Field(default=2000, gt=0)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+    min_image_side: int = Field(default=64, gt=0)
+    max_metadata_bytes: int = Field(default=4096, gt=0)
+
+
+class QueueSettings(BaseModel):
+    job_timeout_s: int = Field(default=1800, gt=0)  # RQ kills a job running longer than this
+    result_ttl_s: int = Field(default=7 * 86400, gt=0)  # how long finished jobs (and videos) are kept
+    failure_ttl_s: int = Field(default=7 * 86400, gt=0)
+    queued_ttl_s: int = Field(default=86400, gt=0)  # a job not started by then fails
+    max_requeues: int = Field(default=1, ge=0)  # re-queues of a job whose worker died mid-job
+    heartbeat_s: int = Field(default=10, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    secret: SecretStr = SecretStr("whsec_dev_only_change_me")
+    allow_private_targets: bool = False  # also guards image_url fetches
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=6, gt=0)
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: list[str] = Field(default_factory=lambda: ["wan-tiny"])  # model ids this gateway serves
+    default_model: str = "wan-tiny"
+    poll_after_ms: int = 1000
+
+
+class WorkerSettings(BaseModel):
+    model: str = "wan-tiny"
+    checkpoint: list[Path] = Field(default_factory=list)  # files/folders; empty: built-in tiny weights
+    device: str = "cuda"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    attention: Literal["dense", "sla", "sagesla"] = "dense"
+    linear: Literal["native", "w8a8"] = "native"
+    metrics_port: int = 9101  # 0 disables the worker's /metrics server
+    warmup: bool = True
+    name: str | None = None  # RQ worker name; default host:pid
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TURBOVID_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    dev_mode: bool = False
+    redis: RedisSettings = RedisSettings()
+    storage: StorageSettings = StorageSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
+    queue: QueueSettings = QueueSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.auth.enabled and not self.dev_mode:
+            raise ValueError("auth can be disabled only in dev mode (TURBOVID_DEV_MODE=true)")
+        if self.gateway.default_model not in self.gateway.models:
+            raise ValueError(
+                f"gateway.default_model {self.gateway.default_model!r} is not in gateway.models "
+                f"{self.gateway.models}"
+            )
+        if self.storage.backend == "s3" and not self.storage.s3_bucket:
+            raise ValueError("storage.s3_bucket is required with the s3 backend")
+        return self
