@@ -1,0 +1,188 @@
+"""Int8 quantization for W8A8 linears: checkpoint weight blocks, per-channel requant, per-token activations.
+
+Weights (checkpoint semantics, TurboDiffusion `-quant.pth`): a Linear weight `w` [N, K] is stored as
+`int8_weight` [N, K] int8 plus `scale` [ceil(N/128), ceil(K/128)] float32 with
+
+    w[n, k] ≈ int8_weight[n, k] * scale[n // 128, k // 128]
+
+symmetric, scale = absmax(block) / 127, values clamped to [-127, 127] (never -128, so negation is
+exact). `quantize_weight_blockwise` writes that format; `dequantize_weight_blockwise` reads it.
+
+The fast GEMM (kernels/w8a8.py) applies scales only in its epilogue, so the 128×128 block scales are
+converted once at load time by `requantize_per_channel` into one scale per output channel
+(`int8 [N, K]`, `scale [N]`). Per row it keeps the better (lower squared error against the checkpoint's
+dequantized row) of two candidate scales: the row's absmax / 127, and the largest block scale in the row
+(the latter is exact when all of a row's block scales are equal). The extra rounding error this adds is
+measured in kernels/NOTES_w8a8.md.
+
+Activations: `quantize_activation(x [M, K] bf16/fp16/fp32) -> (q int8 [M, K], scale fp32 [M])`, one
+scale per token (row), q = round_half_away(x * 127 / absmax(row)). A Triton kernel on CUDA tensors and
+under TRITON_INTERPRET=1; `reference_quantize_activation` is the fp32 definition.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 128
+QMAX = 127.0
+
+
+def _round_half_away(v: torch.Tensor) -> torch.Tensor:
+    """Round to nearest, ties away from zero (what `(v ± 0.5).to(int)` does in the kernel)."""
+    return torch.trunc(v + 0.5 * torch.sign(v))
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights (load-time, plain PyTorch)
+# ----------------------------------------------------------------------------------------------
+
+
+def _blocked_absmax(w: torch.Tensor, block: int) -> torch.Tensor:
+    """absmax over each block×block tile of w [N, K] -> [ceil(N/block), ceil(K/block)] fp32."""
+    n, k = w.shape
+    nb, kb = triton.cdiv(n, block), triton.cdiv(k, block)
+    padded = torch.zeros(nb * block, kb * block, dtype=torch.float32, device=w.device)
+    padded[:n, :k] = w.float().abs()
+    return padded.view(nb, block, kb, block).amax(dim=(1, 3))
+
+
+def _expand_blocks(scale: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:
+    """[nb, kb] block scales -> [n, k] per-element scales."""
+    return scale.repeat_interleave(block, 0)[:n].repeat_interleave(block, 1)[:, :k]
+
+
+def quantize_weight_blockwise(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization of w [N, K] with one fp32 scale per block×block tile.
+
+    Returns (int8_weight [N, K] int8, scale [ceil(N/block), ceil(K/block)] fp32); an all-zero block gets
+    scale 0 and zeros.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got {tuple(w.shape)}")
+    n, k = w.shape
+    scale = _blocked_absmax(w, block) / QMAX
+    full = _expand_blocks(scale, n, k, block)
+    inv = torch.where(full > 0, 1.0 / full, torch.zeros_like(full))
+    q = _round_half_away(w.float() * inv).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+def dequantize_weight_blockwise(
+    int8_weight: torch.Tensor, scale: torch.Tensor, block: int = BLOCK, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """int8_weight [N, K] * scale [ceil(N/block), ceil(K/block)] -> w [N, K] in `dtype`."""
+    n, k = int8_weight.shape
+    if scale.shape != (triton.cdiv(n, block), triton.cdiv(k, block)):
+        raise ValueError(f"scale shape {tuple(scale.shape)} does not fit weight {(n, k)} with block {block}")
+    return (int8_weight.float() * _expand_blocks(scale.float(), n, k, block)).to(dtype)
+
+
+def requantize_per_channel(
+    int8_weight: torch.Tensor, scale: torch.Tensor, block: int = BLOCK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-scaled checkpoint weight -> (int8 [N, K], scale [N] fp32), w ≈ q * scale[:, None].
+
+    Per row picks the lower-error of two scales: absmax(row)/127, or the row's largest block scale.
+    """
+    n, k = int8_weight.shape
+    w = dequantize_weight_blockwise(int8_weight, scale, block)  # [N, K] fp32
+    candidates = (
+        w.abs().amax(dim=1) / QMAX,  # [N] finest grid that fits the row
+        scale.float().amax(dim=1).repeat_interleave(block)[:n],  # [N] exact when a row's blocks agree
+    )
+    best_q = best_s = best_err = None
+    for s in candidates:
+        inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
+        q = _round_half_away(w * inv[:, None]).clamp_(-QMAX, QMAX)
+        err = (q * s[:, None] - w).square().sum(dim=1)  # [N]
+        if best_err is None:
+            best_q, best_s, best_err = q, s, err
+        else:
+            pick = err < best_err
+            best_q = torch.where(pick[:, None], q, best_q)
+            best_s = torch.where(pick, s, best_s)
+            best_err = torch.where(pick, err, best_err)
+    assert best_q is not None and best_s is not None
+    return best_q.to(torch.int8).contiguous(), best_s.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations: reference, kernel, wrapper
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8: x [M, K] -> (q [M, K] int8, scale [M] fp32), fp32 math, x ≈ q * scale[:, None]."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=1)  # [M]
+    inv = torch.where(amax > 0, QMAX / amax, torch.zeros_like(amax))
+    q = _round_half_away(xf * inv[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, amax / QMAX
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    # pointers
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    # sizes
+    M,
+    K,
+    stride_xm,
+    stride_qm,
+    # meta
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Each program owns BLOCK_M rows: pass 1 finds the row absmax, pass 2 scales, rounds, stores."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    row_ok = rows < M
+    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+        amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+    inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)  # [BLOCK_M]
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+        v = x.to(tl.float32) * inv[:, None]
+        v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
+    tl.store(s_ptr + rows, amax / 127.0, mask=row_ok)
+
+
+def quantize_activation(
+    x: torch.Tensor, block_m: int | None = None, block_k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 quantization of x [M, K] (last dim contiguous) -> (q [M, K] int8, scale [M] fp32)."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be 2-D with a contiguous last dim, got shape {tuple(x.shape)}")
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    if m == 0:
+        return q, s
+    on_cpu = x.device.type == "cpu"  # the Triton interpreter: small blocks keep it quick
+    bm = block_m or (4 if on_cpu else 8)
+    bk = block_k or (32 if on_cpu else min(2048, triton.next_power_of_2(k)))
+    _quantize_rows_kernel[(triton.cdiv(m, bm),)](
+        x,
+        q,
+        s,
+        m,
+        k,
+        x.stride(0),
+        q.stride(0),
+        BLOCK_M=bm,
+        BLOCK_K=bk,
+        **({} if on_cpu else {"num_warps": 8}),
+    )
+    return q, s
