@@ -28,9 +28,12 @@ Layouts: q, k, v are [B, H, L, D] (any float dtype; D in {64, 128} for the kerne
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 BLOCK_Q = 128
 BLOCK_K = 64
@@ -128,3 +131,423 @@ def reference(
         o = o + linear_branch_reference(q, k, v, proj_l_weight, proj_l_bias)
     density = torch.tensor(lut.shape[-1] / nk, dtype=torch.float32)
     return o.to(q.dtype), density
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------
+
+_LOG2E = 1.4426950408889634
+_FP8_MAX = 448.0
+
+
+@triton.jit
+def _kv_stats_kernel(
+    # pointers
+    K, V, KSUM, VMAX, KV, FKSUM,
+    # sizes
+    L, H, ROWS_PER_SPLIT,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    # meta
+    D: tl.constexpr, BLOCK: tl.constexpr, HAS_LINEAR: tl.constexpr,
+):
+    """One pass over a chunk of K and V rows of one head: sum K (for smoothing), max |V| per channel
+    (FP8 scales) and, with the linear branch, phi(K)^T V [D, D] and sum phi(K). Writes per-split partials."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    b = bh // H
+    h = bh % H
+    offs_d = tl.arange(0, D)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    ksum = tl.zeros([D], dtype=tl.float32)
+    vmax = tl.zeros([D], dtype=tl.float32)
+    kv = tl.zeros([D, D], dtype=tl.float32)
+    fksum = tl.zeros([D], dtype=tl.float32)
+    row0 = split * ROWS_PER_SPLIT
+    row1 = tl.minimum(row0 + ROWS_PER_SPLIT, L)
+    for start in range(row0, row1, BLOCK):
+        offs_l = start + tl.arange(0, BLOCK)
+        valid = offs_l < row1
+        k = tl.load(k_base + offs_l[:, None] * stride_kl + offs_d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + offs_l[:, None] * stride_vl + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k = k.to(tl.float32)  # [BLOCK, D]
+        v = v.to(tl.float32)  # [BLOCK, D]
+        ksum += tl.sum(k, axis=0)
+        vmax = tl.maximum(vmax, tl.max(tl.abs(v), axis=0))
+        if HAS_LINEAR:
+            e = tl.exp2((k - tl.max(k, axis=1)[:, None]) * 1.4426950408889634)
+            fk = e / tl.sum(e, axis=1)[:, None]  # [BLOCK, D] softmax over the head dim
+            fk = tl.where(valid[:, None], fk, 0.0)
+            kv += tl.dot(tl.trans(fk), v)  # [D, D]
+            fksum += tl.sum(fk, axis=0)
+    part = bh * n_split + split
+    tl.store(KSUM + part * D + offs_d, ksum)
+    tl.store(VMAX + part * D + offs_d, vmax)
+    if HAS_LINEAR:
+        tl.store(KV + part * D * D + offs_d[:, None] * D + offs_d[None, :], kv)
+        tl.store(FKSUM + part * D + offs_d, fksum)
+
+
+@triton.jit
+def _pool_quant_kernel(
+    # pointers
+    X, MEAN, XQ, SCALE, POOL,
+    # sizes
+    L, H, n_blocks, scale_mult,
+    stride_xb, stride_xh, stride_xl,
+    # meta
+    D: tl.constexpr, BLK: tl.constexpr, SMOOTH: tl.constexpr, DO_POOL: tl.constexpr,
+):
+    """Per block of BLK rows of one head: optional smoothing (x - mean_L), mean pool over real rows,
+    symmetric int8 quantization with one scale (times scale_mult) per block. XQ is [B*H, L, D] int8."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_l = blk * BLK + tl.arange(0, BLK)
+    offs_d = tl.arange(0, D)
+    valid = offs_l < L
+    x = tl.load(X + b * stride_xb + h * stride_xh + offs_l[:, None] * stride_xl + offs_d[None, :],
+                mask=valid[:, None], other=0.0).to(tl.float32)  # [BLK, D]
+    if SMOOTH:
+        mean = tl.load(MEAN + bh * D + offs_d)  # [D]
+        x = tl.where(valid[:, None], x - mean[None, :], 0.0)
+    if DO_POOL:
+        n_real = tl.minimum(L - blk * BLK, BLK)
+        tl.store(POOL + (bh * n_blocks + blk) * D + offs_d, tl.sum(x, axis=0) / n_real)
+    amax = tl.maximum(tl.max(tl.abs(x)), 1e-8)
+    xq = x * (127.0 / amax)
+    xq = tl.where(xq >= 0, xq + 0.5, xq - 0.5).to(tl.int8)  # round half away from zero
+    tl.store(XQ + bh * L * D + offs_l[:, None] * D + offs_d[None, :], xq, mask=valid[:, None])
+    tl.store(SCALE + bh * n_blocks + blk, amax / 127.0 * scale_mult)
+
+
+@triton.jit
+def _quant_v_fp8_kernel(
+    # pointers
+    V, VSCALE, VT,
+    # sizes
+    L, L_PAD, H,
+    stride_vb, stride_vh, stride_vl,
+    # meta
+    D: tl.constexpr, BLK: tl.constexpr,
+):
+    """V / per-channel scale -> FP8 e4m3, stored transposed as VT [B*H, D, L_PAD] (K-major for P @ V)."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_l = blk * BLK + tl.arange(0, BLK)
+    offs_d = tl.arange(0, D)
+    valid = offs_l < L
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_l[:, None] * stride_vl + offs_d[None, :],
+                mask=valid[:, None], other=0.0).to(tl.float32)  # [BLK, D]
+    inv = 1.0 / tl.load(VSCALE + bh * D + offs_d)  # [D]
+    v8 = (v * inv[None, :]).to(tl.float8e4nv)
+    tl.store(VT + bh * D * L_PAD + offs_d[:, None] * L_PAD + offs_l[None, :], tl.trans(v8))
+
+
+@triton.jit
+def _attn_step(
+    acc, m_i, l_i, q, q_scale, kb,
+    # pointers
+    KQ, KSCALE, V, VT,
+    # sizes
+    L, L_PAD, n_kblocks,
+    stride_vl,
+    # meta
+    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP8: tl.constexpr,
+):
+    """One key block: int8 S = Q K^T (scaled, log2 domain), online softmax, P @ V (fp16 or fp8)."""
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    if MASKED:
+        k = tl.load(KQ + offs_n[:, None] * D + offs_d[None, :], mask=(offs_n < L)[:, None], other=0)
+    else:
+        k = tl.load(KQ + offs_n[:, None] * D + offs_d[None, :])
+    s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)  # [BLOCK_M, BLOCK_N]
+    s = s * (q_scale * tl.load(KSCALE + kb))
+    if MASKED:
+        s = tl.where((offs_n < L)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None]
+    if PV_FP8:
+        vt = tl.load(VT + offs_d[:, None] * L_PAD + offs_n[None, :])  # [D, BLOCK_N] fp8
+        acc = tl.dot((p * 448.0).to(tl.float8e4nv), tl.trans(vt), acc)
+    else:
+        if MASKED:
+            v = tl.load(V + offs_n[:, None] * stride_vl + offs_d[None, :], mask=(offs_n < L)[:, None], other=0.0)
+        else:
+            v = tl.load(V + offs_n[:, None] * stride_vl + offs_d[None, :])
+        acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _sagesla_fwd_kernel(
+    # pointers
+    Q, QQ, QSCALE, KQ, KSCALE, V, VT, VSCALE, LUT, LIN_M, FKSUM, LIN_B, O,
+    # sizes
+    L, L_PAD, H, n_qblocks, n_kblocks, TOPK,
+    stride_qb, stride_qh, stride_ql,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    # meta
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    DENSE: tl.constexpr, PV_FP8: tl.constexpr, HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Block-sparse int8/fp8 attention for BLOCK_M query rows (part of query block BLK_Q) of one head,
+    over the key blocks listed in LUT [B*H, NQ, TOPK] (sorted; DENSE: all key blocks), plus the
+    linear-branch epilogue o += (phi(q) @ LIN_M) / (eps + phi(q) . FKSUM) + LIN_B."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    qb = (pid_m * BLOCK_M) // BLK_Q
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < L
+
+    # 1. int8 Q tile and its block scale (softmax scale * log2(e) folded in)
+    q = tl.load(QQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0)
+    q_scale = tl.load(QSCALE + bh * n_qblocks + qb)
+    kq_base = KQ + bh * L * D
+    kscale_base = KSCALE + bh * n_kblocks
+    v_base = V + b * stride_vb + h * stride_vh
+    vt_base = VT + bh * D * L_PAD
+
+    # 2. online softmax over the selected key blocks; only the last (sorted) one can be partial
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lut_base = LUT + (bh * n_qblocks + qb) * TOPK
+    for i in range(0, TOPK - 1):
+        if DENSE:
+            kb = i
+        else:
+            kb = tl.load(lut_base + i)
+        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb, kq_base, kscale_base, v_base, vt_base,
+                                   L, L_PAD, n_kblocks, stride_vl, D, BLOCK_N, False, PV_FP8)
+    if DENSE:
+        kb = TOPK - 1
+    else:
+        kb = tl.load(lut_base + TOPK - 1)
+    acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb, kq_base, kscale_base, v_base, vt_base,
+                               L, L_PAD, n_kblocks, stride_vl, D, BLOCK_N, True, PV_FP8)
+    if PV_FP8:
+        vscale = tl.load(VSCALE + bh * D + offs_d)  # [D]
+        o = acc * (vscale[None, :] / 448.0) / l_i[:, None]
+    else:
+        o = acc / l_i[:, None]  # [BLOCK_M, D]
+
+    # 3. linear branch epilogue: proj_l is folded into LIN_M = (phi(K)^T V) W^T per head
+    if HAS_LINEAR:
+        x = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0).to(tl.float32)
+        e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        fq = e / tl.sum(e, axis=1)[:, None]  # [BLOCK_M, D]
+        lin_m = tl.load(LIN_M + bh * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D, D]
+        den = tl.sum(fq * tl.load(FKSUM + bh * D + offs_d)[None, :], axis=1) + 1e-5  # [BLOCK_M]
+        o += tl.dot(fq, lin_m) / den[:, None]
+        if HAS_BIAS:
+            o += tl.load(LIN_B + offs_d)[None, :]
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
+             o.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------
+# autotune configs
+# ----------------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_ATTN_CONFIGS = [
+    triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
+    for bm, w, s in [(128, 8, 2), (128, 8, 3), (128, 4, 3), (64, 4, 3), (64, 4, 4), (128, 8, 4)]
+]
+
+
+def _prune_attn_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    blk_q = kwargs.get("BLK_Q", named_args.get("BLK_Q"))
+    ok = [c for c in configs if blk_q % c.kwargs["BLOCK_M"] == 0]
+    if not ok:  # tiny test blocks: one query block per program
+        ok = [triton.Config({"BLOCK_M": blk_q}, num_warps=4, num_stages=1)]
+    if _interpreting():
+        ok = ok[:1]
+    return ok
+
+
+_sagesla_fwd = triton.autotune(
+    configs=_ATTN_CONFIGS,
+    key=["L", "D", "BLK_Q", "BLOCK_N", "DENSE", "PV_FP8", "HAS_LINEAR"],
+    prune_configs_by={"early_config_prune": _prune_attn_configs},
+)(_sagesla_fwd_kernel)
+
+
+# ----------------------------------------------------------------------------------------------------
+# public wrappers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fp8_supported(device: torch.device) -> bool:
+    if device.type != "cuda" or _interpreting():
+        return True  # the interpreter emulates e4m3
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _sagesla_impl(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk_ratio: float,
+    proj_l_weight: torch.Tensor | None,
+    proj_l_bias: torch.Tensor | None,
+    block_q: int,
+    block_k: int,
+    dense: bool,
+    pv_fp8: bool,
+    timings: dict[str, object] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch sequence: K/V stats -> Q, K int8 (+ pooling) [-> V fp8] -> block map -> fused attention."""
+    # 1. shapes
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must all be [B, H, L, D] of one shape, got {q.shape}, {k.shape}, {v.shape}")
+    B, H, L, D = q.shape
+    if D not in (16, 32, 64, 128):
+        raise ValueError(f"head dim {D} not supported (16, 32, 64, 128)")
+    if block_q % 16 or block_k % 16:
+        raise ValueError("block_q and block_k must be multiples of 16")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    BH, dev = B * H, q.device
+    nq, nk = triton.cdiv(L, block_q), triton.cdiv(L, block_k)
+    has_linear = proj_l_weight is not None and not dense
+
+    # 2. one pass over K, V: sum K, max |V|, phi(K)^T V, sum phi(K) (per-split partials)
+    stats_block = 64 if D <= 64 else 32
+    n_split = max(1, min(triton.cdiv(L, 4 * stats_block), triton.cdiv(264, BH)))
+    rows = triton.cdiv(triton.cdiv(L, n_split), stats_block) * stats_block
+    n_split = triton.cdiv(L, rows)
+    ksum = torch.empty(BH, n_split, D, device=dev, dtype=torch.float32)
+    vmax = torch.empty_like(ksum)
+    kv = torch.empty(BH, n_split, D, D, device=dev, dtype=torch.float32) if has_linear else ksum
+    fksum = torch.empty_like(ksum) if has_linear else ksum
+    _kv_stats_kernel[(BH, n_split)](
+        k, v, ksum, vmax, kv, fksum, L, H, rows, *k.stride()[:3], *v.stride()[:3],
+        D=D, BLOCK=stats_block, HAS_LINEAR=has_linear, num_warps=4,
+    )
+    k_mean = ksum.sum(1) / L  # [BH, D]
+
+    # 3. int8 Q (scale * log2e / sqrt(D) folded in) and smoothed int8 K, pooled when sparse
+    q8 = torch.empty(BH, L, D, device=dev, dtype=torch.int8)
+    k8 = torch.empty_like(q8)
+    q_scale = torch.empty(BH, nq, device=dev, dtype=torch.float32)
+    k_scale = torch.empty(BH, nk, device=dev, dtype=torch.float32)
+    q_pool = torch.empty(BH, nq, D, device=dev, dtype=torch.float32) if not dense else q_scale
+    k_pool = torch.empty(BH, nk, D, device=dev, dtype=torch.float32) if not dense else k_scale
+    _pool_quant_kernel[(nq, BH)](
+        q, k_mean, q8, q_scale, q_pool, L, H, nq, _LOG2E / math.sqrt(D), *q.stride()[:3],
+        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, num_warps=4,
+    )
+    _pool_quant_kernel[(nk, BH)](
+        k, k_mean, k8, k_scale, k_pool, L, H, nk, 1.0, *k.stride()[:3],
+        D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, num_warps=4,
+    )
+    l_pad = nk * block_k
+    if pv_fp8:
+        v_scale = (vmax.amax(1) / _FP8_MAX).clamp_min(1e-8)  # [BH, D]
+        vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
+        _quant_v_fp8_kernel[(nk, BH)](v, v_scale, vt, L, l_pad, H, *v.stride()[:3], D=D, BLK=block_k, num_warps=4)
+    else:
+        v_scale, vt = k_scale, k8
+    if timings is not None:
+        timings["prep_done"] = True
+
+    # 4. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
+    if dense:
+        topk = nk
+        lut = q_scale  # unused
+    else:
+        topk = topk_count(topk_ratio, nk)
+        score = torch.bmm(q_pool, k_pool.transpose(1, 2))  # [BH, NQ, NK]
+        lut = torch.topk(score, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+
+    # 5. linear branch constants: proj_l folded into phi(K)^T V, per head
+    if has_linear:
+        w = proj_l_weight.float()
+        lin_m = torch.matmul(kv.sum(1), w.t()).contiguous()  # [BH, D, D]
+        fk = fksum.sum(1).contiguous()  # [BH, D]
+        lin_b = proj_l_bias.float().contiguous() if proj_l_bias is not None else fk
+    else:
+        lin_m = fk = lin_b = q_scale
+
+    # 6. fused sparse attention (+ linear epilogue)
+    o = torch.empty_like(q)
+    grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), BH)
+    _sagesla_fwd[grid](
+        q, q8, q_scale, k8, k_scale, v, vt, v_scale, lut, lin_m, fk, lin_b, o,
+        L, l_pad, H, nq, nk, topk, *q.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        D=D, BLK_Q=block_q, BLOCK_N=block_k, DENSE=dense, PV_FP8=pv_fp8,
+        HAS_LINEAR=has_linear, HAS_BIAS=proj_l_bias is not None,
+    )
+    density = torch.tensor(topk / nk, dtype=torch.float32)
+    return o, density
+
+
+@torch.library.custom_op("turbovid::sagesla", mutates_args=())
+def _sagesla_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk_ratio: float,
+    proj_l_weight: torch.Tensor | None,
+    proj_l_bias: torch.Tensor | None,
+    block_q: int,
+    block_k: int,
+    dense: bool,
+    pv_fp8: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _sagesla_impl(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, dense, pv_fp8)
+
+
+@_sagesla_op.register_fake
+def _(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, dense, pv_fp8):  # noqa: ANN001
+    return torch.empty_like(q), q.new_empty((), dtype=torch.float32)
+
+
+def sagesla_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    topk_ratio: float,
+    proj_l_weight: torch.Tensor | None = None,
+    proj_l_bias: torch.Tensor | None = None,
+    block_q: int = BLOCK_Q,
+    block_k: int = BLOCK_K,
+    pv_fp8: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SageSLA forward (same semantics as `reference`). q, k, v: [B, H, L, D], last dim contiguous,
+    D in {64, 128} at full speed. Returns (o [B, H, L, D] in q.dtype, density 0-d fp32).
+    pv_fp8=None picks FP8 P@V on sm89+ and under the interpreter, fp16 otherwise."""
+    fp8 = _fp8_supported(q.device) if pv_fp8 is None else pv_fp8
+    return _sagesla_op(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, False, fp8)
+
+
+def sage_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_q: int = 128, block_k: int = 64,
+    pv_fp8: bool | None = None,
+) -> torch.Tensor:
+    """Dense low-bit attention (SageAttention-style drop-in): softmax(Q K^T / sqrt(D)) V with int8
+    Q K^T (per-block scales, smoothed K) and FP8/fp16 P V. q, k, v: [B, H, L, D] -> o [B, H, L, D]."""
+    fp8 = _fp8_supported(q.device) if pv_fp8 is None else pv_fp8
+    o, _ = _sagesla_op(q, k, v, 1.0, None, None, block_q, block_k, True, fp8)
+    return o
