@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 TASK_PATH = "worker.task.run_job"
 WEBHOOK_TASK_PATH = "service.webhooks.deliver_webhook"
 WEBHOOK_QUEUE = "turbovid-webhooks"
+# Every RQ queue, job and worker on both sides uses this serializer (job args are JSON strings, so
+# nothing is pickled); pass it as `serializer=` to rq's Queue/Worker/Job calls.
+RQ_SERIALIZER = "rq.serializers.JSONSerializer"
 
 FPS = 16
 
