@@ -1,0 +1,306 @@
+"""Fused LayerNorm (no affine) + AdaLN modulation, optionally emitting int8 for a W8A8 linear.
+
+Wan's blocks feed attention and FFN with ``norm(x) * (1 + scale) + shift`` where ``norm`` is a
+LayerNorm without learned affine (``elementwise_affine=False``) and ``shift``/``scale`` come from the
+timestep modulation (one vector per batch element). One pass over each token row:
+
+    mean = mean_c(x),  var = mean_c((x - mean)^2)                  # fp32 statistics
+    y    = (x - mean) * rsqrt(var + eps) * (1 + scale[b]) + shift[b]
+
+With ``out_int8=True`` the row is quantized in the same pass for a following W8A8 linear, with the
+per-token layout of kernels/int8_quant.py (``quantize_activation``):
+
+    s[b, l] = absmax_c(y) / 127,   q = round_half_away(y * 127 / absmax_c(y)), clamped to [-127, 127]
+
+(q = 0 and s = 0 for an all-zero row), so ``y ≈ q * s[..., None]``.
+
+Layouts:
+    x            [B, L, C]  bf16 / fp16 / fp32, contiguous
+    shift, scale [B, C]     any float dtype (Wan keeps them fp32); last dim contiguous, any batch stride
+                            (so chunks of Wan's [B, 6, C] modulation are used without a copy)
+    out          [B, L, C]  dtype of x, or (q int8 [B, L, C], s float32 [B, L])
+Any L and C. Real Wan shapes: C = 1536 and 5120, L = 32760 (480p 81 frames).
+Reference: Wan2.1 ``wan/modules/model.py`` (WanAttentionBlock.forward).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["reference", "reference_int8", "layernorm_modulate", "bench"]
+
+
+# 1. reference ----------------------------------------------------------------------------------------
+def reference(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Plain-PyTorch definition of :func:`layernorm_modulate`; returns ``compute_dtype``."""
+    xf = x.to(compute_dtype)
+    mean = xf.mean(-1, keepdim=True)
+    var = (xf - mean).pow(2).mean(-1, keepdim=True)
+    n = (xf - mean) * torch.rsqrt(var + eps)
+    return n * (1 + scale.to(compute_dtype)[:, None, :]) + shift.to(compute_dtype)[:, None, :]
+
+
+def reference_int8(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 definition of the int8 output: (q int8 [B, L, C], s fp32 [B, L]) with y ≈ q * s[..., None]."""
+    from kernels.int8_quant import reference_quantize_activation
+
+    B, L, C = x.shape
+    q, s = reference_quantize_activation(reference(x, shift, scale, eps).reshape(B * L, C))
+    return q.view(B, L, C), s.view(B, L)
+
+
+# 2. kernel --------------------------------------------------------------------------------------------
+@triton.jit
+def _ln_modulate_kernel(
+    # pointers
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    out_ptr,  # x.dtype, or int8 when OUT_INT8
+    qscale_ptr,  # [N] fp32 per-token scales (OUT_INT8 only)
+    # sizes
+    N,  # rows = B * L
+    L,
+    C,
+    stride_shift_b,
+    stride_scale_b,
+    eps,
+    # meta
+    BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
+    BLOCK_L: tl.constexpr,  # rows per program
+    OUT_INT8: tl.constexpr,
+):
+    # 1. load a [BLOCK_L, BLOCK_C] tile of whole rows
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    row_ok = rows < N
+    col_ok = cols < C
+    mask = row_ok[:, None] & col_ok[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    # 2. fp32 mean / variance over the row (masked lanes excluded)
+    mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
+
+    # 3. modulation with the row's batch vectors: y = n * (1 + scale[b]) + shift[b]
+    b = (rows // L).to(tl.int64)  # [BLOCK_L]
+    sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
+    sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
+    y = xc * rstd[:, None] * (1.0 + sc.to(tl.float32)) + sh.to(tl.float32)  # masked lanes stay 0
+
+    # 4. store: x.dtype, or per-token int8 (round half away from zero, the int cast truncates)
+    if OUT_INT8:
+        amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
+        inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+        v = y * inv[:, None]
+        v = tl.where(v >= 0, v + 0.5, v - 0.5)
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
+        tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
+    else:
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# 3. autotune configs ----------------------------------------------------------------------------------
+_CONFIGS = [
+    triton.Config({"BLOCK_L": bl}, num_warps=nw, num_stages=1)
+    for bl in (1, 2, 4, 8)
+    for nw in (4, 8, 16)
+]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Keep tiles of 2K–32K elements with >= 4 elements per thread; on CPU (interpreter) keep one."""
+    block_c = {**named_args, **kwargs}["BLOCK_C"]
+    kept = [
+        cfg
+        for cfg in configs
+        if 2048 <= cfg.kwargs["BLOCK_L"] * block_c <= 32768
+        and cfg.kwargs["BLOCK_L"] * block_c >= 4 * 32 * cfg.num_warps
+    ] or configs[:1]
+    if not named_args["x_ptr"].is_cuda:
+        return kept[:1]
+    return kept
+
+
+_ln_modulate = triton.autotune(
+    configs=_CONFIGS, key=["C", "OUT_INT8"], prune_configs_by={"early_config_prune": _prune}
+)(_ln_modulate_kernel)
+
+
+def _check(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be [B, L, C], got {tuple(x.shape)}")
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"unsupported dtype {x.dtype}")
+    B, _, C = x.shape
+    for name, t in (("shift", shift), ("scale", scale)):
+        if t.shape != (B, C):
+            raise ValueError(f"{name} must be [{B}, {C}], got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+
+
+def _launch(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor, qscale: torch.Tensor
+) -> None:
+    B, L, C = x.shape
+    N = B * L
+    if N == 0:
+        return
+    shift = shift if shift.stride(1) == 1 else shift.contiguous()
+    scale = scale if scale.stride(1) == 1 else scale.contiguous()
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_L"]),)
+    _ln_modulate[grid](
+        x,
+        shift,
+        scale,
+        out,
+        qscale,
+        N,
+        L,
+        C,
+        shift.stride(0),
+        scale.stride(0),
+        eps,
+        BLOCK_C=triton.next_power_of_2(C),
+        OUT_INT8=out.dtype == torch.int8,
+    )
+
+
+# 4. public wrappers (torch.library ops with fake impls) ----------------------------------------------
+@torch.library.custom_op("turbovid::layernorm_modulate", mutates_args=())
+def _layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    _check(x, shift, scale)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _launch(x, shift, scale, eps, out, out)
+    return out
+
+
+@_layernorm_modulate.register_fake
+def _(x, shift, scale, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("turbovid::layernorm_modulate_int8", mutates_args=())
+def _layernorm_modulate_int8(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, shift, scale)
+    x = x.contiguous()
+    B, L, C = x.shape
+    q = torch.empty((B, L, C), dtype=torch.int8, device=x.device)
+    s = torch.empty((B, L), dtype=torch.float32, device=x.device)
+    _launch(x, shift, scale, eps, q, s)
+    return q, s
+
+
+@_layernorm_modulate_int8.register_fake
+def _(x, shift, scale, eps):
+    B, L, C = x.shape
+    return x.new_empty((B, L, C), dtype=torch.int8), x.new_empty((B, L), dtype=torch.float32)
+
+
+def layernorm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6, out_int8: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm (no affine, fp32 stats) then ``x·(1+scale)+shift``.
+
+    x [B, L, C] bf16/fp16/fp32; shift, scale [B, C] (last dim contiguous, any batch stride).
+    Returns [B, L, C] in x.dtype, or with ``out_int8=True`` (q int8 [B, L, C], s fp32 [B, L]) with
+    per-token scales as kernels/int8_quant.quantize_activation produces (flatten to [B*L, C] / [B*L]).
+    """
+    if out_int8:
+        return torch.ops.turbovid.layernorm_modulate_int8(x, shift, scale, eps)
+    return torch.ops.turbovid.layernorm_modulate(x, shift, scale, eps)
+
+
+# 5. bench ---------------------------------------------------------------------------------------------
+def bench(copy_gbps: float | None = None, L: int = 32760, dims: tuple[int, ...] = (1536, 5120)) -> list[dict]:
+    """Time the fused kernel (bf16 out and int8 out) vs eager PyTorch at Wan shapes (B=1, bf16 x).
+
+    GB/s counts each tensor once. Baselines: eager = F.layer_norm in fp32 + modulation + cast (what
+    Wan runs); for int8 also "unfused" = this file's bf16 kernel + kernels.int8_quant.quantize_activation.
+    ``copy_gbps`` is a device-to-device copy's bandwidth measured in the same process (read + write).
+    """
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    from kernels.int8_quant import quantize_activation
+
+    rows = []
+    for C in dims:
+        x = torch.randn(1, L, C, device="cuda", dtype=torch.bfloat16)
+        mod = torch.randn(1, 6, C, device="cuda") * 0.1  # Wan's [B, 6, C] fp32 modulation
+        shift, scale = mod[:, 0], mod[:, 1]  # [B, C] views, batch stride 6C
+
+        def eager(x=x, shift=shift, scale=scale, C=C):
+            y = F.layer_norm(x.float(), (C,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+            return y.to(x.dtype)
+
+        ref = reference(x, shift, scale)
+        out = layernorm_modulate(x, shift, scale)
+        rel = ((out.float() - ref).norm() / ref.norm()).item()
+        q, s = layernorm_modulate(x, shift, scale, out_int8=True)
+        rel_q = ((q.float() * s[..., None] - ref).norm() / ref.norm()).item()
+
+        t_e = do_bench(eager, warmup=25, rep=200, return_mode="median")
+        t_k = do_bench(lambda: layernorm_modulate(x, shift, scale), warmup=25, rep=200, return_mode="median")  # noqa: B023
+        t_q = do_bench(
+            lambda: layernorm_modulate(x, shift, scale, out_int8=True),  # noqa: B023
+            warmup=25,
+            rep=200,
+            return_mode="median",
+        )
+        t_u = do_bench(
+            lambda: quantize_activation(layernorm_modulate(x, shift, scale).view(L, C)),  # noqa: B023
+            warmup=25,
+            rep=200,
+            return_mode="median",
+        )
+        mod_bytes = 2 * C * 4
+        for name, t, out_bytes, err, base in (
+            ("ln_modulate", t_k, x.numel() * 2, rel, t_e),
+            ("ln_modulate_int8", t_q, x.numel() + L * 4, rel_q, t_e),
+        ):
+            nbytes = x.numel() * 2 + out_bytes + mod_bytes
+            gbps = nbytes / t / 1e6
+            row = {
+                "kernel": name,
+                "C": C,
+                "L": L,
+                "ms": t,
+                "eager_ms": base,
+                "GB/s": gbps,
+                "pct_copy": 100 * gbps / copy_gbps if copy_gbps else float("nan"),
+                "speedup": base / t,
+                "rel_err": err,
+                "config": str(_ln_modulate.best_config),
+            }
+            if name.endswith("int8"):
+                row["unfused_ms"] = t_u
+            rows.append(row)
+            extra = f" | unfused bf16+quant {t_u * 1e3:7.1f} us x{t_u / t:.2f}" if name.endswith("int8") else ""
+            print(
+                f"{name:16s} C={C:5d} L={L}: {t * 1e3:8.1f} us {gbps:7.0f} GB/s "
+                f"{row['pct_copy']:5.1f}% of copy | eager {base * 1e3:8.1f} us x{row['speedup']:.2f}"
+                f"{extra} | rel err {err:.1e}"
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    bench()
