@@ -86,6 +86,7 @@ class WorkerSettings(BaseModel):
     metrics_port: int = 9101  # 0 disables the worker's /metrics server
     warmup: bool = True
     name: str | None = None  # RQ worker name; default host:pid
+    cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
 
 
 class Settings(BaseSettings):
