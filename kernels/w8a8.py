@@ -439,3 +439,193 @@ def w8a8_linear(x: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None =
     """
     _check(x, weight.qweight, weight.scale, bias)
     return _w8a8_linear_op(x, weight.qweight, weight.scale, bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. bench (GPU): ratios against baselines measured in this process
+# ----------------------------------------------------------------------------------------------
+
+WAN_SHAPES = [  # name, K (in), N (out)
+    ("1.3B qkvo", 1536, 1536),
+    ("1.3B ffn_up", 1536, 8960),
+    ("1.3B ffn_down", 8960, 1536),
+    ("14B qkvo", 5120, 5120),
+    ("14B ffn_up", 5120, 13824),
+    ("14B ffn_down", 13824, 5120),
+]
+WAN_TOKENS = [32760, 75600]  # 480p and 720p, 81 frames
+
+
+def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def _fp8_blockwise_fn(x: torch.Tensor, w: torch.Tensor):
+    """torch FP8 e4m3 scaled_mm with 1×128 activation and 128×128 weight block scales (cuBLAS, sm90).
+
+    Returns (callable that includes quantizing x to fp8 per 1×128 group, description) or (None, why).
+    """
+    m, k = x.shape
+    n = w.shape[0]
+    if k % 128 or n % 128:
+        return None, "K or N not a multiple of 128"
+    fp8 = torch.float8_e4m3fn
+    kb = k // 128
+    l4 = triton.cdiv(kb, 4) * 4
+    wb = w.float().view(n // 128, 128, kb, 128)
+    w_scale = wb.abs().amax(dim=(1, 3)).clamp_min(1e-12) / 448.0  # [N/128, K/128]
+    w8 = (wb / w_scale[:, None, :, None]).view(n, k).to(fp8)
+    ws = torch.ones(n // 128, l4, device=x.device)
+    ws[:, :kb] = w_scale
+    ws = ws.t()  # [L4, N/128], stride (1, L4)
+
+    def run_fp8():
+        xg = x.view(m, kb, 128)
+        xs = xg.abs().amax(dim=2).float().clamp_min(1e-12) / 448.0  # [M, K/128]
+        x8 = (xg / xs[:, :, None]).view(m, k).to(fp8)
+        xs = xs.t().contiguous().t()  # outer-dim-major
+        return torch._scaled_mm(x8, w8.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+
+    try:
+        run_fp8()
+        return run_fp8, "torch._scaled_mm 1x128 x 128x128 (quant of x included)"
+    except Exception as e:  # noqa: BLE001 - report why the baseline is absent
+        return None, f"{type(e).__name__}: {str(e)[:160]}"
+
+
+def inspect_sass(config: dict) -> str:
+    """Compile the TMA kernel at a Wan shape and report which MMA instructions PTX/SASS contain."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k, n = 4096, 5120, 5120
+    xq = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
+    wq = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+    sx = torch.rand(m, device="cuda")
+    sw = torch.rand(n, device="cuda")
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    descs = (
+        TensorDescriptor.from_tensor(xq, [bm, bk]),
+        TensorDescriptor.from_tensor(wq, [bn, bk]),
+        TensorDescriptor.from_tensor(out, [bm, bn]),
+    )
+    nsm = _num_sms(0)
+    compiled = _w8a8_tma_kernel[(nsm,)](
+        *descs,
+        sx,
+        sw,
+        sx,
+        m,
+        n,
+        k,
+        HAS_BIAS=False,
+        EPILOGUE=True,
+        NUM_SMS=nsm,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        GROUP_M=config["GROUP_M"],
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )
+    ptx = compiled.asm["ptx"]
+    wg = [line.strip() for line in ptx.splitlines() if "wgmma.mma_async" in line]
+    report = f"PTX: {len(wg)} wgmma.mma_async lines, e.g. {wg[0].split()[0] if wg else '-'}"
+    try:
+        from triton.tools.disasm import get_sass
+
+        sass = get_sass(compiled.asm["cubin"])
+        counts = {op: sass.count(op) for op in ("IGMMA", "HGMMA", "QGMMA", "IMMA", "UTMALDG", "UTMASTG")}
+        report += f"; SASS counts {counts}"
+    except Exception as e:  # noqa: BLE001 - disassembler may be missing
+        report += f"; SASS unavailable ({type(e).__name__}: {str(e)[:80]})"
+    regs = getattr(compiled, "n_regs", "?")
+    spills = getattr(compiled, "n_spills", "?")
+    return report + f"; regs {regs}, spills {spills}, shared {compiled.metadata.shared} B"
+
+
+def _bench_case(name: str, m: int, k: int, n: int, layer: dict, gen: torch.Generator) -> dict:
+    do_bench = functools.partial(triton.testing.do_bench, warmup=25, rep=100, return_mode="median")
+    weight, w_bf16, bias = layer["weight"], layer["w_bf16"], layer["bias"]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    r: dict = {"shape": name, "M": m}
+    r["bf16"] = do_bench(lambda: torch.nn.functional.linear(x, w_bf16, bias))
+    y = w8a8_linear(x, weight, bias)  # autotunes on the first call per (N, K)
+    r["ours"] = do_bench(lambda: w8a8_linear(x, weight, bias))
+    xq, sx = quantize_activation(x)
+    r["quant"] = do_bench(lambda: quantize_activation(x))
+    r["gemm"] = do_bench(lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16))
+    cfg = None
+    if tma_supported(x.device, n, k):
+        best = _w8a8_tma_tuned.best_config
+        cfg = dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
+        r["noepi"] = do_bench(
+            lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, config=cfg, epilogue=False)
+        )
+    r["tile"] = (
+        f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']}s{cfg['num_stages']}w{cfg['num_warps']}"
+        if cfg
+        else "-"
+    )
+    r["port"] = do_bench(lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend="portable"))
+    wt = weight.qweight.t()
+    r["intmm"] = do_bench(lambda: torch._int_mm(xq, wt))
+    fp8_fn, r["fp8_note"] = _fp8_blockwise_fn(x, w_bf16)
+    r["fp8"] = do_bench(fp8_fn) if fp8_fn else float("nan")
+    ref = reference(x, layer["int8_weight"], layer["scale"], bias).float()  # fp32, checkpoint weights
+    r["err"] = _rel_err(y, ref)
+    r["err_bf16"] = _rel_err(torch.nn.functional.linear(x, w_bf16, bias), ref)
+    r["tops"] = 2 * m * n * k / r["gemm"] * 1e-9
+    return r
+
+
+def bench(shapes=WAN_SHAPES, tokens=WAN_TOKENS) -> None:
+    """Time torch bf16 matmul, ours (activation quant included), _int_mm and FP8 block-scaled at Wan shapes."""
+    from kernels.int8_quant import quantize_weight_blockwise
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    if torch.cuda.get_device_capability()[0] >= 9:
+        first = _tma_configs()[0]
+        print(
+            "sm90 kernel:",
+            inspect_sass(dict(first.kwargs, num_warps=first.num_warps, num_stages=first.num_stages)),
+        )
+    rows = []
+    for name, k, n in shapes:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        w = torch.randn(n, k, device="cuda", generator=gen) * 0.02
+        iw, sc = quantize_weight_blockwise(w)
+        layer = {
+            "int8_weight": iw,
+            "scale": sc,
+            "weight": prepare_weight(iw, sc),
+            "w_bf16": dequantize_weight_blockwise(iw, sc, dtype=torch.bfloat16),
+            "bias": torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16),
+        }
+        for m in tokens:
+            rows.append(_bench_case(name, m, k, n, layer, gen))
+            print("row", rows[-1], flush=True)
+    print(f"fp8 baseline: {rows[-1]['fp8_note'] if rows else '-'}")
+    print(
+        f"{'shape':<14}{'M':>6}{'bf16 ms':>9}{'ours ms':>9}{'x bf16':>8}{'quant':>7}{'gemm':>7}{'gemm x':>7}"
+        f"{'TOP/s':>6}{'no-epi':>7}{'port x':>7}{'intmm x':>8}{'fp8 x':>7}{'err':>9}{'err bf16':>9}  tile"
+    )
+    for r in rows:
+        b = r["bf16"]
+        print(
+            f"{r['shape']:<14}{r['M']:>6}{b:>9.3f}{r['ours']:>9.3f}{b / r['ours']:>8.2f}{r['quant']:>7.3f}"
+            f"{r['gemm']:>7.3f}{b / r['gemm']:>7.2f}{r['tops']:>6.0f}{r.get('noepi', float('nan')):>7.3f}"
+            f"{b / r['port']:>7.2f}{b / r['intmm']:>8.2f}{b / r['fp8']:>7.2f}{r['err']:>9.2e}{r['err_bf16']:>9.2e}"
+            f"  {r['tile']}"
+        )
+    print(
+        "x bf16 = bf16 ms / ours ms (quant + GEMM + epilogue); gemm: our GEMM alone (ms); no-epi: GEMM without "
+        "scales/bias (ms); port x, intmm x: portable kernel GEMM alone, torch._int_mm alone (no quant, no "
+        "scaling); fp8 x: torch FP8 block-scaled incl. x->fp8; err: ||y - ref|| / ||ref||, ref = fp32 x @ "
+        "checkpoint block-dequantized w"
+    )
+
+
+if __name__ == "__main__":
+    bench()

@@ -1,0 +1,93 @@
+"""int8 quantization: checkpoint block format, per-channel requant, per-token activation kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.int8_quant import (
+    dequantize_weight_blockwise,
+    quantize_activation,
+    quantize_weight_blockwise,
+    reference_quantize_activation,
+    requantize_per_channel,
+)
+
+
+def test_weight_blockwise_layout_and_error_bound():
+    torch.manual_seed(0)
+    w = torch.randn(200, 300) * torch.rand(200, 1) * 3  # N, K not multiples of 128
+    q, scale = quantize_weight_blockwise(w)
+    assert q.dtype == torch.int8 and q.shape == (200, 300)
+    assert scale.dtype == torch.float32 and scale.shape == (2, 3)
+    # scale is absmax/127 of each 128x128 block
+    assert torch.allclose(scale[1, 2], w[128:, 256:].abs().max() / 127)
+    full = scale.repeat_interleave(128, 0)[:200].repeat_interleave(128, 1)[:, :300]
+    w_hat = dequantize_weight_blockwise(q, scale)
+    assert ((w_hat - w).abs() <= full / 2 + 1e-7).all()  # round-to-nearest: at most half a step
+    assert (q.abs().amax() == 127).item()
+
+
+def test_weight_never_minus_128_and_zero_block():
+    w = torch.zeros(130, 129)
+    w[0, 0] = -5.0  # the block's absmax is negative: must map to -127, not -128
+    w[1, 1] = 5.0
+    q, scale = quantize_weight_blockwise(w)
+    assert q.min().item() == -127 and q[1, 1].item() == 127
+    assert scale[1, 1].item() == 0.0  # an all-zero block
+    assert torch.equal(dequantize_weight_blockwise(q, scale), w)
+
+
+def test_dequantize_rejects_wrong_scale_shape():
+    with pytest.raises(ValueError):
+        dequantize_weight_blockwise(torch.zeros(130, 10, dtype=torch.int8), torch.ones(1, 1))
+
+
+def test_requantize_is_exact_when_row_blocks_share_a_scale():
+    torch.manual_seed(1)
+    q = torch.randint(-127, 128, (256, 384), dtype=torch.int8)
+    scale = torch.rand(2, 1).expand(2, 3).contiguous() + 0.1  # equal along K
+    q2, s2 = requantize_per_channel(q, scale)
+    assert s2.shape == (256,) and q2.dtype == torch.int8
+    assert torch.equal(q2.float() * s2[:, None], dequantize_weight_blockwise(q, scale))
+
+
+def test_requantize_error_bounded_by_half_step():
+    torch.manual_seed(2)
+    w = torch.randn(150, 260) * torch.logspace(-1, 1, 260)  # uneven block scales along K
+    q, scale = quantize_weight_blockwise(w)
+    ck = dequantize_weight_blockwise(q, scale)
+    q2, s2 = requantize_per_channel(q, scale)
+    err = (q2.float() * s2[:, None] - ck).abs()
+    assert (err <= s2[:, None] / 2 + 1e-6).all()
+    assert q2.abs().max() <= 127
+    # the chosen scale is never worse than plain absmax/127 of the row
+    s_abs = ck.abs().amax(1) / 127
+    e_abs = ((torch.trunc(ck / s_abs[:, None] + 0.5 * torch.sign(ck)) * s_abs[:, None] - ck) ** 2).sum(1)
+    assert ((err**2).sum(1) <= e_abs * (1 + 1e-5) + 1e-12).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(37, 80), (5, 300), (1, 7)])
+def test_quantize_activation_matches_reference(dtype, shape):
+    torch.manual_seed(3)
+    x = (torch.randn(*shape) * torch.rand(shape[0], 1) * 10).to(dtype)
+    q, s = quantize_activation(x)
+    q_ref, s_ref = reference_quantize_activation(x)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (shape[0],)
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # ties may differ by one ulp of 1/absmax
+    assert q.abs().max() == 127
+
+
+def test_quantize_activation_zero_rows_and_strided_input():
+    torch.manual_seed(4)
+    base = torch.randn(9, 64, dtype=torch.bfloat16)
+    base[3] = 0
+    x = base[:, :50]  # row stride 64, last dim contiguous
+    q, s = quantize_activation(x)
+    q_ref, s_ref = reference_quantize_activation(x)
+    assert s[3].item() == 0.0 and (q[3] == 0).all()
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)

@@ -1,0 +1,86 @@
+"""W8A8 linear against its fp32 reference (TRITON_INTERPRET=1 on CPU; tiny tiles)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
+from kernels.w8a8 import W8A8Weight, emulate, prepare_weight, reference, w8a8_gemm, w8a8_linear
+
+
+def _layer(n: int, k: int, bias: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05 * torch.logspace(-0.5, 0.5, k)  # uneven K blocks
+    iw, sc = quantize_weight_blockwise(w)
+    b = torch.randn(n, generator=g) if bias else None
+    return iw, sc, b
+
+
+def _err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@pytest.mark.parametrize("backend", ["portable", "tma"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_gemm_matches_reference(backend, dtype, has_bias):
+    # M, N, K are not multiples of the 16x16x32 test tiles; N % 8 == 0 and K % 16 == 0 for TMA strides
+    m, n, k = 37, 40, 80
+    iw, sc, b = _layer(n, k, has_bias)
+    weight = prepare_weight(iw, sc)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    bias = b.to(dtype) if b is not None else None
+    xq, sx = quantize_activation(x)
+    y = w8a8_gemm(xq, sx, weight, bias, dtype, backend=backend)
+    assert y.dtype == dtype and y.shape == (m, n)
+    ref = reference(x, iw, sc, bias)
+    same_math = emulate(x, weight, bias)  # the kernel's math in torch, at the kernel's precision
+    assert _err(y, ref) <= 2 * _err(same_math, ref) + 1e-3
+    # and it is that math: only the final rounding to the output dtype may differ
+    tol = 2 * torch.finfo(dtype).eps * same_math.float().abs() + 1e-3
+    assert ((y.float() - same_math.float()).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 19, 72), (23, 72), (1, 72)])
+def test_w8a8_linear_public_api(shape):
+    n, k = 50, 72  # N not a multiple of 8: the portable kernel serves any N
+    iw, sc, b = _layer(n, k, True, seed=2)
+    weight = prepare_weight(iw, sc)
+    assert isinstance(weight, W8A8Weight)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    y = w8a8_linear(x, weight, b.to(torch.bfloat16))
+    assert y.shape == (*shape[:-1], n) and y.dtype == torch.bfloat16
+    ref = reference(x, iw, sc, b.to(torch.bfloat16))
+    same_math = emulate(x, weight, b.to(torch.bfloat16))
+    assert _err(y, ref) <= 2 * _err(same_math, ref) + 1e-3
+
+
+def test_w8a8_error_is_small_against_checkpoint_layer():
+    # end to end the quantized layer stays close to the checkpoint's fp32 definition
+    iw, sc, b = _layer(48, 96, True, seed=4)
+    x = torch.randn(33, 96, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    y = w8a8_linear(x, prepare_weight(iw, sc), b.to(torch.bfloat16))
+    assert _err(y, reference(x, iw, sc, b.to(torch.bfloat16))) < 0.02
+
+
+def test_rejects_bad_inputs():
+    iw, sc, _ = _layer(16, 32, False)
+    weight = prepare_weight(iw, sc)
+    with pytest.raises(TypeError):
+        w8a8_linear(torch.randn(4, 32), weight)  # fp32 x
+    with pytest.raises(ValueError):
+        w8a8_linear(torch.randn(4, 31, dtype=torch.bfloat16), weight)
+    with pytest.raises(ValueError):
+        w8a8_linear(torch.randn(4, 32, dtype=torch.bfloat16), weight, torch.zeros(15))
+
+
+def test_custom_op_fake_impl_gives_shape_and_dtype():
+    iw, sc, _ = _layer(24, 32, False)
+    weight = prepare_weight(iw, sc)
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.randn(2, 5, 32, dtype=torch.float16))
+        qw, ws = mode.from_tensor(weight.qweight), mode.from_tensor(weight.scale)
+        y = torch.ops.turbovid.w8a8_linear(x, qw, ws, None)
+    assert y.shape == (2, 5, 24) and y.dtype == torch.float16
