@@ -1,1 +1,28 @@
-"""TurboVid models package."""
+"""TurboVid models: Wan DiT, umT5 encoder, Wan VAE, checkpoints, samplers and the pipeline.
+
+The public loaders are imported lazily (PEP 562) so that `import models.presets` stays torch-free for
+the gateway.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_transformer": "models.transformer_loading",
+    "WanTransformer": "models.dit",
+    "WanConfig": "models.config",
+    "convert_checkpoint": "models.convert",
+    "load_text_encoder": "models.text_encoder_loading",
+    "load_vae": "models.vae_loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,254 @@
+"""Wan diffusion transformer (Wan2.1 T2V 1.3B/14B, Wan2.2 I2V A14B experts), with Wan's own parameter names.
+
+Math follows Wan's `wan/modules/model.py`: Conv3d 1×2×2 patch embedding, sinusoidal time features
+(cos first, 10000^(-i/half)), text embedding Linear → tanh-GELU → Linear, 3-D RoPE whose head-dim pairs
+are split over (frame, row, column) as (D - 4·(D//6), 2·(D//6), 2·(D//6)) channels, q/k RMSNorm across all
+heads, AdaLN with 6 modulation vectors per block and 2 in the head, tanh-GELU FFN. As in Wan, the
+modulation math, the norms and the residual stream stay in fp32 while the Linears run in the weights' dtype.
+
+State-dict keys equal Wan's: ``patch_embedding``, ``text_embedding.{0,2}``, ``time_embedding.{0,2}``,
+``time_projection.1``, ``blocks.N.{self_attn,cross_attn}.{q,k,v,o,norm_q,norm_k}``, ``blocks.N.norm3``,
+``blocks.N.ffn.{0,2}``, ``blocks.N.modulation``, ``head.head``, ``head.modulation``; with SLA also
+``blocks.N.self_attn.attn_op.local_attn.proj_l`` (TurboDiffusion's path).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import AttentionOp
+from models.config import WanConfig
+
+# Parameters kept in fp32 whatever the model dtype (Wan runs them under fp32 autocast).
+FP32_PARAM_PATTERNS = ("time_embedding.", "time_projection.", "modulation", "norm")
+
+
+def keeps_fp32(name: str) -> bool:
+    return any(p in name for p in FP32_PARAM_PATTERNS)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """t [B] (0–1000) -> [B, dim] fp32: [cos(t·f_i), sin(t·f_i)], f_i = 10000^(-i/(dim/2))."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64), freqs)  # [B, half]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+def rope_angles(
+    grid: tuple[int, int, int], split: tuple[int, int, int], theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [L, D/2] fp32 for tokens in (frame, row, column) order; pair j of axis a rotates by
+    pos_a / theta^(2j/d_a)."""
+    per_axis = []
+    for n, d in zip(grid, split, strict=True):
+        inv = 1.0 / torch.pow(theta, torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+        per_axis.append(torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv))  # [n, d/2]
+    f, h, w = grid
+    angles = torch.cat(
+        [
+            per_axis[0][:, None, None, :].expand(f, h, w, -1),
+            per_axis[1][None, :, None, :].expand(f, h, w, -1),
+            per_axis[2][None, None, :, :].expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, -1)  # [L, D/2]
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (2j, 2j+1) of x [B, L, H, D] by the angles of cos/sin [L, D/2]."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[:, None, :], sin[:, None, :]  # [L, 1, D/2]
+    out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)  # [B, L, H, D/2, 2]
+    return out.flatten(-2).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) · weight over the last dim, in fp32; output in `out_dtype`."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in fp32 (input and output fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, cfg: WanConfig, attention: str):
+        super().__init__()
+        dim = cfg.dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.attn_op = AttentionOp(cfg.head_dim, backend=attention, topk_ratio=cfg.sla_topk,
+                                   block_q=cfg.sla_block_q, block_k=cfg.sla_block_k)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C] (compute dtype), cos/sin [L, D/2] -> [B, L, C]."""
+        B, L, _ = x.shape
+        # 1. projections, q/k RMSNorm across all heads, RoPE
+        q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
+        k = self.norm_k(self.k(x)).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
+        v = self.v(x).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # 2. attention (dispatch: dense / sla / sagesla)
+        o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, L, D]
+        # 3. output projection
+        return self.o(o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
+
+
+class WanCrossAttention(nn.Module):
+    """Attention from the video tokens to the text tokens (always dense: 512 keys)."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C], context [B, Lt, C] -> [B, L, C]."""
+        B, L, _ = x.shape
+        q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, L, D]
+        k = self.norm_k(self.k(context)).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,Lt,D]
+        v = self.v(context).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, Lt, D]
+        o = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, D]
+        return self.o(o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: WanConfig, attention: str):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNorm32(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = WanSelfAttention(cfg, attention)
+        self.norm3 = LayerNorm32(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = WanCrossAttention(cfg)
+        self.norm2 = LayerNorm32(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C] fp32 residual stream, e [B, 6, C] fp32, context [B, Lt, C] compute dtype."""
+        dtype = context.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
+        # 1. self-attention with AdaLN
+        h = (self.norm1(x) * (1 + scale1) + shift1).to(dtype)
+        x = x + self.self_attn(h, cos, sin).float() * gate1
+        # 2. cross-attention to the text
+        x = x + self.cross_attn(self.norm3(x.float()).to(dtype), context).float()
+        # 3. FFN with AdaLN
+        h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
+        return x + self.ffn(h).float() * gate2
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.norm = LayerNorm32(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x [B, L, C] fp32, e [B, C] fp32 -> [B, L, pt·ph·pw·C_out] (patch-major, channel last)."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # [B, 1, C]
+        return self.head((self.norm(x) * (1 + scale) + shift).to(dtype))
+
+
+class WanTransformer(nn.Module):
+    """Wan DiT predicting the flow velocity.
+
+    ``module(latents, timestep, context, cond=None)``:
+      latents [B, 16, T, H, W] (T latent frames, H/W divisible by the 2×2 patch), timestep [B] on 0–1000,
+      context [B, Lt, text_dim] umT5 states (Lt = 512, zero-padded as Wan does), cond [B, 20, T, H, W]
+      for I2V (4 mask + 16 image-latent channels, concatenated after the latents) else None.
+      Returns velocity [B, 16, T, H, W] in latents' dtype.
+    """
+
+    def __init__(self, cfg: WanConfig, *, attention: str = "dense"):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch, stride=cfg.patch)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(WanBlock(cfg, attention) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the Linears (the patch embedding's weight dtype)."""
+        return self.patch_embedding.weight.dtype
+
+    def to_dtype(self, dtype: torch.dtype) -> WanTransformer:
+        """Cast floating parameters to `dtype`, keeping time embedding, modulation and norms in fp32."""
+        for name, p in self.named_parameters():
+            if p.is_floating_point():
+                p.data = p.data.to(torch.float32 if keeps_fp32(name) else dtype)
+        return self
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        cfg, dtype = self.cfg, self.dtype
+        pt, ph, pw = cfg.patch
+        # 0. inputs: [B, C_in, T, H, W]
+        if cfg.cond_dim:
+            if cond is None or cond.shape[1] != cfg.cond_dim:
+                raise ValueError(f"this I2V model needs cond with {cfg.cond_dim} channels, "
+                                 f"got {None if cond is None else tuple(cond.shape)}")
+            x = torch.cat([latents, cond.to(latents.dtype)], dim=1)  # [B, in_dim, T, H, W]
+        else:
+            if cond is not None:
+                raise ValueError("cond was given to a T2V model (in_dim == out_dim)")
+            x = latents
+        B, C, T, H, W = x.shape
+        if T % pt or H % ph or W % pw:
+            raise ValueError(f"latent size {(T, H, W)} is not divisible by the patch {cfg.patch}")
+        grid = (T // pt, H // ph, W // pw)
+
+        # 1. patch embedding: Conv3d with stride = kernel, as one matmul over flattened patches
+        x = x.to(dtype).view(B, C, grid[0], pt, grid[1], ph, grid[2], pw)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, math.prod(grid), C * pt * ph * pw)  # [B, L, C·pt·ph·pw]
+        x = F.linear(x, self.patch_embedding.weight.flatten(1), self.patch_embedding.bias).float()  # [B, L, dim]
+
+        # 2. time embedding (fp32): e [B, dim], e6 [B, 6, dim]
+        e = self.time_embedding(sinusoidal_embedding(timestep, cfg.freq_dim).to(self.time_embedding[0].weight.dtype))
+        e = e.float()
+        e6 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, cfg.dim))
+
+        # 3. text embedding: [B, Lt, text_dim] -> [B, Lt, dim]
+        ctx = self.text_embedding(context.to(dtype))
+
+        # 4. blocks with 3-D RoPE
+        cos, sin = rope_angles(grid, cfg.rope_split, cfg.rope_theta, x.device)  # [L, D/2]
+        for block in self.blocks:
+            x = block(x, e6, ctx, cos, sin)
+
+        # 5. head and unpatchify: [B, L, pt·ph·pw·C_out] -> [B, C_out, T, H, W]
+        out = self.head(x, e, dtype)
+        out = out.view(B, *grid, pt, ph, pw, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(B, cfg.out_dim, T, H, W).to(latents.dtype)

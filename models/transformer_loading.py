@@ -1,0 +1,243 @@
+"""Load a Wan DiT from any published layout: `load_transformer(path, ...)`.
+
+Layouts read (the file or folder is given; the layout is told by its keys, never by its name):
+
+- TurboDiffusion ``.pth``: Wan key names, ``patch_embedding.weight`` stored as a Linear
+  [dim, in_dim·1·2·2] (patch flattened in (c, kt, kh, kw) order — exactly Conv3d's weight layout, so a
+  reshape), optional SLA ``…self_attn.attn_op.local_attn.proj_l.{weight,bias}``, and for ``-quant``
+  files ``int8_weight`` + ``scale`` in place of each block Linear's ``weight``; training checkpoints
+  may prefix every key with ``net.``.
+- official Wan: Wan key names, sharded safetensors with ``*.index.json`` or a single ``.pth``.
+- diffusers: a pipeline folder with ``transformer/`` or the transformer folder itself (diffusers names,
+  mapped to Wan's; ``config.json`` gives the head count).
+- ComfyUI single file: Wan names under ``model.diffusion_model.`` (other components' keys ignored).
+- our canonical folder (``model.safetensors`` + ``turbovid.json`` manifest).
+
+The architecture comes from the tensor shapes (dim, layers, ffn, in/out/text/freq dims, norms); the
+head count from the manifest or a ``config.json`` when present, else from a preset of the same width,
+else Wan's head_dim-128 convention. The model is built on the meta device and takes the (memory-mapped)
+tensors with ``load_state_dict(assign=True)``: no second full copy when no dtype conversion is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.attention import BACKENDS
+from models.checkpoint_io import CheckpointError, check_keys, read_manifest, read_state_dict
+from models.config import PRESETS, WanConfig
+from models.dit import WanTransformer, keeps_fp32
+from models.linear import (
+    LINEAR_BACKENDS,
+    convert_for_runtime,
+    dequantize_state_dict,
+    is_quantized,
+    quantize_state_dict,
+)
+
+COMFY_PREFIX = "model.diffusion_model."
+WRAPPER_PREFIXES = ("net.", "module.", "model.", "diffusion_model.")
+PROJ_L = "attn_op.local_attn.proj_l"
+
+# diffusers name -> Wan name, applied in order (see diffusers' convert_wan_transformer_to_diffusers).
+_DIFFUSERS_TO_WAN: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^condition_embedder\.time_embedder\.linear_1\."), "time_embedding.0."),
+    (re.compile(r"^condition_embedder\.time_embedder\.linear_2\."), "time_embedding.2."),
+    (re.compile(r"^condition_embedder\.text_embedder\.linear_1\."), "text_embedding.0."),
+    (re.compile(r"^condition_embedder\.text_embedder\.linear_2\."), "text_embedding.2."),
+    (re.compile(r"^condition_embedder\.time_proj\."), "time_projection.1."),
+    (re.compile(r"^scale_shift_table$"), "head.modulation"),
+    (re.compile(r"^proj_out\."), "head.head."),
+    (re.compile(r"\.scale_shift_table$"), ".modulation"),
+    (re.compile(r"\.attn1\."), ".self_attn."),
+    (re.compile(r"\.attn2\."), ".cross_attn."),
+    (re.compile(r"\.to_q\."), ".q."),
+    (re.compile(r"\.to_k\."), ".k."),
+    (re.compile(r"\.to_v\."), ".v."),
+    (re.compile(r"\.to_out\.0\."), ".o."),
+    (re.compile(r"\.ffn\.net\.0\.proj\."), ".ffn.0."),
+    (re.compile(r"\.ffn\.net\.2\."), ".ffn.2."),
+    (re.compile(r"^(blocks\.\d+)\.norm2\."), r"\1.norm3."),
+]
+_WAN_TO_DIFFUSERS: list[tuple[str, str]] = [
+    ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
+    ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+    ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
+    ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
+    ("time_projection.1.", "condition_embedder.time_proj."),
+    ("head.modulation", "scale_shift_table"),
+    ("head.head.", "proj_out."),
+    (".modulation", ".scale_shift_table"),
+    (".self_attn.", ".attn1."),
+    (".cross_attn.", ".attn2."),
+    (".q.", ".to_q."),
+    (".k.", ".to_k."),
+    (".v.", ".to_v."),
+    (".o.", ".to_out.0."),
+    (".ffn.0.", ".ffn.net.0.proj."),
+    (".ffn.2.", ".ffn.net.2."),
+    (".norm3.", ".norm2."),
+]
+
+
+def diffusers_to_wan(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _DIFFUSERS_TO_WAN:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def wan_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Wan names -> diffusers `WanTransformer3DModel` names (used by tests and export)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in _WAN_TO_DIFFUSERS:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def to_wan_names(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Any supported layout's keys -> Wan's names (prefixes stripped, diffusers mapped)."""
+    sd = dict(state_dict)
+    if any(k.startswith(COMFY_PREFIX) for k in sd):
+        sd = {k[len(COMFY_PREFIX):]: v for k, v in sd.items() if k.startswith(COMFY_PREFIX)}
+    for prefix in WRAPPER_PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in sd):
+        sd = diffusers_to_wan(sd)
+    return sd
+
+
+def _weight(sd: Mapping[str, torch.Tensor], stem: str) -> torch.Tensor:
+    for suffix in ("weight", "int8_weight"):
+        if stem + suffix in sd:
+            return sd[stem + suffix]
+    raise CheckpointError(f"checkpoint has no {stem}weight: not a Wan transformer?")
+
+
+def infer_config(sd: Mapping[str, torch.Tensor], *, num_heads: int | None = None,
+                 patch: tuple[int, int, int] = (1, 2, 2)) -> WanConfig:
+    """Architecture of a Wan-named state dict (num_heads: see the module docstring)."""
+    pe = _weight(sd, "patch_embedding.")
+    dim = pe.shape[0]
+    in_dim = pe.shape[1] if pe.dim() == 5 else pe.shape[1] // (patch[0] * patch[1] * patch[2])
+    layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError("checkpoint has no blocks.N.* tensors: not a Wan transformer?")
+    text = _weight(sd, "text_embedding.0.")
+    fields = dict(
+        dim=dim, num_layers=max(layers) + 1, ffn_dim=_weight(sd, "blocks.0.ffn.0.").shape[0],
+        in_dim=in_dim, out_dim=_weight(sd, "head.head.").shape[0] // (patch[0] * patch[1] * patch[2]),
+        text_dim=text.shape[1], freq_dim=_weight(sd, "time_embedding.0.").shape[1], patch=patch,
+        qk_norm="blocks.0.self_attn.norm_q.weight" in sd, cross_attn_norm="blocks.0.norm3.weight" in sd,
+    )
+    if num_heads is None:
+        same = [p for p in PRESETS.values() if p.dim == dim]
+        num_heads = same[0].num_heads if same else max(1, dim // 128)
+    try:
+        return WanConfig(num_heads=num_heads, **fields)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint shapes do not make a Wan transformer: {exc}") from exc
+
+
+def _heads_from_config_json(folder: Path) -> int | None:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        data = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    for key in ("num_heads", "num_attention_heads"):
+        if isinstance(data.get(key), int):
+            return data[key]
+    return None
+
+
+def _resolve(path: Path) -> Path:
+    if path.is_dir() and (path / "transformer").is_dir() and not any(path.glob("*.safetensors")):
+        return path / "transformer"  # diffusers pipeline folder
+    return path
+
+
+def build_transformer(
+    sd: Mapping[str, torch.Tensor], cfg: WanConfig, *, dtype: torch.dtype = torch.float32,
+    attention: str = "dense", linear: str = "native",
+) -> WanTransformer:
+    """A model holding the tensors of a Wan-named state dict (taken, not copied, where dtypes match)."""
+    if attention not in BACKENDS:
+        raise ValueError(f"unknown attention backend {attention!r}; known: {BACKENDS}")
+    if linear not in LINEAR_BACKENDS:
+        raise ValueError(f"unknown linear backend {linear!r}; known: {LINEAR_BACKENDS}")
+    sd = dict(sd)
+
+    # 1. layout fixes: Linear patch embedding -> Conv3d shape; SLA proj_l present or zero
+    pe = sd.get("patch_embedding.weight")
+    if pe is not None and pe.dim() == 2:
+        sd["patch_embedding.weight"] = pe.view(cfg.dim, cfg.in_dim, *cfg.patch)
+    has_proj_l = any(PROJ_L in k for k in sd)
+    if attention == "dense":
+        sd = {k: v for k, v in sd.items() if PROJ_L not in k}
+    elif not has_proj_l:
+        for i in range(cfg.num_layers):
+            stem = f"blocks.{i}.self_attn.{PROJ_L}."
+            sd[stem + "weight"] = torch.zeros(cfg.head_dim, cfg.head_dim)
+            sd[stem + "bias"] = torch.zeros(cfg.head_dim)
+
+    # 2. quantization: match the checkpoint to the requested linear backend
+    if is_quantized(sd) and linear == "native":
+        sd = dequantize_state_dict(sd, dtype)
+    elif not is_quantized(sd) and linear == "w8a8":
+        sd = quantize_state_dict(sd)
+
+    # 3. dtypes: fp32 for time embedding / modulation / norms, `dtype` for other floats, int8 untouched
+    for k, v in sd.items():
+        if v.is_floating_point() and not k.endswith(".scale"):
+            target = torch.float32 if keeps_fp32(k) else dtype
+            if v.dtype != target:
+                sd[k] = v.to(target)
+
+    # 4. meta model, key check, assign
+    with torch.device("meta"):
+        model = WanTransformer(cfg, attention=attention)
+        convert_for_runtime(model, linear)
+    check_keys(set(model.state_dict()), set(sd), what="Wan transformer")
+    try:
+        model.load_state_dict(sd, assign=True, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"Wan transformer: checkpoint does not fit: {exc}") from exc
+    return model.eval().requires_grad_(False)
+
+
+def load_transformer(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    attention: str = "dense", linear: str = "native",
+) -> nn.Module:
+    """Load a Wan DiT from a file or folder of any supported layout (see the module docstring).
+
+    attention: "dense" | "sla" | "sagesla" (self-attention backend; SLA's proj_l comes from the checkpoint
+    or is zero). linear: "native" | "w8a8" (a quantized checkpoint with "native" is dequantized; a dense
+    one with "w8a8" is quantized while loading). Returns a `WanTransformer` in eval mode on `device`.
+    """
+    path = _resolve(Path(path))
+    manifest = read_manifest(path)
+    sd = to_wan_names(read_state_dict(path))
+    if manifest is not None:
+        if manifest.component != "transformer":
+            raise CheckpointError(f"{path}: manifest says component {manifest.component!r}, not a transformer")
+        cfg = WanConfig.from_dict(manifest.architecture)
+    else:
+        folder = path if path.is_dir() else path.parent
+        cfg = infer_config(sd, num_heads=_heads_from_config_json(folder))
+    model = build_transformer(sd, cfg, dtype=dtype, attention=attention, linear=linear)
+    return model.to(device)
