@@ -1,0 +1,442 @@
+"""The Wan2.1 video VAE: a causal 3-D convolutional autoencoder, 16 latent channels, 4× in time, 8× in space.
+
+Layouts:
+    video    [B, 3, F, H, W], values in [-1, 1], F = 4k + 1, H and W multiples of 8
+    latents  [B, 16, (F - 1) / 4 + 1, H / 8, W / 8], normalised per channel: (mu - mean) / std
+
+Every convolution over time is causal: an output frame sees only its own and earlier input frames, so
+a video can be pushed through in time chunks. Wan does exactly that and so do we: encode takes the
+first frame, then chunks of 4 frames (one latent frame each); decode takes one latent frame at a time
+(1 output frame for the first, 4 for each later one) and writes it into a preallocated output, so
+activations never exist for more than one chunk. What one chunk leaves for the next (the last frames
+each causal conv saw, whether a temporal resampler has passed its first frame) lives in an explicit
+`CausalCache` handed to every layer; the modules themselves hold no state between calls.
+
+Parameter names equal those of Wan's `Wan2.1_VAE.pth` (`encoder.*`, `decoder.*`, `conv1`, `conv2`), so
+that file loads without renaming; `models.vae_loading` also maps diffusers' `AutoencoderKLWan` names.
+Temporal resampling, as Wan defines it (the first frame is special):
+    downsample3d: out = [x0] + [conv(x[2k-2], x[2k-1], x[2k]) for k >= 1]      (stride-2 kernel-3 conv)
+    upsample3d:   out = [x0] + interleave(causal_conv(x[1:]) split in 2 frames) (x0 is not context)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Per-channel statistics of the Wan2.1 VAE's posterior mean, as published with Wan2.1
+# (wan/modules/vae.py); latents are (mu - mean) / std.
+WAN21_LATENT_MEAN: tuple[float, ...] = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)  # fmt: skip
+WAN21_LATENT_STD: tuple[float, ...] = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    dropout: float = 0.0
+    latents_mean: tuple[float, ...] = WAN21_LATENT_MEAN
+    latents_std: tuple[float, ...] = WAN21_LATENT_STD
+
+    def __post_init__(self) -> None:
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"temporal_downsample needs {len(self.dim_mult) - 1} entries (one per downsampling), "
+                f"got {len(self.temporal_downsample)}"
+            )
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"latents_mean and latents_std need z_dim={self.z_dim} values each")
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @classmethod
+    def from_name(cls, name: str) -> VAEConfig:
+        if name not in VAE_PRESETS:
+            raise ValueError(f"unknown VAE preset {name!r}; known: {sorted(VAE_PRESETS)}")
+        return VAE_PRESETS[name]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
+        """Inverse of `to_dict` (JSON lists become tuples); unknown fields are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown VAEConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "wan2.1": VAEConfig(),
+    # Same structure and latent space (z=16, 4×/8×) as Wan2.1, narrow channels: CPU tests, dev stack.
+    "tiny": VAEConfig(base_dim=8),
+}
+
+
+class CausalCache:
+    """What one time chunk leaves for the next, per layer: the last input frames of each causal conv,
+    and which temporal resamplers have already passed their first frame.
+
+    Make one per encode or decode call and hand it to every layer with each chunk, in time order.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[nn.Module, torch.Tensor] = {}
+        self._started: set[nn.Module] = set()
+
+    def get(self, layer: nn.Module) -> torch.Tensor | None:
+        return self._frames.get(layer)
+
+    def put(self, layer: nn.Module, frames: torch.Tensor) -> None:
+        self._frames[layer] = frames
+
+    def first_call(self, layer: nn.Module) -> bool:
+        """True the first time `layer` asks, False afterwards."""
+        if layer in self._started:
+            return False
+        self._started.add(layer)
+        return True
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._frames.values())
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d over [B, C, T, H, W] with "same" spatial padding and left-only (causal) time padding.
+
+    The kernel_t - 1 frames before a chunk come from the cache (the end of the previous chunk), zeros
+    before the first frame. Stride 1; [B, C_in, T, H, W] -> [B, C_out, T, H, W].
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int | tuple[int, int, int]) -> None:
+        super().__init__(in_dim, out_dim, kernel)
+        kt, kh, kw = self.kernel_size
+        self.context = kt - 1  # past frames each output frame sees
+        self.spatial_pad = ((kw - 1) // 2, (kw - 1) // 2, (kh - 1) // 2, (kh - 1) // 2)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:  # type: ignore[override]
+        zeros_t = 0
+        if self.context:
+            past = cache.get(self)
+            if past is not None:
+                x = torch.cat([past, x], dim=2)  # [B, C, T_past + T, H, W]
+            cache.put(self, x[:, :, -self.context :].clone())
+            zeros_t = self.context - (0 if past is None else past.shape[2])
+        if zeros_t or any(self.spatial_pad):
+            x = F.pad(x, (*self.spatial_pad, zeros_t, 0))
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """Wan's RMS_norm: x / ||x||_2 over channels (dim 1) · sqrt(C) · gamma, computed in fp32.
+
+    gamma is [C, 1, 1, 1] for video [B, C, T, H, W] and [C, 1, 1] for frames [N, C, H, W].
+    """
+
+    def __init__(self, dim: int, *, video: bool = True) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *((1,) * (3 if video else 2))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(x.float(), dim=1) * self.scale).to(x.dtype) * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    """norm → SiLU → causal conv → norm → SiLU → dropout → causal conv, plus a (1×1×1 conv) shortcut."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        # One Sequential so the parameter names match Wan's (residual.0/.2/.3/.6, shortcut).
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3),
+            RMSNorm(out_dim),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, 3),
+        )
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
+        h = conv1(act1(norm1(x)), cache)  # [B, C_out, T, H, W]
+        h = conv2(dropout(act2(norm2(h))), cache)
+        return h + (x if self.shortcut is None else self.shortcut(x, cache))
+
+
+def _per_frame(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Apply a 2-D layer to every frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
+    b, c, t, h, w = x.shape
+    y = layer(x.transpose(1, 2).reshape(b * t, c, h, w))  # [B*T, C', H', W']
+    return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention among the pixels of each frame (no mixing across time), residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, video=False)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.to_qkv(self.norm(x))  # [N, 3C, H, W]
+        qkv = qkv.reshape(n, 1, 3 * c, h * w).transpose(2, 3)  # [N, 1, H*W, 3C]
+        q, k, v = qkv.chunk(3, dim=-1)  # [N, 1, H*W, C] each
+        y = F.scaled_dot_product_attention(q, k, v)  # [N, 1, H*W, C]
+        y = y.squeeze(1).transpose(1, 2).reshape(n, c, h, w)
+        return self.proj(y)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        return x + _per_frame(x, self._frames)
+
+
+class NearestUpsample2x(nn.Module):
+    """Nearest-neighbour 2× upsampling of [N, C, H, W] (in fp32: bf16 nearest is not exact everywhere)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
+
+
+class Resample(nn.Module):
+    """Spatial 2× up/down sampling per frame, optionally with Wan's temporal 2× up/down sampling.
+
+    modes: "upsample2d", "upsample3d" (channels C -> C/2), "downsample2d", "downsample3d" (C -> C).
+    """
+
+    def __init__(self, dim: int, mode: str) -> None:
+        super().__init__()
+        if mode not in ("upsample2d", "upsample3d", "downsample2d", "downsample3d"):
+            raise ValueError(f"unknown resample mode {mode!r}")
+        self.mode = mode
+        self.time_conv: nn.Conv3d | None = None
+        if mode.startswith("upsample"):
+            self.resample = nn.Sequential(NearestUpsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        else:
+            # Pad right/bottom by one, then a stride-2 3×3 conv: H -> H/2.
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1))
+        elif mode == "downsample3d":
+            self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def _double_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        assert isinstance(self.time_conv, CausalConv3d)
+        b, c, _, h, w = x.shape
+        # 1. The very first frame passes through once, not doubled and not context for the rest.
+        head = None
+        if cache.first_call(self):
+            head, x = x[:, :, :1], x[:, :, 1:]
+        if x.shape[2] == 0:
+            return head if head is not None else x
+        # 2. Every other frame becomes two: the conv's 2C channels are (frame a, frame b) × C.
+        t = x.shape[2]
+        y = self.time_conv(x, cache).reshape(b, 2, c, t, h, w)  # [B, 2, C, T, H, W]
+        y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # [B, C, 2T, H, W]
+        return y if head is None else torch.cat([head, y], dim=2)
+
+    def _halve_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        assert self.time_conv is not None
+        # 1. The very first frame passes through unchanged and is the context of the next window.
+        past = cache.get(self)
+        if past is None:
+            head, rest, context = x[:, :, :1], x[:, :, 1:], x[:, :, :1]
+        else:
+            head, rest, context = None, x, past
+        cache.put(self, x[:, :, -1:].clone())
+        if rest.shape[2] % 2:
+            raise ValueError(
+                f"temporal downsampling got {rest.shape[2]} frames after the first; chunks must hold an "
+                "even number (video frames must be 4k+1, chunked as 1, 4, 4, ...)"
+            )
+        if rest.shape[2] == 0:
+            return head if head is not None else rest
+        # 2. Windows (x[2k-2], x[2k-1], x[2k]): stride 2 over [context, rest].
+        y = self.time_conv(torch.cat([context, rest], dim=2))  # [B, C, T_rest / 2, H, W]
+        return y if head is None else torch.cat([head, y], dim=2)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        if self.mode == "upsample3d":
+            x = self._double_time(x, cache)  # [B, C, T', H, W]
+        x = _per_frame(x, self.resample)  # [B, C', T', H*2 or H/2, W*2 or W/2]
+        if self.mode == "downsample3d":
+            x = self._halve_time(x, cache)
+        return x
+
+
+def _middle(dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(dim, dim, dropout), AttentionBlock(dim), ResidualBlock(dim, dim, dropout))
+
+
+def _head(dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(RMSNorm(dim), nn.SiLU(), CausalConv3d(dim, out_dim, 3))
+
+
+class Encoder(nn.Module):
+    """video [B, 3, T, H, W] -> [B, 2·z, T', H/8, W/8] (mu and log-variance), one time chunk at a time."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3)
+        blocks: list[nn.Module] = []
+        for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim, cfg.dropout))
+                in_dim = out_dim
+            if level < len(cfg.dim_mult) - 1:
+                blocks.append(Resample(out_dim, "downsample3d" if cfg.temporal_downsample[level] else "downsample2d"))
+        self.downsamples = nn.Sequential(*blocks)
+        self.middle = _middle(dims[-1], cfg.dropout)
+        self.head = _head(dims[-1], cfg.z_dim * 2)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.conv1(x, cache)  # [B, base, T, H, W]
+        for block in (*self.downsamples, *self.middle):
+            x = block(x, cache)
+        norm, act, conv = self.head
+        return conv(act(norm(x)), cache)  # [B, 2z, T', H/8, W/8]
+
+
+class Decoder(nn.Module):
+    """latents (un-normalised) [B, z, T, h, w] -> video [B, 3, T', 8h, 8w], one time chunk at a time."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        mult = cfg.dim_mult
+        dims = [cfg.base_dim * m for m in (mult[-1], *reversed(mult))]
+        temporal_upsample = tuple(reversed(cfg.temporal_downsample))
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3)
+        self.middle = _middle(dims[0], cfg.dropout)
+        blocks: list[nn.Module] = []
+        for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            if level > 0:
+                in_dim //= 2  # the previous level's upsampler halved the channels
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResidualBlock(in_dim, out_dim, cfg.dropout))
+                in_dim = out_dim
+            if level < len(mult) - 1:
+                blocks.append(Resample(out_dim, "upsample3d" if temporal_upsample[level] else "upsample2d"))
+        self.upsamples = nn.Sequential(*blocks)
+        self.head = _head(dims[-1], 3)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.conv1(x, cache)  # [B, C_top, T, h, w]
+        for block in (*self.middle, *self.upsamples):
+            x = block(x, cache)
+        norm, act, conv = self.head
+        return conv(act(norm(x)), cache)  # [B, 3, T', 8h, 8w]
+
+
+class WanVAE(nn.Module):
+    """The Wan2.1 VAE. `encode` and `decode` work on normalised latents; see the module docstring."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        z = config.z_dim
+        self.encoder = Encoder(config)
+        self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
+        self.conv2 = CausalConv3d(z, z, 1)  # latents -> decoder input
+        self.decoder = Decoder(config)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.config.latents_mean, device=like.device, dtype=torch.float32).view(shape)
+        std = torch.tensor(self.config.latents_std, device=like.device, dtype=torch.float32).view(shape)
+        return mean, std
+
+    def _param(self) -> torch.Tensor:
+        return self.conv2.weight
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H, W multiples of 8 ->
+        normalised latents [B, z, (F-1)/4+1, H/8, W/8] ((mu - mean) / std), in the model's dtype."""
+        cfg, p = self.config, self._param()
+        tf, sf = cfg.temporal_factor, cfg.spatial_factor
+        if video.dim() != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, F, H, W], got {tuple(video.shape)}")
+        b, _, f, h, w = video.shape
+        if f < 1 or (f - 1) % tf:
+            raise ValueError(f"video frames must be {tf}k+1 (1, {tf + 1}, {2 * tf + 1}, ...), got {f}")
+        if h % sf or w % sf or h == 0 or w == 0:
+            raise ValueError(f"video height and width must be positive multiples of {sf}, got {h}×{w}")
+        video = video.to(device=p.device, dtype=p.dtype)
+
+        # 1. First frame alone, then chunks of `tf` frames; each chunk gives one latent frame.
+        t_lat = (f - 1) // tf + 1
+        mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
+        cache = CausalCache()
+        for i in range(t_lat):
+            start, stop = (0, 1) if i == 0 else (1 + tf * (i - 1), 1 + tf * i)
+            out = self.conv1(self.encoder(video[:, :, start:stop], cache), cache)  # [B, 2z, 1, h, w]
+            mu[:, :, i : i + 1] = out[:, : cfg.z_dim]
+
+        # 2. Normalise per channel.
+        mean, std = self._stats(mu)
+        return ((mu.float() - mean) / std).to(p.dtype)
+
+    @torch.no_grad()
+    def iter_decode(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Decode normalised latents [B, z, T, h, w] chunk by chunk, yielding video frames
+        [B, 3, n, 8h, 8w] clamped to [-1, 1]: n = 1 for the first latent frame, 4 for each later one."""
+        cfg, p = self.config, self._param()
+        if latents.dim() != 5 or latents.shape[1] != cfg.z_dim:
+            raise ValueError(f"latents must be [B, {cfg.z_dim}, T, h, w], got {tuple(latents.shape)}")
+        if min(latents.shape[2:]) < 1:
+            raise ValueError(f"latents must have at least one frame and pixel, got {tuple(latents.shape)}")
+        # 1. Un-normalise and apply the 1×1×1 input conv (latent-sized, cheap for all frames at once).
+        mean, std = self._stats(latents)
+        z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
+        cache = CausalCache()
+        z = self.conv2(z, cache)  # [B, z, T, h, w]
+        # 2. One latent frame at a time through the decoder.
+        for i in range(z.shape[2]):
+            yield self.decoder(z[:, :, i : i + 1], cache).clamp_(-1.0, 1.0)  # [B, 3, 1 or 4, H, W]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """normalised latents [B, z, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1].
+
+        Peak memory: the output plus one latent frame's activations, whatever T is."""
+        cfg, p = self.config, self._param()
+        b, _, t, h, w = latents.shape if latents.dim() == 5 else (0, 0, 0, 0, 0)
+        frames = 1 + cfg.temporal_factor * (t - 1)
+        sf = cfg.spatial_factor
+        out = None
+        start = 0
+        for chunk in self.iter_decode(latents):
+            if out is None:
+                out = torch.empty(b, 3, frames, h * sf, w * sf, device=p.device, dtype=p.dtype)
+            n = chunk.shape[2]
+            out[:, :, start : start + n] = chunk
+            start += n
+        assert out is not None and start == frames
+        return out
