@@ -76,9 +76,12 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     rel = rel.abs()
     max_exact = half // 2
     # Same operation order as the reference implementations, so float rounding picks the same bucket.
-    large = max_exact + (
-        torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
-    ).long()
+    large = (
+        max_exact
+        + (
+            torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
+        ).long()
+    )
     large = torch.clamp(large, max=half - 1)
     return buckets + torch.where(rel < max_exact, rel, large)
 

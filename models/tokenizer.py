@@ -45,8 +45,12 @@ def find_spiece(path: str | Path) -> Path:
     for candidate in (path / SPIECE_NAME, path / "tokenizer" / SPIECE_NAME):
         if candidate.is_file():
             return candidate
-    hint = " (only tokenizer.json there; spiece.model is needed)" if (path / "tokenizer.json").exists() else ""
-    raise FileNotFoundError(f"no sentencepiece model at {path}: expected a .model file or {SPIECE_NAME}{hint}")
+    hint = (
+        " (only tokenizer.json there; spiece.model is needed)" if (path / "tokenizer.json").exists() else ""
+    )
+    raise FileNotFoundError(
+        f"no sentencepiece model at {path}: expected a .model file or {SPIECE_NAME}{hint}"
+    )
 
 
 @dataclass(frozen=True)
