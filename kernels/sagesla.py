@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -400,11 +401,36 @@ _sagesla_fwd = triton.autotune(
 
 def _fp8_supported(device: torch.device) -> bool:
     if device.type != "cuda" or _interpreting():
-        return True  # the interpreter emulates e4m3
+        return False  # the interpreter's fp32 -> e4m3 cast does not round to nearest; fp16 there
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def _sagesla_impl(
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything the fused attention launch needs (built by `_prepare`)."""
+
+    q: torch.Tensor
+    v: torch.Tensor
+    q8: torch.Tensor  # [BH, L, D] int8
+    q_scale: torch.Tensor  # [BH, NQ] fp32, includes log2(e)/sqrt(D)
+    k8: torch.Tensor  # [BH, L, D] int8 of K - mean_L(K)
+    k_scale: torch.Tensor  # [BH, NK] fp32
+    vt: torch.Tensor  # [BH, D, NK*block_k] fp8 (or a dummy)
+    v_scale: torch.Tensor  # [BH, D] fp32 (or a dummy)
+    lut: torch.Tensor  # [BH, NQ, topk] int32 sorted key-block ids (or a dummy when dense)
+    lin_m: torch.Tensor  # [BH, D, D] fp32 = (phi(K)^T V) W^T (or a dummy)
+    fksum: torch.Tensor  # [BH, D] fp32 (or a dummy)
+    lin_b: torch.Tensor  # [D] fp32 (or a dummy)
+    topk: int
+    block_q: int
+    block_k: int
+    dense: bool
+    pv_fp8: bool
+    has_linear: bool
+    has_bias: bool
+
+
+def _prepare(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -415,9 +441,8 @@ def _sagesla_impl(
     block_k: int,
     dense: bool,
     pv_fp8: bool,
-    timings: dict[str, object] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch sequence: K/V stats -> Q, K int8 (+ pooling) [-> V fp8] -> block map -> fused attention."""
+) -> _Prepared:
+    """K/V stats -> Q, K int8 (+ pooling) [-> V fp8] -> block map -> linear-branch constants."""
     # 1. shapes
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must all be [B, H, L, D] of one shape, got {q.shape}, {k.shape}, {v.shape}")
@@ -446,7 +471,7 @@ def _sagesla_impl(
     )
     k_mean = ksum.sum(1) / L  # [BH, D]
 
-    # 3. int8 Q (scale * log2e / sqrt(D) folded in) and smoothed int8 K, pooled when sparse
+    # 3. int8 Q (log2e / sqrt(D) folded into its scale) and smoothed int8 K, pooled when sparse
     q8 = torch.empty(BH, L, D, device=dev, dtype=torch.int8)
     k8 = torch.empty_like(q8)
     q_scale = torch.empty(BH, nq, device=dev, dtype=torch.float32)
@@ -461,45 +486,47 @@ def _sagesla_impl(
         k, k_mean, k8, k_scale, k_pool, L, H, nk, 1.0, *k.stride()[:3],
         D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, num_warps=4,
     )
-    l_pad = nk * block_k
     if pv_fp8:
+        l_pad = nk * block_k
         v_scale = (vmax.amax(1) / _FP8_MAX).clamp_min(1e-8)  # [BH, D]
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
         _quant_v_fp8_kernel[(nk, BH)](v, v_scale, vt, L, l_pad, H, *v.stride()[:3], D=D, BLK=block_k, num_warps=4)
     else:
         v_scale, vt = k_scale, k8
-    if timings is not None:
-        timings["prep_done"] = True
 
     # 4. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
     if dense:
-        topk = nk
-        lut = q_scale  # unused
+        topk, lut = nk, q_scale
     else:
         topk = topk_count(topk_ratio, nk)
         score = torch.bmm(q_pool, k_pool.transpose(1, 2))  # [BH, NQ, NK]
         lut = torch.topk(score, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
 
     # 5. linear branch constants: proj_l folded into phi(K)^T V, per head
+    lin_m = fk = lin_b = q_scale
     if has_linear:
-        w = proj_l_weight.float()
-        lin_m = torch.matmul(kv.sum(1), w.t()).contiguous()  # [BH, D, D]
+        assert proj_l_weight is not None
+        lin_m = torch.matmul(kv.sum(1), proj_l_weight.float().t()).contiguous()  # [BH, D, D]
         fk = fksum.sum(1).contiguous()  # [BH, D]
-        lin_b = proj_l_bias.float().contiguous() if proj_l_bias is not None else fk
-    else:
-        lin_m = fk = lin_b = q_scale
+        if proj_l_bias is not None:
+            lin_b = proj_l_bias.float().contiguous()
+    return _Prepared(q, v, q8, q_scale, k8, k_scale, vt, v_scale, lut, lin_m, fk, lin_b, topk, block_q,
+                     block_k, dense, pv_fp8, has_linear, has_linear and proj_l_bias is not None)
 
-    # 6. fused sparse attention (+ linear epilogue)
-    o = torch.empty_like(q)
-    grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), BH)
+
+def _launch(p: _Prepared) -> torch.Tensor:
+    """The fused sparse attention (+ linear epilogue) over prepared operands -> o [B, H, L, D]."""
+    B, H, L, D = p.q.shape
+    nq, nk = p.q_scale.shape[1], p.k_scale.shape[1]
+    o = torch.empty_like(p.q)
+    grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _sagesla_fwd[grid](
-        q, q8, q_scale, k8, k_scale, v, vt, v_scale, lut, lin_m, fk, lin_b, o,
-        L, l_pad, H, nq, nk, topk, *q.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-        D=D, BLK_Q=block_q, BLOCK_N=block_k, DENSE=dense, PV_FP8=pv_fp8,
-        HAS_LINEAR=has_linear, HAS_BIAS=proj_l_bias is not None,
+        p.q, p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.lin_m, p.fksum, p.lin_b, o,
+        L, nk * p.block_k, H, nq, nk, p.topk, *p.q.stride()[:3], *p.v.stride()[:3], *o.stride()[:3],
+        D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8,
+        HAS_LINEAR=p.has_linear, HAS_BIAS=p.has_bias,
     )
-    density = torch.tensor(topk / nk, dtype=torch.float32)
-    return o, density
+    return o
 
 
 @torch.library.custom_op("turbovid::sagesla", mutates_args=())
@@ -515,7 +542,8 @@ def _sagesla_op(
     dense: bool,
     pv_fp8: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _sagesla_impl(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, dense, pv_fp8)
+    p = _prepare(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, dense, pv_fp8)
+    return _launch(p), torch.tensor(p.topk / p.k_scale.shape[1], dtype=torch.float32)
 
 
 @_sagesla_op.register_fake
@@ -537,7 +565,7 @@ def sagesla_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SageSLA forward (same semantics as `reference`). q, k, v: [B, H, L, D], last dim contiguous,
     D in {64, 128} at full speed. Returns (o [B, H, L, D] in q.dtype, density 0-d fp32).
-    pv_fp8=None picks FP8 P@V on sm89+ and under the interpreter, fp16 otherwise."""
+    pv_fp8=None picks FP8 P@V on sm89+ GPUs, fp16 otherwise (and under the interpreter)."""
     fp8 = _fp8_supported(q.device) if pv_fp8 is None else pv_fp8
     return _sagesla_op(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, False, fp8)
 
@@ -551,3 +579,74 @@ def sage_attention(
     fp8 = _fp8_supported(q.device) if pv_fp8 is None else pv_fp8
     o, _ = _sagesla_op(q, k, v, 1.0, None, None, block_q, block_k, True, fp8)
     return o
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+def _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows):  # noqa: ANN001
+    """Time one P@V precision: full SageSLA, its parts, and the dense low-bit mode."""
+    from functools import partial
+
+    do_bench = triton.testing.do_bench
+    H, tag = q.shape[1], "fp8" if fp8 else "fp16"
+    try:
+        fn = partial(sagesla_attention, q, k, v, topk_ratio=topk_ratio, proj_l_weight=w, proj_l_bias=bias, pv_fp8=fp8)
+        o, dens = fn()
+        t = do_bench(fn)
+        prep = partial(_prepare, q, k, v, topk_ratio, w, bias, BLOCK_Q, BLOCK_K, False, fp8)
+        prep_nolin = partial(_prepare, q, k, v, topk_ratio, None, None, BLOCK_Q, BLOCK_K, False, fp8)
+        t_prep, t_prep_nolin = do_bench(prep), do_bench(prep_nolin)
+        t_attn = do_bench(partial(_launch, prep()))
+        t_attn_nolin = do_bench(partial(_launch, prep_nolin()))
+        rows.append((f"sagesla H={H} {tag}", t, t_sdpa, _cos(o, ref_s),
+                     f"density {dens.item():.3f} prep {t_prep:.3f} (no-linear {t_prep_nolin:.3f}) "
+                     f"attn {t_attn:.3f} (no-linear {t_attn_nolin:.3f})"))
+    except Exception as e:  # keep the table going when one variant fails to build
+        rows.append((f"sagesla H={H} {tag}", float("nan"), t_sdpa, float("nan"), repr(e)[:300]))
+    try:
+        fn = partial(sage_attention, q, k, v, pv_fp8=fp8)
+        o = fn()
+        t = do_bench(fn)
+        t_attn = do_bench(partial(_launch, _prepare(q, k, v, 1.0, None, None, 128, 64, True, fp8)))
+        rows.append((f"sage-dense H={H} {tag}", t, t_sdpa, _cos(o, ref_d), f"attn-only {t_attn:.3f}"))
+    except Exception as e:
+        rows.append((f"sage-dense H={H} {tag}", float("nan"), t_sdpa, float("nan"), repr(e)[:300]))
+
+
+def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_ratio: float = 0.1) -> None:
+    """H200 table: SageSLA (block map + sparse + linear) and dense low-bit mode vs cuDNN SDPA (bf16)."""
+    from functools import partial
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dev = torch.device("cuda")
+    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    rows: list = []
+    for H in heads:
+        g = torch.Generator(device=dev).manual_seed(0)
+        q, k, v = (torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(3))
+        w = torch.randn(D, D, device=dev, generator=g) / math.sqrt(D)
+        bias = torch.randn(D, device=dev, generator=g) * 0.01
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            t_sdpa = triton.testing.do_bench(partial(F.scaled_dot_product_attention, q, k, v))
+        ref_s, _ = reference(q, k, v, topk_ratio=topk_ratio, proj_l_weight=w, proj_l_bias=bias)
+        ref_d = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        for fp8 in (True, False):
+            _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows)
+        del ref_s, ref_d
+    print(f"L={L} D={D} B=1 topk={topk_ratio}; times in ms (triton.testing.do_bench)")
+    print(f"{'variant':<22} {'ours':>8} {'cudnn':>8} {'speedup':>8} {'cos':>8}  notes")
+    for name, t, ts, c, note in rows:
+        print(f"{name:<22} {t:8.3f} {ts:8.3f} {ts / t:8.2f} {c:8.5f}  {note}")
+    print("best configs:", {str(key): str(cfg) for key, cfg in _sagesla_fwd.cache.items()})
+
+
+if __name__ == "__main__":
+    bench()
