@@ -1,0 +1,245 @@
+"""The RQ job function `run_job(spec_json)` and the per-job flow it drives.
+
+RQ calls `worker.task.run_job` (service.contract.TASK_PATH) inside the worker process itself (no
+fork: the pipeline and its CUDA weights are loaded once by worker/main.py, which installs a
+`WorkerContext` here before serving). One job:
+
+    parse JobSpec → (gone / terminal / cancel requested? stop) → lease + mark_started
+    → [I2V] fetch + decode the image → pipeline.generate(on_step: progress, cancel, shutdown)
+    → MP4 + thumbnail → upload → JobStore.finish(completed, output, timings) → metrics → webhook
+
+Errors end the job visibly: JobStore.finish(failed, JobError(code, message)); the exception is
+re-raised so RQ's own registries agree, and the worker goes on with the next job. A SIGTERM
+received mid-job stops at the next step boundary and the job is re-queued (worker/main.py
+re-enqueues it after RQ has let go of it), unless the denoise loop is nearly done.
+
+Stage timings (seconds): queue_wait (spec.created_at → start), text_encode, image_encode, denoise,
+vae_decode (from the pipeline), video_encode, upload, total (spec.created_at → finished).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+from rq.timeouts import JobTimeoutException
+
+from models.pipeline_types import GenerationRequest, GenerationResult, StepCallback
+from service.contract import TERMINAL, JobError, JobOutput, JobSpec, JobStatus, Stage
+from service.jobstore import JobStore
+from service.settings import Settings
+from service.storage import Storage, StorageError
+from worker.encode import decode_image, encode_mp4, encode_thumbnail
+from worker.metrics import WorkerMetrics
+from worker.reaper import Lease
+
+log = logging.getLogger("turbovid.worker")
+
+# A SIGTERM after this fraction of the denoise steps lets the job finish instead of re-queueing it.
+NEARLY_DONE = 0.75
+
+
+class Pipeline(Protocol):
+    def generate(self, request: GenerationRequest, *, on_step: StepCallback | None = None) -> GenerationResult:
+        ...
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback when the job's cancel flag is set."""
+
+
+class ShutdownRequeue(Exception):
+    """Raised from the step callback when the worker is asked to stop and the job is not nearly done."""
+
+
+class JobFailed(Exception):
+    """A job failure with an API error code (what `JobError.code` reports)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+Notify = Any  # callable(record) -> None; see WorkerContext.notify
+
+
+@dataclass
+class WorkerContext:
+    """What the in-process job function needs; built once by worker/main.py."""
+
+    settings: Settings
+    pipeline: Pipeline
+    redis: redis.Redis
+    store: JobStore
+    storage: Storage
+    metrics: WorkerMetrics
+    worker_name: str
+    lease: Lease
+    notify: Notify = None  # called with the job id once a job reaches a terminal state
+    stop: threading.Event = field(default_factory=threading.Event)
+    requeue_after: str | None = None  # job id to put back on the queue once RQ is done with it
+    scratch_dir: Path | None = None
+
+
+_context: WorkerContext | None = None
+
+
+def install_context(ctx: WorkerContext | None) -> None:
+    global _context
+    _context = ctx
+
+
+def current_context() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("worker.task.run_job called outside a TurboVid worker (no WorkerContext installed)")
+    return _context
+
+
+def run_job(spec_json: str) -> dict[str, Any]:
+    """RQ entry point: run one job from its JSON spec; returns a small summary for RQ's result."""
+    return execute(current_context(), spec_json)
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, JobFailed):
+        return exc.code
+    if isinstance(exc, JobTimeoutException):
+        return "timeout"
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "out_of_memory"
+    if isinstance(exc, ValueError):
+        return "invalid_input"
+    return "generation_failed"
+
+
+def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, **kw: Any) -> None:
+    ctx.store.finish(spec.job_id, status, ttl_s=_ttl(ctx, status), **kw)
+    ctx.metrics.job_finished(status.value)
+    if ctx.notify is not None:
+        try:
+            ctx.notify(spec.job_id)
+        except Exception:  # a webhook problem must not fail the job a second time
+            log.exception("webhook enqueue failed for job %s", spec.job_id)
+
+
+def _ttl(ctx: WorkerContext, status: JobStatus) -> int:
+    q = ctx.settings.queue
+    return q.result_ttl_s if status is JobStatus.completed else q.failure_ttl_s
+
+
+def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
+    spec = JobSpec.model_validate_json(spec_json)
+    job_id = spec.job_id
+    record = ctx.store.get(job_id)
+    if record is None:
+        log.info("job %s was deleted before it started; skipping", job_id)
+        return {"status": "gone"}
+    if record.status in TERMINAL:
+        return {"status": record.status.value}
+    if ctx.store.cancel_requested(job_id):
+        _terminal(ctx, spec, JobStatus.cancelled, error=JobError(code="cancelled", message="cancelled before start"))
+        return {"status": JobStatus.cancelled.value}
+
+    # 1. start: lease (heartbeat for the reaper) + job state ---------------------------------------
+    ctx.lease.hold(job_id)
+    started = time.time()
+    ctx.store.mark_started(job_id, ctx.worker_name)
+    ctx.metrics.set_busy(True)
+    timings: dict[str, float] = {Stage.queue_wait.value: max(0.0, started - spec.created_at)}
+    ctx.metrics.observe_timings({Stage.queue_wait.value: timings[Stage.queue_wait.value]})
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"turbovid-{job_id}-", dir=ctx.scratch_dir) as tmp:
+            output = _generate_and_upload(ctx, spec, timings, Path(tmp))
+        timings[Stage.total.value] = time.time() - spec.created_at
+        _terminal(ctx, spec, JobStatus.completed, output=output, timings=timings)
+        ctx.metrics.observe_timings({k: v for k, v in timings.items() if k != Stage.queue_wait.value})
+        return {"status": JobStatus.completed.value, "key": output.key, "timings": timings}
+    except JobCancelled:
+        timings[Stage.total.value] = time.time() - spec.created_at
+        _terminal(ctx, spec, JobStatus.cancelled, timings=timings,
+                  error=JobError(code="cancelled", message="cancelled while running"))
+        return {"status": JobStatus.cancelled.value}
+    except ShutdownRequeue:
+        ctx.store.requeue(job_id)
+        ctx.requeue_after = job_id
+        ctx.metrics.job_finished("requeued")
+        log.warning("job %s interrupted by worker shutdown; it will be re-queued", job_id)
+        return {"status": "requeued"}
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise  # a cold shutdown: the lease expires and the reaper re-queues the job
+        code = _error_code(exc)
+        message = exc.message if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
+        timings[Stage.total.value] = time.time() - spec.created_at
+        _terminal(ctx, spec, JobStatus.failed, timings=timings, error=JobError(code=code, message=message[:2000]))
+        log.exception("job %s failed (%s)", job_id, code)
+        raise
+    finally:
+        ctx.metrics.set_busy(False)
+        ctx.lease.release()
+
+
+def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, float], tmp: Path) -> JobOutput:
+    job_id = spec.job_id
+
+    # 2. inputs --------------------------------------------------------------------------------------
+    image = None
+    if spec.kind == "i2v":
+        if not spec.image_key:
+            raise JobFailed("invalid_input", "an i2v job needs an input image")
+        try:
+            image = decode_image(ctx.storage.get_bytes(spec.image_key))
+        except (OSError, ValueError, StorageError) as exc:
+            raise JobFailed("invalid_input", f"cannot read the input image: {type(exc).__name__}: {exc}") from exc
+    request = GenerationRequest(
+        prompt=spec.prompt, width=spec.width, height=spec.height, num_frames=spec.num_frames,
+        seed=spec.seed, num_steps=spec.num_steps, kind=spec.kind, image=image,
+        negative_prompt=spec.negative_prompt, sigma_max=spec.sigma_max, sla_topk=spec.sla_topk,
+        guidance_scale=spec.guidance_scale,
+    )
+
+    # 3. generate: progress, cancel and shutdown checked at every denoise step -----------------------
+    def on_step(done: int, total: int) -> None:
+        ctx.lease.refresh()
+        ctx.store.set_progress(job_id, min(99, round(100 * done / max(total, 1))))
+        if ctx.store.cancel_requested(job_id):
+            raise JobCancelled(job_id)
+        if ctx.stop.is_set() and done < total and done / total < NEARLY_DONE:
+            raise ShutdownRequeue(job_id)
+
+    result = ctx.pipeline.generate(request, on_step=on_step)
+    timings.update(result.timings.as_dict())
+    if spec.kind != "i2v":
+        timings.pop(Stage.image_encode.value, None)
+    ctx.store.set_timings(job_id, timings)
+    frames = result.frames
+    if ctx.store.cancel_requested(job_id):
+        raise JobCancelled(job_id)
+
+    # 4. encode ---------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    mp4 = tmp / "video.mp4"
+    size = encode_mp4(frames, mp4, fps=spec.fps)
+    thumbnail = encode_thumbnail(frames)
+    timings[Stage.video_encode.value] = time.perf_counter() - t0
+
+    # 5. upload ---------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    thumb_key = f"{spec.output_key}.jpg"
+    try:
+        ctx.storage.put_file(mp4, spec.output_key, "video/mp4")
+        ctx.storage.put_bytes(thumbnail, thumb_key, "image/jpeg")
+    except Exception as exc:
+        raise JobFailed("storage_error", f"upload failed: {type(exc).__name__}: {exc}") from exc
+    timings[Stage.upload.value] = time.perf_counter() - t0
+
+    f, h, w, _ = frames.shape
+    return JobOutput(key=spec.output_key, thumbnail_key=thumb_key, bytes=size, num_frames=int(f),
+                     fps=spec.fps, width=int(w), height=int(h), seed=result.seed)
