@@ -1,0 +1,80 @@
+"""W8A8 on the GPU at full Wan linear shapes (run on the device; skipped without CUDA)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
+from kernels.w8a8 import WAN_SHAPES, emulate, inspect_sass, prepare_weight, reference, w8a8_gemm, w8a8_linear
+
+pytestmark = pytest.mark.gpu
+
+TMA_CFG = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+PORTABLE_CFG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+
+
+def _err(y, ref):
+    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@pytest.fixture(scope="module", params=WAN_SHAPES, ids=[s[0].replace(" ", "_") for s in WAN_SHAPES])
+def layer(request):
+    _, k, n = request.param
+    g = torch.Generator(device="cuda").manual_seed(0)
+    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda", generator=g) * 0.02)
+    bias = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
+    return iw, sc, prepare_weight(iw, sc), bias
+
+
+@pytest.mark.parametrize("backend,cfg", [("tma", TMA_CFG), ("portable", PORTABLE_CFG)])
+def test_wan_shapes_both_kernels(layer, backend, cfg):
+    iw, sc, weight, bias = layer
+    m = 4099  # not a multiple of any tile
+    x = torch.randn(m, iw.shape[1], device="cuda", dtype=torch.bfloat16)
+    xq, sx = quantize_activation(x)
+    y = w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend=backend, config=cfg)
+    assert torch.isfinite(y).all()
+    ref = reference(x, iw, sc, bias)
+    same_math = emulate(x, weight, bias)
+    assert _err(y, ref) <= 2 * _err(same_math, ref) + 1e-3
+    assert _err(y, same_math) < 4e-3  # only the final bf16 rounding differs
+
+
+def test_public_path_480p_tokens_3d_fp16():
+    _, k, n = WAN_SHAPES[1]
+    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda") * 0.02)
+    weight = prepare_weight(iw, sc)
+    x = torch.randn(1, 32760, k, device="cuda", dtype=torch.float16)
+    y = w8a8_linear(x, weight)
+    assert y.shape == (1, 32760, n) and y.dtype == torch.float16
+    assert _err(y, reference(x, iw, sc)) <= 2 * _err(emulate(x, weight), reference(x, iw, sc)) + 1e-3
+
+
+def test_cuda_graph_and_compile_capture():
+    _, k, n = WAN_SHAPES[0]
+    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda") * 0.02)
+    weight = prepare_weight(iw, sc)
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(2, 1000, k, device="cuda", dtype=torch.bfloat16)
+    eager = w8a8_linear(x, weight, bias)  # warm: autotune outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = w8a8_linear(x, weight, bias)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.equal(captured, w8a8_linear(x, weight, bias))
+    compiled = torch.compile(lambda t: w8a8_linear(t, weight, bias), fullgraph=True)
+    assert torch.equal(compiled(x), w8a8_linear(x, weight, bias))
+    assert not torch.equal(eager, captured)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="Hopper only"
+)
+def test_sm90_kernel_uses_wgmma():
+    report = inspect_sass(TMA_CFG)
+    print(report)
+    assert int(re.search(r"PTX: (\d+) wgmma", report).group(1)) > 0
