@@ -219,6 +219,19 @@ def build_transformer(
     return model.eval().requires_grad_(False)
 
 
+def read_transformer_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], WanConfig]:
+    """(Wan-named state dict, architecture) of a transformer checkpoint in any supported layout."""
+    path = _resolve(Path(path))
+    manifest = read_manifest(path)
+    sd = to_wan_names(read_state_dict(path))
+    if manifest is not None:
+        if manifest.component != "transformer":
+            raise CheckpointError(f"{path}: manifest says component {manifest.component!r}, not a transformer")
+        return sd, WanConfig.from_dict(manifest.architecture)
+    folder = path if path.is_dir() else path.parent
+    return sd, infer_config(sd, num_heads=_heads_from_config_json(folder))
+
+
 def load_transformer(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     attention: str = "dense", linear: str = "native",
@@ -229,15 +242,6 @@ def load_transformer(
     or is zero). linear: "native" | "w8a8" (a quantized checkpoint with "native" is dequantized; a dense
     one with "w8a8" is quantized while loading). Returns a `WanTransformer` in eval mode on `device`.
     """
-    path = _resolve(Path(path))
-    manifest = read_manifest(path)
-    sd = to_wan_names(read_state_dict(path))
-    if manifest is not None:
-        if manifest.component != "transformer":
-            raise CheckpointError(f"{path}: manifest says component {manifest.component!r}, not a transformer")
-        cfg = WanConfig.from_dict(manifest.architecture)
-    else:
-        folder = path if path.is_dir() else path.parent
-        cfg = infer_config(sd, num_heads=_heads_from_config_json(folder))
+    sd, cfg = read_transformer_checkpoint(path)
     model = build_transformer(sd, cfg, dtype=dtype, attention=attention, linear=linear)
     return model.to(device)
