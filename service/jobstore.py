@@ -77,7 +77,7 @@ class JobStore:
             webhook_url=webhook_url,
         )
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.job_key(spec.job_id), mapping=_dump(record))
+        pipe.hset(self.job_key(spec.job_id), mapping=_dump(record))  # type: ignore[arg-type]
         pipe.expire(self.job_key(spec.job_id), ttl_s)
         pipe.zadd(self.owner_key(spec.owner), {spec.job_id: spec.created_at})
         pipe.sadd(self.active_key(spec.owner), spec.job_id)
@@ -94,7 +94,7 @@ class JobStore:
         """Job ids of `owner`, newest first for order="desc", strictly after the cursor id."""
         key = self.owner_key(owner)
         ids: list[str] = [
-            i.decode() if isinstance(i, bytes) else i
+            i.decode() if isinstance(i, bytes) else str(i)
             for i in (self.r.zrevrange(key, 0, -1) if order == "desc" else self.r.zrange(key, 0, -1))
         ]
         if after is not None:
@@ -167,7 +167,7 @@ class JobStore:
         if timings is not None:
             fields["timings"] = json.dumps(timings)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.job_key(job_id), mapping=fields)
+        pipe.hset(self.job_key(job_id), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(self.job_key(job_id), ttl_s)
         pipe.srem(self.active_key(record.spec.owner), job_id)
         pipe.delete(self.cancel_key(job_id))

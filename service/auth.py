@@ -1,0 +1,70 @@
+"""API keys: `Authorization: Bearer <key>`, stored only as SHA-256 hex in Redis.
+
+Keys live in the hash `<prefix>:apikeys` (sha256 hex -> key id). The key id (`key_<12 hex>`) is the
+job owner: a key lists and reads only its own jobs. With `auth.enabled=false` (allowed only in dev
+mode by the settings validator) every request acts as owner "dev".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import redis
+
+from service.errors import ApiError
+
+
+@dataclass(frozen=True)
+class Principal:
+    owner: str  # key id, or "dev" with auth off
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.r = client
+        self.key = f"{prefix}:apikeys"
+
+    def create(self, name: str) -> tuple[str, str]:
+        """A new key; returns (key id, plaintext). The plaintext is not stored anywhere."""
+        plaintext = "tv-" + secrets.token_urlsafe(32)
+        key_id = self.add_hash(name, hash_key(plaintext))
+        return key_id, plaintext
+
+    def add_hash(self, name: str, sha256_hex: str) -> str:
+        """Register an already hashed key (bootstrap keys from settings); returns its key id."""
+        sha = sha256_hex.strip().lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError(f"key {name!r}: expected a SHA-256 hex digest")
+        key_id = f"key_{sha[:12]}"
+        self.r.hset(self.key, sha, key_id)
+        self.r.hset(f"{self.key}:names", key_id, name)
+        return key_id
+
+    def resolve(self, plaintext: str) -> str | None:
+        raw = self.r.hget(self.key, hash_key(plaintext))
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def authenticate(keys: KeyStore, enabled: bool, authorization: str | None) -> Principal:
+    if not enabled:
+        return Principal(owner="dev")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not authorization:
+        raise ApiError(401, "missing_api_key", "send an API key as 'Authorization: Bearer <key>'",
+                       headers=challenge)
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "invalid_api_key", "the Authorization header must be 'Bearer <key>'",
+                       headers=challenge)
+    owner = keys.resolve(token.strip())
+    if owner is None:
+        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=challenge)
+    return Principal(owner=owner)

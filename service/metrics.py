@@ -1,0 +1,76 @@
+"""Gateway metrics on a per-app registry (names and help from service/metric_names.py).
+
+HTTP counters/latency are labelled by the route template (never the raw path). Queue depth and
+live workers per model are read from Redis when Prometheus scrapes, by a custom collector.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service import metric_names as names
+from service.queue import EngineClient
+
+log = logging.getLogger(__name__)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, engine: EngineClient, models: list[str]) -> None:
+        self.engine = engine
+        self.models = models
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(names.QUEUE_DEPTH.name, names.QUEUE_DEPTH.help, labels=["model"])
+        workers = GaugeMetricFamily(names.WORKERS.name, names.WORKERS.help, labels=["model"])
+        for model in self.models:
+            try:
+                depth.add_metric([model], self.engine.queue_depth(model))
+                workers.add_metric([model], self.engine.live_workers(model))
+            except Exception:  # a scrape must not fail because Redis is briefly away
+                log.warning("metrics: cannot read queue state of %s", model, exc_info=True)
+        yield depth
+        yield workers
+
+
+class GatewayMetrics:
+    def __init__(self, engine: EngineClient, models: list[str]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(names.HTTP_REQUESTS.name.removesuffix("_total"), names.HTTP_REQUESTS.help,
+                                list(names.HTTP_REQUESTS.labels), registry=self.registry)
+        self.latency = Histogram(names.HTTP_REQUEST_DURATION.name, names.HTTP_REQUEST_DURATION.help,
+                                 list(names.HTTP_REQUEST_DURATION.labels), buckets=names.HTTP_BUCKETS,
+                                 registry=self.registry)
+        self.jobs_created = Counter(names.JOBS_CREATED.name.removesuffix("_total"), names.JOBS_CREATED.help,
+                                    list(names.JOBS_CREATED.labels), registry=self.registry)
+        self.registry.register(_QueueCollector(engine, models))
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")  # set by the router on a match
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+def install(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            state = getattr(request.app.state, "turbovid", None)
+            metrics: GatewayMetrics | None = getattr(state, "metrics", None)
+            if metrics is not None:
+                route = _route_template(request)
+                metrics.requests.labels(request.method, route, str(status)).inc()
+                metrics.latency.labels(request.method, route).observe(time.perf_counter() - start)
