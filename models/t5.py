@@ -228,13 +228,20 @@ class UMT5Encoder(nn.Module):
         return self.norm(x)  # [B, L, C]
 
     @classmethod
-    def random(cls, cfg: UMT5Config, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> UMT5Encoder:
-        """A randomly initialised encoder (tests, the wan-tiny dev model); T5-like init scales."""
-        gen = torch.Generator().manual_seed(seed)
-        model = cls(cfg)
+    def random(
+        cls, cfg: UMT5Config, *, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"
+    ) -> UMT5Encoder:
+        """A randomly initialised encoder (tests, the wan-tiny dev model, benches); T5-like scales.
+
+        Built on the meta device and materialised directly on `device` (full size: ~23 GB fp32).
+        """
+        gen = torch.Generator(device=device).manual_seed(seed)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model = model.to_empty(device=device)
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+                if name.endswith(("norm1.weight", "norm2.weight")) or name == "norm.weight":
                     p.fill_(1.0)
                 elif name == "token_embedding.weight":
                     p.normal_(0.0, 1.0, generator=gen)
