@@ -126,6 +126,8 @@ class AttentionOp(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; known: {BACKENDS}")
         self.backend = backend
+        # Kept for a dense op too, so that override_backend("sla") runs SLA with the model's settings.
+        self.topk_ratio, self.block_q, self.block_k = topk_ratio, block_q, block_k
         self.local_attn = (
             SparseLinearAttention(head_dim, backend=backend, topk_ratio=topk_ratio,
                                   block_q=block_q, block_k=block_k)
@@ -134,6 +136,7 @@ class AttentionOp(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v: [B, H, L, D] -> [B, H, L, D]."""
-        if self.local_attn is None:
-            return attention(q, k, v, backend="dense")
+        if self.local_attn is None:  # no proj_l: the linear branch is off under a forced SLA backend
+            return attention(q, k, v, backend="dense", topk_ratio=self.topk_ratio,
+                             block_q=self.block_q, block_k=self.block_k)
         return self.local_attn(q, k, v)
