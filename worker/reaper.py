@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from rq import Queue
@@ -87,10 +88,15 @@ def enqueue_spec(queue: Queue, job_id: str, spec_json: str, q: QueueSettings, *,
 
 def _remove_from_registry(client: redis.Redis, key: str, job_id: str) -> None:
     """Registry members are `job_id` or `job_id:execution_id` (RQ ≥ 2)."""
-    members = [m.decode() if isinstance(m, bytes) else m for m in client.zrange(key, 0, -1)]
+    members = _members(client, key)
     stale = [m for m in members if m == job_id or m.startswith(f"{job_id}:")]
     if stale:
         client.zrem(key, *stale)
+
+
+def _members(client: redis.Redis, key: str) -> list[str]:
+    raw: list[Any] = client.zrange(key, 0, -1)  # type: ignore[assignment]
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def reap(
     now = time.time() if now is None else now
     ttl = lease_ttl_s(q)
     registry = StartedJobRegistry(queue.name, connection=client)
-    members = [m.decode() if isinstance(m, bytes) else m for m in client.zrange(registry.key, 0, -1)]
+    members = _members(client, registry.key)
     out: list[Reaped] = []
     for job_id in sorted({m.split(":", 1)[0] for m in members}):
         if client.exists(lease_key(store.p, job_id)):
