@@ -226,6 +226,8 @@ class TextEncoder:
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
         B, L = input_ids.shape
+        if B == 0:
+            return torch.zeros(0, L, self.config.d_model, device=self.device, dtype=self.dtype)
         keep = max(int(attention_mask.sum(dim=1).max()), 1)
         mask = attention_mask[:, :keep]
         hidden = self.model(input_ids[:, :keep], mask, attn_backend=self.attn_backend)  # [B, keep, C]

@@ -161,6 +161,7 @@ def test_encode_ids_trims_padding_and_backends_agree(hf_model, spiece, tmp_path)
     full = encoder.model(tokens.input_ids, tokens.attention_mask)
     n = int(tokens.lengths[1])
     torch.testing.assert_close(trimmed[1, :n], full[1, :n], rtol=1e-5, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 512, 32)
     encoder.attn_backend = "sdpa"
     torch.testing.assert_close(encoder.encode_ids(tokens.input_ids, tokens.attention_mask), trimmed)
 
