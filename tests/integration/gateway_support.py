@@ -1,0 +1,128 @@
+"""Helpers for the gateway/webhook integration tests: real Redis, moto S3 server, uvicorn thread.
+
+Isolation: these tests use Redis DB 12 (RQ's own keys are not prefixable, and queue names are model
+ids) and a fresh key prefix per test; the DB is flushed before and after each test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from service.auth import hash_key
+from service.settings import Settings
+
+REDIS_DB = 12
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+KEY_A = "tv-test-key-alice"
+KEY_B = "tv-test-key-bob"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def clean_redis() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    groups: dict[str, Any] = {
+        "redis": {"url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}"},
+        "storage": {"backend": "local", "local_dir": str(tmp_path / "store")},
+        "auth": {"bootstrap_keys": {"alice": hash_key(KEY_A), "bob": hash_key(KEY_B)},
+                 "max_concurrent_jobs": 100, "rate_limit_per_minute": 1000},
+        "gateway": {"models": ["wan-tiny", "wan-tiny-i2v"], "default_model": "wan-tiny", "poll_after_ms": 700},
+    }
+    for group, values in overrides.items():
+        if isinstance(values, dict):
+            groups.setdefault(group, {}).update(values)
+        else:
+            groups[group] = values
+    return Settings(**groups)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def png_bytes(w: int = 96, h: int = 64, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray((np.arange(w * h * 3, dtype=np.uint32) % 251).astype(np.uint8).reshape(h, w, 3))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def tiny_mp4(path: Path, frames: int = 9, w: int = 64, h: int = 64) -> int:
+    """Encode a short H.264 clip with PyAV; returns its size in bytes."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.time_base = Fraction(1, 16)
+        for i in range(frames):
+            arr = np.full((h, w, 3), (i * 25) % 255, dtype=np.uint8)
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return path.stat().st_size
+
+
+def decode_frames(data: bytes) -> int:
+    import av
+
+    with av.open(io.BytesIO(data)) as f:
+        return sum(1 for _ in f.decode(video=0))
+
+
+class UvicornThread:
+    """Serve an ASGI app on 127.0.0.1:<free port> in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> UvicornThread:
+        self.thread.start()
+        deadline = time.time() + 15
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,290 @@
+"""The videos API against real Redis: create (JSON, multipart), retrieve, list, delete, limits, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from gateway_support import KEY_A, KEY_B, bearer, clean_redis, make_settings, png_bytes
+from rq import Queue
+
+from service.app import create_app
+from service.contract import RQ_SERIALIZER, TASK_PATH, JobError, JobSpec, JobStatus
+from service.jobstore import JobStore
+
+A, B = bearer(KEY_A), bearer(KEY_B)
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator:
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        settings = make_settings(tmp_path, **overrides)
+        client = TestClient(create_app(settings)).__enter__()
+        client.settings = settings  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    with clean_redis():
+        yield make
+        for c in clients:
+            c.__exit__(None, None, None)
+
+
+def _create(c: TestClient, headers: dict[str, str] = A, **body: object) -> dict:
+    r = c.post("/v1/videos", json={"prompt": "a red fox", "size": "96x64", "seconds": "1", **body},
+               headers=headers)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_create_json_enqueues_a_json_spec_on_the_model_queue(make_client) -> None:
+    c = make_client()
+    r = c.post("/v1/videos", json={"prompt": "a red fox", "size": "96x64", "seconds": "1", "seed": 7,
+                                   "num_steps": 2, "metadata": {"k": "v"}}, headers=A)
+    assert r.status_code == 201
+    v = r.json()
+    assert v["object"] == "video" and v["status"] == "queued" and v["progress"] == 0
+    assert (v["size"], v["seconds"], v["num_frames"], v["fps"], v["seed"]) == ("96x64", "1", 17, 16, 7)
+    assert v["queue_position"] == 0 and v["metadata"] == {"k": "v"}
+    assert r.headers["openai-poll-after-ms"] == "700"
+    q = Queue("wan-tiny", connection=c.app.state.turbovid.redis, serializer=RQ_SERIALIZER)
+    job = q.fetch_job(v["id"])
+    assert job.func_name == TASK_PATH
+    assert job.timeout == c.settings.queue.job_timeout_s
+    assert job.result_ttl == c.settings.queue.result_ttl_s and job.failure_ttl == c.settings.queue.failure_ttl_s
+    assert job.ttl == c.settings.queue.queued_ttl_s
+    spec = JobSpec.model_validate_json(job.args[0])
+    assert (spec.width, spec.height, spec.num_frames, spec.seed, spec.num_steps, spec.kind) == (
+        96, 64, 17, 7, 2, "t2v")
+    # the seed is random when absent, and echoed
+    assert isinstance(_create(c)["seed"], int)
+
+
+def test_multipart_create_and_high_priority_goes_to_the_front(make_client) -> None:
+    c = make_client()
+    first = _create(c)
+    r = c.post("/v1/videos", data={"prompt": "a cat", "size": "64x64", "seconds": "2", "priority": "high",
+                                   "metadata[team]": "x"}, headers=A)
+    assert r.status_code == 201, r.text
+    v = r.json()
+    assert (v["size"], v["num_frames"], v["queue_position"], v["metadata"]) == ("64x64", 33, 0, {"team": "x"})
+    assert c.get(f"/v1/videos/{first['id']}", headers=A).json()["queue_position"] == 1
+
+
+def test_i2v_multipart_upload_is_stored_and_size_adapts_to_the_image(make_client, tmp_path: Path) -> None:
+    c = make_client()
+    r = c.post("/v1/videos", data={"prompt": "waves", "model": "wan-tiny-i2v", "seconds": "1"},
+               files={"input_reference": ("in.png", png_bytes(64, 96), "image/png")}, headers=A)
+    assert r.status_code == 201, r.text
+    v = r.json()
+    assert v["size"] == "64x96"  # portrait image -> the portrait size
+    record = c.app.state.turbovid.engine.store.get(v["id"])
+    assert record.spec.kind == "i2v" and record.spec.image_key == f"inputs/{v['id']}.png"
+    assert (tmp_path / "store" / record.spec.image_key).read_bytes() == png_bytes(64, 96)
+    # I2V without an image, and T2V with one, are clear 400s
+    r = c.post("/v1/videos", json={"prompt": "x", "model": "wan-tiny-i2v"}, headers=A)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "input_reference")
+    r = c.post("/v1/videos", data={"prompt": "x"}, files={"input_reference": ("a.png", png_bytes(), "image/png")},
+               headers=A)
+    assert r.status_code == 400 and "text-to-video" in r.json()["error"]["message"]
+
+
+def test_list_pagination_and_order(make_client) -> None:
+    c = make_client()
+    ids = [_create(c)["id"] for _ in range(5)]
+    _create(c, headers=B)  # another tenant's job never shows up
+    page1 = c.get("/v1/videos", params={"limit": 2}, headers=A).json()
+    assert page1["object"] == "list" and page1["has_more"] is True
+    assert [v["id"] for v in page1["data"]] == ids[::-1][:2]
+    assert (page1["first_id"], page1["last_id"]) == (ids[4], ids[3])
+    page2 = c.get("/v1/videos", params={"limit": 2, "after": page1["last_id"]}, headers=A).json()
+    page3 = c.get("/v1/videos", params={"limit": 2, "after": page2["last_id"]}, headers=A).json()
+    assert [v["id"] for v in page2["data"] + page3["data"]] == ids[::-1][2:]
+    assert page2["has_more"] is True and page3["has_more"] is False
+    asc = c.get("/v1/videos", params={"order": "asc", "limit": 100}, headers=A).json()
+    assert [v["id"] for v in asc["data"]] == ids
+    assert c.get("/v1/videos", params={"limit": 0}, headers=A).status_code == 400
+
+
+def test_delete_cancels_a_queued_job_and_removes_it(make_client) -> None:
+    c = make_client()
+    v = _create(c)
+    engine = c.app.state.turbovid.engine
+    owner = engine.store.get(v["id"]).spec.owner
+    assert engine.queue_depth("wan-tiny") == 1 and engine.store.active_count(owner) == 1
+    r = c.delete(f"/v1/videos/{v['id']}", headers=A)
+    assert r.status_code == 200 and r.json() == {"id": v["id"], "object": "video.deleted", "deleted": True}
+    assert engine.queue_depth("wan-tiny") == 0
+    assert engine.store.active_count(owner) == 0 and engine.store.get(v["id"]) is None
+    assert c.get(f"/v1/videos/{v['id']}", headers=A).status_code == 404
+    assert c.delete(f"/v1/videos/{v['id']}", headers=A).status_code == 404
+
+
+def test_running_job_delete_sets_the_cancel_flag(make_client) -> None:
+    c = make_client()
+    v = _create(c)
+    store: JobStore = c.app.state.turbovid.engine.store
+    store.mark_started(v["id"], "w1")
+    assert c.get(f"/v1/videos/{v['id']}", headers=A).json()["status"] == "in_progress"
+    assert c.delete(f"/v1/videos/{v['id']}", headers=A).status_code == 200
+    assert store.cancel_requested(v["id"])
+
+
+def test_failed_and_cancelled_jobs_report_their_reason(make_client) -> None:
+    c = make_client()
+    store: JobStore = c.app.state.turbovid.engine.store
+    v1, v2 = _create(c), _create(c)
+    store.finish(v1["id"], JobStatus.failed, ttl_s=60, error=JobError(code="generation_failed", message="boom"))
+    store.finish(v2["id"], JobStatus.cancelled, ttl_s=60)
+    g1 = c.get(f"/v1/videos/{v1['id']}", headers=A)
+    assert g1.json()["status"] == "failed" and g1.json()["error"] == {"code": "generation_failed", "message": "boom"}
+    assert "openai-poll-after-ms" not in g1.headers
+    assert c.get(f"/v1/videos/{v2['id']}", headers=A).json()["error"]["code"] == "cancelled"
+    r = c.get(f"/v1/videos/{v1['id']}/content", headers=A)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "video_failed"
+
+
+def test_queued_job_past_the_queue_ttl_fails_visibly(make_client) -> None:
+    c = make_client(queue={"queued_ttl_s": 1})
+    v = _create(c)
+    c.app.state.turbovid.redis.hset(f"{c.settings.redis.key_prefix}:job:{v['id']}", "created_at", "1.0")
+    got = c.get(f"/v1/videos/{v['id']}", headers=A).json()
+    assert got["status"] == "failed" and got["error"]["code"] == "queue_timeout"
+
+
+def test_idempotency_same_body_same_job_different_body_409(make_client) -> None:
+    c = make_client()
+    h = {**A, "Idempotency-Key": "abc-1"}
+    body = {"prompt": "same", "size": "64x64", "seconds": "1", "seed": 3}
+    r1 = c.post("/v1/videos", json=body, headers=h)
+    r2 = c.post("/v1/videos", json=body, headers=h)
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    assert r1.json()["id"] == r2.json()["id"]
+    r3 = c.post("/v1/videos", json={**body, "prompt": "other"}, headers=h)
+    assert r3.status_code == 409 and r3.json()["error"]["param"] == "Idempotency-Key"
+    # keys are per tenant: bob's identical key makes his own job
+    r4 = c.post("/v1/videos", json=body, headers={**B, "Idempotency-Key": "abc-1"})
+    assert r4.status_code == 201 and r4.json()["id"] != r1.json()["id"]
+    assert len(c.get("/v1/videos", headers=A).json()["data"]) == 1
+
+
+def test_auth_and_tenancy(make_client) -> None:
+    c = make_client()
+    v = _create(c)
+    assert c.get(f"/v1/videos/{v['id']}").status_code == 401
+    r = c.post("/v1/videos", json={"prompt": "x"}, headers=bearer("tv-wrong"))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    for method in ("get", "delete"):
+        r = getattr(c, method)(f"/v1/videos/{v['id']}", headers=B)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert c.get(f"/v1/videos/{v['id']}/content", headers=B).status_code == 404
+    assert c.get(f"/v1/videos/{v['id']}", headers=A).status_code == 200
+    assert c.get("/v1/videos", headers=B).json()["data"] == []
+
+
+def test_rate_limit_429_with_retry_after(make_client) -> None:
+    c = make_client(auth={"rate_limit_per_minute": 2, "max_concurrent_jobs": 100})
+    _create(c), _create(c)
+    r = c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=B).status_code == 201
+
+
+def test_concurrency_limit_counts_unfinished_jobs(make_client) -> None:
+    c = make_client(auth={"max_concurrent_jobs": 2})
+    v1, _ = _create(c), _create(c)
+    r = c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_active_jobs"
+    assert int(r.headers["Retry-After"]) >= 1
+    c.app.state.turbovid.engine.store.finish(v1["id"], JobStatus.failed, ttl_s=60)
+    assert c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": "x", "size": "1920x1080"}, 400, "size"),
+        ({"prompt": "x", "seconds": "9"}, 400, "seconds"),
+        ({"prompt": "x", "num_frames": 10}, 400, "num_frames"),
+        ({"prompt": "x", "num_steps": 5}, 400, "num_steps"),
+        ({"prompt": "x", "model": "sora-2"}, 400, "model"),
+        ({"prompt": "x" * 2001}, 400, "prompt"),
+        ({"prompt": ""}, 400, "prompt"),
+        ({"size": "64x64"}, 400, "prompt"),
+        ({"prompt": "x", "bogus": 1}, 400, "bogus"),
+        ({"prompt": "x", "webhook_url": "http://127.0.0.1:9/hook"}, 400, "webhook_url"),
+        ({"prompt": "x", "webhook_url": "ftp://example.com/"}, 400, "webhook_url"),
+        ({"prompt": "x", "model": "wan-tiny-i2v", "image": "not base64!"}, 400, "image"),
+        ({"prompt": "x", "model": "wan-tiny-i2v", "image_url": "http://169.254.169.254/x.png"}, 400, "image_url"),
+    ],
+)
+def test_validation_errors_are_clear_400s(make_client, body: dict, status: int, param: str) -> None:
+    c = make_client()
+    r = c.post("/v1/videos", json=body, headers=A)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["code"]
+
+
+def test_image_limits_413_415_422(make_client) -> None:
+    import base64
+
+    c = make_client(limits={"max_upload_bytes": 20_000, "min_image_side": 32})
+
+    def post(data: bytes, name: str = "a.png") -> tuple[int, str]:
+        r = c.post("/v1/videos", data={"prompt": "x", "model": "wan-tiny-i2v"},
+                   files={"input_reference": (name, data, "image/png")}, headers=A)
+        return r.status_code, r.json()["error"]["code"] if r.status_code >= 400 else ""
+
+    assert post(b"\0" * 30_000)[0] == 413
+    assert post(b"GIF89a" + b"\0" * 100) == (415, "unsupported_image_type")
+    assert post(png_bytes(96, 64, "GIF"))[0] == 415
+    assert post(png_bytes(16, 64)) == (422, "invalid_image_dimensions")
+    assert post(png_bytes(96, 64)[:200]) == (422, "invalid_image")  # truncated
+    assert post(png_bytes(96, 64, "JPEG"), "a.jpg")[0] == 201
+    data_url = "data:image/webp;base64," + base64.b64encode(png_bytes(64, 64, "WEBP")).decode()
+    r = c.post("/v1/videos", json={"prompt": "x", "model": "wan-tiny-i2v", "image": data_url}, headers=A)
+    assert r.status_code == 201 and r.json()["size"] == "64x64"
+    r = c.post("/v1/videos", content=b"{not json", headers={**A, "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = c.post("/v1/videos", content=b"x", headers={**A, "content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_models_health_ready_metrics_docs(make_client) -> None:
+    c = make_client()
+    _create(c)
+    models = c.get("/v1/models", headers=A).json()["data"]
+    tiny = next(m for m in models if m["id"] == "wan-tiny")
+    assert "96x64" in tiny["sizes"] and tiny["workers"] == 0 and tiny["queue_depth"] == 1
+    assert c.get("/healthz").json() == {"status": "ok"}
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["redis"] is True and r.json()["workers"]["wan-tiny"] == 0
+    text = c.get("/metrics").text
+    assert 'turbovid_http_requests_total{method="POST",route="/v1/videos",status="201"} 1.0' in text
+    assert 'turbovid_jobs_created_total{model="wan-tiny"} 1.0' in text
+    assert 'turbovid_queue_depth{model="wan-tiny"} 1.0' in text
+    assert 'turbovid_workers{model="wan-tiny"} 0.0' in text
+    assert "turbovid_http_request_duration_seconds_bucket" in text
+    assert c.get("/docs").status_code == 200
+    assert "/v1/videos" in c.get("/openapi.json").json()["paths"]
+
+
+def test_auth_is_off_only_in_dev_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dev mode"):
+        make_settings(tmp_path, auth={"enabled": False})
+    assert make_settings(tmp_path, auth={"enabled": False}, dev_mode=True).auth.enabled is False
+
+
+def test_importing_the_app_does_not_import_torch() -> None:
+    code = "import sys, service.app, service.webhooks, service.cli; assert 'torch' not in sys.modules, 'torch'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
