@@ -24,7 +24,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from models.pipeline_types import GenerationRequest
-from service.contract import JobStatus
+from service.contract import RQ_SERIALIZER, JobStatus
 from service.jobstore import JobStore
 from service.settings import Settings
 from service.storage import make_storage
@@ -53,21 +53,14 @@ def warm_up(pipeline: task.Pipeline) -> None:
     pipeline.generate(GenerationRequest(prompt="warm-up", width=64, height=64, num_frames=5, seed=0, num_steps=1))
 
 
-def make_notifier(settings: Settings, client: redis.Redis, store: JobStore) -> Callable[[str], None] | None:
-    """A callable that enqueues the webhook delivery of a finished job, if service.webhooks exists."""
-    try:
-        from service import webhooks
-    except ImportError:
-        log.warning("service.webhooks is not available; webhooks will not be sent")
-        return None
-    enqueue: Any = getattr(webhooks, "enqueue_webhook", None)
-    if enqueue is None:
-        return None
+def make_notifier(settings: Settings, client: redis.Redis, store: JobStore) -> Callable[[str], None]:
+    """A callable that enqueues the webhook delivery of a finished job (if it has a webhook_url)."""
+    from service.webhooks import enqueue_webhook
 
     def notify(job_id: str) -> None:
         record = store.get(job_id)
         if record is not None and record.webhook_url:
-            enqueue(client, settings, record)
+            enqueue_webhook(client, settings, record)
 
     return notify
 
@@ -148,9 +141,9 @@ def run_worker(
     task.install_context(ctx)
 
     # 2. the queue ----------------------------------------------------------------------------------
-    queue = Queue(w.model, connection=client)
+    queue = Queue(w.model, connection=client, serializer=RQ_SERIALIZER)
     worker = TurboWorker([queue], name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
-                         default_result_ttl=q.result_ttl_s)
+                         default_result_ttl=q.result_ttl_s, serializer=RQ_SERIALIZER)
     worker.ctx = ctx
     reap(queue, store, q, notify=ctx.notify)  # jobs of a worker that died before we started
     beat = Heartbeat(worker, queue, q.heartbeat_s)

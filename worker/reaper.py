@@ -24,7 +24,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from service.contract import TASK_PATH, TERMINAL, JobError, JobStatus
+from service.contract import RQ_SERIALIZER, TASK_PATH, TERMINAL, JobError, JobStatus
 from service.jobstore import JobStore
 from service.settings import QueueSettings
 
@@ -77,7 +77,9 @@ class Lease:
 
 
 def enqueue_spec(queue: Queue, job_id: str, spec_json: str, q: QueueSettings, *, at_front: bool = False) -> Job:
-    """(Re-)enqueue a job spec under its TurboVid id, replacing any RQ job of that id."""
+    """(Re-)enqueue a job spec under its TurboVid id, replacing any RQ job of that id.
+
+    `queue` must use `RQ_SERIALIZER` (as the gateway's queues do)."""
     for registry in (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry):
         _remove_from_registry(registry.connection, registry.key, job_id)
     return queue.enqueue(
@@ -123,7 +125,7 @@ def reap(
     for job_id in sorted({m.split(":", 1)[0] for m in members}):
         if client.exists(lease_key(store.p, job_id)):
             continue
-        job = Job.fetch(job_id, connection=client) if Job.exists(job_id, connection=client) else None
+        job = Job.fetch(job_id, connection=client, serializer=RQ_SERIALIZER) if Job.exists(job_id, connection=client) else None
         started_at = job.started_at.timestamp() if job is not None and job.started_at else None
         if started_at is not None and now - started_at < ttl:
             continue  # just started: its worker sets the lease within moments

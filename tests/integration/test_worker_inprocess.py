@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import av
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from rq import Queue
 from worker_support import PatternPipeline, submit, test_settings
 
-from service.contract import JobStatus
+from service.contract import RQ_SERIALIZER, WEBHOOK_QUEUE, JobStatus
 from service.jobstore import JobStore
 from service.storage import make_storage
 from worker.main import run_worker
@@ -136,3 +137,23 @@ def _no_leftover_context():
     from worker import task
 
     task.install_context(None)
+
+
+def test_terminal_jobs_with_webhook_url_enqueue_a_delivery(tmp_path):
+    settings = test_settings(tmp_path)
+    ok = submit(settings, webhook_url="https://hooks.example.com/ok")
+    bad = submit(settings, prompt="boom", webhook_url="https://hooks.example.com/bad")
+    plain = submit(settings)
+    run_worker(settings, pipeline=PatternPipeline(), burst=True)
+
+    q = Queue(WEBHOOK_QUEUE, connection=_store(settings).r, serializer=RQ_SERIALIZER)
+    mine = {}
+    for job in q.get_jobs():
+        payload = json.loads(job.args[0])
+        if payload["event"]["data"]["id"] in (ok.job_id, bad.job_id, plain.job_id):
+            mine[payload["event"]["data"]["id"]] = payload
+            job.delete(remove_from_queue=True)  # nobody should deliver to example.com
+    assert set(mine) == {ok.job_id, bad.job_id}
+    assert mine[ok.job_id]["url"] == "https://hooks.example.com/ok"
+    assert mine[ok.job_id]["event"]["type"] == "video.completed"
+    assert mine[bad.job_id]["event"]["type"] == "video.failed"

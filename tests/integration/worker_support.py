@@ -19,7 +19,7 @@ import redis
 from rq import Queue
 
 from models.pipeline_types import GenerationRequest, GenerationResult, StageTimings, StepCallback
-from service.contract import JobSpec
+from service.contract import RQ_SERIALIZER, JobSpec
 from service.jobstore import JobStore
 from service.settings import Settings
 from worker.reaper import enqueue_spec
@@ -67,7 +67,7 @@ def free_port() -> int:
 
 def submit(settings: Settings, *, kind: str = "t2v", prompt: str = "a red fox", frames: int = 5,
            size: tuple[int, int] = (64, 48), steps: int = 4, image_key: str | None = None,
-           created_at: float | None = None) -> JobSpec:
+           created_at: float | None = None, webhook_url: str | None = None) -> JobSpec:
     """Create the job record and enqueue it like the gateway does."""
     job_id = f"video_{uuid.uuid4().hex[:16]}"
     spec = JobSpec(
@@ -77,8 +77,9 @@ def submit(settings: Settings, *, kind: str = "t2v", prompt: str = "a red fox", 
         created_at=time.time() if created_at is None else created_at,
     )
     client = redis.Redis.from_url(settings.redis.url)
-    JobStore(client, settings.redis.key_prefix).create(spec, ttl_s=3600)
-    enqueue_spec(Queue(settings.worker.model, connection=client), job_id, spec.model_dump_json(), settings.queue)
+    JobStore(client, settings.redis.key_prefix).create(spec, ttl_s=3600, webhook_url=webhook_url)
+    queue = Queue(settings.worker.model, connection=client, serializer=RQ_SERIALIZER)
+    enqueue_spec(queue, job_id, spec.model_dump_json(), settings.queue)
     return spec
 
 
