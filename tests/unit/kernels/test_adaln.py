@@ -78,18 +78,19 @@ def test_int8_layout_feeds_the_w8a8_quantizer_layout():
 
 
 def test_int8_zero_row_gives_zero_scale():
-    x = torch.zeros(1, 2, 32)
-    zero = torch.zeros(1, 32)
+    x = torch.zeros(1, 2, 32, device=_device())
+    zero = torch.zeros(1, 32, device=_device())
     q, s = layernorm_modulate(x, zero, zero, out_int8=True)
     assert (s == 0).all() and (q == 0).all()
 
 
 def test_batch_rows_use_their_own_modulation():
-    x = torch.randn(1, 4, 32).expand(2, 4, 32).contiguous()
-    shift = torch.stack((torch.zeros(32), torch.full((32,), 3.0)))
-    scale = torch.zeros(2, 32)
+    dev = _device()
+    x = torch.randn(1, 4, 32, device=dev).expand(2, 4, 32).contiguous()
+    shift = torch.stack((torch.zeros(32, device=dev), torch.full((32,), 3.0, device=dev)))
+    scale = torch.zeros(2, 32, device=dev)
     out = layernorm_modulate(x, shift, scale)
-    torch.testing.assert_close(out[1] - out[0], torch.full((4, 32), 3.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[1] - out[0], torch.full((4, 32), 3.0, device=dev), rtol=0, atol=1e-5)
 
 
 def test_rejects_bad_shapes():

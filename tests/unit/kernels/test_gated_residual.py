@@ -61,9 +61,10 @@ def test_mixed_dtypes_keep_x_dtype():
 
 
 def test_each_batch_row_uses_its_own_gate():
-    x = torch.zeros(2, 3, 16)
-    y = torch.ones(2, 3, 16)
-    gate = torch.stack((torch.full((16,), 2.0), torch.full((16,), -1.0)))
+    dev = _device()
+    x = torch.zeros(2, 3, 16, device=dev)
+    y = torch.ones(2, 3, 16, device=dev)
+    gate = torch.stack((torch.full((16,), 2.0, device=dev), torch.full((16,), -1.0, device=dev)))
     out = gated_residual(x, y, gate)
     assert (out[0] == 2.0).all() and (out[1] == -1.0).all()
 

@@ -73,10 +73,11 @@ def test_rmsnorm_rope_positions_shared_across_batch_and_heads():
     # Identical tokens at the same position must give identical outputs in every batch element,
     # and a different position must rotate differently.
     L, H, D = 4, 2, 8
-    row = torch.randn(1, 1, H, D)
+    dev = _device()
+    row = torch.randn(1, 1, H, D, device=dev)
     x = row.expand(2, L, H, D).contiguous()
-    cos, sin = _tables(L, D, "cpu")
-    out = rmsnorm_rope(x, torch.ones(H * D), cos, sin)
+    cos, sin = _tables(L, D, dev)
+    out = rmsnorm_rope(x, torch.ones(H * D, device=dev), cos, sin)
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
     assert not torch.allclose(out[0, 0], out[0, 1])
 
