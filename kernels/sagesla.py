@@ -389,7 +389,7 @@ def _prune_attn_configs(configs: list[triton.Config], named_args: dict, **kwargs
 
 _sagesla_fwd = triton.autotune(
     configs=_ATTN_CONFIGS,
-    key=["L", "D", "BLK_Q", "BLOCK_N", "DENSE", "PV_FP8", "HAS_LINEAR"],
+    key=["D", "BLK_Q", "BLOCK_N", "DENSE", "PV_FP8", "HAS_LINEAR"],
     prune_configs_by={"early_config_prune": _prune_attn_configs},
 )(_sagesla_fwd_kernel)
 
