@@ -159,9 +159,10 @@ class S3Storage:
         return StorageError(f"s3 operation on {key!r} failed: {exc}")
 
     def put_file(self, path: Path, key: str, content_type: str) -> int:
+        k = self._k(key)
         try:
             self.client.upload_file(
-                str(path), self.bucket, self._k(key),
+                str(path), self.bucket, k,
                 ExtraArgs={"ContentType": content_type}, Config=self.transfer,
             )
         except Exception as exc:  # botocore/boto3 raise several unrelated types
@@ -169,22 +170,25 @@ class S3Storage:
         return Path(path).stat().st_size
 
     def put_bytes(self, data: bytes, key: str, content_type: str) -> int:
+        k = self._k(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, ContentType=content_type)
+            self.client.put_object(Bucket=self.bucket, Key=k, Body=data, ContentType=content_type)
         except Exception as exc:
             raise self._wrap(exc, key) from exc
         return len(data)
 
     def get_bytes(self, key: str) -> bytes:
+        k = self._k(key)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=k)["Body"]
             return bytes(body.read())
         except Exception as exc:
             raise self._wrap(exc, key) from exc
 
     def size(self, key: str) -> int:
+        k = self._k(key)
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"])
+            return int(self.client.head_object(Bucket=self.bucket, Key=k)["ContentLength"])
         except Exception as exc:
             raise self._wrap(exc, key) from exc
 
@@ -196,8 +200,9 @@ class S3Storage:
         return True
 
     def delete(self, key: str) -> None:
+        k = self._k(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+            self.client.delete_object(Bucket=self.bucket, Key=k)
         except Exception as exc:
             raise self._wrap(exc, key) from exc
 
@@ -211,8 +216,9 @@ class S3Storage:
 
     def open_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end}"
+        k = self._k(key)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng)["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=k, Range=rng)["Body"]
         except Exception as exc:
             raise self._wrap(exc, key) from exc
         return iter(lambda: body.read(_CHUNK), b"")
