@@ -645,5 +645,38 @@ def bench(shapes=WAN_SHAPES, tokens=WAN_TOKENS) -> None:
     )
 
 
+def accuracy_study(m: int = 512, k: int = 1536, n: int = 1536, seed: int = 0) -> None:
+    """CPU, torch only: what per-channel requant and per-token activations cost against the checkpoint.
+
+    Weights: gaussian × a per-input-channel spread (so 128×128 block scales differ along K); activations:
+    gaussian with a few outlier channels, as DiT hidden states have. Prints ||y - ref|| / ||ref||.
+    """
+    from kernels.int8_quant import QMAX, _round_half_away, quantize_weight_blockwise
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    x[:, torch.randperm(k, generator=g)[:8]] *= 20.0  # outlier channels
+    print(f"accuracy_study M={m} K={k} N={n}: rel. Frobenius error of y vs fp32 x @ checkpoint w")
+    for label, spread in (("gaussian w", 0.0), ("w with K spread 10x", 1.0), ("w with K spread 100x", 2.0)):
+        w = torch.randn(n, k, generator=g) * 0.02 * torch.logspace(-spread / 2, spread / 2, k)[None, :]
+        iw, sc = quantize_weight_blockwise(w)
+        wck = dequantize_weight_blockwise(iw, sc)
+        ref = x @ wck.t()
+        wt = prepare_weight(iw, sc)
+        wreq = wt.qweight.float() * wt.scale[:, None]
+        q, sx = reference_quantize_activation(x)
+        xt = q.float() * sx[:, None]  # per-token
+        xg = x.view(m, k // 128, 128)  # per-token × 128-K-group
+        sg = xg.abs().amax(-1, keepdim=True) / QMAX
+        xgq = (_round_half_away(xg / sg.clamp_min(1e-30)).clamp(-QMAX, QMAX) * sg).view(m, k)
+        err = lambda y, ref=ref: ((y - ref).norm() / ref.norm()).item()
+        print(
+            f"  {label:<22} weight requant only: {err(x @ wreq.t()):.2e} | per-token x, block w: "
+            f"{err(xt @ wck.t()):.2e} | per-token x, per-channel w (ours): {err(xt @ wreq.t()):.2e} | "
+            f"per-group x, block w: {err(xgq @ wck.t()):.2e} | bf16 x, bf16 w: "
+            f"{err((x.bfloat16() @ wck.bfloat16().t()).float()):.2e}"
+        )
+
+
 if __name__ == "__main__":
     bench()
