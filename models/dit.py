@@ -26,6 +26,32 @@ from models.config import WanConfig
 # Parameters kept in fp32 whatever the model dtype (Wan runs them under fp32 autocast).
 FP32_PARAM_PATTERNS = ("time_embedding.", "time_projection.", "modulation", "norm")
 
+_fused_kernels = True
+
+
+def set_fused_kernels(enabled: bool) -> None:
+    """On CUDA, use the Triton RMSNorm+RoPE and gated-residual kernels (default) or plain PyTorch."""
+    global _fused_kernels
+    _fused_kernels = enabled
+
+
+def _kernels(x: torch.Tensor):  # noqa: ANN202 - (rmsnorm_rope module, gated_residual module) or None
+    if not (_fused_kernels and x.is_cuda):
+        return None
+    try:
+        from kernels import gated_residual, rmsnorm_rope
+    except ImportError:
+        return None
+    return rmsnorm_rope, gated_residual
+
+
+def _gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x [B, L, C] fp32 + gate [B, 1, C] fp32 · y [B, L, C] -> fp32 (a new tensor)."""
+    kernels = _kernels(x)
+    if kernels is not None:
+        return kernels[1].gated_residual(x, y, gate[:, 0])
+    return x + y.float() * gate
+
 
 def keeps_fp32(name: str) -> bool:
     return any(p in name for p in FP32_PARAM_PATTERNS)
@@ -106,10 +132,15 @@ class WanSelfAttention(nn.Module):
         """x [B, L, C] (compute dtype), cos/sin [L, D/2] -> [B, L, C]."""
         B, L, _ = x.shape
         # 1. projections, q/k RMSNorm across all heads, RoPE
-        q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
-        k = self.norm_k(self.k(x)).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
-        v = self.v(x).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        shape = (B, L, self.num_heads, self.head_dim)
+        kernels = _kernels(x) if isinstance(self.norm_q, RMSNorm) else None
+        if kernels is not None:  # one fused pass per tensor
+            q = kernels[0].rmsnorm_rope(self.q(x).view(shape), self.norm_q.weight, cos, sin, self.norm_q.eps)
+            k = kernels[0].rmsnorm_rope(self.k(x).view(shape), self.norm_k.weight, cos, sin, self.norm_k.eps)
+        else:
+            q = apply_rope(self.norm_q(self.q(x)).view(shape), cos, sin)  # [B, L, H, D]
+            k = apply_rope(self.norm_k(self.k(x)).view(shape), cos, sin)  # [B, L, H, D]
+        v = self.v(x).view(shape)  # [B, L, H, D]
         # 2. attention (dispatch: dense / sla / sagesla)
         o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, L, D]
         # 3. output projection
@@ -156,12 +187,12 @@ class WanBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
         # 1. self-attention with AdaLN
         h = (self.norm1(x) * (1 + scale1) + shift1).to(dtype)
-        x = x + self.self_attn(h, cos, sin).float() * gate1
+        x = _gated_add(x, self.self_attn(h, cos, sin), gate1)
         # 2. cross-attention to the text
-        x = x + self.cross_attn(self.norm3(x.float()).to(dtype), context).float()
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
         # 3. FFN with AdaLN
         h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
-        return x + self.ffn(h).float() * gate2
+        return _gated_add(x, self.ffn(h), gate2)
 
 
 class Head(nn.Module):
