@@ -1,0 +1,241 @@
+"""Wan VAE behaviour without diffusers: chunking/cache correctness, bounded decode memory, input
+validation, config, and loader errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from models.checkpoint_io import CheckpointError, Manifest, write_canonical
+from models.vae import CausalCache, VAEConfig, WanVAE
+from models.vae_loading import infer_config, load_vae, save_vae_canonical
+
+
+@pytest.fixture(scope="module")
+def vae() -> WanVAE:
+    torch.manual_seed(0)
+    model = WanVAE(VAEConfig.from_name("tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05 + 0.01)
+        model.decoder.head[2].weight.mul_(0.25)
+    return model
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of CPU tensor storages created inside the mode and still referenced; tracks the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[int, int] = {}
+        self.refs: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key == 0:
+            return
+        if key not in self.sizes:
+            self.sizes[key], self.refs[key] = storage.nbytes(), 0
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        self.refs[key] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            self.current -= self.sizes.pop(key)
+            del self.refs[key]
+
+
+def _decode_whole(vae: WanVAE, latents: torch.Tensor) -> torch.Tensor:
+    """All latent frames through the decoder at once (no chunking): the unbounded reference."""
+    cfg = vae.config
+    mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+    cache = CausalCache()
+    with torch.no_grad():
+        return vae.decoder(vae.conv2(latents * std + mean, cache), cache).clamp(-1, 1)
+
+
+def test_chunked_decode_equals_whole_sequence(vae: WanVAE) -> None:
+    latents = torch.randn(1, 16, 4, 3, 5)
+    chunked = vae.decode(latents)
+    assert chunked.shape == (1, 3, 13, 24, 40)
+    torch.testing.assert_close(chunked, _decode_whole(vae, latents), atol=2e-5, rtol=1e-5)
+    # iter_decode yields 1 frame, then 4 per latent frame, concatenating to decode's output.
+    chunks = list(vae.iter_decode(latents))
+    assert [c.shape[2] for c in chunks] == [1, 4, 4, 4]
+    torch.testing.assert_close(torch.cat(chunks, dim=2), chunked)
+
+
+def test_chunked_encode_equals_whole_sequence(vae: WanVAE) -> None:
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    latents = vae.encode(video)
+    cache = CausalCache()
+    with torch.no_grad():
+        mu = vae.conv1(vae.encoder(video, cache), cache)[:, :16]
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(latents, (mu - mean) / std, atol=2e-5, rtol=1e-5)
+
+
+def test_causal_later_frames_do_not_change_earlier_latents(vae: WanVAE) -> None:
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    edited = video.clone()
+    edited[:, :, 5:] = -edited[:, :, 5:]  # only the last 4-frame chunk differs
+    a, b = vae.encode(video), vae.encode(edited)
+    torch.testing.assert_close(a[:, :, :2], b[:, :, :2])
+    assert not torch.allclose(a[:, :, 2], b[:, :, 2])
+
+
+def test_decode_peak_memory_does_not_grow_with_frames(vae: WanVAE) -> None:
+    def extra_peak(fn, latents: torch.Tensor) -> int:  # type: ignore[no-untyped-def]
+        with LiveTensorBytes() as meter:
+            out = fn(latents)
+        assert meter.current == out.untyped_storage().nbytes()  # nothing but the output left behind
+        return meter.peak - out.untyped_storage().nbytes()
+
+    short, long = torch.randn(1, 16, 3, 2, 2), torch.randn(1, 16, 12, 2, 2)  # 9 vs 45 output frames
+    # The meter sees growth where there is growth: the unchunked decoder holds all frames.
+    whole_short, whole_long = extra_peak(lambda z: _decode_whole(vae, z), short), extra_peak(
+        lambda z: _decode_whole(vae, z), long
+    )
+    assert whole_long > 3 * whole_short
+    # Ours: beyond the output buffer, the peak stays that of one chunk.
+    ours_short, ours_long = extra_peak(vae.decode, short), extra_peak(vae.decode, long)
+    assert ours_long < 1.1 * ours_short
+    assert ours_long < whole_long / 3
+
+
+def test_decode_convs_see_one_chunk(vae: WanVAE) -> None:
+    seen: list[int] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[2]))
+        for m in vae.decoder.modules()
+        if isinstance(m, nn.Conv3d)
+    ]
+    try:
+        vae.decode(torch.randn(1, 16, 6, 2, 2))
+    finally:
+        for h in hooks:
+            h.remove()
+    # At most 4 new frames plus 2 cached ones of context, whatever the number of latent frames.
+    assert seen and max(seen) <= 6
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((1, 3, 8, 16, 16), "4k\\+1"),
+        ((1, 3, 5, 20, 16), "multiples of 8"),
+        ((1, 3, 5, 16, 12), "multiples of 8"),
+        ((1, 4, 5, 16, 16), "\\[B, 3, F, H, W\\]"),
+        ((3, 5, 16, 16), "\\[B, 3, F, H, W\\]"),
+    ],
+)
+def test_encode_rejects_bad_video(vae: WanVAE, shape: tuple[int, ...], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        vae.encode(torch.zeros(shape))
+
+
+def test_decode_rejects_bad_latents(vae: WanVAE) -> None:
+    with pytest.raises(ValueError, match="16"):
+        vae.decode(torch.zeros(1, 4, 2, 2, 2))
+    with pytest.raises(ValueError, match="16"):
+        vae.decode(torch.zeros(16, 2, 2, 2))
+
+
+def test_config_presets_and_round_trip() -> None:
+    wan = VAEConfig.from_name("wan2.1")
+    assert (wan.base_dim, wan.z_dim, wan.dim_mult, wan.num_res_blocks) == (96, 16, (1, 2, 4, 4), 2)
+    assert wan.temporal_downsample == (False, True, True)
+    assert (wan.temporal_factor, wan.spatial_factor) == (4, 8)
+    assert VAEConfig.from_name("tiny").z_dim == 16
+    assert VAEConfig.from_dict(wan.to_dict()) == wan
+    with pytest.raises(ValueError, match="unknown VAE preset"):
+        VAEConfig.from_name("wan9")
+    with pytest.raises(ValueError, match="latents_mean"):
+        VAEConfig(z_dim=8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        wan.base_dim = 3  # type: ignore[misc]
+
+
+def test_full_size_parameter_shapes_match_wan() -> None:
+    with torch.device("meta"):
+        state = WanVAE(VAEConfig.from_name("wan2.1")).state_dict()
+    # Shapes from Wan2.1_VAE.pth (z=16, dim 96).
+    assert state["encoder.conv1.weight"].shape == (96, 3, 3, 3, 3)
+    assert state["encoder.head.2.weight"].shape == (32, 384, 3, 3, 3)
+    assert state["conv1.weight"].shape == (32, 32, 1, 1, 1)
+    assert state["conv2.weight"].shape == (16, 16, 1, 1, 1)
+    assert state["decoder.upsamples.3.time_conv.weight"].shape == (768, 384, 3, 1, 1)
+    assert state["decoder.upsamples.3.resample.1.weight"].shape == (192, 384, 3, 3)
+    assert state["decoder.upsamples.4.shortcut.weight"].shape == (384, 192, 1, 1, 1)
+    assert state["decoder.middle.1.norm.gamma"].shape == (384, 1, 1)
+    assert state["encoder.downsamples.5.time_conv.weight"].shape == (192, 192, 3, 1, 1)
+    assert sum(v.numel() for v in state.values()) == pytest.approx(127e6, rel=0.02)
+
+
+def test_infer_config_from_weights() -> None:
+    cfg = VAEConfig(base_dim=8, num_res_blocks=1, temporal_downsample=(True, False, True))
+    with torch.device("meta"):
+        state = WanVAE(cfg).state_dict()
+    assert infer_config(state) == cfg
+
+
+def test_load_vae_pth_round_trip_and_dtype(vae: WanVAE, tmp_path: Path) -> None:
+    torch.save(vae.state_dict(), tmp_path / "Wan2.1_VAE.pth")
+    loaded = load_vae(tmp_path / "Wan2.1_VAE.pth")
+    for key, value in vae.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    half = load_vae(tmp_path / "Wan2.1_VAE.pth", dtype=torch.bfloat16)
+    assert half.conv2.weight.dtype == torch.bfloat16
+    assert half.decode(torch.zeros(1, 16, 1, 1, 1)).dtype == torch.bfloat16
+
+
+def test_load_vae_names_missing_and_unexpected_keys(vae: WanVAE, tmp_path: Path) -> None:
+    state = dict(vae.state_dict())
+    del state["decoder.head.2.bias"]
+    state["decoder.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"decoder\.head\.2\.bias") as info:
+        load_vae(tmp_path / "bad.pth")
+    assert "decoder.extra.weight" in str(info.value)
+
+
+def test_load_vae_shape_mismatch(vae: WanVAE, tmp_path: Path) -> None:
+    state = dict(vae.state_dict())
+    state["decoder.head.0.gamma"] = torch.ones(5, 1, 1, 1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"decoder\.head\.0\.gamma"):
+        load_vae(tmp_path / "bad.pth")
+
+
+def test_canonical_manifest_is_checked(vae: WanVAE, tmp_path: Path) -> None:
+    save_vae_canonical(vae, tmp_path / "ok")
+    assert load_vae(tmp_path / "ok").config == vae.config
+    write_canonical(tmp_path / "dit", vae.state_dict(), Manifest("transformer", vae.config.to_dict()))
+    with pytest.raises(CheckpointError, match="not a VAE"):
+        load_vae(tmp_path / "dit")
+    with pytest.raises(CheckpointError, match="not a Wan VAE"):
+        torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "other.pth")
+        load_vae(tmp_path / "other.pth")
