@@ -1,0 +1,196 @@
+"""`turbovid serve --dev`: the whole service on one machine in one command.
+
+    [embedded redis-server on a free port, temp dir]   (unless TURBOVID_REDIS__URL is set)
+    turbovid gateway      http://127.0.0.1:<port>, auth off, local storage
+    turbovid worker       model wan-tiny (random tiny weights), cpu or cuda
+    turbovid webhooks     webhook deliveries
+
+Each part is a child process of this one running its own `turbovid` entry point (so each builds
+its own Settings from the environment this function prepares; a bad setting makes that child
+exit and the stack stop with its message). Ctrl-C / SIGTERM stops the
+children (SIGTERM, then SIGKILL after a grace period) and the embedded Redis, and removes its
+temp dir. If any child dies, the stack stops and the exit code says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+DEV_MODEL = "wan-tiny"
+log = logging.getLogger("turbovid.dev")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """A throw-away redis-server bound to loopback, data in a temp dir, no persistence."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not on PATH: install Redis or set TURBOVID_REDIS__URL")
+        self.dir = Path(tempfile.mkdtemp(prefix="turbovid-redis-"))
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def dev_environment(base: Mapping[str, str], *, port: int, redis_url: str, metrics_port: int,
+                    device: str, state_dir: Path) -> dict[str, str]:
+    """The TURBOVID_* variables of the dev stack layered over `base` (the caller's environment).
+
+    Redis and storage settings the user configured are kept; the rest is forced to dev values.
+    """
+    env = dict(base)
+    env.update({
+        "TURBOVID_DEV_MODE": "true",
+        "TURBOVID_AUTH__ENABLED": "false",
+        "TURBOVID_REDIS__URL": redis_url,
+        "TURBOVID_GATEWAY__HOST": "127.0.0.1",
+        "TURBOVID_GATEWAY__PORT": str(port),
+        "TURBOVID_GATEWAY__MODELS": json.dumps([DEV_MODEL]),
+        "TURBOVID_GATEWAY__DEFAULT_MODEL": DEV_MODEL,
+        "TURBOVID_WORKER__MODEL": DEV_MODEL,
+        "TURBOVID_WORKER__DEVICE": device,
+        "TURBOVID_WORKER__METRICS_PORT": str(metrics_port),
+        "TURBOVID_WEBHOOKS__ALLOW_PRIVATE_TARGETS": base.get("TURBOVID_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+    })
+    env.setdefault("TURBOVID_WORKER__CHECKPOINT", "[]")
+    if device == "cpu":
+        env["TURBOVID_WORKER__DTYPE"] = "float32"
+    env.setdefault("TURBOVID_STORAGE__BACKEND", "local")
+    env.setdefault("TURBOVID_STORAGE__LOCAL_DIR", str(state_dir / "storage"))
+    env.setdefault("TURBOVID_WORKER__CACHE_DIR", str(state_dir / "cache"))
+    return env
+
+
+def _default_device() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device: str | None = None,
+                  ready_timeout: float = 300.0) -> int:
+    """Run the dev stack until Ctrl-C/SIGTERM or until a part dies; returns the exit code."""
+    redis_srv: EmbeddedRedis | None = None
+    redis_url = env.get("TURBOVID_REDIS__URL")
+    if not redis_url:
+        redis_srv = EmbeddedRedis()
+        redis_srv.start()
+        redis_url = redis_srv.url
+    metrics_port = int(env.get("TURBOVID_WORKER__METRICS_PORT") or free_port())
+    child_env = dev_environment(env, port=port, redis_url=redis_url, metrics_port=metrics_port,
+                                device=device or _default_device(), state_dir=state_dir)
+
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    cmd = [sys.executable, "-m", "worker.cli"]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        for name, args in (("worker", ["worker", "--model", DEV_MODEL]), ("gateway", ["gateway"]),
+                           ("webhooks", ["webhooks"])):
+            # Children ignore the terminal's Ctrl-C (own process group); this process stops them.
+            procs[name] = subprocess.Popen(cmd + args, env=child_env, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        if _wait_ready(f"{base}/readyz", list(procs.values()), ready_timeout):
+            log.info("turbovid dev stack ready: %s  (worker metrics http://127.0.0.1:%d/metrics, redis %s)",
+                     base, metrics_port, redis_url)
+        while not stopping:
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                log.error("turbovid dev stack: %s exited; stopping", ", ".join(dead))
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for p in procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if redis_srv is not None:
+            redis_srv.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return code
