@@ -151,7 +151,7 @@ def _kv_stats_kernel(
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     # meta
-    D: tl.constexpr, BLOCK: tl.constexpr, HAS_LINEAR: tl.constexpr,
+    D: tl.constexpr, BLOCK: tl.constexpr, HAS_LINEAR: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """One pass over a chunk of K and V rows of one head: sum K (for smoothing), max |V| per channel
     (FP8 scales) and, with the linear branch, phi(K)^T V [D, D] and sum phi(K). Writes per-split partials."""
@@ -182,7 +182,7 @@ def _kv_stats_kernel(
             e = tl.exp2((k - tl.max(k, axis=1)[:, None]) * 1.4426950408889634)
             fk = e / tl.sum(e, axis=1)[:, None]  # [BLOCK, D] softmax over the head dim
             fk = tl.where(valid[:, None], fk, 0.0)
-            kv += tl.dot(tl.trans(fk), v)  # [D, D]
+            kv += tl.dot(tl.trans(fk.to(DOT_DTYPE)), v.to(DOT_DTYPE))  # [D, D], fp32 accumulate
             fksum += tl.sum(fk, axis=0)
     part = bh * n_split + split
     tl.store(KSUM + part * D + offs_d, ksum)
@@ -253,24 +253,35 @@ def _quant_v_fp8_kernel(
 
 @triton.jit
 def _attn_step(
-    acc, m_i, l_i, q, q_scale, kb,
+    acc, m_i, l_i, q, q_scale, kb0, kb1,
     # pointers
     KQ, KSCALE, V, VT,
     # sizes
-    L, L_PAD, n_kblocks,
+    L, L_PAD,
     stride_vl,
     # meta
-    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP8: tl.constexpr,
+    D: tl.constexpr, BLK: tl.constexpr, PAIR: tl.constexpr, MASKED: tl.constexpr, PV_FP8: tl.constexpr,
 ):
-    """One key block: int8 S = Q K^T (scaled, log2 domain), online softmax, P @ V (fp16 or fp8)."""
-    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    """One key tile: key block kb0 (PAIR: blocks kb0 and kb1 gathered into one 2*BLK tile).
+    int8 S = Q K^T scaled into the log2 domain, online softmax in fp32, P @ V in fp16 or fp8."""
+    if PAIR:
+        r = tl.arange(0, 2 * BLK)
+        hi = r >= BLK
+        offs_n = tl.where(hi, kb1 * BLK + r - BLK, kb0 * BLK + r)  # [2*BLK] key rows
+        k_scale = tl.where(hi, tl.load(KSCALE + kb1), tl.load(KSCALE + kb0))  # [2*BLK]
+    else:
+        offs_n = kb0 * BLK + tl.arange(0, BLK)
+        k_scale = tl.load(KSCALE + kb0)
     offs_d = tl.arange(0, D)
     if MASKED:
         k = tl.load(KQ + offs_n[:, None] * D + offs_d[None, :], mask=(offs_n < L)[:, None], other=0)
     else:
         k = tl.load(KQ + offs_n[:, None] * D + offs_d[None, :])
-    s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)  # [BLOCK_M, BLOCK_N]
-    s = s * (q_scale * tl.load(KSCALE + kb))
+    s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)  # [BLOCK_M, N]
+    if PAIR:
+        s = s * (q_scale * k_scale)[None, :]
+    else:
+        s = s * (q_scale * k_scale)
     if MASKED:
         s = tl.where((offs_n < L)[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -279,7 +290,7 @@ def _attn_step(
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None]
     if PV_FP8:
-        vt = tl.load(VT + offs_d[:, None] * L_PAD + offs_n[None, :])  # [D, BLOCK_N] fp8
+        vt = tl.load(VT + offs_d[:, None] * L_PAD + offs_n[None, :])  # [D, N] fp8, zero past L
         acc = tl.dot((p * 448.0).to(tl.float8e4nv), tl.trans(vt), acc)
     else:
         if MASKED:
@@ -295,17 +306,17 @@ def _sagesla_fwd_kernel(
     # pointers
     Q, QQ, QSCALE, KQ, KSCALE, V, VT, VSCALE, LUT, LIN_M, FKSUM, LIN_B, O,
     # sizes
-    L, L_PAD, H, n_qblocks, n_kblocks, TOPK,
+    L, L_PAD, H, n_qblocks, n_kblocks, TOPK, lin_eps,
     stride_qb, stride_qh, stride_ql,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
     # meta
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAIR: tl.constexpr,
     DENSE: tl.constexpr, PV_FP8: tl.constexpr, HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """Block-sparse int8/fp8 attention for BLOCK_M query rows (part of query block BLK_Q) of one head,
     over the key blocks listed in LUT [B*H, NQ, TOPK] (sorted; DENSE: all key blocks), plus the
-    linear-branch epilogue o += (phi(q) @ LIN_M) / (eps + phi(q) . FKSUM) + LIN_B."""
+    linear-branch epilogue o += (phi(q) @ LIN_M) / (lin_eps + phi(q) . FKSUM) + LIN_B (LIN_M fp16)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -319,43 +330,68 @@ def _sagesla_fwd_kernel(
     q = tl.load(QQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0)
     q_scale = tl.load(QSCALE + bh * n_qblocks + qb)
     kq_base = KQ + bh * L * D
-    kscale_base = KSCALE + bh * n_kblocks
+    ks_base = KSCALE + bh * n_kblocks
     v_base = V + b * stride_vb + h * stride_vh
     vt_base = VT + bh * D * L_PAD
+    lut = LUT + (bh * n_qblocks + qb) * TOPK
 
-    # 2. online softmax over the selected key blocks; only the last (sorted) one can be partial
+    # 2. online softmax over the selected key blocks (PAIR: two per tile); only the last one (the LUT
+    #    is sorted) can hold keys past L, so only the last tile is masked
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lut_base = LUT + (bh * n_qblocks + qb) * TOPK
-    for i in range(0, TOPK - 1):
+    if PAIR:
+        n_full = (TOPK - 1) // 2
+        for i in range(0, n_full):
+            if DENSE:
+                kb0 = 2 * i
+                kb1 = 2 * i + 1
+            else:
+                kb0 = tl.load(lut + 2 * i)
+                kb1 = tl.load(lut + 2 * i + 1)
+            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb1, kq_base, ks_base, v_base, vt_base,
+                                       L, L_PAD, stride_vl, D, BLOCK_N, True, False, PV_FP8)
         if DENSE:
-            kb = i
+            kb0 = 2 * n_full
+            kb1 = TOPK - 1
         else:
-            kb = tl.load(lut_base + i)
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb, kq_base, kscale_base, v_base, vt_base,
-                                   L, L_PAD, n_kblocks, stride_vl, D, BLOCK_N, False, PV_FP8)
-    if DENSE:
-        kb = TOPK - 1
+            kb0 = tl.load(lut + 2 * n_full)
+            kb1 = tl.load(lut + TOPK - 1)
+        if TOPK - 2 * n_full == 2:
+            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb1, kq_base, ks_base, v_base, vt_base,
+                                       L, L_PAD, stride_vl, D, BLOCK_N, True, True, PV_FP8)
+        else:
+            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb1, kb1, kq_base, ks_base, v_base, vt_base,
+                                       L, L_PAD, stride_vl, D, BLOCK_N, False, True, PV_FP8)
     else:
-        kb = tl.load(lut_base + TOPK - 1)
-    acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb, kq_base, kscale_base, v_base, vt_base,
-                               L, L_PAD, n_kblocks, stride_vl, D, BLOCK_N, True, PV_FP8)
+        for i in range(0, TOPK - 1):
+            if DENSE:
+                kb0 = i
+            else:
+                kb0 = tl.load(lut + i)
+            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb0, kq_base, ks_base, v_base, vt_base,
+                                       L, L_PAD, stride_vl, D, BLOCK_N, False, False, PV_FP8)
+        if DENSE:
+            kb0 = TOPK - 1
+        else:
+            kb0 = tl.load(lut + TOPK - 1)
+        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb0, kq_base, ks_base, v_base, vt_base,
+                                   L, L_PAD, stride_vl, D, BLOCK_N, False, True, PV_FP8)
     if PV_FP8:
         vscale = tl.load(VSCALE + bh * D + offs_d)  # [D]
         o = acc * (vscale[None, :] / 448.0) / l_i[:, None]
     else:
         o = acc / l_i[:, None]  # [BLOCK_M, D]
 
-    # 3. linear branch epilogue: proj_l is folded into LIN_M = (phi(K)^T V) W^T per head
+    # 3. linear branch epilogue: proj_l folded into LIN_M = (phi(K)^T V) W^T / L per head (fp16)
     if HAS_LINEAR:
         x = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                     mask=row_ok[:, None], other=0.0).to(tl.float32)
         e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
         fq = e / tl.sum(e, axis=1)[:, None]  # [BLOCK_M, D]
-        lin_m = tl.load(LIN_M + bh * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D, D]
-        den = tl.sum(fq * tl.load(FKSUM + bh * D + offs_d)[None, :], axis=1) + 1e-5  # [BLOCK_M]
-        o += tl.dot(fq, lin_m) / den[:, None]
+        den = tl.sum(fq * tl.load(FKSUM + bh * D + offs_d)[None, :], axis=1) + lin_eps  # [BLOCK_M]
+        lin_m = tl.load(LIN_M + bh * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D, D] fp16
+        o += tl.dot(fq.to(tl.float16), lin_m) / den[:, None]
         if HAS_BIAS:
             o += tl.load(LIN_B + offs_d)[None, :]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
@@ -372,18 +408,20 @@ def _interpreting() -> bool:
 
 
 _ATTN_CONFIGS = [
-    triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bm, w, s in [(128, 8, 2), (128, 8, 3), (128, 4, 3), (64, 4, 3), (64, 4, 4), (128, 8, 4)]
+    triton.Config({"BLOCK_M": bm, "PAIR": pair}, num_warps=w, num_stages=st)
+    for pair in (True, False)
+    for bm, w, st in [(128, 8, 3), (128, 4, 3), (64, 4, 4), (64, 4, 3)]
 ]
 
 
 def _prune_attn_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     blk_q = kwargs.get("BLK_Q", named_args.get("BLK_Q"))
-    ok = [c for c in configs if blk_q % c.kwargs["BLOCK_M"] == 0]
+    blk_k = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
+    ok = [c for c in configs if blk_q % c.kwargs["BLOCK_M"] == 0 and (blk_k <= 64 or not c.kwargs["PAIR"])]
     if not ok:  # tiny test blocks: one query block per program
-        ok = [triton.Config({"BLOCK_M": blk_q}, num_warps=4, num_stages=1)]
-    if _interpreting():
-        ok = ok[:1]
+        ok = [triton.Config({"BLOCK_M": blk_q, "PAIR": False}, num_warps=4, num_stages=1)]
+    if _interpreting():  # one config there, alternating PAIR by block size so tests cover both
+        ok = [triton.Config({"BLOCK_M": blk_q, "PAIR": blk_k == 16}, num_warps=4, num_stages=1)]
     return ok
 
 
@@ -457,7 +495,7 @@ def _prepare(
     has_linear = proj_l_weight is not None and not dense
 
     # 2. one pass over K, V: sum K, max |V|, phi(K)^T V, sum phi(K) (per-split partials)
-    stats_block = 64 if D <= 64 else 32
+    stats_block = 64
     n_split = max(1, min(triton.cdiv(L, 4 * stats_block), triton.cdiv(264, BH)))
     rows = triton.cdiv(triton.cdiv(L, n_split), stats_block) * stats_block
     n_split = triton.cdiv(L, rows)
@@ -468,6 +506,7 @@ def _prepare(
     _kv_stats_kernel[(BH, n_split)](
         k, v, ksum, vmax, kv, fksum, L, H, rows, *k.stride()[:3], *v.stride()[:3],
         D=D, BLOCK=stats_block, HAS_LINEAR=has_linear, num_warps=4,
+        DOT_DTYPE=tl.bfloat16 if v.dtype == torch.bfloat16 else tl.float16,
     )
     k_mean = ksum.sum(1) / L  # [BH, D]
 
@@ -502,12 +541,13 @@ def _prepare(
         score = torch.bmm(q_pool, k_pool.transpose(1, 2))  # [BH, NQ, NK]
         lut = torch.topk(score, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
 
-    # 5. linear branch constants: proj_l folded into phi(K)^T V, per head
+    # 5. linear branch constants: proj_l folded into phi(K)^T V, per head; numerator and denominator
+    #    both divided by L so LIN_M fits fp16 (eps scaled alike)
     lin_m = fk = lin_b = q_scale
     if has_linear:
         assert proj_l_weight is not None
-        lin_m = torch.matmul(kv.sum(1), proj_l_weight.float().t()).contiguous()  # [BH, D, D]
-        fk = fksum.sum(1).contiguous()  # [BH, D]
+        lin_m = (torch.matmul(kv.sum(1), proj_l_weight.float().t()) / L).half().contiguous()  # [BH, D, D]
+        fk = (fksum.sum(1) / L).contiguous()  # [BH, D]
         if proj_l_bias is not None:
             lin_b = proj_l_bias.float().contiguous()
     return _Prepared(q, v, q8, q_scale, k8, k_scale, vt, v_scale, lut, lin_m, fk, lin_b, topk, block_q,
@@ -522,7 +562,7 @@ def _launch(p: _Prepared) -> torch.Tensor:
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _sagesla_fwd[grid](
         p.q, p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.lin_m, p.fksum, p.lin_b, o,
-        L, nk * p.block_k, H, nq, nk, p.topk, *p.q.stride()[:3], *p.v.stride()[:3], *o.stride()[:3],
+        L, nk * p.block_k, H, nq, nk, p.topk, LINEAR_EPS / L, *p.q.stride()[:3], *p.v.stride()[:3], *o.stride()[:3],
         D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8,
         HAS_LINEAR=p.has_linear, HAS_BIAS=p.has_bias,
     )

@@ -91,6 +91,17 @@ def test_sagesla_matches_reference(L: int, D: int, topk_ratio: float, linear: bo
     assert cos >= 0.9995
 
 
+def test_sagesla_one_block_per_tile() -> None:
+    """block_k=32 runs the unpaired key-tile path under the interpreter (block_k=16 runs the paired one)."""
+    q, k, v, w, b = _inputs(150, 64, seed=11)
+    o, _ = sagesla_attention(q, k, v, topk_ratio=0.5, proj_l_weight=w, proj_l_bias=b, block_q=64, block_k=32,
+                             pv_fp8=False)
+    ref, _ = reference(q, k, v, topk_ratio=0.5, proj_l_weight=w, proj_l_bias=b, block_q=64, block_k=32)
+    emu = _emulate(q, k, v, w, b, 0.5, False, 64, 32)
+    assert (o - ref).abs().max().item() <= 2 * (emu - ref).abs().max().item() + 1e-3
+    assert F.cosine_similarity(o.flatten(), ref.flatten(), dim=0).item() >= 0.9995
+
+
 def test_block_map_matches_reference_on_partial_blocks() -> None:
     q, k, v, _, _ = _inputs(83, 64, H=3, seed=5)
     p = _prepare(q, k, v, 0.4, None, None, BQ, BK, False, False)
