@@ -288,3 +288,72 @@ def test_importing_the_app_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
+
+
+def test_jobs_survive_a_gateway_restart(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with clean_redis():
+        with TestClient(create_app(settings)) as c1:
+            vid = _create(c1)["id"]
+        with TestClient(create_app(settings)) as c2:  # a new process would build exactly this
+            got = c2.get(f"/v1/videos/{vid}", headers=A)
+            assert got.status_code == 200 and got.json()["status"] == "queued"
+            assert got.json()["queue_position"] == 0
+
+
+def test_readyz_turns_ready_with_a_live_worker_per_model(make_client) -> None:
+    from rq import Worker
+
+    c = make_client(gateway={"models": ["wan-tiny"]})
+    conn = c.app.state.turbovid.redis
+    worker = Worker([Queue("wan-tiny", connection=conn, serializer=RQ_SERIALIZER)], connection=conn,
+                    serializer=RQ_SERIALIZER)
+    worker.register_birth()
+    try:
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json()["workers"] == {"wan-tiny": 1}
+        assert c.get("/v1/models", headers=A).json()["data"][0]["workers"] == 1
+        assert 'turbovid_workers{model="wan-tiny"} 1.0' in c.get("/metrics").text
+    finally:
+        worker.register_death()
+    assert c.get("/readyz").status_code == 503
+
+
+def test_image_url_is_fetched_when_private_targets_are_allowed(make_client) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    payload = png_bytes(64, 64)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            code = 200 if self.path == "/in.png" else 404
+            self.send_response(code)
+            self.send_header("content-length", str(len(payload) if code == 200 else 0))
+            self.end_headers()
+            if code == 200:
+                self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        c = make_client(webhooks={"allow_private_targets": True})
+        r = c.post("/v1/videos", json={"prompt": "x", "model": "wan-tiny-i2v", "image_url": f"{base}/in.png"},
+                   headers=A)
+        assert r.status_code == 201, r.text
+        key = c.app.state.turbovid.engine.store.get(r.json()["id"]).spec.image_key
+        assert c.app.state.turbovid.storage.get_bytes(key) == payload
+        r = c.post("/v1/videos", json={"prompt": "x", "model": "wan-tiny-i2v",
+                                       "input_reference": {"image_url": f"{base}/missing.png"}}, headers=A)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input_reference.image_url"
+        strict = make_client()
+        r = strict.post("/v1/videos", json={"prompt": "x", "model": "wan-tiny-i2v", "image_url": f"{base}/in.png"},
+                        headers=A)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image_url"
+    finally:
+        server.shutdown()
+        server.server_close()
