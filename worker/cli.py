@@ -53,7 +53,7 @@ def _gateway(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
-    return run_worker(_settings(args.model), burst=args.burst)
+    return run_worker(_settings(args.model), burst=args.burst, also_serve=args.also_serve)
 
 
 def _webhooks(args: argparse.Namespace) -> int:
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="serve one model's queue on this machine's GPU")
     w.add_argument("--model", default=None, help="model id (default: TURBOVID_WORKER__MODEL)")
+    w.add_argument("--also-serve", action="append", default=[], metavar="QUEUE",
+                   help="another model id whose queue this worker's pipeline also serves (repeatable)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(func=_worker)
 

@@ -2,7 +2,7 @@
 
     [embedded redis-server on a free port, temp dir]   (unless TURBOVID_REDIS__URL is set)
     turbovid gateway      http://127.0.0.1:<port>, auth off, local storage
-    turbovid worker       model wan-tiny (random tiny weights), cpu or cuda
+    turbovid worker       model wan-tiny (random tiny weights; also the wan-tiny-i2v queue), cpu/cuda
     turbovid webhooks     webhook deliveries
 
 Each part is a child process of this one running its own `turbovid` entry point (so each builds
@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 
 DEV_MODEL = "wan-tiny"
+# The gateway lists I2V under its own id; the wan-tiny pipeline runs both kinds, so one worker serves both.
+DEV_MODELS = ("wan-tiny", "wan-tiny-i2v")
 log = logging.getLogger("turbovid.dev")
 
 
@@ -100,7 +102,7 @@ def dev_environment(base: Mapping[str, str], *, port: int, redis_url: str, metri
         "TURBOVID_REDIS__URL": redis_url,
         "TURBOVID_GATEWAY__HOST": "127.0.0.1",
         "TURBOVID_GATEWAY__PORT": str(port),
-        "TURBOVID_GATEWAY__MODELS": json.dumps([DEV_MODEL]),
+        "TURBOVID_GATEWAY__MODELS": json.dumps(list(DEV_MODELS)),
         "TURBOVID_GATEWAY__DEFAULT_MODEL": DEV_MODEL,
         "TURBOVID_WORKER__MODEL": DEV_MODEL,
         "TURBOVID_WORKER__DEVICE": device,
@@ -163,7 +165,8 @@ def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     code = 0
     try:
-        for name, args in (("worker", ["worker", "--model", DEV_MODEL]), ("gateway", ["gateway"]),
+        for name, args in (("worker", ["worker", "--model", DEV_MODEL,
+                                                 *[f"--also-serve={m}" for m in DEV_MODELS[1:]]]), ("gateway", ["gateway"]),
                            ("webhooks", ["webhooks"])):
             # Children ignore the terminal's Ctrl-C (own process group); this process stops them.
             procs[name] = subprocess.Popen(cmd + args, env=child_env, start_new_session=True)

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -88,10 +88,10 @@ class TurboWorker(SimpleWorker):
 class Heartbeat(threading.Thread):
     """Every `interval` s: refresh the running job's lease and the RQ worker key, then run the reaper."""
 
-    def __init__(self, worker: TurboWorker, queue: Queue, interval: float) -> None:
+    def __init__(self, worker: TurboWorker, queues: list[Queue], interval: float) -> None:
         super().__init__(name="turbovid-heartbeat", daemon=True)
         self.worker = worker
-        self.queue = queue
+        self.queues = queues
         self.interval = interval
         self.done = threading.Event()
 
@@ -105,7 +105,8 @@ class Heartbeat(threading.Thread):
                     # SimpleWorker sets its key's TTL to the job timeout while busy; keep it short so
                     # a dead worker disappears from the worker count within a few heartbeats.
                     self.worker.heartbeat(timeout=max(lease_ttl_s(q), 15))
-                reap(self.queue, ctx.store, q, notify=ctx.notify)
+                for queue in self.queues:
+                    reap(queue, ctx.store, q, notify=ctx.notify)
             except Exception:
                 log.exception("heartbeat/reaper tick failed")
 
@@ -115,9 +116,12 @@ def run_worker(
     *,
     pipeline: task.Pipeline | None = None,
     burst: bool = False,
-    ready: Callable[[], None] | None = None,
+    also_serve: Sequence[str] = (),
 ) -> int:
-    """Serve `settings.worker.model`'s queue until stopped; returns a process exit code."""
+    """Serve `settings.worker.model`'s queue until stopped; returns a process exit code.
+
+    `also_serve`: more queue names answered by the same pipeline (e.g. a separate I2V model id
+    whose jobs the loaded model can run too)."""
     w, q = settings.worker, settings.queue
     client = redis.Redis.from_url(settings.redis.url)
     client.ping()
@@ -141,16 +145,15 @@ def run_worker(
     task.install_context(ctx)
 
     # 2. the queue ----------------------------------------------------------------------------------
-    queue = Queue(w.model, connection=client, serializer=RQ_SERIALIZER)
-    worker = TurboWorker([queue], name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
+    queues = [Queue(n, connection=client, serializer=RQ_SERIALIZER) for n in dict.fromkeys([w.model, *also_serve])]
+    worker = TurboWorker(queues, name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
                          default_result_ttl=q.result_ttl_s, serializer=RQ_SERIALIZER)
     worker.ctx = ctx
-    reap(queue, store, q, notify=ctx.notify)  # jobs of a worker that died before we started
-    beat = Heartbeat(worker, queue, q.heartbeat_s)
+    for queue in queues:
+        reap(queue, store, q, notify=ctx.notify)  # jobs of a worker that died before we started
+    beat = Heartbeat(worker, queues, q.heartbeat_s)
     beat.start()
-    if ready is not None:
-        ready()
-    log.info("worker %s serving queue %r", name, w.model)
+    log.info("worker %s serving queues %s", name, [queue.name for queue in queues])
     try:
         worker.work(burst=burst, logging_level="INFO")
     finally:
