@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import redis
-from rq import Queue, Worker
+from rq import Queue, worker_registration
 from rq.job import Job
 
 from service.contract import RQ_SERIALIZER, TASK_PATH, TERMINAL, JobError, JobSpec, JobStatus
@@ -96,7 +96,18 @@ class EngineClient:
 
     # ---------------------------------------------------------------------------------------------
     def live_workers(self, model: str) -> int:
-        return int(Worker.count(connection=self.r, queue=self.queue(model)))
+        """Workers registered on the model's queue whose heartbeat key has not expired.
+
+        RQ's own `Worker.count` also counts registrations left behind by killed workers until some
+        worker cleans the registry, so each worker key is checked for existence here.
+        """
+        keys = worker_registration.get_keys(queue=self.queue(model))
+        if not keys:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        return sum(1 for alive in pipe.execute() if alive)
 
     def queue_depth(self, model: str) -> int:
         return int(self.queue(model).count)

@@ -357,3 +357,18 @@ def test_image_url_is_fetched_when_private_targets_are_allowed(make_client) -> N
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_killed_workers_stale_registration_is_not_counted(make_client) -> None:
+    from rq import Worker
+
+    c = make_client(gateway={"models": ["wan-tiny"]})
+    conn = c.app.state.turbovid.redis
+    worker = Worker([Queue("wan-tiny", connection=conn, serializer=RQ_SERIALIZER)], connection=conn,
+                    serializer=RQ_SERIALIZER)
+    worker.register_birth()
+    assert c.app.state.turbovid.engine.live_workers("wan-tiny") == 1
+    conn.delete(worker.key)  # what expiry of the heartbeat key does after a SIGKILL
+    assert Worker.count(connection=conn, queue=Queue("wan-tiny", connection=conn)) == 1  # RQ still lists it
+    assert c.app.state.turbovid.engine.live_workers("wan-tiny") == 0
+    assert c.get("/readyz").status_code == 503
