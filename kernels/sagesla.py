@@ -195,15 +195,17 @@ def _kv_stats_kernel(
 @triton.jit
 def _pool_quant_kernel(
     # pointers
-    X, MEAN, XQ, SCALE, POOL,
+    X, MEAN, XQ, SCALE, POOL, V, VSCALE, VT,
     # sizes
-    L, H, n_blocks, scale_mult,
+    L, L_PAD, H, n_blocks, scale_mult,
     stride_xb, stride_xh, stride_xl,
+    stride_vb, stride_vh, stride_vl,
     # meta
-    D: tl.constexpr, BLK: tl.constexpr, SMOOTH: tl.constexpr, DO_POOL: tl.constexpr,
+    D: tl.constexpr, BLK: tl.constexpr, SMOOTH: tl.constexpr, DO_POOL: tl.constexpr, V_FP8: tl.constexpr,
 ):
     """Per block of BLK rows of one head: optional smoothing (x - mean_L), mean pool over real rows,
-    symmetric int8 quantization with one scale (times scale_mult) per block. XQ is [B*H, L, D] int8."""
+    symmetric int8 quantization with one scale (times scale_mult) per block. XQ is [B*H, L, D] int8.
+    V_FP8: also V / per-channel scale -> e4m3, stored transposed as VT [B*H, D, L_PAD] (zeros past L)."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -224,31 +226,12 @@ def _pool_quant_kernel(
     xq = tl.where(xq >= 0, xq + 0.5, xq - 0.5).to(tl.int8)  # round half away from zero
     tl.store(XQ + bh * L * D + offs_l[:, None] * D + offs_d[None, :], xq, mask=valid[:, None])
     tl.store(SCALE + bh * n_blocks + blk, amax / 127.0 * scale_mult)
-
-
-@triton.jit
-def _quant_v_fp8_kernel(
-    # pointers
-    V, VSCALE, VT,
-    # sizes
-    L, L_PAD, H,
-    stride_vb, stride_vh, stride_vl,
-    # meta
-    D: tl.constexpr, BLK: tl.constexpr,
-):
-    """V / per-channel scale -> FP8 e4m3, stored transposed as VT [B*H, D, L_PAD] (K-major for P @ V)."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_l = blk * BLK + tl.arange(0, BLK)
-    offs_d = tl.arange(0, D)
-    valid = offs_l < L
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_l[:, None] * stride_vl + offs_d[None, :],
-                mask=valid[:, None], other=0.0).to(tl.float32)  # [BLK, D]
-    inv = 1.0 / tl.load(VSCALE + bh * D + offs_d)  # [D]
-    v8 = (v * inv[None, :]).to(tl.float8e4nv)
-    tl.store(VT + bh * D * L_PAD + offs_d[:, None] * L_PAD + offs_l[None, :], tl.trans(v8))
+    if V_FP8:
+        v = tl.load(V + b * stride_vb + h * stride_vh + offs_l[:, None] * stride_vl + offs_d[None, :],
+                    mask=valid[:, None], other=0.0).to(tl.float32)  # [BLK, D]
+        inv = 1.0 / tl.load(VSCALE + bh * D + offs_d)  # [D]
+        v8 = (v * inv[None, :]).to(tl.float8e4nv)
+        tl.store(VT + bh * D * L_PAD + offs_d[:, None] * L_PAD + offs_l[None, :], tl.trans(v8))
 
 
 @triton.jit
@@ -496,7 +479,7 @@ def _prepare(
 
     # 2. one pass over K, V: sum K, max |V|, phi(K)^T V, sum phi(K) (per-split partials)
     stats_block = 64
-    n_split = max(1, min(triton.cdiv(L, 4 * stats_block), triton.cdiv(264, BH)))
+    n_split = max(1, min(triton.cdiv(L, 4 * stats_block), triton.cdiv(528, BH)))  # ~4 programs per SM
     rows = triton.cdiv(triton.cdiv(L, n_split), stats_block) * stats_block
     n_split = triton.cdiv(L, rows)
     ksum = torch.empty(BH, n_split, D, device=dev, dtype=torch.float32)
@@ -517,21 +500,22 @@ def _prepare(
     k_scale = torch.empty(BH, nk, device=dev, dtype=torch.float32)
     q_pool = torch.empty(BH, nq, D, device=dev, dtype=torch.float32) if not dense else q_scale
     k_pool = torch.empty(BH, nk, D, device=dev, dtype=torch.float32) if not dense else k_scale
-    _pool_quant_kernel[(nq, BH)](
-        q, k_mean, q8, q_scale, q_pool, L, H, nq, _LOG2E / math.sqrt(D), *q.stride()[:3],
-        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, num_warps=4,
-    )
-    _pool_quant_kernel[(nk, BH)](
-        k, k_mean, k8, k_scale, k_pool, L, H, nk, 1.0, *k.stride()[:3],
-        D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, num_warps=4,
-    )
+    l_pad = nk * block_k
     if pv_fp8:
-        l_pad = nk * block_k
         v_scale = (vmax.amax(1) / _FP8_MAX).clamp_min(1e-8)  # [BH, D]
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
-        _quant_v_fp8_kernel[(nk, BH)](v, v_scale, vt, L, l_pad, H, *v.stride()[:3], D=D, BLK=block_k, num_warps=4)
     else:
         v_scale, vt = k_scale, k8
+    _pool_quant_kernel[(nq, BH)](
+        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, L, l_pad, H, nq, _LOG2E / math.sqrt(D),
+        *q.stride()[:3], *v.stride()[:3], D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
+        num_warps=4,
+    )
+    _pool_quant_kernel[(nk, BH)](
+        k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, L, l_pad, H, nk, 1.0,
+        *k.stride()[:3], *v.stride()[:3], D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8,
+        num_warps=4,
+    )
 
     # 4. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
     if dense:
@@ -650,14 +634,33 @@ def _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, row
                      f"attn {t_attn:.3f} (no-linear {t_attn_nolin:.3f})"))
     except Exception as e:  # keep the table going when one variant fails to build
         rows.append((f"sagesla H={H} {tag}", float("nan"), t_sdpa, float("nan"), repr(e)[:300]))
-    try:
-        fn = partial(sage_attention, q, k, v, pv_fp8=fp8)
-        o = fn()
-        t = do_bench(fn)
-        t_attn = do_bench(partial(_launch, _prepare(q, k, v, 1.0, None, None, 128, 64, True, fp8)))
-        rows.append((f"sage-dense H={H} {tag}", t, t_sdpa, _cos(o, ref_d), f"attn-only {t_attn:.3f}"))
-    except Exception as e:
-        rows.append((f"sage-dense H={H} {tag}", float("nan"), t_sdpa, float("nan"), repr(e)[:300]))
+    for bk in (64, 128) if fp8 else (64,):
+        name = f"sage-dense H={H} {tag} bk{bk}"
+        try:
+            fn = partial(sage_attention, q, k, v, block_k=bk, pv_fp8=fp8)
+            o = fn()
+            t = do_bench(fn)
+            t_attn = do_bench(partial(_launch, _prepare(q, k, v, 1.0, None, None, 128, bk, True, fp8)))
+            rows.append((name, t, t_sdpa, _cos(o, ref_d), f"attn-only {t_attn:.3f}"))
+        except Exception as e:
+            rows.append((name, float("nan"), t_sdpa, float("nan"), repr(e)[:300]))
+
+
+def _bench_block_map(q: torch.Tensor, topk_ratio: float) -> str:
+    """Block-map selection alone: pooled scores (bmm) + top-k + sort, at the bench shape."""
+    from functools import partial
+
+    B, H, L, D = q.shape
+    nq, nk = triton.cdiv(L, BLOCK_Q), triton.cdiv(L, BLOCK_K)
+    pq = torch.randn(B * H, nq, D, device=q.device)
+    pk = torch.randn(B * H, nk, D, device=q.device)
+    topk = topk_count(topk_ratio, nk)
+
+    def select() -> torch.Tensor:
+        score = torch.bmm(pq, pk.transpose(1, 2))
+        return torch.topk(score, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+
+    return f"block-map select (bmm+topk+sort) H={H}: {triton.testing.do_bench(partial(select)):.3f} ms"
 
 
 def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_ratio: float = 0.1) -> None:
@@ -669,6 +672,7 @@ def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_
     dev = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     rows: list = []
+    extra: list[str] = []
     for H in heads:
         g = torch.Generator(device=dev).manual_seed(0)
         q, k, v = (torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(3))
@@ -680,11 +684,13 @@ def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_
         ref_d = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
         for fp8 in (True, False):
             _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows)
+        extra.append(_bench_block_map(q, topk_ratio))
         del ref_s, ref_d
     print(f"L={L} D={D} B=1 topk={topk_ratio}; times in ms (triton.testing.do_bench)")
     print(f"{'variant':<22} {'ours':>8} {'cudnn':>8} {'speedup':>8} {'cos':>8}  notes")
     for name, t, ts, c, note in rows:
         print(f"{name:<22} {t:8.3f} {ts:8.3f} {ts / t:8.2f} {c:8.5f}  {note}")
+    print("\n".join(extra))
     print("best configs:", {str(key): str(cfg) for key, cfg in _sagesla_fwd.cache.items()})
 
 
