@@ -84,7 +84,8 @@ def attention(
         if not hasattr(module, "sagesla_attention"):
             raise RuntimeError("kernels.sagesla has no sagesla_attention kernel yet; use 'sla' or 'dense'")
         o, _density = module.sagesla_attention(
-            q, k, v, topk_ratio=topk_ratio, proj_l_weight=proj_l_weight, proj_l_bias=proj_l_bias
+            q, k, v, topk_ratio=topk_ratio, proj_l_weight=proj_l_weight, proj_l_bias=proj_l_bias,
+            block_q=block_q, block_k=block_k,
         )
         return o
     raise ValueError(f"unknown attention backend {backend!r}; known: {BACKENDS}")

@@ -1,0 +1,259 @@
+"""Wan DiT per-NFE time and peak memory at real sizes (random weights, CUDA), plus GPU correctness checks.
+
+    python -m models.bench_dit                 # checks, then 1.3B @ 480p/81f and 14B @ 720p/81f
+    python -m models.bench_dit --sizes 1.3b    # one size; --budget-s stops starting new variants
+    python -m models.bench_dit --sizes tiny    # CPU smoke test of the script itself
+
+One NFE = one forward of the transformer: 1.3B on latents [1, 16, 21, 60, 104] (832×480, 81 frames,
+32 760 tokens), 14B on [1, 16, 21, 90, 160] (1280×720, 81 frames, 75 600 tokens), text context
+[1, 512, 4096]. Variants: attention dense (SDPA) / sagesla (Triton, Top-K 10 %), linear native (cuBLAS
+bf16) / w8a8 (Triton int8), and the norms/residuals either as plain PyTorch ("torch") or the fused Triton
+kernels ("fused"). Baselines, measured in the same run (no diffusers on the GPU machine): the plain-PyTorch
+dense bf16 path of this same model, and the "GEMM+SDPA floor" — the sum over layers of cuBLAS bf16 time
+for every Linear at its real shape plus SDPA time for self- and cross-attention, i.e. what the forward
+would cost if everything else were free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.config import WanConfig
+from models.dit import WanTransformer, set_fused_kernels
+from models.linear import convert_for_runtime
+
+SIZES = {
+    "tiny": ("wan-tiny", (1, 16, 3, 8, 8)),  # CPU smoke test of this script
+    "1.3b": ("wan2.1-t2v-1.3b", (1, 16, 21, 60, 104)),
+    "14b": ("wan2.1-t2v-14b", (1, 16, 21, 90, 160)),
+}
+
+
+def random_model(cfg: WanConfig, *, device: str, dtype: torch.dtype, attention: str = "dense",
+                 linear: str = "native", seed: int = 0) -> WanTransformer:
+    """A WanTransformer with random weights made directly on `device` (no CPU copy)."""
+    with torch.device("meta"):
+        model = WanTransformer(cfg, attention=attention).to_dtype(dtype)
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02, generator=gen)
+            elif "modulation" in name:
+                p.normal_(0.0, 1.0 / math.sqrt(cfg.dim), generator=gen)
+            elif "proj_l" in name:
+                p.normal_(0.0, 0.05, generator=gen)
+            else:  # Linear/Conv weights: unit-variance activations
+                fan_in = p[0].numel()
+                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
+    convert_for_runtime(model, linear)  # w8a8: quantizes the block Linears (block-128) on the device
+    return model.eval().requires_grad_(False)
+
+
+def inputs(cfg: WanConfig, shape: tuple[int, ...], device: str, dtype: torch.dtype, seed: int = 1):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    latents = torch.randn(shape, device=device, generator=gen)
+    ctx = torch.randn(shape[0], cfg.text_len, cfg.text_dim, device=device, generator=gen).to(dtype)
+    cond = torch.randn(shape[0], cfg.cond_dim, *shape[2:], device=device, generator=gen) if cfg.cond_dim else None
+    return latents, torch.full((shape[0],), 500.0, device=device), ctx, cond
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_s(fn, device: str, reps: int) -> float:  # noqa: ANN001
+    """Median seconds of fn() over reps runs (CUDA events on GPU, wall clock on CPU)."""
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def time_forward(model: WanTransformer, args: tuple, reps: int, device: str) -> tuple[float, float]:
+    """(median seconds per forward, peak GiB allocated during a forward; 0 on CPU)."""
+    with torch.no_grad():
+        model(*args)  # warm-up: autotune, compile, cuDNN plans
+        _sync(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sec = _median_s(lambda: model(*args), device, reps)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return sec, peak
+
+
+def gemm_sdpa_floor(cfg: WanConfig, tokens: int, dtype: torch.dtype, device: str) -> float:
+    """Seconds per forward if only the block Linears (cuBLAS) and attention (SDPA) cost anything."""
+    dev = device
+    x = torch.randn(tokens, cfg.dim, device=dev, dtype=dtype)
+    t = torch.randn(cfg.text_len, cfg.dim, device=dev, dtype=dtype)
+    w = torch.randn(cfg.dim, cfg.dim, device=dev, dtype=dtype) / cfg.dim**0.5
+    w1 = torch.randn(cfg.ffn_dim, cfg.dim, device=dev, dtype=dtype) / cfg.dim**0.5
+    w2 = torch.randn(cfg.dim, cfg.ffn_dim, device=dev, dtype=dtype) / cfg.ffn_dim**0.5
+    h = torch.randn(tokens, cfg.ffn_dim, device=dev, dtype=dtype)
+    q = torch.randn(1, cfg.num_heads, tokens, cfg.head_dim, device=dev, dtype=dtype)
+    kt = torch.randn(1, cfg.num_heads, cfg.text_len, cfg.head_dim, device=dev, dtype=dtype)
+
+    def timed(fn) -> float:  # noqa: ANN001
+        fn()
+        return _median_s(fn, device, 10)
+
+    sec = (
+        6 * timed(lambda: F.linear(x, w))  # self q,k,v,o + cross q,o
+        + 2 * timed(lambda: F.linear(t, w))  # cross k,v on the text
+        + timed(lambda: F.linear(x, w1))
+        + timed(lambda: F.linear(h, w2))
+        + timed(lambda: F.scaled_dot_product_attention(q, q, q))
+        + timed(lambda: F.scaled_dot_product_attention(q, kt, kt))
+    )
+    return sec * cfg.num_layers
+
+
+def checks(device: str) -> list[dict]:
+    """Small real-head-dim model: each fast path against an fp32 PyTorch reference on the same weights."""
+    cfg = WanConfig(dim=512, num_layers=2, num_heads=4, ffn_dim=1024, text_dim=256, sla_topk=1.0)
+    shape = (1, 16, 5, 32, 32)  # 1280 tokens: 10 query blocks of 128, 20 key blocks of 64
+    rows = []
+    ref_model = random_model(cfg, device=device, dtype=torch.float32, attention="sla", seed=3)
+    sd = ref_model.state_dict()
+    latents, t, ctx, _ = inputs(cfg, shape, device, torch.float32)
+
+    def load(dtype, attention, linear="native", topk=1.0, zero_proj=False):
+        with torch.device("meta"):
+            m = WanTransformer(cfg.with_(sla_topk=topk), attention=attention)
+        weights = {k: v.clone() for k, v in sd.items() if attention != "dense" or "proj_l" not in k}
+        if zero_proj:
+            weights = {k: (v.zero_() if "proj_l" in k else v) for k, v in weights.items()}
+        m.load_state_dict(weights, assign=True)
+        m.to_dtype(dtype)
+        convert_for_runtime(m, linear)
+        return m.eval()
+
+    with torch.no_grad():
+        set_fused_kernels(False)
+        dense_ref = load(torch.float32, "dense")(latents, t, ctx)
+        sla_ref = load(torch.float32, "sla", topk=0.1)(latents, t, ctx)
+        variants = [("dense bf16 torch", torch.bfloat16, "dense", "native", 1.0, False, False, dense_ref)]
+        variants += [("dense bf16 fused", torch.bfloat16, "dense", "native", 1.0, False, True, dense_ref)]
+        variants += [("w8a8 bf16 fused", torch.bfloat16, "dense", "w8a8", 1.0, False, True, dense_ref)]
+        if device == "cuda":
+            variants += [("sagesla topk=1 proj_l=0", torch.bfloat16, "sagesla", "native", 1.0, True, True, dense_ref)]
+            variants += [("sagesla topk=.1 vs sla fp32", torch.bfloat16, "sagesla", "native", 0.1, False, True, sla_ref)]
+        for name, dtype, attention, linear, topk, zero, fused, ref in variants:
+            set_fused_kernels(fused)
+            try:
+                out = load(dtype, attention, linear, topk, zero)(latents, t, ctx.to(dtype))
+                rows.append({"check": name, "cos": _cos(out, ref), "rel_err": _rel(out, ref),
+                             "finite": bool(torch.isfinite(out).all())})
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next check
+                rows.append({"check": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    set_fused_kernels(True)
+    return rows
+
+
+def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda") -> list[dict]:
+    started = time.time()
+    rows: list[dict] = []
+    dtype = torch.bfloat16
+    for size in sizes:
+        preset, shape = SIZES[size]
+        cfg = WanConfig.from_name(preset)
+        tokens = math.prod(shape[2:]) // math.prod(cfg.patch)
+        floor = gemm_sdpa_floor(cfg, tokens, dtype, device)
+        rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor})
+        print(json.dumps(rows[-1]), flush=True)
+        variants = [("dense", "native", True), ("dense", "native", False), ("dense", "w8a8", True),
+                    ("sagesla", "native", True), ("sagesla", "w8a8", True)]
+        for attention, linear, fused in variants:
+            name = f"{attention}/{linear}/{'fused' if fused else 'torch'}"
+            if time.time() - started > budget_s:
+                rows.append({"size": size, "variant": name, "skipped": "time budget"})
+                continue
+            set_fused_kernels(fused)
+            model = args = None
+            try:
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                model = random_model(cfg, device=device, dtype=dtype, attention=attention, linear=linear)
+                weights_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
+                args = inputs(cfg, shape, device, dtype)
+                sec, peak = time_forward(model, args, reps, device)
+                rows.append({"size": size, "variant": name, "s_per_nfe": sec, "peak_gib": peak,
+                             "weights_gib": weights_gib, "vs_floor": sec / floor})
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next variant
+                rows.append({"size": size, "variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            finally:
+                del model, args  # free the weights before the next variant, also after an error
+            print(json.dumps(rows[-1]), flush=True)
+            if out is not None:
+                out.write_text("\n".join(json.dumps(r) for r in rows))
+    set_fused_kernels(True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1.3b,14b")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=300.0, help="start no new variant after this")
+    parser.add_argument("--no-checks", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write JSON lines here")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
+
+    check_rows = [] if args.no_checks else checks(device)
+    for r in check_rows:
+        print(json.dumps(r), flush=True)
+    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device)
+
+    print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")
+    for r in check_rows:
+        if "error" in r:
+            print(f"{r['check']:<30} ERROR {r['error']}")
+        else:
+            print(f"{r['check']:<30} cos {r['cos']:.6f}  rel_err {r['rel_err']:.2e}  finite {r['finite']}")
+    print("\n== per-NFE forward, bf16, batch 1 ==")
+    print(f"{'size':<5} {'variant':<38} {'s/NFE':>8} {'peak GiB':>9} {'weights':>8} {'vs floor':>8}")
+    for r in rows:
+        if "s_per_nfe" not in r:
+            print(f"{r['size']:<5} {r['variant']:<38} {r.get('skipped') or r.get('error')}")
+            continue
+        peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else ""
+        weights = f"{r['weights_gib']:.1f}" if "weights_gib" in r else ""
+        ratio = f"{r['vs_floor']:.2f}x" if "vs_floor" in r else ""
+        print(f"{r['size']:<5} {r['variant']:<38} {r['s_per_nfe']:>8.3f} {peak:>9} {weights:>8} {ratio:>8}")
+
+
+if __name__ == "__main__":
+    main()
