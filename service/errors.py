@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,18 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError) -> JSONResponse:
+        log.error("object storage error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body("storage_unavailable", "object storage is unavailable, retry later"),
+                            503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body("queue_unavailable", "the job store is unavailable, retry later"),
+                            503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

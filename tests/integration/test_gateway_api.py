@@ -372,3 +372,15 @@ def test_a_killed_workers_stale_registration_is_not_counted(make_client) -> None
     assert Worker.count(connection=conn, queue=Queue("wan-tiny", connection=conn)) == 1  # RQ still lists it
     assert c.app.state.turbovid.engine.live_workers("wan-tiny") == 0
     assert c.get("/readyz").status_code == 503
+
+
+def test_redis_down_is_a_503_not_a_500(tmp_path: Path) -> None:
+    from gateway_support import free_port
+
+    settings = make_settings(tmp_path, redis={"url": f"redis://127.0.0.1:{free_port()}/0"})
+    c = TestClient(create_app(settings))  # no lifespan: bootstrap keys would need Redis
+    r = c.post("/v1/videos", json={"prompt": "x"}, headers=A)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "queue_unavailable"
+    assert r.headers["Retry-After"] == "5"
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["redis"] is False
