@@ -63,6 +63,7 @@ class EmbeddedRedis:
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
              "--appendonly", "no", "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only `turbovid serve`, which stops Redis last
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
