@@ -1,0 +1,165 @@
+"""`turbovid generate | convert | download`: the offline model commands.
+
+Registered on the `turbovid` parser by worker/cli.py through `add_model_commands(subparsers)`.
+These are entry points: they read their arguments and pass plain values down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# Published checkpoints: (Hugging Face repo, files). The Wan2.1 base repo supplies the shared VAE,
+# umT5 encoder and tokenizer for every model.
+WAN_SHARED = ("Wan-AI/Wan2.1-T2V-1.3B", ["Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/*"])
+DOWNLOADS: dict[str, list[tuple[str, list[str]]]] = {
+    "wan2.1-t2v-1.3b": [("TurboDiffusion/TurboWan2.1-T2V-1.3B-480P", ["TurboWan2.1-T2V-1.3B-480P{q}.pth"]), WAN_SHARED],
+    "wan2.1-t2v-14b": [("TurboDiffusion/TurboWan2.1-T2V-14B-720P", ["TurboWan2.1-T2V-14B-720P{q}.pth"]), WAN_SHARED],
+    "wan2.2-i2v-a14b": [
+        ("TurboDiffusion/TurboWan2.2-I2V-A14B-720P",
+         ["TurboWan2.2-I2V-A14B-high-720P{q}.pth", "TurboWan2.2-I2V-A14B-low-720P{q}.pth"]),
+        WAN_SHARED,
+    ],
+}
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    g = sub.add_parser("generate", help="generate one video offline (no service needed)")
+    g.add_argument("--model", default="wan-tiny", help="model id (see `turbovid generate --help`)")
+    g.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",
+                   help="checkpoint files/folders, or ROLE=PATH (transformer, high, low, text_encoder, tokenizer, vae);"
+                        " none for wan-tiny (random tiny weights)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--image", type=Path, default=None, help="conditioning image (I2V)")
+    g.add_argument("--out", type=Path, required=True, help="output .mp4")
+    g.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's)")
+    g.add_argument("--resolution", choices=["480p", "720p"], default=None)
+    g.add_argument("--aspect", choices=["16:9", "9:16", "1:1"], default="16:9")
+    g.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's)")
+    g.add_argument("--fps", type=int, default=16)
+    g.add_argument("--steps", type=int, default=4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sigma-max", type=float, default=None)
+    g.add_argument("--sampler", choices=["sde", "ode"], default="sde")
+    g.add_argument("--solver", choices=["rcm", "flow"], default="rcm",
+                   help="rcm for TurboDiffusion checkpoints, flow (50 steps + CFG) for original Wan")
+    g.add_argument("--guidance-scale", type=float, default=None)
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None)
+    g.add_argument("--attention", choices=["dense", "sla", "sagesla"], default="dense")
+    g.add_argument("--linear", choices=["native", "w8a8"], default="native")
+    g.add_argument("--sla-topk", type=float, default=None)
+    g.add_argument("--cache-dir", type=Path, default=None, help="where wan-tiny's weights are built")
+    g.set_defaults(func=_generate)
+
+    c = sub.add_parser("convert", help="convert a checkpoint to TurboVid's canonical safetensors + manifest")
+    c.add_argument("src", type=Path)
+    c.add_argument("dst", type=Path)
+    c.add_argument("--component", choices=["transformer", "text_encoder", "vae"], default="transformer")
+    c.add_argument("--quantize", choices=["w8a8"], default=None, help="quantize DiT linears (128x128 int8 blocks)")
+    c.set_defaults(func=_convert)
+
+    d = sub.add_parser("download", help="fetch a model's published checkpoints from the Hugging Face Hub")
+    d.add_argument("model", choices=sorted(DOWNLOADS))
+    d.add_argument("--dir", type=Path, default=Path("checkpoints"))
+    d.add_argument("--full-precision", action="store_true", help="the bf16 DiT instead of the -quant one")
+    d.set_defaults(func=_download)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size must look like 832x480, got {text!r}") from None
+    return w, h
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from models.pipeline import load_pipeline
+    from models.pipeline_types import GenerationRequest
+    from models.presets import adaptive_size, get_model, preset_size
+    from worker.encode import encode_mp4
+
+    spec = get_model(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    image = np.asarray(Image.open(args.image).convert("RGB")) if args.image else None
+    kind = "i2v" if image is not None else "t2v"
+    if args.size:
+        width, height = _parse_size(args.size)
+    elif args.resolution:
+        width, height = preset_size(args.resolution, args.aspect)
+    else:
+        width, height = spec.default_size
+    if image is not None and not args.size:
+        width, height = adaptive_size(image.shape[1], image.shape[0], width * height)
+
+    t0 = time.perf_counter()
+    pipe = load_pipeline(
+        args.model, args.checkpoint, device=device, dtype=getattr(torch, dtype_name),
+        attention=args.attention, linear=args.linear, cache_dir=args.cache_dir, sampler=args.solver,
+    )
+    load_s = time.perf_counter() - t0
+    request = GenerationRequest(
+        prompt=args.prompt, width=width, height=height, num_frames=args.frames or spec.default_frames,
+        seed=args.seed, num_steps=args.steps, kind=kind, image=image, negative_prompt=args.negative_prompt,
+        sigma_max=args.sigma_max, sla_topk=args.sla_topk, guidance_scale=args.guidance_scale,
+        sampler=args.sampler,
+    )
+    bar = tqdm(total=request.num_steps, desc="denoise", unit="step", file=sys.stderr)
+    result = pipe.generate(request, on_step=lambda done, total: bar.update(1))
+    bar.close()
+    t1 = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    size = encode_mp4(result.frames, args.out, fps=args.fps)
+    encode_s = time.perf_counter() - t1
+
+    t = result.timings
+    print(f"wrote {args.out} ({size} bytes): {result.frames.shape[0]} frames {width}x{height} @ {args.fps} fps, "
+          f"seed {result.seed}")
+    print("stage          seconds")
+    rows = [("load", load_s), ("text_encode", t.text_encode), ("image_encode", t.image_encode)]
+    rows += [(f"denoise[{i}]", s) for i, s in enumerate(t.denoise_steps)]
+    rows += [("denoise", t.denoise), ("vae_decode", t.vae_decode), ("video_encode", encode_s)]
+    for name, seconds in rows:
+        print(f"{name:<14} {seconds:8.3f}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.component == "transformer":
+        from models.convert import convert_checkpoint
+
+        out = convert_checkpoint(args.src, args.dst, quantize=args.quantize)
+    elif args.quantize:
+        raise SystemExit("--quantize applies to the transformer only")
+    elif args.component == "text_encoder":
+        from models.text_encoder_loading import convert_text_encoder
+
+        out = convert_text_encoder(args.src, args.dst)
+    else:
+        from models.vae_loading import load_vae, save_vae_canonical
+
+        out = save_vae_canonical(load_vae(args.src), args.dst, source=str(args.src))
+    print(f"wrote {out}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from huggingface_hub import snapshot_download
+
+    quant = "" if args.full_precision else "-quant"
+    for repo, patterns in DOWNLOADS[args.model]:
+        files = [p.format(q=quant) for p in patterns]
+        path = snapshot_download(repo_id=repo, allow_patterns=files, local_dir=args.dir / repo.split("/")[1])
+        print(f"{repo}: {', '.join(files)} -> {path}")
+    print(f"then: turbovid generate --model {args.model} --checkpoint {args.dir}/* --prompt ... --out x.mp4")
+    return 0
