@@ -26,7 +26,11 @@ def _is_public(addr: str) -> bool:
 
 def check_url(url: str, *, allow_private: bool) -> str:
     """Return the URL if it may be called; raise UnsafeURL with the reason otherwise."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # bad IPv6 literal, non-numeric port, ...
+        raise UnsafeURL(f"the URL is malformed: {exc}") from exc
     if parts.scheme not in ("http", "https"):
         raise UnsafeURL("the URL must use http or https")
     if not parts.hostname:
@@ -36,7 +40,7 @@ def check_url(url: str, *, allow_private: bool) -> str:
     if allow_private:
         return url
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+        infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeURL(f"cannot resolve host {parts.hostname!r}") from exc

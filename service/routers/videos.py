@@ -29,6 +29,7 @@ from service.ratelimit import check_concurrency
 from service.storage import ObjectNotFound
 
 router = APIRouter(tags=["videos"])
+_UNION_TAGS = frozenset({"str", "float", "int", "ImageReference"})
 
 _CREATE_SCHEMA = {
     "requestBody": {
@@ -102,7 +103,8 @@ def _validate(fields: dict[str, Any]) -> CreateVideoBody:
         return CreateVideoBody.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        # drop pydantic's union-member tags ("seconds.str") so param names the field the client sent
+        param = ".".join(str(p) for p in first["loc"] if p not in _UNION_TAGS) or None
         raise ApiError(400, "invalid_request", f"{param}: {first['msg']}", param) from exc
 
 

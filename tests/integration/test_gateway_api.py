@@ -221,8 +221,12 @@ def test_concurrency_limit_counts_unfinished_jobs(make_client) -> None:
         ({"prompt": "x", "bogus": 1}, 400, "bogus"),
         ({"prompt": "x", "webhook_url": "http://127.0.0.1:9/hook"}, 400, "webhook_url"),
         ({"prompt": "x", "webhook_url": "ftp://example.com/"}, 400, "webhook_url"),
+        ({"prompt": "x", "webhook_url": "http://[::1"}, 400, "webhook_url"),
+        ({"prompt": "x", "seconds": [1]}, 400, "seconds"),
+        ({"prompt": "x", "metadata": {"a": 1}}, 400, "metadata.a"),
         ({"prompt": "x", "model": "wan-tiny-i2v", "image": "not base64!"}, 400, "image"),
         ({"prompt": "x", "model": "wan-tiny-i2v", "image_url": "http://169.254.169.254/x.png"}, 400, "image_url"),
+        ({"prompt": "x", "model": "wan-tiny-i2v", "image_url": "http://[::1"}, 400, "image_url"),
     ],
 )
 def test_validation_errors_are_clear_400s(make_client, body: dict, status: int, param: str) -> None:

@@ -39,7 +39,8 @@ def test_sizes_per_model_and_i2v_adapts_to_aspect() -> None:
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1/x", "http://10.1.2.3/", "http://[::1]/", "http://localhost/",
                                  "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/",
-                                 "file:///etc/passwd", "http://user:pw@8.8.8.8/", "https:///nohost"])
+                                 "file:///etc/passwd", "http://user:pw@8.8.8.8/", "https:///nohost", "http://[::1",
+                                 "http://example.com:port/"])
 def test_ssrf_guard_refuses_non_public_targets(url: str) -> None:
     with pytest.raises(UnsafeURL):
         check_url(url, allow_private=False)
