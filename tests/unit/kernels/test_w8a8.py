@@ -43,7 +43,7 @@ def test_gemm_matches_reference(backend, dtype, has_bias):
     assert ((y.float() - same_math.float()).abs() <= tol).all()
 
 
-@pytest.mark.parametrize("shape", [(2, 19, 72), (23, 72), (1, 72)])
+@pytest.mark.parametrize("shape", [(2, 19, 72), (1, 72)])
 def test_w8a8_linear_public_api(shape):
     n, k = 50, 72  # N not a multiple of 8: the portable kernel serves any N
     iw, sc, b = _layer(n, k, True, seed=2)
