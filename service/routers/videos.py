@@ -31,11 +31,30 @@ from service.storage import ObjectNotFound
 router = APIRouter(tags=["videos"])
 _UNION_TAGS = frozenset({"str", "float", "int", "ImageReference"})
 
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The model's JSON schema with its local `$defs` inlined (OpenAPI cannot resolve `#/$defs/...`)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return dict(walk(schema))
+
+
 _CREATE_SCHEMA = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": CreateVideoBody.model_json_schema()},
+            "application/json": {"schema": _inline_refs(CreateVideoBody.model_json_schema())},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",

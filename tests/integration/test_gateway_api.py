@@ -278,7 +278,11 @@ def test_models_health_ready_metrics_docs(make_client) -> None:
     assert 'turbovid_workers{model="wan-tiny"} 0.0' in text
     assert "turbovid_http_request_duration_seconds_bucket" in text
     assert c.get("/docs").status_code == 200
-    assert "/v1/videos" in c.get("/openapi.json").json()["paths"]
+    spec = c.get("/openapi.json")
+    assert "/v1/videos" in spec.json()["paths"] and "$defs" not in spec.text
+    create = spec.json()["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+    assert set(create) == {"application/json", "multipart/form-data"}
+    assert "num_steps" in create["application/json"]["schema"]["properties"]
 
 
 def test_auth_is_off_only_in_dev_mode(tmp_path: Path) -> None:
