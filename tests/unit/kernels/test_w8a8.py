@@ -84,3 +84,11 @@ def test_custom_op_fake_impl_gives_shape_and_dtype():
         qw, ws = mode.from_tensor(weight.qweight), mode.from_tensor(weight.scale)
         y = torch.ops.turbovid.w8a8_linear(x, qw, ws, None)
     assert y.shape == (2, 5, 24) and y.dtype == torch.float16
+
+
+def test_package_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, kernels; assert 'triton' not in sys.modules; kernels.w8a8_linear; assert 'triton' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
