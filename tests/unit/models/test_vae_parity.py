@@ -103,3 +103,12 @@ def test_matches_diffusers(layout: str, layouts: dict[str, Path], expected: dict
         assert (decoded.abs() < 0.999).float().mean() > 0.5
         assert _cosine(decoded, ref["decoded"]) >= MIN_COSINE, (layout, size)
         torch.testing.assert_close(decoded, ref["decoded"], atol=1e-4, rtol=1e-4)
+
+
+def test_diffusers_vae_folder_itself_loads_the_same(layouts: dict[str, Path]) -> None:
+    via_root = load_vae(layouts["diffusers"]).state_dict()
+    via_vae = load_vae(layouts["diffusers"] / "vae").state_dict()
+    via_pth = load_vae(layouts["wan_pth"]).state_dict()
+    assert via_root.keys() == via_vae.keys() == via_pth.keys()
+    for key, value in via_root.items():
+        assert torch.equal(value, via_vae[key]) and torch.equal(value, via_pth[key]), key
