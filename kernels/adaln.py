@@ -114,11 +114,13 @@ def _ln_modulate_kernel(
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
+# H200, L=32760 (kernels/bench_norms.py): one row per program won at both C; 4 warps at C=1536 (the
+# smallest tried), 8 at C=5120. The 2-warp configs were added after that run (the autotuner arbitrates).
 _CONFIGS = [
     triton.Config({"BLOCK_L": bl}, num_warps=nw, num_stages=1)
     for bl in (1, 2, 4, 8)
     for nw in (4, 8, 16)
-]
+] + [triton.Config({"BLOCK_L": bl}, num_warps=2, num_stages=1) for bl in (1, 2)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
