@@ -2,7 +2,8 @@
 
 The rate is a fixed one-minute window counted with INCR + EXPIRE on `<prefix>:rl:<owner>:<minute>`;
 Retry-After is the seconds left in the window. The concurrency limit counts the owner's queued and
-in-progress jobs (JobStore's active set); Retry-After then suggests the poll interval.
+in-progress jobs (JobStore's active set) and reserves a slot atomically (a Lua script); Retry-After
+then suggests a few poll intervals.
 """
 
 from __future__ import annotations
@@ -39,10 +40,25 @@ class RateLimiter:
             )
 
 
-def check_concurrency(active: int, limit: int, retry_after_s: int) -> None:
-    if active >= limit:
+# Add the job id to the owner's active set only while the set is smaller than the limit, atomically,
+# so parallel creations cannot overshoot. Returns the set size before the add, or -1 when full.
+_RESERVE = """
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return -1 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return n
+"""
+
+
+def reserve_slot(client: redis.Redis, active_key: str, job_id: str, limit: int, retry_after_s: int) -> None:
+    """Reserve one of the owner's `limit` concurrent-job slots for `job_id` or raise 429.
+
+    The slot is the job's entry in JobStore's active set, which `JobStore.finish` removes; a caller
+    that fails before creating the job must `SREM` it again.
+    """
+    if int(client.eval(_RESERVE, 1, active_key, job_id, str(limit))) < 0:  # type: ignore[arg-type]
         raise ApiError(
             429, "too_many_active_jobs",
-            f"this key already has {active} queued or running jobs (limit {limit}); wait for one to finish",
+            f"this key already has {limit} queued or running jobs (the limit); wait for one to finish",
             headers={"Retry-After": str(max(1, retry_after_s))},
         )

@@ -25,7 +25,7 @@ from service.errors import ApiError, not_found
 from service.images import InputImage, decode_base64_image, fetch_image_url, validate_image
 from service.jobstore import JobRecord
 from service.netguard import UnsafeURL, check_url
-from service.ratelimit import check_concurrency
+from service.ratelimit import reserve_slot
 from service.storage import ObjectNotFound
 
 router = APIRouter(tags=["videos"])
@@ -211,6 +211,8 @@ def _create(state: AppState, principal: Principal, fields: dict[str, Any], uploa
     except BaseException:
         if idem_key is not None:
             idempotency.release(state.redis, engine.store, principal.owner, idem_key)
+        if engine.store.get(job_id) is None:  # free a reserved concurrency slot of a job never created
+            state.redis.srem(engine.store.active_key(principal.owner), job_id)
         raise
 
 
@@ -218,9 +220,9 @@ def _admit(state: AppState, principal: Principal, body: CreateVideoBody, info: c
            upload: bytes | None, job_id: str, base_url: str) -> VideoObject:
     settings, engine = state.settings, state.engine
     if settings.auth.enabled:
-        check_concurrency(engine.store.active_count(principal.owner), settings.auth.max_concurrent_jobs,
-                          retry_after_s=max(1, settings.gateway.poll_after_ms // 1000) * 5)
         state.limiter.hit(principal.owner)
+        reserve_slot(state.redis, engine.store.active_key(principal.owner), job_id,
+                     settings.auth.max_concurrent_jobs, retry_after_s=max(1, settings.gateway.poll_after_ms // 1000) * 5)
     image = _load_image(state, body, upload)
     if info.kind == "i2v" and image is None:
         raise ApiError(400, "missing_image", f"{info.id} is image-to-video: send input_reference, image or "

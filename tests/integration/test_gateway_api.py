@@ -204,7 +204,22 @@ def test_concurrency_limit_counts_unfinished_jobs(make_client) -> None:
     assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_active_jobs"
     assert int(r.headers["Retry-After"]) >= 1
     c.app.state.turbovid.engine.store.finish(v1["id"], JobStatus.failed, ttl_s=60)
+    # a creation rejected after reserving a slot (bad image) gives the slot back
+    bad = c.post("/v1/videos", data={"prompt": "x", "model": "wan-tiny-i2v"},
+                 files={"input_reference": ("a.png", b"not an image", "image/png")}, headers=A)
+    assert bad.status_code == 415
     assert c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A).status_code == 201
+
+
+def test_parallel_creations_never_exceed_the_concurrency_limit(make_client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = make_client(auth={"max_concurrent_jobs": 3})
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: c.post("/v1/videos", json={"prompt": "x", "size": "64x64"},
+                                               headers=A).status_code, range(8)))
+    assert sorted(codes) == [201] * 3 + [429] * 5
+    assert len(c.get("/v1/videos", headers=A).json()["data"]) == 3
 
 
 @pytest.mark.parametrize(
