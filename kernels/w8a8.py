@@ -129,7 +129,7 @@ def _w8a8_kernel(
         k_ok = (k0 + offs_k) < K
         a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & k_ok[None, :], other=0)
         b = tl.load(b_ptrs, mask=(offs_n[:, None] < N) & k_ok[None, :], other=0)
-        acc = tl.dot(a, b.T, acc)  # [BM, BN] int32
+        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)  # [BM, BN]
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
@@ -185,7 +185,7 @@ def _w8a8_tma_kernel(
         for ki in range(k_tiles):
             a = a_desc.load([off_m, ki * BLOCK_K])  # [BM, BK]
             b = b_desc.load([off_n, ki * BLOCK_K])  # [BN, BK]
-            acc = tl.dot(a, b.T, acc)  # [BM, BN]
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)  # [BM, BN]
 
         # 3. epilogue; the TMA store clips rows >= M and cols >= N
         if EPILOGUE:
@@ -602,10 +602,13 @@ def bench(shapes=WAN_SHAPES, tokens=WAN_TOKENS) -> None:
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     if torch.cuda.get_device_capability()[0] >= 9:
         first = _tma_configs()[0]
-        print(
-            "sm90 kernel:",
-            inspect_sass(dict(first.kwargs, num_warps=first.num_warps, num_stages=first.num_stages)),
-        )
+        try:
+            print(
+                "sm90 kernel:",
+                inspect_sass(dict(first.kwargs, num_warps=first.num_warps, num_stages=first.num_stages)),
+            )
+        except Exception as e:  # noqa: BLE001 - keep the timings
+            print(f"sm90 kernel inspection FAILED: {type(e).__name__}: {str(e)[:300]}")
     rows = []
     for name, k, n in shapes:
         gen = torch.Generator(device="cuda").manual_seed(0)
