@@ -39,10 +39,26 @@ class JobRecord(BaseModel):
     worker: str | None = None
 
 
+# HSET field/value pairs (and optionally HINCRBY one field) only when the hash still exists, so a
+# worker writing to a job the gateway just deleted does not resurrect a partial record.
+_HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
+return 1
+"""
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, prefix: str = "turbovid") -> None:
         self.r = client
         self.p = prefix
+        self._hset_if_exists = client.register_script(_HSET_IF_EXISTS)
+
+    def _update(self, job_id: str, fields: dict[str, str], *, incr: str = "", client: Any = None) -> bool:
+        """Set `fields` (and +1 on `incr`) of an existing job hash; False when the job is gone."""
+        args = [incr] + [x for kv in fields.items() for x in kv]
+        return bool(self._hset_if_exists(keys=[self.job_key(job_id)], args=args, client=client))
 
     # keys ---------------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -122,19 +138,17 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(self.cancel_key(job_id)))
 
-    def mark_started(self, job_id: str, worker: str) -> None:
-        key = self.job_key(job_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping={"status": JobStatus.in_progress.value, "started_at": repr(time.time()),
-                                "worker": worker, "progress": "0"})
-        pipe.hincrby(key, "attempts", 1)
-        pipe.execute()
+    def mark_started(self, job_id: str, worker: str) -> bool:
+        """in_progress, attempts+1; False when the job no longer exists (deleted)."""
+        return self._update(job_id, {"status": JobStatus.in_progress.value, "started_at": repr(time.time()),
+                                     "worker": worker, "progress": "0"}, incr="attempts")
 
-    def set_progress(self, job_id: str, progress: int) -> None:
-        self.r.hset(self.job_key(job_id), "progress", str(max(0, min(100, int(progress)))))
+    def set_progress(self, job_id: str, progress: int) -> bool:
+        """False when the job no longer exists (deleted)."""
+        return self._update(job_id, {"progress": str(max(0, min(100, int(progress))))})
 
-    def set_timings(self, job_id: str, timings: dict[str, float]) -> None:
-        self.r.hset(self.job_key(job_id), "timings", json.dumps(timings))
+    def set_timings(self, job_id: str, timings: dict[str, float]) -> bool:
+        return self._update(job_id, {"timings": json.dumps(timings)})
 
     def finish(
         self,
@@ -175,7 +189,7 @@ class JobStore:
 
     def requeue(self, job_id: str) -> None:
         """Back to queued after a worker died mid-job (the caller re-enqueues the RQ job)."""
-        self.r.hset(self.job_key(job_id), mapping={"status": JobStatus.queued.value, "progress": "0"})
+        self._update(job_id, {"status": JobStatus.queued.value, "progress": "0"})
 
 
 _JSON_FIELDS = ("spec", "timings", "output", "error", "metadata")

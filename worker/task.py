@@ -148,9 +148,10 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
         return {"status": JobStatus.cancelled.value}
 
     # 1. start: lease (heartbeat for the reaper) + job state ---------------------------------------
-    ctx.lease.hold(job_id)
     started = time.time()
-    ctx.store.mark_started(job_id, ctx.worker_name)
+    if not ctx.store.mark_started(job_id, ctx.worker_name):
+        return {"status": "gone"}  # deleted just now
+    ctx.lease.hold(job_id)
     ctx.metrics.set_busy(True)
     timings: dict[str, float] = {Stage.queue_wait.value: max(0.0, started - spec.created_at)}
     ctx.metrics.observe_timings({Stage.queue_wait.value: timings[Stage.queue_wait.value]})
@@ -208,8 +209,8 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
     # 3. generate: progress, cancel and shutdown checked at every denoise step -----------------------
     def on_step(done: int, total: int) -> None:
         ctx.lease.refresh()
-        ctx.store.set_progress(job_id, min(99, round(100 * done / max(total, 1))))
-        if ctx.store.cancel_requested(job_id):
+        exists = ctx.store.set_progress(job_id, min(99, round(100 * done / max(total, 1))))
+        if not exists or ctx.store.cancel_requested(job_id):
             raise JobCancelled(job_id)
         if ctx.stop.is_set() and done < total and done / total < NEARLY_DONE:
             raise ShutdownRequeue(job_id)
@@ -239,6 +240,11 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
     except Exception as exc:
         raise JobFailed("storage_error", f"upload failed: {type(exc).__name__}: {exc}") from exc
     timings[Stage.upload.value] = time.perf_counter() - t0
+    if ctx.store.cancel_requested(job_id) or ctx.store.get(job_id) is None:
+        # Cancelled or deleted while encoding/uploading: don't leave orphaned objects behind.
+        for key in (spec.output_key, thumb_key):
+            ctx.storage.delete(key)
+        raise JobCancelled(job_id)
 
     f, h, w, _ = frames.shape
     return JobOutput(key=spec.output_key, thumbnail_key=thumb_key, bytes=size, num_frames=int(f),
