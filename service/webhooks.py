@@ -9,7 +9,7 @@ Flow: the worker calls `enqueue_webhook(conn, settings, record)` when a job reac
 state; that enqueues `deliver_webhook(event_json)` on `WEBHOOK_QUEUE` with an RQ `Retry` (backoff
 intervals below). `run_webhook_worker(settings)` runs the RQ worker that delivers them. Delivery
 re-checks the target with the SSRF guard (DNS may have changed since the job was created) and
-never follows redirects; a refused target fails the RQ job visibly (no retry helps it).
+never follows redirects; a refused target fails the RQ job at once, visibly (no retry helps it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import redis
 from rq import Queue, Retry, SimpleWorker
+from rq.job import get_current_job
 
 from service.api_models import video_object
 from service.contract import RQ_SERIALIZER, WEBHOOK_QUEUE, WEBHOOK_TASK_PATH, JobStatus
@@ -114,6 +115,9 @@ def deliver_webhook(payload_json: str) -> dict[str, Any]:
         check_url(url, allow_private=settings.webhooks.allow_private_targets)
     except UnsafeURL as exc:
         log.warning("webhook %s to %s refused: %s", event["id"], url, exc)
+        job = get_current_job()
+        if job is not None:
+            job.retries_left = 0  # retrying cannot help; fail now (the failure is kept in RQ's registry)
         raise WebhookRefused(f"webhook target refused: {exc}") from exc
     body = json.dumps(event, separators=(",", ":"))
     ts = int(time.time())

@@ -128,9 +128,10 @@ def test_private_targets_are_refused_by_default(tmp_path: Path, receiver: Receiv
         with TestClient(create_app(lax)) as c:
             vid = _terminal_job(c, lax, receiver.url, JobStatus.completed)
             record = c.app.state.turbovid.engine.store.get(vid)
-        job_id = webhooks.enqueue_webhook(rconn, strict.model_copy(update={"webhooks": strict.webhooks.model_copy(
-            update={"max_attempts": 1})}), record)
+        job_id = webhooks.enqueue_webhook(rconn, strict, record)
         _drain(strict)
         assert receiver.calls == []
         job = Job.fetch(job_id, connection=rconn, serializer=RQ_SERIALIZER)
         assert job.get_status() == "failed" and "refused" in (job.latest_result().exc_string or "")
+        # failed at once, not scheduled for the retries a transient error would get
+        assert job_id not in ScheduledJobRegistry(WEBHOOK_QUEUE, connection=rconn, serializer=RQ_SERIALIZER)
