@@ -74,6 +74,7 @@ class GatewaySettings(BaseModel):
     models: list[str] = Field(default_factory=lambda: ["wan-tiny"])  # model ids this gateway serves
     default_model: str = "wan-tiny"
     poll_after_ms: int = 1000
+    public_url: str | None = None  # e.g. https://api.example.com: gives webhook payloads a content `url`
 
 
 class WorkerSettings(BaseModel):

@@ -70,9 +70,9 @@ def verify(secret: str, headers: dict[str, str], body: str, *, tolerance_s: int 
     return any(hmac.compare_digest(expected, s) for s in headers["webhook-signature"].split())
 
 
-def event_for(record: JobRecord) -> dict[str, Any]:
+def event_for(record: JobRecord, base_url: str | None = None) -> dict[str, Any]:
     status = "completed" if record.status is JobStatus.completed else "failed"
-    obj = video_object(record).model_dump(mode="json")
+    obj = video_object(record, base_url=base_url).model_dump(mode="json")
     return {
         "id": f"evt_{record.spec.job_id}_{status}",
         "type": f"video.{status}",
@@ -85,7 +85,7 @@ def enqueue_webhook(queue_conn: redis.Redis, settings: Settings, record: JobReco
     """Queue the delivery for a terminal job that has a webhook_url; returns the RQ job id."""
     if not record.webhook_url:
         return None
-    event = event_for(record)
+    event = event_for(record, settings.gateway.public_url)
     payload = json.dumps({"url": record.webhook_url, "event": event})
     attempts = settings.webhooks.max_attempts
     retries = attempts - 1

@@ -106,6 +106,20 @@ def test_signed_delivery_and_retry_with_backoff(tmp_path: Path, receiver: Receiv
         assert Job.fetch(job_id, connection=rconn, serializer=RQ_SERIALIZER).get_status() == "finished"
 
 
+def test_completed_event_links_the_content_when_public_url_is_set(tmp_path: Path, receiver: Receiver) -> None:
+    settings = make_settings(tmp_path, webhooks={"allow_private_targets": True},
+                             gateway={"public_url": "https://videos.example.com"})
+    with clean_redis() as rconn, TestClient(create_app(settings)) as c:
+        vid = _terminal_job(c, settings, receiver.url, JobStatus.completed)
+        webhooks.enqueue_webhook(rconn, settings, c.app.state.turbovid.engine.store.get(vid))
+        _drain(settings)
+        headers, body = receiver.calls[0]
+        assert webhooks.verify(settings.webhooks.secret.get_secret_value(), headers, body)
+        event = json.loads(body)
+        assert event["type"] == "video.completed" and event["data"]["status"] == "completed"
+        assert event["data"]["url"] == f"https://videos.example.com/v1/videos/{vid}/content"
+
+
 def test_no_webhook_url_enqueues_nothing(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     with clean_redis() as rconn, TestClient(create_app(settings)) as c:
