@@ -1,11 +1,11 @@
-"""Bench: umT5-XXL text encoding on one GPU (random weights, bf16), and agreement with transformers.
+"""Bench: umT5-XXL text encoding on one GPU (random weights), and agreement with transformers.
 
-    python -m models.bench_t5 [--batch 2] [--tokens 120] [--no-hf]
+    python -m models.bench_t5 [--batch 2] [--tokens 120] [--dtype bfloat16|float32] [--no-hf]
 
 Times, with CUDA events, the encoder on Wan's fixed 512 positions (what Wan does) against
 `TextEncoder.encode_ids`, which computes only up to the longest prompt, for both attention
 backends; then builds transformers' UMT5EncoderModel with the same weights and reports the cosine
-similarity of the valid positions (both in bf16).
+similarity of the valid positions (both in the chosen dtype).
 """
 
 from __future__ import annotations
@@ -45,16 +45,16 @@ def _to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def bench(batch: int, tokens: int, check_hf: bool) -> None:
+def bench(batch: int, tokens: int, check_hf: bool, dtype: torch.dtype) -> None:
     cfg = UMT5Config.from_name("umt5-xxl")
     dev = torch.device("cuda")
-    model = UMT5Encoder.random(cfg, seed=0, dtype=torch.bfloat16, device=dev)
+    model = UMT5Encoder.random(cfg, seed=0, dtype=dtype, device=dev)
     lengths = torch.tensor([max(tokens - 37 * i, 1) for i in range(batch)], device=dev)
     gen = torch.Generator(device=dev).manual_seed(1)
     ids = torch.randint(3, cfg.vocab_size, (batch, 512), device=dev, generator=gen)
     mask = (torch.arange(512, device=dev)[None, :] < lengths[:, None]).long()
     ids = ids * mask  # pad id 0
-    print(f"{torch.cuda.get_device_name()}  umT5-XXL bf16  batch {batch}  lengths {lengths.tolist()}")
+    print(f"{torch.cuda.get_device_name()}  umT5-XXL {dtype}  batch {batch}  lengths {lengths.tolist()}")
 
     for backend in ("math", "sdpa"):
         enc = TextEncoder(model, tokenizer=None, attn_backend=backend)  # type: ignore[arg-type]
@@ -77,6 +77,7 @@ def bench(batch: int, tokens: int, check_hf: bool) -> None:
         hf = transformers.UMT5EncoderModel(hf_cfg)
     hf.load_state_dict(_to_hf(model.state_dict()), assign=True)
     hf = hf.eval()
+    assert all(p.device.type == "cuda" for p in hf.parameters())
     enc = TextEncoder(model, tokenizer=None)  # type: ignore[arg-type]
     with torch.inference_mode():
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -93,8 +94,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=120, help="token count of the longest prompt")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = parser.parse_args()
-    bench(args.batch, args.tokens, not args.no_hf)
+    bench(args.batch, args.tokens, not args.no_hf, getattr(torch, args.dtype))
 
 
 if __name__ == "__main__":

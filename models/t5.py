@@ -231,7 +231,7 @@ class UMT5Encoder(nn.Module):
     def random(
         cls, cfg: UMT5Config, *, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"
     ) -> UMT5Encoder:
-        """A randomly initialised encoder (tests, the wan-tiny dev model, benches); T5-like scales.
+        """A randomly initialised encoder (tests, the wan-tiny dev model, benches); T5's init scales.
 
         Built on the meta device and materialised directly on `device` (full size: ~23 GB fp32).
         """
@@ -247,6 +247,10 @@ class UMT5Encoder(nn.Module):
                     p.normal_(0.0, 1.0, generator=gen)
                 elif name.endswith("pos_embedding.embedding.weight"):
                     p.normal_(0.0, (2 * cfg.num_buckets * cfg.num_heads) ** -0.5, generator=gen)
+                elif name.endswith("attn.q.weight"):  # T5 folds the missing 1/sqrt(d) into q's init
+                    p.normal_(0.0, (cfg.d_model * cfg.inner_dim) ** -0.5, generator=gen)
+                elif name.endswith("attn.o.weight"):
+                    p.normal_(0.0, (cfg.num_heads * cfg.inner_dim) ** -0.5, generator=gen)
                 else:
                     p.normal_(0.0, p.shape[1] ** -0.5, generator=gen)  # Linear [out, in]
         return model.to(dtype).eval().requires_grad_(False)
