@@ -407,3 +407,16 @@ def test_redis_down_is_a_503_not_a_500(tmp_path: Path) -> None:
     assert r.headers["Retry-After"] == "5"
     r = c.get("/readyz")
     assert r.status_code == 503 and r.json()["redis"] is False
+
+
+def test_cli_created_key_is_stored_hashed_and_authenticates(make_client) -> None:
+    from service.auth import hash_key
+    from service.cli import create_api_key
+
+    c = make_client()
+    plaintext = create_api_key(c.settings, "carol")
+    conn = c.app.state.turbovid.redis
+    stored = conn.hgetall(f"{c.settings.redis.key_prefix}:apikeys")
+    assert hash_key(plaintext).encode() in stored
+    assert not any(plaintext.encode() in k or plaintext.encode() in v for k, v in stored.items())
+    assert c.get("/v1/videos", headers=bearer(plaintext)).status_code == 200
