@@ -9,7 +9,7 @@ import av
 import pytest
 from openai import NotFoundError, OpenAI
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")]
 
 
 def test_openai_sdk_create_retrieve_list_download_delete(dev_stack, tmp_path):

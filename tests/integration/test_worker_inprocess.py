@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image
+from pydantic import SecretStr
 from rq import Queue
 from worker_support import PatternPipeline, submit, test_settings
 
@@ -157,3 +158,44 @@ def test_terminal_jobs_with_webhook_url_enqueue_a_delivery(tmp_path):
     assert mine[ok.job_id]["url"] == "https://hooks.example.com/ok"
     assert mine[ok.job_id]["event"]["type"] == "video.completed"
     assert mine[bad.job_id]["event"]["type"] == "video.failed"
+
+
+@pytest.fixture
+def s3_settings(tmp_path):
+    """Settings whose storage is an S3 bucket on moto's server, reached over HTTP like MinIO."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from worker_support import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket="tv-worker")
+    base = test_settings(tmp_path)
+    storage = base.storage.model_copy(update={
+        "backend": "s3", "s3_bucket": "tv-worker", "s3_endpoint_url": endpoint, "s3_addressing_style": "path",
+        "s3_access_key_id": SecretStr("test"), "s3_secret_access_key": SecretStr("test"), "s3_prefix": "jobs",
+    })
+    yield base.model_copy(update={"storage": storage})
+    server.stop()
+
+
+def test_i2v_job_with_s3_storage_over_http(s3_settings):
+    storage = make_storage(s3_settings.storage)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 30, 220)).save(buf, format="JPEG")
+    storage.put_bytes(buf.getvalue(), "inputs/blue.jpg", "image/jpeg")
+    spec = submit(s3_settings, kind="i2v", image_key="inputs/blue.jpg", frames=9, size=(64, 64))
+    run_worker(s3_settings, pipeline=PatternPipeline(), burst=True)
+
+    record = _store(s3_settings).get(spec.job_id)
+    assert record is not None and record.status is JobStatus.completed, record.error
+    assert record.output is not None and storage.exists(record.output.key)
+    frames = _decode(storage.get_bytes(record.output.key))
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+    _, _, b = frames[4].reshape(-1, 3).mean(0)
+    assert b > 100  # the blue conditioning image shows through
+    url = storage.presigned_url(record.output.key)
+    assert url is not None and "/tv-worker/jobs/outputs/" in url
