@@ -129,6 +129,7 @@ def _quantize_rows_kernel(
     x_ptr,
     q_ptr,
     s_ptr,
+    inv_ptr,
     # sizes
     M,
     K,
@@ -137,8 +138,12 @@ def _quantize_rows_kernel(
     # meta
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WRITE_Q: tl.constexpr,
 ):
-    """Each program owns BLOCK_M rows: pass 1 finds the row absmax, pass 2 scales, rounds, stores."""
+    """Each program owns BLOCK_M rows: pass 1 finds the row absmax, pass 2 scales, rounds, stores.
+
+    With WRITE_Q False only pass 1 runs and 127/absmax goes to inv_ptr (for GEMMs that quantize in-tile).
+    """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     row_ok = rows < M
     amax = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -148,7 +153,12 @@ def _quantize_rows_kernel(
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
         amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
     inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)  # [BLOCK_M]
-    for k0 in range(0, K, BLOCK_K):
+    if not WRITE_Q:
+        tl.store(inv_ptr + rows, inv, mask=row_ok)
+        k_end = 0
+    else:
+        k_end = K
+    for k0 in range(0, k_end, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
@@ -177,12 +187,43 @@ def quantize_activation(
         x,
         q,
         s,
+        s,
         m,
         k,
         x.stride(0),
         q.stride(0),
         BLOCK_M=bm,
         BLOCK_K=bk,
+        WRITE_Q=True,
         **({} if on_cpu else {"num_warps": 8}),
     )
     return q, s
+
+
+def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token scale and its inverse for x [M, K]: (absmax/127 [M] fp32, 127/absmax [M] fp32), one read of x.
+
+    For the fused-quantization GEMM variant, which rounds x * inv tile by tile itself.
+    """
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be 2-D with a contiguous last dim, got shape {tuple(x.shape)}")
+    m, k = x.shape
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    inv = torch.empty((m,), dtype=torch.float32, device=x.device)
+    on_cpu = x.device.type == "cpu"
+    bm, bk = (4, 32) if on_cpu else (8, min(2048, triton.next_power_of_2(k)))
+    _quantize_rows_kernel[(triton.cdiv(m, bm),)](
+        x,
+        x,
+        s,
+        inv,
+        m,
+        k,
+        x.stride(0),
+        0,
+        BLOCK_M=bm,
+        BLOCK_K=bk,
+        WRITE_Q=False,
+        **({} if on_cpu else {"num_warps": 8}),
+    )
+    return s, inv

@@ -157,6 +157,7 @@ def _w8a8_tma_kernel(
     sa_ptr,
     sb_ptr,
     bias_ptr,
+    inv_ptr,  # [M] fp32 127/absmax per token, read only with FUSED_QUANT
     # sizes
     M,
     N,
@@ -164,6 +165,7 @@ def _w8a8_tma_kernel(
     # meta
     HAS_BIAS: tl.constexpr,
     EPILOGUE: tl.constexpr,
+    FUSED_QUANT: tl.constexpr,  # a_desc holds bf16/fp16 x: quantize each tile in registers
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -182,8 +184,16 @@ def _w8a8_tma_kernel(
 
         # 2. TMA loads -> wgmma, int32 accumulators in registers (out-of-range rows/cols read as 0)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        if FUSED_QUANT:
+            rows = off_m + tl.arange(0, BLOCK_M)
+            inv = tl.load(inv_ptr + rows, mask=rows < M, other=0.0)  # [BM]
         for ki in range(k_tiles):
-            a = a_desc.load([off_m, ki * BLOCK_K])  # [BM, BK]
+            if FUSED_QUANT:
+                v = a_desc.load([off_m, ki * BLOCK_K]).to(tl.float32) * inv[:, None]  # [BM, BK]
+                v = tl.where(v >= 0, v + 0.5, v - 0.5)
+                a = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+            else:
+                a = a_desc.load([off_m, ki * BLOCK_K])  # [BM, BK] int8
             b = b_desc.load([off_n, ki * BLOCK_K])  # [BN, BK]
             acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)  # [BM, BN]
 
@@ -303,12 +313,15 @@ def w8a8_gemm(
     backend: str = "auto",
     config: dict | None = None,
     epilogue: bool = True,
+    inv: torch.Tensor | None = None,
 ):
     """Pre-quantized xq [M, K] int8 + sx [M] -> y [M, N] in out_dtype.
 
     backend: "auto" (TMA on sm90+ where shapes allow, else portable), "tma" or "portable". config: a fixed
     tile config (dict of BLOCK_M/N/K, GROUP_M, optional num_warps/num_stages) instead of autotuning.
-    epilogue=False skips scales and bias (profiling only).
+    epilogue=False skips scales and bias (profiling only). inv [M] (= 127/absmax per token) switches the
+    TMA kernel to fused quantization: xq is then the bf16/fp16 activation, quantized tile by tile in
+    registers (experimental, measured in bench).
     """
     m, k = xq.shape
     n = weight.qweight.shape[0]
@@ -321,6 +334,10 @@ def w8a8_gemm(
         config = INTERPRET_CONFIG
     has_bias = bias is not None
     bias_arg = bias if has_bias else sx  # never read when HAS_BIAS is False
+    fused = inv is not None
+    inv_arg = inv if fused else sx  # never read unless FUSED_QUANT
+    if fused and backend != "tma":
+        raise ValueError("fused activation quantization exists only in the TMA kernel")
     meta = {}
     if config is not None:
         meta = {key: config[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
@@ -348,11 +365,13 @@ def w8a8_gemm(
                 sx,
                 weight.scale,
                 bias_arg,
+                inv_arg,
                 m,
                 n,
                 k,
                 HAS_BIAS=has_bias,
                 EPILOGUE=epilogue,
+                FUSED_QUANT=fused,
                 NUM_SMS=num_sms,
             )
         else:
@@ -364,11 +383,13 @@ def w8a8_gemm(
                 sx,
                 weight.scale,
                 bias_arg,
+                inv_arg,
                 m,
                 n,
                 k,
                 HAS_BIAS=has_bias,
                 EPILOGUE=epilogue,
+                FUSED_QUANT=fused,
                 NUM_SMS=num_sms,
                 **meta,
             )
@@ -452,6 +473,10 @@ WAN_SHAPES = [  # name, K (in), N (out)
     ("14B ffn_down", 13824, 5120),
 ]
 WAN_TOKENS = [32760, 75600]  # 480p and 720p, 81 frames
+FUSED_CONFIGS = [
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+]
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -529,11 +554,13 @@ def inspect_sass(config: dict) -> str:
         sx,
         sw,
         sx,
+        sx,
         m,
         n,
         k,
         HAS_BIAS=False,
         EPILOGUE=True,
+        FUSED_QUANT=False,
         NUM_SMS=nsm,
         BLOCK_M=bm,
         BLOCK_N=bn,
@@ -582,6 +609,26 @@ def _bench_case(name: str, m: int, k: int, n: int, layer: dict, gen: torch.Gener
         else "-"
     )
     r["port"] = do_bench(lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend="portable"))
+    if cfg:  # experimental: absmax pass + GEMM that quantizes x tiles in registers (A read as bf16)
+        from kernels.int8_quant import activation_scales
+
+        fused_times = {}
+        for fc in FUSED_CONFIGS:
+
+            def fused(fc=fc):
+                s, inv = activation_scales(x)
+                return w8a8_gemm(x, s, weight, bias, torch.bfloat16, backend="tma", config=fc, inv=inv)
+
+            try:
+                r["err_fused"] = _rel_err(fused(), y)
+                fused_times[f"{fc['BLOCK_M']}x{fc['BLOCK_N']}x{fc['BLOCK_K']}s{fc['num_stages']}"] = do_bench(
+                    fused
+                )
+            except Exception as e:  # noqa: BLE001
+                r["fused_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        if fused_times:
+            r["fused_tile"], r["fused"] = min(fused_times.items(), key=lambda kv: kv[1])
+            r["fused_all"] = fused_times
     wt = weight.qweight.t()
     r["intmm"] = do_bench(lambda: torch._int_mm(xq, wt))
     fp8_quant, fp8_gemm, r["fp8_note"] = _fp8_blockwise_fns(x, w_bf16)
@@ -630,21 +677,21 @@ def bench(shapes=WAN_SHAPES, tokens=WAN_TOKENS) -> None:
     print(f"fp8 baseline: {rows[-1]['fp8_note'] if rows else '-'}")
     print(
         f"{'shape':<14}{'M':>6}{'bf16 ms':>9}{'ours ms':>9}{'x bf16':>8}{'quant':>7}{'gemm':>7}{'gemm x':>7}"
-        f"{'TOP/s':>6}{'no-epi':>7}{'port x':>7}{'intmm x':>8}{'fp8 x':>7}{'err':>9}{'err bf16':>9}  tile"
+        f"{'TOP/s':>6}{'no-epi':>7}{'port x':>7}{'intmm x':>8}{'fp8 x':>7}{'fused x':>8}{'err':>9}{'err bf16':>9}  tile"
     )
     for r in rows:
         b = r["bf16"]
         print(
             f"{r['shape']:<14}{r['M']:>6}{b:>9.3f}{r['ours']:>9.3f}{b / r['ours']:>8.2f}{r['quant']:>7.3f}"
             f"{r['gemm']:>7.3f}{b / r['gemm']:>7.2f}{r['tops']:>6.0f}{r.get('noepi', float('nan')):>7.3f}"
-            f"{b / r['port']:>7.2f}{b / r['intmm']:>8.2f}{b / r['fp8']:>7.2f}{r['err']:>9.2e}{r['err_bf16']:>9.2e}"
+            f"{b / r['port']:>7.2f}{b / r['intmm']:>8.2f}{b / r['fp8']:>7.2f}{b / r.get('fused', float('nan')):>8.2f}{r['err']:>9.2e}{r['err_bf16']:>9.2e}"
             f"  {r['tile']}"
         )
     print(
         "x bf16 = bf16 ms / ours ms (quant + GEMM + epilogue); gemm: our GEMM alone (ms); no-epi: GEMM without "
         "scales/bias (ms); port x, intmm x: portable kernel GEMM alone, torch._int_mm alone (no quant, no "
         "scaling); fp8 x: torch FP8 block-scaled GEMM alone (its x->fp8 step in the log); err: ||y - ref|| / ||ref||, ref = fp32 x @ "
-        "checkpoint block-dequantized w"
+        "checkpoint block-dequantized w; fused x: bf16 ms / (absmax pass + GEMM quantizing x tiles in registers)"
     )
 
 

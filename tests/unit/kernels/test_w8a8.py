@@ -92,3 +92,16 @@ def test_package_import_is_light():
 
     code = "import sys, kernels; assert 'triton' not in sys.modules; kernels.w8a8_linear; assert 'triton' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fused_quant_variant_matches_separate_quant():
+    from kernels.int8_quant import activation_scales, reference_quantize_activation
+
+    iw, sc, b = _layer(40, 80, True, seed=6)
+    weight = prepare_weight(iw, sc)
+    x = torch.randn(21, 80, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16)
+    s, inv = activation_scales(x)
+    torch.testing.assert_close(s, reference_quantize_activation(x)[1], rtol=1e-6, atol=0)
+    y = w8a8_gemm(x, s, weight, b.to(torch.bfloat16), torch.bfloat16, backend="tma", inv=inv)
+    same_math = emulate(x, weight, b.to(torch.bfloat16))
+    assert ((y.float() - same_math.float()).abs() <= 0.01 * same_math.float().abs() + 1e-2).all()
