@@ -36,44 +36,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-BLOCK_Q = 128
-BLOCK_K = 64
+from kernels.sla_blockmap import BLOCK_K, BLOCK_Q, block_map_reference, select_blocks, topk_count
+
+__all__ = ["BLOCK_K", "BLOCK_Q", "block_map_reference", "reference", "sage_attention", "sagesla_attention",
+           "topk_count"]
+
 LINEAR_EPS = 1e-5
-
-
-def topk_count(topk_ratio: float, n_kblocks: int) -> int:
-    """Number of key blocks kept per query block (SLA's floor rounding, at least 1)."""
-    if not 0.0 < topk_ratio <= 1.0:
-        raise ValueError(f"topk_ratio must be in (0, 1], got {topk_ratio}")
-    return max(1, min(n_kblocks, int(topk_ratio * n_kblocks)))
-
-
-def _mean_pool(x: torch.Tensor, block: int) -> torch.Tensor:
-    """Mean over each block of `block` rows of x [B, H, L, D] (real rows only) -> [B, H, NB, D] fp32."""
-    B, H, L, D = x.shape
-    nb = triton_cdiv(L, block)
-    pad = nb * block - L
-    xp = F.pad(x.float(), (0, 0, 0, pad))  # [B, H, NB*block, D]
-    sums = xp.view(B, H, nb, block, D).sum(dim=3)  # [B, H, NB, D]
-    counts = torch.full((nb,), float(block), device=x.device)
-    counts[-1] = float(L - (nb - 1) * block)
-    return sums / counts[:, None]
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def block_map_reference(
-    q: torch.Tensor, k: torch.Tensor, topk_ratio: float, block_q: int = BLOCK_Q, block_k: int = BLOCK_K
-) -> torch.Tensor:
-    """Selected key-block indices per query block: [B, H, NQ, topk] int64, sorted ascending."""
-    k_smooth = k.float() - k.float().mean(dim=-2, keepdim=True)  # [B, H, L, D]
-    pq = _mean_pool(q, block_q)  # [B, H, NQ, D]
-    pk = _mean_pool(k_smooth, block_k)  # [B, H, NK, D]
-    score = pq @ pk.transpose(-1, -2)  # [B, H, NQ, NK]
-    n = topk_count(topk_ratio, score.shape[-1])
-    return torch.topk(score, n, dim=-1, sorted=False).indices.sort(dim=-1).values
 
 
 def linear_branch_reference(
@@ -108,7 +76,7 @@ def reference(
     B, H, L, D = q.shape
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share a shape, got {q.shape}, {k.shape}, {v.shape}")
-    nq, nk = triton_cdiv(L, block_q), triton_cdiv(L, block_k)
+    nq, nk = triton.cdiv(L, block_q), triton.cdiv(L, block_k)
 
     # 1. block map -> per-query-block key mask over real keys
     lut = block_map_reference(q, k, topk_ratio, block_q, block_k)  # [B, H, NQ, topk]
@@ -244,9 +212,11 @@ def _attn_step(
     stride_vl,
     # meta
     D: tl.constexpr, BLK: tl.constexpr, PAIR: tl.constexpr, MASKED: tl.constexpr, PV_FP8: tl.constexpr,
+    P_LOG2_OFFSET: tl.constexpr,
 ):
     """One key tile: key block kb0 (PAIR: blocks kb0 and kb1 gathered into one 2*BLK tile).
-    int8 S = Q K^T scaled into the log2 domain, online softmax in fp32, P @ V in fp16 or fp8."""
+    int8 S = Q K^T scaled into the log2 domain, online softmax in fp32, P @ V in fp16 or fp8.
+    P is kept multiplied by 2^P_LOG2_OFFSET (fills FP8's range; it cancels in acc / l)."""
     if PAIR:
         r = tl.arange(0, 2 * BLK)
         hi = r >= BLK
@@ -261,20 +231,22 @@ def _attn_step(
     else:
         k = tl.load(KQ + offs_n[:, None] * D + offs_d[None, :])
     s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)  # [BLOCK_M, N]
-    if PAIR:
-        s = s * (q_scale * k_scale)[None, :]
-    else:
-        s = s * (q_scale * k_scale)
     if MASKED:
         s = tl.where((offs_n < L)[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if PAIR:  # two block scales in one tile: scale first
+        s = s * (q_scale * k_scale)[None, :]
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None] + P_LOG2_OFFSET)
+    else:  # one positive scale: max on raw scores, then one FMA per element
+        sc = q_scale * k_scale
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * sc)
+        p = tl.exp2(s * sc - (m_new - P_LOG2_OFFSET)[:, None])
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None]
     if PV_FP8:
         vt = tl.load(VT + offs_d[:, None] * L_PAD + offs_n[None, :])  # [D, N] fp8, zero past L
-        acc = tl.dot((p * 448.0).to(tl.float8e4nv), tl.trans(vt), acc)
+        acc = tl.dot(p.to(tl.float8e4nv), tl.trans(vt), acc)  # p carries the 2^P_LOG2_OFFSET factor
     else:
         if MASKED:
             v = tl.load(V + offs_n[:, None] * stride_vl + offs_d[None, :], mask=(offs_n < L)[:, None], other=0.0)
@@ -296,6 +268,7 @@ def _sagesla_fwd_kernel(
     # meta
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAIR: tl.constexpr,
     DENSE: tl.constexpr, PV_FP8: tl.constexpr, HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+    P_OFF: tl.constexpr,
 ):
     """Block-sparse int8/fp8 attention for BLOCK_M query rows (part of query block BLK_Q) of one head,
     over the key blocks listed in LUT [B*H, NQ, TOPK] (sorted; DENSE: all key blocks), plus the
@@ -333,7 +306,7 @@ def _sagesla_fwd_kernel(
                 kb0 = tl.load(lut + 2 * i)
                 kb1 = tl.load(lut + 2 * i + 1)
             acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb1, kq_base, ks_base, v_base, vt_base,
-                                       L, L_PAD, stride_vl, D, BLOCK_N, True, False, PV_FP8)
+                                       L, L_PAD, stride_vl, D, BLOCK_N, True, False, PV_FP8, P_OFF)
         if DENSE:
             kb0 = 2 * n_full
             kb1 = TOPK - 1
@@ -342,10 +315,10 @@ def _sagesla_fwd_kernel(
             kb1 = tl.load(lut + TOPK - 1)
         if TOPK - 2 * n_full == 2:
             acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb1, kq_base, ks_base, v_base, vt_base,
-                                       L, L_PAD, stride_vl, D, BLOCK_N, True, True, PV_FP8)
+                                       L, L_PAD, stride_vl, D, BLOCK_N, True, True, PV_FP8, P_OFF)
         else:
             acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb1, kb1, kq_base, ks_base, v_base, vt_base,
-                                       L, L_PAD, stride_vl, D, BLOCK_N, False, True, PV_FP8)
+                                       L, L_PAD, stride_vl, D, BLOCK_N, False, True, PV_FP8, P_OFF)
     else:
         for i in range(0, TOPK - 1):
             if DENSE:
@@ -353,16 +326,16 @@ def _sagesla_fwd_kernel(
             else:
                 kb0 = tl.load(lut + i)
             acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb0, kq_base, ks_base, v_base, vt_base,
-                                       L, L_PAD, stride_vl, D, BLOCK_N, False, False, PV_FP8)
+                                       L, L_PAD, stride_vl, D, BLOCK_N, False, False, PV_FP8, P_OFF)
         if DENSE:
             kb0 = TOPK - 1
         else:
             kb0 = tl.load(lut + TOPK - 1)
         acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q_scale, kb0, kb0, kq_base, ks_base, v_base, vt_base,
-                                   L, L_PAD, stride_vl, D, BLOCK_N, False, True, PV_FP8)
+                                   L, L_PAD, stride_vl, D, BLOCK_N, False, True, PV_FP8, P_OFF)
     if PV_FP8:
         vscale = tl.load(VSCALE + bh * D + offs_d)  # [D]
-        o = acc * (vscale[None, :] / 448.0) / l_i[:, None]
+        o = acc * vscale[None, :] / l_i[:, None]
     else:
         o = acc / l_i[:, None]  # [BLOCK_M, D]
 
@@ -522,8 +495,7 @@ def _prepare(
         topk, lut = nk, q_scale
     else:
         topk = topk_count(topk_ratio, nk)
-        score = torch.bmm(q_pool, k_pool.transpose(1, 2))  # [BH, NQ, NK]
-        lut = torch.topk(score, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+        lut = select_blocks(torch.bmm(q_pool, k_pool.transpose(1, 2)), topk)  # [BH, NQ, topk] int32
 
     # 5. linear branch constants: proj_l folded into phi(K)^T V, per head; numerator and denominator
     #    both divided by L so LIN_M fits fp16 (eps scaled alike)
@@ -549,6 +521,7 @@ def _launch(p: _Prepared) -> torch.Tensor:
         L, nk * p.block_k, H, nq, nk, p.topk, LINEAR_EPS / L, *p.q.stride()[:3], *p.v.stride()[:3], *o.stride()[:3],
         D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8,
         HAS_LINEAR=p.has_linear, HAS_BIAS=p.has_bias,
+        P_OFF=8.8 if p.pv_fp8 else 0.0,  # fp8: P scaled by 2^8.8 ~ 446 < 448 (e4m3 max); cancels in acc / l
     )
     return o
 
@@ -656,11 +629,16 @@ def _bench_block_map(q: torch.Tensor, topk_ratio: float) -> str:
     pk = torch.randn(B * H, nk, D, device=q.device)
     topk = topk_count(topk_ratio, nk)
 
-    def select() -> torch.Tensor:
+    def select_torch() -> torch.Tensor:
         score = torch.bmm(pq, pk.transpose(1, 2))
         return torch.topk(score, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
 
-    return f"block-map select (bmm+topk+sort) H={H}: {triton.testing.do_bench(partial(select)):.3f} ms"
+    def select_triton() -> torch.Tensor:
+        return select_blocks(torch.bmm(pq, pk.transpose(1, 2)), topk)
+
+    same = torch.equal(select_torch(), select_triton())
+    return (f"block-map select H={H}: bmm+torch.topk+sort {triton.testing.do_bench(partial(select_torch)):.3f} ms, "
+            f"bmm+triton sort-select {triton.testing.do_bench(partial(select_triton)):.3f} ms (same={same})")
 
 
 def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_ratio: float = 0.1) -> None:
