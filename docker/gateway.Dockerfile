@@ -1,0 +1,24 @@
+# The HTTP gateway and the webhook deliverer: no torch, no CUDA (a few hundred MB).
+# Build from the repo root:  docker build -f docker/gateway.Dockerfile -t turbovid-gateway .
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY worker ./worker
+COPY models ./models
+COPY kernels ./kernels
+# Only the [service] extra: fastapi, uvicorn, boto3, pillow, prometheus-client (+ redis, rq, pydantic).
+RUN pip install ".[service]" \
+ && python -c "import sys, service.app; assert 'torch' not in sys.modules, 'gateway image must not need torch'"
+
+RUN useradd --system --uid 10001 turbovid
+USER 10001
+ENV TURBOVID_GATEWAY__HOST=0.0.0.0 TURBOVID_GATEWAY__PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+# `turbovid webhooks` runs the webhook deliverer from the same image.
+ENTRYPOINT ["turbovid"]
+CMD ["gateway"]

@@ -1,0 +1,175 @@
+"""Deployment files: Kubernetes manifests validated against the bundled Kubernetes OpenAPI schemas
+(kubernetes-validate, offline), plus structural checks that tie manifests, compose file, alert
+rules and dashboard to the code (queue names, metric names, ports, signals)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service import metric_names
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.33"
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "PrometheusRule"}
+
+
+def _docs() -> list[dict]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _by(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in _docs() if d["kind"] == kind}
+
+
+def test_every_yaml_and_json_file_parses():
+    files = [*DEPLOY.rglob("*.y*ml"), *(ROOT / "docker").rglob("*.y*ml"), ROOT / "docker-compose.yml"]
+    assert len(files) >= 10
+    for path in files:
+        assert list(yaml.safe_load_all(path.read_text())), path
+    json.loads((DEPLOY / "grafana" / "turbovid-dashboard.json").read_text())
+
+
+def test_core_manifests_match_the_kubernetes_schema():
+    checked = 0
+    for doc in _docs():
+        if doc["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        checked += 1
+    assert checked >= 10
+
+
+def test_schema_validation_catches_a_broken_manifest():
+    worker = next(iter(_by("Deployment").values()))
+    broken = json.loads(json.dumps(worker))
+    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] = "lots"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def test_worker_deployment_gpu_scheduling_and_graceful_termination():
+    workers = [d for d in _by("Deployment").values() if d["metadata"]["labels"].get("app.kubernetes.io/name")
+               == "turbovid-worker"]
+    assert workers
+    for dep in workers:
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        assert "nvidia.com/gpu.product" in pod["nodeSelector"]
+        assert pod["terminationGracePeriodSeconds"] >= 60
+        assert "preStop" in c["lifecycle"]
+        assert c["args"] == ["worker"]
+        assert _env(c)["TURBOVID_WORKER__MODEL"] == dep["metadata"]["labels"]["turbovid.io/model"]
+        assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9101"
+
+
+def test_gateway_deployment_service_and_hpa_fit_together():
+    dep = _by("Deployment")["turbovid-gateway"]
+    svc = _by("Service")["turbovid-gateway"]
+    hpa = _by("HorizontalPodAutoscaler")["turbovid-gateway"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in svc["spec"]["selector"].items())
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert svc["spec"]["ports"][0]["targetPort"] in [p["name"] for p in c["ports"]]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "preStop" in c["lifecycle"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "turbovid-gateway"
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_keda_scales_each_worker_on_its_models_rq_queue():
+    deployments = _by("Deployment")
+    scaled = _by("ScaledObject")
+    assert scaled
+    for so in scaled.values():
+        target = deployments[so["spec"]["scaleTargetRef"]["name"]]
+        model = _env(target["spec"]["template"]["spec"]["containers"][0])["TURBOVID_WORKER__MODEL"]
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "redis"
+        assert trigger["metadata"]["listName"] == f"rq:queue:{model}"  # RQ's list for the model queue
+        assert trigger["authenticationRef"]["name"] in _by("TriggerAuthentication")
+
+
+def test_referenced_configmaps_and_secrets_exist():
+    names = set(_by("ConfigMap")) | set(_by("Secret"))
+    for dep in _by("Deployment").values():
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            for ref in c.get("envFrom", []):
+                assert (ref.get("configMapRef") or ref.get("secretRef"))["name"] in names
+    for auth in _by("TriggerAuthentication").values():
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["name"] in names
+
+
+def _metric_refs(text: str) -> set[str]:
+    found = set(re.findall(r"turbovid_[a-z_]+", text))
+    return {re.sub(r"_(bucket|sum|count)$", "", m) for m in found}
+
+
+def test_alerts_and_dashboard_use_only_defined_metrics():
+    defined = {m.name for m in metric_names.ALL}
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    dashboard = (DEPLOY / "grafana" / "turbovid-dashboard.json").read_text()
+    for text in (alerts, dashboard):
+        refs = _metric_refs(text)
+        assert refs and refs <= defined, refs - defined
+    assert defined - {"turbovid_http_requests_total"} <= _metric_refs(dashboard) | {
+        m for m in defined if m.startswith("turbovid_http")}
+
+
+def test_prometheus_rule_is_the_plain_rule_file():
+    rule = _by("PrometheusRule")["turbovid"]
+    assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert len(exprs) >= 5
+
+
+def test_kustomization_lists_every_manifest():
+    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    listed = {ROOT / "deploy" / r for r in kust["resources"]}
+    assert listed == set((DEPLOY / "k8s").glob("*.yaml"))
+    for gen in kust["configMapGenerator"]:
+        for f in gen["files"]:
+            assert (DEPLOY / f).is_file()
+
+
+def test_compose_stack():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    s = compose["services"]
+    assert {"redis", "minio", "minio-init", "gateway", "webhooks", "worker", "prometheus", "grafana"} <= set(s)
+    assert "--appendonly" in s["redis"]["command"] and "yes" in s["redis"]["command"]
+    assert "mc mb" in " ".join(s["minio-init"]["command"])
+    gpu = s["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert s["worker"]["stop_grace_period"]
+    for svc in s.values():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("./") and "checkpoints" not in src:
+                assert (ROOT / src).exists(), src
+    assert s["gateway"]["build"]["dockerfile"] == "docker/gateway.Dockerfile"
+
+
+def test_dockerfiles_keep_torch_out_of_the_gateway():
+    gateway = (ROOT / "docker" / "gateway.Dockerfile").read_text()
+    worker = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    installs = [ln for ln in gateway.splitlines() if "pip install" in ln]
+    assert installs and all("torch" not in ln and "worker" not in ln for ln in installs)
+    assert '".[service]"' in gateway and "'torch' not in sys.modules" in gateway
+    assert worker.startswith("#") and "FROM nvidia/cuda:" in worker and '".[worker]"' in worker
+    assert "STOPSIGNAL SIGTERM" in worker
