@@ -115,8 +115,13 @@ def _generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
     )
     bar = tqdm(total=request.num_steps, desc="denoise", unit="step", file=sys.stderr)
-    result = pipe.generate(request, on_step=lambda done, total: bar.update(1))
-    bar.close()
+
+    def on_step(done: int, total: int) -> None:
+        bar.update(1)
+        if done == total:
+            bar.close()
+
+    result = pipe.generate(request, on_step=on_step)
     t1 = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     size = encode_mp4(result.frames, args.out, fps=args.fps)

@@ -23,7 +23,7 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def encode_mp4(frames: np.ndarray, path: Path, *, fps: int, crf: int = 20, preset: str = "veryfast") -> int:
+def encode_mp4(frames: np.ndarray, path: Path, *, fps: int, qp: int = 20, preset: str = "veryfast") -> int:
     """Write `frames` [F, H, W, 3] uint8 RGB to `path` as H.264/yuv420p MP4; returns its size in bytes.
 
     `movflags=+faststart` moves the moov atom to the front so players can start before the whole
@@ -40,7 +40,10 @@ def encode_mp4(frames: np.ndarray, path: Path, *, fps: int, crf: int = 20, prese
         stream.width = w
         stream.height = h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
+        # Constant quantizer rather than CRF: x264's CRF rate control was seen to give different
+        # bitstreams for identical frames in a process that had run torch before (floating-point
+        # state), while fixed-QP encodes are bit-identical, so the same seed gives the same file.
+        stream.options = {"qp": str(qp), "preset": preset}
         for frame in frames:
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             for packet in stream.encode(video_frame):
