@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from rq import Queue, SimpleWorker
@@ -49,8 +49,16 @@ def load_model_pipeline(settings: Settings) -> task.Pipeline:
 
 
 def warm_up(pipeline: task.Pipeline) -> None:
-    """One tiny generation so the first real job does not pay for lazy init / autotuning."""
-    pipeline.generate(GenerationRequest(prompt="warm-up", width=64, height=64, num_frames=5, seed=0, num_steps=1))
+    """One tiny generation (64×64, 5 frames, 1 step) so the first real job does not pay for lazy
+    init (CUDA context, cuBLAS handles, Triton compiles of the small shapes). I2V-only models warm
+    up on a grey image."""
+    import numpy as np
+
+    kinds = getattr(getattr(pipeline, "spec", None), "kinds", ("t2v",))
+    kind: Literal["t2v", "i2v"] = "t2v" if "t2v" in kinds else "i2v"
+    image = np.full((64, 64, 3), 128, np.uint8) if kind == "i2v" else None
+    pipeline.generate(GenerationRequest(prompt="warm-up", width=64, height=64, num_frames=5, seed=0,
+                                        num_steps=1, kind=kind, image=image))
 
 
 def make_notifier(settings: Settings, client: redis.Redis, store: JobStore) -> Callable[[str], None]:
