@@ -15,13 +15,13 @@ pytestmark = pytest.mark.e2e
 
 
 def _wait(client: httpx.Client, video_id: str, *, until: tuple[str, ...] = ("completed", "failed"),
-          timeout: float = 120) -> dict:
+          timeout: float = 120, poll: float = 0.2) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         obj = client.get(f"/v1/videos/{video_id}").json()
         if obj["status"] in until:
             return obj
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(f"{video_id} not in {until} after {timeout}s: {obj}")
 
 
@@ -82,7 +82,7 @@ def test_cancel_queued_and_running_jobs(client, dev_stack):
                                               "num_frames": 33}).json()
     queued = client.post("/v1/videos", json={"model": "wan-tiny", "prompt": "queued", "size": "64x64",
                                              "num_frames": 5}).json()
-    _wait(client, running["id"], until=("in_progress",), timeout=60)
+    _wait(client, running["id"], until=("in_progress",), timeout=60, poll=0.01)
     assert client.get(f"/v1/videos/{queued['id']}").json()["status"] == "queued"
 
     assert client.delete(f"/v1/videos/{queued['id']}").status_code == 200
