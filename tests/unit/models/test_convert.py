@@ -49,6 +49,8 @@ def test_convert_writes_manifest_and_same_model(turbo_pth, tmp_path):
     assert sd["blocks.0.self_attn.q.weight"].dtype == torch.bfloat16  # source dtype kept
     assert "blocks.1.self_attn.attn_op.local_attn.proj_l.weight" in sd
 
+    sla = load_transformer(dst, attention="sla")
+    assert sla.blocks[1].self_attn.attn_op.local_attn.proj_l.weight.any()  # the checkpoint's proj_l, not zeros
     for attention in ("dense", "sla"):
         a = _run(load_transformer(turbo_pth, attention=attention))
         b = _run(load_transformer(dst, attention=attention))

@@ -202,3 +202,13 @@ def test_clear_errors_for_wrong_keys(reference, tmp_path):
         load_transformer(tmp_path / "bad_shape.pth")
     with pytest.raises(ValueError, match="attention backend"):
         load_transformer(tmp_path / "missing.pth", attention="flash")
+
+
+def test_dense_checkpoint_with_sla_gets_zero_proj_l(reference):
+    pytest.importorskip("kernels.sagesla")
+    _, _, expected, (latents, t, ctx, cond), root = reference
+    model = load_transformer(root / "wan.pth", attention="sla")
+    proj_l = model.blocks[1].self_attn.attn_op.local_attn.proj_l
+    assert proj_l.weight.shape == (32, 32) and not proj_l.weight.any() and not proj_l.bias.any()
+    with torch.no_grad():  # 12 tokens fit one SLA block: every key block is kept, so SLA == dense here
+        assert _cos(model(latents, t, ctx, cond), expected) >= 0.99999
