@@ -125,6 +125,7 @@ def run_worker(
     pipeline: task.Pipeline | None = None,
     burst: bool = False,
     also_serve: Sequence[str] = (),
+    metrics: WorkerMetrics | None = None,
 ) -> int:
     """Serve `settings.worker.model`'s queue until stopped; returns a process exit code.
 
@@ -135,7 +136,8 @@ def run_worker(
     client.ping()
     store = JobStore(client, settings.redis.key_prefix)
     storage = make_storage(settings.storage)
-    metrics = WorkerMetrics(w.model, gpu_memory=cuda_memory_reader(w.device))
+    if metrics is None:
+        metrics = WorkerMetrics(w.model, gpu_memory=cuda_memory_reader(w.device))
     server = metrics.serve(w.metrics_port) if w.metrics_port else None
     name = w.name or f"{socket.gethostname()}:{os.getpid()}"
 
