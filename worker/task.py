@@ -23,6 +23,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,9 +68,6 @@ class JobFailed(Exception):
         self.message = message
 
 
-Notify = Any  # callable(record) -> None; see WorkerContext.notify
-
-
 @dataclass
 class WorkerContext:
     """What the in-process job function needs; built once by worker/main.py."""
@@ -82,7 +80,7 @@ class WorkerContext:
     metrics: WorkerMetrics
     worker_name: str
     lease: Lease
-    notify: Notify = None  # called with the job id once a job reaches a terminal state
+    notify: Callable[[str], None] | None = None  # called with the job id of every terminal job
     stop: threading.Event = field(default_factory=threading.Event)
     requeue_after: str | None = None  # job id to put back on the queue once RQ is done with it
     scratch_dir: Path | None = None
@@ -175,7 +173,7 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
         return {"status": "requeued"}
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise  # a cold shutdown: the lease expires and the reaper re-queues the job
+            raise  # a cold shutdown: with the lease released (below) the next reaper pass re-queues it
         code = _error_code(exc)
         message = exc.message if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
         timings[Stage.total.value] = time.time() - spec.created_at
