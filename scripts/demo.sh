@@ -34,7 +34,7 @@ echo "demo: created $ID"
 STATUS=queued
 for _ in $(seq 300); do
     OBJ=$(curl -fsS "$BASE/v1/videos/$ID")
-    STATUS=$(python -c 'import json,sys; o=json.loads(sys.argv[1]); print(o["status"]); print(f"  {o[\"status\"]:<12} progress {o[\"progress\"]:>3}%", file=sys.stderr)' "$OBJ")
+    STATUS=$(python -c 'import json,sys; o=json.loads(sys.argv[1]); s, p = o["status"], o["progress"]; print(s); print(f"  {s:<12} progress {p:>3}%", file=sys.stderr)' "$OBJ")
     case "$STATUS" in completed|failed) break ;; esac
     sleep 1
 done
