@@ -10,6 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "rcm_timesteps": "models.samplers",
+    "load_pipeline": "models.pipeline",
     "load_transformer": "models.transformer_loading",
     "WanTransformer": "models.dit",
     "WanConfig": "models.config",
