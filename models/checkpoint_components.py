@@ -135,7 +135,7 @@ def resolve_components(paths: list[Path], spec: ModelSpec) -> Components:
         for kind in spec.kinds:
             role = "transformer" if kind == "t2v" else "i2v"
             if role == "i2v" and "i2v" not in found and "t2v" not in spec.kinds:
-                role = "transformer"
+                role = "transformer"  # an I2V-only model: its one DiT may come unlabelled
             if role not in found:
                 raise CheckpointError(f"{spec.model_id}: no DiT checkpoint for {kind}")
             out.transformers[kind] = found[role]

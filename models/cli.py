@@ -7,8 +7,10 @@ These are entry points: they read their arguments and pass plain values down.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Published checkpoints: (Hugging Face repo, files). The Wan2.1 base repo supplies the shared VAE,
@@ -23,6 +25,21 @@ DOWNLOADS: dict[str, list[tuple[str, list[str]]]] = {
         WAN_SHARED,
     ],
 }
+
+
+def _user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input (a checkpoint that does not fit, a wrong size, a missing file) is a one-line error
+    and exit status 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+            print(f"turbovid {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,20 +70,20 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     g.add_argument("--linear", choices=["native", "w8a8"], default="native")
     g.add_argument("--sla-topk", type=float, default=None)
     g.add_argument("--cache-dir", type=Path, default=None, help="where wan-tiny's weights are built")
-    g.set_defaults(func=_generate)
+    g.set_defaults(func=_user_errors(_generate))
 
     c = sub.add_parser("convert", help="convert a checkpoint to TurboVid's canonical safetensors + manifest")
     c.add_argument("src", type=Path)
     c.add_argument("dst", type=Path)
     c.add_argument("--component", choices=["transformer", "text_encoder", "vae"], default="transformer")
     c.add_argument("--quantize", choices=["w8a8"], default=None, help="quantize DiT linears (128x128 int8 blocks)")
-    c.set_defaults(func=_convert)
+    c.set_defaults(func=_user_errors(_convert))
 
     d = sub.add_parser("download", help="fetch a model's published checkpoints from the Hugging Face Hub")
     d.add_argument("model", choices=sorted(DOWNLOADS))
     d.add_argument("--dir", type=Path, default=Path("checkpoints"))
     d.add_argument("--full-precision", action="store_true", help="the bf16 DiT instead of the -quant one")
-    d.set_defaults(func=_download)
+    d.set_defaults(func=_user_errors(_download))
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from models.checkpoint_components import Components, resolve_components
 from models.pipeline_types import GenerationRequest, GenerationResult, StageTimings, StepCallback
-from models.presets import ModelSpec, check_frames, get_model
+from models.presets import ModelSpec, check_frames, get_model, tiny_model
 from models.samplers import A14B_SWITCH_T, initial_noise, sample_flow_cfg, sample_rcm
 
 VAE_STRIDE = (4, 8, 8)
@@ -229,14 +229,14 @@ def load_pipeline(
     cache_dir: str | Path | None = None,
     sampler: Literal["rcm", "flow"] = "rcm",
 ) -> WanPipeline:
-    """Load every component of `model_id` once. For "wan-tiny" without checkpoints, random tiny
+    """Load every component of `model_id` once. For the tiny models without checkpoints, random tiny
     weights are built (deterministically) under `cache_dir` and loaded like real ones."""
     from models import load_text_encoder, load_transformer, load_vae
 
     spec = get_model(model_id)
     device = torch.device(device)
     if not checkpoints:
-        if model_id != "wan-tiny":
+        if not tiny_model(model_id):
             raise ValueError(f"{model_id} needs checkpoints (see `turbovid download {model_id}`)")
         from models.tiny import ensure_tiny_checkpoints
 

@@ -48,7 +48,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "wan2.1-t2v-14b": ModelSpec(
         "wan2.1-t2v-14b", ("t2v",), "wan2.1-t2v-14b", "umt5-xxl", "wan2.1",
-        sizes=_sizes("480p", "720p"), default_size=(1280, 720), default_frames=81, max_frames=81,
+        sizes=_sizes("480p", "720p"), default_size=(832, 480), default_frames=81, max_frames=81,
     ),
     "wan2.2-i2v-a14b": ModelSpec(
         "wan2.2-i2v-a14b", ("i2v",), "wan2.2-i2v-a14b", "umt5-xxl", "wan2.1",
@@ -62,7 +62,17 @@ MODELS: dict[str, ModelSpec] = {
         sizes=((64, 64), (96, 64), (64, 96), (128, 128)), default_size=(64, 64),
         default_frames=9, max_frames=33,
     ),
+    # The I2V half of wan-tiny under its own id, as the gateway lists it (one kind per API model id).
+    "wan-tiny-i2v": ModelSpec(
+        "wan-tiny-i2v", ("i2v",), "wan-tiny", "tiny", "tiny",
+        sizes=((64, 64), (96, 64), (64, 96)), default_size=(64, 64), default_frames=9, max_frames=33,
+    ),
 }
+
+
+def tiny_model(model_id: str) -> bool:
+    """Models whose random weights are built locally when no checkpoint is given."""
+    return model_id in ("wan-tiny", "wan-tiny-i2v")
 
 
 def get_model(model_id: str) -> ModelSpec:

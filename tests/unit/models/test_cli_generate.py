@@ -45,3 +45,27 @@ def test_generate_i2v_from_an_image(tmp_path):
     Image.fromarray(img).save(tmp_path / "in.png")
     _generate(tmp_path, tmp_path / "i.mp4", 1, "--image", str(tmp_path / "in.png"))
     assert _decode(tmp_path / "i.mp4").shape == (9, 64, 96, 3)
+
+
+def test_convert_quantizes_and_records_it_in_the_manifest(tmp_path):
+    from models.checkpoint_io import read_manifest, read_state_dict
+    from models.tiny import ensure_tiny_checkpoints
+
+    tiny = ensure_tiny_checkpoints(tmp_path / "tiny")
+    src = tmp_path / "dit.pth"
+    import torch
+
+    torch.save(read_state_dict(tiny / "transformer"), src)  # a plain Wan-named .pth
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "convert", str(src), str(tmp_path / "q"),
+                           "--quantize", "w8a8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    manifest = read_manifest(tmp_path / "q")
+    assert manifest is not None and manifest.component == "transformer"
+    assert manifest.quantization and manifest.quantization["method"] == "w8a8"
+    sd = read_state_dict(tmp_path / "q")
+    assert sd["blocks.0.ffn.0.int8_weight"].dtype == torch.int8
+
+    bad = subprocess.run([sys.executable, "-m", "worker.cli", "convert", str(tmp_path / "missing.pth"),
+                          str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "missing.pth" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -143,3 +143,49 @@ def test_presets():
     assert abs(w * h - 832 * 480) / (832 * 480) < 0.05
     with pytest.raises(ValueError, match="unknown model"):
         get_model("sora")
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a DiT and records the model times it was called at."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.times: list[float] = []
+
+    def forward(self, x, t, ctx, cond):
+        self.times.append(float(t[0]) / 1000.0)
+        return self.inner(x, t, ctx, cond)
+
+
+def test_a14b_switches_from_the_high_to_the_low_noise_expert_below_t_0_9(pipe):
+    from dataclasses import replace
+
+    from models.pipeline import WanPipeline
+    from models.samplers import rcm_timesteps
+
+    spec = replace(get_model("wan-tiny"), kinds=("i2v",), experts=True)
+    high, low = _Recorder(pipe.transformers["i2v"]), _Recorder(pipe.transformers["i2v"])
+    a14b = WanPipeline(spec, {"high": high, "low": low}, pipe.text_encoder, pipe.vae, pipe.device, pipe.dtype)
+    img = np.full((64, 64, 3), 128, np.uint8)
+    a14b.generate(_req(kind="i2v", image=img, num_steps=4, sigma_max=200.0))
+    times = rcm_timesteps(4, 200.0)[:-1]
+    assert high.times == pytest.approx([t for t in times if t >= 0.9])
+    assert low.times == pytest.approx([t for t in times if t < 0.9])
+    assert high.times and low.times
+
+
+def test_flow_solver_with_cfg_runs_the_negative_prompt(tiny_dir):
+    flow = load_pipeline("wan-tiny", [tiny_dir], sampler="flow")
+    steps = []
+    out = flow.generate(_req(num_steps=3, negative_prompt="blurry", guidance_scale=4.0),
+                        on_step=lambda d, n: steps.append(d))
+    assert steps == [1, 2, 3] and out.frames.shape == (5, 64, 64, 3)
+    assert "blurry" in flow._text_cache
+
+
+def test_the_i2v_only_tiny_model_loads_just_its_dit(tiny_dir):
+    i2v = load_pipeline("wan-tiny-i2v", [tiny_dir])
+    assert set(i2v.transformers) == {"i2v"}
+    with pytest.raises(ValueError, match="does not do t2v"):
+        i2v.generate(_req())
