@@ -139,34 +139,56 @@ def _quantize_rows_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WRITE_Q: tl.constexpr,
+    ONE_PASS: tl.constexpr,
 ):
-    """Each program owns BLOCK_M rows: pass 1 finds the row absmax, pass 2 scales, rounds, stores.
+    """Each program owns BLOCK_M rows: find each row's absmax, then scale, round and store.
 
-    With WRITE_Q False only pass 1 runs and 127/absmax goes to inv_ptr (for GEMMs that quantize in-tile).
+    ONE_PASS (BLOCK_K >= K): the rows stay in registers, x is read once. Otherwise pass 1 loops over K
+    for the absmax and pass 2 reads x again. With WRITE_Q False only the absmax is computed and
+    127/absmax goes to inv_ptr (for GEMMs that quantize in-tile).
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     row_ok = rows < M
-    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
+    if ONE_PASS:
+        cols = tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
-        amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+        xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
+    else:
+        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            mask = row_ok[:, None] & (cols[None, :] < K)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
     inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)  # [BLOCK_M]
+    tl.store(s_ptr + rows, amax / 127.0, mask=row_ok)
     if not WRITE_Q:
         tl.store(inv_ptr + rows, inv, mask=row_ok)
-        k_end = 0
-    else:
-        k_end = K
-    for k0 in range(0, k_end, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        mask = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
-        v = x.to(tl.float32) * inv[:, None]
+    elif ONE_PASS:
+        v = xf * inv[:, None]
         v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
         v = tl.minimum(tl.maximum(v, -127.0), 127.0)
         tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
-    tl.store(s_ptr + rows, amax / 127.0, mask=row_ok)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            mask = row_ok[:, None] & (cols[None, :] < K)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+            v = x.to(tl.float32) * inv[:, None]
+            v = tl.where(v >= 0, v + 0.5, v - 0.5)
+            v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
+
+
+def _quant_blocks(k: int, on_cpu: bool) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps): on GPU whole rows up to K=16384 in registers (one read of x)."""
+    if on_cpu:  # the Triton interpreter: small blocks keep it quick
+        return 4, 32, 4
+    bk = triton.next_power_of_2(k)
+    if bk <= 16384:
+        return max(1, 8192 // bk), bk, 8 if bk >= 4096 else 4
+    return 8, 2048, 8
 
 
 def quantize_activation(
@@ -180,9 +202,9 @@ def quantize_activation(
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
-    on_cpu = x.device.type == "cpu"  # the Triton interpreter: small blocks keep it quick
-    bm = block_m or (4 if on_cpu else 8)
-    bk = block_k or (32 if on_cpu else min(2048, triton.next_power_of_2(k)))
+    on_cpu = x.device.type == "cpu"
+    bm, bk, warps = _quant_blocks(k, on_cpu)
+    bm, bk = block_m or bm, block_k or bk
     _quantize_rows_kernel[(triton.cdiv(m, bm),)](
         x,
         q,
@@ -195,7 +217,8 @@ def quantize_activation(
         BLOCK_M=bm,
         BLOCK_K=bk,
         WRITE_Q=True,
-        **({} if on_cpu else {"num_warps": 8}),
+        ONE_PASS=bk >= k,
+        **({} if on_cpu else {"num_warps": warps}),
     )
     return q, s
 
@@ -211,7 +234,7 @@ def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     inv = torch.empty((m,), dtype=torch.float32, device=x.device)
     on_cpu = x.device.type == "cpu"
-    bm, bk = (4, 32) if on_cpu else (8, min(2048, triton.next_power_of_2(k)))
+    bm, bk, warps = _quant_blocks(k, on_cpu)
     _quantize_rows_kernel[(triton.cdiv(m, bm),)](
         x,
         x,
@@ -224,6 +247,7 @@ def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         BLOCK_M=bm,
         BLOCK_K=bk,
         WRITE_Q=False,
-        **({} if on_cpu else {"num_warps": 8}),
+        ONE_PASS=bk >= k,
+        **({} if on_cpu else {"num_warps": warps}),
     )
     return s, inv

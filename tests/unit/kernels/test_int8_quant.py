@@ -69,10 +69,11 @@ def test_requantize_error_bounded_by_half_step():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", [(37, 80), (5, 300), (1, 7)])
-def test_quantize_activation_matches_reference(dtype, shape):
+@pytest.mark.parametrize("one_pass", [False, True])  # rows in registers (block_k >= K) or two passes
+def test_quantize_activation_matches_reference(dtype, shape, one_pass):
     torch.manual_seed(3)
     x = (torch.randn(*shape) * torch.rand(shape[0], 1) * 10).to(dtype)
-    q, s = quantize_activation(x)
+    q, s = quantize_activation(x, block_k=512 if one_pass else 32)
     q_ref, s_ref = reference_quantize_activation(x)
     assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (shape[0],)
     torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
@@ -86,7 +87,7 @@ def test_quantize_activation_zero_rows_and_strided_input():
     base = torch.randn(9, 64, dtype=torch.bfloat16)
     base[3] = 0
     x = base[:, :50]  # row stride 64, last dim contiguous
-    q, s = quantize_activation(x)
+    q, s = quantize_activation(x, block_k=64)
     q_ref, s_ref = reference_quantize_activation(x)
     assert s[3].item() == 0.0 and (q[3] == 0).all()
     assert (q.int() - q_ref.int()).abs().max() <= 1
