@@ -163,17 +163,20 @@ def _kv_stats_kernel(
 @triton.jit
 def _pool_quant_kernel(
     # pointers
-    X, MEAN, XQ, SCALE, POOL, V, VSCALE, VT,
+    X, MEAN, XQ, SCALE, POOL, V, VSCALE, VT, LIN_M, FKSUM, LIN_B, OLIN,
     # sizes
-    L, L_PAD, H, n_blocks, scale_mult,
+    L, L_PAD, H, n_blocks, scale_mult, lin_eps,
     stride_xb, stride_xh, stride_xl,
     stride_vb, stride_vh, stride_vl,
     # meta
     D: tl.constexpr, BLK: tl.constexpr, SMOOTH: tl.constexpr, DO_POOL: tl.constexpr, V_FP8: tl.constexpr,
+    HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """Per block of BLK rows of one head: optional smoothing (x - mean_L), mean pool over real rows,
     symmetric int8 quantization with one scale (times scale_mult) per block. XQ is [B*H, L, D] int8.
-    V_FP8: also V / per-channel scale -> e4m3, stored transposed as VT [B*H, D, L_PAD] (zeros past L)."""
+    V_FP8: also V / per-channel scale -> e4m3, stored transposed as VT [B*H, D, L_PAD] (zeros past L).
+    HAS_LINEAR (the Q pass): the whole linear branch of these rows, OLIN [B*H, L, D] fp16 =
+    (phi(x) @ LIN_M) / (lin_eps + phi(x) . FKSUM) (+ LIN_B), with LIN_M [B*H, D, D] fp16 = (phi(K)^T V) W^T / L."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -194,6 +197,15 @@ def _pool_quant_kernel(
     xq = tl.where(xq >= 0, xq + 0.5, xq - 0.5).to(tl.int8)  # round half away from zero
     tl.store(XQ + bh * L * D + offs_l[:, None] * D + offs_d[None, :], xq, mask=valid[:, None])
     tl.store(SCALE + bh * n_blocks + blk, amax / 127.0 * scale_mult)
+    if HAS_LINEAR:
+        e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        fx = e / tl.sum(e, axis=1)[:, None]  # [BLK, D] softmax over the head dim
+        den = tl.sum(fx * tl.load(FKSUM + bh * D + offs_d)[None, :], axis=1) + lin_eps  # [BLK]
+        lin_m = tl.load(LIN_M + bh * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D, D] fp16
+        o_l = tl.dot(fx.to(tl.float16), lin_m) / den[:, None]  # [BLK, D]
+        if HAS_BIAS:
+            o_l += tl.load(LIN_B + offs_d)[None, :]
+        tl.store(OLIN + bh * L * D + offs_l[:, None] * D + offs_d[None, :], o_l.to(tl.float16), mask=valid[:, None])
     if V_FP8:
         v = tl.load(V + b * stride_vb + h * stride_vh + offs_l[:, None] * stride_vl + offs_d[None, :],
                     mask=valid[:, None], other=0.0).to(tl.float32)  # [BLK, D]
@@ -259,20 +271,18 @@ def _attn_step(
 @triton.jit
 def _sagesla_fwd_kernel(
     # pointers
-    Q, QQ, QSCALE, KQ, KSCALE, V, VT, VSCALE, LUT, LIN_M, FKSUM, LIN_B, O,
+    QQ, QSCALE, KQ, KSCALE, V, VT, VSCALE, LUT, OLIN, O,
     # sizes
-    L, L_PAD, H, n_qblocks, n_kblocks, TOPK, lin_eps,
-    stride_qb, stride_qh, stride_ql,
+    L, L_PAD, H, n_qblocks, n_kblocks, TOPK,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
     # meta
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAIR: tl.constexpr,
-    DENSE: tl.constexpr, PV_FP8: tl.constexpr, HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
-    P_OFF: tl.constexpr,
+    DENSE: tl.constexpr, PV_FP8: tl.constexpr, HAS_LINEAR: tl.constexpr, P_OFF: tl.constexpr,
 ):
     """Block-sparse int8/fp8 attention for BLOCK_M query rows (part of query block BLK_Q) of one head,
     over the key blocks listed in LUT [B*H, NQ, TOPK] (sorted; DENSE: all key blocks), plus the
-    linear-branch epilogue o += (phi(q) @ LIN_M) / (lin_eps + phi(q) . FKSUM) + LIN_B (LIN_M fp16)."""
+    linear branch precomputed by the Q pass: o += OLIN [B*H, L, D] fp16."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -339,17 +349,10 @@ def _sagesla_fwd_kernel(
     else:
         o = acc / l_i[:, None]  # [BLOCK_M, D]
 
-    # 3. linear branch epilogue: proj_l folded into LIN_M = (phi(K)^T V) W^T / L per head (fp16)
+    # 3. linear branch (proj_l included), computed in the Q pass
     if HAS_LINEAR:
-        x = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0).to(tl.float32)
-        e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
-        fq = e / tl.sum(e, axis=1)[:, None]  # [BLOCK_M, D]
-        den = tl.sum(fq * tl.load(FKSUM + bh * D + offs_d)[None, :], axis=1) + lin_eps  # [BLOCK_M]
-        lin_m = tl.load(LIN_M + bh * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D, D] fp16
-        o += tl.dot(fq.to(tl.float16), lin_m) / den[:, None]
-        if HAS_BIAS:
-            o += tl.load(LIN_B + offs_d)[None, :]
+        o += tl.load(OLIN + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None],
+                     other=0.0).to(tl.float32)
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
              o.to(O.dtype.element_ty), mask=row_ok[:, None])
 
@@ -366,7 +369,7 @@ def _interpreting() -> bool:
 _ATTN_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "PAIR": pair}, num_warps=w, num_stages=st)
     for pair in (True, False)
-    for bm, w, st in [(128, 8, 3), (128, 4, 3), (64, 4, 4), (64, 4, 3)]
+    for bm, w, st in [(128, 8, 3), (128, 4, 3), (128, 4, 2), (128, 4, 4), (64, 4, 4)]
 ]
 
 
@@ -380,6 +383,29 @@ def _prune_attn_configs(configs: list[triton.Config], named_args: dict, **kwargs
         ok = [triton.Config({"BLOCK_M": blk_q, "PAIR": blk_k == 16}, num_warps=4, num_stages=1)]
     return ok
 
+
+# K/V statistics: the [D, D] fp32 phi(K)^T V accumulator needs enough warps to stay in registers
+_STATS_CONFIGS = [
+    triton.Config({"BLOCK": blk}, num_warps=w, num_stages=st)
+    for blk, w, st in [(64, 8, 2), (32, 8, 2), (64, 4, 2), (128, 8, 2), (32, 4, 3)]
+]
+_STATS_ROWS_ALIGN = 128  # ROWS_PER_SPLIT is a multiple of every config's BLOCK
+
+
+def _prune_stats_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    has_linear = kwargs.get("HAS_LINEAR", named_args.get("HAS_LINEAR"))
+    if _interpreting():
+        return [triton.Config({"BLOCK": 32}, num_warps=4, num_stages=1)]
+    if not has_linear:  # a plain streaming reduction: wide tiles
+        return [triton.Config({"BLOCK": 128}, num_warps=8, num_stages=2), triton.Config({"BLOCK": 64}, num_warps=4)]
+    return configs
+
+
+_kv_stats = triton.autotune(
+    configs=_STATS_CONFIGS,
+    key=["D", "HAS_LINEAR"],
+    prune_configs_by={"early_config_prune": _prune_stats_configs},
+)(_kv_stats_kernel)
 
 _sagesla_fwd = triton.autotune(
     configs=_ATTN_CONFIGS,
@@ -412,16 +438,13 @@ class _Prepared:
     vt: torch.Tensor  # [BH, D, NK*block_k] fp8 (or a dummy)
     v_scale: torch.Tensor  # [BH, D] fp32 (or a dummy)
     lut: torch.Tensor  # [BH, NQ, topk] int32 sorted key-block ids (or a dummy when dense)
-    lin_m: torch.Tensor  # [BH, D, D] fp32 = (phi(K)^T V) W^T (or a dummy)
-    fksum: torch.Tensor  # [BH, D] fp32 (or a dummy)
-    lin_b: torch.Tensor  # [D] fp32 (or a dummy)
+    olin: torch.Tensor  # [BH, L, D] fp16 linear branch incl. proj_l (or a dummy)
     topk: int
     block_q: int
     block_k: int
     dense: bool
     pv_fp8: bool
     has_linear: bool
-    has_bias: bool
 
 
 def _prepare(
@@ -451,22 +474,32 @@ def _prepare(
     has_linear = proj_l_weight is not None and not dense
 
     # 2. one pass over K, V: sum K, max |V|, phi(K)^T V, sum phi(K) (per-split partials)
-    stats_block = 64
-    n_split = max(1, min(triton.cdiv(L, 4 * stats_block), triton.cdiv(528, BH)))  # ~4 programs per SM
-    rows = triton.cdiv(triton.cdiv(L, n_split), stats_block) * stats_block
+    n_split = max(1, min(triton.cdiv(L, 4 * _STATS_ROWS_ALIGN), triton.cdiv(528, BH)))  # ~4 programs per SM
+    rows = triton.cdiv(triton.cdiv(L, n_split), _STATS_ROWS_ALIGN) * _STATS_ROWS_ALIGN
     n_split = triton.cdiv(L, rows)
     ksum = torch.empty(BH, n_split, D, device=dev, dtype=torch.float32)
     vmax = torch.empty_like(ksum)
     kv = torch.empty(BH, n_split, D, D, device=dev, dtype=torch.float32) if has_linear else ksum
     fksum = torch.empty_like(ksum) if has_linear else ksum
-    _kv_stats_kernel[(BH, n_split)](
+    _kv_stats[(BH, n_split)](
         k, v, ksum, vmax, kv, fksum, L, H, rows, *k.stride()[:3], *v.stride()[:3],
-        D=D, BLOCK=stats_block, HAS_LINEAR=has_linear, num_warps=4,
-        DOT_DTYPE=tl.bfloat16 if v.dtype == torch.bfloat16 else tl.float16,
+        D=D, HAS_LINEAR=has_linear, DOT_DTYPE=tl.bfloat16 if v.dtype == torch.bfloat16 else tl.float16,
     )
     k_mean = ksum.sum(1) / L  # [BH, D]
 
-    # 3. int8 Q (log2e / sqrt(D) folded into its scale) and smoothed int8 K, pooled when sparse
+    # 3. linear branch constants: proj_l folded into phi(K)^T V, per head; numerator and denominator
+    #    both divided by L so LIN_M fits fp16 (eps scaled alike)
+    lin_m = fk = lin_b = olin = ksum
+    if has_linear:
+        assert proj_l_weight is not None
+        lin_m = (torch.matmul(kv.sum(1), proj_l_weight.float().t()) / L).half()  # [BH, D, D]
+        fk = fksum.sum(1) / L  # [BH, D]
+        if proj_l_bias is not None:
+            lin_b = proj_l_bias.float().contiguous()
+        olin = torch.empty(BH, L, D, device=dev, dtype=torch.float16)
+
+    # 4. int8 Q (log2e / sqrt(D) folded into its scale) + the linear branch; smoothed int8 K (+ fp8 V);
+    #    both pooled when sparse
     q8 = torch.empty(BH, L, D, device=dev, dtype=torch.int8)
     k8 = torch.empty_like(q8)
     q_scale = torch.empty(BH, nq, device=dev, dtype=torch.float32)
@@ -480,34 +513,26 @@ def _prepare(
     else:
         v_scale, vt = k_scale, k8
     _pool_quant_kernel[(nq, BH)](
-        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, L, l_pad, H, nq, _LOG2E / math.sqrt(D),
-        *q.stride()[:3], *v.stride()[:3], D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
-        num_warps=4,
+        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin,
+        L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
+        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
+        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, num_warps=8 if has_linear else 4,
     )
     _pool_quant_kernel[(nk, BH)](
-        k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, L, l_pad, H, nk, 1.0,
-        *k.stride()[:3], *v.stride()[:3], D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8,
+        k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, lin_m, fk, lin_b, olin,
+        L, l_pad, H, nk, 1.0, 0.0, *k.stride()[:3], *v.stride()[:3],
+        D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8, HAS_LINEAR=False, HAS_BIAS=False,
         num_warps=4,
     )
 
-    # 4. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
+    # 5. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
     if dense:
         topk, lut = nk, q_scale
     else:
         topk = topk_count(topk_ratio, nk)
         lut = select_blocks(torch.bmm(q_pool, k_pool.transpose(1, 2)), topk)  # [BH, NQ, topk] int32
-
-    # 5. linear branch constants: proj_l folded into phi(K)^T V, per head; numerator and denominator
-    #    both divided by L so LIN_M fits fp16 (eps scaled alike)
-    lin_m = fk = lin_b = q_scale
-    if has_linear:
-        assert proj_l_weight is not None
-        lin_m = (torch.matmul(kv.sum(1), proj_l_weight.float().t()) / L).half().contiguous()  # [BH, D, D]
-        fk = (fksum.sum(1) / L).contiguous()  # [BH, D]
-        if proj_l_bias is not None:
-            lin_b = proj_l_bias.float().contiguous()
-    return _Prepared(q, v, q8, q_scale, k8, k_scale, vt, v_scale, lut, lin_m, fk, lin_b, topk, block_q,
-                     block_k, dense, pv_fp8, has_linear, has_linear and proj_l_bias is not None)
+    return _Prepared(q, v, q8, q_scale, k8, k_scale, vt, v_scale, lut, olin, topk, block_q, block_k, dense,
+                     pv_fp8, has_linear)
 
 
 def _launch(p: _Prepared) -> torch.Tensor:
@@ -517,10 +542,9 @@ def _launch(p: _Prepared) -> torch.Tensor:
     o = torch.empty_like(p.q)
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _sagesla_fwd[grid](
-        p.q, p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.lin_m, p.fksum, p.lin_b, o,
-        L, nk * p.block_k, H, nq, nk, p.topk, LINEAR_EPS / L, *p.q.stride()[:3], *p.v.stride()[:3], *o.stride()[:3],
-        D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8,
-        HAS_LINEAR=p.has_linear, HAS_BIAS=p.has_bias,
+        p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.olin, o,
+        L, nk * p.block_k, H, nq, nk, p.topk, *p.v.stride()[:3], *o.stride()[:3],
+        D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8, HAS_LINEAR=p.has_linear,
         P_OFF=8.8 if p.pv_fp8 else 0.0,  # fp8: P scaled by 2^8.8 ~ 446 < 448 (e4m3 max); cancels in acc / l
     )
     return o
