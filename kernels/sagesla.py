@@ -612,7 +612,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
-def _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows):  # noqa: ANN001
+def _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows, dense_bks):  # noqa: ANN001
     """Time one P@V precision: full SageSLA, its parts, and the dense low-bit mode."""
     from functools import partial
 
@@ -632,7 +632,7 @@ def _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, row
                      f"attn {t_attn:.3f} (no-linear {t_attn_nolin:.3f})"))
     except Exception as e:  # keep the table going when one variant fails to build
         rows.append((f"sagesla H={H} {tag}", float("nan"), t_sdpa, float("nan"), repr(e)[:300]))
-    for bk in (64, 128) if fp8 else (64,):
+    for bk in dense_bks if fp8 else dense_bks[:1]:
         name = f"sage-dense H={H} {tag} bk{bk}"
         try:
             fn = partial(sage_attention, q, k, v, block_k=bk, pv_fp8=fp8)
@@ -666,8 +666,29 @@ def _bench_block_map(q: torch.Tensor, topk_ratio: float) -> str:
             f"bmm+triton sort-select {triton.testing.do_bench(partial(select_triton)):.3f} ms (same={same})")
 
 
-def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_ratio: float = 0.1) -> None:
-    """H200 table: SageSLA (block map + sparse + linear) and dense low-bit mode vs cuDNN SDPA (bf16)."""
+def _profile_call(fn, n: int = 5) -> str:  # noqa: ANN001
+    """Per-kernel device time of fn() (mean over n calls, torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(e.device_time_total / n / 1e3, e.count // n, e.key) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    return f"  device total {total:.3f} ms\n" + "\n".join(f"  {t:7.3f} ms x{c:<2d} {key[:90]}" for t, c, key in rows)
+
+
+def bench(
+    heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_ratio: float = 0.1,
+    precisions: tuple[bool, ...] = (True, False), dense_bks: tuple[int, ...] = (128, 64), profile: bool = False,
+) -> None:
+    """H200 table: SageSLA (block map + sparse + linear) and dense low-bit mode vs cuDNN SDPA (bf16).
+    precisions: FP8 P@V (True) and/or fp16 (False); dense_bks: key tiles for the dense rows (fp16: first)."""
     from functools import partial
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -685,16 +706,20 @@ def bench(heads: tuple[int, ...] = (12, 40), L: int = 32760, D: int = 128, topk_
             t_sdpa = triton.testing.do_bench(partial(F.scaled_dot_product_attention, q, k, v))
         ref_s, _ = reference(q, k, v, topk_ratio=topk_ratio, proj_l_weight=w, proj_l_bias=bias)
         ref_d = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-        for fp8 in (True, False):
-            _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows)
+        for fp8 in precisions:
+            _bench_variants(q, k, v, w, bias, topk_ratio, fp8, ref_s, ref_d, t_sdpa, rows, dense_bks)
         extra.append(_bench_block_map(q, topk_ratio))
+        if profile:
+            fn = partial(sagesla_attention, q, k, v, topk_ratio=topk_ratio, proj_l_weight=w, proj_l_bias=bias)
+            extra.append(f"kernels of one sagesla call H={H} (torch.profiler):\n{_profile_call(fn)}")
         del ref_s, ref_d
     print(f"L={L} D={D} B=1 topk={topk_ratio}; times in ms (triton.testing.do_bench)")
     print(f"{'variant':<22} {'ours':>8} {'cudnn':>8} {'speedup':>8} {'cos':>8}  notes")
     for name, t, ts, c, note in rows:
         print(f"{name:<22} {t:8.3f} {ts:8.3f} {ts / t:8.2f} {c:8.5f}  {note}")
     print("\n".join(extra))
-    print("best configs:", {str(key): str(cfg) for key, cfg in _sagesla_fwd.cache.items()})
+    for name, tuner in (("attention", _sagesla_fwd), ("kv stats", _kv_stats)):
+        print(f"best {name} configs:", {str(key): str(cfg) for key, cfg in tuner.cache.items()})
 
 
 if __name__ == "__main__":
