@@ -407,6 +407,16 @@ _kv_stats = triton.autotune(
     prune_configs_by={"early_config_prune": _prune_stats_configs},
 )(_kv_stats_kernel)
 
+def _prune_pool_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    return configs[:1] if _interpreting() else configs
+
+
+_pool_quant = triton.autotune(
+    configs=[triton.Config({}, num_warps=w) for w in (4, 8, 2)],
+    key=["D", "BLK", "SMOOTH", "DO_POOL", "V_FP8", "HAS_LINEAR"],
+    prune_configs_by={"early_config_prune": _prune_pool_configs},
+)(_pool_quant_kernel)
+
 _sagesla_fwd = triton.autotune(
     configs=_ATTN_CONFIGS,
     key=["D", "BLK_Q", "BLOCK_N", "DENSE", "PV_FP8", "HAS_LINEAR"],
@@ -512,17 +522,16 @@ def _prepare(
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
     else:
         v_scale, vt = k_scale, k8
-    _pool_quant_kernel[(nq, BH)](
+    _pool_quant[(nq, BH)](
         q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin,
         L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
         D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
-        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, num_warps=8 if has_linear else 4,
+        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None,
     )
-    _pool_quant_kernel[(nk, BH)](
+    _pool_quant[(nk, BH)](
         k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, lin_m, fk, lin_b, olin,
         L, l_pad, H, nk, 1.0, 0.0, *k.stride()[:3], *v.stride()[:3],
         D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8, HAS_LINEAR=False, HAS_BIAS=False,
-        num_warps=4,
     )
 
     # 5. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
@@ -662,8 +671,11 @@ def _bench_block_map(q: torch.Tensor, topk_ratio: float) -> str:
         return select_blocks(torch.bmm(pq, pk.transpose(1, 2)), topk)
 
     same = torch.equal(select_torch(), select_triton())
+    score = torch.bmm(pq, pk.transpose(1, 2))
+    warps = " ".join(f"w{w} {triton.testing.do_bench(partial(select_blocks, score, topk, w)):.3f}" for w in (2, 4, 8))
     return (f"block-map select H={H}: bmm+torch.topk+sort {triton.testing.do_bench(partial(select_torch)):.3f} ms, "
-            f"bmm+triton sort-select {triton.testing.do_bench(partial(select_triton)):.3f} ms (same={same})")
+            f"bmm+triton sort-select {triton.testing.do_bench(partial(select_triton)):.3f} ms (same={same}); "
+            f"select alone by num_warps: {warps}")
 
 
 def _profile_call(fn, n: int = 5) -> str:  # noqa: ANN001
@@ -718,7 +730,7 @@ def bench(
     for name, t, ts, c, note in rows:
         print(f"{name:<22} {t:8.3f} {ts:8.3f} {ts / t:8.2f} {c:8.5f}  {note}")
     print("\n".join(extra))
-    for name, tuner in (("attention", _sagesla_fwd), ("kv stats", _kv_stats)):
+    for name, tuner in (("attention", _sagesla_fwd), ("kv stats", _kv_stats), ("pool/quant", _pool_quant)):
         print(f"best {name} configs:", {str(key): str(cfg) for key, cfg in tuner.cache.items()})
 
 

@@ -75,12 +75,13 @@ def _topk_lut_kernel(
     tl.store(LUT + row * TOPK + offs, chosen, mask=offs < TOPK)
 
 
-def select_blocks(score: torch.Tensor, topk: int) -> torch.Tensor:
-    """score [R1, R2, NK] fp32 (contiguous) -> [R1, R2, topk] int32 ascending ids of the topk largest."""
+def select_blocks(score: torch.Tensor, topk: int, num_warps: int | None = None) -> torch.Tensor:
+    """score [R1, R2, NK] fp32 (contiguous) -> [R1, R2, topk] int32 ascending ids of the topk largest.
+    num_warps: per sorting program (None: 4 up to 1024 key blocks, else 8)."""
     score = score.float().contiguous()
     nk = score.shape[-1]
     lut = torch.empty(*score.shape[:-1], topk, device=score.device, dtype=torch.int32)
     rows = score.numel() // nk
     _topk_lut_kernel[(rows,)](score, lut, nk, topk, NK_POW2=triton.next_power_of_2(nk),
-                              num_warps=4 if nk <= 1024 else 8)
+                              num_warps=num_warps or (4 if nk <= 1024 else 8))
     return lut
