@@ -215,7 +215,14 @@ def _w8a8_tma_kernel(
 # 3. configs (autotuned on GPU; one small fixed config on CPU for the interpreter)
 # ----------------------------------------------------------------------------------------------
 
-_SMEM_LIMIT = 220 * 1024  # H100/H200 allow 227 KB per block; keep headroom for barriers
+_SMEM_HEADROOM = 4 * 1024  # barriers and layout padding beyond the tiles counted below
+
+
+@functools.cache
+def _smem_limit(device_index: int) -> int:
+    """Shared memory per block on this GPU (227 KB on H100/H200, ~99 KB on sm89/sm120)."""
+    props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return props["max_shared_mem"] - _SMEM_HEADROOM
 
 
 def _tma_configs() -> list[triton.Config]:
@@ -254,7 +261,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     for c in configs:
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         smem = c.num_stages * (bm + bn) * bk + bm * bn * out_bytes
-        if smem <= _SMEM_LIMIT and bk <= max(32, triton.next_power_of_2(k)):
+        if smem <= _smem_limit(torch.cuda.current_device()) and bk <= max(32, triton.next_power_of_2(k)):
             kept.append(c)
     return kept or configs[-1:]
 
