@@ -41,8 +41,14 @@ def is_quantized_linear_key(key: str) -> bool:
 class W8A8Linear(nn.Module):
     """y = x @ (int8_weight · scale)ᵀ + bias.
 
-    Buffers: ``int8_weight`` [N, K] int8, ``scale`` [ceil(N/128), ceil(K/128)] fp32 (kept fp32 even when
-    the module is cast to another dtype); parameter ``bias`` [N] or None. x: [..., K] -> [..., N].
+    Buffers: ``int8_weight`` [N, K] int8 and ``scale`` fp32 (kept fp32 even when the module is cast to
+    another dtype); parameter ``bias`` [N] or None. x: [..., K] -> [..., N]. The scale has one of two
+    layouts:
+
+    - "block" (as loaded): [ceil(N/128), ceil(K/128)], one scale per 128×128 block — the checkpoint;
+    - "channel" (after `to_kernel_layout`): [N, 1], one scale per output channel — what the Triton
+      GEMM applies in its epilogue. The first CUDA forward converts in place (`kernels.w8a8.
+      prepare_weight`), so the GPU holds one int8 copy of the weight, not two.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):  # noqa: ANN001
@@ -52,28 +58,34 @@ class W8A8Linear(nn.Module):
         self.register_buffer("int8_weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.empty(nb, kb, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
-        self._prepared: tuple[tuple[int, int], object] | None = None  # cache of kernels.w8a8.prepare_weight
+
+    @property
+    def layout(self) -> str:
+        return "channel" if tuple(self.scale.shape) == (self.out_features, 1) and self.out_features > 1 else "block"
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
-        # Module.to(dtype) would round the block scales to bf16; move them but keep them fp32.
+        # Module.to(dtype) would round the scales to bf16; move them but keep them fp32.
         scale = self.scale
         super()._apply(fn, recurse)
         target = fn(torch.zeros((), dtype=torch.float32, device=scale.device))
         self.scale = scale.to(device=target.device, dtype=torch.float32)
-        self._prepared = None
         return self
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the int8 data stands for, [N, K] in `dtype`."""
+        if self.layout == "channel":
+            return (self.int8_weight.float() * self.scale).to(dtype)
         return _int8_quant().dequantize_weight_blockwise(self.int8_weight, self.scale, BLOCK, dtype)
 
-    def _kernel_weight(self):  # noqa: ANN202
-        key = (self.int8_weight.data_ptr(), self.scale.data_ptr())
-        if self._prepared is None or self._prepared[0] != key:
+    @torch.no_grad()
+    def to_kernel_layout(self) -> None:
+        """Requantize block scales to per-channel scales in place (extra rounding: kernels/NOTES_w8a8.md)."""
+        if self.layout == "block":
             from kernels import w8a8
 
-            self._prepared = (key, w8a8.prepare_weight(self.int8_weight, self.scale))
-        return self._prepared[1]
+            prepared = w8a8.prepare_weight(self.int8_weight, self.scale)
+            self.int8_weight = prepared.qweight.contiguous()
+            self.scale = prepared.scale.reshape(self.out_features, 1).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
@@ -82,12 +94,15 @@ class W8A8Linear(nn.Module):
             except ImportError:
                 w8a8 = None
             if w8a8 is not None:
-                return w8a8.w8a8_linear(x, self._kernel_weight(), self.bias)
+                self.to_kernel_layout()
+                weight = w8a8.W8A8Weight(self.int8_weight, self.scale.view(-1))
+                return w8a8.w8a8_linear(x, weight, self.bias)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, layout={self.layout}")
 
 
 def quantize_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
