@@ -67,70 +67,81 @@ def _ln_modulate_kernel(
     shift_ptr,
     scale_ptr,
     out_ptr,  # x.dtype, or int8 when OUT_INT8
-    qscale_ptr,  # [N] fp32 per-token scales (OUT_INT8 only)
+    qscale_ptr,  # [B * L] fp32 per-token scales (OUT_INT8 only)
     # sizes
-    N,  # rows = B * L
-    L,
+    L,  # rows per batch element; grid axis 1 is the batch element
     C,
     stride_shift_b,
     stride_scale_b,
     eps,
     # meta
     BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
-    BLOCK_L: tl.constexpr,  # rows per program
+    BLOCK_L: tl.constexpr,  # rows per tile
+    PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
     OUT_INT8: tl.constexpr,
 ):
-    # 1. load a [BLOCK_L, BLOCK_C] tile of whole rows
-    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    # 1. loop-invariant: this batch element's modulation vectors, loaded once per program
+    b = tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    row_ok = rows < N
     col_ok = cols < C
-    mask = row_ok[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    sh = tl.load(shift_ptr + b * stride_shift_b + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_C]
+    sc1 = 1.0 + tl.load(scale_ptr + b * stride_scale_b + cols, mask=col_ok, other=0.0).to(tl.float32)
 
-    # 2. fp32 mean / variance over the row (masked lanes excluded)
-    mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
-    xc = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
+    # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
+    num_tiles = tl.cdiv(L, BLOCK_L)
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L] positions within the batch element
+        row_ok = pos < L
+        rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
+        mask = row_ok[:, None] & col_ok[None, :]
+        offs = rows[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
-    # 3. modulation with the row's batch vectors: y = n * (1 + scale[b]) + shift[b]
-    b = (rows // L).to(tl.int64)  # [BLOCK_L]
-    sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
-    sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
-    y = xc * rstd[:, None] * (1.0 + sc.to(tl.float32)) + sh.to(tl.float32)  # masked lanes stay 0
+        # 3. fp32 mean / variance over the row (masked lanes excluded)
+        mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
 
-    # 4. store: x.dtype, or per-token int8 (round half away from zero, the int cast truncates)
-    if OUT_INT8:
-        amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
-        inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-        v = y * inv[:, None]
-        v = tl.where(v >= 0, v + 0.5, v - 0.5)
-        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-        tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
-        tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
-    else:
-        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        # 4. modulation: y = n * (1 + scale[b]) + shift[b]  (masked lanes stay 0)
+        y = xc * rstd[:, None] * sc1[None, :] + sh[None, :]
+
+        # 5. store: x.dtype, or per-token int8 (round half away from zero, the int cast truncates)
+        if OUT_INT8:
+            amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
+            inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+            v = y * inv[:, None]
+            v = tl.where(v >= 0, v + 0.5, v - 0.5)
+            v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+            tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
+            tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
+        else:
+            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# H200, L=32760 (kernels/bench_norms.py): one row per program won at both C; 4 warps at C=1536 (the
-# smallest tried), 8 at C=5120. The 2-warp configs were added after that run (the autotuner arbitrates).
+# Same search space as kernels/rmsnorm_rope.py: tile shapes with 8 or 16 elements per thread (one or
+# two 16-byte bf16 accesses per thread), one program per tile or a persistent grid of 2 or 4 programs
+# per SM (shift/scale are then loaded and re-laid-out once per program, not once per tile). With int8
+# out, 16 per thread makes Triton pick a 16-byte int8 store layout for the whole tile, so every bf16 /
+# fp32 load becomes a strided multi-instruction access; 8 per thread keeps loads and store coalesced.
 _CONFIGS = [
-    triton.Config({"BLOCK_L": bl}, num_warps=nw, num_stages=1)
-    for bl in (1, 2, 4, 8)
-    for nw in (4, 8, 16)
-] + [triton.Config({"BLOCK_L": bl}, num_warps=2, num_stages=1) for bl in (1, 2)]
+    triton.Config({"BLOCK_L": bl, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
+    for bl in (1, 2, 4)
+    for nw in (4, 8, 16, 32)
+    for pps in (0, 2, 4)
+]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep tiles of 2K–32K elements with >= 4 elements per thread; on CPU (interpreter) keep one."""
+    """Keep tiles of <= 16K elements with 8 or 16 per thread and persistent grids that fit an SM (<= 64
+    resident warps); on CPU (interpreter) keep the first."""
     block_c = {**named_args, **kwargs}["BLOCK_C"]
     kept = [
         cfg
         for cfg in configs
-        if 2048 <= cfg.kwargs["BLOCK_L"] * block_c <= 32768
-        and cfg.kwargs["BLOCK_L"] * block_c >= 4 * 32 * cfg.num_warps
+        if cfg.kwargs["BLOCK_L"] * block_c <= 16384
+        and cfg.kwargs["BLOCK_L"] * block_c // (32 * cfg.num_warps) in (8, 16)
+        and cfg.kwargs["PROGS_PER_SM"] * cfg.num_warps <= 64
     ] or configs[:1]
     if not named_args["x_ptr"].is_cuda:
         return kept[:1]
@@ -156,22 +167,35 @@ def _check(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> None:
 
 
 def _launch(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor, qscale: torch.Tensor
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    out: torch.Tensor,
+    qscale: torch.Tensor,
+    config: dict | None = None,
 ) -> None:
+    """Launch on x [B, L, C]; ``config`` (BLOCK_L, PROGS_PER_SM, num_warps, num_stages) bypasses the
+    autotuner (tests and the bench use it to run one specific variant)."""
     B, L, C = x.shape
-    N = B * L
-    if N == 0:
+    if B * L == 0:
         return
     shift = shift if shift.stride(1) == 1 else shift.contiguous()
     scale = scale if scale.stride(1) == 1 else scale.contiguous()
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_L"]),)
-    _ln_modulate[grid](
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+
+    def grid(meta: dict) -> tuple[int, int]:
+        tiles = triton.cdiv(L, meta["BLOCK_L"])
+        progs = max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)) if meta["PROGS_PER_SM"] else tiles
+        return (progs, B)
+
+    kernel = _ln_modulate if config is None else _ln_modulate_kernel
+    kernel[grid](
         x,
         shift,
         scale,
         out,
         qscale,
-        N,
         L,
         C,
         shift.stride(0),
@@ -179,6 +203,7 @@ def _launch(
         eps,
         BLOCK_C=triton.next_power_of_2(C),
         OUT_INT8=out.dtype == torch.int8,
+        **(config or {}),
     )
 
 

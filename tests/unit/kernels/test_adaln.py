@@ -123,3 +123,32 @@ def test_layernorm_modulate_wan_shapes_gpu(C):
     q_ref, s_ref = reference_int8(x, shift, scale)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=1e-7)
     assert (q.int() - q_ref.int()).abs().max().item() <= 1
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"BLOCK_L": 2, "PROGS_PER_SM": 4, "num_warps": 4},  # persistent: 2 programs per batch element
+        {"BLOCK_L": 4, "PROGS_PER_SM": 0, "num_warps": 4},  # 2-D tile, last tile of each batch masked
+    ],
+)
+@pytest.mark.parametrize("out_int8", [False, True])
+def test_explicit_configs_cover_every_row_of_every_batch(config, out_int8):
+    # The autotuner only runs one config on CPU; launch the others directly. L = 7 rows per batch
+    # element (odd, so tiles end mid-batch) and C = 40 (masked tail); poisoned outputs catch gaps.
+    from kernels.adaln import _launch
+
+    dev = _device()
+    x, shift, scale = _inputs(3, 7, 40, torch.float32, dev)
+    truth = reference(x, shift, scale, compute_dtype=torch.float64)
+    if out_int8:
+        q = torch.full((3, 7, 40), -128, dtype=torch.int8, device=dev)
+        s = torch.full((3, 7), float("nan"), device=dev)
+        _launch(x, shift, scale, 1e-6, q, s, config=config)
+        q_ref, s_ref = reference_int8(x, shift, scale)
+        torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=1e-7)
+        assert (q.int() - q_ref.int()).abs().max().item() <= 1
+    else:
+        out = torch.full_like(x, float("nan"))
+        _launch(x, shift, scale, 1e-6, out, out, config=config)
+        torch.testing.assert_close(out.double(), truth, rtol=1e-5, atol=1e-5)

@@ -124,3 +124,28 @@ def test_rmsnorm_rope_wan_shapes_gpu(C, dtype):
     out = rmsnorm_rope(x, w, cos, sin)
     truth = reference(x, w, cos, sin, compute_dtype=torch.float64)
     _assert_fa_rule(out, truth, reference(x, w, cos, sin).to(dtype))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"BLOCK_L": 2, "PROGS_PER_SM": 3, "num_warps": 4},  # persistent: 3 programs stride over 10 tiles
+        {"BLOCK_L": 4, "PROGS_PER_SM": 0, "num_warps": 4},  # 2-D tile, last tile half masked
+    ],
+)
+def test_rmsnorm_rope_explicit_configs_cover_every_row(config):
+    # The autotuner only runs one config on CPU; launch the others directly. Odd row count (B*L = 19)
+    # and C = 5*24 (not a power of two) so the last tile and the row tail are both masked.
+    from kernels.rmsnorm_rope import _launch
+
+    dev = _device()
+    B, L, H, D = 1, 19, 5, 24
+    x = torch.randn(B, L, H, D, device=dev)
+    w = torch.rand(H * D, device=dev) + 0.5
+    cos, sin = _tables(L, D, dev)
+    out = _launch(x.view(B * L, H * D), w, cos, sin, L, D // 2, 1e-6, config=config).view(B, L, H, D)
+    truth = reference(x, w, cos, sin, compute_dtype=torch.float64)
+    torch.testing.assert_close(out.double(), truth, rtol=1e-5, atol=1e-5)
+    plain = _launch(x.view(B * L, H * D), w, None, None, 1, 1, 1e-6, config=config)
+    torch.testing.assert_close(plain.double(), reference_rmsnorm(x.view(B * L, H * D), w, compute_dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
