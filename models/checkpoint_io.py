@@ -177,3 +177,31 @@ def check_keys(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:6]})")
         raise CheckpointError(f"{what}: checkpoint does not fit: " + "; ".join(parts))
+
+
+def assign_state_dict(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """Give a meta-device `model` the checkpoint's tensors (taken, not copied, where device and dtype
+    already match), after checking names and shapes: a CheckpointError names what does not fit.
+    Floating-point tensors are cast to `dtype` when given; other tensors keep theirs."""
+    expected = model.state_dict()
+    check_keys(set(expected), set(state_dict), what=what)
+    wrong = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state_dict[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{what}: {len(wrong)} shape mismatches, e.g. {wrong[:4]}")
+    tensors = {
+        k: state_dict[k].to(device=device, dtype=dtype if dtype is not None and state_dict[k].is_floating_point() else None)
+        for k in expected
+    }
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model

@@ -28,7 +28,7 @@ from models.checkpoint_io import (
     CANONICAL_WEIGHTS,
     CheckpointError,
     Manifest,
-    check_keys,
+    assign_state_dict,
     read_manifest,
     read_state_dict,
     strip_prefix,
@@ -157,17 +157,7 @@ def build_encoder(
     """Build on the meta device and take the tensors with load_state_dict(assign=True)."""
     with torch.device("meta"):
         model = UMT5Encoder(cfg)
-    expected = model.state_dict()
-    check_keys(set(expected), set(sd), what=f"{where} (umT5 encoder)")
-    bad = [
-        f"{k}: {tuple(sd[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if sd[k].shape != v.shape
-    ]
-    if bad:
-        raise CheckpointError(f"{where}: tensor shapes do not fit the umT5 config {cfg}: {bad[:4]}")
-    tensors = {k: sd[k].to(device=device, dtype=dtype) for k in expected}
-    model.load_state_dict(tensors, strict=True, assign=True)
+    assign_state_dict(model, sd, what=f"{where} (umT5 encoder)", device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
 
 

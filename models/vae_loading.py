@@ -24,7 +24,7 @@ import torch
 from models.checkpoint_io import (
     CheckpointError,
     Manifest,
-    check_keys,
+    assign_state_dict,
     read_manifest,
     read_state_dict,
     strip_prefix,
@@ -178,17 +178,7 @@ def load_vae(
     state, config = _read(path)
     with torch.device("meta"):
         model = WanVAE(config)
-    expected = model.state_dict()
-    check_keys(set(expected), set(state), what=f"Wan VAE ({path})")
-    wrong = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if state[k].shape != v.shape
-    ]
-    if wrong:
-        raise CheckpointError(f"Wan VAE ({path}): {len(wrong)} shape mismatches, e.g. {wrong[:4]}")
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_state_dict(model, state, what=f"Wan VAE ({path})", device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
 
 
