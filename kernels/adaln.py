@@ -61,6 +61,29 @@ def reference_int8(
 
 # 2. kernel --------------------------------------------------------------------------------------------
 @triton.jit
+def _modulate_store(
+    xc,  # [BLOCK_L, WIDTH] fp32 centred part of the rows (masked lanes 0)
+    rstd,  # [BLOCK_L, 1] or scalar
+    sc1,  # [WIDTH] fp32 1 + scale[b]
+    sh,  # [WIDTH] fp32 shift[b]
+    inv,  # 127 / absmax (int8 only)
+    offs,
+    mask,
+    out_ptr,
+    OUT_INT8: tl.constexpr,
+):
+    """Store one part of y = n * (1 + scale) + shift: in out's dtype, or as int8 codes of y * inv."""
+    y = xc * rstd * sc1[None, :] + sh[None, :]
+    if OUT_INT8:
+        v = y * inv
+        v = tl.where(v >= 0, v + 0.5, v - 0.5)  # round half away from zero (the int cast truncates)
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
+    else:
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _ln_modulate_kernel(
     # pointers
     x_ptr,
@@ -76,16 +99,24 @@ def _ln_modulate_kernel(
     eps,
     # meta
     BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
+    BLOCK_TAIL: tl.constexpr,  # next power of two >= C - BLOCK_C/2 (the second part when SPLIT)
+    SPLIT: tl.constexpr,  # row as two power-of-two parts [0, BLOCK_C/2) + [BLOCK_C/2, +BLOCK_TAIL); BLOCK_L = 1
     BLOCK_L: tl.constexpr,  # rows per tile
     PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
     OUT_INT8: tl.constexpr,
 ):
-    # 1. loop-invariant: this batch element's modulation vectors, loaded once per program
+    # 1. loop-invariant: this batch element's modulation vectors, loaded once per program. Unsplit, part
+    #    a is the whole padded row; split (e.g. 5120 = 4096 + 1024), a is always full and b the tail.
+    tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
+    HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
     b = tl.program_id(1).to(tl.int64)
-    cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    col_ok = cols < C
-    sh = tl.load(shift_ptr + b * stride_shift_b + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_C]
-    sc1 = 1.0 + tl.load(scale_ptr + b * stride_scale_b + cols, mask=col_ok, other=0.0).to(tl.float32)
+    cols_a = tl.arange(0, HEAD)  # [HEAD]
+    sh_a = tl.load(shift_ptr + b * stride_shift_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+    sc1_a = 1.0 + tl.load(scale_ptr + b * stride_scale_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+    if SPLIT:
+        cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
+        sh_b = tl.load(shift_ptr + b * stride_shift_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+        sc1_b = 1.0 + tl.load(scale_ptr + b * stride_scale_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
 
     # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
     num_tiles = tl.cdiv(L, BLOCK_L)
@@ -93,56 +124,75 @@ def _ln_modulate_kernel(
         pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L] positions within the batch element
         row_ok = pos < L
         rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
-        mask = row_ok[:, None] & col_ok[None, :]
-        offs = rows[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mask_a = row_ok[:, None] & (cols_a < C)[None, :]
+        offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
+        x_a = tl.load(x_ptr + offs_a, mask=mask_a, other=0.0).to(tl.float32)
 
-        # 3. fp32 mean / variance over the row (masked lanes excluded)
-        mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
-
-        # 4. modulation: y = n * (1 + scale[b]) + shift[b]  (masked lanes stay 0)
-        y = xc * rstd[:, None] * sc1[None, :] + sh[None, :]
-
-        # 5. store: x.dtype, or per-token int8 (round half away from zero, the int cast truncates)
-        if OUT_INT8:
-            amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
-            inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-            v = y * inv[:, None]
-            v = tl.where(v >= 0, v + 0.5, v - 0.5)
-            v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-            tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
-            tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
+        # 3. fp32 mean / variance over the row (masked lanes excluded); a split row (one per tile) is
+        #    reduced to scalars so its two differently laid-out parts never meet in one tensor
+        if SPLIT:
+            mask_b = row_ok[:, None] & (cols_b < C)[None, :]
+            offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
+            x_b = tl.load(x_ptr + offs_b, mask=mask_b, other=0.0).to(tl.float32)
+            mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
+            xc_a = tl.where(mask_a, x_a - mean, 0.0)
+            xc_b = tl.where(mask_b, x_b - mean, 0.0)
+            rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
         else:
-            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+            mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
+            xc_a = tl.where(mask_a, x_a - mean, 0.0)
+            rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
+
+        # 4. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
+        inv = 0.0
+        if OUT_INT8:
+            if SPLIT:
+                amax = tl.maximum(
+                    tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :])),
+                    tl.max(tl.abs(xc_b * rstd * sc1_b[None, :] + sh_b[None, :])),
+                )  # scalar
+                tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
+            else:
+                amax = tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :]), axis=1)[:, None]  # [BLOCK_L, 1]
+                tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
+            inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+
+        # 5. modulate and store each part
+        _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
+        if SPLIT:
+            _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# Same search space as kernels/rmsnorm_rope.py: tile shapes with 8 or 16 elements per thread (one or
-# two 16-byte bf16 accesses per thread), one program per tile or a persistent grid of 2 or 4 programs
-# per SM (shift/scale are then loaded and re-laid-out once per program, not once per tile). With int8
-# out, 16 per thread makes Triton pick a 16-byte int8 store layout for the whole tile, so every bf16 /
-# fp32 load becomes a strided multi-instruction access; 8 per thread keeps loads and store coalesced.
+# Same search space as kernels/rmsnorm_rope.py: the row whole (padded to a power of two) or SPLIT into
+# two power-of-two parts (one row per tile); 8 or 16 elements per thread in the first part (one or two
+# 16-byte bf16 accesses per thread); one program per tile or a persistent grid of 2 programs per SM
+# (shift/scale are then loaded and re-laid-out once per program, not once per tile). With int8 out, 16
+# per thread makes Triton pick a 16-byte int8 store layout for the whole tile, so each bf16 / fp32 load
+# instruction strides over the row; 8 per thread keeps loads and store coalesced.
 _CONFIGS = [
-    triton.Config({"BLOCK_L": bl, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
-    for bl in (1, 2, 4)
-    for nw in (4, 8, 16, 32)
-    for pps in (0, 2, 4)
+    triton.Config({"BLOCK_L": bl, "SPLIT": split, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
+    for split in (0, 1)
+    for bl in (1, 2)
+    for nw in (2, 4, 8, 16, 32)
+    for pps in (0, 2)
 ]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep tiles of <= 16K elements with 8 or 16 per thread and persistent grids that fit an SM (<= 64
-    resident warps); on CPU (interpreter) keep the first."""
-    block_c = {**named_args, **kwargs}["BLOCK_C"]
-    kept = [
-        cfg
-        for cfg in configs
-        if cfg.kwargs["BLOCK_L"] * block_c <= 16384
-        and cfg.kwargs["BLOCK_L"] * block_c // (32 * cfg.num_warps) in (8, 16)
-        and cfg.kwargs["PROGS_PER_SM"] * cfg.num_warps <= 64
-    ] or configs[:1]
+    """Keep tiles of <= 16K elements with 8 or 16 per thread (first part), SPLIT only for one row per tile
+    where the row is not a power of two; on CPU (interpreter) keep the first."""
+    args = {**named_args, **kwargs}
+    block_c, c = args["BLOCK_C"], args["C"]
+    kept = []
+    for cfg in configs:
+        head = block_c // 2 if cfg.kwargs["SPLIT"] else block_c
+        if cfg.kwargs["SPLIT"] and (c == block_c or cfg.kwargs["BLOCK_L"] != 1):
+            continue
+        tile = cfg.kwargs["BLOCK_L"] * head
+        if tile <= 16384 and tile // (32 * cfg.num_warps) in (8, 16):
+            kept.append(cfg)
+    kept = kept or configs[:1]
     if not named_args["x_ptr"].is_cuda:
         return kept[:1]
     return kept
@@ -175,7 +225,7 @@ def _launch(
     qscale: torch.Tensor,
     config: dict | None = None,
 ) -> None:
-    """Launch on x [B, L, C]; ``config`` (BLOCK_L, PROGS_PER_SM, num_warps, num_stages) bypasses the
+    """Launch on x [B, L, C]; ``config`` (BLOCK_L, SPLIT, PROGS_PER_SM, num_warps, num_stages) bypasses the
     autotuner (tests and the bench use it to run one specific variant)."""
     B, L, C = x.shape
     if B * L == 0:
@@ -202,6 +252,7 @@ def _launch(
         scale.stride(0),
         eps,
         BLOCK_C=triton.next_power_of_2(C),
+        BLOCK_TAIL=triton.next_power_of_2(max(1, C - triton.next_power_of_2(C) // 2)),
         OUT_INT8=out.dtype == torch.int8,
         **(config or {}),
     )

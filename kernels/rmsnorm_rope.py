@@ -67,6 +67,37 @@ def reference_rmsnorm(
 
 # 2. kernel --------------------------------------------------------------------------------------------
 @triton.jit
+def _rope_store(
+    n,  # [BLOCK_L, WIDTH] fp32 normalized part of the rows
+    rows,
+    row_ok,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    L,
+    C,
+    COL0: tl.constexpr,  # first column of this part (even, so pairs never straddle parts)
+    WIDTH: tl.constexpr,
+    HALF_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+):
+    """Rotate interleaved pairs (e, o) -> (e·cos − o·sin, e·sin + o·cos) of one part and store it."""
+    cols = COL0 + tl.arange(0, WIDTH)  # [WIDTH]
+    mask = row_ok[:, None] & (cols < C)[None, :]
+    if HAS_ROPE:
+        even, odd = tl.split(tl.reshape(n, (BLOCK_L, WIDTH // 2, 2)))  # [BLOCK_L, WIDTH/2] each
+        pairs = COL0 // 2 + tl.arange(0, WIDTH // 2)  # pair index within the row
+        pos = (rows % L).to(tl.int64)
+        t_offs = pos[:, None] * HALF_D + (pairs % HALF_D)[None, :]  # [BLOCK_L, WIDTH/2]
+        t_mask = row_ok[:, None] & (pairs < C // 2)[None, :]
+        c = tl.load(cos_ptr + t_offs, mask=t_mask, other=0.0)
+        s = tl.load(sin_ptr + t_offs, mask=t_mask, other=0.0)
+        n = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), (BLOCK_L, WIDTH))
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], n.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rmsnorm_rope_kernel(
     # pointers
     x_ptr,
@@ -82,75 +113,86 @@ def _rmsnorm_rope_kernel(
     # meta
     HALF_D: tl.constexpr,
     BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
+    BLOCK_TAIL: tl.constexpr,  # next power of two >= C - BLOCK_C/2 (the second part when SPLIT)
+    SPLIT: tl.constexpr,  # row as two power-of-two parts [0, BLOCK_C/2) + [BLOCK_C/2, +BLOCK_TAIL); BLOCK_L = 1
     BLOCK_L: tl.constexpr,  # rows per tile
     PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
     HAS_WEIGHT: tl.constexpr,
     HAS_ROPE: tl.constexpr,
 ):
-    # 1. loop-invariant: columns and the gain, loaded once per program
-    cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    col_ok = cols < C
+    # 1. loop-invariant: column parts and the gain, loaded once per program. Unsplit, part a is the
+    #    whole padded row; split (e.g. 5120 = 4096 + 1024), part a is always full and b is the tail.
+    tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
+    HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
+    cols_a = tl.arange(0, HEAD)  # [HEAD]
+    cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL] (SPLIT only)
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)  # [BLOCK_C]
-    pairs = tl.arange(0, BLOCK_C // 2)  # [BLOCK_C/2]
-    pair_in_head = pairs % HALF_D
+        w_a = tl.load(w_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+        if SPLIT:
+            w_b = tl.load(w_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
 
-    # 2. tiles of BLOCK_L whole rows; a persistent program strides over them (the loop is what
-    #    num_stages > 1 software-pipelines: the next tile's loads are issued before this tile's store)
+    # 2. tiles of BLOCK_L whole rows; a persistent program strides over them
     num_tiles = tl.cdiv(N, BLOCK_L)
     for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
         rows = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
         row_ok = rows < N
-        mask = row_ok[:, None] & col_ok[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        base = rows.to(tl.int64)[:, None] * C  # [BLOCK_L, 1]
+        x_a = tl.load(x_ptr + base + cols_a[None, :], mask=row_ok[:, None] & (cols_a < C)[None, :], other=0.0)
+        x_a = x_a.to(tl.float32)  # [BLOCK_L, HEAD]
+        if SPLIT:
+            # one row per tile: reduce each part to a scalar, so the two parts (laid out differently)
+            # never meet in one tensor and the compiler moves nothing through shared memory
+            x_b = tl.load(x_ptr + base + cols_b[None, :], mask=row_ok[:, None] & (cols_b < C)[None, :], other=0.0)
+            x_b = x_b.to(tl.float32)  # [1, BLOCK_TAIL]
+            sumsq = tl.sum(x_a * x_a) + tl.sum(x_b * x_b)  # scalar
+            rstd = tl.rsqrt(sumsq / C + eps)
+        else:
+            rstd = tl.rsqrt(tl.sum(x_a * x_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
 
-        # 3. RMS over the full row (masked lanes are zero), times the gain
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)  # [BLOCK_L]
-        n = x * rstd[:, None]
+        # 3. RMS over the full row (masked lanes are zero), times the gain; rotate and store each part
+        n_a = x_a * rstd
         if HAS_WEIGHT:
-            n = n * w[None, :]
-
-        # 4. rotate interleaved pairs: (e, o) -> (e·cos − o·sin, e·sin + o·cos)
-        if HAS_ROPE:
-            even, odd = tl.split(tl.reshape(n, (BLOCK_L, BLOCK_C // 2, 2)))  # [BLOCK_L, BLOCK_C/2] each
-            pos = (rows % L).to(tl.int64)
-            t_offs = pos[:, None] * HALF_D + pair_in_head[None, :]  # [BLOCK_L, BLOCK_C/2]
-            t_mask = row_ok[:, None] & (pairs[None, :] < C // 2)
-            c = tl.load(cos_ptr + t_offs, mask=t_mask, other=0.0)
-            s = tl.load(sin_ptr + t_offs, mask=t_mask, other=0.0)
-            n = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), (BLOCK_L, BLOCK_C))
-
-        # 5. store in the input dtype
-        tl.store(out_ptr + offs, n.to(out_ptr.dtype.element_ty), mask=mask)
+            n_a = n_a * w_a[None, :]
+        _rope_store(n_a, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, 0, HEAD, HALF_D, BLOCK_L, HAS_ROPE)
+        if SPLIT:
+            n_b = x_b * rstd
+            if HAS_WEIGHT:
+                n_b = n_b * w_b[None, :]
+            _rope_store(n_b, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, HEAD, BLOCK_TAIL, HALF_D, BLOCK_L,
+                        HAS_ROPE)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# Candidates are tile shapes with 8 or 16 elements per thread (8 bf16 = one 16-byte access per thread,
-# coalesced across the warp; more per thread makes each access instruction stride over the row), each
-# launched one program per tile or as a persistent grid of 2 or 4 programs per SM (the gain is then
-# loaded and re-laid-out once per program instead of once per tile). num_stages stays 1: Triton does not
-# turn these loads into asynchronous copies (checked in the sm_90 TTGIR), so deeper pipelining is a no-op.
-# The prune filter keeps the shapes that fit the row; the autotuner times the rest on the device.
+# Candidates: the row whole (padded to a power of two: 5120 -> 8192 lanes) or SPLIT into two
+# power-of-two parts (5120 = 4096 + 1024, 1536 = 1024 + 512: no idle lanes); tile shapes with 8 or 16
+# elements per thread in the first part (8 bf16 = one 16-byte access per thread, coalesced across the
+# warp; more makes each access instruction stride over the row); one program per tile or a persistent
+# grid of 2 programs per SM (the gain is then loaded and re-laid-out once per program, not per tile).
+# num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
+# TTGIR), so deeper pipelining is a no-op. The prune filter keeps what fits the row.
 _CONFIGS = [
-    triton.Config({"BLOCK_L": bl, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
-    for bl in (1, 2, 4)
-    for nw in (4, 8, 16, 32)
-    for pps in (0, 2, 4)
+    triton.Config({"BLOCK_L": bl, "SPLIT": split, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
+    for split in (0, 1)
+    for bl in (1, 2)
+    for nw in (2, 4, 8, 16, 32)
+    for pps in (0, 2)
 ]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep tiles of <= 16K elements with 8 or 16 per thread and persistent grids that fit an SM (<= 64
-    resident warps); on CPU (interpreter) keep the first."""
-    block_c = {**named_args, **kwargs}["BLOCK_C"]
-    kept = [
-        cfg
-        for cfg in configs
-        if cfg.kwargs["BLOCK_L"] * block_c <= 16384
-        and cfg.kwargs["BLOCK_L"] * block_c // (32 * cfg.num_warps) in (8, 16)
-        and cfg.kwargs["PROGS_PER_SM"] * cfg.num_warps <= 64
-    ] or configs[:1]
+    """Keep tiles of <= 16K elements with 8 or 16 per thread (first part), SPLIT only for one row per tile
+    where the row is not a power of two; on CPU (interpreter) keep the first."""
+    args = {**named_args, **kwargs}
+    block_c, c = args["BLOCK_C"], args["C"]
+    kept = []
+    for cfg in configs:
+        head = block_c // 2 if cfg.kwargs["SPLIT"] else block_c
+        if cfg.kwargs["SPLIT"] and (c == block_c or cfg.kwargs["BLOCK_L"] != 1):
+            continue
+        tile = cfg.kwargs["BLOCK_L"] * head
+        if tile <= 16384 and tile // (32 * cfg.num_warps) in (8, 16):
+            kept.append(cfg)
+    kept = kept or configs[:1]
     if not named_args["x_ptr"].is_cuda:
         return kept[:1]
     return kept
@@ -175,6 +217,11 @@ def _grid(N: int, device: torch.device):
     return grid
 
 
+def _tail(C: int) -> int:
+    """Width of the second part when a row is split: next power of two >= C - next_pow2(C)/2."""
+    return triton.next_power_of_2(max(1, C - triton.next_power_of_2(C) // 2))
+
+
 def _launch(
     x2: torch.Tensor,
     weight: torch.Tensor | None,
@@ -185,7 +232,7 @@ def _launch(
     eps: float,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """Launch on x2 [N, C]; ``config`` (BLOCK_L, PROGS_PER_SM, num_warps, num_stages) bypasses the
+    """Launch on x2 [N, C]; ``config`` (BLOCK_L, SPLIT, PROGS_PER_SM, num_warps, num_stages) bypasses the
     autotuner (tests and the bench use it to run one specific variant)."""
     N, C = x2.shape
     out = torch.empty_like(x2)
@@ -205,6 +252,7 @@ def _launch(
         eps,
         HALF_D=half_d,
         BLOCK_C=triton.next_power_of_2(C),
+        BLOCK_TAIL=_tail(C),
         HAS_WEIGHT=weight is not None,
         HAS_ROPE=cos is not None,
         **(config or {}),

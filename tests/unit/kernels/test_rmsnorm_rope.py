@@ -129,13 +129,16 @@ def test_rmsnorm_rope_wan_shapes_gpu(C, dtype):
 @pytest.mark.parametrize(
     "config",
     [
-        {"BLOCK_L": 2, "PROGS_PER_SM": 3, "num_warps": 4},  # persistent: 3 programs stride over 10 tiles
-        {"BLOCK_L": 4, "PROGS_PER_SM": 0, "num_warps": 4},  # 2-D tile, last tile half masked
+        {"BLOCK_L": 2, "SPLIT": 0, "PROGS_PER_SM": 3, "num_warps": 4},  # persistent: 3 programs, 10 tiles
+        {"BLOCK_L": 4, "SPLIT": 0, "PROGS_PER_SM": 0, "num_warps": 4},  # 2-D tile, last tile half masked
+        {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 0, "num_warps": 4},  # row as 64 + 64 (56 live) columns
+        {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 3, "num_warps": 4},  # split and persistent
     ],
 )
 def test_rmsnorm_rope_explicit_configs_cover_every_row(config):
     # The autotuner only runs one config on CPU; launch the others directly. Odd row count (B*L = 19)
-    # and C = 5*24 (not a power of two) so the last tile and the row tail are both masked.
+    # and C = 5*24 (not a power of two) so the last tile and the row tail are both masked; split, the
+    # second part starts mid-head (column 64 of 24-wide heads), so RoPE must index pairs globally.
     from kernels.rmsnorm_rope import _launch
 
     dev = _device()
