@@ -166,8 +166,8 @@ def _ln_modulate_kernel(
 # 3. autotune configs ----------------------------------------------------------------------------------
 # Same search space as kernels/rmsnorm_rope.py: the row whole (padded to a power of two) or SPLIT into
 # two power-of-two parts (one row per tile); 8 or 16 elements per thread in the first part (one or two
-# 16-byte bf16 accesses per thread); one program per tile or a persistent grid of 2 programs per SM
-# (shift/scale are then loaded and re-laid-out once per program, not once per tile). With int8 out, 16
+# 16-byte bf16 accesses per thread); one program per tile or a persistent grid of 32 // num_warps
+# programs per SM (shift/scale are then loaded and re-laid-out once per program, not once per tile). With int8 out, 16
 # per thread makes Triton pick a 16-byte int8 store layout for the whole tile, so each bf16 / fp32 load
 # instruction strides over the row; 8 per thread keeps loads and store coalesced.
 _CONFIGS = [
@@ -175,7 +175,7 @@ _CONFIGS = [
     for split in (0, 1)
     for bl in (1, 2)
     for nw in (2, 4, 8, 16, 32)
-    for pps in (0, 2)
+    for pps in (0, max(1, 32 // nw))
 ]
 
 

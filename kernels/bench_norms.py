@@ -27,11 +27,11 @@ That run stopped in the variants section (a bug here, since fixed), so the torch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import torch
 import triton
-import triton.language as tl
 from triton.testing import do_bench
 
 
@@ -43,91 +43,109 @@ def copy_bandwidth(nbytes: int) -> float:
     return 2 * nbytes / t / 1e6
 
 
-# Experimental variant (bench only): rmsnorm_rope for bf16 that loads each (even, odd) pair as one
-# int32 and unpacks it with shifts, instead of reshape + tl.split / tl.join on the fp32 tile. Checked
-# against the reference and timed next to the shipped kernel to see what the split/join costs.
-@triton.jit
-def _rope_packed_bf16_kernel(
-    # pointers
-    x_ptr,  # int32 view of bf16 [N, C]
-    w_ptr,
-    cos_ptr,
-    sin_ptr,
-    out_ptr,  # int32 view of bf16 [N, C]
-    # sizes
-    N,
-    L,
-    P,  # pairs per row = C // 2
-    eps,
-    # meta
-    HALF_D: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    pairs = tl.arange(0, BLOCK_P)
-    row_ok = rows < N
-    mask = row_ok[:, None] & (pairs < P)[None, :]
-    offs = rows.to(tl.int64)[:, None] * P + pairs[None, :]
-    v = tl.load(x_ptr + offs, mask=mask, other=0)
-    even = (v << 16).to(tl.float32, bitcast=True)
-    odd = (v & -65536).to(tl.float32, bitcast=True)
-    rstd = tl.rsqrt((tl.sum(even * even, axis=1) + tl.sum(odd * odd, axis=1)) / (2 * P) + eps)
-    we = tl.load(w_ptr + 2 * pairs, mask=pairs < P, other=0.0).to(tl.float32)
-    wo = tl.load(w_ptr + 2 * pairs + 1, mask=pairs < P, other=0.0).to(tl.float32)
-    even = even * rstd[:, None] * we[None, :]
-    odd = odd * rstd[:, None] * wo[None, :]
-    t_offs = (rows % L).to(tl.int64)[:, None] * HALF_D + (pairs % HALF_D)[None, :]
-    c = tl.load(cos_ptr + t_offs, mask=mask, other=0.0)
-    s = tl.load(sin_ptr + t_offs, mask=mask, other=0.0)
-    oe = (even * c - odd * s).to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 65535
-    oo = (even * s + odd * c).to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32)
-    tl.store(out_ptr + offs, oe | (oo << 16), mask=mask)
+def _pruned(kernel, prune, **args) -> list[triton.Config]:
+    """The configs the autotuner would time for these constexpr/size arguments."""
+
+    class _Cuda:
+        is_cuda = True
+
+    return prune(kernel.configs, {"x_ptr": _Cuda(), **args})
 
 
-def _rope_packed_bf16(x, w, cos, sin, block_l: int, num_warps: int):
-    B, L, H, D = x.shape
-    N, P = B * L, H * D // 2
-    out = torch.empty_like(x)
-    _rope_packed_bf16_kernel[(triton.cdiv(N, block_l),)](
-        x.view(torch.int32), w, cos, sin, out.view(torch.int32), N, L, P, 1e-6,
-        HALF_D=D // 2, BLOCK_P=triton.next_power_of_2(P), BLOCK_L=block_l, num_warps=num_warps,
-    )
-    return out
+def _cfg_dict(cfg: triton.Config) -> dict:
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
-def variants(L: int, dims: tuple[int, ...], copy_gbps: float) -> list[dict]:
-    """Where rmsnorm_rope's time goes: shipped kernel vs packed-pair variant vs plain rmsnorm."""
+def _cfg_name(cfg: triton.Config) -> str:
+    k = cfg.kwargs
+    return f"BL={k['BLOCK_L']} split={k['SPLIT']} pps={k['PROGS_PER_SM']} nw={cfg.num_warps}"
+
+
+def sweep(L: int, dims: tuple[int, ...], copy_gbps: float) -> list[dict]:
+    """Every config the autotuner keeps, launched directly: checked against the reference, then timed.
+
+    rmsnorm_rope, ln_modulate (bf16 out) and ln_modulate_int8 at B=1, bf16, each C. A config is marked
+    BAD (and the run's exit code set) when its output is off the reference or not fully written.
+    """
+    from kernels import adaln
     from kernels import rmsnorm_rope as rr
 
     rows = []
     for C in dims:
         D = 128
-        x = torch.randn(1, L, C // D, D, device="cuda", dtype=torch.bfloat16)
+        x4 = torch.randn(1, L, C // D, D, device="cuda", dtype=torch.bfloat16)
         w = torch.rand(C, device="cuda", dtype=torch.bfloat16) + 0.5
         ang = torch.rand(L, D // 2, device="cuda") * 6.28
         cos, sin = ang.cos(), ang.sin()
-        ref = rr.reference(x, w, cos, sin)
-        nbytes_rope = 2 * x.numel() * 2 + 2 * cos.numel() * 4
-        cands = [("shipped rmsnorm_rope", lambda: rr.rmsnorm_rope(x, w, cos, sin), nbytes_rope, True)]  # noqa: B023
-        for bl in (1, 2, 4):
-            for nw in (4, 8):
-                if bl * C // 2 > 16384:
+        x2 = x4.view(L, C)
+        x = (torch.randn(1, L, C, device="cuda") * 2 + 0.7).to(torch.bfloat16)
+        mod = torch.randn(1, 6, C, device="cuda") * 0.5
+        shift, scale = mod[:, 0], mod[:, 1]
+        ref_rope = rr.reference(x4, w, cos, sin).view(L, C)
+        ref_ln = adaln.reference(x, shift, scale)
+        q_ref, s_ref = adaln.reference_int8(x, shift, scale)
+        out_bf = torch.empty_like(x)
+        q = torch.empty(1, L, C, dtype=torch.int8, device="cuda")
+        s = torch.empty(1, L, device="cuda")
+        bytes_rope = 2 * x2.numel() * 2 + 2 * cos.numel() * 4 + C * 2
+        bytes_ln = 2 * x.numel() * 2 + 2 * C * 4
+        bytes_q = x.numel() * 3 + L * 4 + 2 * C * 4
+        pow2 = triton.next_power_of_2(C)
+        cases = [
+            ("rmsnorm_rope", _pruned(rr._rmsnorm_rope, rr._prune, BLOCK_C=pow2, C=C), bytes_rope),
+            ("ln_modulate", _pruned(adaln._ln_modulate, adaln._prune, BLOCK_C=pow2, C=C), bytes_ln),
+            ("ln_modulate_int8", _pruned(adaln._ln_modulate, adaln._prune, BLOCK_C=pow2, C=C), bytes_q),
+        ]
+        for name, cfgs, nbytes in cases:
+            for cfg in cfgs:
+                cd = _cfg_dict(cfg)
+                try:
+                    if name == "rmsnorm_rope":
+                        fn = functools.partial(rr._launch, x2, w, cos, sin, L, D // 2, 1e-6, config=cd)
+                        out = fn()
+                        bad = not bool(torch.isfinite(out).all())
+                        err = ((out.float() - ref_rope).norm() / ref_rope.norm()).item()
+                        bad = bad or err > 1e-2
+                    elif name == "ln_modulate":
+                        fn = functools.partial(adaln._launch, x, shift, scale, 1e-6, out_bf, out_bf, config=cd)
+                        out_bf.fill_(float("nan"))
+                        fn()
+                        err = ((out_bf.float() - ref_ln).norm() / ref_ln.norm()).item()
+                        bad = not bool(torch.isfinite(out_bf).all()) or err > 1e-2
+                    else:
+                        fn = functools.partial(adaln._launch, x, shift, scale, 1e-6, q, s, config=cd)
+                        q.fill_(-128)
+                        s.fill_(float("nan"))
+                        fn()
+                        err = (q.int() - q_ref.int()).abs().max().item()  # codes apart (<= 1 allowed)
+                        bad = err > 1 or bool((q == -128).any()) or not torch.allclose(s, s_ref, rtol=1e-5, atol=1e-7)
+                    t = do_bench(fn, warmup=10, rep=50, return_mode="median")
+                except Exception as e:  # noqa: BLE001 - one failing variant must not stop the sweep
+                    print(f"  sweep {name:16s} C={C:5d} {_cfg_name(cfg):32s} FAILED {type(e).__name__}: {e}",
+                          flush=True)
+                    rows.append({"kernel": name, "C": C, "config": _cfg_name(cfg), "failed": str(e)[:300]})
                     continue
-                cands.append((f"packed bl={bl} nw={nw}",
-                              lambda bl=bl, nw=nw: _rope_packed_bf16(x, w, cos, sin, bl, nw),  # noqa: B023
-                              nbytes_rope, True))
-        cands.append(
-            ("rmsnorm only (no rope)", lambda: rr.rmsnorm(x.view(1, L, C), w), 2 * x.numel() * 2, False)  # noqa: B023
-        )
-        for name, fn, nbytes, check in cands:
-            rel = ((fn().float() - ref).norm() / ref.norm()).item() if check else float("nan")
-            t = do_bench(fn, warmup=25, rep=200, return_mode="median")
-            gbps = nbytes / t / 1e6
-            rows.append({"variant": name, "C": C, "ms": t, "GB/s": gbps, "rel_err": rel})
-            print(f"  variant C={C:5d} {name:24s} {t * 1e3:8.1f} us {gbps:6.0f} GB/s "
-                  f"{100 * gbps / copy_gbps:5.1f}% copy rel err {rel:.1e}", flush=True)
+                gbps = nbytes / t / 1e6
+                rows.append({"kernel": name, "C": C, "config": _cfg_name(cfg), "ms": t, "GB/s": gbps,
+                             "pct_copy": 100 * gbps / copy_gbps, "err": err, "bad": bad})
+                print(f"  sweep {name:16s} C={C:5d} {_cfg_name(cfg):32s} {t * 1e3:7.1f} us {gbps:6.0f} GB/s "
+                      f"{100 * gbps / copy_gbps:5.1f}% copy err {err:.1e}{'  BAD' if bad else ''}", flush=True)
     return rows
+
+
+def _sweep_table(rows: list[dict]) -> None:
+    print("\n== sweep: best and worst correct config per kernel and C ==")
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        if "ms" in r and not r["bad"]:
+            groups.setdefault((r["kernel"], r["C"]), []).append(r)
+    for (name, C), rs in groups.items():
+        rs.sort(key=lambda r: r["ms"])
+        best, worst = rs[0], rs[-1]
+        print(f"{name:16s} C={C:5d} best {best['config']:32s} {best['ms'] * 1e3:7.1f} us {best['pct_copy']:5.1f}%"
+              f" | worst {worst['config']:32s} {worst['ms'] * 1e3:7.1f} us ({len(rs)} configs)")
+    nbad = sum(1 for r in rows if r.get("bad") or "failed" in r)
+    print(f"sweep: {nbad} config(s) BAD or FAILED", flush=True)
 
 
 def _tuning_log(name: str, kernel) -> None:
@@ -182,6 +200,7 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[1536, 5120])
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd eager baselines")
     p.add_argument("--json", default=None, help="write all rows here")
+    p.add_argument("--no-sweep", action="store_true", help="skip the per-config check-and-time sweep")
     args = p.parse_args()
 
     from kernels import adaln, gated_residual, rmsnorm_rope
@@ -194,6 +213,7 @@ def main() -> None:
         print(f"copy bandwidth ({args.L}x{C} bf16): {copy_bandwidth(args.L * C * 2):.0f} GB/s", flush=True)
 
     dims = tuple(args.dims)
+    sweep_rows = [] if args.no_sweep else sweep(args.L, dims, big)
     rows = []
     for C in dims:  # per C, so each tuning log belongs to one shape
         rows += rmsnorm_rope.bench(big, args.L, (C,))
@@ -203,13 +223,16 @@ def main() -> None:
         rows += gated_residual.bench(big, args.L, (C,))
         _tuning_log("gated_residual", gated_residual._gated_residual)
 
-    var_rows = variants(args.L, dims, big)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"copy_gbps": big, "rows": rows, "variants": var_rows}, f, indent=1)
+            json.dump({"copy_gbps": big, "rows": rows, "sweep": sweep_rows}, f, indent=1)
+    if sweep_rows:
+        _sweep_table(sweep_rows)
     _table(rows, {}, args.L, big)
     if args.compile:
         _table(rows, _compiled_baselines(args.L, dims), args.L, big)
+    if any(r.get("bad") or "failed" in r for r in sweep_rows):
+        raise SystemExit(1)
 
 
 def _table(rows: list[dict], compiled: dict[tuple[str, int], float], L: int, big: float) -> None:

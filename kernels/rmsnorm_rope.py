@@ -167,7 +167,8 @@ def _rmsnorm_rope_kernel(
 # power-of-two parts (5120 = 4096 + 1024, 1536 = 1024 + 512: no idle lanes); tile shapes with 8 or 16
 # elements per thread in the first part (8 bf16 = one 16-byte access per thread, coalesced across the
 # warp; more makes each access instruction stride over the row); one program per tile or a persistent
-# grid of 2 programs per SM (the gain is then loaded and re-laid-out once per program, not per tile).
+# grid of 32 // num_warps programs per SM (32 resident warps: more programs than fit at once would leave
+# a second wave doing whole shares late; the gain is loaded and re-laid-out once per program).
 # num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
 # TTGIR), so deeper pipelining is a no-op. The prune filter keeps what fits the row.
 _CONFIGS = [
@@ -175,7 +176,7 @@ _CONFIGS = [
     for split in (0, 1)
     for bl in (1, 2)
     for nw in (2, 4, 8, 16, 32)
-    for pps in (0, 2)
+    for pps in (0, max(1, 32 // nw))
 ]
 
 
