@@ -113,16 +113,16 @@ _FP8_MAX = 448.0
 @triton.jit
 def _kv_stats_kernel(
     # pointers
-    K, V, KSUM, VMAX, KV, FKSUM,
+    K, V, KSUM, VMAX,
     # sizes
     L, H, ROWS_PER_SPLIT,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     # meta
-    D: tl.constexpr, BLOCK: tl.constexpr, HAS_LINEAR: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    D: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One pass over a chunk of K and V rows of one head: sum K (for smoothing), max |V| per channel
-    (FP8 scales) and, with the linear branch, phi(K)^T V [D, D] and sum phi(K). Writes per-split partials."""
+    """One pass over a chunk of K and V rows of one head: sum K (for smoothing) and max |V| per channel
+    (FP8 scales). Writes per-split partials KSUM, VMAX [B*H, n_split, D]."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
     n_split = tl.num_programs(1)
@@ -133,8 +133,6 @@ def _kv_stats_kernel(
     v_base = V + b * stride_vb + h * stride_vh
     ksum = tl.zeros([D], dtype=tl.float32)
     vmax = tl.zeros([D], dtype=tl.float32)
-    kv = tl.zeros([D, D], dtype=tl.float32)
-    fksum = tl.zeros([D], dtype=tl.float32)
     row0 = split * ROWS_PER_SPLIT
     row1 = tl.minimum(row0 + ROWS_PER_SPLIT, L)
     for start in range(row0, row1, BLOCK):
@@ -142,41 +140,32 @@ def _kv_stats_kernel(
         valid = offs_l < row1
         k = tl.load(k_base + offs_l[:, None] * stride_kl + offs_d[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_base + offs_l[:, None] * stride_vl + offs_d[None, :], mask=valid[:, None], other=0.0)
-        k = k.to(tl.float32)  # [BLOCK, D]
-        v = v.to(tl.float32)  # [BLOCK, D]
-        ksum += tl.sum(k, axis=0)
-        vmax = tl.maximum(vmax, tl.max(tl.abs(v), axis=0))
-        if HAS_LINEAR:
-            e = tl.exp2((k - tl.max(k, axis=1)[:, None]) * 1.4426950408889634)
-            fk = e / tl.sum(e, axis=1)[:, None]  # [BLOCK, D] softmax over the head dim
-            fk = tl.where(valid[:, None], fk, 0.0)
-            kv += tl.dot(tl.trans(fk.to(DOT_DTYPE)), v.to(DOT_DTYPE))  # [D, D], fp32 accumulate
-            fksum += tl.sum(fk, axis=0)
+        ksum += tl.sum(k.to(tl.float32), axis=0)
+        vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
     part = bh * n_split + split
     tl.store(KSUM + part * D + offs_d, ksum)
     tl.store(VMAX + part * D + offs_d, vmax)
-    if HAS_LINEAR:
-        tl.store(KV + part * D * D + offs_d[:, None] * D + offs_d[None, :], kv)
-        tl.store(FKSUM + part * D + offs_d, fksum)
 
 
 @triton.jit
 def _pool_quant_kernel(
     # pointers
-    X, MEAN, XQ, SCALE, POOL, V, VSCALE, VT, LIN_M, FKSUM, LIN_B, OLIN,
+    X, MEAN, XQ, SCALE, POOL, V, VSCALE, VT, LIN_M, FKSUM, LIN_B, OLIN, PHI, PHI_POOL,
     # sizes
     L, L_PAD, H, n_blocks, scale_mult, lin_eps,
     stride_xb, stride_xh, stride_xl,
     stride_vb, stride_vh, stride_vl,
     # meta
     D: tl.constexpr, BLK: tl.constexpr, SMOOTH: tl.constexpr, DO_POOL: tl.constexpr, V_FP8: tl.constexpr,
-    HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, PHI_OUT: tl.constexpr,
 ):
     """Per block of BLK rows of one head: optional smoothing (x - mean_L), mean pool over real rows,
     symmetric int8 quantization with one scale (times scale_mult) per block. XQ is [B*H, L, D] int8.
     V_FP8: also V / per-channel scale -> e4m3, stored transposed as VT [B*H, D, L_PAD] (zeros past L).
     HAS_LINEAR (the Q pass): the whole linear branch of these rows, OLIN [B*H, L, D] fp16 =
-    (phi(x) @ LIN_M) / (lin_eps + phi(x) . FKSUM) (+ LIN_B), with LIN_M [B*H, D, D] fp16 = (phi(K)^T V) W^T / L."""
+    (phi(x) @ LIN_M) / (lin_eps + phi(x) . FKSUM) (+ LIN_B), with LIN_M [B*H, D, D] fp16 = (phi(K)^T V) W^T / L.
+    PHI_OUT (the K pass): phi(x) of the raw rows -> PHI [B*H, L, D] (PHI's dtype) and its per-block sums
+    -> PHI_POOL [B*H, n_blocks, D] fp32, for the linear branch's phi(K)^T V and sum phi(K)."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -186,6 +175,12 @@ def _pool_quant_kernel(
     valid = offs_l < L
     x = tl.load(X + b * stride_xb + h * stride_xh + offs_l[:, None] * stride_xl + offs_d[None, :],
                 mask=valid[:, None], other=0.0).to(tl.float32)  # [BLK, D]
+    if PHI_OUT:  # softmax over the head dim of the raw (unsmoothed) rows
+        e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        fx = tl.where(valid[:, None], e / tl.sum(e, axis=1)[:, None], 0.0)  # [BLK, D]
+        tl.store(PHI + bh * L * D + offs_l[:, None] * D + offs_d[None, :], fx.to(PHI.dtype.element_ty),
+                 mask=valid[:, None])
+        tl.store(PHI_POOL + (bh * n_blocks + blk) * D + offs_d, tl.sum(fx, axis=0))
     if SMOOTH:
         mean = tl.load(MEAN + bh * D + offs_d)  # [D]
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
@@ -369,7 +364,7 @@ def _interpreting() -> bool:
 _ATTN_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "PAIR": pair}, num_warps=w, num_stages=st)
     for pair in (True, False)
-    for bm, w, st in [(128, 8, 3), (128, 4, 3), (128, 4, 2), (128, 4, 4), (64, 4, 4)]
+    for bm, w, st in [(128, 8, 3), (128, 8, 4), (128, 4, 3), (128, 4, 2), (128, 4, 4), (64, 4, 4), (64, 4, 3)]
 ]
 
 
@@ -384,28 +379,23 @@ def _prune_attn_configs(configs: list[triton.Config], named_args: dict, **kwargs
     return ok
 
 
-# K/V statistics: the [D, D] fp32 phi(K)^T V accumulator needs enough warps to stay in registers
+# K/V statistics: a streaming reduction
 _STATS_CONFIGS = [
-    triton.Config({"BLOCK": blk}, num_warps=w, num_stages=st)
-    for blk, w, st in [(64, 8, 2), (32, 8, 2), (64, 4, 2), (128, 8, 2), (32, 4, 3)]
+    triton.Config({"BLOCK": blk}, num_warps=w, num_stages=st) for blk, w, st in [(128, 8, 2), (64, 4, 3), (128, 4, 3)]
 ]
 _STATS_ROWS_ALIGN = 128  # ROWS_PER_SPLIT is a multiple of every config's BLOCK
 
 
 def _prune_stats_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    has_linear = kwargs.get("HAS_LINEAR", named_args.get("HAS_LINEAR"))
-    if _interpreting():
-        return [triton.Config({"BLOCK": 32}, num_warps=4, num_stages=1)]
-    if not has_linear:  # a plain streaming reduction: wide tiles
-        return [triton.Config({"BLOCK": 128}, num_warps=8, num_stages=2), triton.Config({"BLOCK": 64}, num_warps=4)]
-    return configs
+    return [triton.Config({"BLOCK": 32}, num_warps=4, num_stages=1)] if _interpreting() else configs
 
 
 _kv_stats = triton.autotune(
     configs=_STATS_CONFIGS,
-    key=["D", "HAS_LINEAR"],
+    key=["D"],
     prune_configs_by={"early_config_prune": _prune_stats_configs},
 )(_kv_stats_kernel)
+
 
 def _prune_pool_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     return configs[:1] if _interpreting() else configs
@@ -413,7 +403,7 @@ def _prune_pool_configs(configs: list[triton.Config], named_args: dict, **kwargs
 
 _pool_quant = triton.autotune(
     configs=[triton.Config({}, num_warps=w) for w in (4, 8, 2)],
-    key=["D", "BLK", "SMOOTH", "DO_POOL", "V_FP8", "HAS_LINEAR"],
+    key=["D", "BLK", "SMOOTH", "DO_POOL", "V_FP8", "HAS_LINEAR", "PHI_OUT"],
     prune_configs_by={"early_config_prune": _prune_pool_configs},
 )(_pool_quant_kernel)
 
@@ -469,7 +459,7 @@ def _prepare(
     dense: bool,
     pv_fp8: bool,
 ) -> _Prepared:
-    """K/V stats -> Q, K int8 (+ pooling) [-> V fp8] -> block map -> linear-branch constants."""
+    """K/V stats -> K int8 (+ pooling, V fp8, phi(K)) -> linear constants -> Q int8 + linear branch -> block map."""
     # 1. shapes
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must all be [B, H, L, D] of one shape, got {q.shape}, {k.shape}, {v.shape}")
@@ -483,33 +473,16 @@ def _prepare(
     nq, nk = triton.cdiv(L, block_q), triton.cdiv(L, block_k)
     has_linear = proj_l_weight is not None and not dense
 
-    # 2. one pass over K, V: sum K, max |V|, phi(K)^T V, sum phi(K) (per-split partials)
+    # 2. one pass over K, V: sum K and max |V| (per-split partials)
     n_split = max(1, min(triton.cdiv(L, 4 * _STATS_ROWS_ALIGN), triton.cdiv(528, BH)))  # ~4 programs per SM
     rows = triton.cdiv(triton.cdiv(L, n_split), _STATS_ROWS_ALIGN) * _STATS_ROWS_ALIGN
     n_split = triton.cdiv(L, rows)
     ksum = torch.empty(BH, n_split, D, device=dev, dtype=torch.float32)
     vmax = torch.empty_like(ksum)
-    kv = torch.empty(BH, n_split, D, D, device=dev, dtype=torch.float32) if has_linear else ksum
-    fksum = torch.empty_like(ksum) if has_linear else ksum
-    _kv_stats[(BH, n_split)](
-        k, v, ksum, vmax, kv, fksum, L, H, rows, *k.stride()[:3], *v.stride()[:3],
-        D=D, HAS_LINEAR=has_linear, DOT_DTYPE=tl.bfloat16 if v.dtype == torch.bfloat16 else tl.float16,
-    )
+    _kv_stats[(BH, n_split)](k, v, ksum, vmax, L, H, rows, *k.stride()[:3], *v.stride()[:3], D=D)
     k_mean = ksum.sum(1) / L  # [BH, D]
 
-    # 3. linear branch constants: proj_l folded into phi(K)^T V, per head; numerator and denominator
-    #    both divided by L so LIN_M fits fp16 (eps scaled alike)
-    lin_m = fk = lin_b = olin = ksum
-    if has_linear:
-        assert proj_l_weight is not None
-        lin_m = (torch.matmul(kv.sum(1), proj_l_weight.float().t()) / L).half()  # [BH, D, D]
-        fk = fksum.sum(1) / L  # [BH, D]
-        if proj_l_bias is not None:
-            lin_b = proj_l_bias.float().contiguous()
-        olin = torch.empty(BH, L, D, device=dev, dtype=torch.float16)
-
-    # 4. int8 Q (log2e / sqrt(D) folded into its scale) + the linear branch; smoothed int8 K (+ fp8 V);
-    #    both pooled when sparse
+    # 3. smoothed int8 K, pooled when sparse (+ fp8 V, + phi(K) and its block sums for the linear branch)
     q8 = torch.empty(BH, L, D, device=dev, dtype=torch.int8)
     k8 = torch.empty_like(q8)
     q_scale = torch.empty(BH, nq, device=dev, dtype=torch.float32)
@@ -522,19 +495,37 @@ def _prepare(
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
     else:
         v_scale, vt = k_scale, k8
-    _pool_quant[(nq, BH)](
-        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin,
-        L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
-        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
-        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None,
-    )
+    phi_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    phi_k = torch.empty(BH, L, D, device=dev, dtype=phi_dtype) if has_linear else k_scale
+    phi_pool = torch.empty(BH, nk, D, device=dev, dtype=torch.float32) if has_linear else k_scale
     _pool_quant[(nk, BH)](
-        k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, lin_m, fk, lin_b, olin,
+        k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, k_scale, k_scale, k_scale, k_scale, phi_k, phi_pool,
         L, l_pad, H, nk, 1.0, 0.0, *k.stride()[:3], *v.stride()[:3],
         D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8, HAS_LINEAR=False, HAS_BIAS=False,
+        PHI_OUT=has_linear,
     )
 
-    # 5. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
+    # 4. linear branch constants: phi(K)^T V by one batched GEMM, proj_l folded in per head; numerator
+    #    and denominator both divided by L so LIN_M fits fp16 (eps scaled alike)
+    lin_m = fk = lin_b = olin = k_scale
+    if has_linear:
+        assert proj_l_weight is not None
+        kv = torch.bmm(phi_k.transpose(1, 2), v.reshape(BH, L, D).to(phi_dtype)).float()  # [BH, D, D]
+        lin_m = (torch.matmul(kv, proj_l_weight.float().t()) / L).half()  # [BH, D, D]
+        fk = phi_pool.sum(1) / L  # [BH, D]
+        if proj_l_bias is not None:
+            lin_b = proj_l_bias.float().contiguous()
+        olin = torch.empty(BH, L, D, device=dev, dtype=torch.float16)
+
+    # 5. int8 Q (log2e / sqrt(D) folded into its scale), pooled when sparse, + the whole linear branch
+    _pool_quant[(nq, BH)](
+        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin, k_scale, k_scale,
+        L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
+        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
+        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, PHI_OUT=False,
+    )
+
+    # 6. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
     if dense:
         topk, lut = nk, q_scale
     else:

@@ -14,6 +14,7 @@ from kernels.sagesla import (
     _prepare,
     _sagesla_op,
     block_map_reference,
+    linear_branch_reference,
     reference,
     sage_attention,
     sagesla_attention,
@@ -107,6 +108,19 @@ def test_block_map_matches_reference_on_partial_blocks() -> None:
     p = _prepare(q, k, v, 0.4, None, None, BQ, BK, False, False)
     expect = block_map_reference(q, k, 0.4, BQ, BK).flatten(0, 1)  # [BH, NQ, topk]
     assert torch.equal(p.lut.long(), expect)
+
+
+def test_linear_branch_is_precomputed_by_the_q_pass() -> None:
+    """The Q pass writes proj_l(phi(Q)(phi(K)^T V) / (eps + phi(Q).sum phi(K))) per row (fp16 LIN_M: ~1e-3)."""
+    L, D, H = 83, 64, 3
+    q, k, v, w, b = _inputs(L, D, H=H, seed=21)
+    v = v + 1.0  # a non-zero mean, so the linear branch is not ~0
+    p = _prepare(q, k, v, 0.5, w, b, BQ, BK, False, False)
+    assert p.has_linear and p.olin.shape == (H, L, D) and p.olin.dtype == torch.float16
+    expect = linear_branch_reference(q, k, v, w, b)[0]  # [H, L, D]
+    torch.testing.assert_close(p.olin.float(), expect, atol=2e-3, rtol=2e-3)
+    o_nolin = _prepare(q, k, v, 0.5, None, None, BQ, BK, False, False)
+    assert not o_nolin.has_linear
 
 
 def test_dense_mode_matches_sdpa_and_handles_strides() -> None:
