@@ -107,7 +107,6 @@ def reference(
 # ----------------------------------------------------------------------------------------------------
 
 _LOG2E = 1.4426950408889634
-_FP8_MAX = 448.0
 
 
 @triton.jit
@@ -121,8 +120,8 @@ def _kv_stats_kernel(
     # meta
     D: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One pass over a chunk of K and V rows of one head: sum K (for smoothing) and max |V| per channel
-    (FP8 scales). Writes per-split partials KSUM, VMAX [B*H, n_split, D]."""
+    """One pass over a chunk of K and V rows of one head: sum K / L (for smoothing) and max |V| / 448 per
+    channel (FP8 e4m3 scales). Writes per-split partials KSUM, VMAX [B*H, n_split, D]."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
     n_split = tl.num_programs(1)
@@ -143,8 +142,8 @@ def _kv_stats_kernel(
         ksum += tl.sum(k.to(tl.float32), axis=0)
         vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
     part = bh * n_split + split
-    tl.store(KSUM + part * D + offs_d, ksum)
-    tl.store(VMAX + part * D + offs_d, vmax)
+    tl.store(KSUM + part * D + offs_d, ksum / L)
+    tl.store(VMAX + part * D + offs_d, vmax / 448.0)  # e4m3 max
 
 
 @triton.jit
@@ -165,7 +164,7 @@ def _pool_quant_kernel(
     HAS_LINEAR (the Q pass): the whole linear branch of these rows, OLIN [B*H, L, D] fp16 =
     (phi(x) @ LIN_M) / (lin_eps + phi(x) . FKSUM) (+ LIN_B), with LIN_M [B*H, D, D] fp16 = (phi(K)^T V) W^T / L.
     PHI_OUT (the K pass): phi(x) of the raw rows -> PHI [B*H, L, D] (PHI's dtype) and its per-block sums
-    -> PHI_POOL [B*H, n_blocks, D] fp32, for the linear branch's phi(K)^T V and sum phi(K)."""
+    / L -> PHI_POOL [B*H, n_blocks, D] fp32, for the linear branch's phi(K)^T V and sum phi(K) / L."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -180,7 +179,7 @@ def _pool_quant_kernel(
         fx = tl.where(valid[:, None], e / tl.sum(e, axis=1)[:, None], 0.0)  # [BLK, D]
         tl.store(PHI + bh * L * D + offs_l[:, None] * D + offs_d[None, :], fx.to(PHI.dtype.element_ty),
                  mask=valid[:, None])
-        tl.store(PHI_POOL + (bh * n_blocks + blk) * D + offs_d, tl.sum(fx, axis=0))
+        tl.store(PHI_POOL + (bh * n_blocks + blk) * D + offs_d, tl.sum(fx, axis=0) / L)
     if SMOOTH:
         mean = tl.load(MEAN + bh * D + offs_d)  # [D]
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
@@ -480,7 +479,7 @@ def _prepare(
     ksum = torch.empty(BH, n_split, D, device=dev, dtype=torch.float32)
     vmax = torch.empty_like(ksum)
     _kv_stats[(BH, n_split)](k, v, ksum, vmax, L, H, rows, *k.stride()[:3], *v.stride()[:3], D=D)
-    k_mean = ksum.sum(1) / L  # [BH, D]
+    k_mean = ksum.sum(1)  # [BH, D]
 
     # 3. smoothed int8 K, pooled when sparse (+ fp8 V, + phi(K) and its block sums for the linear branch)
     q8 = torch.empty(BH, L, D, device=dev, dtype=torch.int8)
@@ -491,7 +490,7 @@ def _prepare(
     k_pool = torch.empty(BH, nk, D, device=dev, dtype=torch.float32) if not dense else k_scale
     l_pad = nk * block_k
     if pv_fp8:
-        v_scale = (vmax.amax(1) / _FP8_MAX).clamp_min(1e-8)  # [BH, D]
+        v_scale = vmax.amax(1).clamp_min(1e-8)  # [BH, D] = max |V| / 448
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
     else:
         v_scale, vt = k_scale, k8
@@ -512,7 +511,7 @@ def _prepare(
         assert proj_l_weight is not None
         kv = torch.bmm(phi_k.transpose(1, 2), v.reshape(BH, L, D).to(phi_dtype)).float()  # [BH, D, D]
         lin_m = (torch.matmul(kv, proj_l_weight.float().t()) / L).half()  # [BH, D, D]
-        fk = phi_pool.sum(1) / L  # [BH, D]
+        fk = phi_pool.sum(1)  # [BH, D] = sum phi(K) / L
         if proj_l_bias is not None:
             lin_b = proj_l_bias.float().contiguous()
         olin = torch.empty(BH, L, D, device=dev, dtype=torch.float16)
