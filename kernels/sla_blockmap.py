@@ -7,8 +7,9 @@ list of selected key-block ids per query block, sorted ascending ([B*H, NQ, topk
 attention kernel walks exactly those blocks and only the last entry can be a partial block.
 
 `select_blocks` does the selection on GPU/interpreter with one Triton program per query block: an
-order-preserving int32 key of each fp32 score is packed with its (reversed) index into int64, bitonic
-sorted descending, and the first ``topk`` indices re-sorted ascending. Ties go to the lower index.
+order-preserving int32 key of each fp32 score is packed with its (reversed) index into int64 and bitonic
+sorted descending; the ``topk``-th packed key is the threshold, and the indices at or above it are
+compacted in ascending order by a prefix sum (no second sort). Ties go to the lower index.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def _topk_lut_kernel(
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # int order == float order
     packed = (key.to(tl.int64) << 32) | (NK_POW2 - 1 - offs).to(tl.int64)
     ranked = tl.sort(packed, descending=True)
-    idx = (NK_POW2 - 1) - (ranked & 0xFFFFFFFF).to(tl.int32)  # [NK_POW2] best first
-    chosen = tl.sort(tl.where(offs < TOPK, idx, 2 * NK_POW2))
-    tl.store(LUT + row * TOPK + offs, chosen, mask=offs < TOPK)
+    thr = tl.sum(tl.where(offs == TOPK - 1, ranked, 0), axis=0)  # the TOPK-th largest (packed keys are unique)
+    chosen = (packed >= thr) & (offs < NK)  # exactly TOPK entries, in index order
+    pos = tl.cumsum(chosen.to(tl.int32), axis=0) - 1  # compaction slot of each chosen index
+    tl.store(LUT + row * TOPK + pos, offs, mask=chosen)
 
 
 def select_blocks(score: torch.Tensor, topk: int, num_warps: int | None = None) -> torch.Tensor:

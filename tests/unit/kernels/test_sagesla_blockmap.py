@@ -16,3 +16,9 @@ def test_select_blocks_matches_torch_topk(nk: int, topk: int) -> None:
     assert lut.dtype == torch.int32 and lut.shape == (2, 3, topk)
     expect = torch.topk(score, topk, dim=-1).indices.sort(dim=-1).values
     assert torch.equal(lut.long(), expect)
+
+
+def test_select_blocks_ties_go_to_the_lower_index() -> None:
+    score = torch.tensor([[0.5, 2.0, 2.0, -1.0, 2.0, 2.0, 0.5]])  # four-way tie for the top
+    assert select_blocks(score, 3).tolist() == [[1, 2, 4]]
+    assert select_blocks(score, 6).tolist() == [[0, 1, 2, 4, 5, 6]]  # tie at the threshold: index 0 wins
