@@ -343,8 +343,11 @@ def _sagesla_fwd_kernel(
     else:
         o = acc / l_i[:, None]  # [BLOCK_M, D]
 
-    # 3. linear branch (proj_l included), computed in the Q pass
+    # 3. linear branch (proj_l included), computed in the Q pass. The sparse part is rounded to the
+    #    output dtype first, so the fp32 accumulator is dead before the OLIN tile arrives (one
+    #    [BLOCK_M, D] fp32 tile fewer live: 4-warp 128-row tiles otherwise spill)
     if HAS_LINEAR:
+        o = o.to(O.dtype.element_ty).to(tl.float32)
         o += tl.load(OLIN + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None],
                      other=0.0).to(tl.float32)
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
