@@ -92,7 +92,8 @@ def _ln_modulate_kernel(
     out_ptr,  # x.dtype, or int8 when OUT_INT8
     qscale_ptr,  # [B * L] fp32 per-token scales (OUT_INT8 only)
     # sizes
-    L,  # rows per batch element; grid axis 1 is the batch element
+    N,  # rows = B * L
+    L,  # rows per batch element (persistent form: grid axis 1 is the batch element)
     C,
     stride_shift_b,
     stride_scale_b,
@@ -105,92 +106,132 @@ def _ln_modulate_kernel(
     PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
     OUT_INT8: tl.constexpr,
 ):
-    # 1. loop-invariant: this batch element's modulation vectors, loaded once per program. Unsplit, part
-    #    a is the whole padded row; split (e.g. 5120 = 4096 + 1024), a is always full and b the tail.
-    tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
-    HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
-    b = tl.program_id(1).to(tl.int64)
-    cols_a = tl.arange(0, HEAD)  # [HEAD]
-    sh_a = tl.load(shift_ptr + b * stride_shift_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
-    sc1_a = 1.0 + tl.load(scale_ptr + b * stride_scale_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
-    if SPLIT:
-        cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
-        sh_b = tl.load(shift_ptr + b * stride_shift_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
-        sc1_b = 1.0 + tl.load(scale_ptr + b * stride_scale_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
-
-    # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
-    num_tiles = tl.cdiv(L, BLOCK_L)
-    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-        pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L] positions within the batch element
-        row_ok = pos < L
-        rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
-        mask_a = row_ok[:, None] & (cols_a < C)[None, :]
-        offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
-        x_a = tl.load(x_ptr + offs_a, mask=mask_a, other=0.0).to(tl.float32)
-
-        # 3. fp32 mean / variance over the row (masked lanes excluded); a split row (one per tile) is
-        #    reduced to scalars so its two differently laid-out parts never meet in one tensor
-        if SPLIT:
-            mask_b = row_ok[:, None] & (cols_b < C)[None, :]
-            offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
-            x_b = tl.load(x_ptr + offs_b, mask=mask_b, other=0.0).to(tl.float32)
-            mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
-            xc_a = tl.where(mask_a, x_a - mean, 0.0)
-            xc_b = tl.where(mask_b, x_b - mean, 0.0)
-            rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
-        else:
-            mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
-            xc_a = tl.where(mask_a, x_a - mean, 0.0)
-            rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
-
-        # 4. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
-        inv = 0.0
+    tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
+    if PROGS_PER_SM == 0:
+        # A. one tile of BLOCK_L whole rows per program, straight-line: every load of the tile (x and
+        #    its rows' shift/scale) is issued up front (fastest for bf16 out on the H200)
+        rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+        cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
+        row_ok = rows < N
+        col_ok = cols < C
+        mask = row_ok[:, None] & col_ok[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
+        b = (rows // L).to(tl.int64)  # [BLOCK_L] each row's batch element (a tile may straddle two)
+        sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
+        sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
+        y = xc * rstd[:, None] * (1.0 + sc.to(tl.float32)) + sh.to(tl.float32)  # masked lanes stay 0
         if OUT_INT8:
-            if SPLIT:
-                amax = tl.maximum(
-                    tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :])),
-                    tl.max(tl.abs(xc_b * rstd * sc1_b[None, :] + sh_b[None, :])),
-                )  # scalar
-                tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
-            else:
-                amax = tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :]), axis=1)[:, None]  # [BLOCK_L, 1]
-                tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
+            amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
             inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-
-        # 5. modulate and store each part
-        _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
+            v = y * inv[:, None]
+            v = tl.where(v >= 0, v + 0.5, v - 0.5)
+            v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+            tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
+            tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
+        else:
+            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        # B. persistent: PROGS_PER_SM programs per SM (shared by the batch) stride over one batch
+        #    element's tiles
+        # 1. loop-invariant: this batch element's modulation vectors, loaded once per program. Unsplit, part
+        #    a is the whole padded row; split (e.g. 5120 = 4096 + 1024), a is always full and b the tail.
+        tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
+        HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
+        b = tl.program_id(1).to(tl.int64)
+        cols_a = tl.arange(0, HEAD)  # [HEAD]
+        sh_ptr, sc_ptr = shift_ptr + b * stride_shift_b, scale_ptr + b * stride_scale_b
+        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
         if SPLIT:
-            _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
+            cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
+            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+
+        # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
+        num_tiles = tl.cdiv(L, BLOCK_L)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L] positions within the batch element
+            row_ok = pos < L
+            rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
+            mask_a = row_ok[:, None] & (cols_a < C)[None, :]
+            offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
+            x_a = tl.load(x_ptr + offs_a, mask=mask_a, other=0.0).to(tl.float32)
+
+            # 3. fp32 mean / variance over the row (masked lanes excluded); a split row (one per tile) is
+            #    reduced to scalars so its two differently laid-out parts never meet in one tensor
+            if SPLIT:
+                mask_b = row_ok[:, None] & (cols_b < C)[None, :]
+                offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
+                x_b = tl.load(x_ptr + offs_b, mask=mask_b, other=0.0).to(tl.float32)
+                mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
+                xc_a = tl.where(mask_a, x_a - mean, 0.0)
+                xc_b = tl.where(mask_b, x_b - mean, 0.0)
+                rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
+            else:
+                mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
+                xc_a = tl.where(mask_a, x_a - mean, 0.0)
+                rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
+
+            # 4. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
+            inv = 0.0
+            if OUT_INT8:
+                if SPLIT:
+                    amax = tl.maximum(
+                        tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :])),
+                        tl.max(tl.abs(xc_b * rstd * sc1_b[None, :] + sh_b[None, :])),
+                    )  # scalar
+                    tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
+                else:
+                    y_a = xc_a * rstd * sc1_a[None, :] + sh_a[None, :]
+                    amax = tl.max(tl.abs(y_a), axis=1)[:, None]  # [BLOCK_L, 1]
+                    tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
+                inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+
+            # 5. modulate and store each part
+            _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
+            if SPLIT:
+                _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# Same search space as kernels/rmsnorm_rope.py: the row whole (padded to a power of two) or SPLIT into
-# two power-of-two parts (one row per tile); 8 or 16 elements per thread in the first part (one or two
-# 16-byte bf16 accesses per thread); one program per tile or a persistent grid of 32 // num_warps
-# programs per SM (shift/scale are then loaded and re-laid-out once per program, not once per tile). With int8 out, 16
-# per thread makes Triton pick a 16-byte int8 store layout for the whole tile, so each bf16 / fp32 load
-# instruction strides over the row; 8 per thread keeps loads and store coalesced.
+# H200, L=32760, one run each (kernels/bench_norms.py docstring has the numbers):
+# - bf16 out: the straight-line form (PROGS_PER_SM = 0) with few warps won (62 / 211 us at C=1536 /
+#   5120); 8 elements per thread (16-32 warps) ran up to 3x slower, and loop-wrapping it (trip count 1,
+#   shift/scale hoisted: their layout conversion then sits before the x load) 1.4x slower at 1536.
+# - int8 out: a persistent grid (32 // num_warps programs per SM, shift/scale loaded once per program)
+#   with the row SPLIT into two power-of-two parts (1536 = 1024 + 512) won at 1536: 76 us with 2 warps
+#   vs 97 us straight-line; at 5120 (4096 + 1024, 8 warps) it tied (321 vs 314 us).
+# num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
+# TTGIR), so deeper pipelining is a no-op.
 _CONFIGS = [
-    triton.Config({"BLOCK_L": bl, "SPLIT": split, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
+    triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=nw, num_stages=1)
+    for bl in (1, 2, 4, 8)
+    for nw in (4, 8, 16)
+] + [triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=2, num_stages=1) for bl in (1, 2)] + [
+    triton.Config({"BLOCK_L": 1, "SPLIT": split, "PROGS_PER_SM": 32 // nw}, num_warps=nw, num_stages=1)
     for split in (0, 1)
-    for bl in (1, 2)
-    for nw in (2, 4, 8, 16, 32)
-    for pps in (0, max(1, 32 // nw))
+    for nw in (2, 4, 8, 16)
 ]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep tiles of <= 16K elements with 8 or 16 per thread (first part), SPLIT only for one row per tile
-    where the row is not a power of two; on CPU (interpreter) keep the first."""
+    """Straight-line: tiles of 2K-32K elements with >= 4 per thread. Persistent: 8-32 elements per
+    thread in the first part, SPLIT only where the row is not a power of two. On CPU keep the first."""
     args = {**named_args, **kwargs}
     block_c, c = args["BLOCK_C"], args["C"]
     kept = []
     for cfg in configs:
-        head = block_c // 2 if cfg.kwargs["SPLIT"] else block_c
-        if cfg.kwargs["SPLIT"] and (c == block_c or cfg.kwargs["BLOCK_L"] != 1):
-            continue
-        tile = cfg.kwargs["BLOCK_L"] * head
-        if tile <= 16384 and tile // (32 * cfg.num_warps) in (8, 16):
+        bl, split, nw = cfg.kwargs["BLOCK_L"], cfg.kwargs["SPLIT"], cfg.num_warps
+        if cfg.kwargs["PROGS_PER_SM"] == 0:
+            ok = 2048 <= bl * block_c <= 32768 and bl * block_c >= 4 * 32 * nw
+        else:
+            head = block_c // 2 if split else block_c
+            ok = not (split and c == block_c) and head // (32 * nw) in (8, 16, 32)
+        if ok:
             kept.append(cfg)
     kept = kept or configs[:1]
     if not named_args["x_ptr"].is_cuda:
@@ -235,9 +276,10 @@ def _launch(
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
 
     def grid(meta: dict) -> tuple[int, int]:
+        if not meta["PROGS_PER_SM"]:  # straight-line: one program per tile of the flattened rows
+            return (triton.cdiv(B * L, meta["BLOCK_L"]), 1)
         tiles = triton.cdiv(L, meta["BLOCK_L"])
-        progs = max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)) if meta["PROGS_PER_SM"] else tiles
-        return (progs, B)
+        return (max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)), B)
 
     kernel = _ln_modulate if config is None else _ln_modulate_kernel
     kernel[grid](
@@ -246,6 +288,7 @@ def _launch(
         scale,
         out,
         qscale,
+        B * L,
         L,
         C,
         shift.stride(0),

@@ -120,78 +120,112 @@ def _rmsnorm_rope_kernel(
     HAS_WEIGHT: tl.constexpr,
     HAS_ROPE: tl.constexpr,
 ):
-    # 1. loop-invariant: column parts and the gain, loaded once per program. Unsplit, part a is the
-    #    whole padded row; split (e.g. 5120 = 4096 + 1024), part a is always full and b is the tail.
-    tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
-    HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
-    cols_a = tl.arange(0, HEAD)  # [HEAD]
-    cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL] (SPLIT only)
-    if HAS_WEIGHT:
-        w_a = tl.load(w_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
-        if SPLIT:
-            w_b = tl.load(w_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
-
-    # 2. tiles of BLOCK_L whole rows; a persistent program strides over them
-    num_tiles = tl.cdiv(N, BLOCK_L)
-    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-        rows = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
+    if PROGS_PER_SM == 0:
+        # A. one tile of BLOCK_L whole rows per program, straight-line: every load of the tile is
+        #    issued up front (the fastest form for bf16 out on the H200, see kernels/bench_norms.py)
+        rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+        cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
         row_ok = rows < N
-        base = rows.to(tl.int64)[:, None] * C  # [BLOCK_L, 1]
-        x_a = tl.load(x_ptr + base + cols_a[None, :], mask=row_ok[:, None] & (cols_a < C)[None, :], other=0.0)
-        x_a = x_a.to(tl.float32)  # [BLOCK_L, HEAD]
-        if SPLIT:
-            # one row per tile: reduce each part to a scalar, so the two parts (laid out differently)
-            # never meet in one tensor and the compiler moves nothing through shared memory
-            x_b = tl.load(x_ptr + base + cols_b[None, :], mask=row_ok[:, None] & (cols_b < C)[None, :], other=0.0)
-            x_b = x_b.to(tl.float32)  # [1, BLOCK_TAIL]
-            sumsq = tl.sum(x_a * x_a) + tl.sum(x_b * x_b)  # scalar
-            rstd = tl.rsqrt(sumsq / C + eps)
-        else:
-            rstd = tl.rsqrt(tl.sum(x_a * x_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
-
-        # 3. RMS over the full row (masked lanes are zero), times the gain; rotate and store each part
-        n_a = x_a * rstd
+        mask = row_ok[:, None] & (cols[None, :] < C)
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)  # [BLOCK_L]
+        n = x * rstd[:, None]
         if HAS_WEIGHT:
-            n_a = n_a * w_a[None, :]
-        _rope_store(n_a, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, 0, HEAD, HALF_D, BLOCK_L, HAS_ROPE)
-        if SPLIT:
-            n_b = x_b * rstd
+            w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+            n = n * w[None, :]
+        if HAS_ROPE:
+            even, odd = tl.split(tl.reshape(n, (BLOCK_L, BLOCK_C // 2, 2)))  # [BLOCK_L, BLOCK_C/2] each
+            pairs = tl.arange(0, BLOCK_C // 2)
+            pos = (rows % L).to(tl.int64)
+            t_offs = pos[:, None] * HALF_D + (pairs % HALF_D)[None, :]  # [BLOCK_L, BLOCK_C/2]
+            t_mask = row_ok[:, None] & (pairs[None, :] < C // 2)
+            c = tl.load(cos_ptr + t_offs, mask=t_mask, other=0.0)
+            s = tl.load(sin_ptr + t_offs, mask=t_mask, other=0.0)
+            n = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), (BLOCK_L, BLOCK_C))
+        tl.store(out_ptr + offs, n.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        # B. persistent: PROGS_PER_SM programs per SM stride over the tiles
+        # 1. loop-invariant: column parts and the gain, loaded once per program. Unsplit, part a is the
+        #    whole padded row; split (e.g. 5120 = 4096 + 1024), part a is always full and b is the tail.
+        tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
+        HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
+        cols_a = tl.arange(0, HEAD)  # [HEAD]
+        cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL] (SPLIT only)
+        if HAS_WEIGHT:
+            w_a = tl.load(w_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+            if SPLIT:
+                w_b = tl.load(w_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+
+        # 2. tiles of BLOCK_L whole rows; a persistent program strides over them
+        num_tiles = tl.cdiv(N, BLOCK_L)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            rows = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+            row_ok = rows < N
+            base = rows.to(tl.int64)[:, None] * C  # [BLOCK_L, 1]
+            mask_a = row_ok[:, None] & (cols_a < C)[None, :]
+            x_a = tl.load(x_ptr + base + cols_a[None, :], mask=mask_a, other=0.0).to(tl.float32)  # [BLOCK_L, HEAD]
+            if SPLIT:
+                # one row per tile: reduce each part to a scalar, so the two parts (laid out differently)
+                # never meet in one tensor and the compiler moves nothing through shared memory
+                mask_b = row_ok[:, None] & (cols_b < C)[None, :]
+                x_b = tl.load(x_ptr + base + cols_b[None, :], mask=mask_b, other=0.0).to(tl.float32)  # [1, BLOCK_TAIL]
+                sumsq = tl.sum(x_a * x_a) + tl.sum(x_b * x_b)  # scalar
+                rstd = tl.rsqrt(sumsq / C + eps)
+            else:
+                rstd = tl.rsqrt(tl.sum(x_a * x_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
+
+            # 3. RMS over the full row (masked lanes are zero), times the gain; rotate and store each part
+            n_a = x_a * rstd
             if HAS_WEIGHT:
-                n_b = n_b * w_b[None, :]
-            _rope_store(n_b, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, HEAD, BLOCK_TAIL, HALF_D, BLOCK_L,
-                        HAS_ROPE)
+                n_a = n_a * w_a[None, :]
+            _rope_store(n_a, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, 0, HEAD, HALF_D, BLOCK_L, HAS_ROPE)
+            if SPLIT:
+                n_b = x_b * rstd
+                if HAS_WEIGHT:
+                    n_b = n_b * w_b[None, :]
+                _rope_store(
+                    n_b, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, HEAD, BLOCK_TAIL, HALF_D, BLOCK_L, HAS_ROPE
+                )
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# Candidates: the row whole (padded to a power of two: 5120 -> 8192 lanes) or SPLIT into two
-# power-of-two parts (5120 = 4096 + 1024, 1536 = 1024 + 512: no idle lanes); tile shapes with 8 or 16
-# elements per thread in the first part (8 bf16 = one 16-byte access per thread, coalesced across the
-# warp; more makes each access instruction stride over the row); one program per tile or a persistent
-# grid of 32 // num_warps programs per SM (32 resident warps: more programs than fit at once would leave
-# a second wave doing whole shares late; the gain is loaded and re-laid-out once per program).
+# H200, L=32760, one run each (kernels/bench_norms.py docstring has the numbers):
+# - The straight-line form (PROGS_PER_SM = 0) with few warps, i.e. many elements per thread, is fastest
+#   for bf16 out: 4 warps at C=1536 (16 per thread), 8 at 5120 (32 per thread over 8192 lanes).
+#   8 elements per thread (16-32 warps) ran 1.4-2.5x slower; loop-wrapping it (a trip-count-1 loop with
+#   the gain hoisted) ran 17 % slower at 1536.
+# - Persistent grids (32 // num_warps programs per SM) and rows SPLIT into two power-of-two parts
+#   (5120 = 4096 + 1024, no idle lanes) did not beat it here (71 vs 65 us, 245 vs 209 us) but won for
+#   ln_modulate_int8 at 1536 (kernels/adaln.py), so a few stay as candidates.
 # num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
-# TTGIR), so deeper pipelining is a no-op. The prune filter keeps what fits the row.
+# TTGIR), so deeper pipelining is a no-op.
 _CONFIGS = [
-    triton.Config({"BLOCK_L": bl, "SPLIT": split, "PROGS_PER_SM": pps}, num_warps=nw, num_stages=1)
+    triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=nw, num_stages=1)
+    for bl in (1, 2, 4, 8)
+    for nw in (4, 8, 16)
+] + [triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=2, num_stages=1) for bl in (1, 2)] + [
+    triton.Config({"BLOCK_L": 1, "SPLIT": split, "PROGS_PER_SM": 32 // nw}, num_warps=nw, num_stages=1)
     for split in (0, 1)
-    for bl in (1, 2)
-    for nw in (2, 4, 8, 16, 32)
-    for pps in (0, max(1, 32 // nw))
+    for nw in (2, 4, 8, 16)
 ]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep tiles of <= 16K elements with 8 or 16 per thread (first part), SPLIT only for one row per tile
-    where the row is not a power of two; on CPU (interpreter) keep the first."""
+    """Straight-line: tiles of 2K-32K elements with >= 4 per thread. Persistent: 8-32 elements per
+    thread in the first part, SPLIT only where the row is not a power of two. On CPU keep the first."""
     args = {**named_args, **kwargs}
     block_c, c = args["BLOCK_C"], args["C"]
     kept = []
     for cfg in configs:
-        head = block_c // 2 if cfg.kwargs["SPLIT"] else block_c
-        if cfg.kwargs["SPLIT"] and (c == block_c or cfg.kwargs["BLOCK_L"] != 1):
-            continue
-        tile = cfg.kwargs["BLOCK_L"] * head
-        if tile <= 16384 and tile // (32 * cfg.num_warps) in (8, 16):
+        bl, split, nw = cfg.kwargs["BLOCK_L"], cfg.kwargs["SPLIT"], cfg.num_warps
+        if cfg.kwargs["PROGS_PER_SM"] == 0:
+            ok = 2048 <= bl * block_c <= 32768 and bl * block_c >= 4 * 32 * nw
+        else:
+            head = block_c // 2 if split else block_c
+            ok = not (split and c == block_c) and head // (32 * nw) in (8, 16, 32)
+        if ok:
             kept.append(cfg)
     kept = kept or configs[:1]
     if not named_args["x_ptr"].is_cuda:

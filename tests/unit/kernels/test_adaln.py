@@ -129,8 +129,8 @@ def test_layernorm_modulate_wan_shapes_gpu(C):
     "config",
     [
         {"BLOCK_L": 2, "SPLIT": 0, "PROGS_PER_SM": 4, "num_warps": 4},  # persistent: 1 program per batch
-        {"BLOCK_L": 4, "SPLIT": 0, "PROGS_PER_SM": 0, "num_warps": 4},  # 2-D tile, last tile masked
-        {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 0, "num_warps": 4},  # row as 32 + 8 columns
+        {"BLOCK_L": 4, "SPLIT": 0, "PROGS_PER_SM": 0, "num_warps": 4},  # straight-line: tiles straddle batches
+        {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 1, "num_warps": 4},  # row as 32 + 8 columns
         {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 4, "num_warps": 4},  # split and persistent
     ],
 )

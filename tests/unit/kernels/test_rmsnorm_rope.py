@@ -131,7 +131,7 @@ def test_rmsnorm_rope_wan_shapes_gpu(C, dtype):
     [
         {"BLOCK_L": 2, "SPLIT": 0, "PROGS_PER_SM": 3, "num_warps": 4},  # persistent: 3 programs, 10 tiles
         {"BLOCK_L": 4, "SPLIT": 0, "PROGS_PER_SM": 0, "num_warps": 4},  # 2-D tile, last tile half masked
-        {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 0, "num_warps": 4},  # row as 64 + 64 (56 live) columns
+        {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 1, "num_warps": 4},  # row as 64 + 64 (56 live) columns
         {"BLOCK_L": 1, "SPLIT": 1, "PROGS_PER_SM": 3, "num_warps": 4},  # split and persistent
     ],
 )
