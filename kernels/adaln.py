@@ -61,6 +61,16 @@ def reference_int8(
 
 # 2. kernel --------------------------------------------------------------------------------------------
 @triton.jit
+def _to_int8_codes(v):
+    """Round half away from zero to int8 codes: |v| <= 127 * (1 + 2 ulp) here (v = y * 127 / absmax),
+    so no clamp is needed (and PTX's float-to-int cvt saturates anyway). ``v + copysign(0.5, v)`` is one
+    LOP3 + FADD instead of compare + select + add: the int8 path is instruction-issue-bound (~31 SASS
+    instructions per element before this), not memory-bound."""
+    half = ((v.to(tl.int32, bitcast=True) & -2147483648) | 0x3F000000).to(tl.float32, bitcast=True)  # ±0.5
+    return (v + half).to(tl.int8)  # the cast truncates toward zero
+
+
+@triton.jit
 def _modulate_store(
     xc,  # [BLOCK_L, WIDTH] fp32 centred part of the rows (masked lanes 0)
     rstd,  # [BLOCK_L, 1] or scalar
@@ -75,10 +85,7 @@ def _modulate_store(
     """Store one part of y = n * (1 + scale) + shift: in out's dtype, or as int8 codes of y * inv."""
     y = xc * rstd * sc1[None, :] + sh[None, :]
     if OUT_INT8:
-        v = y * inv
-        v = tl.where(v >= 0, v + 0.5, v - 0.5)  # round half away from zero (the int cast truncates)
-        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-        tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
+        tl.store(out_ptr + offs, _to_int8_codes(y * inv), mask=mask)
     else:
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -127,10 +134,7 @@ def _ln_modulate_kernel(
         if OUT_INT8:
             amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
             inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-            v = y * inv[:, None]
-            v = tl.where(v >= 0, v + 0.5, v - 0.5)
-            v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-            tl.store(out_ptr + offs, v.to(tl.int8), mask=mask)
+            tl.store(out_ptr + offs, _to_int8_codes(y * inv[:, None]), mask=mask)
             tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
         else:
             tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
