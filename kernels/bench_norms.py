@@ -40,6 +40,15 @@ and only ln_modulate_int8 at 1536 improved. The kernels now keep the previous st
 sm_90 PTX) for the default configs plus the persistent/split configs as extra autotune candidates;
 that combination has not been timed on the device yet. The packed-int32 RoPE experiment (83 vs 65 us
 at 1536 in the first run) was removed in favour of the sweep.
+
+Offline (sm_90 SASS from Triton 3.9 here, cuobjdump; not device counters): SASS instructions per thread
+for one row per program, 4 warps at C=1536 / 8 at 5120 (16 / 32 lanes per thread, 25 / 37.5 % masked):
+rmsnorm_rope 288 / 472, ln_modulate 312 / 520, ln_modulate_int8 496 / 832 (448 / 736 after the
+copysign rounding now in adaln.py), gated_residual 120 for 8 lanes. At one warp-instruction per
+scheduler per clock (528 schedulers, ~1.98 GHz) the int8 kernel's issue alone is ~47 us at 1536 against
+a 35 us memory floor: it is instruction-bound, which is why fewer output bytes did not make it faster.
+The bf16 norms issue ~36 us against a ~47 us floor, so issue competes with memory there too; cutting
+per-element instructions (masked lanes, per-row shift/scale gathers, index math) is the next lever.
 """
 
 from __future__ import annotations
