@@ -45,9 +45,10 @@ Offline (sm_90 SASS from Triton 3.9 here, cuobjdump; not device counters): SASS 
 for one row per program, 4 warps at C=1536 / 8 at 5120 (16 / 32 lanes per thread, 25 / 37.5 % masked):
 rmsnorm_rope 288 / 472, ln_modulate 312 / 520, ln_modulate_int8 496 / 832 (448 / 736 after the
 copysign rounding now in adaln.py), gated_residual 120 for 8 lanes. At one warp-instruction per
-scheduler per clock (528 schedulers, ~1.98 GHz) the int8 kernel's issue alone is ~47 us at 1536 against
-a 35 us memory floor: it is instruction-bound, which is why fewer output bytes did not make it faster.
-The bf16 norms issue ~36 us against a ~47 us floor, so issue competes with memory there too; cutting
+scheduler per clock (131K warps at 1536, 528 schedulers, ~1.98 GHz) the int8 kernel's issue alone is
+~62 us (56 after the change) against a 35 us memory floor: it is instruction-bound, which is why fewer
+output bytes did not make it faster. The bf16 norms issue 36-39 us against a ~47 us floor, so issue
+competes with memory there too; cutting
 per-element instructions (masked lanes, per-row shift/scale gathers, index math) is the next lever.
 """
 
