@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.row_configs import ROW_CONFIGS, num_sms, prune_row_configs, split_tail
+
 __all__ = ["reference", "reference_int8", "layernorm_modulate", "bench"]
 
 
@@ -211,40 +213,10 @@ def _ln_modulate_kernel(
 #   vs 97 us straight-line; at 5120 (4096 + 1024, 8 warps) it tied (321 vs 314 us).
 # num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
 # TTGIR), so deeper pipelining is a no-op.
-_CONFIGS = [
-    triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=nw, num_stages=1)
-    for bl in (1, 2, 4, 8)
-    for nw in (4, 8, 16)
-] + [triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=2, num_stages=1) for bl in (1, 2)] + [
-    triton.Config({"BLOCK_L": 1, "SPLIT": split, "PROGS_PER_SM": 32 // nw}, num_warps=nw, num_stages=1)
-    for split in (0, 1)
-    for nw in (2, 4, 8, 16)
-]
-
-
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Straight-line: tiles of 2K-32K elements with >= 4 per thread. Persistent: 8-32 elements per
-    thread in the first part, SPLIT only where the row is not a power of two. On CPU keep the first."""
-    args = {**named_args, **kwargs}
-    block_c, c = args["BLOCK_C"], args["C"]
-    kept = []
-    for cfg in configs:
-        bl, split, nw = cfg.kwargs["BLOCK_L"], cfg.kwargs["SPLIT"], cfg.num_warps
-        if cfg.kwargs["PROGS_PER_SM"] == 0:
-            ok = 2048 <= bl * block_c <= 32768 and bl * block_c >= 4 * 32 * nw
-        else:
-            head = block_c // 2 if split else block_c
-            ok = not (split and c == block_c) and head // (32 * nw) in (8, 16, 32)
-        if ok:
-            kept.append(cfg)
-    kept = kept or configs[:1]
-    if not named_args["x_ptr"].is_cuda:
-        return kept[:1]
-    return kept
-
-
 _ln_modulate = triton.autotune(
-    configs=_CONFIGS, key=["C", "OUT_INT8"], prune_configs_by={"early_config_prune": _prune}
+    configs=ROW_CONFIGS,
+    key=["C", "OUT_INT8"],
+    prune_configs_by={"early_config_prune": prune_row_configs},
 )(_ln_modulate_kernel)
 
 
@@ -277,7 +249,7 @@ def _launch(
         return
     shift = shift if shift.stride(1) == 1 else shift.contiguous()
     scale = scale if scale.stride(1) == 1 else scale.contiguous()
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+    sms = num_sms(x.device)
 
     def grid(meta: dict) -> tuple[int, int]:
         if not meta["PROGS_PER_SM"]:  # straight-line: one program per tile of the flattened rows
@@ -299,7 +271,7 @@ def _launch(
         scale.stride(0),
         eps,
         BLOCK_C=triton.next_power_of_2(C),
-        BLOCK_TAIL=triton.next_power_of_2(max(1, C - triton.next_power_of_2(C) // 2)),
+        BLOCK_TAIL=split_tail(C),
         OUT_INT8=out.dtype == torch.int8,
         **(config or {}),
     )

@@ -97,6 +97,7 @@ def sweep(L: int, dims: tuple[int, ...], copy_gbps: float) -> list[dict]:
     """
     from kernels import adaln
     from kernels import rmsnorm_rope as rr
+    from kernels.row_configs import prune_row_configs
 
     rows = []
     for C in dims:
@@ -120,9 +121,9 @@ def sweep(L: int, dims: tuple[int, ...], copy_gbps: float) -> list[dict]:
         bytes_q = x.numel() * 3 + L * 4 + 2 * C * 4
         pow2 = triton.next_power_of_2(C)
         cases = [
-            ("rmsnorm_rope", _pruned(rr._rmsnorm_rope, rr._prune, BLOCK_C=pow2, C=C), bytes_rope),
-            ("ln_modulate", _pruned(adaln._ln_modulate, adaln._prune, BLOCK_C=pow2, C=C), bytes_ln),
-            ("ln_modulate_int8", _pruned(adaln._ln_modulate, adaln._prune, BLOCK_C=pow2, C=C), bytes_q),
+            ("rmsnorm_rope", _pruned(rr._rmsnorm_rope, prune_row_configs, BLOCK_C=pow2, C=C), bytes_rope),
+            ("ln_modulate", _pruned(adaln._ln_modulate, prune_row_configs, BLOCK_C=pow2, C=C), bytes_ln),
+            ("ln_modulate_int8", _pruned(adaln._ln_modulate, prune_row_configs, BLOCK_C=pow2, C=C), bytes_q),
         ]
         for name, cfgs, nbytes in cases:
             for cfg in cfgs:

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.row_configs import ROW_CONFIGS, num_sms, prune_row_configs, split_tail
+
 __all__ = ["reference", "reference_rmsnorm", "rmsnorm_rope", "rmsnorm", "bench"]
 
 
@@ -201,60 +203,21 @@ def _rmsnorm_rope_kernel(
 #   ln_modulate_int8 at 1536 (kernels/adaln.py), so a few stay as candidates.
 # num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
 # TTGIR), so deeper pipelining is a no-op.
-_CONFIGS = [
-    triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=nw, num_stages=1)
-    for bl in (1, 2, 4, 8)
-    for nw in (4, 8, 16)
-] + [triton.Config({"BLOCK_L": bl, "SPLIT": 0, "PROGS_PER_SM": 0}, num_warps=2, num_stages=1) for bl in (1, 2)] + [
-    triton.Config({"BLOCK_L": 1, "SPLIT": split, "PROGS_PER_SM": 32 // nw}, num_warps=nw, num_stages=1)
-    for split in (0, 1)
-    for nw in (2, 4, 8, 16)
-]
-
-
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Straight-line: tiles of 2K-32K elements with >= 4 per thread. Persistent: 8-32 elements per
-    thread in the first part, SPLIT only where the row is not a power of two. On CPU keep the first."""
-    args = {**named_args, **kwargs}
-    block_c, c = args["BLOCK_C"], args["C"]
-    kept = []
-    for cfg in configs:
-        bl, split, nw = cfg.kwargs["BLOCK_L"], cfg.kwargs["SPLIT"], cfg.num_warps
-        if cfg.kwargs["PROGS_PER_SM"] == 0:
-            ok = 2048 <= bl * block_c <= 32768 and bl * block_c >= 4 * 32 * nw
-        else:
-            head = block_c // 2 if split else block_c
-            ok = not (split and c == block_c) and head // (32 * nw) in (8, 16, 32)
-        if ok:
-            kept.append(cfg)
-    kept = kept or configs[:1]
-    if not named_args["x_ptr"].is_cuda:
-        return kept[:1]
-    return kept
-
-
 _rmsnorm_rope = triton.autotune(
-    configs=_CONFIGS, key=["C", "HALF_D", "HAS_WEIGHT", "HAS_ROPE"], prune_configs_by={"early_config_prune": _prune}
+    configs=ROW_CONFIGS,
+    key=["C", "HALF_D", "HAS_WEIGHT", "HAS_ROPE"],
+    prune_configs_by={"early_config_prune": prune_row_configs},
 )(_rmsnorm_rope_kernel)
 
 
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def _grid(N: int, device: torch.device):
-    sms = _num_sms(device)
+    sms = num_sms(device)
 
     def grid(meta: dict) -> tuple[int]:
         tiles = triton.cdiv(N, meta["BLOCK_L"])
         return (min(tiles, sms * meta["PROGS_PER_SM"]) if meta["PROGS_PER_SM"] else tiles,)
 
     return grid
-
-
-def _tail(C: int) -> int:
-    """Width of the second part when a row is split: next power of two >= C - next_pow2(C)/2."""
-    return triton.next_power_of_2(max(1, C - triton.next_power_of_2(C) // 2))
 
 
 def _launch(
@@ -287,7 +250,7 @@ def _launch(
         eps,
         HALF_D=half_d,
         BLOCK_C=triton.next_power_of_2(C),
-        BLOCK_TAIL=_tail(C),
+        BLOCK_TAIL=split_tail(C),
         HAS_WEIGHT=weight is not None,
         HAS_ROPE=cos is not None,
         **(config or {}),
