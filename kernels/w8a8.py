@@ -362,45 +362,26 @@ def w8a8_gemm(
         b_desc = TensorDescriptor.from_tensor(weight.qweight, [bn, bk])
         c_desc = TensorDescriptor.from_tensor(out, [bm, bn])
         num_sms = _num_sms(xq.device.index or 0) if xq.device.type == "cuda" else 4
-        if config is None:
-            grid = lambda meta_: (
-                min(num_sms, triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_N"])),
-            )
-            _w8a8_tma_tuned[grid](
-                a_desc,
-                b_desc,
-                c_desc,
-                sx,
-                weight.scale,
-                bias_arg,
-                inv_arg,
-                m,
-                n,
-                k,
-                HAS_BIAS=has_bias,
-                EPILOGUE=epilogue,
-                FUSED_QUANT=fused,
-                NUM_SMS=num_sms,
-            )
-        else:
-            grid = (min(num_sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-            _w8a8_tma_kernel[grid](
-                a_desc,
-                b_desc,
-                c_desc,
-                sx,
-                weight.scale,
-                bias_arg,
-                inv_arg,
-                m,
-                n,
-                k,
-                HAS_BIAS=has_bias,
-                EPILOGUE=epilogue,
-                FUSED_QUANT=fused,
-                NUM_SMS=num_sms,
-                **meta,
-            )
+        # The autotuned kernel picks its own tiles; a given config passes them through `meta`.
+        kernel = _w8a8_tma_tuned if config is None else _w8a8_tma_kernel
+        grid = lambda meta_: (min(num_sms, triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_N"])),)
+        kernel[grid](
+            a_desc,
+            b_desc,
+            c_desc,
+            sx,
+            weight.scale,
+            bias_arg,
+            inv_arg,
+            m,
+            n,
+            k,
+            HAS_BIAS=has_bias,
+            EPILOGUE=epilogue,
+            FUSED_QUANT=fused,
+            NUM_SMS=num_sms,
+            **meta,
+        )
     elif backend == "portable":
         args = (
             xq,
