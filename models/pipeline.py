@@ -42,7 +42,8 @@ class _StageClock:
         self.cuda = device.type == "cuda"
         self._spans: list[tuple[str, object, object]] = []
 
-    def _mark(self) -> object:
+    def mark(self) -> object:
+        """A point in time (a recorded CUDA event on GPU) for `add`."""
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
@@ -51,9 +52,12 @@ class _StageClock:
 
     @contextmanager
     def span(self, name: str) -> Iterator[None]:
-        start = self._mark()
+        start = self.mark()
         yield
-        self._spans.append((name, start, self._mark()))
+        self.add(name, start, self.mark())
+
+    def add(self, name: str, start: object, end: object) -> None:
+        self._spans.append((name, start, end))
 
     def resolve(self) -> list[tuple[str, float]]:
         if self.cuda:
@@ -184,11 +188,11 @@ class WanPipeline:
         step_clock: list[object] = []
 
         def step_hook(done: int, total: int) -> None:
-            step_clock.append(clock._mark())
+            step_clock.append(clock.mark())
             if on_step is not None:
                 on_step(done, total)
 
-        step_clock.append(clock._mark())
+        step_clock.append(clock.mark())
         if self.sampler == "rcm":
             sigma_max = req.sigma_max if req.sigma_max is not None else self.spec.sigma_max(req.kind)
             latents = sample_rcm(
@@ -202,7 +206,7 @@ class WanPipeline:
                 shift=self.flow_shift, guidance_scale=req.guidance_scale or 5.0, on_step=step_hook,
             )
         for i in range(1, len(step_clock)):
-            clock._spans.append((f"denoise_{i}", step_clock[i - 1], step_clock[i]))
+            clock.add(f"denoise_{i}", step_clock[i - 1], step_clock[i])
 
         with clock.span("vae_decode"):
             video = self.vae.decode(latents.to(self.dtype))  # type: ignore[attr-defined]  # [1,3,F,H,W]
