@@ -21,9 +21,9 @@ import redis
 from prometheus_client import generate_latest
 from rq import Queue
 
-from service.contract import RQ_SERIALIZER, JobSpec
-from service.jobstore import JobStore
-from service.settings import Settings
+from contract.jobs import RQ_SERIALIZER, JobSpec
+from contract.jobstore import JobStore
+from contract.settings import Settings
 from worker.devstack import EmbeddedRedis
 from worker.main import load_model_pipeline, run_worker
 from worker.metrics import WorkerMetrics, cuda_memory_reader

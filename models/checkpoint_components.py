@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.checkpoint_io import CheckpointError, read_manifest, read_state_dict
-from models.presets import ModelSpec
+from contract.catalog import ModelCard as ModelSpec
 
 ROLES = ("transformer", "high", "low", "i2v", "text_encoder", "tokenizer", "vae")
 WAN_T5 = "models_t5_umt5-xxl-enc-bf16.pth"

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.catalog import seconds_of
-from service.contract import JobStatus
-from service.jobstore import JobRecord
+from contract.catalog import seconds_of
+from contract.jobs import JobStatus
+from contract.jobstore import JobRecord
 
 
 class ImageReference(BaseModel):

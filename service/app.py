@@ -21,8 +21,8 @@ from service.metrics import GatewayMetrics
 from service.queue import EngineClient
 from service.ratelimit import RateLimiter
 from service.routers import health, models, videos
-from service.settings import Settings
-from service.storage import S3Storage, make_storage
+from contract.settings import Settings
+from contract.storage import S3Storage, make_storage
 
 log = logging.getLogger(__name__)
 

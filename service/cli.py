@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from service.auth import KeyStore
-from service.settings import Settings
+from contract.settings import Settings
 
 
 def run_gateway(settings: Settings) -> None:

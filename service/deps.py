@@ -12,8 +12,8 @@ from service.auth import KeyStore, Principal, authenticate
 from service.metrics import GatewayMetrics
 from service.queue import EngineClient
 from service.ratelimit import RateLimiter
-from service.settings import Settings
-from service.storage import Storage
+from contract.settings import Settings
+from contract.storage import Storage
 
 
 @dataclass

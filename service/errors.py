@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.storage import StorageError
+from contract.storage import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from service.errors import ApiError
-from service.jobstore import JobStore
+from contract.jobstore import JobStore
 
 MAX_KEY_LEN = 255
 

@@ -16,8 +16,8 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import ApiError
-from service.netguard import UnsafeURL, check_url
-from service.settings import LimitsSettings
+from contract.netguard import UnsafeURL, check_url
+from contract.settings import LimitsSettings
 
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
 

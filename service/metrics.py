@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service import metric_names as names
+from contract import metric_names as names
 from service.queue import EngineClient
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import redis
 from rq import Queue, worker_registration
 from rq.job import Job
 
-from service.contract import RQ_SERIALIZER, TASK_PATH, TERMINAL, JobError, JobSpec, JobStatus
-from service.jobstore import JobRecord, JobStore
-from service.settings import QueueSettings
+from contract.jobs import RQ_SERIALIZER, TASK_PATH, TERMINAL, JobError, JobSpec, JobStatus
+from contract.jobstore import JobRecord, JobStore
+from contract.settings import QueueSettings
 
 
 class EngineClient:

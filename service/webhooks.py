@@ -29,10 +29,10 @@ from rq import Queue, Retry, SimpleWorker
 from rq.job import get_current_job
 
 from service.api_models import video_object
-from service.contract import RQ_SERIALIZER, WEBHOOK_QUEUE, WEBHOOK_TASK_PATH, JobStatus
-from service.jobstore import JobRecord
-from service.netguard import UnsafeURL, check_url
-from service.settings import Settings
+from contract.jobs import RQ_SERIALIZER, WEBHOOK_QUEUE, WEBHOOK_TASK_PATH, JobStatus
+from contract.jobstore import JobRecord
+from contract.netguard import UnsafeURL, check_url
+from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 

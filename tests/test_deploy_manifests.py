@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import metric_names
+from contract import metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

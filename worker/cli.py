@@ -23,7 +23,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _settings(model: str | None = None):  # type: ignore[no-untyped-def]
-    from service.settings import Settings
+    from contract.settings import Settings
 
     settings = Settings()
     if model is not None:

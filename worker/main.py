@@ -24,10 +24,10 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from models.pipeline_types import GenerationRequest
-from service.contract import RQ_SERIALIZER, JobStatus
-from service.jobstore import JobStore
-from service.settings import Settings
-from service.storage import make_storage
+from contract.jobs import RQ_SERIALIZER, JobStatus
+from contract.jobstore import JobStore
+from contract.settings import Settings
+from contract.storage import make_storage
 from worker import task
 from worker.metrics import WorkerMetrics, cuda_memory_reader
 from worker.reaper import Lease, enqueue_spec, lease_ttl_s, reap

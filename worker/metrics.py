@@ -1,6 +1,6 @@
 """Worker-side Prometheus metrics: per-stage latency histograms, finished jobs, busy gauge, GPU memory.
 
-Names, help text and labels come from `service.metric_names`. Each worker owns a private
+Names, help text and labels come from `contract.metric_names`. Each worker owns a private
 `CollectorRegistry` (tests run several workers in one process) and serves it on
 `settings.worker.metrics_port` with prometheus_client's threaded HTTP server.
 """
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service import metric_names as mn
+from contract import metric_names as mn
 
 
 class _GpuMemoryCollector(Collector):

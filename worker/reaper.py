@@ -24,9 +24,9 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from service.contract import RQ_SERIALIZER, TASK_PATH, TERMINAL, JobError, JobStatus
-from service.jobstore import JobStore
-from service.settings import QueueSettings
+from contract.jobs import RQ_SERIALIZER, TASK_PATH, TERMINAL, JobError, JobStatus
+from contract.jobstore import JobStore
+from contract.settings import QueueSettings
 
 log = logging.getLogger("turbovid.reaper")
 

@@ -1,6 +1,6 @@
 """The RQ job function `run_job(spec_json)` and the per-job flow it drives.
 
-RQ calls `worker.task.run_job` (service.contract.TASK_PATH) inside the worker process itself (no
+RQ calls `worker.task.run_job` (contract.jobs.TASK_PATH) inside the worker process itself (no
 fork: the pipeline and its CUDA weights are loaded once by worker/main.py, which installs a
 `WorkerContext` here before serving). One job:
 
@@ -32,10 +32,10 @@ import redis
 from rq.timeouts import JobTimeoutException
 
 from models.pipeline_types import GenerationRequest, GenerationResult, StepCallback
-from service.contract import TERMINAL, JobError, JobOutput, JobSpec, JobStatus, Stage
-from service.jobstore import JobStore
-from service.settings import Settings
-from service.storage import Storage, StorageError
+from contract.jobs import TERMINAL, JobError, JobOutput, JobSpec, JobStatus, Stage
+from contract.jobstore import JobStore
+from contract.settings import Settings
+from contract.storage import Storage, StorageError
 from worker.encode import decode_image, encode_mp4, encode_thumbnail
 from worker.metrics import WorkerMetrics
 from worker.reaper import Lease

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from service.catalog import MODELS
+from contract.catalog import MODELS
 from service.deps import AppState, Auth, State
 from service.errors import not_found
 

@@ -16,17 +16,18 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service import catalog, idempotency
+from contract import catalog
+from service import idempotency
 from service.api_models import CreateVideoBody, VideoDeleted, VideoList, VideoObject, video_object
 from service.auth import Principal
-from service.contract import JobSpec, JobStatus
+from contract.jobs import JobSpec, JobStatus
 from service.deps import AppState, Auth, State
 from service.errors import ApiError, not_found
 from service.images import InputImage, decode_base64_image, fetch_image_url, validate_image
-from service.jobstore import JobRecord
-from service.netguard import UnsafeURL, check_url
+from contract.jobstore import JobRecord
+from contract.netguard import UnsafeURL, check_url
 from service.ratelimit import reserve_slot
-from service.storage import ObjectNotFound
+from contract.storage import ObjectNotFound
 
 router = APIRouter(tags=["videos"])
 _UNION_TAGS = frozenset({"str", "float", "int", "ImageReference"})

@@ -21,7 +21,7 @@ import numpy as np
 import redis
 
 from service.auth import hash_key
-from service.settings import Settings
+from contract.settings import Settings
 
 REDIS_DB = 12
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"

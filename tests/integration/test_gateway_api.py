@@ -13,8 +13,8 @@ from gateway_support import KEY_A, KEY_B, bearer, clean_redis, make_settings, pn
 from rq import Queue
 
 from service.app import create_app
-from service.contract import RQ_SERIALIZER, TASK_PATH, JobError, JobSpec, JobStatus
-from service.jobstore import JobStore
+from contract.jobs import RQ_SERIALIZER, TASK_PATH, JobError, JobSpec, JobStatus
+from contract.jobstore import JobStore
 
 A, B = bearer(KEY_A), bearer(KEY_B)
 

@@ -23,9 +23,9 @@ from gateway_support import (
 )
 
 from service.app import create_app
-from service.contract import JobOutput, JobStatus
+from contract.jobs import JobOutput, JobStatus
 from service.deps import AppState
-from service.storage import S3Storage
+from contract.storage import S3Storage
 
 A = bearer(KEY_A)
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")

@@ -17,8 +17,8 @@ from rq.registry import ScheduledJobRegistry
 
 from service import webhooks
 from service.app import create_app
-from service.contract import RQ_SERIALIZER, WEBHOOK_QUEUE, JobError, JobStatus
-from service.settings import Settings
+from contract.jobs import RQ_SERIALIZER, WEBHOOK_QUEUE, JobError, JobStatus
+from contract.settings import Settings
 
 
 class Receiver:

@@ -9,7 +9,7 @@ import uuid
 from worker_procs import record, start_worker, stop, wait_for
 from worker_support import submit, test_settings
 
-from service.contract import JobStatus
+from contract.jobs import JobStatus
 
 
 def _kill_mid_job(settings, tmp_path) -> str:

@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from rq import Queue
 from worker_support import PatternPipeline, submit, test_settings
 
-from service.contract import RQ_SERIALIZER, WEBHOOK_QUEUE, JobStatus
-from service.jobstore import JobStore
-from service.storage import make_storage
+from contract.jobs import RQ_SERIALIZER, WEBHOOK_QUEUE, JobStatus
+from contract.jobstore import JobStore
+from contract.storage import make_storage
 from worker.main import run_worker
 
 

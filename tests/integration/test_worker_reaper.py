@@ -10,8 +10,8 @@ from rq import Queue
 from rq.job import Job
 from worker_support import submit, test_settings
 
-from service.contract import RQ_SERIALIZER, JobStatus
-from service.jobstore import JobStore
+from contract.jobs import RQ_SERIALIZER, JobStatus
+from contract.jobstore import JobStore
 from worker.reaper import Lease, reap
 
 

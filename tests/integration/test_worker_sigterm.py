@@ -11,7 +11,7 @@ from rq import Queue
 from worker_procs import record, start_worker, stop, wait_for
 from worker_support import free_port, submit, test_settings
 
-from service.contract import JobStatus
+from contract.jobs import JobStatus
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

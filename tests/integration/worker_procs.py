@@ -13,8 +13,8 @@ from pathlib import Path
 import redis
 from rq import Queue, Worker
 
-from service.jobstore import JobRecord, JobStore
-from service.settings import Settings
+from contract.jobstore import JobRecord, JobStore
+from contract.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).with_name("worker_support.py")

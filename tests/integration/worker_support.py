@@ -19,9 +19,9 @@ import redis
 from rq import Queue
 
 from models.pipeline_types import GenerationRequest, GenerationResult, StageTimings, StepCallback
-from service.contract import RQ_SERIALIZER, JobSpec
-from service.jobstore import JobStore
-from service.settings import Settings
+from contract.jobs import RQ_SERIALIZER, JobSpec
+from contract.jobstore import JobStore
+from contract.settings import Settings
 from worker.reaper import enqueue_spec
 
 

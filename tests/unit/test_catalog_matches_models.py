@@ -3,7 +3,7 @@
 import pytest
 
 from models.presets import MODELS as PRESETS
-from service.catalog import MODELS as CATALOG
+from contract.catalog import MODELS as CATALOG
 
 
 @pytest.mark.parametrize("model_id", sorted(CATALOG))

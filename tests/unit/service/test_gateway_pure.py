@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service import catalog
-from service.netguard import UnsafeURL, check_url
+from contract.netguard import UnsafeURL, check_url
 from service.routers.videos import _parse_range
 from service.webhooks import sign
 

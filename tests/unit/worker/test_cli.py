@@ -48,7 +48,7 @@ def test_dev_environment_forces_dev_values_but_keeps_user_storage(tmp_path):
     assert json.loads(env["TURBOVID_GATEWAY__MODELS"]) == list(DEV_MODELS)
     assert env["TURBOVID_WORKER__DTYPE"] == "float32"  # bf16 matmuls are slow or missing on CPUs
     # The children build Settings from exactly these variables: they must validate.
-    code = ("import os, json; os.environ.update(json.loads(input())); from service.settings import Settings; "
+    code = ("import os, json; os.environ.update(json.loads(input())); from contract.settings import Settings; "
             "s = Settings(); print(s.gateway.port, s.worker.metrics_port, s.auth.enabled, s.worker.device)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, input=json.dumps(env), text=True,
                          capture_output=True, check=True, env={"PYTHONPATH": str(REPO), "PATH": "/bin"}).stdout

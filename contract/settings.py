@@ -61,10 +61,18 @@ class QueueSettings(BaseModel):
     heartbeat_s: int = Field(default=10, gt=0)
 
 
-class WebhookSettings(BaseModel):
-    secret: SecretStr = SecretStr("whsec_dev_only_change_me")
-    allow_private_targets: bool = False  # also guards image_url fetches
+DEV_WEBHOOK_SECRET = "whsec_dev_only_change_me"
+
+
+class EgressSettings(BaseModel):
+    """Outbound requests the gateway makes for users: `image_url` fetches and webhook deliveries."""
+
+    allow_private_targets: bool = False  # loopback/private/link-local targets (dev and tests only)
     timeout_s: float = Field(default=10.0, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)  # refused outside dev mode
     max_attempts: int = Field(default=6, gt=0)
 
 
@@ -84,6 +92,9 @@ class WorkerSettings(BaseModel):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention: Literal["dense", "sla", "sagesla"] = "dense"
     linear: Literal["native", "w8a8"] = "native"
+    # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
+    # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
+    solver: Literal["auto", "rcm", "flow"] = "auto"
     metrics_port: int = 9101  # 0 disables the worker's /metrics server
     warmup: bool = True
     name: str | None = None  # RQ worker name; default host:pid
@@ -104,6 +115,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     queue: QueueSettings = QueueSettings()
+    egress: EgressSettings = EgressSettings()
     webhooks: WebhookSettings = WebhookSettings()
     gateway: GatewaySettings = GatewaySettings()
     worker: WorkerSettings = WorkerSettings()
@@ -117,6 +129,9 @@ class Settings(BaseSettings):
                 f"gateway.default_model {self.gateway.default_model!r} is not in gateway.models "
                 f"{self.gateway.models}"
             )
+        if not self.dev_mode and self.webhooks.secret.get_secret_value() == DEV_WEBHOOK_SECRET:
+            raise ValueError("webhooks.secret is the built-in development secret; set TURBOVID_WEBHOOKS__SECRET "
+                             "(or TURBOVID_DEV_MODE=true for local use)")
         if self.storage.backend == "s3" and not self.storage.s3_bucket:
             raise ValueError("storage.s3_bucket is required with the s3 backend")
         return self

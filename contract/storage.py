@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from service.settings import StorageSettings
+from contract.settings import StorageSettings
 
 _CHUNK = 1024 * 1024
 

@@ -1,13 +1,8 @@
 """Job state in Redis: the one place the gateway and the workers meet besides the RQ queue.
 
-Keys (all under `settings.redis.key_prefix`, default "turbovid"):
-- `<p>:job:<id>`        hash: spec, status, progress, timestamps, timings, output, error, owner, ...
-- `<p>:owner:<owner>`   sorted set of job ids by creation time (listing, tenancy)
-- `<p>:active:<owner>`  set of the owner's non-terminal job ids (max concurrent jobs)
-- `<p>:cancel:<id>`     cancel flag, checked by the worker every denoise step
-- `<p>:idem:<owner>:<key>` idempotency record, written with SET NX
-
-The RQ job id equals the TurboVid job id, so the gateway can also read RQ's own state.
+Keys are listed in contract/keys.py: the job hash, the owner's job index, the owner's active set
+(concurrency slots; this module is its only writer) and the cancel flag. The RQ job id equals the
+TurboVid job id, so the gateway can also read RQ's own state.
 """
 
 from __future__ import annotations
@@ -19,7 +14,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from service.contract import TERMINAL, JobError, JobOutput, JobSpec, JobStatus
+from contract.jobs import TERMINAL, JobError, JobOutput, JobSpec, JobStatus
+from contract.keys import Keys
 
 
 class JobRecord(BaseModel):
@@ -48,33 +44,36 @@ if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
 return 1
 """
 
+# Add the job id to the owner's active set only while the set is smaller than the limit, atomically,
+# so parallel creations cannot overshoot. Returns the set size before the add, or -1 when full.
+_RESERVE = """
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return -1 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return n
+"""
+
 
 class JobStore:
-    def __init__(self, client: redis.Redis, prefix: str = "turbovid") -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
-        self.p = prefix
+        self.keys = keys
         self._hset_if_exists = client.register_script(_HSET_IF_EXISTS)
+        self._reserve = client.register_script(_RESERVE)
 
     def _update(self, job_id: str, fields: dict[str, str], *, incr: str = "", client: Any = None) -> bool:
         """Set `fields` (and +1 on `incr`) of an existing job hash; False when the job is gone."""
         args = [incr] + [x for kv in fields.items() for x in kv]
-        return bool(self._hset_if_exists(keys=[self.job_key(job_id)], args=args, client=client))
+        return bool(self._hset_if_exists(keys=[self.keys.job(job_id)], args=args, client=client))
 
-    # keys ---------------------------------------------------------------------------------------
-    def job_key(self, job_id: str) -> str:
-        return f"{self.p}:job:{job_id}"
+    # concurrency slots: the owner's active set ----------------------------------------------------
+    def reserve_slot(self, owner: str, job_id: str, limit: int) -> bool:
+        """Take one of the owner's `limit` slots for `job_id` (before creating it); False when full.
+        `finish` and `delete` give it back; a caller that fails before `create` calls `release_slot`."""
+        return int(self._reserve(keys=[self.keys.active(owner)], args=[job_id, str(limit)])) >= 0
 
-    def owner_key(self, owner: str) -> str:
-        return f"{self.p}:owner:{owner}"
-
-    def active_key(self, owner: str) -> str:
-        return f"{self.p}:active:{owner}"
-
-    def cancel_key(self, job_id: str) -> str:
-        return f"{self.p}:cancel:{job_id}"
-
-    def idempotency_key(self, owner: str, key: str) -> str:
-        return f"{self.p}:idem:{owner}:{key}"
+    def release_slot(self, owner: str, job_id: str) -> None:
+        self.r.srem(self.keys.active(owner), job_id)
 
     # gateway side -------------------------------------------------------------------------------
     def create(
@@ -93,22 +92,22 @@ class JobStore:
             webhook_url=webhook_url,
         )
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.job_key(spec.job_id), mapping=_dump(record))  # type: ignore[arg-type]
-        pipe.expire(self.job_key(spec.job_id), ttl_s)
-        pipe.zadd(self.owner_key(spec.owner), {spec.job_id: spec.created_at})
-        pipe.sadd(self.active_key(spec.owner), spec.job_id)
+        pipe.hset(self.keys.job(spec.job_id), mapping=_dump(record))  # type: ignore[arg-type]
+        pipe.expire(self.keys.job(spec.job_id), ttl_s)
+        pipe.zadd(self.keys.owner(spec.owner), {spec.job_id: spec.created_at})
+        pipe.sadd(self.keys.active(spec.owner), spec.job_id)
         pipe.execute()
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.r.hgetall(self.job_key(job_id))
+        raw = self.r.hgetall(self.keys.job(job_id))
         if not raw:
             return None
         return _load(raw)
 
     def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:
         """Job ids of `owner`, newest first for order="desc", strictly after the cursor id."""
-        key = self.owner_key(owner)
+        key = self.keys.owner(owner)
         ids: list[str] = [
             i.decode() if isinstance(i, bytes) else str(i)
             for i in (self.r.zrevrange(key, 0, -1) if order == "desc" else self.r.zrange(key, 0, -1))
@@ -120,23 +119,23 @@ class JobStore:
         return ids[:limit]
 
     def active_count(self, owner: str) -> int:
-        return int(self.r.scard(self.active_key(owner)))
+        return int(self.r.scard(self.keys.active(owner)))
 
     def request_cancel(self, job_id: str, ttl_s: int) -> None:
-        self.r.set(self.cancel_key(job_id), "1", ex=ttl_s)
+        self.r.set(self.keys.cancel(job_id), "1", ex=ttl_s)
 
     def delete(self, job_id: str) -> None:
         record = self.get(job_id)
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.job_key(job_id))
+        pipe.delete(self.keys.job(job_id))
         if record is not None:
-            pipe.zrem(self.owner_key(record.spec.owner), job_id)
-            pipe.srem(self.active_key(record.spec.owner), job_id)
+            pipe.zrem(self.keys.owner(record.spec.owner), job_id)
+            pipe.srem(self.keys.active(record.spec.owner), job_id)
         pipe.execute()
 
     # worker side --------------------------------------------------------------------------------
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.r.exists(self.cancel_key(job_id)))
+        return bool(self.r.exists(self.keys.cancel(job_id)))
 
     def mark_started(self, job_id: str, worker: str) -> bool:
         """in_progress, attempts+1; False when the job no longer exists (deleted)."""
@@ -181,10 +180,10 @@ class JobStore:
         if timings is not None:
             fields["timings"] = json.dumps(timings)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.job_key(job_id), mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(self.job_key(job_id), ttl_s)
-        pipe.srem(self.active_key(record.spec.owner), job_id)
-        pipe.delete(self.cancel_key(job_id))
+        pipe.hset(self.keys.job(job_id), mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(self.keys.job(job_id), ttl_s)
+        pipe.srem(self.keys.active(record.spec.owner), job_id)
+        pipe.delete(self.keys.cancel(job_id))
         pipe.execute()
 
     def requeue(self, job_id: str) -> None:
