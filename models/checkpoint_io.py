@@ -2,10 +2,12 @@
 
 Every loader in `models/` goes through here:
 
-- `read_state_dict(path)` opens `.pth`/`.pt` (torch's zip format, memory-mapped, weights only),
-  `.safetensors` (memory-mapped), a sharded safetensors set given by its `*.index.json`, or a folder
-  holding any of those. Tensors stay backed by the file until a module takes them with
-  `load_state_dict(assign=True)`.
+- `read_state_dict(path)` opens `.pth`/`.pt`/`.bin` (torch's zip format, memory-mapped, weights only),
+  `.safetensors` (memory-mapped), a sharded set given by its `*.index.json` (safetensors shards or
+  `pytorch_model-*.bin` shards), `.gguf` (dequantized, `models.gguf_loading`), or a folder holding any
+  of those. Tensors stay backed by the file until a module takes them with `load_state_dict(assign=True)`.
+- `read_shapes(path)` gives tensor names and shapes without reading the data (safetensors header,
+  torch's pickle only, GGUF header): what role resolution classifies files by.
 - The canonical TurboVid format is a folder with `model.safetensors` and `turbovid.json`, the
   manifest: which component, which architecture (the config as a dict), which quantization and
   which attention settings the weights were written for. Quantization is recorded here, never
@@ -91,17 +93,22 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+def _weight_map(index: Path) -> dict[str, str]:
     try:
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from exc
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{index}: not a sharded-checkpoint index (no weight_map)") from exc
+    return weight_map
+
+
+def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+    weight_map = _weight_map(index)
     out: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index.parent / shard
         if not shard_path.is_file():
             raise CheckpointError(f"{index}: shard {shard} is missing")
-        out.update(_read_safetensors(shard_path))
+        out.update(read_state_dict(shard_path))
     missing = set(weight_map) - set(out)
     if missing:
         raise CheckpointError(f"{index}: tensors listed but absent from shards: {sorted(missing)[:5]}")
@@ -124,36 +131,79 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file or folder, memory-mapped where the format allows.
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", *TORCH_SUFFIXES)
+_FOLDER_PATTERNS = (
+    "*.safetensors.index.json", "*.bin.index.json", "*.safetensors", "*.gguf", "*.pth", "*.pt", "*.bin",
+)
 
-    A folder is read in this order: canonical `model.safetensors`, a `*.safetensors.index.json`,
-    a single `*.safetensors`, a single `*.pth`/`*.pt`.
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The one file (or index) that holds a folder's checkpoint; a file is returned as it is.
+
+    A folder is looked at in this order: canonical `model.safetensors`, a `*.safetensors.index.json`,
+    a `*.bin.index.json`, a single `*.safetensors`, `*.gguf`, `*.pth`, `*.pt`, `*.bin`.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file():
-        name = path.name
-        if name.endswith(".index.json"):
-            return _read_sharded(path)
-        if name.endswith(".safetensors"):
-            return _read_safetensors(path)
-        if name.endswith((".pth", ".pt", ".bin", ".ckpt")):
-            return _read_torch(path)
-        raise CheckpointError(f"{path}: unknown checkpoint file type")
+        return path
     if (path / CANONICAL_WEIGHTS).is_file():
-        return _read_safetensors(path / CANONICAL_WEIGHTS)
-    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt", "*.bin"):
+        return path / CANONICAL_WEIGHTS
+    for pattern in _FOLDER_PATTERNS:
         found = sorted(path.glob(pattern))
         if len(found) == 1 or (found and pattern.endswith("index.json")):
-            return read_state_dict(found[0])
+            return found[0]
         if len(found) > 1:
             raise CheckpointError(
                 f"{path}: several {pattern} files and no index; pass the file to load: "
                 + ", ".join(p.name for p in found)
             )
-    raise CheckpointError(f"{path}: no checkpoint files found (.safetensors, index.json, .pth)")
+    raise CheckpointError(f"{path}: no checkpoint files found (.safetensors, .gguf, .pth, .bin, index.json)")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file or folder (see `checkpoint_file`), memory-mapped where the
+    format allows; GGUF tensors are dequantized to float32 (F16/F32/BF16 ones keep their dtype)."""
+    path = checkpoint_file(path)
+    name = path.name
+    if name.endswith(".index.json"):
+        return _read_sharded(path)
+    if name.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if name.endswith(".gguf"):
+        from models.gguf_loading import read_gguf
+
+        return read_gguf(path)
+    if name.endswith(TORCH_SUFFIXES):
+        return _read_torch(path)
+    raise CheckpointError(f"{path}: unknown checkpoint file type")
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names -> shapes of a checkpoint file or folder, without reading tensor data.
+
+    ComfyUI's embedded tokenizer (`spiece_model`, a uint8 tensor) is listed like any tensor."""
+    path = checkpoint_file(path)
+    name = path.name
+    if name.endswith(".index.json"):
+        out: dict[str, tuple[int, ...]] = {}
+        for shard in sorted(set(_weight_map(path).values())):
+            if not (path.parent / shard).is_file():
+                raise CheckpointError(f"{path}: shard {shard} is missing")
+            out.update(read_shapes(path.parent / shard))
+        return out
+    if name.endswith(".safetensors"):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    if name.endswith(".gguf"):
+        from models.gguf_loading import gguf_shapes
+
+        return gguf_shapes(path)
+    if name.endswith(TORCH_SUFFIXES):
+        return {k: tuple(v.shape) for k, v in _read_torch(path).items()}  # mmap: no data read
+    raise CheckpointError(f"{path}: unknown checkpoint file type")
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -12,6 +12,14 @@ Layouts read (the file or folder is given; the layout is told by its keys, never
   mapped to Wan's; ``config.json`` gives the head count).
 - ComfyUI single file: Wan names under ``model.diffusion_model.`` (other components' keys ignored).
 - our canonical folder (``model.safetensors`` + ``turbovid.json`` manifest).
+- fp8 files, plain ``float8_e4m3fn`` or ComfyUI/Kijai "scaled" fp8 (``scale_weight`` per Linear, a
+  ``scaled_fp8`` marker): dequantized at load (`models.fp8_scaled`).
+- GGUF files (``general.architecture = "wan"``; Q8_0, Q5_K, Q4_K, ... mixed with F16/F32): dequantized
+  at load (`models.gguf_loading`).
+
+Layouts that are recognised but not supported raise a CheckpointError naming the layout and what is
+missing (`unsupported_layout`): Wan2.1 I2V/FLF2V with the CLIP image branch, VACE, Fun control, Wan2.2
+TI2V-5B (48-channel latents).
 
 The architecture comes from the tensor shapes (dim, layers, ffn, in/out/text/freq dims, norms); the
 head count from the manifest or a ``config.json`` when present, else from a preset of the same width,
@@ -33,6 +41,7 @@ from models.attention import BACKENDS
 from models.checkpoint_io import CheckpointError, check_keys, read_manifest, read_state_dict
 from models.config import PRESETS, WanConfig
 from models.dit import WanTransformer, keeps_fp32
+from models.fp8_scaled import dequantize_fp8, is_marker
 from models.linear import (
     LINEAR_BACKENDS,
     convert_for_runtime,
@@ -118,6 +127,46 @@ def to_wan_names(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return sd
 
 
+# (what the keys show, the layout's name and what TurboVid's DiT lacks for it); keys in Wan names.
+_UNSUPPORTED: list[tuple[tuple[str, ...], str]] = [
+    (("img_emb.", ".k_img.", ".v_img.", "image_embedder.", ".add_k_proj."),
+     "Wan2.1 I2V/FLF2V with the CLIP image branch (img_emb.*, cross_attn.k_img/v_img): TurboVid's DiT has "
+     "no CLIP image encoder or image cross-attention; use Wan2.2 I2V A14B"),
+    (("vace_",), "Wan VACE (vace_blocks.*, vace_patch_embedding): the VACE control branch is missing"),
+    (("control_adapter.", "ref_conv."), "Wan Fun control/reference: the control adapter is missing"),
+    (("casual_audio_encoder.", "audio_injector.", "cond_encoder."), "Wan2.2 S2V: the audio branch is missing"),
+]
+
+
+def unsupported_layout(shapes: Mapping[str, tuple[int, ...] | torch.Tensor]) -> str | None:
+    """Why a Wan-named DiT state dict (or its shapes) cannot be served, or None when it can."""
+    for markers, why in _UNSUPPORTED:
+        if any(m in k or k.startswith(m) for k in shapes for m in markers):
+            return why
+    head = shapes.get("head.head.weight")
+    if head is not None and tuple(head.shape if isinstance(head, torch.Tensor) else head)[0] == 48 * 4:
+        return ("Wan2.2 TI2V-5B (48-channel latents): needs the Wan2.2 VAE (z=48) and its DiT, which TurboVid "
+                "does not have")
+    return None
+
+
+def in_out_dims(shapes: Mapping[str, tuple[int, ...] | torch.Tensor], patch=(1, 2, 2)) -> tuple[int, int]:
+    """(in_dim, out_dim) of a Wan-named DiT from the patch embedding and head shapes."""
+    def shape(stem: str) -> tuple[int, ...]:
+        for suffix in ("weight", "int8_weight"):
+            v = shapes.get(stem + suffix)
+            if v is not None:
+                return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+        raise CheckpointError(f"checkpoint has no {stem}weight: not a Wan transformer?")
+
+    cells = patch[0] * patch[1] * patch[2]
+    pe = shape("patch_embedding.")
+    numel = 1
+    for d in pe:
+        numel *= d
+    return numel // (pe[0] * cells), shape("head.head.")[0] // cells
+
+
 def _weight(sd: Mapping[str, torch.Tensor], stem: str) -> torch.Tensor:
     for suffix in ("weight", "int8_weight"):
         if stem + suffix in sd:
@@ -128,16 +177,15 @@ def _weight(sd: Mapping[str, torch.Tensor], stem: str) -> torch.Tensor:
 def infer_config(sd: Mapping[str, torch.Tensor], *, num_heads: int | None = None,
                  patch: tuple[int, int, int] = (1, 2, 2)) -> WanConfig:
     """Architecture of a Wan-named state dict (num_heads: see the module docstring)."""
-    pe = _weight(sd, "patch_embedding.")
-    dim = pe.shape[0]
-    in_dim = pe.shape[1] if pe.dim() == 5 else pe.shape[1] // (patch[0] * patch[1] * patch[2])
+    dim = _weight(sd, "patch_embedding.").shape[0]
+    in_dim, out_dim = in_out_dims(sd, patch)
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not layers:
         raise CheckpointError("checkpoint has no blocks.N.* tensors: not a Wan transformer?")
     text = _weight(sd, "text_embedding.0.")
     fields = dict(
         dim=dim, num_layers=max(layers) + 1, ffn_dim=_weight(sd, "blocks.0.ffn.0.").shape[0],
-        in_dim=in_dim, out_dim=_weight(sd, "head.head.").shape[0] // (patch[0] * patch[1] * patch[2]),
+        in_dim=in_dim, out_dim=out_dim,
         text_dim=text.shape[1], freq_dim=_weight(sd, "time_embedding.0.").shape[1], patch=patch,
         qk_norm="blocks.0.self_attn.norm_q.weight" in sd, cross_attn_norm="blocks.0.norm3.weight" in sd,
     )
@@ -183,8 +231,8 @@ def build_transformer(
 
     # 1. layout fixes: Linear patch embedding -> Conv3d shape; SLA proj_l present or zero
     pe = sd.get("patch_embedding.weight")
-    if pe is not None and pe.dim() == 2:
-        sd["patch_embedding.weight"] = pe.view(cfg.dim, cfg.in_dim, *cfg.patch)
+    if pe is not None and pe.dim() != 5:  # Linear [dim, in·1·2·2] (TurboDiffusion) or GGUF-flattened
+        sd["patch_embedding.weight"] = pe.reshape(cfg.dim, cfg.in_dim, *cfg.patch)
     has_proj_l = any(PROJ_L in k for k in sd)
     if attention == "dense":
         sd = {k: v for k, v in sd.items() if PROJ_L not in k}
@@ -219,11 +267,18 @@ def build_transformer(
     return model.eval().requires_grad_(False)
 
 
-def read_transformer_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], WanConfig]:
-    """(Wan-named state dict, architecture) of a transformer checkpoint in any supported layout."""
+def read_transformer_checkpoint(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[dict[str, torch.Tensor], WanConfig]:
+    """(Wan-named state dict, architecture) of a transformer checkpoint in any supported layout.
+    fp8 weights are dequantized to `dtype`; other tensors keep their stored dtype."""
     path = _resolve(Path(path))
     manifest = read_manifest(path)
-    sd = to_wan_names(read_state_dict(path))
+    raw = read_state_dict(path)
+    sd = dequantize_fp8(to_wan_names({k: v for k, v in raw.items() if not is_marker(k)}), dtype)
+    why = unsupported_layout(sd)
+    if why is not None:
+        raise CheckpointError(f"{path}: unsupported DiT layout: {why}")
     if manifest is not None:
         if manifest.component != "transformer":
             raise CheckpointError(f"{path}: manifest says component {manifest.component!r}, not a transformer")
@@ -242,6 +297,6 @@ def load_transformer(
     or is zero). linear: "native" | "w8a8" (a quantized checkpoint with "native" is dequantized; a dense
     one with "w8a8" is quantized while loading). Returns a `WanTransformer` in eval mode on `device`.
     """
-    sd, cfg = read_transformer_checkpoint(path)
+    sd, cfg = read_transformer_checkpoint(path, dtype=dtype)
     model = build_transformer(sd, cfg, dtype=dtype, attention=attention, linear=linear)
     return model.to(device)

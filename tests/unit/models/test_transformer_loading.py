@@ -191,8 +191,12 @@ def test_clear_errors_for_wrong_keys(reference, tmp_path):
         load_transformer(tmp_path / "missing.pth")
     extra = dict(wan, **{"blocks.0.self_attn.k_img.weight": torch.zeros(64, 64)})
     torch.save(extra, tmp_path / "extra.pth")
-    with pytest.raises(CheckpointError, match=r"unexpected.*k_img"):
+    with pytest.raises(CheckpointError, match=r"Wan2.1 I2V.*CLIP image branch"):
         load_transformer(tmp_path / "extra.pth")
+    odd = dict(wan, **{"blocks.0.self_attn.extra.weight": torch.zeros(64, 64)})
+    torch.save(odd, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected.*self_attn\.extra"):
+        load_transformer(tmp_path / "odd.pth")
     torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="patch_embedding"):
         load_transformer(tmp_path / "other.pth")
