@@ -88,8 +88,10 @@ class GatewaySettings(BaseModel):
 class WorkerSettings(BaseModel):
     model: str = "wan-tiny"
     checkpoint: list[Path] = Field(default_factory=list)  # files/folders; empty: built-in tiny weights
-    device: str = "cuda"
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # RQ queues served; empty: the model's id and the ids its catalog card also serves
+    queues: list[str] = Field(default_factory=list)
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
     attention: Literal["dense", "sla", "sagesla"] = "dense"
     linear: Literal["native", "w8a8"] = "native"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
