@@ -28,6 +28,8 @@ WEBHOOK_QUEUE = "turbovid-webhooks"
 # Every RQ queue, job and worker on both sides uses this serializer.
 RQ_SERIALIZER = "rq.serializers.JSONSerializer"
 WEBHOOK_BACKOFF_S = (5, 30, 120, 600, 1800, 3600)
+# RQ's limit for one delivery attempt; the deliverer's own HTTP deadline (settings.egress) is shorter.
+WEBHOOK_JOB_TIMEOUT_S = 120
 
 
 class JobQueue:
@@ -82,7 +84,7 @@ class JobQueue:
             WEBHOOK_TASK_PATH,
             args=(payload,),
             job_id=f"webhook-{event_id}",
-            timeout=int(cfg.timeout_s) + 30,
+            timeout=WEBHOOK_JOB_TIMEOUT_S,
             result_ttl=self.cfg.result_ttl_s,
             failure_ttl=self.cfg.failure_ttl_s,
             ttl=self.cfg.queued_ttl_s,
