@@ -10,7 +10,6 @@ the job); with no live worker the catalog's defaults apply (the card's solver, n
 
 from __future__ import annotations
 
-
 import redis
 from pydantic import BaseModel, ConfigDict
 
