@@ -8,11 +8,15 @@ nothing below them reads the environment.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.catalog import MODELS
 
 
 class RedisSettings(BaseModel):
@@ -125,15 +129,70 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if not self.auth.enabled and not self.dev_mode:
-            raise ValueError("auth can be disabled only in dev mode (TURBOVID_DEV_MODE=true)")
+            raise ValueError("TURBOVID_AUTH__ENABLED=false is allowed only in dev mode (TURBOVID_DEV_MODE=true)")
         if self.gateway.default_model not in self.gateway.models:
             raise ValueError(
-                f"gateway.default_model {self.gateway.default_model!r} is not in gateway.models "
+                f"TURBOVID_GATEWAY__DEFAULT_MODEL {self.gateway.default_model!r} is not in TURBOVID_GATEWAY__MODELS "
                 f"{self.gateway.models}"
             )
         if not self.dev_mode and self.webhooks.secret.get_secret_value() == DEV_WEBHOOK_SECRET:
-            raise ValueError("webhooks.secret is the built-in development secret; set TURBOVID_WEBHOOKS__SECRET "
-                             "(or TURBOVID_DEV_MODE=true for local use)")
+            raise ValueError("TURBOVID_WEBHOOKS__SECRET is unset (the built-in development secret is refused "
+                             "outside dev mode); set it, or TURBOVID_DEV_MODE=true for local use")
         if self.storage.backend == "s3" and not self.storage.s3_bucket:
-            raise ValueError("storage.s3_bucket is required with the s3 backend")
+            raise ValueError("TURBOVID_STORAGE__S3_BUCKET is required with TURBOVID_STORAGE__BACKEND=s3")
+        unknown = [m for m in [*self.gateway.models, self.worker.model] if m not in MODELS]
+        if unknown:
+            raise ValueError(f"TURBOVID_GATEWAY__MODELS / TURBOVID_WORKER__MODEL: unknown model id {unknown[0]!r}; "
+                             f"known: {', '.join(sorted(MODELS))}")
+        # Relative paths are resolved once, here at the entry point, so that every process of a host
+        # (started from different working directories) means the same folder.
+        self.storage.local_dir = self.storage.local_dir.expanduser().resolve()
+        self.worker.cache_dir = self.worker.cache_dir.expanduser().resolve()
         return self
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line that names the variable."""
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    return "TURBOVID_" + "__".join(str(p).upper() for p in loc)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment (and `.env`), or raise ConfigError with one clear line.
+
+    `overrides` are top-level groups or fields given by the caller (CLI flags), applied over the
+    environment's values."""
+    if environ is not None:
+        os_environ = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(environ)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{_variable(first['loc'])}: {msg}" if first["loc"] else msg) from None
+    finally:
+        if environ is not None:
+            os.environ.clear()
+            os.environ.update(os_environ)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """TURBOVID_* variables that name no setting (typos are otherwise silently ignored)."""
+    out = []
+    for name in sorted(environ):
+        if not name.startswith("TURBOVID_"):
+            continue
+        parts = name.removeprefix("TURBOVID_").lower().split("__")
+        model: Any = Settings
+        for part in parts:
+            fields = getattr(model, "model_fields", None)
+            if fields is None or part not in fields:
+                out.append(name)
+                break
+            model = fields[part].annotation
+            model = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return out
