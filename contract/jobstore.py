@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from contract.jobs import TERMINAL, JobError, JobOutput, JobSpec, JobStatus
+from contract.jobs import TERMINAL, ErrorCode, JobError, JobOutput, JobSpec, JobStatus
 from contract.keys import Keys
 
 
@@ -74,6 +74,45 @@ class JobStore:
 
     def release_slot(self, owner: str, job_id: str) -> None:
         self.r.srem(self.keys.active(owner), job_id)
+
+    def expire_if_stale(self, record: JobRecord, *, queued_ttl_s: int, failure_ttl_s: int,
+                        now: float | None = None) -> JobRecord:
+        """A job still queued after `queued_ttl_s` (RQ dropped it from the queue) fails as queue_timeout;
+        returns the record as it now is."""
+        now = time.time() if now is None else now
+        if record.status is not JobStatus.queued or now - record.created_at <= queued_ttl_s:
+            return record
+        self.finish(record.spec.job_id, JobStatus.failed, ttl_s=failure_ttl_s,
+                    error=JobError(code=ErrorCode.queue_timeout,
+                                   message=f"no worker started the job within {queued_ttl_s}s"))
+        return self.get(record.spec.job_id) or record
+
+    def sweep_slots(self, owner: str, *, queued_ttl_s: int, failure_ttl_s: int,
+                    now: float | None = None) -> list[str]:
+        """Give back the owner's slots held by jobs that ended without `finish` running for them: records
+        that expired, jobs already terminal, jobs that expired in the queue (failed here). Returns the
+        freed job ids."""
+        members = [m.decode() if isinstance(m, bytes) else str(m)
+                   for m in self.r.smembers(self.keys.active(owner))]  # type: ignore[union-attr]
+        freed = []
+        for job_id in members:
+            record = self.get(job_id)
+            if record is not None:
+                record = self.expire_if_stale(record, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s,
+                                              now=now)
+                if record.status not in TERMINAL:
+                    continue
+            self.r.srem(self.keys.active(owner), job_id)
+            freed.append(job_id)
+        return freed
+
+    def sweep_all_slots(self, *, queued_ttl_s: int, failure_ttl_s: int) -> int:
+        """`sweep_slots` for every owner with an active set (a periodic task); returns slots freed."""
+        freed = 0
+        for key in self.r.scan_iter(match=self.keys.active("*"), count=500):
+            owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(self.keys.active(""))
+            freed += len(self.sweep_slots(owner, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s))
+        return freed
 
     # gateway side -------------------------------------------------------------------------------
     def create(

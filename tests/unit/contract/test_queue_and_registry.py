@@ -112,3 +112,22 @@ def test_capabilities_from_workers():
     assert capabilities(card, [_info("a", ready=False, attention="sla")]) == Capabilities()  # loading only
     with pytest.raises(MixedWorkers):
         capabilities(card, [_info("a"), _info("b", solver="flow")])
+
+
+def test_slots_of_jobs_that_ended_unnoticed_are_swept(client, keys):
+    store = JobStore(client, keys)
+    ttl = dict(queued_ttl_s=100, failure_ttl_s=60)
+    for jid in ("video_gone", "video_old", "video_new", "video_done"):
+        assert store.reserve_slot("k", jid, limit=10)
+        store.create(_spec(jid, owner="k"), ttl_s=600)
+    client.delete(keys.job("video_gone"))  # the record expired before anyone polled it
+    client.hset(keys.job("video_old"), "created_at", repr(time.time() - 101))  # expired in the queue
+    client.hset(keys.job("video_done"), "status", "completed")  # terminal, slot not given back (a crash)
+    freed = store.sweep_slots("k", **ttl)
+    assert sorted(freed) == ["video_done", "video_gone", "video_old"]
+    assert store.active_count("k") == 1
+    old = store.get("video_old")
+    assert old.status is JobStatus.failed and old.error.code == "queue_timeout"
+    assert store.sweep_all_slots(**ttl) == 0  # nothing more to free anywhere
+    client.delete(keys.job("video_new"))
+    assert store.sweep_all_slots(**ttl) == 1 and store.active_count("k") == 0
