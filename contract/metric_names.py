@@ -40,7 +40,7 @@ QUEUE_DEPTH = Metric(
 )
 WORKERS = Metric(
     "turbovid_workers",
-    "Live RQ workers listening on a model's queue (read from Redis at scrape time).",
+    "Ready workers advertising a model in the worker registry (read from Redis at scrape time).",
     ("model",),
 )
 

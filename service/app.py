@@ -1,8 +1,7 @@
-"""The gateway app: `create_app(settings)` wires Redis, the engine client, storage, auth and metrics.
+"""The gateway app: `create_app(settings)` wires the engine (Redis), storage, auth and metrics.
 
-Run it with `turbovid gateway` (service/cli.py `run_gateway`) or any ASGI server via
-`uvicorn --factory service.app:create_app`. All job state is in Redis, so gateways are stateless
-and can be restarted or scaled freely.
+Run it with `turbovid gateway` or any ASGI server. All job state is in Redis, so gateways are
+stateless and can be restarted or scaled freely.
 """
 
 from __future__ import annotations
@@ -11,48 +10,42 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
 from fastapi import FastAPI
 
-from service import errors, metrics
-from service.auth import KeyStore
-from service.deps import AppState
-from service.metrics import GatewayMetrics
-from service.queue import EngineClient
-from service.ratelimit import RateLimiter
-from service.routers import health, models, videos
 from contract.settings import Settings
 from contract.storage import S3Storage, make_storage
+from service import errors, health_router, metrics, models_router
+from service.deps import AppState
+from service.engine import Engine
+from service.metrics import GatewayMetrics
+from service.videos import router as videos_router
+from service.videos.serving import VideoServing
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings if settings is not None else Settings()  # entry point: read the env once
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=5, socket_connect_timeout=5,
-                                  health_check_interval=30)
-    prefix = settings.redis.key_prefix
-    engine = EngineClient(client, prefix, settings.queue)
+def create_app(settings: Settings) -> FastAPI:
+    engine = Engine.from_settings(settings)
+    storage = make_storage(settings.storage)
+    gateway_metrics = GatewayMetrics(engine, settings.gateway.models)
     state = AppState(
         settings=settings,
-        redis=client,
         engine=engine,
-        storage=make_storage(settings.storage),
-        keys=KeyStore(client, prefix),
-        limiter=RateLimiter(client, prefix, settings.auth.rate_limit_per_minute),
-        metrics=GatewayMetrics(engine, settings.gateway.models),
+        storage=storage,
+        metrics=gateway_metrics,
+        videos=VideoServing(settings, engine, storage, gateway_metrics),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for name, sha in settings.auth.bootstrap_keys.items():
-            state.keys.add_hash(name, sha)
-        if settings.dev_mode and isinstance(state.storage, S3Storage):
-            state.storage.ensure_bucket()
+            engine.keys.add_hash(name, sha)
+        if settings.dev_mode and isinstance(storage, S3Storage):
+            storage.ensure_bucket()
         log.info("gateway up: models=%s auth=%s storage=%s", settings.gateway.models, settings.auth.enabled,
                  settings.storage.backend)
         yield
-        client.close()
+        engine.close()
 
     app = FastAPI(
         title="TurboVid",
@@ -63,7 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.turbovid = state
     errors.install(app)
     metrics.install(app)
-    app.include_router(videos.router)
-    app.include_router(models.router)
-    app.include_router(health.router)
+    app.include_router(videos_router.router)
+    app.include_router(models_router.router)
+    app.include_router(health_router.router)
     return app
+
+
+def run_gateway(settings: Settings) -> None:
+    """Serve the HTTP API on settings.gateway.host:port (blocks); `turbovid gateway` calls it."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
+                proxy_headers=True, log_level="info")

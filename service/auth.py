@@ -1,8 +1,9 @@
 """API keys: `Authorization: Bearer <key>`, stored only as SHA-256 hex in Redis.
 
-Keys live in the hash `<prefix>:apikeys` (sha256 hex -> key id). The key id (`key_<12 hex>`) is the
-job owner: a key lists and reads only its own jobs. With `auth.enabled=false` (allowed only in dev
-mode by the settings validator) every request acts as owner "dev".
+Keys live in the hash `Keys.api_keys()` (sha256 hex -> key id), their names in `Keys.api_key_names()`
+(key id -> name). The key id (`key_<12 hex>`) is the job owner: a key lists and reads only its own
+jobs. With `auth.enabled=false` (allowed only in dev mode by the settings validator) every request
+acts as owner "dev". `create_api_key(settings, name)` is what `turbovid keys create` calls.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import redis
 
+from contract.keys import Keys
+from contract.settings import Settings
 from service.errors import ApiError
 
 
@@ -26,9 +29,9 @@ def hash_key(plaintext: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
-        self.key = f"{prefix}:apikeys"
+        self.keys = keys
 
     def create(self, name: str) -> tuple[str, str]:
         """A new key; returns (key id, plaintext). The plaintext is not stored anywhere."""
@@ -42,12 +45,14 @@ class KeyStore:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"key {name!r}: expected a SHA-256 hex digest")
         key_id = f"key_{sha[:12]}"
-        self.r.hset(self.key, sha, key_id)
-        self.r.hset(f"{self.key}:names", key_id, name)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.api_keys(), sha, key_id)
+        pipe.hset(self.keys.api_key_names(), key_id, name)
+        pipe.execute()
         return key_id
 
     def resolve(self, plaintext: str) -> str | None:
-        raw = self.r.hget(self.key, hash_key(plaintext))
+        raw = self.r.hget(self.keys.api_keys(), hash_key(plaintext))
         if raw is None:
             return None
         return raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -68,3 +73,13 @@ def authenticate(keys: KeyStore, enabled: bool, authorization: str | None) -> Pr
     if owner is None:
         raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=challenge)
     return Principal(owner=owner)
+
+
+def create_api_key(settings: Settings, name: str) -> str:
+    """Create an API key, store its SHA-256 in Redis and return the plaintext (shown once)."""
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        _, plaintext = KeyStore(client, Keys(settings.redis.key_prefix)).create(name)
+    finally:
+        client.close()
+    return plaintext

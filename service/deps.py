@@ -5,26 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import redis
 from fastapi import Depends, Header, Request
 
-from service.auth import KeyStore, Principal, authenticate
-from service.metrics import GatewayMetrics
-from service.queue import EngineClient
-from service.ratelimit import RateLimiter
 from contract.settings import Settings
 from contract.storage import Storage
+from service.auth import Principal, authenticate
+from service.engine import Engine
+from service.metrics import GatewayMetrics
+from service.videos.serving import VideoServing
 
 
 @dataclass
 class AppState:
     settings: Settings
-    redis: redis.Redis
-    engine: EngineClient
+    engine: Engine  # the only way to Redis: queue, job store, worker registry, keys, limits
     storage: Storage
-    keys: KeyStore
-    limiter: RateLimiter
     metrics: GatewayMetrics
+    videos: VideoServing
 
 
 def get_state(request: Request) -> AppState:
@@ -38,7 +35,7 @@ State = Annotated[AppState, Depends(get_state)]
 def get_principal(
     state: State, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> Principal:
-    return authenticate(state.keys, state.settings.auth.enabled, authorization)
+    return authenticate(state.engine.keys, state.settings.auth.enabled, authorization)
 
 
 Auth = Annotated[Principal, Depends(get_principal)]

@@ -1,4 +1,9 @@
-"""Liveness, readiness and Prometheus scrape endpoints."""
+"""Liveness, readiness and Prometheus scrape endpoints.
+
+`/readyz`: ready when Redis answers and every served model has at least one ready worker in the
+worker registry (contract/workers.py: workers advertise themselves with a short TTL, so a killed
+worker stops counting within one TTL); otherwise 503 with the same details.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +30,14 @@ def _readiness(state: AppState) -> tuple[bool, dict[str, Any]]:
     if not details["redis"]:
         return False, details
     for model in state.settings.gateway.models:
-        details["workers"][model] = state.engine.live_workers(model)
+        details["workers"][model] = state.engine.ready_workers(model)
     ready = all(n >= 1 for n in details["workers"].values())
     return ready, details
 
 
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    """Ready when Redis answers and every configured model has at least one live worker (else 503)."""
+    """Ready when Redis answers and every served model has at least one ready worker (else 503)."""
     ready, details = await run_in_threadpool(_readiness, state)
     return JSONResponse({"status": "ready" if ready else "not_ready", **details}, 200 if ready else 503)
 

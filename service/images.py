@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import ApiError
 from contract.netguard import UnsafeURL, check_url
-from contract.settings import LimitsSettings
+from contract.settings import EgressSettings, LimitsSettings
+from service.errors import ApiError
 
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
 
@@ -80,17 +80,17 @@ def decode_base64_image(value: str, limits: LimitsSettings, param: str) -> Input
     return validate_image(data, limits, param)
 
 
-def fetch_image_url(url: str, limits: LimitsSettings, *, allow_private: bool, timeout_s: float,
-                    param: str) -> InputImage:
+def fetch_image_url(url: str, limits: LimitsSettings, egress: EgressSettings, *, param: str) -> InputImage:
+    """GET an http(s) image URL through the egress guard (no redirects), or decode a data URL."""
     if url.startswith("data:"):
         return decode_base64_image(url, limits, param)
     try:
-        check_url(url, allow_private=allow_private)
+        check_url(url, allow_private=egress.allow_private_targets)
     except UnsafeURL as exc:
         raise ApiError(400, "invalid_image_url", f"image_url refused: {exc}", param) from exc
     buf = bytearray()
     try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=False) as resp:
+        with httpx.stream("GET", url, timeout=egress.timeout_s, follow_redirects=False) as resp:
             if resp.status_code != 200:
                 raise ApiError(400, "image_fetch_failed", f"fetching image_url returned HTTP {resp.status_code}",
                                param)

@@ -1,7 +1,8 @@
-"""Gateway metrics on a per-app registry (names and help from service/metric_names.py).
+"""Gateway metrics on a per-app registry (names and help from contract/metric_names.py).
 
 HTTP counters/latency are labelled by the route template (never the raw path). Queue depth and
-live workers per model are read from Redis when Prometheus scrapes, by a custom collector.
+ready workers per model (the worker registry, contract/workers.py) are read from Redis when
+Prometheus scrapes, by a custom collector.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,13 +18,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from contract import metric_names as names
-from service.queue import EngineClient
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
 class _QueueCollector(Collector):
-    def __init__(self, engine: EngineClient, models: list[str]) -> None:
+    def __init__(self, engine: Engine, models: list[str]) -> None:
         self.engine = engine
         self.models = models
 
@@ -32,7 +36,7 @@ class _QueueCollector(Collector):
         for model in self.models:
             try:
                 depth.add_metric([model], self.engine.queue_depth(model))
-                workers.add_metric([model], self.engine.live_workers(model))
+                workers.add_metric([model], self.engine.ready_workers(model))
             except Exception:  # a scrape must not fail because Redis is briefly away
                 log.warning("metrics: cannot read queue state of %s", model, exc_info=True)
         yield depth
@@ -40,7 +44,7 @@ class _QueueCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, engine: EngineClient, models: list[str]) -> None:
+    def __init__(self, engine: Engine, models: list[str]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(names.HTTP_REQUESTS.name.removesuffix("_total"), names.HTTP_REQUESTS.help,
                                 list(names.HTTP_REQUESTS.labels), registry=self.registry)

@@ -1,18 +1,22 @@
-"""HTTP shapes: the OpenAI video object (plus our fields) and the create request body.
+"""HTTP shapes of the videos API: the create body, the OpenAI video object (plus our fields), the list
+and the deletion answer.
 
 `POST /v1/videos` accepts the OpenAI fields (prompt, model, seconds, size, input_reference) and our
-extensions (num_steps, seed, sigma_max, sla_topk, negative_prompt, num_frames, image, image_url,
-webhook_url, metadata, priority) either as JSON or as multipart/form-data.
+extensions either as JSON or as multipart/form-data. The generation knobs (`GenerationParams.CLIENT_KNOBS`:
+prompt, negative_prompt, seed, num_steps, sampler, sigma_max, sla_topk, guidance_scale) are the field
+definitions of `contract.jobs.GenerationParams` itself: their types and ranges are written once, there.
+Whether a model (as its live workers run it) honours a knob is decided by `GenerationParams.check`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from contract.catalog import seconds_of
-from contract.jobs import JobStatus
+from contract.jobs import GenerationParams, JobStatus
 from contract.jobstore import JobRecord
 
 
@@ -25,25 +29,36 @@ class ImageReference(BaseModel):
     file_id: str | None = None
 
 
-class CreateVideoBody(BaseModel):
+class CreateVideoRequest(BaseModel):
+    """The request fields that are not generation knobs: what to run and how big (serving resolves them
+    into the params' size, frame count and kind) and how to deliver it. `CreateVideoBody` adds the knobs."""
+
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1)
     model: str | None = None
     seconds: str | float | None = None
     size: str | None = None
     input_reference: ImageReference | None = None  # multipart uploads are handled separately
     num_frames: int | None = None
-    num_steps: int = Field(default=4, ge=1, le=4)
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
-    sigma_max: float | None = Field(default=None, gt=0.0, le=1000.0)
-    sla_topk: float | None = Field(default=None, gt=0.0, le=1.0)
-    negative_prompt: str | None = None
     image: str | None = None  # data URL or bare base64
     image_url: str | None = None
     webhook_url: str | None = None
     metadata: dict[str, str] | None = None
     priority: Literal["normal", "high"] = "normal"
+
+    def knobs(self) -> dict[str, Any]:
+        """The generation knobs as the client sent them (None: the model's default)."""
+        return {name: getattr(self, name) for name in GenerationParams.CLIENT_KNOBS}
+
+
+def _knob_fields() -> dict[str, Any]:
+    fields = GenerationParams.model_fields
+    return {name: (fields[name].annotation, copy.copy(fields[name])) for name in GenerationParams.CLIENT_KNOBS}
+
+
+# The body of POST /v1/videos: the request fields plus the knobs, with GenerationParams' own field
+# definitions (types, ranges, defaults). Validate with it; annotate with CreateVideoRequest.
+CreateVideoBody = create_model("CreateVideoBody", __base__=CreateVideoRequest, **_knob_fields())
 
 
 class VideoError(BaseModel):
@@ -65,13 +80,19 @@ class VideoObject(BaseModel):
     size: str
     error: VideoError | None = None
     remixed_from_video_id: str | None = None
-    # ours
+    # ours: the resolved generation (what the worker runs; the same values give the same video)
     seed: int
     num_frames: int
     fps: int
     num_steps: int
+    solver: str | None = None
+    sampler: str | None = None
+    sigma_max: float | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    sla_topk: float | None = None
     queue_position: int | None = None
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = Field(default_factory=dict)
     url: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -99,7 +120,8 @@ def public_status(status: JobStatus) -> Literal["queued", "in_progress", "comple
 def video_object(
     record: JobRecord, *, queue_position: int | None = None, base_url: str | None = None
 ) -> VideoObject:
-    spec = record.spec
+    """The video object of a job record: GET /v1/videos/{id}, the list, and webhook payloads."""
+    spec, p = record.spec, record.spec.params
     err = record.error
     if record.status is JobStatus.cancelled and err is None:
         err_obj: VideoError | None = VideoError(code="cancelled", message="the job was cancelled")
@@ -116,14 +138,20 @@ def video_object(
         status=public_status(record.status),
         progress=record.progress,
         model=spec.model,
-        prompt=spec.prompt,
-        seconds=seconds_of(spec.num_frames, spec.fps),
-        size=f"{spec.width}x{spec.height}",
+        prompt=p.prompt,
+        seconds=seconds_of(p.num_frames, p.fps),
+        size=f"{p.width}x{p.height}",
         error=err_obj,
-        seed=spec.seed,
-        num_frames=spec.num_frames,
-        fps=spec.fps,
-        num_steps=spec.num_steps,
+        seed=p.seed if p.seed is not None else 0,  # resolved specs always carry one
+        num_frames=p.num_frames,
+        fps=p.fps,
+        num_steps=p.num_steps if p.num_steps is not None else 0,
+        solver=p.solver,
+        sampler=p.sampler,
+        sigma_max=p.sigma_max,
+        guidance_scale=p.guidance_scale,
+        negative_prompt=p.negative_prompt,
+        sla_topk=p.sla_topk,
         queue_position=queue_position if record.status is JobStatus.queued else None,
         timings=record.timings,
         url=url,

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from service.auth import hash_key
+from contract.keys import Keys
 from contract.settings import Settings
+from contract.workers import WorkerInfo, WorkerRegistry
+from service.auth import hash_key
 
 REDIS_DB = 12
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -53,6 +55,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "auth": {"bootstrap_keys": {"alice": hash_key(KEY_A), "bob": hash_key(KEY_B)},
                  "max_concurrent_jobs": 100, "rate_limit_per_minute": 1000},
         "gateway": {"models": ["wan-tiny", "wan-tiny-i2v"], "default_model": "wan-tiny", "poll_after_ms": 700},
+        "webhooks": {"secret": "whsec_dGVzdHNlY3JldA=="},  # the built-in dev secret is refused outside dev mode
     }
     for group, values in overrides.items():
         if isinstance(values, dict):
@@ -60,6 +63,20 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         else:
             groups[group] = values
     return Settings(**groups)
+
+
+def advertise_worker(settings: Settings, name: str = "w1", *, models: tuple[str, ...] = ("wan-tiny", "wan-tiny-i2v"),
+                     solver: str = "rcm", attention: str = "dense", linear: str = "native", ready: bool = True,
+                     ttl_s: int = 60) -> WorkerInfo:
+    """What a worker process writes on start and at each heartbeat: its WorkerInfo, with a TTL."""
+    info = WorkerInfo(name=name, models=list(models), solver=solver, attention=attention,  # type: ignore[arg-type]
+                      linear=linear, device="cpu", dtype="float32", started_at=time.time(), ready=ready)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        WorkerRegistry(client, Keys(settings.redis.key_prefix)).advertise(info, ttl_s)
+    finally:
+        client.close()
+    return info
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -8,13 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
-from gateway_support import KEY_A, KEY_B, bearer, clean_redis, make_settings, png_bytes
+from gateway_support import KEY_A, KEY_B, advertise_worker, bearer, clean_redis, make_settings, png_bytes
 from rq import Queue
 
-from service.app import create_app
-from contract.jobs import RQ_SERIALIZER, TASK_PATH, JobError, JobSpec, JobStatus
+from contract.jobs import JobError, JobSpec, JobStatus
 from contract.jobstore import JobStore
+from contract.keys import Keys
+from contract.queue import RQ_SERIALIZER, TASK_PATH
+from service.app import create_app
 
 A, B = bearer(KEY_A), bearer(KEY_B)
 
@@ -27,6 +30,7 @@ def make_client(tmp_path: Path) -> Iterator:
         settings = make_settings(tmp_path, **overrides)
         client = TestClient(create_app(settings)).__enter__()
         client.settings = settings  # type: ignore[attr-defined]
+        client.redis = redis.Redis.from_url(settings.redis.url)  # type: ignore[attr-defined]
         clients.append(client)
         return client
 
@@ -34,6 +38,7 @@ def make_client(tmp_path: Path) -> Iterator:
         yield make
         for c in clients:
             c.__exit__(None, None, None)
+            c.redis.close()
 
 
 def _create(c: TestClient, headers: dict[str, str] = A, **body: object) -> dict:
@@ -53,15 +58,15 @@ def test_create_json_enqueues_a_json_spec_on_the_model_queue(make_client) -> Non
     assert (v["size"], v["seconds"], v["num_frames"], v["fps"], v["seed"]) == ("96x64", "1", 17, 16, 7)
     assert v["queue_position"] == 0 and v["metadata"] == {"k": "v"}
     assert r.headers["openai-poll-after-ms"] == "700"
-    q = Queue("wan-tiny", connection=c.app.state.turbovid.redis, serializer=RQ_SERIALIZER)
+    q = Queue("wan-tiny", connection=c.redis, serializer=RQ_SERIALIZER)
     job = q.fetch_job(v["id"])
     assert job.func_name == TASK_PATH
     assert job.timeout == c.settings.queue.job_timeout_s
     assert job.result_ttl == c.settings.queue.result_ttl_s and job.failure_ttl == c.settings.queue.failure_ttl_s
     assert job.ttl == c.settings.queue.queued_ttl_s
     spec = JobSpec.model_validate_json(job.args[0])
-    assert (spec.width, spec.height, spec.num_frames, spec.seed, spec.num_steps, spec.kind) == (
-        96, 64, 17, 7, 2, "t2v")
+    p = spec.params
+    assert (p.width, p.height, p.num_frames, p.seed, p.num_steps, p.kind) == (96, 64, 17, 7, 2, "t2v")
     # the seed is random when absent, and echoed
     assert isinstance(_create(c)["seed"], int)
 
@@ -153,7 +158,7 @@ def test_failed_and_cancelled_jobs_report_their_reason(make_client) -> None:
 def test_queued_job_past_the_queue_ttl_fails_visibly(make_client) -> None:
     c = make_client(queue={"queued_ttl_s": 1})
     v = _create(c)
-    c.app.state.turbovid.redis.hset(f"{c.settings.redis.key_prefix}:job:{v['id']}", "created_at", "1.0")
+    c.redis.hset(Keys(c.settings.redis.key_prefix).job(v["id"]), "created_at", "1.0")
     got = c.get(f"/v1/videos/{v['id']}", headers=A).json()
     assert got["status"] == "failed" and got["error"]["code"] == "queue_timeout"
 
@@ -282,7 +287,7 @@ def test_models_health_ready_metrics_docs(make_client) -> None:
     _create(c)
     models = c.get("/v1/models", headers=A).json()["data"]
     tiny = next(m for m in models if m["id"] == "wan-tiny")
-    assert "96x64" in tiny["sizes"] and tiny["workers"] == 0 and tiny["queue_depth"] == 1
+    assert "96x64" in tiny["sizes"] and tiny["workers"]["ready"] == 0 and tiny["queue_depth"] == 1
     assert c.get("/healthz").json() == {"status": "ok"}
     r = c.get("/readyz")
     assert r.status_code == 503 and r.json()["redis"] is True and r.json()["workers"]["wan-tiny"] == 0
@@ -307,7 +312,8 @@ def test_auth_is_off_only_in_dev_mode(tmp_path: Path) -> None:
 
 
 def test_importing_the_app_does_not_import_torch() -> None:
-    code = "import sys, service.app, service.webhooks, service.cli; assert 'torch' not in sys.modules, 'torch'"
+    code = ("import sys, service.app, service.webhooks, service.auth; "
+            "assert not {'torch', 'models', 'kernels', 'worker'} & set(sys.modules), sys.modules.keys()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
@@ -324,21 +330,19 @@ def test_jobs_survive_a_gateway_restart(tmp_path: Path) -> None:
             assert got.json()["queue_position"] == 0
 
 
-def test_readyz_turns_ready_with_a_live_worker_per_model(make_client) -> None:
-    from rq import Worker
-
+def test_readyz_turns_ready_with_a_ready_worker_per_model(make_client) -> None:
     c = make_client(gateway={"models": ["wan-tiny"]})
-    conn = c.app.state.turbovid.redis
-    worker = Worker([Queue("wan-tiny", connection=conn, serializer=RQ_SERIALIZER)], connection=conn,
-                    serializer=RQ_SERIALIZER)
-    worker.register_birth()
-    try:
-        r = c.get("/readyz")
-        assert r.status_code == 200 and r.json()["workers"] == {"wan-tiny": 1}
-        assert c.get("/v1/models", headers=A).json()["data"][0]["workers"] == 1
-        assert 'turbovid_workers{model="wan-tiny"} 1.0' in c.get("/metrics").text
-    finally:
-        worker.register_death()
+    loading = advertise_worker(c.settings, "w-loading", ready=False)
+    assert c.get("/readyz").status_code == 503  # a worker still loading its model does not count
+    assert c.get("/v1/models", headers=A).json()["data"][0]["workers"]["loading"] == 1
+    info = advertise_worker(c.settings, "w1")
+    r = c.get("/readyz")
+    assert r.status_code == 200 and r.json()["workers"] == {"wan-tiny": 1}
+    assert c.get("/v1/models", headers=A).json()["data"][0]["workers"]["ready"] == 1
+    assert 'turbovid_workers{model="wan-tiny"} 1.0' in c.get("/metrics").text
+    registry = c.app.state.turbovid.engine.workers
+    registry.withdraw(info)
+    registry.withdraw(loading)
     assert c.get("/readyz").status_code == 503
 
 
@@ -364,7 +368,7 @@ def test_image_url_is_fetched_when_private_targets_are_allowed(make_client) -> N
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        c = make_client(webhooks={"allow_private_targets": True})
+        c = make_client(egress={"allow_private_targets": True})
         r = c.post("/v1/videos", json={"prompt": "x", "model": "wan-tiny-i2v", "image_url": f"{base}/in.png"},
                    headers=A)
         assert r.status_code == 201, r.text
@@ -383,17 +387,14 @@ def test_image_url_is_fetched_when_private_targets_are_allowed(make_client) -> N
 
 
 def test_a_killed_workers_stale_registration_is_not_counted(make_client) -> None:
-    from rq import Worker
-
     c = make_client(gateway={"models": ["wan-tiny"]})
-    conn = c.app.state.turbovid.redis
-    worker = Worker([Queue("wan-tiny", connection=conn, serializer=RQ_SERIALIZER)], connection=conn,
-                    serializer=RQ_SERIALIZER)
-    worker.register_birth()
-    assert c.app.state.turbovid.engine.live_workers("wan-tiny") == 1
-    conn.delete(worker.key)  # what expiry of the heartbeat key does after a SIGKILL
-    assert Worker.count(connection=conn, queue=Queue("wan-tiny", connection=conn)) == 1  # RQ still lists it
-    assert c.app.state.turbovid.engine.live_workers("wan-tiny") == 0
+    info = advertise_worker(c.settings, "w1")
+    engine = c.app.state.turbovid.engine
+    assert engine.ready_workers("wan-tiny") == 1
+    keys = Keys(c.settings.redis.key_prefix)
+    c.redis.delete(keys.worker(info.name))  # what expiry of the advertisement's TTL does after a SIGKILL
+    assert c.redis.sismember(keys.workers("wan-tiny"), info.name)  # the name is still registered
+    assert engine.ready_workers("wan-tiny") == 0
     assert c.get("/readyz").status_code == 503
 
 
@@ -410,13 +411,13 @@ def test_redis_down_is_a_503_not_a_500(tmp_path: Path) -> None:
 
 
 def test_cli_created_key_is_stored_hashed_and_authenticates(make_client) -> None:
-    from service.auth import hash_key
-    from service.cli import create_api_key
+    from service.auth import create_api_key, hash_key
 
     c = make_client()
     plaintext = create_api_key(c.settings, "carol")
-    conn = c.app.state.turbovid.redis
-    stored = conn.hgetall(f"{c.settings.redis.key_prefix}:apikeys")
+    keys = Keys(c.settings.redis.key_prefix)
+    stored = c.redis.hgetall(keys.api_keys())
+    assert set(c.redis.hgetall(keys.api_key_names()).values()) >= {b"alice", b"bob", b"carol"}
     assert hash_key(plaintext).encode() in stored
     assert not any(plaintext.encode() in k or plaintext.encode() in v for k, v in stored.items())
     assert c.get("/v1/videos", headers=bearer(plaintext)).status_code == 200
