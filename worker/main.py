@@ -1,13 +1,18 @@
-"""The worker process: load the pipeline once, warm it up, serve the model's RQ queue in-process.
+"""The worker process: load the pipeline once, warm it up, serve the model's RQ queues in-process.
 
-    settings → redis, JobStore, storage, metrics (/metrics) → pipeline (loaded ONCE) → warm-up
-    → reaper pass → TurboWorker(queue=<model id>).work()  [+ heartbeat thread: lease, RQ worker key,
-      reaper every settings.queue.heartbeat_s]
+    settings → redis, JobStore, JobQueue, storage, metrics (/metrics)
+    → advertise (ready=False) + heartbeat thread → pipeline (loaded ONCE) → warm-up → advertise (ready)
+    → reaper pass → TurboWorker(queues).work()  [heartbeat every settings.queue.heartbeat_s: lease,
+      RQ worker key, advertisement, reaper] → withdraw
 
 Jobs run in this process (rq's SimpleWorker: CUDA contexts and preloaded weights do not survive a
-fork). Signals: the first SIGTERM/SIGINT sets the stop flag — an idle worker exits at once, a busy
-one stops at the next denoise step and re-queues the job (or lets it finish when nearly done), then
-exits; a second signal is a cold shutdown whose job the reaper recovers via its expired lease.
+fork); the TurboWorker hands each job its `WorkerContext` (worker/task.py). The worker advertises
+what it runs (`contract.workers.WorkerInfo`: queues, solver, attention, linear, device, dtype) under
+a key whose TTL is three heartbeats, so the gateway sees a killed worker vanish and a worker
+re-registers by itself after Redis lost its data. Signals: the first SIGTERM/SIGINT sets the stop
+flag — an idle worker exits at once, a busy one stops at the next denoise step and re-queues the job
+(or lets it finish when nearly done), then exits; a second signal is a cold shutdown whose job the
+reaper recovers via its expired lease.
 """
 
 from __future__ import annotations
@@ -16,105 +21,128 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+import time
 from typing import Any, Literal
 
+import numpy as np
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from models.pipeline_types import GenerationRequest
-from contract.jobs import RQ_SERIALIZER, JobStatus
+from contract.catalog import get_card
+from contract.jobs import GenerationParams, JobStatus
 from contract.jobstore import JobStore
+from contract.keys import Keys
+from contract.queue import RQ_SERIALIZER, JobQueue
 from contract.settings import Settings
 from contract.storage import make_storage
-from worker import task
+from contract.workers import WorkerInfo, WorkerRegistry
 from worker.metrics import WorkerMetrics, cuda_memory_reader
-from worker.reaper import Lease, enqueue_spec, lease_ttl_s, reap
+from worker.reaper import Lease, lease_ttl_s, reap
+from worker.task import Pipeline, TurboJob, WorkerContext
 
 log = logging.getLogger("turbovid.worker")
 
 
-def load_model_pipeline(settings: Settings) -> task.Pipeline:
+def resolve_device(device: str) -> str:
+    """ "auto" → "cuda" when a GPU is available, else "cpu"; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """ "auto" → bfloat16 on CUDA, float32 elsewhere (bf16 matmuls are slow or missing on CPUs)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline:
     """The real pipeline for `settings.worker` (imports torch and models lazily)."""
     import torch
 
     from models.pipeline import load_pipeline
 
     w = settings.worker
+    solver = get_card(w.model).solver if w.solver == "auto" else w.solver
     return load_pipeline(  # type: ignore[no-any-return]
-        w.model, list(w.checkpoint), device=w.device, dtype=getattr(torch, w.dtype), attention=w.attention,
-        linear=w.linear, cache_dir=w.cache_dir,
+        w.model, list(w.checkpoint), device=device, dtype=getattr(torch, dtype), attention=w.attention,
+        linear=w.linear, cache_dir=w.cache_dir, solver=solver,
     )
 
 
-def warm_up(pipeline: task.Pipeline) -> None:
+def warm_up(pipeline: Pipeline) -> None:
     """One tiny generation (64×64, 5 frames, 1 step) so the first real job does not pay for lazy
     init (CUDA context, cuBLAS handles, Triton compiles of the small shapes). I2V-only models warm
     up on a grey image."""
-    import numpy as np
-
-    kinds = getattr(getattr(pipeline, "spec", None), "kinds", ("t2v",))
-    kind: Literal["t2v", "i2v"] = "t2v" if "t2v" in kinds else "i2v"
+    card = pipeline.card
+    kind: Literal["t2v", "i2v"] = "t2v" if "t2v" in card.kinds else "i2v"
     image = np.full((64, 64, 3), 128, np.uint8) if kind == "i2v" else None
-    pipeline.generate(GenerationRequest(prompt="warm-up", width=64, height=64, num_frames=5, seed=0,
-                                        num_steps=1, kind=kind, image=image))
-
-
-def make_notifier(settings: Settings, client: redis.Redis, store: JobStore) -> Callable[[str], None]:
-    """A callable that enqueues the webhook delivery of a finished job (if it has a webhook_url)."""
-    from service.webhooks import enqueue_webhook
-
-    def notify(job_id: str) -> None:
-        record = store.get(job_id)
-        if record is not None and record.webhook_url:
-            enqueue_webhook(client, settings, record)
-
-    return notify
+    params = GenerationParams(kind=kind, width=64, height=64, num_frames=5, prompt="warm-up", seed=0, num_steps=1)
+    pipeline.generate(params.resolve(card, pipeline.capabilities()), image=image)
 
 
 class TurboWorker(SimpleWorker):
-    """SimpleWorker that shares its stop flag with the job and re-queues interrupted jobs."""
+    """SimpleWorker that runs each job with its WorkerContext, shares its stop flag with the job and
+    re-queues interrupted jobs."""
 
-    ctx: task.WorkerContext
+    job_class = TurboJob
+
+    def __init__(self, *args: Any, ctx: WorkerContext, **kwargs: Any) -> None:
+        super().__init__(*args, job_class=TurboJob, **kwargs)
+        self.ctx = ctx
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.ctx.stop.set()
         super().request_stop(signum, frame)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        assert isinstance(job, TurboJob)
+        job.ctx = self.ctx
         self.ctx.requeue_after = None
         super().execute_job(job, queue)
         if self.ctx.requeue_after == job.id:
             record = self.ctx.store.get(job.id)
             if record is not None and record.status is JobStatus.queued:
-                enqueue_spec(queue, job.id, record.spec.model_dump_json(), self.ctx.settings.queue,
-                             at_front=True)
+                self.ctx.jobs.enqueue(record.spec, at_front=True, queue_name=queue.name)
             self.ctx.requeue_after = None
 
 
 class Heartbeat(threading.Thread):
-    """Every `interval` s: refresh the running job's lease and the RQ worker key, then run the reaper."""
+    """Every `interval` s: renew the advertisement; once serving, also refresh the running job's lease
+    and the RQ worker key, then run the reaper."""
 
-    def __init__(self, worker: TurboWorker, queues: list[Queue], interval: float) -> None:
+    def __init__(self, settings: Settings, registry: WorkerRegistry, info: WorkerInfo) -> None:
         super().__init__(name="turbovid-heartbeat", daemon=True)
-        self.worker = worker
-        self.queues = queues
-        self.interval = interval
+        self.settings = settings
+        self.registry = registry
+        self.info = info  # replaced (ready=True) once the pipeline is warm
+        self.worker: TurboWorker | None = None  # set once the RQ worker exists
+        self.queues: list[Queue] = []
         self.done = threading.Event()
 
+    def advertise(self) -> None:
+        self.registry.advertise(self.info, ttl_s=lease_ttl_s(self.settings.queue))
+
     def run(self) -> None:
-        ctx = self.worker.ctx
-        q = ctx.settings.queue
-        while not self.done.wait(self.interval):
+        q = self.settings.queue
+        while not self.done.wait(q.heartbeat_s):
             try:
+                self.advertise()
+                worker = self.worker
+                if worker is None:
+                    continue
+                ctx = worker.ctx
                 ctx.lease.refresh()
                 if ctx.lease.job_id is not None:
                     # SimpleWorker sets its key's TTL to the job timeout while busy; keep it short so
                     # a dead worker disappears from the worker count within a few heartbeats.
-                    self.worker.heartbeat(timeout=max(lease_ttl_s(q), 15))
+                    worker.heartbeat(timeout=max(lease_ttl_s(q), 15))
                 for queue in self.queues:
-                    reap(queue, ctx.store, q, notify=ctx.notify)
+                    reap(queue, ctx.store, ctx.jobs, q, self.settings.webhooks)
             except Exception:
                 log.exception("heartbeat/reaper tick failed")
 
@@ -122,53 +150,62 @@ class Heartbeat(threading.Thread):
 def run_worker(
     settings: Settings,
     *,
-    pipeline: task.Pipeline | None = None,
+    pipeline: Pipeline | None = None,
     burst: bool = False,
-    also_serve: Sequence[str] = (),
     metrics: WorkerMetrics | None = None,
 ) -> int:
-    """Serve `settings.worker.model`'s queue until stopped; returns a process exit code.
-
-    `also_serve`: more queue names answered by the same pipeline (e.g. a separate I2V model id
-    whose jobs the loaded model can run too)."""
+    """Serve the queues of `settings.worker.model` (its id and the ids its card also serves, or
+    `settings.worker.queues`) until stopped; returns a process exit code. `pipeline`: an already
+    loaded pipeline (tests, benchmarks) instead of loading `settings.worker.model`."""
     w, q = settings.worker, settings.queue
     client = redis.Redis.from_url(settings.redis.url)
     client.ping()
-    store = JobStore(client, settings.redis.key_prefix)
+    keys = Keys(settings.redis.key_prefix)
+    store = JobStore(client, keys)
+    jobs = JobQueue(client, q)
     storage = make_storage(settings.storage)
-    if metrics is None:
-        metrics = WorkerMetrics(w.model, gpu_memory=cuda_memory_reader(w.device))
-    server = metrics.serve(w.metrics_port) if w.metrics_port else None
+    registry = WorkerRegistry(client, keys)
+    device = resolve_device(w.device)
+    dtype = resolve_dtype(w.dtype, device)
+    card = pipeline.card if pipeline is not None else get_card(w.model)
+    queue_names = list(dict.fromkeys(w.queues or [card.id, *card.also_serves]))
     name = w.name or f"{socket.gethostname()}:{os.getpid()}"
+    if metrics is None:
+        metrics = WorkerMetrics(w.model, gpu_memory=cuda_memory_reader(device))
+    server = metrics.serve(w.metrics_port) if w.metrics_port else None
 
-    # 1. the model, once --------------------------------------------------------------------------
-    if pipeline is None:
-        log.info("loading pipeline %s (device=%s dtype=%s)", w.model, w.device, w.dtype)
-        pipeline = load_model_pipeline(settings)
-    if w.warmup:
-        warm_up(pipeline)
-    ctx = task.WorkerContext(
-        settings=settings, pipeline=pipeline, redis=client, store=store, storage=storage, metrics=metrics,
-        worker_name=name, lease=Lease(client, store.p, name, lease_ttl_s(q)),
-    )
-    ctx.notify = make_notifier(settings, client, store)
-    task.install_context(ctx)
-
-    # 2. the queue ----------------------------------------------------------------------------------
-    queues = [Queue(n, connection=client, serializer=RQ_SERIALIZER) for n in dict.fromkeys([w.model, *also_serve])]
-    worker = TurboWorker(queues, name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
-                         default_result_ttl=q.result_ttl_s, serializer=RQ_SERIALIZER)
-    worker.ctx = ctx
-    for queue in queues:
-        reap(queue, store, q, notify=ctx.notify)  # jobs of a worker that died before we started
-    beat = Heartbeat(worker, queues, q.heartbeat_s)
+    # 1. advertise (loading), then the model, once ---------------------------------------------------
+    info = WorkerInfo(name=name, models=queue_names, solver=card.solver if w.solver == "auto" else w.solver,
+                      attention=w.attention, linear=w.linear, device=device, dtype=dtype, started_at=time.time(),
+                      ready=False)
+    beat = Heartbeat(settings, registry, info)
+    beat.advertise()
     beat.start()
-    log.info("worker %s serving queues %s", name, [queue.name for queue in queues])
     try:
+        if pipeline is None:
+            log.info("loading pipeline %s (device=%s dtype=%s)", w.model, device, dtype)
+            pipeline = load_model_pipeline(settings, device, dtype)
+        if w.warmup:
+            warm_up(pipeline)
+        beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
+                                            "linear": pipeline.linear, "ready": True})
+        beat.advertise()
+        ctx = WorkerContext(settings=settings, pipeline=pipeline, store=store, jobs=jobs, storage=storage,
+                            metrics=metrics, worker_name=name, lease=Lease(client, keys, name, lease_ttl_s(q)))
+
+        # 2. the queues ---------------------------------------------------------------------------------
+        queues = [Queue(n, connection=client, serializer=RQ_SERIALIZER) for n in queue_names]
+        worker = TurboWorker(queues, ctx=ctx, name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
+                             default_result_ttl=q.result_ttl_s, serializer=RQ_SERIALIZER)
+        for queue in queues:
+            reap(queue, store, jobs, q, settings.webhooks)  # jobs of a worker that died before we started
+        beat.queues, beat.worker = queues, worker
+        log.info("worker %s serving queues %s", name, queue_names)
         worker.work(burst=burst, logging_level="INFO")
     finally:
         beat.done.set()
-        task.install_context(None)
+        beat.join(timeout=5)
+        registry.withdraw(beat.info)
         if server is not None:
             server.shutdown()
     return 0

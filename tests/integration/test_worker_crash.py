@@ -15,8 +15,8 @@ from contract.jobs import JobStatus
 def _kill_mid_job(settings, tmp_path) -> str:
     a = start_worker(settings, name=f"crash-a-{uuid.uuid4().hex[:6]}", step_delay=1.0, log_dir=tmp_path)
     try:
-        spec = submit(settings, steps=6)
-        wait_for(lambda: record(settings, spec.job_id).progress >= 16, timeout=20, what="first step", proc=a)
+        spec = submit(settings, steps=4)
+        wait_for(lambda: record(settings, spec.job_id).progress >= 25, timeout=20, what="first step", proc=a)
         assert record(settings, spec.job_id).status is JobStatus.in_progress
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=10)

@@ -14,14 +14,16 @@ from pydantic import SecretStr
 from rq import Queue
 from worker_support import PatternPipeline, submit, test_settings
 
-from contract.jobs import RQ_SERIALIZER, WEBHOOK_QUEUE, JobStatus
+from contract.jobs import JobStatus
 from contract.jobstore import JobStore
+from contract.keys import Keys
+from contract.queue import RQ_SERIALIZER, WEBHOOK_QUEUE
 from contract.storage import make_storage
 from worker.main import run_worker
 
 
 def _store(settings) -> JobStore:
-    return JobStore(redis.Redis.from_url(settings.redis.url), settings.redis.key_prefix)
+    return JobStore(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix))
 
 
 def _decode(data: bytes) -> list[np.ndarray]:
@@ -48,7 +50,7 @@ def test_t2v_job_completes_with_mp4_thumbnail_timings_and_progress(tmp_path):
     for stage in ("queue_wait", "text_encode", "denoise", "vae_decode", "video_encode", "upload", "total"):
         assert stage in record.timings, stage
     assert record.timings["total"] >= record.timings["queue_wait"] >= 0
-    assert not _store(settings).r.sismember(_store(settings).active_key("test"), spec.job_id)
+    assert not _store(settings).r.sismember(_store(settings).keys.active("test"), spec.job_id)
 
 
 def test_failing_job_fails_with_reason_and_worker_continues(tmp_path):
@@ -68,7 +70,7 @@ def test_failing_job_fails_with_reason_and_worker_continues(tmp_path):
     rec = store.get(good.job_id)
     assert rec is not None and rec.status is JobStatus.completed
     # RQ's own view agrees: the failed job is in its failed registry, the good one finished.
-    q = Queue(settings.worker.model, connection=store.r)
+    q = Queue(settings.worker.queues[0], connection=store.r)
     assert bad.job_id in q.failed_job_registry.get_job_ids()
 
 
@@ -94,7 +96,7 @@ class _CancelAfterFirstStep(PatternPipeline):
         super().__init__()
         self.store, self.job_id, self.steps_seen = store, job_id, 0
 
-    def generate(self, request, *, on_step=None):
+    def generate(self, params, *, image=None, on_step=None):
         def hook(done: int, total: int) -> None:
             self.steps_seen = done
             if done == 1:
@@ -102,7 +104,7 @@ class _CancelAfterFirstStep(PatternPipeline):
             assert on_step is not None
             on_step(done, total)
 
-        return super().generate(request, on_step=hook)
+        return super().generate(params, image=image, on_step=hook)
 
 
 def test_cancel_queued_and_running_jobs(tmp_path):
@@ -132,14 +134,6 @@ def test_job_deleted_before_start_is_skipped(tmp_path):
     assert not make_storage(settings.storage).exists(spec.output_key)
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_context():
-    yield
-    from worker import task
-
-    task.install_context(None)
-
-
 def test_terminal_jobs_with_webhook_url_enqueue_a_delivery(tmp_path):
     settings = test_settings(tmp_path)
     ok = submit(settings, webhook_url="https://hooks.example.com/ok")
@@ -151,13 +145,15 @@ def test_terminal_jobs_with_webhook_url_enqueue_a_delivery(tmp_path):
     mine = {}
     for job in q.get_jobs():
         payload = json.loads(job.args[0])
-        if payload["event"]["data"]["id"] in (ok.job_id, bad.job_id, plain.job_id):
-            mine[payload["event"]["data"]["id"]] = payload
+        if payload["job_id"] in (ok.job_id, bad.job_id, plain.job_id):
+            mine[payload["job_id"]] = payload
             job.delete(remove_from_queue=True)  # nobody should deliver to example.com
     assert set(mine) == {ok.job_id, bad.job_id}
     assert mine[ok.job_id]["url"] == "https://hooks.example.com/ok"
-    assert mine[ok.job_id]["event"]["type"] == "video.completed"
-    assert mine[bad.job_id]["event"]["type"] == "video.failed"
+    assert mine[ok.job_id]["type"] == "video.completed"
+    assert mine[bad.job_id]["type"] == "video.failed"
+    # The worker sends the id and the event only: the deliverer renders the payload from the record.
+    assert set(mine[ok.job_id]) == {"event_id", "type", "job_id", "url"}
 
 
 @pytest.fixture

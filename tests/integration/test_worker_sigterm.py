@@ -26,20 +26,22 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 def test_sigterm_requeues_early_job_finishes_late_job_and_exits(tmp_path):
     settings = test_settings(tmp_path)
-    model = settings.worker.model
+    model = settings.worker.model  # the metrics' model label
 
     # Early in the denoise loop: stop at the next step, re-queue, exit 0.
-    a = start_worker(settings, name=f"term-a-{uuid.uuid4().hex[:6]}", step_delay=0.7, log_dir=tmp_path)
+    # (4 steps, rCM's most: SIGTERM lands before step 2 ends, at half the loop, below NEARLY_DONE.)
+    a = start_worker(settings, name=f"term-a-{uuid.uuid4().hex[:6]}", step_delay=1.0, log_dir=tmp_path)
     try:
-        early = submit(settings, steps=8)
-        wait_for(lambda: record(settings, early.job_id).progress >= 12, timeout=20, what="step 1", proc=a)
+        early = submit(settings, steps=4)
+        wait_for(lambda: record(settings, early.job_id).progress >= 25, timeout=20, what="step 1", proc=a)
         a.send_signal(signal.SIGTERM)
         assert a.wait(timeout=20) == 0
     finally:
         stop(a)
     rec = record(settings, early.job_id)
     assert rec.status is JobStatus.queued and rec.progress == 0 and rec.attempts == 1
-    assert early.job_id in Queue(model, connection=redis.Redis.from_url(settings.redis.url)).get_job_ids()
+    assert early.job_id in Queue(settings.worker.queues[0],
+                                 connection=redis.Redis.from_url(settings.redis.url)).get_job_ids()
 
     # Nearly done: the job is finished before the worker exits. The new worker first picks up the
     # re-queued early job (fast), then the late one.

@@ -14,6 +14,7 @@ import redis
 from rq import Queue, Worker
 
 from contract.jobstore import JobRecord, JobStore
+from contract.keys import Keys
 from contract.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +23,6 @@ SUPPORT = Path(__file__).with_name("worker_support.py")
 
 def worker_env(settings: Settings, *, name: str, metrics_port: int = 0) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURBOVID_")}
-    model = settings.worker.model
     env.update({
         "PYTHONPATH": str(REPO),
         "TURBOVID_DEV_MODE": "true",
@@ -32,9 +32,8 @@ def worker_env(settings: Settings, *, name: str, metrics_port: int = 0) -> dict[
         "TURBOVID_STORAGE__LOCAL_DIR": str(settings.storage.local_dir),
         "TURBOVID_QUEUE__HEARTBEAT_S": str(settings.queue.heartbeat_s),
         "TURBOVID_QUEUE__MAX_REQUEUES": str(settings.queue.max_requeues),
-        "TURBOVID_GATEWAY__MODELS": json.dumps([model]),
-        "TURBOVID_GATEWAY__DEFAULT_MODEL": model,
-        "TURBOVID_WORKER__MODEL": model,
+        "TURBOVID_WORKER__MODEL": settings.worker.model,
+        "TURBOVID_WORKER__QUEUES": json.dumps(settings.worker.queues),
         "TURBOVID_WORKER__DEVICE": "cpu",
         "TURBOVID_WORKER__WARMUP": "false",
         "TURBOVID_WORKER__METRICS_PORT": str(metrics_port),
@@ -50,7 +49,7 @@ def start_worker(settings: Settings, *, name: str, step_delay: float, metrics_po
                             env=worker_env(settings, name=name, metrics_port=metrics_port),
                             stdout=log, stderr=subprocess.STDOUT)
     client = redis.Redis.from_url(settings.redis.url)
-    wait_for(lambda: any(w.name == name for w in Worker.all(queue=Queue(settings.worker.model,
+    wait_for(lambda: any(w.name == name for w in Worker.all(queue=Queue(settings.worker.queues[0],
                                                                            connection=client))),
              timeout=30, what=f"worker {name} registered", proc=proc)
     return proc
@@ -69,7 +68,7 @@ def wait_for(cond: Callable[[], object], *, timeout: float, what: str,
 
 
 def record(settings: Settings, job_id: str) -> JobRecord:
-    rec = JobStore(redis.Redis.from_url(settings.redis.url), settings.redis.key_prefix).get(job_id)
+    rec = JobStore(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix)).get(job_id)
     assert rec is not None
     return rec
 
