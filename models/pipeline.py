@@ -246,7 +246,7 @@ def load_pipeline(
 
         root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "turbovid"
         checkpoints = [ensure_tiny_checkpoints(root / "wan-tiny")]
-    parts: Components = resolve_components([Path(str(c)) for c in checkpoints], spec)
+    parts: Components = resolve_components([Path(str(c)) for c in checkpoints], spec, linear=linear, sampler=sampler)
 
     def dit(path: Path) -> torch.nn.Module:
         return load_transformer(path, device=device, dtype=dtype, attention=attention, linear=linear).eval()

@@ -6,7 +6,19 @@ Layouts read by `load_text_encoder(path)`:
 - an HF folder (`config.json` + `model.safetensors` / sharded index / `pytorch_model.bin`) of
   `UMT5EncoderModel` (also the diffusers `text_encoder/` folder, and the encoder half of a full
   UMT5 model): `encoder.block.N.layer.0.SelfAttention.q.weight` ... mapped to ours;
-- our canonical folder (`turbovid.json` manifest with component "text_encoder").
+- our canonical folder (`turbovid.json` manifest with component "text_encoder");
+- google/umt5-xxl's own repo (full UMT5 model, sharded `pytorch_model-*.bin` + index; decoder dropped);
+- ComfyUI's `umt5_xxl_fp16.safetensors` / `umt5_xxl_fp8_e4m3fn_scaled.safetensors` (HF names, the
+  tokenizer embedded as the uint8 tensor `spiece_model`, fp8 dequantized: `models.fp8_scaled`), and the
+  text encoder inside a ComfyUI all-in-one checkpoint (under `text_encoders.umt5xxl.transformer.`);
+- a GGUF umT5 encoder (city96's `umt5-xxl-encoder-*.gguf`, llama.cpp names `enc.blk.N.attn_q`, ...).
+
+The weights are found under any key prefix: the prefix is read off an anchor tensor (the embedding or
+the final norm), so files holding other components too (all-in-one checkpoints) load their encoder.
+
+The tokenizer, unless given: the one embedded in the weights file, else one next to the weights
+(`spiece.model` or `tokenizer.json`, HF/diffusers/Wan folder layouts), else google/umt5-xxl in the
+huggingface_hub cache (where TurboDiffusion's scripts leave it).
 
 The architecture is read off the weights: vocab and d_model from the embedding, layers from the
 block count, heads from the relative-bias table [buckets, heads], d_kv = q rows / heads, d_ff from
@@ -34,8 +46,9 @@ from models.checkpoint_io import (
     strip_prefix,
     write_canonical,
 )
+from models.fp8_scaled import dequantize_fp8, is_marker
 from models.t5 import AttnBackend, UMT5Config, UMT5Encoder
-from models.tokenizer import SPIECE_NAME, UMT5Tokenizer, find_spiece
+from models.tokenizer import SPIECE_NAME, UMT5Tokenizer, find_tokenizer
 
 COMPONENT = "text_encoder"
 
@@ -53,6 +66,41 @@ _HF_BLOCK_RENAMES = {
     "layer.1.layer_norm.weight": "norm2.weight",
 }
 _HF_BLOCK_KEY = re.compile(r"^encoder\.block\.(\d+)\.(.+)$")
+SPIECE_KEY = "spiece_model"  # ComfyUI: the sentencepiece model's bytes as a uint8 tensor
+# Tensors whose name ends the encoder's key set, in each naming: what precedes them is the prefix.
+_ANCHORS = ("encoder.final_layer_norm.weight", "enc.output_norm.weight", "token_embedding.weight")
+# llama.cpp T5 names (GGUF) -> HF names
+_GGUF_T5 = [
+    ("enc.blk.", "encoder.block."), ("enc.output_norm.", "encoder.final_layer_norm."),
+    ("token_embd.", "shared."), ("attn_rel_b.", "layer.0.SelfAttention.relative_attention_bias."),
+    ("attn_q.", "layer.0.SelfAttention.q."), ("attn_k.", "layer.0.SelfAttention.k."),
+    ("attn_v.", "layer.0.SelfAttention.v."), ("attn_o.", "layer.0.SelfAttention.o."),
+    ("attn_norm.", "layer.0.layer_norm."), ("ffn_gate.", "layer.1.DenseReluDense.wi_0."),
+    ("ffn_up.", "layer.1.DenseReluDense.wi_1."), ("ffn_down.", "layer.1.DenseReluDense.wo."),
+    ("ffn_norm.", "layer.1.layer_norm."),
+]
+
+
+def _select_encoder(sd: Mapping[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], bytes | None]:
+    """The encoder's tensors with their prefix removed, and the embedded tokenizer's bytes (or None)."""
+    spiece = next((v for k, v in sd.items() if k == SPIECE_KEY or k.endswith("." + SPIECE_KEY)), None)
+    prefixes = {k[: -len(a)] for k in sd for a in _ANCHORS if k.endswith(a) and (k == a or k[-len(a) - 1] == ".")}
+    if len(prefixes) > 1:
+        raise CheckpointError(f"{where}: several text encoders in one file (prefixes {sorted(prefixes)})")
+    prefix = prefixes.pop() if prefixes else ""
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    out = {k: v for k, v in out.items() if k != SPIECE_KEY and not k.endswith("." + SPIECE_KEY) and not is_marker(k)}
+    for wrapper in ("module.", "model.", "text_encoder."):
+        out = strip_prefix(out, wrapper)
+    if any(k.startswith("enc.blk.") for k in out):
+        renamed = {}
+        for key, value in out.items():
+            for old, new in _GGUF_T5:
+                key = key.replace(old, new)
+            renamed[key] = value
+        out = renamed
+    raw = None if spiece is None else spiece.contiguous().cpu().numpy().tobytes()
+    return out, raw
 
 
 def is_hf_layout(keys: set[str]) -> bool:
@@ -124,8 +172,19 @@ def _hf_config_overrides(folder: Path) -> UMT5Config:
     )
 
 
-def read_text_encoder_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], UMT5Config, str]:
-    """(state dict in our names, config, layout name) of any supported layout; tensors stay mmapped."""
+def read_text_encoder_checkpoint(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[dict[str, torch.Tensor], UMT5Config, str]:
+    """(state dict in our names, config, layout name) of any supported layout; tensors stay mmapped
+    (fp8 weights are dequantized to `dtype`). See `read_text_encoder` for the embedded tokenizer."""
+    sd, cfg, layout, _ = read_text_encoder(path, dtype=dtype)
+    return sd, cfg, layout
+
+
+def read_text_encoder(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[dict[str, torch.Tensor], UMT5Config, str, bytes | None]:
+    """`read_text_encoder_checkpoint` plus the embedded sentencepiece model's bytes (or None)."""
     path = Path(path)
     # A manifest counts for a canonical folder (or its weights file), not for any file beside one.
     canonical = path.is_dir() or path.name == CANONICAL_WEIGHTS
@@ -139,16 +198,15 @@ def read_text_encoder_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tens
             raise CheckpointError(
                 f"{path}: quantized text encoders are not supported ({manifest.quantization})"
             )
-        return read_state_dict(path), UMT5Config.from_dict(manifest.architecture), "canonical"
-    sd = read_state_dict(path)
-    for prefix in ("module.", "model.", "text_encoder."):
-        sd = strip_prefix(sd, prefix)
+        return read_state_dict(path), UMT5Config.from_dict(manifest.architecture), "canonical", None
+    sd, spiece = _select_encoder(read_state_dict(path), str(path))
+    sd = dequantize_fp8(sd, dtype)
     if is_hf_layout(set(sd)):
         folder = path if path.is_dir() else path.parent
         base = _hf_config_overrides(folder)
         sd = map_hf_state_dict(sd)
-        return sd, infer_config(sd, where=str(path), base=base), "hf"
-    return sd, infer_config(sd, where=str(path)), "wan"
+        return sd, infer_config(sd, where=str(path), base=base), "hf", spiece
+    return sd, infer_config(sd, where=str(path)), "wan", spiece
 
 
 def build_encoder(
@@ -161,24 +219,30 @@ def build_encoder(
     return model.eval().requires_grad_(False)
 
 
-def _default_tokenizer(weights: Path) -> Path:
-    """Where the tokenizer lives next to the weights: Wan, HF, diffusers and canonical layouts."""
+def _default_tokenizer(weights: Path, *, hub_cache: str | Path | None = None) -> Path:
+    """Where the tokenizer lives next to the weights (Wan, HF, diffusers and canonical layouts), else
+    google/umt5-xxl in the huggingface_hub cache."""
+    from models.hub import cached_tokenizer
+
     folder = weights if weights.is_dir() else weights.parent
     candidates = [
-        folder / SPIECE_NAME,
-        folder / "tokenizer",
+        folder,  # spiece.model / tokenizer.json, or tokenizer/ inside
         folder / "google" / "umt5-xxl",  # Wan release folders
         folder.parent / "tokenizer",  # diffusers: text_encoder/ and tokenizer/ are siblings
     ]
     for candidate in candidates:
         try:
-            return find_spiece(candidate)
+            return find_tokenizer(candidate)
         except FileNotFoundError:
             continue
+    cached = cached_tokenizer(cache_dir=hub_cache)
+    if cached is not None:
+        return cached
     raise FileNotFoundError(
-        f"no tokenizer found next to {weights} (looked for {SPIECE_NAME} in: "
+        f"no tokenizer found for {weights} (looked for {SPIECE_NAME} / tokenizer.json in: "
         + ", ".join(str(c) for c in candidates)
-        + "); pass tokenizer=<path to spiece.model or its folder>"
+        + ", and google/umt5-xxl in the Hugging Face cache); pass tokenizer=<path to spiece.model, "
+        "tokenizer.json or their folder>"
     )
 
 
@@ -239,17 +303,23 @@ def load_text_encoder(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> TextEncoder:
-    """Load a umT5 encoder (Wan .pth, HF folder, or canonical folder) and its tokenizer.
+    """Load a umT5 encoder (any layout of the module docstring) and its tokenizer.
 
-    `tokenizer` is a spiece.model file or a folder holding one; by default it is looked for next
-    to the weights (see `_default_tokenizer`). Raises CheckpointError for weights that are not a
-    umT5 encoder (naming the missing / unexpected keys) and FileNotFoundError without a tokenizer.
+    `tokenizer` is a spiece.model or tokenizer.json file or a folder holding one; by default the
+    tokenizer embedded in the weights file is used, else one next to the weights, else google/umt5-xxl
+    from the huggingface_hub cache. Raises CheckpointError for weights that are not a umT5 encoder
+    (naming the missing / unexpected keys) and FileNotFoundError without a tokenizer.
     """
     path = Path(path)
-    sd, cfg, _layout = read_text_encoder_checkpoint(path)
+    sd, cfg, _layout, spiece = read_text_encoder(path, dtype=dtype)
     model = build_encoder(sd, cfg, where=str(path), device=device, dtype=dtype)
-    tok_path = find_spiece(tokenizer) if tokenizer is not None else _default_tokenizer(path)
-    return TextEncoder(model, UMT5Tokenizer(tok_path))
+    if tokenizer is not None:
+        tok = UMT5Tokenizer(tokenizer)
+    elif spiece is not None:
+        tok = UMT5Tokenizer(spiece)
+    else:
+        tok = UMT5Tokenizer(_default_tokenizer(path))
+    return TextEncoder(model, tok)
 
 
 def save_text_encoder_canonical(
@@ -257,14 +327,19 @@ def save_text_encoder_canonical(
     state_dict: Mapping[str, torch.Tensor],
     config: UMT5Config,
     *,
-    tokenizer: str | Path | None = None,
+    tokenizer: str | Path | bytes | None = None,
     source: str | None = None,
 ) -> Path:
-    """Write our canonical folder (state dict in our names); copy the tokenizer to `tokenizer/`."""
+    """Write our canonical folder (state dict in our names); copy the tokenizer (a file, a folder or
+    a sentencepiece model's bytes) to `tokenizer/`."""
     folder = Path(folder)
-    if tokenizer is not None:
+    if isinstance(tokenizer, bytes):
         (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(find_spiece(tokenizer), folder / "tokenizer" / SPIECE_NAME)
+        (folder / "tokenizer" / SPIECE_NAME).write_bytes(tokenizer)
+    elif tokenizer is not None:
+        (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
+        src = find_tokenizer(tokenizer)
+        shutil.copyfile(src, folder / "tokenizer" / (src.name if src.suffix == ".json" else SPIECE_NAME))
     return write_canonical(
         folder, state_dict, Manifest(component=COMPONENT, architecture=config.to_dict(), source=source)
     )
@@ -275,9 +350,13 @@ def convert_text_encoder(
 ) -> Path:
     """Any supported layout -> canonical folder at `dst` (weights renamed, tokenizer copied along)."""
     src = Path(src)
-    sd, cfg, layout = read_text_encoder_checkpoint(src)
+    sd, cfg, layout, spiece = read_text_encoder(src, dtype=dtype or torch.float32)
     build_encoder(sd, cfg, where=str(src), device="meta")  # validate keys and shapes before writing
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
-    tok = find_spiece(tokenizer) if tokenizer is not None else _default_tokenizer(src)
+    tok: Path | bytes
+    if tokenizer is not None:
+        tok = find_tokenizer(tokenizer)
+    else:
+        tok = spiece if spiece is not None else _default_tokenizer(src)
     return save_text_encoder_canonical(dst, sd, cfg, tokenizer=tok, source=f"{layout}:{src.name}")

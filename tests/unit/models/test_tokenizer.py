@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.tiny_tokenizer import build_tiny_tokenizer
-from models.tokenizer import UMT5Tokenizer, clean_prompt, find_spiece
+from models.tokenizer import UMT5Tokenizer, clean_prompt, find_tokenizer
 
 STRINGS = [
     "A red fox runs across a snowy field at dawn.",
@@ -73,15 +73,19 @@ def test_clean_prompt():
 
 
 def test_finds_spiece_in_hf_layouts_and_errors(spiece, tmp_path):
-    assert find_spiece(spiece) == spiece
-    assert find_spiece(spiece.parent) == spiece
+    assert find_tokenizer(spiece) == spiece
+    assert find_tokenizer(spiece.parent) == spiece
     (tmp_path / "root" / "tokenizer").mkdir(parents=True)
     shutil.copy(spiece, tmp_path / "root" / "tokenizer" / "spiece.model")
-    assert find_spiece(tmp_path / "root") == tmp_path / "root" / "tokenizer" / "spiece.model"
+    assert find_tokenizer(tmp_path / "root") == tmp_path / "root" / "tokenizer" / "spiece.model"
     (tmp_path / "fast_only").mkdir()
     (tmp_path / "fast_only" / "tokenizer.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="only tokenizer.json"):
-        find_spiece(tmp_path / "fast_only")
+    assert find_tokenizer(tmp_path / "fast_only") == tmp_path / "fast_only" / "tokenizer.json"
+    with pytest.raises(ValueError, match="not a tokenizers tokenizer.json"):
+        UMT5Tokenizer(tmp_path / "fast_only")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no tokenizer at"):
+        find_tokenizer(tmp_path / "empty")
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a sentencepiece model"):
         UMT5Tokenizer(tmp_path / "junk.model")
