@@ -5,13 +5,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
+# The gateway speaks to the workers only through contract/; cli/ is the `turbovid` entry point, which
+# imports each subcommand's package lazily (gateway/webhooks/keys need only contract/ and service/).
+COPY contract ./contract
 COPY service ./service
-COPY worker ./worker
-COPY models ./models
-COPY kernels ./kernels
+COPY cli ./cli
 # Only the [service] extra: fastapi, uvicorn, boto3, pillow, prometheus-client (+ redis, rq, pydantic).
 RUN pip install ".[service]" \
- && python -c "import sys, service.app; assert 'torch' not in sys.modules, 'gateway image must not need torch'"
+ && python -c "import sys, service.app, service.webhooks, service.auth; \
+assert not {'torch', 'models', 'kernels', 'worker'} & set(sys.modules), 'the gateway image must not need them'"
 
 RUN useradd --system --uid 10001 turbovid
 USER 10001

@@ -9,7 +9,6 @@ Everything Redis-shaped the gateway does goes through here or through the small 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from typing import Any
 
@@ -62,6 +61,12 @@ class Engine:
         return self.cfg.queued_ttl_s + self.cfg.job_timeout_s * (1 + self.cfg.max_requeues) + 3600
 
     def reserve_slot(self, owner: str, job_id: str, limit: int) -> bool:
+        """One of the owner's `limit` concurrent-job slots for `job_id`; when all are taken, slots held
+        by jobs that ended without giving theirs back are swept once and the reservation retried."""
+        if self.store.reserve_slot(owner, job_id, limit):
+            return True
+        if not self.store.sweep_slots(owner, queued_ttl_s=self.cfg.queued_ttl_s, failure_ttl_s=self.cfg.failure_ttl_s):
+            return False
         return self.store.reserve_slot(owner, job_id, limit)
 
     def release_slot(self, owner: str, job_id: str) -> None:
@@ -85,15 +90,13 @@ class Engine:
         record = self.store.get(job_id)
         if record is None or record.status is not JobStatus.queued:
             return record
-        if time.time() - record.created_at > self.cfg.queued_ttl_s:
-            self.store.finish(job_id, JobStatus.failed, ttl_s=self.cfg.failure_ttl_s,
-                              error=JobError(code=ErrorCode.queue_timeout,
-                                             message=f"no worker started the job within {self.cfg.queued_ttl_s}s"))
+        now = self.store.expire_if_stale(record, queued_ttl_s=self.cfg.queued_ttl_s,
+                                         failure_ttl_s=self.cfg.failure_ttl_s)
+        if now.status is not JobStatus.queued:  # it just failed as queue_timeout
             self.queue.remove(record.spec.model, job_id)
             if record.webhook_url:
                 self.queue.enqueue_webhook(job_id, "video.failed", record.webhook_url, self.webhook_cfg)
-            return self.store.get(job_id)
-        return record
+        return now
 
     def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:
         return self.store.list_ids(owner, after=after, limit=limit, order=order)

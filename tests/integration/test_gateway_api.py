@@ -18,6 +18,7 @@ from contract.jobstore import JobStore
 from contract.keys import Keys
 from contract.queue import RQ_SERIALIZER, TASK_PATH
 from service.app import create_app
+from service.auth import hash_key
 
 A, B = bearer(KEY_A), bearer(KEY_B)
 
@@ -411,7 +412,7 @@ def test_redis_down_is_a_503_not_a_500(tmp_path: Path) -> None:
 
 
 def test_cli_created_key_is_stored_hashed_and_authenticates(make_client) -> None:
-    from service.auth import create_api_key, hash_key
+    from service.auth import create_api_key
 
     c = make_client()
     plaintext = create_api_key(c.settings, "carol")
@@ -421,3 +422,19 @@ def test_cli_created_key_is_stored_hashed_and_authenticates(make_client) -> None
     assert hash_key(plaintext).encode() in stored
     assert not any(plaintext.encode() in k or plaintext.encode() in v for k, v in stored.items())
     assert c.get("/v1/videos", headers=bearer(plaintext)).status_code == 200
+
+
+def test_internal_errors_are_500s_in_the_error_shape_not_the_clients_fault(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with clean_redis(), TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        def broken(*args: object, **kwargs: object) -> None:
+            raise ValueError("an internal bug, not bad input")
+
+        c.app.state.turbovid.storage.put_bytes = broken
+        r = c.post("/v1/videos", data={"prompt": "x", "model": "wan-tiny-i2v"},
+                   files={"input_reference": ("a.png", png_bytes(64, 64), "image/png")}, headers=A)
+        assert r.status_code == 500
+        assert r.json() == {"error": {"code": "internal_error", "message": "internal server error", "param": None}}
+        # the failed creation left nothing behind: no job, no held slot
+        assert c.get("/v1/videos", headers=A).json()["data"] == []
+        assert c.app.state.turbovid.engine.store.active_count("key_" + hash_key(KEY_A)[:12]) == 0

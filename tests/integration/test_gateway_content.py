@@ -22,10 +22,10 @@ from gateway_support import (
     tiny_mp4,
 )
 
-from service.app import create_app
 from contract.jobs import JobOutput, JobStatus
-from service.deps import AppState
 from contract.storage import S3Storage
+from service.app import create_app
+from service.deps import AppState
 
 A = bearer(KEY_A)
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
@@ -54,13 +54,13 @@ def _s3_settings(tmp_path: Path, url: str, **extra: object):
 def _finish(state: AppState, video_id: str, tmp_path: Path) -> bytes:
     """Do what a worker does at the end of a job: upload the MP4 + thumbnail, mark completed."""
     record = state.engine.store.get(video_id)
+    p = record.spec.params
     mp4 = tmp_path / "out.mp4"
-    size = tiny_mp4(mp4, frames=record.spec.num_frames, w=record.spec.width, h=record.spec.height)
+    size = tiny_mp4(mp4, frames=p.num_frames, w=p.width, h=p.height)
     state.storage.put_file(mp4, record.spec.output_key, "video/mp4")
     state.storage.put_bytes(png_bytes(64, 64, "JPEG"), record.spec.output_key + ".jpg", "image/jpeg")
     out = JobOutput(key=record.spec.output_key, thumbnail_key=record.spec.output_key + ".jpg", bytes=size,
-                    num_frames=record.spec.num_frames, fps=16, width=record.spec.width,
-                    height=record.spec.height, seed=record.spec.seed)
+                    num_frames=p.num_frames, fps=16, width=p.width, height=p.height, seed=p.seed)
     state.engine.store.finish(video_id, JobStatus.completed, ttl_s=3600, output=out,
                               timings={"denoise": 0.5, "total": 1.0})
     return mp4.read_bytes()
