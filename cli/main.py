@@ -2,13 +2,14 @@
 
     turbovid serve --dev [--port N]     gateway + wan-tiny worker + webhooks (+ embedded Redis)
     turbovid gateway                    the HTTP API (no torch import)
-    turbovid worker [--model ID]        a GPU worker serving one model's queue
+    turbovid worker [--model ID]        a GPU worker serving one model's queues
     turbovid webhooks                   webhook deliveries
     turbovid keys create NAME           a new API key (printed once)
-    turbovid generate|convert|download  offline model commands (models/cli.py)
+    turbovid generate|convert|download  offline model commands (cli/models.py)
 
 Each subcommand imports what it needs when it runs, so `turbovid gateway` never loads torch.
-Settings are built once here, from TURBOVID_* variables, and passed down.
+Settings are built once here, from TURBOVID_* variables (and `.env`), and passed down; a bad
+variable is one line naming it and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,17 +19,46 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contract.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _settings(model: str | None = None):  # type: ignore[no-untyped-def]
+class ConfigError(Exception):
+    """The environment does not make a valid `Settings`; the message names the variable."""
+
+
+def load_settings(*, worker_model: str | None = None) -> Settings:
+    """`Settings()` from the environment, or ConfigError with one line naming each bad variable."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     from contract.settings import Settings
 
-    settings = Settings()
-    if model is not None:
-        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"model": model})})
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(err) for err in exc.errors())) from None
+    except SettingsError as exc:  # a variable that should hold JSON (a list, a dict) does not parse
+        raise ConfigError(f"{exc} (check the TURBOVID_* variables holding lists or objects: JSON)") from None
+    if worker_model is not None:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"model": worker_model})})
     return settings
+
+
+def _describe(err: object) -> str:
+    """One error of a Settings ValidationError as `TURBOVID_GROUP__FIELD: message`."""
+    assert isinstance(err, dict)
+    loc = [str(p) for p in err.get("loc", ())]
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:  # a cross-field check: its message names the variables
+        return message
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:80]!r})"
+    return f"TURBOVID_{'__'.join(loc[:2]).upper()}: {message}{shown}"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,42 +67,51 @@ def _serve(args: argparse.Namespace) -> int:
               "`turbovid gateway`, `turbovid worker` and `turbovid webhooks` as separate processes",
               file=sys.stderr)
         return 2
-    from worker.devstack import free_port, run_dev_stack
+    from cli.devstack import free_port, run_dev_stack
 
     port = args.port or free_port()
     return run_dev_stack(port=port, env=os.environ, state_dir=Path(args.state_dir).resolve(), device=args.device)
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from service.cli import run_gateway
+    settings = load_settings()
+    import uvicorn
 
-    run_gateway(_settings())
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
+                proxy_headers=True, log_level="info")
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
+    settings = load_settings(worker_model=args.model)
     from worker.main import run_worker
 
-    return run_worker(_settings(args.model), burst=args.burst, also_serve=args.also_serve)
+    return run_worker(settings, burst=args.burst)
 
 
 def _webhooks(args: argparse.Namespace) -> int:
-    from service.cli import run_webhook_worker
+    settings = load_settings()
+    from service.webhooks import run_webhook_worker
 
-    run_webhook_worker(_settings())
+    run_webhook_worker(settings, burst=args.burst)
     return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from service.cli import create_api_key
+    settings = load_settings()
+    from service.auth import create_api_key
 
-    key = create_api_key(_settings(), args.name)
+    key = create_api_key(settings, args.name)
     print(key)
     print(f"created API key {args.name!r}; it is shown only once", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cli.models import add_model_commands
+
     parser = argparse.ArgumentParser(prog="turbovid", description="Fast Wan video generation service")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -86,14 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gateway", help="serve the HTTP API")
     g.set_defaults(func=_gateway)
 
-    w = sub.add_parser("worker", help="serve one model's queue on this machine's GPU")
+    w = sub.add_parser("worker", help="serve one model's queues on this machine's GPU")
     w.add_argument("--model", default=None, help="model id (default: TURBOVID_WORKER__MODEL)")
-    w.add_argument("--also-serve", action="append", default=[], metavar="QUEUE",
-                   help="another model id whose queue this worker's pipeline also serves (repeatable)")
-    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     w.set_defaults(func=_worker)
 
     h = sub.add_parser("webhooks", help="deliver webhooks")
+    h.add_argument("--burst", action="store_true", help="deliver what is queued, then exit")
     h.set_defaults(func=_webhooks)
 
     k = sub.add_parser("keys", help="manage API keys")
@@ -102,19 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("name")
     kc.set_defaults(func=_keys_create)
 
-    try:
-        from models.cli import add_model_commands
-    except ImportError:
-        pass
-    else:
-        add_model_commands(sub)
+    add_model_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"turbovid {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

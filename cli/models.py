@@ -1,7 +1,9 @@
 """`turbovid generate | convert | download`: the offline model commands.
 
-Registered on the `turbovid` parser by worker/cli.py through `add_model_commands(subparsers)`.
-These are entry points: they read their arguments and pass plain values down.
+Registered on the `turbovid` parser by cli/main.py through `add_model_commands(subparsers)`. These
+are entry points: they read their arguments and pass plain values down. `generate` builds the same
+`GenerationParams` a job carries and checks it against the loaded pipeline like a worker does, so an
+option the pipeline would not honour is refused (exit 2, naming it) instead of ignored.
 """
 
 from __future__ import annotations
@@ -12,19 +14,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-# Published checkpoints: (Hugging Face repo, files). The Wan2.1 base repo supplies the shared VAE,
-# umT5 encoder and tokenizer for every model.
-WAN_SHARED = ("Wan-AI/Wan2.1-T2V-1.3B", ["Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/*"])
-DOWNLOADS: dict[str, list[tuple[str, list[str]]]] = {
-    "wan2.1-t2v-1.3b": [("TurboDiffusion/TurboWan2.1-T2V-1.3B-480P", ["TurboWan2.1-T2V-1.3B-480P{q}.pth"]), WAN_SHARED],
-    "wan2.1-t2v-14b": [("TurboDiffusion/TurboWan2.1-T2V-14B-720P", ["TurboWan2.1-T2V-14B-720P{q}.pth"]), WAN_SHARED],
-    "wan2.2-i2v-a14b": [
-        ("TurboDiffusion/TurboWan2.2-I2V-A14B-720P",
-         ["TurboWan2.2-I2V-A14B-high-720P{q}.pth", "TurboWan2.2-I2V-A14B-low-720P{q}.pth"]),
-        WAN_SHARED,
-    ],
-}
+from contract.catalog import MODELS
 
 
 def _user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -44,7 +36,7 @@ def _user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = sub.add_parser("generate", help="generate one video offline (no service needed)")
-    g.add_argument("--model", default="wan-tiny", help="model id (see `turbovid generate --help`)")
+    g.add_argument("--model", default="wan-tiny", choices=sorted(MODELS), help="model id")
     g.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",
                    help="checkpoint files/folders, or ROLE=PATH (transformer, high, low, text_encoder, tokenizer, vae);"
                         " none for wan-tiny (random tiny weights)")
@@ -57,12 +49,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     g.add_argument("--aspect", choices=["16:9", "9:16", "1:1"], default="16:9")
     g.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's)")
     g.add_argument("--fps", type=int, default=16)
-    g.add_argument("--steps", type=int, default=4)
+    g.add_argument("--steps", type=int, default=None, help="default: the solver's (rCM 4, flow 50)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sigma-max", type=float, default=None)
-    g.add_argument("--sampler", choices=["sde", "ode"], default="sde")
-    g.add_argument("--solver", choices=["rcm", "flow"], default="rcm",
-                   help="rcm for TurboDiffusion checkpoints, flow (50 steps + CFG) for original Wan")
+    g.add_argument("--sigma-max", type=float, default=None, help="rCM only (default: the model's)")
+    g.add_argument("--sampler", choices=["sde", "ode"], default=None, help="rCM only (default: sde)")
+    g.add_argument("--solver", choices=["rcm", "flow"], default=None,
+                   help="rcm for TurboDiffusion checkpoints, flow (50 steps + CFG) for original Wan "
+                        "(default: the model's)")
     g.add_argument("--guidance-scale", type=float, default=None)
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None)
@@ -80,7 +73,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     c.set_defaults(func=_user_errors(_convert))
 
     d = sub.add_parser("download", help="fetch a model's published checkpoints from the Hugging Face Hub")
-    d.add_argument("model", choices=sorted(DOWNLOADS))
+    d.add_argument("model", choices=sorted(m for m, card in MODELS.items() if card.downloads))
     d.add_argument("--dir", type=Path, default=Path("checkpoints"))
     d.add_argument("--full-precision", action="store_true", help="the bf16 DiT instead of the -quant one")
     d.set_defaults(func=_user_errors(_download))
@@ -100,45 +93,44 @@ def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from contract.catalog import adaptive_size, get_card, preset_size
+    from contract.jobs import GenerationParams
     from models.pipeline import load_pipeline
-    from models.pipeline_types import GenerationRequest
-    from models.presets import adaptive_size, get_model, preset_size
     from worker.encode import encode_mp4
 
-    spec = get_model(args.model)
+    card = get_card(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     image = np.asarray(Image.open(args.image).convert("RGB")) if args.image else None
-    kind = "i2v" if image is not None else "t2v"
+    kind: Literal["t2v", "i2v"] = "i2v" if image is not None else "t2v"
     if args.size:
         width, height = _parse_size(args.size)
     elif args.resolution:
         width, height = preset_size(args.resolution, args.aspect)
     else:
-        width, height = spec.default_size
+        width, height = card.default_size
     if image is not None and not args.size:
         width, height = adaptive_size(image.shape[1], image.shape[0], width * height)
 
     t0 = time.perf_counter()
     pipe = load_pipeline(
         args.model, args.checkpoint, device=device, dtype=getattr(torch, dtype_name),
-        attention=args.attention, linear=args.linear, cache_dir=args.cache_dir, sampler=args.solver,
+        attention=args.attention, linear=args.linear, cache_dir=args.cache_dir, sampler=args.solver or card.solver,
     )
     load_s = time.perf_counter() - t0
-    request = GenerationRequest(
-        prompt=args.prompt, width=width, height=height, num_frames=args.frames or spec.default_frames,
-        seed=args.seed, num_steps=args.steps, kind=kind, image=image, negative_prompt=args.negative_prompt,
-        sigma_max=args.sigma_max, sla_topk=args.sla_topk, guidance_scale=args.guidance_scale,
-        sampler=args.sampler,
-    )
-    bar = tqdm(total=request.num_steps, desc="denoise", unit="step", file=sys.stderr)
+    params = GenerationParams(
+        kind=kind, width=width, height=height, num_frames=args.frames or card.default_frames, fps=args.fps,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, num_steps=args.steps,
+        sampler=args.sampler, sigma_max=args.sigma_max, sla_topk=args.sla_topk, guidance_scale=args.guidance_scale,
+    ).resolve(pipe.card, pipe.capabilities())  # ParamError (a ValueError): exit 2 naming the option
+    bar = tqdm(total=params.num_steps, desc="denoise", unit="step", file=sys.stderr)
 
     def on_step(done: int, total: int) -> None:
         bar.update(1)
         if done == total:
             bar.close()
 
-    result = pipe.generate(request, on_step=on_step)
+    result = pipe.generate(params, image=image, on_step=on_step)
     t1 = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     size = encode_mp4(result.frames, args.out, fps=args.fps)
@@ -176,12 +168,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from huggingface_hub import snapshot_download
+    from contract.catalog import get_card
+    from models.hub import download
 
-    quant = "" if args.full_precision else "-quant"
-    for repo, patterns in DOWNLOADS[args.model]:
-        files = [p.format(q=quant) for p in patterns]
-        path = snapshot_download(repo_id=repo, allow_patterns=files, local_dir=args.dir / repo.split("/")[1])
-        print(f"{repo}: {', '.join(files)} -> {path}")
-    print(f"then: turbovid generate --model {args.model} --checkpoint {args.dir}/* --prompt ... --out x.mp4")
+    card = get_card(args.model)
+    checkpoints = download(card.id, card.downloads, args.dir, full_precision=args.full_precision)
+    for folder in checkpoints:
+        print(f"fetched {folder}")
+    print(f"then: turbovid generate --model {card.id} --checkpoint {' '.join(checkpoints)} --prompt ... --out x.mp4")
     return 0

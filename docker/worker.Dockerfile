@@ -15,7 +15,10 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 RUN pip install --index-url ${TORCH_INDEX} "torch>=2.7"
 
 COPY pyproject.toml README.md ./
-COPY service ./service
+# The worker needs contract/ (what it shares with the gateway), cli/ (the `turbovid` command),
+# worker/, models/ and kernels/; never the gateway's service/.
+COPY contract ./contract
+COPY cli ./cli
 COPY worker ./worker
 COPY models ./models
 COPY kernels ./kernels
@@ -24,7 +27,7 @@ RUN pip install ".[worker]"
 RUN useradd --system --uid 10001 --create-home turbovid && mkdir -p /cache /checkpoints && chown 10001 /cache
 USER 10001
 # Weights are mounted read-only at /checkpoints; Triton/inductor caches and tiny weights go to /cache.
-ENV TURBOVID_WORKER__DEVICE=cuda TURBOVID_WORKER__DTYPE=bfloat16 TURBOVID_WORKER__METRICS_PORT=9101 \
+ENV TURBOVID_WORKER__DEVICE=cuda TURBOVID_WORKER__DTYPE=auto TURBOVID_WORKER__METRICS_PORT=9101 \
     TURBOVID_WORKER__CACHE_DIR=/cache TRITON_CACHE_DIR=/cache/triton HF_HOME=/cache/hf
 EXPOSE 9101
 # SIGTERM: finish the current denoise step, re-queue (or finish) the job, exit. Give it time:

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import redis
 from prometheus_client import generate_latest
-from rq import Queue
 
-from contract.jobs import RQ_SERIALIZER, JobSpec
+from cli.devstack import EmbeddedRedis
+from contract.jobs import GenerationParams, JobSpec
 from contract.jobstore import JobStore
+from contract.keys import Keys
+from contract.queue import JobQueue
 from contract.settings import Settings
-from worker.devstack import EmbeddedRedis
 from worker.main import load_model_pipeline, run_worker
 from worker.metrics import WorkerMetrics, cuda_memory_reader
-from worker.reaper import enqueue_spec
 
 
 def main() -> int:
@@ -49,25 +49,27 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="turbovid-gpu-smoke-"))
     try:
         settings = Settings(
-            redis={"url": srv.url}, storage={"backend": "local", "local_dir": tmp / "storage"},
+            dev_mode=True, redis={"url": srv.url}, storage={"backend": "local", "local_dir": tmp / "storage"},
             gateway={"models": [args.model], "default_model": args.model},
             worker={"model": args.model, "device": args.device, "dtype": args.dtype, "attention": args.attention,
                     "linear": args.linear, "metrics_port": 0, "cache_dir": tmp / "cache"},
         )
         t0 = time.perf_counter()
-        pipeline = load_model_pipeline(settings)
+        pipeline = load_model_pipeline(settings, args.device, args.dtype)
         load_s = time.perf_counter() - t0
         client = redis.Redis.from_url(srv.url)
-        store = JobStore(client, settings.redis.key_prefix)
-        queue = Queue(args.model, connection=client, serializer=RQ_SERIALIZER)
+        store = JobStore(client, Keys(settings.redis.key_prefix))
+        jobs = JobQueue(client, settings.queue)
         ids = []
         for i in range(args.jobs):
             job_id = f"video_{uuid.uuid4().hex[:16]}"
-            spec = JobSpec(job_id=job_id, owner="smoke", model=args.model, kind="t2v", prompt=f"smoke test {i}",
-                           width=width, height=height, num_frames=args.frames, num_steps=args.steps, seed=i,
+            params = GenerationParams(kind="t2v", prompt=f"smoke test {i}", width=width, height=height,
+                                      num_frames=args.frames, num_steps=args.steps, seed=i)
+            spec = JobSpec(job_id=job_id, owner="smoke", model=args.model,
+                           params=params.resolve(pipeline.card, pipeline.capabilities()),
                            output_key=f"outputs/{job_id}.mp4", created_at=time.time())
             store.create(spec, ttl_s=3600)
-            enqueue_spec(queue, job_id, spec.model_dump_json(), settings.queue)
+            jobs.enqueue(spec)
             ids.append(job_id)
         t0 = time.perf_counter()
         metrics = WorkerMetrics(args.model, gpu_memory=cuda_memory_reader(args.device))

@@ -92,7 +92,7 @@ class TurboWorker(SimpleWorker):
     job_class = TurboJob
 
     def __init__(self, *args: Any, ctx: WorkerContext, **kwargs: Any) -> None:
-        super().__init__(*args, job_class=TurboJob, **kwargs)
+        super().__init__(*args, **kwargs)
         self.ctx = ctx
 
     def request_stop(self, signum: Any, frame: Any) -> None:

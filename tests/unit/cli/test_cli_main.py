@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from worker.cli import build_parser, main
-from worker.devstack import DEV_MODELS, dev_environment
+from cli.devstack import dev_environment, dev_models
+from cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -16,17 +17,23 @@ def _run(code: str) -> str:
                           text=True).stdout.strip()
 
 
+def _turbovid(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TURBOVID_")}
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**base, "PYTHONPATH": str(REPO), **env})
+
+
 def test_gateway_entry_points_do_not_import_torch():
     # What `turbovid gateway` / `turbovid webhooks` load before serving.
-    out = _run("import sys, worker.cli, service.app, service.cli, service.webhooks; worker.cli.build_parser(); "
+    out = _run("import sys, cli.main, service.app, service.webhooks, service.auth; cli.main.build_parser(); "
                "print('torch' in sys.modules)")
     assert out == "False"
 
 
 def test_parser_has_service_and_model_commands():
     parser = build_parser()
-    args = parser.parse_args(["worker", "--model", "wan-tiny", "--also-serve", "wan-tiny-i2v"])
-    assert (args.model, args.also_serve, args.burst) == ("wan-tiny", ["wan-tiny-i2v"], False)
+    args = parser.parse_args(["worker", "--model", "wan-tiny", "--burst"])
+    assert (args.model, args.burst) == ("wan-tiny", True)
     assert parser.parse_args(["serve", "--dev", "--port", "8123"]).port == 8123
     assert parser.parse_args(["keys", "create", "alice"]).name == "alice"
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -38,6 +45,21 @@ def test_serve_without_dev_refuses(capsys):
     assert "--dev" in capsys.readouterr().err
 
 
+def test_configuration_error_is_one_line_naming_the_variable_and_exit_2(tmp_path):
+    for command, env, variable in (
+        (["gateway"], {"TURBOVID_DEV_MODE": "true", "TURBOVID_QUEUE__HEARTBEAT_S": "-1"},
+         "TURBOVID_QUEUE__HEARTBEAT_S"),
+        (["worker"], {"TURBOVID_DEV_MODE": "true", "TURBOVID_WORKER__DTYPE": "float8"}, "TURBOVID_WORKER__DTYPE"),
+        # a cross-field check: outside dev mode the built-in webhook secret is refused
+        (["keys", "create", "x"], {}, "TURBOVID_WEBHOOKS__SECRET"),
+    ):
+        proc = _turbovid(*command, env=env, cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert lines[0].startswith(f"turbovid {command[0]}: configuration error:") and variable in lines[0]
+
+
 def test_dev_environment_forces_dev_values_but_keeps_user_storage(tmp_path):
     env = dev_environment({"TURBOVID_STORAGE__BACKEND": "s3", "TURBOVID_AUTH__ENABLED": "true", "PATH": "/bin"},
                           port=8123, redis_url="redis://127.0.0.1:7000/0", metrics_port=9200, device="cpu",
@@ -45,11 +67,30 @@ def test_dev_environment_forces_dev_values_but_keeps_user_storage(tmp_path):
     assert env["TURBOVID_AUTH__ENABLED"] == "false" and env["TURBOVID_DEV_MODE"] == "true"
     assert env["TURBOVID_STORAGE__BACKEND"] == "s3" and env["PATH"] == "/bin"
     assert env["TURBOVID_REDIS__URL"] == "redis://127.0.0.1:7000/0"
-    assert json.loads(env["TURBOVID_GATEWAY__MODELS"]) == list(DEV_MODELS)
-    assert env["TURBOVID_WORKER__DTYPE"] == "float32"  # bf16 matmuls are slow or missing on CPUs
-    # The children build Settings from exactly these variables: they must validate.
+    # The model list comes from the catalog: wan-tiny and what its card also serves.
+    assert json.loads(env["TURBOVID_GATEWAY__MODELS"]) == dev_models() == ["wan-tiny", "wan-tiny-i2v"]
+    # The children build Settings from exactly these variables: they must validate, and the worker's
+    # "auto" dtype is float32 on the CPU (bf16 matmuls are slow or missing on CPUs).
     code = ("import os, json; os.environ.update(json.loads(input())); from contract.settings import Settings; "
-            "s = Settings(); print(s.gateway.port, s.worker.metrics_port, s.auth.enabled, s.worker.device)")
+            "from worker.main import resolve_dtype; s = Settings(); "
+            "print(s.gateway.port, s.worker.metrics_port, s.auth.enabled, s.worker.device, "
+            "resolve_dtype(s.worker.dtype, s.worker.device), s.egress.allow_private_targets)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, input=json.dumps(env), text=True,
                          capture_output=True, check=True, env={"PYTHONPATH": str(REPO), "PATH": "/bin"}).stdout
-    assert out.split() == ["8123", "9200", "False", "cpu"]
+    assert out.split() == ["8123", "9200", "False", "cpu", "float32", "True"]
+
+
+def test_dev_environment_leaves_the_device_to_the_worker_when_not_given(tmp_path):
+    env = dev_environment({}, port=1, redis_url="redis://x/0", metrics_port=2, device=None, state_dir=tmp_path)
+    assert env["TURBOVID_WORKER__DEVICE"] == "auto" and env["TURBOVID_WORKER__DTYPE"] == "auto"
+
+
+def test_download_offers_the_catalog_models_with_published_files(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["download", "wan2.2-i2v-a14b", "--full-precision"]).full_precision
+    try:
+        parser.parse_args(["download", "wan-tiny"])  # built locally, nothing to download
+    except SystemExit as exc:
+        assert exc.code == 2 and "wan-tiny" in capsys.readouterr().err
+    else:
+        raise AssertionError("wan-tiny has no downloads and must be refused")

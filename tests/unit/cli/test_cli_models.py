@@ -9,7 +9,7 @@ import pytest
 
 
 def _generate(tmp_path, out, seed, *extra):
-    cmd = [sys.executable, "-m", "worker.cli", "generate", "--model", "wan-tiny", "--prompt", "a paper boat",
+    cmd = [sys.executable, "-m", "cli.main", "generate", "--model", "wan-tiny", "--prompt", "a paper boat",
            "--out", str(out), "--frames", "9", "--size", "96x64", "--steps", "2", "--seed", str(seed),
            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -56,7 +56,7 @@ def test_convert_quantizes_and_records_it_in_the_manifest(tmp_path):
     import torch
 
     torch.save(read_state_dict(tiny / "transformer"), src)  # a plain Wan-named .pth
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "convert", str(src), str(tmp_path / "q"),
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "convert", str(src), str(tmp_path / "q"),
                            "--quantize", "w8a8"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     manifest = read_manifest(tmp_path / "q")
@@ -65,7 +65,18 @@ def test_convert_quantizes_and_records_it_in_the_manifest(tmp_path):
     sd = read_state_dict(tmp_path / "q")
     assert sd["blocks.0.ffn.0.int8_weight"].dtype == torch.int8
 
-    bad = subprocess.run([sys.executable, "-m", "worker.cli", "convert", str(tmp_path / "missing.pth"),
+    bad = subprocess.run([sys.executable, "-m", "cli.main", "convert", str(tmp_path / "missing.pth"),
                           str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error:" in bad.stderr and "missing.pth" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_generate_refuses_an_option_the_pipeline_would_not_honour(tmp_path):
+    # Dense attention has no SLA top-k: the option is refused naming it, not silently dropped.
+    cmd = [sys.executable, "-m", "cli.main", "generate", "--model", "wan-tiny", "--prompt", "a paper boat",
+           "--out", str(tmp_path / "x.mp4"), "--frames", "5", "--size", "64x64", "--device", "cpu",
+           "--cache-dir", str(tmp_path / "cache"), "--attention", "dense", "--sla-topk", "0.3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "sla_topk" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()
