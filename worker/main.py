@@ -70,7 +70,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     solver = get_card(w.model).solver if w.solver == "auto" else w.solver
     return load_pipeline(  # type: ignore[no-any-return]
         w.model, list(w.checkpoint), device=device, dtype=getattr(torch, dtype), attention=w.attention,
-        linear=w.linear, cache_dir=w.cache_dir, solver=solver,
+        linear=w.linear, cache_dir=w.cache_dir, sampler=solver,
     )
 
 
@@ -205,7 +205,10 @@ def run_worker(
     finally:
         beat.done.set()
         beat.join(timeout=5)
-        registry.withdraw(beat.info)
+        try:
+            registry.withdraw(beat.info)
+        except redis.RedisError:  # the advertisement expires by itself within one TTL
+            log.warning("could not withdraw worker %s from the registry", name)
         if server is not None:
             server.shutdown()
     return 0

@@ -116,7 +116,7 @@ class TurboJob(Job):
 
     ctx: WorkerContext | None = None
 
-    def _execute(self) -> Any:
+    def _execute(self) -> Any:  # Job.perform() → _execute(): RQ's call of the job function
         if self.func_name != TASK_PATH:
             raise ValueError(f"a TurboVid worker runs only {TASK_PATH} jobs, not {self.func_name}")
         if self.ctx is None:
