@@ -18,7 +18,8 @@ Layouts:
     x            [B, L, C]  bf16 / fp16 / fp32, contiguous
     shift, scale [B, C]     any float dtype (Wan keeps them fp32); last dim contiguous, any batch stride
                             (so chunks of Wan's [B, 6, C] modulation are used without a copy)
-    out          [B, L, C]  dtype of x, or (q int8 [B, L, C], s float32 [B, L])
+    out          [B, L, C]  dtype of x (or ``out_dtype``: Wan's fp32 residual stream in, bf16 for the
+                            next Linear out), or (q int8 [B, L, C], s float32 [B, L])
 Any L and C. Real Wan shapes: C = 1536 and 5120, L = 32760 (480p 81 frames).
 Reference: Wan2.1 ``wan/modules/model.py`` (WanAttentionBlock.forward).
 """
@@ -279,17 +280,21 @@ def _launch(
 
 # 4. public wrappers (torch.library ops with fake impls) ----------------------------------------------
 @torch.library.custom_op("turbovid::layernorm_modulate", mutates_args=())
-def _layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+def _layernorm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype | None
+) -> torch.Tensor:
     _check(x, shift, scale)
+    if out_dtype is not None and out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"unsupported out_dtype {out_dtype}")
     x = x.contiguous()
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
     _launch(x, shift, scale, eps, out, out)
     return out
 
 
 @_layernorm_modulate.register_fake
-def _(x, shift, scale, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(x, shift, scale, eps, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype or x.dtype)
 
 
 @torch.library.custom_op("turbovid::layernorm_modulate_int8", mutates_args=())
@@ -312,17 +317,23 @@ def _(x, shift, scale, eps):
 
 
 def layernorm_modulate(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6, out_int8: bool = False
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    out_int8: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm (no affine, fp32 stats) then ``x·(1+scale)+shift``.
 
     x [B, L, C] bf16/fp16/fp32; shift, scale [B, C] (last dim contiguous, any batch stride).
-    Returns [B, L, C] in x.dtype, or with ``out_int8=True`` (q int8 [B, L, C], s fp32 [B, L]) with
-    per-token scales as kernels/int8_quant.quantize_activation produces (flatten to [B*L, C] / [B*L]).
+    Returns [B, L, C] in ``out_dtype`` (default x.dtype), or with ``out_int8=True`` (q int8 [B, L, C],
+    s fp32 [B, L]) with per-token scales as kernels/int8_quant.quantize_activation produces (flatten to
+    [B*L, C] / [B*L]; kernels/w8a8.w8a8_linear_int8 takes them as they are).
     """
     if out_int8:
         return torch.ops.turbovid.layernorm_modulate_int8(x, shift, scale, eps)
-    return torch.ops.turbovid.layernorm_modulate(x, shift, scale, eps)
+    return torch.ops.turbovid.layernorm_modulate(x, shift, scale, eps, out_dtype)
 
 
 # 5. bench ---------------------------------------------------------------------------------------------

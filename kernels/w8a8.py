@@ -49,7 +49,7 @@ def prepare_weight(int8_weight: torch.Tensor, scale: torch.Tensor) -> W8A8Weight
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. reference (fp32) and the same math in torch (emulation of what the kernel computes)
+# 1. reference (fp32); the kernel's exact math in torch is tests/unit/kernels/_w8a8_emulate.py
 # ----------------------------------------------------------------------------------------------
 
 
@@ -62,17 +62,6 @@ def reference(
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
-
-
-def emulate(x: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The kernel's math in torch (per-token int8 x, per-channel int8 w, exact integer sums) -> x.dtype."""
-    x2 = x.reshape(-1, x.shape[-1])
-    q, sx = reference_quantize_activation(x2)
-    acc = (q.double() @ weight.qweight.double().t()).float()  # exact: |acc| < 2^53
-    y = acc * sx[:, None] * weight.scale[None, :]
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,6 +426,57 @@ def _w8a8_linear_op(
 @_w8a8_linear_op.register_fake
 def _(x, qweight, wscale, bias):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+@torch.library.custom_op("turbovid::w8a8_linear_int8", mutates_args=())
+def _w8a8_linear_int8_op(
+    xq: torch.Tensor,
+    sx: torch.Tensor,
+    qweight: torch.Tensor,
+    wscale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    xq2 = xq.reshape(-1, xq.shape[-1])  # [M, K]
+    if xq2.stride(-1) != 1:
+        xq2 = xq2.contiguous()
+    sx2 = sx.reshape(-1).contiguous()  # [M]
+    y = w8a8_gemm(xq2, sx2, W8A8Weight(qweight, wscale), bias, out_dtype)  # [M, N]
+    return y.reshape(*xq.shape[:-1], qweight.shape[0])
+
+
+@_w8a8_linear_int8_op.register_fake
+def _(xq, sx, qweight, wscale, bias, out_dtype):
+    return xq.new_empty((*xq.shape[:-1], qweight.shape[0]), dtype=out_dtype)
+
+
+def w8a8_linear_int8(
+    xq: torch.Tensor,
+    sx: torch.Tensor,
+    weight: W8A8Weight,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """y [..., N] from activations already quantized per token: xq [..., K] int8, sx [...] fp32 (x ≈ xq·sx),
+    as kernels/adaln.layernorm_modulate(out_int8=True) and int8_quant.quantize_activation produce them.
+
+    Skips the activation-quant pass of `w8a8_linear`: the norm kernel before the Linear quantized already.
+    Output dtype `out_dtype` (bf16/fp16); the same xq feeds several Linears (Wan's q, k and v).
+    """
+    n, k = weight.qweight.shape
+    if xq.dtype != torch.int8 or xq.shape[-1] != k:
+        raise ValueError(f"xq must be int8 [..., {k}], got {xq.dtype} {tuple(xq.shape)}")
+    if sx.dtype != torch.float32 or tuple(sx.shape) != tuple(xq.shape[:-1]):
+        raise ValueError(f"sx must be fp32 {tuple(xq.shape[:-1])}, got {sx.dtype} {tuple(sx.shape)}")
+    if out_dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"out_dtype must be bf16 or fp16, got {out_dtype}")
+    if weight.qweight.dtype != torch.int8 or weight.qweight.stride(1) != 1:
+        raise TypeError("qweight must be a 2-D int8 [N, K] tensor with K contiguous")
+    if weight.scale.shape != (n,) or weight.scale.dtype != torch.float32:
+        raise ValueError(f"weight scale must be fp32 [{n}], got {weight.scale.dtype} {tuple(weight.scale.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
+    return _w8a8_linear_int8_op(xq, sx, weight.qweight, weight.scale, bias, out_dtype)
 
 
 def w8a8_linear(x: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:

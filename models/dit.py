@@ -22,35 +22,12 @@ from torch import nn
 
 from models.attention import AttentionOp
 from models.config import WanConfig
+from models.ops import Int8Activation, Ops, apply_rope, rms_norm
+
+__all__ = ["WanTransformer", "apply_rope", "keeps_fp32", "rope_angles", "sinusoidal_embedding"]
 
 # Parameters kept in fp32 whatever the model dtype (Wan runs them under fp32 autocast).
 FP32_PARAM_PATTERNS = ("time_embedding.", "time_projection.", "modulation", "norm")
-
-_fused_kernels = True
-
-
-def set_fused_kernels(enabled: bool) -> None:
-    """On CUDA, use the Triton RMSNorm+RoPE and gated-residual kernels (default) or plain PyTorch."""
-    global _fused_kernels
-    _fused_kernels = enabled
-
-
-def _kernels(x: torch.Tensor):  # noqa: ANN202 - (rmsnorm_rope module, gated_residual module) or None
-    if not (_fused_kernels and x.is_cuda):
-        return None
-    try:
-        from kernels import gated_residual, rmsnorm_rope
-    except ImportError:
-        return None
-    return rmsnorm_rope, gated_residual
-
-
-def _gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """x [B, L, C] fp32 + gate [B, 1, C] fp32 · y [B, L, C] -> fp32 (a new tensor)."""
-    kernels = _kernels(x)
-    if kernels is not None:
-        return kernels[1].gated_residual(x, y, gate[:, 0])
-    return x + y.float() * gate
 
 
 def keeps_fp32(name: str) -> bool:
@@ -86,15 +63,6 @@ def rope_angles(
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs (2j, 2j+1) of x [B, L, H, D] by the angles of cos/sin [L, D/2]."""
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
-    x0, x1 = xf[..., 0], xf[..., 1]
-    c, s = cos[:, None, :], sin[:, None, :]  # [L, 1, D/2]
-    out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)  # [B, L, H, D/2, 2]
-    return out.flatten(-2).to(x.dtype)
-
-
 class RMSNorm(nn.Module):
     """x / rms(x) · weight over the last dim, in fp32; output in `out_dtype`."""
 
@@ -104,8 +72,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class LayerNorm32(nn.LayerNorm):
@@ -118,33 +85,35 @@ class LayerNorm32(nn.LayerNorm):
 
 
 class WanSelfAttention(nn.Module):
-    def __init__(self, cfg: WanConfig, attention: str):
+    def __init__(self, cfg: WanConfig, sla: bool):
         super().__init__()
         dim = cfg.dim
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.attn_op = AttentionOp(cfg.head_dim, backend=attention, topk_ratio=cfg.sla_topk,
+        self.attn_op = AttentionOp(cfg.head_dim, sla=sla, topk_ratio=cfg.sla_topk,
                                    block_q=cfg.sla_block_q, block_k=cfg.sla_block_k)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, L, C] (compute dtype), cos/sin [L, D/2] -> [B, L, C]."""
+    def forward(self, x: torch.Tensor | Int8Activation, cos: torch.Tensor, sin: torch.Tensor, ops: Ops,
+                sla_topk: float | None = None) -> torch.Tensor:
+        """x [B, L, C] (compute dtype, or int8 for W8A8: quantized once for q, k and v), cos/sin [L, D/2]
+        -> [B, L, C]."""
         B, L, _ = x.shape
         # 1. projections, q/k RMSNorm across all heads, RoPE
-        shape = (B, L, self.num_heads, self.head_dim)
-        kernels = _kernels(x) if isinstance(self.norm_q, RMSNorm) else None
-        if kernels is not None:  # one fused pass per tensor
-            q = kernels[0].rmsnorm_rope(self.q(x).view(shape), self.norm_q.weight, cos, sin, self.norm_q.eps)
-            k = kernels[0].rmsnorm_rope(self.k(x).view(shape), self.norm_k.weight, cos, sin, self.norm_k.eps)
-        else:
-            q = apply_rope(self.norm_q(self.q(x)).view(shape), cos, sin)  # [B, L, H, D]
-            k = apply_rope(self.norm_k(self.k(x)).view(shape), cos, sin)  # [B, L, H, D]
-        v = self.v(x).view(shape)  # [B, L, H, D]
-        # 2. attention (dispatch: dense / sla / sagesla)
-        o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, L, D]
+        q = ops.rmsnorm_rope(ops.apply_linear(self.q, x), getattr(self.norm_q, "weight", None), self.eps, cos, sin,
+                             self.num_heads)  # [B, L, H, D]
+        k = ops.rmsnorm_rope(ops.apply_linear(self.k, x), getattr(self.norm_k, "weight", None), self.eps, cos, sin,
+                             self.num_heads)  # [B, L, H, D]
+        v = ops.apply_linear(self.v, x).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
+        # 2. attention (dense / sla / sagesla), this call's Top-K
+        o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ops, sla_topk)  # [B, H, L, D]
         # 3. output projection
-        return self.o(o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
+        return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
+
+    @property
+    def eps(self) -> float:
+        return getattr(self.norm_q, "eps", 0.0)
 
 
 class WanCrossAttention(nn.Module):
@@ -158,41 +127,42 @@ class WanCrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, ops: Ops) -> torch.Tensor:
         """x [B, L, C], context [B, Lt, C] -> [B, L, C]."""
         B, L, _ = x.shape
-        q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, L, D]
-        k = self.norm_k(self.k(context)).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,Lt,D]
-        v = self.v(context).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, Lt, D]
+        q = self.norm_q(ops.apply_linear(self.q, x)).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,L,D]
+        k = self.norm_k(ops.apply_linear(self.k, context)).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        v = ops.apply_linear(self.v, context).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,Lt,D]
         o = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, D]
-        return self.o(o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
+        return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
 
 
 class WanBlock(nn.Module):
-    def __init__(self, cfg: WanConfig, attention: str):
+    def __init__(self, cfg: WanConfig, sla: bool):
         super().__init__()
         dim = cfg.dim
         self.norm1 = LayerNorm32(dim, cfg.eps, elementwise_affine=False)
-        self.self_attn = WanSelfAttention(cfg, attention)
+        self.self_attn = WanSelfAttention(cfg, sla)
         self.norm3 = LayerNorm32(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = WanCrossAttention(cfg)
         self.norm2 = LayerNorm32(dim, cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, ops: Ops, sla_topk: float | None = None) -> torch.Tensor:
         """x [B, L, C] fp32 residual stream, e [B, 6, C] fp32, context [B, Lt, C] compute dtype."""
         dtype = context.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
-        # 1. self-attention with AdaLN
-        h = (self.norm1(x) * (1 + scale1) + shift1).to(dtype)
-        x = _gated_add(x, self.self_attn(h, cos, sin), gate1)
+        # 1. self-attention with AdaLN (int8 out when q/k/v are W8A8 on the kernels: one quantization)
+        h = ops.modulate(x, shift1, scale1, self.norm1.eps, dtype, next_linear=self.self_attn.q)
+        x = ops.gated_add(x, self.self_attn(h, cos, sin, ops, sla_topk), gate1)
         # 2. cross-attention to the text
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context, ops).float()
         # 3. FFN with AdaLN
-        h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
-        return _gated_add(x, self.ffn(h), gate2)
+        h = ops.modulate(x, shift2, scale2, self.norm2.eps, dtype, next_linear=self.ffn[0])
+        y = ops.apply_linear(self.ffn[2], self.ffn[1](ops.apply_linear(self.ffn[0], h)))  # [B, L, C]
+        return ops.gated_add(x, y, gate2)
 
 
 class Head(nn.Module):
@@ -202,32 +172,42 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype, ops: Ops) -> torch.Tensor:
         """x [B, L, C] fp32, e [B, C] fp32 -> [B, L, pt·ph·pw·C_out] (patch-major, channel last)."""
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # [B, 1, C]
-        return self.head((self.norm(x) * (1 + scale) + shift).to(dtype))
+        return ops.apply_linear(self.head, ops.modulate(x, shift, scale, self.norm.eps, dtype))
 
 
 class WanTransformer(nn.Module):
     """Wan DiT predicting the flow velocity.
 
-    ``module(latents, timestep, context, cond=None)``:
+    ``module(latents, timestep, context, cond=None, *, sla_topk=None)``:
       latents [B, 16, T, H, W] (T latent frames, H/W divisible by the 2×2 patch), timestep [B] on 0–1000,
       context [B, Lt, text_dim] umT5 states (Lt = 512, zero-padded as Wan does), cond [B, 20, T, H, W]
-      for I2V (4 mask + 16 image-latent channels, concatenated after the latents) else None.
+      for I2V (4 mask + 16 image-latent channels, concatenated after the latents) else None, sla_topk:
+      this call's SLA Top-K ratio (None: ``cfg.sla_topk``; SLA attention only).
       Returns velocity [B, 16, T, H, W] in latents' dtype.
+
+    ``ops`` (`models.ops.Ops`) holds the backends, chosen once at load; ``attention`` alone (for a model
+    built by hand) means ``Ops(attention=attention)``: plain PyTorch norms and linears.
     """
 
-    def __init__(self, cfg: WanConfig, *, attention: str = "dense"):
+    def __init__(self, cfg: WanConfig, *, attention: str | None = None, ops: Ops | None = None):
         super().__init__()
+        if ops is None:
+            ops = Ops(attention=attention or "dense")
+        elif attention is not None and attention != ops.attention:
+            raise ValueError(f"attention={attention!r} contradicts ops.attention={ops.attention!r}")
         self.cfg = cfg
+        self.ops = ops
+        sla = ops.attention != "dense"
         dim = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch, stride=cfg.patch)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList(WanBlock(cfg, attention) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(WanBlock(cfg, sla) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
 
     @property
@@ -243,8 +223,14 @@ class WanTransformer(nn.Module):
         return self
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, *, sla_topk: float | None = None) -> torch.Tensor:
         cfg, dtype = self.cfg, self.dtype
+        ops = self.ops.effective()  # a test's override applies to this whole call
+        if sla_topk is not None:
+            if ops.attention == "dense":
+                raise ValueError("sla_topk was given but this model runs dense attention (no SLA)")
+            if not 0.0 < sla_topk <= 1.0:
+                raise ValueError(f"sla_topk must be in (0, 1], got {sla_topk}")
         pt, ph, pw = cfg.patch
         # 0. inputs: [B, C_in, T, H, W]
         if cfg.cond_dim:
@@ -277,9 +263,9 @@ class WanTransformer(nn.Module):
         # 4. blocks with 3-D RoPE
         cos, sin = rope_angles(grid, cfg.rope_split, cfg.rope_theta, x.device)  # [L, D/2]
         for block in self.blocks:
-            x = block(x, e6, ctx, cos, sin)
+            x = block(x, e6, ctx, cos, sin, ops, sla_topk)
 
         # 5. head and unpatchify: [B, L, pt·ph·pw·C_out] -> [B, C_out, T, H, W]
-        out = self.head(x, e, dtype)
+        out = self.head(x, e, dtype, ops)
         out = out.view(B, *grid, pt, ph, pw, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(B, cfg.out_dim, T, H, W).to(latents.dtype)

@@ -7,10 +7,12 @@ Quantization is two steps (gpt-fast style):
    128×128 block, values in [-127, 127] (TurboDiffusion's ``-quant.pth`` layout);
    `dequantize_state_dict` is the inverse (up to rounding).
 2. at run time, `convert_for_runtime(model, "w8a8")` swaps each block nn.Linear for `W8A8Linear`
-   (built on the meta device before `load_state_dict(assign=True)`).
+   (built on the meta device before `load_state_dict(assign=True)`); on CUDA the loader then calls
+   `prepare_for_kernels(model)` once, which converts every `W8A8Linear` to the Triton GEMM's layout.
 
-`W8A8Linear.forward` uses `kernels.w8a8` on CUDA (per-token int8 activations, int32 accumulate, scales
-in the epilogue) and otherwise a plain PyTorch path: dequantize the weight and run F.linear.
+`W8A8Linear.forward` is the plain PyTorch path (dequantize the weight, F.linear). The Triton int8 GEMM
+(per-token int8 activations, int32 accumulate, scales in the epilogue) is reached through the one op
+dispatch, `models.ops.Ops.linear`, with the weight from `W8A8Linear.kernel_weight()`.
 Only Linears inside ``blocks`` are quantized (as TurboDiffusion does), never SLA's ``proj_l``.
 """
 
@@ -46,9 +48,9 @@ class W8A8Linear(nn.Module):
     layouts:
 
     - "block" (as loaded): [ceil(N/128), ceil(K/128)], one scale per 128×128 block — the checkpoint;
-    - "channel" (after `to_kernel_layout`): [N, 1], one scale per output channel — what the Triton
-      GEMM applies in its epilogue. The first CUDA forward converts in place (`kernels.w8a8.
-      prepare_weight`), so the GPU holds one int8 copy of the weight, not two.
+    - "channel" (after `to_kernel_layout`, done once at load by `prepare_for_kernels`): [N, 1], one scale
+      per output channel — what the Triton GEMM applies in its epilogue. The conversion is in place, so
+      the GPU holds one int8 copy of the weight, not two.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):  # noqa: ANN001
@@ -81,22 +83,19 @@ class W8A8Linear(nn.Module):
     def to_kernel_layout(self) -> None:
         """Requantize block scales to per-channel scales in place (extra rounding: kernels/NOTES_w8a8.md)."""
         if self.layout == "block":
-            from kernels import w8a8
+            qweight, scale = _int8_quant().requantize_per_channel(self.int8_weight, self.scale, BLOCK)
+            self.int8_weight = qweight.contiguous()
+            self.scale = scale.reshape(self.out_features, 1).float()
 
-            prepared = w8a8.prepare_weight(self.int8_weight, self.scale)
-            self.int8_weight = prepared.qweight.contiguous()
-            self.scale = prepared.scale.reshape(self.out_features, 1).float()
+    def kernel_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 weight [N, K], per-channel scale [N] fp32) for the Triton GEMM (kernels.w8a8.W8A8Weight)."""
+        if self.layout != "channel":
+            raise RuntimeError("W8A8Linear is still in the checkpoint's block layout; the loader converts it "
+                               "once with models.linear.prepare_for_kernels(model) before the Triton GEMM runs")
+        return self.int8_weight, self.scale.view(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-            try:
-                from kernels import w8a8
-            except ImportError:
-                w8a8 = None
-            if w8a8 is not None:
-                self.to_kernel_layout()
-                weight = w8a8.W8A8Weight(self.int8_weight, self.scale.view(-1))
-                return w8a8.w8a8_linear(x, weight, self.bias)
+        """The plain PyTorch path: x [..., K] @ dequantized weightᵀ + bias -> [..., N] in x.dtype."""
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
@@ -168,3 +167,13 @@ def convert_for_runtime(model: nn.Module, linear: str) -> nn.Module:
                 twin.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
         setattr(parent, child, twin)
     return model
+
+
+@torch.no_grad()
+def prepare_for_kernels(model: nn.Module) -> int:
+    """Convert every `W8A8Linear` of `model` to the Triton GEMM's per-channel layout, in place, once (the
+    loader calls it after `load_state_dict` when the model runs the kernels). Returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, W8A8Linear)]
+    for layer in layers:
+        layer.to_kernel_layout()
+    return len(layers)

@@ -35,10 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from models.attention import BACKENDS
-from models.checkpoint_io import CheckpointError, check_keys, read_manifest, read_state_dict
+from models.checkpoint_io import CheckpointError, Manifest, check_keys, read_manifest, read_state_dict
 from models.config import PRESETS, WanConfig
 from models.dit import WanTransformer, keeps_fp32
 from models.fp8_scaled import dequantize_fp8, is_marker
@@ -47,8 +45,10 @@ from models.linear import (
     convert_for_runtime,
     dequantize_state_dict,
     is_quantized,
+    prepare_for_kernels,
     quantize_state_dict,
 )
+from models.ops import BACKENDS, Ops, select_ops
 
 COMFY_PREFIX = "model.diffusion_model."
 WRAPPER_PREFIXES = ("net.", "module.", "model.", "diffusion_model.")
@@ -74,42 +74,11 @@ _DIFFUSERS_TO_WAN: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\.ffn\.net\.2\."), ".ffn.2."),
     (re.compile(r"^(blocks\.\d+)\.norm2\."), r"\1.norm3."),
 ]
-_WAN_TO_DIFFUSERS: list[tuple[str, str]] = [
-    ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
-    ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
-    ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
-    ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
-    ("time_projection.1.", "condition_embedder.time_proj."),
-    ("head.modulation", "scale_shift_table"),
-    ("head.head.", "proj_out."),
-    (".modulation", ".scale_shift_table"),
-    (".self_attn.", ".attn1."),
-    (".cross_attn.", ".attn2."),
-    (".q.", ".to_q."),
-    (".k.", ".to_k."),
-    (".v.", ".to_v."),
-    (".o.", ".to_out.0."),
-    (".ffn.0.", ".ffn.net.0.proj."),
-    (".ffn.2.", ".ffn.net.2."),
-    (".norm3.", ".norm2."),
-]
-
-
 def diffusers_to_wan(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():
         for pattern, repl in _DIFFUSERS_TO_WAN:
             key = pattern.sub(repl, key)
-        out[key] = value
-    return out
-
-
-def wan_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Wan names -> diffusers `WanTransformer3DModel` names (used by tests and export)."""
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in _WAN_TO_DIFFUSERS:
-            key = key.replace(old, new)
         out[key] = value
     return out
 
@@ -220,9 +189,12 @@ def _resolve(path: Path) -> Path:
 
 def build_transformer(
     sd: Mapping[str, torch.Tensor], cfg: WanConfig, *, dtype: torch.dtype = torch.float32,
-    attention: str = "dense", linear: str = "native",
+    attention: str = "dense", linear: str = "native", ops: Ops | None = None,
 ) -> WanTransformer:
-    """A model holding the tensors of a Wan-named state dict (taken, not copied, where dtypes match)."""
+    """A model holding the tensors of a Wan-named state dict (taken, not copied, where dtypes match).
+    ops: the model's backends (default: `Ops(attention, linear)`, plain PyTorch norms and linears)."""
+    if ops is not None:
+        attention, linear = ops.attention, ops.linear
     if attention not in BACKENDS:
         raise ValueError(f"unknown attention backend {attention!r}; known: {BACKENDS}")
     if linear not in LINEAR_BACKENDS:
@@ -257,7 +229,7 @@ def build_transformer(
 
     # 4. meta model, key check, assign
     with torch.device("meta"):
-        model = WanTransformer(cfg, attention=attention)
+        model = WanTransformer(cfg, ops=ops or Ops(attention=attention, linear=linear))
         convert_for_runtime(model, linear)
     check_keys(set(model.state_dict()), set(sd), what="Wan transformer")
     try:
@@ -287,16 +259,40 @@ def read_transformer_checkpoint(
     return sd, infer_config(sd, num_heads=_heads_from_config_json(folder))
 
 
+def checkpoint_features(sd: Mapping[str, torch.Tensor], manifest: Manifest | None) -> tuple[bool, bool]:
+    """(SLA, quantized) of a Wan-named state dict: as its canonical manifest records them (checked against
+    the tensors), else as TurboDiffusion's keys show (``proj_l`` => SLA, ``int8_weight`` => quantized)."""
+    sla, quantized = any(PROJ_L in k for k in sd), is_quantized(sd)
+    if manifest is None:
+        return sla, quantized
+    if manifest.quantization is not None and manifest.quantization.get("method") != "w8a8":
+        raise CheckpointError(f"manifest quantization {manifest.quantization!r} is not one TurboVid runs (w8a8)")
+    if (manifest.quantization is not None) != quantized:
+        raise CheckpointError(f"manifest says quantization {manifest.quantization!r} but the tensors are "
+                              f"{'int8' if quantized else 'not quantized'}")
+    if bool(manifest.attention.get("sla", sla)) != sla:
+        raise CheckpointError(f"manifest says attention {manifest.attention!r} but the tensors "
+                              f"{'carry' if sla else 'lack'} SLA proj_l")
+    return sla, quantized
+
+
 def load_transformer(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-    attention: str = "dense", linear: str = "native",
-) -> nn.Module:
+    attention: str = "auto", linear: str = "auto",
+) -> WanTransformer:
     """Load a Wan DiT from a file or folder of any supported layout (see the module docstring).
 
-    attention: "dense" | "sla" | "sagesla" (self-attention backend; SLA's proj_l comes from the checkpoint
-    or is zero). linear: "native" | "w8a8" (a quantized checkpoint with "native" is dequantized; a dense
-    one with "w8a8" is quantized while loading). Returns a `WanTransformer` in eval mode on `device`.
+    attention: "auto" | "dense" | "sla" | "sagesla" (self-attention backend; SLA's proj_l comes from the
+    checkpoint or is zero). linear: "auto" | "native" | "w8a8" (a quantized checkpoint with "native" is
+    dequantized; a dense one with "w8a8" is quantized while loading). "auto" follows the manifest (or the
+    TurboDiffusion keys) and the device: `models.ops.select_ops`. On CUDA with triton the W8A8 weights are
+    converted once to the Triton GEMM's layout. Returns a `WanTransformer` in eval mode on `device`; its
+    backends are ``model.ops``.
     """
     sd, cfg = read_transformer_checkpoint(path, dtype=dtype)
-    model = build_transformer(sd, cfg, dtype=dtype, attention=attention, linear=linear)
-    return model.to(device)
+    sla, quantized = checkpoint_features(sd, read_manifest(_resolve(Path(path))))
+    ops = select_ops(device, attention=attention, linear=linear, sla_checkpoint=sla, quantized=quantized)
+    model = build_transformer(sd, cfg, dtype=dtype, ops=ops).to(device)
+    if ops.kernels:
+        prepare_for_kernels(model)
+    return model

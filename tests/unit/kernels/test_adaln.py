@@ -77,6 +77,18 @@ def test_int8_layout_feeds_the_w8a8_quantizer_layout():
     assert (q.reshape(6, 48).int() - q2.int()).abs().max().item() <= 1
 
 
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_fp32_in_low_precision_out(out_dtype):
+    # Wan's residual stream is fp32 and the next Linear runs in bf16: one pass, no separate cast.
+    x, shift, scale = _inputs(2, 5, 40, torch.float32, _device())
+    out = layernorm_modulate(x, shift, scale, out_dtype=out_dtype)
+    assert out.dtype == out_dtype and out.shape == x.shape
+    truth = reference(x, shift, scale, compute_dtype=torch.float64)
+    _assert_fa_rule(out, truth, reference(x, shift, scale).to(out_dtype))
+    with pytest.raises(TypeError, match="out_dtype"):
+        layernorm_modulate(x, shift, scale, out_dtype=torch.int32)
+
+
 def test_int8_zero_row_gives_zero_scale():
     x = torch.zeros(1, 2, 32, device=_device())
     zero = torch.zeros(1, 32, device=_device())
@@ -106,9 +118,12 @@ def test_fake_impls_trace_shapes():
 
     with FakeTensorMode():
         x = torch.empty(2, 9, 64, dtype=torch.bfloat16)
-        out = torch.ops.turbovid.layernorm_modulate(x, torch.empty(2, 64), torch.empty(2, 64), 1e-6)
+        out = torch.ops.turbovid.layernorm_modulate(x, torch.empty(2, 64), torch.empty(2, 64), 1e-6, None)
         q, s = torch.ops.turbovid.layernorm_modulate_int8(x, torch.empty(2, 64), torch.empty(2, 64), 1e-6)
+        half = torch.ops.turbovid.layernorm_modulate(x.float(), torch.empty(2, 64), torch.empty(2, 64), 1e-6,
+                                                     torch.float16)
     assert out.shape == (2, 9, 64) and out.dtype == torch.bfloat16
+    assert half.shape == (2, 9, 64) and half.dtype == torch.float16
     assert q.shape == (2, 9, 64) and q.dtype == torch.int8 and s.shape == (2, 9)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernel_helpers import emulate_w8a8 as emulate
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
-from kernels.w8a8 import W8A8Weight, emulate, prepare_weight, reference, w8a8_gemm, w8a8_linear
+from kernels.w8a8 import W8A8Weight, prepare_weight, reference, w8a8_gemm, w8a8_linear, w8a8_linear_int8
 
 
 def _layer(n: int, k: int, bias: bool, seed: int = 0):
@@ -84,6 +85,27 @@ def test_custom_op_fake_impl_gives_shape_and_dtype():
         qw, ws = mode.from_tensor(weight.qweight), mode.from_tensor(weight.scale)
         y = torch.ops.turbovid.w8a8_linear(x, qw, ws, None)
     assert y.shape == (2, 5, 24) and y.dtype == torch.float16
+
+
+def test_pre_quantized_entry_equals_the_float_entry():
+    # What the norm kernel's int8 output feeds: [B, L, K] int8 + [B, L] scales, no quant pass.
+    n, k = 40, 72
+    iw, sc, b = _layer(n, k, True, seed=4)
+    weight = prepare_weight(iw, sc)
+    x = torch.randn(2, 9, k, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    xq, sx = quantize_activation(x.reshape(-1, k))
+    y = w8a8_linear_int8(xq.view(2, 9, k), sx.view(2, 9), weight, b.to(torch.bfloat16), torch.bfloat16)
+    assert y.shape == (2, 9, n) and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, w8a8_linear(x, weight, b.to(torch.bfloat16)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="sx must be fp32"):
+        w8a8_linear_int8(xq.view(2, 9, k), sx, weight, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="xq must be int8"):
+        w8a8_linear_int8(x, sx.view(2, 9), weight, None, torch.bfloat16)
+    with FakeTensorMode():
+        fq = torch.empty(3, 5, k, dtype=torch.int8)
+        out = torch.ops.turbovid.w8a8_linear_int8(fq, torch.empty(3, 5), torch.empty(n, k, dtype=torch.int8),
+                                                  torch.empty(n), None, torch.float16)
+    assert out.shape == (3, 5, n) and out.dtype == torch.float16
 
 
 def test_package_import_is_light():

@@ -6,9 +6,10 @@ import re
 
 import pytest
 import torch
+from _kernel_helpers import emulate_w8a8 as emulate
 
 from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
-from kernels.w8a8 import WAN_SHAPES, emulate, inspect_sass, prepare_weight, reference, w8a8_gemm, w8a8_linear
+from kernels.w8a8 import WAN_SHAPES, inspect_sass, prepare_weight, reference, w8a8_gemm, w8a8_linear
 
 pytestmark = pytest.mark.gpu
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _helpers import wan_to_diffusers
 from safetensors.torch import save_file
 
 from models import load_transformer
@@ -17,7 +18,6 @@ from models.transformer_loading import (
     diffusers_to_wan,
     infer_config,
     to_wan_names,
-    wan_to_diffusers,
 )
 
 diffusers = pytest.importorskip("diffusers")

@@ -1,0 +1,282 @@
+"""The one dispatch of the DiT's compute ops: attention, norms, gated residual add and linear.
+
+An `Ops` (frozen) is chosen once, when a model is loaded (`select_ops`, called by
+`models.transformer_loading.load_transformer`), and held by the model (`WanTransformer.ops`). Every
+block calls through it:
+
+    attend(q, k, v, ...)        "dense": SDPA | "sla": SLA in plain PyTorch (kernels.sagesla.reference,
+                                slow) | "sagesla": the Triton SageSLA kernels (CUDA)
+    rmsnorm_rope(x, ...)        q/k RMSNorm across all heads + Wan's RoPE
+    modulate(x, ...)            LayerNorm without affine + AdaLN ``x·(1+scale)+shift``; when the next
+                                linear is a `W8A8Linear` run by the int8 GEMM, the Triton kernel emits
+                                int8 codes + per-token scales (`Int8Activation`) that feed the GEMM
+                                directly (no separate activation-quant pass)
+    gated_add(x, y, gate)       ``x + gate·y`` in fp32
+    apply_linear(module, x)     nn.Linear; `W8A8Linear` through the Triton int8 GEMM or its PyTorch path
+
+`Ops.kernels` picks the Triton kernels (norms, gated add, int8 GEMM) or plain PyTorch for everything but
+attention; `attention` and `linear` also fix the model's structure (SLA models own ``proj_l``, W8A8 models
+hold `W8A8Linear`s). Tests force a backend for a block of code with `override(attention=..., kernels=...)`
+(nanochat's override hook; a context variable, so nothing outlives the block), which `WanTransformer`
+applies once per forward (`Ops.effective`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.linear import LINEAR_BACKENDS, W8A8Linear
+
+log = logging.getLogger(__name__)
+
+ATTENTION_BACKENDS = ("dense", "sla", "sagesla")
+BACKENDS = ATTENTION_BACKENDS  # the old name (models.attention.BACKENDS)
+AUTO = "auto"
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+# Backends forced by `override` for the current context (tests): {"attention": ..., "kernels": ...}.
+_OVERRIDE: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar("ops_override", default=None)
+
+
+def _kernel(name: str) -> ModuleType:
+    """kernels.<name> (imports triton; only reached when a Triton backend was chosen)."""
+    try:
+        return importlib.import_module(f"kernels.{name}")
+    except ImportError as exc:
+        raise RuntimeError(f"kernels.{name} (and triton) could not be imported: {exc}") from exc
+
+
+# 1. plain-PyTorch math (the CPU path and the definition the kernels are tested against) ---------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) · weight over the last dim in fp32; output in x.dtype."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (2j, 2j+1) of x [B, L, H, D] by the angles of cos/sin [L, D/2]."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[:, None, :], sin[:, None, :]  # [L, 1, D/2]
+    out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)  # [B, L, H, D/2, 2]
+    return out.flatten(-2).to(x.dtype)
+
+
+class Int8Activation(NamedTuple):
+    """Per-token int8 activations for a W8A8 linear: q [B, L, K] int8, scale [B, L] fp32, x ≈ q·scale."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype  # the compute dtype the float activation would have had
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.q.float() * self.scale[..., None]).to(self.dtype)
+
+
+# 2. attention ---------------------------------------------------------------------------------------
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str = "dense",
+    topk_ratio: float = 0.1,
+    proj_l_weight: torch.Tensor | None = None,
+    proj_l_bias: torch.Tensor | None = None,
+    block_q: int = 128,
+    block_k: int = 64,
+) -> torch.Tensor:
+    """Multi-head attention, softmax scale 1/sqrt(D), no mask.
+
+    q: [B, H, Lq, D], k and v: [B, H, Lk, D] (SLA backends need Lq == Lk). ``proj_l_*`` ([D, D], [D]) is
+    SLA's linear-branch projection; None turns the linear branch off. ``topk_ratio``: the fraction of key
+    blocks each query block attends to (SLA backends). Returns [B, H, Lq, D] in q.dtype.
+    """
+    if backend == "dense":
+        return F.scaled_dot_product_attention(q, k, v)
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; known: {ATTENTION_BACKENDS}")
+    if backend == "sagesla" and not q.is_cuda:
+        raise RuntimeError("attention backend 'sagesla' runs Triton kernels on CUDA tensors only; "
+                           "use 'sla' (PyTorch reference) or 'dense' on CPU")
+    sagesla = _kernel("sagesla")
+    fn = sagesla.reference if backend == "sla" else sagesla.sagesla_attention
+    o, _density = fn(q, k, v, topk_ratio=topk_ratio, proj_l_weight=proj_l_weight, proj_l_bias=proj_l_bias,
+                     block_q=block_q, block_k=block_k)
+    return o
+
+
+# 3. the dispatch object -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ops:
+    """Backends of one loaded model. attention: dense | sla | sagesla; linear: native | w8a8 (what the
+    block Linears are); kernels: Triton norms / gated add / int8 GEMM (True) or plain PyTorch."""
+
+    attention: str = "dense"
+    linear: str = "native"
+    kernels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {self.attention!r}; known: {ATTENTION_BACKENDS}")
+        if self.linear not in LINEAR_BACKENDS:
+            raise ValueError(f"unknown linear backend {self.linear!r}; known: {LINEAR_BACKENDS}")
+
+    def effective(self) -> Ops:
+        """These backends with a test's `override` applied (self when there is none)."""
+        forced = _OVERRIDE.get()
+        return replace(self, **forced) if forced else self  # type: ignore[arg-type]
+
+    # attention ---------------------------------------------------------------------------------------
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, topk_ratio: float,
+        proj_l: nn.Linear | None, block_q: int, block_k: int,
+    ) -> torch.Tensor:
+        """q, k, v [B, H, L, D] -> [B, H, L, D]; proj_l None: no linear branch (a dense model forced to SLA)."""
+        return attention(
+            q, k, v, backend=self.attention, topk_ratio=topk_ratio,
+            proj_l_weight=None if proj_l is None else proj_l.weight,
+            proj_l_bias=None if proj_l is None else proj_l.bias,
+            block_q=block_q, block_k=block_k,
+        )
+
+    # norms -------------------------------------------------------------------------------------------
+    def rmsnorm_rope(
+        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+        num_heads: int,
+    ) -> torch.Tensor:
+        """x [B, L, H·D] -> RMSNorm over all H·D channels (skipped when weight is None), RoPE: [B, L, H, D]."""
+        B, L, C = x.shape
+        x = x.view(B, L, num_heads, C // num_heads)  # [B, L, H, D]
+        if weight is None:
+            return apply_rope(x, cos, sin)
+        if self.kernels:
+            return _kernel("rmsnorm_rope").rmsnorm_rope(x, weight, cos, sin, eps)
+        return apply_rope(rms_norm(x.flatten(2), weight, eps).view(x.shape), cos, sin)
+
+    def wants_int8(self, next_linear: nn.Module | None, dtype: torch.dtype) -> bool:
+        """True when `modulate` hands `next_linear` int8 activations (the Triton int8 GEMM path)."""
+        return (self.kernels and self.linear == "w8a8" and isinstance(next_linear, W8A8Linear)
+                and dtype in _LOW_PRECISION)
+
+    def modulate(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype,
+        next_linear: nn.Module | None = None,
+    ) -> torch.Tensor | Int8Activation:
+        """LayerNorm (no affine, fp32 stats) of x [B, L, C] fp32, then ``·(1+scale)+shift`` (shift, scale
+        [B, 1, C] fp32) -> [B, L, C] in `dtype`, or an `Int8Activation` when `next_linear` takes one."""
+        if not self.kernels:
+            y = F.layer_norm(x.float(), (x.shape[-1],), None, None, eps) * (1 + scale) + shift
+            return y.to(dtype)
+        adaln = _kernel("adaln")
+        if self.wants_int8(next_linear, dtype):
+            q, s = adaln.layernorm_modulate(x, shift[:, 0], scale[:, 0], eps, out_int8=True)
+            return Int8Activation(q, s, dtype)
+        return adaln.layernorm_modulate(x, shift[:, 0], scale[:, 0], eps, out_dtype=dtype)
+
+    # residual ----------------------------------------------------------------------------------------
+    def gated_add(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C] fp32 + gate [B, 1, C] fp32 · y [B, L, C] -> fp32 (a new tensor)."""
+        if self.kernels:
+            return _kernel("gated_residual").gated_residual(x, y, gate[:, 0])
+        return x + y.float() * gate
+
+    # linear ------------------------------------------------------------------------------------------
+    def apply_linear(self, module: nn.Module, x: torch.Tensor | Int8Activation) -> torch.Tensor:
+        """module(x) for x [..., K] (or pre-quantized int8) -> [..., N]."""
+        if isinstance(module, W8A8Linear) and self.kernels:
+            w8a8 = _kernel("w8a8")
+            qweight, wscale = module.kernel_weight()
+            weight = w8a8.W8A8Weight(qweight, wscale)
+            if isinstance(x, Int8Activation):
+                return w8a8.w8a8_linear_int8(x.q, x.scale, weight, module.bias, x.dtype)
+            if x.dtype in _LOW_PRECISION:
+                return w8a8.w8a8_linear(x, weight, module.bias)
+        if isinstance(x, Int8Activation):
+            x = x.dequantize()
+        return module(x)
+
+
+@contextlib.contextmanager
+def override(*, attention: str | None = None, kernels: bool | None = None) -> Iterator[None]:
+    """Within the block every model forward uses these backends (None: the model's own choice)."""
+    if attention is not None and attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {attention!r}; known: {ATTENTION_BACKENDS}")
+    forced = dict(_OVERRIDE.get() or {})
+    if attention is not None:
+        forced["attention"] = attention
+    if kernels is not None:
+        forced["kernels"] = kernels
+    token = _OVERRIDE.set(forced or None)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+# 4. choice at load ----------------------------------------------------------------------------------
+def triton_available() -> tuple[bool, str]:
+    """(True, "") when triton and the Triton kernels import, else (False, why)."""
+    try:
+        importlib.import_module("triton")
+        importlib.import_module("kernels.sagesla")
+    except ImportError as exc:
+        return False, f"triton is not importable ({exc})"
+    return True, ""
+
+
+def select_ops(
+    device: str | torch.device, *, attention: str = AUTO, linear: str = AUTO, sla_checkpoint: bool,
+    quantized: bool,
+) -> Ops:
+    """The backends a checkpoint runs with on `device`; "auto" picks the fastest that applies.
+
+    attention auto: "sagesla" for an SLA checkpoint (it carries proj_l) on CUDA with triton, "sla" (the
+    slow PyTorch reference) for an SLA checkpoint otherwise, else "dense". linear auto: "w8a8" for a
+    quantized checkpoint, else "native". Explicit values force (a quantized checkpoint run "native" is
+    dequantized at load, a float one run "w8a8" quantized). The Triton norm/GEMM kernels run on CUDA
+    when triton imports. Each choice and the reason for a fallback are logged.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    has_triton, why_not = triton_available() if cuda else (False, f"device is {device.type}, not CUDA")
+    if attention == AUTO:
+        if not sla_checkpoint:
+            attention, reason = "dense", "the checkpoint has no SLA proj_l"
+        elif has_triton:
+            attention, reason = "sagesla", "SLA checkpoint on CUDA with triton"
+        else:
+            attention, reason = "sla", f"SLA checkpoint but {why_not}: falling back to the PyTorch SLA reference (slow)"
+        log.info("attention backend auto -> %s (%s)", attention, reason)
+    else:
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {attention!r}; known: {ATTENTION_BACKENDS} or 'auto'")
+        if attention == "sagesla" and not has_triton:
+            raise ValueError(f"attention 'sagesla' needs CUDA and triton: {why_not}")
+        log.info("attention backend %s (forced)%s", attention,
+                 "" if attention == "dense" or sla_checkpoint else "; the checkpoint has no proj_l: linear branch off")
+    if linear == AUTO:
+        linear = "w8a8" if quantized else "native"
+        log.info("linear backend auto -> %s (checkpoint %s)", linear, "quantized" if quantized else "not quantized")
+    else:
+        if linear not in LINEAR_BACKENDS:
+            raise ValueError(f"unknown linear backend {linear!r}; known: {LINEAR_BACKENDS} or 'auto'")
+        log.info("linear backend %s (forced; checkpoint %s)", linear, "quantized" if quantized else "not quantized")
+    if cuda and not has_triton:
+        log.warning("Triton kernels off (%s): norms and W8A8 linears run in plain PyTorch", why_not)
+    return Ops(attention=attention, linear=linear, kernels=has_triton)

@@ -1,0 +1,233 @@
+"""models/ops.py: the one dispatch (backends fixed at load, the test override), the AdaLN int8 output
+feeding W8A8 directly, the W8A8 layout converted once at load, and "auto" backends from the manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from models.config import WanConfig
+from models.dit import WanTransformer
+from models.linear import W8A8Linear, convert_for_runtime, prepare_for_kernels
+from models.ops import Int8Activation, Ops, override, select_ops
+
+TINY = WanConfig.from_name("wan-tiny")
+PROJ_L = "self_attn.attn_op.local_attn.proj_l"
+
+needs_kernels = pytest.mark.skipif(
+    not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs CUDA or TRITON_INTERPRET=1",
+)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+def _state_dict(cfg: WanConfig = TINY, sla: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = WanTransformer(cfg, attention="sla" if sla else "dense")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.05 if "proj_l" in name else 0.2)
+    return model.state_dict()
+
+
+def _inputs(cfg: WanConfig = TINY, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(1, 16, 2, 4, 6, generator=g)
+    ctx = torch.randn(1, 512, cfg.text_dim, generator=g)
+    return latents.to(device), torch.tensor([500.0], device=device), ctx.to(device, dtype)
+
+
+# 1. the dispatch object and the override ---------------------------------------------------------------
+def test_ops_validate_and_override_is_scoped():
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        Ops(attention="flash")
+    with pytest.raises(ValueError, match="unknown linear backend"):
+        Ops(linear="fp4")
+    ops = Ops(attention="sla", linear="w8a8", kernels=True)
+    assert ops.effective() is ops
+    with override(attention="dense"):
+        assert ops.effective() == Ops(attention="dense", linear="w8a8", kernels=True)
+        with override(kernels=False):  # nests, keeping the outer choice
+            assert ops.effective() == Ops(attention="dense", linear="w8a8", kernels=False)
+        assert ops.effective().kernels is True
+    assert ops.effective() is ops  # nothing outlives the block
+    with pytest.raises(ValueError, match="unknown attention backend"), override(attention="nope"):
+        pass
+
+
+def test_old_override_name_still_imports_and_forces_attention():
+    from models.attention import override_backend
+
+    with override_backend("sla"):
+        assert Ops().effective().attention == "sla"
+    assert Ops().effective().attention == "dense"
+
+
+def test_model_holds_its_ops_and_rejects_a_contradiction():
+    model = WanTransformer(TINY, ops=Ops(attention="sla"))
+    assert model.ops.attention == "sla" and model.blocks[0].self_attn.attn_op.local_attn is not None
+    assert WanTransformer(TINY).ops == Ops()
+    with pytest.raises(ValueError, match="contradicts"):
+        WanTransformer(TINY, attention="dense", ops=Ops(attention="sla"))
+
+
+def test_plain_modulate_is_layernorm_then_adaln():
+    x = torch.randn(2, 5, 16) * 3 + 1
+    shift, scale = torch.randn(2, 1, 16), torch.randn(2, 1, 16)
+    want = torch.nn.functional.layer_norm(x, (16,), eps=1e-6) * (1 + scale) + shift
+    got = Ops().modulate(x, shift, scale, 1e-6, torch.float32, next_linear=W8A8Linear(16, 8))
+    assert isinstance(got, torch.Tensor)  # plain PyTorch never emits int8
+    torch.testing.assert_close(got, want)
+
+
+# 2. the kernels path (Triton interpreter on CPU): AdaLN int8 out -> W8A8 without a quant pass ---------
+def _w8a8_model(dtype: torch.dtype) -> WanTransformer:
+    with torch.device("meta"):
+        model = WanTransformer(TINY, ops=Ops(linear="w8a8"))
+        convert_for_runtime(model, "w8a8")
+    from models.linear import quantize_state_dict
+
+    model.load_state_dict(quantize_state_dict(_state_dict()), assign=True)
+    model.to_dtype(dtype)
+    return model.eval()
+
+
+@needs_kernels
+def test_kernel_layout_is_made_once_at_load_never_in_forward():
+    model = _w8a8_model(torch.bfloat16)
+    latents, t, ctx = _inputs(dtype=torch.bfloat16)
+    layers = [m for m in model.modules() if isinstance(m, W8A8Linear)]
+    assert layers and all(m.layout == "block" for m in layers)
+    with torch.no_grad(), override(kernels=True), pytest.raises(RuntimeError, match="prepare_for_kernels"):
+        model(latents, t, ctx)
+    assert all(m.layout == "block" for m in layers)  # forward did not convert anything
+    assert prepare_for_kernels(model) == len(layers)
+    assert all(m.layout == "channel" for m in layers)
+
+
+@needs_kernels
+def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
+    import kernels.w8a8 as w8a8
+
+    model = _w8a8_model(torch.bfloat16)
+    latents, t, ctx = _inputs(dtype=torch.bfloat16)
+    with torch.no_grad():
+        plain = model(latents, t, ctx)  # PyTorch: block-scaled dequantized weights
+    prepare_for_kernels(model)
+    quant_passes, int8_calls = [], []
+    real_quant, real_int8 = w8a8.quantize_activation, w8a8.w8a8_linear_int8
+
+    def count_quant(x):
+        quant_passes.append(tuple(x.shape))
+        return real_quant(x)
+
+    def count_int8(xq, *args, **kwargs):
+        int8_calls.append(xq.data_ptr())
+        return real_int8(xq, *args, **kwargs)
+
+    monkeypatch.setattr(w8a8, "quantize_activation", count_quant)
+    monkeypatch.setattr(w8a8, "w8a8_linear_int8", count_int8)
+    with torch.no_grad(), override(kernels=True):
+        fused = model(latents, t, ctx)
+    layers = TINY.num_layers
+    # q, k, v (one int8 tensor for the three) and ffn.0 take the norm kernel's int8 output ...
+    assert len(int8_calls) == 4 * layers
+    assert len(set(int8_calls)) == 2 * layers  # one quantization per norm, shared by q, k and v
+    # ... and only self-attn o, cross-attn q/k/v/o and ffn.2 quantize their input separately
+    assert len(quant_passes) == 6 * layers
+    assert fused.dtype == torch.float32 and torch.isfinite(fused).all()
+    assert _cos(fused, plain) >= 0.999  # per-channel requant + int8 activations vs the dequantized path
+
+
+def test_int8_activation_falls_back_to_dequantized_input_on_plain_linear():
+    q = torch.randint(-127, 128, (1, 3, 8), dtype=torch.int8)
+    s = torch.rand(1, 3)
+    act = Int8Activation(q, s, torch.float32)
+    lin = torch.nn.Linear(8, 4)
+    torch.testing.assert_close(Ops().apply_linear(lin, act), lin(q.float() * s[..., None]))
+
+
+# 3. backends chosen at load ----------------------------------------------------------------------------
+def test_select_ops_auto_follows_the_checkpoint_and_device(caplog):
+    caplog.set_level(logging.INFO, logger="models.ops")
+    assert select_ops("cpu", sla_checkpoint=False, quantized=False) == Ops("dense", "native", False)
+    assert select_ops("cpu", sla_checkpoint=False, quantized=True) == Ops("dense", "w8a8", False)
+    caplog.clear()
+    assert select_ops("cpu", sla_checkpoint=True, quantized=True) == Ops("sla", "w8a8", False)
+    assert "PyTorch SLA reference (slow)" in caplog.text and "not CUDA" in caplog.text
+    assert "linear backend auto -> w8a8" in caplog.text
+    # explicit values force
+    assert select_ops("cpu", attention="dense", linear="native", sla_checkpoint=True, quantized=True) == Ops()
+    assert select_ops("cpu", attention="sla", sla_checkpoint=False, quantized=False).attention == "sla"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        select_ops("cpu", attention="sagesla", sla_checkpoint=True, quantized=False)
+    with pytest.raises(ValueError, match="unknown linear backend"):
+        select_ops("cpu", linear="fp8", sla_checkpoint=False, quantized=False)
+
+
+def test_load_transformer_auto_reads_turbodiffusion_keys(tmp_path, caplog):
+    pytest.importorskip("kernels.sagesla")
+    from models.linear import quantize_state_dict
+    from models.transformer_loading import load_transformer
+
+    sd = quantize_state_dict(_state_dict(sla=True))  # TurboDiffusion -quant.pth with SLA proj_l
+    torch.save(sd, tmp_path / "turbo-quant.pth")
+    caplog.set_level(logging.INFO, logger="models.ops")
+    model = load_transformer(tmp_path / "turbo-quant.pth")
+    assert model.ops == Ops("sla", "w8a8", False)
+    assert isinstance(model.blocks[0].self_attn.q, W8A8Linear)
+    assert model.blocks[0].self_attn.attn_op.local_attn.proj_l.weight.abs().sum() > 0  # from the file
+    assert "slow" in caplog.text
+    forced = load_transformer(tmp_path / "turbo-quant.pth", attention="dense", linear="native")
+    assert forced.ops == Ops() and type(forced.blocks[0].self_attn.q) is torch.nn.Linear
+
+
+def test_load_transformer_auto_reads_the_manifest(tmp_path):
+    from models.checkpoint_io import CheckpointError
+    from models.convert import convert_checkpoint
+    from models.transformer_loading import load_transformer
+
+    torch.save(_state_dict(), tmp_path / "wan.pth")
+    quant = convert_checkpoint(tmp_path / "wan.pth", tmp_path / "quant", quantize="w8a8")
+    plain = convert_checkpoint(tmp_path / "wan.pth", tmp_path / "plain")
+    assert load_transformer(quant).ops == Ops("dense", "w8a8")
+    assert load_transformer(plain).ops == Ops("dense", "native")
+
+    manifest = quant / "turbovid.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "quantization": None}))
+    with pytest.raises(CheckpointError, match="manifest says quantization None"):
+        load_transformer(quant)
+    manifest.write_text(json.dumps({**data, "quantization": {"method": "nf4"}}))
+    with pytest.raises(CheckpointError, match="not one TurboVid runs"):
+        load_transformer(quant)
+    manifest.write_text(json.dumps({**data, "attention": {**data["attention"], "sla": True}}))
+    with pytest.raises(CheckpointError, match="lack SLA proj_l"):
+        load_transformer(quant)
+
+
+# 4. GPU: the fused path against plain PyTorch on CUDA ---------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("linear", ["native", "w8a8"])
+def test_cuda_fused_kernels_match_plain_pytorch(tmp_path, linear):
+    from models.transformer_loading import load_transformer
+
+    torch.save(_state_dict(), tmp_path / "wan.pth")
+    model = load_transformer(tmp_path / "wan.pth", device="cuda", dtype=torch.bfloat16, linear=linear)
+    assert model.ops.kernels is True  # chosen at load on CUDA with triton
+    layers = [m for m in model.modules() if isinstance(m, W8A8Linear)]
+    assert bool(layers) == (linear == "w8a8") and all(m.layout == "channel" for m in layers)
+    latents, t, ctx = _inputs(device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        fused = model(latents, t, ctx)
+        with override(kernels=False):
+            plain = model(latents, t, ctx)
+    assert torch.isfinite(fused).all()
+    assert _cos(fused, plain) >= (0.999 if linear == "w8a8" else 0.9999)
