@@ -4,7 +4,8 @@
 - Wan's `Wan2.1_VAE.pth` (or any .pth/.safetensors with Wan's names: `encoder.conv1.weight`, ...);
 - a diffusers `AutoencoderKLWan` folder (`config.json` + `diffusion_pytorch_model.safetensors`), or a
   diffusers pipeline folder holding it as `vae/`; diffusers names are mapped to Wan's;
-- our canonical folder (`models.checkpoint_io`, component "vae"), whose manifest holds the config.
+- our canonical folder (`models.checkpoint_io`, component "vae"), whose manifest holds the config;
+- the VAE inside a ComfyUI all-in-one checkpoint (Wan names under `first_stage_model.`).
 
 Without a manifest the architecture is read off the weights: base_dim from `encoder.conv1`, z_dim from
 `conv2`, channel multipliers, residual blocks per level and temporal downsampling from the encoder's
@@ -143,6 +144,18 @@ def _diffusers_stats(folder: Path) -> dict[str, object]:
     return {k: tuple(config[k]) for k in ("latents_mean", "latents_std") if k in config}
 
 
+# Prefixes under which other files hold the VAE: ComfyUI all-in-one checkpoints, and "vae." wrappers.
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+
+
+def _select_vae(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The VAE's tensors of a file that may hold other components too, prefix removed."""
+    for prefix in VAE_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return strip_prefix(state, "vae.")
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], VAEConfig]:
     """Wan-named state dict and config, from any supported layout."""
     if path.is_dir() and not (path / DIFFUSERS_CONFIG).is_file() and (path / "vae").is_dir():
@@ -157,7 +170,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], VAEConfig]:
             raise CheckpointError(f"{path}: manifest architecture is not a VAEConfig: {exc}") from exc
         return read_state_dict(path), config
 
-    state = strip_prefix(read_state_dict(path), "vae.")
+    state = _select_vae(read_state_dict(path))
     overrides: dict[str, object] = {}
     if "encoder.conv_in.weight" in state:  # diffusers names
         state = diffusers_to_wan(state)
