@@ -59,8 +59,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     g.add_argument("--guidance-scale", type=float, default=None)
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None)
-    g.add_argument("--attention", choices=["dense", "sla", "sagesla"], default="dense")
-    g.add_argument("--linear", choices=["native", "w8a8"], default="native")
+    g.add_argument("--attention", choices=["auto", "dense", "sla", "sagesla"], default="auto",
+                   help="auto: from the checkpoint and the device")
+    g.add_argument("--linear", choices=["auto", "native", "w8a8"], default="auto",
+                   help="auto: w8a8 for int8 checkpoints, else native")
     g.add_argument("--sla-topk", type=float, default=None)
     g.add_argument("--cache-dir", type=Path, default=None, help="where wan-tiny's weights are built")
     g.set_defaults(func=_user_errors(_generate))
@@ -115,7 +117,7 @@ def _generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pipe = load_pipeline(
         args.model, args.checkpoint, device=device, dtype=getattr(torch, dtype_name),
-        attention=args.attention, linear=args.linear, cache_dir=args.cache_dir, sampler=args.solver or card.solver,
+        attention=args.attention, linear=args.linear, cache_dir=args.cache_dir, solver=args.solver,
     )
     load_s = time.perf_counter() - t0
     params = GenerationParams(

@@ -96,8 +96,9 @@ class WorkerSettings(BaseModel):
     queues: list[str] = Field(default_factory=list)
     device: str = "auto"  # "auto": cuda if available, else cpu
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
-    attention: Literal["dense", "sla", "sagesla"] = "dense"
-    linear: Literal["native", "w8a8"] = "native"
+    # "auto": from the checkpoint's manifest (or keys) and the device (models.ops); or a backend to force
+    attention: Literal["auto", "dense", "sla", "sagesla"] = "auto"
+    linear: Literal["auto", "native", "w8a8"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

@@ -67,10 +67,9 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     from models.pipeline import load_pipeline
 
     w = settings.worker
-    solver = get_card(w.model).solver if w.solver == "auto" else w.solver
     return load_pipeline(  # type: ignore[no-any-return]
         w.model, list(w.checkpoint), device=device, dtype=getattr(torch, dtype), attention=w.attention,
-        linear=w.linear, cache_dir=w.cache_dir, sampler=solver,
+        linear=w.linear, cache_dir=w.cache_dir, solver=w.solver,
     )
 
 
