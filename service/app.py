@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for name, sha in settings.auth.bootstrap_keys.items():
-            engine.keys.add_hash(name, sha)
+            engine.api_keys.add_hash(name, sha)
         if settings.dev_mode and isinstance(storage, S3Storage):
             storage.ensure_bucket()
         log.info("gateway up: models=%s auth=%s storage=%s", settings.gateway.models, settings.auth.enabled,
@@ -61,10 +61,3 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router.router)
     return app
 
-
-def run_gateway(settings: Settings) -> None:
-    """Serve the HTTP API on settings.gateway.host:port (blocks); `turbovid gateway` calls it."""
-    import uvicorn
-
-    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
-                proxy_headers=True, log_level="info")

@@ -35,7 +35,7 @@ State = Annotated[AppState, Depends(get_state)]
 def get_principal(
     state: State, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> Principal:
-    return authenticate(state.engine.keys, state.settings.auth.enabled, authorization)
+    return authenticate(state.engine.api_keys, state.settings.auth.enabled, authorization)
 
 
 Auth = Annotated[Principal, Depends(get_principal)]

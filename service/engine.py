@@ -3,7 +3,7 @@ worker registry (vLLM's engine client). Routes and serving never hold a raw Redi
 
 Built from a Redis client, the key table and the settings, so tests swap nothing but the Redis URL.
 Everything Redis-shaped the gateway does goes through here or through the small stores it hands out
-(`keys` for API keys, `limiter` for the per-minute rate, `idempotency` for Idempotency-Key claims).
+(`api_keys` for API keys, `limiter` for the per-minute rate, `idempotency` for Idempotency-Key claims).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Engine:
         self.store = JobStore(client, keys)
         self.queue = JobQueue(client, settings.queue)
         self.workers = WorkerRegistry(client, keys)
-        self.keys = KeyStore(client, keys)
+        self.api_keys = KeyStore(client, keys)
         self.limiter = RateLimiter(client, keys, settings.auth.rate_limit_per_minute)
         self.idempotency = Idempotency(client, keys)
 
@@ -61,12 +61,9 @@ class Engine:
         return self.cfg.queued_ttl_s + self.cfg.job_timeout_s * (1 + self.cfg.max_requeues) + 3600
 
     def reserve_slot(self, owner: str, job_id: str, limit: int) -> bool:
-        """One of the owner's `limit` concurrent-job slots for `job_id`; when all are taken, slots held
-        by jobs that ended without giving theirs back are swept once and the reservation retried."""
-        if self.store.reserve_slot(owner, job_id, limit):
-            return True
-        if not self.store.sweep_slots(owner, queued_ttl_s=self.cfg.queued_ttl_s, failure_ttl_s=self.cfg.failure_ttl_s):
-            return False
+        """One of the owner's `limit` concurrent-job slots for `job_id` (before its record exists).
+        Not followed by `JobStore.sweep_slots` here: the sweep frees slots whose record is missing, which
+        includes the reservations of creations still in flight in other requests."""
         return self.store.reserve_slot(owner, job_id, limit)
 
     def release_slot(self, owner: str, job_id: str) -> None:
