@@ -1,10 +1,14 @@
-"""Wan VAE encode/decode: our chunked implementation vs diffusers' AutoencoderKLWan, same random weights.
+"""Wan VAE encode/decode: the fast path vs our eager path (and diffusers when installed), same weights.
 
-    python -m models.bench_vae --preset wan2.1 --frames 81 --height 480 --width 832 --dtype bf16
-    python -m models.bench_vae --preset tiny --frames 9 --height 64 --width 64      # CPU smoke run
+    python -m models.bench_vae                               # 480p and 720p, 81 frames, bf16, on CUDA
+    python -m models.bench_vae --sizes 832x480 --micro       # + conv3d layouts and the norm kernel
+    python -m models.bench_vae --preset tiny --sizes 64x64 --frames 9 --no-reference   # CPU smoke run
 
-Prints seconds per call (median of --repeats after one warm-up) and, on CUDA, the peak allocated
-memory of each call; the two outputs' cosine similarity shows both computed the same thing.
+Per stage and size: seconds per call (median of --repeats after one warm-up), the ratio to the eager
+path ("old": fp32-normalising norms, contiguous NCDHW convs, one latent frame per chunk), the peak memory
+the call allocated beyond what was allocated before it (output included), and the cosine similarity to
+an fp32 decode/encode of the same weights (eager path, TF32 off). `--profile` writes the fast decode's
+top CUDA kernels. Random full-size weights (default init): the timings are those of real weights.
 """
 
 from __future__ import annotations
@@ -17,25 +21,28 @@ from collections.abc import Callable
 import torch
 
 from models.vae import VAEConfig, WanVAE
-from models.vae_loading import diffusers_to_wan
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[float, float, torch.Tensor]:
-    """(median seconds, peak GiB on CUDA else nan, last output)."""
+    """(median seconds, peak GiB allocated beyond the start on CUDA else nan, last output)."""
     out = fn()  # warm-up
+    del out
     times, peak = [], float("nan")
-    for _ in range(repeats):
+    for i in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
         out = fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) / 2**30
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
         times.append(time.perf_counter() - start)
+        if i < repeats - 1:
+            del out
     return statistics.median(times), peak, out
 
 
@@ -43,61 +50,144 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
+def micro_convs(device: torch.device) -> None:
+    """conv3d (3×3×3, causal: T+2 input frames) at the decoder's 480p shapes: NCDHW vs channels-last-3d,
+    cuDNN heuristics vs benchmark mode, vs three conv2d over time taps summed (frames as the batch)."""
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    cl3, cl2 = torch.channels_last_3d, torch.channels_last
+    shapes = [  # (C_in, C_out, T_out, H, W)
+        (96, 96, 8, 480, 832), (192, 192, 8, 240, 416), (192, 384, 4, 120, 208), (384, 384, 4, 120, 208),
+        (384, 384, 21, 60, 104), (96, 3, 8, 480, 832),
+    ]  # fmt: skip
+    print(f"{'conv3d C_in->C_out T HxW':32} {'NCDHW ms':>9} {'CL ms':>8} {'CL+bm ms':>9} {'taps2d ms':>9} "
+          f"{'best TFLOP/s':>12}")  # fmt: skip
+    for cin, cout, t, h, w in shapes:
+        x = torch.randn(1, cin, t + 2, h, w, device=device, dtype=torch.bfloat16)
+        wt = torch.randn(cout, cin, 3, 3, 3, device=device, dtype=torch.bfloat16) * 0.02
+        b = torch.zeros(cout, device=device, dtype=torch.bfloat16)
+        xc, wc = x.contiguous(memory_format=cl3), wt.contiguous(memory_format=cl3)
+        w2 = [wt[:, :, k].contiguous(memory_format=cl2) for k in range(3)]
+        frames = xc[0].transpose(0, 1)  # [T+2, C, H, W], channels-last view
+
+        def taps(frames=frames, w2=w2, b=b, t=t):
+            out = F.conv2d(frames[0:t], w2[0], b, padding=1)
+            out += F.conv2d(frames[1 : t + 1], w2[1], None, padding=1)
+            out += F.conv2d(frames[2 : t + 2], w2[2], None, padding=1)
+            return out
+
+        ref = F.conv3d(x.float(), wt.float(), b.float(), padding=(0, 1, 1))
+        times = []
+        for fn, bm in (
+            (lambda x=x, wt=wt, b=b: F.conv3d(x, wt, b, padding=(0, 1, 1)), False),
+            (lambda xc=xc, wc=wc, b=b: F.conv3d(xc, wc, b, padding=(0, 1, 1)), False),
+            (lambda xc=xc, wc=wc, b=b: F.conv3d(xc, wc, b, padding=(0, 1, 1)), True),
+            (taps, False),
+        ):
+            torch.backends.cudnn.benchmark = bm
+            out = fn()
+            got = out if out.dim() == 5 else out.transpose(0, 1)[None]
+            cos = _cosine(got.float(), ref)
+            times.append(do_bench(fn, warmup=10, rep=100, return_mode="median") if cos > 0.999 else float("nan"))
+        torch.backends.cudnn.benchmark = False
+        flops = 2 * 27 * cin * cout * t * h * w
+        best = min(v for v in times if v == v)
+        print(f"{cin:4d}->{cout:<4d} T={t:<3d} {h}x{w:<10} " + " ".join(f"{v:9.2f}" for v in times)
+              + f" {flops / best / 1e9:12.0f}")  # fmt: skip
+    # The upsamplers' 3×3 conv2d on nearest-2x frames (480p, 8 frames).
+    x = torch.randn(8, 192, 480, 832, device=device, dtype=torch.bfloat16)
+    wt = torch.randn(96, 192, 3, 3, device=device, dtype=torch.bfloat16) * 0.02
+    t_nchw = do_bench(lambda: F.conv2d(x, wt, None, padding=1), warmup=10, rep=100, return_mode="median")
+    xc, wc = x.contiguous(memory_format=cl2), wt.contiguous(memory_format=cl2)
+    t_nhwc = do_bench(lambda: F.conv2d(xc, wc, None, padding=1), warmup=10, rep=100, return_mode="median")
+    flops = 2 * 9 * 192 * 96 * 8 * 480 * 832
+    print(f"conv2d 192->96 x8 480x832: NCHW {t_nchw:.2f} ms, NHWC {t_nhwc:.2f} ms ({flops / t_nhwc / 1e9:.0f} TFLOP/s)")
+
+
 def bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="wan2.1", choices=["wan2.1", "tiny"])
     parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--sizes", default="832x480,1280x720", help="comma-separated WxH")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--budget-gib", type=float, default=12.0)
+    parser.add_argument("--chunks", default="", help="extra fast-path decode rows: comma-separated chunk_latents")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="also time the fast path in cuDNN benchmark mode")
     parser.add_argument("--skip-encode", action="store_true")
+    parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
+    parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
+    parser.add_argument("--profile", default="", help="write the fast 480p decode's top CUDA kernels here")
     args = parser.parse_args()
-    from diffusers import AutoencoderKLWan
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
     cfg = VAEConfig.from_name(args.preset)
     torch.manual_seed(0)
-    ref = AutoencoderKLWan(
-        base_dim=cfg.base_dim,
-        z_dim=cfg.z_dim,
-        dim_mult=list(cfg.dim_mult),
-        num_res_blocks=cfg.num_res_blocks,
-        temperal_downsample=list(cfg.temporal_downsample),
-    ).eval()
-    ours = WanVAE(cfg).eval()
-    ours.load_state_dict(diffusers_to_wan(ref.state_dict()))
-    ref = ref.to(device, dtype).requires_grad_(False)
-    ours = ours.to(device, dtype).requires_grad_(False)
-    mean = torch.tensor(cfg.latents_mean, device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(cfg.latents_std, device=device).view(1, -1, 1, 1, 1)
+    torch.backends.cudnn.allow_tf32 = False  # the fp32 reference is fp32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    budget = int(args.budget_gib * 2**30)
+    ref_model = WanVAE(cfg).eval().requires_grad_(False).to(device)
+    ours = WanVAE(cfg, memory_budget=budget).eval().requires_grad_(False)
+    ours.load_state_dict(ref_model.state_dict())
+    ours = ours.to(device, dtype)
+    print(f"{args.preset} {args.dtype} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"torch {torch.__version__}, cudnn {torch.backends.cudnn.version()}, budget {args.budget_gib} GiB")  # fmt: skip
+    if args.micro and device.type == "cuda":
+        micro_convs(device)
+        from kernels.rmsnorm_silu import bench as bench_norm
 
-    t_lat = (args.frames - 1) // cfg.temporal_factor + 1
-    sf = cfg.spatial_factor
-    latents = torch.randn(1, cfg.z_dim, t_lat, args.height // sf, args.width // sf, device=device)
-    print(f"{args.preset} {args.dtype} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}: "
-          f"{args.frames} frames {args.width}x{args.height}, latents {tuple(latents.shape)}")
+        bench_norm()
 
-    def ref_decode() -> torch.Tensor:
-        with torch.no_grad():
-            return ref.decode((latents * std + mean).to(dtype)).sample
+    rows = []
+    for size in args.sizes.split(","):
+        width, height = (int(v) for v in size.split("x"))
+        t_lat = (args.frames - 1) // cfg.temporal_factor + 1
+        sf = cfg.spatial_factor
+        gen = torch.Generator(device).manual_seed(1)
+        latents = torch.randn(1, cfg.z_dim, t_lat, height // sf, width // sf, device=device, generator=gen)
+        video = torch.rand(1, 3, args.frames, height, width, device=device, generator=gen) * 2 - 1
+        stages: list[tuple[str, Callable[..., torch.Tensor], torch.Tensor]] = [("decode", WanVAE.decode, latents)]
+        if not args.skip_encode:
+            stages.append(("encode", WanVAE.encode, video))
+        for stage, method, x in stages:
+            ref = None if args.no_reference else method(ref_model, x, fused=False)
+            variants: list[tuple[str, dict]] = [("old (eager, 1/chunk)", dict(fused=False, chunk_latents=1)),
+                                                ("fast (auto chunk)", dict(fused=True))]  # fmt: skip
+            if stage == "decode":
+                variants[0][1]["prefix_latents"] = 1
+                variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
+            base = None
+            for name, kw in variants + ([("fast + cudnn.benchmark", dict(fused=True))] if args.cudnn_benchmark else []):
+                torch.backends.cudnn.benchmark = "benchmark" in name
+                xin = x.to(dtype)
+                t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
+                torch.backends.cudnn.benchmark = False
+                base = base or t
+                cos = float("nan") if ref is None else _cosine(out, ref)
+                rows.append((f"{width}x{height}", stage, name, t, base / t, peak, cos))
+                print(f"  {width}x{height} {stage} {name:24} {t:7.3f} s  x{base / t:5.2f}  {peak:6.2f} GiB  cos {cos:.6f}",
+                      flush=True)  # fmt: skip
+                del out
+            del ref
+    print(f"\n{'size':10} {'stage':7} {'path':24} {'s':>7} {'vs old':>7} {'peak GiB':>9} {'cos fp32':>9}")
+    for size, stage, name, t, ratio, peak, cos in rows:
+        print(f"{size:10} {stage:7} {name:24} {t:7.3f} {ratio:6.2f}x {peak:9.2f} {cos:9.6f}")
 
-    rows = [("decode", _measure(ref_decode, device, args.repeats),
-             _measure(lambda: ours.decode(latents.to(dtype)), device, args.repeats))]
-    if not args.skip_encode:
-        video = torch.rand(1, 3, args.frames, args.height, args.width, device=device, dtype=dtype) * 2 - 1
+    if args.profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
 
-        def ref_encode() -> torch.Tensor:
-            with torch.no_grad():
-                return (ref.encode(video).latent_dist.mean.float() - mean) / std
-
-        rows.append(("encode", _measure(ref_encode, device, args.repeats),
-                     _measure(lambda: ours.encode(video), device, args.repeats)))
-    print(f"{'stage':8} {'diffusers s':>12} {'ours s':>8} {'speedup':>8} {'diffusers GiB':>14} {'ours GiB':>9} {'cos':>9}")
-    for name, (t_ref, m_ref, o_ref), (t_ours, m_ours, o_ours) in rows:
-        print(f"{name:8} {t_ref:12.3f} {t_ours:8.3f} {t_ref / t_ours:7.2f}x {m_ref:14.2f} {m_ours:9.2f} "
-              f"{_cosine(o_ref, o_ours):9.6f}")
+        width, height = (int(v) for v in args.sizes.split(",")[0].split("x"))
+        latents = torch.randn(1, cfg.z_dim, (args.frames - 1) // 4 + 1, height // 8, width // 8, device=device)
+        ours.decode(latents.to(dtype))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            ours.decode(latents.to(dtype))
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+        with open(args.profile, "w") as f:
+            f.write(table)
+        print(table)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ each causal conv saw, whether a temporal resampler has passed its first frame) l
 
 Parameter names equal those of Wan's `Wan2.1_VAE.pth` (`encoder.*`, `decoder.*`, `conv1`, `conv2`), so
 that file loads without renaming; `models.vae_loading` also maps diffusers' `AutoencoderKLWan` names.
+Fast path (`fused=True`, the default on CUDA): activations in channels-last-3d memory (cuDNN's NDHWC
+conv kernels), the RMS-norm + SiLU of every residual block in one Triton pass
+(`kernels.rmsnorm_silu`) that writes straight into the causal conv's time-padded input buffer, spatial
+padding done by the convolution itself, and big chunks: the latent-resolution blocks see all latent
+frames at once, the blocks after the first upsampler see as many latent frames per chunk as the memory
+budget allows. Chunking never changes the result (every layer is causal and carries its cache); the
+eager path (`fused=False`) is the op-for-op definition the parity tests hold against diffusers.
+
 Temporal resampling, as Wan defines it (the first frame is special):
     downsample3d: out = [x0] + [conv(x[2k-2], x[2k-1], x[2k]) for k >= 1]      (stride-2 kernel-3 conv)
     upsample3d:   out = [x0] + interleave(causal_conv(x[1:]) split in 2 frames) (x0 is not context)
@@ -21,7 +29,7 @@ Temporal resampling, as Wan defines it (the first frame is special):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -88,6 +96,9 @@ class VAEConfig:
         return asdict(self)
 
 
+# Bytes of GPU memory one encode or decode may take beyond what is allocated already (output included).
+DEFAULT_MEMORY_BUDGET = 12 * 2**30
+
 VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
     # Same structure and latent space (z=16, 4×/8×) as Wan2.1, narrow channels: CPU tests, dev stack.
@@ -100,9 +111,11 @@ class CausalCache:
     and which temporal resamplers have already passed their first frame.
 
     Make one per encode or decode call and hand it to every layer with each chunk, in time order.
+    `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fused: bool = False) -> None:
+        self.fused = fused
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
 
@@ -123,6 +136,28 @@ class CausalCache:
         return sum(t.numel() * t.element_size() for t in self._frames.values())
 
 
+_CL3D = torch.channels_last_3d
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] in channels-last-3d memory (a no-op when it already is)."""
+    return x.contiguous(memory_format=_CL3D)
+
+
+def _rows(x: torch.Tensor) -> list[torch.Tensor]:
+    """Views of a channels-last-3d [B, C, T, H, W] tensor as B row matrices [T·H·W, C]."""
+    return [x[i].movedim(0, -1).view(-1, x.shape[1]) for i in range(x.shape[0])]
+
+
+def _norm_silu_into(x: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor) -> None:
+    """out <- silu(rms_norm(x) · gamma) in one Triton pass; out a channels-last-3d view (e.g. the new
+    frames of a conv's padded input buffer)."""
+    from kernels.rmsnorm_silu import rmsnorm_silu_out
+
+    for xr, outr in zip(_rows(_channels_last(x)), _rows(out), strict=True):
+        rmsnorm_silu_out(xr, gamma, outr)
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d over [B, C, T, H, W] with "same" spatial padding and left-only (causal) time padding.
 
@@ -137,6 +172,12 @@ class CausalConv3d(nn.Conv3d):
         self.spatial_pad = ((kw - 1) // 2, (kw - 1) // 2, (kh - 1) // 2, (kh - 1) // 2)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:  # type: ignore[override]
+        if cache.fused:
+            if not self.context:
+                return self._conv(x)
+            buf, new = self.input_buffer(x, cache)
+            new.copy_(x)
+            return self.forward_buffer(buf, cache)
         zeros_t = 0
         if self.context:
             past = cache.get(self)
@@ -147,6 +188,35 @@ class CausalConv3d(nn.Conv3d):
         if zeros_t or any(self.spatial_pad):
             x = F.pad(x, (*self.spatial_pad, zeros_t, 0))
         return super().forward(x)
+
+    # Fast path: the caller writes the chunk straight into the time-padded input buffer.
+    def input_buffer(self, like: torch.Tensor, cache: CausalCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """(buf, new): buf [B, C_in, context + T, H, W] channels-last-3d whose first `context` frames
+        hold the cached past (zeros before the first frame), and new = buf[:, :, context:], the T
+        frames of this chunk for the caller to fill (B, T, H, W, dtype and device as in `like`)."""
+        b, _, t, h, w = like.shape
+        ctx = self.context
+        buf = torch.empty(
+            (b, self.in_channels, ctx + t, h, w), device=like.device, dtype=like.dtype, memory_format=_CL3D
+        )
+        if ctx:
+            past = cache.get(self)
+            n_past = 0 if past is None else past.shape[2]
+            if n_past < ctx:
+                buf[:, :, : ctx - n_past].zero_()
+            if past is not None:
+                buf[:, :, ctx - n_past : ctx].copy_(past)
+        return buf, buf[:, :, ctx:]
+
+    def forward_buffer(self, buf: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Convolve a filled `input_buffer`, keeping its last frames for the next chunk: [B, C_out, T, H, W]."""
+        if self.context:
+            cache.put(self, buf[:, :, -self.context :].clone())
+        return self._conv(buf)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
+        return F.conv3d(x, self.weight, self.bias, padding=pad)
 
 
 class RMSNorm(nn.Module):
@@ -183,12 +253,23 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
+        if cache.fused:  # eval only (no dropout): each norm + SiLU writes into its conv's padded input
+            h = _norm_silu_conv(x, norm1, conv1, cache)  # [B, C_out, T, H, W]
+            h = _norm_silu_conv(h, norm2, conv2, cache)
+            return h.add_(x if self.shortcut is None else self.shortcut(x, cache))
         h = conv1(act1(norm1(x)), cache)  # [B, C_out, T, H, W]
         h = conv2(dropout(act2(norm2(h))), cache)
         return h + (x if self.shortcut is None else self.shortcut(x, cache))
 
 
-def _per_frame(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
+    """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv."""
+    buf, new = conv.input_buffer(x, cache)
+    _norm_silu_into(x, norm.gamma, new)
+    return conv.forward_buffer(buf, cache)
+
+
+def _per_frame(x: torch.Tensor, layer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply a 2-D layer to every frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
     b, c, t, h, w = x.shape
     y = layer(x.transpose(1, 2).reshape(b * t, c, h, w))  # [B*T, C', H', W']
@@ -214,7 +295,25 @@ class AttentionBlock(nn.Module):
         return self.proj(y)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        return x + _per_frame(x, self._frames)
+        if not cache.fused:
+            return x + _per_frame(x, self._frames)
+        # Fast path: a few frames at a time, so that SDPA's [H·W, H·W] scores (head dim > 256 has no
+        # flash kernel) stay near 1 GiB whatever the chunk.
+        hw = x.shape[3] * x.shape[4]
+        step = max(1, 2**30 // (4 * hw * hw))
+        out = torch.empty_like(x)
+        for t in range(0, x.shape[2], step):
+            frames = x[:, :, t : t + step]
+            out[:, :, t : t + step] = frames + _per_frame(frames, self._frames)
+        return out
+
+
+def _nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """Exact nearest 2× upsampling of channels-last frames [N, C, H, W] -> [N, C, 2H, 2W] (channels-last),
+    any dtype: every value is copied, nothing is computed."""
+    n, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c)  # [N, H, 2, W, 2, C]
+    return y.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 class NearestUpsample2x(nn.Module):
@@ -257,7 +356,12 @@ class Resample(nn.Module):
             return head if head is not None else x
         # 2. Every other frame becomes two: the conv's 2C channels are (frame a, frame b) × C.
         t = x.shape[2]
-        y = self.time_conv(x, cache).reshape(b, 2, c, t, h, w)  # [B, 2, C, T, H, W]
+        y = self.time_conv(x, cache)  # [B, 2C, T, H, W]
+        if cache.fused:  # channels-last in, channels-last out: [B, T, H, W, 2, C] -> [B, T, 2, H, W, C]
+            y = y.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)
+            y = y.reshape(b, 2 * t, h, w, c).permute(0, 4, 1, 2, 3)  # [B, C, 2T, H, W]
+            return y if head is None else torch.cat([_channels_last(head), y], dim=2)
+        y = y.reshape(b, 2, c, t, h, w)  # [B, 2, C, T, H, W]
         y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # [B, C, 2T, H, W]
         return y if head is None else torch.cat([head, y], dim=2)
 
@@ -284,6 +388,10 @@ class Resample(nn.Module):
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         if self.mode == "upsample3d":
             x = self._double_time(x, cache)  # [B, C, T', H, W]
+        if cache.fused and self.mode.startswith("upsample"):
+            conv = self.resample[1]
+            x = _per_frame(_channels_last(x), lambda f: F.conv2d(_nearest2x(f), conv.weight, conv.bias, padding=1))
+            return x  # [B, C/2, T', 2H, 2W], channels-last-3d
         x = _per_frame(x, self.resample)  # [B, C', T', H*2 or H/2, W*2 or W/2]
         if self.mode == "downsample3d":
             x = self._halve_time(x, cache)
@@ -296,6 +404,13 @@ def _middle(dim: int, dropout: float) -> nn.Sequential:
 
 def _head(dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(RMSNorm(dim), nn.SiLU(), CausalConv3d(dim, out_dim, 3))
+
+
+def _run_head(head: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    norm, act, conv = head
+    if cache.fused:
+        return _norm_silu_conv(x, norm, conv, cache)
+    return conv(act(norm(x)), cache)
 
 
 class Encoder(nn.Module):
@@ -320,8 +435,7 @@ class Encoder(nn.Module):
         x = self.conv1(x, cache)  # [B, base, T, H, W]
         for block in (*self.downsamples, *self.middle):
             x = block(x, cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)  # [B, 2z, T', H/8, W/8]
+        return _run_head(self.head, x, cache)  # [B, 2z, T', H/8, W/8]
 
 
 class Decoder(nn.Module):
@@ -345,21 +459,38 @@ class Decoder(nn.Module):
                 blocks.append(Resample(out_dim, "upsample3d" if temporal_upsample[level] else "upsample2d"))
         self.upsamples = nn.Sequential(*blocks)
         self.head = _head(dims[-1], 3)
+        # Blocks before the first upsampler work at latent resolution (cheap per frame).
+        self.n_low = next(i for i, blk in enumerate(blocks) if isinstance(blk, Resample)) if len(mult) > 1 else len(blocks)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        return self.forward_high(self.forward_low(x, cache), cache)  # [B, 3, T', 8h, 8w]
+
+    def forward_low(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The latent-resolution part: [B, z, T, h, w] -> [B, C_top, T, h, w]."""
         x = self.conv1(x, cache)  # [B, C_top, T, h, w]
-        for block in (*self.middle, *self.upsamples):
+        for block in (*self.middle, *self.upsamples[: self.n_low]):
             x = block(x, cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)  # [B, 3, T', 8h, 8w]
+        return x
+
+    def forward_high(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """From the first upsampler on: [B, C_top, T, h, w] -> [B, 3, T', 8h, 8w]."""
+        for block in self.upsamples[self.n_low :]:
+            x = block(x, cache)
+        return _run_head(self.head, x, cache)
 
 
 class WanVAE(nn.Module):
-    """The Wan2.1 VAE. `encode` and `decode` work on normalised latents; see the module docstring."""
+    """The Wan2.1 VAE. `encode` and `decode` work on normalised latents; see the module docstring.
 
-    def __init__(self, config: VAEConfig) -> None:
+    `memory_budget`: bytes of GPU memory one encode or decode may allocate on top of what is already
+    allocated (the output included); it sets how many latent frames go through per chunk on the fast path.
+    Each call may override it, or fix the chunk size directly.
+    """
+
+    def __init__(self, config: VAEConfig, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         super().__init__()
         self.config = config
+        self.memory_budget = memory_budget
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -375,10 +506,42 @@ class WanVAE(nn.Module):
     def _param(self) -> torch.Tensor:
         return self.conv2.weight
 
+    def _fast(self, fused: bool | None) -> bool:
+        """Resolve `fused` (None: on CUDA) and put the conv weights in channels-last memory for it."""
+        fused = self._param().is_cuda if fused is None else fused
+        if fused and self.training and self.config.dropout > 0:
+            raise ValueError("the fused path is for inference (eval mode, no dropout)")
+        if fused:
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                    fmt = _CL3D if isinstance(m, nn.Conv3d) else torch.channels_last
+                    if not m.weight.is_contiguous(memory_format=fmt):
+                        m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+        return fused
+
+    def _latents_per_chunk(self, per_latent: int, fixed: int, t_rest: int, budget: int | None) -> int:
+        """How many latent frames (after the first) one chunk takes: as many as `budget` bytes hold
+        at `per_latent` bytes each, beyond `fixed`; evened out so the chunks are near equal."""
+        budget = self.memory_budget if budget is None else budget
+        n = max(1, min(t_rest, (budget - fixed) // max(per_latent, 1)))
+        n_chunks = -(-t_rest // n) if t_rest else 1
+        return max(1, -(-t_rest // n_chunks))
+
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self,
+        video: torch.Tensor,
+        *,
+        chunk_latents: int | None = None,
+        fused: bool | None = None,
+        memory_budget: int | None = None,
+    ) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H, W multiples of 8 ->
-        normalised latents [B, z, (F-1)/4+1, H/8, W/8] ((mu - mean) / std), in the model's dtype."""
+        normalised latents [B, z, (F-1)/4+1, H/8, W/8] ((mu - mean) / std), in the model's dtype.
+
+        The first frame goes alone, then `chunk_latents` × 4 frames at a time (default: as many as
+        `memory_budget` allows on the fast path, 1 on the eager path). `fused`: the fast path
+        (default: on CUDA)."""
         cfg, p = self.config, self._param()
         tf, sf = cfg.temporal_factor, cfg.spatial_factor
         if video.dim() != 5 or video.shape[1] != 3:
@@ -388,51 +551,105 @@ class WanVAE(nn.Module):
             raise ValueError(f"video frames must be {tf}k+1 (1, {tf + 1}, {2 * tf + 1}, ...), got {f}")
         if h % sf or w % sf or h == 0 or w == 0:
             raise ValueError(f"video height and width must be positive multiples of {sf}, got {h}×{w}")
+        fused = self._fast(fused)
         video = video.to(device=p.device, dtype=p.dtype)
-
-        # 1. First frame alone, then chunks of `tf` frames; each chunk gives one latent frame.
         t_lat = (f - 1) // tf + 1
+        if chunk_latents is None:
+            # ~4 live full-resolution activations of base_dim channels per video frame (conv input
+            # buffer, output, residual, padding for the stride-2 conv).
+            per_latent = 4 * tf * cfg.base_dim * h * w * p.element_size()
+            chunk_latents = self._latents_per_chunk(per_latent, 0, t_lat - 1, memory_budget) if fused else 1
+
+        # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache()
-        for i in range(t_lat):
-            start, stop = (0, 1) if i == 0 else (1 + tf * (i - 1), 1 + tf * i)
-            out = self.conv1(self.encoder(video[:, :, start:stop], cache), cache)  # [B, 2z, 1, h, w]
-            mu[:, :, i : i + 1] = out[:, : cfg.z_dim]
+        cache = CausalCache(fused=fused)
+        i = 0
+        while i < t_lat:
+            n = 1 if i == 0 else min(chunk_latents, t_lat - i)
+            start, stop = (0, 1) if i == 0 else (1 + tf * (i - 1), 1 + tf * (i - 1 + n))
+            x = video[:, :, start:stop]
+            out = self.conv1(self.encoder(_channels_last(x) if fused else x, cache), cache)  # [B, 2z, n, h, w]
+            mu[:, :, i : i + n] = out[:, : cfg.z_dim]
+            i += n
 
         # 2. Normalise per channel.
         mean, std = self._stats(mu)
         return ((mu.float() - mean) / std).to(p.dtype)
 
     @torch.no_grad()
-    def iter_decode(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Decode normalised latents [B, z, T, h, w] chunk by chunk, yielding video frames
-        [B, 3, n, 8h, 8w] clamped to [-1, 1]: n = 1 for the first latent frame, 4 for each later one."""
+    def decode_iter(
+        self,
+        latents: torch.Tensor,
+        *,
+        chunk_latents: int | None = None,
+        prefix_latents: int | None = None,
+        fused: bool | None = None,
+        memory_budget: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Decode normalised latents [B, z, T, h, w] chunk by chunk, in order, yielding video frames
+        [B, 3, n, 8h, 8w] clamped to [-1, 1]: n = 1 for the first latent frame, then 4 per latent frame
+        (channels-last-3d memory on the fast path). The causal cache is carried from chunk to chunk, so
+        the chunks concatenate to `decode(latents)` whatever their size.
+
+        chunk_latents: latent frames per chunk after the first (default: as many as `memory_budget`
+            bytes allow on the fast path; 1 on the eager path).
+        prefix_latents: latent frames per chunk through the latent-resolution blocks, which run ahead
+            of the rest (default: all of them when they fit the budget; 1 on the eager path).
+        fused: the fast path (channels-last, Triton norm + SiLU); default: on CUDA.
+        memory_budget: bytes (default `self.memory_budget`).
+        """
         cfg, p = self.config, self._param()
         if latents.dim() != 5 or latents.shape[1] != cfg.z_dim:
             raise ValueError(f"latents must be [B, {cfg.z_dim}, T, h, w], got {tuple(latents.shape)}")
         if min(latents.shape[2:]) < 1:
             raise ValueError(f"latents must have at least one frame and pixel, got {tuple(latents.shape)}")
+        fused = self._fast(fused)
+        b, _, t, h, w = latents.shape
+        sf, tf, el = cfg.spatial_factor, cfg.temporal_factor, p.element_size()
+        budget = self.memory_budget if memory_budget is None else memory_budget
+        c_top = cfg.base_dim * cfg.dim_mult[-1]
+        low_per_latent = 6 * b * c_top * h * w * el  # a few activations at latent resolution
+        if prefix_latents is None:
+            prefix_latents = max(1, min(t, (budget // 4) // low_per_latent)) if fused else 1
+        if chunk_latents is None:
+            # ~5 live full-resolution activations of base_dim channels per output frame (conv input
+            # buffer, output, residual; the nearest-upsampled input of the last upsampler).
+            per_latent = 5 * tf * b * cfg.base_dim * cfg.dim_mult[0] * (sf * h) * (sf * w) * el
+            fixed = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el + low_per_latent * min(t, prefix_latents)
+            chunk_latents = self._latents_per_chunk(per_latent, fixed, t - 1, budget) if fused else 1
+
         # 1. Un-normalise and apply the 1×1×1 input conv (latent-sized, cheap for all frames at once).
         mean, std = self._stats(latents)
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
-        cache = CausalCache()
+        if fused:
+            z = _channels_last(z)
+        cache = CausalCache(fused=fused)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
-        # 2. One latent frame at a time through the decoder.
-        for i in range(z.shape[2]):
-            yield self.decoder(z[:, :, i : i + 1], cache).clamp_(-1.0, 1.0)  # [B, 3, 1 or 4, H, W]
+
+        # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.
+        low = torch.cat([self.decoder.forward_low(z[:, :, i : i + prefix_latents], cache)
+                         for i in range(0, t, prefix_latents)], dim=2)  # fmt: skip  # [B, C_top, T, h, w]
+        del z
+
+        # 3. The rest: the first latent frame alone, then `chunk_latents` at a time.
+        i = 0
+        while i < t:
+            n = 1 if i == 0 else min(chunk_latents, t - i)
+            yield self.decoder.forward_high(low[:, :, i : i + n], cache).clamp_(-1.0, 1.0)  # [B, 3, 1 or 4n, H, W]
+            i += n
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """normalised latents [B, z, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1].
-
-        Peak memory: the output plus one latent frame's activations, whatever T is."""
+    def decode(self, latents: torch.Tensor, **chunking: Any) -> torch.Tensor:
+        """normalised latents [B, z, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1]: the
+        concatenation of `decode_iter(latents, **chunking)` (same keyword arguments), written into one
+        preallocated output. Peak memory: the output plus one chunk's activations."""
         cfg, p = self.config, self._param()
         b, _, t, h, w = latents.shape if latents.dim() == 5 else (0, 0, 0, 0, 0)
         frames = 1 + cfg.temporal_factor * (t - 1)
         sf = cfg.spatial_factor
         out = None
         start = 0
-        for chunk in self.iter_decode(latents):
+        for chunk in self.decode_iter(latents, **chunking):
             if out is None:
                 out = torch.empty(b, 3, frames, h * sf, w * sf, device=p.device, dtype=p.dtype)
             n = chunk.shape[2]

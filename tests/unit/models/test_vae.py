@@ -80,8 +80,8 @@ def test_chunked_decode_equals_whole_sequence(vae: WanVAE) -> None:
     chunked = vae.decode(latents)
     assert chunked.shape == (1, 3, 13, 16, 24)
     torch.testing.assert_close(chunked, _decode_whole(vae, latents), atol=2e-5, rtol=1e-5)
-    # iter_decode yields 1 frame, then 4 per latent frame, concatenating to decode's output.
-    chunks = list(vae.iter_decode(latents))
+    # decode_iter yields 1 frame, then 4 per latent frame, concatenating to decode's output.
+    chunks = list(vae.decode_iter(latents))
     assert [c.shape[2] for c in chunks] == [1, 4, 4, 4]
     torch.testing.assert_close(torch.cat(chunks, dim=2), chunked)
 

@@ -1,0 +1,108 @@
+"""rmsnorm_silu / rmsnorm_silu_out vs the fp32 reference (CPU: Triton interpreter at tiny sizes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.rmsnorm_silu import reference, rmsnorm_silu, rmsnorm_silu_out
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Triton's CPU interpreter rounds fp32 -> bf16 toward zero (a full ulp), hence a full ulp of slack.
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _assert_fa_rule(out: torch.Tensor, truth: torch.Tensor, torch_lowp: torch.Tensor) -> None:
+    """flash-attention's rule: kernel error <= 2 x (same math in torch at the kernel's precision) + atol."""
+    assert out.dtype == torch_lowp.dtype and torch.isfinite(out).all()
+    err = (out.double() - truth).abs().max().item()
+    torch_err = (torch_lowp.double() - truth).abs().max().item()
+    atol = ATOL[out.dtype] * max(1.0, truth.abs().max().item())
+    assert err <= 2 * torch_err + atol, (err, torch_err, atol)
+
+
+def _inputs(n: int, c: int, dtype: torch.dtype, device: str):
+    x = (torch.randn(n, c, device=device) * 3 + 0.5).to(dtype)
+    gamma = (1 + 0.3 * torch.randn(c, device=device)).to(dtype)
+    return x, gamma
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "c"), [(7, 96), (33, 37), (5, 192), (3, 300)])
+def test_matches_reference(dtype, n, c):
+    x, gamma = _inputs(n, c, dtype, _device())
+    out = rmsnorm_silu(x, gamma)
+    assert out.shape == x.shape
+    truth, _ = reference(x, gamma, compute_dtype=torch.float64)
+    _assert_fa_rule(out, truth, reference(x, gamma)[0].to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_and_sum_out(dtype):
+    dev = _device()
+    x, gamma = _inputs(19, 48, dtype, dev)
+    res = torch.randn(19, 48, device=dev).to(dtype)
+    out = torch.full_like(x, float("nan"))
+    summ = torch.full_like(x, float("nan"))
+    rmsnorm_silu_out(x, gamma, out, residual=res, sum_out=summ)
+    truth, s_truth = reference(x, gamma, res, compute_dtype=torch.float64)
+    _assert_fa_rule(out, truth, reference(x, gamma, res)[0].to(dtype))
+    torch.testing.assert_close(summ, s_truth.to(dtype), rtol=0, atol=ATOL[dtype] * s_truth.abs().max().item())
+    # the functional op with a residual normalises x + residual
+    _assert_fa_rule(rmsnorm_silu(x, gamma, res), truth, reference(x, gamma, res)[0].to(dtype))
+
+
+def test_writes_into_strided_rows_of_a_larger_buffer():
+    # The VAE writes the new frames of a causal conv's padded input: rows with a stride, the rest untouched.
+    dev = _device()
+    x, gamma = _inputs(10, 24, torch.float32, dev)
+    buf = torch.full((10, 40), -7.0, device=dev)
+    rmsnorm_silu_out(x, gamma, buf[:, 8:32])
+    torch.testing.assert_close(buf[:, 8:32], reference(x, gamma)[0], rtol=1e-5, atol=1e-5)
+    assert (buf[:, :8] == -7).all() and (buf[:, 32:] == -7).all()
+
+
+def test_matches_wan_rms_norm_then_silu():
+    # Wan's RMS_norm: F.normalize over channels · sqrt(C) · gamma; then SiLU.
+    x, gamma = _inputs(12, 16, torch.float32, _device())
+    wan = F.silu(F.normalize(x, dim=1) * 16**0.5 * gamma)
+    torch.testing.assert_close(rmsnorm_silu(x, gamma), wan, rtol=1e-5, atol=1e-5)
+    zeros = torch.zeros(3, 16, device=x.device)
+    assert (rmsnorm_silu(zeros, gamma) == 0).all()  # eps guards the all-zero row
+
+
+def test_rejects_bad_inputs():
+    x = torch.randn(4, 16)
+    with pytest.raises(ValueError, match="gamma"):
+        rmsnorm_silu(x, torch.ones(8))
+    with pytest.raises(ValueError, match="stride 1"):
+        rmsnorm_silu_out(x, torch.ones(16), torch.empty(16, 4).t())
+    with pytest.raises(ValueError, match="residual"):
+        rmsnorm_silu(x, torch.ones(16), torch.randn(4, 8))
+
+
+def test_fake_impl_traces_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(9, 96, dtype=torch.bfloat16)
+        out = torch.ops.turbovid.rmsnorm_silu(x, torch.empty(96))
+    assert out.shape == (9, 96) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("c", "n"), [(96, 4 * 480 * 832), (192, 4 * 240 * 416), (384, 2 * 120 * 208)])
+def test_vae_shapes_gpu(c, n):
+    x, gamma = _inputs(n, c, torch.bfloat16, "cuda")
+    res = torch.randn_like(x)
+    out, summ = torch.empty_like(x), torch.empty_like(x)
+    rmsnorm_silu_out(x, gamma, out, residual=res, sum_out=summ)
+    truth, _ = reference(x, gamma, res)
+    rel = ((out.float() - truth).norm() / truth.norm()).item()
+    assert rel < 5e-3
+    torch.testing.assert_close(summ, (x.float() + res.float()).to(x.dtype))
