@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from contract.netguard import UnsafeURL, check_url
+from contract.netguard import UnsafeURL
 from contract.settings import EgressSettings, LimitsSettings
+from service.egress import stream_get as egress_stream_get
 from service.errors import ApiError
 
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
@@ -84,13 +85,9 @@ def fetch_image_url(url: str, limits: LimitsSettings, egress: EgressSettings, *,
     """GET an http(s) image URL through the egress guard (no redirects), or decode a data URL."""
     if url.startswith("data:"):
         return decode_base64_image(url, limits, param)
-    try:
-        check_url(url, allow_private=egress.allow_private_targets)
-    except UnsafeURL as exc:
-        raise ApiError(400, "invalid_image_url", f"image_url refused: {exc}", param) from exc
     buf = bytearray()
     try:
-        with httpx.stream("GET", url, timeout=egress.timeout_s, follow_redirects=False) as resp:
+        with egress_stream_get(url, egress) as resp:
             if resp.status_code != 200:
                 raise ApiError(400, "image_fetch_failed", f"fetching image_url returned HTTP {resp.status_code}",
                                param)
@@ -98,6 +95,8 @@ def fetch_image_url(url: str, limits: LimitsSettings, egress: EgressSettings, *,
                 buf.extend(chunk)
                 if len(buf) > limits.max_upload_bytes:
                     raise _too_large(limits, param)
+    except UnsafeURL as exc:
+        raise ApiError(400, "invalid_image_url", f"image_url refused: {exc}", param) from exc
     except httpx.HTTPError as exc:
         raise ApiError(400, "image_fetch_failed", f"fetching image_url failed: {exc}", param) from exc
     return validate_image(bytes(buf), limits, param)

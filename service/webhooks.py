@@ -16,7 +16,8 @@ receivers can de-duplicate), `webhook-timestamp` (unix seconds) and
 `webhook-signature: v1,<base64 HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")>`. A secret starting
 with `whsec_` is used as its base64-decoded remainder when that decodes, else as raw UTF-8 bytes.
 Each attempt re-checks the target with the egress guard (`settings.egress`: DNS may have changed since
-the job was created) and never follows redirects; a refused target fails the RQ job at once (no retry
+the job was created), connects to the address it checked (service/egress.py) and never follows
+redirects; a refused target fails the RQ job at once (no retry
 helps it).
 
 Settings are built once by the entry point (`run_webhook_worker(settings)`) and carried by the RQ
@@ -43,9 +44,10 @@ from rq.job import Job, get_current_job
 
 from contract.jobstore import JobStore
 from contract.keys import Keys
-from contract.netguard import UnsafeURL, check_url
+from contract.netguard import UnsafeURL
 from contract.queue import RQ_SERIALIZER, WEBHOOK_QUEUE
 from contract.settings import Settings
+from service import egress
 from service.videos.protocol import video_object
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ class Deliverer:
     def deliver(self, event_id: str, event_type: str, job_id: str, url: str) -> dict[str, Any]:
         """POST one signed event. Raises (so RQ retries) on network errors and non-2xx."""
         try:
-            check_url(url, allow_private=self.settings.egress.allow_private_targets)
+            target = egress.pin(url, self.settings.egress)
         except UnsafeURL as exc:
             log.warning("webhook %s to %s refused: %s", event_id, url, exc)
             job = get_current_job()
@@ -117,8 +119,9 @@ class Deliverer:
             "webhook-timestamp": str(ts),
             "webhook-signature": sign(self.settings.webhooks.secret.get_secret_value(), event_id, ts, body),
         }
-        resp = httpx.post(url, content=body, headers=headers, timeout=self.settings.egress.timeout_s,
-                          follow_redirects=False)
+        with httpx.Client(timeout=self.settings.egress.timeout_s, follow_redirects=False) as client:
+            resp = client.post(target.url, content=body, headers={**headers, **target.headers},
+                               extensions=target.extensions)
         if not 200 <= resp.status_code < 300:
             raise RuntimeError(f"webhook {event_id} to {url}: HTTP {resp.status_code}")
         return {"id": event_id, "status": resp.status_code}
