@@ -23,8 +23,8 @@ path per component the model needs. The rules:
    `HIGH`), never a substring ("flow", "slow", "highres"). A folder holding both experts gives both.
 6. When several candidates remain for a DiT role, a preference decides, in this order: (a) with the rCM
    sampler a distilled TurboDiffusion DiT (SLA `proj_l` tensors, int8 weights, or "Turbo" in its name)
-   over an original Wan DiT, with the flow sampler the other way round; (b) with `linear="w8a8"` the
-   int8-quantized file (TurboDiffusion's `-quant.pth`), otherwise the unquantized one. Copies of one
+   over an original Wan DiT, with the flow sampler the other way round; (b) with `linear="w8a8"` (or
+   "auto") the int8-quantized file (TurboDiffusion's `-quant.pth`), with "native" the unquantized one. Copies of one
    file (same name and size) count once. The choice is logged. If candidates still remain, a
    CheckpointError lists them and asks for `ROLE=PATH`.
 7. Tokenizer: explicit `tokenizer=`, else the one embedded in the chosen text encoder file (ComfyUI),
@@ -259,8 +259,8 @@ def _choose(role: str, cands: list[Candidate], *, model_id: str, linear: str, sa
         steps = [
             ("distilled" if want_distilled else "original", lambda c: c.distilled is want_distilled,
              f"the {sampler} sampler prefers {'a distilled TurboDiffusion' if want_distilled else 'an original'} DiT"),
-            ("int8" if linear == "w8a8" else "unquantized", lambda c: c.quantized == (linear == "w8a8"),
-             f"linear={linear!r} prefers the {'-quant (int8)' if linear == 'w8a8' else 'unquantized'} file"),
+            ("unquantized" if linear == "native" else "int8", lambda c: c.quantized == (linear != "native"),
+             f"linear={linear!r} prefers the {'unquantized' if linear == 'native' else '-quant (int8)'} file"),
         ]
         for _name, keep_if, why in steps:
             keep = [c for c in cands if keep_if(c)]
