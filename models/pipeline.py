@@ -1,38 +1,48 @@
 """Prompt (+ image) → frames: the Wan generation pipeline the worker and `turbovid generate` run.
 
     pipe = load_pipeline("wan2.1-t2v-1.3b", ["/ckpt/TurboWan2.1-T2V-1.3B-480P-quant.pth", "/ckpt/wan"],
-                         device="cuda", dtype=torch.bfloat16, attention="sagesla", linear="w8a8")
-    result = pipe.generate(GenerationRequest(prompt="a cat surfing", width=832, height=480,
-                                             num_frames=81, seed=1), on_step=print)
+                         device="cuda", dtype=torch.bfloat16)  # attention/linear "auto": sagesla + w8a8
+    params = GenerationParams(prompt="a cat surfing", width=832, height=480, num_frames=81, seed=1)
+    result = pipe.generate(params, on_step=print)  # I2V: kind="i2v" and image=np.ndarray [H, W, 3] uint8
     result.frames  # [F, H, W, 3] uint8
 
+`generate` takes `contract.jobs.GenerationParams` (what the API body and the job spec carry) and honours
+every knob: num_steps and seed; sampler (sde/ode) and sigma_max for the rCM solver; negative_prompt and
+guidance_scale for the flow solver; sla_topk (passed to each DiT call, never stored) for SLA attention.
+What this pipeline cannot honour is refused with `contract.jobs.ParamError` (a ValueError naming the
+knob), judged from its own `capabilities()`. The old `models.pipeline_types.GenerationRequest` is still
+accepted (converted to GenerationParams + image).
+
 Stages: text encode (umT5, cached per prompt) → [I2V] VAE encode of the first frame → denoise (rCM,
-1–4 steps; or 50-step flow matching with CFG for original checkpoints) → VAE decode (chunked).
+1–4 steps; or flow matching with CFG for original checkpoints) → VAE decode (chunked).
 `StageTimings` records each stage; on CUDA with events at the stage boundaries (one sync at the end).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from contract.catalog import FLOW_SHIFT, ModelCard, Solver, get_card, latent_frames
+from contract.jobs import Capabilities, GenerationParams
 from models.checkpoint_components import Components, resolve_components
 from models.pipeline_types import GenerationRequest, GenerationResult, StageTimings, StepCallback
-from models.presets import ModelSpec, check_frames, get_model, tiny_model
 from models.samplers import A14B_SWITCH_T, initial_noise, sample_flow_cfg, sample_rcm
 
+log = logging.getLogger(__name__)
+
 VAE_STRIDE = (4, 8, 8)
-PATCH = (1, 2, 2)
 TEXT_CACHE_SIZE = 64
+SOLVERS = ("rcm", "flow")
 
 
 class _StageClock:
@@ -68,35 +78,44 @@ class _StageClock:
 
 @dataclass
 class WanPipeline:
-    spec: ModelSpec
+    card: ModelCard
     transformers: dict[str, torch.nn.Module]  # "t2v" | "i2v" | "high" + "low"
     text_encoder: object  # .encode(list[str]) -> [B, 512, text_dim]
     vae: object  # .encode(video) / .decode(latents)
     device: torch.device
     dtype: torch.dtype
-    sampler: Literal["rcm", "flow"] = "rcm"
-    flow_shift: float = 5.0
+    solver: Solver = "rcm"  # rCM (distilled checkpoints) or flow matching + CFG (original ones)
+    attention: str = "dense"  # the DiTs' effective backends (after "auto"; models.ops)
+    linear: str = "native"
+    flow_shift: float = FLOW_SHIFT
 
     def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; known: {SOLVERS}")
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @property
     def model_id(self) -> str:
-        return self.spec.model_id
+        return self.card.model_id
+
+    def capabilities(self) -> Capabilities:
+        """What this pipeline does with the knobs (what a worker running it advertises)."""
+        return Capabilities(solver=self.solver, sla=self.attention in ("sla", "sagesla"))
 
     # 1. inputs ----------------------------------------------------------------------------------
-    def validate(self, req: GenerationRequest) -> None:
-        if req.kind not in self.spec.kinds:
-            raise ValueError(f"{self.model_id} does not do {req.kind}; it does {list(self.spec.kinds)}")
-        check_frames(req.num_frames)
-        if req.num_frames > self.spec.max_frames:
-            raise ValueError(f"num_frames {req.num_frames} > {self.spec.max_frames} for {self.model_id}")
-        if req.width % 16 or req.height % 16 or req.width <= 0 or req.height <= 0:
-            raise ValueError(f"width and height must be positive multiples of 16, got {req.width}x{req.height}")
-        if req.kind == "i2v" and req.image is None:
+    def resolve(
+        self, params: GenerationParams | GenerationRequest, image: np.ndarray | None = None
+    ) -> tuple[GenerationParams, np.ndarray | None]:
+        """Concrete params (the model's defaults filled in by `GenerationParams.resolve`) and the I2V image;
+        ParamError (a ValueError naming the knob) for anything this pipeline cannot honour."""
+        if isinstance(params, GenerationRequest):
+            params, image = _from_request(params, self.solver), params.image if image is None else image
+        params = params.resolve(self.card, self.capabilities())
+        if params.kind == "i2v" and image is None:
             raise ValueError("i2v needs an image")
-        if self.sampler == "rcm" and not 1 <= req.num_steps <= 4:
-            raise ValueError(f"rCM takes 1 to 4 steps, got {req.num_steps}")
+        if params.kind == "t2v" and image is not None:
+            raise ValueError("an image was given for t2v; ask for kind i2v to condition on it")
+        return params, image
 
     @torch.inference_mode()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -141,50 +160,46 @@ class WanPipeline:
 
     # 2. denoise ---------------------------------------------------------------------------------
     def _expert(self, kind: str, t: float) -> torch.nn.Module:
-        if self.spec.experts:
+        if self.card.experts:
             return self.transformers["high" if t >= A14B_SWITCH_T else "low"]
         return self.transformers[kind]
 
     def _velocity(
-        self, kind: str, context: torch.Tensor, cond: torch.Tensor | None
+        self, kind: str, context: torch.Tensor, cond: torch.Tensor | None, sla_topk: float | None
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((x.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
             model = self._expert(kind, t)
-            return model(x.to(self.dtype), timestep, context, cond)
+            return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk)
 
         return velocity
 
-    def _set_sla_topk(self, topk: float | None) -> None:
-        if topk is None:
-            return
-        for model in self.transformers.values():
-            setter = getattr(model, "set_sla_topk", None)
-            if setter is not None:
-                setter(topk)
-
     # 3. the whole thing -------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, req: GenerationRequest, *, on_step: StepCallback | None = None) -> GenerationResult:
-        self.validate(req)
+    def generate(
+        self, params: GenerationParams | GenerationRequest, *, image: np.ndarray | None = None,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:
+        """Frames for `params`; I2V conditions on `image` ([H, W, 3] uint8 RGB, any size: resized to cover
+        the frame and centre-cropped). on_step(done, total) runs after each denoise step; raising from it
+        aborts. Unset knobs take the model's defaults; `result.params` holds the values used."""
+        params, image = self.resolve(params, image)
+        assert params.seed is not None and params.num_steps is not None  # resolved
         clock = _StageClock(self.device)
-        generator = torch.Generator().manual_seed(req.seed)
-        t_lat = (req.num_frames - 1) // VAE_STRIDE[0] + 1
-        shape = (1, 16, t_lat, req.height // VAE_STRIDE[1], req.width // VAE_STRIDE[2])
+        generator = torch.Generator().manual_seed(params.seed)
+        shape = (1, 16, latent_frames(params.num_frames), params.height // VAE_STRIDE[1],
+                 params.width // VAE_STRIDE[2])
         noise = initial_noise(shape, generator, self.device)
 
         with clock.span("text_encode"):
-            context = self.encode_text([req.prompt])
-            negative = None
-            if self.sampler == "flow":
-                negative = self.encode_text([req.negative_prompt or ""])
+            context = self.encode_text([params.prompt])
+            negative = self.encode_text([params.negative_prompt or ""]) if self.solver == "flow" else None
         cond = None
-        if req.kind == "i2v":
-            assert req.image is not None
+        if params.kind == "i2v":
+            assert image is not None
             with clock.span("image_encode"):
-                cond = self.image_condition(req.image, req.num_frames, req.width, req.height)
+                cond = self.image_condition(image, params.num_frames, params.width, params.height)
 
-        self._set_sla_topk(req.sla_topk)
         step_clock: list[object] = []
 
         def step_hook(done: int, total: int) -> None:
@@ -193,18 +208,16 @@ class WanPipeline:
                 on_step(done, total)
 
         step_clock.append(clock.mark())
-        if self.sampler == "rcm":
-            sigma_max = req.sigma_max if req.sigma_max is not None else self.spec.sigma_max(req.kind)
-            latents = sample_rcm(
-                self._velocity(req.kind, context, cond), noise, num_steps=req.num_steps,
-                sigma_max=sigma_max, generator=generator, mode=req.sampler, on_step=step_hook,
-            )
+        velocity = self._velocity(params.kind, context, cond, params.sla_topk)
+        if self.solver == "rcm":
+            assert params.sigma_max is not None and params.sampler is not None  # resolved
+            latents = sample_rcm(velocity, noise, num_steps=params.num_steps, sigma_max=params.sigma_max,
+                                 generator=generator, mode=params.sampler, on_step=step_hook)
         else:
-            uncond = self._velocity(req.kind, negative, cond) if negative is not None else None
-            latents = sample_flow_cfg(
-                self._velocity(req.kind, context, cond), uncond, noise, num_steps=req.num_steps,
-                shift=self.flow_shift, guidance_scale=req.guidance_scale or 5.0, on_step=step_hook,
-            )
+            assert negative is not None and params.guidance_scale is not None  # resolved
+            uncond = self._velocity(params.kind, negative, cond, params.sla_topk)
+            latents = sample_flow_cfg(velocity, uncond, noise, num_steps=params.num_steps, shift=self.flow_shift,
+                                      guidance_scale=params.guidance_scale, on_step=step_hook)
         for i in range(1, len(step_clock)):
             clock.add(f"denoise_{i}", step_clock[i - 1], step_clock[i])
 
@@ -219,7 +232,18 @@ class WanPipeline:
                 timings.denoise_steps.append(seconds)
             else:
                 setattr(timings, name, getattr(timings, name) + seconds)
-        return GenerationResult(frames=frames.numpy(), timings=timings, seed=req.seed)
+        return GenerationResult(frames=frames.numpy(), timings=timings, seed=params.seed, params=params)
+
+
+def _from_request(req: GenerationRequest, solver: str) -> GenerationParams:
+    """The old request type as GenerationParams. Its `sampler` had a default ("sde") that the flow solver
+    never read; it is dropped there. Every other knob is passed as given, so unhonoured ones are refused."""
+    return GenerationParams(
+        kind=req.kind, width=req.width, height=req.height, num_frames=req.num_frames, prompt=req.prompt,
+        negative_prompt=req.negative_prompt, seed=req.seed, num_steps=req.num_steps,
+        sampler=req.sampler if solver == "rcm" else None, sigma_max=req.sigma_max, sla_topk=req.sla_topk,
+        guidance_scale=req.guidance_scale,
+    )
 
 
 def load_pipeline(
@@ -228,30 +252,53 @@ def load_pipeline(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    attention: str = "dense",
-    linear: str = "native",
+    attention: str = "auto",
+    linear: str = "auto",
     cache_dir: str | Path | None = None,
-    sampler: Literal["rcm", "flow"] = "rcm",
+    solver: str | None = None,
+    sampler: str | None = None,
 ) -> WanPipeline:
     """Load every component of `model_id` once. For the tiny models without checkpoints, random tiny
-    weights are built (deterministically) under `cache_dir` and loaded like real ones."""
+    weights are built (deterministically) under `cache_dir` and loaded like real ones.
+
+    attention / linear: "auto" (from the checkpoint's manifest or keys and the device; see
+    `models.ops.select_ops`) or a backend to force. solver: "rcm" | "flow" | "auto" or None (the catalog's
+    solver for the model); ``sampler`` is its old name. The effective choices are `pipe.solver`,
+    `pipe.attention`, `pipe.linear`.
+    """
     from models import load_text_encoder, load_transformer, load_vae
 
-    spec = get_model(model_id)
+    if sampler is not None and solver is not None and sampler != solver:
+        raise ValueError(f"solver={solver!r} and its old name sampler={sampler!r} disagree")
+    card = get_card(model_id)
+    chosen = solver or sampler
+    resolved = card.solver if chosen in (None, "auto") else chosen
+    if resolved not in SOLVERS:
+        raise ValueError(f"unknown solver {resolved!r}; known: {SOLVERS} or 'auto'")
     device = torch.device(device)
     if not checkpoints:
-        if not tiny_model(model_id):
+        if not card.tiny:
             raise ValueError(f"{model_id} needs checkpoints (see `turbovid download {model_id}`)")
         from models.tiny import ensure_tiny_checkpoints
 
         root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "turbovid"
         checkpoints = [ensure_tiny_checkpoints(root / "wan-tiny")]
-    parts: Components = resolve_components([Path(str(c)) for c in checkpoints], spec, linear=linear, sampler=sampler)
+    prefer = "native" if linear == "native" else "w8a8"  # which DiT file to take when both are given
+    parts: Components = resolve_components([Path(str(c)) for c in checkpoints], card, linear=prefer,
+                                           sampler=resolved)
 
     def dit(path: Path) -> torch.nn.Module:
         return load_transformer(path, device=device, dtype=dtype, attention=attention, linear=linear).eval()
 
     transformers = {role: dit(path) for role, path in parts.transformers.items()}
+    backends = {(m.ops.attention, m.ops.linear) for m in transformers.values()}
+    if len(backends) != 1:
+        raise ValueError(f"{model_id}: its DiTs resolved to different backends {sorted(backends)}; "
+                         "pass attention= and linear= explicitly")
+    ((eff_attention, eff_linear),) = backends
     text_encoder = load_text_encoder(parts.text_encoder, tokenizer=parts.tokenizer, device=device, dtype=dtype)
     vae = load_vae(parts.vae, device=device, dtype=dtype)
-    return WanPipeline(spec, transformers, text_encoder, vae, device, dtype, sampler=sampler)
+    log.info("%s loaded: solver %s, attention %s, linear %s, %s %s", model_id, resolved, eff_attention,
+             eff_linear, device, dtype)
+    return WanPipeline(card, transformers, text_encoder, vae, device, dtype, solver=resolved,  # type: ignore[arg-type]
+                       attention=eff_attention, linear=eff_linear)

@@ -1,7 +1,9 @@
 """Plain data passed into and out of the generation pipeline (no torch, no prometheus).
 
-The worker fills a `GenerationRequest` from the job spec, calls `pipeline.generate(request,
-on_step=...)` and turns the returned `StageTimings` into Prometheus histograms.
+The worker calls `pipeline.generate(spec.params, image=..., on_step=...)` with the job's
+`contract.jobs.GenerationParams` and turns the returned `StageTimings` into Prometheus histograms.
+`GenerationRequest` is the pipeline's older input type (prompt, size and knobs plus the image in one
+object); `generate` still accepts it and converts it to GenerationParams.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from contract.jobs import GenerationParams
+
 # Called after each denoise step with (steps_done, total_steps). Raising from it aborts the
 # generation; the worker raises its cancellation exception this way.
 StepCallback = Callable[[int, int], None]
@@ -19,6 +23,8 @@ StepCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """The older input of `WanPipeline.generate` (kept for the README's API): GenerationParams + image."""
+
     prompt: str
     width: int
     height: int
@@ -61,3 +67,4 @@ class GenerationResult:
     frames: np.ndarray  # [F, H, W, 3] uint8 RGB
     timings: StageTimings
     seed: int
+    params: GenerationParams | None = None  # the resolved params the video was made with

@@ -1,4 +1,5 @@
-"""The wan-tiny pipeline end to end on CPU: shapes, determinism, I2V conditioning, validation."""
+"""The wan-tiny pipeline end to end on CPU: shapes, determinism, I2V conditioning, every knob of
+GenerationParams honoured or refused, the old GenerationRequest still accepted."""
 
 from pathlib import Path
 
@@ -6,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from contract.catalog import adaptive_size, check_frames, get_card, latent_frames
+from contract.jobs import Capabilities, GenerationParams, ParamError
 from models.checkpoint_components import resolve_components
 from models.checkpoint_io import CheckpointError
 from models.pipeline import load_pipeline
 from models.pipeline_types import GenerationRequest
-from models.presets import adaptive_size, check_frames, get_model, latent_frames
 from models.tiny import ensure_tiny_checkpoints
 
 
@@ -86,11 +88,14 @@ def test_i2v_image_steers_the_video(pipe):
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(num_frames=6), "4k\\+1"),
-        (dict(width=70), "multiples of 16"),
-        (dict(num_frames=37), "num_frames 37"),
-        (dict(num_steps=5), "1 to 4"),
+        (dict(num_frames=6), "num_frames: must be 4k\\+1"),
+        (dict(width=70), "multiple of 16"),
+        (dict(num_frames=37), "num_frames: must be 4k\\+1 between 1 and 33"),
+        (dict(num_steps=5), "num_steps: .* 1-4 steps"),
         (dict(kind="i2v"), "needs an image"),
+        (dict(negative_prompt="blurry"), "negative_prompt: .*rCM"),
+        (dict(guidance_scale=3.0), "guidance_scale: "),
+        (dict(sla_topk=0.5), "sla_topk: .*SLA attention"),
     ],
 )
 def test_bad_requests_are_rejected_with_reasons(pipe, kw, match):
@@ -99,7 +104,7 @@ def test_bad_requests_are_rejected_with_reasons(pipe, kw, match):
 
 
 def test_components_resolve_from_roles_and_layouts(tiny_dir):
-    spec = get_model("wan-tiny")
+    spec = get_card("wan-tiny")
     parts = resolve_components([tiny_dir], spec)
     assert parts.transformers == {"t2v": tiny_dir / "transformer", "i2v": tiny_dir / "i2v"}
     assert parts.vae == tiny_dir / "vae" and parts.text_encoder == tiny_dir / "text_encoder"
@@ -113,12 +118,13 @@ def test_components_resolve_from_roles_and_layouts(tiny_dir):
     with pytest.raises(CheckpointError, match="no vae"):
         resolve_components([f"transformer={tiny_dir / 'transformer'}", f"i2v={tiny_dir / 'i2v'}",
                             tiny_dir / "text_encoder"], spec)
-    with pytest.raises(CheckpointError, match="two checkpoints for transformer"):
-        resolve_components([tiny_dir / "transformer", tiny_dir / "i2v"], spec)
+    with pytest.raises(CheckpointError, match="transformer given twice"):
+        resolve_components([f"transformer={tiny_dir / 'transformer'}", f"transformer={tiny_dir / 'i2v'}",
+                            tiny_dir], spec)
     with pytest.raises(CheckpointError, match="no such file"):
         resolve_components([f"vae={tiny_dir / 'missing'}"], spec)
-    with pytest.raises(CheckpointError, match="experts"):
-        resolve_components([tiny_dir], get_model("wan2.2-i2v-a14b"))
+    with pytest.raises(CheckpointError, match="no high-noise expert DiT"):
+        resolve_components([tiny_dir], get_card("wan2.2-i2v-a14b"))
 
 
 def test_single_files_are_classified_by_their_tensors(tiny_dir, tmp_path):
@@ -127,13 +133,13 @@ def test_single_files_are_classified_by_their_tensors(tiny_dir, tmp_path):
     for sub, name in (("vae", "Wan2.1_VAE.pth"), ("text_encoder", "t5.pth"), ("transformer", "dit-high.pth")):
         torch.save(read_state_dict(tiny_dir / sub), tmp_path / name)
     parts = resolve_components([tmp_path / "Wan2.1_VAE.pth", tmp_path / "t5.pth", tmp_path / "dit-high.pth",
-                                f"low={tmp_path / 'dit-high.pth'}"], get_model("wan2.2-i2v-a14b"))
+                                f"low={tmp_path / 'dit-high.pth'}"], get_card("wan2.2-i2v-a14b"))
     assert parts.vae == tmp_path / "Wan2.1_VAE.pth"
     assert parts.text_encoder == tmp_path / "t5.pth"
     assert parts.transformers == {"high": tmp_path / "dit-high.pth", "low": tmp_path / "dit-high.pth"}
 
 
-def test_presets():
+def test_catalog_helpers():
     check_frames(81)
     with pytest.raises(ValueError):
         check_frames(80)
@@ -142,7 +148,7 @@ def test_presets():
     assert w % 16 == 0 and h % 16 == 0 and abs(w / h - 16 / 9) < 0.05
     assert abs(w * h - 832 * 480) / (832 * 480) < 0.05
     with pytest.raises(ValueError, match="unknown model"):
-        get_model("sora")
+        get_card("sora")
 
 
 class _Recorder(torch.nn.Module):
@@ -153,9 +159,9 @@ class _Recorder(torch.nn.Module):
         self.inner = inner
         self.times: list[float] = []
 
-    def forward(self, x, t, ctx, cond):
+    def forward(self, x, t, ctx, cond, **kw):
         self.times.append(float(t[0]) / 1000.0)
-        return self.inner(x, t, ctx, cond)
+        return self.inner(x, t, ctx, cond, **kw)
 
 
 def test_a14b_switches_from_the_high_to_the_low_noise_expert_below_t_0_9(pipe):
@@ -164,7 +170,7 @@ def test_a14b_switches_from_the_high_to_the_low_noise_expert_below_t_0_9(pipe):
     from models.pipeline import WanPipeline
     from models.samplers import rcm_timesteps
 
-    spec = replace(get_model("wan-tiny"), kinds=("i2v",), experts=True)
+    spec = replace(get_card("wan-tiny"), kind="i2v", also_serves=(), experts=True)
     high, low = _Recorder(pipe.transformers["i2v"]), _Recorder(pipe.transformers["i2v"])
     a14b = WanPipeline(spec, {"high": high, "low": low}, pipe.text_encoder, pipe.vae, pipe.device, pipe.dtype)
     img = np.full((64, 64, 3), 128, np.uint8)
@@ -176,7 +182,8 @@ def test_a14b_switches_from_the_high_to_the_low_noise_expert_below_t_0_9(pipe):
 
 
 def test_flow_solver_with_cfg_runs_the_negative_prompt(tiny_dir):
-    flow = load_pipeline("wan-tiny", [tiny_dir], sampler="flow")
+    flow = load_pipeline("wan-tiny", [tiny_dir], sampler="flow")  # the old name of `solver`
+    assert flow.solver == "flow" and flow.capabilities() == Capabilities(solver="flow", sla=False)
     steps = []
     out = flow.generate(_req(num_steps=3, negative_prompt="blurry", guidance_scale=4.0),
                         on_step=lambda d, n: steps.append(d))
@@ -189,3 +196,96 @@ def test_the_i2v_only_tiny_model_loads_just_its_dit(tiny_dir):
     assert set(i2v.transformers) == {"i2v"}
     with pytest.raises(ValueError, match="does not do t2v"):
         i2v.generate(_req())
+
+
+# GenerationParams: every knob changes the video or is refused ---------------------------------------------
+def _params(**kw) -> GenerationParams:
+    base = dict(prompt="a red fox in the snow", width=64, height=64, num_frames=5, seed=3, num_steps=2)
+    base.update(kw)
+    return GenerationParams(**base)
+
+
+def test_pipeline_reports_what_it_runs(pipe):
+    assert (pipe.solver, pipe.attention, pipe.linear) == ("rcm", "dense", "native")  # "auto" on the tiny model
+    assert pipe.capabilities() == Capabilities(solver="rcm", sla=False)
+    assert pipe.card is get_card("wan-tiny")
+
+
+def test_generation_params_same_as_the_old_request(pipe):
+    new = pipe.generate(_params(seed=11))
+    old = pipe.generate(_req(seed=11))
+    assert np.array_equal(new.frames, old.frames)
+    assert new.params == _params(seed=11).resolve(pipe.card, pipe.capabilities())
+    assert (new.params.sampler, new.params.sigma_max, new.params.solver) == ("sde", 80.0, "rcm")
+
+
+def test_unset_knobs_are_resolved_and_reported(pipe):
+    result = pipe.generate(_params(seed=None, num_steps=None))
+    assert result.params.num_steps == 4 and result.seed == result.params.seed is not None
+    again = pipe.generate(result.params)  # the resolved params reproduce the video
+    assert np.array_equal(again.frames, result.frames)
+
+
+@pytest.mark.parametrize(("knob", "a", "b"), [
+    ("num_steps", 1, 3), ("seed", 1, 2), ("sampler", "sde", "ode"), ("sigma_max", 80.0, 5.0),
+    ("prompt", "a red fox", "a blue whale"),
+])
+def test_every_rcm_knob_changes_the_video(pipe, knob, a, b):
+    va = pipe.generate(_params(**{knob: a})).frames
+    vb = pipe.generate(_params(**{knob: b})).frames
+    assert not np.array_equal(va, vb)
+
+
+def test_image_goes_with_i2v_only(pipe):
+    img = np.full((64, 64, 3), 200, np.uint8)
+    result = pipe.generate(_params(kind="i2v"), image=img)
+    assert result.frames.shape == (5, 64, 64, 3)
+    with pytest.raises(ValueError, match="image was given for t2v"):
+        pipe.generate(_params(), image=img)
+
+
+def test_refusals_are_param_errors_naming_the_knob(pipe):
+    with pytest.raises(ParamError) as err:
+        pipe.generate(_params(guidance_scale=4.0))
+    assert err.value.param == "guidance_scale"
+
+
+@pytest.fixture(scope="module")
+def flow_pipe(tiny_dir):
+    return load_pipeline("wan-tiny", [tiny_dir], solver="flow")
+
+
+@pytest.mark.parametrize(("knob", "a", "b"), [
+    ("guidance_scale", 2.0, 6.0), ("negative_prompt", "blurry", "oversaturated"), ("num_steps", 2, 3),
+])
+def test_every_flow_knob_changes_the_video(flow_pipe, knob, a, b):
+    va = flow_pipe.generate(_params(**{knob: a})).frames
+    vb = flow_pipe.generate(_params(**{knob: b})).frames
+    assert not np.array_equal(va, vb)
+
+
+@pytest.mark.parametrize("knob", [{"sigma_max": 80.0}, {"sampler": "ode"}])
+def test_flow_refuses_rcm_knobs(flow_pipe, knob):
+    with pytest.raises(ParamError) as err:
+        flow_pipe.generate(_params(**knob))
+    assert err.value.param == next(iter(knob))
+
+
+def test_solver_and_its_old_name_must_agree(tiny_dir):
+    with pytest.raises(ValueError, match="disagree"):
+        load_pipeline("wan-tiny", [tiny_dir], solver="rcm", sampler="flow")
+    with pytest.raises(ValueError, match="unknown solver"):
+        load_pipeline("wan-tiny", [tiny_dir], solver="euler")
+
+
+def test_sla_topk_is_honoured_per_request_with_sla_attention(tiny_dir):
+    pytest.importorskip("kernels.sagesla")
+    sla = load_pipeline("wan-tiny", [tiny_dir], attention="sla")
+    assert sla.attention == "sla" and sla.capabilities().sla
+    # 128x128, 33 frames: 9x8x8 = 576 tokens, 5 query blocks x 9 key blocks, so Top-K drops blocks
+    big = dict(width=128, height=128, num_frames=33, num_steps=1)
+    a = sla.generate(_params(sla_topk=0.1, **big)).frames
+    b = sla.generate(_params(sla_topk=1.0, **big)).frames
+    a_again = sla.generate(_params(sla_topk=0.1, **big)).frames
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, a_again)  # nothing stored between requests
