@@ -41,7 +41,6 @@ def validate_image(data: bytes, limits: LimitsSettings, param: str) -> InputImag
         raise _too_large(limits, param)
     if not data:
         raise ApiError(400, "invalid_image", "the image is empty", param)
-    Image.MAX_IMAGE_PIXELS = None  # we check the pixel count ourselves, before decoding
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or ""
@@ -56,6 +55,8 @@ def validate_image(data: bytes, limits: LimitsSettings, param: str) -> InputImag
                 raise ApiError(422, "invalid_image_dimensions",
                                f"the image is {w}x{h}; each side must be at least {limits.min_image_side}", param)
             im.load()  # decode fully: truncated files fail here
+    except Image.DecompressionBombError as exc:  # PIL's own bound, should limits allow more than it
+        raise ApiError(422, "invalid_image_dimensions", f"the image has too many pixels: {exc}", param) from exc
     except UnidentifiedImageError as exc:
         raise ApiError(415, "unsupported_image_type",
                        "the data is not a recognised image; use PNG, JPEG or WebP", param) from exc

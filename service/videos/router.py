@@ -24,7 +24,6 @@ from service.videos.protocol import CreateVideoBody, VideoDeleted, VideoList, Vi
 router = APIRouter(tags=["videos"])
 
 
-
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """The model's JSON schema with its local `$defs` inlined (OpenAPI cannot resolve `#/$defs/...`)."""
     defs = schema.pop("$defs", {})
