@@ -1,7 +1,9 @@
-"""TurboVid models: Wan DiT, umT5 encoder, Wan VAE, checkpoints, samplers and the pipeline.
+"""TurboVid models: Wan DiT, umT5 encoder, Wan VAE, checkpoints, samplers, the op dispatch
+(`models.ops`) and the pipeline (`contract.jobs.GenerationParams` → frames).
 
-The public loaders are imported lazily (PEP 562) so that `import models.presets` stays torch-free for
-the gateway.
+The model catalog (which ids exist, their sizes, frames, solver) is `contract.catalog`, shared with the
+torch-free gateway. The public loaders below are imported lazily (PEP 562): `import models` alone does
+not import torch.
 """
 
 from __future__ import annotations

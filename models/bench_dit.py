@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from models.config import WanConfig
-from models.dit import WanTransformer, set_fused_kernels
-from models.linear import convert_for_runtime
+from models.dit import WanTransformer
+from models.linear import convert_for_runtime, prepare_for_kernels
+from models.ops import Ops
 
 SIZES = {
     "tiny": ("wan-tiny", (1, 16, 3, 8, 8)),  # CPU smoke test of this script
@@ -37,10 +38,11 @@ SIZES = {
 
 
 def random_model(cfg: WanConfig, *, device: str, dtype: torch.dtype, attention: str = "dense",
-                 linear: str = "native", seed: int = 0) -> WanTransformer:
-    """A WanTransformer with random weights made directly on `device` (no CPU copy)."""
+                 linear: str = "native", kernels: bool = False, seed: int = 0) -> WanTransformer:
+    """A WanTransformer with random weights made directly on `device` (no CPU copy); kernels: the Triton
+    norm / gated-add / int8 GEMM path (what the loader picks on CUDA) instead of plain PyTorch."""
     with torch.device("meta"):
-        model = WanTransformer(cfg, attention=attention).to_dtype(dtype)
+        model = WanTransformer(cfg, ops=Ops(attention, linear, kernels)).to_dtype(dtype)
     model = model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -57,6 +59,8 @@ def random_model(cfg: WanConfig, *, device: str, dtype: torch.dtype, attention: 
                 fan_in = p[0].numel()
                 p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
     convert_for_runtime(model, linear)  # w8a8: quantizes the block Linears (block-128) on the device
+    if kernels:
+        prepare_for_kernels(model)  # the W8A8 GEMM's per-channel layout, once (as the loader does)
     return model.eval().requires_grad_(False)
 
 
@@ -148,19 +152,20 @@ def checks(device: str) -> list[dict]:
     sd = ref_model.state_dict()
     latents, t, ctx, _ = inputs(cfg, shape, device, torch.float32)
 
-    def load(dtype, attention, linear="native", topk=1.0, zero_proj=False):
+    def load(dtype, attention, linear="native", topk=1.0, zero_proj=False, kernels=False):
         with torch.device("meta"):
-            m = WanTransformer(cfg.with_(sla_topk=topk), attention=attention)
+            m = WanTransformer(cfg.with_(sla_topk=topk), ops=Ops(attention, linear, kernels))
         weights = {k: v.clone() for k, v in sd.items() if attention != "dense" or "proj_l" not in k}
         if zero_proj:
             weights = {k: (v.zero_() if "proj_l" in k else v) for k, v in weights.items()}
         m.load_state_dict(weights, assign=True)
         m.to_dtype(dtype)
         convert_for_runtime(m, linear)
+        if kernels:
+            prepare_for_kernels(m)
         return m.eval()
 
     with torch.no_grad():
-        set_fused_kernels(False)
         dense_ref = load(torch.float32, "dense")(latents, t, ctx)
         sla_ref = load(torch.float32, "sla", topk=0.1)(latents, t, ctx)
         variants = [("dense bf16 torch", torch.bfloat16, "dense", "native", 1.0, False, False, dense_ref)]
@@ -170,14 +175,12 @@ def checks(device: str) -> list[dict]:
             variants += [("sagesla topk=1 proj_l=0", torch.bfloat16, "sagesla", "native", 1.0, True, True, dense_ref)]
             variants += [("sagesla topk=.1 vs sla fp32", torch.bfloat16, "sagesla", "native", 0.1, False, True, sla_ref)]
         for name, dtype, attention, linear, topk, zero, fused, ref in variants:
-            set_fused_kernels(fused)
             try:
-                out = load(dtype, attention, linear, topk, zero)(latents, t, ctx.to(dtype))
+                out = load(dtype, attention, linear, topk, zero, fused and device == "cuda")(latents, t, ctx.to(dtype))
                 rows.append({"check": name, "cos": _cos(out, ref), "rel_err": _rel(out, ref),
                              "finite": bool(torch.isfinite(out).all())})
             except Exception as exc:  # noqa: BLE001 - report and go on to the next check
                 rows.append({"check": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-    set_fused_kernels(True)
     return rows
 
 
@@ -199,12 +202,12 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
             if time.time() - started > budget_s:
                 rows.append({"size": size, "variant": name, "skipped": "time budget"})
                 continue
-            set_fused_kernels(fused)
             model = args = None
             try:
                 if device == "cuda":
                     torch.cuda.empty_cache()
-                model = random_model(cfg, device=device, dtype=dtype, attention=attention, linear=linear)
+                model = random_model(cfg, device=device, dtype=dtype, attention=attention, linear=linear,
+                                     kernels=fused and device == "cuda")
                 weights_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
                 args = inputs(cfg, shape, device, dtype)
                 sec, peak = time_forward(model, args, reps, device)
@@ -217,7 +220,6 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
             print(json.dumps(rows[-1]), flush=True)
             if out is not None:
                 out.write_text("\n".join(json.dumps(r) for r in rows))
-    set_fused_kernels(True)
     return rows
 
 

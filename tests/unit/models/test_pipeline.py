@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from contract.catalog import adaptive_size, check_frames, get_card, latent_frames
+from contract.catalog import MODELS, adaptive_size, check_frames, get_card, latent_frames
 from contract.jobs import Capabilities, GenerationParams, ParamError
 from models.checkpoint_components import resolve_components
 from models.checkpoint_io import CheckpointError
@@ -149,6 +149,24 @@ def test_catalog_helpers():
     assert abs(w * h - 832 * 480) / (832 * 480) < 0.05
     with pytest.raises(ValueError, match="unknown model"):
         get_card("sora")
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+def test_every_card_names_model_presets_that_build(model_id):
+    """contract/catalog.py is torch-free; the presets its cards name live in models/ and must exist."""
+    from models.config import WanConfig
+    from models.t5 import UMT5Config
+    from models.vae import VAEConfig
+
+    card = get_card(model_id)
+    cfg = WanConfig.from_name(card.architecture)
+    UMT5Config.from_name(card.text_encoder)
+    VAEConfig.from_name(card.vae)
+    if not card.tiny:  # (the tiny I2V DiT is "wan-tiny" with in_dim 36, built by models/tiny.py)
+        assert (cfg.cond_dim == 20) == (card.kinds == ("i2v",))  # an I2V-only card has an I2V DiT
+    assert card.default_size in card.sizes and card.default_frames <= card.max_frames
+    check_frames(card.default_frames, card.max_frames)
+    assert all(w % 16 == 0 and h % 16 == 0 for w, h in card.sizes)
 
 
 class _Recorder(torch.nn.Module):
