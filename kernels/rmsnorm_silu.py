@@ -163,7 +163,30 @@ def _(x, gamma, residual=None, eps=EPS):
     return torch.empty(x.shape, device=x.device, dtype=x.dtype)
 
 
-@torch.library.custom_op("turbovid::rmsnorm_silu_out", mutates_args=("out", "sum_out"))
+# Two out-variants with every argument required: optional mutated arguments trip torch 2.11's
+# ADInplaceOrView step when left out.
+@torch.library.custom_op("turbovid::rmsnorm_silu_out", mutates_args=("out",))
+def _rmsnorm_silu_out(x: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, eps: float) -> None:
+    _launch(x, gamma, out, None, None, eps)
+
+
+@_rmsnorm_silu_out.register_fake
+def _(x, gamma, out, eps):
+    return None
+
+
+@torch.library.custom_op("turbovid::rmsnorm_silu_residual_out", mutates_args=("out", "sum_out"))
+def _rmsnorm_silu_residual_out(
+    x: torch.Tensor, residual: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, sum_out: torch.Tensor, eps: float
+) -> None:
+    _launch(x, gamma, out, residual, sum_out, eps)
+
+
+@_rmsnorm_silu_residual_out.register_fake
+def _(x, residual, gamma, out, sum_out, eps):
+    return None
+
+
 def rmsnorm_silu_out(
     x: torch.Tensor,
     gamma: torch.Tensor,
@@ -172,15 +195,17 @@ def rmsnorm_silu_out(
     sum_out: torch.Tensor | None = None,
     eps: float = EPS,
 ) -> None:
-    """Write silu(rms_norm(x (+ residual)) · gamma) into ``out`` and, if given, x (+ residual) into
+    """Write silu(rms_norm(x (+ residual)) · gamma) into ``out`` and, with a residual, x + residual into
     ``sum_out``. All [N, C] with stride 1 over C, any row stride (e.g. frames of a padded buffer).
     ``out`` and ``sum_out`` must not overlap x or residual (autotuning trials rerun the kernel)."""
-    _launch(x, gamma, out, residual, sum_out, eps)
-
-
-@rmsnorm_silu_out.register_fake
-def _(x, gamma, out, residual=None, sum_out=None, eps=EPS):
-    return None
+    if residual is None:
+        if sum_out is not None:
+            raise ValueError("sum_out needs a residual (without one it would equal x)")
+        torch.ops.turbovid.rmsnorm_silu_out(x, gamma, out, eps)
+    else:
+        if sum_out is None:
+            raise ValueError("rmsnorm_silu_out with a residual needs sum_out (or use rmsnorm_silu)")
+        torch.ops.turbovid.rmsnorm_silu_residual_out(x, residual, gamma, out, sum_out, eps)
 
 
 # 5. bench ---------------------------------------------------------------------------------------------

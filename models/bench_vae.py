@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.vae import VAEConfig, WanVAE
+from models.vae import CONV_IMPLS, VAEConfig, WanVAE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,7 +52,8 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def micro_convs(device: torch.device) -> None:
     """conv3d (3×3×3, causal: T+2 input frames) at the decoder's 480p shapes: NCDHW vs channels-last-3d,
-    cuDNN heuristics vs benchmark mode, vs three conv2d over time taps summed (frames as the batch)."""
+    cuDNN heuristics vs benchmark mode, vs three conv2d over time taps summed (frames as the batch), vs
+    one conv2d over the 3 taps stacked on the channels, vs C_out zero-padded to 16 (nan: not checked/wrong)."""
     import torch.nn.functional as F
     from triton.testing import do_bench
 
@@ -62,7 +63,7 @@ def micro_convs(device: torch.device) -> None:
         (384, 384, 21, 60, 104), (96, 3, 8, 480, 832),
     ]  # fmt: skip
     print(f"{'conv3d C_in->C_out T HxW':32} {'NCDHW ms':>9} {'CL ms':>8} {'CL+bm ms':>9} {'taps2d ms':>9} "
-          f"{'best TFLOP/s':>12}")  # fmt: skip
+          f"{'taps+bm':>9} {'stack2d':>9} {'CL Cout16':>9} {'best TFLOP/s':>12}")  # fmt: skip
     for cin, cout, t, h, w in shapes:
         x = torch.randn(1, cin, t + 2, h, w, device=device, dtype=torch.bfloat16)
         wt = torch.randn(cout, cin, 3, 3, 3, device=device, dtype=torch.bfloat16) * 0.02
@@ -77,6 +78,15 @@ def micro_convs(device: torch.device) -> None:
             out += F.conv2d(frames[2 : t + 2], w2[2], None, padding=1)
             return out
 
+        w3 = wt.transpose(1, 2).reshape(cout, 3 * cin, 3, 3).contiguous(memory_format=cl2)
+
+        def stack(frames=frames, w3=w3, b=b, t=t):
+            x3 = torch.cat([frames[0:t], frames[1 : t + 1], frames[2 : t + 2]], dim=1)
+            return F.conv2d(x3, w3, b, padding=1)
+
+        wp = F.pad(wc, (0, 0, 0, 0, 0, 0, 0, 0, 0, 16 - cout)).contiguous(memory_format=cl3) if cout < 16 else wc
+        bp = F.pad(b, (0, 16 - cout)) if cout < 16 else b
+
         ref = F.conv3d(x.float(), wt.float(), b.float(), padding=(0, 1, 1))
         times = []
         for fn, bm in (
@@ -84,6 +94,9 @@ def micro_convs(device: torch.device) -> None:
             (lambda xc=xc, wc=wc, b=b: F.conv3d(xc, wc, b, padding=(0, 1, 1)), False),
             (lambda xc=xc, wc=wc, b=b: F.conv3d(xc, wc, b, padding=(0, 1, 1)), True),
             (taps, False),
+            (taps, True),
+            (stack, False),
+            (lambda xc=xc, wp=wp, bp=bp, cout=cout: F.conv3d(xc, wp, bp, padding=(0, 1, 1))[:, :cout], False),
         ):
             torch.backends.cudnn.benchmark = bm
             out = fn()
@@ -118,7 +131,8 @@ def bench() -> None:
     parser.add_argument("--skip-encode", action="store_true")
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
-    parser.add_argument("--profile", default="", help="write the fast 480p decode's top CUDA kernels here")
+    parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
+    parser.add_argument("--conv-impl", default="cudnn3d", choices=CONV_IMPLS, help="for the profiled decode")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,10 +149,13 @@ def bench() -> None:
     print(f"{args.preset} {args.dtype} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, cudnn {torch.backends.cudnn.version()}, budget {args.budget_gib} GiB")  # fmt: skip
     if args.micro and device.type == "cuda":
-        micro_convs(device)
-        from kernels.rmsnorm_silu import bench as bench_norm
+        try:
+            micro_convs(device)
+            from kernels.rmsnorm_silu import bench as bench_norm
 
-        bench_norm()
+            bench_norm()
+        except Exception as exc:  # the end-to-end rows below matter more than the micro table
+            print(f"micro bench failed: {exc!r}")
 
     rows = []
     for size in args.sizes.split(","):
@@ -158,9 +175,13 @@ def bench() -> None:
             if stage == "decode":
                 variants[0][1]["prefix_latents"] = 1
                 variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
+            variants += [("fast, taps2d", dict(fused=True)), ("fast, stack2d", dict(fused=True))]
+            if args.cudnn_benchmark:
+                variants += [("fast + cudnn.benchmark", dict(fused=True)), ("fast, taps2d + benchmark", dict(fused=True))]
             base = None
-            for name, kw in variants + ([("fast + cudnn.benchmark", dict(fused=True))] if args.cudnn_benchmark else []):
+            for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
+                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "cudnn3d")
                 xin = x.to(dtype)
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
                 torch.backends.cudnn.benchmark = False
@@ -180,6 +201,7 @@ def bench() -> None:
 
         width, height = (int(v) for v in args.sizes.split(",")[0].split("x"))
         latents = torch.randn(1, cfg.z_dim, (args.frames - 1) // 4 + 1, height // 8, width // 8, device=device)
+        ours.conv_impl = args.conv_impl
         ours.decode(latents.to(dtype))
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             ours.decode(latents.to(dtype))

@@ -114,8 +114,11 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False) -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d") -> None:
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         self.fused = fused
+        self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
 
@@ -137,6 +140,7 @@ class CausalCache:
 
 
 _CL3D = torch.channels_last_3d
+CONV_IMPLS = ("cudnn3d", "taps2d", "stack2d")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -212,10 +216,37 @@ class CausalConv3d(nn.Conv3d):
         """Convolve a filled `input_buffer`, keeping its last frames for the next chunk: [B, C_out, T, H, W]."""
         if self.context:
             cache.put(self, buf[:, :, -self.context :].clone())
+        if cache.conv_impl != "cudnn3d" and self.kernel_size == (3, 3, 3) and self.out_channels >= 8:
+            return self._conv_2d(buf, stacked=cache.conv_impl == "stack2d")
         return self._conv(buf)
+
+    def _conv_2d(self, buf: torch.Tensor, *, stacked: bool) -> torch.Tensor:
+        """The 3×3×3 conv through 3×3 conv2d with the frames as the batch: "taps2d" sums one conv2d per
+        time tap, sum_k conv2d(frames[k : k + T], weight[:, :, k]); "stack2d" stacks the 3 taps' frames
+        on the channels and runs one conv2d with 3·C_in input channels."""
+        t = buf.shape[2] - 2
+        outs = []
+        for i in range(buf.shape[0]):
+            frames = buf[i].transpose(0, 1)  # [T+2, C, H, W] channels-last
+            if stacked:
+                x3 = torch.cat([frames[0:t], frames[1 : t + 1], frames[2 : t + 2]], dim=1)  # [T, 3C, H, W]
+                w3 = self.weight.transpose(1, 2).reshape(self.out_channels, -1, 3, 3)  # [C_out, (k, C), 3, 3]
+                out = F.conv2d(x3, w3.contiguous(memory_format=torch.channels_last), self.bias, padding=1)
+            else:
+                out = F.conv2d(frames[0:t], self.weight[:, :, 0], self.bias, padding=1)
+                out += F.conv2d(frames[1 : t + 1], self.weight[:, :, 1], None, padding=1)
+                out += F.conv2d(frames[2 : t + 2], self.weight[:, :, 2], None, padding=1)
+            outs.append(out.transpose(0, 1))  # [C_out, T, H, W] channels-last-3d
+        return torch.stack(outs) if len(outs) > 1 else outs[0][None]
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
+        if self.out_channels < 8:
+            # cuDNN's kernels for a handful of output channels (the RGB head) run at a few % of peak;
+            # zero output channels up to 16 put it on the tensor-core path.
+            w = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, 0, 0, 16 - self.out_channels))
+            b = None if self.bias is None else F.pad(self.bias, (0, 16 - self.out_channels))
+            return F.conv3d(x, w.contiguous(memory_format=_CL3D), b, padding=pad)[:, : self.out_channels]
         return F.conv3d(x, self.weight, self.bias, padding=pad)
 
 
@@ -316,6 +347,25 @@ def _nearest2x(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
+def _upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv3x3(nearest2x(x)) (padding 1) without forming the upsampled frames: output pixel (2i+a, 2j+b)
+    sees only low-resolution rows {i-1+a, i+a} and columns {j-1+b, j+b}, so each of the 4 parities is a
+    2×2 conv of x with summed taps (rows: a=0 -> [w0, w1+w2], a=1 -> [w0+w1, w2]; columns alike): 16
+    instead of 36 multiply-adds per output. x [N, C, H, W] channels-last -> [N, C_out, 2H, 2W] channels-last."""
+    n, _, h, w = x.shape
+    wf = weight.float()
+    rows = (torch.stack([wf[:, :, 0], wf[:, :, 1] + wf[:, :, 2]], 2), torch.stack([wf[:, :, 0] + wf[:, :, 1], wf[:, :, 2]], 2))
+    xp = F.pad(x, (1, 1, 1, 1))  # [N, C, H+2, W+2]
+    out = torch.empty((n, weight.shape[0], 2 * h, 2 * w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    for a in (0, 1):
+        for b in (0, 1):
+            wr = rows[a]  # [C_out, C, 2, 3]
+            cols = (torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], 3), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], 3))
+            w_ab = cols[b].to(x.dtype).contiguous(memory_format=torch.channels_last)  # [C_out, C, 2, 2]
+            out[:, :, a::2, b::2] = F.conv2d(xp[:, :, a : a + h + 1, b : b + w + 1], w_ab, bias)
+    return out
+
+
 class NearestUpsample2x(nn.Module):
     """Nearest-neighbour 2× upsampling of [N, C, H, W] (in fp32: bf16 nearest is not exact everywhere)."""
 
@@ -390,8 +440,7 @@ class Resample(nn.Module):
             x = self._double_time(x, cache)  # [B, C, T', H, W]
         if cache.fused and self.mode.startswith("upsample"):
             conv = self.resample[1]
-            x = _per_frame(_channels_last(x), lambda f: F.conv2d(_nearest2x(f), conv.weight, conv.bias, padding=1))
-            return x  # [B, C/2, T', 2H, 2W], channels-last-3d
+            return _per_frame(_channels_last(x), lambda f: _upsample2x_conv3x3(f, conv.weight, conv.bias))
         x = _per_frame(x, self.resample)  # [B, C', T', H*2 or H/2, W*2 or W/2]
         if self.mode == "downsample3d":
             x = self._halve_time(x, cache)
@@ -491,6 +540,7 @@ class WanVAE(nn.Module):
         super().__init__()
         self.config = config
         self.memory_budget = memory_budget
+        self.conv_impl = "cudnn3d"  # fast path: how 3×3×3 convs run, one of CONV_IMPLS
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -562,7 +612,7 @@ class WanVAE(nn.Module):
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache(fused=fused)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
         i = 0
         while i < t_lat:
             n = 1 if i == 0 else min(chunk_latents, t_lat - i)
@@ -623,7 +673,7 @@ class WanVAE(nn.Module):
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
         if fused:
             z = _channels_last(z)
-        cache = CausalCache(fused=fused)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
 
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.
