@@ -3,12 +3,14 @@
 Create, in order (cheap refusals first, nothing stored or counted before the knobs are accepted):
 1. validate the body (`CreateVideoBody`: GenerationParams' own field definitions for the knobs);
 2. resolve the model to its `ModelCard`, the size and frame count from `size`/`seconds`/`num_frames`,
-   and build `GenerationParams`; check it against the `Capabilities` of the model's live workers
-   (`GenerationParams.check`: every knob either changes the output or is refused with a 400 naming it);
-3. idempotency claim, per-minute rate, concurrency slot (`JobStore.reserve_slot`);
-4. the I2V image (upload, base64, URL through the egress guard), stored in object storage; the I2V size
+   and build `GenerationParams`;
+3. the Idempotency-Key claim (a replay returns the job it made, whatever the workers run now);
+4. check the params against the `Capabilities` of the model's live workers (`GenerationParams.check`:
+   every knob either changes the output or is refused with a 400 naming it);
+5. per-minute rate, concurrency slot (`JobStore.reserve_slot`);
+6. the I2V image (upload, base64, URL through the egress guard), stored in object storage; the I2V size
    adapts to the image's aspect when none was asked for;
-5. `params.resolve(card, caps)` makes every default concrete; `JobSpec(params=resolved)` goes on the
+7. `params.resolve(card, caps)` makes every default concrete; `JobSpec(params=resolved)` goes on the
    model's queue through the engine (`JobQueue.enqueue`).
 """
 
@@ -78,12 +80,6 @@ class VideoServing:
             raise validation_error(exc) from exc
         card = self._check_request(body)
         params = self._params(card, body, image=None)
-        caps = self._capabilities(card)
-        try:
-            params.check(card, caps)
-        except ParamError as exc:
-            raise param_error(exc) from exc
-
         engine, settings = self.engine, self.settings
         job_id = f"video_{uuid.uuid4().hex}"
         if idem_key is not None:
@@ -98,6 +94,10 @@ class VideoServing:
                                    "Idempotency-Key", headers={"Retry-After": "1"})
                 return 200, video_object(prior, queue_position=engine.queue_position(prior), base_url=base_url)
         try:
+            try:  # the knobs, against what the live workers run, before anything is counted or stored
+                params.check(card, self._capabilities(card))
+            except ParamError as exc:
+                raise param_error(exc) from exc
             return 201, self._admit(principal, body, card, upload, job_id, base_url)
         except BaseException:
             if idem_key is not None:

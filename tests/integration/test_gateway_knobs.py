@@ -149,3 +149,17 @@ def test_models_show_advertised_workers_and_the_knobs_they_honour(client: TestCl
     assert set(tiny["knobs"]["refused"]) == {"sampler", "sigma_max"}
     assert tiny["num_steps"] == {"min": 1, "max": 100, "default": 50}
     assert i2v["workers"] == tiny["workers"]  # the same workers serve both queues
+
+
+def test_idempotent_replay_is_stable_and_a_refusal_frees_the_key(client: TestClient) -> None:
+    settings = client.settings  # type: ignore[attr-defined]
+    h = {**A, "Idempotency-Key": "k-1"}
+    body = {**BASE, "negative_prompt": "blurry"}
+    r = client.post("/v1/videos", json=body, headers=h)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "negative_prompt")  # rCM: refused
+    flow = advertise_worker(settings, "flow-1", solver="flow")
+    first = client.post("/v1/videos", json=body, headers=h)  # the refusal did not keep the key
+    assert first.status_code == 201, first.text
+    client.app.state.turbovid.engine.workers.withdraw(flow)
+    replay = client.post("/v1/videos", json=body, headers=h)  # the job exists: same answer, no re-check
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
