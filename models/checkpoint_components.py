@@ -38,6 +38,7 @@ path per component the model needs. The rules:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -210,8 +211,6 @@ def _scan(path: Path, names: list[str], out: list[Candidate], depth: int = 0) ->
     shards: set[str] = set()
     for index in indexes:
         try:
-            import json
-
             shards |= set(json.loads(index.read_text())["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError):
             continue
