@@ -66,9 +66,8 @@ def reference_int8(
 @triton.jit
 def _to_int8_codes(v):
     """Round half away from zero to int8 codes: |v| <= 127 * (1 + 2 ulp) here (v = y * 127 / absmax),
-    so no clamp is needed (and PTX's float-to-int cvt saturates anyway). ``v + copysign(0.5, v)`` is one
-    LOP3 + FADD instead of compare + select + add: the int8 path is instruction-issue-bound (~31 SASS
-    instructions per element before this), not memory-bound."""
+    so no clamp is needed (and PTX's float-to-int cvt saturates anyway). ``v + copysign(0.5, v)``: fewer
+    instructions than compare + select + add in an issue-bound path (kernels/NOTES_norms.md)."""
     half = ((v.to(tl.int32, bitcast=True) & -2147483648) | 0x3F000000).to(tl.float32, bitcast=True)  # ±0.5
     return (v + half).to(tl.int8)  # the cast truncates toward zero
 
@@ -205,15 +204,9 @@ def _ln_modulate_kernel(
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# H200, L=32760, one run each (kernels/bench_norms.py docstring has the numbers):
-# - bf16 out: the straight-line form (PROGS_PER_SM = 0) with few warps won (62 / 211 us at C=1536 /
-#   5120); 8 elements per thread (16-32 warps) ran up to 3x slower, and loop-wrapping it (trip count 1,
-#   shift/scale hoisted: their layout conversion then sits before the x load) 1.4x slower at 1536.
-# - int8 out: a persistent grid (32 // num_warps programs per SM, shift/scale loaded once per program)
-#   with the row SPLIT into two power-of-two parts (1536 = 1024 + 512) won at 1536: 76 us with 2 warps
-#   vs 97 us straight-line; at 5120 (4096 + 1024, 8 warps) it tied (321 vs 314 us).
-# num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
-# TTGIR), so deeper pipelining is a no-op.
+# Candidates: the straight-line form (fastest for bf16 out on the H200) plus persistent / split forms
+# (they won ln_modulate_int8 at C=1536); the measurements: kernels/NOTES_norms.md. num_stages stays 1
+# (Triton does not make these loads asynchronous copies).
 _ln_modulate = triton.autotune(
     configs=ROW_CONFIGS,
     key=["C", "OUT_INT8"],

@@ -9,47 +9,7 @@ bf16, C = 1536 / 5120), printing per kernel: time, GB/s, % of the copy bandwidth
 PyTorch, and the autotuner's timing of every config it tried. ``--compile`` adds torch.compile'd eager
 baselines (Inductor fuses these ops too, so it is the stronger baseline). A table comes last.
 
-Measured (H200, triton 3.6, torch 2.11, one run 2026-11-21; copy 4274 GB/s on 2 GiB, 3818 / 4160 GB/s
-at the 1536 / 5120 tensor sizes; B=1, L=32760, bf16; GB/s counts each tensor once):
-
-    kernel              C=1536: us  GB/s  %copy  x eager |  C=5120: us  GB/s  %copy  x eager
-    rmsnorm_rope                65  3357   78.5    21.8  |        209  3298   77.2    21.7
-    ln_modulate                 62  3252   76.1    10.3  |        211  3182   74.5    10.1
-    ln_modulate_int8            97  1551   36.3     6.5  |        314  1605   37.5     6.8
-    gated_residual              76  3972   92.9     8.5  |        242  4152   97.2     8.7
-    gated_residual_ (in place)  76  3991   93.4     8.5  |        244  4117   96.3     8.6
-
-ln_modulate_int8 vs the unfused path (bf16 ln_modulate + int8_quant.quantize_activation): 1.22x / 1.26x.
-
-Second run (H200, triton 3.6, torch 2.11, 2026-11-22, copy 4275 GB/s; 3821 / 4168 at the tensor sizes):
-the per-config sweep (``sweep()`` below) of a loop-based kernel form, without the straight-line form
-above, every config checked against the reference at these shapes (0 bad):
-
-    kernel / C          best config (BL, split, programs per SM, warps)   us   %copy | previous run
-    rmsnorm_rope  1536  1, split 1024+512, one program per tile, 2     71.4   71.5  |  65
-    rmsnorm_rope  5120  1, split 4096+1024, one program per tile, 8   244.9   65.7  | 209
-    ln_modulate   1536  1, whole row, persistent 8/SM, 4               65.8   71.6  |  62
-    ln_modulate   5120  1, split, persistent 4/SM, 8                  253.3   62.0  | 211
-    ln_mod_int8   1536  1, split, persistent 16/SM, 2                  75.9   46.6  |  97
-    ln_mod_int8   5120  1, split, persistent 4/SM, 8                  321.6   36.6  | 314
-
-So the loop form lost for bf16 out (the same tile and warps in a trip-count-1 loop ran 76 vs 65 us at
-1536; with shift/scale hoisted, their layout conversion sits before the x load), 8 elements per
-thread (16-32 warps) ran 1.4-3x slower than 16-32 per thread, persistence helped only the loop form,
-and only ln_modulate_int8 at 1536 improved. The kernels now keep the previous straight-line form (same
-sm_90 PTX) for the default configs plus the persistent/split configs as extra autotune candidates;
-that combination has not been timed on the device yet. The packed-int32 RoPE experiment (83 vs 65 us
-at 1536 in the first run) was removed in favour of the sweep.
-
-Offline (sm_90 SASS from Triton 3.9 here, cuobjdump; not device counters): SASS instructions per thread
-for one row per program, 4 warps at C=1536 / 8 at 5120 (16 / 32 lanes per thread, 25 / 37.5 % masked):
-rmsnorm_rope 288 / 472, ln_modulate 312 / 520, ln_modulate_int8 496 / 832 (448 / 736 after the
-copysign rounding now in adaln.py), gated_residual 120 for 8 lanes. At one warp-instruction per
-scheduler per clock (131K warps at 1536, 528 schedulers, ~1.98 GHz) the int8 kernel's issue alone is
-~62 us (56 after the change) against a 35 us memory floor: it is instruction-bound, which is why fewer
-output bytes did not make it faster. The bf16 norms issue 36-39 us against a ~47 us floor, so issue
-competes with memory there too; cutting
-per-element instructions (masked lanes, per-row shift/scale gathers, index math) is the next lever.
+Measurements (dated bench tables, the per-config sweep, offline SASS counts): kernels/NOTES_norms.md.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def _rmsnorm_rope_kernel(
     tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
     if PROGS_PER_SM == 0:
         # A. one tile of BLOCK_L whole rows per program, straight-line: every load of the tile is
-        #    issued up front (the fastest form for bf16 out on the H200, see kernels/bench_norms.py)
+        #    issued up front (the fastest form for bf16 out on the H200, kernels/NOTES_norms.md)
         rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
         cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
         row_ok = rows < N
@@ -193,16 +193,9 @@ def _rmsnorm_rope_kernel(
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
-# H200, L=32760, one run each (kernels/bench_norms.py docstring has the numbers):
-# - The straight-line form (PROGS_PER_SM = 0) with few warps, i.e. many elements per thread, is fastest
-#   for bf16 out: 4 warps at C=1536 (16 per thread), 8 at 5120 (32 per thread over 8192 lanes).
-#   8 elements per thread (16-32 warps) ran 1.4-2.5x slower; loop-wrapping it (a trip-count-1 loop with
-#   the gain hoisted) ran 17 % slower at 1536.
-# - Persistent grids (32 // num_warps programs per SM) and rows SPLIT into two power-of-two parts
-#   (5120 = 4096 + 1024, no idle lanes) did not beat it here (71 vs 65 us, 245 vs 209 us) but won for
-#   ln_modulate_int8 at 1536 (kernels/adaln.py), so a few stay as candidates.
-# num_stages stays 1: Triton does not turn these loads into asynchronous copies (checked in the sm_90
-# TTGIR), so deeper pipelining is a no-op.
+# Candidates: the straight-line form with few warps (fastest for bf16 out on the H200) plus persistent /
+# split forms; why, with the measurements: kernels/NOTES_norms.md. num_stages stays 1 (Triton does not
+# make these loads asynchronous copies).
 _rmsnorm_rope = triton.autotune(
     configs=ROW_CONFIGS,
     key=["C", "HALF_D", "HAS_WEIGHT", "HAS_ROPE"],

@@ -3,7 +3,7 @@
 Both kernels process one token row (C channels) per tile and come in three forms chosen by autotuning:
 straight-line tiles of BLOCK_L rows (PROGS_PER_SM = 0), a persistent grid of PROGS_PER_SM programs per
 SM, and rows SPLIT into two power-of-two parts (C = BLOCK_C/2 + tail, no idle lanes for C = 1536, 5120).
-kernels/bench_norms.py records which form won where on the H200.
+kernels/NOTES_norms.md records which form won where on the H200.
 """
 
 from __future__ import annotations

@@ -599,7 +599,7 @@ def sage_attention(
 ) -> torch.Tensor:
     """Dense low-bit attention (SageAttention-style drop-in): softmax(Q K^T / sqrt(D)) V with int8
     Q K^T (per-block scales, smoothed K) and FP8/fp16 P V. q, k, v: [B, H, L, D] -> o [B, H, L, D].
-    Default 128x128 tiles: on the H200 at L=32760 they beat 128x64 by ~7% (kernels/NOTES_sagesla.md)."""
+    Default 128x128 tiles (faster than 128x64 on the H200: kernels/NOTES_sagesla.md)."""
     fp8 = _fp8_supported(q.device) if pv_fp8 is None else pv_fp8
     o, _ = _sagesla_op(q, k, v, 1.0, None, None, block_q, block_k, True, fp8)
     return o

@@ -7,8 +7,8 @@ Algorithm (TurboDiffusion W8A8 semantics, arXiv 2512.16093; scales kept out of t
   run time    x [M, K] bf16/fp16 -> per-token int8 q [M, K] + sx [M] fp32 (int8_quant kernel), then
               acc[M, N] = Σ_k q[m, k]·qweight[n, k] in int32 (tensor cores, no scaling in the loop),
               epilogue y = acc · sx[m] · sw[n] + bias[n], cast to x's dtype.
-Why per-channel: block scales multiplied inside the K loop break the tensor-core pipeline (measured
-0.64–0.83× bf16 on H200); with scales only in the epilogue the same GEMM runs 1.15–1.56×.
+Why per-channel: block scales multiplied inside the K loop break the tensor-core pipeline; with scales
+only in the epilogue the GEMM beats bf16 (the measurements: kernels/NOTES_w8a8.md).
 
 Two kernels:
   `_w8a8_tma_kernel`  sm90+: persistent grid (one program per SM, grouped tile order), host TMA tensor
@@ -502,7 +502,7 @@ WAN_SHAPES = [  # name, K (in), N (out)
     ("14B ffn_down", 13824, 5120),
 ]
 WAN_TOKENS = [32760, 75600]  # 480p and 720p, 81 frames
-# run 2 (NOTES_w8a8.md): 128x256x64 beat 128x128x128 on every shape, both far behind the unfused path
+# the fused-quant tile kept for the experiment (why: kernels/NOTES_w8a8.md, run 2)
 FUSED_CONFIGS = [
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
 ]
