@@ -163,9 +163,10 @@ def checkpoint_file(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint files found (.safetensors, .gguf, .pth, .bin, index.json)")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, *, dequant_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint file or folder (see `checkpoint_file`), memory-mapped where the
-    format allows; GGUF tensors are dequantized to float32 (F16/F32/BF16 ones keep their dtype)."""
+    format allows; quantized GGUF tensors are dequantized to `dequant_dtype` (F16/F32/BF16 ones keep
+    their dtype)."""
     path = checkpoint_file(path)
     name = path.name
     if name.endswith(".index.json"):
@@ -175,7 +176,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if name.endswith(".gguf"):
         from models.gguf_loading import read_gguf
 
-        return read_gguf(path)
+        return read_gguf(path, dtype=dequant_dtype)
     if name.endswith(TORCH_SUFFIXES):
         return _read_torch(path)
     raise CheckpointError(f"{path}: unknown checkpoint file type")

@@ -8,8 +8,8 @@ GGUF writes dimensions innermost-first, so a torch tensor [N, K] appears with sh
 more than 4 dims (the Conv3d patch embedding [dim, in, 1, 2, 2]) are stored flattened with their torch
 shape in the metadata key `comfy.gguf.orig_shape.<name>` (ComfyUI-GGUF's convention).
 
-Tensors are dequantized at load with the `gguf` package's reference code (float32 out; F16/BF16/F32 keep
-their dtype) — the DiT then runs as a dense model (`linear="w8a8"` requantizes the block Linears).
+Tensors are dequantized at load with the `gguf` package's reference code (to the model's dtype; F16/BF16/F32
+tensors keep theirs) — the DiT then runs as a dense model (`linear="w8a8"` requantizes the block Linears).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def gguf_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     return {t.name: _torch_shape(reader, t) for t in reader.tensors}
 
 
-def _dequantize(tensor, shape: tuple[int, ...]) -> torch.Tensor:  # noqa: ANN001
+def _dequantize(tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:  # noqa: ANN001
     gguf = _gguf()
     qtype = tensor.tensor_type
     with warnings.catch_warnings():
@@ -83,11 +83,12 @@ def _dequantize(tensor, shape: tuple[int, ...]) -> torch.Tensor:  # noqa: ANN001
         values = gguf.quants.dequantize(np.asarray(tensor.data), qtype)
     except NotImplementedError as exc:
         raise CheckpointError(f"GGUF tensor {tensor.name}: type {qtype.name} cannot be dequantized") from exc
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape).to(dtype)
 
 
-def read_gguf(path: str | Path, *, threads: int = 8) -> dict[str, torch.Tensor]:
-    """All tensors of a GGUF file in torch shapes; quantized ones dequantized to float32."""
+def read_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, threads: int = 8) -> dict[str, torch.Tensor]:
+    """All tensors of a GGUF file in torch shapes; quantized ones dequantized to `dtype` (one tensor at
+    a time, so a 14B file never holds all its weights in float32)."""
     path = Path(path)
     reader = _reader(path)
     jobs = [(t, _torch_shape(reader, t)) for t in reader.tensors]
@@ -95,6 +96,6 @@ def read_gguf(path: str | Path, *, threads: int = 8) -> dict[str, torch.Tensor]:
         if int(np.prod(shape)) != int(t.n_elements):
             raise CheckpointError(f"{path}: tensor {t.name} has {t.n_elements} values, not a {shape} tensor")
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # numpy releases the GIL in bulk ops
-        tensors = list(pool.map(lambda job: _dequantize(*job), jobs))
+        tensors = list(pool.map(lambda job: _dequantize(*job, dtype), jobs))
     return {t.name: v for (t, _), v in zip(jobs, tensors, strict=True)}
 

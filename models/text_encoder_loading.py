@@ -199,7 +199,7 @@ def read_text_encoder(
                 f"{path}: quantized text encoders are not supported ({manifest.quantization})"
             )
         return read_state_dict(path), UMT5Config.from_dict(manifest.architecture), "canonical", None
-    sd, spiece = _select_encoder(read_state_dict(path), str(path))
+    sd, spiece = _select_encoder(read_state_dict(path, dequant_dtype=dtype), str(path))
     sd = dequantize_fp8(sd, dtype)
     if is_hf_layout(set(sd)):
         folder = path if path.is_dir() else path.parent

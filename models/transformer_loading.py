@@ -243,10 +243,10 @@ def read_transformer_checkpoint(
     path: str | Path, *, dtype: torch.dtype = torch.float32
 ) -> tuple[dict[str, torch.Tensor], WanConfig]:
     """(Wan-named state dict, architecture) of a transformer checkpoint in any supported layout.
-    fp8 weights are dequantized to `dtype`; other tensors keep their stored dtype."""
+    fp8 and quantized GGUF weights are dequantized to `dtype`; other tensors keep their stored dtype."""
     path = _resolve(Path(path))
     manifest = read_manifest(path)
-    raw = read_state_dict(path)
+    raw = read_state_dict(path, dequant_dtype=dtype)
     sd = dequantize_fp8(to_wan_names({k: v for k, v in raw.items() if not is_marker(k)}), dtype)
     why = unsupported_layout(sd)
     if why is not None:
