@@ -126,8 +126,10 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors")
+    # Training checkpoints may carry non-tensor entries (step counters, config): not weights.
+    obj = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     return obj
 
 
