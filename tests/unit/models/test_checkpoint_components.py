@@ -366,3 +366,10 @@ def test_wan_tiny_folder_still_resolves(tmp_path):
     parts = resolve_components([folder], SimpleNamespace(model_id="wan-tiny", kinds=("t2v", "i2v"), experts=False))
     assert parts.transformers == {"t2v": folder / "transformer", "i2v": folder / "i2v"}
     assert parts.tokenizer == folder / "text_encoder" / "tokenizer" and parts.vae == folder / "vae"
+
+
+def test_checkpoint_args_for_models_without_downloads(tmp_path):
+    assert hub.checkpoint_args("x", (("A/b", ("f{q}.pth",)), ("C/d", ("g",))), tmp_path) == [
+        str(tmp_path / "b"), str(tmp_path / "d")]
+    with pytest.raises(ValueError, match="no published checkpoints"):
+        hub.checkpoint_args("wan-tiny", MODELS["wan-tiny"].downloads, tmp_path)
