@@ -120,7 +120,6 @@ class Heartbeat(threading.Thread):
         self.registry = registry
         self.info = info  # replaced (ready=True) once the pipeline is warm
         self.worker: TurboWorker | None = None  # set once the RQ worker exists
-        self.queues: list[Queue] = []
         self.done = threading.Event()
 
     def advertise(self) -> None:
@@ -140,7 +139,7 @@ class Heartbeat(threading.Thread):
                     # SimpleWorker sets its key's TTL to the job timeout while busy; keep it short so
                     # a dead worker disappears from the worker count within a few heartbeats.
                     worker.heartbeat(timeout=max(lease_ttl_s(q), 15))
-                for queue in self.queues:
+                for queue in worker.queues:
                     reap(queue, ctx.store, ctx.jobs, q, self.settings.webhooks)
             except Exception:
                 log.exception("heartbeat/reaper tick failed")
@@ -193,12 +192,11 @@ def run_worker(
                             metrics=metrics, worker_name=name, lease=Lease(client, keys, name, lease_ttl_s(q)))
 
         # 2. the queues ---------------------------------------------------------------------------------
-        queues = [Queue(n, connection=client, serializer=RQ_SERIALIZER) for n in queue_names]
-        worker = TurboWorker(queues, ctx=ctx, name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
+        worker = TurboWorker(queue_names, ctx=ctx, name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
                              default_result_ttl=q.result_ttl_s, serializer=RQ_SERIALIZER)
-        for queue in queues:
+        for queue in worker.queues:
             reap(queue, store, jobs, q, settings.webhooks)  # jobs of a worker that died before we started
-        beat.queues, beat.worker = queues, worker
+        beat.worker = worker
         log.info("worker %s serving queues %s", name, queue_names)
         worker.work(burst=burst, logging_level="INFO")
     finally:
