@@ -44,14 +44,18 @@ if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
 return 1
 """
 
-# Add the job id to the owner's active set only while the set is smaller than the limit, atomically,
-# so parallel creations cannot overshoot. Returns the set size before the add, or -1 when full.
+# Add the job id to the owner's active set (a zset scored by reservation time) only while the set is
+# smaller than the limit, atomically, so parallel creations cannot overshoot. Returns the set size
+# before the add, or -1 when full.
 _RESERVE = """
-local n = redis.call('SCARD', KEYS[1])
+local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[2]) then return -1 end
-redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return n
 """
+# A reservation younger than this may belong to a creation still in flight (its record not written
+# yet): the sweep leaves it alone.
+RESERVATION_GRACE_S = 120
 
 
 class JobStore:
@@ -70,10 +74,11 @@ class JobStore:
     def reserve_slot(self, owner: str, job_id: str, limit: int) -> bool:
         """Take one of the owner's `limit` slots for `job_id` (before creating it); False when full.
         `finish` and `delete` give it back; a caller that fails before `create` calls `release_slot`."""
-        return int(self._reserve(keys=[self.keys.active(owner)], args=[job_id, str(limit)])) >= 0
+        args = [job_id, str(limit), repr(time.time())]
+        return int(self._reserve(keys=[self.keys.active(owner)], args=args)) >= 0
 
     def release_slot(self, owner: str, job_id: str) -> None:
-        self.r.srem(self.keys.active(owner), job_id)
+        self.r.zrem(self.keys.active(owner), job_id)
 
     def expire_if_stale(self, record: JobRecord, *, queued_ttl_s: int, failure_ttl_s: int,
                         now: float | None = None) -> JobRecord:
@@ -90,19 +95,24 @@ class JobStore:
     def sweep_slots(self, owner: str, *, queued_ttl_s: int, failure_ttl_s: int,
                     now: float | None = None) -> list[str]:
         """Give back the owner's slots held by jobs that ended without `finish` running for them: records
-        that expired, jobs already terminal, jobs that expired in the queue (failed here). Returns the
-        freed job ids."""
-        members = [m.decode() if isinstance(m, bytes) else str(m)
-                   for m in self.r.smembers(self.keys.active(owner))]  # type: ignore[union-attr]
+        that expired, jobs already terminal, jobs that expired in the queue (failed here). Reservations
+        younger than RESERVATION_GRACE_S without a record are left alone (a creation in flight).
+        Returns the freed job ids."""
+        now = time.time() if now is None else now
+        members: list[tuple[Any, float]] = self.r.zrange(  # type: ignore[assignment]
+            self.keys.active(owner), 0, -1, withscores=True)
         freed = []
-        for job_id in members:
+        for raw, reserved_at in members:
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             record = self.get(job_id)
+            if record is None and now - float(reserved_at) < RESERVATION_GRACE_S:
+                continue
             if record is not None:
                 record = self.expire_if_stale(record, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s,
                                               now=now)
                 if record.status not in TERMINAL:
                     continue
-            self.r.srem(self.keys.active(owner), job_id)
+            self.r.zrem(self.keys.active(owner), job_id)
             freed.append(job_id)
         return freed
 
@@ -134,7 +144,7 @@ class JobStore:
         pipe.hset(self.keys.job(spec.job_id), mapping=_dump(record))  # type: ignore[arg-type]
         pipe.expire(self.keys.job(spec.job_id), ttl_s)
         pipe.zadd(self.keys.owner(spec.owner), {spec.job_id: spec.created_at})
-        pipe.sadd(self.keys.active(spec.owner), spec.job_id)
+        pipe.zadd(self.keys.active(spec.owner), {spec.job_id: time.time()}, nx=True)
         pipe.execute()
         return record
 
@@ -158,7 +168,7 @@ class JobStore:
         return ids[:limit]
 
     def active_count(self, owner: str) -> int:
-        return int(self.r.scard(self.keys.active(owner)))
+        return int(self.r.zcard(self.keys.active(owner)))
 
     def request_cancel(self, job_id: str, ttl_s: int) -> None:
         self.r.set(self.keys.cancel(job_id), "1", ex=ttl_s)
@@ -169,7 +179,7 @@ class JobStore:
         pipe.delete(self.keys.job(job_id))
         if record is not None:
             pipe.zrem(self.keys.owner(record.spec.owner), job_id)
-            pipe.srem(self.keys.active(record.spec.owner), job_id)
+            pipe.zrem(self.keys.active(record.spec.owner), job_id)
         pipe.execute()
 
     # worker side --------------------------------------------------------------------------------
@@ -221,7 +231,7 @@ class JobStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.job(job_id), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(self.keys.job(job_id), ttl_s)
-        pipe.srem(self.keys.active(record.spec.owner), job_id)
+        pipe.zrem(self.keys.active(record.spec.owner), job_id)
         pipe.delete(self.keys.cancel(job_id))
         pipe.execute()
 

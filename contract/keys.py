@@ -5,7 +5,7 @@
 |---|---|---|---|
 | `<p>:job:<id>` | hash | jobstore | spec, status, progress, timestamps, timings, output, error, ... |
 | `<p>:owner:<owner>` | zset | jobstore | the owner's job ids by creation time (listing, tenancy) |
-| `<p>:active:<owner>` | set | jobstore (only) | the owner's unfinished job ids (concurrency slots) |
+| `<p>:active:<owner>` | zset (score: reserved at) | jobstore (only) | the owner's unfinished job ids (concurrency slots) |
 | `<p>:cancel:<id>` | string | jobstore | cancel flag, checked by the worker at every step |
 | `<p>:idem:<owner>:<key>` | string | gateway | Idempotency-Key claim (SET NX) |
 | `<p>:rl:<owner>:<minute>` | string | gateway | per-minute creation counter |

@@ -41,7 +41,7 @@ class JobQueue:
         return Queue(name, connection=self.r, serializer=RQ_SERIALIZER)
 
     # video jobs ---------------------------------------------------------------------------------
-    def enqueue(self, spec: JobSpec, *, at_front: bool = False, queue_name: str | None = None) -> Job:
+    def submit(self, spec: JobSpec, *, at_front: bool = False, queue_name: str | None = None) -> Job:
         """Put a job on its model's queue (or `queue_name`), replacing any earlier RQ job of that id
         (a re-queue after a crash or a shutdown); the queued TTL counts again from now."""
         queue = self.queue(queue_name or spec.model)
@@ -75,7 +75,7 @@ class JobQueue:
         return int(self.queue(model).count)
 
     # webhooks -----------------------------------------------------------------------------------
-    def enqueue_webhook(self, job_id: str, event_type: str, url: str, cfg: WebhookSettings) -> str:
+    def submit_webhook(self, job_id: str, event_type: str, url: str, cfg: WebhookSettings) -> str:
         """Queue the delivery of `event_type` ("video.completed" / "video.failed") for a job."""
         retries = cfg.max_attempts - 1
         event_id = f"evt_{job_id}_{event_type.rsplit('.', 1)[-1]}"

@@ -50,7 +50,7 @@ def test_t2v_job_completes_with_mp4_thumbnail_timings_and_progress(tmp_path):
     for stage in ("queue_wait", "text_encode", "denoise", "vae_decode", "video_encode", "upload", "total"):
         assert stage in record.timings, stage
     assert record.timings["total"] >= record.timings["queue_wait"] >= 0
-    assert not _store(settings).r.sismember(_store(settings).keys.active("test"), spec.job_id)
+    assert not _store(settings).r.zscore(_store(settings).keys.active("test"), spec.job_id) is not None
 
 
 def test_failing_job_fails_with_reason_and_worker_continues(tmp_path):

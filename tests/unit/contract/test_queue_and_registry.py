@@ -44,15 +44,15 @@ def test_enqueue_states_every_ttl_and_requeue_replaces_the_job(client):
     cfg = QueueSettings(job_timeout_s=123, result_ttl_s=456, failure_ttl_s=789, queued_ttl_s=321)
     jq = JobQueue(client, cfg)
     spec = _spec("video_a")
-    job = jq.enqueue(spec)
+    job = jq.submit(spec)
     assert (job.func_name, job.timeout, job.result_ttl, job.failure_ttl, job.ttl) == (TASK_PATH, 123, 456, 789, 321)
     assert JobSpec.model_validate_json(job.args[0]) == spec
     assert client.ttl(Job.key_for("video_a")) > 0  # the queued TTL is on the RQ job itself
-    jq.enqueue(_spec("video_b"))
+    jq.submit(_spec("video_b"))
     assert (jq.position("wan-tiny", "video_a"), jq.position("wan-tiny", "video_b"), jq.depth("wan-tiny")) == (0, 1, 2)
     # a re-queue (after a crash or shutdown) goes to the front and keeps every TTL, the queued one included
     jq.remove("wan-tiny", "video_a")
-    again = jq.enqueue(spec, at_front=True)
+    again = jq.submit(spec, at_front=True)
     assert again.ttl == 321 and jq.position("wan-tiny", "video_a") == 0 and jq.depth("wan-tiny") == 2
     jq.remove("wan-tiny", "video_b")
     assert jq.position("wan-tiny", "video_b") is None and not client.exists(Job.key_for("video_b"))
@@ -60,7 +60,7 @@ def test_enqueue_states_every_ttl_and_requeue_replaces_the_job(client):
 
 def test_webhook_delivery_carries_ids_not_a_rendered_payload(client):
     jq = JobQueue(client, QueueSettings())
-    job_id = jq.enqueue_webhook("video_x", "video.completed", "https://example.com/h", WebhookSettings(max_attempts=3))
+    job_id = jq.submit_webhook("video_x", "video.completed", "https://example.com/h", WebhookSettings(max_attempts=3))
     job = Job.fetch(job_id, connection=client, serializer=RQ_SERIALIZER)
     assert job.origin == WEBHOOK_QUEUE and job.func_name == WEBHOOK_TASK_PATH
     assert json.loads(job.args[0]) == {"event_id": "evt_video_x_completed", "type": "video.completed",
@@ -121,13 +121,16 @@ def test_slots_of_jobs_that_ended_unnoticed_are_swept(client, keys):
         assert store.reserve_slot("k", jid, limit=10)
         store.create(_spec(jid, owner="k"), ttl_s=600)
     client.delete(keys.job("video_gone"))  # the record expired before anyone polled it
+    client.zadd(keys.active("k"), {"video_gone": time.time() - 500})  # ... long after its reservation
+    assert store.reserve_slot("k", "video_inflight", limit=10)  # a creation whose record is not written yet
     client.hset(keys.job("video_old"), "created_at", repr(time.time() - 101))  # expired in the queue
     client.hset(keys.job("video_done"), "status", "completed")  # terminal, slot not given back (a crash)
     freed = store.sweep_slots("k", **ttl)
     assert sorted(freed) == ["video_done", "video_gone", "video_old"]
-    assert store.active_count("k") == 1
+    assert store.active_count("k") == 2  # video_new and the in-flight reservation keep their slots
     old = store.get("video_old")
     assert old.status is JobStatus.failed and old.error.code == "queue_timeout"
     assert store.sweep_all_slots(**ttl) == 0  # nothing more to free anywhere
     client.delete(keys.job("video_new"))
-    assert store.sweep_all_slots(**ttl) == 1 and store.active_count("k") == 0
+    client.zadd(keys.active("k"), {"video_new": time.time() - 500, "video_inflight": time.time() - 500})
+    assert store.sweep_all_slots(**ttl) == 2 and store.active_count("k") == 0
