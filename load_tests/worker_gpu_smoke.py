@@ -69,7 +69,7 @@ def main() -> int:
                            params=params.resolve(pipeline.card, pipeline.capabilities()),
                            output_key=f"outputs/{job_id}.mp4", created_at=time.time())
             store.create(spec, ttl_s=3600)
-            jobs.enqueue(spec)
+            jobs.submit(spec)
             ids.append(job_id)
         t0 = time.perf_counter()
         metrics = WorkerMetrics(args.model, gpu_memory=cuda_memory_reader(args.device))

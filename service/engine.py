@@ -76,7 +76,7 @@ class Engine:
         """Create the job record and put the job on its model's queue (`priority="high"`: at the front)."""
         record = self.store.create(spec, ttl_s=self.record_ttl_s(), metadata=metadata, webhook_url=webhook_url)
         try:
-            self.queue.enqueue(spec, at_front=priority == "high")
+            self.queue.submit(spec, at_front=priority == "high")
         except redis.RedisError:
             self.store.delete(spec.job_id)
             raise
@@ -92,7 +92,7 @@ class Engine:
         if now.status is not JobStatus.queued:  # it just failed as queue_timeout
             self.queue.remove(record.spec.model, job_id)
             if record.webhook_url:
-                self.queue.enqueue_webhook(job_id, "video.failed", record.webhook_url, self.webhook_cfg)
+                self.queue.submit_webhook(job_id, "video.failed", record.webhook_url, self.webhook_cfg)
         return now
 
     def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:

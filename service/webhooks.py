@@ -1,7 +1,7 @@
 """The webhook deliverer (`turbovid webhooks`): signed POSTs to a job's `webhook_url` when it ends.
 
 Flow: whoever moves a job to a terminal state (the worker, the reaper, the gateway's queue-TTL expiry)
-calls `JobQueue.enqueue_webhook(job_id, "video.completed" | "video.failed", url, settings.webhooks)`,
+calls `JobQueue.submit_webhook(job_id, "video.completed" | "video.failed", url, settings.webhooks)`,
 which queues a delivery job carrying only {event_id, type, job_id, url} on `WEBHOOK_QUEUE` with an RQ
 `Retry` (backoff in contract/queue.py). This process runs the RQ worker that delivers them: at each
 attempt it reads the job record and renders the payload, the video object exactly as

@@ -106,7 +106,7 @@ class TurboWorker(SimpleWorker):
         if self.ctx.requeue_after == job.id:
             record = self.ctx.store.get(job.id)
             if record is not None and record.status is JobStatus.queued:
-                self.ctx.jobs.enqueue(record.spec, at_front=True, queue_name=queue.name)
+                self.ctx.jobs.submit(record.spec, at_front=True, queue_name=queue.name)
             self.ctx.requeue_after = None
 
 

@@ -5,7 +5,7 @@ A worker holds `Keys.lease(job_id)` (value: worker name, TTL `lease_ttl_s`) for 
 refreshes it from its heartbeat thread and at every denoise step. `reap()` — run by every worker at
 start and on each heartbeat tick — scans RQ's StartedJobRegistry of a queue: a job there without a
 lease, started longer than `lease_ttl_s` ago and not yet terminal in the JobStore, lost its worker
-(SIGKILL, OOM kill, node loss). It is re-enqueued through `JobQueue.enqueue` (same job id, same
+(SIGKILL, OOM kill, node loss). It is re-enqueued through `JobQueue.submit` (same job id, same
 spec, at the front, with the queued TTL) up to `settings.queue.max_requeues` times — counted in
 `Keys.crashes(job_id)` — and otherwise failed with code "worker_crashed". A `SET NX` lock per job
 (`Keys.reap`) keeps two reapers from both acting.
@@ -69,14 +69,14 @@ class Lease:
             self._job_id = None
 
 
-def enqueue_end_webhook(store: JobStore, jobs: JobQueue, cfg: WebhookSettings, job_id: str) -> None:
+def submit_end_webhook(store: JobStore, jobs: JobQueue, cfg: WebhookSettings, job_id: str) -> None:
     """Queue the webhook delivery of a job that just ended, if its creator asked for one. The
     deliverer renders the payload from the job record; the worker sends only the id and event."""
     record = store.get(job_id)
     if record is None or not record.webhook_url or record.status not in TERMINAL:
         return
     event = "video.completed" if record.status is JobStatus.completed else "video.failed"
-    jobs.enqueue_webhook(job_id, event, record.webhook_url, cfg)
+    jobs.submit_webhook(job_id, event, record.webhook_url, cfg)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def reap(
         client.expire(store.keys.crashes(job_id), q.result_ttl_s)
         if crashes <= q.max_requeues:
             store.requeue(job_id)
-            jobs.enqueue(record.spec, at_front=True, queue_name=queue.name)
+            jobs.submit(record.spec, at_front=True, queue_name=queue.name)
             log.warning("job %s lost its worker %s; re-queued (%d/%d)", job_id, record.worker, crashes,
                         q.max_requeues)
             out.append(Reaped(job_id, "requeued"))
@@ -131,6 +131,6 @@ def reap(
             remove_from_registry(client, registry.key, job_id)
             queue.failed_job_registry.add(job, ttl=q.failure_ttl_s, exc_string=message)
             log.error("job %s failed: %s", job_id, message)
-            enqueue_end_webhook(store, jobs, webhooks, job_id)
+            submit_end_webhook(store, jobs, webhooks, job_id)
             out.append(Reaped(job_id, "failed"))
     return out

@@ -56,7 +56,7 @@ from contract.storage import Storage, StorageError
 from models.pipeline_types import GenerationResult, StepCallback
 from worker.encode import decode_image, encode_mp4, encode_thumbnail
 from worker.metrics import WorkerMetrics
-from worker.reaper import Lease, enqueue_end_webhook
+from worker.reaper import Lease, submit_end_webhook
 
 log = logging.getLogger("turbovid.worker")
 
@@ -157,7 +157,7 @@ def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, **kw: Any) -
                      **kw)
     ctx.metrics.job_finished(status.value)
     try:
-        enqueue_end_webhook(ctx.store, ctx.jobs, ctx.settings.webhooks, spec.job_id)
+        submit_end_webhook(ctx.store, ctx.jobs, ctx.settings.webhooks, spec.job_id)
     except Exception:  # a webhook problem must not fail the job a second time
         log.exception("webhook enqueue failed for job %s", spec.job_id)
 

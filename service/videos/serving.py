@@ -11,7 +11,7 @@ Create, in order (cheap refusals first, nothing stored or counted before the kno
 6. the I2V image (upload, base64, URL through the egress guard), stored in object storage; the I2V size
    adapts to the image's aspect when none was asked for;
 7. `params.resolve(card, caps)` makes every default concrete; `JobSpec(params=resolved)` goes on the
-   model's queue through the engine (`JobQueue.enqueue`).
+   model's queue through the engine (`JobQueue.submit`).
 """
 
 from __future__ import annotations

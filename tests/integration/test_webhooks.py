@@ -74,7 +74,7 @@ def _terminal_job(c: TestClient, webhook_url: str, status: JobStatus) -> str:
 
 def _enqueue(conn: redis.Redis, settings: Settings, vid: str, event_type: str, url: str) -> str:
     """What the worker (or the reaper) does when a job ends."""
-    return JobQueue(conn, settings.queue).enqueue_webhook(vid, event_type, url, settings.webhooks)
+    return JobQueue(conn, settings.queue).submit_webhook(vid, event_type, url, settings.webhooks)
 
 
 def _drain(settings: Settings) -> None:

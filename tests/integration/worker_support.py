@@ -97,7 +97,7 @@ def submit(settings: Settings, *, kind: str = "t2v", prompt: str = "a red fox", 
     )
     client = redis.Redis.from_url(settings.redis.url)
     JobStore(client, Keys(settings.redis.key_prefix)).create(spec, ttl_s=3600, webhook_url=webhook_url)
-    JobQueue(client, settings.queue).enqueue(spec, queue_name=settings.worker.queues[0])
+    JobQueue(client, settings.queue).submit(spec, queue_name=settings.worker.queues[0])
     return spec
 
 

@@ -96,6 +96,7 @@ _ENQUEUE = {"enqueue", "enqueue_call", "enqueue_at", "enqueue_in", "enqueue_many
 
 
 def test_exactly_one_module_enqueues_rq_jobs():
+    """RQ's enqueue methods are called in contract/queue.py only (everyone else calls its JobQueue.submit)."""
     enqueuers = set()
     for package in PACKAGES:
         for p in (ROOT / package).rglob("*.py"):
