@@ -45,7 +45,7 @@ def dev_stack():
                 "TURBOVID_QUEUE__HEARTBEAT_S": "2"})
     log = (state / "stack.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve", "--dev", "--port", str(port), "--device", "cpu",
+        [sys.executable, "-m", "cli.main", "serve", "--dev", "--port", str(port), "--device", "cpu",
          "--state-dir", str(state)],
         cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
