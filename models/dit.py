@@ -100,12 +100,11 @@ class WanSelfAttention(nn.Module):
         """x [B, L, C] (compute dtype, or int8 for W8A8: quantized once for q, k and v), cos/sin [L, D/2]
         -> [B, L, C]."""
         B, L, _ = x.shape
+        H, D = self.num_heads, self.head_dim
         # 1. projections, q/k RMSNorm across all heads, RoPE
-        q = ops.rmsnorm_rope(ops.apply_linear(self.q, x), getattr(self.norm_q, "weight", None), self.eps, cos, sin,
-                             self.num_heads)  # [B, L, H, D]
-        k = ops.rmsnorm_rope(ops.apply_linear(self.k, x), getattr(self.norm_k, "weight", None), self.eps, cos, sin,
-                             self.num_heads)  # [B, L, H, D]
-        v = ops.apply_linear(self.v, x).view(B, L, self.num_heads, self.head_dim)  # [B, L, H, D]
+        q = ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps, cos, sin, H)
+        k = ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps, cos, sin, H)
+        v = ops.apply_linear(self.v, x).view(B, L, H, D)  # q, k, v: [B, L, H, D]
         # 2. attention (dense / sla / sagesla), this call's Top-K
         o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ops, sla_topk)  # [B, H, L, D]
         # 3. output projection
@@ -114,6 +113,11 @@ class WanSelfAttention(nn.Module):
     @property
     def eps(self) -> float:
         return getattr(self.norm_q, "eps", 0.0)
+
+
+def _norm_weight(norm: nn.Module) -> torch.Tensor | None:
+    """The q/k RMSNorm weight, None without q/k norm (cfg.qk_norm False)."""
+    return norm.weight if isinstance(norm, RMSNorm) else None
 
 
 class WanCrossAttention(nn.Module):
@@ -130,9 +134,10 @@ class WanCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, ops: Ops) -> torch.Tensor:
         """x [B, L, C], context [B, Lt, C] -> [B, L, C]."""
         B, L, _ = x.shape
-        q = self.norm_q(ops.apply_linear(self.q, x)).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,L,D]
-        k = self.norm_k(ops.apply_linear(self.k, context)).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        v = ops.apply_linear(self.v, context).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,Lt,D]
+        H, D = self.num_heads, self.head_dim
+        q = self.norm_q(ops.apply_linear(self.q, x)).view(B, L, H, D).transpose(1, 2)  # [B, H, L, D]
+        k = self.norm_k(ops.apply_linear(self.k, context)).view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
+        v = ops.apply_linear(self.v, context).view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
         o = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, D]
         return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
 
