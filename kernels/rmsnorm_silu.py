@@ -3,10 +3,14 @@
 Wan's VAE normalises every voxel's channel vector to unit L2 norm, rescales by sqrt(C) and a per-channel
 gain, then applies SiLU; in eager PyTorch that is ~6 passes over the activation in fp32. One pass here:
 
-    s[n, :]   = x[n, :] (+ residual[n, :])                      # fp32
+    s[n, :]   = x[n, :] (+ x1[n, :] + x2[n, :]) (+ residual[n, :])   # fp32
     y[n, :]   = s[n, :] / max(||s[n, :]||_2, eps) · sqrt(C) · gamma
-    out[n, :] = y · sigmoid(y)                                  # stored in out's dtype
-    sum_out   = s, stored in sum_out's dtype (optional: the block's new residual stream)
+    out[n, :] = y · sigmoid(y)                     # stored in out's dtype (optional)
+    sum_out   = s, stored in sum_out's dtype       # optional: the block's new residual stream
+
+x1, x2: the VAE runs a 3×3×3 conv as three 3×3 conv2d, one per time tap; their partial outputs are
+summed here rather than by two extra passes over the activation (`tap_sum_rmsnorm_silu_out`, and
+`tap_sum_out` for the sum alone, residual included, where no norm follows).
 
 Layouts: rows of channels. x, residual, out, sum_out are [N, C] views with the channel dim contiguous
 (stride 1) and any row stride, e.g. a channels-last-3d video [B, C, T, H, W] seen as [B·T·H·W, C], or
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-__all__ = ["reference", "rmsnorm_silu", "rmsnorm_silu_out", "bench"]
+__all__ = ["reference", "rmsnorm_silu", "rmsnorm_silu_out", "tap_sum_rmsnorm_silu_out", "tap_sum_out", "bench"]
 
 EPS = 1e-12  # F.normalize's default, as Wan's RMS_norm uses it
 
@@ -49,6 +53,8 @@ def reference(
 def _rmsnorm_silu_kernel(
     # pointers
     x_ptr,
+    x1_ptr,
+    x2_ptr,
     res_ptr,
     gamma_ptr,
     out_ptr,
@@ -57,14 +63,18 @@ def _rmsnorm_silu_kernel(
     N,
     C,
     stride_x,
+    stride_x1,
+    stride_x2,
     stride_res,
     stride_out,
     stride_sum,
     scale,  # sqrt(C)
     eps,
     # meta
+    HAS_TAPS: tl.constexpr,
     HAS_RES: tl.constexpr,
     WRITE_SUM: tl.constexpr,
+    WRITE_NORM: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -73,6 +83,9 @@ def _rmsnorm_silu_kernel(
     cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
     mask = (rows < N)[:, None] & (cols < C)[None, :]
     s = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_TAPS:
+        s += tl.load(x1_ptr + rows[:, None] * stride_x1 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s += tl.load(x2_ptr + rows[:, None] * stride_x2 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
         s += r.to(tl.float32)
@@ -80,11 +93,12 @@ def _rmsnorm_silu_kernel(
         tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], s.to(sum_ptr.dtype.element_ty), mask=mask)
 
     # 2. unit L2 norm per row, times sqrt(C) and gamma, then SiLU, all in fp32
-    inv = scale / tl.maximum(tl.sqrt(tl.sum(s * s, axis=1)), eps)  # [BLOCK_R]
-    g = tl.load(gamma_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)  # [BLOCK_C]
-    y = s * inv[:, None] * g[None, :]
-    y = y * tl.sigmoid(y)
-    tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    if WRITE_NORM:
+        inv = scale / tl.maximum(tl.sqrt(tl.sum(s * s, axis=1)), eps)  # [BLOCK_R]
+        g = tl.load(gamma_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)  # [BLOCK_C]
+        y = s * inv[:, None] * g[None, :]
+        y = y * tl.sigmoid(y)
+        tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
@@ -106,9 +120,10 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return kept or configs[:1]
 
 
-_rmsnorm_silu = triton.autotune(configs=_CONFIGS, key=["C"], prune_configs_by={"early_config_prune": _prune})(
-    _rmsnorm_silu_kernel
-)
+# sum_out may alias x (tap_sum_out in place): each tuning trial starts from the saved value.
+_rmsnorm_silu = triton.autotune(
+    configs=_CONFIGS, key=["C"], prune_configs_by={"early_config_prune": _prune}, restore_value=["sum_ptr"]
+)(_rmsnorm_silu_kernel)
 
 
 def _check_rows(name: str, t: torch.Tensor, n: int, c: int) -> None:
@@ -122,30 +137,39 @@ def _check_rows(name: str, t: torch.Tensor, n: int, c: int) -> None:
 
 def _launch(
     x: torch.Tensor,
-    gamma: torch.Tensor,
-    out: torch.Tensor,
+    gamma: torch.Tensor | None,
+    out: torch.Tensor | None,
     residual: torch.Tensor | None,
     sum_out: torch.Tensor | None,
     eps: float,
+    taps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be [N, C] rows, got {tuple(x.shape)}")
     N, C = x.shape
-    for name, t in (("x", x), ("out", out), ("residual", residual), ("sum_out", sum_out)):
+    x1, x2 = taps if taps is not None else (None, None)
+    named = (("x", x), ("x1", x1), ("x2", x2), ("out", out), ("residual", residual), ("sum_out", sum_out))
+    for name, t in named:
         if t is not None:
             _check_rows(name, t, N, C)
-    if gamma.numel() != C or not gamma.is_floating_point():
-        raise ValueError(f"gamma must hold {C} floats, got {gamma.dtype} {tuple(gamma.shape)}")
+    if out is not None and (gamma is None or gamma.numel() != C or not gamma.is_floating_point()):
+        got = None if gamma is None else (gamma.dtype, tuple(gamma.shape))
+        raise ValueError(f"gamma must hold {C} floats, got {got}")
     if N == 0:
         return
-    gamma = gamma.reshape(C).contiguous()
+    gamma = gamma.reshape(C).contiguous() if gamma is not None else x
+    x1 = x1 if x1 is not None else x
+    x2 = x2 if x2 is not None else x
     res = residual if residual is not None else x
-    summ = sum_out if sum_out is not None else out
+    outp = out if out is not None else x  # never written without WRITE_NORM
+    summ = sum_out if sum_out is not None else x  # never written without WRITE_SUM
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_R"]),)
     _rmsnorm_silu[grid](
-        x, res, gamma, out, summ,
-        N, C, x.stride(0), res.stride(0), out.stride(0), summ.stride(0), float(C) ** 0.5, eps,
-        HAS_RES=residual is not None, WRITE_SUM=sum_out is not None, BLOCK_C=triton.next_power_of_2(C),
+        x, x1, x2, res, gamma, outp, summ,
+        N, C, x.stride(0), x1.stride(0), x2.stride(0), res.stride(0), outp.stride(0), summ.stride(0),
+        float(C) ** 0.5, eps,
+        HAS_TAPS=taps is not None, HAS_RES=residual is not None, WRITE_SUM=sum_out is not None,
+        WRITE_NORM=out is not None, BLOCK_C=triton.next_power_of_2(C),
     )  # fmt: skip
 
 
@@ -184,6 +208,32 @@ def _rmsnorm_silu_residual_out(
 
 @_rmsnorm_silu_residual_out.register_fake
 def _(x, residual, gamma, out, sum_out, eps):
+    return None
+
+
+@torch.library.custom_op("turbovid::tap_sum_rmsnorm_silu_out", mutates_args=("out",))
+def tap_sum_rmsnorm_silu_out(
+    x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, eps: float = EPS
+) -> None:
+    """out <- silu(rms_norm(x0 + x1 + x2) · gamma): a conv's three time-tap partial outputs summed and
+    normalised in one pass. All [N, C] rows with stride 1 over C; out must not overlap the inputs."""
+    _launch(x0, gamma, out, None, None, eps, taps=(x1, x2))
+
+
+@tap_sum_rmsnorm_silu_out.register_fake
+def _(x0, x1, x2, gamma, out, eps=EPS):
+    return None
+
+
+@torch.library.custom_op("turbovid::tap_sum_out", mutates_args=("sum_out",))
+def tap_sum_out(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, residual: torch.Tensor, sum_out: torch.Tensor) -> None:
+    """sum_out <- x0 + x1 + x2 + residual (fp32 math): three tap partials plus the residual stream.
+    sum_out may be x0 (each element is read before it is written)."""
+    _launch(x0, None, None, residual, sum_out, EPS, taps=(x1, x2))
+
+
+@tap_sum_out.register_fake
+def _(x0, x1, x2, residual, sum_out):
     return None
 
 

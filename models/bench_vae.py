@@ -132,7 +132,7 @@ def bench() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
-    parser.add_argument("--conv-impl", default="cudnn3d", choices=CONV_IMPLS, help="for the profiled decode")
+    parser.add_argument("--conv-impl", default="taps2d", choices=CONV_IMPLS, help="for the profiled decode")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,13 +175,14 @@ def bench() -> None:
             if stage == "decode":
                 variants[0][1]["prefix_latents"] = 1
                 variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
-            variants += [("fast, taps2d", dict(fused=True)), ("fast, stack2d", dict(fused=True))]
+            variants += [("fast, cudnn3d", dict(fused=True)),
+                         ("fast, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
             if args.cudnn_benchmark:
-                variants += [("fast + cudnn.benchmark", dict(fused=True)), ("fast, taps2d + benchmark", dict(fused=True))]
+                variants += [("fast + cudnn.benchmark", dict(fused=True))]
             base = None
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
-                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "cudnn3d")
+                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "taps2d")
                 xin = x.to(dtype)
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
                 torch.backends.cudnn.benchmark = False
@@ -191,6 +192,15 @@ def bench() -> None:
                 print(f"  {width}x{height} {stage} {name:24} {t:7.3f} s  x{base / t:5.2f}  {peak:6.2f} GiB  cos {cos:.6f}",
                       flush=True)  # fmt: skip
                 del out
+            if stage == "decode" and device.type == "cuda":  # streaming: when the first chunk is out
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                chunks = ours.decode_iter(latents.to(dtype))
+                next(chunks)
+                torch.cuda.synchronize()
+                first = time.perf_counter() - start
+                n_chunks = 1 + sum(1 for _ in chunks)
+                print(f"  {width}x{height} decode_iter: first of {n_chunks} chunks after {first:.3f} s")
             del ref
     print(f"\n{'size':10} {'stage':7} {'path':24} {'s':>7} {'vs old':>7} {'peak GiB':>9} {'cos fp32':>9}")
     for size, stage, name, t, ratio, peak, cos in rows:
@@ -203,12 +213,15 @@ def bench() -> None:
         latents = torch.randn(1, cfg.z_dim, (args.frames - 1) // 4 + 1, height // 8, width // 8, device=device)
         ours.conv_impl = args.conv_impl
         ours.decode(latents.to(dtype))
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             ours.decode(latents.to(dtype))
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+        by_shape = prof.key_averages(group_by_input_shape=True).table(
+            sort_by="cuda_time_total", row_limit=40, max_name_column_width=60, max_shapes_column_width=120
+        )
         with open(args.profile, "w") as f:
-            f.write(table)
+            f.write(table + "\n\n" + by_shape)
         print(table)
 
 

@@ -98,6 +98,11 @@ class VAEConfig:
 
 # Bytes of GPU memory one encode or decode may take beyond what is allocated already (output included).
 DEFAULT_MEMORY_BUDGET = 12 * 2**30
+# Chunk sizing on the fast path: full-resolution activations (base_dim channels) live at once per frame
+# (a residual block holds its input, the padded conv input and three time-tap partial outputs), and
+# bytes for everything else (cuDNN workspace, attention, caches). Measured peaks: kernels/NOTES_vae.md.
+_LIVE_ACTIVATIONS = 7
+_WORKSPACE = 3 * 2**29
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
@@ -114,7 +119,7 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d") -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "taps2d") -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         self.fused = fused
@@ -140,7 +145,7 @@ class CausalCache:
 
 
 _CL3D = torch.channels_last_3d
-CONV_IMPLS = ("cudnn3d", "taps2d", "stack2d")
+CONV_IMPLS = ("taps2d", "cudnn3d")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -153,13 +158,30 @@ def _rows(x: torch.Tensor) -> list[torch.Tensor]:
     return [x[i].movedim(0, -1).view(-1, x.shape[1]) for i in range(x.shape[0])]
 
 
-def _norm_silu_into(x: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor) -> None:
-    """out <- silu(rms_norm(x) · gamma) in one Triton pass; out a channels-last-3d view (e.g. the new
-    frames of a conv's padded input buffer)."""
-    from kernels.rmsnorm_silu import rmsnorm_silu_out
+def _norm_silu_into(parts: list[torch.Tensor], gamma: torch.Tensor, out: torch.Tensor) -> None:
+    """out <- silu(rms_norm(sum(parts)) · gamma) in one Triton pass. parts: one tensor, or a conv's three
+    time-tap partial outputs; out: a channels-last-3d view (the new frames of a conv's padded input)."""
+    from kernels.rmsnorm_silu import rmsnorm_silu_out, tap_sum_rmsnorm_silu_out
 
-    for xr, outr in zip(_rows(_channels_last(x)), _rows(out), strict=True):
-        rmsnorm_silu_out(xr, gamma, outr)
+    rows = [_rows(_channels_last(p)) for p in parts]
+    for i, outr in enumerate(_rows(out)):
+        if len(parts) == 1:
+            rmsnorm_silu_out(rows[0][i], gamma, outr)
+        else:
+            tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr)
+
+
+def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
+    """sum(parts) + residual, written over parts[0] (one Triton pass for three tap partials)."""
+    from kernels.rmsnorm_silu import tap_sum_out
+
+    if len(parts) == 1:
+        return parts[0].add_(residual)
+    out = _channels_last(parts[0])
+    rows = [_rows(out), *(_rows(_channels_last(p)) for p in (parts[1], parts[2], residual))]
+    for p0, p1, p2, r in zip(*rows, strict=True):
+        tap_sum_out(p0, p1, p2, r, p0)
+    return out
 
 
 class CausalConv3d(nn.Conv3d):
@@ -216,37 +238,29 @@ class CausalConv3d(nn.Conv3d):
         """Convolve a filled `input_buffer`, keeping its last frames for the next chunk: [B, C_out, T, H, W]."""
         if self.context:
             cache.put(self, buf[:, :, -self.context :].clone())
-        if cache.conv_impl != "cudnn3d" and self.kernel_size == (3, 3, 3) and self.out_channels >= 8:
-            return self._conv_2d(buf, stacked=cache.conv_impl == "stack2d")
         return self._conv(buf)
 
-    def _conv_2d(self, buf: torch.Tensor, *, stacked: bool) -> torch.Tensor:
-        """The 3×3×3 conv through 3×3 conv2d with the frames as the batch: "taps2d" sums one conv2d per
-        time tap, sum_k conv2d(frames[k : k + T], weight[:, :, k]); "stack2d" stacks the 3 taps' frames
-        on the channels and runs one conv2d with 3·C_in input channels."""
+    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> list[torch.Tensor]:
+        """`forward_buffer` whose output may come as the partial sums of the three time taps, for the
+        caller's next pass to add (`cache.conv_impl == "taps2d"`, square 3×3×3 convs, where cuDNN's 2-D
+        kernels beat its 3-D ones): sum_k conv2d(frames[k : k + T], weight[:, :, k]), frames as the
+        batch, the bias in the first. Each [B, C_out, T, H, W] channels-last-3d."""
+        taps = cache.conv_impl == "taps2d" and self.kernel_size == (3, 3, 3)
+        if not (taps and self.in_channels == self.out_channels):
+            return [self.forward_buffer(buf, cache)]
+        cache.put(self, buf[:, :, -self.context :].clone())
         t = buf.shape[2] - 2
-        outs = []
-        for i in range(buf.shape[0]):
-            frames = buf[i].transpose(0, 1)  # [T+2, C, H, W] channels-last
-            if stacked:
-                x3 = torch.cat([frames[0:t], frames[1 : t + 1], frames[2 : t + 2]], dim=1)  # [T, 3C, H, W]
-                w3 = self.weight.transpose(1, 2).reshape(self.out_channels, -1, 3, 3)  # [C_out, (k, C), 3, 3]
-                out = F.conv2d(x3, w3.contiguous(memory_format=torch.channels_last), self.bias, padding=1)
-            else:
-                out = F.conv2d(frames[0:t], self.weight[:, :, 0], self.bias, padding=1)
-                out += F.conv2d(frames[1 : t + 1], self.weight[:, :, 1], None, padding=1)
-                out += F.conv2d(frames[2 : t + 2], self.weight[:, :, 2], None, padding=1)
-            outs.append(out.transpose(0, 1))  # [C_out, T, H, W] channels-last-3d
-        return torch.stack(outs) if len(outs) > 1 else outs[0][None]
+        parts = []
+        for k in range(3):
+            per_batch = [
+                F.conv2d(buf[i].transpose(0, 1)[k : k + t], self.weight[:, :, k], self.bias if k == 0 else None, padding=1)
+                for i in range(buf.shape[0])
+            ]  # [T, C_out, H, W] channels-last each
+            parts.append(torch.stack([p.transpose(0, 1) for p in per_batch]))  # [B, C_out, T, H, W]
+        return parts
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
-        if self.out_channels < 8:
-            # cuDNN's kernels for a handful of output channels (the RGB head) run at a few % of peak;
-            # zero output channels up to 16 put it on the tensor-core path.
-            w = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, 0, 0, 16 - self.out_channels))
-            b = None if self.bias is None else F.pad(self.bias, (0, 16 - self.out_channels))
-            return F.conv3d(x, w.contiguous(memory_format=_CL3D), b, padding=pad)[:, : self.out_channels]
         return F.conv3d(x, self.weight, self.bias, padding=pad)
 
 
@@ -285,9 +299,15 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
         if cache.fused:  # eval only (no dropout): each norm + SiLU writes into its conv's padded input
-            h = _norm_silu_conv(x, norm1, conv1, cache)  # [B, C_out, T, H, W]
-            h = _norm_silu_conv(h, norm2, conv2, cache)
-            return h.add_(x if self.shortcut is None else self.shortcut(x, cache))
+            buf, new = conv1.input_buffer(x, cache)
+            _norm_silu_into([x], norm1.gamma, new)
+            parts = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W], maybe as 3 tap partials
+            buf, new = conv2.input_buffer(parts[0], cache)
+            _norm_silu_into(parts, norm2.gamma, new)
+            del parts
+            parts = conv2.forward_buffer_parts(buf, cache)
+            del buf
+            return _sum_residual(parts, x if self.shortcut is None else self.shortcut(x, cache))
         h = conv1(act1(norm1(x)), cache)  # [B, C_out, T, H, W]
         h = conv2(dropout(act2(norm2(h))), cache)
         return h + (x if self.shortcut is None else self.shortcut(x, cache))
@@ -296,7 +316,7 @@ class ResidualBlock(nn.Module):
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
     """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv."""
     buf, new = conv.input_buffer(x, cache)
-    _norm_silu_into(x, norm.gamma, new)
+    _norm_silu_into([x], norm.gamma, new)
     return conv.forward_buffer(buf, cache)
 
 
@@ -362,7 +382,8 @@ def _upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
             wr = rows[a]  # [C_out, C, 2, 3]
             cols = (torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], 3), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], 3))
             w_ab = cols[b].to(x.dtype).contiguous(memory_format=torch.channels_last)  # [C_out, C, 2, 2]
-            out[:, :, a::2, b::2] = F.conv2d(xp[:, :, a : a + h + 1, b : b + w + 1], w_ab, bias)
+            # on all of xp (a slice would be copied to a contiguous input first), one extra row and column
+            out[:, :, a::2, b::2] = F.conv2d(xp, w_ab, bias)[:, :, a : a + h, b : b + w]
     return out
 
 
@@ -540,7 +561,7 @@ class WanVAE(nn.Module):
         super().__init__()
         self.config = config
         self.memory_budget = memory_budget
-        self.conv_impl = "cudnn3d"  # fast path: how 3×3×3 convs run, one of CONV_IMPLS
+        self.conv_impl = "taps2d"  # fast path: how square 3×3×3 convs run, one of CONV_IMPLS (benches)
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -605,10 +626,8 @@ class WanVAE(nn.Module):
         video = video.to(device=p.device, dtype=p.dtype)
         t_lat = (f - 1) // tf + 1
         if chunk_latents is None:
-            # ~4 live full-resolution activations of base_dim channels per video frame (conv input
-            # buffer, output, residual, padding for the stride-2 conv).
-            per_latent = 4 * tf * cfg.base_dim * h * w * p.element_size()
-            chunk_latents = self._latents_per_chunk(per_latent, 0, t_lat - 1, memory_budget) if fused else 1
+            per_latent = _LIVE_ACTIVATIONS * tf * b * cfg.base_dim * h * w * p.element_size()
+            chunk_latents = self._latents_per_chunk(per_latent, _WORKSPACE, t_lat - 1, memory_budget) if fused else 1
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
@@ -662,10 +681,9 @@ class WanVAE(nn.Module):
         if prefix_latents is None:
             prefix_latents = max(1, min(t, (budget // 4) // low_per_latent)) if fused else 1
         if chunk_latents is None:
-            # ~5 live full-resolution activations of base_dim channels per output frame (conv input
-            # buffer, output, residual; the nearest-upsampled input of the last upsampler).
-            per_latent = 5 * tf * b * cfg.base_dim * cfg.dim_mult[0] * (sf * h) * (sf * w) * el
-            fixed = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el + low_per_latent * min(t, prefix_latents)
+            per_latent = _LIVE_ACTIVATIONS * tf * b * cfg.base_dim * cfg.dim_mult[0] * (sf * h) * (sf * w) * el
+            output = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el
+            fixed = output + low_per_latent * min(t, prefix_latents) + _WORKSPACE
             chunk_latents = self._latents_per_chunk(per_latent, fixed, t - 1, budget) if fused else 1
 
         # 1. Un-normalise and apply the 1×1×1 input conv (latent-sized, cheap for all frames at once).

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.rmsnorm_silu import reference, rmsnorm_silu, rmsnorm_silu_out
+from kernels.rmsnorm_silu import (
+    reference,
+    rmsnorm_silu,
+    rmsnorm_silu_out,
+    tap_sum_out,
+    tap_sum_rmsnorm_silu_out,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Triton's CPU interpreter rounds fp32 -> bf16 toward zero (a full ulp), hence a full ulp of slack.
@@ -55,6 +61,33 @@ def test_residual_and_sum_out(dtype):
     torch.testing.assert_close(summ, s_truth.to(dtype), rtol=0, atol=ATOL[dtype] * s_truth.abs().max().item())
     # the functional op with a residual normalises x + residual
     _assert_fa_rule(rmsnorm_silu(x, gamma, res), truth, reference(x, gamma, res)[0].to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tap_sums(dtype):
+    # A 3×3×3 conv run as three conv2d leaves three partial outputs: summed (and normalised) in one pass.
+    dev = _device()
+    parts = [torch.randn(21, 40, device=dev).to(dtype) for _ in range(3)]
+    res = torch.randn(21, 40, device=dev).to(dtype)
+    gamma = (1 + 0.3 * torch.randn(40, device=dev)).to(dtype)
+    total = parts[0].double() + parts[1].double() + parts[2].double()
+    out = torch.full_like(res, float("nan"))
+    tap_sum_rmsnorm_silu_out(*parts, gamma, out)
+    truth, _ = reference(total, gamma, compute_dtype=torch.float64)
+    torch_lowp = reference((parts[0].float() + parts[1].float() + parts[2].float()).to(dtype), gamma)[0].to(dtype)
+    _assert_fa_rule(out, truth, torch_lowp)
+    expected = (total + res.double()).to(dtype)
+    in_place = parts[0].clone()
+    tap_sum_out(in_place, parts[1], parts[2], res, in_place)  # sum_out over the first partial
+    torch.testing.assert_close(in_place, expected, rtol=0, atol=ATOL[dtype] * expected.abs().max().item())
+
+
+def test_residual_out_needs_sum_out():
+    x, gamma = _inputs(4, 16, torch.float32, _device())
+    with pytest.raises(ValueError, match="sum_out"):
+        rmsnorm_silu_out(x, gamma, torch.empty_like(x), residual=x.clone())
+    with pytest.raises(ValueError, match="residual"):
+        rmsnorm_silu_out(x, gamma, torch.empty_like(x), sum_out=torch.empty_like(x))
 
 
 def test_writes_into_strided_rows_of_a_larger_buffer():
@@ -106,3 +139,8 @@ def test_vae_shapes_gpu(c, n):
     rel = ((out.float() - truth).norm() / truth.norm()).item()
     assert rel < 5e-3
     torch.testing.assert_close(summ, (x.float() + res.float()).to(x.dtype))
+    # in place over the first partial: the first call autotunes, each trial must start from x again
+    p0, p1, p2 = x.clone(), torch.randn_like(x), torch.randn_like(x)
+    expected = (x.float() + p1.float() + p2.float() + res.float()).to(x.dtype)
+    tap_sum_out(p0, p1, p2, res, p0)
+    torch.testing.assert_close(p0, expected, rtol=0, atol=1e-2 * expected.abs().max().item())

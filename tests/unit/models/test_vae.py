@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from models.checkpoint_io import CheckpointError, Manifest, write_canonical
-from models.vae import CausalCache, VAEConfig, WanVAE
+from models.vae import CausalCache, VAEConfig, WanVAE, _nearest2x, _upsample2x_conv3x3
 from models.vae_loading import infer_config, load_vae, save_vae_canonical
 
 
@@ -84,6 +84,62 @@ def test_chunked_decode_equals_whole_sequence(vae: WanVAE) -> None:
     chunks = list(vae.decode_iter(latents))
     assert [c.shape[2] for c in chunks] == [1, 4, 4, 4]
     torch.testing.assert_close(torch.cat(chunks, dim=2), chunked)
+
+
+def test_decode_iter_any_chunking_concatenates_to_decode(vae: WanVAE) -> None:
+    latents = torch.randn(1, 16, 5, 2, 3)
+    whole = vae.decode(latents)
+    for chunk, prefix, sizes in ((2, 1, [1, 8, 8]), (3, 5, [1, 12, 4]), (4, 2, [1, 16])):
+        chunks = list(vae.decode_iter(latents, chunk_latents=chunk, prefix_latents=prefix))
+        assert [c.shape[2] for c in chunks] == sizes
+        torch.testing.assert_close(torch.cat(chunks, dim=2), whole, atol=2e-5, rtol=1e-5)
+
+
+def test_chunk_size_follows_the_memory_budget() -> None:
+    vae = WanVAE(VAEConfig.from_name("tiny"), memory_budget=7_500)
+    # 20 latent frames after the first, 1000 bytes each: as many as fit, then evened out (7, 7, 6).
+    assert vae._latents_per_chunk(1000, 0, 20, None) == 7
+    assert vae._latents_per_chunk(1000, 5_000, 20, None) == 2
+    assert vae._latents_per_chunk(1000, 0, 20, 100_000) == 20
+    assert vae._latents_per_chunk(1000, 20_000, 20, None) == 1  # over budget: one at a time
+
+
+def test_fast_path_helpers_match_eager_ops() -> None:
+    x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest-exact")
+    assert torch.equal(_nearest2x(x), up)
+    w, b = torch.randn(6, 8, 3, 3), torch.randn(6)
+    torch.testing.assert_close(
+        _upsample2x_conv3x3(x, w, b), torch.nn.functional.conv2d(up, w, b, padding=1), atol=1e-4, rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="conv_impl"):
+        CausalCache(fused=True, conv_impl="winograd")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d"])
+def test_fused_decode_matches_eager(vae: WanVAE, conv_impl: str) -> None:
+    # Triton interpreter on CPU: slow, so one small decode in two chunks after the first.
+    latents = torch.randn(1, 16, 3, 2, 3)
+    eager = vae.decode(latents, fused=False)
+    vae.conv_impl = conv_impl
+    try:
+        chunks = list(vae.decode_iter(latents, fused=True, chunk_latents=1, prefix_latents=2))
+    finally:
+        vae.conv_impl = "taps2d"
+        for m in vae.modules():  # back to contiguous weights for the other tests
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                m.weight.data = m.weight.data.contiguous()
+    assert [c.shape[2] for c in chunks] == [1, 4, 4]
+    torch.testing.assert_close(torch.cat(chunks, dim=2), eager, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fused_encode_matches_eager(vae: WanVAE) -> None:
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    eager = vae.encode(video, fused=False)
+    fused = vae.encode(video, fused=True, chunk_latents=2)
+    torch.testing.assert_close(fused, eager, atol=2e-5, rtol=1e-5)
 
 
 def test_chunked_encode_equals_whole_sequence(vae: WanVAE) -> None:
