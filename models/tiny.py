@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from contract.catalog import get_card
 from models.checkpoint_io import Manifest, write_canonical
 from models.config import WanConfig
 
@@ -53,13 +54,14 @@ def build_tiny_checkpoints(folder: str | Path, *, seed: int = 0) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True)
-    t2v = WanConfig.from_name("wan-tiny")
+    card = get_card("wan-tiny")  # the presets the catalog names for the tiny model
+    t2v = WanConfig.from_name(card.architecture)
     i2v = t2v.with_(in_dim=t2v.out_dim + 20)
     for sub, cfg, s in (("transformer", t2v, seed), ("i2v", i2v, seed + 10)):
         write_canonical(folder / sub, _random_dit(cfg, s),
                         Manifest(component="transformer", architecture=cfg.to_dict(), source="wan-tiny random"))
 
-    t5_cfg = UMT5Config.from_name("tiny")
+    t5_cfg = UMT5Config.from_name(card.text_encoder)
     encoder = UMT5Encoder.random(t5_cfg, seed=seed + 20)
     with tempfile.TemporaryDirectory() as tmp:
         spiece = build_tiny_tokenizer(Path(tmp) / "tok", vocab_size=t5_cfg.vocab_size)
@@ -67,7 +69,7 @@ def build_tiny_checkpoints(folder: str | Path, *, seed: int = 0) -> Path:
                                     tokenizer=spiece, source="wan-tiny random")
 
     torch.manual_seed(seed + 30)
-    vae = WanVAE(VAEConfig.from_name("tiny"))
+    vae = WanVAE(VAEConfig.from_name(card.vae))
     save_vae_canonical(vae, folder / "vae", source="wan-tiny random")
     (folder / COMPLETE_MARKER).write_text("wan-tiny\n")
     return folder
