@@ -255,28 +255,33 @@ def select_ops(
     device = torch.device(device)
     cuda = device.type == "cuda"
     has_triton, why_not = triton_available() if cuda else (False, f"device is {device.type}, not CUDA")
+    quant = "quantized" if quantized else "not quantized"
     if attention == AUTO:
         if not sla_checkpoint:
-            attention, reason = "dense", "the checkpoint has no SLA proj_l"
+            attention = "dense"
+            log.info("attention backend auto -> dense (the checkpoint has no SLA proj_l)")
         elif has_triton:
-            attention, reason = "sagesla", "SLA checkpoint on CUDA with triton"
+            attention = "sagesla"
+            log.info("attention backend auto -> sagesla (SLA checkpoint on CUDA with triton)")
         else:
-            attention, reason = "sla", f"SLA checkpoint but {why_not}: falling back to the PyTorch SLA reference (slow)"
-        log.info("attention backend auto -> %s (%s)", attention, reason)
+            attention = "sla"
+            log.warning("attention backend auto -> sla: SLA checkpoint but %s; falling back to the PyTorch SLA "
+                        "reference (slow)", why_not)
     else:
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {attention!r}; known: {ATTENTION_BACKENDS} or 'auto'")
         if attention == "sagesla" and not has_triton:
             raise ValueError(f"attention 'sagesla' needs CUDA and triton: {why_not}")
+        no_proj_l = attention != "dense" and not sla_checkpoint
         log.info("attention backend %s (forced)%s", attention,
-                 "" if attention == "dense" or sla_checkpoint else "; the checkpoint has no proj_l: linear branch off")
+                 "; the checkpoint has no proj_l: linear branch off" if no_proj_l else "")
     if linear == AUTO:
         linear = "w8a8" if quantized else "native"
-        log.info("linear backend auto -> %s (checkpoint %s)", linear, "quantized" if quantized else "not quantized")
+        log.info("linear backend auto -> %s (checkpoint %s)", linear, quant)
     else:
         if linear not in LINEAR_BACKENDS:
             raise ValueError(f"unknown linear backend {linear!r}; known: {LINEAR_BACKENDS} or 'auto'")
-        log.info("linear backend %s (forced; checkpoint %s)", linear, "quantized" if quantized else "not quantized")
+        log.info("linear backend %s (forced; checkpoint %s)", linear, quant)
     if cuda and not has_triton:
         log.warning("Triton kernels off (%s): norms and W8A8 linears run in plain PyTorch", why_not)
     return Ops(attention=attention, linear=linear, kernels=has_triton)
