@@ -17,6 +17,7 @@ from contract.storage import S3Storage, make_storage
 from service import errors, health_router, metrics, models_router
 from service.deps import AppState
 from service.engine import Engine
+from service.limits import LimitsConfig, RequestLimits, max_request_bytes
 from service.metrics import GatewayMetrics
 from service.videos import router as videos_router
 from service.videos.serving import VideoServing
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.info("gateway up: models=%s auth=%s storage=%s", settings.gateway.models, settings.auth.enabled,
                  settings.storage.backend)
         yield
+        state.videos.images.close()
         engine.close()
 
     app = FastAPI(
@@ -59,5 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(videos_router.router)
     app.include_router(models_router.router)
     app.include_router(health_router.router)
+    # outermost: header count, streamed body size and body read deadline, before anything buffers a body
+    app.add_middleware(RequestLimits, config=LimitsConfig(max_body_bytes=max_request_bytes(settings)))
     return app
 

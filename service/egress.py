@@ -10,8 +10,8 @@ Redirects are never followed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +41,8 @@ def pin(url: str, egress: EgressSettings) -> Target:
     return target
 
 
-@contextmanager
-def stream_get(url: str, egress: EgressSettings) -> Iterator[httpx.Response]:
-    target = pin(url, egress)
-    with httpx.Client(timeout=egress.timeout_s, follow_redirects=False) as client, \
-            client.stream("GET", target.url, headers=target.headers, extensions=target.extensions) as resp:
+@asynccontextmanager
+async def stream_get(client: httpx.AsyncClient, target: Target) -> AsyncIterator[httpx.Response]:
+    """GET a pinned target (see `pin`, which resolves: call it off the event loop) with `client`."""
+    async with client.stream("GET", target.url, headers=target.headers, extensions=target.extensions) as resp:
         yield resp

@@ -1,7 +1,9 @@
 """Every error leaves the gateway as JSON `{"error": {"code", "message", "param"}}` with the right status.
 
 Bad input is a 4xx naming the offending parameter; FastAPI's validation errors become 400 with the
-first failing field as `param`. Anything unexpected is a 500 with a generic message (logged with
+first failing field as `param`. Limits (`service/limits.py`) are 413 (body size) and 408 (body read
+deadline); a client that disconnects mid-request is logged as a 499 (not an error, not a 5xx).
+Messages never carry server paths, object keys or internal addresses: those go to the log. Anything unexpected is a 500 with a generic message (logged with
 its traceback), never a stack trace in the response.
 """
 
@@ -12,10 +14,12 @@ import logging
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from contract.storage import StorageError
+from service.limits import BodyTimeout, BodyTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,20 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(error_body("request_too_large", str(exc)), 413, headers={"connection": "close"})
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(request: Request, exc: BodyTimeout) -> JSONResponse:
+        return JSONResponse(error_body("request_timeout", str(exc)), 408, headers={"connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        # nginx's 499: the client went away before its request was read; not a server error
+        log.info("499 client disconnected mid-request: %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from contract.catalog import seconds_of
 from contract.jobs import GenerationParams, JobStatus
@@ -45,6 +45,14 @@ class CreateVideoRequest(BaseModel):
     webhook_url: str | None = None
     metadata: dict[str, str] | None = None
     priority: Literal["normal", "high"] = "normal"
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, v: Any) -> Any:
+        # no field takes a boolean; lax validation would read `true` as 1 (`"seconds": true` as 1 s)
+        if isinstance(v, bool):
+            raise ValueError("a boolean is not accepted here")
+        return v
 
     def knobs(self) -> dict[str, Any]:
         """The generation knobs as the client sent them (None: the model's default)."""

@@ -6,7 +6,6 @@ in `service/videos/serving.py`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -19,6 +18,7 @@ from starlette.datastructures import UploadFile
 from contract.storage import ObjectNotFound
 from service.deps import AppState, Auth, State
 from service.errors import ApiError
+from service.limits import JsonTooDeep, loads_json, max_request_bytes
 from service.videos.protocol import CreateVideoBody, VideoDeleted, VideoList, VideoObject
 
 router = APIRouter(tags=["videos"])
@@ -62,20 +62,27 @@ _CREATE_SCHEMA = {
 
 
 # 1. request parsing ------------------------------------------------------------------------------
+def _json_field(key: str, value: str | bytes) -> Any:
+    try:
+        return loads_json(value.encode() if isinstance(value, str) else value)
+    except JsonTooDeep as exc:
+        raise ApiError(400, "invalid_json", f"{key}: {exc}", key) from exc
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"{key} must be a JSON object", key) from exc
+
+
 async def _read_body(request: Request, state: AppState) -> tuple[dict[str, Any], bytes | None]:
-    """The create fields as a dict, plus uploaded `input_reference` bytes (multipart only)."""
+    """The create fields as a dict, plus uploaded `input_reference` bytes (multipart only). The body's
+    size and read deadline are enforced as it streams in (`service.limits.RequestLimits`)."""
     limits = state.settings.limits
-    max_body = limits.max_upload_bytes + 2 * 1024 * 1024
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_body:
-        raise ApiError(413, "request_too_large", f"the request body is larger than {max_body} bytes")
+    max_body = max_request_bytes(state.settings)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json" or ctype == "":
         raw = await request.body()
-        if len(raw) > max_body:
-            raise ApiError(413, "request_too_large", f"the request body is larger than {max_body} bytes")
         try:
-            data = json.loads(raw or b"null")
+            data = loads_json(raw or b"null")
+        except JsonTooDeep as exc:
+            raise ApiError(400, "invalid_json", str(exc)) from exc
         except ValueError as exc:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
@@ -98,10 +105,7 @@ async def _read_body(request: Request, state: AppState) -> tuple[dict[str, Any],
             if m:
                 fields.setdefault(m.group(1), {})[m.group(2)] = value
             elif key == "metadata" or key == "input_reference":
-                try:
-                    fields[key] = json.loads(value)
-                except ValueError as exc:
-                    raise ApiError(400, "invalid_request", f"{key} must be a JSON object", key) from exc
+                fields[key] = _json_field(key, value)
             else:
                 fields[key] = value
         return fields, upload
@@ -124,9 +128,7 @@ async def create_video(
 ) -> JSONResponse:
     """Queue a video job (T2V, or I2V with an image). JSON or multipart/form-data."""
     fields, upload = await _read_body(request, state)
-    status, obj = await run_in_threadpool(
-        state.videos.create, principal, fields, upload, idempotency_key, str(request.base_url)
-    )
+    status, obj = await state.videos.create(principal, fields, upload, idempotency_key, str(request.base_url))
     return JSONResponse(obj.model_dump(mode="json"), status, headers=_poll_headers(state, obj))
 
 

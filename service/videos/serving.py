@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from contract import catalog
@@ -35,7 +36,7 @@ from service.auth import Principal
 from service.engine import Engine
 from service.errors import ApiError, not_found
 from service.idempotency import body_hash
-from service.images import InputImage, decode_base64_image, fetch_image_url, validate_image
+from service.images import ImageFetcher, InputImage
 from service.metrics import GatewayMetrics
 from service.videos.protocol import (
     CreateVideoBody,
@@ -69,19 +70,41 @@ class VideoServing:
         self.engine = engine
         self.storage = storage
         self.metrics = metrics
+        self.images = ImageFetcher(settings.limits, settings.egress)
 
     # create -------------------------------------------------------------------------------------
-    def create(self, principal: Principal, fields: dict[str, Any], upload: bytes | None,
-               idem_key: str | None, base_url: str) -> tuple[int, VideoObject]:
-        """(HTTP status, video): 201 for a new job, 200 for an idempotent replay."""
+    async def create(self, principal: Principal, fields: dict[str, Any], upload: bytes | None,
+                     idem_key: str | None, base_url: str) -> tuple[int, VideoObject]:
+        """(HTTP status, video): 201 for a new job, 200 for an idempotent replay.
+
+        The Redis-bound steps run on the request threadpool; the image is read between them on the event
+        loop (`ImageFetcher`), so a slow image source holds no thread."""
+        body = self._validate(fields)
+        job_id = f"video_{uuid.uuid4().hex}"
+        admitted = await run_in_threadpool(self._admit, principal, body, upload, idem_key, job_id, base_url)
+        if isinstance(admitted, VideoObject):  # an idempotent replay
+            return 200, admitted
+        try:
+            image = await self._load_image(body, upload)
+            return 201, await run_in_threadpool(self._submit, principal, body, admitted, image, job_id, base_url)
+        except BaseException:
+            await run_in_threadpool(self._abandon, principal, idem_key, job_id)
+            raise
+
+    def _validate(self, fields: dict[str, Any]) -> CreateVideoRequest:
         try:
             body: CreateVideoRequest = CreateVideoBody.model_validate(fields)
         except ValidationError as exc:
             raise validation_error(exc) from exc
+        return body
+
+    def _admit(self, principal: Principal, body: CreateVideoRequest, upload: bytes | None, idem_key: str | None,
+               job_id: str, base_url: str) -> ModelCard | VideoObject:
+        """Checks, the Idempotency-Key claim, the rate and the concurrency slot; the model's card, or the
+        video of an idempotent replay."""
         card = self._check_request(body)
         params = self._params(card, body, image=None)
         engine, settings = self.engine, self.settings
-        job_id = f"video_{uuid.uuid4().hex}"
         if idem_key is not None:
             digest = body_hash(body.model_dump(mode="json", exclude_none=True), upload)
             claim = engine.idempotency.claim(principal.owner, idem_key, digest, job_id,
@@ -92,24 +115,36 @@ class VideoServing:
                     raise ApiError(409, "idempotency_in_progress",
                                    "a request with this Idempotency-Key is still being processed; retry shortly",
                                    "Idempotency-Key", headers={"Retry-After": "1"})
-                return 200, video_object(prior, queue_position=engine.queue_position(prior), base_url=base_url)
+                return video_object(prior, queue_position=engine.queue_position(prior), base_url=base_url)
         try:
             try:  # the knobs, against what the live workers run, before anything is counted or stored
                 params.check(card, self._capabilities(card))
             except ParamError as exc:
                 raise param_error(exc) from exc
-            return 201, self._admit(principal, body, card, upload, job_id, base_url)
+            if settings.auth.enabled:
+                engine.limiter.hit(principal.owner)
+                limit = settings.auth.max_concurrent_jobs
+                if not engine.reserve_slot(principal.owner, job_id, limit):
+                    retry_after = max(1, settings.gateway.poll_after_ms // 1000) * 5
+                    raise ApiError(429, "too_many_active_jobs",
+                                   f"this key already has {limit} queued or running jobs (the limit); wait for "
+                                   "one to finish", headers={"Retry-After": str(retry_after)})
         except BaseException:
-            if idem_key is not None:
-                engine.idempotency.release(principal.owner, idem_key)
-            engine.release_slot(principal.owner, job_id)  # only if the job was never created
+            self._abandon(principal, idem_key, job_id)
             raise
+        return card
+
+    def _abandon(self, principal: Principal, idem_key: str | None, job_id: str) -> None:
+        """Undo the claim and the slot of a create that did not make its job."""
+        if idem_key is not None:
+            self.engine.idempotency.release(principal.owner, idem_key, job_id)
+        self.engine.release_slot(principal.owner, job_id)  # only if the job was never created
 
     def _check_request(self, body: CreateVideoRequest) -> ModelCard:
         """The model's card, after the checks that need no Redis and no image."""
         limits, gateway = self.settings.limits, self.settings.gateway
         try:
-            card = catalog.served_card(body.model or gateway.default_model, gateway.models)
+            card = catalog.served_card(gateway.default_model if body.model is None else body.model, gateway.models)
         except catalog.CatalogError as exc:
             raise ApiError(400, "invalid_model", exc.message, exc.param) from exc
         for name in ("prompt", "negative_prompt"):
@@ -149,18 +184,8 @@ class VideoServing:
                            headers={"Retry-After": "30"}) from exc
         return caps
 
-    def _admit(self, principal: Principal, body: CreateVideoRequest, card: ModelCard, upload: bytes | None,
-               job_id: str, base_url: str) -> VideoObject:
-        settings, engine = self.settings, self.engine
-        if settings.auth.enabled:
-            engine.limiter.hit(principal.owner)
-            limit = settings.auth.max_concurrent_jobs
-            if not engine.reserve_slot(principal.owner, job_id, limit):
-                retry_after = max(1, settings.gateway.poll_after_ms // 1000) * 5
-                raise ApiError(429, "too_many_active_jobs",
-                               f"this key already has {limit} queued or running jobs (the limit); wait for one "
-                               "to finish", headers={"Retry-After": str(retry_after)})
-        image = self._load_image(body, upload)
+    def _submit(self, principal: Principal, body: CreateVideoRequest, card: ModelCard, image: InputImage | None,
+                job_id: str, base_url: str) -> VideoObject:
         if card.kind == "i2v" and image is None:
             raise ApiError(400, "missing_image", f"{card.id} is image-to-video: send input_reference, image or "
                            "image_url", "input_reference")
@@ -179,12 +204,12 @@ class VideoServing:
             self.storage.put_bytes(image.data, image_key, image.content_type)
         spec = JobSpec(job_id=job_id, owner=principal.owner, model=card.id, params=resolved, image_key=image_key,
                        output_key=f"outputs/{job_id}.mp4", created_at=time.time())
-        record = engine.submit(spec, priority=body.priority, metadata=body.metadata, webhook_url=body.webhook_url)
+        record = self.engine.submit(spec, priority=body.priority, metadata=body.metadata,
+                                    webhook_url=body.webhook_url)
         self.metrics.jobs_created.labels(card.id).inc()
-        return video_object(record, queue_position=engine.queue_position(record), base_url=base_url)
+        return video_object(record, queue_position=self.engine.queue_position(record), base_url=base_url)
 
-    def _load_image(self, body: CreateVideoRequest, upload: bytes | None) -> InputImage | None:
-        limits, egress = self.settings.limits, self.settings.egress
+    async def _load_image(self, body: CreateVideoRequest, upload: bytes | None) -> InputImage | None:
         ref_url = body.input_reference.image_url if body.input_reference is not None else None
         sources = {
             "input_reference": upload is not None or ref_url is not None,
@@ -198,13 +223,13 @@ class VideoServing:
             raise ApiError(400, "invalid_request", "file_id references are not supported; upload the image",
                            "input_reference.file_id")
         if upload is not None:
-            return validate_image(upload, limits, "input_reference")
+            return await self.images.validate(upload, "input_reference")
         if ref_url is not None:
-            return fetch_image_url(ref_url, limits, egress, param="input_reference.image_url")
+            return await self.images.fetch(ref_url, param="input_reference.image_url")
         if body.image is not None:
-            return decode_base64_image(body.image, limits, "image")
+            return await self.images.decode_base64(body.image, "image")
         if body.image_url is not None:
-            return fetch_image_url(body.image_url, limits, egress, param="image_url")
+            return await self.images.fetch(body.image_url, param="image_url")
         return None
 
     # read / list / delete -----------------------------------------------------------------------
@@ -233,6 +258,7 @@ class VideoServing:
     def delete(self, principal: Principal, video_id: str) -> VideoDeleted:
         record = self.owned(principal, video_id)
         self.engine.delete(video_id)
+        self.engine.idempotency.forget_job(principal.owner, video_id)
         keys = [record.spec.image_key]
         if record.output is not None:
             keys += [record.output.key, record.output.thumbnail_key]
