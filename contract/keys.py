@@ -8,6 +8,7 @@
 | `<p>:active:<owner>` | zset (score: reserved at) | jobstore (only) | the owner's unfinished job ids (concurrency slots) |
 | `<p>:cancel:<id>` | string | jobstore | cancel flag, checked by the worker at every step |
 | `<p>:idem:<owner>:<key>` | string | gateway | Idempotency-Key claim (SET NX) |
+| `<p>:idemjob:<id>` | string | gateway | the Idempotency-Key that made a job (DELETE frees it) |
 | `<p>:rl:<owner>:<minute>` | string | gateway | per-minute creation counter |
 | `<p>:apikeys`, `<p>:apikeys:names` | hash | gateway, `turbovid keys` | hashed API keys and their names |
 | `<p>:lease:<id>` | string | worker | the running job's lease (TTL = 3 heartbeats) |
@@ -44,6 +45,9 @@ class Keys:
         return f"{self.prefix}:idem:{owner}:{key}"
 
     def rate(self, owner: str, window: int) -> str:
+    def idempotency_of(self, job_id: str) -> str:
+        return f"{self.prefix}:idemjob:{job_id}"
+
         return f"{self.prefix}:rl:{owner}:{window}"
 
     def api_keys(self) -> str:
