@@ -9,7 +9,15 @@ import torch
 from _kernel_helpers import emulate_w8a8 as emulate
 
 from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
-from kernels.w8a8 import WAN_SHAPES, inspect_sass, prepare_weight, reference, w8a8_gemm, w8a8_linear
+from kernels.w8a8 import (
+    WAN_SHAPES,
+    inspect_sass,
+    prepare_weight,
+    reference,
+    w8a8_gemm,
+    w8a8_linear,
+    w8a8_linear_int8,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -52,6 +60,29 @@ def test_public_path_480p_tokens_3d_fp16():
     y = w8a8_linear(x, weight)
     assert y.shape == (1, 32760, n) and y.dtype == torch.float16
     assert _err(y, reference(x, iw, sc)) <= 2 * _err(emulate(x, weight), reference(x, iw, sc)) + 1e-3
+
+
+@pytest.mark.parametrize("shape", [WAN_SHAPES[0], WAN_SHAPES[1], WAN_SHAPES[4]], ids=lambda s: s[0])
+def test_norm_int8_output_feeds_the_gemm_at_wan_shapes(shape):
+    """The DiT's fused path: LayerNorm+AdaLN emits int8 + per-token scales from the fp32 residual stream,
+    and the GEMM takes them as they are (no activation-quant pass). Against the fp32 layer it is at least
+    as good as the unfused path (bf16 norm output, then w8a8_linear's own quantization)."""
+    from kernels.adaln import layernorm_modulate
+
+    _, k, n = shape
+    g = torch.Generator(device="cuda").manual_seed(1)
+    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda", generator=g) * 0.02)
+    weight = prepare_weight(iw, sc)
+    bias = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
+    x = torch.randn(1, 4099, k, device="cuda", generator=g) * 2 + 0.5  # fp32 residual stream
+    mod = torch.randn(1, 6, k, device="cuda", generator=g) * 0.3
+    q, s = layernorm_modulate(x, mod[:, 0], mod[:, 1], out_int8=True)
+    y = w8a8_linear_int8(q, s, weight, bias, torch.bfloat16)
+    assert y.shape == (1, 4099, n) and y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    h32 = layernorm_modulate(x, mod[:, 0], mod[:, 1])  # fp32
+    ref = reference(h32, iw, sc, bias).float()
+    unfused = w8a8_linear(h32.to(torch.bfloat16), weight, bias)
+    assert _err(y, ref) <= 1.1 * _err(unfused, ref) + 1e-3
 
 
 def test_cuda_graph_and_compile_capture():
