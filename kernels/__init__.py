@@ -13,6 +13,7 @@ _LAZY = {
     "W8A8Weight": "kernels.w8a8",
     "prepare_weight": "kernels.w8a8",
     "w8a8_linear": "kernels.w8a8",
+    "w8a8_linear_int8": "kernels.w8a8",
     "quantize_weight_blockwise": "kernels.int8_quant",
     "dequantize_weight_blockwise": "kernels.int8_quant",
 }
