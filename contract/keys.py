@@ -14,6 +14,7 @@
 | `<p>:lease:<id>` | string | worker | the running job's lease (TTL = 3 heartbeats) |
 | `<p>:crashes:<id>` | string | reaper | how many times the job lost its worker |
 | `<p>:reap:<id>` | string | reaper | lock so that one reaper acts on a job |
+| `<p>:sweep:slots` | string | worker | lock so that one worker per interval sweeps leaked slots |
 | `<p>:worker:<name>` | string | worker | the worker's advertised capabilities (JSON), TTL = liveness |
 | `<p>:workers:<model>` | set | worker | names of workers that registered for a model's queue |
 
@@ -44,10 +45,10 @@ class Keys:
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key}"
 
-    def rate(self, owner: str, window: int) -> str:
     def idempotency_of(self, job_id: str) -> str:
         return f"{self.prefix}:idemjob:{job_id}"
 
+    def rate(self, owner: str, window: int) -> str:
         return f"{self.prefix}:rl:{owner}:{window}"
 
     def api_keys(self) -> str:
@@ -64,6 +65,9 @@ class Keys:
 
     def reap(self, job_id: str) -> str:
         return f"{self.prefix}:reap:{job_id}"
+
+    def slot_sweep(self) -> str:
+        return f"{self.prefix}:sweep:slots"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"

@@ -33,6 +33,8 @@ JOBS_CREATED = Metric(
     "Video jobs accepted and enqueued by the gateway.",
     ("model",),
 )
+# The next three are global values read from Redis at scrape time: every gateway replica exports the
+# same number, so aggregate them with max (never sum) across replicas.
 QUEUE_DEPTH = Metric(
     "turbovid_queue_depth",
     "Jobs waiting in the RQ queue of a model (read from Redis at scrape time).",
@@ -41,6 +43,11 @@ QUEUE_DEPTH = Metric(
 WORKERS = Metric(
     "turbovid_workers",
     "Ready workers advertising a model in the worker registry (read from Redis at scrape time).",
+    ("model",),
+)
+MODEL_AVAILABLE = Metric(
+    "turbovid_model_available",
+    "1 when at least one live worker of the model is ready (its queue is being served), else 0.",
     ("model",),
 )
 
@@ -74,6 +81,6 @@ STAGE_BUCKETS: tuple[float, ...] = (
 HTTP_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 ALL: tuple[Metric, ...] = (
-    HTTP_REQUESTS, HTTP_REQUEST_DURATION, JOBS_CREATED, QUEUE_DEPTH, WORKERS,
+    HTTP_REQUESTS, HTTP_REQUEST_DURATION, JOBS_CREATED, QUEUE_DEPTH, WORKERS, MODEL_AVAILABLE,
     STAGE_DURATION, JOBS_FINISHED, WORKER_BUSY, GPU_MEMORY,
 )

@@ -1,8 +1,9 @@
 """Gateway metrics on a per-app registry (names and help from contract/metric_names.py).
 
-HTTP counters/latency are labelled by the route template (never the raw path). Queue depth and
-ready workers per model (the worker registry, contract/workers.py) are read from Redis when
-Prometheus scrapes, by a custom collector.
+HTTP counters/latency are labelled by the route template (never the raw path). Queue depth, ready
+workers and availability per model (the worker registry, contract/workers.py: only workers whose
+short-TTL heartbeat key is alive count) are read from Redis when Prometheus scrapes, by a custom
+collector. They are global values, the same on every replica: alerts aggregate them with `max`.
 """
 
 from __future__ import annotations
@@ -33,14 +34,19 @@ class _QueueCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(names.QUEUE_DEPTH.name, names.QUEUE_DEPTH.help, labels=["model"])
         workers = GaugeMetricFamily(names.WORKERS.name, names.WORKERS.help, labels=["model"])
+        available = GaugeMetricFamily(names.MODEL_AVAILABLE.name, names.MODEL_AVAILABLE.help, labels=["model"])
         for model in self.models:
             try:
-                depth.add_metric([model], self.engine.queue_depth(model))
-                workers.add_metric([model], self.engine.ready_workers(model))
+                queued, ready = self.engine.queue_depth(model), self.engine.ready_workers(model)
             except Exception:  # a scrape must not fail because Redis is briefly away
                 log.warning("metrics: cannot read queue state of %s", model, exc_info=True)
+                continue
+            depth.add_metric([model], queued)
+            workers.add_metric([model], ready)
+            available.add_metric([model], 1 if ready else 0)
         yield depth
         yield workers
+        yield available
 
 
 class GatewayMetrics:

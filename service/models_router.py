@@ -59,6 +59,8 @@ def _model_object(state: AppState, model_id: str) -> dict[str, Any]:
         "max_frames": card.max_frames,
         "max_seconds": card.max_seconds,
         "checkpoint_solver": card.solver,
+        # live workers only (their heartbeat key has not expired); available: a ready one serves the queue
+        "available": any(w.ready for w in workers),
         "workers": {
             "ready": sum(1 for w in workers if w.ready),
             "loading": sum(1 for w in workers if not w.ready),

@@ -38,7 +38,7 @@ from contract.settings import Settings
 from contract.storage import make_storage
 from contract.workers import WorkerInfo, WorkerRegistry
 from worker.metrics import WorkerMetrics, cuda_memory_reader
-from worker.reaper import Lease, lease_ttl_s, reap
+from worker.reaper import Lease, lease_ttl_s, reap, sweep_slots
 from worker.task import Pipeline, TurboJob, WorkerContext
 
 log = logging.getLogger("turbovid.worker")
@@ -111,8 +111,9 @@ class TurboWorker(SimpleWorker):
 
 
 class Heartbeat(threading.Thread):
-    """Every `interval` s: renew the advertisement; once serving, also refresh the running job's lease
-    and the RQ worker key, then run the reaper."""
+    """Every `interval` s: renew the advertisement (re-creating it if Redis lost it); once serving,
+    also refresh the running job's lease and the RQ worker key, run the reaper and (one worker of the
+    fleet per interval) the slot sweep."""
 
     def __init__(self, settings: Settings, registry: WorkerRegistry, info: WorkerInfo) -> None:
         super().__init__(name="turbovid-heartbeat", daemon=True)
@@ -130,6 +131,10 @@ class Heartbeat(threading.Thread):
         while not self.done.wait(q.heartbeat_s):
             try:
                 self.advertise()
+            except Exception:
+                log.exception("heartbeat: cannot advertise worker %s", self.info.name)
+                continue
+            try:
                 worker = self.worker
                 if worker is None:
                     continue
@@ -141,6 +146,7 @@ class Heartbeat(threading.Thread):
                     worker.heartbeat(timeout=max(lease_ttl_s(q), 15))
                 for queue in worker.queues:
                     reap(queue, ctx.store, ctx.jobs, q, self.settings.webhooks)
+                sweep_slots(ctx.store, ctx.jobs, q, self.settings.webhooks)
             except Exception:
                 log.exception("heartbeat/reaper tick failed")
 
@@ -165,6 +171,10 @@ def run_worker(
     registry = WorkerRegistry(client, keys)
     device = resolve_device(w.device)
     dtype = resolve_dtype(w.dtype, device)
+    if device.startswith("cuda:"):  # `turbovid worker --gpu N`: kernels launch on the current device
+        import torch
+
+        torch.cuda.set_device(device)
     card = pipeline.card if pipeline is not None else get_card(w.model)
     queue_names = list(dict.fromkeys(w.queues or [card.id, *card.also_serves]))
     name = w.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -188,6 +198,7 @@ def run_worker(
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
                                             "linear": pipeline.linear, "ready": True})
         beat.advertise()
+        metrics.ready.set()  # the metrics server's /ready (the k8s startupProbe) now answers 200
         ctx = WorkerContext(settings=settings, pipeline=pipeline, store=store, jobs=jobs, storage=storage,
                             metrics=metrics, worker_name=name, lease=Lease(client, keys, name, lease_ttl_s(q)))
 
@@ -208,4 +219,5 @@ def run_worker(
             log.warning("could not withdraw worker %s from the registry", name)
         if server is not None:
             server.shutdown()
+            server.server_close()
     return 0

@@ -9,6 +9,13 @@ lease, started longer than `lease_ttl_s` ago and not yet terminal in the JobStor
 spec, at the front, with the queued TTL) up to `settings.queue.max_requeues` times — counted in
 `Keys.crashes(job_id)` — and otherwise failed with code "worker_crashed". A `SET NX` lock per job
 (`Keys.reap`) keeps two reapers from both acting.
+
+`sweep_slots()` — also on every heartbeat tick, but run by one worker of the fleet per
+`SLOT_SWEEP_HEARTBEATS` heartbeats (a `SET NX` lock, `Keys.slot_sweep`) — gives back the concurrency
+slots (contract/jobstore.py's active sets) of jobs that ended without `JobStore.finish` running for
+them: jobs that expired in the queue (failed here as queue_timeout, with their webhook) and jobs
+whose record expired. Workers run it because they are the processes that always run while jobs
+exist; the gateway frees its own on the paths it sees (finish/delete, polling a stale job).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from contract.queue import RQ_SERIALIZER, JobQueue, registry_members, remove_fro
 from contract.settings import QueueSettings, WebhookSettings
 
 log = logging.getLogger("turbovid.reaper")
+
+
+# One slot sweep per this many heartbeats, fleet-wide (60 s with the default 10 s heartbeat).
+SLOT_SWEEP_HEARTBEATS = 6
 
 
 def lease_ttl_s(q: QueueSettings) -> int:
@@ -134,3 +145,29 @@ def reap(
             submit_end_webhook(store, jobs, webhooks, job_id)
             out.append(Reaped(job_id, "failed"))
     return out
+
+
+def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: WebhookSettings, *,
+                force: bool = False) -> list[str]:
+    """Free every owner's leaked concurrency slots (`JobStore.sweep_slots`), at most once per
+    `SLOT_SWEEP_HEARTBEATS` heartbeats across all workers unless `force`. A job the sweep fails as
+    queue_timeout leaves its queue and gets its "video.failed" webhook. Returns the freed job ids."""
+    client = store.r
+    if not force and not client.set(store.keys.slot_sweep(), "1", nx=True, ex=SLOT_SWEEP_HEARTBEATS * q.heartbeat_s):
+        return []
+    started = time.time()
+    prefix = store.keys.active("")
+    freed: list[str] = []
+    for key in client.scan_iter(match=store.keys.active("*"), count=500):
+        owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(prefix)
+        freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s)
+    for job_id in freed:
+        record = store.get(job_id)
+        if (record is not None and record.status is JobStatus.failed and record.error is not None
+                and record.error.code == ErrorCode.queue_timeout and (record.completed_at or 0) >= started):
+            jobs.remove(record.spec.model, job_id)
+            submit_end_webhook(store, jobs, webhooks, job_id)
+    if freed:
+        log.warning("freed %d concurrency slot(s) of jobs that ended without giving them back: %s", len(freed),
+                    ", ".join(freed[:20]))
+    return freed

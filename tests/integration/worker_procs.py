@@ -1,9 +1,12 @@
-"""Worker subprocesses for the crash / SIGTERM / metrics tests (real processes, real Redis)."""
+"""Worker subprocesses for the crash / SIGTERM / liveness / fault tests (real processes, real Redis),
+and `RedisServer`: a private redis-server on a free port for tests that flush, stop or restart it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -42,12 +45,18 @@ def worker_env(settings: Settings, *, name: str, metrics_port: int = 0) -> dict[
     return env
 
 
+def spawn_worker(settings: Settings, *, name: str, step_delay: float, metrics_port: int = 0, log_dir: Path,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A worker subprocess with the numpy test pipeline, not waited for."""
+    log = (log_dir / f"{name}.log").open("wb")
+    return subprocess.Popen([sys.executable, str(SUPPORT), str(step_delay)], cwd=REPO,
+                            env={**worker_env(settings, name=name, metrics_port=metrics_port), **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
 def start_worker(settings: Settings, *, name: str, step_delay: float, metrics_port: int = 0,
                  log_dir: Path) -> subprocess.Popen[bytes]:
-    log = (log_dir / f"{name}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, str(SUPPORT), str(step_delay)], cwd=REPO,
-                            env=worker_env(settings, name=name, metrics_port=metrics_port),
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn_worker(settings, name=name, step_delay=step_delay, metrics_port=metrics_port, log_dir=log_dir)
     client = redis.Redis.from_url(settings.redis.url)
     wait_for(lambda: any(w.name == name for w in Worker.all(queue=Queue(settings.worker.queues[0],
                                                                            connection=client))),
@@ -77,3 +86,65 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=10)
+
+
+class RedisServer:
+    """A private redis-server (AOF on: appendfsync always) on a free port, in `data_dir`; restartable."""
+
+    def __init__(self, data_dir: Path, *, appendonly: bool = True) -> None:
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir), "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(args, stdout=(self.data_dir / "redis.log").open("ab"), stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(up, timeout=15, what="redis-server up")
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL (what an OOM kill or a node loss does): only what the AOF holds survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def settings_on(settings: Settings, redis_url: str, **queue: object) -> Settings:
+    """`settings` pointed at another Redis (and with `queue` fields replaced)."""
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": redis_url}),
+                                       "queue": settings.queue.model_copy(update=queue)})
