@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,20 +75,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    import uvicorn
+    settings = load_settings()  # checked here once, so that a bad variable is one line, not a traceback per worker
+    from service.server import ServerLimits, serve
 
+    limits = ServerLimits(header_timeout_s=args.header_timeout)
+    # each worker process builds its app (and its Redis pools) with gateway_app
+    serve("cli.main:gateway_app", factory=True, host=settings.gateway.host, port=settings.gateway.port,
+          workers=args.workers, limits=limits)
+    return 0
+
+
+def gateway_app() -> object:
+    """The gateway's ASGI app from the environment: the entry point of each `turbovid gateway` process."""
     from service.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
-                proxy_headers=True, log_level="info")
-    return 0
+    return create_app(load_settings())
 
 
 def _worker(args: argparse.Namespace) -> int:
     settings = load_settings(worker_model=args.model)
-    from worker.main import run_worker
+    from worker.main import on_gpu, run_worker
 
+    if args.gpu is not None:
+        settings = on_gpu(settings, args.gpu)
     return run_worker(settings, burst=args.burst)
 
 
@@ -123,11 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
 
     g = sub.add_parser("gateway", help="serve the HTTP API")
+    g.add_argument("--workers", type=int, default=1, help="server processes sharing the port (about one per core)")
+    g.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers (slow clients get a 408)")
     g.set_defaults(func=_gateway)
 
     w = sub.add_parser("worker", help="serve one model's queues on this machine's GPU")
     w.add_argument("--model", default=None, help="model id (default: TURBOVID_WORKER__MODEL)")
     w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    w.add_argument("--gpu", type=int, default=None, metavar="N",
+                   help="run on cuda:N with metrics port TURBOVID_WORKER__METRICS_PORT + N (one worker per GPU)")
     w.set_defaults(func=_worker)
 
     h = sub.add_parser("webhooks", help="deliver webhooks")
@@ -144,12 +159,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warn_unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Log a warning for each TURBOVID_* variable that names no setting (a typo is otherwise silently
+    ignored), with the closest real name; returns the unknown names."""
+    import difflib
+
+    from contract.settings import unknown_variables
+
+    unknown = unknown_variables(environ)
+    known = _setting_variables()
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        logging.getLogger("turbovid").warning("%s is not a TurboVid setting and is ignored%s", name,
+                                              f" (did you mean {close[0]}?)" if close else "")
+    return unknown
+
+
+def _setting_variables() -> list[str]:
+    from pydantic import BaseModel
+
+    from contract.settings import Settings
+
+    out = []
+    for group, field in Settings.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += [f"TURBOVID_{group.upper()}__{name.upper()}" for name in sub.model_fields]
+        else:
+            out.append(f"TURBOVID_{group.upper()}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    from contract.settings import ConfigError as SettingError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    warn_unknown_variables(os.environ)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, SettingError) as exc:  # SettingError: found at start, e.g. a taken metrics port
         print(f"turbovid {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
 

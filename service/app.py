@@ -57,11 +57,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.turbovid = state
     errors.install(app)
+    # inside the metrics middleware (so that its refusals are counted by status) and outside the routes:
+    # header count, streamed body size and body read deadline, before anything buffers a body
+    app.add_middleware(RequestLimits, config=LimitsConfig(max_body_bytes=max_request_bytes(settings)))
     metrics.install(app)
     app.include_router(videos_router.router)
     app.include_router(models_router.router)
     app.include_router(health_router.router)
-    # outermost: header count, streamed body size and body read deadline, before anything buffers a body
-    app.add_middleware(RequestLimits, config=LimitsConfig(max_body_bytes=max_request_bytes(settings)))
     return app
 

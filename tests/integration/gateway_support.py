@@ -143,3 +143,68 @@ class UvicornThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class GatewayProcess:
+    """`turbovid gateway` as a real process on 127.0.0.1:<free port> (dev mode, auth off, Redis DB 12).
+
+    `env` adds TURBOVID_* variables; `args` adds command-line flags. The log is kept in `log_path`."""
+
+    def __init__(self, tmp_path: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / "gateway.log"
+        self.args = args
+        self.env = {
+            "TURBOVID_DEV_MODE": "true", "TURBOVID_AUTH__ENABLED": "false", "TURBOVID_REDIS__URL": REDIS_URL,
+            "TURBOVID_REDIS__KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}", "TURBOVID_GATEWAY__PORT": str(self.port),
+            "TURBOVID_STORAGE__LOCAL_DIR": str(tmp_path / "store"),
+            "TURBOVID_GATEWAY__MODELS": '["wan-tiny", "wan-tiny-i2v"]', **(env or {}),
+        }
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_mb(self) -> float:
+        """Resident memory of the gateway process (MiB), from /proc."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kb / 1024
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> GatewayProcess:
+        import os
+        import subprocess
+        import sys
+        import urllib.request
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TURBOVID_")}
+        env.update(self.env)
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "gateway", *self.args], env=env,
+                                     stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     cwd=Path(__file__).resolve().parents[2])
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"the gateway did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._log_file.close()
