@@ -61,7 +61,7 @@ def _closed_within(s: socket.socket, seconds: float) -> bool:
         while s.recv(65536):
             pass
         return True
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
