@@ -173,7 +173,8 @@ def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device:
             # Children ignore the terminal's Ctrl-C (own process group); this process stops them.
             procs[name] = subprocess.Popen(cmd + args, env=child_env, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
-        if _wait_ready(f"{base}/readyz", list(procs.values()), ready_timeout):
+        # ready: the gateway answers and every served model has a ready (warm) worker
+        if _wait_ready(f"{base}/healthz/models", list(procs.values()), ready_timeout):
             log.info("turbovid dev stack ready: %s  (worker metrics http://127.0.0.1:%d/metrics, redis %s)",
                      base, metrics_port, redis_url)
         while not stopping:

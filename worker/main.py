@@ -34,7 +34,7 @@ from contract.jobs import GenerationParams, JobStatus
 from contract.jobstore import JobStore
 from contract.keys import Keys
 from contract.queue import RQ_SERIALIZER, JobQueue
-from contract.settings import Settings
+from contract.settings import ConfigError, Settings
 from contract.storage import make_storage
 from contract.workers import WorkerInfo, WorkerRegistry
 from worker.metrics import WorkerMetrics, cuda_memory_reader
@@ -58,6 +58,17 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def on_gpu(settings: Settings, index: int) -> Settings:
+    """`turbovid worker --gpu N`: the worker on `cuda:N` with its metrics server on the configured port
+    + N (0 stays 0: disabled), so one worker per GPU runs on a host without colliding."""
+    if index < 0:
+        raise ConfigError(f"--gpu: {index} is not a GPU index (0, 1, ...)")
+    w = settings.worker
+    port = w.metrics_port + index if w.metrics_port else 0
+    return settings.model_copy(update={"worker": w.model_copy(update={"device": f"cuda:{index}",
+                                                                      "metrics_port": port})})
 
 
 def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline:

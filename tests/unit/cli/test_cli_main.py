@@ -94,3 +94,50 @@ def test_download_offers_the_catalog_models_with_published_files(capsys):
         assert exc.code == 2 and "wan-tiny" in capsys.readouterr().err
     else:
         raise AssertionError("wan-tiny has no downloads and must be refused")
+
+
+def test_unknown_turbovid_variables_are_warned_at_start_with_the_closest_name(tmp_path):
+    # `serve` without --dev exits at once: the warning comes before any subcommand runs
+    proc = _turbovid("serve", env={"TURBOVID_QUEUE__HEARTBEET_S": "5", "TURBOVID_NOPE": "1",
+                                   "TURBOVID_QUEUE__HEARTBEAT_S": "5"}, cwd=tmp_path)
+    assert proc.returncode == 2
+    warned = [ln for ln in proc.stderr.splitlines() if "is not a TurboVid setting" in ln]
+    assert len(warned) == 2, proc.stderr
+    assert any("TURBOVID_QUEUE__HEARTBEET_S" in ln and "did you mean TURBOVID_QUEUE__HEARTBEAT_S?" in ln
+               for ln in warned)
+    assert any("TURBOVID_NOPE" in ln for ln in warned)
+    assert not any("TURBOVID_QUEUE__HEARTBEAT_S is not" in ln for ln in warned)
+
+
+def test_worker_gpu_flag_sets_the_device_and_a_distinct_metrics_port():
+    from contract.settings import ConfigError, Settings
+    from worker.main import on_gpu
+
+    args = build_parser().parse_args(["worker", "--gpu", "3"])
+    assert args.gpu == 3
+    base = Settings(dev_mode=True, worker={"metrics_port": 9101})
+    ports = {on_gpu(base, n).worker.metrics_port for n in range(4)}
+    assert ports == {9101, 9102, 9103, 9104}
+    assert on_gpu(base, 2).worker.device == "cuda:2" and base.worker.device == "auto"
+    assert on_gpu(Settings(dev_mode=True, worker={"metrics_port": 0}), 5).worker.metrics_port == 0
+    try:
+        on_gpu(base, -1)
+    except ConfigError as exc:
+        assert "--gpu" in str(exc)
+    else:
+        raise AssertionError("a negative GPU index must be refused")
+
+
+def test_taken_metrics_port_is_one_line_naming_the_port_and_the_setting(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = _turbovid("worker", env={"TURBOVID_DEV_MODE": "true", "TURBOVID_WORKER__DEVICE": "cpu",
+                                        "TURBOVID_WORKER__METRICS_PORT": str(port)}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "configuration error" in ln]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"port {port}" in errors[0] and "TURBOVID_WORKER__METRICS_PORT" in errors[0]
