@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,37 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(sub)
     return parser
-
-
-def warn_unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """Log a warning for each TURBOVID_* variable that names no setting (a typo is otherwise silently
-    ignored), with the closest real name; returns the unknown names."""
-    import difflib
-
-    from contract.settings import unknown_variables
-
-    unknown = unknown_variables(environ)
-    known = _setting_variables()
-    for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        logging.getLogger("turbovid").warning("%s is not a TurboVid setting and is ignored%s", name,
-                                              f" (did you mean {close[0]}?)" if close else "")
-    return unknown
-
-
-def _setting_variables() -> list[str]:
-    from pydantic import BaseModel
-
-    from contract.settings import Settings
-
-    out = []
-    for group, field in Settings.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            out += [f"TURBOVID_{group.upper()}__{name.upper()}" for name in sub.model_fields]
-        else:
-            out.append(f"TURBOVID_{group.upper()}")
-    return out
 
 
 def warn_unknown_variables(environ: Mapping[str, str]) -> list[str]:
