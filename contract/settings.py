@@ -78,6 +78,8 @@ class EgressSettings(BaseModel):
 class WebhookSettings(BaseModel):
     secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)  # refused outside dev mode
     max_attempts: int = Field(default=6, gt=0)
+    concurrency: int = Field(default=16, gt=0)  # deliveries in flight per `turbovid webhooks` process
+    per_target: int = Field(default=2, gt=0)  # of which at most this many to one receiver (host:port)
 
 
 class GatewaySettings(BaseModel):
