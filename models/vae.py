@@ -119,7 +119,7 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False, conv_impl: str = "taps2d") -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d") -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         self.fused = fused
@@ -145,7 +145,7 @@ class CausalCache:
 
 
 _CL3D = torch.channels_last_3d
-CONV_IMPLS = ("taps2d", "cudnn3d")
+CONV_IMPLS = ("cudnn3d", "taps2d")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -256,7 +256,9 @@ class CausalConv3d(nn.Conv3d):
                 F.conv2d(buf[i].transpose(0, 1)[k : k + t], self.weight[:, :, k], self.bias if k == 0 else None, padding=1)
                 for i in range(buf.shape[0])
             ]  # [T, C_out, H, W] channels-last each
-            parts.append(torch.stack([p.transpose(0, 1) for p in per_batch]))  # [B, C_out, T, H, W]
+            # [B, C_out, T, H, W]; for B = 1 a view (stacking would copy into NCDHW layout)
+            parts.append(per_batch[0].transpose(0, 1)[None] if len(per_batch) == 1 else
+                         _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
         return parts
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
@@ -561,7 +563,9 @@ class WanVAE(nn.Module):
         super().__init__()
         self.config = config
         self.memory_budget = memory_budget
-        self.conv_impl = "taps2d"  # fast path: how square 3×3×3 convs run, one of CONV_IMPLS (benches)
+        # Fast path: how square 3×3×3 convs run, one of CONV_IMPLS. "cudnn3d" is the measured default;
+        # "taps2d" measured faster with separate adds (kernels/NOTES_vae.md), its fused form is unmeasured.
+        self.conv_impl = "cudnn3d"
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -583,11 +587,13 @@ class WanVAE(nn.Module):
         if fused and self.training and self.config.dropout > 0:
             raise ValueError("the fused path is for inference (eval mode, no dropout)")
         if fused:
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-                    fmt = _CL3D if isinstance(m, nn.Conv3d) else torch.channels_last
-                    if not m.weight.is_contiguous(memory_format=fmt):
-                        m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+            # Outside inference mode: the weights must stay ordinary tensors (load_state_dict later).
+            with torch.inference_mode(False):
+                for m in self.modules():
+                    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                        fmt = _CL3D if isinstance(m, nn.Conv3d) else torch.channels_last
+                        if not m.weight.is_contiguous(memory_format=fmt):
+                            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
         return fused
 
     def _latents_per_chunk(self, per_latent: int, fixed: int, t_rest: int, budget: int | None) -> int:
