@@ -10,6 +10,7 @@ Redirects are never followed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from contract.netguard import resolve_url
+from contract.netguard import UnsafeURL, resolve_url
 from contract.settings import EgressSettings
 
 
@@ -26,6 +27,11 @@ class Target:
     url: str  # what to connect to: the checked address in place of the host name
     headers: dict[str, str] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
+
+
+def refusal(exc: UnsafeURL) -> str:
+    """The guard's reason for a client, without the internal address a name resolved to."""
+    return re.sub(r" \([^)]*\)$", "", str(exc))
 
 
 def pin(url: str, egress: EgressSettings) -> Target:

@@ -152,8 +152,7 @@ class ImageFetcher:
                            f"fetching image_url took longer than {self.egress.timeout_s:g} s", param) from exc
         except UnsafeURL as exc:
             log.info("image_url refused by the egress guard: %s", exc)
-            raise ApiError(400, "invalid_image_url", "image_url refused: it must be a public http(s) URL "
-                           "(no private, loopback or link-local addresses, no credentials)", param) from exc
+            raise ApiError(400, "invalid_image_url", f"image_url refused: {egress.refusal(exc)}", param) from exc
         except httpx.HTTPError as exc:
             log.info("image_url fetch failed: %s: %s", type(exc).__name__, exc)
             raise ApiError(400, "image_fetch_failed", f"fetching image_url failed ({_describe(exc)})",

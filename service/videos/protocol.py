@@ -11,12 +11,13 @@ Whether a model (as its live workers run it) honours a knob is decided by `Gener
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from contract.catalog import seconds_of
-from contract.jobs import GenerationParams, JobStatus
+from contract.jobs import ErrorCode, GenerationParams, JobError, JobStatus
 from contract.jobstore import JobRecord
 
 
@@ -125,6 +126,18 @@ def public_status(status: JobStatus) -> Literal["queued", "in_progress", "comple
     return status.value  # type: ignore[return-value]
 
 
+# Failures on the server's side: the worker's message (exception text: paths, object keys, hosts) stays in
+# its log; the client gets what happened.
+_PUBLIC_MESSAGES = {ErrorCode.storage_error: "the video could not be stored or read; retry later"}
+_PATHS_AND_KEYS = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.\-]+){2,}|\b(?:inputs|outputs)/\S+")
+
+
+def public_error(err: JobError) -> VideoError:
+    """A job's error as a client sees it: no server paths or object keys."""
+    message = _PUBLIC_MESSAGES.get(err.code) or _PATHS_AND_KEYS.sub("<redacted>", err.message)
+    return VideoError(code=err.code, message=message)
+
+
 def video_object(
     record: JobRecord, *, queue_position: int | None = None, base_url: str | None = None
 ) -> VideoObject:
@@ -134,7 +147,7 @@ def video_object(
     if record.status is JobStatus.cancelled and err is None:
         err_obj: VideoError | None = VideoError(code="cancelled", message="the job was cancelled")
     else:
-        err_obj = VideoError(code=err.code, message=err.message) if err is not None else None
+        err_obj = public_error(err) if err is not None else None
     url = None
     if record.status is JobStatus.completed and base_url is not None:
         url = f"{base_url.rstrip('/')}/v1/videos/{spec.job_id}/content"

@@ -33,6 +33,7 @@ from contract.settings import Settings
 from contract.storage import Storage
 from contract.workers import MixedWorkers
 from service.auth import Principal
+from service.egress import refusal
 from service.engine import Engine
 from service.errors import ApiError, not_found
 from service.idempotency import body_hash
@@ -159,7 +160,8 @@ class VideoServing:
             try:
                 check_url(body.webhook_url, allow_private=self.settings.egress.allow_private_targets)
             except UnsafeURL as exc:
-                raise ApiError(400, "invalid_webhook_url", f"webhook_url refused: {exc}", "webhook_url") from exc
+                raise ApiError(400, "invalid_webhook_url", f"webhook_url refused: {refusal(exc)}",
+                               "webhook_url") from exc
         return card
 
     def _params(self, card: ModelCard, body: CreateVideoRequest, image: InputImage | None) -> GenerationParams:

@@ -156,6 +156,24 @@ def test_failed_and_cancelled_jobs_report_their_reason(make_client) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "video_failed"
 
 
+def test_error_messages_show_no_server_paths_or_object_keys(make_client) -> None:
+    c = make_client()
+    store: JobStore = c.app.state.turbovid.engine.store
+    v1, v2 = _create(c), _create(c)
+    store.finish(v1["id"], JobStatus.failed, ttl_s=60, error=JobError(
+        code="storage_error", message=f"s3 operation on 'outputs/{v1['id']}.mp4' failed: AccessDenied"))
+    store.finish(v2["id"], JobStatus.failed, ttl_s=60, error=JobError(
+        code="generation_failed", message="FileNotFoundError: /srv/turbovid/cache/tiny/weights.safetensors"))
+    for vid, code in ((v1["id"], "storage_error"), (v2["id"], "generation_failed")):
+        err = c.get(f"/v1/videos/{vid}", headers=A).json()["error"]
+        assert err["code"] == code and err["message"]
+        assert "outputs/" not in err["message"] and "/srv/" not in err["message"], err
+    # the egress guard's refusal does not tell which internal address a name resolved to
+    c2 = make_client()
+    r = c2.post("/v1/videos", json={"prompt": "x", "webhook_url": "http://localhost:9/hook"}, headers=A)
+    assert r.status_code == 400 and "127.0.0.1" not in r.json()["error"]["message"], r.text
+
+
 def test_queued_job_past_the_queue_ttl_fails_visibly(make_client) -> None:
     c = make_client(queue={"queued_ttl_s": 1})
     v = _create(c)
@@ -178,6 +196,23 @@ def test_idempotency_same_body_same_job_different_body_409(make_client) -> None:
     r4 = c.post("/v1/videos", json=body, headers={**B, "Idempotency-Key": "abc-1"})
     assert r4.status_code == 201 and r4.json()["id"] != r1.json()["id"]
     assert len(c.get("/v1/videos", headers=A).json()["data"]) == 1
+
+
+def test_deleting_a_job_frees_its_idempotency_key(make_client) -> None:
+    c = make_client()
+    h = {**A, "Idempotency-Key": "abc-del"}
+    body = {"prompt": "same", "size": "64x64", "seconds": "1", "seed": 3}
+    first = c.post("/v1/videos", json=body, headers=h).json()["id"]
+    assert c.delete(f"/v1/videos/{first}", headers=A).status_code == 200
+    again = c.post("/v1/videos", json=body, headers=h)  # was 409 "in progress" for result_ttl_s
+    assert again.status_code == 201 and again.json()["id"] != first
+    # a different body with the freed key is a new job too, and the new claim holds
+    assert c.post("/v1/videos", json=body, headers=h).json()["id"] == again.json()["id"]
+    assert c.post("/v1/videos", json={**body, "seed": 4}, headers=h).status_code == 409
+    # a refused create leaves no claim behind
+    r = c.post("/v1/videos", json={**body, "num_steps": 99}, headers={**A, "Idempotency-Key": "abc-bad"})
+    assert r.status_code == 400
+    assert c.post("/v1/videos", json=body, headers={**A, "Idempotency-Key": "abc-bad"}).status_code == 201
 
 
 def test_auth_and_tenancy(make_client) -> None:
@@ -248,6 +283,15 @@ def test_parallel_creations_never_exceed_the_concurrency_limit(make_client) -> N
         ({"prompt": "x", "model": "wan-tiny-i2v", "image": "not base64!"}, 400, "image"),
         ({"prompt": "x", "model": "wan-tiny-i2v", "image_url": "http://169.254.169.254/x.png"}, 400, "image_url"),
         ({"prompt": "x", "model": "wan-tiny-i2v", "image_url": "http://[::1"}, 400, "image_url"),
+        # an empty model id is not the default model; booleans are not numbers; blank prompts are empty
+        ({"prompt": "x", "model": ""}, 400, "model"),
+        ({"prompt": "x", "seconds": True}, 400, "seconds"),
+        ({"prompt": "x", "seed": True}, 400, "seed"),
+        ({"prompt": "x", "num_steps": True}, 400, "num_steps"),
+        ({"prompt": "x", "num_frames": False}, 400, "num_frames"),
+        ({"prompt": "x", "sla_topk": True}, 400, "sla_topk"),
+        ({"prompt": " \t\n "}, 400, "prompt"),
+        ({"prompt": "x", "metadata": {"a": {"b": {"c": "d"}}}}, 400, "metadata.a"),
     ],
 )
 def test_validation_errors_are_clear_400s(make_client, body: dict, status: int, param: str) -> None:
