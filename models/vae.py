@@ -17,10 +17,14 @@ that file loads without renaming; `models.vae_loading` also maps diffusers' `Aut
 Fast path (`fused=True`, the default on CUDA): activations in channels-last-3d memory (cuDNN's NDHWC
 conv kernels), the RMS-norm + SiLU of every residual block in one Triton pass
 (`kernels.rmsnorm_silu`) that writes straight into the causal conv's time-padded input buffer, spatial
-padding done by the convolution itself, and big chunks: the latent-resolution blocks see all latent
-frames at once, the blocks after the first upsampler see as many latent frames per chunk as the memory
-budget allows. Chunking never changes the result (every layer is causal and carries its cache); the
-eager path (`fused=False`) is the op-for-op definition the parity tests hold against diffusers.
+padding done by the convolution itself, the upsamplers' nearest-2× + 3×3 conv as four 2×2 convs on the
+low-resolution frames (16 instead of 36 multiply-adds per output), and big chunks: the
+latent-resolution blocks see all latent frames at once, the blocks after the first upsampler see as
+many latent frames per chunk as the memory budget allows. `WanVAE.conv_impl = "taps2d"` runs the
+residual blocks' 3×3×3 convs as three conv2d (one per time tap) whose partial outputs the next norm
+pass sums. Chunking never changes the result beyond rounding (every layer is causal and carries its
+cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
+diffusers. Measurements: kernels/NOTES_vae.md.
 
 Temporal resampling, as Wan defines it (the first frame is special):
     downsample3d: out = [x0] + [conv(x[2k-2], x[2k-1], x[2k]) for k >= 1]      (stride-2 kernel-3 conv)
