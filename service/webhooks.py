@@ -20,6 +20,19 @@ the job was created), connects to the address it checked (service/egress.py) and
 redirects; a refused target fails the RQ job at once (no retry
 helps it).
 
+Concurrency and isolation: the RQ worker's loop dequeues deliveries and hands them to a
+`Dispatcher`: `settings.webhooks.concurrency` threads, at most `settings.webhooks.per_target` of
+them POSTing to one receiver (host:port) at a time, the rest of that receiver's deliveries waiting in
+its own line. A receiver that hangs therefore holds at most `per_target` threads for at most its
+timeouts, and everyone else's events go out on the other threads. A receiver whose line is already
+`LINE_PER_TARGET` long gets its next deliveries failed at once as "busy" (no POST), so RQ's retry
+with backoff takes them later, instead of them filling the process. The loop stops dequeuing while
+`HELD_PER_THREAD × concurrency` deliveries are held (the rest wait in Redis). Each delivery is still an
+RQ job: prepared (StartedJobRegistry) before it waits, retried by RQ with backoff when it raises, and
+bounded by RQ's job timeout (a timer in its thread). On SIGTERM the deliveries in flight finish;
+those not yet started stay in RQ's StartedJobRegistry, which retries them as abandoned jobs (the
+event id is stable, receivers de-duplicate). Delivery is at least once.
+
 Settings are built once by the entry point (`run_webhook_worker(settings)`) and carried by the RQ
 worker object (`WebhookWorker`), which hands its `Deliverer` to each job it runs (`WebhookJob`): the
 task reads it from the job it is running, never from module state or the environment.
@@ -33,14 +46,19 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import redis
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job, get_current_job
+from rq.timeouts import TimerDeathPenalty
 
 from contract.jobstore import JobStore
 from contract.keys import Keys
@@ -131,19 +149,135 @@ class WebhookJob(Job):
     """An RQ job that carries the running worker's `Deliverer` while it executes (not serialized)."""
 
     deliverer: Deliverer | None = None
+    busy: bool = False  # its receiver's line is full: fail this attempt at once (RQ retries it later)
+
+
+class TargetBusy(RuntimeError):
+    pass
+
+
+# A receiver's line (deliveries waiting for one of its `per_target` slots) is at most this long.
+LINE_PER_TARGET = 32
+# The RQ loop holds at most this many deliveries per delivery thread (running or waiting).
+HELD_PER_THREAD = 4
+
+
+class Dispatcher:
+    """Runs callables on `threads` threads, at most `per_target` at once per target, the others waiting
+    in a FIFO line per target; targets take turns. `submit` blocks while `max_held` are held."""
+
+    def __init__(self, threads: int, per_target: int, max_held: int) -> None:
+        self.per_target = per_target
+        self.max_held = max_held
+        self._cond = threading.Condition()
+        self._lines: dict[str, deque[Callable[[], None]]] = {}
+        self._running: Counter[str] = Counter()
+        self._held = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._loop, name=f"webhook-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def line(self, target: str) -> int:
+        """How many deliveries to `target` wait for a slot."""
+        with self._cond:
+            return len(self._lines.get(target, ()))
+
+    def submit(self, target: str, fn: Callable[[], None]) -> None:
+        with self._cond:
+            while self._held >= self.max_held:
+                self._cond.wait()
+            self._lines.setdefault(target, deque()).append(fn)
+            self._held += 1
+            self._cond.notify_all()
+
+    def close(self, *, drain: bool) -> int:
+        """Stop taking work; run what is held (`drain`) or only let the running ones finish; waits for
+        the threads. Returns how many waiting callables were dropped."""
+        with self._cond:
+            dropped = 0
+            if not drain:
+                dropped = sum(len(line) for line in self._lines.values())
+                self._held -= dropped
+                self._lines.clear()
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        return dropped
+
+    def _take(self) -> tuple[str, Callable[[], None]] | None:
+        for target, line in self._lines.items():
+            if self._running[target] < self.per_target:
+                fn = line.popleft()
+                del self._lines[target]
+                if line:
+                    self._lines[target] = line  # to the back: targets take turns
+                self._running[target] += 1
+                return target, fn
+        return None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while (item := self._take()) is None:
+                    if self._closed and not self._lines:
+                        return
+                    self._cond.wait()
+            target, fn = item
+            try:
+                fn()
+            except Exception:
+                log.exception("webhook delivery thread: unexpected error")
+            finally:
+                with self._cond:
+                    self._running[target] -= 1
+                    self._held -= 1
+                    self._cond.notify_all()
+
+
+def delivery_target(job: Job) -> str:
+    """The receiver a delivery job POSTs to (host:port of its URL), the unit of isolation."""
+    try:
+        url = httpx.URL(str(json.loads(job.args[0])["url"]))
+        return f"{url.host.lower()}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    except Exception:  # a malformed delivery fails in the task itself, with its own message
+        return "?"
 
 
 class WebhookWorker(SimpleWorker):
-    """Runs deliveries in-process, handing each job this process's `Deliverer`."""
+    """Dequeues deliveries in its main loop and runs them on a `Dispatcher` (bounded, per-receiver
+    isolation), handing each job this process's `Deliverer`."""
+
+    death_penalty_class = TimerDeathPenalty  # jobs run in dispatcher threads: SIGALRM is main-thread only
 
     def __init__(self, queues: list[Queue], deliverer: Deliverer, **kwargs: Any) -> None:
         super().__init__(queues, job_class=WebhookJob, **kwargs)
         self.deliverer = deliverer
+        cfg = deliverer.settings.webhooks
+        self.dispatcher = Dispatcher(cfg.concurrency, cfg.per_target, HELD_PER_THREAD * cfg.concurrency)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if isinstance(job, WebhookJob):
             job.deliverer = self.deliverer
-        super().execute_job(job, queue)
+        execution = self.prepare_execution(job)  # from here RQ's StartedJobRegistry knows the job
+        target = delivery_target(job)
+        if isinstance(job, WebhookJob) and self.dispatcher.line(target) >= LINE_PER_TARGET:
+            job.busy = True  # fails at once without a POST; RQ's retry brings it back later
+            self._perform(job, queue, execution)
+            return
+        self.dispatcher.submit(target, lambda: self._perform(job, queue, execution))
+
+    def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
+        self.perform_job(job, queue, execution)
+
+    def teardown(self) -> None:
+        dropped = self.dispatcher.close(drain=not self._stop_requested)
+        if dropped:
+            log.warning("stopping with %d webhook deliveries not started; RQ retries them as abandoned jobs",
+                        dropped)
+        super().teardown()
 
 
 def deliver_webhook(delivery_json: str) -> dict[str, Any]:
@@ -153,12 +287,15 @@ def deliver_webhook(delivery_json: str) -> dict[str, Any]:
     if deliverer is None:
         raise RuntimeError("deliver_webhook runs only under service.webhooks.WebhookWorker (turbovid webhooks)")
     d = json.loads(delivery_json)
+    if isinstance(job, WebhookJob) and job.busy:
+        raise TargetBusy(f"webhook {d['event_id']}: {LINE_PER_TARGET} deliveries to its receiver are already "
+                         "waiting; retried later")
     return deliverer.deliver(str(d["event_id"]), str(d["type"]), str(d["job_id"]), str(d["url"]))
 
 
 def run_webhook_worker(settings: Settings, *, burst: bool = False) -> None:
     """Run the RQ worker that delivers webhooks (with RQ's scheduler, which runs the retries); blocks
-    unless `burst` (deliver what is queued, then return)."""
+    unless `burst` (deliver what is queued, then return once every delivery has ended)."""
     conn = redis.Redis.from_url(settings.redis.url)
     try:
         deliverer = Deliverer(settings, JobStore(conn, Keys(settings.redis.key_prefix)))

@@ -205,3 +205,132 @@ def test_private_targets_are_refused_by_default(tmp_path: Path, receiver: Receiv
         assert job.get_status() == "failed" and "refused" in (job.latest_result().exc_string or "")
         # failed at once, not scheduled for the retries a transient error would get
         assert job_id not in ScheduledJobRegistry(WEBHOOK_QUEUE, connection=rconn, serializer=RQ_SERIALIZER)
+
+
+# concurrency and per-receiver isolation ----------------------------------------------------------
+
+class HangingReceiver:
+    """Accepts connections and never answers (a receiver that hangs)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.conns: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()  # type: ignore[attr-defined]
+
+
+def test_a_hanging_receiver_delays_only_its_own_events(tmp_path: Path, receiver: Receiver) -> None:
+    """Four receivers hang on 3 events each; the healthy receiver's event, queued after all of them,
+    arrives within 2 s (one deliverer in line would make it wait 12 timeouts)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from worker_procs import REPO, RedisServer, settings_on, wait_for
+    from worker_support import submit, test_settings
+
+    from contract.jobstore import JobStore
+    from contract.keys import Keys
+
+    hanging = [HangingReceiver() for _ in range(4)]
+    with RedisServer(tmp_path / "redis") as server:
+        settings = settings_on(test_settings(tmp_path), server.url)
+        settings = settings.model_copy(update={"egress": settings.egress.model_copy(
+            update={"allow_private_targets": True, "timeout_s": 5.0})})
+        conn = redis.Redis.from_url(server.url)
+        store = JobStore(conn, Keys(settings.redis.key_prefix))
+
+        def finished_job(url: str) -> str:
+            spec = submit(settings, webhook_url=url)
+            store.finish(spec.job_id, JobStatus.completed, ttl_s=600)
+            return spec.job_id
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TURBOVID_")}
+        env.update({"PYTHONPATH": str(REPO), "TURBOVID_DEV_MODE": "true", "TURBOVID_REDIS__URL": server.url,
+                    "TURBOVID_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+                    "TURBOVID_EGRESS__ALLOW_PRIVATE_TARGETS": "true", "TURBOVID_EGRESS__TIMEOUT_S": "5"})
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "webhooks"], cwd=REPO, env=env,
+                                stdout=(tmp_path / "webhooks.log").open("wb"), stderr=subprocess.STDOUT)
+        try:
+            warm = finished_job(receiver.url)  # the deliverer is up and serving
+            _enqueue(conn, settings, warm, "video.completed", receiver.url)
+            wait_for(lambda: len(receiver.calls) == 1, timeout=20, what="first delivery", proc=proc)  # type: ignore[arg-type]
+            for h in hanging:
+                for _ in range(3):
+                    _enqueue(conn, settings, finished_job(h.url), "video.completed", h.url)
+            wait_for(lambda: sum(len(h.conns) for h in hanging) >= 8, timeout=5,
+                     what="2 deliveries in flight to each hanging receiver")
+            vid = finished_job(receiver.url)
+            t0 = time.monotonic()
+            _enqueue(conn, settings, vid, "video.completed", receiver.url)
+            wait_for(lambda: len(receiver.calls) == 2, timeout=10, what="the healthy receiver's event")
+            waited = time.monotonic() - t0
+            assert waited < 2.0, waited
+            assert json.loads(receiver.calls[1][1])["data"]["id"] == vid
+            # per-receiver cap: never more than webhooks.per_target connections to one hanging receiver
+            assert all(len(h.conns) == settings.webhooks.per_target for h in hanging), [len(h.conns) for h in hanging]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for h in hanging:
+                h.close()
+
+
+def test_dispatcher_caps_each_target_and_lets_targets_take_turns() -> None:
+    import time
+
+    d = webhooks.Dispatcher(threads=4, per_target=2, max_held=100)
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    order: list[str] = []
+
+    def job(target: str, seconds: float):
+        def run() -> None:
+            with lock:
+                running[target] = running.get(target, 0) + 1
+                peak[target] = max(peak.get(target, 0), running[target])
+                order.append(target)
+            time.sleep(seconds)
+            with lock:
+                running[target] -= 1
+        return run
+
+    for _ in range(6):
+        d.submit("slow", job("slow", 0.3))
+    for _ in range(3):
+        d.submit("fast", job("fast", 0.0))
+    time.sleep(0.1)
+    assert d.line("slow") == 4  # two run, four wait in their own line
+    assert order.count("fast") == 3  # the fast target was not stuck behind the slow one
+    assert d.close(drain=True) == 0
+    assert peak["slow"] == 2  # never more than per_target at once
+    assert order.count("slow") == 6
+
+    d = webhooks.Dispatcher(threads=1, per_target=1, max_held=10)
+    d.submit("a", job("a", 0.3))
+    d.submit("a", job("a", 0.0))
+    time.sleep(0.05)
+    assert d.close(drain=False) == 1  # the waiting one is handed back (RQ retries it), the running one ends
