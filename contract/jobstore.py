@@ -177,6 +177,7 @@ class JobStore:
         record = self.get(job_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id))
+        pipe.delete(self.keys.events(job_id))
         if record is not None:
             pipe.zrem(self.keys.owner(record.spec.owner), job_id)
             pipe.zrem(self.keys.active(record.spec.owner), job_id)

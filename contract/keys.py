@@ -7,6 +7,7 @@
 | `<p>:owner:<owner>` | zset | jobstore | the owner's job ids by creation time (listing, tenancy) |
 | `<p>:active:<owner>` | zset (score: reserved at) | jobstore (only) | the owner's unfinished job ids (concurrency slots) |
 | `<p>:cancel:<id>` | string | jobstore | cancel flag, checked by the worker at every step |
+| `<p>:events:<id>` | stream | worker, gateway (contract/events.py) | the job's live events (SSE) |
 | `<p>:idem:<owner>:<key>` | string | gateway | Idempotency-Key claim (SET NX) |
 | `<p>:idemjob:<id>` | string | gateway | the Idempotency-Key that made a job (DELETE frees it) |
 | `<p>:rl:<owner>:<minute>` | string | gateway | per-minute creation counter |
@@ -41,6 +42,9 @@ class Keys:
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
 
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key}"

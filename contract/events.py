@@ -1,0 +1,79 @@
+"""Live job events: what happened to a job, in order, for `GET /v1/videos/{id}/events` (SSE).
+
+The worker (and the gateway, for what it decides: created, cancelled, expired) appends `JobEvent`s to
+a Redis stream per job, `<p>:events:<id>` (contract/keys.py), capped in length and expiring with the
+job record. Any gateway replica serves the stream: the SSE event id is the stream entry id, so a
+client that reconnects with `Last-Event-ID` resumes right after the last event it saw. Polling
+`GET /v1/videos/{id}` keeps working: the job hash holds the same status and progress.
+
+Progress is monotonic and reaches 100 only when the content is downloadable (the `completed` event).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from contract.keys import Keys
+
+EventType = Literal["queued", "started", "stage", "preview", "completed", "failed"]
+TERMINAL_EVENTS = frozenset({"completed", "failed"})
+MAX_EVENTS = 1000  # per job; a 4-step job writes a few dozen
+
+
+class JobEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: EventType
+    progress: int  # 0-100, never decreasing within a job's stream
+    elapsed_s: float  # seconds since the job was created
+    stage: str | None = None  # contract.jobs.Stage value while in progress
+    step: int | None = None  # denoise step k (1-based) or decode chunk i of `steps`
+    steps: int | None = None
+    queue_position: int | None = None  # "queued"
+    preview: str | None = None  # "preview": URL path of the JPEG (changes with each new preview)
+    error: dict[str, str] | None = None  # "failed": {"code", "message"}
+
+
+class EventLog:
+    def __init__(self, client: redis.Redis, keys: Keys, *, max_events: int = MAX_EVENTS) -> None:
+        self.r = client
+        self.keys = keys
+        self.max_events = max_events
+
+    def publish(self, job_id: str, event: JobEvent, *, ttl_s: int) -> str:
+        """Append an event; returns its id (the SSE event id)."""
+        key = self.keys.events(job_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(key, {"data": event.model_dump_json(exclude_none=True)}, maxlen=self.max_events,
+                  approximate=True)
+        pipe.expire(key, ttl_s)
+        entry_id = pipe.execute()[0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def read(self, job_id: str, *, after: str = "0", block_ms: int | None = None,
+             count: int = 100) -> list[tuple[str, JobEvent]]:
+        """Events strictly after entry id `after` ("0": from the start), waiting up to `block_ms` for
+        the first one when there is none yet (None: don't wait)."""
+        raw: Any = self.r.xread({self.keys.events(job_id): after}, count=count, block=block_ms)
+        out: list[tuple[str, JobEvent]] = []
+        for _stream, entries in raw or []:
+            for entry_id, fields in entries:
+                data = fields.get(b"data", fields.get("data"))
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                out.append((eid, JobEvent.model_validate_json(data)))
+        return out
+
+    def last(self, job_id: str) -> tuple[str, JobEvent] | None:
+        raw: Any = self.r.xrevrange(self.keys.events(job_id), count=1)
+        if not raw:
+            return None
+        entry_id, fields = raw[0]
+        data = fields.get(b"data", fields.get("data"))
+        return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+                JobEvent.model_validate_json(data))
+
+    def delete(self, job_id: str) -> None:
+        self.r.delete(self.keys.events(job_id))
