@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import redis
+import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
 from contract.keys import Keys
@@ -58,13 +59,7 @@ class EventLog:
         """Events strictly after entry id `after` ("0": from the start), waiting up to `block_ms` for
         the first one when there is none yet (None: don't wait)."""
         raw: Any = self.r.xread({self.keys.events(job_id): after}, count=count, block=block_ms)
-        out: list[tuple[str, JobEvent]] = []
-        for _stream, entries in raw or []:
-            for entry_id, fields in entries:
-                data = fields.get(b"data", fields.get("data"))
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                out.append((eid, JobEvent.model_validate_json(data)))
-        return out
+        return _entries(raw)
 
     def last(self, job_id: str) -> tuple[str, JobEvent] | None:
         raw: Any = self.r.xrevrange(self.keys.events(job_id), count=1)
@@ -77,3 +72,28 @@ class EventLog:
 
     def delete(self, job_id: str) -> None:
         self.r.delete(self.keys.events(job_id))
+
+
+class AsyncEventLog:
+    """The reading half of `EventLog` on an asyncio Redis client: what the gateway's SSE route follows
+    without holding a thread (a blocking XREAD waits on the event loop)."""
+
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+
+    async def read(self, job_id: str, *, after: str = "0", block_ms: int | None = None,
+                   count: int = 100) -> list[tuple[str, JobEvent]]:
+        """As `EventLog.read`."""
+        raw: Any = await self.r.xread({self.keys.events(job_id): after}, count=count, block=block_ms)
+        return _entries(raw)
+
+
+def _entries(raw: Any) -> list[tuple[str, JobEvent]]:
+    out: list[tuple[str, JobEvent]] = []
+    for _stream, entries in raw or []:
+        for entry_id, fields in entries:
+            data = fields.get(b"data", fields.get("data"))
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            out.append((eid, JobEvent.model_validate_json(data)))
+    return out
