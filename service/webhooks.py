@@ -55,6 +55,8 @@ from typing import Any
 
 import httpx
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, get_current_job
@@ -296,7 +298,9 @@ def deliver_webhook(delivery_json: str) -> dict[str, Any]:
 def run_webhook_worker(settings: Settings, *, burst: bool = False) -> None:
     """Run the RQ worker that delivers webhooks (with RQ's scheduler, which runs the retries); blocks
     unless `burst` (deliver what is queued, then return once every delivery has ended)."""
-    conn = redis.Redis.from_url(settings.redis.url)
+    # a dropped connection (Redis restarting) is retried with backoff rather than failing deliveries
+    conn = redis.Redis.from_url(settings.redis.url, retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     try:
         deliverer = Deliverer(settings, JobStore(conn, Keys(settings.redis.key_prefix)))
         queue = Queue(WEBHOOK_QUEUE, connection=conn, serializer=RQ_SERIALIZER)

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
@@ -58,6 +60,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def redis_client(url: str) -> redis.Redis:
+    """The worker's Redis client: a command that meets a dropped connection (Redis restarting,
+    failing over) is retried with backoff for ~15 s instead of failing the job it serves."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12)
+    return redis.Redis.from_url(url, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                                health_check_interval=30)
 
 
 def on_gpu(settings: Settings, index: int) -> Settings:
@@ -173,7 +183,7 @@ def run_worker(
     `settings.worker.queues`) until stopped; returns a process exit code. `pipeline`: an already
     loaded pipeline (tests, benchmarks) instead of loading `settings.worker.model`."""
     w, q = settings.worker, settings.queue
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     client.ping()
     keys = Keys(settings.redis.key_prefix)
     store = JobStore(client, keys)
@@ -221,6 +231,11 @@ def run_worker(
         beat.worker = worker
         log.info("worker %s serving queues %s", name, queue_names)
         worker.work(burst=burst, logging_level="INFO")
+        if not burst and not worker._stop_requested:
+            # RQ's loop gave up (e.g. Redis unreachable mid-job): exit non-zero so that the supervisor
+            # (k8s, compose, systemd) restarts the process; the reaper recovers the job it held.
+            log.error("worker %s: the RQ loop ended without a stop request; exiting for a restart", name)
+            return 1
     finally:
         beat.done.set()
         beat.join(timeout=5)
