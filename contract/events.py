@@ -24,6 +24,11 @@ TERMINAL_EVENTS = frozenset({"completed", "failed"})
 MAX_EVENTS = 1000  # per job; a 4-step job writes a few dozen
 
 
+def preview_key(output_key: str) -> str:
+    """Object-store key of a running job's latest preview JPEG (`/content?variant=preview`)."""
+    return f"{output_key}.preview.jpg"
+
+
 class JobEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
