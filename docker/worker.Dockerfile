@@ -30,6 +30,10 @@ USER 10001
 ENV TURBOVID_WORKER__DEVICE=cuda TURBOVID_WORKER__DTYPE=auto TURBOVID_WORKER__METRICS_PORT=9101 \
     TURBOVID_WORKER__CACHE_DIR=/cache TRITON_CACHE_DIR=/cache/triton HF_HOME=/cache/hf
 EXPOSE 9101
+# Healthy once the pipeline is loaded and warmed up (the metrics server's /ready; /healthz is liveness).
+# Loading a 14B model takes minutes: hence the long start period.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('TURBOVID_WORKER__METRICS_PORT', '9101'), timeout=4)"
 # SIGTERM: finish the current denoise step, re-queue (or finish) the job, exit. Give it time:
 # compose stop_grace_period / k8s terminationGracePeriodSeconds.
 STOPSIGNAL SIGTERM

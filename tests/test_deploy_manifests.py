@@ -230,3 +230,14 @@ def test_gateway_readiness_does_not_wait_for_workers_and_deploy_files_name_curre
                 assert stale not in text, (path, stale)
             for module in re.findall(r"\b((?:contract|service|worker|cli)/[a-z_]+\.py)\b", text):
                 assert (ROOT / module).is_file(), (path, module)
+
+
+def test_operations_guide_covers_every_alert_probe_and_worker_port():
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for rule in (r for g in alerts["groups"] for r in g["rules"]):
+        assert f"`{rule['alert']}`" in guide, rule["alert"]
+    for probe in ("/healthz", "/readyz", "/healthz/models", "/ready", "--gpu N", "Draining a node"):
+        assert probe in guide, probe
+    worker = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    assert "HEALTHCHECK" in worker and "/ready" in worker
