@@ -123,6 +123,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 _content_responses(op)
             if path == "/v1/videos/{video_id}/events":
                 responses["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+            if path in ("/readyz", "/healthz/models"):
+                responses["503"] = {"description": "Not ready (Redis down) / a served model has no ready worker",
+                                    "content": responses["200"]["content"]}
             if (method, path) == ("post", "/v1/videos"):
                 responses["200"] = {"description": "An idempotent replay: the job this Idempotency-Key made",
                                     "content": responses["201"]["content"]}

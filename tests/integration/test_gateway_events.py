@@ -1,0 +1,220 @@
+"""GET /v1/videos/{id}/events against real Redis and a real uvicorn server; the worker's side of the stream
+is played by this test through `contract.events.EventLog` (the worker process itself: tests/e2e/).
+
+Checked: replay then live follow in order with stream ids, closing after the terminal event; resume by
+Last-Event-ID (also on another gateway replica); live queue position while queued; cancel and deletion
+end the stream; tenancy; keep-alive comments; many open streams hold no request thread; the preview
+variant of /content."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gateway_support import (
+    KEY_A,
+    KEY_B,
+    UvicornThread,
+    advertise_worker,
+    bearer,
+    clean_redis,
+    make_settings,
+    png_bytes,
+)
+
+from contract.events import EventLog, JobEvent, preview_key
+from contract.keys import Keys
+from service.app import create_app
+from service.deps import AppState
+from service.videos import events as events_module
+
+A, B = bearer(KEY_A), bearer(KEY_B)
+
+
+def read_events(client: httpx.Client, video_id: str, *, headers: dict[str, str] | None = None,
+                timeout: float = 20, comments: list[str] | None = None) -> list[dict[str, Any]]:
+    """The stream's events (id, event, data as a dict) until the server closes it."""
+    out: list[dict[str, Any]] = []
+    with client.stream("GET", f"/v1/videos/{video_id}/events", headers={**A, **(headers or {})},
+                       timeout=timeout) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        for line in resp.iter_lines():
+            if line.startswith(":"):
+                if comments is not None:
+                    comments.append(line)
+                continue
+            if line == "":
+                if "data" in fields:
+                    out.append({"id": fields.get("id"), "event": fields["event"], "data": json.loads(fields["data"])})
+                fields = {}
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    return out
+
+
+@pytest.fixture()
+def gateway(tmp_path: Path) -> Iterator[tuple[httpx.Client, AppState, EventLog]]:
+    with clean_redis() as r:
+        settings = make_settings(tmp_path)
+        advertise_worker(settings)
+        app = create_app(settings)
+        with UvicornThread(app) as server, httpx.Client(base_url=server.url, timeout=20) as client:
+            yield client, app.state.turbovid, EventLog(r, Keys(settings.redis.key_prefix))
+
+
+def _create(client: httpx.Client) -> str:
+    resp = client.post("/v1/videos", json={"prompt": "a fox"}, headers=A)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def _run_job(log: EventLog, state: AppState, video_id: str, *, delay: float = 0.5) -> threading.Thread:
+    """What a worker publishes for a 4-step job, starting after `delay` seconds."""
+
+    def run() -> None:
+        time.sleep(delay)
+        state.engine.store.mark_started(video_id, "w1")
+        log.publish(video_id, JobEvent(event="started", progress=1, elapsed_s=0.6), ttl_s=60)
+        for k in range(1, 5):
+            log.publish(video_id, JobEvent(event="stage", progress=k * 20, elapsed_s=0.6 + k / 10, stage="denoise",
+                                           step=k, steps=4), ttl_s=60)
+            time.sleep(0.05)
+        state.engine.store.set_progress(video_id, 100)
+        log.publish(video_id, JobEvent(event="completed", progress=100, elapsed_s=1.2), ttl_s=60)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_replay_follow_in_order_and_close_after_the_terminal_event(gateway) -> None:
+    client, state, log = gateway
+    vid = _create(client)
+    _run_job(log, state, vid)
+    t0 = time.monotonic()
+    events = read_events(client, vid)
+    assert time.monotonic() - t0 < 10  # closed by the server after `completed`, not by the timeout
+    assert [e["event"] for e in events] == ["queued", "started", "stage", "stage", "stage", "stage", "completed"]
+    assert events[0]["data"]["queue_position"] == 0
+    assert [e["data"]["step"] for e in events if e["event"] == "stage"] == [1, 2, 3, 4]
+    progress = [e["data"]["progress"] for e in events]
+    assert progress == sorted(progress) and progress[-1] == 100
+    ids = [e["id"] for e in events]
+    assert all(ids) and ids == sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+    # a later client gets the whole story replayed, then the stream closes
+    assert [e["id"] for e in read_events(client, vid)] == ids
+
+
+def test_resume_after_last_event_id_on_another_replica(gateway, tmp_path: Path) -> None:
+    client, state, log = gateway
+    vid = _create(client)
+    _run_job(log, state, vid, delay=0).join()
+    first = read_events(client, vid)
+    other = create_app(state.settings)  # a second gateway process on the same Redis
+    with UvicornThread(other) as server, httpx.Client(base_url=server.url) as client2:
+        rest = read_events(client2, vid, headers={"Last-Event-ID": first[2]["id"]})
+    assert rest == first[3:]
+    bad = client.get(f"/v1/videos/{vid}/events", headers={**A, "Last-Event-ID": "nonsense"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_live_queue_position_then_cancel_ends_the_stream(gateway) -> None:
+    client, state, _log = gateway
+    first, second = _create(client), _create(client)
+    got: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: got.extend(read_events(client, second)), daemon=True)
+    reader.start()
+    time.sleep(1.5)
+    assert client.delete(f"/v1/videos/{first}", headers=A).status_code == 200  # `second` moves up
+    time.sleep(2.0)
+    assert client.delete(f"/v1/videos/{second}", headers=A).status_code == 200
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    kinds = [(e["event"], e["data"].get("queue_position"), e["id"] is not None) for e in got]
+    assert kinds[0] == ("queued", 1, True)  # the gateway's event at creation
+    assert ("queued", 0, False) in kinds  # computed while it waits: no id
+    assert got[-1]["event"] == "failed" and got[-1]["data"]["error"]["code"] == "cancelled"
+
+
+def test_queued_job_cancelled_is_a_stored_failed_event(gateway) -> None:
+    client, state, _log = gateway
+    vid = _create(client)
+    state.engine.cancel(vid)  # what DELETE does first; the record stays (status cancelled)
+    events = read_events(client, vid)
+    assert [e["event"] for e in events] == ["queued", "failed"]
+    assert events[-1]["id"] is not None and events[-1]["data"]["error"]["code"] == "cancelled"
+
+
+def test_tenancy_and_auth(gateway) -> None:
+    client, _state, _log = gateway
+    vid = _create(client)
+    assert client.get(f"/v1/videos/{vid}/events", headers=B).status_code == 404
+    assert client.get("/v1/videos/video_nope/events", headers=A).status_code == 404
+    resp = client.get(f"/v1/videos/{vid}/events")
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == "missing_api_key"
+    assert client.get(f"/v1/videos/{vid}/events?access_token={KEY_A}").status_code == 401  # no keys in URLs
+
+
+def test_keep_alive_comments_while_nothing_happens(gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, state, log = gateway
+    monkeypatch.setattr(events_module, "KEEPALIVE_S", 0.5)
+    monkeypatch.setattr(events_module, "READ_BLOCK_MS", 300)
+    vid = _create(client)
+    state.engine.store.mark_started(vid, "w1")  # running, silent for a while
+    comments: list[str] = []
+
+    def finish() -> None:
+        time.sleep(2.0)
+        log.publish(vid, JobEvent(event="completed", progress=100, elapsed_s=2.0), ttl_s=60)
+
+    threading.Thread(target=finish, daemon=True).start()
+    events = read_events(client, vid, comments=comments)
+    assert events[-1]["event"] == "completed"
+    assert len(comments) >= 2 and all(c == ": keep-alive" for c in comments)
+
+
+def test_open_streams_hold_no_request_thread(gateway) -> None:
+    """60 idle streams (more than the 40 threads of the request threadpool) and polling still answers."""
+    client, _state, _log = gateway
+    vid = _create(client)
+    base = str(client.base_url)
+    streams = [httpx.Client(base_url=base, timeout=30) for _ in range(60)]
+    opened = [s.stream("GET", f"/v1/videos/{vid}/events", headers=A) for s in streams]
+    try:
+        for ctx in opened:
+            assert ctx.__enter__().status_code == 200
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert client.get(f"/v1/videos/{vid}", headers=A).status_code == 200
+        assert (time.monotonic() - t0) / 5 < 0.5
+    finally:
+        for ctx, s in zip(opened, streams, strict=True):
+            ctx.__exit__(None, None, None)
+            s.close()
+
+
+def test_preview_variant(gateway) -> None:
+    client, state, _log = gateway
+    vid = _create(client)
+    resp = client.get(f"/v1/videos/{vid}/content", params={"variant": "preview"}, headers=A)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "preview_not_ready"
+    record = state.engine.store.get(vid)
+    jpeg = png_bytes(64, 64, fmt="JPEG")
+    state.storage.put_bytes(jpeg, preview_key(record.spec.output_key), "image/jpeg")
+    resp = client.get(f"/v1/videos/{vid}/content", params={"variant": "preview"}, headers=A)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+    assert resp.headers["cache-control"] == "no-store" and resp.content == jpeg
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(resp.content)).size == (64, 64)
+    assert client.get(f"/v1/videos/{vid}/content", params={"variant": "preview"}, headers=B).status_code == 404
