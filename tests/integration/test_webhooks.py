@@ -334,3 +334,16 @@ def test_dispatcher_caps_each_target_and_lets_targets_take_turns() -> None:
     d.submit("a", job("a", 0.0))
     time.sleep(0.05)
     assert d.close(drain=False) == 1  # the waiting one is handed back (RQ retries it), the running one ends
+
+
+@pytest.mark.parametrize("url", ["http://100.100.100.200/latest/meta-data", "http://100.64.0.1/hook",
+                                 "http://[fec0::1]/hook", "http://[2002:7f00:1::1]/hook"])
+def test_the_deliverer_refuses_carrier_nat_site_local_and_6to4_targets(tmp_path: Path, url: str) -> None:
+    from contract.jobstore import JobStore
+    from contract.keys import Keys
+
+    settings = make_settings(tmp_path)
+    conn = redis.Redis.from_url(settings.redis.url)
+    deliverer = webhooks.Deliverer(settings, JobStore(conn, Keys(settings.redis.key_prefix)))
+    with pytest.raises(webhooks.WebhookRefused, match="refused"):
+        deliverer.deliver("evt_x_completed", "video.completed", "video_x", url)

@@ -29,7 +29,7 @@ MODEL = "wan-tiny"
 
 @pytest.fixture
 def private_redis(tmp_path):
-    with RedisServer(tmp_path / "redis") as server:
+    with RedisServer(tmp_path / "redis", appendonly=False) as server:  # no fsync waits on a busy disk
         yield server
 
 
@@ -131,7 +131,7 @@ def test_worker_ready_endpoint_waits_for_the_warm_pipeline(tmp_path, private_red
         client = redis.Redis.from_url(settings.redis.url)
         (info,) = WorkerRegistry(client, Keys(settings.redis.key_prefix)).live(MODEL)
         assert info.name == name and info.ready is False
-        wait_for(lambda: _status(f"{base}/ready") == 200, timeout=15, what="/ready after warm-up", proc=w)
+        wait_for(lambda: _status(f"{base}/ready") == 200, timeout=40, what="/ready after warm-up", proc=w)
         (info,) = WorkerRegistry(client, Keys(settings.redis.key_prefix)).live(MODEL)
         assert info.ready is True
         assert b"turbovid_worker_busy" in urllib.request.urlopen(f"{base}/metrics", timeout=2).read()
