@@ -1,9 +1,9 @@
 """The worker process: load the pipeline once, warm it up, serve the model's RQ queues in-process.
 
-    settings → redis, JobStore, JobQueue, storage, metrics (/metrics)
+    settings → redis, JobStore, JobQueue, storage, metrics server (/metrics, /healthz, /ready)
     → advertise (ready=False) + heartbeat thread → pipeline (loaded ONCE) → warm-up → advertise (ready)
-    → reaper pass → TurboWorker(queues).work()  [heartbeat every settings.queue.heartbeat_s: lease,
-      RQ worker key, advertisement, reaper] → withdraw
+      + /ready 200 → reaper pass → TurboWorker(queues).work()  [heartbeat every
+      settings.queue.heartbeat_s: advertisement, lease, RQ worker key, reaper, slot sweep] → withdraw
 
 Jobs run in this process (rq's SimpleWorker: CUDA contexts and preloaded weights do not survive a
 fork); the TurboWorker hands each job its `WorkerContext` (worker/task.py). The worker advertises
@@ -39,6 +39,7 @@ from contract.queue import RQ_SERIALIZER, JobQueue
 from contract.settings import ConfigError, Settings
 from contract.storage import make_storage
 from contract.workers import WorkerInfo, WorkerRegistry
+from worker import warmup
 from worker.metrics import WorkerMetrics, cuda_memory_reader
 from worker.reaper import Lease, lease_ttl_s, reap, sweep_slots
 from worker.task import Pipeline, TurboJob, WorkerContext
@@ -215,7 +216,7 @@ def run_worker(
             log.info("loading pipeline %s (device=%s dtype=%s)", w.model, device, dtype)
             pipeline = load_model_pipeline(settings, device, dtype)
         if w.warmup:
-            warm_up(pipeline)
+            warmup.warm_up(pipeline, w)  # every served size, kernel caches in w.cache_dir
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
                                             "linear": pipeline.linear, "ready": True})
         beat.advertise()
