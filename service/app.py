@@ -14,11 +14,12 @@ from fastapi import FastAPI
 
 from contract.settings import Settings
 from contract.storage import S3Storage, make_storage
-from service import errors, health_router, metrics, models_router
+from service import errors, health_router, metrics, models_router, openapi, playground
 from service.deps import AppState
 from service.engine import Engine
 from service.limits import LimitsConfig, RequestLimits, max_request_bytes
 from service.metrics import GatewayMetrics
+from service.videos import events as events_router
 from service.videos import router as videos_router
 from service.videos.serving import VideoServing
 
@@ -54,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="OpenAI-compatible video generation API for Wan models (rCM, SageSLA, W8A8).",
         lifespan=lifespan,
+        docs_url=None,  # /docs from local assets (service/openapi.py), no CDN
+        redoc_url=None,
     )
     app.state.turbovid = state
     errors.install(app)
@@ -64,5 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(videos_router.router)
     app.include_router(models_router.router)
     app.include_router(health_router.router)
+    app.include_router(events_router.router)
+    playground.install(app)  # / and /playground
+    openapi.install(app)  # /docs offline, the corrected /openapi.json
     return app
 

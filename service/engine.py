@@ -9,12 +9,15 @@ Everything Redis-shaped the gateway does goes through here or through the small 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from contract.catalog import ModelCard
+from contract.events import AsyncEventLog, EventLog, EventType, JobEvent
 from contract.jobs import TERMINAL, Capabilities, ErrorCode, JobError, JobSpec, JobStatus
 from contract.jobstore import JobRecord, JobStore
 from contract.keys import Keys
@@ -39,6 +42,9 @@ class Engine:
         self.api_keys = KeyStore(client, keys)
         self.limiter = RateLimiter(client, keys, settings.auth.rate_limit_per_minute)
         self.idempotency = Idempotency(client, keys)
+        self.events = EventLog(client, keys)  # what the gateway decides: queued, cancelled, expired
+        # the SSE route follows streams on the event loop
+        self.aevents = AsyncEventLog(redis.asyncio.Redis.from_url(settings.redis.url, socket_timeout=5), keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
@@ -80,6 +86,7 @@ class Engine:
         except redis.RedisError:
             self.store.delete(spec.job_id)
             raise
+        self._publish(spec, "queued", self.record_ttl_s(), queue_position=self.queue_position(record))
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -91,6 +98,7 @@ class Engine:
                                          failure_ttl_s=self.cfg.failure_ttl_s)
         if now.status is not JobStatus.queued:  # it just failed as queue_timeout
             self.queue.remove(record.spec.model, job_id)
+            self._publish(record.spec, "failed", self.cfg.failure_ttl_s, error=now.error)
             if record.webhook_url:
                 self.queue.submit_webhook(job_id, "video.failed", record.webhook_url, self.webhook_cfg)
         return now
@@ -114,6 +122,16 @@ class Engine:
             self.queue.remove(record.spec.model, job_id)
             self.store.finish(job_id, JobStatus.cancelled, ttl_s=self.cfg.failure_ttl_s,
                               error=JobError(code=ErrorCode.cancelled, message="the job was cancelled"))
+            self._publish(record.spec, "failed", self.cfg.failure_ttl_s,
+                          error=JobError(code=ErrorCode.cancelled, message="the job was cancelled"))
+
+    def _publish(self, spec: JobSpec, event: EventType, ttl_s: int, *, queue_position: int | None = None,
+                 error: JobError | None = None) -> None:
+        """A job event the gateway decides (contract/events.py); the worker publishes the rest."""
+        err = {"code": str(error.code), "message": error.message} if error is not None else None
+        elapsed = round(time.time() - spec.created_at, 3)
+        self.events.publish(spec.job_id, JobEvent(event=event, progress=0, elapsed_s=elapsed,
+                                                  queue_position=queue_position, error=err), ttl_s=ttl_s)
 
     def delete(self, job_id: str) -> None:
         self.cancel(job_id)

@@ -15,7 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
+from contract.events import preview_key
 from contract.storage import ObjectNotFound
+from service.auth import Principal
 from service.deps import AppState, Auth, State
 from service.errors import ApiError
 from service.limits import JsonTooDeep, loads_json, max_request_bytes
@@ -159,6 +161,17 @@ async def delete_video(video_id: str, state: State, principal: Auth) -> VideoDel
 
 
 # 4. content --------------------------------------------------------------------------------------
+def _preview(state: AppState, principal: Principal, video_id: str) -> Response:
+    """The job's latest preview (a small JPEG the worker overwrites as denoising goes), never cached."""
+    record = state.videos.owned(principal, video_id)
+    try:
+        data = state.storage.get_bytes(preview_key(record.spec.output_key))
+    except ObjectNotFound as exc:
+        raise ApiError(409, "preview_not_ready", f"video {video_id!r} has no preview yet", "variant",
+                       headers={"openai-poll-after-ms": str(state.settings.gateway.poll_after_ms)}) from exc
+    return Response(data, media_type="image/jpeg", headers={"cache-control": "no-store"})
+
+
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -181,9 +194,12 @@ async def download_content(
     request: Request,
     state: State,
     principal: Auth,
-    variant: Literal["video", "thumbnail"] = "video",
+    variant: Literal["video", "thumbnail", "preview"] = "video",
 ) -> Response:
-    """The MP4 (or `variant=thumbnail` JPEG): 302 to a presigned URL on S3, streamed bytes locally."""
+    """The MP4 (or `variant=thumbnail` JPEG): 302 to a presigned URL on S3, streamed bytes locally.
+    `variant=preview`: the latest preview JPEG of a running job (409 until the first one)."""
+    if variant == "preview":
+        return await run_in_threadpool(_preview, state, principal, video_id)
     key, ctype = await run_in_threadpool(state.videos.content_target, principal, video_id, variant)
     filename = f"{video_id}.{'jpg' if variant == 'thumbnail' else 'mp4'}"
     url = await run_in_threadpool(state.storage.presigned_url, key, filename=filename)
