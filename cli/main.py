@@ -6,6 +6,7 @@
     turbovid webhooks                   webhook deliveries
     turbovid keys create NAME           a new API key (printed once)
     turbovid generate|convert|download  offline model commands (cli/models.py)
+    turbovid bench [--model ID]         baseline vs ours, per stage and end to end (cli/bench.py)
 
 Each subcommand imports what it needs when it runs, so `turbovid gateway` never loads torch.
 Settings are built once here, from TURBOVID_* variables (and `.env`), and passed down; a bad
@@ -119,6 +120,12 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from cli.bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cli.models import add_model_commands
 
@@ -156,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     kc.set_defaults(func=_keys_create)
 
     add_model_commands(sub)
+
+    from cli.bench import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="baseline vs ours on full-size random weights, per stage and end to end (GPU)")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -9,6 +9,7 @@ nothing below them reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -105,7 +106,10 @@ class WorkerSettings(BaseModel):
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"
     metrics_port: int = 9101  # 0 disables the worker's /metrics server
-    warmup: bool = True
+    warmup: bool = True  # generate once at each served size before taking jobs (worker/warmup.py)
+    # Sizes warmed up beyond the catalog's default, for each kind the model serves: "WIDTHxHEIGHT" or
+    # "WIDTHxHEIGHTxFRAMES" (frames default to the model's), e.g. ["1280x720", "832x480x41"].
+    warmup_sizes: list[str] = Field(default_factory=list)
     name: str | None = None  # RQ worker name; default host:pid
     cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
 
@@ -147,11 +151,31 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"TURBOVID_GATEWAY__MODELS / TURBOVID_WORKER__MODEL: unknown model id {unknown[0]!r}; "
                              f"known: {', '.join(sorted(MODELS))}")
+        card = MODELS[self.worker.model]
+        for text in self.worker.warmup_sizes:
+            width, height, frames = parse_warmup_size(text)
+            if (width, height) not in card.sizes:
+                raise ValueError(f"TURBOVID_WORKER__WARMUP_SIZES: {text!r} is not a size of {card.id}; "
+                                 f"allowed: {', '.join(card.size_names)}")
+            if frames is not None and ((frames - 1) % 4 or not 1 <= frames <= card.max_frames):
+                raise ValueError(f"TURBOVID_WORKER__WARMUP_SIZES: {text!r}: frames must be 4k+1 up to "
+                                 f"{card.max_frames}")
         # Relative paths are resolved once, here at the entry point, so that every process of a host
         # (started from different working directories) means the same folder.
         self.storage.local_dir = self.storage.local_dir.expanduser().resolve()
         self.worker.cache_dir = self.worker.cache_dir.expanduser().resolve()
         return self
+
+
+_WARMUP_SIZE = re.compile(r"^\s*(\d+)x(\d+)(?:x(\d+))?\s*$")
+
+
+def parse_warmup_size(text: str) -> tuple[int, int, int | None]:
+    """ "832x480" -> (832, 480, None); "832x480x41" -> (832, 480, 41); ValueError otherwise."""
+    m = _WARMUP_SIZE.match(text.lower())
+    if m is None:
+        raise ValueError(f"TURBOVID_WORKER__WARMUP_SIZES: {text!r} is not WIDTHxHEIGHT or WIDTHxHEIGHTxFRAMES")
+    return int(m[1]), int(m[2]), int(m[3]) if m[3] else None
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,156 @@
+"""Warm start (worker/warmup.py): which shapes are warmed up, and autotune choices that survive a process."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import triton
+import triton.language as tl
+
+from contract.catalog import MODELS
+from contract.jobs import Capabilities
+from contract.settings import ConfigError, WorkerSettings, load_settings, parse_warmup_size
+from worker import warmup
+from worker.warmup import AutotuneChoices, WarmupShape, served_shapes
+
+
+@triton.jit
+def _kernel(x_ptr, N, BLOCK: tl.constexpr):
+    pass
+
+
+@triton.jit
+def _kernel_edited(x_ptr, N, BLOCK: tl.constexpr):
+    tl.program_id(0)
+
+
+def _hook(nargs: dict) -> None:
+    pass
+
+
+def _tuner(fn: Any = _kernel) -> Any:
+    configs = [triton.Config({"BLOCK": 32}, num_warps=4, num_stages=2),
+               triton.Config({"BLOCK": 64}, num_warps=8, num_stages=3, pre_hook=_hook)]
+    return triton.autotune(configs, key=["N"])(fn)
+
+
+@pytest.fixture
+def kernels_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A fake `kernels.fake` module holding one autotuned kernel, as find_autotuners sees it."""
+    module = types.ModuleType("kernels.fake_for_test")
+    module.tuned = _tuner()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kernels.fake_for_test", module)
+    return module
+
+
+def test_choices_survive_a_new_process_with_the_autotuners_own_config_objects(
+        tmp_path: Path, kernels_module: types.ModuleType) -> None:
+    path = tmp_path / "autotune" / "gpu.json"
+    tuned = kernels_module.tuned
+    tuned.cache[(4096, "torch.bfloat16")] = tuned.configs[1]  # what timing would have chosen
+    tuned.cache[(128, "torch.bfloat16")] = tuned.configs[0]
+    assert AutotuneChoices(path).save() == 2
+
+    kernels_module.tuned = fresh = _tuner()  # "the next process": a new autotuner, empty cache
+    assert fresh.cache == {}
+    assert AutotuneChoices(path).load() == 2
+    chosen = fresh.cache[(4096, "torch.bfloat16")]
+    assert chosen is fresh.configs[1]  # its own object: the TMA descriptors' pre_hook still runs
+    assert chosen.pre_hook is _hook
+    assert fresh.cache[(128, "torch.bfloat16")] is fresh.configs[0]
+
+
+def test_choices_of_an_edited_kernel_are_not_reused(tmp_path: Path, kernels_module: types.ModuleType) -> None:
+    path = tmp_path / "choices.json"
+    kernels_module.tuned.cache[(7,)] = kernels_module.tuned.configs[0]
+    AutotuneChoices(path).save()
+    kernels_module.tuned = edited = _tuner(_kernel_edited)
+    assert AutotuneChoices(path).load() == 0
+    assert edited.cache == {}
+
+
+def test_choices_of_kernels_not_imported_are_kept_and_bad_files_ignored(
+        tmp_path: Path, kernels_module: types.ModuleType) -> None:
+    path = tmp_path / "choices.json"
+    other = {"kernels.elsewhere._k": {"source": "abc", "choices": [[[1], {"kwargs": {"B": 1}}]]}}
+    path.write_text(json.dumps(other))
+    choices = AutotuneChoices(path)
+    assert choices.load() == 0
+    kernels_module.tuned.cache[(3,)] = kernels_module.tuned.configs[0]
+    choices.save()
+    data = json.loads(path.read_text())
+    assert data["kernels.elsewhere._k"] == other["kernels.elsewhere._k"]
+    assert data["kernels.fake_for_test.tuned"]["choices"] == [[[3], {"kwargs": {"BLOCK": 32}, "num_warps": 4,
+                                                                   "num_stages": 2, "num_ctas": 1}]]
+    path.write_text("{not json")
+    assert AutotuneChoices(path).load() == 0  # a corrupt file is skipped (logged), the worker still starts
+
+
+def test_the_real_kernels_autotuners_are_found() -> None:
+    warmup._import_kernels()
+    names = set(warmup.find_autotuners())
+    assert {"kernels.w8a8._w8a8_tma_tuned", "kernels.sagesla._sagesla_fwd", "kernels.adaln._ln_modulate"} <= names
+
+
+class _Pipe:
+    """Records what warm_up generates."""
+
+    def __init__(self, model: str, device: str = "cuda") -> None:
+        self.card = MODELS[model]
+        self.solver = self.card.solver
+        self.device = device
+        self.calls: list[tuple[Any, Any]] = []
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(solver=self.solver)
+
+    def generate(self, params: Any, *, image: Any = None, on_step: Any = None) -> None:
+        self.calls.append((params, image))
+
+
+def test_served_shapes_are_the_catalog_defaults_per_kind_plus_extra_sizes() -> None:
+    pipe = _Pipe("wan-tiny")
+    assert served_shapes(pipe, []) == [WarmupShape("t2v", 64, 64, 9), WarmupShape("i2v", 64, 64, 9)]
+    assert served_shapes(pipe, ["128x128", "64x64x9", "96x64x17"]) == [
+        WarmupShape("t2v", 64, 64, 9), WarmupShape("i2v", 64, 64, 9), WarmupShape("t2v", 128, 128, 9),
+        WarmupShape("i2v", 128, 128, 9), WarmupShape("t2v", 96, 64, 17), WarmupShape("i2v", 96, 64, 17)]
+    assert served_shapes(_Pipe("wan2.1-t2v-1.3b"), []) == [WarmupShape("t2v", 832, 480, 81)]
+
+
+def test_warm_up_on_a_gpu_runs_every_served_shape_with_all_default_steps(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warmup, "use_kernel_cache", lambda cache_dir, report=None: None)  # no CUDA here
+    pipe = _Pipe("wan-tiny")
+    report = warmup.warm_up(pipe, WorkerSettings(cache_dir=tmp_path, warmup_sizes=["128x128"]))
+    got = [(p.kind, p.width, p.height, p.num_frames, p.num_steps) for p, _ in pipe.calls]
+    assert got == [("t2v", 64, 64, 9, 4), ("i2v", 64, 64, 9, 4), ("t2v", 128, 128, 9, 4), ("i2v", 128, 128, 9, 4)]
+    images = [img for p, img in pipe.calls if p.kind == "i2v"]
+    assert all(isinstance(img, np.ndarray) and img.shape == (p.height, p.width, 3)
+               for (p, img) in pipe.calls if p.kind == "i2v") and len(images) == 2
+    assert [s for s, _ in report.shapes] == served_shapes(pipe, ["128x128"])
+
+
+def test_warm_up_off_the_gpu_is_one_small_generation(tmp_path: Path) -> None:
+    pipe = _Pipe("wan2.1-t2v-1.3b", device="cpu")
+    warmup.warm_up(pipe, WorkerSettings(cache_dir=tmp_path))
+    assert [(p.width, p.height, p.num_frames, p.num_steps) for p, _ in pipe.calls] == [(64, 64, 5, 1)]
+
+
+def test_warmup_sizes_setting_is_checked_against_the_model() -> None:
+    assert parse_warmup_size("832x480") == (832, 480, None)
+    assert parse_warmup_size(" 832X480x41 ") == (832, 480, 41)
+    env = {"TURBOVID_WORKER__MODEL": "wan2.1-t2v-1.3b", "TURBOVID_DEV_MODE": "true"}
+    ok = load_settings({**env, "TURBOVID_WORKER__WARMUP_SIZES": '["480x832", "832x480x41"]'})
+    assert ok.worker.warmup_sizes == ["480x832", "832x480x41"]
+    with pytest.raises(ConfigError, match="1280x720.*not a size of wan2.1-t2v-1.3b"):
+        load_settings({**env, "TURBOVID_WORKER__WARMUP_SIZES": '["1280x720"]'})
+    with pytest.raises(ConfigError, match="4k\\+1"):
+        load_settings({**env, "TURBOVID_WORKER__WARMUP_SIZES": '["832x480x40"]'})
+    with pytest.raises(ConfigError, match="WIDTHxHEIGHT"):
+        load_settings({**env, "TURBOVID_WORKER__WARMUP_SIZES": '["big"]'})

@@ -1,0 +1,292 @@
+"""Warm start: the worker's first real job runs as fast as its second.
+
+A fresh process pays three one-off costs on its first generation at a given size: Triton compiles each
+kernel variant, Triton's autotuner times every config of every tuned kernel at that size's shapes (the
+W8A8 GEMMs, SageSLA, the fused norms: over a minute at 1.3B 480p on an H200 when nothing is cached),
+and CUDA/cuDNN/cuBLAS set up their handles and plans. `warm_up` pays them before the worker
+advertises itself ready:
+
+1. `use_kernel_cache(cache_dir)`: Triton's compiled kernels go to `<cache_dir>/triton` (instead of
+   `~/.triton/cache`), and the autotuner's choices recorded there by an earlier process are loaded back
+   (`AutotuneChoices`), so a restarted worker neither compiles nor re-times what it ran before.
+2. On a GPU, one whole generation at each served size: the catalog's default size and frame count for each kind
+   the pipeline serves (T2V, I2V), plus `worker.warmup_sizes`, with the model's default number of
+   denoise steps (rCM: every step; the flow solver: two steps, every step has the same shapes), so every
+   DiT, text-encoder and VAE-decode chunk shape a default job meets has been run once. On a CPU
+   (dev stack, tests) nothing is compiled or tuned: one small generation (64×64, 5 frames, 1 step).
+3. The autotuner's choices are written back for the next process.
+
+Triton's own `autotune(cache_results=True)` cannot be used for this: it skips configs that carry a
+`pre_hook` (the TMA W8A8 kernel's set the descriptors' block shapes), and its switch is read when the
+kernel module is imported. `AutotuneChoices` records the chosen config per tuning key for every
+autotuned kernel of `kernels/`, keyed by GPU, Triton version and the kernel's source hash, and on load
+hands the autotuner back its own config object (pre_hook included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from contract.jobs import GenerationParams
+from contract.settings import WorkerSettings, parse_warmup_size
+from worker.task import Pipeline
+
+log = logging.getLogger("turbovid.worker")
+
+KERNEL_PACKAGE = "kernels"
+FLOW_WARMUP_STEPS = 2  # the flow solver's steps all have the same shapes; two cover CFG's both branches
+_SCALARS = (int, float, str, bool, type(None))
+
+
+@dataclass(frozen=True)
+class WarmupShape:
+    kind: Literal["t2v", "i2v"]
+    width: int
+    height: int
+    num_frames: int
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.width}x{self.height}x{self.num_frames}"
+
+
+@dataclass
+class WarmupReport:
+    shapes: list[tuple[WarmupShape, float]] = field(default_factory=list)  # (shape, seconds)
+    choices_loaded: int = 0  # autotuner choices read back from the cache dir
+    choices_saved: int = 0
+    kernel_cache: Path | None = None  # Triton's compiled-kernel folder, when Triton is present
+    seconds: float = 0.0
+
+
+def served_shapes(pipeline: Pipeline, extra_sizes: list[str]) -> list[WarmupShape]:
+    """The catalog's default size and frame count for each kind the pipeline serves, then each of
+    `extra_sizes` ("WxH" or "WxHxF") for each kind; no shape twice."""
+    from contract.catalog import MODELS
+
+    card = pipeline.card
+    defaults = {card.kind: card}
+    for other in card.also_serves:
+        defaults.setdefault(MODELS[other].kind, MODELS[other])
+    shapes: list[WarmupShape] = []
+    for kind in card.kinds:
+        c = defaults[kind]
+        shapes.append(WarmupShape(kind, *c.default_size, c.default_frames))
+    for text in extra_sizes:
+        width, height, frames = parse_warmup_size(text)
+        for kind in card.kinds:
+            shapes.append(WarmupShape(kind, width, height, frames or defaults[kind].default_frames))
+    return list(dict.fromkeys(shapes))
+
+
+def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
+    """Generate once at every served shape (see the module docstring) with the kernel caches of
+    `settings.cache_dir`; returns what was done and how long each shape took."""
+    started = time.perf_counter()
+    report = WarmupReport()
+    on_gpu = str(getattr(pipeline, "device", "cpu")).startswith("cuda")
+    choices = use_kernel_cache(settings.cache_dir, report) if on_gpu else None
+    shapes = served_shapes(pipeline, settings.warmup_sizes) if on_gpu else [small_shape(pipeline)]
+    try:
+        for shape in shapes:
+            t0 = time.perf_counter()
+            steps = 1 if not on_gpu else FLOW_WARMUP_STEPS if pipeline.solver == "flow" else None
+            pipeline.generate(_params(pipeline, shape, steps), image=_grey(shape) if shape.kind == "i2v" else None)
+            report.shapes.append((shape, time.perf_counter() - t0))
+            log.info("warm-up %s: %.2f s", shape, report.shapes[-1][1])
+    finally:
+        if choices is not None:
+            report.choices_saved = choices.save()
+    report.seconds = time.perf_counter() - started
+    log.info("warm-up done in %.1f s (%d shapes; autotune choices: %d loaded, %d saved)", report.seconds,
+             len(report.shapes), report.choices_loaded, report.choices_saved)
+    return report
+
+
+def small_shape(pipeline: Pipeline) -> WarmupShape:
+    """Off the GPU nothing is compiled or tuned: one small generation (64×64, 5 frames) only runs the
+    lazy initialisation of every stage."""
+    return WarmupShape(pipeline.card.kinds[0], 64, 64, 5)
+
+
+def _params(pipeline: Pipeline, shape: WarmupShape, steps: int | None) -> GenerationParams:
+    """steps None: the model's default."""
+    params = GenerationParams(kind=shape.kind, width=shape.width, height=shape.height, num_frames=shape.num_frames,
+                              prompt="warm-up", seed=0, num_steps=steps)
+    return params.resolve(pipeline.card, pipeline.capabilities())
+
+
+def _grey(shape: WarmupShape) -> np.ndarray:
+    return np.full((shape.height, shape.width, 3), 128, np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# kernel caches
+# ------------------------------------------------------------------------------------------------
+
+
+def use_kernel_cache(cache_dir: Path, report: WarmupReport | None = None) -> AutotuneChoices | None:
+    """Point Triton's compiled-kernel cache at `<cache_dir>/triton` and load the autotuner choices saved
+    under `<cache_dir>/autotune`; None (nothing to do) where Triton or CUDA is missing."""
+    try:
+        import torch
+        import triton
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    kernel_dir = Path(cache_dir) / "triton"
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; older ones keep ~/.triton/cache
+    if knobs is not None:
+        knobs.cache.dir = str(kernel_dir)
+        if report is not None:
+            report.kernel_cache = kernel_dir
+    else:
+        log.warning("triton %s has no knobs: compiled kernels stay in Triton's default cache", triton.__version__)
+    _import_kernels()
+    choices = AutotuneChoices(Path(cache_dir) / "autotune" / f"{device_tag()}.json")
+    loaded = choices.load()
+    if report is not None:
+        report.choices_loaded = loaded
+    return choices
+
+
+def _import_kernels() -> None:
+    """Import every kernel module, so each autotuner exists before its saved choices are loaded."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(KERNEL_PACKAGE)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("bench"):
+            importlib.import_module(f"{KERNEL_PACKAGE}.{info.name}")
+
+
+def device_tag() -> str:
+    """GPU name, compute capability, Triton and torch versions: what autotune choices are valid for."""
+    import torch
+    import triton
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    cc = "".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else "0"
+    raw = f"{name}-cc{cc}-triton{triton.__version__}-torch{torch.__version__}"
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw)
+
+
+def find_autotuners(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
+    """Every Triton Autotuner held by a module of `package` (directly or under `triton.heuristics`),
+    by "module.attribute"."""
+    from triton.runtime.autotuner import Autotuner
+
+    found: dict[str, Any] = {}
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or not (mod_name == package or mod_name.startswith(package + ".")):
+            continue
+        for attr, value in vars(module).items():
+            obj, depth = value, 0
+            while obj is not None and depth < 4 and not isinstance(obj, Autotuner):
+                obj, depth = getattr(obj, "fn", None), depth + 1
+            if isinstance(obj, Autotuner):
+                found[f"{mod_name}.{attr}"] = obj
+    return found
+
+
+def _source_hash(tuner: Any) -> str:
+    """A hash of the tuned kernel's source: saved choices of an edited kernel are not reused."""
+    fn = tuner.fn
+    while hasattr(fn, "fn") and not hasattr(fn, "src"):
+        fn = fn.fn
+    try:
+        key = str(fn.cache_key)  # source + the jit functions it calls (JITFunction)
+    except Exception:  # noqa: BLE001 - any Triton version without it: the source alone
+        key = getattr(fn, "src", None) or repr(fn)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    out = {"kwargs": dict(config.kwargs)}
+    for name in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
+        if getattr(config, name, None) is not None:
+            out[name] = getattr(config, name)
+    return out
+
+
+class AutotuneChoices:
+    """The chosen config per tuning key of every autotuned kernel, saved to and loaded from one JSON file.
+
+    File: {"module.attr": {"source": hash, "choices": [[key, config], ...]}}. Loading puts each choice
+    into the autotuner's in-memory cache, as the autotuner itself would after timing; an entry whose
+    kernel source changed, or whose config the autotuner no longer offers, is skipped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._other: dict[str, Any] = {}  # entries of kernels not imported here: kept on save
+
+    def load(self) -> int:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable autotune choices %s: %s", self.path, exc)
+            return 0
+        tuners = find_autotuners()
+        loaded = 0
+        for name, entry in data.items():
+            tuner = tuners.get(name)
+            if tuner is None:
+                self._other[name] = entry
+                continue
+            if entry.get("source") != _source_hash(tuner):
+                continue
+            for key, cfg in entry.get("choices", []):
+                config = self._match(tuner, cfg)
+                if config is not None:
+                    tuner.cache[tuple(key)] = config
+                    loaded += 1
+        return loaded
+
+    @staticmethod
+    def _match(tuner: Any, cfg: dict[str, Any]) -> Any:
+        for config in tuner.configs:
+            if _config_dict(config) == cfg:
+                return config
+        if any(getattr(c, "pre_hook", None) for c in tuner.configs):
+            return None  # a pruned-in config we cannot rebuild with its hook
+        import triton
+
+        return triton.Config(cfg["kwargs"], **{k: v for k, v in cfg.items() if k != "kwargs"})
+
+    def save(self) -> int:
+        """Write every autotuner's current choices (merged with entries for kernels not imported here);
+        returns the number of choices written. Written atomically; errors are logged, not raised."""
+        data = dict(self._other)
+        saved = 0
+        for name, tuner in sorted(find_autotuners().items()):
+            choices = [[list(key), _config_dict(config)] for key, config in tuner.cache.items()
+                       if all(isinstance(k, _SCALARS) for k in key)]
+            if choices:
+                data[name] = {"source": _source_hash(tuner), "choices": choices}
+                saved += len(choices)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not save autotune choices to %s: %s", self.path, exc)
+            return 0
+        return saved
