@@ -29,6 +29,12 @@ def preview_key(output_key: str) -> str:
     return f"{output_key}.preview.jpg"
 
 
+def preview_url(job_id: str, version: int) -> str:
+    """The URL path a "preview" event carries: `version` (the denoise step) changes with each new
+    preview so that clients and caches fetch it again."""
+    return f"/v1/videos/{job_id}/content?variant=preview&v={version}"
+
+
 class JobEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

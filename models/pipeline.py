@@ -6,6 +6,9 @@
     result = pipe.generate(params, on_step=print)  # I2V: kind="i2v" and image=np.ndarray [H, W, 3] uint8
     result.frames  # [F, H, W, 3] uint8
 
+Progress of every stage, previews and streamed frames: pass a `models.pipeline_types.Progress` as
+`on_step` (the worker's feeds decoded chunks to the MP4 encoder while the VAE goes on).
+
 `generate` takes `contract.jobs.GenerationParams` (what the API body and the job spec carry) and honours
 every knob: num_steps and seed; sampler (sde/ode) and sigma_max for the rCM solver; negative_prompt and
 guidance_scale for the flow solver; sla_topk (passed to each DiT call, never stored) for SLA attention.
@@ -14,8 +17,10 @@ knob), judged from its own `capabilities()`. The old `models.pipeline_types.Gene
 accepted (converted to GenerationParams + image).
 
 Stages: text encode (umT5, cached per prompt) → [I2V] VAE encode of the first frame → denoise (rCM,
-1–4 steps; or flow matching with CFG for original checkpoints) → VAE decode (chunked).
-`StageTimings` records each stage; on CUDA with events at the stage boundaries (one sync at the end).
+1–4 steps; or flow matching with CFG for original checkpoints) → VAE decode (chunked, each chunk's
+frames handed to the caller as soon as it is decoded). `StageTimings` records each stage; on CUDA with
+events at the stage boundaries and after each step (waited for once after the last step, then per
+decoded chunk as it is copied to the host).
 """
 
 from __future__ import annotations
@@ -35,7 +40,16 @@ from PIL import Image
 from contract.catalog import FLOW_SHIFT, ModelCard, Solver, get_card, latent_frames
 from contract.jobs import Capabilities, GenerationParams
 from models.checkpoint_components import Components, resolve_components
-from models.pipeline_types import GenerationRequest, GenerationResult, StageTimings, StepCallback
+from models.latent_preview import LatentPreview
+from models.pipeline_types import (
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    StageEvent,
+    StageTimings,
+    StepCallback,
+    as_progress,
+)
 from models.samplers import A14B_SWITCH_T, initial_noise, sample_flow_cfg, sample_rcm
 
 log = logging.getLogger(__name__)
@@ -88,6 +102,7 @@ class WanPipeline:
     attention: str = "dense"  # the DiTs' effective backends (after "auto"; models.ops)
     linear: str = "native"
     flow_shift: float = FLOW_SHIFT
+    latent_preview: LatentPreview | None = None  # latent → RGB factors for previews (fitted on first use)
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -178,53 +193,59 @@ class WanPipeline:
     @torch.inference_mode()
     def generate(
         self, params: GenerationParams | GenerationRequest, *, image: np.ndarray | None = None,
-        on_step: StepCallback | None = None,
+        on_step: StepCallback | Progress | None = None,
     ) -> GenerationResult:
         """Frames for `params`; I2V conditions on `image` ([H, W, 3] uint8 RGB, any size: resized to cover
-        the frame and centre-cropped). on_step(done, total) runs after each denoise step; raising from it
-        aborts. Unset knobs take the model's defaults; `result.params` holds the values used."""
+        the frame and centre-cropped). Unset knobs take the model's defaults; `result.params` holds the
+        values used.
+
+        on_step: `on_step(done, total)` after each denoise step, or a `models.pipeline_types.Progress`,
+        which also hears every stage (`on_stage`: text encode, image encode, denoise step k/n, VAE decode
+        chunk by chunk), previews of the x0 estimate (`on_preview`, when `wants_preview`) and the decoded
+        frames as each chunk is ready (`on_frames`, for a streaming encoder). Steps are reported when
+        the device has completed them (a CUDA event per step, queried at the next step and waited for
+        once after the last). Raising from any callback aborts the generation."""
         params, image = self.resolve(params, image)
         assert params.seed is not None and params.num_steps is not None  # resolved
+        progress = as_progress(on_step)
         clock = _StageClock(self.device)
         generator = torch.Generator().manual_seed(params.seed)
         shape = (1, 16, latent_frames(params.num_frames), params.height // VAE_STRIDE[1],
                  params.width // VAE_STRIDE[2])
         noise = initial_noise(shape, generator, self.device)
 
+        progress.on_stage(StageEvent("text_encode", 0, 1))
         with clock.span("text_encode"):
             context = self.encode_text([params.prompt])
             negative = self.encode_text([params.negative_prompt or ""]) if self.solver == "flow" else None
+        progress.on_stage(StageEvent("text_encode", 1, 1))
         cond = None
         if params.kind == "i2v":
             assert image is not None
+            progress.on_stage(StageEvent("image_encode", 0, 1))
             with clock.span("image_encode"):
                 cond = self.image_condition(image, params.num_frames, params.width, params.height)
+            progress.on_stage(StageEvent("image_encode", 1, 1))
 
-        step_clock: list[object] = []
-
-        def step_hook(done: int, total: int) -> None:
-            step_clock.append(clock.mark())
-            if on_step is not None:
-                on_step(done, total)
-
-        step_clock.append(clock.mark())
+        steps = _StepReporter(clock, progress, self.preview_map() if progress.wants_preview else None)
+        progress.on_stage(StageEvent("denoise", 0, params.num_steps))
+        steps.start()
         velocity = self._velocity(params.kind, context, cond, params.sla_topk)
         if self.solver == "rcm":
             assert params.sigma_max is not None and params.sampler is not None  # resolved
             latents = sample_rcm(velocity, noise, num_steps=params.num_steps, sigma_max=params.sigma_max,
-                                 generator=generator, mode=params.sampler, on_step=step_hook)
+                                 generator=generator, mode=params.sampler, on_step=steps.step,
+                                 on_x0=steps.x0 if progress.wants_preview else None)
         else:
             assert negative is not None and params.guidance_scale is not None  # resolved
             uncond = self._velocity(params.kind, negative, cond, params.sla_topk)
             latents = sample_flow_cfg(velocity, uncond, noise, num_steps=params.num_steps, shift=self.flow_shift,
-                                      guidance_scale=params.guidance_scale, on_step=step_hook)
-        for i in range(1, len(step_clock)):
-            clock.add(f"denoise_{i}", step_clock[i - 1], step_clock[i])
+                                      guidance_scale=params.guidance_scale, on_step=steps.step,
+                                      on_x0=steps.x0 if progress.wants_preview else None)
+        steps.finish()  # the one wait: the last step's event, before the decode is queued
 
         with clock.span("vae_decode"):
-            video = self.vae.decode(latents.to(self.dtype))  # type: ignore[attr-defined]  # [1,3,F,H,W]
-            frames = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-            frames = frames.permute(1, 2, 3, 0).contiguous().cpu()  # [F, H, W, 3]
+            frames = self._decode_frames(latents, params.num_frames, progress)
 
         timings = StageTimings()
         for name, seconds in clock.resolve():
@@ -232,7 +253,103 @@ class WanPipeline:
                 timings.denoise_steps.append(seconds)
             else:
                 setattr(timings, name, getattr(timings, name) + seconds)
-        return GenerationResult(frames=frames.numpy(), timings=timings, seed=params.seed, params=params)
+        return GenerationResult(frames=frames, timings=timings, seed=params.seed, params=params)
+
+    def preview_map(self) -> LatentPreview:
+        """The latent → RGB factors of this pipeline's VAE (fitted once, on first use)."""
+        if self.latent_preview is None:
+            self.latent_preview = LatentPreview.fit(self.vae)  # type: ignore[arg-type]
+        return self.latent_preview
+
+    def _decode_frames(self, latents: torch.Tensor, num_frames: int, progress: Progress) -> np.ndarray:
+        """VAE-decode chunk by chunk into [F, H, W, 3] uint8 on the host (pinned on CUDA). Each chunk's
+        copy to the host is queued before the next chunk is decoded and handed to `progress` once the
+        next chunk has been queued, so the device never waits for the host's callbacks."""
+        _, _, t_lat, h, w = latents.shape
+        tf = self.vae.config.temporal_factor  # type: ignore[attr-defined]
+        cuda = self.device.type == "cuda"
+        out = torch.empty((num_frames, h * VAE_STRIDE[1], w * VAE_STRIDE[2], 3), dtype=torch.uint8, pin_memory=cuda)
+        host = out.numpy()
+        progress.on_stage(StageEvent("vae_decode", 0, t_lat))
+        pending: tuple[int, int, object] | None = None
+        decoded = 0  # latent frames handed over
+
+        def deliver(start: int, n: int, ready: object) -> None:
+            nonlocal decoded
+            if cuda:
+                ready.synchronize()  # type: ignore[attr-defined]
+            decoded += 1 if start == 0 else n // tf
+            progress.on_frames(start, host[start : start + n])
+            progress.on_stage(StageEvent("vae_decode", decoded, t_lat))
+
+        start = 0
+        for chunk in self.vae.decode_iter(latents.to(self.dtype)):  # type: ignore[attr-defined]
+            n = chunk.shape[2]  # [1, 3, n, H, W]
+            rgb = ((chunk[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+            out[start : start + n].copy_(rgb.permute(1, 2, 3, 0), non_blocking=cuda)  # [n, H, W, 3]
+            ready: object = None
+            if cuda:
+                ready = torch.cuda.Event()
+                ready.record()  # type: ignore[attr-defined]
+            if pending is not None:
+                deliver(*pending)
+            pending = (start, n, ready)
+            start += n
+        if pending is not None:
+            deliver(*pending)
+        if start != num_frames:
+            raise RuntimeError(f"the VAE decoded {start} frames, expected {num_frames}")
+        return host
+
+
+class _StepReporter:
+    """Denoise steps reported as the device completes them. After each step a (timing) event is
+    recorded; a step is reported once its event has completed: queried (no wait) at every later
+    step, and waited for after the last one. With previews, the step's x0 estimate of the middle latent
+    frame is projected to RGB on the device and copied to pinned host memory before the event, so a
+    completed event means the preview is on the host too. On CPU everything is reported at once."""
+
+    def __init__(self, clock: _StageClock, progress: Progress, preview: LatentPreview | None) -> None:
+        self.clock, self.progress, self.preview = clock, progress, preview
+        self.marks: list[object] = []
+        self.pending: list[tuple[int, int, object, torch.Tensor | None]] = []
+        self.images: dict[int, torch.Tensor] = {}
+
+    def start(self) -> None:
+        self.marks.append(self.clock.mark())
+
+    def x0(self, step: int, total: int, x0: torch.Tensor) -> None:
+        if self.preview is None:
+            return
+        rgb = self.preview.to_rgb(x0[0, :, x0.shape[2] // 2])  # [h, w, 3] uint8 on the device
+        if self.clock.cuda:
+            host = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(rgb, non_blocking=True)
+            rgb = host
+        self.images[step] = rgb
+
+    def step(self, done: int, total: int) -> None:
+        mark = self.clock.mark()
+        self.clock.add(f"denoise_{len(self.marks)}", self.marks[-1], mark)
+        self.marks.append(mark)
+        self.pending.append((done, total, mark, self.images.pop(done, None)))
+        self._report(wait=False)
+
+    def finish(self) -> None:
+        self._report(wait=True)
+
+    def _report(self, *, wait: bool) -> None:
+        while self.pending:
+            done, total, mark, image = self.pending[0]
+            if self.clock.cuda:
+                if wait:
+                    mark.synchronize()  # type: ignore[attr-defined]
+                elif not mark.query():  # type: ignore[attr-defined]
+                    return
+            self.pending.pop(0)
+            self.progress.on_stage(StageEvent("denoise", done, total))
+            if image is not None:
+                self.progress.on_preview(done, total, image.numpy())
 
 
 def _from_request(req: GenerationRequest, solver: str) -> GenerationParams:

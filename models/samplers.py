@@ -32,6 +32,9 @@ import torch
 # the expert (A14B) and the guidance.
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 StepHook = Callable[[int, int], None]
+# on_x0(step, total, x0): the step's estimate of the clean sample, x0 = x_t − t·v (float32, on the
+# device; read it, don't keep it). For previews.
+X0Hook = Callable[[int, int, torch.Tensor], None]
 
 RCM_MID_ANGLES = (1.5, 1.4, 1.0)
 A14B_SWITCH_T = 0.9  # Wan2.2 A14B: high-noise expert while t >= 0.9, low-noise expert below
@@ -71,6 +74,7 @@ def sample_rcm(
     generator: torch.Generator,
     mode: Literal["sde", "ode"] = "sde",
     on_step: StepHook | None = None,
+    on_x0: X0Hook | None = None,
 ) -> torch.Tensor:
     """Run the rCM sampler from pure noise `noise` [B, C, T, H, W]; returns x_0 in float32."""
     if mode not in ("sde", "ode"):
@@ -79,8 +83,10 @@ def sample_rcm(
     x = noise.float() * times[0]
     for i, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
         v = velocity(x, t).float()
+        x0 = x - t * v
+        if on_x0 is not None:
+            on_x0(i + 1, num_steps, x0)
         if mode == "sde":
-            x0 = x - t * v
             x = (1.0 - t_next) * x0 + t_next * _noise_like(x, generator) if t_next > 0 else x0
         else:
             x = x - (t - t_next) * v
@@ -109,6 +115,7 @@ def sample_flow_cfg(
     shift: float = 5.0,
     guidance_scale: float = 5.0,
     on_step: StepHook | None = None,
+    on_x0: X0Hook | None = None,
 ) -> torch.Tensor:
     """Euler flow-matching solver with classifier-free guidance (guidance off when uncond is None)."""
     sigmas = flow_sigmas(num_steps, shift)
@@ -118,6 +125,8 @@ def sample_flow_cfg(
         if velocity_uncond is not None and guidance_scale != 1.0:
             v_u = velocity_uncond(x, s).float()
             v = v_u + guidance_scale * (v - v_u)
+        if on_x0 is not None:
+            on_x0(i + 1, num_steps, x - s * v)
         x = x + (s_next - s) * v
         if on_step is not None:
             on_step(i + 1, num_steps)

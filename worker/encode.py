@@ -1,18 +1,45 @@
 """Frames → MP4 (H.264, yuv420p, faststart) and a JPEG thumbnail, with PyAV and Pillow.
 
-Input frames are `[F, H, W, 3]` uint8 RGB (what `pipeline.generate` returns). yuv420p needs even
-sides, so an odd width/height is padded by one edge pixel (replicated) rather than rescaled.
+`Mp4Stream` is the worker's encoder: decoded frame chunks go in as the VAE finishes them and are
+encoded on a thread of its own (PyAV releases the GIL while encoding) while the GPU goes on, so what is
+left after the last chunk is that chunk plus the encoder's lookahead. `encode_mp4` is the same encoder
+fed all frames at once: for the same frames both write the same bytes.
+
+Input frames are `[n, H, W, 3]` uint8 RGB. yuv420p needs even sides, so an odd width/height is padded
+by one edge pixel (replicated) rather than rescaled.
+
+Rate control: x264 CRF (`DEFAULT_CRF`, preset veryfast): sizes follow the content (a smooth video is a
+few hundred kB, noise is large). Determinism: x264's output depends on its frame-thread count, and
+"auto" threads are 1.5× the CPUs the process may run on (its affinity mask), so the same frames gave
+different files on different machines, or after a library pinned the process to fewer cores. We fix
+the thread count (`ENCODER_THREADS`): the bytes then depend on the frames and these settings only (x264
+is deterministic for a given thread count, whatever the timing of the threads).
+
+Codec: `pick_codec("auto")` takes NVENC (`h264_nvenc`) when PyAV has it and a GPU can open it
+(RTX-class nodes; H100/H200 have no NVENC), else libx264, and says why.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import queue
+import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger("turbovid.worker")
+
+DEFAULT_CRF = 23  # x264 CRF (NVENC: constant-quality `cq`)
+X264_PRESET = "veryfast"
+ENCODER_THREADS = 4  # fixed, not "auto": the bitstream depends on it (see the module docstring)
+NVENC = "h264_nvenc"
+X264 = "libx264"
 
 
 def _even(frames: np.ndarray) -> np.ndarray:
@@ -23,41 +50,145 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def encode_mp4(frames: np.ndarray, path: Path, *, fps: int, qp: int = 20, preset: str = "veryfast") -> int:
-    """Write `frames` [F, H, W, 3] uint8 RGB to `path` as H.264/yuv420p MP4; returns its size in bytes.
-
-    `movflags=+faststart` moves the moov atom to the front so players can start before the whole
-    file is downloaded.
-    """
+def _check(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
+
+
+def pick_codec(prefer: str = "auto") -> tuple[str, str]:
+    """(codec, reason): NVENC when asked for ("auto" or "h264_nvenc") and it opens here, else libx264."""
+    if prefer == X264:
+        return X264, "libx264 requested"
+    if prefer not in ("auto", NVENC):
+        raise ValueError(f"unknown video codec {prefer!r}; known: auto, {NVENC}, {X264}")
+    if NVENC not in av.codecs_available:
+        return X264, "this PyAV/FFmpeg build has no h264_nvenc"
+    try:  # opening needs an NVIDIA GPU with NVENC and its driver library
+        ctx = cast(av.VideoCodecContext, av.CodecContext.create(NVENC, "w"))
+        ctx.width, ctx.height, ctx.pix_fmt = 64, 64, "yuv420p"
+        ctx.time_base = Fraction(1, 16)
+        ctx.open()
+    except Exception as exc:  # PyAV raises FFmpeg errors of several types
+        return X264, f"h264_nvenc does not open here ({type(exc).__name__}: {exc})"
+    return NVENC, "h264_nvenc opens on this machine"
+
+
+def _codec_options(codec: str, crf: int, preset: str, threads: int) -> dict[str, str]:
+    if codec == NVENC:
+        return {"preset": "p4", "rc": "vbr", "cq": str(crf), "b": "0"}
+    return {"crf": str(crf), "preset": preset, "threads": str(threads)}
+
+
+class Mp4Stream:
+    """An MP4 written from frame chunks on a thread of its own.
+
+        enc = Mp4Stream(path, width=832, height=480, fps=16, thumbnail_index=40)
+        enc.write(chunk)        # [n, H, W, 3] uint8, in order; returns at once (the array is read later:
+        ...                     # don't write into it again)
+        size = enc.close()      # waits for the encoder; re-raises its error; bytes written
+        enc.thumbnail           # JPEG of frame `thumbnail_index` (None if it never came)
+        enc.abort()             # instead of close: stop and delete the file
+
+    `movflags=+faststart` puts the moov atom first so players start before the whole file arrives.
+    """
+
+    def __init__(self, path: Path, *, width: int, height: int, fps: int, codec: str = X264,
+                 crf: int = DEFAULT_CRF, preset: str = X264_PRESET, threads: int = ENCODER_THREADS,
+                 thumbnail_index: int | None = None) -> None:
+        self.path = Path(path)
+        self.width, self.height = width + width % 2, height + height % 2
+        self.fps, self.codec = fps, codec
+        self.options: dict[str, object] = dict(_codec_options(codec, crf, preset, threads))
+        self.thumbnail_index = thumbnail_index
+        self.thumbnail: bytes | None = None
+        self.frames = 0  # frames written (queued)
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._abort = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"mp4-{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def write(self, frames: np.ndarray) -> None:
+        _check(frames)
+        if self._closed:
+            raise RuntimeError("write after close")
+        if self._error is not None:
+            raise RuntimeError(f"the encoder failed: {self._error}") from self._error
+        if frames.shape[0]:
+            self._queue.put(frames)
+            self.frames += frames.shape[0]
+
+    def close(self) -> int:
+        """Flush and finish the file; returns its size in bytes."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self.frames == 0:
+            raise ValueError("no frames to encode")
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        """Stop without finishing (a cancelled or failed job) and remove the partial file."""
+        self._abort.set()
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        index = 0
+        try:
+            with av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+                stream = cast(av.VideoStream, container.add_stream(self.codec, rate=Fraction(self.fps, 1)))
+                stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+                stream.options = dict(self.options)
+                while (chunk := self._queue.get()) is not None and not self._abort.is_set():
+                    for j, frame in enumerate(_even(chunk)):
+                        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                        container.mux(stream.encode(video_frame))
+                        if index == self.thumbnail_index:
+                            self.thumbnail = encode_thumbnail(chunk[j : j + 1])
+                        index += 1
+                if not self._abort.is_set() and index:
+                    container.mux(stream.encode())
+        except BaseException as exc:  # handed to close()/write() on the caller's thread
+            self._error = exc
+
+
+def encode_mp4(frames: np.ndarray, path: Path, *, fps: int, codec: str = X264, crf: int = DEFAULT_CRF,
+               preset: str = X264_PRESET, threads: int = ENCODER_THREADS) -> int:
+    """Write `frames` [F, H, W, 3] uint8 RGB to `path` as H.264/yuv420p MP4 (`Mp4Stream` fed at once: same
+    bytes as streaming the same frames); returns its size in bytes."""
+    _check(frames)
     if frames.shape[0] == 0:
         raise ValueError("no frames to encode")
-    frames = _even(frames)
     _, h, w, _ = frames.shape
-    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps, 1))
-        stream.width = w
-        stream.height = h
-        stream.pix_fmt = "yuv420p"
-        # Constant quantizer rather than CRF: x264's CRF rate control was seen to give different
-        # bitstreams for identical frames in a process that had run torch before (floating-point
-        # state), while fixed-QP encodes are bit-identical, so the same seed gives the same file.
-        stream.options = {"qp": str(qp), "preset": preset}
-        for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path.stat().st_size
+    enc = Mp4Stream(path, width=w, height=h, fps=fps, codec=codec, crf=crf, preset=preset, threads=threads)
+    try:
+        enc.write(frames)
+        return enc.close()
+    except BaseException:
+        enc.abort()
+        raise
 
 
 def encode_thumbnail(frames: np.ndarray, *, quality: int = 85) -> bytes:
     """JPEG bytes of the middle frame of `frames` [F, H, W, 3] uint8."""
-    image = Image.fromarray(frames[frames.shape[0] // 2])
+    return encode_jpeg(frames[frames.shape[0] // 2], quality=quality)
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int = 85, width: int | None = None) -> bytes:
+    """[H, W, 3] uint8 RGB → JPEG bytes, resized (bilinear, aspect kept) to `width` when given."""
+    img = Image.fromarray(np.ascontiguousarray(image))
+    if width is not None and width != img.width:
+        img = img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 

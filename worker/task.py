@@ -7,8 +7,10 @@ no fork (CUDA and preloaded weights don't survive one) and no module-global cont
 
     parse JobSpec → (gone / terminal / cancel requested? stop) → lease + mark_started
     → params.check(card, pipeline.capabilities()) → [I2V] fetch + decode the image
-    → pipeline.generate(params, image, on_step: progress, cancel, shutdown)
-    → MP4 + thumbnail → upload → JobStore.finish(completed, output, timings) → metrics → webhook
+    → pipeline.generate(params, image, on_step=JobProgress: progress + events + previews + cancel at
+      every step and decode chunk; decoded chunks stream into the MP4 encoder's thread)
+    → encode tail + thumbnail → upload → JobStore.finish(completed, output, timings) → "completed"
+      event → metrics → webhook
 
 Errors end the job visibly: JobStore.finish(failed, JobError(code, message)); the exception is
 re-raised so RQ's own registries agree, and the worker goes on with the next job. Codes
@@ -16,10 +18,14 @@ re-raised so RQ's own registries agree, and the worker goes on with the next job
 an unreadable input image `invalid_input`, a failed upload `storage_error`, an RQ timeout `timeout`,
 a CUDA out-of-memory (by type) `out_of_memory`, anything else `generation_failed`. A SIGTERM
 received mid-job stops at the next step boundary and the job is re-queued (worker/main.py
-re-enqueues it after RQ has let go of it), unless the denoise loop is nearly done.
+re-enqueues it after RQ has let go of it), unless the denoise loop is nearly done. A cancel (or a
+DELETE) stops the job at the next denoise step or decode chunk, or before/after the upload; the
+partial file, the preview and any uploaded object are removed. Progress and events: worker/progress.py.
 
 Stage timings (seconds): queue_wait (spec.created_at → start), text_encode, image_encode, denoise,
-vae_decode (from the pipeline), video_encode, upload, total (spec.created_at → finished).
+vae_decode (from the pipeline), video_encode (the encode tail: from the last decoded chunk to the MP4
+closed; all of the encode for a pipeline that does not stream frames), upload, total
+(spec.created_at → finished).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from contract.catalog import ModelCard
+from contract.events import EventLog
 from contract.jobs import (
     TERMINAL,
     Capabilities,
@@ -53,15 +60,15 @@ from contract.jobstore import JobStore
 from contract.queue import TASK_PATH, JobQueue
 from contract.settings import Settings
 from contract.storage import Storage, StorageError
-from models.pipeline_types import GenerationResult, StepCallback
-from worker.encode import decode_image, encode_mp4, encode_thumbnail
+from models.pipeline_types import GenerationResult, StageEvent, StepCallback
+from worker.encode import Mp4Stream, decode_image, encode_thumbnail, pick_codec
 from worker.metrics import WorkerMetrics
+from worker.progress import NEARLY_DONE, JobCancelled, JobProgress, ShutdownRequeue
 from worker.reaper import Lease, submit_end_webhook
 
 log = logging.getLogger("turbovid.worker")
 
-# A SIGTERM after this fraction of the denoise steps lets the job finish instead of re-queueing it.
-NEARLY_DONE = 0.75
+__all__ = ["NEARLY_DONE", "JobCancelled", "JobFailed", "ShutdownRequeue", "WorkerContext", "execute"]
 
 
 class Pipeline(Protocol):
@@ -76,14 +83,6 @@ class Pipeline(Protocol):
 
     def generate(self, params: GenerationParams, *, image: np.ndarray | None = None,
                  on_step: StepCallback | None = None) -> GenerationResult: ...
-
-
-class JobCancelled(Exception):
-    """Raised from the step callback when the job's cancel flag is set."""
-
-
-class ShutdownRequeue(Exception):
-    """Raised from the step callback when the worker is asked to stop and the job is not nearly done."""
 
 
 class JobFailed(Exception):
@@ -109,6 +108,13 @@ class WorkerContext:
     lease: Lease
     stop: threading.Event = field(default_factory=threading.Event)
     requeue_after: str | None = None  # job id to put back on the queue once RQ is done with it
+    video_codec: str | None = None  # chosen by the first job (worker.encode.pick_codec)
+
+    def codec(self) -> str:
+        if self.video_codec is None:
+            self.video_codec, reason = pick_codec("auto")
+            log.info("video encoder: %s (%s)", self.video_codec, reason)
+        return self.video_codec
 
 
 class TurboJob(Job):
@@ -151,15 +157,29 @@ def error_code(exc: BaseException) -> ErrorCode:
     return ErrorCode.generation_failed  # internal errors (ValueErrors included) are not the client's
 
 
-def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, **kw: Any) -> None:
+def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, progress: JobProgress | None = None,
+              **kw: Any) -> None:
+    """Finish the record, then publish the job's last event (when the record is still there: a deleted
+    job's stream is gone with it), metrics and the webhook."""
     q = ctx.settings.queue
-    ctx.store.finish(spec.job_id, status, ttl_s=q.result_ttl_s if status is JobStatus.completed else q.failure_ttl_s,
-                     **kw)
+    ttl_s = q.result_ttl_s if status is JobStatus.completed else q.failure_ttl_s
+    ctx.store.finish(spec.job_id, status, ttl_s=ttl_s, **kw)
     ctx.metrics.job_finished(status.value)
+    record = ctx.store.get(spec.job_id)
+    if record is not None and record.status is status:
+        if progress is None:
+            progress = JobProgress(spec, store=ctx.store, events=_events(ctx), storage=ctx.storage, ttl_s=ttl_s)
+        error = kw.get("error")
+        progress.terminal("completed" if status is JobStatus.completed else "failed", ttl_s=ttl_s,
+                          error={"code": str(error.code), "message": error.message} if error is not None else None)
     try:
         submit_end_webhook(ctx.store, ctx.jobs, ctx.settings.webhooks, spec.job_id)
     except Exception:  # a webhook problem must not fail the job a second time
         log.exception("webhook enqueue failed for job %s", spec.job_id)
+
+
+def _events(ctx: WorkerContext) -> EventLog:
+    return EventLog(ctx.store.r, ctx.store.keys)
 
 
 def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
@@ -177,40 +197,50 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
                   error=JobError(code=ErrorCode.cancelled, message="cancelled before start"))
         return {"status": JobStatus.cancelled.value}
 
-    # 1. start: lease (heartbeat for the reaper) + job state ---------------------------------------
+    # 1. start: lease (heartbeat for the reaper) + job state + "started" event ---------------------
     started = time.time()
+    record_ttl = int(ctx.store.r.ttl(ctx.store.keys.job(job_id)))  # type: ignore[arg-type]
     if not ctx.store.mark_started(job_id, ctx.worker_name):
         return {"status": "gone"}  # deleted just now
     ctx.lease.hold(job_id)
     ctx.metrics.set_busy(True)
+    progress = JobProgress(spec, store=ctx.store, events=_events(ctx), storage=ctx.storage,
+                           ttl_s=max(record_ttl, 3600), refresh=ctx.lease.refresh, stop=ctx.stop)
+    progress.started()
     timings: dict[str, float] = {Stage.queue_wait.value: max(0.0, started - spec.created_at)}
     ctx.metrics.observe_timings({Stage.queue_wait.value: timings[Stage.queue_wait.value]})
     try:
         with tempfile.TemporaryDirectory(prefix=f"turbovid-{job_id}-") as tmp:
-            output = _generate_and_upload(ctx, spec, timings, Path(tmp))
+            output = _generate_and_upload(ctx, spec, timings, Path(tmp), progress)
         timings[Stage.total.value] = time.time() - spec.created_at
-        _terminal(ctx, spec, JobStatus.completed, output=output, timings=timings)
+        progress.remove_preview()
+        _terminal(ctx, spec, JobStatus.completed, progress, output=output, timings=timings)
         ctx.metrics.observe_timings({k: v for k, v in timings.items() if k != Stage.queue_wait.value})
         return {"status": JobStatus.completed.value, "key": output.key, "timings": timings}
-    except JobCancelled:
+    except JobCancelled as exc:
+        log.info("job %s cancelled (%s); stopped", job_id, exc)
+        progress.remove_preview()
         timings[Stage.total.value] = time.time() - spec.created_at
-        _terminal(ctx, spec, JobStatus.cancelled, timings=timings,
+        _terminal(ctx, spec, JobStatus.cancelled, progress, timings=timings,
                   error=JobError(code=ErrorCode.cancelled, message="cancelled while running"))
         return {"status": JobStatus.cancelled.value}
     except ShutdownRequeue:
+        progress.remove_preview()
         ctx.store.requeue(job_id)
         ctx.requeue_after = job_id
         ctx.metrics.job_finished("requeued")
         log.warning("job %s interrupted by worker shutdown; it will be re-queued", job_id)
         return {"status": "requeued"}
     except BaseException as exc:
+        progress.remove_preview()
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise  # a cold shutdown: with the lease released (below) the next reaper pass re-queues it
         code = error_code(exc)
         message = exc.message if isinstance(exc, JobFailed) else str(exc) if isinstance(exc, ParamError) \
             else f"{type(exc).__name__}: {exc}"
         timings[Stage.total.value] = time.time() - spec.created_at
-        _terminal(ctx, spec, JobStatus.failed, timings=timings, error=JobError(code=code, message=message[:2000]))
+        _terminal(ctx, spec, JobStatus.failed, progress, timings=timings,
+                  error=JobError(code=code, message=message[:2000]))
         log.exception("job %s failed (%s)", job_id, code)
         raise
     finally:
@@ -218,7 +248,31 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
         ctx.lease.release()
 
 
-def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, float], tmp: Path) -> JobOutput:
+class _Frames:
+    """Decoded frame chunks → the MP4 encoder's thread, opened at the first chunk."""
+
+    def __init__(self, path: Path, *, fps: int, num_frames: int, codec: str) -> None:
+        self.path, self.fps, self.num_frames, self.codec = path, fps, num_frames, codec
+        self.encoder: Mp4Stream | None = None
+        self.next = 0  # the next frame index expected
+
+    def __call__(self, start: int, frames: np.ndarray) -> None:
+        if start != self.next:
+            raise RuntimeError(f"frames {start}.. arrived, expected {self.next}..")
+        if self.encoder is None:
+            _, h, w, _ = frames.shape
+            self.encoder = Mp4Stream(self.path, width=w, height=h, fps=self.fps, codec=self.codec,
+                                     thumbnail_index=self.num_frames // 2)
+        self.encoder.write(frames)
+        self.next += frames.shape[0]
+
+    def abort(self) -> None:
+        if self.encoder is not None:
+            self.encoder.abort()
+
+
+def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, float], tmp: Path,
+                         progress: JobProgress) -> JobOutput:
     job_id, params, pipe = spec.job_id, spec.params, ctx.pipeline
 
     # 2. what this pipeline honours, then the inputs -------------------------------------------------
@@ -233,46 +287,52 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
             raise JobFailed(ErrorCode.invalid_input,
                             f"cannot read the input image: {type(exc).__name__}: {exc}") from exc
 
-    # 3. generate: progress, cancel and shutdown checked at every denoise step -----------------------
-    def on_step(done: int, total: int) -> None:
-        ctx.lease.refresh()
-        exists = ctx.store.set_progress(job_id, min(99, round(100 * done / max(total, 1))))
-        if not exists or ctx.store.cancel_requested(job_id):
-            raise JobCancelled(job_id)
-        if ctx.stop.is_set() and done < total and done / total < NEARLY_DONE:
-            raise ShutdownRequeue(job_id)
+    # 3. generate: progress, events, previews, cancel and shutdown at every step and decode chunk; the
+    #    decoded chunks go to the MP4 encoder's thread as they come -----------------------------------
+    sink = _Frames(tmp / "video.mp4", fps=params.fps, num_frames=params.num_frames, codec=ctx.codec())
+    progress.frames_sink = sink
+    try:
+        result = pipe.generate(params, image=image, on_step=progress)
+        t0 = time.perf_counter()  # the encode tail starts when the last chunk is decoded
+        progress.close()  # no previews after the denoise
+        if sink.next == 0:  # a pipeline that does not stream: all of the frames now
+            sink(0, result.frames)
+        if sink.next != result.frames.shape[0]:
+            raise RuntimeError(f"the pipeline streamed {sink.next} of {result.frames.shape[0]} frames")
+        timings.update(result.timings.as_dict())
+        if params.kind != "i2v":
+            timings.pop(Stage.image_encode.value, None)
+        ctx.store.set_timings(job_id, timings)
 
-    result = pipe.generate(params, image=image, on_step=on_step)
-    timings.update(result.timings.as_dict())
-    if params.kind != "i2v":
-        timings.pop(Stage.image_encode.value, None)
-    ctx.store.set_timings(job_id, timings)
-    frames = result.frames
-    if ctx.store.cancel_requested(job_id):
-        raise JobCancelled(job_id)
-
-    # 4. encode ---------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    mp4 = tmp / "video.mp4"
-    size = encode_mp4(frames, mp4, fps=params.fps)
-    thumbnail = encode_thumbnail(frames)
-    timings[Stage.video_encode.value] = time.perf_counter() - t0
+        # 4. the encode tail -------------------------------------------------------------------------
+        progress.on_stage(StageEvent(Stage.video_encode.value, 0, 1))
+        assert sink.encoder is not None
+        size = sink.encoder.close()
+        thumbnail = sink.encoder.thumbnail or encode_thumbnail(result.frames)
+        timings[Stage.video_encode.value] = time.perf_counter() - t0
+        progress.on_stage(StageEvent(Stage.video_encode.value, 1, 1))  # raises JobCancelled if cancelled
+    except BaseException:
+        sink.abort()
+        raise
 
     # 5. upload ---------------------------------------------------------------------------------------
+    progress.on_stage(StageEvent(Stage.upload.value, 0, 1))
     t0 = time.perf_counter()
     thumb_key = f"{spec.output_key}.jpg"
     try:
-        ctx.storage.put_file(mp4, spec.output_key, "video/mp4")
+        ctx.storage.put_file(sink.path, spec.output_key, "video/mp4")
         ctx.storage.put_bytes(thumbnail, thumb_key, "image/jpeg")
     except Exception as exc:
         raise JobFailed(ErrorCode.storage_error, f"upload failed: {type(exc).__name__}: {exc}") from exc
     timings[Stage.upload.value] = time.perf_counter() - t0
-    if ctx.store.cancel_requested(job_id) or ctx.store.get(job_id) is None:
-        # Cancelled or deleted while encoding/uploading: don't leave orphaned objects behind.
+    try:
+        progress.on_stage(StageEvent(Stage.upload.value, 1, 1))
+    except JobCancelled:
+        # Cancelled or deleted while uploading: don't leave orphaned objects behind.
         for key in (spec.output_key, thumb_key):
             ctx.storage.delete(key)
-        raise JobCancelled(job_id)
+        raise
 
-    f, h, w, _ = frames.shape
+    f, h, w, _ = result.frames.shape
     return JobOutput(key=spec.output_key, thumbnail_key=thumb_key, bytes=size, num_frames=int(f),
                      fps=params.fps, width=int(w), height=int(h), seed=result.seed)

@@ -3,7 +3,9 @@ gateway does it, and a script entry to run a worker subprocess with that pipelin
 
 The pipeline is a stand-in with the real pipeline's interface (`card`, `solver`, `attention`,
 `linear`, `capabilities()`, `generate(params, image=, on_step=)` → frames [F, H, W, 3] uint8 +
-StageTimings); tests that need the real wan-tiny model live in tests/e2e. Each test serves its own
+StageTimings; `on_step` a plain callback or a `Progress`, which hears the stages, previews and the
+frames chunk by chunk like the real one reports them); tests that need the real wan-tiny model live
+in tests/e2e. Each test serves its own
 RQ queue (`settings.worker.queues`) so tests never take each other's jobs.
 """
 
@@ -25,14 +27,22 @@ from contract.jobstore import JobStore
 from contract.keys import Keys
 from contract.queue import JobQueue
 from contract.settings import Settings
-from models.pipeline_types import GenerationResult, StageTimings, StepCallback
+from models.pipeline_types import (
+    GenerationResult,
+    Progress,
+    StageEvent,
+    StageTimings,
+    StepCallback,
+    as_progress,
+)
 
 TEST_MODEL = "wan-tiny"  # the card the test pipeline plays: T2V and (via wan-tiny-i2v) I2V
 
 
 @dataclass
 class PatternPipeline:
-    """Deterministic frames whose brightness encodes the frame index; sleeps `step_delay` per step.
+    """Deterministic frames whose brightness encodes the frame index; sleeps `step_delay` per step and
+    `decode_delay` per decode chunk (one latent frame: 1 frame, then 4 at a time).
 
     A prompt containing "boom" raises RuntimeError (a generation failure); for I2V the frames take
     the mean colour of the conditioning image so tests can see the image was used. It runs the rCM
@@ -45,35 +55,55 @@ class PatternPipeline:
     attention: str = "dense"
     linear: str = "native"
     fail_with: BaseException | None = None  # raised from generate (e.g. an out-of-memory error)
+    decode_delay: float = 0.0
 
     def capabilities(self) -> Capabilities:
         return Capabilities(solver=self.solver, sla=self.attention in ("sla", "sagesla"))  # type: ignore[arg-type]
 
     def generate(self, params: GenerationParams, *, image: np.ndarray | None = None,
-                 on_step: StepCallback | None = None) -> GenerationResult:
+                 on_step: StepCallback | Progress | None = None) -> GenerationResult:
+        progress = as_progress(on_step)
         timings = StageTimings()
         t0 = time.perf_counter()
         if self.fail_with is not None:
             raise self.fail_with
+        progress.on_stage(StageEvent("text_encode", 0, 1))
         if "boom" in params.prompt:
             raise RuntimeError("synthetic generation failure (boom)")
         timings.text_encode = time.perf_counter() - t0
+        progress.on_stage(StageEvent("text_encode", 1, 1))
         base = np.zeros(3, np.float32)
         if params.kind == "i2v":
             if image is None:
                 raise ValueError("i2v needs an image")
+            progress.on_stage(StageEvent("image_encode", 0, 1))
             base = image.reshape(-1, 3).mean(0).astype(np.float32)
             timings.image_encode = 0.001
+            progress.on_stage(StageEvent("image_encode", 1, 1))
         steps = params.num_steps or 4
+        f, h, w = params.num_frames, params.height, params.width
+        level = np.linspace(20, 230, f, dtype=np.float32)[:, None, None, None]
+        frames = np.broadcast_to(0.5 * level + 0.5 * base, (f, h, w, 3)).clip(0, 255).astype(np.uint8)
+        progress.on_stage(StageEvent("denoise", 0, steps))
         for i in range(steps):
             t = time.perf_counter()
             time.sleep(self.step_delay)
             timings.denoise_steps.append(time.perf_counter() - t)
-            if on_step is not None:
-                on_step(i + 1, steps)
-        f, h, w = params.num_frames, params.height, params.width
-        level = np.linspace(20, 230, f, dtype=np.float32)[:, None, None, None]
-        frames = np.broadcast_to(0.5 * level + 0.5 * base, (f, h, w, 3)).clip(0, 255).astype(np.uint8)
+            progress.on_stage(StageEvent("denoise", i + 1, steps))
+            if progress.wants_preview:  # the middle frame at "latent" resolution, brighter each step
+                small = frames[f // 2, ::8, ::8] * (i + 1) // steps
+                progress.on_preview(i + 1, steps, np.ascontiguousarray(small, dtype=np.uint8))
+        t = time.perf_counter()
+        t_lat = (f - 1) // 4 + 1
+        progress.on_stage(StageEvent("vae_decode", 0, t_lat))
+        start = 0
+        for k in range(t_lat):
+            time.sleep(self.decode_delay)
+            n = 1 if k == 0 else 4
+            progress.on_frames(start, frames[start : start + n])
+            progress.on_stage(StageEvent("vae_decode", k + 1, t_lat))
+            start += n
+        timings.vae_decode = time.perf_counter() - t
         return GenerationResult(frames=np.ascontiguousarray(frames), timings=timings, seed=params.seed or 0)
 
 
