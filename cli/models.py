@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from contract.catalog import MODELS
 
@@ -98,7 +98,7 @@ def _generate(args: argparse.Namespace) -> int:
     from contract.catalog import adaptive_size, get_card, preset_size
     from contract.jobs import GenerationParams
     from models.pipeline import load_pipeline
-    from worker.encode import encode_mp4
+    from worker.encode import Mp4Stream
 
     card = get_card(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,29 +125,65 @@ def _generate(args: argparse.Namespace) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, num_steps=args.steps,
         sampler=args.sampler, sigma_max=args.sigma_max, sla_topk=args.sla_topk, guidance_scale=args.guidance_scale,
     ).resolve(pipe.card, pipe.capabilities())  # ParamError (a ValueError): exit 2 naming the option
-    bar = tqdm(total=params.num_steps, desc="denoise", unit="step", file=sys.stderr)
-
-    def on_step(done: int, total: int) -> None:
-        bar.update(1)
-        if done == total:
-            bar.close()
-
-    result = pipe.generate(params, image=image, on_step=on_step)
-    t1 = time.perf_counter()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    size = encode_mp4(result.frames, args.out, fps=args.fps)
-    encode_s = time.perf_counter() - t1
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    progress = _bar_progress(tqdm(total=100, unit="%", file=sys.stderr, bar_format=_BAR_FORMAT),
+                             Mp4Stream(out, width=width, height=height, fps=args.fps))
+    try:
+        result = pipe.generate(params, image=image, on_step=progress)
+        t1 = time.perf_counter()
+        progress.show("video_encode", 95)
+        if progress.encoder.frames == 0:  # nothing streamed (not expected from WanPipeline)
+            progress.encoder.write(result.frames)
+        size = progress.encoder.close()
+        encode_s = time.perf_counter() - t1
+        progress.show(f"done in {time.perf_counter() - t0:.1f} s", 100)
+    except BaseException:
+        progress.encoder.abort()
+        raise
+    finally:
+        progress.bar.close()
+    total_s = time.perf_counter() - t0
 
     t = result.timings
-    print(f"wrote {args.out} ({size} bytes): {result.frames.shape[0]} frames {width}x{height} @ {args.fps} fps, "
+    print(f"wrote {out} ({size} bytes): {result.frames.shape[0]} frames {width}x{height} @ {args.fps} fps, "
           f"seed {result.seed}")
     print("stage          seconds")
     rows = [("load", load_s), ("text_encode", t.text_encode), ("image_encode", t.image_encode)]
     rows += [(f"denoise[{i}]", s) for i, s in enumerate(t.denoise_steps)]
-    rows += [("denoise", t.denoise), ("vae_decode", t.vae_decode), ("video_encode", encode_s)]
+    rows += [("denoise", t.denoise), ("vae_decode", t.vae_decode), ("video_encode", encode_s), ("total", total_s)]
     for name, seconds in rows:
         print(f"{name:<14} {seconds:8.3f}")
     return 0
+
+
+_BAR_FORMAT = "{desc:<24} {percentage:3.0f}%|{bar}| {elapsed}"
+
+
+def _bar_progress(bar: Any, encoder: Any) -> Any:
+    """The `generate` progress bar over every stage (the worker's bands: denoise 8-80 %, decode
+    80-95 %, encode 95-100 %), a `Progress` that also streams the decoded chunks into the MP4 encoder.
+    Built here because its base class is imported lazily with the model code."""
+    from models.pipeline_types import Progress, StageEvent
+    from worker.progress import percent
+
+    class BarProgress(Progress):
+        def __init__(self) -> None:
+            self.bar, self.encoder = bar, encoder
+
+        def on_stage(self, event: StageEvent) -> None:
+            label = {"denoise": "denoise step", "vae_decode": "decode latent frame"}.get(event.stage, event.stage)
+            self.show(f"{label} {event.done}/{event.total}" if event.total > 1 else label, percent(event))
+
+        def on_frames(self, start: int, frames: Any) -> None:
+            self.encoder.write(frames)
+
+        def show(self, label: str, pct: int) -> None:
+            self.bar.set_description_str(label, refresh=False)
+            self.bar.n = max(self.bar.n, pct)
+            self.bar.refresh()
+
+    return BarProgress()
 
 
 def _convert(args: argparse.Namespace) -> int:
