@@ -9,17 +9,18 @@ end to end through the real processes.
    DiT int8-quantized with SLA `proj_l` (what TurboDiffusion's `-quant.pth` holds, so "auto" picks
    sagesla + w8a8), the umT5 text encoder (`--text-encoder small`: 2 layers of umT5-XXL instead of 24,
    same width; building and loading the full 11 GB one costs time), the Wan VAE.
-2. Per stage, in this process (median of `--reps` after one untimed run; new prompt each run, so the
-   text encoder runs): text encode, denoise, VAE decode (frames on the host), MP4 encode; peak GPU memory.
+2. End to end (unless `--skip-e2e`), first: redis-server, `python -m cli.main gateway`, `python -m cli.main
+   worker` on a fresh cache dir (a fresh machine's start); worker start → ready (its metrics server's
+   /ready: warm), then `--jobs` jobs one after another: HTTP POST → poll → MP4 downloaded; the first job
+   against the next ones; the worker restarted on the same cache dir (start → ready with the kernel
+   caches warm) and two more jobs; the worker's peak GPU memory from its /metrics.
+3. Per stage, in this process, on the kernel caches the end-to-end worker left (median of `--reps` after
+   one untimed run; a new prompt each run, so the text encoder runs): text encode, denoise, VAE decode
+   (frames on the host), MP4 encode, their sum; peak GPU memory.
    - baseline: diffusers' `WanTransformer3DModel` for the same NFE, its `AutoencoderKLWan` decode and
      `export_to_video`, when diffusers is installed; else our dense bf16 path (attention dense, linear
      native) with the VAE's eager path (`fused=False`) and a serial x264 encode.
    - ours: `load_pipeline(..., attention="auto", linear="auto")`, the worker's own code path.
-3. End to end (unless `--skip-e2e`): redis-server, `python -m cli.main gateway`, `python -m cli.main
-   worker` (fresh cache dir); worker start → ready (its metrics server's /ready: warm), then `--jobs`
-   jobs one after another: HTTP POST → poll → MP4 downloaded; the first job against the next ones; the
-   worker restarted on the same cache dir (start → ready with the kernel caches warm) and one more job;
-   the worker's peak GPU memory from its /metrics.
 """
 
 from __future__ import annotations
@@ -604,6 +605,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for a worker to become ready")
     p.add_argument("--job-timeout", type=float, default=300.0, help="seconds per end-to-end job")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--logs", type=Path, default=None, help="copy the end-to-end processes' logs into this folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -622,39 +624,49 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="turbovid-bench-"))
     results: dict[str, Any] = {"model": card.id, "size": list(size), "frames": frames, "steps": args.steps,
                                "environment": environment(device)}
+    title = (f"turbovid bench: {card.id} {size[0]}x{size[1]} {frames} frames {args.steps} steps; "
+             f"{results['environment']}; random weights (text encoder {args.text_encoder})")
+
+    def save() -> None:
+        if args.out is not None:
+            args.out.write_text(json.dumps(results, indent=1, default=str))
+
     code = 0
     try:
         weights = args.weights or tmp / "weights"
         t0 = time.perf_counter()
         build_weights(card, weights, device=device, text_encoder=args.text_encoder)
         log(f"weights ready in {time.perf_counter() - t0:.1f} s: {weights} (text encoder: {args.text_encoder})")
-        rows: list[StageRow] = []
-        if not args.skip_stages:
-            rows = run_stages(card, weights, size=size, frames=frames, steps=args.steps, reps=args.reps,
-                              device=device, tmp=tmp, log=log)
-            results["stages"] = [asdict(r) for r in rows]
-        e2e = None
+        # The end-to-end part first: its worker starts on a fresh cache dir (a fresh machine's start); the
+        # in-process part then reuses that dir's compiled kernels and autotune choices.
+        kernel_cache = tmp / "e2e" / "cache"
         if not args.skip_e2e:
             try:
                 e2e = run_e2e(card, weights, tmp / "e2e", size=size, frames=frames, steps=args.steps,
                               jobs=max(2, args.jobs), restart=not args.no_restart, device=device,
                               start_timeout=args.start_timeout, job_timeout=args.job_timeout, log=log)
                 results["e2e"] = asdict(e2e)
+                print(f"\n== {title} ==\n-- whole job through redis-server + gateway + worker processes --\n"
+                      f"{format_e2e(e2e)}", flush=True)
             except BenchError as exc:
                 print(f"turbovid bench: end-to-end run failed: {exc}", file=sys.stderr)
                 results["e2e_error"] = str(exc)
                 code = 1
-        title = (f"turbovid bench: {card.id} {size[0]}x{size[1]} {frames} frames {args.steps} steps; "
-                 f"{results['environment']}; random weights (text encoder {args.text_encoder})")
-        print(f"\n== {title} ==")
-        if rows:
-            print("-- per stage, in process (median; seconds) --")
-            print(format_stages(rows))
-        if e2e is not None:
-            print("-- whole job through redis-server + gateway + worker processes --")
-            print(format_e2e(e2e))
-        if args.out is not None:
-            args.out.write_text(json.dumps(results, indent=1, default=str))
+            save()
+        if not args.skip_stages:
+            from worker.warmup import use_kernel_cache
+
+            use_kernel_cache(kernel_cache)
+            rows = run_stages(card, weights, size=size, frames=frames, steps=args.steps, reps=args.reps,
+                              device=device, tmp=tmp, log=log)
+            results["stages"] = [asdict(r) for r in rows]
+            save()
+            print(f"\n== {title} ==\n-- per stage, in process (median; seconds) --\n{format_stages(rows)}",
+                  flush=True)
     finally:
+        if args.logs is not None and (tmp / "e2e").is_dir():
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log_file in (tmp / "e2e").glob("*.log"):
+                shutil.copy(log_file, args.logs / log_file.name)
         shutil.rmtree(tmp, ignore_errors=True)
     return code
