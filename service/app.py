@@ -14,9 +14,10 @@ from fastapi import FastAPI
 
 from contract.settings import Settings
 from contract.storage import S3Storage, make_storage
-from service import errors, health_router, metrics, models_router, openapi, playground
+from service import errors, health_router, models_router, openapi, playground
 from service.deps import AppState
 from service.engine import Engine
+from service.http_metrics import HttpMetrics
 from service.limits import LimitsConfig, RequestLimits, max_request_bytes
 from service.metrics import GatewayMetrics
 from service.videos import events as events_router
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
                  settings.storage.backend)
         yield
         state.videos.images.close()
+        await engine.aclose()
         engine.close()
 
     app = FastAPI(
@@ -63,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     # inside the metrics middleware (so that its refusals are counted by status) and outside the routes:
     # header count, streamed body size and body read deadline, before anything buffers a body
     app.add_middleware(RequestLimits, config=LimitsConfig(max_body_bytes=max_request_bytes(settings)))
-    metrics.install(app)
+    app.add_middleware(HttpMetrics, metrics=gateway_metrics)
     app.include_router(videos_router.router)
     app.include_router(models_router.router)
     app.include_router(health_router.router)

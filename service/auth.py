@@ -2,8 +2,8 @@
 
 Keys live in the hash `Keys.api_keys()` (sha256 hex -> key id), their names in `Keys.api_key_names()`
 (key id -> name). The key id (`key_<12 hex>`) is the job owner: a key lists and reads only its own
-jobs. With `auth.enabled=false` (allowed only in dev mode by the settings validator) every request
-acts as owner "dev". `create_api_key(settings, name)` is what `turbovid keys create` calls.
+jobs (`service.deps.get_principal` checks the header of each request). With `auth.enabled=false`
+(allowed only in dev mode by the settings validator) every request acts as owner "dev". `create_api_key(settings, name)` is what `turbovid keys create` calls.
 """
 
 from __future__ import annotations
@@ -58,9 +58,8 @@ class KeyStore:
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def authenticate(keys: KeyStore, enabled: bool, authorization: str | None) -> Principal:
-    if not enabled:
-        return Principal(owner="dev")
+def bearer_token(authorization: str | None) -> str:
+    """The key of an `Authorization: Bearer <key>` header; 401 when there is none."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
         raise ApiError(401, "missing_api_key", "send an API key as 'Authorization: Bearer <key>'",
@@ -69,10 +68,11 @@ def authenticate(keys: KeyStore, enabled: bool, authorization: str | None) -> Pr
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "invalid_api_key", "the Authorization header must be 'Bearer <key>'",
                        headers=challenge)
-    owner = keys.resolve(token.strip())
-    if owner is None:
-        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=challenge)
-    return Principal(owner=owner)
+    return token.strip()
+
+
+def unknown_key() -> ApiError:
+    return ApiError(401, "invalid_api_key", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
 
 
 def create_api_key(settings: Settings, name: str) -> str:

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 
 from contract.settings import Settings
 from contract.storage import Storage
-from service.auth import Principal, authenticate
+from service.auth import Principal, bearer_token, hash_key, unknown_key
 from service.engine import Engine
 from service.metrics import GatewayMetrics
 from service.videos.serving import VideoServing
@@ -24,7 +24,7 @@ class AppState:
     videos: VideoServing
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: FastAPI runs sync dependencies on a thread
     state: AppState = request.app.state.turbovid
     return state
 
@@ -32,10 +32,16 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def get_principal(
+async def get_principal(
     state: State, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> Principal:
-    return authenticate(state.engine.api_keys, state.settings.auth.enabled, authorization)
+    """The caller, from its API key (on the event loop: async Redis, recent hits remembered)."""
+    if not state.settings.auth.enabled:
+        return Principal(owner="dev")
+    owner = await state.engine.resolve_api_key(hash_key(bearer_token(authorization)))
+    if owner is None:
+        raise unknown_key()
+    return Principal(owner=owner)
 
 
 Auth = Annotated[Principal, Depends(get_principal)]

@@ -15,7 +15,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from fastapi.concurrency import run_in_threadpool
+from rq import Queue
 
+from contract import jobstore
 from contract.catalog import ModelCard
 from contract.events import AsyncEventLog, EventLog, EventType, JobEvent
 from contract.jobs import TERMINAL, Capabilities, ErrorCode, JobError, JobSpec, JobStatus
@@ -29,11 +32,34 @@ from service.idempotency import Idempotency
 from service.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+API_KEY_CACHE_S = 5.0
+ASYNC_POOL_SIZE = 32  # Redis connections of the event loop's client, per gateway process
+QUEUE_KEY_PREFIX = Queue.redis_queue_namespace_prefix  # RQ keeps a queue's job ids in this list + name
+
+# A job's hash and, while it is queued, its place in its model's RQ queue, in one round trip.
+# KEYS[1] the job hash; ARGV[1] RQ's queue key prefix, ARGV[2] the job id. Returns {fields, position}.
+_RECORD_AND_POSITION = """
+local raw = redis.call('HGETALL', KEYS[1])
+local status, spec = nil, nil
+for i = 1, #raw, 2 do
+  if raw[i] == 'status' then status = raw[i + 1] elseif raw[i] == 'spec' then spec = raw[i + 1] end
+end
+local pos = false
+if status == 'queued' and spec then
+  pos = redis.call('LPOS', ARGV[1] .. cjson.decode(spec)['model'], ARGV[2])
+end
+return {raw, pos}
+"""
+_CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 30}
 
 
 class Engine:
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
         self._r = client
+        # the event loop's client: the hot read paths (poll, list, auth) without a threadpool hop
+        # (a bounded pool: a burst of requests waits for a connection instead of failing or opening hundreds)
+        self._ar: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+            settings.redis.url, max_connections=ASYNC_POOL_SIZE, timeout=5, **_CLIENT_OPTIONS))
         self.cfg = settings.queue
         self.webhook_cfg = settings.webhooks
         self.store = JobStore(client, keys)
@@ -43,17 +69,24 @@ class Engine:
         self.limiter = RateLimiter(client, keys, settings.auth.rate_limit_per_minute)
         self.idempotency = Idempotency(client, keys)
         self.events = EventLog(client, keys)  # what the gateway decides: queued, cancelled, expired
-        # the SSE route follows streams on the event loop
-        self.aevents = AsyncEventLog(redis.asyncio.Redis.from_url(settings.redis.url, socket_timeout=5), keys)
+        self.aevents = AsyncEventLog(self._ar, keys)  # the SSE route follows streams on the event loop
+        self._key_cache: dict[str, tuple[str, float]] = {}  # sha256 -> (key id, valid until)
+        self._record_and_position = self._ar.register_script(_RECORD_AND_POSITION)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        client = redis.Redis.from_url(settings.redis.url, socket_timeout=5, socket_connect_timeout=5,
-                                      health_check_interval=30)
+        client = redis.Redis.from_url(settings.redis.url, **_CLIENT_OPTIONS)
         return cls(client, Keys(settings.redis.key_prefix), settings)
 
     def close(self) -> None:
         self._r.close()
+
+    async def aclose(self) -> None:
+        await self._ar.aclose()
+
+    async def bench_read(self) -> None:
+        """One Redis read (a missing key): the floor of a route that touches Redis (load_tests/ only)."""
+        await self._ar.get(f"{self.store.keys.prefix}:bench")
 
     def ping(self) -> bool:
         try:
@@ -110,7 +143,8 @@ class Engine:
         """0-based place in the model's queue while queued; None otherwise."""
         if record.status is not JobStatus.queued:
             return None
-        return self.queue.position(record.spec.model, record.spec.job_id)
+        pos = self._r.lpos(self._queue_key(record.spec.model), record.spec.job_id)
+        return None if pos is None else int(pos)  # type: ignore[arg-type]
 
     def cancel(self, job_id: str) -> None:
         """Stop a queued job now; flag a running one (the worker checks the flag every step)."""
@@ -136,6 +170,72 @@ class Engine:
     def delete(self, job_id: str) -> None:
         self.cancel(job_id)
         self.store.delete(job_id)
+
+    # the hot read paths, on the event loop (async Redis, one round trip per step) --------------------
+    async def resolve_api_key(self, sha256_hex: str) -> str | None:
+        """The key id of a hashed API key. Hits are remembered for API_KEY_CACHE_S (keys are only ever
+        added, never changed); misses are not, so a key created a moment ago works at once."""
+        now = time.monotonic()
+        hit = self._key_cache.get(sha256_hex)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        raw = await self._ar.hget(self.store.keys.api_keys(), sha256_hex)  # type: ignore[misc]
+        if raw is None:
+            return None
+        key_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if len(self._key_cache) >= 10_000:
+            self._key_cache.clear()
+        self._key_cache[sha256_hex] = (key_id, now + API_KEY_CACHE_S)
+        return key_id
+
+    async def get_with_position(self, job_id: str) -> tuple[JobRecord | None, int | None]:
+        """The job's record and, while queued, its 0-based queue position: one round trip. A queued job
+        past the queue TTL goes through `get` (which fails it)."""
+        raw, position = await self._record_and_position(keys=[self.store.keys.job(job_id)],
+                                                        args=[QUEUE_KEY_PREFIX, job_id])
+        return await self._checked(job_id, raw, position)
+
+    async def list_with_positions(self, owner: str, *, after: str | None, limit: int,
+                                  order: str) -> list[tuple[JobRecord, int | None]]:
+        """The owner's records (and queue positions), newest first for order="desc", strictly after the
+        cursor id: one round trip for the ids, one for the records and positions. Records that expired
+        meanwhile are left out."""
+        key = self.store.keys.owner(owner)
+        start = 0
+        if after is not None:
+            rank = await (self._ar.zrevrank(key, after) if order == "desc" else self._ar.zrank(key, after))
+            if rank is None:
+                return []
+            start = int(rank) + 1  # type: ignore[arg-type]
+        stop = start + limit - 1
+        raw_ids = await (self._ar.zrevrange(key, start, stop) if order == "desc"
+                         else self._ar.zrange(key, start, stop))
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw_ids]
+        if not ids:
+            return []
+        pipe = self._ar.pipeline(transaction=False)
+        for job_id in ids:
+            await self._record_and_position(keys=[self.store.keys.job(job_id)], args=[QUEUE_KEY_PREFIX, job_id],
+                                            client=pipe)
+        out = []
+        for job_id, (raw, position) in zip(ids, await pipe.execute(), strict=True):
+            record, position = await self._checked(job_id, raw, position)
+            if record is not None:
+                out.append((record, position))
+        return out
+
+    async def _checked(self, job_id: str, raw: list[bytes], position: int | None
+                       ) -> tuple[JobRecord | None, int | None]:
+        if not raw:
+            return None, None
+        record = jobstore._load(dict(zip(raw[::2], raw[1::2], strict=True)))
+        if record.status is JobStatus.queued and time.time() - record.created_at > self.cfg.queued_ttl_s:
+            failed: JobRecord | None = await run_in_threadpool(self.get, job_id)  # rare: fails it as queue_timeout
+            return failed, None
+        return record, (None if position is None else int(position))
+
+    def _queue_key(self, model: str) -> str:
+        return QUEUE_KEY_PREFIX + model
 
     # models and workers -------------------------------------------------------------------------
     def live_workers(self, model: str) -> list[WorkerInfo]:

@@ -241,19 +241,17 @@ class VideoServing:
             raise not_found("video", video_id)  # others' jobs are indistinguishable from missing ones
         return record
 
-    def retrieve(self, principal: Principal, video_id: str, base_url: str) -> VideoObject:
-        record = self.owned(principal, video_id)
-        return video_object(record, queue_position=self.engine.queue_position(record), base_url=base_url)
+    async def retrieve(self, principal: Principal, video_id: str, base_url: str) -> VideoObject:
+        record, position = await self.engine.get_with_position(video_id)
+        if record is None or record.spec.owner != principal.owner:
+            raise not_found("video", video_id)  # others' jobs are indistinguishable from missing ones
+        return video_object(record, queue_position=position, base_url=base_url)
 
-    def list(self, principal: Principal, after: str | None, limit: int, order: str, base_url: str) -> VideoList:
-        ids = self.engine.list_ids(principal.owner, after=after, limit=limit + 1, order=order)
-        has_more = len(ids) > limit
-        data = []
-        for vid in ids[:limit]:
-            record = self.engine.get(vid)
-            if record is not None:
-                data.append(video_object(record, queue_position=self.engine.queue_position(record),
-                                         base_url=base_url))
+    async def list(self, principal: Principal, after: str | None, limit: int, order: str,
+                   base_url: str) -> VideoList:
+        found = await self.engine.list_with_positions(principal.owner, after=after, limit=limit + 1, order=order)
+        has_more = len(found) > limit
+        data = [video_object(r, queue_position=p, base_url=base_url) for r, p in found[:limit]]
         return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                          has_more=has_more)
 
