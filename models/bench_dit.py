@@ -184,7 +184,12 @@ def checks(device: str) -> list[dict]:
     return rows
 
 
-def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda") -> list[dict]:
+VARIANTS = [("dense", "native", True), ("dense", "native", False), ("dense", "w8a8", True),
+            ("sagesla", "native", True), ("sagesla", "w8a8", True)]
+
+
+def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
+          variants: list[tuple[str, str, bool]] | None = None) -> list[dict]:
     started = time.time()
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -195,9 +200,7 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
         floor = gemm_sdpa_floor(cfg, tokens, dtype, device)
         rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor})
         print(json.dumps(rows[-1]), flush=True)
-        variants = [("dense", "native", True), ("dense", "native", False), ("dense", "w8a8", True),
-                    ("sagesla", "native", True), ("sagesla", "w8a8", True)]
-        for attention, linear, fused in variants:
+        for attention, linear, fused in variants or VARIANTS:
             name = f"{attention}/{linear}/{'fused' if fused else 'torch'}"
             if time.time() - started > budget_s:
                 rows.append({"size": size, "variant": name, "skipped": "time budget"})
@@ -230,6 +233,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=300.0, help="start no new variant after this")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write JSON lines here")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated attention/linear/fused|torch, e.g. dense/native/torch,sagesla/w8a8/fused")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
@@ -237,7 +242,10 @@ def main() -> None:
     check_rows = [] if args.no_checks else checks(device)
     for r in check_rows:
         print(json.dumps(r), flush=True)
-    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device)
+    variants = None
+    if args.variants:
+        variants = [(a, lin, f == "fused") for a, lin, f in (v.split("/") for v in args.variants.split(","))]
+    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants)
 
     print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")
     for r in check_rows:

@@ -8,7 +8,9 @@ advertises itself ready:
 
 1. `use_kernel_cache(cache_dir)`: Triton's compiled kernels go to `<cache_dir>/triton` (instead of
    `~/.triton/cache`), and the autotuner's choices recorded there by an earlier process are loaded back
-   (`AutotuneChoices`), so a restarted worker neither compiles nor re-times what it ran before.
+   (`AutotuneChoices`), so a restarted worker neither compiles nor re-times what it ran before. On a
+   fresh host, choices shipped for its GPU model (`worker/autotune/<GPU>-cc<N>.json`, measured by
+   `turbovid bench` there) are loaded first, so only the chosen configs compile (no timing of the rest).
 2. On a GPU, one whole generation at each served size: the catalog's default size and frame count for each kind
    the pipeline serves (T2V, I2V), plus `worker.warmup_sizes`, with the model's default number of
    denoise steps (rCM: every step; the flow solver: two steps, every step has the same shapes), so every
@@ -46,6 +48,7 @@ from worker.task import Pipeline
 log = logging.getLogger("turbovid.worker")
 
 KERNEL_PACKAGE = "kernels"
+SHIPPED_CHOICES = Path(__file__).parent / "autotune"  # <gpu_tag>.json: choices measured on that GPU model
 FLOW_WARMUP_STEPS = 2  # the flow solver's steps all have the same shapes; two cover CFG's both branches
 _SCALARS = (int, float, str, bool, type(None))
 
@@ -156,8 +159,10 @@ def use_kernel_cache(cache_dir: Path, report: WarmupReport | None = None) -> Aut
     else:
         log.warning("triton %s has no knobs: compiled kernels stay in Triton's default cache", triton.__version__)
     _import_kernels()
+    shipped = SHIPPED_CHOICES / f"{gpu_tag()}.json"  # measured on this GPU model: only their configs compile
+    loaded = AutotuneChoices(shipped).load() if shipped.is_file() else 0
     choices = AutotuneChoices(Path(cache_dir) / "autotune" / f"{device_tag()}.json")
-    loaded = choices.load()
+    loaded += choices.load()  # this host's own, over the shipped ones
     if report is not None:
         report.choices_loaded = loaded
     return choices
@@ -171,18 +176,28 @@ def _import_kernels() -> None:
     package = importlib.import_module(KERNEL_PACKAGE)
     for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith("bench"):
-            importlib.import_module(f"{KERNEL_PACKAGE}.{info.name}")
+            try:
+                importlib.import_module(f"{KERNEL_PACKAGE}.{info.name}")
+            except Exception as exc:  # noqa: BLE001 - a kernel this Triton cannot build is not used either
+                log.warning("kernel module %s.%s not imported (%s); its autotune choices are kept as saved",
+                            KERNEL_PACKAGE, info.name, exc)
 
 
-def device_tag() -> str:
-    """GPU name, compute capability, Triton and torch versions: what autotune choices are valid for."""
+def gpu_tag() -> str:
+    """GPU name and compute capability, e.g. "NVIDIA_H200-cc90"."""
     import torch
-    import triton
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     cc = "".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else "0"
-    raw = f"{name}-cc{cc}-triton{triton.__version__}-torch{torch.__version__}"
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw)
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{name}-cc{cc}")
+
+
+def device_tag() -> str:
+    """GPU, Triton and torch versions: what this host's autotune choices were timed on."""
+    import torch
+    import triton
+
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{gpu_tag()}-triton{triton.__version__}-torch{torch.__version__}")
 
 
 def find_autotuners(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
