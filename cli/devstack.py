@@ -1,7 +1,7 @@
 """`turbovid serve --dev`: the whole service on one machine in one command.
 
     [embedded redis-server on a free port, temp dir]   (unless TURBOVID_REDIS__URL is set)
-    turbovid gateway      http://127.0.0.1:<port>, auth off, local storage
+    turbovid gateway      http://127.0.0.1:8000 (or a free port when 8000 is taken), auth off, local storage
     turbovid worker       model wan-tiny (random tiny weights; also the queues of the ids its catalog
                           card also serves: wan-tiny-i2v), cpu/cuda
     turbovid webhooks     webhook deliveries
@@ -35,6 +35,7 @@ from types import FrameType
 from contract.catalog import MODELS
 
 DEV_MODEL = "wan-tiny"
+DEV_PORT = 8000  # the README's examples use it
 log = logging.getLogger("turbovid.dev")
 
 
@@ -42,6 +43,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def dev_port(preferred: int = DEV_PORT, host: str = "127.0.0.1") -> int:
+    """`preferred` when nothing listens on it, else a free port (logged, so the user knows where to go)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, preferred))
+        except OSError:
+            port = free_port(host)
+            log.warning("port %d is taken; the dev stack uses %d instead", preferred, port)
+            return port
+    return preferred
 
 
 @dataclass
@@ -130,19 +143,25 @@ def dev_environment(base: Mapping[str, str], *, port: int, redis_url: str, metri
     return env
 
 
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float) -> bool:
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_ready(base: str, worker_ready: str, procs: list[subprocess.Popen[bytes]], timeout: float) -> bool:
+    """Ready: the gateway answers and every served model has a ready (warm) worker. Quietly: first the
+    worker's own `/ready` (its metrics server logs no requests), then the gateway's `/healthz/models`,
+    which by then answers 200, so the gateway's access log shows no line of 503s while the model loads."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    return False
+    for url in (worker_ready, f"{base}/healthz/models"):
+        while not _answers_200(url):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+    return True
 
 
 def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device: str | None = None,
@@ -173,10 +192,10 @@ def run_dev_stack(*, port: int, env: Mapping[str, str], state_dir: Path, device:
             # Children ignore the terminal's Ctrl-C (own process group); this process stops them.
             procs[name] = subprocess.Popen(cmd + args, env=child_env, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
-        # ready: the gateway answers and every served model has a ready (warm) worker
-        if _wait_ready(f"{base}/healthz/models", list(procs.values()), ready_timeout):
-            log.info("turbovid dev stack ready: %s  (worker metrics http://127.0.0.1:%d/metrics, redis %s)",
-                     base, metrics_port, redis_url)
+        log.info("turbovid dev stack starting on %s (the model loads first; ready in a minute or less)", base)
+        if _wait_ready(base, f"http://127.0.0.1:{metrics_port}/ready", list(procs.values()), ready_timeout):
+            log.info("turbovid dev stack ready: %s  (playground %s/ , API docs %s/docs, worker metrics "
+                     "http://127.0.0.1:%d/metrics, redis %s)", base, base, base, metrics_port, redis_url)
         while not stopping:
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:

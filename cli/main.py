@@ -69,9 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
               "`turbovid gateway`, `turbovid worker` and `turbovid webhooks` as separate processes",
               file=sys.stderr)
         return 2
-    from cli.devstack import free_port, run_dev_stack
+    from cli.devstack import dev_port, run_dev_stack
 
-    port = args.port or free_port()
+    port = args.port or dev_port()
     return run_dev_stack(port=port, env=os.environ, state_dir=Path(args.state_dir).resolve(), device=args.device)
 
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the whole stack on this machine (--dev)")
     s.add_argument("--dev", action="store_true", help="gateway + wan-tiny worker + webhooks, auth off")
-    s.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    s.add_argument("--port", type=int, default=0, help="gateway port (default: 8000, or a free one when 8000 is taken)")
     s.add_argument("--device", default=None, help="worker device (default: cuda if available, else cpu)")
     s.add_argument("--state-dir", default=".turbovid/dev", help="local storage and weight cache")
     s.set_defaults(func=_serve)
