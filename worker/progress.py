@@ -116,12 +116,17 @@ class JobProgress(Progress):
     def on_stage(self, event: StageEvent) -> None:
         self.refresh()
         self.stage = event.stage
-        progress = self._emit("stage", percent(event), stage=event.stage, step=event.done, steps=event.total)
-        if not self.store.set_progress(self.spec.job_id, progress) or self.store.cancel_requested(self.spec.job_id):
-            raise JobCancelled(f"{self.spec.job_id} during {event.stage} {event.done}/{event.total}")
+        with self._lock:
+            self.progress = max(self.progress, min(99, percent(event)))
+            progress = self.progress
+        job_id = self.spec.job_id
+        # Checked before publishing: a deleted job's stream must not come back.
+        if not self.store.set_progress(job_id, progress) or self.store.cancel_requested(job_id):
+            raise JobCancelled(f"{job_id} during {event.stage} {event.done}/{event.total}")
+        self._emit("stage", stage=event.stage, step=event.done, steps=event.total)
         if (self.stop is not None and self.stop.is_set() and event.stage in ("text_encode", "image_encode", "denoise")
                 and event.done / max(event.total, 1) < NEARLY_DONE):
-            raise ShutdownRequeue(self.spec.job_id)
+            raise ShutdownRequeue(job_id)
 
     def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
         if self._previews is None:
@@ -150,6 +155,8 @@ class JobProgress(Progress):
         width = min(PREVIEW_WIDTH, self.spec.params.width)
         self.storage.put_bytes(encode_jpeg(image, quality=PREVIEW_QUALITY, width=width), self.preview_key,
                                "image/jpeg")
+        if not self.store.r.exists(self.store.keys.job(self.spec.job_id)):
+            return  # deleted meanwhile: its stream is gone (the worker removes the object when it stops)
         self._emit("preview", stage="denoise", step=step, steps=total,
                    preview=preview_url(self.spec.job_id, step))
 

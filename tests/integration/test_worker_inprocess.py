@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 
 import av
 import numpy as np
@@ -14,6 +16,7 @@ from pydantic import SecretStr
 from rq import Queue
 from worker_support import PatternPipeline, submit, test_settings
 
+from contract.events import EventLog, JobEvent, preview_key
 from contract.jobs import JobStatus
 from contract.jobstore import JobStore
 from contract.keys import Keys
@@ -195,3 +198,130 @@ def test_i2v_job_with_s3_storage_over_http(s3_settings):
     assert b > 100  # the blue conditioning image shows through
     url = storage.presigned_url(record.output.key)
     assert url is not None and "/tv-worker/jobs/outputs/" in url
+
+
+# Live progress and events (contract/events.py), previews, cancel during the decode ------------------------
+def _events(settings, job_id: str) -> list[JobEvent]:
+    log = EventLog(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix))
+    return [e for _, e in log.read(job_id, count=1000)]
+
+
+def _stages(events: list[JobEvent]) -> list[tuple[str | None, int | None, int | None]]:
+    return [(e.stage, e.step, e.steps) for e in events if e.event == "stage"]
+
+
+def test_events_cover_every_stage_in_order_with_monotonic_progress(tmp_path):
+    settings = test_settings(tmp_path)
+    spec = submit(settings, frames=9, steps=3)
+    run_worker(settings, pipeline=PatternPipeline(), burst=True)
+
+    events = [e for e in _events(settings, spec.job_id) if e.event != "preview"]
+    assert events[0].event == "started" and events[-1].event == "completed"
+    progress = [e.progress for e in events]
+    assert progress == sorted(progress), progress
+    assert progress[-1] == 100 and all(p < 100 for p in progress[:-1])
+    stages = _stages(events)
+    assert [s for s in stages if s[0] == "denoise"] == [("denoise", k, 3) for k in range(4)]
+    assert [s for s in stages if s[0] == "vae_decode"] == [("vae_decode", i, 3) for i in range(4)]  # 9 frames
+    order = [s[0] for s in stages]
+    firsts = sorted(set(order), key=order.index)
+    assert firsts == ["text_encode", "denoise", "vae_decode", "video_encode", "upload"]
+    assert order.index("video_encode") > len(order) - 5  # the encode tail and the upload come last
+    by_stage = {s: max(e.progress for e in events if e.stage == s) for s in set(order)}
+    assert by_stage["denoise"] == 80 and by_stage["vae_decode"] == 95 and by_stage["upload"] == 99
+    record = _store(settings).get(spec.job_id)
+    assert record is not None and record.status is JobStatus.completed and record.progress == 100
+    storage = make_storage(settings.storage)
+    assert record.output is not None and storage.exists(record.output.key)  # 100: the content is there
+    assert not storage.exists(preview_key(spec.output_key))  # the video replaced the preview
+
+
+def _watch(settings, job_id: str, on_event, *, timeout: float = 30.0) -> threading.Thread:
+    """Follow a job's events on a thread (the worker runs on the main one) until its terminal event."""
+    log = EventLog(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix))
+
+    def run() -> None:
+        after, deadline = "0", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry_id, event in log.read(job_id, after=after, block_ms=200):
+                after = entry_id
+                on_event(event)
+                if event.event in ("completed", "failed"):
+                    return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_previews_are_jpegs_while_the_job_runs(tmp_path):
+    settings = test_settings(tmp_path)
+    spec = submit(settings, frames=9, steps=4, size=(64, 48))
+    storage, store = make_storage(settings.storage), _store(settings)
+    seen: list[tuple[str, str, tuple[int, int], str]] = []
+
+    def on_event(event: JobEvent) -> None:
+        if event.event == "preview":
+            image = Image.open(io.BytesIO(storage.get_bytes(preview_key(spec.output_key))))
+            record = store.get(spec.job_id)
+            seen.append((event.preview or "", image.format or "", image.size, record.status.value if record else ""))
+
+    watcher = _watch(settings, spec.job_id, on_event)
+    run_worker(settings, pipeline=PatternPipeline(step_delay=0.4), burst=True)
+    watcher.join(10)
+
+    assert seen, "no preview event"
+    for url, fmt, size, status in seen:
+        assert url.startswith(f"/v1/videos/{spec.job_id}/content?variant=preview&v=")
+        assert fmt == "JPEG" and size == (64, 48) and status == "in_progress"
+    steps = [int(url.rsplit("=", 1)[1]) for url, *_ in seen]
+    assert steps == sorted(steps) and len(steps) >= 2
+    assert not storage.exists(preview_key(spec.output_key))
+
+
+@pytest.mark.parametrize("delete", [False, True], ids=["cancel", "delete"])
+def test_cancel_or_delete_between_decode_chunks_stops_the_job(tmp_path, delete):
+    settings = test_settings(tmp_path)
+    spec = submit(settings, frames=17, steps=2)  # 5 latent frames: 5 decode chunks
+    store, storage = _store(settings), make_storage(settings.storage)
+    decoded: list[int] = []
+
+    def on_event(event: JobEvent) -> None:
+        if event.stage == "vae_decode" and event.event == "stage":
+            decoded.append(event.step or 0)
+            if event.step == 2:  # what the gateway does on POST .../cancel, or on DELETE
+                store.request_cancel(spec.job_id, ttl_s=60)
+                if delete:
+                    store.delete(spec.job_id)
+
+    watcher = _watch(settings, spec.job_id, on_event, timeout=15)
+    run_worker(settings, pipeline=PatternPipeline(decode_delay=0.3), burst=True)
+    watcher.join(1 if delete else 10)
+
+    assert max(decoded) == 2  # the next chunk saw the flag: no further chunk, no encode, no upload
+    for key in (spec.output_key, f"{spec.output_key}.jpg", preview_key(spec.output_key)):
+        assert not storage.exists(key), key
+    job = Queue(settings.worker.queues[0], connection=store.r, serializer=RQ_SERIALIZER).fetch_job(spec.job_id)
+    assert job is not None and job.return_value() == {"status": "cancelled"}
+    if delete:
+        assert store.get(spec.job_id) is None
+        assert not store.r.exists(store.keys.events(spec.job_id))  # the stream was not brought back
+        return
+    record = store.get(spec.job_id)
+    assert record is not None and record.status is JobStatus.cancelled and record.progress < 100
+    assert record.error is not None and record.error.code == "cancelled"
+    events = _events(settings, spec.job_id)
+    assert events[-1].event == "failed" and events[-1].error == {"code": "cancelled",
+                                                                  "message": "cancelled while running"}
+    assert not any(e.stage in ("video_encode", "upload") for e in events)
+
+
+def test_a_rerun_never_shows_less_progress_than_its_stream_did(tmp_path):
+    settings = test_settings(tmp_path)
+    spec = submit(settings, frames=5, steps=2)
+    log = EventLog(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix))
+    log.publish(spec.job_id, JobEvent(event="stage", progress=60, elapsed_s=1.0, stage="denoise", step=1, steps=2),
+                ttl_s=600)  # a first attempt that died mid-denoise
+    run_worker(settings, pipeline=PatternPipeline(), burst=True)
+    progress = [e.progress for e in _events(settings, spec.job_id)]
+    assert progress == sorted(progress) and progress[0] == 60 and progress[-1] == 100
