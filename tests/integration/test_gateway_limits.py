@@ -208,9 +208,13 @@ class _Drip(BaseHTTPRequestHandler):
         pass
 
 
+class _DripServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # every create's fetch connects at once
+
+
 def test_slow_image_sources_do_not_delay_other_routes(gateway, tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
-    server.daemon_threads = True
+    server = _DripServer(("127.0.0.1", 0), _Drip)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     image_url = f"http://127.0.0.1:{server.server_address[1]}/in.png"
     existing = httpx.post(f"{gateway.url}/v1/videos", json={"prompt": "a fox", "size": "96x64", "seconds": "1"})
