@@ -162,6 +162,16 @@ def served_card(model_id: str, served: list[str]) -> ModelCard:
     return MODELS[model_id]
 
 
+def counterpart(card: ModelCard, kind: Kind, served: list[str]) -> ModelCard | None:
+    """A served model of the other `kind` built on the same DiT (wan-tiny <-> wan-tiny-i2v): what an error
+    points to when a request sends an image to a T2V model, or none to an I2V one."""
+    for model_id in served:
+        other = MODELS.get(model_id)
+        if other is not None and other.kind == kind and other.architecture == card.architecture:
+            return other
+    return None
+
+
 def parse_size(card: ModelCard, size: str | None, image_wh: tuple[int, int] | None = None) -> tuple[int, int]:
     """(width, height) for an API `size`; None picks the default (I2V: closest aspect to the image)."""
     if size is None:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from contract.catalog import MODELS, SOLVER_STEPS, ModelCard
+from contract.catalog import FPS, MODELS, SOLVER_STEPS, ModelCard, seconds_of
 from contract.jobs import Capabilities, GenerationParams, ParamError
 from contract.workers import MixedWorkers
 from service.deps import AppState, Auth, State
@@ -58,6 +58,9 @@ def _model_object(state: AppState, model_id: str) -> dict[str, Any]:
         "default_frames": card.default_frames,
         "max_frames": card.max_frames,
         "max_seconds": card.max_seconds,
+        # `seconds` takes any number in (0, max_seconds], rounded to 4k+1 frames at `fps`; others are a 400
+        "seconds": {"min_exclusive": 0, "max": card.max_seconds, "default": seconds_of(card.default_frames),
+                    "fps": FPS},
         "checkpoint_solver": card.solver,
         # live workers only (their heartbeat key has not expired); available: a ready one serves the queue
         "available": any(w.ready for w in workers),

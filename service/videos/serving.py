@@ -188,11 +188,13 @@ class VideoServing:
 
     def _submit(self, principal: Principal, body: CreateVideoRequest, card: ModelCard, image: InputImage | None,
                 job_id: str, base_url: str) -> VideoObject:
-        if card.kind == "i2v" and image is None:
-            raise ApiError(400, "missing_image", f"{card.id} is image-to-video: send input_reference, image or "
-                           "image_url", "input_reference")
-        if card.kind == "t2v" and image is not None:
-            raise ApiError(400, "invalid_request", f"{card.id} is text-to-video and takes no image",
+        if card.kind != ("i2v" if image is not None else "t2v"):
+            other = catalog.counterpart(card, "t2v" if card.kind == "i2v" else "i2v", self.settings.gateway.models)
+            hint = f"; for {'text' if image is None else 'image'}-to-video use model {other.id!r}" if other else ""
+            if card.kind == "i2v":
+                raise ApiError(400, "missing_image", f"{card.id} is image-to-video: send input_reference, image or "
+                               f"image_url{hint}", "input_reference")
+            raise ApiError(400, "invalid_request", f"{card.id} is text-to-video and takes no image{hint}",
                            "input_reference")
         # read the capabilities again: workers may have come or gone while the image was read
         params = self._params(card, body, image)
