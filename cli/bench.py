@@ -19,8 +19,9 @@ end to end through the real processes.
    (frames on the host), MP4 encode, their sum; peak GPU memory.
    - baseline: diffusers' `WanTransformer3DModel` for the same NFE, its `AutoencoderKLWan` decode and
      `export_to_video`, when diffusers is installed; else our dense bf16 path (attention dense, linear
-     native) with the VAE's eager path (`fused=False`) and a serial x264 encode.
-   - ours: `load_pipeline(..., attention="auto", linear="auto")`, the worker's own code path.
+     native) with the VAE's eager path (`fused=False`) and x264 after the last frame (`encode_mp4`).
+   - ours: `load_pipeline(..., attention="auto", linear="auto")` and the worker's streamed encode
+     (`worker.encode.Mp4Stream` fed each decoded chunk; video_encode is the tail after the last one).
 """
 
 from __future__ import annotations
@@ -189,20 +190,31 @@ class _Clock:
         return self.laps[name]
 
 
-def bench_pipeline(variant: str, label: str, pipe: Any, encode: Callable[[Any, Path, int], Any], *, card: ModelCard,
-                   size: tuple[int, int], frames: int, steps: int, reps: int, device: str, tmp: Path) -> StageRow:
-    """`pipe.generate` + `encode(frames, path, fps)` once untimed, then `reps` timed runs."""
+def bench_pipeline(variant: str, label: str, pipe: Any, *, streamed: bool, card: ModelCard, size: tuple[int, int],
+                   frames: int, steps: int, reps: int, device: str, tmp: Path) -> StageRow:
+    """`pipe.generate` + the MP4 encode once untimed, then `reps` timed runs. streamed: the worker's way
+    (decoded chunks to `Mp4Stream`'s thread during the decode; video_encode is the tail after the last
+    chunk); else the old way (`encode_mp4` of all frames after the decode)."""
     from contract.jobs import GenerationParams
+    from worker.encode import encode_mp4, pick_codec
 
-    row = StageRow(variant, label)
+    codec = pick_codec("auto")[0] if streamed else "libx264"
+    row = StageRow(variant, f"{label}, {'streamed ' if streamed else 'serial '}{codec}")
     for rep in range(reps + 1):
         params = GenerationParams(kind="t2v", width=size[0], height=size[1], num_frames=frames, num_steps=steps,
                                   seed=rep, prompt=f"bench {variant} run {rep}: {uuid.uuid4().hex[:8]}")
+        path = tmp / f"{variant}-{rep}.mp4"
+        sink = _StreamToMp4(path, codec) if streamed else None
+        if sink is not None:
+            sink.fps = params.fps
         _reset_peak(device)
         clock = _Clock(device)
-        result = pipe.generate(params)
+        result = pipe.generate(params, on_step=sink)
         clock.lap("generate")
-        encode(result.frames, tmp / f"{variant}-{rep}.mp4", result.params.fps)
+        if sink is not None:
+            sink.close(result)
+        else:
+            encode_mp4(result.frames, path, fps=result.params.fps)
         enc = clock.lap("video_encode")
         total = sum(clock.laps.values())
         if rep == 0:
@@ -214,8 +226,40 @@ def bench_pipeline(variant: str, label: str, pipe: Any, encode: Callable[[Any, P
     return row
 
 
+def _stream_sink_class() -> type:
+    from models.pipeline_types import Progress
+    from worker.encode import Mp4Stream
+
+    class StreamToMp4(Progress):
+        """Decoded chunks to an `Mp4Stream` as they come (what worker/task.py does)."""
+
+        def __init__(self, path: Path, codec: str) -> None:
+            self.path, self.codec = path, codec
+            self.encoder: Mp4Stream | None = None
+            self.fps = 16
+
+        def on_frames(self, start: int, frames: Any) -> None:
+            if self.encoder is None:
+                _, h, w, _ = frames.shape
+                self.encoder = Mp4Stream(self.path, width=w, height=h, fps=self.fps, codec=self.codec)
+            self.encoder.write(frames)
+
+        def close(self, result: Any) -> int:
+            if self.encoder is None:  # a pipeline that does not stream
+                self.fps = result.params.fps
+                self.on_frames(0, result.frames)
+            assert self.encoder is not None
+            return self.encoder.close()
+
+    return StreamToMp4
+
+
+def _StreamToMp4(path: Path, codec: str) -> Any:  # noqa: N802 - a class made on first use (lazy imports)
+    return _stream_sink_class()(path, codec)
+
+
 def serial_encode(frames: Any, path: Path, fps: int) -> int:
-    """x264 after the last frame, on this thread (the old worker path)."""
+    """x264 after the last frame (the old worker path)."""
     from worker.encode import encode_mp4
 
     return encode_mp4(frames, path, fps=fps)
@@ -243,13 +287,13 @@ def run_stages(card: ModelCard, weights: Path, *, size: tuple[int, int], frames:
                                linear="native").eval()
         base = WanPipeline(card, {"t2v": dit}, ours.text_encoder, EagerVAE(ours.vae), ours.device, dtype,
                            solver=ours.solver, attention=dit.ops.attention, linear=dit.ops.linear)
-        rows.append(bench_pipeline("baseline", f"{dit.ops.attention}/{dit.ops.linear}, eager VAE, serial x264",
-                                   base, serial_encode, **shape))  # type: ignore[arg-type]
+        rows.append(bench_pipeline("baseline", f"{dit.ops.attention}/{dit.ops.linear}, eager VAE", base,
+                                   streamed=False, **shape))  # type: ignore[arg-type]
         del base, dit
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     log(f"ours: {ours.attention}/{ours.linear}")
-    rows.append(bench_pipeline("ours", f"{ours.attention}/{ours.linear}, fast VAE, x264", ours, serial_encode,
+    rows.append(bench_pipeline("ours", f"{ours.attention}/{ours.linear}, fast VAE", ours, streamed=True,
                                **shape))  # type: ignore[arg-type]
     del ours
     if device.startswith("cuda"):
