@@ -212,7 +212,11 @@ def find_autotuners(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
         for attr, value in vars(module).items():
             obj, depth = value, 0
             while obj is not None and depth < 4 and not isinstance(obj, Autotuner):
-                obj, depth = getattr(obj, "fn", None), depth + 1
+                try:
+                    obj = getattr(obj, "fn", None)
+                except Exception:  # noqa: BLE001 - objects whose attribute lookup itself fails
+                    obj = None
+                depth += 1
             if isinstance(obj, Autotuner):
                 found[f"{mod_name}.{attr}"] = obj
     return found
