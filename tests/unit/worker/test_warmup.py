@@ -154,3 +154,35 @@ def test_warmup_sizes_setting_is_checked_against_the_model() -> None:
         load_settings({**env, "TURBOVID_WORKER__WARMUP_SIZES": '["832x480x40"]'})
     with pytest.raises(ConfigError, match="WIDTHxHEIGHT"):
         load_settings({**env, "TURBOVID_WORKER__WARMUP_SIZES": '["big"]'})
+
+
+def test_shipped_choices_for_the_gpu_model_load_first_and_the_hosts_own_win(
+        tmp_path: Path, kernels_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(warmup, "_import_kernels", lambda: None)
+    shipped_dir = tmp_path / "shipped"
+    monkeypatch.setattr(warmup, "SHIPPED_CHOICES", shipped_dir)
+    tuned = kernels_module.tuned
+    tuned.cache[(1,)] = tuned.configs[0]
+    tuned.cache[(2,)] = tuned.configs[0]
+    AutotuneChoices(shipped_dir / "NVIDIA_H200-cc90.json").save()  # measured elsewhere on an H200
+    cache_dir = tmp_path / "cache"
+    tuned.cache.clear()
+    tuned.cache[(2,)] = tuned.configs[1]  # this host timed key 2 differently
+    AutotuneChoices(cache_dir / "autotune" / f"{warmup.device_tag()}.json").save()
+
+    kernels_module.tuned = fresh = _tuner()
+    old_dir = triton.knobs.cache.dir
+    try:
+        report = warmup.WarmupReport()
+        choices = warmup.use_kernel_cache(cache_dir, report)
+        assert triton.knobs.cache.dir == str(cache_dir / "triton")  # compiled kernels live in the cache dir
+    finally:
+        triton.knobs.cache.dir = old_dir
+    assert choices is not None and report.choices_loaded == 3
+    assert fresh.cache[(1,)] is fresh.configs[0]  # from the shipped file
+    assert fresh.cache[(2,)] is fresh.configs[1]  # the host's own over the shipped one
