@@ -334,8 +334,10 @@ def test_models_health_ready_metrics_docs(make_client) -> None:
     tiny = next(m for m in models if m["id"] == "wan-tiny")
     assert "96x64" in tiny["sizes"] and tiny["workers"]["ready"] == 0 and tiny["queue_depth"] == 1
     assert c.get("/healthz").json() == {"status": "ok"}
-    r = c.get("/readyz")
-    assert r.status_code == 503 and r.json()["redis"] is True and r.json()["workers"]["wan-tiny"] == 0
+    r = c.get("/readyz")  # readiness is Redis only: no worker does not take the gateway out of service
+    assert r.status_code == 200 and r.json()["redis"] is True
+    r = c.get("/healthz/models")  # worker availability is reported per model
+    assert r.status_code == 503 and r.json()["models"]["wan-tiny"]["ready"] == 0
     text = c.get("/metrics").text
     assert 'turbovid_http_requests_total{method="POST",route="/v1/videos",status="201"} 1.0' in text
     assert 'turbovid_jobs_created_total{model="wan-tiny"} 1.0' in text
@@ -375,20 +377,21 @@ def test_jobs_survive_a_gateway_restart(tmp_path: Path) -> None:
             assert got.json()["queue_position"] == 0
 
 
-def test_readyz_turns_ready_with_a_ready_worker_per_model(make_client) -> None:
+def test_a_model_is_available_with_a_ready_worker(make_client) -> None:
     c = make_client(gateway={"models": ["wan-tiny"]})
     loading = advertise_worker(c.settings, "w-loading", ready=False)
-    assert c.get("/readyz").status_code == 503  # a worker still loading its model does not count
+    assert c.get("/healthz/models").status_code == 503  # a worker still loading its model does not count
     assert c.get("/v1/models", headers=A).json()["data"][0]["workers"]["loading"] == 1
     info = advertise_worker(c.settings, "w1")
-    r = c.get("/readyz")
-    assert r.status_code == 200 and r.json()["workers"] == {"wan-tiny": 1}
+    r = c.get("/healthz/models")
+    assert r.status_code == 200 and r.json()["models"]["wan-tiny"]["ready"] == 1
     assert c.get("/v1/models", headers=A).json()["data"][0]["workers"]["ready"] == 1
     assert 'turbovid_workers{model="wan-tiny"} 1.0' in c.get("/metrics").text
     registry = c.app.state.turbovid.engine.workers
     registry.withdraw(info)
     registry.withdraw(loading)
-    assert c.get("/readyz").status_code == 503
+    assert c.get("/healthz/models").status_code == 503
+    assert c.get("/readyz").status_code == 200
 
 
 def test_image_url_is_fetched_when_private_targets_are_allowed(make_client) -> None:
@@ -440,7 +443,7 @@ def test_a_killed_workers_stale_registration_is_not_counted(make_client) -> None
     c.redis.delete(keys.worker(info.name))  # what expiry of the advertisement's TTL does after a SIGKILL
     assert c.redis.sismember(keys.workers("wan-tiny"), info.name)  # the name is still registered
     assert engine.ready_workers("wan-tiny") == 0
-    assert c.get("/readyz").status_code == 503
+    assert c.get("/healthz/models").status_code == 503
 
 
 def test_redis_down_is_a_503_not_a_500(tmp_path: Path) -> None:
