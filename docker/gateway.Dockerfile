@@ -10,7 +10,8 @@ COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY service ./service
 COPY cli ./cli
-# Only the [service] extra: fastapi, uvicorn, boto3, pillow, prometheus-client (+ redis, rq, pydantic).
+# Only the [service] extra: fastapi, uvicorn, boto3, pillow, prometheus-client, orjson, hiredis (+ redis, rq,
+# pydantic).
 RUN pip install ".[service]" \
  && python -c "import sys, service.app, service.webhooks, service.auth; \
 assert not {'torch', 'models', 'kernels', 'worker'} & set(sys.modules), 'the gateway image must not need them'"
@@ -21,6 +22,10 @@ ENV TURBOVID_GATEWAY__HOST=0.0.0.0 TURBOVID_GATEWAY__PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+# `turbovid gateway` serves with uvicorn under service/server.py's connection limits (header deadline ->
+# 408, header size -> 431, parser errors as JSON, requests per keep-alive connection) and the app's body
+# limits (streamed 413, body deadline 408, JSON depth 400): no front proxy is needed for them. One process
+# per container by default (scale with replicas); `gateway --workers N` runs N on one port.
 # `turbovid webhooks` runs the webhook deliverer from the same image.
 ENTRYPOINT ["turbovid"]
 CMD ["gateway"]
