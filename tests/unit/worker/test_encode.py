@@ -166,8 +166,8 @@ def test_abort_removes_the_partial_file_and_errors_reach_the_caller(tmp_path):
     enc.abort()
     assert not (tmp_path / "a.mp4").exists()
     bad = Mp4Stream(tmp_path / "b.mp4", width=32, height=32, fps=16, codec="no-such-codec")
-    bad.write(_frames(1, 32, 32))
-    with pytest.raises(Exception, match="no-such-codec"):
+    with pytest.raises(Exception, match="no-such-codec"):  # from write() or close(): the thread failed
+        bad.write(_frames(1, 32, 32))
         bad.close()
     with pytest.raises(ValueError):
         Mp4Stream(tmp_path / "c.mp4", width=32, height=32, fps=16).write(np.zeros((2, 32, 32), np.uint8))
