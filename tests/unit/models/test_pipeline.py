@@ -11,8 +11,9 @@ from contract.catalog import MODELS, adaptive_size, check_frames, get_card, late
 from contract.jobs import Capabilities, GenerationParams, ParamError
 from models.checkpoint_components import resolve_components
 from models.checkpoint_io import CheckpointError
+from models.latent_preview import LatentPreview
 from models.pipeline import load_pipeline
-from models.pipeline_types import GenerationRequest
+from models.pipeline_types import GenerationRequest, Progress, StageEvent
 from models.tiny import ensure_tiny_checkpoints
 
 
@@ -307,3 +308,81 @@ def test_sla_topk_is_honoured_per_request_with_sla_attention(tiny_dir):
     a_again = sla.generate(_params(sla_topk=0.1, **big)).frames
     assert not np.array_equal(a, b)
     assert np.array_equal(a, a_again)  # nothing stored between requests
+
+
+# Progress of every stage, previews, streamed frames (models.pipeline_types.Progress) -------------------
+class _Recorder(Progress):
+    wants_preview = True
+
+    def __init__(self, stop_at: StageEvent | None = None) -> None:
+        self.stages: list[tuple[str, int, int]] = []
+        self.previews: list[tuple[int, int, np.ndarray]] = []
+        self.chunks: list[tuple[int, np.ndarray]] = []
+        self.stop_at = stop_at
+
+    def on_stage(self, event: StageEvent) -> None:
+        self.stages.append((event.stage, event.done, event.total))
+        if event == self.stop_at:
+            raise KeyboardInterrupt("stop")  # anything raised aborts; this one nobody catches by mistake
+
+    def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
+        self.previews.append((step, total, image.copy()))
+
+    def on_frames(self, start: int, frames: np.ndarray) -> None:
+        self.chunks.append((start, frames.copy()))
+
+
+def test_progress_hears_every_stage_in_order_and_the_frames_chunk_by_chunk(pipe):
+    rec = _Recorder()
+    result = pipe.generate(_req(num_frames=9), on_step=rec)
+    t_lat = latent_frames(9)  # 3: one decode chunk per latent frame on the CPU (eager) path
+    assert rec.stages == [("text_encode", 0, 1), ("text_encode", 1, 1),
+                          ("denoise", 0, 2), ("denoise", 1, 2), ("denoise", 2, 2),
+                          *[("vae_decode", i, t_lat) for i in range(t_lat + 1)]]
+    assert [start for start, _ in rec.chunks] == [0, 1, 5]
+    assert np.array_equal(np.concatenate([c for _, c in rec.chunks]), result.frames)
+    # and the frames are those of a plain call: streaming changes nothing
+    assert np.array_equal(pipe.generate(_req(num_frames=9)).frames, result.frames)
+
+
+def test_previews_are_the_x0_estimate_of_the_middle_frame(pipe, monkeypatch):
+    pipe.preview_map()  # fitted (with a VAE decode of its own) before we watch the decode
+    decoded: list[torch.Tensor] = []
+    decode_iter = pipe.vae.decode_iter
+    monkeypatch.setattr(pipe.vae, "decode_iter", lambda z, **kw: (decoded.append(z), decode_iter(z, **kw))[1])
+    rec = _Recorder()
+    pipe.generate(_req(num_frames=9, num_steps=3), on_step=rec)
+    assert [(s, n) for s, n, _ in rec.previews] == [(1, 3), (2, 3), (3, 3)]
+    for _, _, image in rec.previews:
+        assert image.shape == (8, 8, 3) and image.dtype == np.uint8  # latent resolution of 64×64
+    assert not np.array_equal(rec.previews[0][2], rec.previews[1][2])  # the estimate moves
+    # The last step's x0 estimate is the latent the VAE decodes (rCM: x = x0 at t = 0); its middle frame
+    # through the fitted projection is the last preview.
+    (z,) = decoded
+    assert np.array_equal(rec.previews[-1][2], pipe.preview_map().to_rgb(z[0, :, z.shape[2] // 2]).numpy())
+
+
+def test_raising_between_decode_chunks_stops_the_decode(pipe):
+    rec = _Recorder(stop_at=StageEvent("vae_decode", 1, 3))
+    with pytest.raises(KeyboardInterrupt):
+        pipe.generate(_req(num_frames=9), on_step=rec)
+    assert rec.stages[-1] == ("vae_decode", 1, 3) and len(rec.chunks) == 1
+
+
+def test_latent_preview_fitted_on_the_tiny_vae_tracks_its_decode(pipe):
+    # Held-out latents (of other smooth images than the fit's): the 16→3 projection reproduces the
+    # decoded 8×8-pooled colours better than their mean does (the random tiny VAE is far from linear;
+    # the real one carries colour nearly linearly, which is what the trick relies on).
+    preview = LatentPreview.fit(pipe.vae)
+    assert preview.weight.shape == (3, 16) and preview.bias.shape == (3,)
+    assert torch.allclose(LatentPreview.fit(pipe.vae).weight, preview.weight, atol=1e-4)  # same seed, same fit
+    g = torch.Generator().manual_seed(123)
+    grid = torch.rand(4, 3, 2, 2, generator=g) * 2 - 1
+    video = torch.nn.functional.interpolate(grid, size=(64, 64), mode="bilinear", align_corners=True)[:, :, None]
+    with torch.inference_mode():
+        z = pipe.vae.encode(video)
+        target = torch.nn.functional.avg_pool2d(pipe.vae.decode(z)[:, :, 0].float(), 8)  # [4, 3, 8, 8]
+    pred = torch.stack([preview.to_rgb(z[i, :, 0]) for i in range(4)]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    err = (pred - target.clamp(-1, 1)).abs().mean()
+    base = (target - target.mean(dim=(0, 2, 3), keepdim=True)).abs().mean()
+    assert err < 0.8 * base, (float(err), float(base))  # measured 0.68 on the random tiny VAE
