@@ -12,7 +12,8 @@ queued job per client through the API, then runs, each at most 60 s:
   (b) saturated closed loop: `--closed-clients` connections polling as fast as answers come;
       reports polls/s (target >= 1000) and latencies;
   (c) the same closed loop on `GET /_bench/redis-read` (one Redis read, no auth, tiny body):
-      the ceiling of this server on this machine, measured in the same run; (b) / (c) is printed.
+      the ceiling of this server on this machine, measured in the same run, alternating with (b) in
+      `--slices` slices so that both see the same machine; (b) / (c) is printed.
 
 The load generator is asyncio on raw sockets (pre-built requests, a minimal response reader), not
 Locust: on a 2-core machine shared with the gateway, Locust's per-request overhead (gevent, its
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--closed-clients", type=int, default=64, help="(b), (c): closed-loop connections")
     p.add_argument("--duration", type=float, default=20.0, help=f"seconds per scenario (<= {MAX_DURATION_S})")
     p.add_argument("--scenarios", default="abc")
+    p.add_argument("--slices", type=int, default=4, help="(b) and (c) alternate in this many slices each")
     args = p.parse_args(argv)
     if not (0 < args.duration <= MAX_DURATION_S and 0 < args.clients <= MAX_CLIENTS
             and 0 < args.closed_clients <= MAX_CLIENTS):
@@ -206,13 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         if "a" in args.scenarios:
             stats, wall = asyncio.run(_scenario(port, args.clients, polls, args.duration, interval=1.0))
             results["a"] = stats.report(f"(a) {args.clients} clients x 1 poll/s", wall)
+        # (b) and (c) alternate in slices, so that both see the same share of a machine whose other load
+        # changes over a minute; each gets `--duration` seconds in all
+        base = [[_request("/_bench/redis-read", auth=False)]]
+        closed = {"b": (polls, Stats(), [0.0]), "c": (base, Stats(), [0.0])}
+        for _ in range(args.slices):
+            for name in "bc":
+                if name in args.scenarios:
+                    reqs, total, walls = closed[name]
+                    stats, w = asyncio.run(_scenario(port, args.closed_clients, reqs, args.duration / args.slices,
+                                                     interval=None))
+                    total.latencies += stats.latencies
+                    total.errors += stats.errors
+                    for k, v in stats.statuses.items():
+                        total.statuses[k] = total.statuses.get(k, 0) + v
+                    walls[0] += w
         if "b" in args.scenarios:
-            stats, wall = asyncio.run(_scenario(port, args.closed_clients, polls, args.duration, interval=None))
-            results["b"] = stats.report(f"(b) closed loop x{args.closed_clients}: GET job", wall)
+            results["b"] = closed["b"][1].report(f"(b) closed loop x{args.closed_clients}: GET job", closed["b"][2][0])
         if "c" in args.scenarios:
-            base = [[_request("/_bench/redis-read", auth=False)]]
-            stats, wall = asyncio.run(_scenario(port, args.closed_clients, base, args.duration, interval=None))
-            results["c"] = stats.report(f"(c) closed loop x{args.closed_clients}: 1 Redis read", wall)
+            results["c"] = closed["c"][1].report(f"(c) closed loop x{args.closed_clients}: 1 Redis read",
+                                                 closed["c"][2][0])
         if "b" in results and "c" in results:
             print(f"(b)/(c): GET job at {results['b']['per_s'] / results['c']['per_s']:.2f} of the one-read "
                   "endpoint's throughput")
