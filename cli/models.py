@@ -35,36 +35,54 @@ def _user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    g = sub.add_parser("generate", help="generate one video offline (no service needed)")
-    g.add_argument("--model", default="wan-tiny", choices=sorted(MODELS), help="model id")
+    g = sub.add_parser("generate", help="generate one video offline (no service needed)",
+                       description="Generate one video on this machine, without the service: load the model, "
+                                   "run the sampler, write an MP4.",
+                       epilog=_models_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--model", default="wan-tiny", choices=sorted(MODELS), metavar="ID",
+                   help="model id, one of the table below (default: wan-tiny)")
     g.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",
                    help="checkpoint files/folders, or ROLE=PATH (transformer, high, low, text_encoder, tokenizer, vae);"
                         " none for wan-tiny (random tiny weights)")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--image", type=Path, default=None, help="conditioning image (I2V)")
-    g.add_argument("--out", type=Path, required=True, help="output .mp4")
-    g.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's)")
-    g.add_argument("--resolution", choices=["480p", "720p"], default=None)
-    g.add_argument("--aspect", choices=["16:9", "9:16", "1:1"], default="16:9")
-    g.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's)")
-    g.add_argument("--fps", type=int, default=16)
-    g.add_argument("--steps", type=int, default=None, help="default: the solver's (rCM 4, flow 50)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sigma-max", type=float, default=None, help="rCM only (default: the model's)")
-    g.add_argument("--sampler", choices=["sde", "ode"], default=None, help="rCM only (default: sde)")
+    g.add_argument("--prompt", required=True, help="what the video shows")
+    g.add_argument("--negative-prompt", default=None,
+                   help="what it should not show (flow solver only: classifier-free guidance; refused with rCM)")
+    g.add_argument("--image", type=Path, default=None,
+                   help="conditioning image: image-to-video (the first frame); needs an I2V model or pipeline")
+    g.add_argument("--out", type=Path, required=True, help="output .mp4 path")
+    g.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's; with --image, "
+                                                "the image's aspect at the model's area)")
+    g.add_argument("--resolution", choices=["480p", "720p"], default=None,
+                   help="a preset size instead of --size, with --aspect")
+    g.add_argument("--aspect", choices=["16:9", "9:16", "1:1"], default="16:9",
+                   help="aspect ratio of --resolution (default: 16:9)")
+    g.add_argument("--frames", type=int, default=None,
+                   help="number of frames, 4k+1 (e.g. 81 = 5 s at 16 fps; default: the model's)")
+    g.add_argument("--fps", type=int, default=16, help="frame rate written to the MP4 (default: 16)")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the solver's: rCM 4, flow 50)")
+    g.add_argument("--seed", type=int, default=0, help="random seed: the same seed and options give the same video")
+    g.add_argument("--sigma-max", type=float, default=None,
+                   help="rCM only: the starting noise level (default: the model's, T2V 80, I2V 200)")
+    g.add_argument("--sampler", choices=["sde", "ode"], default=None,
+                   help="rCM only: sde adds fresh noise each step, ode is deterministic (default: sde)")
     g.add_argument("--solver", choices=["rcm", "flow"], default=None,
                    help="rcm for TurboDiffusion checkpoints, flow (50 steps + CFG) for original Wan "
                         "(default: the model's)")
-    g.add_argument("--guidance-scale", type=float, default=None)
-    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None)
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="flow solver only: classifier-free guidance strength (default: 5.0)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: cuda if available)")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="compute dtype (default: bfloat16 on cuda, float32 on cpu)")
     g.add_argument("--attention", choices=["auto", "dense", "sla", "sagesla"], default="auto",
-                   help="auto: from the checkpoint and the device")
+                   help="attention kernel: dense (SDPA), sla (sparse + linear), sagesla (sla with int8/fp8); "
+                        "auto: from the checkpoint and the device")
     g.add_argument("--linear", choices=["auto", "native", "w8a8"], default="auto",
-                   help="auto: w8a8 for int8 checkpoints, else native")
-    g.add_argument("--sla-topk", type=float, default=None)
-    g.add_argument("--cache-dir", type=Path, default=None, help="where wan-tiny's weights are built")
+                   help="linear layers: native (bf16/fp32) or w8a8 (int8 weights and activations); "
+                        "auto: w8a8 for int8 checkpoints, else native")
+    g.add_argument("--sla-topk", type=float, default=None,
+                   help="SLA attention only: fraction of key blocks each query block attends to, in (0, 1] "
+                        "(default: the model's attention setting)")
+    g.add_argument("--cache-dir", type=Path, default=None, help="where wan-tiny's random weights are built and kept")
     g.set_defaults(func=_user_errors(_generate))
 
     c = sub.add_parser("convert", help="convert a checkpoint to TurboVid's canonical safetensors + manifest")
@@ -79,6 +97,17 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     d.add_argument("--dir", type=Path, default=Path("checkpoints"))
     d.add_argument("--full-precision", action="store_true", help="the bf16 DiT instead of the -quant one")
     d.set_defaults(func=_user_errors(_download))
+
+
+def _models_epilog() -> str:
+    """The model table of `generate --help`: id, kind, sizes and the longest clip."""
+    rows = ["models:"]
+    for card in sorted(MODELS.values(), key=lambda c: c.id):
+        default = f"{card.default_size[0]}x{card.default_size[1]}"
+        kind = "image-to-video (--image)" if card.kind == "i2v" else "text-to-video"
+        rows.append(f"  {card.id:<16} {kind}; sizes {', '.join(card.size_names)} (default {default}); "
+                    f"up to {card.max_frames} frames ({card.max_seconds:g} s at 16 fps)")
+    return "\n".join(rows)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
