@@ -7,7 +7,7 @@ when there is one), Redis SIGKILLed and restarted from its AOF, the gateway rest
 supervises like k8s does (a process that exits is started again) and keeps three workers. Then every
 job the gateway accepted must end — completed, or failed with a code and a message — none lost (404)
 and none stuck, and every ended job's webhook must reach the receiver. The counts are printed
-(`pytest -s` shows them)."""
+(`pytest -s` shows them; FAULT_SEED=n replays a run)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def _http(method: str, url: str, **kw: object) -> httpx.Response | None:
 
 
 def test_no_job_is_lost_or_stuck_through_worker_kills_a_redis_restart_and_a_gateway_restart(tmp_path):
-    seed = int(os.environ.get("TURBOVID_FAULT_SEED", "0") or 0) or random.randrange(1 << 30)
+    seed = int(os.environ.get("FAULT_SEED", "0") or 0) or random.randrange(1 << 30)
     rng = random.Random(seed)
     receiver = Receiver()
     redis_srv = RedisServer(tmp_path / "redis").start()
