@@ -72,6 +72,10 @@ function onModelChange() {
   }
   $("image-row").hidden = model.kind !== "i2v";
   $("image").required = model.kind === "i2v";
+  describe(model);
+}
+
+function describe(model) {
   const workers = model.available ? "a worker is ready" : "no worker is ready yet (jobs wait in the queue)";
   $("model-info").textContent = `${model.kind === "i2v" ? "image-to-video" : "text-to-video"}, up to ` +
     `${model.max_seconds} s at 16 fps; ${workers}`;
@@ -82,8 +86,12 @@ async function loadModels() {
     const body = await (await api("/v1/models")).json();
     playground.models = Object.fromEntries(body.data.map((m) => [m.id, m]));
     const previous = $("model").value;
-    fillSelect($("model"), body.data.map((m) => m.id), previous || (body.data[0] && body.data[0].id));
-    onModelChange();
+    if (previous && playground.models[previous]) {
+      describe(playground.models[previous]); // a refresh: keep what the user chose
+    } else {
+      fillSelect($("model"), body.data.map((m) => m.id), body.data[0] && body.data[0].id);
+      onModelChange();
+    }
     $("form-error").textContent = "";
   } catch (err) {
     $("form-error").textContent = err.status === 401 ? "Enter a valid API key." : `Could not list models: ${err.message}`;
@@ -266,3 +274,4 @@ $("form").addEventListener("submit", submit);
 $("refresh").addEventListener("click", loadJobs);
 loadModels();
 loadJobs();
+setInterval(loadModels, 15000); // worker availability changes
