@@ -196,6 +196,10 @@ def run_worker(
     if device.startswith("cuda:"):  # `turbovid worker --gpu N`: kernels launch on the current device
         import torch
 
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if torch.device(device).index is None or torch.device(device).index >= count:
+            raise ConfigError(f"TURBOVID_WORKER__DEVICE (--gpu): {device} does not exist on this host "
+                              f"({count} CUDA device(s))")
         torch.cuda.set_device(device)
     card = pipeline.card if pipeline is not None else get_card(w.model)
     queue_names = list(dict.fromkeys(w.queues or [card.id, *card.also_serves]))

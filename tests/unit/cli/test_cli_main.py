@@ -141,3 +141,15 @@ def test_taken_metrics_port_is_one_line_naming_the_port_and_the_setting(tmp_path
     errors = [ln for ln in proc.stderr.splitlines() if "configuration error" in ln]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"port {port}" in errors[0] and "TURBOVID_WORKER__METRICS_PORT" in errors[0]
+
+
+def test_worker_on_a_gpu_the_host_lacks_is_one_line(tmp_path):
+    import torch
+
+    missing = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    proc = _turbovid("worker", "--gpu", str(missing), env={"TURBOVID_DEV_MODE": "true",
+                                                          "TURBOVID_WORKER__METRICS_PORT": "0"}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "configuration error" in ln]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cuda:{missing} does not exist" in errors[0] and "--gpu" in errors[0]
