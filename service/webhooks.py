@@ -158,7 +158,9 @@ class TargetBusy(RuntimeError):
     pass
 
 
-# A receiver's line (deliveries waiting for one of its `per_target` slots) is at most this long.
+# A receiver's line (deliveries waiting for one of its `per_target` slots) is at most this long. With
+# the defaults a hung receiver's last waiting delivery starts within 32 / 2 × 10 s = 160 s, inside
+# the 180 s (job timeout + 60) after which RQ would treat a prepared job as abandoned and retry it.
 LINE_PER_TARGET = 32
 # The RQ loop holds at most this many deliveries per delivery thread (running or waiting).
 HELD_PER_THREAD = 4
