@@ -12,6 +12,7 @@ from worker_procs import record, start_worker, stop, wait_for
 from worker_support import free_port, submit, test_settings
 
 from contract.jobs import JobStatus
+from worker.progress import BANDS
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -52,7 +53,9 @@ def test_sigterm_requeues_early_job_finishes_late_job_and_exits(tmp_path):
         wait_for(lambda: record(settings, early.job_id).status is JobStatus.completed, timeout=30,
                  what="re-queued job completed", proc=b)
         late = submit(settings, steps=4)
-        wait_for(lambda: record(settings, late.job_id).progress >= 75, timeout=20, what="step 3", proc=b)
+        lo, hi = BANDS["denoise"]  # progress after step 3 of 4, still denoising (step 4 takes 0.5 s)
+        wait_for(lambda: record(settings, late.job_id).progress >= lo + (hi - lo) * 3 // 4, timeout=20,
+                 what="step 3", proc=b)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         b.send_signal(signal.SIGTERM)
         assert b.wait(timeout=20) == 0
