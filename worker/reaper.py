@@ -30,6 +30,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from contract.events import EventLog, JobEvent
 from contract.jobs import TERMINAL, ErrorCode, JobError, JobStatus
 from contract.jobstore import JobStore
 from contract.keys import Keys
@@ -90,6 +91,20 @@ def submit_end_webhook(store: JobStore, jobs: JobQueue, cfg: WebhookSettings, jo
     jobs.submit_webhook(job_id, event, record.webhook_url, cfg)
 
 
+def publish_failed(store: JobStore, job_id: str, ttl_s: int) -> None:
+    """The "failed" event that ends a job's live stream, for jobs failed outside a running task
+    (worker_crashed here, queue_timeout by the sweep); progress stays where the stream left it."""
+    record = store.get(job_id)
+    if record is None or record.status is not JobStatus.failed or record.error is None:
+        return
+    events = EventLog(store.r, store.keys)
+    last = events.last(job_id)
+    events.publish(job_id, JobEvent(event="failed", progress=last[1].progress if last else 0,
+                                    elapsed_s=round(time.time() - record.spec.created_at, 3),
+                                    error={"code": str(record.error.code), "message": record.error.message}),
+                   ttl_s=ttl_s)
+
+
 @dataclass(frozen=True)
 class Reaped:
     job_id: str
@@ -142,6 +157,7 @@ def reap(
             remove_from_registry(client, registry.key, job_id)
             queue.failed_job_registry.add(job, ttl=q.failure_ttl_s, exc_string=message)
             log.error("job %s failed: %s", job_id, message)
+            publish_failed(store, job_id, q.failure_ttl_s)
             submit_end_webhook(store, jobs, webhooks, job_id)
             out.append(Reaped(job_id, "failed"))
     return out
@@ -166,6 +182,7 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
         if (record is not None and record.status is JobStatus.failed and record.error is not None
                 and record.error.code == ErrorCode.queue_timeout and (record.completed_at or 0) >= started):
             jobs.remove(record.spec.model, job_id)
+            publish_failed(store, job_id, q.failure_ttl_s)
             submit_end_webhook(store, jobs, webhooks, job_id)
     if freed:
         log.warning("freed %d concurrency slot(s) of jobs that ended without giving them back: %s", len(freed),

@@ -6,10 +6,13 @@ from __future__ import annotations
 import signal
 import uuid
 
+import redis
 from worker_procs import record, start_worker, stop, wait_for
 from worker_support import submit, test_settings
 
+from contract.events import EventLog
 from contract.jobs import JobStatus
+from contract.keys import Keys
 
 
 def _kill_mid_job(settings, tmp_path) -> str:
@@ -52,3 +55,6 @@ def test_killed_job_without_requeues_left_fails_with_worker_crashed(tmp_path):
     assert rec.error is not None and rec.error.code == "worker_crashed"
     assert "crash-a" in rec.error.message
     assert rec.attempts == 1
+    # the job's live stream ends too (GET /v1/videos/{id}/events closes after a terminal event)
+    _, last = EventLog(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix)).last(job_id)
+    assert last.event == "failed" and last.error["code"] == "worker_crashed" and last.progress >= 25

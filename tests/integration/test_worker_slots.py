@@ -13,6 +13,7 @@ from rq.job import Job
 from worker_procs import start_worker, stop, wait_for
 from worker_support import PatternPipeline, submit, test_settings
 
+from contract.events import EventLog
 from contract.jobs import ErrorCode, JobStatus
 from contract.jobstore import RESERVATION_GRACE_S, JobStore
 from contract.keys import Keys
@@ -59,6 +60,8 @@ def test_slot_of_a_job_that_expired_in_the_queue_is_released_with_its_webhook(tm
     assert rec.status is JobStatus.failed and rec.error.code == ErrorCode.queue_timeout
     assert store.active_count(OWNER) == 1 and store.get(fresh.job_id).status is JobStatus.queued
     assert Job.exists(f"webhook-evt_{stale.job_id}_failed", connection=client)  # the client hears of it
+    _, last = EventLog(client, Keys(settings.redis.key_prefix)).last(stale.job_id)  # and its live stream ends
+    assert last.event == "failed" and last.error["code"] == "queue_timeout"
 
 
 def test_slot_whose_record_expired_is_released_but_a_creation_in_flight_is_not(tmp_path):
