@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from contract.events import preview_key
+from contract.jobs import JobStatus
 from contract.storage import ObjectNotFound
 from service.auth import Principal
 from service.deps import AppState, Auth, State
@@ -173,7 +174,9 @@ def _preview(state: AppState, principal: Principal, video_id: str) -> Response:
     try:
         data = state.storage.get_bytes(preview_key(record.spec.output_key))
     except ObjectNotFound as exc:
-        raise ApiError(409, "preview_not_ready", f"video {video_id!r} has no preview yet", "variant",
+        running = record.status in (JobStatus.queued, JobStatus.in_progress)
+        why = "has no preview yet" if running else f"is {record.status.value}: previews exist only while it runs"
+        raise ApiError(409, "preview_not_ready", f"video {video_id!r} {why}", "variant",
                        headers={"openai-poll-after-ms": str(state.settings.gateway.poll_after_ms)}) from exc
     return Response(data, media_type="image/jpeg", headers={"cache-control": "no-store"})
 

@@ -30,6 +30,7 @@ from gateway_support import (
 )
 
 from contract.events import EventLog, JobEvent, preview_key
+from contract.jobs import JobStatus
 from contract.keys import Keys
 from service.app import create_app
 from service.deps import AppState
@@ -219,3 +220,8 @@ def test_preview_variant(gateway) -> None:
 
     assert Image.open(io.BytesIO(resp.content)).size == (64, 64)
     assert client.get(f"/v1/videos/{vid}/content", params={"variant": "preview"}, headers=B).status_code == 404
+    # the worker deletes the preview when the job ends
+    state.storage.delete(preview_key(record.spec.output_key))
+    state.engine.store.finish(vid, JobStatus.failed, ttl_s=60)
+    resp = client.get(f"/v1/videos/{vid}/content", params={"variant": "preview"}, headers=A)
+    assert resp.status_code == 409 and "previews exist only while it runs" in resp.json()["error"]["message"]
