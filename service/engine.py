@@ -34,6 +34,9 @@ from service.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 API_KEY_CACHE_S = 5.0
 ASYNC_POOL_SIZE = 32  # Redis connections of the event loop's client, per gateway process
+# SSE streams (service/videos/events.py) per gateway process: each holds a connection of its own while its
+# blocking XREAD waits, never one of the request paths' pool; past this a stream ends and its client resumes
+EVENT_STREAMS_MAX = 2000
 QUEUE_KEY_PREFIX = Queue.redis_queue_namespace_prefix  # RQ keeps a queue's job ids in this list + name
 
 # A job's hash and, while it is queued, its place in its model's RQ queue, in one round trip.
@@ -69,7 +72,8 @@ class Engine:
         self.limiter = RateLimiter(client, keys, settings.auth.rate_limit_per_minute)
         self.idempotency = Idempotency(client, keys)
         self.events = EventLog(client, keys)  # what the gateway decides: queued, cancelled, expired
-        self.aevents = AsyncEventLog(self._ar, keys)  # the SSE route follows streams on the event loop
+        self.aevents = AsyncEventLog(redis.asyncio.Redis.from_url(  # the SSE route follows streams on the loop
+            settings.redis.url, max_connections=EVENT_STREAMS_MAX, socket_timeout=5, socket_connect_timeout=5), keys)
         self._key_cache: dict[str, tuple[str, float]] = {}  # sha256 -> (key id, valid until)
         self._record_and_position = self._ar.register_script(_RECORD_AND_POSITION)
 
@@ -83,6 +87,7 @@ class Engine:
 
     async def aclose(self) -> None:
         await self._ar.aclose()
+        await self.aevents.r.aclose()
 
     async def bench_read(self) -> None:
         """One Redis read (a missing key): the floor of a route that touches Redis (load_tests/ only)."""

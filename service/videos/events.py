@@ -14,9 +14,10 @@ place in the queue when that place changes; those are computed here, not stored,
 (a client's Last-Event-ID stays the last stored event's). A `: keep-alive` comment goes out after
 KEEPALIVE_S without an event, so proxies keep the connection open.
 
-Waiting costs no thread: the blocking XREAD runs on the gateway's asyncio Redis client; only the short
-record and queue-position reads (once a second while queued, once per READ_BLOCK_MS otherwise) hop to
-the threadpool.
+Waiting costs no thread: the blocking XREAD runs on an asyncio Redis client of its own (a stream holds
+one of its connections while it waits, never one of the request paths' pool: `Engine.aevents`), and the
+record with its queue position is one async round trip (once a second while queued, once per
+READ_BLOCK_MS otherwise).
 
 Authentication is the usual `Authorization: Bearer` header. Browsers' `EventSource` cannot send
 headers, so the playground reads the stream with `fetch()` (service/static/playground.js); no API key
@@ -126,8 +127,8 @@ async def follow(state: AppState, record: JobRecord, after: str,
             last_sent = clock()
             if event.event in TERMINAL_EVENTS:
                 return
-        # the record: deleted, finished, or still waiting (its queue place may have moved)
-        fresh = await run_in_threadpool(engine.get, job_id)  # fails a job queued past the queue TTL
+        # the record: deleted, finished, or still waiting (its queue place may have moved); one round trip
+        fresh, now_at = await engine.get_with_position(job_id)  # fails a job queued past the queue TTL
         if fresh is None or fresh.status in TERMINAL:
             for entry_id, event in await engine.aevents.read(job_id, after=cursor, block_ms=TERMINAL_GRACE_MS):
                 yield sse(event, entry_id)
@@ -137,7 +138,6 @@ async def follow(state: AppState, record: JobRecord, after: str,
             return
         record = fresh
         if record.status is JobStatus.queued:
-            now_at = await run_in_threadpool(engine.queue_position, record)
             if now_at != position and now_at is not None:
                 position = now_at
                 yield sse(queued_event(record, now_at))

@@ -34,6 +34,7 @@ from contract.jobs import JobStatus
 from contract.keys import Keys
 from service.app import create_app
 from service.deps import AppState
+from service.engine import ASYNC_POOL_SIZE
 from service.videos import events as events_module
 
 A, B = bearer(KEY_A), bearer(KEY_B)
@@ -184,21 +185,25 @@ def test_keep_alive_comments_while_nothing_happens(gateway, monkeypatch: pytest.
     assert len(comments) >= 2 and all(c == ": keep-alive" for c in comments)
 
 
-def test_open_streams_hold_no_request_thread(gateway) -> None:
-    """60 idle streams (more than the 40 threads of the request threadpool) and polling still answers."""
-    client, _state, _log = gateway
+def test_open_streams_hold_no_request_thread_or_connection(gateway) -> None:
+    """60 streams of a running job, each blocked in XREAD: more than the request threadpool's 40 threads and
+    the request paths' 32 pooled Redis connections, and polling still answers at once."""
+    client, state, _log = gateway
     vid = _create(client)
+    state.engine.store.mark_started(vid, "w1")  # running and silent: every stream waits in XREAD
+    assert ASYNC_POOL_SIZE < 60
     base = str(client.base_url)
     streams = [httpx.Client(base_url=base, timeout=30) for _ in range(60)]
     opened = [s.stream("GET", f"/v1/videos/{vid}/events", headers=A) for s in streams]
     try:
         for ctx in opened:
             assert ctx.__enter__().status_code == 200
-        # /readyz runs on the request threadpool (40 threads): it would hang if the streams held them
-        for path in ("/readyz", f"/v1/videos/{vid}", "/readyz"):
+        time.sleep(0.5)  # all of them inside their blocking read
+        # /readyz runs on the request threadpool, GET /v1/videos/{id} on the request paths' Redis pool
+        for path in ("/readyz", f"/v1/videos/{vid}", "/v1/videos", f"/v1/videos/{vid}", "/readyz"):
             t0 = time.monotonic()
             assert client.get(path, headers=A, timeout=10).status_code == 200
-            assert time.monotonic() - t0 < 2.0, path
+            assert time.monotonic() - t0 < 1.0, path
     finally:
         for ctx, s in zip(opened, streams, strict=True):
             ctx.__exit__(None, None, None)
