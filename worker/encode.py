@@ -12,8 +12,9 @@ Rate control: x264 CRF (`DEFAULT_CRF`, preset veryfast): sizes follow the conten
 few hundred kB, noise is large). Determinism: x264's output depends on its frame-thread count, and
 "auto" threads are 1.5× the CPUs the process may run on (its affinity mask), so the same frames gave
 different files on different machines, or after a library pinned the process to fewer cores. We fix
-the thread count (`ENCODER_THREADS`): the bytes then depend on the frames and these settings only (x264
-is deterministic for a given thread count, whatever the timing of the threads).
+the thread count (`ENCODER_THREADS`). And x264 reads some heap memory it never wrote (its content then
+comes from the process's earlier allocations): `deterministic_heap()` sets glibc's M_PERTURB so that
+memory always holds the same byte. With both, the bytes depend on the frames and these settings only.
 
 Codec: `pick_codec("auto")` takes NVENC (`h264_nvenc`) when PyAV has it and a GPU can open it
 (RTX-class nodes; H100/H200 have no NVENC), else libx264, and says why.
@@ -21,6 +22,7 @@ Codec: `pick_codec("auto")` takes NVENC (`h264_nvenc`) when PyAV has it and a GP
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import queue
@@ -40,6 +42,23 @@ X264_PRESET = "veryfast"
 ENCODER_THREADS = 4  # fixed, not "auto": the bitstream depends on it (see the module docstring)
 NVENC = "h264_nvenc"
 X264 = "libx264"
+M_PERTURB = -6  # glibc mallopt parameter (malloc.h)
+HEAP_PERTURB_BYTE = 0x55
+
+
+def deterministic_heap() -> bool:
+    """Make x264's output a function of its input. Seen on a 16-core H200 host (FFmpeg/x264 as PyAV 18
+    bundles them): CRF encodes of identical frames differed from run to run in one process, even with one
+    x264 thread and with yuv420p fed directly (no swscale), whenever other work (a JPEG encode, torch) had
+    used the heap before; with glibc's M_PERTURB (MALLOC_PERTURB_) set they were identical every time.
+    So some memory x264 reads was never written by it, and its content came from earlier allocations.
+    M_PERTURB fills each new allocation with a fixed byte (and freed memory with another): those reads,
+    and the bitstream, become reproducible. Process-wide (a memset per malloc; large allocations come
+    from mmap, zeroed, and are unaffected); idempotent. False where it could not be set (not glibc)."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_PERTURB, HEAP_PERTURB_BYTE))
+    except (OSError, AttributeError):
+        return False
 
 
 def _even(frames: np.ndarray) -> np.ndarray:
@@ -95,6 +114,8 @@ class Mp4Stream:
     def __init__(self, path: Path, *, width: int, height: int, fps: int, codec: str = X264,
                  crf: int = DEFAULT_CRF, preset: str = X264_PRESET, threads: int = ENCODER_THREADS,
                  thumbnail_index: int | None = None) -> None:
+        if not deterministic_heap():
+            log.warning("glibc M_PERTURB unavailable: x264 output may vary between runs for identical frames")
         self.path = Path(path)
         self.width, self.height = width + width % 2, height + height % 2
         self.fps, self.codec = fps, codec
