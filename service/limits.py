@@ -7,7 +7,7 @@ and a JSON parser with a nesting limit.
 - a body of unknown length (chunked) is counted as it is received and `BodyTooLarge` is raised from
   `receive()` as soon as it passes the limit, so the app never holds more than the limit and the server's
   own flow control (uvicorn pauses reading at 64 KiB per connection) keeps the rest on the client;
-- a body still incomplete `body_timeout_s` after the headers: `BodyTimeout` (408).
+- a body still incomplete `body_timeout_s` (60 s: 15 MiB at 2 Mbit/s) after the headers: `BodyTimeout` (408).
 The exceptions are answered as JSON by `service.errors`. Header size and header read deadline are the
 HTTP server's job (`service/server.py`): they happen before ASGI sees the request.
 """
@@ -52,7 +52,7 @@ def max_request_bytes(settings: Settings) -> int:
 class LimitsConfig:
     max_body_bytes: int
     max_headers: int = 100
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
 
 
 def _json_response(status: int, code: str, message: str) -> tuple[Message, Message]:
