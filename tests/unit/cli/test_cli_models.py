@@ -14,6 +14,9 @@ def _generate(tmp_path, out, seed, *extra):
            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    # one progress bar over every stage, to 100 %
+    for stage in ("text_encode", "denoise step 2/2", "decode latent frame 3/3", "video_encode", "100%"):
+        assert stage in proc.stderr, (stage, proc.stderr[-2000:])
     return proc.stdout
 
 
@@ -29,11 +32,13 @@ def _decode(path):
 def test_generate_writes_a_decodable_video_deterministically(tmp_path):
     out = _generate(tmp_path, tmp_path / "a.mp4", 7)
     assert "vae_decode" in out and "denoise[1]" in out  # the stage-timing summary
+    assert "video_encode" in out and "\ntotal " in out
     a = _decode(tmp_path / "a.mp4")
     assert a.shape == (9, 64, 96, 3)
     _generate(tmp_path, tmp_path / "b.mp4", 7)
     _generate(tmp_path, tmp_path / "c.mp4", 8)
     assert np.array_equal(a, _decode(tmp_path / "b.mp4"))
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()  # same seed, same file
     assert not np.array_equal(a, _decode(tmp_path / "c.mp4"))
 
 
