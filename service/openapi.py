@@ -7,7 +7,8 @@ to say what the API does:
 - every `/v1` operation takes `Authorization: Bearer <key>` (the `bearerAuth` scheme; with auth off,
   as in the dev stack, no key is needed);
 - errors are `{"error": {"code", "message", "param"}}` (`ErrorResponse`), documented per operation
-  with the statuses it can answer (`ERRORS`); bad input is a 400, never FastAPI's 422;
+  with the statuses it can answer (`ERRORS`); bad input is a 400, never FastAPI's 422 (the one 422 is
+  an I2V image that cannot be used);
 - `/content` answers video/mp4 or image/jpeg bytes, 206 for a Range, or a 302 to a presigned URL;
   `/events` answers text/event-stream.
 
@@ -57,13 +58,15 @@ _WHY: dict[int, str] = {
     413: "The request body or the image is too large",
     415: "Unsupported Content-Type (send application/json or multipart/form-data)",
     416: "The Range cannot be satisfied",
+    422: "The image cannot be decoded, or its dimensions are out of range (`invalid_image`, "
+         "`invalid_image_dimensions`)",
     429: "Rate limit or concurrent-job limit reached (see Retry-After)",
     503: "The job store, object storage or the model's workers are unavailable (see Retry-After)",
 }
 
 # (method, path) -> the error statuses the operation answers (409 descriptions: _CONFLICTS).
 ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/videos"): (400, 401, 408, 409, 413, 415, 429, 503),
+    ("post", "/v1/videos"): (400, 401, 408, 409, 413, 415, 422, 429, 503),
     ("get", "/v1/videos"): (400, 401, 503),
     ("get", "/v1/videos/{video_id}"): (401, 404, 503),
     ("delete", "/v1/videos/{video_id}"): (401, 404, 503),
@@ -73,7 +76,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/v1/models/{model_id}"): (401, 404, 503),
 }
 _CONFLICTS = {
-    ("post", "/v1/videos"): "A request with this Idempotency-Key is still being processed (retry shortly)",
+    ("post", "/v1/videos"): "This Idempotency-Key is still being processed (`idempotency_in_progress`, retry "
+    "shortly) or was used with another body (`idempotency_key_reused`)",
     ("get", "/v1/videos/{video_id}/content"): "The video is not ready (`video_not_ready`, poll until completed), "
     "did not complete (`video_failed`), or has no preview yet (`preview_not_ready`)",
 }
