@@ -21,46 +21,10 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from contract.settings import Settings
+from contract.settings import ConfigError, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class ConfigError(Exception):
-    """The environment does not make a valid `Settings`; the message names the variable."""
-
-
-def load_settings(*, worker_model: str | None = None) -> Settings:
-    """`Settings()` from the environment, or ConfigError with one line naming each bad variable."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
-    from contract.settings import Settings
-
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(err) for err in exc.errors())) from None
-    except SettingsError as exc:  # a variable that should hold JSON (a list, a dict) does not parse
-        raise ConfigError(f"{exc} (check the TURBOVID_* variables holding lists or objects: JSON)") from None
-    if worker_model is not None:
-        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"model": worker_model})})
-    return settings
-
-
-def _describe(err: object) -> str:
-    """One error of a Settings ValidationError as `TURBOVID_GROUP__FIELD: message`."""
-    assert isinstance(err, dict)
-    loc = [str(p) for p in err.get("loc", ())]
-    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    if not loc:  # a cross-field check: its message names the variables
-        return message
-    got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:80]!r})"
-    return f"TURBOVID_{'__'.join(loc[:2]).upper()}: {message}{shown}"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -204,14 +168,12 @@ def _setting_variables() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.settings import ConfigError as SettingError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     warn_unknown_variables(os.environ)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, SettingError) as exc:  # SettingError: found at start, e.g. a taken metrics port
+    except ConfigError as exc:  # from the settings, or found at start (e.g. a taken metrics port)
         print(f"turbovid {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from contract.catalog import MODELS
 
@@ -182,29 +182,41 @@ class ConfigError(ValueError):
     """A configuration problem, as one line that names the variable."""
 
 
-def _variable(loc: tuple[int | str, ...]) -> str:
-    return "TURBOVID_" + "__".join(str(p).upper() for p in loc)
+def _describe(err: Mapping[str, Any]) -> str:
+    """One error of a Settings ValidationError as `TURBOVID_GROUP__FIELD: message (got ...)`."""
+    loc = [str(p) for p in err.get("loc", ())]
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:  # a cross-field check: its message names the variables
+        return message
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:80]!r})"
+    return f"TURBOVID_{'__'.join(loc[:2]).upper()}: {message}{shown}"
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from the environment (and `.env`), or raise ConfigError with one clear line.
-
-    `overrides` are top-level groups or fields given by the caller (CLI flags), applied over the
-    environment's values."""
+def load_settings(environ: Mapping[str, str] | None = None, *, worker_model: str | None = None) -> Settings:
+    """Settings from the environment (and `.env`), or ConfigError: one line naming each bad variable.
+    `worker_model` (a CLI flag) overrides `worker.model`. `environ` replaces the process environment
+    for this call (tests: a whole environment in one argument)."""
+    saved = None
     if environ is not None:
-        os_environ = dict(os.environ)
+        saved = dict(os.environ)
         os.environ.clear()
         os.environ.update(environ)
     try:
-        return Settings(**overrides)
+        settings = Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{_variable(first['loc'])}: {msg}" if first["loc"] else msg) from None
+        raise ConfigError("; ".join(_describe(err) for err in exc.errors())) from None
+    except SettingsError as exc:  # a variable that should hold JSON (a list, an object) does not parse
+        raise ConfigError(f"{exc} (check the TURBOVID_* variables holding lists or objects: JSON)") from None
     finally:
-        if environ is not None:
+        if saved is not None:
             os.environ.clear()
-            os.environ.update(os_environ)
+            os.environ.update(saved)
+    if worker_model is not None:
+        if worker_model not in MODELS:
+            raise ConfigError(f"--model: unknown model id {worker_model!r}; known: {', '.join(sorted(MODELS))}")
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"model": worker_model})})
+    return settings
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
