@@ -188,7 +188,7 @@ def test_keep_alive_comments_while_nothing_happens(gateway, monkeypatch: pytest.
 def test_open_streams_hold_no_request_thread_or_connection(gateway) -> None:
     """60 streams of a running job, each blocked in XREAD: more than the request threadpool's 40 threads and
     the request paths' 32 pooled Redis connections, and polling still answers at once."""
-    client, state, _log = gateway
+    client, state, log = gateway
     vid = _create(client)
     state.engine.store.mark_started(vid, "w1")  # running and silent: every stream waits in XREAD
     assert ASYNC_POOL_SIZE < 60
@@ -208,6 +208,11 @@ def test_open_streams_hold_no_request_thread_or_connection(gateway) -> None:
         for ctx, s in zip(opened, streams, strict=True):
             ctx.__exit__(None, None, None)
             s.close()
+    # clients gone: their blocking reads are cancelled at once, not left to run out
+    deadline = time.monotonic() + 2.0
+    while any(c.get("cmd") == "xread" for c in log.r.client_list()):
+        assert time.monotonic() < deadline, "XREADs of disconnected streams still waiting"
+        time.sleep(0.1)
 
 
 def test_preview_variant(gateway) -> None:
