@@ -152,7 +152,7 @@ class JobStore:
         raw = self.r.hgetall(self.keys.job(job_id))
         if not raw:
             return None
-        return _load(raw)
+        return load_record(raw)
 
     def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:
         """Job ids of `owner`, newest first for order="desc", strictly after the cursor id."""
@@ -261,7 +261,8 @@ def _dump(record: JobRecord) -> dict[str, str]:
     return out
 
 
-def _load(raw: dict[Any, Any]) -> JobRecord:
+def load_record(raw: dict[Any, Any]) -> JobRecord:
+    """A JobRecord from the job hash as HGETALL returns it (bytes or str)."""
     d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
          for k, v in raw.items()}
     data: dict[str, Any] = {}

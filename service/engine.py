@@ -106,9 +106,24 @@ class Engine:
 
     def reserve_slot(self, owner: str, job_id: str, limit: int) -> bool:
         """One of the owner's `limit` concurrent-job slots for `job_id` (before its record exists).
-        Not followed by `JobStore.sweep_slots` here: the sweep frees slots whose record is missing, which
-        includes the reservations of creations still in flight in other requests."""
-        return self.store.reserve_slot(owner, job_id, limit)
+        When they are all taken, the owner's stale slots are swept first (jobs whose record expired or
+        that expired in the queue; reservations of creations still in flight are left alone) and the
+        reservation is tried once more."""
+        if self.store.reserve_slot(owner, job_id, limit):
+            return True
+        freed = self.store.sweep_slots(owner, queued_ttl_s=self.cfg.queued_ttl_s, failure_ttl_s=self.cfg.failure_ttl_s)
+        for freed_id in freed:
+            self._after_queue_timeout(self.store.get(freed_id))
+        return bool(freed) and self.store.reserve_slot(owner, job_id, limit)
+
+    def _after_queue_timeout(self, record: JobRecord | None) -> None:
+        """Follow-up of a job the store just failed as queue_timeout: off the queue, its event, its webhook."""
+        if record is None or record.error is None or record.error.code is not ErrorCode.queue_timeout:
+            return
+        self.queue.remove(record.spec.model, record.spec.job_id)
+        self._publish(record.spec, "failed", self.cfg.failure_ttl_s, error=record.error)
+        if record.webhook_url:
+            self.queue.submit_webhook(record.spec.job_id, "video.failed", record.webhook_url, self.webhook_cfg)
 
     def release_slot(self, owner: str, job_id: str) -> None:
         """Give back a slot reserved for a job that was never created."""
@@ -135,10 +150,7 @@ class Engine:
         now = self.store.expire_if_stale(record, queued_ttl_s=self.cfg.queued_ttl_s,
                                          failure_ttl_s=self.cfg.failure_ttl_s)
         if now.status is not JobStatus.queued:  # it just failed as queue_timeout
-            self.queue.remove(record.spec.model, job_id)
-            self._publish(record.spec, "failed", self.cfg.failure_ttl_s, error=now.error)
-            if record.webhook_url:
-                self.queue.submit_webhook(job_id, "video.failed", record.webhook_url, self.webhook_cfg)
+            self._after_queue_timeout(now)
         return now
 
     def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:
@@ -233,7 +245,7 @@ class Engine:
                        ) -> tuple[JobRecord | None, int | None]:
         if not raw:
             return None, None
-        record = jobstore._load(dict(zip(raw[::2], raw[1::2], strict=True)))
+        record = jobstore.load_record(dict(zip(raw[::2], raw[1::2], strict=True)))
         if record.status is JobStatus.queued and time.time() - record.created_at > self.cfg.queued_ttl_s:
             failed: JobRecord | None = await run_in_threadpool(self.get, job_id)  # rare: fails it as queue_timeout
             return failed, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,6 +251,25 @@ def test_concurrency_limit_counts_unfinished_jobs(make_client) -> None:
                  files={"input_reference": ("a.png", b"not an image", "image/png")}, headers=A)
     assert bad.status_code == 415
     assert c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A).status_code == 201
+
+
+def test_a_full_key_gets_back_the_slots_of_jobs_that_expired_unnoticed(make_client) -> None:
+    c = make_client(auth={"max_concurrent_jobs": 2})
+    v1, v2 = _create(c), _create(c)
+    engine = c.app.state.turbovid.engine
+    owner = engine.store.get(v1["id"]).spec.owner
+    # v1 sat queued past the queued TTL and nobody polled it; v2's record expired long after its reservation
+    engine._r.hset(engine.store.keys.job(v1["id"]), "created_at", repr(time.time() - engine.cfg.queued_ttl_s - 5))
+    engine._r.delete(engine.store.keys.job(v2["id"]))
+    engine._r.zadd(engine.store.keys.active(owner), {v2["id"]: time.time() - 600})
+    r = c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A)
+    assert r.status_code == 201, r.text
+    old = c.get(f"/v1/videos/{v1['id']}", headers=A).json()
+    assert old["status"] == "failed" and old["error"]["code"] == "queue_timeout"
+    assert engine.queue_depth("wan-tiny") == 2  # v2's RQ job (record gone) and the new one; v1 left the queue
+    # both stale slots were freed: one more fits, then the limit holds again
+    assert c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A).status_code == 201
+    assert c.post("/v1/videos", json={"prompt": "x", "size": "64x64"}, headers=A).status_code == 429
 
 
 def test_parallel_creations_never_exceed_the_concurrency_limit(make_client) -> None:
