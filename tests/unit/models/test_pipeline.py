@@ -311,7 +311,7 @@ def test_sla_topk_is_honoured_per_request_with_sla_attention(tiny_dir):
 
 
 # Progress of every stage, previews, streamed frames (models.pipeline_types.Progress) -------------------
-class _Recorder(Progress):
+class _ProgressLog(Progress):
     wants_preview = True
 
     def __init__(self, stop_at: StageEvent | None = None) -> None:
@@ -333,7 +333,7 @@ class _Recorder(Progress):
 
 
 def test_progress_hears_every_stage_in_order_and_the_frames_chunk_by_chunk(pipe):
-    rec = _Recorder()
+    rec = _ProgressLog()
     result = pipe.generate(_req(num_frames=9), on_step=rec)
     t_lat = latent_frames(9)  # 3: one decode chunk per latent frame on the CPU (eager) path
     assert rec.stages == [("text_encode", 0, 1), ("text_encode", 1, 1),
@@ -350,7 +350,7 @@ def test_previews_are_the_x0_estimate_of_the_middle_frame(pipe, monkeypatch):
     decoded: list[torch.Tensor] = []
     decode_iter = pipe.vae.decode_iter
     monkeypatch.setattr(pipe.vae, "decode_iter", lambda z, **kw: (decoded.append(z), decode_iter(z, **kw))[1])
-    rec = _Recorder()
+    rec = _ProgressLog()
     pipe.generate(_req(num_frames=9, num_steps=3), on_step=rec)
     assert [(s, n) for s, n, _ in rec.previews] == [(1, 3), (2, 3), (3, 3)]
     for _, _, image in rec.previews:
@@ -363,7 +363,7 @@ def test_previews_are_the_x0_estimate_of_the_middle_frame(pipe, monkeypatch):
 
 
 def test_raising_between_decode_chunks_stops_the_decode(pipe):
-    rec = _Recorder(stop_at=StageEvent("vae_decode", 1, 3))
+    rec = _ProgressLog(stop_at=StageEvent("vae_decode", 1, 3))
     with pytest.raises(KeyboardInterrupt):
         pipe.generate(_req(num_frames=9), on_step=rec)
     assert rec.stages[-1] == ("vae_decode", 1, 3) and len(rec.chunks) == 1
