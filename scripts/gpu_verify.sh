@@ -3,6 +3,7 @@
 #   bash scripts/gpu_verify.sh tests    GPU tests (the fast-path subset), VAE and DiT benches, warm start
 #                                       through real processes (turbovid bench --skip-stages, 2-layer umT5)
 #   bash scripts/gpu_verify.sh bench    turbovid bench: per stage and whole job (full umT5-XXL)
+#   bash scripts/gpu_verify.sh one      one short call: turbovid bench (2-layer umT5), then GPU tests
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,16 @@ W=/tmp/turbovid-bench-weights-$mode
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   nproc; df -h /tmp | tail -1; } 2>&1 | tee "$OUT/$mode.log"
 
-if [ "$mode" = tests ]; then
+if [ "$mode" = one ]; then
+    # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
+    timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
+        --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -45
+    timeout 50 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 45 \
+        tests/unit/models/test_pipeline_gpu.py tests/unit/models/test_vae_gpu.py \
+        "tests/unit/kernels/test_w8a8_gpu.py::test_norm_int8_output_feeds_the_gemm_at_wan_shapes" \
+        tests/unit/models/test_ops.py::test_cuda_fused_kernels_match_plain_pytorch 2>&1 | tee "$OUT/tests.log" | tail -15
+elif [ "$mode" = tests ]; then
     # weights (GPU random init, disk writes) while the tests run
     (timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages) \
         >"$OUT/e2e/weights.log" 2>&1 &
