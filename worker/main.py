@@ -236,7 +236,7 @@ def run_worker(
         beat.worker = worker
         log.info("worker %s serving queues %s", name, queue_names)
         worker.work(burst=burst, logging_level="INFO")
-        if not burst and not worker._stop_requested:
+        if not burst and not ctx.stop.is_set():  # set by a SIGTERM/SIGINT (TurboWorker.request_stop)
             # RQ's loop gave up (e.g. Redis unreachable mid-job): exit non-zero so that the supervisor
             # (k8s, compose, systemd) restarts the process; the reaper recovers the job it held.
             log.error("worker %s: the RQ loop ended without a stop request; exiting for a restart", name)
