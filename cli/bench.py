@@ -700,9 +700,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.skip_stages:
             from worker.warmup import use_kernel_cache
 
-            use_kernel_cache(kernel_cache)
+            choices = use_kernel_cache(kernel_cache)
             rows = run_stages(card, weights, size=size, frames=frames, steps=args.steps, reps=args.reps,
                               device=device, tmp=tmp, log=log)
+            if choices is not None:  # what this run tuned: `--logs` ships it (worker/autotune/<GPU>.json)
+                choices.save()
             results["stages"] = [asdict(r) for r in rows]
             save()
             print(f"\n== {title} ==\n-- per stage, in process (median; seconds) --\n{format_stages(rows)}",
