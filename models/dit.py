@@ -15,6 +15,8 @@ State-dict keys equal Wan's: ``patch_embedding``, ``text_embedding.{0,2}``, ``ti
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,9 @@ from torch import nn
 from models.attention import AttentionOp
 from models.config import WanConfig
 from models.ops import Int8Activation, Ops, apply_rope, rms_norm
+
+if TYPE_CHECKING:
+    from models.parallel import SequenceParallel
 
 __all__ = ["WanTransformer", "apply_rope", "keeps_fp32", "rope_angles", "sinusoidal_embedding"]
 
@@ -190,7 +195,9 @@ class WanTransformer(nn.Module):
       latents [B, 16, T, H, W] (T latent frames, H/W divisible by the 2×2 patch), timestep [B] on 0–1000,
       context [B, Lt, text_dim] umT5 states (Lt = 512, zero-padded as Wan does), cond [B, 20, T, H, W]
       for I2V (4 mask + 16 image-latent channels, concatenated after the latents) else None, sla_topk:
-      this call's SLA Top-K ratio (None: ``cfg.sla_topk``; SLA attention only).
+      this call's SLA Top-K ratio (None: ``cfg.sla_topk``; SLA attention only), sp: a
+      `models.parallel.SequenceParallel` to split this forward over its ranks (every rank passes the same
+      inputs and gets the whole output; None: this process alone).
       Returns velocity [B, 16, T, H, W] in latents' dtype.
 
     ``ops`` (`models.ops.Ops`) holds the backends, chosen once at load; ``attention`` alone (for a model
@@ -228,7 +235,8 @@ class WanTransformer(nn.Module):
         return self
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                cond: torch.Tensor | None = None, *, sla_topk: float | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, *, sla_topk: float | None = None,
+                sp: SequenceParallel | None = None) -> torch.Tensor:
         cfg, dtype = self.cfg, self.dtype
         ops = self.ops.effective()  # a test's override applies to this whole call
         if sla_topk is not None:
@@ -267,10 +275,16 @@ class WanTransformer(nn.Module):
 
         # 4. blocks with 3-D RoPE
         cos, sin = rope_angles(grid, cfg.rope_split, cfg.rope_theta, x.device)  # [L, D/2]
+        if sp is not None:  # sequence parallel: this rank's tokens (padded), Ulysses self-attention
+            L = x.shape[1]
+            x, cos, sin = sp.shard(x, 1), sp.shard(cos, 0), sp.shard(sin, 0)  # [B, L/N, dim], [L/N, D/2]
+            ops = replace(ops, sequence=sp.for_length(L))
         for block in self.blocks:
             x = block(x, e6, ctx, cos, sin, ops, sla_topk)
 
         # 5. head and unpatchify: [B, L, pt·ph·pw·C_out] -> [B, C_out, T, H, W]
         out = self.head(x, e, dtype, ops)
+        if sp is not None:
+            out = sp.gather(out, 1, L)  # [B, L, pt·ph·pw·C_out] on every rank
         out = out.view(B, *grid, pt, ph, pw, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(B, cfg.out_dim, T, H, W).to(latents.dtype)

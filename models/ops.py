@@ -18,7 +18,8 @@ block calls through it:
 attention; `attention` and `linear` also fix the model's structure (SLA models own ``proj_l``, W8A8 models
 hold `W8A8Linear`s). Tests force a backend for a block of code with `override(attention=..., kernels=...)`
 (nanochat's override hook; a context variable, so nothing outlives the block), which `WanTransformer`
-applies once per forward (`Ops.effective`).
+applies once per forward (`Ops.effective`). Under sequence parallel the forward's `Ops.sequence` (a
+`models.parallel.SequenceShard`) wraps `attend` in Ulysses' two all-to-alls; None: one process.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ import contextvars
 import importlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from types import ModuleType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.linear import LINEAR_BACKENDS, W8A8Linear
+
+if TYPE_CHECKING:
+    from models.parallel import SequenceShard
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,8 @@ class Ops:
     attention: str = "dense"
     linear: str = "native"
     kernels: bool = False
+    # one forward's sequence-parallel split (set by WanTransformer.forward under `sp`); None: one process
+    sequence: SequenceShard | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -147,13 +154,17 @@ class Ops:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, topk_ratio: float,
         proj_l: nn.Linear | None, block_q: int, block_k: int,
     ) -> torch.Tensor:
-        """q, k, v [B, H, L, D] -> [B, H, L, D]; proj_l None: no linear branch (a dense model forced to SLA)."""
-        return attention(
-            q, k, v, backend=self.attention, topk_ratio=topk_ratio,
+        """q, k, v [B, H, L, D] -> [B, H, L, D]; proj_l None: no linear branch (a dense model forced to SLA).
+        Under `sequence`, L is this rank's tokens and the attention runs over the full sequence (Ulysses)."""
+        fn = partial(
+            attention, backend=self.attention, topk_ratio=topk_ratio,
             proj_l_weight=None if proj_l is None else proj_l.weight,
             proj_l_bias=None if proj_l is None else proj_l.bias,
             block_q=block_q, block_k=block_k,
         )
+        if self.sequence is not None:
+            return self.sequence.attend(q, k, v, fn)
+        return fn(q, k, v)
 
     # norms -------------------------------------------------------------------------------------------
     def rmsnorm_rope(

@@ -41,6 +41,7 @@ from contract.catalog import FLOW_SHIFT, ModelCard, Solver, get_card, latent_fra
 from contract.jobs import Capabilities, GenerationParams
 from models.checkpoint_components import Components, resolve_components
 from models.latent_preview import LatentPreview
+from models.parallel import SequenceParallel
 from models.pipeline_types import (
     GenerationRequest,
     GenerationResult,
@@ -103,6 +104,9 @@ class WanPipeline:
     linear: str = "native"
     flow_shift: float = FLOW_SHIFT
     latent_preview: LatentPreview | None = None  # latent → RGB factors for previews (fitted on first use)
+    # sequence parallel: every DiT call split over this group's ranks (models.parallel); every rank runs
+    # generate() with the same params and gets the same frames. None: this process alone.
+    sp: SequenceParallel | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -185,6 +189,8 @@ class WanPipeline:
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((x.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
             model = self._expert(kind, t)
+            if self.sp is not None:
+                return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=self.sp)
             return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk)
 
         return velocity

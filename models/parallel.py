@@ -1,0 +1,132 @@
+"""Sequence parallel (Ulysses) for the Wan DiT: one job's forward across the N ranks of one host.
+
+    sp = init_sequence_parallel(rank, world_size, port=29511)   # gloo on CPU, nccl on CUDA
+    v = model(latents, t, ctx, cond, sp=sp)                      # every rank: the same inputs and output
+
+Every rank gets the whole inputs (latents, timestep, text) and returns the whole velocity; inside the
+forward each rank holds L/N tokens of the residual stream (token-parallel patch/time/text embedding
+results are sliced, the blocks' norms, cross-attention to the text and FFN run on the rank's tokens
+only). Self-attention is Ulysses (DeepSpeed-Ulysses, arXiv 2309.14509):
+
+    q/k/v [B, H, L/N, D] on each rank ──all-to-all──▶ [B, H/N, L, D] (the full sequence, H/N heads)
+    attention (dense / sla / sagesla: the SLA block map is over the full sequence, as on one rank)
+    o [B, H/N, L, D] ──all-to-all──▶ [B, H, L/N, D]
+
+RoPE angles are computed for the whole grid and sliced to the rank's tokens. When N does not divide L
+the sequence is zero-padded to a multiple of N; the padding is dropped before attention (so it never
+enters a softmax or an SLA block) and after the final all-gather. H must be divisible by N.
+
+No module-global state: the process group lives in the `SequenceParallel` object that the caller holds
+and passes to each forward; `Ops.sequence` carries one forward's `SequenceShard` (the group plus the
+true length) to the attention dispatch.
+
+Failure: the group is created with a `timeout`; a rank that dies makes the others' next collective
+raise (gloo: the peer's socket closes, at once; otherwise the timeout) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["SequenceParallel", "SequenceShard", "init_sequence_parallel", "pad_to_multiple"]
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pad_to_multiple(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """x zero-padded along `dim` to the next multiple of n (x itself when already a multiple)."""
+    extra = -x.shape[dim] % n
+    if not extra:
+        return x
+    shape = list(x.shape)
+    shape[dim] = extra
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """A process group of `world_size` ranks that split one DiT forward over the sequence."""
+
+    rank: int
+    world_size: int
+    group: dist.ProcessGroup | None = None  # None: the default group
+
+    def local_len(self, length: int) -> int:
+        """Tokens per rank for a sequence of `length` (padded up to a multiple of world_size)."""
+        return math.ceil(length / self.world_size)
+
+    def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's slice of x along `dim` (padded to a multiple of world_size first)."""
+        x = pad_to_multiple(x, dim, self.world_size)
+        n = x.shape[dim] // self.world_size
+        return x.narrow(dim, self.rank * n, n)
+
+    def gather(self, x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+        """Every rank's slice concatenated along `dim`, padding dropped: the full `length` tokens."""
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=dim).narrow(dim, 0, length)
+
+    def for_length(self, length: int) -> SequenceShard:
+        """This group's plan for one forward over `length` tokens (what `Ops.sequence` carries)."""
+        return SequenceShard(self, length)
+
+    # the two all-to-alls of Ulysses ---------------------------------------------------------------
+    def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L/N, D] (this rank's tokens, all heads) -> [B, H/N, L_pad, D] (all tokens, this rank's heads)."""
+        B, H, Ls, D = x.shape
+        N = self.world_size
+        if H % N:
+            raise ValueError(f"sequence parallel needs the heads ({H}) divisible by the ranks ({N})")
+        send = x.reshape(B, N, H // N, Ls, D).transpose(0, 1).contiguous()  # [N, B, H/N, Ls, D]: chunk j to rank j
+        recv = torch.empty_like(send)  # recv[j]: rank j's tokens of this rank's heads
+        dist.all_to_all_single(recv, send, group=self.group)
+        return recv.permute(1, 2, 0, 3, 4).reshape(B, H // N, N * Ls, D)  # [B, H/N, L_pad, D]
+
+    def heads_to_seq(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H/N, L_pad, D] -> [B, H, L/N, D]: the inverse of `seq_to_heads`."""
+        B, Hn, Lp, D = x.shape
+        N = self.world_size
+        send = x.reshape(B, Hn, N, Lp // N, D).permute(2, 0, 1, 3, 4).contiguous()  # [N, B, H/N, Ls, D]
+        recv = torch.empty_like(send)  # recv[j]: rank j's heads of this rank's tokens
+        dist.all_to_all_single(recv, send, group=self.group)
+        return recv.transpose(0, 1).reshape(B, N * Hn, Lp // N, D)  # [B, H, Ls, D]
+
+
+@dataclass(frozen=True)
+class SequenceShard:
+    """One forward's sequence split: the group and the true (unpadded) sequence length."""
+
+    sp: SequenceParallel
+    length: int
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn: AttentionFn) -> torch.Tensor:
+        """Ulysses attention: q, k, v [B, H, L/N, D] (this rank's tokens) -> o [B, H, L/N, D]; `fn` runs the
+        attention of H/N heads over the full, unpadded sequence."""
+        L = self.length
+        qf, kf, vf = (self.sp.seq_to_heads(t).narrow(2, 0, L) for t in (q, k, v))  # [B, H/N, L, D]
+        o = fn(qf.contiguous(), kf.contiguous(), vf.contiguous())  # [B, H/N, L, D]
+        o = pad_to_multiple(o, 2, self.sp.world_size)  # [B, H/N, L_pad, D]
+        return self.sp.heads_to_seq(o)
+
+
+def init_sequence_parallel(
+    rank: int, world_size: int, *, port: int, host: str = "127.0.0.1", backend: str | None = None,
+    timeout_s: float = 60.0,
+) -> SequenceParallel:
+    """Join (or create, on rank 0) the default process group over TCP at host:port and return its
+    `SequenceParallel`. backend None: nccl when CUDA is available, else gloo. `timeout_s` bounds the
+    rendezvous and every collective, so a lost rank fails the others instead of hanging them."""
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    return SequenceParallel(rank=rank, world_size=world_size)

@@ -1,0 +1,166 @@
+"""Sequence parallel (models.parallel) on CPU: gloo, world size 2, the tiny model in fp32.
+
+Each test starts two real rank processes: this file run as a script (``python test_parallel.py MODE
+RANK WORLD PORT OUT``), which write their results to OUT; the test compares them with the same work
+done here in one process. Modes: ``equal`` (DiT forwards, dense and SLA, at a sequence length that 2
+does not divide, and a whole 2-step rCM generation through `WanPipeline.sp`) and ``kill`` (rank 1
+exits in the middle of a forward: rank 0 must raise within seconds, not hang).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.config import WanConfig
+from models.dit import WanTransformer
+from models.parallel import SequenceParallel, pad_to_multiple
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = WanConfig.from_name("wan-tiny")  # 2 heads: world size 2 gives each rank one head
+SLA_CFG = TINY.with_(sla_block_q=4, sla_block_k=4, sla_topk=0.34)
+LATENT = (1, 16, 1, 6, 6)  # grid 1×3×3: 9 tokens, not divisible by the 2 ranks (padding path)
+KILL_TIMEOUT_S = 20.0  # the group's timeout; gloo should notice a closed peer much sooner
+
+
+def _dit(attention: str) -> WanTransformer:
+    torch.manual_seed(0)
+    model = WanTransformer(SLA_CFG if attention == "sla" else TINY, attention=attention).eval()
+    if attention == "sla":  # a live linear branch, so the SLA path is exercised in full
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for block in model.blocks:
+                proj = block.self_attn.attn_op.local_attn.proj_l
+                proj.weight.copy_(torch.randn(proj.weight.shape, generator=gen) * 0.3)
+    return model
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    latents = torch.randn(LATENT, generator=gen)
+    ctx = torch.randn(1, 7, TINY.text_dim, generator=gen)
+    return latents, torch.tensor([900.0]), ctx
+
+
+def _gen_params():
+    from contract.jobs import GenerationParams
+
+    return GenerationParams(prompt="a red fox", width=48, height=48, num_frames=5, seed=5, num_steps=2)
+
+
+# the rank processes ------------------------------------------------------------------------------------
+def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
+    from models.parallel import init_sequence_parallel
+
+    torch.set_num_threads(1)
+    timeout = KILL_TIMEOUT_S if mode == "kill" else 60.0
+    sp = init_sequence_parallel(rank, world, port=port, backend="gloo", timeout_s=timeout)
+    latents, t, ctx = _inputs()
+    if mode == "equal":
+        with torch.inference_mode():
+            result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in ("dense", "sla")}
+            from models.pipeline import load_pipeline
+
+            pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])])
+            pipe.sp = sp
+            result["frames"] = torch.from_numpy(pipe.generate(_gen_params()).frames.copy())
+        torch.save(result, out / f"rank{rank}.pt")
+    elif mode == "kill":
+        model = _dit("dense")
+        if rank == 1:  # dies in the middle of the forward: after block 0, before block 1's all-to-all
+            model.blocks[1].register_forward_pre_hook(lambda *_: os._exit(3))
+        start = time.monotonic()
+        try:
+            with torch.inference_mode():
+                model(latents, t, ctx, sp=sp)
+            outcome = "returned"
+        except Exception as exc:  # noqa: BLE001 - what the surviving rank saw is the result
+            outcome = f"raised {type(exc).__name__}: {exc}"
+        (out / f"rank{rank}.txt").write_text(f"{time.monotonic() - start:.3f}\n{outcome}\n")
+        os._exit(0)  # the group is broken; skip its teardown
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ranks(mode: str, out: Path, env: dict[str, str] | None = None, world: int = 2) -> list[int]:
+    port = _free_port()
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    procs = [subprocess.Popen([sys.executable, __file__, mode, str(r), str(world), str(port), str(out)],
+                              cwd=REPO, env=full_env) for r in range(world)]
+    try:
+        return [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+# tests -----------------------------------------------------------------------------------------------------
+def test_shard_and_pad_cover_the_sequence_once():
+    x = torch.arange(9.0).view(1, 9, 1)
+    parts = [SequenceParallel(rank=r, world_size=2).shard(x, 1) for r in range(2)]
+    assert [p.shape[1] for p in parts] == [5, 5]
+    assert torch.equal(torch.cat(parts, 1)[:, :9], x) and parts[1][0, -1, 0] == 0  # one zero pad at the end
+    assert pad_to_multiple(x, 1, 3) is x
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_dense_sla_and_a_whole_rcm_generation(tmp_path):
+    pytest.importorskip("kernels.sagesla")
+    from models.pipeline import load_pipeline
+    from models.tiny import ensure_tiny_checkpoints
+
+    tiny = ensure_tiny_checkpoints(tmp_path / "wan-tiny")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _run_ranks("equal", out, {"TINY_DIR": str(tiny)}) == [0, 0]
+
+    latents, t, ctx = _inputs()
+    with torch.inference_mode():
+        want = {f"dit_{a}": _dit(a)(latents, t, ctx) for a in ("dense", "sla")}
+        frames = torch.from_numpy(load_pipeline("wan-tiny", [tiny]).generate(_gen_params()).frames.copy())
+    for rank in range(2):
+        got = torch.load(out / f"rank{rank}.pt")
+        for name, ref in want.items():
+            assert got[name].shape == ref.shape
+            assert torch.allclose(got[name], ref, atol=1e-5, rtol=1e-4), name
+            assert _cos(got[name], ref) >= 0.99999, name
+        # a whole generation: text encode, 2 rCM steps through the split DiT, VAE decode
+        diff = (got["frames"].int() - frames.int()).abs()
+        assert got["frames"].shape == frames.shape and diff.max() <= 1 and diff.float().mean() < 0.01
+    assert torch.equal(torch.load(out / "rank0.pt")["dit_sla"], torch.load(out / "rank1.pt")["dit_sla"])
+    assert not torch.allclose(want["dit_sla"], want["dit_dense"], atol=1e-3)  # SLA really is another path
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_mid_forward_makes_the_other_raise_within_seconds(tmp_path):
+    start = time.monotonic()
+    codes = _run_ranks("kill", tmp_path)
+    assert codes == [0, 3]  # rank 0 finished (having raised), rank 1 died
+    elapsed, outcome = (tmp_path / "rank0.txt").read_text().splitlines()
+    assert outcome.startswith("raised"), outcome
+    assert float(elapsed) < 10.0, f"rank 0 waited {elapsed} s for a dead peer"
+    assert not (tmp_path / "rank1.txt").exists()
+    assert time.monotonic() - start < 60
+
+
+if __name__ == "__main__":
+    _mode, _rank, _world, _port, _out = sys.argv[1:]
+    _rank_main(_mode, int(_rank), int(_world), int(_port), Path(_out))
