@@ -20,7 +20,8 @@ if [ "$mode" = one ]; then
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
         --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/e2e" 2>&1 \
         | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -45
-    timeout 50 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 45 \
+    # -v: a line per test as it ends (a cold Triton cache makes the first ones slow; 50 s printed nothing)
+    timeout 120 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 110 \
         tests/unit/models/test_pipeline_gpu.py tests/unit/models/test_vae_gpu.py \
         "tests/unit/kernels/test_w8a8_gpu.py::test_norm_int8_output_feeds_the_gemm_at_wan_shapes" \
         tests/unit/models/test_ops.py::test_cuda_fused_kernels_match_plain_pytorch 2>&1 | tee "$OUT/tests.log" | tail -15
