@@ -713,6 +713,6 @@ def run(args: argparse.Namespace) -> int:
         if args.logs is not None and (tmp / "e2e").is_dir():
             args.logs.mkdir(parents=True, exist_ok=True)
             for log_file in [*(tmp / "e2e").glob("*.log"), *(tmp / "e2e" / "cache" / "autotune").glob("*.json")]:
-                shutil.copy(log_file, args.logs / log_file.name)
+                shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", log_file.name))
         shutil.rmtree(tmp, ignore_errors=True)
     return code
