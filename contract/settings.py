@@ -112,6 +112,9 @@ class WorkerSettings(BaseModel):
     warmup_sizes: list[str] = Field(default_factory=list)
     name: str | None = None  # RQ worker name; default host:pid
     cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
+    # GPU memory budget in GB (None: the device's own). Under it the worker offloads what does not fit
+    # (models.offload: the inactive A14B expert in pinned host memory, the text encoder between prompts).
+    gpu_memory_gb: float | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):

@@ -41,6 +41,7 @@ from contract.catalog import FLOW_SHIFT, ModelCard, Solver, get_card, latent_fra
 from contract.jobs import Capabilities, GenerationParams
 from models.checkpoint_components import Components, resolve_components
 from models.latent_preview import LatentPreview
+from models.offload import ExpertOffloader
 from models.parallel import SequenceParallel
 from models.pipeline_types import (
     GenerationRequest,
@@ -107,6 +108,11 @@ class WanPipeline:
     # sequence parallel: every DiT call split over this group's ranks (models.parallel); every rank runs
     # generate() with the same params and gets the same frames. None: this process alone.
     sp: SequenceParallel | None = None
+    # memory budget (models.offload): the A14B experts share one device slot (the inactive one in pinned
+    # host memory, swapped in at the switch); the text encoder on the device only while it encodes
+    # (its embeddings are cached). None: everything resident.
+    expert_offload: ExpertOffloader | None = None
+    text_encoder_offload: ExpertOffloader | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -141,7 +147,11 @@ class WanPipeline:
         """[B, 512, text_dim] in the pipeline dtype; an LRU cache keeps recent prompts on device."""
         missing = [p for p in prompts if p not in self._text_cache]
         if missing:
+            if self.text_encoder_offload is not None:
+                self.text_encoder_offload.activate("text_encoder")
             embs = self.text_encoder.encode(missing)  # type: ignore[attr-defined]
+            if self.text_encoder_offload is not None:
+                self.text_encoder_offload.release()
             for p, e in zip(missing, embs, strict=True):
                 self._text_cache[p] = e.to(self.device, self.dtype)
         for p in prompts:
@@ -180,7 +190,10 @@ class WanPipeline:
     # 2. denoise ---------------------------------------------------------------------------------
     def _expert(self, kind: str, t: float) -> torch.nn.Module:
         if self.card.experts:
-            return self.transformers["high" if t >= A14B_SWITCH_T else "low"]
+            name = "high" if t >= A14B_SWITCH_T else "low"
+            if self.expert_offload is not None:
+                return self.expert_offload.activate(name)  # queues the swap; the forward waits block by block
+            return self.transformers[name]
         return self.transformers[kind]
 
     def _velocity(
@@ -380,6 +393,8 @@ def load_pipeline(
     cache_dir: str | Path | None = None,
     solver: str | None = None,
     sampler: str | None = None,
+    offload_experts: bool = False,
+    offload_text_encoder: bool = False,
 ) -> WanPipeline:
     """Load every component of `model_id` once. For the tiny models without checkpoints, random tiny
     weights are built (deterministically) under `cache_dir` and loaded like real ones.
@@ -387,7 +402,9 @@ def load_pipeline(
     attention / linear: "auto" (from the checkpoint's manifest or keys and the device; see
     `models.ops.select_ops`) or a backend to force. solver: "rcm" | "flow" | "auto" or None (the catalog's
     solver for the model); ``sampler`` is its old name. The effective choices are `pipe.solver`,
-    `pipe.attention`, `pipe.linear`.
+    `pipe.attention`, `pipe.linear`. offload_experts (two-expert models): each expert's weights go to
+    pinned host memory as it is loaded and share one device slot (`models.offload`); offload_text_encoder:
+    the text encoder is on the device only while it encodes a prompt not yet cached.
     """
     from models import load_text_encoder, load_transformer, load_vae
 
@@ -413,15 +430,23 @@ def load_pipeline(
     def dit(path: Path) -> torch.nn.Module:
         return load_transformer(path, device=device, dtype=dtype, attention=attention, linear=linear).eval()
 
-    transformers = {role: dit(path) for role, path in parts.transformers.items()}
+    expert_offload = ExpertOffloader(device) if offload_experts and card.experts else None
+    transformers = {}
+    for role, path in parts.transformers.items():  # one at a time: with offload, one expert on the device at most
+        transformers[role] = dit(path) if expert_offload is None else expert_offload.add(role, dit(path))
     backends = {(m.ops.attention, m.ops.linear) for m in transformers.values()}
     if len(backends) != 1:
         raise ValueError(f"{model_id}: its DiTs resolved to different backends {sorted(backends)}; "
                          "pass attention= and linear= explicitly")
     ((eff_attention, eff_linear),) = backends
     text_encoder = load_text_encoder(parts.text_encoder, tokenizer=parts.tokenizer, device=device, dtype=dtype)
+    text_offload = None
+    if offload_text_encoder:
+        text_offload = ExpertOffloader(device)
+        text_offload.add("text_encoder", text_encoder.model)
     vae = load_vae(parts.vae, device=device, dtype=dtype)
     log.info("%s loaded: solver %s, attention %s, linear %s, %s %s", model_id, resolved, eff_attention,
              eff_linear, device, dtype)
     return WanPipeline(card, transformers, text_encoder, vae, device, dtype, solver=resolved,  # type: ignore[arg-type]
-                       attention=eff_attention, linear=eff_linear)
+                       attention=eff_attention, linear=eff_linear, expert_offload=expert_offload,
+                       text_encoder_offload=text_offload)

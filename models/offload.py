@@ -1,0 +1,184 @@
+"""Expert offload for the A14B two-expert pipeline: one expert's weights on the device at a time.
+
+Wan2.2 A14B runs a high-noise expert while t ≥ 0.9 and a low-noise expert below (the same architecture,
+different weights). Both resident cost two W8A8 14B DiTs (~2 × 15 GB); under a 32 GB budget only one fits
+beside the activations, the VAE and the text embeddings. `ExpertOffloader` keeps every expert's weights
+in host memory (pinned on CUDA) and one device *slot*: a tensor per parameter/buffer, allocated once.
+The active expert's parameters point into the slot; the others' point at their host copies (weights are
+never written at inference, so nothing is copied back).
+
+    off = ExpertOffloader(torch.device("cuda"))
+    high = off.add("high", load_transformer(...))   # weights moved to pinned host memory at once
+    low = off.add("low", load_transformer(...))     # so loading peaks at one expert on the device
+    off.activate("high")                            # before the expert's forward (WanPipeline does it)
+
+A switch is overlapped with compute: `activate` queues the copies on a side stream (the slot is reused
+only after the previous expert's queued work, via `wait_stream`), embeddings and head first, then block by
+block with an event after each block; a forward pre-hook on block i makes the compute stream wait for
+block i's event only. So block 0 starts as soon as its weights are in, and the copy of the later blocks
+runs under the compute of the earlier ones: a switch costs about one block's copy, not the whole model's
+(at ~25 GB/s pinned H2D, 15 GB would be ~0.6 s if waited for in full).
+
+On CPU the same code runs with plain (synchronous) copies and no streams or events: the tests there
+prove the bookkeeping (outputs equal to no offload; the inactive expert's tensors are not the slot's;
+one slot, allocated once) but not the overlap or the device memory, which need a GPU
+(`docs/multi_gpu.md`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["ExpertOffloader"]
+
+
+def _tensors(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
+    """(qualified name, owner module, local name, tensor) of every parameter and buffer, in a fixed order."""
+    for mod_name, mod in module.named_modules():
+        for local, p in mod.named_parameters(recurse=False):
+            yield f"{mod_name}.{local}" if mod_name else local, mod, local, p
+        for local, b in mod.named_buffers(recurse=False):
+            if b is not None:
+                yield f"{mod_name}.{local}" if mod_name else local, mod, local, b
+
+
+def _bind(owner: nn.Module, local: str, tensor: torch.Tensor) -> None:
+    """Point owner's parameter or buffer `local` at `tensor` (a parameter keeps its Parameter object)."""
+    if local in owner._parameters:
+        param = owner._parameters[local]
+        assert param is not None
+        param.data = tensor
+    else:
+        owner._buffers[local] = tensor
+
+
+def _block_index(name: str) -> int | None:
+    """i for a tensor of ``blocks.i.…``, None for the embeddings and the head."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() else None
+
+
+def _plain_tensors() -> contextlib.ExitStack:
+    """Normal (not inference-mode) tensors without autograd: weights made or written here stay usable
+    both inside and outside `torch.inference_mode` blocks."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())
+    return stack
+
+
+class ExpertOffloader:
+    """Experts of one architecture sharing one device slot; `activate(name)` swaps an expert in."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.experts: dict[str, nn.Module] = {}
+        self._host: dict[str, dict[str, torch.Tensor]] = {}  # expert -> tensor name -> host copy
+        self._slot: dict[str, torch.Tensor] = {}  # tensor name -> device tensor (allocated on first activate)
+        self._stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self._block_ready: dict[int, torch.cuda.Event] = {}  # block i -> its copy done (CUDA only)
+        self._hooks: dict[str, list[torch.utils.hooks.RemovableHandle]] = {}
+        self.active: str | None = None
+        self.swaps = 0  # activations that copied weights (a switch), for tests and logs
+
+    def add(self, name: str, module: nn.Module) -> nn.Module:
+        """Take `module` (wherever its weights are) under offload: its weights move to host memory now."""
+        if name in self.experts:
+            raise ValueError(f"expert {name!r} was already added")
+        host: dict[str, torch.Tensor] = {}
+        for full, owner, local, t in _tensors(module):
+            with _plain_tensors():
+                h = t.detach().to("cpu", copy=True)
+            if self.cuda:
+                h = h.pin_memory()
+            host[full] = h
+            _bind(owner, local, h)  # the device copy (if any) is freed with its last reference
+        if self.experts:
+            first = next(iter(self._host.values()))
+            shapes = {k: (v.shape, v.dtype) for k, v in first.items()}
+            if shapes != {k: (v.shape, v.dtype) for k, v in host.items()}:
+                raise ValueError(f"expert {name!r} does not have the same tensors as the others")
+        self.experts[name], self._host[name] = module, host
+        self._hooks[name] = [
+            block.register_forward_pre_hook(self._wait_for_block(i))
+            for i, block in enumerate(getattr(module, "blocks", []))
+        ]
+        return module
+
+    def activate(self, name: str) -> nn.Module:
+        """Make `name` the expert on the device (a no-op when it already is); returns it. The copies are
+        queued, not waited for: its forward waits for each block's weights as it reaches the block."""
+        if name not in self.experts:
+            raise KeyError(f"unknown expert {name!r}; known: {sorted(self.experts)}")
+        if name == self.active:
+            return self.experts[name]
+        if self.active is not None:  # the old expert goes back to its host copies (never written)
+            for full, owner, local, _ in list(_tensors(self.experts[self.active])):
+                _bind(owner, local, self._host[self.active][full])
+        host = self._host[name]
+        with _plain_tensors():  # the slot outlives any inference_mode block it is first filled in
+            if not self._slot:
+                self._slot = {k: torch.empty(v.shape, dtype=v.dtype, device=self.device) for k, v in host.items()}
+            self._copy_in(host)
+        for full, owner, local, _ in list(_tensors(self.experts[name])):
+            _bind(owner, local, self._slot[full])
+        self.active = name
+        self.swaps += 1
+        return self.experts[name]
+
+    def _copy_in(self, host: dict[str, torch.Tensor]) -> None:
+        """Host copies -> slot: embeddings/head first, then block by block (an event after each on CUDA)."""
+        groups: dict[int | None, list[str]] = {None: []}
+        for k in host:
+            groups.setdefault(_block_index(k), []).append(k)
+        if self._stream is None:
+            for keys in groups.values():
+                for k in keys:
+                    self._slot[k].copy_(host[k])
+            return
+        self._block_ready.clear()
+        compute = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(compute)  # the old expert's queued work is done with the slot first
+        first: torch.cuda.Event | None = None
+        with torch.cuda.stream(self._stream):
+            for i, keys in groups.items():  # None (embeddings, head) first, then blocks 0, 1, ...
+                for k in keys:
+                    self._slot[k].copy_(host[k], non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record(self._stream)
+                if i is None:
+                    first = ev
+                else:
+                    self._block_ready[i] = ev
+        assert first is not None
+        compute.wait_event(first)  # the forward starts with the embeddings; each block waits in its pre-hook
+
+    def _wait_for_block(self, i: int):  # noqa: ANN202 - a forward pre-hook
+        def hook(_module: nn.Module, _args: object) -> None:
+            ev = self._block_ready.pop(i, None)
+            if ev is not None:
+                torch.cuda.current_stream(self.device).wait_event(ev)
+
+        return hook
+
+    def release(self) -> None:
+        """No expert on the device: the active one back on its host copies and the slot freed (the text
+        encoder between prompts, when the budget wants its memory for the DiT)."""
+        if self.active is not None:
+            for full, owner, local, _ in list(_tensors(self.experts[self.active])):
+                _bind(owner, local, self._host[self.active][full])
+        if self._stream is not None:  # the slot's memory is reused only after the copies into it
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        self._slot, self._block_ready, self.active = {}, {}, None
+
+    def device_bytes(self) -> int:
+        """Bytes of the device slot (one expert's weights)."""
+        return sum(t.numel() * t.element_size() for t in self._slot.values())
+
+    def slot_pointers(self) -> set[int]:
+        return {t.data_ptr() for t in self._slot.values()}
