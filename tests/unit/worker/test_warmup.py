@@ -42,7 +42,10 @@ def _tuner(fn: Any = _kernel) -> Any:
 
 @pytest.fixture
 def kernels_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """A fake `kernels.fake` module holding one autotuned kernel, as find_autotuners sees it."""
+    """A fake `kernels.fake` module holding one autotuned kernel, as find_autotuners sees it; the real
+    kernel modules that earlier tests imported (with their autotune caches) are hidden meanwhile."""
+    for name in [n for n in sys.modules if n == "kernels" or n.startswith("kernels.")]:
+        monkeypatch.delitem(sys.modules, name)
     module = types.ModuleType("kernels.fake_for_test")
     module.tuned = _tuner()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "kernels.fake_for_test", module)
