@@ -130,3 +130,77 @@ def init_sequence_parallel(
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     return SequenceParallel(rank=rank, world_size=world_size)
+
+
+# bench: N ranks vs one ------------------------------------------------------------------------------------
+def bench() -> None:
+    """Sequence-parallel DiT vs one GPU, random weights (run under torchrun, one process per GPU):
+
+        torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4            # H200 ×2
+        torchrun --nproc-per-node 2 -m models.parallel --size tiny --device cpu        # CPU smoke (gloo)
+
+    Rank 0 first runs `steps` forwards alone (the 1-GPU time and reference), then every rank runs them
+    split; rank 0 prints one JSON line: seconds for both, their ratio and the minimum cosine similarity of
+    the outputs (Done-when: ratio ≤ 0.55 on 2 GPUs, cos ≥ 0.999)."""
+    import argparse
+    import json
+    import os
+    import time
+
+    from models.bench_dit import SIZES, inputs, random_model
+    from models.config import WanConfig
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="14b", choices=sorted(SIZES))
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--attention", default="sagesla")
+    ap.add_argument("--linear", default="w8a8")
+    args = ap.parse_args()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    sp = init_sequence_parallel(rank, world, host=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                                port=int(os.environ["MASTER_PORT"]), backend="nccl" if cuda else "gloo",
+                                timeout_s=900)
+    arch, shape = SIZES[args.size]
+    cfg = WanConfig.from_name(arch)
+    attention = args.attention if cuda else ("sla" if args.attention != "dense" else "dense")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = random_model(cfg, device=args.device, dtype=dtype, attention=attention,
+                         linear=args.linear if cuda else "native", kernels=cuda)
+    latents, _, ctx, cond = inputs(cfg, shape, args.device, dtype)
+    times = [torch.full((1,), 1000.0 * t, device=args.device) for t in (0.99, 0.93, 0.85, 0.61)[: args.steps]]
+
+    def run(split: SequenceParallel | None) -> tuple[float, list[torch.Tensor]]:
+        with torch.inference_mode():
+            model(latents, times[0], ctx, cond, sp=split)  # warm-up (autotune, NCCL communicators)
+            if cuda:
+                torch.cuda.synchronize()
+            if split is not None:
+                dist.barrier()
+            t0 = time.perf_counter()
+            outs = [model(latents, t, ctx, cond, sp=split) for t in times]
+            if cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0, outs
+
+    one_s, ref = run(None) if rank == 0 else (0.0, [])
+    dist.barrier()
+    split_s, outs = run(sp)
+    if rank == 0:
+        cos = min(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+                  for a, b in zip(outs, ref, strict=True))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+        row = {"size": args.size, "ranks": world, "steps": args.steps, "attention": attention,
+               "one_s": round(one_s, 3), "split_s": round(split_s, 3),
+               "ratio": round(split_s / one_s, 3), "cos_min": round(cos, 6),
+               "peak_gib_rank0": round(peak, 2)}
+        print(json.dumps(row), flush=True)  # noqa: T201 - the bench's result line
+    dist.barrier()  # no rank tears the group down while another still uses it
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    bench()

@@ -85,6 +85,7 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
             outcome = f"raised {type(exc).__name__}: {exc}"
         (out / f"rank{rank}.txt").write_text(f"{time.monotonic() - start:.3f}\n{outcome}\n")
         os._exit(0)  # the group is broken; skip its teardown
+    torch.distributed.barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 
