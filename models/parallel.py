@@ -20,6 +20,9 @@ No module-global state: the process group lives in the `SequenceParallel` object
 and passes to each forward; `Ops.sequence` carries one forward's `SequenceShard` (the group plus the
 true length) to the attention dispatch.
 
+CFG parallel (`CfgParallel`, flow solver): the conditional and the unconditional DiT calls of a step on
+two ranks, their velocities exchanged with one all-gather (`WanPipeline.cfg_parallel`).
+
 Failure: the group is created with a `timeout`; a rank that dies makes the others' next collective
 raise (gloo: the peer's socket closes, at once; otherwise the timeout) instead of hanging.
 """
@@ -34,9 +37,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["SequenceParallel", "SequenceShard", "init_sequence_parallel", "pad_to_multiple"]
+__all__ = ["CfgParallel", "SequenceParallel", "SequenceShard", "init_sequence_parallel", "pad_to_multiple"]
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # models.samplers.VelocityFn
 
 
 def pad_to_multiple(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
@@ -114,6 +118,33 @@ class SequenceShard:
         o = fn(qf.contiguous(), kf.contiguous(), vf.contiguous())  # [B, H/N, L, D]
         o = pad_to_multiple(o, 2, self.sp.world_size)  # [B, H/N, L_pad, D]
         return self.sp.heads_to_seq(o)
+
+
+@dataclass(frozen=True)
+class CfgParallel:
+    """Classifier-free guidance across 2 ranks: rank 0 runs the conditional DiT call, rank 1 the
+    unconditional one, and both get the guided velocity (one all-gather of the velocities per step)."""
+
+    rank: int
+    world_size: int = 2
+    group: dist.ProcessGroup | None = None
+
+    def __post_init__(self) -> None:
+        if self.world_size != 2:
+            raise ValueError(f"CFG parallel splits cond/uncond over 2 ranks, got {self.world_size}")
+
+    def guided(self, cond: VelocityFn, uncond: VelocityFn, guidance_scale: float) -> VelocityFn:
+        """velocity(x, t) = v_u + g·(v_c − v_u), the same formula as `models.samplers.sample_flow_cfg`,
+        with each rank computing one of the two."""
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            mine = (cond if self.rank == 0 else uncond)(x, t).float().contiguous()
+            parts = [torch.empty_like(mine) for _ in range(2)]
+            dist.all_gather(parts, mine, group=self.group)
+            v_c, v_u = parts
+            return v_u + guidance_scale * (v_c - v_u)
+
+        return velocity
 
 
 def init_sequence_parallel(

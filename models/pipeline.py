@@ -42,7 +42,7 @@ from contract.jobs import Capabilities, GenerationParams
 from models.checkpoint_components import Components, resolve_components
 from models.latent_preview import LatentPreview
 from models.offload import ExpertOffloader
-from models.parallel import SequenceParallel
+from models.parallel import CfgParallel, SequenceParallel
 from models.pipeline_types import (
     GenerationRequest,
     GenerationResult,
@@ -52,7 +52,7 @@ from models.pipeline_types import (
     StepCallback,
     as_progress,
 )
-from models.samplers import A14B_SWITCH_T, initial_noise, sample_flow_cfg, sample_rcm
+from models.samplers import A14B_SWITCH_T, VelocityFn, initial_noise, sample_flow_cfg, sample_rcm
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class WanPipeline:
     # sequence parallel: every DiT call split over this group's ranks (models.parallel); every rank runs
     # generate() with the same params and gets the same frames. None: this process alone.
     sp: SequenceParallel | None = None
+    cfg_parallel: CfgParallel | None = None  # flow solver: cond on rank 0, uncond on rank 1 (models.parallel)
     # memory budget (models.offload): the A14B experts share one device slot (the inactive one in pinned
     # host memory, swapped in at the switch); the text encoder on the device only while it encodes
     # (its embeddings are cached). None: everything resident.
@@ -257,7 +258,10 @@ class WanPipeline:
                                  on_x0=steps.x0 if progress.wants_preview else None)
         else:
             assert negative is not None and params.guidance_scale is not None  # resolved
-            uncond = self._velocity(params.kind, negative, cond, params.sla_topk)
+            uncond: VelocityFn | None = self._velocity(params.kind, negative, cond, params.sla_topk)
+            if self.cfg_parallel is not None and params.guidance_scale != 1.0:
+                assert uncond is not None
+                velocity, uncond = self.cfg_parallel.guided(velocity, uncond, params.guidance_scale), None
             latents = sample_flow_cfg(velocity, uncond, noise, num_steps=params.num_steps, shift=self.flow_shift,
                                       guidance_scale=params.guidance_scale, on_step=steps.step,
                                       on_x0=steps.x0 if progress.wants_preview else None)

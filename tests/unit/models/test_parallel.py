@@ -3,7 +3,8 @@
 Each test starts two real rank processes: this file run as a script (``python test_parallel.py MODE
 RANK WORLD PORT OUT``), which write their results to OUT; the test compares them with the same work
 done here in one process. Modes: ``equal`` (DiT forwards, dense and SLA, at a sequence length that 2
-does not divide, and a whole 2-step rCM generation through `WanPipeline.sp`) and ``kill`` (rank 1
+does not divide, a whole 2-step rCM generation through `WanPipeline.sp`, and a 3-step flow-matching
+generation with CFG parallel through `WanPipeline.cfg_parallel`) and ``kill`` (rank 1
 exits in the middle of a forward: rank 0 must raise within seconds, not hang).
 """
 
@@ -16,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from models.config import WanConfig
 from models.dit import WanTransformer
-from models.parallel import SequenceParallel, pad_to_multiple
+from models.parallel import CfgParallel, SequenceParallel, pad_to_multiple
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = WanConfig.from_name("wan-tiny")  # 2 heads: world size 2 gives each rank one head
@@ -55,6 +57,10 @@ def _gen_params():
     return GenerationParams(prompt="a red fox", width=48, height=48, num_frames=5, seed=5, num_steps=2)
 
 
+def _flow_params():
+    return _gen_params().model_copy(update={"num_steps": 3, "negative_prompt": "blurry", "guidance_scale": 4.0})
+
+
 # the rank processes ------------------------------------------------------------------------------------
 def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
     from models.parallel import init_sequence_parallel
@@ -71,6 +77,9 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
             pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])])
             pipe.sp = sp
             result["frames"] = torch.from_numpy(pipe.generate(_gen_params()).frames.copy())
+            flow = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])], solver="flow")
+            flow.cfg_parallel = CfgParallel(rank)
+            result["flow"] = torch.from_numpy(flow.generate(_flow_params()).frames.copy())
         torch.save(result, out / f"rank{rank}.pt")
     elif mode == "kill":
         model = _dit("dense")
@@ -123,7 +132,7 @@ def test_shard_and_pad_cover_the_sequence_once():
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_dense_sla_and_a_whole_rcm_generation(tmp_path):
+def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(tmp_path):
     pytest.importorskip("kernels.sagesla")
     from models.pipeline import load_pipeline
     from models.tiny import ensure_tiny_checkpoints
@@ -137,6 +146,7 @@ def test_two_ranks_equal_one_process_dense_sla_and_a_whole_rcm_generation(tmp_pa
     with torch.inference_mode():
         want = {f"dit_{a}": _dit(a)(latents, t, ctx) for a in ("dense", "sla")}
         frames = torch.from_numpy(load_pipeline("wan-tiny", [tiny]).generate(_gen_params()).frames.copy())
+        flow = load_pipeline("wan-tiny", [tiny], solver="flow").generate(_flow_params()).frames
     for rank in range(2):
         got = torch.load(out / f"rank{rank}.pt")
         for name, ref in want.items():
@@ -146,6 +156,10 @@ def test_two_ranks_equal_one_process_dense_sla_and_a_whole_rcm_generation(tmp_pa
         # a whole generation: text encode, 2 rCM steps through the split DiT, VAE decode
         diff = (got["frames"].int() - frames.int()).abs()
         assert got["frames"].shape == frames.shape and diff.max() <= 1 and diff.float().mean() < 0.01
+        # CFG parallel: cond on rank 0, uncond on rank 1, the guided velocity exchanged every step
+        # (the ranks run 1 thread, this process several: float sums may round differently, hence ±1)
+        diff = np.abs(got["flow"].numpy().astype(int) - flow.astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.01, "CFG parallel"
     assert torch.equal(torch.load(out / "rank0.pt")["dit_sla"], torch.load(out / "rank1.pt")["dit_sla"])
     assert not torch.allclose(want["dit_sla"], want["dit_dense"], atol=1e-3)  # SLA really is another path
 
