@@ -182,3 +182,79 @@ class ExpertOffloader:
 
     def slot_pointers(self) -> set[int]:
         return {t.data_ptr() for t in self._slot.values()}
+
+
+# bench: the A14B denoise with offloaded experts vs resident ----------------------------------------------
+def bench() -> None:
+    """Two random-weight experts (A14B I2V shape), 4 steps (2 high-noise, 2 low-noise), resident vs
+    offloaded, the offloaded run under a memory budget; one JSON line (seconds, ratio, peaks, cosine):
+
+        python -m models.offload --size a14b --budget-gb 32          # H200: Done-when time ≤ 1.3×
+        python -m models.offload --size tiny --device cpu            # CPU smoke test
+
+    The budget is `torch.cuda.set_per_process_memory_fraction(budget / total)`, set after the resident
+    run (which holds both experts). This covers the DiT part of the job only; the whole-job budget
+    (umT5, VAE encode/decode) is `load_pipeline(offload_experts=True, offload_text_encoder=True)`."""
+    import argparse
+    import json
+    import time
+
+    from models.bench_dit import inputs, random_model
+    from models.config import WanConfig
+
+    sizes = {"tiny": ("wan-tiny", (1, 16, 3, 8, 8)), "a14b": ("wan2.2-i2v-a14b", (1, 16, 21, 90, 160))}
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="a14b", choices=sorted(sizes))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--budget-gb", type=float, default=32.0)
+    args = ap.parse_args()
+    cuda = args.device == "cuda"
+    arch, shape = sizes[args.size]
+    cfg = WanConfig.from_name(arch)
+    if args.size == "tiny":
+        cfg = cfg.with_(in_dim=cfg.out_dim + 20)  # the I2V shape, as the A14B experts
+    dtype = torch.bfloat16 if cuda else torch.float32
+    kw = dict(device=args.device, dtype=dtype, attention="sagesla" if cuda else "dense",
+              linear="w8a8" if cuda else "native", kernels=cuda)
+    experts = {"high": random_model(cfg, seed=0, **kw), "low": random_model(cfg, seed=1, **kw)}  # type: ignore[arg-type]
+    latents, _, ctx, cond = inputs(cfg, shape, args.device, dtype)
+    steps = [("high", 990.0), ("high", 930.0), ("low", 850.0), ("low", 610.0)]
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def run(pick) -> tuple[float, list[torch.Tensor]]:  # noqa: ANN001
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            outs = [pick(name)(latents, torch.full((1,), t, device=args.device), ctx, cond) for name, t in steps]
+            sync()
+            return time.perf_counter() - t0, outs
+
+    run(lambda name: experts[name])  # warm-up: autotune
+    resident_s, want = run(lambda name: experts[name])
+    resident_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    want = [w.cpu() for w in want]
+    off = ExpertOffloader(args.device)
+    for name, module in experts.items():
+        off.add(name, module)
+    sync()
+    if cuda:
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gb / total))
+        torch.cuda.reset_peak_memory_stats()
+    run(off.activate)  # warm-up of the swap path
+    offload_s, got = run(off.activate)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    cos = min(torch.nn.functional.cosine_similarity(a.double().flatten(), b.cpu().double().flatten(), dim=0).item()
+              for a, b in zip(want, got, strict=True))
+    row = {"size": args.size, "budget_gb": args.budget_gb, "resident_s": round(resident_s, 3),
+           "offload_s": round(offload_s, 3), "ratio": round(offload_s / resident_s, 3),
+           "resident_peak_gib": round(resident_peak, 2), "offload_peak_gib": round(peak, 2),
+           "slot_gib": round(off.device_bytes() / 2**30, 2), "swaps": off.swaps, "cos_min": round(cos, 6)}
+    print(json.dumps(row), flush=True)  # noqa: T201 - the bench's result line
+
+
+if __name__ == "__main__":
+    bench()
