@@ -22,9 +22,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -32,7 +31,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from contract.catalog import get_card
-from contract.jobs import GenerationParams, JobStatus
+from contract.jobs import JobStatus
 from contract.jobstore import JobStore
 from contract.keys import Keys
 from contract.queue import RQ_SERIALIZER, JobQueue
@@ -93,17 +92,6 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
         w.model, list(w.checkpoint), device=device, dtype=getattr(torch, dtype), attention=w.attention,
         linear=w.linear, cache_dir=w.cache_dir, solver=w.solver,
     )
-
-
-def warm_up(pipeline: Pipeline) -> None:
-    """One tiny generation (64×64, 5 frames, 1 step) so the first real job does not pay for lazy
-    init (CUDA context, cuBLAS handles, Triton compiles of the small shapes). I2V-only models warm
-    up on a grey image."""
-    card = pipeline.card
-    kind: Literal["t2v", "i2v"] = "t2v" if "t2v" in card.kinds else "i2v"
-    image = np.full((64, 64, 3), 128, np.uint8) if kind == "i2v" else None
-    params = GenerationParams(kind=kind, width=64, height=64, num_frames=5, prompt="warm-up", seed=0, num_steps=1)
-    pipeline.generate(params.resolve(card, pipeline.capabilities()), image=image)
 
 
 class TurboWorker(SimpleWorker):
