@@ -17,3 +17,15 @@ def emulate_w8a8(x: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None 
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def assert_fa_rule(out: torch.Tensor, truth: torch.Tensor, torch_lowp: torch.Tensor,
+                   atol: dict[torch.dtype, float]) -> None:
+    """flash-attention's rule: kernel error <= 2 x (same math in torch at the kernel's precision) + atol,
+    atol scaled by the largest |truth| (at least 1)."""
+    assert out.dtype == torch_lowp.dtype
+    assert torch.isfinite(out).all()
+    err = (out.double() - truth).abs().max().item()
+    torch_err = (torch_lowp.double() - truth).abs().max().item()
+    tol = atol[out.dtype] * max(1.0, truth.abs().max().item())
+    assert err <= 2 * torch_err + tol, (err, torch_err, tol)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _kernel_helpers import assert_fa_rule
 
 from kernels.adaln import layernorm_modulate, reference, reference_int8
 from kernels.int8_quant import quantize_activation
@@ -16,13 +17,7 @@ ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
 def _assert_fa_rule(out: torch.Tensor, truth: torch.Tensor, torch_lowp: torch.Tensor) -> None:
-    """flash-attention's rule: kernel error <= 2 x (same math in torch at the kernel's precision) + atol."""
-    assert out.dtype == torch_lowp.dtype and torch.isfinite(out).all()
-    err = (out.double() - truth).abs().max().item()
-    torch_err = (torch_lowp.double() - truth).abs().max().item()
-    atol = ATOL[out.dtype] * max(1.0, truth.abs().max().item())
-    assert err <= 2 * torch_err + atol, (err, torch_err, atol)
-
+    assert_fa_rule(out, truth, torch_lowp, ATOL)
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

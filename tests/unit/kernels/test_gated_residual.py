@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernel_helpers import assert_fa_rule
 
 from kernels.gated_residual import gated_residual, gated_residual_, reference
 
@@ -25,13 +26,7 @@ def _inputs(B: int, L: int, C: int, dtype: torch.dtype, y_dtype: torch.dtype, de
 
 
 def _assert_fa_rule(out: torch.Tensor, truth: torch.Tensor, torch_lowp: torch.Tensor) -> None:
-    """flash-attention's rule: kernel error <= 2 x (same math in torch at the kernel's precision) + atol."""
-    assert out.dtype == torch_lowp.dtype and torch.isfinite(out).all()
-    err = (out.double() - truth).abs().max().item()
-    torch_err = (torch_lowp.double() - truth).abs().max().item()
-    atol = ATOL[out.dtype] * max(1.0, truth.abs().max().item())
-    assert err <= 2 * torch_err + atol, (err, torch_err, atol)
-
+    assert_fa_rule(out, truth, torch_lowp, ATOL)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,L,C", [(1, 7, 64), (2, 5, 96), (3, 3, 37), (2, 9, 300)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernel_helpers import assert_fa_rule
 
 from kernels.rmsnorm_rope import reference, reference_rmsnorm, rmsnorm, rmsnorm_rope
 
@@ -23,14 +24,7 @@ def _tables(L: int, D: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _assert_fa_rule(out: torch.Tensor, truth: torch.Tensor, torch_lowp: torch.Tensor) -> None:
-    """flash-attention's rule: kernel error <= 2 x (same math in torch at the kernel's precision) + atol."""
-    assert out.dtype == torch_lowp.dtype
-    assert torch.isfinite(out).all()
-    err = (out.double() - truth).abs().max().item()
-    torch_err = (torch_lowp.double() - truth).abs().max().item()
-    atol = ATOL[out.dtype] * max(1.0, truth.abs().max().item())
-    assert err <= 2 * torch_err + atol, (err, torch_err, atol)
-
+    assert_fa_rule(out, truth, torch_lowp, ATOL)
 
 def _wan_rope_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's rope_apply written with complex numbers (float64), for one grid shared by the batch."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _kernel_helpers import assert_fa_rule
 
 from kernels.rmsnorm_silu import (
     reference,
@@ -24,13 +25,7 @@ def _device() -> str:
 
 
 def _assert_fa_rule(out: torch.Tensor, truth: torch.Tensor, torch_lowp: torch.Tensor) -> None:
-    """flash-attention's rule: kernel error <= 2 x (same math in torch at the kernel's precision) + atol."""
-    assert out.dtype == torch_lowp.dtype and torch.isfinite(out).all()
-    err = (out.double() - truth).abs().max().item()
-    torch_err = (torch_lowp.double() - truth).abs().max().item()
-    atol = ATOL[out.dtype] * max(1.0, truth.abs().max().item())
-    assert err <= 2 * torch_err + atol, (err, torch_err, atol)
-
+    assert_fa_rule(out, truth, torch_lowp, ATOL)
 
 def _inputs(n: int, c: int, dtype: torch.dtype, device: str):
     x = (torch.randn(n, c, device=device) * 3 + 0.5).to(dtype)

@@ -253,6 +253,18 @@ def vae_reference(model) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # 4. fp8 and GGUF --------------------------------------------------------------------------------------
+def comfy_all_in_one(refs: Refs, folder: Path) -> Path:
+    """A ComfyUI all-in-one checkpoint (fp16 DiT, VAE, umT5 with its embedded tokenizer) of the
+    references, under its published-style file name."""
+    sd = {"model.diffusion_model." + k: v.half() for k, v in wan_state(refs.t2v).items()}
+    sd.update({"first_stage_model." + k: v for k, v in vae_wan_state(refs.vae).items()})
+    sd.update({"text_encoders.umt5xxl.transformer." + k: v.half() for k, v in hf_encoder_state(refs.umt5).items()})
+    sd["text_encoders.umt5xxl.spiece_model"] = torch.frombuffer(bytearray(refs.spiece.read_bytes()), dtype=torch.uint8)
+    path = folder / "wan2.1_t2v_1.3B_aio.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
 def is_block_linear(key: str, value: torch.Tensor) -> bool:
     return key.startswith("blocks.") and key.endswith(".weight") and value.dim() == 2 and "proj_l" not in key
 

@@ -320,12 +320,7 @@ def test_comfy_split_files_in_any_order(refs, repos):
 
 
 def test_comfy_all_in_one_file(refs, tmp_path):
-    sd = {"model.diffusion_model." + k: v.half() for k, v in L.wan_state(refs.t2v).items()}
-    sd.update({"first_stage_model." + k: v for k, v in L.vae_wan_state(refs.vae).items()})
-    sd.update({"text_encoders.umt5xxl.transformer." + k: v.half() for k, v in L.hf_encoder_state(refs.umt5).items()})
-    sd["text_encoders.umt5xxl.spiece_model"] = torch.frombuffer(bytearray(refs.spiece.read_bytes()), dtype=torch.uint8)
-    path = tmp_path / "wan2.1_t2v_1.3B_aio.safetensors"
-    save_file(sd, str(path))
+    path = L.comfy_all_in_one(refs, tmp_path)
     parts = resolve_components([path], T2V)
     assert parts.transformers["t2v"] == parts.vae == parts.text_encoder == path and parts.tokenizer is None
     _check_pipeline(refs, "wan2.1-t2v-1.3b", [path], quant=False, solver="flow")

@@ -189,12 +189,7 @@ def test_gguf_umt5_encoder(refs, text_ref, tmp_path):
 
 # 4. ComfyUI all-in-one ------------------------------------------------------------------------------------
 def test_comfy_all_in_one_checkpoint(refs, text_ref, tmp_path):
-    sd = {"model.diffusion_model." + k: v.half() for k, v in L.wan_state(refs.t2v).items()}
-    sd.update({"first_stage_model." + k: v for k, v in L.vae_wan_state(refs.vae).items()})
-    sd.update({"text_encoders.umt5xxl.transformer." + k: v.half() for k, v in L.hf_encoder_state(refs.umt5).items()})
-    sd["text_encoders.umt5xxl.spiece_model"] = torch.frombuffer(bytearray(refs.spiece.read_bytes()), dtype=torch.uint8)
-    path = tmp_path / "wan2.1_t2v_1.3B_aio.safetensors"
-    save_file(sd, str(path))
+    path = L.comfy_all_in_one(refs, tmp_path)
     _dit_parity(load_transformer(path), refs.t2v, 16)
     L.assert_text_parity(load_text_encoder(path).encode(L.PROMPTS), *text_ref)
     video, latents = L.vae_reference(refs.vae)
