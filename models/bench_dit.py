@@ -188,8 +188,20 @@ VARIANTS = [("dense", "native", True), ("dense", "native", False), ("dense", "w8
             ("sagesla", "native", True), ("sagesla", "w8a8", True)]
 
 
+def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str) -> None:
+    """One forward under torch.profiler; the kernels' table (top 40 by device time) written to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        model(*args)
+        _sync(device)
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
+
+
 def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
-          variants: list[tuple[str, str, bool]] | None = None) -> list[dict]:
+          variants: list[tuple[str, str, bool]] | None = None, profile_dir: Path | None = None) -> list[dict]:
     started = time.time()
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -216,6 +228,9 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
                 sec, peak = time_forward(model, args, reps, device)
                 rows.append({"size": size, "variant": name, "s_per_nfe": sec, "peak_gib": peak,
                              "weights_gib": weights_gib, "vs_floor": sec / floor})
+                if profile_dir is not None:
+                    profile_dir.mkdir(parents=True, exist_ok=True)
+                    profile_forward(model, args, profile_dir / f"profile_{size}_{name.replace('/', '-')}.txt", device)
             except Exception as exc:  # noqa: BLE001 - report and go on to the next variant
                 rows.append({"size": size, "variant": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
             finally:
@@ -233,6 +248,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=300.0, help="start no new variant after this")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write JSON lines here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="folder: one torch.profiler kernel table per variant (one forward, after timing)")
     parser.add_argument("--variants", default=None,
                         help="comma-separated attention/linear/fused|torch, e.g. dense/native/torch,sagesla/w8a8/fused")
     args = parser.parse_args()
@@ -245,7 +262,7 @@ def main() -> None:
     variants = None
     if args.variants:
         variants = [(a, lin, f == "fused") for a, lin, f in (v.split("/") for v in args.variants.split(","))]
-    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants)
+    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile)
 
     print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")
     for r in check_rows:

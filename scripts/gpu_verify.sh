@@ -4,6 +4,10 @@
 #                                       through real processes (turbovid bench --skip-stages, 2-layer umT5)
 #   bash scripts/gpu_verify.sh bench    turbovid bench: per stage and whole job (full umT5-XXL)
 #   bash scripts/gpu_verify.sh one      one short call: turbovid bench (2-layer umT5), then GPU tests
+#   bash scripts/gpu_verify.sh x2       two GPUs (nvidia-h200-x2), ~8 min: GPU 0 turbovid bench (1.3B whole job,
+#                                       in process and through real processes); GPU 1 the 1.3B/14B DiT kernel
+#                                       profiles and the A14B 32 GB expert-offload bench; then both GPUs: the
+#                                       14B 720p sequence-parallel bench (2 ranks vs 1)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +19,25 @@ W=/tmp/turbovid-bench-weights-$mode
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   nproc; df -h /tmp | tail -1; } 2>&1 | tee "$OUT/$mode.log"
 
-if [ "$mode" = one ]; then
+if [ "$mode" = x2 ]; then
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    python3 -c "import torch; print('cuda devices', torch.cuda.device_count())" | tee -a "$OUT/$mode.log"
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 100 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --profile "$OUT/prof" \
+          --variants sagesla/w8a8/fused,dense/native/torch > "$OUT/dit13b.log" 2>&1
+      timeout 130 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --profile "$OUT/prof" \
+          --variants sagesla/w8a8/fused > "$OUT/dit14b.log" 2>&1
+      timeout 150 python3 -m models.offload --size a14b --budget-gb 32 > "$OUT/offload.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 330 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 \
+        --jobs 3 --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -45
+    wait $gpu1
+    for f in dit13b dit14b offload; do echo "== $f"; grep -v "^W\|Warning" "$OUT/$f.log" | tail -8; done
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1"
+    timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
+        --linear w8a8 2>&1 | tee "$OUT/sp14b.log" | grep -v "^W" | tail -5
+elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
         --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/e2e" 2>&1 \
