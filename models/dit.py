@@ -106,6 +106,8 @@ class WanSelfAttention(nn.Module):
         -> [B, L, C]."""
         B, L, _ = x.shape
         H, D = self.num_heads, self.head_dim
+        if ops.sequence is not None:
+            return self._forward_ulysses(x, cos, sin, ops, sla_topk)
         # 1. projections, q/k RMSNorm across all heads, RoPE
         q = ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps, cos, sin, H)
         k = ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps, cos, sin, H)
@@ -114,6 +116,24 @@ class WanSelfAttention(nn.Module):
         o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ops, sla_topk)  # [B, H, L, D]
         # 3. output projection
         return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
+
+    def _forward_ulysses(self, x: torch.Tensor | Int8Activation, cos: torch.Tensor, sin: torch.Tensor, ops: Ops,
+                         sla_topk: float | None) -> torch.Tensor:
+        """`forward` under sequence parallel (x: this rank's tokens): each projection's all-to-all starts as
+        soon as it is computed, so it runs under the next projection (models/parallel.py)."""
+        seq = ops.sequence
+        assert seq is not None
+        sp = seq.sp
+        B, L, _ = x.shape
+        H, D = self.num_heads, self.head_dim
+        v = sp.start_heads(ops.apply_linear(self.v, x).view(B, L, H, D))
+        q = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps,
+                                            cos, sin, H))
+        k = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps,
+                                            cos, sin, H))
+        local = replace(ops, sequence=None)  # the attention itself runs over the full sequence of H/N heads
+        o = seq.attend_started(q, k, v, lambda q_, k_, v_: self.attn_op(q_, k_, v_, local, sla_topk))
+        return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L/N, C]
 
     @property
     def eps(self) -> float:

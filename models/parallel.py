@@ -12,6 +12,12 @@ only). Self-attention is Ulysses (DeepSpeed-Ulysses, arXiv 2309.14509):
     attention (dense / sla / sagesla: the SLA block map is over the full sequence, as on one rank)
     o [B, H/N, L, D] ──all-to-all──▶ [B, H, L/N, D]
 
+The exchanges are token-major (q/k/v as the projections leave them, [B, L/N, H, D]) and asynchronous:
+the model starts each projection's all-to-all as soon as it is computed (v, then q, then k), so NCCL moves
+it while the next projection runs; the attention then runs in two groups of the rank's heads and the
+first group's way back is in flight while the second computes. For B = 1 the received q/k/v and the
+attention output need no copies (one pack per exchange out, one unpack of the output back).
+
 RoPE angles are computed for the whole grid and sliced to the rank's tokens. When N does not divide L
 the sequence is zero-padded to a multiple of N; the padding is dropped before attention (so it never
 enters a softmax or an SLA block) and after the final all-gather. H must be divisible by N.
@@ -81,26 +87,73 @@ class SequenceParallel:
         """This group's plan for one forward over `length` tokens (what `Ops.sequence` carries)."""
         return SequenceShard(self, length)
 
-    # the two all-to-alls of Ulysses ---------------------------------------------------------------
-    def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, L/N, D] (this rank's tokens, all heads) -> [B, H/N, L_pad, D] (all tokens, this rank's heads)."""
-        B, H, Ls, D = x.shape
+    # the two all-to-alls of Ulysses, token-major ------------------------------------------------------
+    # q/k/v leave the projections token-major ([B, L/N, H, D]); the layouts below are chosen so that for
+    # B == 1 the received q/k/v and the attention output are plain views (one packing copy per tensor on
+    # the way out, one unpacking copy for the output on the way back), and every exchange is started
+    # asynchronously so it runs on NCCL's stream under the compute that follows it.
+    def start_heads(self, x: torch.Tensor) -> PendingExchange:
+        """Start the exchange [B, L/N, H, D] (this rank's tokens, all heads) -> all tokens of this rank's
+        H/N heads; `finish_heads` waits for it."""
+        B, Ls, H, D = x.shape
         N = self.world_size
         if H % N:
             raise ValueError(f"sequence parallel needs the heads ({H}) divisible by the ranks ({N})")
-        send = x.reshape(B, N, H // N, Ls, D).transpose(0, 1).contiguous()  # [N, B, H/N, Ls, D]: chunk j to rank j
-        recv = torch.empty_like(send)  # recv[j]: rank j's tokens of this rank's heads
-        dist.all_to_all_single(recv, send, group=self.group)
-        return recv.permute(1, 2, 0, 3, 4).reshape(B, H // N, N * Ls, D)  # [B, H/N, L_pad, D]
+        send = x.reshape(B, Ls, N, H // N, D).permute(2, 0, 1, 3, 4).contiguous()  # [N, B, Ls, H/N, D]
+        return self._exchange(send)
+
+    def finish_heads(self, pending: PendingExchange, length: int) -> torch.Tensor:
+        """-> [B, H/N, length, D] (the padding dropped): a view of token-major storage when B == 1."""
+        N, B, Ls, Hn, D = pending.wait().shape
+        full = pending.recv.transpose(0, 1).reshape(B, N * Ls, Hn, D)  # recv[j]: rank j's tokens, in order
+        return full.narrow(1, 0, length).transpose(1, 2)
+
+    def start_tokens(self, o: torch.Tensor) -> PendingExchange:
+        """Start the way back: o [B, h, L, D] (all tokens of h of this rank's heads) -> every rank's h heads
+        of its own tokens; `finish_tokens` waits for the parts and assembles them."""
+        B, h, L, D = o.shape
+        N = self.world_size
+        t = pad_to_multiple(o.transpose(1, 2), 1, N)  # [B, L_pad, h, D]
+        send = t.reshape(B, N, t.shape[1] // N, h, D).transpose(0, 1).contiguous()  # [N, B, Ls, h, D]
+        return self._exchange(send)
+
+    def finish_tokens(self, parts: list[PendingExchange]) -> torch.Tensor:
+        """The head groups' exchanges (group i: heads i·h ... of each rank's H/N) -> [B, H, L/N, D], a view of
+        token-major [B, L/N, H, D] storage (what the output projection reads)."""
+        N, B, Ls, h, D = parts[0].recv.shape
+        out = parts[0].recv.new_empty(B, Ls, N, len(parts), h, D)  # head index = (rank, group, h)
+        for i, part in enumerate(parts):
+            out[:, :, :, i] = part.wait().permute(1, 2, 0, 3, 4)
+        return out.view(B, Ls, N * len(parts) * h, D).transpose(1, 2)
+
+    def _exchange(self, send: torch.Tensor) -> PendingExchange:
+        recv = torch.empty_like(send)
+        work = dist.all_to_all_single(recv, send, group=self.group, async_op=True)
+        return PendingExchange(work, send, recv)
+
+    # the blocking forms (kept for callers holding [B, H, L/N, D] tensors) --------------------------------
+    def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L/N, D] (this rank's tokens, all heads) -> [B, H/N, L_pad, D] (all tokens, this rank's heads)."""
+        return self.finish_heads(self.start_heads(x.transpose(1, 2)), x.shape[2] * self.world_size)
 
     def heads_to_seq(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H/N, L_pad, D] -> [B, H, L/N, D]: the inverse of `seq_to_heads`."""
-        B, Hn, Lp, D = x.shape
-        N = self.world_size
-        send = x.reshape(B, Hn, N, Lp // N, D).permute(2, 0, 1, 3, 4).contiguous()  # [N, B, H/N, Ls, D]
-        recv = torch.empty_like(send)  # recv[j]: rank j's heads of this rank's tokens
-        dist.all_to_all_single(recv, send, group=self.group)
-        return recv.transpose(0, 1).reshape(B, N * Hn, Lp // N, D)  # [B, H, Ls, D]
+        return self.finish_tokens([self.start_tokens(x)])
+
+
+@dataclass
+class PendingExchange:
+    """One started all-to-all: `send` is held until it is done, `recv` is valid after `wait`."""
+
+    work: dist.Work | None
+    send: torch.Tensor
+    recv: torch.Tensor
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            self.work.wait()  # on CUDA: the current stream waits for NCCL's; the CPU does not block
+            self.work = None
+        return self.recv
 
 
 @dataclass(frozen=True)
@@ -109,15 +162,28 @@ class SequenceShard:
 
     sp: SequenceParallel
     length: int
+    head_groups: int = 2  # attention + return exchange pipelined over this many groups of the rank's heads
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn: AttentionFn) -> torch.Tensor:
         """Ulysses attention: q, k, v [B, H, L/N, D] (this rank's tokens) -> o [B, H, L/N, D]; `fn` runs the
         attention of H/N heads over the full, unpadded sequence."""
-        L = self.length
-        qf, kf, vf = (self.sp.seq_to_heads(t).narrow(2, 0, L) for t in (q, k, v))  # [B, H/N, L, D]
-        o = fn(qf.contiguous(), kf.contiguous(), vf.contiguous())  # [B, H/N, L, D]
-        o = pad_to_multiple(o, 2, self.sp.world_size)  # [B, H/N, L_pad, D]
-        return self.sp.heads_to_seq(o)
+        sp = self.sp
+        pending = [sp.start_heads(t.transpose(1, 2)) for t in (q, k, v)]
+        return self.attend_started(*pending, fn)
+
+    def attend_started(self, q: PendingExchange, k: PendingExchange, v: PendingExchange,
+                       fn: AttentionFn) -> torch.Tensor:
+        """The rest of `attend` once q/k/v's exchanges are started (`SequenceParallel.start_heads`, called by
+        the model right after each projection so the exchange overlaps the next projection): the attention
+        runs per group of heads and each group's way back starts while the next group computes."""
+        sp, L = self.sp, self.length
+        qf, kf, vf = (sp.finish_heads(t, L) for t in (q, k, v))  # [B, H/N, L, D]
+        Hn = qf.shape[1]
+        groups = self.head_groups if Hn % self.head_groups == 0 else 1
+        h = Hn // groups
+        back = [sp.start_tokens(fn(qf[:, i * h:(i + 1) * h], kf[:, i * h:(i + 1) * h], vf[:, i * h:(i + 1) * h]))
+                for i in range(groups)]
+        return sp.finish_tokens(back)
 
 
 @dataclass(frozen=True)

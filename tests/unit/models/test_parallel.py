@@ -28,14 +28,18 @@ from models.parallel import CfgParallel, SequenceParallel, pad_to_multiple
 REPO = Path(__file__).resolve().parents[3]
 TINY = WanConfig.from_name("wan-tiny")  # 2 heads: world size 2 gives each rank one head
 SLA_CFG = TINY.with_(sla_block_q=4, sla_block_k=4, sla_topk=0.34)
+# 4 heads: 2 per rank, so the attention and its way back are pipelined over 2 head groups per rank
+SLA_CFG4 = SLA_CFG.with_(num_heads=4)
 LATENT = (1, 16, 1, 6, 6)  # grid 1×3×3: 9 tokens, not divisible by the 2 ranks (padding path)
+DIT_VARIANTS = ("dense", "sla", "dense4", "sla4")
 KILL_TIMEOUT_S = 20.0  # the group's timeout; gloo should notice a closed peer much sooner
 
 
 def _dit(attention: str) -> WanTransformer:
     torch.manual_seed(0)
-    model = WanTransformer(SLA_CFG if attention == "sla" else TINY, attention=attention).eval()
-    if attention == "sla":  # a live linear branch, so the SLA path is exercised in full
+    cfg = {"sla": SLA_CFG, "sla4": SLA_CFG4, "dense4": TINY.with_(num_heads=4)}.get(attention, TINY)
+    model = WanTransformer(cfg, attention=attention.rstrip("4")).eval()
+    if attention.startswith("sla"):  # a live linear branch, so the SLA path is exercised in full
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for block in model.blocks:
@@ -71,7 +75,7 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
     latents, t, ctx = _inputs()
     if mode == "equal":
         with torch.inference_mode():
-            result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in ("dense", "sla")}
+            result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in DIT_VARIANTS}
             from models.pipeline import load_pipeline
 
             pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])])
@@ -144,7 +148,7 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
 
     latents, t, ctx = _inputs()
     with torch.inference_mode():
-        want = {f"dit_{a}": _dit(a)(latents, t, ctx) for a in ("dense", "sla")}
+        want = {f"dit_{a}": _dit(a)(latents, t, ctx) for a in DIT_VARIANTS}
         frames = torch.from_numpy(load_pipeline("wan-tiny", [tiny]).generate(_gen_params()).frames.copy())
         flow = load_pipeline("wan-tiny", [tiny], solver="flow").generate(_flow_params()).frames
     for rank in range(2):
