@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +44,8 @@ import numpy as np
 
 from contract.jobs import GenerationParams
 from contract.settings import WorkerSettings, parse_warmup_size
+from models.pipeline_types import Progress
+from worker.encode import X264, Mp4Stream, encode_jpeg, pick_codec
 from worker.task import Pipeline
 
 log = logging.getLogger("turbovid.worker")
@@ -71,6 +74,7 @@ class WarmupReport:
     choices_saved: int = 0
     kernel_cache: Path | None = None  # Triton's compiled-kernel folder, when Triton is present
     seconds: float = 0.0
+    codec: str = X264  # the MP4 encoder this host opens (`worker.encode.pick_codec`), chosen once here
 
 
 def served_shapes(pipeline: Pipeline, extra_sizes: list[str]) -> list[WarmupShape]:
@@ -101,11 +105,21 @@ def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
     on_gpu = str(getattr(pipeline, "device", "cpu")).startswith("cuda")
     choices = use_kernel_cache(settings.cache_dir, report) if on_gpu else None
     shapes = served_shapes(pipeline, settings.warmup_sizes) if on_gpu else [small_shape(pipeline)]
+    report.codec, reason = pick_codec()
+    log.info("video encoder: %s (%s)", report.codec, reason)
     try:
-        for shape in shapes:
+        for i, shape in enumerate(shapes):
             t0 = time.perf_counter()
             steps = 1 if not on_gpu else FLOW_WARMUP_STEPS if pipeline.solver == "flow" else None
-            pipeline.generate(_params(pipeline, shape, steps), image=_grey(shape) if shape.kind == "i2v" else None)
+            # the first shape also runs a job's side paths: previews (the latent → RGB fit on first use),
+            # frames streamed into the MP4 encoder, the thumbnail
+            sink = _JobPaths(shape, report.codec) if i == 0 else None
+            try:
+                pipeline.generate(_params(pipeline, shape, steps), image=_grey(shape) if shape.kind == "i2v" else None,
+                                  on_step=sink)
+            finally:
+                if sink is not None:
+                    sink.close()
             report.shapes.append((shape, time.perf_counter() - t0))
             log.info("warm-up %s: %.2f s", shape, report.shapes[-1][1])
     finally:
@@ -115,6 +129,32 @@ def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
     log.info("warm-up done in %.1f s (%d shapes; autotune choices: %d loaded, %d saved)", report.seconds,
              len(report.shapes), report.choices_loaded, report.choices_saved)
     return report
+
+
+class _JobPaths(Progress):
+    """What a job does besides generating, done once so that the first real job does not pay for it: the
+    preview path (the VAE's latent → RGB fit, a JPEG), the decoded frames streamed into the MP4 encoder
+    and its thumbnail (encoder libraries, threads)."""
+
+    wants_preview = True
+
+    def __init__(self, shape: WarmupShape, codec: str) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="turbovid-warmup-"))
+        self.stream = Mp4Stream(self.folder / "warmup.mp4", width=shape.width, height=shape.height, fps=16,
+                                codec=codec, thumbnail_index=shape.num_frames // 2)
+
+    def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
+        encode_jpeg(image)
+
+    def on_frames(self, start: int, frames: np.ndarray) -> None:
+        self.stream.write(frames)
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except Exception:  # noqa: BLE001 - a warm-up detail; the real job reports its own encoder errors
+            log.exception("warm-up: the MP4 encoder failed")
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def small_shape(pipeline: Pipeline) -> WarmupShape:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,35 @@ def test_shipped_choices_for_the_gpu_model_load_first_and_the_hosts_own_win(
     assert choices is not None and report.choices_loaded == 3
     assert fresh.cache[(1,)] is fresh.configs[0]  # from the shipped file
     assert fresh.cache[(2,)] is fresh.configs[1]  # the host's own over the shipped one
+
+
+def test_warm_up_runs_a_jobs_side_paths_so_the_first_job_does_not(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first shape's warm-up generation also fits the preview map, streams its frames into a real MP4
+    encoder (with a thumbnail) and picks the codec, so none of that is left for the first job."""
+    from models.pipeline import load_pipeline
+    from models.tiny import ensure_tiny_checkpoints
+    from worker.encode import Mp4Stream
+
+    written: list[int] = []
+    closed: list[int] = []
+
+    class Recording(Mp4Stream):
+        def write(self, frames: np.ndarray) -> None:
+            written.append(len(frames))
+            super().write(frames)
+
+        def close(self) -> int:
+            size = super().close()
+            closed.append(size)
+            assert self.thumbnail is not None  # the thumbnail path ran too
+            return size
+
+    monkeypatch.setattr(warmup, "Mp4Stream", Recording)
+    pipe = load_pipeline("wan-tiny", [ensure_tiny_checkpoints(tmp_path / "w")])
+    assert pipe.latent_preview is None
+    report = warmup.warm_up(pipe, WorkerSettings(cache_dir=tmp_path / "cache"))
+    assert pipe.latent_preview is not None  # fitted during the warm-up, not by the first job's preview
+    assert sum(written) == 5 and len(closed) == 1 and closed[0] > 0  # every frame of the 64×64×5 run encoded
+    assert report.codec == "libx264"  # no NVENC here
+    assert not list(Path(tempfile.gettempdir()).glob("turbovid-warmup-*"))  # the temporary MP4 is gone
