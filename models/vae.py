@@ -20,9 +20,10 @@ conv kernels), the RMS-norm + SiLU of every residual block in one Triton pass
 padding done by the convolution itself, the upsamplers' nearest-2× + 3×3 conv as four 2×2 convs on the
 low-resolution frames (16 instead of 36 multiply-adds per output), and big chunks: the
 latent-resolution blocks see all latent frames at once, the blocks after the first upsampler see as
-many latent frames per chunk as the memory budget allows. `WanVAE.conv_impl = "taps2d"` runs the
-residual blocks' 3×3×3 convs as three conv2d (one per time tap) whose partial outputs the next norm
-pass sums. Chunking never changes the result beyond rounding (every layer is causal and carries its
+many latent frames per chunk as the memory budget allows, ending on chunks of 4, 2, 1 latent frames
+(`chunk_plan`: the streaming MP4 encoder then has little left after the last one).
+`WanVAE.conv_impl = "taps2d"` runs the residual blocks' 3×3×3 convs as three conv2d (one per time tap)
+whose partial outputs the next norm pass sums. Chunking never changes the result beyond rounding (every layer is causal and carries its
 cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
 diffusers. Measurements: kernels/NOTES_vae.md.
 
@@ -107,6 +108,42 @@ DEFAULT_MEMORY_BUDGET = 12 * 2**30
 # bytes for everything else (cuDNN workspace, attention, caches). Measured peaks: kernels/NOTES_vae.md.
 _LIVE_ACTIVATIONS = 7
 _WORKSPACE = 3 * 2**29
+
+def chunk_plan(t_rest: int, chunk: int, *, taper: bool) -> list[int]:
+    """Latent frames per decode chunk after the first latent frame (which always goes alone): chunks of
+    `chunk`, the last one smaller, summing to `t_rest`. With `taper`, the plan ends on halving chunks
+    (…, 4, 2, 1; each smaller than `chunk`): a consumer that handles each chunk while the next one is
+    decoded (the worker's MP4 encoder) then has one latent frame's worth (4 frames) left after the last
+    one instead of a whole chunk. Chunking never changes the decoded frames (the causal cache makes it
+    exact), only when they come out.
+
+        chunk_plan(20, 7, taper=False) == [7, 7, 6]
+        chunk_plan(20, 7, taper=True) == [7, 6, 4, 2, 1]
+        chunk_plan(20, 4, taper=True) == [4, 4, 3, 3, 3, 2, 1]
+    """
+    chunk = max(1, chunk)
+    tail: list[int] = []
+    n = 1
+    while taper and n < chunk and sum(tail) + n <= t_rest:
+        tail.insert(0, n)
+        n *= 2
+    rest = t_rest - sum(tail)
+    if not taper:
+        return [min(chunk, rest - i) for i in range(0, rest, chunk)]
+    k = -(-rest // chunk)  # near-equal chunks before the taper, larger first
+    return [rest // k + int(i < rest % k) for i in range(k)] + tail
+
+
+@dataclass
+class DecodeStart:
+    """What `WanVAE.begin_decode` hands to the chunk loop: the latent-resolution blocks' output for all
+    frames [B, C_top, T, h, w], the causal cache they filled, and the chunk plan (latent frames per chunk,
+    1 first)."""
+
+    low: torch.Tensor
+    cache: CausalCache
+    plan: list[int]
+
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
@@ -655,46 +692,51 @@ class WanVAE(nn.Module):
         mean, std = self._stats(mu)
         return ((mu.float() - mean) / std).to(p.dtype)
 
-    @torch.no_grad()
-    def decode_iter(
+    def decode_plan(
         self,
-        latents: torch.Tensor,
+        shape: tuple[int, ...],
         *,
+        fused: bool,
         chunk_latents: int | None = None,
         prefix_latents: int | None = None,
-        fused: bool | None = None,
         memory_budget: int | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Decode normalised latents [B, z, T, h, w] chunk by chunk, in order, yielding video frames
-        [B, 3, n, 8h, 8w] clamped to [-1, 1]: n = 1 for the first latent frame, then 4 per latent frame
-        (channels-last-3d memory on the fast path). The causal cache is carried from chunk to chunk, so
-        the chunks concatenate to `decode(latents)` whatever their size.
+        taper: bool | None = None,
+        high_rows: int | None = None,
+    ) -> tuple[int, list[int]]:
+        """(prefix_latents, plan) of a decode of latents of `shape` [B, z, T, h, w] (`decode_iter`'s
+        arguments; `fused` resolved): latent frames per chunk through the latent-resolution blocks, and
+        per chunk through the rest (the first latent frame alone, then `chunk_plan`). `high_rows`: latent
+        rows one chunk of the rest covers (default h; a band's in `models.vae_parallel`)."""
+        cfg = self.config
+        b, _, t, h, w = shape
+        rows = h if high_rows is None else high_rows
+        sf, tf, el = cfg.spatial_factor, cfg.temporal_factor, self._param().element_size()
+        budget = self.memory_budget if memory_budget is None else memory_budget
+        c_top = cfg.base_dim * cfg.dim_mult[-1]
+        low_per_latent = 6 * b * c_top * h * w * el  # a few activations at latent resolution
+        if prefix_latents is None:
+            prefix_latents = max(1, min(t, (budget // 4) // low_per_latent)) if fused else 1
+        if taper is None:
+            taper = chunk_latents is None
+        if chunk_latents is None:
+            per_latent = _LIVE_ACTIVATIONS * tf * b * cfg.base_dim * cfg.dim_mult[0] * (sf * rows) * (sf * w) * el
+            output = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el
+            fixed = output + low_per_latent * min(t, prefix_latents) + _WORKSPACE
+            chunk_latents = self._latents_per_chunk(per_latent, fixed, t - 1, budget) if fused else 1
+        return prefix_latents, [1, *chunk_plan(t - 1, chunk_latents, taper=taper)]
 
-        chunk_latents: latent frames per chunk after the first (default: as many as `memory_budget`
-            bytes allow on the fast path; 1 on the eager path).
-        prefix_latents: latent frames per chunk through the latent-resolution blocks, which run ahead
-            of the rest (default: all of them when they fit the budget; 1 on the eager path).
-        fused: the fast path (channels-last, Triton norm + SiLU); default: on CUDA.
-        memory_budget: bytes (default `self.memory_budget`).
-        """
+    @torch.no_grad()
+    def begin_decode(self, latents: torch.Tensor, *, fused: bool | None = None, **chunking: Any) -> DecodeStart:
+        """The first half of `decode_iter` (same arguments, plus `high_rows` of `decode_plan`): the
+        latent-resolution blocks over all frames, and the chunk plan for the rest."""
         cfg, p = self.config, self._param()
         if latents.dim() != 5 or latents.shape[1] != cfg.z_dim:
             raise ValueError(f"latents must be [B, {cfg.z_dim}, T, h, w], got {tuple(latents.shape)}")
         if min(latents.shape[2:]) < 1:
             raise ValueError(f"latents must have at least one frame and pixel, got {tuple(latents.shape)}")
         fused = self._fast(fused)
-        b, _, t, h, w = latents.shape
-        sf, tf, el = cfg.spatial_factor, cfg.temporal_factor, p.element_size()
-        budget = self.memory_budget if memory_budget is None else memory_budget
-        c_top = cfg.base_dim * cfg.dim_mult[-1]
-        low_per_latent = 6 * b * c_top * h * w * el  # a few activations at latent resolution
-        if prefix_latents is None:
-            prefix_latents = max(1, min(t, (budget // 4) // low_per_latent)) if fused else 1
-        if chunk_latents is None:
-            per_latent = _LIVE_ACTIVATIONS * tf * b * cfg.base_dim * cfg.dim_mult[0] * (sf * h) * (sf * w) * el
-            output = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el
-            fixed = output + low_per_latent * min(t, prefix_latents) + _WORKSPACE
-            chunk_latents = self._latents_per_chunk(per_latent, fixed, t - 1, budget) if fused else 1
+        t = latents.shape[2]
+        prefix_latents, plan = self.decode_plan(tuple(latents.shape), fused=fused, **chunking)
 
         # 1. Un-normalise and apply the 1×1×1 input conv (latent-sized, cheap for all frames at once).
         mean, std = self._stats(latents)
@@ -707,12 +749,42 @@ class WanVAE(nn.Module):
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.
         low = torch.cat([self.decoder.forward_low(z[:, :, i : i + prefix_latents], cache)
                          for i in range(0, t, prefix_latents)], dim=2)  # fmt: skip  # [B, C_top, T, h, w]
-        del z
+        return DecodeStart(low, cache, plan)
 
-        # 3. The rest: the first latent frame alone, then `chunk_latents` at a time.
+    @torch.no_grad()
+    def decode_iter(
+        self,
+        latents: torch.Tensor,
+        *,
+        chunk_latents: int | None = None,
+        prefix_latents: int | None = None,
+        fused: bool | None = None,
+        memory_budget: int | None = None,
+        taper: bool | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Decode normalised latents [B, z, T, h, w] chunk by chunk, in order, yielding video frames
+        [B, 3, n, 8h, 8w] clamped to [-1, 1]: n = 1 for the first latent frame, then 4 per latent frame
+        (channels-last-3d memory on the fast path). The causal cache is carried from chunk to chunk, so
+        the chunks concatenate to `decode(latents)` whatever their size.
+
+        chunk_latents: latent frames per chunk after the first (default: as many as `memory_budget`
+            bytes allow on the fast path; 1 on the eager path).
+        prefix_latents: latent frames per chunk through the latent-resolution blocks, which run ahead
+            of the rest (default: all of them when they fit the budget; 1 on the eager path).
+        fused: the fast path (channels-last, Triton norm + SiLU); default: on CUDA.
+        memory_budget: bytes (default `self.memory_budget`).
+        taper: end on chunks of halving size (…, 4, 2, 1 latent frames; see `chunk_plan`), so that a
+            consumer of the chunks (the streaming MP4 encoder) has little left after the last one.
+            Default: when `chunk_latents` is chosen from the budget.
+        """
+        start = self.begin_decode(latents, chunk_latents=chunk_latents, prefix_latents=prefix_latents,
+                                  fused=fused, memory_budget=memory_budget, taper=taper)
+        low, cache, plan = start.low, start.cache, start.plan
+        del start
+
+        # 3. The rest, chunk by chunk: the first latent frame alone, then as planned.
         i = 0
-        while i < t:
-            n = 1 if i == 0 else min(chunk_latents, t - i)
+        for n in plan:
             yield self.decoder.forward_high(low[:, :, i : i + n], cache).clamp_(-1.0, 1.0)  # [B, 3, 1 or 4n, H, W]
             i += n
 

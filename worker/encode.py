@@ -9,7 +9,15 @@ Input frames are `[n, H, W, 3]` uint8 RGB. yuv420p needs even sides, so an odd w
 by one edge pixel (replicated) rather than rescaled.
 
 Rate control: x264 CRF (`DEFAULT_CRF`, preset veryfast): sizes follow the content (a smooth video is a
-few hundred kB, noise is large). Determinism: x264's output depends on its frame-thread count, and
+few hundred kB, noise is large).
+
+The encode tail (what the worker waits for after the VAE's last chunk): x264 holds back the frames its
+rate-control lookahead and B-frame decision still look at, and encodes them only once later frames (or
+the close) come. `X264_PARAMS` keeps that short: a 5-frame lookahead instead of veryfast's 10 (same CRF;
+-2 % size, -0.1 dB PSNR on the bench's content) and sliced threads (a frame's slices in parallel, no
+frame-thread delay; PyAV's default thread type, stated so that a PyAV change cannot add delay). The VAE
+ends its decode on small chunks (`models.vae.chunk_plan`) for the same reason. `python -m worker.encode`
+measures the tail (see `bench_tail`). Determinism: x264's output depends on its frame-thread count, and
 "auto" threads are 1.5× the CPUs the process may run on (its affinity mask), so the same frames gave
 different files on different machines, or after a library pinned the process to fewer cores. We fix
 the thread count (`ENCODER_THREADS`). And x264 reads some heap memory it never wrote (its content then
@@ -40,6 +48,7 @@ log = logging.getLogger("turbovid.worker")
 DEFAULT_CRF = 23  # x264 CRF (NVENC: constant-quality `cq`)
 X264_PRESET = "veryfast"
 ENCODER_THREADS = 4  # fixed, not "auto": the bitstream depends on it (see the module docstring)
+X264_PARAMS = "rc-lookahead=5:sliced-threads=1"  # a short encode tail (see the module docstring)
 NVENC = "h264_nvenc"
 X264 = "libx264"
 M_PERTURB = -6  # glibc mallopt parameter (malloc.h)
@@ -95,11 +104,11 @@ def pick_codec(prefer: str = "auto") -> tuple[str, str]:
 def _codec_options(codec: str, crf: int, preset: str, threads: int) -> dict[str, str]:
     if codec == NVENC:
         return {"preset": "p4", "rc": "vbr", "cq": str(crf), "b": "0"}
-    return {"crf": str(crf), "preset": preset, "threads": str(threads)}
+    return {"crf": str(crf), "preset": preset, "threads": str(threads), "x264-params": X264_PARAMS}
 
 
 class Mp4Stream:
-    """An MP4 written from frame chunks on a thread of its own.
+    """An MP4 written from frame chunks on a thread of its own (`x264_params`: instead of `X264_PARAMS`).
 
         enc = Mp4Stream(path, width=832, height=480, fps=16, thumbnail_index=40)
         enc.write(chunk)        # [n, H, W, 3] uint8, in order; returns at once (the array is read later:
@@ -113,13 +122,15 @@ class Mp4Stream:
 
     def __init__(self, path: Path, *, width: int, height: int, fps: int, codec: str = X264,
                  crf: int = DEFAULT_CRF, preset: str = X264_PRESET, threads: int = ENCODER_THREADS,
-                 thumbnail_index: int | None = None) -> None:
+                 thumbnail_index: int | None = None, x264_params: str | None = None) -> None:
         if not deterministic_heap():
             log.warning("glibc M_PERTURB unavailable: x264 output may vary between runs for identical frames")
         self.path = Path(path)
         self.width, self.height = width + width % 2, height + height % 2
         self.fps, self.codec = fps, codec
         self.options: dict[str, object] = dict(_codec_options(codec, crf, preset, threads))
+        if x264_params is not None and codec == X264:  # the bench's "before" row; tests
+            self.options["x264-params"] = x264_params
         self.thumbnail_index = thumbnail_index
         self.thumbnail: bytes | None = None
         self.frames = 0  # frames written (queued)
@@ -217,3 +228,95 @@ def decode_image(data: bytes) -> np.ndarray:
     """PNG/JPEG/WebP bytes → [H, W, 3] uint8 RGB (alpha dropped, palette expanded)."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+# bench: the encode tail ----------------------------------------------------------------------------------
+def _test_video(frames: int, height: int, width: int) -> np.ndarray:
+    """Real-looking content [F, H, W, 3] uint8: a smooth colour field, a shape moving across it, some grain."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for i in range(frames):
+        img = np.stack([80 + 60 * np.sin(x / 37 + i / 9), 120 + 50 * np.cos(y / 23), 90 + 0.3 * x], axis=-1)
+        img[(x - 8 * i - 40) ** 2 + (y - height / 2) ** 2 < (height / 5) ** 2] = (230, 200, 40)
+        out[i] = (img + rng.normal(0, 2, img.shape)).clip(0, 255).astype(np.uint8)
+    return out
+
+
+def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: float,
+                x264_params: str | None = None) -> tuple[float, int]:
+    """Feed `frames` to an `Mp4Stream` in chunks of `chunks` latent frames (1 frame for the first latent
+    frame, 4 per later one), each after `decode_s` × its share of the latent frames (a decoder working
+    on it): (seconds from the last chunk to the closed MP4, its size in bytes)."""
+    import time
+
+    _, h, w, _ = frames.shape
+    total = sum(chunks)
+    enc = Mp4Stream(path, width=w, height=h, fps=16, x264_params=x264_params)
+    start, t0 = 0, 0.0
+    for i, n in enumerate(chunks):
+        time.sleep(decode_s * n / total)
+        count = 1 if i == 0 else 4 * n
+        t0 = time.perf_counter()
+        enc.write(frames[start : start + count])
+        start += count
+    size = enc.close()
+    return time.perf_counter() - t0, size
+
+
+def bench_tail() -> None:
+    """The encode tail of the worker's streamed MP4, old vs new, in one run (CPU only, no GPU):
+
+        python -m worker.encode --size 832x480 --frames 81 --decode-s 0.9
+
+    Frames of `_test_video` are pushed as the VAE's `decode_iter` yields them: chunk plan from
+    `WanVAE.decode_plan` (the full Wan2.1 VAE, bf16, fast path, its default 12 GiB budget) untapered
+    ("old") or tapered, each chunk after its share of `--decode-s` seconds (the decode's time on the GPU:
+    0.9 s on an H200 at 480p), with veryfast's own 10-frame lookahead ("old") or `X264_PARAMS`. Prints a
+    row per variant (median tail over --repeats, size, PSNR of the decoded MP4), then one JSON line."""
+    import argparse
+    import json
+    import statistics
+    import tempfile
+
+    import torch
+
+    from models.vae import VAEConfig, WanVAE
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="832x480")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--decode-s", type=float, default=0.9, help="the VAE decode's seconds (simulated)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
+    shape = (1, 16, (args.frames - 1) // 4 + 1, height // 8, width // 8)
+    plans = {taper: vae.decode_plan(shape, fused=True, taper=taper)[1] for taper in (False, True)}
+    frames = _test_video(args.frames, height, width)
+    old_params = "sliced-threads=1"  # veryfast's own lookahead (10 frames)
+    variants = [("old chunks, old x264", False, old_params), ("old chunks, new x264", False, None),
+                ("tapered chunks, old x264", True, old_params), ("tapered chunks, new x264", True, None)]
+    rows: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, taper, params in variants:
+            path = Path(tmp) / "tail.mp4"
+            runs = [stream_tail(frames, plans[taper], path, decode_s=args.decode_s, x264_params=params)
+                    for _ in range(args.repeats)]
+            with av.open(str(path)) as c:
+                decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
+            psnr = 10 * np.log10(255**2 / float(((decoded - frames) ** 2).mean()))
+            rows[name] = {"tail_s": round(statistics.median(t for t, _ in runs), 3), "bytes": runs[-1][1],
+                          "psnr_db": round(float(psnr), 2), "chunks": plans[taper], "frames": len(decoded)}
+            print(f"{name:26} tail {rows[name]['tail_s']:6.3f} s  {runs[-1][1]:8d} B  PSNR {psnr:5.2f} dB  "  # noqa: T201
+                  f"latent chunks {plans[taper]}", flush=True)
+    old, new = rows["old chunks, old x264"], rows["tapered chunks, new x264"]
+    print(json.dumps({"size": args.size, "frames": args.frames, "decode_s": args.decode_s,  # noqa: T201
+                      "tail_old_s": old["tail_s"], "tail_new_s": new["tail_s"],
+                      "bytes_old": old["bytes"], "bytes_new": new["bytes"],
+                      "psnr_old": old["psnr_db"], "psnr_new": new["psnr_db"]}))
+
+
+if __name__ == "__main__":
+    bench_tail()

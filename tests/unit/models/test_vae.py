@@ -14,7 +14,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from models.checkpoint_io import CheckpointError, Manifest, write_canonical
-from models.vae import CausalCache, ResidualBlock, VAEConfig, WanVAE, _nearest2x, _upsample2x_conv3x3
+from models.vae import (
+    CausalCache,
+    ResidualBlock,
+    VAEConfig,
+    WanVAE,
+    _nearest2x,
+    _upsample2x_conv3x3,
+    chunk_plan,
+)
 from models.vae_loading import infer_config, load_vae, save_vae_canonical
 
 
@@ -93,6 +101,44 @@ def test_decode_iter_any_chunking_concatenates_to_decode(vae: WanVAE) -> None:
         chunks = list(vae.decode_iter(latents, chunk_latents=chunk, prefix_latents=prefix))
         assert [c.shape[2] for c in chunks] == sizes
         torch.testing.assert_close(torch.cat(chunks, dim=2), whole, atol=2e-5, rtol=1e-5)
+
+
+def test_chunk_plan_ends_on_one_latent_frame() -> None:
+    assert chunk_plan(20, 7, taper=False) == [7, 7, 6]
+    assert chunk_plan(20, 7, taper=True) == [7, 6, 4, 2, 1]
+    assert chunk_plan(20, 4, taper=True) == [4, 4, 3, 3, 3, 2, 1]
+    assert chunk_plan(20, 1, taper=True) == [1] * 20
+    for t_rest in range(0, 30):
+        for chunk in range(1, 9):
+            plan = chunk_plan(t_rest, chunk, taper=True)
+            assert sum(plan) == t_rest and max(plan, default=1) <= chunk
+            assert not plan or plan[-1] == 1
+
+
+def test_default_fast_decode_plan_tapers_at_480p() -> None:
+    # The plan decode_iter follows on the GPU (full-size VAE, bf16, the default 12 GiB budget): chunks
+    # sized to the budget, then halving to one latent frame (4 video frames) for the MP4 encoder's tail.
+    with torch.device("meta"):
+        full = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
+    prefix, plan = full.decode_plan((1, 16, 21, 60, 104), fused=True)
+    assert prefix == 21 and plan[0] == 1 and sum(plan) == 21
+    assert plan[-3:] == [4, 2, 1] or plan[-2:] == [2, 1]
+    assert max(plan) == max(full.decode_plan((1, 16, 21, 60, 104), fused=True, taper=False)[1]) > 2
+    # an explicit chunk size is kept as given (no taper unless asked for)
+    assert full.decode_plan((1, 16, 21, 60, 104), fused=True, chunk_latents=5)[1] == [1, 5, 5, 5, 5]
+
+
+def test_tapered_chunks_give_bit_identical_frames(vae: WanVAE) -> None:
+    # The causal cache makes the chunking exact: the tapered plan, the old even plan and one latent frame
+    # at a time give the same frames, bit for bit, on the eager path.
+    latents = torch.randn(1, 16, 9, 3, 5)
+    even = list(vae.decode_iter(latents, chunk_latents=5, taper=False))
+    tapered = list(vae.decode_iter(latents, chunk_latents=5, taper=True))
+    assert [c.shape[2] for c in even] == [1, 20, 12]
+    assert [c.shape[2] for c in tapered] == [1, 4, 16, 8, 4]
+    whole = torch.cat(even, dim=2)
+    assert torch.equal(torch.cat(tapered, dim=2), whole)
+    assert torch.equal(torch.cat(list(vae.decode_iter(latents, chunk_latents=1)), dim=2), whole)
 
 
 def test_chunk_size_follows_the_memory_budget() -> None:

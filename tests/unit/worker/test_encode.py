@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.encode import Mp4Stream, decode_image, encode_mp4, encode_thumbnail, pick_codec
+from worker.encode import (
+    DEFAULT_CRF,
+    X264,
+    X264_PRESET,
+    Mp4Stream,
+    _codec_options,
+    decode_image,
+    encode_mp4,
+    encode_thumbnail,
+    pick_codec,
+    stream_tail,
+)
 
 
 def _frames(f: int, h: int, w: int) -> np.ndarray:
@@ -188,3 +199,48 @@ def test_encode_tail_after_the_last_chunk_is_short(tmp_path):
     enc.write(frames[29:])
     enc.close()
     assert time.perf_counter() - t0 < 1.0
+
+
+def _x264_delay(options: dict[str, str], frames: np.ndarray) -> int:
+    """Frames x264 takes in before its first packet comes out: what it still holds when the input ends."""
+    from fractions import Fraction
+
+    ctx = av.CodecContext.create(X264, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    ctx.time_base = Fraction(1, 16)
+    ctx.options = options
+    ctx.open()
+    for i, f in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        if ctx.encode(frame):
+            return i
+    raise AssertionError("no packet before the flush")
+
+
+def test_x264_holds_back_few_frames_at_the_same_crf():
+    # The encode tail after the VAE's last chunk is that chunk plus what x264 still holds back (its
+    # lookahead and B-frames), encoded only at close: ours holds 6 frames, veryfast's defaults 11.
+    frames = _moving(24, 48, 80)
+    ours = _codec_options(X264, DEFAULT_CRF, X264_PRESET, 4)
+    assert _x264_delay(ours, frames) <= 6
+    veryfast = {k: v for k, v in ours.items() if k != "x264-params"}
+    assert _x264_delay(veryfast, frames) >= 10
+
+
+def test_streamed_mp4_has_every_frame_at_crf_23_and_the_short_lookahead(tmp_path):
+    # Decoder-like chunks (1 frame, then the tapered 8, 8, 4) through the worker's encoder: a valid H.264
+    # MP4 with every frame in order, CRF 23, the short lookahead, sliced threads (x264 uses 2 of the 4 at
+    # 128 rows), the same bytes every time.
+    frames = _moving(21, 128, 160)
+    chunks = [1, 2, 2, 1]  # latent frames per chunk
+    sizes = [stream_tail(frames, chunks, tmp_path / f"{i}.mp4", decode_s=0.0)[1] for i in range(2)]
+    data = (tmp_path / "0.mp4").read_bytes()
+    assert sizes[0] == sizes[1] and data == (tmp_path / "1.mp4").read_bytes()
+    info = data[data.find(b"x264 - core") :][:2000]
+    assert b"crf=23.0" in info and b"rc_lookahead=5" in info and b"sliced_threads=1" in info
+    with av.open(str(tmp_path / "0.mp4")) as c:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
+    assert decoded.shape == frames.shape
+    per_frame = ((decoded - frames) ** 2).mean(axis=(1, 2, 3))
+    assert (10 * np.log10(255**2 / per_frame)).min() > 30  # each frame is its own, in order
