@@ -92,10 +92,9 @@ class ExpertOffloader:
             raise ValueError(f"expert {name!r} was already added")
         host: dict[str, torch.Tensor] = {}
         for full, owner, local, t in _tensors(module):
-            with _plain_tensors():
-                h = t.detach().to("cpu", copy=True)
-            if self.cuda:
-                h = h.pin_memory()
+            with _plain_tensors():  # straight into pinned memory on CUDA: one copy, no pageable staging
+                h = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.cuda)
+                h.copy_(t.detach())
             host[full] = h
             _bind(owner, local, h)  # the device copy (if any) is freed with its last reference
         if self.experts:
@@ -193,8 +192,8 @@ def bench() -> None:
         python -m models.offload --size tiny --device cpu            # CPU smoke test
 
     The budget is `torch.cuda.set_per_process_memory_fraction(budget / total)`, set after the resident
-    run (which holds both experts). This covers the DiT part of the job only; the whole-job budget
-    (umT5, VAE encode/decode) is `load_pipeline(offload_experts=True, offload_text_encoder=True)`."""
+    run (which holds both experts). This covers the DiT part of the job only; `python -m models.bench_a14b`
+    runs the whole job (umT5, VAE encode, both experts, VAE decode) under the budget."""
     import argparse
     import json
     import time

@@ -1,0 +1,36 @@
+"""models.bench_a14b at tiny size on CPU: the whole I2V job (umT5 encode, VAE encode of the image, two
+W8A8 experts, VAE decode) resident and then with the experts and the text encoder offloaded gives the
+same frames, the offloaded run really swapped, and the row has every field the GPU run reports.
+
+What CPU cannot prove (no CUDA): the memory peak under the budget and the time ratio; those are the
+GPU command's (`python3 -m models.bench_a14b`, docs/multi_gpu.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+from models.bench_a14b import GIB, bench
+from models.vae import DEFAULT_MEMORY_BUDGET
+
+STAGES = {"text_encode", "image_encode", "denoise", "vae_decode"}
+FIELDS = {"resident_s", "budget_s", "ratio", "resident_peak_gib", "resident_reserved_gib", "budget_peak_gib",
+          "budget_reserved_gib", "resident_stages", "budget_stages", "expert_swaps", "text_encoder_swaps",
+          "frames_cos", "frames_max_abs", "frames_std", "vae_budget_gib", "pass"}
+
+
+def test_whole_job_under_the_budget_gives_the_resident_frames_and_swaps():
+    row = bench("tiny", device="cpu", log=lambda _msg: None)
+
+    assert FIELDS <= set(json.loads(json.dumps(row)))  # one JSON line with every field
+    assert row["frames_max_abs"] == 0.0 and row["frames_cos"] == 1.0  # offloaded == resident, exactly
+    assert row["frames_std"] > 10.0  # the video has content: equal constant frames would prove nothing
+    assert row["expert_swaps"] == 4  # each of the two runs swapped "high" in, then "low"
+    assert row["text_encoder_swaps"] == 2  # each run's new prompt: swapped in to encode, released after
+    # the VAE's chunk budget from the device budget, per encode and decode (at most the VAE's default)
+    assert row["vae_budget_gib"] == [round(DEFAULT_MEMORY_BUDGET / GIB, 2)] * 4
+    for stages in (row["resident_stages"], row["budget_stages"]):
+        assert set(stages) == STAGES and all(stages[s] > 0 for s in STAGES)
+    assert row["resident_s"] > 0 and row["budget_s"] > 0
+    assert abs(row["ratio"] - row["budget_s"] / row["resident_s"]) < 0.01
+    assert row["budget_peak_gib"] is None and row["pass"] is None  # CPU: no device memory to judge
