@@ -112,9 +112,13 @@ class WorkerSettings(BaseModel):
     warmup_sizes: list[str] = Field(default_factory=list)
     name: str | None = None  # RQ worker name; default host:pid
     cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
-    # GPU memory budget in GB (None: the device's own). Under it the worker offloads what does not fit
-    # (models.offload: the inactive A14B expert in pinned host memory, the text encoder between prompts).
+    # GPU memory budget in GB (GiB; None: the device's own), per rank. Under it the worker offloads what
+    # does not fit (worker/memory.py: the inactive A14B expert in pinned host memory, the text encoder
+    # between prompts) and caps its allocations at it.
     gpu_memory_gb: float | None = Field(default=None, gt=0)
+    # Sequence-parallel ranks one worker drives (worker/ranks.py): cuda:0..N-1 over NCCL, or N CPU
+    # processes over gloo with device cpu; the model's attention heads must divide by N.
+    gpus: int = Field(default=1, ge=1)
 
 
 class Settings(BaseSettings):

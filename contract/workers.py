@@ -30,6 +30,7 @@ class WorkerInfo(BaseModel):
     dtype: str
     started_at: float
     ready: bool = True  # False while the model is still loading
+    ranks: int = 1  # sequence-parallel ranks (GPUs) behind this one consumer (`turbovid worker --gpus N`)
 
     @property
     def sla(self) -> bool:
