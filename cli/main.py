@@ -2,7 +2,7 @@
 
     turbovid serve --dev [--port N]     gateway + wan-tiny worker + webhooks (+ embedded Redis)
     turbovid gateway                    the HTTP API (no torch import)
-    turbovid worker [--model ID]        a GPU worker serving one model's queues
+    turbovid worker [--model ID]        a GPU worker serving one model's queues ([--gpu N] | [--gpus N])
     turbovid webhooks                   webhook deliveries
     turbovid keys create NAME           a new API key (printed once)
     turbovid generate|convert|download  offline model commands (cli/models.py)
@@ -61,6 +61,13 @@ def _worker(args: argparse.Namespace) -> int:
     settings = load_settings(worker_model=args.model)
     from worker.main import on_gpu, run_worker
 
+    if args.gpus is not None:
+        if args.gpu is not None:
+            raise ConfigError("--gpu and --gpus together: --gpu N runs one rank on cuda:N, --gpus N runs N ranks "
+                              "on cuda:0..N-1 (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        if args.gpus < 1:
+            raise ConfigError(f"--gpus: {args.gpus} is not a number of ranks (1, 2, ...)")
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"gpus": args.gpus})})
     if args.gpu is not None:
         settings = on_gpu(settings, args.gpu)
     return run_worker(settings, burst=args.burst)
@@ -114,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     w.add_argument("--gpu", type=int, default=None, metavar="N",
                    help="run on cuda:N with metrics port TURBOVID_WORKER__METRICS_PORT + N (one worker per GPU)")
+    w.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="one worker on N GPUs (cuda:0..N-1, sequence parallel over NCCL; N CPU processes over "
+                        "gloo with TURBOVID_WORKER__DEVICE=cpu); default TURBOVID_WORKER__GPUS (1)")
     w.set_defaults(func=_worker)
 
     h = sub.add_parser("webhooks", help="deliver webhooks")

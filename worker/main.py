@@ -13,12 +13,18 @@ re-registers by itself after Redis lost its data. Signals: the first SIGTERM/SIG
 flag — an idle worker exits at once, a busy one stops at the next denoise step and re-queues the job
 (or lets it finish when nearly done), then exits; a second signal is a cold shutdown whose job the
 reaper recovers via its expired lease.
+
+`worker.gpus` N > 1 (`turbovid worker --gpus N`): this process is rank 0 of N sequence-parallel ranks
+and the only RQ consumer; worker/ranks.py starts and drives the other N-1 (one job at a time on all of
+them) and a lost rank fails its job and makes the worker exit non-zero for a restart. The memory
+budget (`worker.gpu_memory_gb`) decides what `load_model_pipeline` offloads (worker/memory.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -28,10 +34,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 
 from contract.catalog import get_card
-from contract.jobs import JobStatus
+from contract.jobs import ErrorCode, JobStatus
 from contract.jobstore import JobStore
 from contract.keys import Keys
 from contract.queue import RQ_SERIALIZER, JobQueue
@@ -39,9 +46,11 @@ from contract.settings import ConfigError, Settings
 from contract.storage import make_storage
 from contract.workers import WorkerInfo, WorkerRegistry
 from worker import warmup
+from worker.memory import GIB, plan_memory
 from worker.metrics import WorkerMetrics, cuda_memory_reader
+from worker.ranks import Loader, RankedPipeline, check_world, start_ranks
 from worker.reaper import Lease, lease_ttl_s, reap, sweep_slots
-from worker.task import Pipeline, TurboJob, WorkerContext
+from worker.task import Pipeline, TurboJob, WorkerContext, fail_job
 
 log = logging.getLogger("turbovid.worker")
 
@@ -82,15 +91,25 @@ def on_gpu(settings: Settings, index: int) -> Settings:
 
 
 def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline:
-    """The real pipeline for `settings.worker` (imports torch and models lazily)."""
+    """The real pipeline for `settings.worker` (imports torch and models lazily), offloading what the
+    memory budget wants (worker/memory.py: `worker.gpu_memory_gb`, else the device's own memory)."""
     import torch
 
     from models.pipeline import load_pipeline
 
     w = settings.worker
+    torch_dtype = getattr(torch, dtype)
+    cuda = device.startswith("cuda")
+    device_gib = torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None
+    plan = plan_memory(get_card(w.model), budget_gib=w.gpu_memory_gb, device_gib=device_gib, linear=w.linear,
+                       dtype_bytes=torch.finfo(torch_dtype).bits // 8)
+    log.info("%s (%s)", plan.describe(), device)
+    if plan.fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(plan.fraction, device)
     return load_pipeline(  # type: ignore[no-any-return]
-        w.model, list(w.checkpoint), device=device, dtype=getattr(torch, dtype), attention=w.attention,
-        linear=w.linear, cache_dir=w.cache_dir, solver=w.solver,
+        w.model, list(w.checkpoint), device=device, dtype=torch_dtype, attention=w.attention,
+        linear=w.linear, cache_dir=w.cache_dir, solver=w.solver, offload_experts=plan.offload_experts,
+        offload_text_encoder=plan.offload_text_encoder,
     )
 
 
@@ -118,6 +137,10 @@ class TurboWorker(SimpleWorker):
             if record is not None and record.status is JobStatus.queued:
                 self.ctx.jobs.submit(record.spec, at_front=True, queue_name=queue.name)
             self.ctx.requeue_after = None
+        broken = getattr(self.ctx.pipeline, "broken", None)  # a RankedPipeline that lost a rank
+        if broken is not None:
+            log.error("worker %s: %s; exiting for a restart", self.name, broken)
+            raise StopRequested()
 
 
 class Heartbeat(threading.Thread):
@@ -167,11 +190,15 @@ def run_worker(
     pipeline: Pipeline | None = None,
     burst: bool = False,
     metrics: WorkerMetrics | None = None,
+    load: Loader = load_model_pipeline,
 ) -> int:
     """Serve the queues of `settings.worker.model` (its id and the ids its card also serves, or
     `settings.worker.queues`) until stopped; returns a process exit code. `pipeline`: an already
-    loaded pipeline (tests, benchmarks) instead of loading `settings.worker.model`."""
+    loaded pipeline (tests, benchmarks) instead of loading `settings.worker.model`; `load`: what loads
+    it (on every rank with `worker.gpus` > 1, worker/ranks.py)."""
     w, q = settings.worker, settings.queue
+    if w.gpus > 1 and pipeline is not None:
+        raise ValueError("a loaded pipeline runs on one rank; worker.gpus > 1 loads its own on each")
     client = redis_client(settings.redis.url)
     client.ping()
     keys = Keys(settings.redis.key_prefix)
@@ -181,6 +208,10 @@ def run_worker(
     registry = WorkerRegistry(client, keys)
     device = resolve_device(w.device)
     dtype = resolve_dtype(w.dtype, device)
+    card = pipeline.card if pipeline is not None else get_card(w.model)
+    check_world(card, w.gpus, device)
+    if w.gpus > 1 and device.startswith("cuda"):
+        device = "cuda:0"  # rank 0; rank i runs on cuda:i
     if device.startswith("cuda:"):  # `turbovid worker --gpu N`: kernels launch on the current device
         import torch
 
@@ -189,7 +220,6 @@ def run_worker(
             raise ConfigError(f"TURBOVID_WORKER__DEVICE (--gpu): {device} does not exist on this host "
                               f"({count} CUDA device(s))")
         torch.cuda.set_device(device)
-    card = pipeline.card if pipeline is not None else get_card(w.model)
     queue_names = list(dict.fromkeys(w.queues or [card.id, *card.also_serves]))
     name = w.name or f"{socket.gethostname()}:{os.getpid()}"
     if metrics is None:
@@ -199,14 +229,19 @@ def run_worker(
     # 1. advertise (loading), then the model, once ---------------------------------------------------
     info = WorkerInfo(name=name, models=queue_names, solver=card.solver if w.solver == "auto" else w.solver,
                       attention=w.attention, linear=w.linear, device=device, dtype=dtype, started_at=time.time(),
-                      ready=False)
+                      ready=False, ranks=w.gpus)
     beat = Heartbeat(settings, registry, info)
     beat.advertise()
     beat.start()
+    ranks: RankedPipeline | None = None
     try:
         if pipeline is None:
-            log.info("loading pipeline %s (device=%s dtype=%s)", w.model, device, dtype)
-            pipeline = load_model_pipeline(settings, device, dtype)
+            log.info("loading pipeline %s (device=%s dtype=%s ranks=%d)", w.model, device, dtype, w.gpus)
+            if w.gpus > 1:
+                pipeline = ranks = start_ranks(settings, "cuda" if device.startswith("cuda") else device, dtype,
+                                               world_size=w.gpus, load=load)
+            else:
+                pipeline = load(settings, device, dtype)
         if w.warmup:
             warmup.warm_up(pipeline, w)  # every served size, kernel caches in w.cache_dir
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
@@ -222,8 +257,17 @@ def run_worker(
         for queue in worker.queues:
             reap(queue, store, jobs, q, settings.webhooks)  # jobs of a worker that died before we started
         beat.worker = worker
+        if ranks is not None:
+            # a rank lost between jobs stops the worker as a SIGTERM would (withdrawn, then exit 1 below);
+            # one lost while the main thread stays blocked fails the job from the watchdog and exits
+            ranks.on_idle_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
+            ranks.on_fatal = lambda message: _fail_and_exit(ctx, registry, beat.info, message)
         log.info("worker %s serving queues %s", name, queue_names)
-        worker.work(burst=burst, logging_level="INFO")
+        if ranks is None or ranks.broken is None:
+            worker.work(burst=burst, logging_level="INFO")
+        if ranks is not None and ranks.broken is not None:
+            log.error("worker %s: %s; exiting for a restart", name, ranks.broken)
+            return 1
         if not burst and not ctx.stop.is_set():  # set by a SIGTERM/SIGINT (TurboWorker.request_stop)
             # RQ's loop gave up (e.g. Redis unreachable mid-job): exit non-zero so that the supervisor
             # (k8s, compose, systemd) restarts the process; the reaper recovers the job it held.
@@ -236,7 +280,26 @@ def run_worker(
             registry.withdraw(beat.info)
         except redis.RedisError:  # the advertisement expires by itself within one TTL
             log.warning("could not withdraw worker %s from the registry", name)
+        if ranks is not None:
+            ranks.close()
         if server is not None:
             server.shutdown()
             server.server_close()
     return 0
+
+
+def _fail_and_exit(ctx: WorkerContext, registry: WorkerRegistry, info: WorkerInfo, message: str) -> None:
+    """A rank was lost and the main thread stays blocked (a device sync behind an NCCL op that never
+    completes): fail the running job visibly, withdraw the worker and exit non-zero at once."""
+    try:
+        job_id = ctx.lease.job_id
+        record = ctx.store.get(job_id) if job_id is not None else None
+        if record is not None:
+            fail_job(ctx, record.spec, ErrorCode.generation_failed, message)
+            ctx.lease.release()
+        registry.withdraw(info)
+    except Exception:  # exiting matters more: the reaper recovers the job from its lease
+        log.exception("could not fail the running job before exiting")
+    finally:
+        logging.shutdown()
+        os._exit(1)

@@ -68,7 +68,7 @@ from worker.reaper import Lease, submit_end_webhook
 
 log = logging.getLogger("turbovid.worker")
 
-__all__ = ["NEARLY_DONE", "JobCancelled", "JobFailed", "ShutdownRequeue", "WorkerContext", "execute"]
+__all__ = ["NEARLY_DONE", "JobCancelled", "JobFailed", "ShutdownRequeue", "WorkerContext", "execute", "fail_job"]
 
 
 class Pipeline(Protocol):
@@ -176,6 +176,12 @@ def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, progress: Jo
         submit_end_webhook(ctx.store, ctx.jobs, ctx.settings.webhooks, spec.job_id)
     except Exception:  # a webhook problem must not fail the job a second time
         log.exception("webhook enqueue failed for job %s", spec.job_id)
+
+
+def fail_job(ctx: WorkerContext, spec: JobSpec, code: ErrorCode, message: str) -> None:
+    """End a running job failed from outside its own thread (worker/main.py: a lost rank left that
+    thread blocked): the record, the "failed" event, metrics and the webhook, as `execute` would."""
+    _terminal(ctx, spec, JobStatus.failed, error=JobError(code=code, message=message[:2000]))
 
 
 def _events(ctx: WorkerContext) -> EventLog:

@@ -1,0 +1,449 @@
+"""`turbovid worker --gpus N`: one RQ consumer driving N sequence-parallel ranks (models/parallel.py).
+
+    rank 0: the worker process (RQ consumer)             ranks 1..N-1: spawned processes
+    RankedPipeline.generate(params, image, on_step)      wait on their job pipe (no timeout)
+      job pipe ── ("job", n, params JSON, image) ──▶      generate(params, image) with sp
+      its own generate with sp: progress, frames          frames dropped
+      ◀── status pipe ── ("done"|"stopped"|"error", n)
+
+Every rank loads the same pipeline (`load(settings, device, dtype)`: cuda:i and NCCL on GPUs, the CPU
+and gloo elsewhere) and joins one process group whose timeout bounds every collective. An idle rank
+waits on a pipe, never in a collective, so it can wait forever.
+
+Stopping together: before every DiT forward (a forward pre-hook: the same calls in the same order on
+every rank) the ranks broadcast rank 0's stop flag over a gloo group of their own, on the host, so it
+never waits behind queued device work. Rank 0's job progress (worker/progress.py) still decides: what
+it raises before the VAE decode (cancel, shutdown, a Redis error) is held back and raised on every
+rank at the next forward; during the decode (no collectives) it is raised at once. Step reports
+cannot carry the flag: on a GPU a step is reported when its CUDA event has completed, at a different
+moment on each rank.
+
+Failures: a rank that raises sends its error and exits. Rank 0's watchdog thread follows the ranks'
+exits and messages. A rank lost during a job fails the job (`generation_failed`, naming the rank):
+from the main thread when its collective raises (gloo: at once), or from the watchdog after
+`GRACE_S` when the main thread stays blocked (a device sync behind an NCCL op that never completes).
+The worker then exits non-zero so that its supervisor restarts every rank (a broken communicator
+cannot be reused). A rank lost while idle stops the worker at once. Ranks ignore SIGINT/SIGTERM
+(rank 0 stops them) and exit when rank 0 is gone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
+
+import numpy as np
+
+from contract.catalog import ModelCard
+from contract.jobs import Capabilities, ErrorCode, GenerationParams
+from contract.settings import ConfigError, Settings
+from models.pipeline_types import GenerationResult, Progress, StageEvent, StepCallback, as_progress
+from worker.progress import ShutdownRequeue
+from worker.task import JobFailed, Pipeline
+
+log = logging.getLogger("turbovid.worker")
+
+Loader = Callable[[Settings, str, str], Pipeline]  # worker.main.load_model_pipeline
+TIMEOUT_S = 300.0  # bounds the rendezvous and every collective (a lost peer fails the others)
+GRACE_S = 5.0  # a rank lost mid-job: how long the main thread may stay blocked before the watchdog fails the job
+POLL_S = 0.5
+
+
+class RankStopped(Exception):
+    """Raised on ranks 1..N-1 at the forward where rank 0 stopped the job."""
+
+
+def check_world(card: ModelCard, world_size: int, device: str) -> None:
+    """ConfigError unless `world_size` ranks can split `card`'s DiT on `device`'s kind of host."""
+    from models.config import WanConfig
+
+    if world_size < 1:
+        raise ConfigError(f"--gpus: {world_size} is not a number of ranks (1, 2, ...)")
+    if world_size == 1:
+        return
+    heads = WanConfig.from_name(card.architecture).num_heads
+    if heads % world_size:
+        fits = [n for n in range(2, heads + 1) if heads % n == 0 and n <= 8]
+        raise ConfigError(f"--gpus {world_size}: {card.id} has {heads} attention heads, not divisible by "
+                          f"{world_size} (the ranks split the heads); use one of {fits}")
+    if device.startswith("cuda"):
+        import torch
+
+        if device not in ("cuda", "cuda:0"):
+            raise ConfigError(f"--gpus {world_size} runs on cuda:0..{world_size - 1}, not on {device} "
+                              "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if world_size > count:
+            raise ConfigError(f"--gpus {world_size}: this host has {count} CUDA device(s)")
+    elif device != "cpu":
+        raise ConfigError(f"--gpus {world_size} needs the device cuda or cpu, not {device}")
+
+
+# the stop flag, broadcast before every forward ------------------------------------------------------
+class _Held(Progress):
+    """Rank 0's view of the job's Progress: what it raises before the VAE decode is held until the next
+    forward, where every rank stops; from the decode on (no collectives left) it is raised at once."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.wants_preview = inner.wants_preview
+        self.held: BaseException | None = None
+        self.decoding = False
+
+    def _forward(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.held is not None:
+            if self.decoding:
+                raise self.held
+            return  # stopping: nothing more is reported
+        try:
+            fn(*args)
+        except Exception as exc:
+            if self.decoding:
+                raise
+            self.held = exc
+
+    def on_stage(self, event: StageEvent) -> None:
+        if event.stage == "vae_decode":
+            self.decoding = True
+        self._forward(self.inner.on_stage, event)
+
+    def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
+        self._forward(self.inner.on_preview, step, total, image)
+
+    def on_frames(self, start: int, frames: np.ndarray) -> None:
+        self._forward(self.inner.on_frames, start, frames)
+
+
+class _StopSync:
+    """The forward pre-hook of every rank's DiTs: broadcast rank 0's stop flag, raise when it is set."""
+
+    def __init__(self, rank: int, group: Any) -> None:
+        self.rank, self.group = rank, group
+        self.job: _Held | None = None  # rank 0: the running job's progress
+
+    def __call__(self, module: Any, args: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        held = self.job.held if self.job is not None else None
+        flag = torch.tensor([int(held is not None)], dtype=torch.int32)
+        dist.broadcast(flag, src=0, group=self.group)
+        if flag.item():
+            raise held if held is not None else RankStopped()
+
+
+def _join_group(rank: int, world_size: int, backend: str, timeout_s: float, store: Any) -> Any:
+    """Join the ranks' process group (rendezvous: rank 0's TCP store; an int: its port) and the gloo
+    group of the stop flag."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if isinstance(store, int):
+        store = dist.TCPStore("127.0.0.1", store, world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    return dist.new_group(backend="gloo", timeout=timeout)
+
+
+def _attach(pipe: Any, rank: int, world_size: int, control: Any) -> _StopSync:
+    from models.parallel import SequenceParallel
+
+    pipe.sp = SequenceParallel(rank=rank, world_size=world_size)
+    sync = _StopSync(rank, control)
+    for module in pipe.transformers.values():
+        module.register_forward_pre_hook(sync)
+    return sync
+
+
+def _cpu_threads(world_size: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+
+
+# rank 0 ------------------------------------------------------------------------------------------------
+class RankedPipeline:
+    """Rank 0's pipeline (worker/task.py's `Pipeline`): each generate runs on every rank. See the module
+    docstring. `broken` names the lost rank once the group cannot be used again; `on_idle_failure`
+    (called from the watchdog when a rank is lost between jobs) and `on_fatal` (a rank lost while the
+    main thread stays blocked; must not return) are set by the worker."""
+
+    def __init__(self, pipe: Any, procs: list[Any], jobs: list[Connection], status: list[Connection],
+                 sync: _StopSync) -> None:
+        self.pipe, self.procs, self.jobs, self.status, self.sync = pipe, procs, jobs, status, sync
+        self.card: ModelCard = pipe.card
+        self.solver: str = pipe.solver
+        self.attention: str = pipe.attention
+        self.linear: str = pipe.linear
+        self.device = pipe.device
+        self.world_size = len(procs) + 1
+        self.broken: str | None = None
+        self.lost: str | None = None  # the first rank the watchdog saw exit, described
+        self.on_idle_failure: Callable[[], None] | None = None
+        self.on_fatal: Callable[[str], None] = _exit_now
+        self._seq = 0
+        self._busy: int | None = None  # the job number while generate runs
+        self._errors: dict[int, str] = {}  # rank -> the error it sent before exiting
+        self._lost: tuple[float, int | None] | None = None  # (when, the job then running)
+        self._lock = threading.Lock()
+        self._closing = False
+        self._watch = threading.Thread(target=self._watchdog, name="turbovid-ranks", daemon=True)
+        self._watch.start()
+
+    def capabilities(self) -> Capabilities:
+        return self.pipe.capabilities()  # type: ignore[no-any-return]
+
+    def generate(self, params: GenerationParams, *, image: np.ndarray | None = None,
+                 on_step: StepCallback | Progress | None = None) -> GenerationResult:
+        if self.broken is not None:  # lost between jobs: nothing ran, the job goes back to the queue
+            raise ShutdownRequeue(f"the worker's ranks are broken ({self.broken})")
+        params, image = self.pipe.resolve(params, image)  # a bad knob fails here, before any rank starts
+        with self._lock:
+            self._seq += 1
+            self._busy = self._seq
+        job = _Held(as_progress(on_step))
+        self.sync.job = job
+        try:
+            for conn in self.jobs:
+                conn.send(("job", self._seq, params.model_dump_json(), image))
+            result = self.pipe.generate(params, image=image, on_step=job)
+        except BaseException as exc:
+            if exc is job.held or job.decoding:
+                raise  # every rank stopped at the same forward, or no collective was left
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.broken = self.broken or "rank 0 interrupted mid-job"
+                raise
+            lost = self._wait_lost(2.0)
+            self.broken = self.broken or lost or f"rank 0 failed mid-job: {type(exc).__name__}"
+            if lost is not None:
+                raise JobFailed(ErrorCode.generation_failed,
+                                f"{lost}; the worker restarts its ranks ({type(exc).__name__}: {exc})") from exc
+            raise
+        finally:
+            with self._lock:
+                self._busy = None
+            self.sync.job = None
+        if job.held is not None:
+            raise job.held
+        return result
+
+    # watching the ranks ------------------------------------------------------------------------------
+    def _describe(self, rank: int) -> str:
+        proc = self.procs[rank - 1]
+        text = f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}"
+        error = self._errors.get(rank)
+        return f"{text}: {error}" if error else text
+
+    def _wait_lost(self, wait_s: float) -> str | None:
+        """The lost rank as the watchdog saw it, waiting up to `wait_s` (a collective fails first)."""
+        deadline = time.monotonic() + wait_s
+        while self.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.lost
+
+    def _drain(self, rank: int) -> None:
+        conn = self.status[rank - 1]
+        try:
+            while not conn.closed and conn.poll(0):
+                self._message(rank, conn.recv())
+        except (EOFError, OSError):
+            conn.close()
+
+    def _message(self, rank: int, msg: tuple[Any, ...]) -> None:
+        if msg[0] == "error":
+            self._errors[rank] = str(msg[2])
+
+    def _watchdog(self) -> None:
+        conns = {conn: rank for rank, conn in enumerate(self.status, start=1)}
+        exits: dict[int, int] = {proc.sentinel: rank for rank, proc in enumerate(self.procs, start=1)}
+        while not self._closing:
+            for ready in wait([*conns, *exits], timeout=POLL_S):
+                if isinstance(ready, int):  # a process sentinel: that rank exited
+                    self._rank_exited(exits.pop(ready))
+                    continue
+                conn = cast(Connection, ready)
+                try:
+                    self._message(conns[conn], conn.recv())
+                except (EOFError, OSError):
+                    conns.pop(conn)
+            with self._lock:
+                lost, busy = self._lost, self._busy
+            if lost is not None and busy is not None and busy == lost[1] and time.monotonic() - lost[0] > GRACE_S:
+                log.critical("%s; the main thread is still blocked %.0f s later: failing the job and exiting",
+                             self.broken, GRACE_S)
+                self.on_fatal(f"{self.broken}; the worker restarts its ranks")
+                return
+
+    def _rank_exited(self, rank: int) -> None:
+        if self._closing:
+            return
+        self.procs[rank - 1].join(1.0)  # its pipe closes a moment before the exit status can be read
+        self._drain(rank)
+        message = self._describe(rank)
+        self.broken = self.broken or message
+        self.lost = self.lost or message
+        with self._lock:
+            busy = self._busy
+            self._lost = (time.monotonic(), busy)
+        log.error("%s (%s)", message, "mid-job" if busy is not None else "idle")
+        if busy is None and self.on_idle_failure is not None:
+            self.on_idle_failure()
+
+    # shutdown ------------------------------------------------------------------------------------------
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the ranks: a clean group teardown when they are idle and whole, else kill them."""
+        import torch.distributed as dist
+
+        self._closing = True
+        clean = self.broken is None and self._busy is None and all(p.is_alive() for p in self.procs)
+        if clean:
+            try:
+                for conn in self.jobs:
+                    conn.send(("exit",))
+                dist.barrier(group=self.sync.group)  # no rank tears the group down while another uses it
+                dist.destroy_process_group()
+            except Exception:  # a rank lost meanwhile: kill the rest below
+                log.exception("ranks: clean shutdown failed")
+                clean = False
+        deadline = time.monotonic() + (timeout_s if clean else 0.0)
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        self._watch.join(2 * POLL_S)
+        for conn in [*self.jobs, *self.status]:
+            conn.close()
+
+
+def _exit_now(message: str) -> None:
+    os._exit(1)
+
+
+def start_ranks(settings: Settings, device: str, dtype: str, *, world_size: int, load: Loader,
+                timeout_s: float = TIMEOUT_S) -> RankedPipeline:
+    """Start ranks 1..world_size-1 (first: they import and load while rank 0 does), load rank 0's
+    pipeline, wait until every rank has loaded, join the group: rank 0's `RankedPipeline`. `device` is
+    "cuda" (rank i on cuda:i) or "cpu"."""
+    import multiprocessing
+
+    cuda = device.startswith("cuda")
+    backend = "nccl" if cuda else "gloo"
+    spawn = multiprocessing.get_context("spawn")  # CUDA does not survive a fork
+    procs, jobs, status = [], [], []
+    try:
+        for rank in range(1, world_size):
+            job_out, job_in = spawn.Pipe(duplex=False)
+            status_out, status_in = spawn.Pipe(duplex=False)
+            proc = spawn.Process(target=_rank_main, name=f"turbovid-rank-{rank}",
+                                 args=(rank, world_size, settings, f"cuda:{rank}" if cuda else device, dtype, load,
+                                       backend, timeout_s, job_out, status_in, os.getpid()))
+            proc.start()
+            job_out.close()
+            status_in.close()
+            procs.append(proc)
+            jobs.append(job_in)
+            status.append(status_out)
+            log.info("rank %d/%d started (pid %d, %s)", rank, world_size, proc.pid, backend)
+        import torch.distributed as dist
+
+        if not cuda:
+            _cpu_threads(world_size)
+        store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=timeout_s))
+        for conn in jobs:
+            conn.send(("store", store.port))
+        pipe = load(settings, "cuda:0" if cuda else device, dtype)
+        _wait_ready(procs, status)
+        control = _join_group(0, world_size, backend, timeout_s, store)
+        sync = _attach(pipe, 0, world_size, control)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.join(5)
+        raise
+    log.info("%d ranks ready (%s, %s)", world_size, backend, "cuda:0.." if cuda else device)
+    return RankedPipeline(pipe, procs, jobs, status, sync)
+
+
+def _wait_ready(procs: list[Any], status: list[Connection]) -> None:
+    """Wait until every rank has loaded its pipeline; RuntimeError naming a rank that failed."""
+    waiting = dict(enumerate(status, start=1))
+    while waiting:
+        for rank, conn in list(waiting.items()):
+            proc = procs[rank - 1]
+            if conn.poll(0):
+                msg = conn.recv()
+                if msg[0] == "ready":
+                    del waiting[rank]
+                    continue
+                raise RuntimeError(f"rank {rank} failed to load: {msg[2]}")
+            if proc.exitcode is not None:
+                raise RuntimeError(f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode} while loading")
+        wait([*waiting.values(), *(procs[r - 1].sentinel for r in waiting)], timeout=POLL_S)
+
+
+# ranks 1..N-1 ----------------------------------------------------------------------------------------
+def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtype: str, load: Loader,
+               backend: str, timeout_s: float, jobs: Connection, status: Connection, parent: int) -> None:
+    """A rank process: load, join the group, then run each job rank 0 sends until told to exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when the ranks stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), name="turbovid-parent", daemon=True).start()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank {rank}: %(message)s")
+    import torch
+    import torch.distributed as dist
+
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        else:
+            _cpu_threads(world_size)
+        pipe = load(settings, device, dtype)
+        if device.startswith("cuda"):  # rank 0's compiled kernels and autotune choices (worker/warmup.py)
+            from worker.warmup import use_kernel_cache
+
+            use_kernel_cache(settings.worker.cache_dir)
+    except BaseException as exc:
+        log.exception("rank %d: loading failed", rank)
+        status.send(("error", 0, f"{type(exc).__name__}: {exc}"))
+        os._exit(3)
+    status.send(("ready", 0))
+    try:
+        _, port = jobs.recv()  # ("store", port): where rank 0's rendezvous listens
+        control = _join_group(rank, world_size, backend, timeout_s, port)
+    except EOFError:
+        os._exit(1)  # rank 0 is gone
+    _attach(pipe, rank, world_size, control)
+    while True:
+        try:
+            msg = jobs.recv()  # idle: blocks here, in no collective
+        except EOFError:
+            os._exit(1)  # rank 0 is gone
+        if msg[0] == "exit":
+            dist.barrier(group=control)
+            dist.destroy_process_group()
+            return
+        _, seq, params_json, image = msg
+        try:
+            pipe.generate(GenerationParams.model_validate_json(params_json), image=image)
+            status.send(("done", seq))
+        except RankStopped:
+            status.send(("stopped", seq))
+        except BaseException as exc:  # the group is in an unknown state: leave it, rank 0 restarts the worker
+            log.exception("rank %d: job %d failed", rank, seq)
+            status.send(("error", seq, f"{type(exc).__name__}: {exc}"))
+            os._exit(3)
+
+
+def _exit_with(parent: int) -> None:
+    """No orphans: exit as soon as rank 0 (the parent) is gone, even in the middle of a collective."""
+    while os.getppid() == parent:
+        time.sleep(POLL_S)
+    os._exit(1)
