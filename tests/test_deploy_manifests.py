@@ -68,18 +68,45 @@ def test_worker_deployment_gpu_scheduling_and_graceful_termination():
     for dep in workers:
         pod = dep["spec"]["template"]["spec"]
         (c,) = pod["containers"]
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        gpus = _worker_gpus(c["args"])
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
         assert "nvidia.com/gpu.product" in pod["nodeSelector"]
         assert pod["terminationGracePeriodSeconds"] >= 60
         assert "preStop" in c["lifecycle"]
-        assert c["args"] == ["worker"]
         assert _env(c)["TURBOVID_WORKER__MODEL"] == dep["metadata"]["labels"]["turbovid.io/model"]
         assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9101"
         # the startup probe passes only once the model is loaded and warm (worker/metrics.py /ready)
         assert c["startupProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
         assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 300
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def _worker_gpus(args: list[str]) -> int:
+    """The ranks of a `turbovid worker [--gpus N]` container (only these two forms are deployed)."""
+    assert args == ["worker"] or (args[:2] == ["worker", "--gpus"] and len(args) == 3), args
+    return int(args[2]) if len(args) == 3 else 1
+
+
+def test_multi_gpu_workers_split_their_model_and_have_what_nccl_needs():
+    from contract.catalog import get_card
+    from models.config import WanConfig
+
+    multi = [d for d in _by("Deployment").values() if d["metadata"]["labels"].get("app.kubernetes.io/name")
+             == "turbovid-worker" and _worker_gpus(d["spec"]["template"]["spec"]["containers"][0]["args"]) > 1]
+    assert multi
+    models = json.loads(_by("ConfigMap")["turbovid-config"]["data"]["TURBOVID_GATEWAY__MODELS"])
+    for dep in multi:
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        gpus, model = _worker_gpus(c["args"]), _env(c)["TURBOVID_WORKER__MODEL"]
+        assert WanConfig.from_name(get_card(model).architecture).num_heads % gpus == 0, (model, gpus)
+        assert model in models  # the gateway accepts the jobs this worker serves
+        assert _env(c)["NCCL_NVLS_ENABLE"] == "0"
+        shm = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        (vol,) = [v for v in pod["volumes"] if v["name"] in shm]
+        assert vol["emptyDir"]["medium"] == "Memory"  # NCCL's shared memory, not the 64 MiB default
+        assert "TURBOVID_WORKER__GPUS" not in _env(c) and "TURBOVID_WORKER__DEVICE" not in _env(c)
 
 
 def test_gateway_deployment_service_and_hpa_fit_together():
