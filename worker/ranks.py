@@ -10,13 +10,14 @@ Every rank loads the same pipeline (`load(settings, device, dtype)`: cuda:i and 
 and gloo elsewhere) and joins one process group whose timeout bounds every collective. An idle rank
 waits on a pipe, never in a collective, so it can wait forever.
 
-Stopping together: before every DiT forward (a forward pre-hook: the same calls in the same order on
-every rank) the ranks broadcast rank 0's stop flag over a gloo group of their own, on the host, so it
-never waits behind queued device work. Rank 0's job progress (worker/progress.py) still decides: what
-it raises before the VAE decode (cancel, shutdown, a Redis error) is held back and raised on every
-rank at the next forward; during the decode (no collectives) it is raised at once. Step reports
-cannot carry the flag: on a GPU a step is reported when its CUDA event has completed, at a different
-moment on each rank.
+Stopping together: at every sync point — before every DiT forward (a forward pre-hook) and at every
+VAE decode report (the decode may be split across the ranks too, models/vae_parallel.py) — the ranks
+broadcast rank 0's stop flag over a gloo group of their own, on the host, so it never waits behind
+queued device work. These points come in the same order on every rank. Rank 0's job progress
+(worker/progress.py) still decides: what it raises (cancel, shutdown, a Redis or encoder error) is
+held back and raised on every rank at the next sync point. Denoise step reports cannot carry the
+flag: on a GPU a step is reported when its CUDA event has completed, at a different moment on each
+rank.
 
 Failures: a rank that raises sends its error and exits. Rank 0's watchdog thread follows the ranks'
 exits and messages. A rank lost during a job fails the job (`generation_failed`, naming the rank):
@@ -86,49 +87,16 @@ def check_world(card: ModelCard, world_size: int, device: str) -> None:
         raise ConfigError(f"--gpus {world_size} needs the device cuda or cpu, not {device}")
 
 
-# the stop flag, broadcast before every forward ------------------------------------------------------
-class _Held(Progress):
-    """Rank 0's view of the job's Progress: what it raises before the VAE decode is held until the next
-    forward, where every rank stops; from the decode on (no collectives left) it is raised at once."""
-
-    def __init__(self, inner: Progress) -> None:
-        self.inner = inner
-        self.wants_preview = inner.wants_preview
-        self.held: BaseException | None = None
-        self.decoding = False
-
-    def _forward(self, fn: Callable[..., None], *args: Any) -> None:
-        if self.held is not None:
-            if self.decoding:
-                raise self.held
-            return  # stopping: nothing more is reported
-        try:
-            fn(*args)
-        except Exception as exc:
-            if self.decoding:
-                raise
-            self.held = exc
-
-    def on_stage(self, event: StageEvent) -> None:
-        if event.stage == "vae_decode":
-            self.decoding = True
-        self._forward(self.inner.on_stage, event)
-
-    def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
-        self._forward(self.inner.on_preview, step, total, image)
-
-    def on_frames(self, start: int, frames: np.ndarray) -> None:
-        self._forward(self.inner.on_frames, start, frames)
-
-
+# the stop flag, broadcast at every sync point -------------------------------------------------------
 class _StopSync:
-    """The forward pre-hook of every rank's DiTs: broadcast rank 0's stop flag, raise when it is set."""
+    """The ranks' sync points: before every DiT forward (a forward pre-hook) and at every VAE decode
+    report, each rank takes part in a broadcast of rank 0's stop flag and raises when it is set."""
 
     def __init__(self, rank: int, group: Any) -> None:
         self.rank, self.group = rank, group
         self.job: _Held | None = None  # rank 0: the running job's progress
 
-    def __call__(self, module: Any, args: Any) -> None:
+    def __call__(self, *hook_args: Any) -> None:
         import torch
         import torch.distributed as dist
 
@@ -137,6 +105,45 @@ class _StopSync:
         dist.broadcast(flag, src=0, group=self.group)
         if flag.item():
             raise held if held is not None else RankStopped()
+
+
+class _Held(Progress):
+    """Rank 0's view of the job's Progress: what it raises (cancel, shutdown, a Redis or encoder error)
+    is held until the next sync point, where every rank stops; nothing more is reported meanwhile."""
+
+    def __init__(self, inner: Progress, sync: _StopSync) -> None:
+        self.inner, self.sync = inner, sync
+        self.wants_preview = inner.wants_preview
+        self.held: BaseException | None = None
+
+    def _forward(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.held is None:
+            try:
+                fn(*args)
+            except Exception as exc:
+                self.held = exc
+
+    def on_stage(self, event: StageEvent) -> None:
+        self._forward(self.inner.on_stage, event)
+        if event.stage == "vae_decode":
+            self.sync()
+
+    def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
+        self._forward(self.inner.on_preview, step, total, image)
+
+    def on_frames(self, start: int, frames: np.ndarray) -> None:
+        self._forward(self.inner.on_frames, start, frames)
+
+
+class _Follow(Progress):
+    """Ranks 1..N-1's Progress: nothing is reported, the decode reports are sync points."""
+
+    def __init__(self, sync: _StopSync) -> None:
+        self.sync = sync
+
+    def on_stage(self, event: StageEvent) -> None:
+        if event.stage == "vae_decode":
+            self.sync()
 
 
 def _join_group(rank: int, world_size: int, backend: str, timeout_s: float, store: Any) -> Any:
@@ -207,15 +214,15 @@ class RankedPipeline:
         with self._lock:
             self._seq += 1
             self._busy = self._seq
-        job = _Held(as_progress(on_step))
+        job = _Held(as_progress(on_step), self.sync)
         self.sync.job = job
         try:
             for conn in self.jobs:
                 conn.send(("job", self._seq, params.model_dump_json(), image))
             result = self.pipe.generate(params, image=image, on_step=job)
         except BaseException as exc:
-            if exc is job.held or job.decoding:
-                raise  # every rank stopped at the same forward, or no collective was left
+            if exc is job.held:
+                raise  # every rank stopped at the same sync point
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 self.broken = self.broken or "rank 0 interrupted mid-job"
                 raise
@@ -229,7 +236,7 @@ class RankedPipeline:
             with self._lock:
                 self._busy = None
             self.sync.job = None
-        if job.held is not None:
+        if job.held is not None:  # raised after the last sync point (a pipeline without decode reports)
             raise job.held
         return result
 
@@ -420,7 +427,7 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
         control = _join_group(rank, world_size, backend, timeout_s, port)
     except EOFError:
         os._exit(1)  # rank 0 is gone
-    _attach(pipe, rank, world_size, control)
+    sync = _attach(pipe, rank, world_size, control)
     while True:
         try:
             msg = jobs.recv()  # idle: blocks here, in no collective
@@ -432,7 +439,7 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             return
         _, seq, params_json, image = msg
         try:
-            pipe.generate(GenerationParams.model_validate_json(params_json), image=image)
+            pipe.generate(GenerationParams.model_validate_json(params_json), image=image, on_step=_Follow(sync))
             status.send(("done", seq))
         except RankStopped:
             status.send(("stopped", seq))
