@@ -11,7 +11,7 @@
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT/e2e"
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT/e2e" "$OUT/logs"
 export PYTHONUNBUFFERED=1
 mode=${1:-tests}
 W=/tmp/turbovid-bench-weights-$mode
@@ -37,6 +37,24 @@ if [ "$mode" = x2 ]; then
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1"
     timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
         --linear w8a8 2>&1 | tee "$OUT/sp14b.log" | grep -v "^W" | tail -5
+elif [ "$mode" = x2b ]; then
+    # GPU 1: the A14B I2V 720p whole job, resident vs a 32 GiB budget; GPU 0: turbovid bench (1.3B whole
+    # job); then both: the 14B sequence-parallel bench. Profiles and logs are packed into one tarball.
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 290 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/a14b_whole.log" 2>&1
+      timeout 60 python3 -m models.bench_dit --sizes 1.3b --reps 2 --no-checks --profile "$OUT/logs/prof" \
+          --variants sagesla/w8a8/fused > "$OUT/logs/dit13b.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 \
+        --jobs 3 --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    wait $gpu1
+    echo "== A14B I2V 720p whole job, 32 GiB budget"; grep -v "^W\|Warning" "$OUT/a14b_whole.log" | tail -6
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1"
+    timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
+        --linear w8a8 2>&1 | tee "$OUT/logs/sp14b.log" | grep -v "^W\|Warning\|warn\|return func" | tail -3
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
