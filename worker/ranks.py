@@ -419,7 +419,7 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             use_kernel_cache(settings.worker.cache_dir)
     except BaseException as exc:
         log.exception("rank %d: loading failed", rank)
-        status.send(("error", 0, f"{type(exc).__name__}: {exc}"))
+        _send(status, ("error", 0, f"{type(exc).__name__}: {exc}"))
         os._exit(3)
     status.send(("ready", 0))
     try:
@@ -445,8 +445,15 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             status.send(("stopped", seq))
         except BaseException as exc:  # the group is in an unknown state: leave it, rank 0 restarts the worker
             log.exception("rank %d: job %d failed", rank, seq)
-            status.send(("error", seq, f"{type(exc).__name__}: {exc}"))
+            _send(status, ("error", seq, f"{type(exc).__name__}: {exc}"))
             os._exit(3)
+
+
+def _send(conn: Connection, msg: tuple[Any, ...]) -> None:
+    try:
+        conn.send(msg)
+    except OSError:  # rank 0 is gone: nobody to tell
+        pass
 
 
 def _exit_with(parent: int) -> None:

@@ -2,9 +2,11 @@
 `TURBOVID_WORKER__GPUS=2` gives rank processes) whose ranks load the real pipeline
 (`worker.main.load_model_pipeline`) plus one test hook before every DiT forward:
 
-    RANK_TEST_DELAY_S  every rank sleeps this long, so that a job's denoise lasts long enough to act on
-    RANK_TEST_STALL    a path: while that file exists, rank 0 blocks at the forward (what a device sync
-                       behind a lost peer's NCCL op does on a GPU; gloo on CPU would raise instead)
+    RANK_TEST_DELAY_S      every rank sleeps this long, so that a job's denoise lasts long enough to act on
+    RANK_TEST_STALL        a path: while that file exists, rank 0 blocks at the forward (what a device
+                           sync behind a lost peer's NCCL op does on a GPU; gloo on CPU would raise instead)
+    RANK_TEST_SLOW_DECODE  a path: while that file exists, every rank sleeps 0.5 s before the VAE's RGB
+                           head, once per decoded chunk (a decode long enough to cancel in)
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def load(settings: Settings, device: str, dtype: str):
 
     for module in pipe.transformers.values():
         module.register_forward_pre_hook(hook)
+    slow = os.environ.get("RANK_TEST_SLOW_DECODE")
+
+    def decode_hook(module, args) -> None:
+        if slow and os.path.exists(slow):
+            time.sleep(0.5)
+
+    pipe.vae.decoder.head[-1].register_forward_pre_hook(decode_hook)
     return pipe
 
 

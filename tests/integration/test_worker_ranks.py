@@ -23,6 +23,7 @@ import av
 import numpy as np
 import pytest
 import redis
+import torch
 from worker_procs import REPO, record, stop, wait_for, worker_env
 from worker_support import submit, test_settings
 
@@ -106,6 +107,7 @@ class Worker:
     name: str
     proc: subprocess.Popen[bytes]
     stall: Path  # RANK_TEST_STALL: rank 0 blocks at a forward while this file exists
+    slow_decode: Path  # RANK_TEST_SLOW_DECODE: every rank sleeps before each decoded chunk while it exists
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +124,9 @@ def workers(tmp_path_factory) -> Iterator[dict[str, Worker]]:
         settings = test_settings(tmp, cache_dir=cache)
         name = f"{role}-{uuid.uuid4().hex[:6]}"
         env = {"TURBOVID_WORKER__WARMUP": "true"} if role == "shared" else {}
-        proc = _spawn(settings, tmp, name, cli=role == "cli", RANK_TEST_STALL=str(tmp / "stall"), **env)
-        started[role] = Worker(settings, name, proc, tmp / "stall")
+        proc = _spawn(settings, tmp, name, cli=role == "cli", RANK_TEST_STALL=str(tmp / "stall"),
+                      RANK_TEST_SLOW_DECODE=str(tmp / "slow-decode"), **env)
+        started[role] = Worker(settings, name, proc, tmp / "stall", tmp / "slow-decode")
     try:
         yield started
     finally:
@@ -139,7 +142,12 @@ def one_rank_frames(workers, tmp_path_factory) -> np.ndarray:
     cache = workers["shared"].settings.worker.cache_dir
     settings = test_settings(tmp_path_factory.mktemp("one"), cache_dir=cache)
     spec = submit(settings, **JOB)
-    assert run_worker(settings, burst=True) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs on this 2-core box (and no spinning threads meanwhile)
+    try:
+        assert run_worker(settings, burst=True) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert record(settings, spec.job_id).status is JobStatus.completed
     return _frames(settings, spec)
 
@@ -176,6 +184,27 @@ def test_cancel_stops_every_rank_and_the_next_job_still_works(workers, one_rank_
     assert _finished(w, nxt.job_id) is JobStatus.completed
     _same_video(_frames(w.settings, nxt), one_rank_frames)
     assert w.proc.poll() is None and len(_rank_pids(w.proc.pid)) == 1
+
+
+def test_cancel_during_the_decode_stops_every_rank_and_the_next_job_still_works(workers, one_rank_frames):
+    w = workers["shared"]
+    _ready(w)
+    w.slow_decode.touch()
+    try:
+        spec = submit(w.settings, **JOB)
+        wait_for(lambda: any(e.stage == "vae_decode" for e in _events(w.settings, spec.job_id)), timeout=30,
+                 what="decode started", proc=w.proc)
+        JobStore(redis.Redis.from_url(w.settings.redis.url), Keys(w.settings.redis.key_prefix)).request_cancel(
+            spec.job_id, ttl_s=600)
+        assert _finished(w, spec.job_id, timeout=10) is JobStatus.cancelled
+    finally:
+        w.slow_decode.unlink()
+    decoded = [(e.step, e.steps) for e in _events(w.settings, spec.job_id) if e.stage == "vae_decode"]
+    assert decoded and all(step < steps for step, steps in decoded), decoded  # stopped inside the decode
+    # the decode may be split across the ranks (models/vae_parallel): they must have stopped together
+    nxt = submit(w.settings, **JOB)
+    assert _finished(w, nxt.job_id) is JobStatus.completed
+    _same_video(_frames(w.settings, nxt), one_rank_frames)
 
 
 def test_sigterm_mid_job_requeues_it_and_stops_every_rank_cleanly(workers):
@@ -264,8 +293,6 @@ def test_cli_worker_with_a_rank_lost_while_idle_exits_nonzero_and_withdraws(work
     ([], {"TURBOVID_WORKER__GPUS": "0"}, "TURBOVID_WORKER__GPUS: Input should be greater than or equal to 1"),
 ])
 def test_worker_gpus_configuration_errors(tmp_path, monkeypatch, capsys, args, env, says):
-    import torch
-
     from cli.main import main
 
     if torch.cuda.is_available() and "CUDA device" in says:
