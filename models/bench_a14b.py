@@ -206,8 +206,9 @@ def bench(size: str = "a14b", *, device: str = "cuda", budget_gb: float = 32.0, 
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(pipe.device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), pipe.device)
+        index = torch.cuda.current_device() if pipe.device.index is None else pipe.device.index  # "cuda": current
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), index)
     log(f"offload set up; budget {budget_gb} GiB{'' if cuda else ' (not enforced on CPU)'}")
     vae = BudgetVAE(pipe.vae, budget_bytes)  # type: ignore[arg-type]
     budgeted = dataclasses.replace(pipe, vae=vae, expert_offload=experts, text_encoder_offload=text)
@@ -215,7 +216,7 @@ def bench(size: str = "a14b", *, device: str = "cuda", budget_gb: float = 32.0, 
         budget_s, budget, budget_peak, budget_reserved = run_variant("budget", budgeted, params, image, log)
     finally:
         if cuda:
-            torch.cuda.set_per_process_memory_fraction(1.0, pipe.device)
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
 
     ratio = budget_s / resident_s
     fits = None if budget_reserved is None else budget_reserved <= budget_gb
