@@ -18,7 +18,8 @@ accepted (converted to GenerationParams + image).
 
 Stages: text encode (umT5, cached per prompt) → [I2V] VAE encode of the first frame → denoise (rCM,
 1–4 steps; or flow matching with CFG for original checkpoints) → VAE decode (chunked, each chunk's
-frames handed to the caller as soon as it is decoded). `StageTimings` records each stage; on CUDA with
+frames handed to the caller as soon as it is decoded; split across the ranks of `sp` or `cfg_parallel`,
+`models.vae_parallel`). `StageTimings` records each stage; on CUDA with
 events at the stage boundaries and after each step (waited for once after the last step, then per
 decoded chunk as it is copied to the host).
 """
@@ -53,6 +54,7 @@ from models.pipeline_types import (
     as_progress,
 )
 from models.samplers import A14B_SWITCH_T, VelocityFn, initial_noise, sample_flow_cfg, sample_rcm
+from models.vae_parallel import split_decode_iter
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +107,12 @@ class WanPipeline:
     linear: str = "native"
     flow_shift: float = FLOW_SHIFT
     latent_preview: LatentPreview | None = None  # latent → RGB factors for previews (fitted on first use)
-    # sequence parallel: every DiT call split over this group's ranks (models.parallel); every rank runs
-    # generate() with the same params and gets the same frames. None: this process alone.
+    # sequence parallel: every DiT call split over this group's ranks (models.parallel), and the VAE decode
+    # split into bands of rows (models.vae_parallel); every rank runs generate() with the same params and
+    # gets the same frames. None: this process alone.
     sp: SequenceParallel | None = None
-    cfg_parallel: CfgParallel | None = None  # flow solver: cond on rank 0, uncond on rank 1 (models.parallel)
+    # flow solver: cond on rank 0, uncond on rank 1 (models.parallel); the VAE decode split over both
+    cfg_parallel: CfgParallel | None = None
     # memory budget (models.offload): the A14B experts share one device slot (the inactive one in pinned
     # host memory, swapped in at the switch); the text encoder on the device only while it encodes
     # (its embeddings are cached). None: everything resident.
@@ -306,7 +310,7 @@ class WanPipeline:
             progress.on_stage(StageEvent("vae_decode", decoded, t_lat))
 
         start = 0
-        for chunk in self.vae.decode_iter(latents.to(self.dtype)):  # type: ignore[attr-defined]
+        for chunk in self._decode_chunks(latents.to(self.dtype)):
             n = chunk.shape[2]  # [1, 3, n, H, W]
             rgb = ((chunk[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
             out[start : start + n].copy_(rgb.permute(1, 2, 3, 0), non_blocking=cuda)  # [n, H, W, 3]
@@ -323,6 +327,15 @@ class WanPipeline:
         if start != num_frames:
             raise RuntimeError(f"the VAE decoded {start} frames, expected {num_frames}")
         return host
+
+
+    def _decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The VAE's decoded chunks [1, 3, n, H, W]: split across the ranks of `sp` (or of `cfg_parallel`)
+        when there are several (every rank calls this and gets every chunk), else this process alone."""
+        ranks = self.sp if self.sp is not None else self.cfg_parallel
+        if ranks is not None and ranks.world_size > 1:
+            return split_decode_iter(self.vae, latents, ranks)  # type: ignore[arg-type]
+        return self.vae.decode_iter(latents)  # type: ignore[attr-defined,no-any-return]
 
 
 class _StepReporter:

@@ -4,7 +4,8 @@ Each test starts two real rank processes: this file run as a script (``python te
 RANK WORLD PORT OUT``), which write their results to OUT; the test compares them with the same work
 done here in one process. Modes: ``equal`` (DiT forwards, dense and SLA, at a sequence length that 2
 does not divide, a whole 2-step rCM generation through `WanPipeline.sp`, and a 3-step flow-matching
-generation with CFG parallel through `WanPipeline.cfg_parallel`) and ``kill`` (rank 1
+generation with CFG parallel through `WanPipeline.cfg_parallel`, both with the VAE decode split across
+the ranks) and ``kill`` (rank 1
 exits in the middle of a forward: rank 0 must raise within seconds, not hang).
 """
 
@@ -78,12 +79,21 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
             result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in DIT_VARIANTS}
             from models.pipeline import load_pipeline
 
-            pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])])
+            head_rows: dict[str, list[int]] = {"rcm": [], "flow": []}  # rows the VAE's RGB head saw
+
+            def load(solver: str):  # type: ignore[no-untyped-def]
+                pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])], solver=solver)
+                pipe.vae.decoder.head[2].register_forward_pre_hook(
+                    lambda _m, a: head_rows[solver].append(a[0].shape[3]))
+                return pipe
+
+            pipe = load("rcm")
             pipe.sp = sp
             result["frames"] = torch.from_numpy(pipe.generate(_gen_params()).frames.copy())
-            flow = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])], solver="flow")
+            flow = load("flow")
             flow.cfg_parallel = CfgParallel(rank)
             result["flow"] = torch.from_numpy(flow.generate(_flow_params()).frames.copy())
+            result.update({f"head_rows_{k}": torch.tensor(v) for k, v in head_rows.items()})
         torch.save(result, out / f"rank{rank}.pt")
     elif mode == "kill":
         model = _dit("dense")
@@ -108,10 +118,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(mode: str, out: Path, env: dict[str, str] | None = None, world: int = 2) -> list[int]:
+def _run_ranks(mode: str, out: Path, env: dict[str, str] | None = None, world: int = 2,
+               script: str = __file__) -> list[int]:
+    """Run `script MODE RANK WORLD PORT OUT` as `world` rank processes; their exit codes."""
     port = _free_port()
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    procs = [subprocess.Popen([sys.executable, __file__, mode, str(r), str(world), str(port), str(out)],
+    procs = [subprocess.Popen([sys.executable, script, mode, str(r), str(world), str(port), str(out)],
                               cwd=REPO, env=full_env) for r in range(world)]
     try:
         return [p.wait(timeout=120) for p in procs]
@@ -164,6 +176,10 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
         # (the ranks run 1 thread, this process several: float sums may round differently, hence ±1)
         diff = np.abs(got["flow"].numpy().astype(int) - flow.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01, "CFG parallel"
+        # both generations decode split across the 2 ranks (models.vae_parallel): each rank's RGB head ran
+        # on its band of the 48 rows (+ halo), never on whole frames
+        for solver in ("rcm", "flow"):
+            assert 0 < got[f"head_rows_{solver}"].max() < 48, solver
     assert torch.equal(torch.load(out / "rank0.pt")["dit_sla"], torch.load(out / "rank1.pt")["dit_sla"])
     assert not torch.allclose(want["dit_sla"], want["dit_dense"], atol=1e-3)  # SLA really is another path
 

@@ -1,0 +1,142 @@
+"""The VAE decode split across ranks (models.vae_parallel) on CPU: gloo, the tiny VAE in fp32.
+
+The rank processes are this file run as a script (`test_parallel._run_ranks`); each decodes the same
+latents split and whole (in the same process, so with the same threads) and saves both; the test also
+decodes here, in one process. oneDNN picks its convolution algorithm by input size, so a band's rows can
+round differently from the whole frame's (~1e-6); with oneDNN off (``exact`` mode) the split has come out
+bit-exact on this project's CPUs, and is held to 1e-6.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_parallel import _cos, _run_ranks
+
+from models.vae import CausalCache, VAEConfig, WanVAE, _run_head
+from models.vae_parallel import bands, stage_reach, stages, work_fractions
+
+# (latents shape, decode_iter arguments): latent heights 7 and 13 (not divisible by 2 or 3), 4 (bands
+# of 1 and 2 rows: halos wider than a neighbour's band), a tapered plan, one latent frame at a time.
+CASES = [
+    ((1, 16, 4, 7, 3), dict(chunk_latents=2, taper=True)),
+    ((1, 16, 2, 13, 2), dict(chunk_latents=1)),
+    ((1, 16, 3, 4, 3), dict(chunk_latents=2, taper=False)),
+]
+FUSED_CASE = (1, 16, 2, 2, 3)  # the fast path under Triton's CPU interpreter: slow, so tiny
+
+
+def _vae() -> WanVAE:
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig.from_name("tiny")).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05 + 0.01)
+    return vae
+
+
+def _latents(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+
+
+def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
+    """mode "exact": CASES with oneDNN off; "all": CASES with oneDNN on, and the fast path (FUSED_CASE)."""
+    from models.parallel import init_sequence_parallel
+    from models.vae_parallel import split_decode_iter
+
+    torch.set_num_threads(1)
+    sp = init_sequence_parallel(rank, world, port=port, backend="gloo")
+    vae = _vae()
+    result: dict[str, object] = {}
+    with torch.inference_mode():
+        for onednn in (True,) if mode == "all" else (False,):
+            torch.backends.mkldnn.enabled = onednn
+            for i, (shape, kw) in enumerate(CASES):
+                latents = _latents(shape)
+                chunks = list(split_decode_iter(vae, latents, sp, **kw))
+                result[f"split{i}_{onednn}"] = torch.cat(chunks, dim=2)
+                result[f"sizes{i}_{onednn}"] = [c.shape[2] for c in chunks]
+                result[f"whole{i}_{onednn}"] = vae.decode(latents, **kw)
+        if mode == "all":
+            result["fused"] = torch.cat(list(split_decode_iter(vae, _latents(FUSED_CASE), sp, fused=True)), dim=2)
+    torch.save(result, out / f"rank{rank}.pt")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _check(out: Path, world: int, *, onednn: bool) -> None:
+    """Every rank's split decode equals its own whole decode (bit for bit without oneDNN) and this
+    process's, and came in the chunks decode_iter yields."""
+    vae = _vae()
+    for i, (shape, kw) in enumerate(CASES):
+        here = vae.decode(_latents(shape), **kw)  # this process: default threads and oneDNN
+        plan = [1 if n == 1 and not j else 4 * n for j, n in enumerate(vae.decode_plan(shape, fused=False, **kw)[1])]
+        for rank in range(world):
+            got = torch.load(out / f"rank{rank}.pt")
+            split, whole = got[f"split{i}_{onednn}"], got[f"whole{i}_{onednn}"]
+            assert got[f"sizes{i}_{onednn}"] == plan, (i, rank)
+            assert split.shape == whole.shape == here.shape
+            torch.testing.assert_close(split, whole, atol=1e-5 if onednn else 1e-6, rtol=0)
+            torch.testing.assert_close(split, here, atol=1e-5, rtol=0)
+            assert _cos(split, here) > 0.9999999
+
+
+def test_stage_reach_is_the_exact_receptive_field() -> None:
+    # Perturb one input row of each stage: exactly the output rows whose reach holds it change.
+    vae = _vae()
+    for k, stage in enumerate(stages(vae)):
+        c_in = stage.blocks[0].resample[1].in_channels if hasattr(stage.blocks[0], "resample") else None
+        assert c_in is not None
+        x = torch.randn(1, c_in, 1, 12, 3)
+
+        def run(x: torch.Tensor, stage=stage) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            cache = CausalCache()
+            with torch.no_grad():
+                for blk in stage.blocks:
+                    x = blk(x, cache)
+                return _run_head(vae.decoder.head, x, cache) if stage.head else x
+
+        base = run(x)
+        row = 6
+        y = x.clone()
+        y[:, :, :, row] += 1.0
+        changed = ((run(y) - base).abs().amax(dim=(0, 1, 2, 4)) > 0).nonzero().flatten().tolist()
+        expect = [o for o in range(base.shape[3]) if stage_reach(stage, vae.decoder.head, o, o + 1)[0] <= row
+                  < stage_reach(stage, vae.decoder.head, o, o + 1)[1]]  # fmt: skip
+        assert changed == expect, (k, changed, expect)
+
+
+def test_bands_and_work_fractions_at_480p() -> None:
+    assert bands(7, 2) == [(0, 3), (3, 7)] and bands(4, 3) == [(0, 1), (1, 2), (2, 4)]
+    with torch.device("meta"):
+        full = WanVAE(VAEConfig.from_name("wan2.1"))
+    work = work_fractions(full, (1, 16, 21, 60, 104), 2)
+    assert 270 < work["tflop"] < 280  # kernels/NOTES_vae.md: 274 TFLOP for this decode
+    assert work["low_share"] < 0.05  # the part every rank runs whole
+    assert all(0.5 < f < 0.56 for f in work["per_rank"])
+    assert work["halo_rows"][0] == [(0, 4), (4, 0)]  # 4 latent rows before the first upsampler
+
+
+@pytest.mark.slow
+def test_two_ranks_decode_equals_whole_decode_and_on_the_fast_path(tmp_path: Path) -> None:
+    assert _run_ranks("all", tmp_path, world=2, script=__file__) == [0, 0]
+    _check(tmp_path, 2, onednn=True)
+    eager = _vae().decode(_latents(FUSED_CASE), fused=False)
+    for rank in range(2):  # the fast path (channels-last, Triton norms) split, vs the eager whole decode
+        got = torch.load(tmp_path / f"rank{rank}.pt")["fused"]
+        torch.testing.assert_close(got, eager, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_three_ranks_decode_equals_whole_decode_without_onednn(tmp_path: Path) -> None:
+    # a middle rank with two neighbours; at height 4 the halos span more than one neighbour's band
+    assert _run_ranks("exact", tmp_path, world=3, script=__file__) == [0, 0, 0]
+    _check(tmp_path, 3, onednn=False)
+
+
+if __name__ == "__main__":
+    _mode, _rank, _world, _port, _out = sys.argv[1:]
+    _rank_main(_mode, int(_rank), int(_world), int(_port), Path(_out))
