@@ -128,17 +128,19 @@ def test_default_fast_decode_plan_tapers_at_480p() -> None:
     assert full.decode_plan((1, 16, 21, 60, 104), fused=True, chunk_latents=5)[1] == [1, 5, 5, 5, 5]
 
 
-def test_tapered_chunks_give_bit_identical_frames(vae: WanVAE) -> None:
+def test_tapered_chunks_give_the_same_frames(vae: WanVAE) -> None:
     # The causal cache makes the chunking exact: the tapered plan, the old even plan and one latent frame
-    # at a time give the same frames, bit for bit, on the eager path.
-    latents = torch.randn(1, 16, 9, 3, 5)
-    even = list(vae.decode_iter(latents, chunk_latents=5, taper=False))
-    tapered = list(vae.decode_iter(latents, chunk_latents=5, taper=True))
-    assert [c.shape[2] for c in even] == [1, 20, 12]
-    assert [c.shape[2] for c in tapered] == [1, 4, 16, 8, 4]
+    # at a time give the same frames up to fp32 rounding (a conv over 1 frame may take another GEMM path
+    # than over 3: bit-equal at some sizes, ~2e-7 apart at others).
+    latents = torch.randn(1, 16, 6, 2, 3)
+    even = list(vae.decode_iter(latents, chunk_latents=3, taper=False))
+    tapered = list(vae.decode_iter(latents, chunk_latents=3, taper=True))
+    assert [c.shape[2] for c in even] == [1, 12, 8]
+    assert [c.shape[2] for c in tapered] == [1, 8, 8, 4]
     whole = torch.cat(even, dim=2)
-    assert torch.equal(torch.cat(tapered, dim=2), whole)
-    assert torch.equal(torch.cat(list(vae.decode_iter(latents, chunk_latents=1)), dim=2), whole)
+    torch.testing.assert_close(torch.cat(tapered, dim=2), whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat(list(vae.decode_iter(latents, chunk_latents=1)), dim=2), whole,
+                               atol=1e-6, rtol=0)
 
 
 def test_chunk_size_follows_the_memory_budget() -> None:
