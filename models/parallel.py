@@ -66,6 +66,7 @@ class SequenceParallel:
     rank: int
     world_size: int
     group: dist.ProcessGroup | None = None  # None: the default group
+    head_groups: int = 2  # the attention and its way back pipelined over this many groups of each rank's heads
 
     def local_len(self, length: int) -> int:
         """Tokens per rank for a sequence of `length` (padded up to a multiple of world_size)."""
@@ -85,7 +86,7 @@ class SequenceParallel:
 
     def for_length(self, length: int) -> SequenceShard:
         """This group's plan for one forward over `length` tokens (what `Ops.sequence` carries)."""
-        return SequenceShard(self, length)
+        return SequenceShard(self, length, self.head_groups)
 
     # the two all-to-alls of Ulysses, token-major ------------------------------------------------------
     # q/k/v leave the projections token-major ([B, L/N, H, D]); the layouts below are chosen so that for
@@ -240,6 +241,7 @@ def bench() -> None:
     split; rank 0 prints one JSON line: seconds for both, their ratio and the minimum cosine similarity of
     the outputs (Done-when: ratio ≤ 0.55 on 2 GPUs, cos ≥ 0.999)."""
     import argparse
+    import dataclasses
     import json
     import os
     import time
@@ -253,6 +255,8 @@ def bench() -> None:
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--attention", default="sagesla")
     ap.add_argument("--linear", default="w8a8")
+    ap.add_argument("--head-groups", default="2", help="comma-separated: one split run per value")
+    ap.add_argument("--profile", default=None, help="file: rank 0's kernel table of one split forward")
     args = ap.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cuda = args.device == "cuda"
@@ -285,16 +289,32 @@ def bench() -> None:
 
     one_s, ref = run(None) if rank == 0 else (0.0, [])
     dist.barrier()
-    split_s, outs = run(sp)
-    if rank == 0:
-        cos = min(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
-                  for a, b in zip(outs, ref, strict=True))
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        row = {"size": args.size, "ranks": world, "steps": args.steps, "attention": attention,
-               "one_s": round(one_s, 3), "split_s": round(split_s, 3),
-               "ratio": round(split_s / one_s, 3), "cos_min": round(cos, 6),
-               "peak_gib_rank0": round(peak, 2)}
-        print(json.dumps(row), flush=True)  # noqa: T201 - the bench's result line
+    for groups in (int(g) for g in args.head_groups.split(",")):
+        split = dataclasses.replace(sp, head_groups=groups)
+        split_s, outs = run(split)
+        if rank == 0:
+            cos = min(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+                      for a, b in zip(outs, ref, strict=True))
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+            row = {"size": args.size, "ranks": world, "steps": args.steps, "attention": attention,
+                   "head_groups": groups, "one_s": round(one_s, 3), "split_s": round(split_s, 3),
+                   "ratio": round(split_s / one_s, 3), "cos_min": round(cos, 6),
+                   "peak_gib_rank0": round(peak, 2)}
+            print(json.dumps(row), flush=True)  # noqa: T201 - the bench's result line
+        del outs
+    if args.profile:  # one split forward under the profiler (every rank runs it; rank 0 writes the table)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch.inference_mode(), profile(activities=activities) as prof:
+            model(latents, times[0], ctx, cond, sp=sp)
+            if cuda:
+                torch.cuda.synchronize()
+        if rank == 0:
+            key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+            table = prof.key_averages().table(sort_by=key, row_limit=45, max_name_column_width=80)
+            with open(args.profile, "w") as f:
+                f.write(table)
     dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
