@@ -105,7 +105,8 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
                        dtype_bytes=torch.finfo(torch_dtype).bits // 8)
     log.info("%s (%s)", plan.describe(), device)
     if plan.fraction is not None:
-        torch.cuda.set_per_process_memory_fraction(plan.fraction, device)
+        index = torch.device(device).index  # "cuda": the current device (torch.cuda wants an index here)
+        torch.cuda.set_per_process_memory_fraction(plan.fraction, torch.cuda.current_device() if index is None else index)
     return load_pipeline(  # type: ignore[no-any-return]
         w.model, list(w.checkpoint), device=device, dtype=torch_dtype, attention=w.attention,
         linear=w.linear, cache_dir=w.cache_dir, solver=w.solver, offload_experts=plan.offload_experts,
@@ -242,14 +243,14 @@ def run_worker(
                                                world_size=w.gpus, load=load)
             else:
                 pipeline = load(settings, device, dtype)
-        if w.warmup:
-            warmup.warm_up(pipeline, w)  # every served size, kernel caches in w.cache_dir
+        codec = warmup.warm_up(pipeline, w).codec if w.warmup else None  # served sizes, kernel caches in w.cache_dir
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
                                             "linear": pipeline.linear, "ready": True})
         beat.advertise()
         metrics.ready.set()  # the metrics server's /ready (the k8s startupProbe) now answers 200
         ctx = WorkerContext(settings=settings, pipeline=pipeline, store=store, jobs=jobs, storage=storage,
-                            metrics=metrics, worker_name=name, lease=Lease(client, keys, name, lease_ttl_s(q)))
+                            metrics=metrics, worker_name=name, lease=Lease(client, keys, name, lease_ttl_s(q)),
+                            video_codec=codec)
 
         # 2. the queues ---------------------------------------------------------------------------------
         worker = TurboWorker(queue_names, ctx=ctx, name=name, connection=client, worker_ttl=max(30, lease_ttl_s(q)),
