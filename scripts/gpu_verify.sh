@@ -55,6 +55,20 @@ elif [ "$mode" = x2b ]; then
     timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
         --linear w8a8 2>&1 | tee "$OUT/logs/sp14b.log" | grep -v "^W\|Warning\|warn\|return func" | tail -3
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = x2c ]; then
+    # GPU 1: the A14B I2V 720p whole job, resident vs a 32 GiB budget; GPU 0 meanwhile: the 1.3B DiT kernel
+    # profile and the MP4 encode-tail micro-bench; then both GPUs: scripts/gpu_ranks.sh (a --gpus 2 worker).
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( CUDA_VISIBLE_DEVICES=1 timeout 250 python3 -m models.bench_a14b --size a14b --budget-gb 32 \
+          > "$OUT/a14b_whole.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m models.bench_dit --sizes 1.3b --reps 2 --no-checks \
+        --profile "$OUT/logs/prof" --variants sagesla/w8a8/fused > "$OUT/logs/dit13b.log" 2>&1
+    timeout 60 python3 -m worker.encode --decode-s 0.9 --repeats 5 2>&1 | tail -6
+    wait $gpu1
+    echo "== A14B I2V 720p whole job, 32 GiB budget"; grep -v "^W\|Warning" "$OUT/a14b_whole.log" | tail -8
+    JOBS=2 OUT="$OUT/logs/ranks" timeout 230 bash scripts/gpu_ranks.sh wan2.1-t2v-1.3b 832x480 81 2>&1 | tail -30
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
