@@ -49,6 +49,13 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # models.samplers.VelocityFn
 
 
+# Fewer heads than this per attention call: one call (no head-group pipelining). Measured on 2×H200
+# (models.parallel bench, 4 steps): 1.3B 480p, 6 heads a rank: 1 group 0.541 s, 2 groups 0.681 s, 4 groups
+# 0.589 s (1 GPU 0.836 s); 14B 720p, 20 heads a rank: 2 groups 7.48 s against 7.76 s for the earlier
+# blocking exchanges (1 GPU 13.36 s). Small calls lose more to per-call overhead than the overlap gains.
+MIN_GROUP_HEADS = 8
+
+
 def pad_to_multiple(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
     """x zero-padded along `dim` to the next multiple of n (x itself when already a multiple)."""
     extra = -x.shape[dim] % n
@@ -180,7 +187,7 @@ class SequenceShard:
         sp, L = self.sp, self.length
         qf, kf, vf = (sp.finish_heads(t, L) for t in (q, k, v))  # [B, H/N, L, D]
         Hn = qf.shape[1]
-        groups = self.head_groups if Hn % self.head_groups == 0 else 1
+        groups = self.head_groups if Hn % self.head_groups == 0 and Hn // self.head_groups >= MIN_GROUP_HEADS else 1
         h = Hn // groups
         back = [sp.start_tokens(fn(qf[:, i * h:(i + 1) * h], kf[:, i * h:(i + 1) * h], vf[:, i * h:(i + 1) * h]))
                 for i in range(groups)]
