@@ -231,14 +231,15 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 # bench: the encode tail ----------------------------------------------------------------------------------
-def _test_video(frames: int, height: int, width: int) -> np.ndarray:
-    """Real-looking content [F, H, W, 3] uint8: a smooth colour field, a shape moving across it, some grain."""
+def sample_video(frames: int, height: int, width: int, *, speed: int = 8) -> np.ndarray:
+    """Real-looking content [F, H, W, 3] uint8 (benches, tests): a smooth colour field, a shape moving
+    `speed` pixels a frame across it, some grain."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     out = np.empty((frames, height, width, 3), np.uint8)
     for i in range(frames):
         img = np.stack([80 + 60 * np.sin(x / 37 + i / 9), 120 + 50 * np.cos(y / 23), 90 + 0.3 * x], axis=-1)
-        img[(x - 8 * i - 40) ** 2 + (y - height / 2) ** 2 < (height / 5) ** 2] = (230, 200, 40)
+        img[(x - speed * i - 5 * speed) ** 2 + (y - height / 2) ** 2 < (height / 5) ** 2] = (230, 200, 40)
         out[i] = (img + rng.normal(0, 2, img.shape)).clip(0, 255).astype(np.uint8)
     return out
 
@@ -269,7 +270,7 @@ def bench_tail() -> None:
 
         python -m worker.encode --size 832x480 --frames 81 --decode-s 0.9
 
-    Frames of `_test_video` are pushed as the VAE's `decode_iter` yields them: chunk plan from
+    Frames of `sample_video` are pushed as the VAE's `decode_iter` yields them: chunk plan from
     `WanVAE.decode_plan` (the full Wan2.1 VAE, bf16, fast path, its default 12 GiB budget) untapered
     ("old") or tapered, each chunk after its share of `--decode-s` seconds (the decode's time on the GPU:
     0.9 s on an H200 at 480p), with veryfast's own 10-frame lookahead ("old") or `X264_PARAMS`. Prints a
@@ -294,7 +295,7 @@ def bench_tail() -> None:
         vae = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
     shape = (1, 16, (args.frames - 1) // 4 + 1, height // 8, width // 8)
     plans = {taper: vae.decode_plan(shape, fused=True, taper=taper)[1] for taper in (False, True)}
-    frames = _test_video(args.frames, height, width)
+    frames = sample_video(args.frames, height, width)
     old_params = "sliced-threads=1"  # veryfast's own lookahead (10 frames)
     variants = [("old chunks, old x264", False, old_params), ("old chunks, new x264", False, None),
                 ("tapered chunks, old x264", True, old_params), ("tapered chunks, new x264", True, None)]

@@ -17,6 +17,7 @@ from worker.encode import (
     encode_mp4,
     encode_thumbnail,
     pick_codec,
+    sample_video,
     stream_tail,
 )
 
@@ -86,15 +87,7 @@ def test_decode_image_drops_alpha():
 
 
 def _moving(f: int, h: int, w: int) -> np.ndarray:
-    """Real-looking content: a smooth colour field with a shape moving across it and a little grain."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    out = np.empty((f, h, w, 3), np.uint8)
-    for i in range(f):
-        img = np.stack([80 + 60 * np.sin(x / 37 + i / 9), 120 + 50 * np.cos(y / 23), 90 + 0.3 * x], axis=-1)
-        img[(x - 4 * i - 20) ** 2 + (y - h / 2) ** 2 < (h / 5) ** 2] = (230, 200, 40)
-        out[i] = (img + rng.normal(0, 2, img.shape)).clip(0, 255).astype(np.uint8)
-    return out
+    return sample_video(f, h, w, speed=4)
 
 
 def test_streamed_chunks_give_the_same_bytes_as_the_one_shot_encoder(tmp_path):
