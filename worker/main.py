@@ -107,11 +107,14 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     if plan.fraction is not None:
         index = torch.device(device).index  # "cuda": the current device (torch.cuda wants an index here)
         torch.cuda.set_per_process_memory_fraction(plan.fraction, torch.cuda.current_device() if index is None else index)
-    return load_pipeline(  # type: ignore[no-any-return]
+    pipeline = load_pipeline(
         w.model, list(w.checkpoint), device=device, dtype=torch_dtype, attention=w.attention,
         linear=w.linear, cache_dir=w.cache_dir, solver=w.solver, offload_experts=plan.offload_experts,
         offload_text_encoder=plan.offload_text_encoder,
     )
+    if plan.vae_budget_gib is not None:  # VAE decode/encode chunks sized to what the budget leaves
+        pipeline.vae.memory_budget = int(plan.vae_budget_gib * GIB)
+    return pipeline  # type: ignore[no-any-return]
 
 
 class TurboWorker(SimpleWorker):

@@ -27,6 +27,10 @@ from contract.catalog import ModelCard, latent_frames
 
 GIB = 2**30
 VAE_GIB = 6.0  # estimate: VAE weights (~0.25 GiB) + its decode chunks at 720p
+# The VAE's chunk budget under gpu_memory_gb: the budget less everything else's estimate and a margin,
+# within [1, 12] GiB (12: WanVAE's own default). Measured (H200, models.bench_a14b, A14B I2V 720p, 32 GiB,
+# VAE budget 12 GiB): peak 24.8 GiB allocated, 28.1 reserved; this rule gives that job ~10 GiB.
+VAE_MIN_GIB, VAE_MAX_GIB, VAE_MARGIN_GIB = 1.0, 12.0, 1.0
 ACTIVATION_FACTOR = 1.5  # live tensors of one block's forward, in units of tokens × (ffn + 4·dim) values
 
 
@@ -38,6 +42,7 @@ class MemoryPlan:
     offload_experts: bool = False
     offload_text_encoder: bool = False
     fraction: float | None = None  # torch.cuda.set_per_process_memory_fraction, when a budget is set
+    vae_budget_gib: float | None = None  # the VAE's chunk budget (WanVAE.memory_budget) under gpu_memory_gb
 
     def describe(self) -> str:
         offloads = [n for n, on in (("experts", self.offload_experts), ("text encoder", self.offload_text_encoder))
@@ -87,4 +92,8 @@ def plan_memory(card: ModelCard, *, budget_gib: float | None, device_gib: float 
     if offload_text:
         need -= est["text_encoder"]
     fraction = budget_gib / device_gib if budget_gib is not None and device_gib and budget_gib < device_gib else None
-    return MemoryPlan(budget, resident, need, offload_experts, offload_text, fraction)
+    vae_budget = None
+    if budget_gib is not None:  # the VAE chunks get what the rest leaves, within [VAE_MIN_GIB, VAE_MAX_GIB]
+        headroom = budget_gib - (need - est["vae"]) - VAE_MARGIN_GIB
+        vae_budget = min(VAE_MAX_GIB, max(VAE_MIN_GIB, headroom))
+    return MemoryPlan(budget, resident, need, offload_experts, offload_text, fraction, vae_budget)

@@ -6,7 +6,7 @@ import pytest
 
 from contract.catalog import get_card
 from contract.settings import Settings
-from worker.memory import estimate_gib, plan_memory
+from worker.memory import VAE_MAX_GIB, VAE_MIN_GIB, estimate_gib, plan_memory
 
 A14B = get_card("wan2.2-i2v-a14b")
 T2V_13B = get_card("wan2.1-t2v-1.3b")
@@ -64,5 +64,20 @@ def test_load_model_pipeline_offloads_what_the_budget_wants(tmp_path):
                             worker={"model": "wan-tiny", "cache_dir": tmp_path, "gpu_memory_gb": budget})
         return load_model_pipeline(settings, "cpu", "float32")
 
-    assert load(None).text_encoder_offload is None  # CPU without a budget: everything resident
-    assert load(0.5).text_encoder_offload is not None  # below the estimate: the encoder only while encoding
+    resident, small = load(None), load(0.5)
+    assert resident.text_encoder_offload is None  # CPU without a budget: everything resident
+    assert small.text_encoder_offload is not None  # below the estimate: the encoder only while encoding
+    from models.vae import DEFAULT_MEMORY_BUDGET
+
+    assert resident.vae.memory_budget == DEFAULT_MEMORY_BUDGET  # no budget: the VAE's own chunk budget
+    assert small.vae.memory_budget == int(VAE_MIN_GIB * 2**30)  # a tiny budget: the smallest chunks
+    assert load(40.0).vae.memory_budget == int(VAE_MAX_GIB * 2**30)  # room to spare: capped at the default
+
+
+def test_the_vae_chunk_budget_is_what_the_budget_leaves():
+    assert _plan(A14B, None).vae_budget_gib is None  # the device's own memory: the VAE keeps its default
+    at = {b: _plan(A14B, b).vae_budget_gib for b in (16, 24, 28, 32, 200)}
+    assert at[16] == VAE_MIN_GIB and at[200] == VAE_MAX_GIB
+    assert VAE_MIN_GIB < at[24] < at[28] < at[32] <= VAE_MAX_GIB  # grows with the budget
+    plan = _plan(A14B, 32)
+    assert plan.need_gib - 6.0 + plan.vae_budget_gib + 1.0 <= 32 + 1e-9  # the rest's estimate + chunks fit
