@@ -238,6 +238,7 @@ class RankedPipeline:
             self.sync.job = None
         if job.held is not None:  # raised after the last sync point (a pipeline without decode reports)
             raise job.held
+        log.info("rank 0: job %d: %s", self._seq, _stage_line(result))  # beside the other ranks' lines
         return result
 
     # watching the ranks ------------------------------------------------------------------------------
@@ -439,7 +440,9 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             return
         _, seq, params_json, image = msg
         try:
-            pipe.generate(GenerationParams.model_validate_json(params_json), image=image, on_step=_Follow(sync))
+            result = pipe.generate(GenerationParams.model_validate_json(params_json), image=image,
+                                   on_step=_Follow(sync))
+            log.info("job %d: %s", seq, _stage_line(result))
             status.send(("done", seq))
         except RankStopped:
             status.send(("stopped", seq))
@@ -447,6 +450,13 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             log.exception("rank %d: job %d failed", rank, seq)
             _send(status, ("error", seq, f"{type(exc).__name__}: {exc}"))
             os._exit(3)
+
+
+def _stage_line(result: GenerationResult) -> str:
+    """One rank's stage seconds for the log, each denoise step apart: where a rank waits shows up here."""
+    t = result.timings
+    steps = " ".join(f"{s:.3f}" for s in t.denoise_steps)
+    return f"text_encode {t.text_encode:.3f} s, denoise steps [{steps}] s, vae_decode {t.vae_decode:.3f} s"
 
 
 def _send(conn: Connection, msg: tuple[Any, ...]) -> None:
