@@ -111,7 +111,9 @@ class WanPipeline:
     # split into bands of rows (models.vae_parallel); every rank runs generate() with the same params and
     # gets the same frames. None: this process alone.
     sp: SequenceParallel | None = None
-    # flow solver: cond on rank 0, uncond on rank 1 (models.parallel); the VAE decode split over both
+    # flow solver: cond on rank 0, uncond on rank 1 (models.parallel); the VAE decode split over both.
+    # With `sp` set too (a worker's ranks), a guided flow job takes CFG parallel (one velocity exchange a
+    # step instead of the all-to-alls of every block) and every other job takes `sp`.
     cfg_parallel: CfgParallel | None = None
     # memory budget (models.offload): the A14B experts share one device slot (the inactive one in pinned
     # host memory, swapped in at the switch); the text encoder on the device only while it encodes
@@ -202,13 +204,14 @@ class WanPipeline:
         return self.transformers[kind]
 
     def _velocity(
-        self, kind: str, context: torch.Tensor, cond: torch.Tensor | None, sla_topk: float | None
+        self, kind: str, context: torch.Tensor, cond: torch.Tensor | None, sla_topk: float | None,
+        sp: SequenceParallel | None = None,
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((x.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
             model = self._expert(kind, t)
-            if self.sp is not None:
-                return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=self.sp)
+            if sp is not None:
+                return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=sp)
             return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk)
 
         return velocity
@@ -254,7 +257,10 @@ class WanPipeline:
         steps = _StepReporter(clock, progress, self.preview_map() if progress.wants_preview else None)
         progress.on_stage(StageEvent("denoise", 0, params.num_steps))
         steps.start()
-        velocity = self._velocity(params.kind, context, cond, params.sla_topk)
+        # CFG parallel for a guided flow job, else sequence parallel (when set): never both in one DiT call
+        cfg_split = self.solver == "flow" and self.cfg_parallel is not None and params.guidance_scale != 1.0
+        split = None if cfg_split else self.sp
+        velocity = self._velocity(params.kind, context, cond, params.sla_topk, split)
         if self.solver == "rcm":
             assert params.sigma_max is not None and params.sampler is not None  # resolved
             latents = sample_rcm(velocity, noise, num_steps=params.num_steps, sigma_max=params.sigma_max,
@@ -262,9 +268,9 @@ class WanPipeline:
                                  on_x0=steps.x0 if progress.wants_preview else None)
         else:
             assert negative is not None and params.guidance_scale is not None  # resolved
-            uncond: VelocityFn | None = self._velocity(params.kind, negative, cond, params.sla_topk)
-            if self.cfg_parallel is not None and params.guidance_scale != 1.0:
-                assert uncond is not None
+            uncond: VelocityFn | None = self._velocity(params.kind, negative, cond, params.sla_topk, split)
+            if cfg_split:
+                assert uncond is not None and self.cfg_parallel is not None
                 velocity, uncond = self.cfg_parallel.guided(velocity, uncond, params.guidance_scale), None
             latents = sample_flow_cfg(velocity, uncond, noise, num_steps=params.num_steps, shift=self.flow_shift,
                                       guidance_scale=params.guidance_scale, on_step=steps.step,

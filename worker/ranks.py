@@ -95,11 +95,18 @@ class _StopSync:
     def __init__(self, rank: int, group: Any) -> None:
         self.rank, self.group = rank, group
         self.job: _Held | None = None  # rank 0: the running job's progress
+        self.forwards = 0  # DiT forwards (calls as a forward pre-hook) since the last `take_forwards`
+
+    def take_forwards(self) -> int:
+        n, self.forwards = self.forwards, 0
+        return n
 
     def __call__(self, *hook_args: Any) -> None:
         import torch
         import torch.distributed as dist
 
+        if hook_args:  # (module, args): a DiT forward is about to run
+            self.forwards += 1
         held = self.job.held if self.job is not None else None
         flag = torch.tensor([int(held is not None)], dtype=torch.int32)
         dist.broadcast(flag, src=0, group=self.group)
@@ -159,9 +166,11 @@ def _join_group(rank: int, world_size: int, backend: str, timeout_s: float, stor
 
 
 def _attach(pipe: Any, rank: int, world_size: int, control: Any) -> _StopSync:
-    from models.parallel import SequenceParallel
+    from models.parallel import CfgParallel, SequenceParallel
 
     pipe.sp = SequenceParallel(rank=rank, world_size=world_size)
+    if world_size == 2:  # a guided flow job: cond on rank 0, uncond on rank 1 (WanPipeline.cfg_parallel)
+        pipe.cfg_parallel = CfgParallel(rank)
     sync = _StopSync(rank, control)
     for module in pipe.transformers.values():
         module.register_forward_pre_hook(sync)
@@ -216,6 +225,7 @@ class RankedPipeline:
             self._busy = self._seq
         job = _Held(as_progress(on_step), self.sync)
         self.sync.job = job
+        self.sync.take_forwards()  # count this job's forwards only
         try:
             for conn in self.jobs:
                 conn.send(("job", self._seq, params.model_dump_json(), image))
@@ -238,7 +248,7 @@ class RankedPipeline:
             self.sync.job = None
         if job.held is not None:  # raised after the last sync point (a pipeline without decode reports)
             raise job.held
-        log.info("rank 0: job %d: %s", self._seq, _stage_line(result))  # beside the other ranks' lines
+        log.info("rank 0: job %d: %s", self._seq, _stage_line(result, self.sync.take_forwards()))
         return result
 
     # watching the ranks ------------------------------------------------------------------------------
@@ -439,10 +449,11 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             dist.destroy_process_group()
             return
         _, seq, params_json, image = msg
+        sync.take_forwards()  # count this job's forwards only
         try:
             result = pipe.generate(GenerationParams.model_validate_json(params_json), image=image,
                                    on_step=_Follow(sync))
-            log.info("job %d: %s", seq, _stage_line(result))
+            log.info("job %d: %s", seq, _stage_line(result, sync.take_forwards()))
             status.send(("done", seq))
         except RankStopped:
             status.send(("stopped", seq))
@@ -452,11 +463,13 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             os._exit(3)
 
 
-def _stage_line(result: GenerationResult) -> str:
-    """One rank's stage seconds for the log, each denoise step apart: where a rank waits shows up here."""
+def _stage_line(result: GenerationResult, forwards: int) -> str:
+    """One rank's job for the log: its DiT forwards and stage seconds, each denoise step apart (where a
+    rank waits shows up here)."""
     t = result.timings
     steps = " ".join(f"{s:.3f}" for s in t.denoise_steps)
-    return f"text_encode {t.text_encode:.3f} s, denoise steps [{steps}] s, vae_decode {t.vae_decode:.3f} s"
+    return (f"{forwards} DiT forwards, text_encode {t.text_encode:.3f} s, denoise steps [{steps}] s, "
+            f"vae_decode {t.vae_decode:.3f} s")
 
 
 def _send(conn: Connection, msg: tuple[Any, ...]) -> None:

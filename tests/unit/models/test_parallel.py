@@ -66,6 +66,10 @@ def _flow_params():
     return _gen_params().model_copy(update={"num_steps": 3, "negative_prompt": "blurry", "guidance_scale": 4.0})
 
 
+def _unguided_params():
+    return _flow_params().model_copy(update={"guidance_scale": 1.0})
+
+
 # the rank processes ------------------------------------------------------------------------------------
 def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
     from models.parallel import init_sequence_parallel
@@ -97,6 +101,16 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
             flow.cfg_parallel = CfgParallel(rank)
             result["flow"] = torch.from_numpy(flow.generate(_flow_params()).frames.copy())
             result.update({f"head_rows_{k}": torch.tensor(v) for k, v in head_rows.items()})
+            # a worker's ranks set both: a guided flow job takes CFG parallel, an unguided one sequence parallel
+            flow.sp = sp
+            forwards: list[int] = []
+            for module in flow.transformers.values():
+                module.register_forward_pre_hook(lambda *_: forwards.append(1))
+            result["both_guided"] = torch.from_numpy(flow.generate(_flow_params()).frames.copy())
+            result["both_guided_forwards"] = torch.tensor(len(forwards))
+            forwards.clear()
+            result["both_unguided"] = torch.from_numpy(flow.generate(_unguided_params()).frames.copy())
+            result["both_unguided_forwards"] = torch.tensor(len(forwards))
         torch.save(result, out / f"rank{rank}.pt")
     elif mode == "kill":
         model = _dit("dense")
@@ -165,7 +179,9 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
     with torch.inference_mode():
         want = {f"dit_{a}": _dit(a)(latents, t, ctx) for a in DIT_VARIANTS}
         frames = torch.from_numpy(load_pipeline("wan-tiny", [tiny]).generate(_gen_params()).frames.copy())
-        flow = load_pipeline("wan-tiny", [tiny], solver="flow").generate(_flow_params()).frames
+        flow_pipe = load_pipeline("wan-tiny", [tiny], solver="flow")
+        flow = flow_pipe.generate(_flow_params()).frames
+        unguided = flow_pipe.generate(_unguided_params()).frames
     for rank in range(2):
         got = torch.load(out / f"rank{rank}.pt")
         for name, ref in want.items():
@@ -179,6 +195,12 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
         # (the ranks run 1 thread, this process several: float sums may round differently, hence ±1)
         diff = np.abs(got["flow"].numpy().astype(int) - flow.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01, "CFG parallel"
+        # sp and cfg_parallel both set: guided → CFG parallel (one DiT forward a step on each rank, not the
+        # cond + uncond of sequence parallel), unguided → sequence parallel (cond only); same frames
+        for key, ref in (("both_guided", flow), ("both_unguided", unguided)):
+            diff = np.abs(got[key].numpy().astype(int) - ref.astype(int))
+            assert diff.max() <= 1 and diff.mean() < 0.01, key
+        assert int(got["both_guided_forwards"]) == 3 and int(got["both_unguided_forwards"]) == 3
         # both generations decode split across the 2 ranks (models.vae_parallel): each rank's RGB head ran
         # on its band of the 48 rows (+ halo), never on whole frames
         for solver in ("rcm", "flow"):
