@@ -152,6 +152,35 @@ def one_rank_frames(workers, tmp_path_factory) -> np.ndarray:
     return _frames(settings, spec)
 
 
+def _put_image(settings: Settings) -> str:
+    """A colour gradient (not flat: the conditioning shows) in the settings' storage; returns its key."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:80, 0:96]
+    rgb = np.stack([x * 2, y * 3, 255 - x * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    make_storage(settings.storage).put_bytes(buf.getvalue(), "inputs/gradient.png", "image/png")
+    return "inputs/gradient.png"
+
+
+@pytest.fixture(scope="module")
+def one_rank_i2v_frames(workers, tmp_path_factory) -> np.ndarray:
+    """An I2V job (wan-tiny-i2v, the tiny pipeline's second DiT) through a one-rank worker."""
+    from worker.main import run_worker
+
+    settings = test_settings(tmp_path_factory.mktemp("one-i2v"), cache_dir=workers["shared"].settings.worker.cache_dir)
+    spec = submit(settings, kind="i2v", image_key=_put_image(settings), **JOB)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_worker(settings, burst=True) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert record(settings, spec.job_id).status is JobStatus.completed
+    return _frames(settings, spec)
+
+
 def _same_video(got: np.ndarray, want: np.ndarray) -> None:
     assert got.shape == want.shape == (9, 64, 64, 3)
     diff = np.abs(got.astype(int) - want.astype(int))
@@ -166,6 +195,14 @@ def test_a_job_on_two_ranks_gives_the_one_rank_video(workers, one_rank_frames):
     spec = submit(w.settings, **JOB)
     assert _finished(w, spec.job_id) is JobStatus.completed
     _same_video(_frames(w.settings, spec), one_rank_frames)
+
+
+def test_an_i2v_job_on_two_ranks_gives_the_one_rank_video(workers, one_rank_i2v_frames, one_rank_frames):
+    w = workers["shared"]
+    spec = submit(w.settings, kind="i2v", image_key=_put_image(w.settings), **JOB)
+    assert _finished(w, spec.job_id) is JobStatus.completed, record(w.settings, spec.job_id).error
+    _same_video(_frames(w.settings, spec), one_rank_i2v_frames)
+    assert np.abs(one_rank_i2v_frames.astype(int) - one_rank_frames.astype(int)).mean() > 5  # the image counts
 
 
 def test_cancel_stops_every_rank_and_the_next_job_still_works(workers, one_rank_frames):
