@@ -134,14 +134,11 @@ def workers(tmp_path_factory) -> Iterator[dict[str, Worker]]:
             stop(w.proc)
 
 
-@pytest.fixture(scope="module")
-def one_rank_frames(workers, tmp_path_factory) -> np.ndarray:
-    """The reference: the same job through a one-rank worker (`run_worker` here, burst mode)."""
+def _one_rank_video(settings: Settings, **job: object) -> np.ndarray:
+    """The reference: `job` through a one-rank worker (`run_worker` here, burst mode), decoded."""
     from worker.main import run_worker
 
-    cache = workers["shared"].settings.worker.cache_dir
-    settings = test_settings(tmp_path_factory.mktemp("one"), cache_dir=cache)
-    spec = submit(settings, **JOB)
+    spec = submit(settings, **{**JOB, **job})  # type: ignore[arg-type]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank runs on this 2-core box (and no spinning threads meanwhile)
     try:
@@ -150,6 +147,13 @@ def one_rank_frames(workers, tmp_path_factory) -> np.ndarray:
         torch.set_num_threads(threads)
     assert record(settings, spec.job_id).status is JobStatus.completed
     return _frames(settings, spec)
+
+
+@pytest.fixture(scope="module")
+def one_rank_frames(workers, tmp_path_factory) -> np.ndarray:
+    """The T2V job through a one-rank worker."""
+    cache = workers["shared"].settings.worker.cache_dir
+    return _one_rank_video(test_settings(tmp_path_factory.mktemp("one"), cache_dir=cache))
 
 
 def _put_image(settings: Settings) -> str:
@@ -167,18 +171,8 @@ def _put_image(settings: Settings) -> str:
 @pytest.fixture(scope="module")
 def one_rank_i2v_frames(workers, tmp_path_factory) -> np.ndarray:
     """An I2V job (wan-tiny-i2v, the tiny pipeline's second DiT) through a one-rank worker."""
-    from worker.main import run_worker
-
     settings = test_settings(tmp_path_factory.mktemp("one-i2v"), cache_dir=workers["shared"].settings.worker.cache_dir)
-    spec = submit(settings, kind="i2v", image_key=_put_image(settings), **JOB)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_worker(settings, burst=True) == 0
-    finally:
-        torch.set_num_threads(threads)
-    assert record(settings, spec.job_id).status is JobStatus.completed
-    return _frames(settings, spec)
+    return _one_rank_video(settings, kind="i2v", image_key=_put_image(settings))
 
 
 def _same_video(got: np.ndarray, want: np.ndarray) -> None:
