@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,19 +20,8 @@ from contract.catalog import get_card
 from contract.jobs import GenerationParams
 from models.offload import ExpertOffloader
 from models.pipeline import WanPipeline, load_pipeline
-from models.tiny import ensure_tiny_checkpoints
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return ensure_tiny_checkpoints(tmp_path_factory.mktemp("ckpt") / "wan-tiny")
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_dir):
-    return load_pipeline("wan-tiny", [tiny_dir])
 
 
 def _params(seed: int = 4) -> GenerationParams:

@@ -1,7 +1,6 @@
 """The wan-tiny pipeline end to end on CPU: shapes, determinism, I2V conditioning, every knob of
 GenerationParams honoured or refused, the old GenerationRequest still accepted."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,6 @@ from models.checkpoint_io import CheckpointError
 from models.latent_preview import LatentPreview
 from models.pipeline import load_pipeline
 from models.pipeline_types import GenerationRequest, Progress, StageEvent
-from models.tiny import ensure_tiny_checkpoints
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return ensure_tiny_checkpoints(tmp_path_factory.mktemp("ckpt") / "wan-tiny")
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_dir):
-    return load_pipeline("wan-tiny", [tiny_dir])
 
 
 def _req(**kw) -> GenerationRequest:
