@@ -209,10 +209,7 @@ class WanPipeline:
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((x.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
-            model = self._expert(kind, t)
-            if sp is not None:
-                return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=sp)
-            return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk)
+            return self._expert(kind, t)(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=sp)
 
         return velocity
 
@@ -270,7 +267,7 @@ class WanPipeline:
             assert negative is not None and params.guidance_scale is not None  # resolved
             uncond: VelocityFn | None = self._velocity(params.kind, negative, cond, params.sla_topk, split)
             if cfg_split:
-                assert uncond is not None and self.cfg_parallel is not None
+                assert self.cfg_parallel is not None
                 velocity, uncond = self.cfg_parallel.guided(velocity, uncond, params.guidance_scale), None
             latents = sample_flow_cfg(velocity, uncond, noise, num_steps=params.num_steps, shift=self.flow_shift,
                                       guidance_scale=params.guidance_scale, on_step=steps.step,
