@@ -278,9 +278,23 @@ class RankedPipeline:
             self._errors[rank] = str(msg[2])
 
     def _watchdog(self) -> None:
+        """Follow the ranks until close. If this thread itself fails, nothing would notice a lost rank any
+        more (a blocked job would stay "in progress"): that is fatal too."""
+        try:
+            self._watch_ranks()
+        except Exception as exc:
+            if self._closing:
+                return
+            log.critical("the ranks' watchdog failed: exiting", exc_info=True)
+            self.broken = self.broken or f"the ranks' watchdog failed ({type(exc).__name__}: {exc})"
+            self.on_fatal(f"{self.broken}; the worker restarts its ranks")
+
+    def _watch_ranks(self) -> None:
         conns = {conn: rank for rank, conn in enumerate(self.status, start=1)}
         exits: dict[int, int] = {proc.sentinel: rank for rank, proc in enumerate(self.procs, start=1)}
         while not self._closing:
+            # a pipe `_drain` closed (its rank exited, the sentinel came first) is done with
+            conns = {conn: rank for conn, rank in conns.items() if not conn.closed}
             for ready in wait([*conns, *exits], timeout=POLL_S):
                 if isinstance(ready, int):  # a process sentinel: that rank exited
                     self._rank_exited(exits.pop(ready))
