@@ -156,12 +156,14 @@ class WanCrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, ops: Ops) -> torch.Tensor:
-        """x [B, L, C], context [B, Lt, C] -> [B, L, C]."""
+    def forward(self, x: torch.Tensor | Int8Activation, context: torch.Tensor, ops: Ops) -> torch.Tensor:
+        """x [B, L, C] (or its int8 form from norm3), context [B, Lt, C] -> [B, L, C]."""
         B, L, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        q = self.norm_q(ops.apply_linear(self.q, x)).view(B, L, H, D).transpose(1, 2)  # [B, H, L, D]
-        k = self.norm_k(ops.apply_linear(self.k, context)).view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
+        q = ops.qk_norm(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), getattr(self.norm_q, "eps", 0.0))
+        k = ops.qk_norm(ops.apply_linear(self.k, context), _norm_weight(self.norm_k), getattr(self.norm_k, "eps", 0.0))
+        q = q.view(B, L, H, D).transpose(1, 2)  # [B, H, L, D]
+        k = k.view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
         v = ops.apply_linear(self.v, context).view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
         o = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, D]
         return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
@@ -188,7 +190,12 @@ class WanBlock(nn.Module):
         h = ops.modulate(x, shift1, scale1, self.norm1.eps, dtype, next_linear=self.self_attn.q)
         x = ops.gated_add(x, self.self_attn(h, cos, sin, ops, sla_topk), gate1)
         # 2. cross-attention to the text
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context, ops).float()
+        if isinstance(self.norm3, LayerNorm32):  # on the kernels: one pass, int8 out for a W8A8 q
+            h = ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.norm3.eps, dtype,
+                               next_linear=self.cross_attn.q)
+        else:
+            h = self.norm3(x).to(dtype)
+        x = ops.add(x, self.cross_attn(h, context, ops))
         # 3. FFN with AdaLN
         h = ops.modulate(x, shift2, scale2, self.norm2.eps, dtype, next_linear=self.ffn[0])
         y = ops.apply_linear(self.ffn[2], self.ffn[1](ops.apply_linear(self.ffn[0], h)))  # [B, L, C]

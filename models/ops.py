@@ -7,11 +7,13 @@ block calls through it:
     attend(q, k, v, ...)        "dense": SDPA | "sla": SLA in plain PyTorch (kernels.sagesla.reference,
                                 slow) | "sagesla": the Triton SageSLA kernels (CUDA)
     rmsnorm_rope(x, ...)        q/k RMSNorm across all heads + Wan's RoPE
+    qk_norm(x, ...)             the same RMSNorm without RoPE (cross-attention q/k)
+    layer_norm(x, ...)          LayerNorm with affine (norm3), int8 out for a W8A8 q like `modulate`
     modulate(x, ...)            LayerNorm without affine + AdaLN ``x·(1+scale)+shift``; when the next
                                 linear is a `W8A8Linear` run by the int8 GEMM, the Triton kernel emits
                                 int8 codes + per-token scales (`Int8Activation`) that feed the GEMM
                                 directly (no separate activation-quant pass)
-    gated_add(x, y, gate)       ``x + gate·y`` in fp32
+    gated_add(x, y, gate)       ``x + gate·y`` in fp32; add(x, y): ``x + y`` (the cross-attention's residual)
     apply_linear(module, x)     nn.Linear; `W8A8Linear` through the Triton int8 GEMM or its PyTorch path
 
 `Ops.kernels` picks the Triton kernels (norms, gated add, int8 GEMM) or plain PyTorch for everything but
@@ -180,6 +182,14 @@ class Ops:
             return _kernel("rmsnorm_rope").rmsnorm_rope(x, weight, cos, sin, eps)
         return apply_rope(rms_norm(x.flatten(2), weight, eps).view(x.shape), cos, sin)
 
+    def qk_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        """RMSNorm over the last dim of x [..., C] (the cross-attention's q/k norm; None: no norm) in x.dtype."""
+        if weight is None:
+            return x
+        if self.kernels:
+            return _kernel("rmsnorm_rope").rmsnorm(x, weight, eps)
+        return rms_norm(x, weight, eps)
+
     def wants_int8(self, next_linear: nn.Module | None, dtype: torch.dtype) -> bool:
         """True when `modulate` hands `next_linear` int8 activations (the Triton int8 GEMM path)."""
         return (self.kernels and self.linear == "w8a8" and isinstance(next_linear, W8A8Linear)
@@ -200,7 +210,31 @@ class Ops:
             return Int8Activation(q, s, dtype)
         return adaln.layernorm_modulate(x, shift[:, 0], scale[:, 0], eps, out_dtype=dtype)
 
+    def layer_norm(
+        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+        dtype: torch.dtype, next_linear: nn.Module | None = None,
+    ) -> torch.Tensor | Int8Activation:
+        """LayerNorm (fp32 stats) of x [B, L, C] fp32 with its own affine (weight, bias [C]; None: none) ->
+        [B, L, C] in `dtype`, or an `Int8Activation` when `next_linear` takes one (Wan's norm3 before the
+        cross-attention's q). On the kernels it is `modulate` with scale = weight - 1 and shift = bias."""
+        if not self.kernels:
+            w = None if weight is None else weight.float()
+            b = None if bias is None else bias.float()
+            return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(dtype)
+        B, _, C = x.shape
+        zero = x.new_zeros(C, dtype=torch.float32)  # the kernels want the last dim contiguous (stride 1)
+        scale = (weight.float() - 1 if weight is not None else zero).expand(B, 1, C)
+        shift = (bias.float() if bias is not None else zero).expand(B, 1, C)
+        return self.modulate(x, shift, scale, eps, dtype, next_linear)
+
     # residual ----------------------------------------------------------------------------------------
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C] fp32 + y [B, L, C] (any float dtype) -> fp32, one pass on the kernels."""
+        if self.kernels:
+            B, _, C = x.shape
+            return _kernel("gated_residual").gated_residual(x, y, x.new_ones(C, dtype=torch.float32).expand(B, C))
+        return x + y.float()
+
     def gated_add(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """x [B, L, C] fp32 + gate [B, 1, C] fp32 · y [B, L, C] -> fp32 (a new tensor)."""
         if self.kernels:

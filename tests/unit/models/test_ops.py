@@ -137,13 +137,65 @@ def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
     with torch.no_grad(), override(kernels=True):
         fused = model(latents, t, ctx)
     layers = TINY.num_layers
-    # q, k, v (one int8 tensor for the three) and ffn.0 take the norm kernel's int8 output ...
-    assert len(int8_calls) == 4 * layers
-    assert len({id(xq) for xq in int8_calls}) == 2 * layers  # one quantization per norm, shared by q, k, v
-    # ... and only self-attn o, cross-attn q/k/v/o and ffn.2 quantize their input separately
-    assert len(quant_passes) == 6 * layers
+    # self-attn q, k, v (one int8 tensor for the three), cross-attn q (norm3) and ffn.0 take a norm
+    # kernel's int8 output ...
+    assert len(int8_calls) == 5 * layers
+    assert len({id(xq) for xq in int8_calls}) == 3 * layers  # one quantization per norm, shared by q, k, v
+    # ... and only self-attn o, cross-attn k/v (the text) and o, and ffn.2 quantize their input separately
+    assert len(quant_passes) == 5 * layers
     assert fused.dtype == torch.float32 and torch.isfinite(fused).all()
     assert _cos(fused, plain) >= 0.999  # per-channel requant + int8 activations vs the dequantized path
+
+
+@needs_kernels
+def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
+    """norm3 (LayerNorm with affine), the cross-attention's q/k RMSNorm and its residual add are one
+    kernel each on the kernels path (they were several plain-PyTorch passes), and match plain PyTorch."""
+    import kernels.adaln as adaln
+    import kernels.gated_residual as gated_residual
+    import kernels.rmsnorm_rope as rmsnorm_rope
+
+    torch.manual_seed(0)
+    model = WanTransformer(TINY).eval()
+    with torch.no_grad():
+        for block in model.blocks:  # a norm3 affine and q/k norm gains that are not the identity
+            for p in (block.norm3.weight, block.norm3.bias, block.cross_attn.norm_q.weight,
+                      block.cross_attn.norm_k.weight):
+                p.normal_(1.0 if p is not block.norm3.bias else 0.0, 0.3)
+    latents, t, ctx = _inputs(text_len=16)
+    calls: dict[str, list[tuple[int, ...]]] = {"layernorm_modulate": [], "rmsnorm": [], "gated_residual": []}
+    for module in (adaln, rmsnorm_rope, gated_residual):
+        for name in calls:
+            if hasattr(module, name):
+                real = getattr(module, name)
+
+                def counted(x, *args, _real=real, _name=name, **kwargs):
+                    calls[_name].append(tuple(x.shape))
+                    return _real(x, *args, **kwargs)
+
+                monkeypatch.setattr(module, name, counted)
+    with torch.no_grad():
+        plain = model(latents, t, ctx)
+        assert not any(calls.values())
+        with override(kernels=True):
+            fused = model(latents, t, ctx)
+    layers, tokens = TINY.num_layers, 2 * 2 * 3  # latents 2×4×6 in 1×2×2 patches
+    assert len(calls["layernorm_modulate"]) == 3 * layers + 1  # norm1, norm3 (affine), norm2; the head
+    assert calls["rmsnorm"] == [(1, tokens, TINY.dim), (1, 16, TINY.dim)] * layers  # cross-attn q, k
+    assert len(calls["gated_residual"]) == 3 * layers  # self-attn, cross-attn (gate 1), FFN
+    assert _cos(fused, plain) >= 0.99999
+
+
+def test_plain_layer_norm_and_add_are_wans_norm3_and_residual():
+    x, y = torch.randn(2, 5, 16) * 3 + 1, torch.randn(2, 5, 16).to(torch.bfloat16)
+    norm = torch.nn.LayerNorm(16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_()
+    got = Ops().layer_norm(x, norm.weight, norm.bias, 1e-6, torch.bfloat16, next_linear=W8A8Linear(16, 8))
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.bfloat16  # plain PyTorch never emits int8
+    torch.testing.assert_close(got, norm(x).to(torch.bfloat16))
+    torch.testing.assert_close(Ops().add(x, y), x + y.float())
 
 
 def test_int8_activation_falls_back_to_dequantized_input_on_plain_linear():
