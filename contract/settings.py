@@ -119,6 +119,10 @@ class WorkerSettings(BaseModel):
     # Sequence-parallel ranks one worker drives (worker/ranks.py): cuda:0..N-1 over NCCL, or N CPU
     # processes over gloo with device cpu; the model's attention heads must divide by N.
     gpus: int = Field(default=1, ge=1)
+    # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
+    # the bitstream depends on it (worker/encode.py). Raise it on many-core hosts when the encode tail
+    # is throughput-bound (noisy content: `python -m worker.encode --content noise --threads 4,8`).
+    encoder_threads: int = Field(default=4, ge=1, le=64)
 
 
 class Settings(BaseSettings):

@@ -244,8 +244,14 @@ def sample_video(frames: int, height: int, width: int, *, speed: int = 8) -> np.
     return out
 
 
+def noise_video(frames: int, height: int, width: int) -> np.ndarray:
+    """Uniform random pixels [F, H, W, 3] uint8: x264's worst case (every macroblock expensive), about
+    what a random-weight model's frames cost it."""
+    return np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
 def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: float,
-                x264_params: str | None = None) -> tuple[float, int]:
+                x264_params: str | None = None, threads: int = ENCODER_THREADS) -> tuple[float, int]:
     """Feed `frames` to an `Mp4Stream` in chunks of `chunks` latent frames (1 frame for the first latent
     frame, 4 per later one), each after `decode_s` × its share of the latent frames (a decoder working
     on it): (seconds from the last chunk to the closed MP4, its size in bytes)."""
@@ -253,7 +259,7 @@ def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: 
 
     _, h, w, _ = frames.shape
     total = sum(chunks)
-    enc = Mp4Stream(path, width=w, height=h, fps=16, x264_params=x264_params)
+    enc = Mp4Stream(path, width=w, height=h, fps=16, x264_params=x264_params, threads=threads)
     start, t0 = 0, 0.0
     for i, n in enumerate(chunks):
         time.sleep(decode_s * n / total)
@@ -268,13 +274,16 @@ def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: 
 def bench_tail() -> None:
     """The encode tail of the worker's streamed MP4, old vs new, in one run (CPU only, no GPU):
 
-        python -m worker.encode --size 832x480 --frames 81 --decode-s 0.9
+        python -m worker.encode --size 832x480 --frames 81 --decode-s 0.9 [--content noise] [--threads 4,8,12]
 
     Frames of `sample_video` are pushed as the VAE's `decode_iter` yields them: chunk plan from
     `WanVAE.decode_plan` (the full Wan2.1 VAE, bf16, fast path, its default 12 GiB budget) untapered
     ("old") or tapered, each chunk after its share of `--decode-s` seconds (the decode's time on the GPU:
     0.9 s on an H200 at 480p), with veryfast's own 10-frame lookahead ("old") or `X264_PARAMS`. Prints a
-    row per variant (median tail over --repeats, size, PSNR of the decoded MP4), then one JSON line."""
+    row per variant (median tail over --repeats, size, PSNR of the decoded MP4), then one JSON line.
+    `--content noise` feeds `noise_video` instead (what random weights give: x264's throughput, not its
+    delay, then sets the tail); `--threads` adds a tapered/new-x264 row per encoder thread count (the
+    worker's `worker.encoder_threads`)."""
     import argparse
     import json
     import statistics
@@ -289,22 +298,28 @@ def bench_tail() -> None:
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--decode-s", type=float, default=0.9, help="the VAE decode's seconds (simulated)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--content", choices=("sample", "noise"), default="sample")
+    ap.add_argument("--threads", default="", help="encoder thread counts to compare, e.g. 4,8,12")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with torch.device("meta"):
         vae = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
     shape = (1, 16, (args.frames - 1) // 4 + 1, height // 8, width // 8)
     plans = {taper: vae.decode_plan(shape, fused=True, taper=taper)[1] for taper in (False, True)}
-    frames = sample_video(args.frames, height, width)
+    make = noise_video if args.content == "noise" else sample_video
+    frames = make(args.frames, height, width)
     old_params = "sliced-threads=1"  # veryfast's own lookahead (10 frames)
-    variants = [("old chunks, old x264", False, old_params), ("old chunks, new x264", False, None),
-                ("tapered chunks, old x264", True, old_params), ("tapered chunks, new x264", True, None)]
+    variants = [("old chunks, old x264", False, old_params, ENCODER_THREADS),
+                ("old chunks, new x264", False, None, ENCODER_THREADS),
+                ("tapered chunks, old x264", True, old_params, ENCODER_THREADS),
+                ("tapered chunks, new x264", True, None, ENCODER_THREADS)]
+    variants += [(f"tapered, new x264, {n} thr", True, None, n) for n in map(int, filter(None, args.threads.split(",")))]
     rows: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, taper, params in variants:
+        for name, taper, params, threads in variants:
             path = Path(tmp) / "tail.mp4"
-            runs = [stream_tail(frames, plans[taper], path, decode_s=args.decode_s, x264_params=params)
-                    for _ in range(args.repeats)]
+            runs = [stream_tail(frames, plans[taper], path, decode_s=args.decode_s, x264_params=params,
+                                threads=threads) for _ in range(args.repeats)]
             with av.open(str(path)) as c:
                 decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
             psnr = 10 * np.log10(255**2 / float(((decoded - frames) ** 2).mean()))
@@ -313,10 +328,11 @@ def bench_tail() -> None:
             print(f"{name:26} tail {rows[name]['tail_s']:6.3f} s  {runs[-1][1]:8d} B  PSNR {psnr:5.2f} dB  "  # noqa: T201
                   f"latent chunks {plans[taper]}", flush=True)
     old, new = rows["old chunks, old x264"], rows["tapered chunks, new x264"]
+    by_threads = {name: row["tail_s"] for name, row in rows.items() if "thr" in name}
     print(json.dumps({"size": args.size, "frames": args.frames, "decode_s": args.decode_s,  # noqa: T201
-                      "tail_old_s": old["tail_s"], "tail_new_s": new["tail_s"],
+                      "content": args.content, "tail_old_s": old["tail_s"], "tail_new_s": new["tail_s"],
                       "bytes_old": old["bytes"], "bytes_new": new["bytes"],
-                      "psnr_old": old["psnr_db"], "psnr_new": new["psnr_db"]}))
+                      "psnr_old": old["psnr_db"], "psnr_new": new["psnr_db"], "tail_by_threads_s": by_threads}))
 
 
 if __name__ == "__main__":

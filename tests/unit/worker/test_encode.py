@@ -237,3 +237,19 @@ def test_streamed_mp4_has_every_frame_at_crf_23_and_the_short_lookahead(tmp_path
     assert decoded.shape == frames.shape
     per_frame = ((decoded - frames) ** 2).mean(axis=(1, 2, 3))
     assert (10 * np.log10(255**2 / per_frame)).min() > 30  # each frame is its own, in order
+
+
+def test_the_tail_bench_feeds_noise_at_a_chosen_thread_count(tmp_path):
+    # `python -m worker.encode --content noise --threads N`: random-weight-like frames (x264's worst case)
+    # through the streamed encoder with N sliced threads.
+    from worker.encode import noise_video
+
+    frames = noise_video(9, 256, 96)
+    assert frames.dtype == np.uint8 and frames.shape == (9, 256, 96, 3) and frames.std() > 70  # uniform
+    for threads in (1, 3):
+        tail, size = stream_tail(frames, [1, 1, 1], tmp_path / f"{threads}.mp4", decode_s=0.0, threads=threads)
+        data = (tmp_path / f"{threads}.mp4").read_bytes()
+        assert tail >= 0 and size == len(data) > 9 * 256 * 96 // 4  # noise barely compresses
+        assert f" threads={threads} ".encode() in data[data.find(b"x264 - core") :][:2000]
+        with av.open(str(tmp_path / f"{threads}.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 9
