@@ -17,7 +17,9 @@ measured in kernels/NOTES_w8a8.md.
 
 Activations: `quantize_activation(x [M, K] bf16/fp16/fp32) -> (q int8 [M, K], scale fp32 [M])`, one
 scale per token (row), q = round_half_away(x * 127 / absmax(row)). A Triton kernel on CUDA tensors and
-under TRITON_INTERPRET=1; `reference_quantize_activation` is the fp32 definition.
+under TRITON_INTERPRET=1; `reference_quantize_activation` is the fp32 definition. With `gelu=True` the
+kernel quantizes GELU(x) (tanh approximation, in fp32) instead: Wan's FFN activation applied in the same
+pass that quantizes the FFN-down input, so the GELU's own read and write of [M, ffn_dim] go away.
 """
 
 from __future__ import annotations
@@ -114,13 +116,24 @@ def requantize_per_channel(
 # ----------------------------------------------------------------------------------------------
 
 
-def reference_quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token int8: x [M, K] -> (q [M, K] int8, scale [M] fp32), fp32 math, x ≈ q * scale[:, None]."""
+def reference_quantize_activation(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8: x [M, K] -> (q [M, K] int8, scale [M] fp32), fp32 math, x ≈ q * scale[:, None]
+    (gelu: GELU(x) with the tanh approximation, computed in fp32, is quantized instead)."""
     xf = x.float()
+    if gelu:
+        xf = torch.nn.functional.gelu(xf, approximate="tanh")
     amax = xf.abs().amax(dim=1)  # [M]
     inv = torch.where(amax > 0, QMAX / amax, torch.zeros_like(amax))
     q = _round_half_away(xf * inv[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     return q, amax / QMAX
+
+
+@triton.jit
+def _gelu_tanh(x):
+    """GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) = x·sigmoid(2·√(2/π)·(…)).
+    The sigmoid's argument is clamped to ±60 (sigmoid is 0 or 1 there to fp32 precision; no exp overflow)."""
+    u = 1.5957691216057308 * (x + 0.044715 * x * x * x)
+    return x * tl.sigmoid(tl.minimum(tl.maximum(u, -60.0), 60.0))
 
 
 @triton.jit
@@ -140,6 +153,7 @@ def _quantize_rows_kernel(
     BLOCK_K: tl.constexpr,
     WRITE_Q: tl.constexpr,
     ONE_PASS: tl.constexpr,
+    GELU: tl.constexpr,  # quantize GELU(x) (fp32, tanh approximation)
 ):
     """Each program owns BLOCK_M rows: find each row's absmax, then scale, round and store.
 
@@ -153,14 +167,18 @@ def _quantize_rows_kernel(
         cols = tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
         xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if GELU:
+            xf = _gelu_tanh(xf)  # GELU(0) = 0: masked columns stay 0
         amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
-            amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+            xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if GELU:
+                xf = _gelu_tanh(xf)
+            amax = tl.maximum(amax, tl.max(tl.abs(xf), axis=1))
     inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)  # [BLOCK_M]
     tl.store(s_ptr + rows, amax / 127.0, mask=row_ok)
     if not WRITE_Q:
@@ -174,8 +192,10 @@ def _quantize_rows_kernel(
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
-            v = x.to(tl.float32) * inv[:, None]
+            xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if GELU:
+                xf = _gelu_tanh(xf)
+            v = xf * inv[:, None]
             v = tl.where(v >= 0, v + 0.5, v - 0.5)
             v = tl.minimum(tl.maximum(v, -127.0), 127.0)
             tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
@@ -192,9 +212,10 @@ def _quant_blocks(k: int, on_cpu: bool) -> tuple[int, int, int]:
 
 
 def quantize_activation(
-    x: torch.Tensor, block_m: int | None = None, block_k: int | None = None
+    x: torch.Tensor, block_m: int | None = None, block_k: int | None = None, *, gelu: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token int8 quantization of x [M, K] (last dim contiguous) -> (q [M, K] int8, scale [M] fp32)."""
+    """Per-token int8 quantization of x [M, K] (last dim contiguous) -> (q [M, K] int8, scale [M] fp32);
+    gelu: of GELU(x) (tanh approximation), in the same pass."""
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be 2-D with a contiguous last dim, got shape {tuple(x.shape)}")
     m, k = x.shape
@@ -218,6 +239,7 @@ def quantize_activation(
         BLOCK_K=bk,
         WRITE_Q=True,
         ONE_PASS=bk >= k,
+        GELU=gelu,
         **({} if on_cpu else {"num_warps": warps}),
     )
     return q, s
@@ -248,6 +270,7 @@ def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         BLOCK_K=bk,
         WRITE_Q=False,
         ONE_PASS=bk >= k,
+        GELU=False,
         **({} if on_cpu else {"num_warps": warps}),
     )
     return s, inv

@@ -411,20 +411,26 @@ def _check(x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor, bias: t
         raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
 
 
+INPUT_ACTS = ("none", "gelu_tanh")  # what `w8a8_linear` may apply to x first, in its quantization pass
+
+
 @torch.library.custom_op("turbovid::w8a8_linear", mutates_args=())
 def _w8a8_linear_op(
-    x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None, input_act: str = "none"
 ) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    xq, sx = quantize_activation(x2)  # [M, K] int8, [M] fp32
+    if input_act == "none":
+        xq, sx = quantize_activation(x2)  # [M, K] int8, [M] fp32
+    else:
+        xq, sx = quantize_activation(x2, gelu=True)
     y = w8a8_gemm(xq, sx, W8A8Weight(qweight, wscale), bias, x.dtype)  # [M, N]
     return y.reshape(*x.shape[:-1], qweight.shape[0])
 
 
 @_w8a8_linear_op.register_fake
-def _(x, qweight, wscale, bias):
+def _(x, qweight, wscale, bias, input_act="none"):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
@@ -479,14 +485,20 @@ def w8a8_linear_int8(
     return _w8a8_linear_int8_op(xq, sx, weight.qweight, weight.scale, bias, out_dtype)
 
 
-def w8a8_linear(x: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y [..., N] = x [..., K] @ wᵀ + bias, x 2-D or 3-D bf16/fp16; output dtype = x dtype.
+def w8a8_linear(
+    x: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None = None, *, input_act: str = "none"
+) -> torch.Tensor:
+    """y [..., N] = act(x) [..., K] @ wᵀ + bias, x 2-D or 3-D bf16/fp16; output dtype = x dtype.
 
     Quantizes x per token to int8 (Triton), int8 GEMM with int32 accumulation, per-token × per-channel
-    scales and bias in the epilogue. `weight` comes from `prepare_weight`.
+    scales and bias in the epilogue. `weight` comes from `prepare_weight`. input_act "gelu_tanh" applies
+    GELU (tanh approximation, fp32) to x inside the quantization pass (Wan's FFN-down: no GELU pass of
+    its own); "none": x as given.
     """
+    if input_act not in INPUT_ACTS:
+        raise ValueError(f"unknown input_act {input_act!r}; known: {INPUT_ACTS}")
     _check(x, weight.qweight, weight.scale, bias)
-    return _w8a8_linear_op(x, weight.qweight, weight.scale, bias)
+    return _w8a8_linear_op(x, weight.qweight, weight.scale, bias, input_act)
 
 
 # ----------------------------------------------------------------------------------------------

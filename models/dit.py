@@ -198,7 +198,7 @@ class WanBlock(nn.Module):
         x = ops.add(x, self.cross_attn(h, context, ops))
         # 3. FFN with AdaLN
         h = ops.modulate(x, shift2, scale2, self.norm2.eps, dtype, next_linear=self.ffn[0])
-        y = ops.apply_linear(self.ffn[2], self.ffn[1](ops.apply_linear(self.ffn[0], h)))  # [B, L, C]
+        y = ops.ffn(self.ffn, h)  # [B, L, C]
         return ops.gated_add(x, y, gate2)
 
 

@@ -15,6 +15,8 @@ block calls through it:
                                 directly (no separate activation-quant pass)
     gated_add(x, y, gate)       ``x + gate·y`` in fp32; add(x, y): ``x + y`` (the cross-attention's residual)
     apply_linear(module, x)     nn.Linear; `W8A8Linear` through the Triton int8 GEMM or its PyTorch path
+    ffn(ffn, x)                 Linear → GELU → Linear; on the int8 GEMM the GELU runs in the FFN-down's
+                                activation-quantization pass
 
 `Ops.kernels` picks the Triton kernels (norms, gated add, int8 GEMM) or plain PyTorch for everything but
 attention; `attention` and `linear` also fix the model's structure (SLA models own ``proj_l``, W8A8 models
@@ -242,6 +244,19 @@ class Ops:
         return x + y.float() * gate
 
     # linear ------------------------------------------------------------------------------------------
+    def ffn(self, ffn: nn.Sequential, x: torch.Tensor | Int8Activation) -> torch.Tensor:
+        """Wan's FFN ``Linear → GELU(tanh) → Linear`` on x [B, L, C]. When the second Linear runs on the
+        int8 GEMM, the GELU is applied inside its input's quantization pass (no GELU pass of its own)."""
+        up, act, down = ffn
+        h = self.apply_linear(up, x)
+        fused = (self.kernels and isinstance(down, W8A8Linear) and isinstance(act, nn.GELU)
+                 and act.approximate == "tanh" and h.dtype in _LOW_PRECISION)
+        if fused:
+            qweight, wscale = down.kernel_weight()
+            w8a8 = _kernel("w8a8")
+            return w8a8.w8a8_linear(h, w8a8.W8A8Weight(qweight, wscale), down.bias, input_act="gelu_tanh")
+        return self.apply_linear(down, act(h))
+
     def apply_linear(self, module: nn.Module, x: torch.Tensor | Int8Activation) -> torch.Tensor:
         """module(x) for x [..., K] (or pre-quantized int8) -> [..., N]."""
         if isinstance(module, W8A8Linear) and self.kernels:

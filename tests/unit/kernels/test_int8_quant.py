@@ -92,3 +92,19 @@ def test_quantize_activation_zero_rows_and_strided_input():
     assert s[3].item() == 0.0 and (q[3] == 0).all()
     assert (q.int() - q_ref.int()).abs().max() <= 1
     torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_quantize_activation_with_gelu_quantizes_gelu_of_x(one_pass):
+    # Wan's FFN: GELU (tanh) of the FFN-up output, quantized for the FFN-down GEMM in one pass.
+    torch.manual_seed(5)
+    x = (torch.randn(23, 300) * 3).to(torch.bfloat16)
+    x[4] = 0  # an all-zero row stays zero (GELU(0) = 0)
+    q, s = quantize_activation(x, block_k=512 if one_pass else 64, gelu=True)
+    q_ref, s_ref = reference_quantize_activation(x, gelu=True)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    assert (q.int() - q_ref.int()).abs().max() <= 1 and s[4].item() == 0.0
+    gelu = torch.nn.functional.gelu(x.float(), approximate="tanh")
+    assert (q.float() * s[:, None] - gelu).abs().max() <= 0.51 * s.max()  # within half a step of GELU(x)
+    q_plain, _ = quantize_activation(x, block_k=512 if one_pass else 64)
+    assert (q != q_plain).float().mean() > 0.3  # the activation really ran

@@ -77,6 +77,25 @@ def test_rejects_bad_inputs():
         w8a8_linear(torch.randn(4, 32, dtype=torch.bfloat16), weight, torch.zeros(15))
 
 
+@pytest.mark.parametrize("shape", [(2, 19, 72), (1, 72)])
+def test_input_gelu_is_the_same_as_gelu_first(shape):
+    # Wan's FFN-down: w8a8_linear(h, input_act="gelu_tanh") = w8a8_linear(GELU(h)), the GELU done in
+    # the quantization pass (fp32) instead of a pass of its own (which rounds to bf16 in between).
+    n, k = 40, 72
+    iw, sc, b = _layer(n, k, True, seed=6)
+    weight = prepare_weight(iw, sc)
+    h = (torch.randn(*shape, generator=torch.Generator().manual_seed(7)) * 2).to(torch.bfloat16)
+    y = w8a8_linear(h, weight, b.to(torch.bfloat16), input_act="gelu_tanh")
+    gelu = torch.nn.functional.gelu(h.float(), approximate="tanh")
+    want = w8a8_linear(gelu.to(torch.bfloat16), weight, b.to(torch.bfloat16))
+    assert y.shape == want.shape == (*shape[:-1], n) and y.dtype == torch.bfloat16
+    assert _err(y, want) < 0.01
+    assert _err(y, reference(gelu, iw, sc, b)) < 0.02  # the checkpoint layer on GELU(h), fp32
+    assert _err(y, w8a8_linear(h, weight, b.to(torch.bfloat16))) > 0.1  # not the plain input
+    with pytest.raises(ValueError, match="unknown input_act"):
+        w8a8_linear(h, weight, input_act="relu")
+
+
 def test_custom_op_fake_impl_gives_shape_and_dtype():
     iw, sc, _ = _layer(24, 32, False)
     weight = prepare_weight(iw, sc)

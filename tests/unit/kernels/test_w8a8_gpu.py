@@ -62,6 +62,23 @@ def test_public_path_480p_tokens_3d_fp16():
     assert _err(y, reference(x, iw, sc)) <= 2 * _err(emulate(x, weight), reference(x, iw, sc)) + 1e-3
 
 
+@pytest.mark.parametrize("name", ["1.3B ffn_down", "14B ffn_down"])
+def test_ffn_down_with_the_gelu_in_its_quant_pass_at_wan_shapes(name):
+    """Wan's FFN-down fed the FFN-up output with input_act="gelu_tanh" (the GELU in the quantization
+    pass, at K = 8960 / 13824 one row in registers): as close to the fp32 layer on GELU(h) as the
+    unfused path (a bf16 GELU pass, then w8a8_linear)."""
+    _, k, n = next(s for s in WAN_SHAPES if s[0] == name)
+    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda") * 0.02)
+    weight = prepare_weight(iw, sc)
+    h = torch.randn(1, 4099, k, device="cuda", dtype=torch.bfloat16) * 2
+    fused = w8a8_linear(h, weight, input_act="gelu_tanh")
+    gelu = torch.nn.functional.gelu(h.float(), approximate="tanh")
+    unfused = w8a8_linear(gelu.to(torch.bfloat16), weight)
+    ref = reference(gelu, iw, sc)
+    assert torch.isfinite(fused).all() and fused.shape == (1, 4099, n)
+    assert _err(fused, ref) <= 1.1 * _err(unfused, ref) + 1e-4
+
+
 @pytest.mark.parametrize("shape", [WAN_SHAPES[0], WAN_SHAPES[1], WAN_SHAPES[4]], ids=lambda s: s[0])
 def test_norm_int8_output_feeds_the_gemm_at_wan_shapes(shape):
     """The DiT's fused path: LayerNorm+AdaLN emits int8 + per-token scales from the fp32 residual stream,

@@ -124,9 +124,9 @@ def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
     quant_passes, int8_calls = [], []
     real_quant, real_int8 = w8a8.quantize_activation, w8a8.w8a8_linear_int8
 
-    def count_quant(x):
-        quant_passes.append(tuple(x.shape))
-        return real_quant(x)
+    def count_quant(x, **kwargs):
+        quant_passes.append((tuple(x.shape), kwargs.get("gelu", False)))
+        return real_quant(x, **kwargs)
 
     def count_int8(xq, *args, **kwargs):
         int8_calls.append(xq)  # kept alive, so ids are distinct per tensor
@@ -141,8 +141,10 @@ def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
     # kernel's int8 output ...
     assert len(int8_calls) == 5 * layers
     assert len({id(xq) for xq in int8_calls}) == 3 * layers  # one quantization per norm, shared by q, k, v
-    # ... and only self-attn o, cross-attn k/v (the text) and o, and ffn.2 quantize their input separately
+    # ... and only self-attn o, cross-attn k/v (the text) and o, and ffn.2 quantize their input separately;
+    # ffn.2's pass applies the FFN's GELU too (no GELU pass of its own)
     assert len(quant_passes) == 5 * layers
+    assert [shape for shape, gelu in quant_passes if gelu] == [(12, TINY.ffn_dim)] * layers
     assert fused.dtype == torch.float32 and torch.isfinite(fused).all()
     assert _cos(fused, plain) >= 0.999  # per-channel requant + int8 activations vs the dequantized path
 
