@@ -27,7 +27,11 @@ and passes to each forward; `Ops.sequence` carries one forward's `SequenceShard`
 true length) to the attention dispatch.
 
 CFG parallel (`CfgParallel`, flow solver): the conditional and the unconditional DiT calls of a step on
-two ranks, their velocities exchanged with one all-gather (`WanPipeline.cfg_parallel`).
+two ranks, their velocities exchanged with one all-gather (`WanPipeline.cfg_parallel`). With 2·k ranks
+(`cfg_sequence_parallel`) the two combine: ranks 0..k-1 run the conditional call sequence parallel among
+themselves, ranks k..2k-1 the unconditional one, and rank i exchanges its velocity with rank i+k:
+
+    4 ranks:   cond  = SP over {0, 1}      uncond = SP over {2, 3}      pairs {0, 2}, {1, 3}
 
 Failure: the group is created with a `timeout`; a rank that dies makes the others' next collective
 raise (gloo: the peer's socket closes, at once; otherwise the timeout) instead of hanging.
@@ -43,7 +47,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["CfgParallel", "SequenceParallel", "SequenceShard", "init_sequence_parallel", "pad_to_multiple"]
+__all__ = ["CfgParallel", "SequenceParallel", "SequenceShard", "cfg_layout", "cfg_sequence_parallel",
+           "init_sequence_parallel", "pad_to_multiple"]
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # models.samplers.VelocityFn
@@ -196,12 +201,15 @@ class SequenceShard:
 
 @dataclass(frozen=True)
 class CfgParallel:
-    """Classifier-free guidance across 2 ranks: rank 0 runs the conditional DiT call, rank 1 the
-    unconditional one, and both get the guided velocity (one all-gather of the velocities per step)."""
+    """Classifier-free guidance across a pair of ranks: rank 0 of the pair runs the conditional DiT call,
+    rank 1 the unconditional one, and both get the guided velocity (one all-gather of the velocities per
+    step). `sp`: the sequence split of this rank's call among the ranks that run the same call (SP × CFG,
+    `cfg_sequence_parallel`); None: each call on one rank."""
 
     rank: int
     world_size: int = 2
-    group: dist.ProcessGroup | None = None
+    group: dist.ProcessGroup | None = None  # the pair (None: the default group of 2)
+    sp: SequenceParallel | None = None
 
     def __post_init__(self) -> None:
         if self.world_size != 2:
@@ -219,6 +227,33 @@ class CfgParallel:
             return v_u + guidance_scale * (v_c - v_u)
 
         return velocity
+
+
+def cfg_layout(rank: int, world_size: int) -> tuple[int, list[int], list[int]]:
+    """SP × CFG over `world_size` = 2·k ranks: for `rank`, (its role: 0 conditional / 1 unconditional, the
+    ranks of its sequence-parallel group, its pair [cond rank, uncond rank])."""
+    if world_size < 2 or world_size % 2:
+        raise ValueError(f"CFG parallel needs an even number of ranks, got {world_size}")
+    k = world_size // 2
+    role, index = divmod(rank, k)
+    return role, list(range(role * k, role * k + k)), [index, index + k]
+
+
+def cfg_sequence_parallel(sp: SequenceParallel) -> CfgParallel:
+    """CFG parallel for the ranks of `sp` (the default group, an even number of them): 2 ranks are one
+    pair (each call unsplit); 2·k ranks run each call sequence parallel over k ranks (`cfg_layout`).
+    Collective: every rank of the default group calls it, in the same order (it creates the subgroups)."""
+    if sp.group is not None:
+        raise ValueError("cfg_sequence_parallel splits the default group; sp.group must be None")
+    role, _, _ = cfg_layout(sp.rank, sp.world_size)
+    if sp.world_size == 2:
+        return CfgParallel(role)
+    k = sp.world_size // 2
+    halves = [dist.new_group(list(range(h * k, h * k + k))) for h in range(2)]  # every rank creates every group
+    pairs = [dist.new_group([i, i + k]) for i in range(k)]
+    index = sp.rank % k
+    inner = SequenceParallel(rank=index, world_size=k, group=halves[role], head_groups=sp.head_groups)
+    return CfgParallel(role, group=pairs[index], sp=inner)
 
 
 def init_sequence_parallel(
@@ -243,10 +278,14 @@ def bench() -> None:
 
         torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4            # H200 ×2
         torchrun --nproc-per-node 2 -m models.parallel --size tiny --device cpu        # CPU smoke (gloo)
+        torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --guided   # flow + CFG
 
     Rank 0 first runs `steps` forwards alone (the 1-GPU time and reference), then every rank runs them
     split; rank 0 prints one JSON line: seconds for both, their ratio and the minimum cosine similarity of
-    the outputs (Done-when: ratio ≤ 0.55 on 2 GPUs, cos ≥ 0.999)."""
+    the outputs (Done-when: ratio ≤ 0.55 on 2 GPUs, cos ≥ 0.999). `--guided`: each step is a guided
+    velocity instead (a conditional and an unconditional call, the flow solver's CFG), run split two ways,
+    one line each: "sp" (both calls sequence parallel over every rank) and "cfg" (CFG parallel: each call
+    on half of the ranks, `cfg_sequence_parallel`; what a `--gpus N` worker runs for guided jobs)."""
     import argparse
     import dataclasses
     import json
@@ -264,6 +303,7 @@ def bench() -> None:
     ap.add_argument("--linear", default="w8a8")
     ap.add_argument("--head-groups", default="2", help="comma-separated: one split run per value")
     ap.add_argument("--profile", default=None, help="file: rank 0's kernel table of one split forward")
+    ap.add_argument("--guided", action="store_true", help="guided steps (cond + uncond): SP vs CFG parallel")
     args = ap.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cuda = args.device == "cuda"
@@ -281,33 +321,61 @@ def bench() -> None:
     latents, _, ctx, cond = inputs(cfg, shape, args.device, dtype)
     times = [torch.full((1,), 1000.0 * t, device=args.device) for t in (0.99, 0.93, 0.85, 0.61)[: args.steps]]
 
-    def run(split: SequenceParallel | None) -> tuple[float, list[torch.Tensor]]:
+    negative = ctx.roll(1, dims=1)  # --guided: another text for the unconditional call
+    guidance = 5.0
+
+    def step_fn(split: SequenceParallel | None, cfg: CfgParallel | None = None) -> VelocityFn:
+        """One step's output: the conditional velocity, or (--guided) the guided one."""
+        def call(text: torch.Tensor, part: SequenceParallel | None) -> VelocityFn:
+            return lambda x, t: model(x, t, text, cond, sp=part)
+
+        if not args.guided:
+            return call(ctx, split)
+        if cfg is not None:
+            return cfg.guided(call(ctx, cfg.sp), call(negative, cfg.sp), guidance)
+        c, u = call(ctx, split), call(negative, split)
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            v_c, v_u = c(x, t).float(), u(x, t).float()
+            return v_u + guidance * (v_c - v_u)
+
+        return velocity
+
+    def run(fn: VelocityFn, together: bool) -> tuple[float, list[torch.Tensor]]:
         with torch.inference_mode():
-            model(latents, times[0], ctx, cond, sp=split)  # warm-up (autotune, NCCL communicators)
+            fn(latents, times[0])  # type: ignore[arg-type]  # warm-up (autotune, NCCL communicators)
             if cuda:
                 torch.cuda.synchronize()
-            if split is not None:
+            if together:
                 dist.barrier()
             t0 = time.perf_counter()
-            outs = [model(latents, t, ctx, cond, sp=split) for t in times]
+            outs = [fn(latents, t) for t in times]  # type: ignore[arg-type]
             if cuda:
                 torch.cuda.synchronize()
             return time.perf_counter() - t0, outs
 
-    one_s, ref = run(None) if rank == 0 else (0.0, [])
+    def report(outs: list[torch.Tensor], split_s: float, **extra: object) -> None:
+        cos = min(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+                  for a, b in zip(outs, ref, strict=True))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+        row = {"size": args.size, "ranks": world, "steps": args.steps, "attention": attention, **extra,
+               "one_s": round(one_s, 3), "split_s": round(split_s, 3), "ratio": round(split_s / one_s, 3),
+               "cos_min": round(cos, 6), "peak_gib_rank0": round(peak, 2)}
+        print(json.dumps(row), flush=True)  # noqa: T201 - the bench's result line
+
+    one_s, ref = run(step_fn(None), False) if rank == 0 else (0.0, [])
     dist.barrier()
     for groups in (int(g) for g in args.head_groups.split(",")):
         split = dataclasses.replace(sp, head_groups=groups)
-        split_s, outs = run(split)
+        split_s, outs = run(step_fn(split), True)
         if rank == 0:
-            cos = min(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
-                      for a, b in zip(outs, ref, strict=True))
-            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-            row = {"size": args.size, "ranks": world, "steps": args.steps, "attention": attention,
-                   "head_groups": groups, "one_s": round(one_s, 3), "split_s": round(split_s, 3),
-                   "ratio": round(split_s / one_s, 3), "cos_min": round(cos, 6),
-                   "peak_gib_rank0": round(peak, 2)}
-            print(json.dumps(row), flush=True)  # noqa: T201 - the bench's result line
+            report(outs, split_s, **({"mode": "sp"} if args.guided else {}), head_groups=groups)
+        del outs
+    if args.guided and world % 2 == 0:  # CFG parallel (× SP over half of the ranks from 4 ranks on)
+        cfg = cfg_sequence_parallel(sp)
+        split_s, outs = run(step_fn(None, cfg), True)
+        if rank == 0:
+            report(outs, split_s, mode="cfg", cfg_sp_ranks=cfg.sp.world_size if cfg.sp is not None else 1)
         del outs
     if args.profile:  # one split forward under the profiler (every rank runs it; rank 0 writes the table)
         from torch.profiler import ProfilerActivity, profile

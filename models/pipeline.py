@@ -113,7 +113,8 @@ class WanPipeline:
     sp: SequenceParallel | None = None
     # flow solver: cond on rank 0, uncond on rank 1 (models.parallel); the VAE decode split over both.
     # With `sp` set too (a worker's ranks), a guided flow job takes CFG parallel (one velocity exchange a
-    # step instead of the all-to-alls of every block) and every other job takes `sp`.
+    # step instead of the all-to-alls of every block) and every other job takes `sp`. With 2·k ranks the
+    # CFG parallel's own `sp` splits each call over k of them (`models.parallel.cfg_sequence_parallel`).
     cfg_parallel: CfgParallel | None = None
     # memory budget (models.offload): the A14B experts share one device slot (the inactive one in pinned
     # host memory, swapped in at the switch); the text encoder on the device only while it encodes
@@ -254,9 +255,10 @@ class WanPipeline:
         steps = _StepReporter(clock, progress, self.preview_map() if progress.wants_preview else None)
         progress.on_stage(StageEvent("denoise", 0, params.num_steps))
         steps.start()
-        # CFG parallel for a guided flow job, else sequence parallel (when set): never both in one DiT call
+        # CFG parallel for a guided flow job (each call split over its half of the ranks when the CFG
+        # parallel carries an `sp`: SP × CFG), else sequence parallel over all ranks (when set)
         cfg_split = self.solver == "flow" and self.cfg_parallel is not None and params.guidance_scale != 1.0
-        split = None if cfg_split else self.sp
+        split = self.cfg_parallel.sp if cfg_split and self.cfg_parallel is not None else self.sp
         velocity = self._velocity(params.kind, context, cond, params.sla_topk, split)
         if self.solver == "rcm":
             assert params.sigma_max is not None and params.sampler is not None  # resolved

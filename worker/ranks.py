@@ -166,11 +166,15 @@ def _join_group(rank: int, world_size: int, backend: str, timeout_s: float, stor
 
 
 def _attach(pipe: Any, rank: int, world_size: int, control: Any) -> _StopSync:
-    from models.parallel import CfgParallel, SequenceParallel
+    """Give this rank's pipeline its splits (collective: every rank calls it, after joining the group).
+    A guided flow job runs CFG parallel (WanPipeline.cfg_parallel): with 2 ranks cond on rank 0
+    and uncond on rank 1, with 2·k ranks each call sequence parallel over k of them (SP × CFG); every
+    other job is sequence parallel over all the ranks."""
+    from models.parallel import SequenceParallel, cfg_sequence_parallel
 
     pipe.sp = SequenceParallel(rank=rank, world_size=world_size)
-    if world_size == 2:  # a guided flow job: cond on rank 0, uncond on rank 1 (WanPipeline.cfg_parallel)
-        pipe.cfg_parallel = CfgParallel(rank)
+    if world_size % 2 == 0:
+        pipe.cfg_parallel = cfg_sequence_parallel(pipe.sp)
     sync = _StopSync(rank, control)
     for module in pipe.transformers.values():
         module.register_forward_pre_hook(sync)

@@ -5,8 +5,9 @@ RANK WORLD PORT OUT``), which write their results to OUT; the test compares them
 done here in one process. Modes: ``equal`` (DiT forwards, dense and SLA, at a sequence length that 2
 does not divide, a whole 2-step rCM generation through `WanPipeline.sp`, and a 3-step flow-matching
 generation with CFG parallel through `WanPipeline.cfg_parallel`, both with the VAE decode split across
-the ranks) and ``kill`` (rank 1
-exits in the middle of a forward: rank 0 must raise within seconds, not hang).
+the ranks), ``cfgsp`` (4 ranks: a guided flow generation with SP × CFG, each call sequence parallel
+over 2 ranks) and ``kill`` (rank 1 exits in the middle of a forward: rank 0 must raise within seconds,
+not hang).
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def _unguided_params():
 
 
 # the rank processes ------------------------------------------------------------------------------------
+def _load(solver: str, head_rows: list[int]):  # type: ignore[no-untyped-def]
+    """The tiny pipeline; the row count of every input of the VAE's RGB head goes to `head_rows`."""
+    from models.pipeline import load_pipeline
+
+    pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])], solver=solver)
+    pipe.vae.decoder.head[2].register_forward_pre_hook(lambda _m, a: head_rows.append(a[0].shape[3]))
+    return pipe
+
+
 def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
     from models.parallel import init_sequence_parallel
 
@@ -84,20 +94,11 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
         models.parallel.MIN_GROUP_HEADS = 1  # a speed threshold: let the tiny models' 2 heads a rank form 2 groups
         with torch.inference_mode():
             result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in DIT_VARIANTS}
-            from models.pipeline import load_pipeline
-
             head_rows: dict[str, list[int]] = {"rcm": [], "flow": []}  # rows the VAE's RGB head saw
-
-            def load(solver: str):  # type: ignore[no-untyped-def]
-                pipe = load_pipeline("wan-tiny", [Path(os.environ["TINY_DIR"])], solver=solver)
-                pipe.vae.decoder.head[2].register_forward_pre_hook(
-                    lambda _m, a: head_rows[solver].append(a[0].shape[3]))
-                return pipe
-
-            pipe = load("rcm")
+            pipe = _load("rcm", head_rows["rcm"])
             pipe.sp = sp
             result["frames"] = torch.from_numpy(pipe.generate(_gen_params()).frames.copy())
-            flow = load("flow")
+            flow = _load("flow", head_rows["flow"])
             flow.cfg_parallel = CfgParallel(rank)
             result["flow"] = torch.from_numpy(flow.generate(_flow_params()).frames.copy())
             result.update({f"head_rows_{k}": torch.tensor(v) for k, v in head_rows.items()})
@@ -112,6 +113,19 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
             result["both_unguided"] = torch.from_numpy(flow.generate(_unguided_params()).frames.copy())
             result["both_unguided_forwards"] = torch.tensor(len(forwards))
         torch.save(result, out / f"rank{rank}.pt")
+    elif mode == "cfgsp":  # 2·k ranks, as a `turbovid worker --gpus 4` sets them up (worker/ranks.py)
+        from models.parallel import cfg_sequence_parallel
+
+        rows: list[int] = []
+        flow = _load("flow", rows)
+        flow.sp, flow.cfg_parallel = sp, cfg_sequence_parallel(sp)
+        tokens: list[int] = []  # the tokens each DiT call's first block holds on this rank
+        for module in flow.transformers.values():
+            module.blocks[0].register_forward_pre_hook(lambda _m, a: tokens.append(a[0].shape[1]))
+        with torch.inference_mode():
+            frames = torch.from_numpy(flow.generate(_flow_params()).frames.copy())
+        torch.save({"flow": frames, "tokens": torch.tensor(tokens), "head_rows": torch.tensor(rows),
+                    "role": torch.tensor(flow.cfg_parallel.rank)}, out / f"rank{rank}.pt")
     elif mode == "kill":
         model = _dit("dense")
         if rank == 1:  # dies in the middle of the forward: after block 0, before block 1's all-to-all
@@ -207,6 +221,51 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
             assert 0 < got[f"head_rows_{solver}"].max() < 48, solver
     assert torch.equal(torch.load(out / "rank0.pt")["dit_sla"], torch.load(out / "rank1.pt")["dit_sla"])
     assert not torch.allclose(want["dit_sla"], want["dit_dense"], atol=1e-3)  # SLA really is another path
+
+
+@pytest.mark.slow
+def test_four_ranks_sp_times_cfg_equal_one_process(tmp_path):
+    """SP × CFG: ranks 0-1 run the conditional call of every step sequence parallel, ranks 2-3 the
+    unconditional one, rank i and i+2 exchange velocities; the VAE decode is split over all four."""
+    from models.pipeline import load_pipeline
+    from models.tiny import ensure_tiny_checkpoints
+
+    tiny = ensure_tiny_checkpoints(tmp_path / "wan-tiny")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _run_ranks("cfgsp", out, {"TINY_DIR": str(tiny)}, world=4) == [0, 0, 0, 0]
+    with torch.inference_mode():
+        want = load_pipeline("wan-tiny", [tiny], solver="flow").generate(_flow_params()).frames
+    head_rows = set()
+    for rank in range(4):
+        got = torch.load(out / f"rank{rank}.pt")
+        diff = np.abs(got["flow"].numpy().astype(int) - want.astype(int))
+        assert got["flow"].shape == want.shape and diff.max() <= 1 and diff.mean() < 0.01, rank
+        assert int(got["role"]) == rank // 2  # 0: cond, 1: uncond
+        # one DiT call a step (3 steps), on half of the 18 tokens (48×48, 5 frames: 2×3×3 patches): split
+        # over the 2 ranks of its half, not unsplit (18) nor over all 4 (5)
+        assert got["tokens"].tolist() == [9, 9, 9], rank
+        assert 0 < got["head_rows"].max() < 48, rank  # the decode split: a band of rows (+ halo) each
+        head_rows.add(int(got["head_rows"].max()))
+    assert len(head_rows) >= 3  # four bands (of 1, 2, 1, 2 latent rows, + halos), not the two of 2 ranks
+
+
+@pytest.mark.slow
+def test_the_bench_compares_guided_steps_sequence_parallel_and_cfg_parallel():
+    """`torchrun -m models.parallel --guided` (the GPU bench, here on CPU with gloo): one JSON line per
+    split, both giving the one-process guided velocity."""
+    import json
+
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+         "models.parallel", "--size", "tiny", "--device", "cpu", "--steps", "2", "--guided"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [(r["mode"], r["ranks"], r["steps"]) for r in rows] == [("sp", 2, 2), ("cfg", 2, 2)]
+    assert rows[1]["cfg_sp_ranks"] == 1  # 2 ranks: each call on one rank
+    assert all(r["cos_min"] >= 0.99999 and r["split_s"] > 0 and r["one_s"] > 0 for r in rows), rows
 
 
 @pytest.mark.slow

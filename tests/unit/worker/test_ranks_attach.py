@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from models.parallel import CfgParallel, SequenceParallel
@@ -14,14 +15,37 @@ def _pipe() -> SimpleNamespace:
     return SimpleNamespace(transformers={"t2v": torch.nn.Linear(2, 2)}, sp=None, cfg_parallel=None)
 
 
-def test_two_ranks_get_sequence_and_cfg_parallel_more_get_sequence_parallel_only():
+def test_two_ranks_get_sequence_and_cfg_parallel_four_get_sp_times_cfg_three_sequence_parallel_only(monkeypatch):
+    import models.parallel
+
     two = _pipe()
     _attach(two, 1, 2, None)
     assert two.sp == SequenceParallel(rank=1, world_size=2)
-    assert isinstance(two.cfg_parallel, CfgParallel) and two.cfg_parallel.rank == 1  # guided flow jobs
+    assert two.cfg_parallel == CfgParallel(1)  # guided flow jobs: uncond here, each call unsplit
+    # 4 ranks: the subgroups are made collectively (every rank makes every group, in one order); here,
+    # without peers, each group stands for its ranks
+    made: list[list[int]] = []
+    monkeypatch.setattr(models.parallel.dist, "new_group", lambda ranks: made.append(ranks) or tuple(ranks))
     four = _pipe()
     _attach(four, 3, 4, None)
-    assert four.sp == SequenceParallel(rank=3, world_size=4) and four.cfg_parallel is None  # SP x CFG: not built
+    assert four.sp == SequenceParallel(rank=3, world_size=4)  # every other job: all four ranks
+    assert made == [[0, 1], [2, 3], [0, 2], [1, 3]]  # the two halves, then the pairs
+    cfg = four.cfg_parallel
+    assert cfg.rank == 1 and cfg.group == (1, 3)  # uncond, paired with rank 1 (cond)
+    assert cfg.sp == SequenceParallel(rank=1, world_size=2, group=(2, 3))  # uncond split over ranks 2 and 3
+    three = _pipe()
+    _attach(three, 2, 3, None)
+    assert three.sp == SequenceParallel(rank=2, world_size=3) and three.cfg_parallel is None
+
+
+def test_cfg_layout_pairs_rank_i_with_rank_i_plus_k():
+    from models.parallel import cfg_layout
+
+    assert [cfg_layout(r, 2) for r in range(2)] == [(0, [0], [0, 1]), (1, [1], [0, 1])]
+    assert [cfg_layout(r, 6) for r in (0, 2, 4)] == [(0, [0, 1, 2], [0, 3]), (0, [0, 1, 2], [2, 5]),
+                                                   (1, [3, 4, 5], [1, 4])]
+    with pytest.raises(ValueError, match="even number"):
+        cfg_layout(0, 3)
 
 
 def test_the_stop_sync_counts_the_dit_forwards_of_a_job(tmp_path):
