@@ -512,7 +512,10 @@ def _prepare(
     lin_m = fk = lin_b = olin = k_scale
     if has_linear:
         assert proj_l_weight is not None
-        kv = torch.bmm(phi_k.transpose(1, 2), v.reshape(BH, L, D).to(phi_dtype)).float()  # [BH, D, D]
+        # v as the model hands it over is a transposed view of [B, L, H, D]: for B = 1 its heads are a batch
+        # of [L, D] matrices with row stride H·D, which the batched GEMM reads in place (reshape would copy)
+        v_heads = v[0] if B == 1 else v.reshape(BH, L, D)
+        kv = torch.bmm(phi_k.transpose(1, 2), v_heads.to(phi_dtype)).float()  # [BH, D, D]
         lin_m = (torch.matmul(kv, proj_l_weight.float().t()) / L).half()  # [BH, D, D]
         fk = phi_pool.sum(1)  # [BH, D] = sum phi(K) / L
         if proj_l_bias is not None:

@@ -123,6 +123,23 @@ def test_linear_branch_is_precomputed_by_the_q_pass() -> None:
     assert not o_nolin.has_linear
 
 
+@pytest.mark.parametrize("B", [1, 2])
+def test_linear_branch_reads_the_models_strided_v_as_it_is(B: int) -> None:
+    """The DiT hands q/k/v over as [B, L, H, D] storage viewed [B, H, L, D]; the linear branch's phi(K)^T V
+    GEMM takes such a v directly for B = 1 (reshaped for B > 1): the same result as contiguous inputs."""
+    L, D, H = 83, 64, 3
+    g = torch.Generator().manual_seed(31)
+    q, k, v = (torch.randn(B, L, H, D, generator=g).transpose(1, 2) for _ in range(3))  # strided views
+    v = v + 1.0  # keep the linear branch away from ~0
+    w, b = torch.randn(D, D, generator=g) / math.sqrt(D), torch.randn(D, generator=g) * 0.1
+    strided = _prepare(q, k, v, 0.5, w, b, BQ, BK, False, False)
+    plain = _prepare(*(t.contiguous() for t in (q, k, v)), 0.5, w, b, BQ, BK, False, False)
+    assert not v.is_contiguous() and strided.has_linear
+    torch.testing.assert_close(strided.olin, plain.olin, rtol=0, atol=0)
+    expect = linear_branch_reference(q.contiguous(), k.contiguous(), v.contiguous(), w, b)  # [B, H, L, D]
+    torch.testing.assert_close(strided.olin.float(), expect.flatten(0, 1), atol=2e-3, rtol=2e-3)
+
+
 def test_dense_mode_matches_sdpa_and_handles_strides() -> None:
     L, D = 70, 64
     q, k, v, _, _ = _inputs(L, D, seed=9)
