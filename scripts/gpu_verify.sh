@@ -8,6 +8,8 @@
 #                                       in process and through real processes); GPU 1 the 1.3B/14B DiT kernel
 #                                       profiles and the A14B 32 GB expert-offload bench; then both GPUs: the
 #                                       14B 720p sequence-parallel bench (2 ranks vs 1)
+#   bash scripts/gpu_verify.sh x2b|x2c  earlier x2 variants (A14B whole job, gpu_ranks.sh)
+#   bash scripts/gpu_verify.sh x2d      two GPUs, ~9.5 min: session 15's unmeasured changes (see below)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +70,41 @@ elif [ "$mode" = x2c ]; then
     wait $gpu1
     echo "== A14B I2V 720p whole job, 32 GiB budget"; grep -v "^W\|Warning" "$OUT/a14b_whole.log" | tail -8
     JOBS=2 OUT="$OUT/logs/ranks" timeout 230 bash scripts/gpu_ranks.sh wan2.1-t2v-1.3b 832x480 81 2>&1 | tail -30
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = x2d ]; then
+    # Session 15's changes, not yet run on a GPU (~9.5 min on nvidia-h200-x2). GPU 0: the GPU tests of the
+    # changed paths, the 1.3B DiT profile (cross-attention norms/residual on the kernels, the FFN's GELU in
+    # the quant pass), turbovid bench (whole job; --logs keeps the worker's autotune choices to ship).
+    # GPU 1 meanwhile: the 14B DiT, then the encode tail on noise frames (CPU) at several x264 thread
+    # counts (worker.encoder_threads). Then both GPUs: guided steps (flow + CFG) with sequence parallel vs
+    # CFG parallel (what --gpus 2 workers pick for guided jobs). The 14B SP ratio: mode x2 or x2b.
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 130 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
+          > "$OUT/logs/dit14b.log" 2>&1
+      timeout 70 python3 -m worker.encode --content noise --decode-s 0.9 --threads 4,6,8 --repeats 3 \
+          > "$OUT/logs/tail_noise_480p.log" 2>&1
+      timeout 90 python3 -m worker.encode --content noise --size 1280x720 --decode-s 2.25 --threads 4,8,11 \
+          --repeats 2 > "$OUT/logs/tail_noise_720p.log" 2>&1 ) &
+    gpu1=$!
+    export CUDA_VISIBLE_DEVICES=0
+    timeout 110 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 100 \
+        tests/unit/kernels/test_w8a8_gpu.py::test_ffn_down_with_the_gelu_in_its_quant_pass_at_wan_shapes \
+        tests/unit/models/test_ops.py::test_cuda_fused_kernels_match_plain_pytorch \
+        tests/unit/models/test_pipeline_gpu.py tests/unit/kernels/test_sagesla_kernels.py 2>&1 \
+        | tee "$OUT/logs/tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed" | tail -20
+    timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --profile "$OUT/logs/prof" \
+        --variants sagesla/w8a8/fused,dense/native/torch > "$OUT/logs/dit13b.log" 2>&1
+    timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
+        --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    unset CUDA_VISIBLE_DEVICES
+    wait $gpu1
+    for f in dit13b dit14b tail_noise_480p tail_noise_720p; do
+        echo "== $f"; grep -v "^W\|Warning" "$OUT/logs/$f.log" | tail -9; done
+    echo "== guided steps (flow + CFG), 1.3B 480p: sequence parallel vs CFG parallel"
+    timeout 90 torchrun --nproc-per-node 2 -m models.parallel --size 1.3b --steps 4 --guided 2>&1 \
+        | tee "$OUT/logs/guided13b.log" | grep "^{" | tail -3
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
