@@ -32,11 +32,17 @@ def test_events_come_back_in_order_and_resume_after_an_id(log):
 
 
 def test_a_blocking_read_wakes_on_the_next_event(log):
-    threading.Timer(0.3, lambda: log.publish("v2", JobEvent(event="completed", progress=100, elapsed_s=1.0),
-                                             ttl_s=60)).start()
+    published: list[str] = []
+    timer = threading.Timer(0.3, lambda: published.append(
+        log.publish("v2", JobEvent(event="completed", progress=100, elapsed_s=1.0), ttl_s=60)))
+    timer.start()
     t0 = time.monotonic()
     got = log.read("v2", block_ms=5000)
     assert got and got[0][1].event == "completed" and time.monotonic() - t0 < 3
+    # the read wakes on the XADD, before the publisher has read the rest of its pipeline's replies: wait for
+    # it, or the fixture's teardown closes the connection under it
+    timer.join(5)
+    assert published == [got[0][0]]
 
 
 def test_the_stream_is_capped_and_deleted_with_the_job(log):
