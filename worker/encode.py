@@ -251,10 +251,12 @@ def noise_video(frames: int, height: int, width: int) -> np.ndarray:
 
 
 def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: float,
-                x264_params: str | None = None, threads: int = ENCODER_THREADS) -> tuple[float, int]:
+                x264_params: str | None = None, threads: int = ENCODER_THREADS,
+                busy: bool = False) -> tuple[float, int]:
     """Feed `frames` to an `Mp4Stream` in chunks of `chunks` latent frames (1 frame for the first latent
     frame, 4 per later one), each after `decode_s` × its share of the latent frames (a decoder working
-    on it): (seconds from the last chunk to the closed MP4, its size in bytes)."""
+    on it; `busy`: the decoder's thread runs Python, holding the GIL, instead of sleeping): (seconds
+    from the last chunk to the closed MP4, its size in bytes)."""
     import time
 
     _, h, w, _ = frames.shape
@@ -262,7 +264,12 @@ def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: 
     enc = Mp4Stream(path, width=w, height=h, fps=16, x264_params=x264_params, threads=threads)
     start, t0 = 0, 0.0
     for i, n in enumerate(chunks):
-        time.sleep(decode_s * n / total)
+        if busy:
+            end = time.perf_counter() + decode_s * n / total
+            while time.perf_counter() < end:  # pure Python: the GIL is held but for the switch interval
+                pass
+        else:
+            time.sleep(decode_s * n / total)
         count = 1 if i == 0 else 4 * n
         t0 = time.perf_counter()
         enc.write(frames[start : start + count])
@@ -283,7 +290,9 @@ def bench_tail() -> None:
     row per variant (median tail over --repeats, size, PSNR of the decoded MP4), then one JSON line.
     `--content noise` feeds `noise_video` instead (what random weights give: x264's throughput, not its
     delay, then sets the tail); `--threads` adds a tapered/new-x264 row per encoder thread count (the
-    worker's `worker.encoder_threads`)."""
+    worker's `worker.encoder_threads`); `--busy` makes the simulated decode hold the GIL (a Python loop)
+    instead of sleeping, which shows whether the encoder thread needs the GIL (PyAV releases it while
+    x264 encodes)."""
     import argparse
     import json
     import statistics
@@ -300,6 +309,7 @@ def bench_tail() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--content", choices=("sample", "noise"), default="sample")
     ap.add_argument("--threads", default="", help="encoder thread counts to compare, e.g. 4,8,12")
+    ap.add_argument("--busy", action="store_true", help="the simulated decode holds the GIL instead of sleeping")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with torch.device("meta"):
@@ -319,7 +329,7 @@ def bench_tail() -> None:
         for name, taper, params, threads in variants:
             path = Path(tmp) / "tail.mp4"
             runs = [stream_tail(frames, plans[taper], path, decode_s=args.decode_s, x264_params=params,
-                                threads=threads) for _ in range(args.repeats)]
+                                threads=threads, busy=args.busy) for _ in range(args.repeats)]
             with av.open(str(path)) as c:
                 decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
             psnr = 10 * np.log10(255**2 / float(((decoded - frames) ** 2).mean()))
@@ -330,7 +340,7 @@ def bench_tail() -> None:
     old, new = rows["old chunks, old x264"], rows["tapered chunks, new x264"]
     by_threads = {name: row["tail_s"] for name, row in rows.items() if "thr" in name}
     print(json.dumps({"size": args.size, "frames": args.frames, "decode_s": args.decode_s,  # noqa: T201
-                      "content": args.content, "tail_old_s": old["tail_s"], "tail_new_s": new["tail_s"],
+                      "content": args.content, "busy": args.busy, "tail_old_s": old["tail_s"], "tail_new_s": new["tail_s"],
                       "bytes_old": old["bytes"], "bytes_new": new["bytes"],
                       "psnr_old": old["psnr_db"], "psnr_new": new["psnr_db"], "tail_by_threads_s": by_threads}))
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import av
 import numpy as np
@@ -246,8 +247,11 @@ def test_the_tail_bench_feeds_noise_at_a_chosen_thread_count(tmp_path):
 
     frames = noise_video(9, 256, 96)
     assert frames.dtype == np.uint8 and frames.shape == (9, 256, 96, 3) and frames.std() > 70  # uniform
-    for threads in (1, 3):
-        tail, size = stream_tail(frames, [1, 1, 1], tmp_path / f"{threads}.mp4", decode_s=0.0, threads=threads)
+    for threads, busy in ((1, False), (3, True)):  # busy: the simulated decode spins in Python
+        t0 = time.perf_counter()
+        tail, size = stream_tail(frames, [1, 1, 1], tmp_path / f"{threads}.mp4", decode_s=0.3 if busy else 0.0,
+                                 threads=threads, busy=busy)
+        assert time.perf_counter() - t0 >= (0.3 if busy else 0.0)
         data = (tmp_path / f"{threads}.mp4").read_bytes()
         assert tail >= 0 and size == len(data) > 9 * 256 * 96 // 4  # noise barely compresses
         assert f" threads={threads} ".encode() in data[data.find(b"x264 - core") :][:2000]
