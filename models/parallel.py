@@ -12,7 +12,9 @@ only). Self-attention is Ulysses (DeepSpeed-Ulysses, arXiv 2309.14509):
     attention (dense / sla / sagesla: the SLA block map is over the full sequence, as on one rank)
     o [B, H/N, L, D] ──all-to-all──▶ [B, H, L/N, D]
 
-The exchanges are token-major (q/k/v as the projections leave them, [B, L/N, H, D]) and asynchronous:
+`SequenceParallel(exchange="int8")` sends q/k/v as int8 codes plus one fp32 scale per (token, head)
+(kernels/exchange_int8.py: about half the bytes on a PCIe-class link; the default "bf16" sends them as
+computed). The exchanges are token-major (q/k/v as the projections leave them, [B, L/N, H, D]) and asynchronous:
 the model starts each projection's all-to-all as soon as it is computed (v, then q, then k), so NCCL moves
 it while the next projection runs; the attention then runs in two groups of the rank's heads and the
 first group's way back is in flight while the second computes. For B = 1 the received q/k/v and the
@@ -51,6 +53,7 @@ __all__ = ["CfgParallel", "SequenceParallel", "SequenceShard", "cfg_layout", "cf
            "init_sequence_parallel", "pad_to_multiple"]
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EXCHANGES = ("bf16", "int8")
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # models.samplers.VelocityFn
 
 
@@ -79,6 +82,13 @@ class SequenceParallel:
     world_size: int
     group: dist.ProcessGroup | None = None  # None: the default group
     head_groups: int = 2  # the attention and its way back pipelined over this many groups of each rank's heads
+    # q/k/v on the wire: "bf16" (as computed) or "int8" (per token and head, with its fp32 scale: about half
+    # the bytes, error ≤ half a step; kernels/exchange_int8.py). The attention output always goes back as is.
+    exchange: str = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.exchange not in EXCHANGES:
+            raise ValueError(f"unknown exchange {self.exchange!r}; known: {EXCHANGES}")
 
     def local_len(self, length: int) -> int:
         """Tokens per rank for a sequence of `length` (padded up to a multiple of world_size)."""
@@ -112,13 +122,23 @@ class SequenceParallel:
         N = self.world_size
         if H % N:
             raise ValueError(f"sequence parallel needs the heads ({H}) divisible by the ranks ({N})")
+        if self.exchange == "int8":
+            from kernels.exchange_int8 import pack_int8
+
+            return self._exchange(pack_int8(x, N), unpack_to=x.dtype)  # [N, B, Ls, H/N, D + 4] uint8
         send = x.reshape(B, Ls, N, H // N, D).permute(2, 0, 1, 3, 4).contiguous()  # [N, B, Ls, H/N, D]
         return self._exchange(send)
 
     def finish_heads(self, pending: PendingExchange, length: int) -> torch.Tensor:
         """-> [B, H/N, length, D] (the padding dropped): a view of token-major storage when B == 1."""
-        N, B, Ls, Hn, D = pending.wait().shape
-        full = pending.recv.transpose(0, 1).reshape(B, N * Ls, Hn, D)  # recv[j]: rank j's tokens, in order
+        recv = pending.wait()
+        if pending.unpack_to is not None:
+            from kernels.exchange_int8 import unpack_int8
+
+            full = unpack_int8(recv, pending.unpack_to)  # [B, N·Ls, H/N, D]
+        else:
+            N, B, Ls, Hn, D = recv.shape
+            full = recv.transpose(0, 1).reshape(B, N * Ls, Hn, D)  # recv[j]: rank j's tokens, in order
         return full.narrow(1, 0, length).transpose(1, 2)
 
     def start_tokens(self, o: torch.Tensor) -> PendingExchange:
@@ -139,10 +159,10 @@ class SequenceParallel:
             out[:, :, :, i] = part.wait().permute(1, 2, 0, 3, 4)
         return out.view(B, Ls, N * len(parts) * h, D).transpose(1, 2)
 
-    def _exchange(self, send: torch.Tensor) -> PendingExchange:
+    def _exchange(self, send: torch.Tensor, unpack_to: torch.dtype | None = None) -> PendingExchange:
         recv = torch.empty_like(send)
         work = dist.all_to_all_single(recv, send, group=self.group, async_op=True)
-        return PendingExchange(work, send, recv)
+        return PendingExchange(work, send, recv, unpack_to)
 
     # the blocking forms (kept for callers holding [B, H, L/N, D] tensors) --------------------------------
     def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,6 +181,7 @@ class PendingExchange:
     work: dist.Work | None
     send: torch.Tensor
     recv: torch.Tensor
+    unpack_to: torch.dtype | None = None  # set: the payload is int8-packed (kernels/exchange_int8.py)
 
     def wait(self) -> torch.Tensor:
         if self.work is not None:
@@ -252,7 +273,8 @@ def cfg_sequence_parallel(sp: SequenceParallel) -> CfgParallel:
     halves = [dist.new_group(list(range(h * k, h * k + k))) for h in range(2)]  # every rank creates every group
     pairs = [dist.new_group([i, i + k]) for i in range(k)]
     index = sp.rank % k
-    inner = SequenceParallel(rank=index, world_size=k, group=halves[role], head_groups=sp.head_groups)
+    inner = SequenceParallel(rank=index, world_size=k, group=halves[role], head_groups=sp.head_groups,
+                             exchange=sp.exchange)
     return CfgParallel(role, group=pairs[index], sp=inner)
 
 
@@ -285,7 +307,8 @@ def bench() -> None:
     the outputs (Done-when: ratio ≤ 0.55 on 2 GPUs, cos ≥ 0.999). `--guided`: each step is a guided
     velocity instead (a conditional and an unconditional call, the flow solver's CFG), run split two ways,
     one line each: "sp" (both calls sequence parallel over every rank) and "cfg" (CFG parallel: each call
-    on half of the ranks, `cfg_sequence_parallel`; what a `--gpus N` worker runs for guided jobs)."""
+    on half of the ranks, `cfg_sequence_parallel`; what a `--gpus N` worker runs for guided jobs).
+    `--exchange bf16,int8`: one split run per q/k/v wire format (`SequenceParallel.exchange`)."""
     import argparse
     import dataclasses
     import json
@@ -304,6 +327,7 @@ def bench() -> None:
     ap.add_argument("--head-groups", default="2", help="comma-separated: one split run per value")
     ap.add_argument("--profile", default=None, help="file: rank 0's kernel table of one split forward")
     ap.add_argument("--guided", action="store_true", help="guided steps (cond + uncond): SP vs CFG parallel")
+    ap.add_argument("--exchange", default="bf16", help="q/k/v on the wire, comma-separated: bf16,int8")
     args = ap.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cuda = args.device == "cuda"
@@ -365,12 +389,14 @@ def bench() -> None:
 
     one_s, ref = run(step_fn(None), False) if rank == 0 else (0.0, [])
     dist.barrier()
-    for groups in (int(g) for g in args.head_groups.split(",")):
-        split = dataclasses.replace(sp, head_groups=groups)
-        split_s, outs = run(step_fn(split), True)
-        if rank == 0:
-            report(outs, split_s, **({"mode": "sp"} if args.guided else {}), head_groups=groups)
-        del outs
+    for exchange in args.exchange.split(","):
+        for groups in (int(g) for g in args.head_groups.split(",")):
+            split = dataclasses.replace(sp, head_groups=groups, exchange=exchange)
+            split_s, outs = run(step_fn(split), True)
+            if rank == 0:
+                report(outs, split_s, **({"mode": "sp"} if args.guided else {}), head_groups=groups,
+                       exchange=exchange)
+            del outs
     if args.guided and world % 2 == 0:  # CFG parallel (× SP over half of the ranks from 4 ranks on)
         cfg = cfg_sequence_parallel(sp)
         split_s, outs = run(step_fn(None, cfg), True)

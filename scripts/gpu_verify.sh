@@ -9,7 +9,8 @@
 #                                       profiles and the A14B 32 GB expert-offload bench; then both GPUs: the
 #                                       14B 720p sequence-parallel bench (2 ranks vs 1)
 #   bash scripts/gpu_verify.sh x2b|x2c  earlier x2 variants (A14B whole job, gpu_ranks.sh)
-#   bash scripts/gpu_verify.sh x2d      two GPUs, ~9.5 min: session 15's unmeasured changes (see below)
+#   bash scripts/gpu_verify.sh x2d      two GPUs, ~8 min: session 15's unmeasured single-GPU changes (below)
+#   bash scripts/gpu_verify.sh x2e      two GPUs, ~5 min: session 15's multi-GPU changes (int8 exchange, CFG)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,8 +77,7 @@ elif [ "$mode" = x2d ]; then
     # changed paths, the 1.3B DiT profile (cross-attention norms/residual on the kernels, the FFN's GELU in
     # the quant pass), turbovid bench (whole job; --logs keeps the worker's autotune choices to ship).
     # GPU 1 meanwhile: the 14B DiT, then the encode tail on noise frames (CPU) at several x264 thread
-    # counts (worker.encoder_threads). Then both GPUs: guided steps (flow + CFG) with sequence parallel vs
-    # CFG parallel (what --gpus 2 workers pick for guided jobs). The 14B SP ratio: mode x2 or x2b.
+    # counts (worker.encoder_threads). The multi-GPU measurements are mode x2e.
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     ( export CUDA_VISIBLE_DEVICES=1
       timeout 130 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
@@ -102,9 +102,18 @@ elif [ "$mode" = x2d ]; then
     wait $gpu1
     for f in dit13b dit14b tail_noise_480p tail_noise_720p; do
         echo "== $f"; grep -v "^W\|Warning" "$OUT/logs/$f.log" | tail -9; done
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = x2e ]; then
+    # Session 15's multi-GPU changes (~5 min on nvidia-h200-x2): the 14B 720p sequence-parallel bench with
+    # q/k/v exchanged as bf16 and as int8 (Done-when: ratio <= 0.55, cos >= 0.999), then guided steps
+    # (flow + CFG) with sequence parallel vs CFG parallel (what --gpus 2 workers pick for guided jobs).
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1, q/k/v as bf16 and as int8"
+    timeout 240 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
+        --linear w8a8 --exchange bf16,int8 2>&1 | tee "$OUT/logs/sp14b.log" | grep "^{" | tail -3
     echo "== guided steps (flow + CFG), 1.3B 480p: sequence parallel vs CFG parallel"
-    timeout 90 torchrun --nproc-per-node 2 -m models.parallel --size 1.3b --steps 4 --guided 2>&1 \
-        | tee "$OUT/logs/guided13b.log" | grep "^{" | tail -3
+    timeout 100 torchrun --nproc-per-node 2 -m models.parallel --size 1.3b --steps 4 --guided \
+        --exchange bf16,int8 2>&1 | tee "$OUT/logs/guided13b.log" | grep "^{" | tail -4
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left

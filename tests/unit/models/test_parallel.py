@@ -12,6 +12,7 @@ not hang).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -94,6 +95,8 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
         models.parallel.MIN_GROUP_HEADS = 1  # a speed threshold: let the tiny models' 2 heads a rank form 2 groups
         with torch.inference_mode():
             result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in DIT_VARIANTS}
+            int8 = dataclasses.replace(sp, exchange="int8")  # q/k/v packed to int8 on the wire
+            result.update({f"int8_{a}": _dit(a)(latents, t, ctx, sp=int8) for a in ("dense", "sla4")})
             head_rows: dict[str, list[int]] = {"rcm": [], "flow": []}  # rows the VAE's RGB head saw
             pipe = _load("rcm", head_rows["rcm"])
             pipe.sp = sp
@@ -219,6 +222,10 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
         # on its band of the 48 rows (+ halo), never on whole frames
         for solver in ("rcm", "flow"):
             assert 0 < got[f"head_rows_{solver}"].max() < 48, solver
+        # q/k/v exchanged as int8 + per (token, head) scales: close to one process, and really quantized
+        for a in ("dense", "sla4"):
+            assert _cos(got[f"int8_{a}"], want[f"dit_{a}"]) >= 0.999, a
+            assert not torch.allclose(got[f"int8_{a}"], want[f"dit_{a}"], atol=1e-5, rtol=1e-4), a
     assert torch.equal(torch.load(out / "rank0.pt")["dit_sla"], torch.load(out / "rank1.pt")["dit_sla"])
     assert not torch.allclose(want["dit_sla"], want["dit_dense"], atol=1e-3)  # SLA really is another path
 

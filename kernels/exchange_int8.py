@@ -1,0 +1,135 @@
+"""Int8 packing of Ulysses' q/k/v exchange (models/parallel.py, `SequenceParallel(exchange="int8")`).
+
+Sequence parallel sends each rank's q, k and v ([B, L/N, H, D], this rank's tokens, all heads) to the
+ranks that own their heads. On a PCIe-class link the exchange is what the split pays for, so this module
+halves its bytes: every (token, head) row of D values travels as D int8 codes plus its fp32 scale.
+
+    pack_int8(x [B, Ls, H, D], N)  -> buf [N, B, Ls, H/N, D + 4] uint8    (buf[j]: what rank j receives)
+        s = absmax_d(x[b, l, h]) / 127,  q = round_half_away(x / s) in [-127, 127]  (s = 0: q = 0)
+        buf[j, b, l, hh, :D] = q (int8 bytes),  buf[j, b, l, hh, D:] = s (fp32 bytes),  h = j·H/N + hh
+    unpack_int8(recv, dtype)       -> [B, N·Ls, H/N, D] in dtype, token-major (recv[j]: rank j's tokens)
+        out[b, j·Ls + l, hh] = q · s
+
+One pass each way, in place of the bf16 packing copy (send) and of nothing (receive: the bf16 path's
+received buffer is used as it is). The error is at most half a step, absmax/254, per element: SageSLA
+then quantizes q and k to int8 per block anyway (v goes to fp8 or fp16). `reference_pack` /
+`reference_unpack` are the plain-PyTorch definitions; the kernels run on CUDA and under
+TRITON_INTERPRET=1. D must be a multiple of 4 (the scale's 4 bytes stay aligned) and at most 256.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["pack_int8", "reference_pack", "reference_unpack", "unpack_int8"]
+
+SCALE_BYTES = 4
+ROWS = 32  # (token, head) rows per program
+
+
+def _round_half_away(v: torch.Tensor) -> torch.Tensor:
+    return torch.trunc(v + 0.5 * torch.sign(v))
+
+
+def reference_pack(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Plain-PyTorch `pack_int8`."""
+    B, Ls, H, D = x.shape
+    xf = x.float()
+    amax = xf.abs().amax(-1, keepdim=True)  # [B, Ls, H, 1]
+    q = torch.where(amax > 0, _round_half_away(xf * (127.0 / amax.clamp_min(1e-30))), torch.zeros_like(xf))
+    q = q.clamp(-127, 127).to(torch.int8)
+    rows = torch.cat([q.view(torch.uint8), (amax / 127.0).view(torch.uint8)], dim=-1)  # [B, Ls, H, D + 4]
+    return rows.view(B, Ls, n, H // n, D + SCALE_BYTES).permute(2, 0, 1, 3, 4).contiguous()
+
+
+def reference_unpack(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Plain-PyTorch `unpack_int8`."""
+    N, B, Ls, Hn, W = buf.shape
+    D = W - SCALE_BYTES
+    q = buf[..., :D].contiguous().view(torch.int8).float()
+    s = buf[..., D:].contiguous().view(torch.float32)  # [N, B, Ls, Hn, 1]
+    return (q * s).to(dtype).transpose(0, 1).reshape(B, N * Ls, Hn, D)
+
+
+@triton.jit
+def _pack_kernel(x_ptr, q_ptr, s_ptr, R, Ls, H, Hn, B, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                 ROWS_: tl.constexpr):
+    rows = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)  # source rows (b, l, h), h fastest
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < R
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=1)  # [ROWS]
+    inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)
+    v = x * inv[:, None]
+    v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
+    q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+    h = rows % H
+    bl = rows // H  # b·Ls + l
+    b = bl // Ls
+    lo = bl % Ls
+    j = h // Hn
+    dst = ((j * B + b) * Ls + lo) * Hn + h % Hn  # destination row in [N, B, Ls, Hn]
+    tl.store(q_ptr + dst[:, None] * (D + 4) + cols[None, :], q, mask=mask)
+    tl.store(s_ptr + dst * (D // 4 + 1) + D // 4, amax / 127.0, mask=row_ok)
+
+
+@triton.jit
+def _unpack_kernel(q_ptr, s_ptr, out_ptr, R, Ls, Hn, B, N, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                   ROWS_: tl.constexpr):
+    rows = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)  # received rows (j, b, l, hh), hh fastest
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < R
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    q = tl.load(q_ptr + rows[:, None] * (D + 4) + cols[None, :], mask=mask, other=0).to(tl.float32)
+    s = tl.load(s_ptr + rows * (D // 4 + 1) + D // 4, mask=row_ok, other=0.0)
+    hh = rows % Hn
+    jbl = rows // Hn  # (j·B + b)·Ls + l
+    lo = jbl % Ls
+    jb = jbl // Ls
+    b = jb % B
+    j = jb // B
+    dst = (b * (N * Ls) + j * Ls + lo) * Hn + hh  # row of [B, N·Ls, Hn]
+    tl.store(out_ptr + dst[:, None] * D + cols[None, :], (q * s[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(d: int, numel: int) -> None:
+    if d % 4 or d > 256:
+        raise ValueError(f"head dim {d}: the int8 exchange needs a multiple of 4, at most 256")
+    if numel >= 2**31:  # the kernels index with int32
+        raise ValueError(f"{numel} elements: too many for the int8 exchange (< 2^31)")
+
+
+def pack_int8(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x [B, Ls, H, D] (bf16/fp16/fp32; this rank's tokens, all heads) -> uint8 [N, B, Ls, H/N, D + 4]."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, L, H, D], got {tuple(x.shape)}")
+    B, Ls, H, D = x.shape
+    _check(D, x.numel() + x.numel() // D * SCALE_BYTES)
+    if H % n:
+        raise ValueError(f"the heads ({H}) must divide by the ranks ({n})")
+    x = x.contiguous()
+    buf = torch.empty(n, B, Ls, H // n, D + SCALE_BYTES, dtype=torch.uint8, device=x.device)
+    R = B * Ls * H
+    if R:
+        _pack_kernel[(triton.cdiv(R, ROWS),)](x, buf.view(torch.int8), buf.view(torch.float32), R, Ls, H, H // n, B,
+                                              D=D, BLOCK_D=triton.next_power_of_2(D), ROWS_=ROWS)
+    return buf
+
+
+def unpack_int8(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Received uint8 [N, B, Ls, Hn, D + 4] (recv[j]: rank j's tokens) -> [B, N·Ls, Hn, D] in dtype."""
+    if buf.dim() != 5 or buf.dtype != torch.uint8:
+        raise ValueError(f"buf must be uint8 [N, B, Ls, Hn, D + 4], got {buf.dtype} {tuple(buf.shape)}")
+    N, B, Ls, Hn, W = buf.shape
+    D = W - SCALE_BYTES
+    _check(D, buf.numel())
+    buf = buf.contiguous()
+    out = torch.empty(B, N * Ls, Hn, D, dtype=dtype, device=buf.device)
+    R = N * B * Ls * Hn
+    if R:
+        _unpack_kernel[(triton.cdiv(R, ROWS),)](buf.view(torch.int8), buf.view(torch.float32), out, R, Ls, Hn, B,
+                                                N, D=D, BLOCK_D=triton.next_power_of_2(D), ROWS_=ROWS)
+    return out
