@@ -165,14 +165,14 @@ def _join_group(rank: int, world_size: int, backend: str, timeout_s: float, stor
     return dist.new_group(backend="gloo", timeout=timeout)
 
 
-def _attach(pipe: Any, rank: int, world_size: int, control: Any) -> _StopSync:
+def _attach(pipe: Any, rank: int, world_size: int, control: Any, exchange: str = "bf16") -> _StopSync:
     """Give this rank's pipeline its splits (collective: every rank calls it, after joining the group).
     A guided flow job runs CFG parallel (WanPipeline.cfg_parallel): with 2 ranks cond on rank 0
     and uncond on rank 1, with 2·k ranks each call sequence parallel over k of them (SP × CFG); every
     other job is sequence parallel over all the ranks."""
     from models.parallel import SequenceParallel, cfg_sequence_parallel
 
-    pipe.sp = SequenceParallel(rank=rank, world_size=world_size)
+    pipe.sp = SequenceParallel(rank=rank, world_size=world_size, exchange=exchange)  # q/k/v: worker.sp_exchange
     if world_size % 2 == 0:
         pipe.cfg_parallel = cfg_sequence_parallel(pipe.sp)
     sync = _StopSync(rank, control)
@@ -398,13 +398,14 @@ def start_ranks(settings: Settings, device: str, dtype: str, *, world_size: int,
         pipe = load(settings, "cuda:0" if cuda else device, dtype)
         _wait_ready(procs, status)
         control = _join_group(0, world_size, backend, timeout_s, store)
-        sync = _attach(pipe, 0, world_size, control)
+        sync = _attach(pipe, 0, world_size, control, settings.worker.sp_exchange)
     except BaseException:
         for proc in procs:
             proc.kill()
             proc.join(5)
         raise
-    log.info("%d ranks ready (%s, %s)", world_size, backend, "cuda:0.." if cuda else device)
+    log.info("%d ranks ready (%s, %s; q/k/v exchanged as %s)", world_size, backend, "cuda:0.." if cuda else device,
+             settings.worker.sp_exchange)
     return RankedPipeline(pipe, procs, jobs, status, sync)
 
 
@@ -456,7 +457,7 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
         control = _join_group(rank, world_size, backend, timeout_s, port)
     except EOFError:
         os._exit(1)  # rank 0 is gone
-    sync = _attach(pipe, rank, world_size, control)
+    sync = _attach(pipe, rank, world_size, control, settings.worker.sp_exchange)
     while True:
         try:
             msg = jobs.recv()  # idle: blocks here, in no collective

@@ -124,6 +124,8 @@ def workers(tmp_path_factory) -> Iterator[dict[str, Worker]]:
         settings = test_settings(tmp, cache_dir=cache)
         name = f"{role}-{uuid.uuid4().hex[:6]}"
         env = {"TURBOVID_WORKER__WARMUP": "true"} if role == "shared" else {}
+        if role == "cli":
+            env["TURBOVID_WORKER__SP_EXCHANGE"] = "int8"
         proc = _spawn(settings, tmp, name, cli=role == "cli", RANK_TEST_STALL=str(tmp / "stall"),
                       RANK_TEST_SLOW_DECODE=str(tmp / "slow-decode"), **env)
         started[role] = Worker(settings, name, proc, tmp / "stall", tmp / "slow-decode")
@@ -306,6 +308,8 @@ def test_a_rank_killed_while_rank0_is_blocked_is_failed_by_the_watchdog(workers)
 def test_cli_worker_with_a_rank_lost_while_idle_exits_nonzero_and_withdraws(workers):
     w = workers["cli"]  # `turbovid worker --gpus 2`
     assert _ready(w).ranks == 2
+    log = (w.settings.storage.local_dir.parent / f"{w.name}.log").read_text()
+    assert "2 ranks ready (gloo, cpu; q/k/v exchanged as int8)" in log  # TURBOVID_WORKER__SP_EXCHANGE
     (rank1,) = _rank_pids(w.proc.pid)
     os.kill(rank1, signal.SIGKILL)
     killed = time.monotonic()

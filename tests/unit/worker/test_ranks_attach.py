@@ -36,6 +36,11 @@ def test_two_ranks_get_sequence_and_cfg_parallel_four_get_sp_times_cfg_three_seq
     three = _pipe()
     _attach(three, 2, 3, None)
     assert three.sp == SequenceParallel(rank=2, world_size=3) and three.cfg_parallel is None
+    # worker.sp_exchange: how q/k/v travel, for every split (the SP × CFG halves too)
+    made.clear()
+    packed = _pipe()
+    _attach(packed, 0, 4, None, exchange="int8")
+    assert packed.sp.exchange == "int8" and packed.cfg_parallel.sp.exchange == "int8"
 
 
 def test_cfg_layout_pairs_rank_i_with_rank_i_plus_k():
