@@ -77,7 +77,8 @@ elif [ "$mode" = x2d ]; then
     # changed paths, the 1.3B DiT profile (cross-attention norms/residual on the kernels, the FFN's GELU in
     # the quant pass), turbovid bench (whole job; --logs keeps the worker's autotune choices to ship).
     # GPU 1 meanwhile: the 14B DiT, then the encode tail on noise frames (CPU) at several x264 thread
-    # counts (worker.encoder_threads). The multi-GPU measurements are mode x2e.
+    # counts (worker.encoder_threads), and with a GIL-holding "decode" thread (--busy: on 2 cores here the
+    # tail grew 0.14 -> 0.63 s with it, so the encoder thread does wait for the GIL). The multi-GPU measurements are mode x2e.
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     ( export CUDA_VISIBLE_DEVICES=1
       timeout 130 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
@@ -85,7 +86,9 @@ elif [ "$mode" = x2d ]; then
       timeout 70 python3 -m worker.encode --content noise --decode-s 0.9 --threads 4,6,8 --repeats 3 \
           > "$OUT/logs/tail_noise_480p.log" 2>&1
       timeout 90 python3 -m worker.encode --content noise --size 1280x720 --decode-s 2.25 --threads 4,8,11 \
-          --repeats 2 > "$OUT/logs/tail_noise_720p.log" 2>&1 ) &
+          --repeats 2 > "$OUT/logs/tail_noise_720p.log" 2>&1
+      timeout 70 python3 -m worker.encode --content noise --decode-s 0.9 --threads 8 --repeats 3 --busy \
+          > "$OUT/logs/tail_noise_480p_busy.log" 2>&1 ) &
     gpu1=$!
     export CUDA_VISIBLE_DEVICES=0
     timeout 110 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 100 \
@@ -100,7 +103,7 @@ elif [ "$mode" = x2d ]; then
         | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
     unset CUDA_VISIBLE_DEVICES
     wait $gpu1
-    for f in dit13b dit14b tail_noise_480p tail_noise_720p; do
+    for f in dit13b dit14b tail_noise_480p tail_noise_720p tail_noise_480p_busy; do
         echo "== $f"; grep -v "^W\|Warning" "$OUT/logs/$f.log" | tail -9; done
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2e ]; then
