@@ -305,11 +305,19 @@ def test_a_rank_killed_while_rank0_is_blocked_is_failed_by_the_watchdog(workers)
     assert w.proc.returncode == 1 and w.stall.exists()  # the watchdog ended it: the main thread never came back
 
 
-def test_cli_worker_with_a_rank_lost_while_idle_exits_nonzero_and_withdraws(workers):
-    w = workers["cli"]  # `turbovid worker --gpus 2`
+def test_cli_worker_with_int8_exchange_then_a_rank_lost_while_idle_exits_nonzero(workers, one_rank_frames):
+    w = workers["cli"]  # `turbovid worker --gpus 2` with TURBOVID_WORKER__SP_EXCHANGE=int8
     assert _ready(w).ranks == 2
     log = (w.settings.storage.local_dir.parent / f"{w.name}.log").read_text()
-    assert "2 ranks ready (gloo, cpu; q/k/v exchanged as int8)" in log  # TURBOVID_WORKER__SP_EXCHANGE
+    assert "2 ranks ready (gloo, cpu; q/k/v exchanged as int8)" in log
+    # a job with q/k/v sent as int8 (codes within half a step): close to the one-rank video, not equal (the
+    # random tiny model amplifies the difference over its 4 steps: ~2/255 on average here)
+    spec = submit(w.settings, **JOB)
+    assert _finished(w, spec.job_id, timeout=60) is JobStatus.completed, record(w.settings, spec.job_id).error
+    got = _frames(w.settings, spec).astype(np.float64)
+    mse = ((got - one_rank_frames) ** 2).mean()
+    assert got.shape == one_rank_frames.shape and 0 < mse and 10 * np.log10(255**2 / mse) >= 30, mse
+    # then rank 1 is lost while the worker idles
     (rank1,) = _rank_pids(w.proc.pid)
     os.kill(rank1, signal.SIGKILL)
     killed = time.monotonic()
