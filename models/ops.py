@@ -224,10 +224,11 @@ class Ops:
             b = None if bias is None else bias.float()
             return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(dtype)
         B, _, C = x.shape
-        zero = x.new_zeros(C, dtype=torch.float32)  # the kernels want the last dim contiguous (stride 1)
-        scale = (weight.float() - 1 if weight is not None else zero).expand(B, 1, C)
-        shift = (bias.float() if bias is not None else zero).expand(B, 1, C)
-        return self.modulate(x, shift, scale, eps, dtype, next_linear)
+
+        def vector(v: torch.Tensor | None, offset: float) -> torch.Tensor:  # [B, 1, C], last dim contiguous
+            return (v.float() + offset if v is not None else x.new_zeros(C, dtype=torch.float32)).expand(B, 1, C)
+
+        return self.modulate(x, vector(bias, 0.0), vector(weight, -1.0), eps, dtype, next_linear)
 
     # residual ----------------------------------------------------------------------------------------
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
