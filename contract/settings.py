@@ -126,6 +126,10 @@ class WorkerSettings(BaseModel):
     # the bitstream depends on it (worker/encode.py). Raise it on many-core hosts when the encode tail
     # is throughput-bound (noisy content: `python -m worker.encode --content noise --threads 4,8`).
     encoder_threads: int = Field(default=4, ge=1, le=64)
+    # "slice": a frame's slices in parallel (no delay; x264 allows one slice per 4 macroblock rows, 7 at
+    # 480p); "frame": a frame per thread (more throughput on noisy content, up to `encoder_threads` frames
+    # of delay). Compare with `python -m worker.encode --content noise --threads 8 --frame-threads`.
+    encoder_thread_type: Literal["slice", "frame"] = "slice"
 
 
 class Settings(BaseSettings):

@@ -77,16 +77,16 @@ elif [ "$mode" = x2d ]; then
     # changed paths, the 1.3B DiT profile (cross-attention norms/residual on the kernels, the FFN's GELU in
     # the quant pass), turbovid bench (whole job; --logs keeps the worker's autotune choices to ship).
     # GPU 1 meanwhile: the 14B DiT, then the encode tail on noise frames (CPU) at several x264 thread
-    # counts (worker.encoder_threads), and with a GIL-holding "decode" thread (--busy: on 2 cores here the
+    # counts, sliced and frame threads (worker.encoder_threads / encoder_thread_type), and with a GIL-holding "decode" thread (--busy: on 2 cores here the
     # tail grew 0.14 -> 0.63 s with it, so the encoder thread does wait for the GIL). The multi-GPU measurements are mode x2e.
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     ( export CUDA_VISIBLE_DEVICES=1
       timeout 130 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
           > "$OUT/logs/dit14b.log" 2>&1
-      timeout 70 python3 -m worker.encode --content noise --decode-s 0.9 --threads 4,6,8 --repeats 3 \
-          > "$OUT/logs/tail_noise_480p.log" 2>&1
-      timeout 90 python3 -m worker.encode --content noise --size 1280x720 --decode-s 2.25 --threads 4,8,11 \
-          --repeats 2 > "$OUT/logs/tail_noise_720p.log" 2>&1
+      timeout 75 python3 -m worker.encode --content noise --decode-s 0.9 --threads 4,6,8 --frame-threads \
+          --repeats 3 > "$OUT/logs/tail_noise_480p.log" 2>&1
+      timeout 120 python3 -m worker.encode --content noise --size 1280x720 --decode-s 2.25 --threads 4,8,11 \
+          --frame-threads --repeats 2 > "$OUT/logs/tail_noise_720p.log" 2>&1
       timeout 70 python3 -m worker.encode --content noise --decode-s 0.9 --threads 8 --repeats 3 --busy \
           > "$OUT/logs/tail_noise_480p_busy.log" 2>&1 ) &
     gpu1=$!
@@ -104,7 +104,7 @@ elif [ "$mode" = x2d ]; then
     unset CUDA_VISIBLE_DEVICES
     wait $gpu1
     for f in dit13b dit14b tail_noise_480p tail_noise_720p tail_noise_480p_busy; do
-        echo "== $f"; grep -v "^W\|Warning" "$OUT/logs/$f.log" | tail -9; done
+        echo "== $f"; grep -v "^W\|Warning" "$OUT/logs/$f.log" | tail -11; done
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2e ]; then
     # Session 15's multi-GPU changes (~5 min on nvidia-h200-x2): the 14B 720p sequence-parallel bench with

@@ -23,6 +23,9 @@ different files on different machines, or after a library pinned the process to 
 the thread count (`ENCODER_THREADS`). And x264 reads some heap memory it never wrote (its content then
 comes from the process's earlier allocations): `deterministic_heap()` sets glibc's M_PERTURB so that
 memory always holds the same byte. With both, the bytes depend on the frames and these settings only.
+Threads: sliced by default; frame threads (`thread_type="frame"`, `worker.encoder_thread_type`) scale
+further (x264 caps slices at one per 4 macroblock rows: 7 at 480p) at up to `threads` frames of delay,
+for hosts where x264's throughput, not its delay, sets the tail (noisy content).
 
 Codec: `pick_codec("auto")` takes NVENC (`h264_nvenc`) when PyAV has it and a GPU can open it
 (RTX-class nodes; H100/H200 have no NVENC), else libx264, and says why.
@@ -49,6 +52,10 @@ DEFAULT_CRF = 23  # x264 CRF (NVENC: constant-quality `cq`)
 X264_PRESET = "veryfast"
 ENCODER_THREADS = 4  # fixed, not "auto": the bitstream depends on it (see the module docstring)
 X264_PARAMS = "rc-lookahead=5:sliced-threads=1"  # a short encode tail (see the module docstring)
+# frame threads instead: each thread a frame (more throughput on noisy content, up to `threads` frames of
+# delay); worker.encoder_thread_type = "frame"
+X264_FRAME_PARAMS = "rc-lookahead=5:sliced-threads=0"
+THREAD_TYPES = {"slice": X264_PARAMS, "frame": X264_FRAME_PARAMS}
 NVENC = "h264_nvenc"
 X264 = "libx264"
 M_PERTURB = -6  # glibc mallopt parameter (malloc.h)
@@ -122,13 +129,18 @@ class Mp4Stream:
 
     def __init__(self, path: Path, *, width: int, height: int, fps: int, codec: str = X264,
                  crf: int = DEFAULT_CRF, preset: str = X264_PRESET, threads: int = ENCODER_THREADS,
-                 thumbnail_index: int | None = None, x264_params: str | None = None) -> None:
+                 thumbnail_index: int | None = None, x264_params: str | None = None,
+                 thread_type: str = "slice") -> None:
         if not deterministic_heap():
             log.warning("glibc M_PERTURB unavailable: x264 output may vary between runs for identical frames")
         self.path = Path(path)
         self.width, self.height = width + width % 2, height + height % 2
         self.fps, self.codec = fps, codec
         self.options: dict[str, object] = dict(_codec_options(codec, crf, preset, threads))
+        if thread_type not in THREAD_TYPES:
+            raise ValueError(f"unknown thread_type {thread_type!r}; known: {sorted(THREAD_TYPES)}")
+        if codec == X264:
+            self.options["x264-params"] = THREAD_TYPES[thread_type]
         if x264_params is not None and codec == X264:  # the bench's "before" row; tests
             self.options["x264-params"] = x264_params
         self.thumbnail_index = thumbnail_index
@@ -252,7 +264,7 @@ def noise_video(frames: int, height: int, width: int) -> np.ndarray:
 
 def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: float,
                 x264_params: str | None = None, threads: int = ENCODER_THREADS,
-                busy: bool = False) -> tuple[float, int]:
+                busy: bool = False, thread_type: str = "slice") -> tuple[float, int]:
     """Feed `frames` to an `Mp4Stream` in chunks of `chunks` latent frames (1 frame for the first latent
     frame, 4 per later one), each after `decode_s` × its share of the latent frames (a decoder working
     on it; `busy`: the decoder's thread runs Python, holding the GIL, instead of sleeping): (seconds
@@ -261,7 +273,8 @@ def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: 
 
     _, h, w, _ = frames.shape
     total = sum(chunks)
-    enc = Mp4Stream(path, width=w, height=h, fps=16, x264_params=x264_params, threads=threads)
+    enc = Mp4Stream(path, width=w, height=h, fps=16, x264_params=x264_params, threads=threads,
+                    thread_type=thread_type)
     start, t0 = 0, 0.0
     for i, n in enumerate(chunks):
         if busy:
@@ -290,9 +303,10 @@ def bench_tail() -> None:
     row per variant (median tail over --repeats, size, PSNR of the decoded MP4), then one JSON line.
     `--content noise` feeds `noise_video` instead (what random weights give: x264's throughput, not its
     delay, then sets the tail); `--threads` adds a tapered/new-x264 row per encoder thread count (the
-    worker's `worker.encoder_threads`); `--busy` makes the simulated decode hold the GIL (a Python loop)
-    instead of sleeping, which shows whether the encoder thread needs the GIL (PyAV releases it while
-    x264 encodes)."""
+    worker's `worker.encoder_threads`; `--frame-threads`: frame-threaded rows too); `--busy` makes the
+    simulated decode hold the GIL (a Python loop) instead of sleeping, which shows how long the encoder
+    thread waits for the GIL (PyAV holds it for each frame's conversion and muxing; on 2 cores with one
+    x264 thread the tail grew 0.14 -> 0.63 s)."""
     import argparse
     import json
     import statistics
@@ -310,6 +324,7 @@ def bench_tail() -> None:
     ap.add_argument("--content", choices=("sample", "noise"), default="sample")
     ap.add_argument("--threads", default="", help="encoder thread counts to compare, e.g. 4,8,12")
     ap.add_argument("--busy", action="store_true", help="the simulated decode holds the GIL instead of sleeping")
+    ap.add_argument("--frame-threads", action="store_true", help="each --threads count with frame threads too")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with torch.device("meta"):
@@ -323,7 +338,10 @@ def bench_tail() -> None:
                 ("old chunks, new x264", False, None, ENCODER_THREADS),
                 ("tapered chunks, old x264", True, old_params, ENCODER_THREADS),
                 ("tapered chunks, new x264", True, None, ENCODER_THREADS)]
-    variants += [(f"tapered, new x264, {n} thr", True, None, n) for n in map(int, filter(None, args.threads.split(",")))]
+    counts = [int(n) for n in args.threads.split(",") if n]
+    variants += [(f"tapered, new x264, {n} thr", True, None, n) for n in counts]
+    if args.frame_threads:
+        variants += [(f"tapered, frame threads, {n} thr", True, X264_FRAME_PARAMS, n) for n in counts]
     rows: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, taper, params, threads in variants:

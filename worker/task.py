@@ -257,8 +257,10 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
 class _Frames:
     """Decoded frame chunks → the MP4 encoder's thread, opened at the first chunk."""
 
-    def __init__(self, path: Path, *, fps: int, num_frames: int, codec: str, threads: int) -> None:
+    def __init__(self, path: Path, *, fps: int, num_frames: int, codec: str, threads: int,
+                 thread_type: str = "slice") -> None:
         self.path, self.fps, self.num_frames, self.codec, self.threads = path, fps, num_frames, codec, threads
+        self.thread_type = thread_type
         self.encoder: Mp4Stream | None = None
         self.next = 0  # the next frame index expected
 
@@ -268,7 +270,8 @@ class _Frames:
         if self.encoder is None:
             _, h, w, _ = frames.shape
             self.encoder = Mp4Stream(self.path, width=w, height=h, fps=self.fps, codec=self.codec,
-                                     threads=self.threads, thumbnail_index=self.num_frames // 2)
+                                     threads=self.threads, thread_type=self.thread_type,
+                                     thumbnail_index=self.num_frames // 2)
         self.encoder.write(frames)
         self.next += frames.shape[0]
 
@@ -296,7 +299,8 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
     # 3. generate: progress, events, previews, cancel and shutdown at every step and decode chunk; the
     #    decoded chunks go to the MP4 encoder's thread as they come -----------------------------------
     sink = _Frames(tmp / "video.mp4", fps=params.fps, num_frames=params.num_frames, codec=ctx.codec(),
-                   threads=ctx.settings.worker.encoder_threads)
+                   threads=ctx.settings.worker.encoder_threads,
+                   thread_type=ctx.settings.worker.encoder_thread_type)
     progress.frames_sink = sink
     try:
         result = pipe.generate(params, image=image, on_step=progress)

@@ -113,7 +113,7 @@ def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
             steps = 1 if not on_gpu else FLOW_WARMUP_STEPS if pipeline.solver == "flow" else None
             # the first shape also runs a job's side paths: previews (the latent → RGB fit on first use),
             # frames streamed into the MP4 encoder, the thumbnail
-            sink = _JobPaths(shape, report.codec, settings.encoder_threads) if i == 0 else None
+            sink = _JobPaths(shape, report.codec, settings.encoder_threads, settings.encoder_thread_type) if i == 0 else None
             try:
                 pipeline.generate(_params(pipeline, shape, steps), image=_grey(shape) if shape.kind == "i2v" else None,
                                   on_step=sink)
@@ -138,10 +138,11 @@ class _JobPaths(Progress):
 
     wants_preview = True
 
-    def __init__(self, shape: WarmupShape, codec: str, threads: int) -> None:
+    def __init__(self, shape: WarmupShape, codec: str, threads: int, thread_type: str = "slice") -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="turbovid-warmup-"))
         self.stream = Mp4Stream(self.folder / "warmup.mp4", width=shape.width, height=shape.height, fps=16,
-                                codec=codec, threads=threads, thumbnail_index=shape.num_frames // 2)
+                                codec=codec, threads=threads, thread_type=thread_type,
+                                thumbnail_index=shape.num_frames // 2)
 
     def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
         encode_jpeg(image)

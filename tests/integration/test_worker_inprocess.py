@@ -56,18 +56,22 @@ def test_t2v_job_completes_with_mp4_thumbnail_timings_and_progress(tmp_path):
     assert not _store(settings).r.zscore(_store(settings).keys.active("test"), spec.job_id) is not None
 
 
-@pytest.mark.parametrize("threads", [2, 4])
-def test_the_encoder_threads_setting_reaches_the_jobs_x264(tmp_path, threads):
-    """worker.encoder_threads is the job encoder's x264 thread count (sliced threads: x264 writes its
-    options, slices included, into the stream; 256 rows allow 4 slices)."""
-    settings = test_settings(tmp_path, encoder_threads=threads)
+@pytest.mark.parametrize(("threads", "kind"), [(2, "slice"), (4, "slice"), (3, "frame")])
+def test_the_encoder_threads_setting_reaches_the_jobs_x264(tmp_path, threads, kind):
+    """worker.encoder_threads / encoder_thread_type are the job encoder's x264 threads (x264 writes its
+    options, threads and slices included, into the stream; 256 rows allow 4 slices)."""
+    settings = test_settings(tmp_path, encoder_threads=threads, encoder_thread_type=kind)
     spec = submit(settings, frames=5, size=(320, 256))
     run_worker(settings, pipeline=PatternPipeline(), burst=True)
     record = _store(settings).get(spec.job_id)
     assert record is not None and record.status is JobStatus.completed and record.output is not None, record
     data = make_storage(settings.storage).get_bytes(record.output.key)
     options = data[data.index(b"x264 - core") :].split(b"\x00")[0].decode()
-    assert f" threads={threads} " in options and " sliced_threads=1 " in options and f" slices={threads} " in options
+    assert f" threads={threads} " in options
+    if kind == "slice":
+        assert " sliced_threads=1 " in options and f" slices={threads} " in options
+    else:
+        assert " sliced_threads=0 " in options and " slices=" not in options
     assert len(_decode(data)) == 5
 
 

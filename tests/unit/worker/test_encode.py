@@ -242,18 +242,25 @@ def test_streamed_mp4_has_every_frame_at_crf_23_and_the_short_lookahead(tmp_path
 
 def test_the_tail_bench_feeds_noise_at_a_chosen_thread_count(tmp_path):
     # `python -m worker.encode --content noise --threads N`: random-weight-like frames (x264's worst case)
-    # through the streamed encoder with N sliced threads.
+    # through the streamed encoder with N sliced (or frame) threads.
     from worker.encode import noise_video
 
     frames = noise_video(9, 256, 96)
     assert frames.dtype == np.uint8 and frames.shape == (9, 256, 96, 3) and frames.std() > 70  # uniform
-    for threads, busy in ((1, False), (3, True)):  # busy: the simulated decode spins in Python
-        t0 = time.perf_counter()
+    for threads, busy, kind in ((1, False, "slice"), (3, True, "slice"), (4, False, "frame")):
+        t0 = time.perf_counter()  # busy: the simulated decode spins in Python
         tail, size = stream_tail(frames, [1, 1, 1], tmp_path / f"{threads}.mp4", decode_s=0.3 if busy else 0.0,
-                                 threads=threads, busy=busy)
+                                 threads=threads, busy=busy, thread_type=kind)
         assert time.perf_counter() - t0 >= (0.3 if busy else 0.0)
         data = (tmp_path / f"{threads}.mp4").read_bytes()
         assert tail >= 0 and size == len(data) > 9 * 256 * 96 // 4  # noise barely compresses
-        assert f" threads={threads} ".encode() in data[data.find(b"x264 - core") :][:2000]
+        options = data[data.find(b"x264 - core") :][:2000]
+        assert f" threads={threads} ".encode() in options
+        assert f" sliced_threads={int(kind == 'slice' and threads > 1)} ".encode() in options  # 1 thread: no slices
         with av.open(str(tmp_path / f"{threads}.mp4")) as c:
             assert sum(1 for _ in c.decode(video=0)) == 9
+    # frame threads are deterministic too: the same frames, the same bytes
+    stream_tail(frames, [1, 1, 1], tmp_path / "again.mp4", decode_s=0.0, threads=4, thread_type="frame")
+    assert (tmp_path / "again.mp4").read_bytes() == (tmp_path / "4.mp4").read_bytes()
+    with pytest.raises(ValueError, match="unknown thread_type"):
+        stream_tail(frames, [1], tmp_path / "x.mp4", decode_s=0.0, thread_type="auto")
