@@ -119,8 +119,9 @@ class WorkerSettings(BaseModel):
     # Sequence-parallel ranks one worker drives (worker/ranks.py): cuda:0..N-1 over NCCL, or N CPU
     # processes over gloo with device cpu; the model's attention heads must divide by N.
     gpus: int = Field(default=1, ge=1)
-    # How the ranks' q/k/v travel (models.parallel.SequenceParallel.exchange): "bf16" as computed, or
-    # "int8" (codes + one fp32 scale per token and head: about half the bytes; for PCIe-linked GPUs).
+    # How the ranks' q/k/v and attention outputs travel (models.parallel.SequenceParallel.exchange): "bf16"
+    # as computed, or "int8" (codes + one fp32 scale per token and head: about half the bytes; for
+    # PCIe-linked GPUs).
     sp_exchange: Literal["bf16", "int8"] = "bf16"
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). Raise it on many-core hosts when the encode tail

@@ -12,9 +12,9 @@ only). Self-attention is Ulysses (DeepSpeed-Ulysses, arXiv 2309.14509):
     attention (dense / sla / sagesla: the SLA block map is over the full sequence, as on one rank)
     o [B, H/N, L, D] ──all-to-all──▶ [B, H, L/N, D]
 
-`SequenceParallel(exchange="int8")` sends q/k/v as int8 codes plus one fp32 scale per (token, head)
-(kernels/exchange_int8.py: about half the bytes on a PCIe-class link; the default "bf16" sends them as
-computed). The exchanges are token-major (q/k/v as the projections leave them, [B, L/N, H, D]) and asynchronous:
+`SequenceParallel(exchange="int8")` sends q/k/v and the attention output as int8 codes plus one fp32
+scale per (token, head) (kernels/exchange_int8.py: about half the bytes on a PCIe-class link; the default
+"bf16" sends them as computed). The exchanges are token-major (q/k/v as the projections leave them, [B, L/N, H, D]) and asynchronous:
 the model starts each projection's all-to-all as soon as it is computed (v, then q, then k), so NCCL moves
 it while the next projection runs; the attention then runs in two groups of the rank's heads and the
 first group's way back is in flight while the second computes. For B = 1 the received q/k/v and the
@@ -82,8 +82,8 @@ class SequenceParallel:
     world_size: int
     group: dist.ProcessGroup | None = None  # None: the default group
     head_groups: int = 2  # the attention and its way back pipelined over this many groups of each rank's heads
-    # q/k/v on the wire: "bf16" (as computed) or "int8" (per token and head, with its fp32 scale: about half
-    # the bytes, error ≤ half a step; kernels/exchange_int8.py). The attention output always goes back as is.
+    # q/k/v and the attention output on the wire: "bf16" (as computed) or "int8" (per token and head, with
+    # its fp32 scale: about half the bytes, error ≤ half a step; kernels/exchange_int8.py)
     exchange: str = "bf16"
 
     def __post_init__(self) -> None:
@@ -146,6 +146,10 @@ class SequenceParallel:
         of its own tokens; `finish_tokens` waits for the parts and assembles them."""
         B, h, L, D = o.shape
         N = self.world_size
+        if self.exchange == "int8":
+            from kernels.exchange_int8 import pack_tokens_int8
+
+            return self._exchange(pack_tokens_int8(o, N), unpack_to=o.dtype)  # [N, B, Ls, h, D + 4] uint8
         t = pad_to_multiple(o.transpose(1, 2), 1, N)  # [B, L_pad, h, D]
         send = t.reshape(B, N, t.shape[1] // N, h, D).transpose(0, 1).contiguous()  # [N, B, Ls, h, D]
         return self._exchange(send)
@@ -154,9 +158,18 @@ class SequenceParallel:
         """The head groups' exchanges (group i: heads i·h ... of each rank's H/N) -> [B, H, L/N, D], a view of
         token-major [B, L/N, H, D] storage (what the output projection reads)."""
         N, B, Ls, h, D = parts[0].recv.shape
-        out = parts[0].recv.new_empty(B, Ls, N, len(parts), h, D)  # head index = (rank, group, h)
-        for i, part in enumerate(parts):
-            out[:, :, :, i] = part.wait().permute(1, 2, 0, 3, 4)
+        dtype = parts[0].unpack_to
+        if dtype is not None:  # int8-packed rows of D + 4 bytes
+            from kernels.exchange_int8 import SCALE_BYTES, unpack_tokens_int8
+
+            D -= SCALE_BYTES
+            out = torch.empty(B, Ls, N, len(parts), h, D, dtype=dtype, device=parts[0].recv.device)
+            for i, part in enumerate(parts):
+                unpack_tokens_int8(part.wait(), out, i)
+        else:
+            out = parts[0].recv.new_empty(B, Ls, N, len(parts), h, D)  # head index = (rank, group, h)
+            for i, part in enumerate(parts):
+                out[:, :, :, i] = part.wait().permute(1, 2, 0, 3, 4)
         return out.view(B, Ls, N * len(parts) * h, D).transpose(1, 2)
 
     def _exchange(self, send: torch.Tensor, unpack_to: torch.dtype | None = None) -> PendingExchange:
