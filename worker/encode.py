@@ -291,6 +291,32 @@ def stream_tail(frames: np.ndarray, chunks: list[int], path: Path, *, decode_s: 
     return time.perf_counter() - t0, size
 
 
+def decode_chunk_plan(frames: int, height: int, width: int, *, taper: bool = True) -> list[int]:
+    """Latent frames per decoded chunk of the full Wan2.1 VAE (bf16, fast path, its default budget) at
+    this size: what `stream_tail` feeds to simulate the worker's decode."""
+    import torch
+
+    from models.vae import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
+    shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    return vae.decode_plan(shape, fused=True, taper=taper)[1]
+
+
+def real_looking_tail(frames: int, height: int, width: int, decode_s: float, path: Path, *,
+                      threads: int = ENCODER_THREADS, repeats: int = 3) -> float:
+    """The worker's encode tail (median seconds over `repeats`) for `sample_video` content decoded in
+    `decode_s`: what a job of real-looking frames would wait for after its decode (random-weight models
+    produce noise, which x264 encodes ~3.5x slower)."""
+    import statistics
+
+    video = sample_video(frames, height, width)
+    plan = decode_chunk_plan(frames, height, width)
+    return statistics.median(stream_tail(video, plan, path, decode_s=decode_s, threads=threads)[0]
+                             for _ in range(repeats))
+
+
 def bench_tail() -> None:
     """The encode tail of the worker's streamed MP4, old vs new, in one run (CPU only, no GPU):
 
@@ -312,10 +338,6 @@ def bench_tail() -> None:
     import statistics
     import tempfile
 
-    import torch
-
-    from models.vae import VAEConfig, WanVAE
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="832x480")
     ap.add_argument("--frames", type=int, default=81)
@@ -327,10 +349,7 @@ def bench_tail() -> None:
     ap.add_argument("--frame-threads", action="store_true", help="each --threads count with frame threads too")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    with torch.device("meta"):
-        vae = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
-    shape = (1, 16, (args.frames - 1) // 4 + 1, height // 8, width // 8)
-    plans = {taper: vae.decode_plan(shape, fused=True, taper=taper)[1] for taper in (False, True)}
+    plans = {taper: decode_chunk_plan(args.frames, height, width, taper=taper) for taper in (False, True)}
     make = noise_video if args.content == "noise" else sample_video
     frames = make(args.frames, height, width)
     old_params = "sliced-threads=1"  # veryfast's own lookahead (10 frames)

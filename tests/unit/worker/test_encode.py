@@ -264,3 +264,18 @@ def test_the_tail_bench_feeds_noise_at_a_chosen_thread_count(tmp_path):
     assert (tmp_path / "again.mp4").read_bytes() == (tmp_path / "4.mp4").read_bytes()
     with pytest.raises(ValueError, match="unknown thread_type"):
         stream_tail(frames, [1], tmp_path / "x.mp4", decode_s=0.0, thread_type="auto")
+
+
+def test_the_real_looking_tail_follows_the_vaes_chunk_plan(tmp_path):
+    # `turbovid bench` prints it beside the random-weight (noise) tail: sample_video content fed on the
+    # Wan2.1 VAE's tapered chunk plan at the measured decode time.
+    from worker.encode import decode_chunk_plan, real_looking_tail
+
+    plan = decode_chunk_plan(81, 480, 832)
+    assert sum(plan) == 21 and plan[0] == 1 and plan[-1] == 1  # every latent frame, tapered to 1 at the end
+    assert sum(decode_chunk_plan(81, 480, 832, taper=False)) == 21
+    t0 = time.perf_counter()
+    tail = real_looking_tail(17, 64, 96, 0.2, tmp_path / "t.mp4", repeats=1)
+    assert 0 <= tail < time.perf_counter() - t0 and (tmp_path / "t.mp4").stat().st_size > 0
+    with av.open(str(tmp_path / "t.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 17
