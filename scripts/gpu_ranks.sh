@@ -6,6 +6,8 @@
 # Prints per worker: start -> ready, per job POST -> completed and the worker's stage timings; the 2-rank
 # videos against the 1-rank ones (same seed: bf16 splits round differently, so close, not equal); and
 # whether the killed rank failed its job (generation_failed, naming the rank) and the worker exited 1.
+# PROFILE=1: the 2-rank worker writes each rank's kernel table per job to $OUT/profiles
+# (TURBOVID_RANK_PROFILE; the profiler slows those jobs, so their times are not the worker's).
 # Needs: redis-server on PATH, python3 with torch/triton and the service's packages (PyAV, redis, rq).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -95,7 +97,8 @@ def run_jobs(name):
 one = start("worker1", [], {"CUDA_VISIBLE_DEVICES": "0"})
 ref = run_jobs("1 GPU ")
 one.send_signal(signal.SIGTERM); one.wait(60)
-two = start("worker2", ["--gpus", "2"])
+two = start("worker2", ["--gpus", "2"],
+            {"TURBOVID_RANK_PROFILE": f"{out}/profiles"} if os.environ.get("PROFILE") == "1" else None)
 got = run_jobs("2 ranks")
 for seed, (a, b) in enumerate(zip(ref, got)):
     d = np.abs(a - b)

@@ -37,6 +37,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
@@ -233,7 +234,7 @@ class RankedPipeline:
         try:
             for conn in self.jobs:
                 conn.send(("job", self._seq, params.model_dump_json(), image))
-            result = self.pipe.generate(params, image=image, on_step=job)
+            result = _profiled(0, self._seq, lambda: self.pipe.generate(params, image=image, on_step=job))
         except BaseException as exc:
             if exc is job.held:
                 raise  # every rank stopped at the same sync point
@@ -470,8 +471,8 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
         _, seq, params_json, image = msg
         sync.take_forwards()  # count this job's forwards only
         try:
-            result = pipe.generate(GenerationParams.model_validate_json(params_json), image=image,
-                                   on_step=_Follow(sync))
+            params = GenerationParams.model_validate_json(params_json)
+            result = _profiled(rank, seq, partial(pipe.generate, params, image=image, on_step=_Follow(sync)))
             log.info("job %d: %s", seq, _stage_line(result, sync.take_forwards()))
             status.send(("done", seq))
         except RankStopped:
@@ -482,13 +483,39 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             os._exit(3)
 
 
-def _stage_line(result: GenerationResult, forwards: int) -> str:
+PROFILE_ENV = "TURBOVID_RANK_PROFILE"  # a folder: each rank writes a kernel table per job there (diagnosis)
+
+
+def _profiled(rank: int, seq: int, generate: Callable[[], GenerationResult]) -> GenerationResult:
+    """`generate()`, under torch.profiler when $TURBOVID_RANK_PROFILE names a folder: the rank's op/kernel
+    table for the job goes to `<folder>/rank<r>-job<n>.txt` (where a rank's time goes, e.g. waiting in
+    the exchanges; the profiler slows the job, so it is for diagnosis only)."""
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        return generate()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        result = generate()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=50, max_name_column_width=90)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"rank{rank}-job{seq}.txt"), "w") as f:
+        f.write(f"rank {rank}, job {seq}: {_stage_line(result)}\n{table}")
+    return result
+
+
+def _stage_line(result: GenerationResult, forwards: int | None = None) -> str:
     """One rank's job for the log: its DiT forwards and stage seconds, each denoise step apart (where a
     rank waits shows up here)."""
     t = result.timings
     steps = " ".join(f"{s:.3f}" for s in t.denoise_steps)
-    return (f"{forwards} DiT forwards, text_encode {t.text_encode:.3f} s, denoise steps [{steps}] s, "
-            f"vae_decode {t.vae_decode:.3f} s")
+    line = f"text_encode {t.text_encode:.3f} s, denoise steps [{steps}] s, vae_decode {t.vae_decode:.3f} s"
+    return line if forwards is None else f"{forwards} DiT forwards, {line}"
 
 
 def _send(conn: Connection, msg: tuple[Any, ...]) -> None:

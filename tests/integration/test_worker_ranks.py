@@ -126,6 +126,7 @@ def workers(tmp_path_factory) -> Iterator[dict[str, Worker]]:
         env = {"TURBOVID_WORKER__WARMUP": "true"} if role == "shared" else {}
         if role == "cli":
             env["TURBOVID_WORKER__SP_EXCHANGE"] = "int8"
+            env["TURBOVID_RANK_PROFILE"] = str(tmp / "profiles")  # every rank's kernel table per job
         proc = _spawn(settings, tmp, name, cli=role == "cli", RANK_TEST_STALL=str(tmp / "stall"),
                       RANK_TEST_SLOW_DECODE=str(tmp / "slow-decode"), **env)
         started[role] = Worker(settings, name, proc, tmp / "stall", tmp / "slow-decode")
@@ -317,6 +318,11 @@ def test_cli_worker_with_int8_exchange_then_a_rank_lost_while_idle_exits_nonzero
     got = _frames(w.settings, spec).astype(np.float64)
     mse = ((got - one_rank_frames) ** 2).mean()
     assert got.shape == one_rank_frames.shape and 0 < mse and 10 * np.log10(255**2 / mse) >= 30, mse
+    # TURBOVID_RANK_PROFILE: each rank wrote its profile of the job (the diagnosis of a slow split)
+    for rank in (0, 1):
+        table = (w.settings.storage.local_dir.parent / "profiles" / f"rank{rank}-job1.txt").read_text()
+        assert table.startswith(f"rank {rank}, job 1: ") and "denoise steps" in table, table[:300]
+        assert "alltoall" in table.replace("_", "").lower(), table  # the exchanges show up
     # then rank 1 is lost while the worker idles
     (rank1,) = _rank_pids(w.proc.pid)
     os.kill(rank1, signal.SIGKILL)
