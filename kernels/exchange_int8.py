@@ -81,6 +81,42 @@ def reference_unpack(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @triton.jit
+def _int8_rows(x):
+    """x [ROWS, BLOCK_D] fp32 -> (int8 codes round_half_away(x · 127 / absmax), absmax / 127) per row."""
+    amax = tl.max(tl.abs(x), axis=1)  # [ROWS]
+    inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)
+    v = x * inv[:, None]
+    v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
+    return tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8), amax / 127.0
+
+
+@triton.jit
+def _store_rows(q_ptr, s_ptr, rows, cols, row_ok, q, scale, D: tl.constexpr):
+    """Packed rows `rows` of D + 4 bytes: the codes, then the scale's 4 bytes (s_ptr: the same buffer as
+    fp32)."""
+    tl.store(q_ptr + rows[:, None] * (D + 4) + cols[None, :], q, mask=row_ok[:, None] & (cols[None, :] < D))
+    tl.store(s_ptr + rows * (D // 4 + 1) + D // 4, scale, mask=row_ok)
+
+
+@triton.jit
+def _load_rows(q_ptr, s_ptr, rows, cols, row_ok, D: tl.constexpr):
+    """Packed rows `rows` -> [ROWS, BLOCK_D] fp32 codes · scale."""
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    q = tl.load(q_ptr + rows[:, None] * (D + 4) + cols[None, :], mask=mask, other=0).to(tl.float32)
+    return q * tl.load(s_ptr + rows * (D // 4 + 1) + D // 4, mask=row_ok, other=0.0)[:, None]
+
+
+@triton.jit
+def _split_rows(rows, Ls, n, B):
+    """Rows of [N, B, Ls, n] (n fastest) -> (j, b, lo, i)."""
+    i = rows % n
+    jbl = rows // n  # (j·B + b)·Ls + lo
+    lo = jbl % Ls
+    jb = jbl // Ls
+    return jb // B, jb % B, lo, i
+
+
+@triton.jit
 def _pack_kernel(x_ptr, q_ptr, s_ptr, R, Ls, H, Hn, B, D: tl.constexpr, BLOCK_D: tl.constexpr,
                  ROWS_: tl.constexpr):
     rows = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)  # source rows (b, l, h), h fastest
@@ -88,19 +124,11 @@ def _pack_kernel(x_ptr, q_ptr, s_ptr, R, Ls, H, Hn, B, D: tl.constexpr, BLOCK_D:
     row_ok = rows < R
     mask = row_ok[:, None] & (cols[None, :] < D)
     x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)  # [ROWS]
-    inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)
-    v = x * inv[:, None]
-    v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
-    q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+    q, scale = _int8_rows(x)
     h = rows % H
     bl = rows // H  # b·Ls + l
-    b = bl // Ls
-    lo = bl % Ls
-    j = h // Hn
-    dst = ((j * B + b) * Ls + lo) * Hn + h % Hn  # destination row in [N, B, Ls, Hn]
-    tl.store(q_ptr + dst[:, None] * (D + 4) + cols[None, :], q, mask=mask)
-    tl.store(s_ptr + dst * (D // 4 + 1) + D // 4, amax / 127.0, mask=row_ok)
+    dst = (((h // Hn) * B + bl // Ls) * Ls + bl % Ls) * Hn + h % Hn  # destination row in [N, B, Ls, Hn]
+    _store_rows(q_ptr, s_ptr, dst, cols, row_ok, q, scale, D)
 
 
 @triton.jit
@@ -109,17 +137,11 @@ def _unpack_kernel(q_ptr, s_ptr, out_ptr, R, Ls, Hn, B, N, D: tl.constexpr, BLOC
     rows = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)  # received rows (j, b, l, hh), hh fastest
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < R
-    mask = row_ok[:, None] & (cols[None, :] < D)
-    q = tl.load(q_ptr + rows[:, None] * (D + 4) + cols[None, :], mask=mask, other=0).to(tl.float32)
-    s = tl.load(s_ptr + rows * (D // 4 + 1) + D // 4, mask=row_ok, other=0.0)
-    hh = rows % Hn
-    jbl = rows // Hn  # (j·B + b)·Ls + l
-    lo = jbl % Ls
-    jb = jbl // Ls
-    b = jb % B
-    j = jb // B
+    y = _load_rows(q_ptr, s_ptr, rows, cols, row_ok, D)
+    j, b, lo, hh = _split_rows(rows, Ls, Hn, B)
     dst = (b * (N * Ls) + j * Ls + lo) * Hn + hh  # row of [B, N·Ls, Hn]
-    tl.store(out_ptr + dst[:, None] * D + cols[None, :], (q * s[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + dst[:, None] * D + cols[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols[None, :] < D))
 
 
 @triton.jit
@@ -128,23 +150,14 @@ def _pack_tokens_kernel(o_ptr, q_ptr, s_ptr, R, L, Ls, h, B, so_b, so_h, so_l, D
     rows = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)  # destination rows (j, b, lo, hh), hh fastest
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < R
-    hh = rows % h
-    jbl = rows // h  # (j·B + b)·Ls + lo
-    lo = jbl % Ls
-    jb = jbl // Ls
-    b = jb % B
-    tok = (jb // B) * Ls + lo  # the token: rank j's lo-th
+    j, b, lo, hh = _split_rows(rows, Ls, h, B)
+    tok = j * Ls + lo  # the token: rank j's lo-th
     src_ok = row_ok & (tok < L)  # tokens past L (padding) are zero rows
     mask = src_ok[:, None] & (cols[None, :] < D)
     src = b.to(tl.int64) * so_b + hh.to(tl.int64) * so_h + tok.to(tl.int64) * so_l
     x = tl.load(o_ptr + src[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)
-    v = x * inv[:, None]
-    v = tl.where(v >= 0, v + 0.5, v - 0.5)
-    q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
-    tl.store(q_ptr + rows[:, None] * (D + 4) + cols[None, :], q, mask=row_ok[:, None] & (cols[None, :] < D))
-    tl.store(s_ptr + rows * (D // 4 + 1) + D // 4, amax / 127.0, mask=row_ok)
+    q, scale = _int8_rows(x)
+    _store_rows(q_ptr, s_ptr, rows, cols, row_ok, q, scale, D)
 
 
 @triton.jit
@@ -153,17 +166,11 @@ def _unpack_tokens_kernel(q_ptr, s_ptr, out_ptr, R, Ls, h, B, N, G, group, D: tl
     rows = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)  # received rows (j, b, lo, hh), hh fastest
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < R
-    mask = row_ok[:, None] & (cols[None, :] < D)
-    q = tl.load(q_ptr + rows[:, None] * (D + 4) + cols[None, :], mask=mask, other=0).to(tl.float32)
-    s = tl.load(s_ptr + rows * (D // 4 + 1) + D // 4, mask=row_ok, other=0.0)
-    hh = rows % h
-    jbl = rows // h
-    lo = jbl % Ls
-    jb = jbl // Ls
-    b = jb % B
-    j = jb // B
+    y = _load_rows(q_ptr, s_ptr, rows, cols, row_ok, D)
+    j, b, lo, hh = _split_rows(rows, Ls, h, B)
     dst = (((b * Ls + lo) * N + j) * G + group) * h + hh  # row of out [B, Ls, N, G, h]
-    tl.store(out_ptr + dst[:, None] * D + cols[None, :], (q * s[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + dst[:, None] * D + cols[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols[None, :] < D))
 
 
 def _check(d: int, numel: int) -> None:
