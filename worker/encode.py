@@ -108,10 +108,12 @@ def pick_codec(prefer: str = "auto") -> tuple[str, str]:
     return NVENC, "h264_nvenc opens on this machine"
 
 
-def _codec_options(codec: str, crf: int, preset: str, threads: int) -> dict[str, str]:
+def _codec_options(codec: str, crf: int, preset: str, threads: int, thread_type: str = "slice") -> dict[str, str]:
+    if thread_type not in THREAD_TYPES:
+        raise ValueError(f"unknown thread_type {thread_type!r}; known: {sorted(THREAD_TYPES)}")
     if codec == NVENC:
         return {"preset": "p4", "rc": "vbr", "cq": str(crf), "b": "0"}
-    return {"crf": str(crf), "preset": preset, "threads": str(threads), "x264-params": X264_PARAMS}
+    return {"crf": str(crf), "preset": preset, "threads": str(threads), "x264-params": THREAD_TYPES[thread_type]}
 
 
 class Mp4Stream:
@@ -136,11 +138,7 @@ class Mp4Stream:
         self.path = Path(path)
         self.width, self.height = width + width % 2, height + height % 2
         self.fps, self.codec = fps, codec
-        self.options: dict[str, object] = dict(_codec_options(codec, crf, preset, threads))
-        if thread_type not in THREAD_TYPES:
-            raise ValueError(f"unknown thread_type {thread_type!r}; known: {sorted(THREAD_TYPES)}")
-        if codec == X264:
-            self.options["x264-params"] = THREAD_TYPES[thread_type]
+        self.options: dict[str, object] = dict(_codec_options(codec, crf, preset, threads, thread_type))
         if x264_params is not None and codec == X264:  # the bench's "before" row; tests
             self.options["x264-params"] = x264_params
         self.thumbnail_index = thumbnail_index
@@ -353,20 +351,20 @@ def bench_tail() -> None:
     make = noise_video if args.content == "noise" else sample_video
     frames = make(args.frames, height, width)
     old_params = "sliced-threads=1"  # veryfast's own lookahead (10 frames)
-    variants = [("old chunks, old x264", False, old_params, ENCODER_THREADS),
-                ("old chunks, new x264", False, None, ENCODER_THREADS),
-                ("tapered chunks, old x264", True, old_params, ENCODER_THREADS),
-                ("tapered chunks, new x264", True, None, ENCODER_THREADS)]
+    variants = [("old chunks, old x264", False, old_params, ENCODER_THREADS, "slice"),
+                ("old chunks, new x264", False, None, ENCODER_THREADS, "slice"),
+                ("tapered chunks, old x264", True, old_params, ENCODER_THREADS, "slice"),
+                ("tapered chunks, new x264", True, None, ENCODER_THREADS, "slice")]
     counts = [int(n) for n in args.threads.split(",") if n]
-    variants += [(f"tapered, new x264, {n} thr", True, None, n) for n in counts]
+    variants += [(f"tapered, new x264, {n} thr", True, None, n, "slice") for n in counts]
     if args.frame_threads:
-        variants += [(f"tapered, frame threads, {n} thr", True, X264_FRAME_PARAMS, n) for n in counts]
+        variants += [(f"tapered, frame threads, {n} thr", True, None, n, "frame") for n in counts]
     rows: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, taper, params, threads in variants:
+        for name, taper, params, threads, kind in variants:
             path = Path(tmp) / "tail.mp4"
             runs = [stream_tail(frames, plans[taper], path, decode_s=args.decode_s, x264_params=params,
-                                threads=threads, busy=args.busy) for _ in range(args.repeats)]
+                                threads=threads, busy=args.busy, thread_type=kind) for _ in range(args.repeats)]
             with av.open(str(path)) as c:
                 decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
             psnr = 10 * np.log10(255**2 / float(((decoded - frames) ** 2).mean()))
