@@ -11,6 +11,7 @@
 #   bash scripts/gpu_verify.sh x2b|x2c  earlier x2 variants (A14B whole job, gpu_ranks.sh)
 #   bash scripts/gpu_verify.sh x2d      two GPUs, ~8 min: session 15's unmeasured single-GPU changes (below)
 #   bash scripts/gpu_verify.sh x2e      two GPUs, ~5 min: session 15's multi-GPU changes (int8 exchange, CFG)
+#   bash scripts/gpu_verify.sh x2f      two GPUs, ~8 min: kernel profiles (1.3B DiT, VAE taps2d, 14B split forward)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -117,6 +118,23 @@ elif [ "$mode" = x2e ]; then
     echo "== guided steps (flow + CFG), 1.3B 480p: sequence parallel vs CFG parallel"
     timeout 100 torchrun --nproc-per-node 2 -m models.parallel --size 1.3b --steps 4 --guided \
         --exchange bf16,int8 2>&1 | tee "$OUT/logs/guided13b.log" | grep "^{" | tail -4
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = x2f ]; then
+    # Profiles (~8 min on nvidia-h200-x2): GPU 0 the 1.3B DiT forward's kernel table; GPU 1 the VAE decode with
+    # taps2d (tap sums fused into the norm pass since its last timing) next to cuDNN conv3d, and its profile;
+    # then both GPUs: rank 0's kernel table of one 14B 720p split forward (int8 exchange).
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( CUDA_VISIBLE_DEVICES=1 timeout 220 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode \
+          --profile "$OUT/logs/vae_prof_taps2d.txt" --conv-impl taps2d > "$OUT/logs/vae.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 220 python3 -m models.bench_dit --sizes 1.3b --reps 2 --no-checks \
+        --profile "$OUT/logs/prof" --variants sagesla/w8a8/fused > "$OUT/logs/dit13b.log" 2>&1
+    wait $gpu1
+    for f in dit13b vae; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -14; done
+    echo "== 14B 720p split forward profile (rank 0), int8 exchange"
+    timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 2 --attention sagesla \
+        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
+        | grep "^{" | tail -3
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
