@@ -3,7 +3,7 @@
 Wan's VAE normalises every voxel's channel vector to unit L2 norm, rescales by sqrt(C) and a per-channel
 gain, then applies SiLU; in eager PyTorch that is ~6 passes over the activation in fp32. One pass here:
 
-    s[n, :]   = x[n, :] (+ x1[n, :] + x2[n, :]) (+ residual[n, :])   # fp32
+    s[n, :]   = x[n, :] (+ x1[n, :] + x2[n, :]) (+ bias[:]) (+ residual[n, :])   # fp32
     y[n, :]   = s[n, :] / max(||s[n, :]||_2, eps) · sqrt(C) · gamma
     out[n, :] = y · sigmoid(y)                     # stored in out's dtype (optional)
     sum_out   = s, stored in sum_out's dtype       # optional: the block's new residual stream
@@ -11,6 +11,10 @@ gain, then applies SiLU; in eager PyTorch that is ~6 passes over the activation 
 x1, x2: the VAE runs a 3×3×3 conv as three 3×3 conv2d, one per time tap; their partial outputs are
 summed here rather than by two extra passes over the activation (`tap_sum_rmsnorm_silu_out`, and
 `tap_sum_out` for the sum alone, residual included, where no norm follows).
+
+bias: the producing convolution's bias, added here instead of by the convolution: cuDNN convolutions
+add their bias as a separate pass over the output (PyTorch's `add_` after the kernel), which at the
+VAE's full resolution cost ~110 ms of a 0.76 s 480p decode on an H200 (kernels/NOTES_vae.md).
 
 Layouts: rows of channels. x, residual, out, sum_out are [N, C] views with the channel dim contiguous
 (stride 1) and any row stride, e.g. a channels-last-3d video [B, C, T, H, W] seen as [B·T·H·W, C], or
@@ -27,7 +31,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-__all__ = ["reference", "rmsnorm_silu", "rmsnorm_silu_out", "tap_sum_rmsnorm_silu_out", "tap_sum_out", "bench"]
+__all__ = ["reference", "rmsnorm_silu", "rmsnorm_silu_out", "tap_sum_rmsnorm_silu_out", "tap_sum_out",
+           "residual_sum_out", "bench"]
 
 EPS = 1e-12  # F.normalize's default, as Wan's RMS_norm uses it
 
@@ -56,6 +61,7 @@ def _rmsnorm_silu_kernel(
     x1_ptr,
     x2_ptr,
     res_ptr,
+    bias_ptr,
     gamma_ptr,
     out_ptr,
     sum_ptr,
@@ -73,6 +79,7 @@ def _rmsnorm_silu_kernel(
     # meta
     HAS_TAPS: tl.constexpr,
     HAS_RES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     WRITE_SUM: tl.constexpr,
     WRITE_NORM: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -86,6 +93,8 @@ def _rmsnorm_silu_kernel(
     if HAS_TAPS:
         s += tl.load(x1_ptr + rows[:, None] * stride_x1 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         s += tl.load(x2_ptr + rows[:, None] * stride_x2 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        s += tl.load(bias_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:
         r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
         s += r.to(tl.float32)
@@ -143,6 +152,7 @@ def _launch(
     sum_out: torch.Tensor | None,
     eps: float,
     taps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias: torch.Tensor | None = None,
 ) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be [N, C] rows, got {tuple(x.shape)}")
@@ -155,9 +165,12 @@ def _launch(
     if out is not None and (gamma is None or gamma.numel() != C or not gamma.is_floating_point()):
         got = None if gamma is None else (gamma.dtype, tuple(gamma.shape))
         raise ValueError(f"gamma must hold {C} floats, got {got}")
+    if bias is not None and (bias.numel() != C or not bias.is_floating_point()):
+        raise ValueError(f"bias must hold {C} floats, got {(bias.dtype, tuple(bias.shape))}")
     if N == 0:
         return
     gamma = gamma.reshape(C).contiguous() if gamma is not None else x
+    bias_t = bias.reshape(C).contiguous() if bias is not None else x
     x1 = x1 if x1 is not None else x
     x2 = x2 if x2 is not None else x
     res = residual if residual is not None else x
@@ -165,10 +178,10 @@ def _launch(
     summ = sum_out if sum_out is not None else x  # never written without WRITE_SUM
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_R"]),)
     _rmsnorm_silu[grid](
-        x, x1, x2, res, gamma, outp, summ,
+        x, x1, x2, res, bias_t, gamma, outp, summ,
         N, C, x.stride(0), x1.stride(0), x2.stride(0), res.stride(0), outp.stride(0), summ.stride(0),
         float(C) ** 0.5, eps,
-        HAS_TAPS=taps is not None, HAS_RES=residual is not None, WRITE_SUM=sum_out is not None,
+        HAS_TAPS=taps is not None, HAS_RES=residual is not None, HAS_BIAS=bias is not None, WRITE_SUM=sum_out is not None,
         WRITE_NORM=out is not None, BLOCK_C=triton.next_power_of_2(C),
     )  # fmt: skip
 
@@ -190,12 +203,13 @@ def _(x, gamma, residual=None, eps=EPS):
 # Two out-variants with every argument required: optional mutated arguments trip torch 2.11's
 # ADInplaceOrView step when left out.
 @torch.library.custom_op("turbovid::rmsnorm_silu_out", mutates_args=("out",))
-def _rmsnorm_silu_out(x: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, eps: float) -> None:
-    _launch(x, gamma, out, None, None, eps)
+def _rmsnorm_silu_out(x: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, eps: float,
+                      bias: torch.Tensor | None = None) -> None:
+    _launch(x, gamma, out, None, None, eps, bias=bias)
 
 
 @_rmsnorm_silu_out.register_fake
-def _(x, gamma, out, eps):
+def _(x, gamma, out, eps, bias=None):
     return None
 
 
@@ -213,27 +227,42 @@ def _(x, residual, gamma, out, sum_out, eps):
 
 @torch.library.custom_op("turbovid::tap_sum_rmsnorm_silu_out", mutates_args=("out",))
 def tap_sum_rmsnorm_silu_out(
-    x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, eps: float = EPS
+    x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, eps: float = EPS,
+    bias: torch.Tensor | None = None,
 ) -> None:
-    """out <- silu(rms_norm(x0 + x1 + x2) · gamma): a conv's three time-tap partial outputs summed and
-    normalised in one pass. All [N, C] rows with stride 1 over C; out must not overlap the inputs."""
-    _launch(x0, gamma, out, None, None, eps, taps=(x1, x2))
+    """out <- silu(rms_norm(x0 + x1 + x2 (+ bias)) · gamma): a conv's three time-tap partial outputs (and
+    its bias [C]) summed and normalised in one pass. All [N, C] rows with stride 1 over C; out must not
+    overlap the inputs."""
+    _launch(x0, gamma, out, None, None, eps, taps=(x1, x2), bias=bias)
 
 
 @tap_sum_rmsnorm_silu_out.register_fake
-def _(x0, x1, x2, gamma, out, eps=EPS):
+def _(x0, x1, x2, gamma, out, eps=EPS, bias=None):
     return None
 
 
 @torch.library.custom_op("turbovid::tap_sum_out", mutates_args=("sum_out",))
-def tap_sum_out(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, residual: torch.Tensor, sum_out: torch.Tensor) -> None:
-    """sum_out <- x0 + x1 + x2 + residual (fp32 math): three tap partials plus the residual stream.
-    sum_out may be x0 (each element is read before it is written)."""
-    _launch(x0, None, None, residual, sum_out, EPS, taps=(x1, x2))
+def tap_sum_out(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, residual: torch.Tensor, sum_out: torch.Tensor,
+                bias: torch.Tensor | None = None) -> None:
+    """sum_out <- x0 + x1 + x2 (+ bias) + residual (fp32 math): three tap partials (and the conv's bias [C])
+    plus the residual stream. sum_out may be x0 (each element is read before it is written)."""
+    _launch(x0, None, None, residual, sum_out, EPS, taps=(x1, x2), bias=bias)
 
 
 @tap_sum_out.register_fake
-def _(x0, x1, x2, residual, sum_out):
+def _(x0, x1, x2, residual, sum_out, bias=None):
+    return None
+
+
+@torch.library.custom_op("turbovid::residual_sum_out", mutates_args=("out",))
+def residual_sum_out(x: torch.Tensor, residual: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """out <- x (+ bias) + residual (fp32 math): a conv's output, its deferred bias [C] and the residual
+    stream in one pass. out may be x."""
+    _launch(x, None, None, residual, out, EPS, bias=bias)
+
+
+@residual_sum_out.register_fake
+def _(x, residual, out, bias=None):
     return None
 
 
@@ -244,17 +273,21 @@ def rmsnorm_silu_out(
     residual: torch.Tensor | None = None,
     sum_out: torch.Tensor | None = None,
     eps: float = EPS,
+    bias: torch.Tensor | None = None,
 ) -> None:
-    """Write silu(rms_norm(x (+ residual)) · gamma) into ``out`` and, with a residual, x + residual into
-    ``sum_out``. All [N, C] with stride 1 over C, any row stride (e.g. frames of a padded buffer).
-    ``out`` and ``sum_out`` must not overlap x or residual (autotuning trials rerun the kernel)."""
+    """Write silu(rms_norm(x (+ bias) (+ residual)) · gamma) into ``out`` and, with a residual, x + residual
+    into ``sum_out``. All [N, C] with stride 1 over C, any row stride (e.g. frames of a padded buffer);
+    bias [C] (a conv's, deferred to this pass; not with a residual). ``out`` and ``sum_out`` must not
+    overlap x or residual (autotuning trials rerun the kernel)."""
     if residual is None:
         if sum_out is not None:
             raise ValueError("sum_out needs a residual (without one it would equal x)")
-        torch.ops.turbovid.rmsnorm_silu_out(x, gamma, out, eps)
+        torch.ops.turbovid.rmsnorm_silu_out(x, gamma, out, eps, bias)
     else:
         if sum_out is None:
             raise ValueError("rmsnorm_silu_out with a residual needs sum_out (or use rmsnorm_silu)")
+        if bias is not None:
+            raise ValueError("rmsnorm_silu_out takes a bias only without a residual")
         torch.ops.turbovid.rmsnorm_silu_residual_out(x, residual, gamma, out, sum_out, eps)
 
 

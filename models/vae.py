@@ -22,9 +22,10 @@ low-resolution frames (16 instead of 36 multiply-adds per output), and big chunk
 latent-resolution blocks see all latent frames at once, the blocks after the first upsampler see as
 many latent frames per chunk as the memory budget allows, ending on chunks of 4, 2, 1 latent frames
 (`chunk_plan`: the streaming MP4 encoder then has little left after the last one).
-`WanVAE.conv_impl = "taps2d"` runs the residual blocks' 3×3×3 convs as three conv2d (one per time tap)
-whose partial outputs the next norm pass sums. Chunking never changes the result beyond rounding (every layer is causal and carries its
-cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
+`WanVAE.conv_impl = "taps2d"` (the default; "cudnn3d" for cuDNN's 3-D kernels) runs the residual blocks'
+3×3×3 convs as three conv2d (one per time tap) whose partial outputs the next norm pass sums; the
+residual blocks' conv biases are added in those passes too (cuDNN would add each in a pass of its own).
+Chunking never changes the result beyond rounding (every layer is causal and carries its cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
 diffusers. Measurements: kernels/NOTES_vae.md.
 
 Temporal resampling, as Wan defines it (the first frame is special):
@@ -199,30 +200,37 @@ def _rows(x: torch.Tensor) -> list[torch.Tensor]:
     return [x[i].movedim(0, -1).view(-1, x.shape[1]) for i in range(x.shape[0])]
 
 
-def _norm_silu_into(parts: list[torch.Tensor], gamma: torch.Tensor, out: torch.Tensor) -> None:
-    """out <- silu(rms_norm(sum(parts)) · gamma) in one Triton pass. parts: one tensor, or a conv's three
-    time-tap partial outputs; out: a channels-last-3d view (the new frames of a conv's padded input)."""
+def _norm_silu_into(parts: list[torch.Tensor], gamma: torch.Tensor, out: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> None:
+    """out <- silu(rms_norm(sum(parts) (+ bias)) · gamma) in one Triton pass. parts: one tensor, or a conv's
+    three time-tap partial outputs; bias: the conv's [C] bias when it was left out of the conv; out: a
+    channels-last-3d view (the new frames of a conv's padded input)."""
     from kernels.rmsnorm_silu import rmsnorm_silu_out, tap_sum_rmsnorm_silu_out
 
     rows = [_rows(_channels_last(p)) for p in parts]
     for i, outr in enumerate(_rows(out)):
         if len(parts) == 1:
-            rmsnorm_silu_out(rows[0][i], gamma, outr)
+            rmsnorm_silu_out(rows[0][i], gamma, outr, bias=bias)
         else:
-            tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr)
+            tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr, bias=bias)
 
 
-def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
-    """sum(parts) + residual, written over parts[0] (one Triton pass for three tap partials)."""
-    from kernels.rmsnorm_silu import tap_sum_out
+def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(parts) (+ bias) + residual in one Triton pass, written over parts[0]."""
+    from kernels.rmsnorm_silu import residual_sum_out, tap_sum_out
 
-    if len(parts) == 1:
-        return parts[0].add_(residual)
     out = _channels_last(parts[0])
-    rows = [_rows(out), *(_rows(_channels_last(p)) for p in (parts[1], parts[2], residual))]
-    for p0, p1, p2, r in zip(*rows, strict=True):
-        tap_sum_out(p0, p1, p2, r, p0)
+    rows = [_rows(out), *(_rows(_channels_last(p)) for p in (*parts[1:], residual))]
+    for row in zip(*rows, strict=True):
+        if len(parts) == 1:
+            residual_sum_out(row[0], row[1], row[0], bias=bias)
+        else:
+            tap_sum_out(*row, row[0], bias=bias)
     return out
+
+
+def _add_biases(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a + b
 
 
 class CausalConv3d(nn.Conv3d):
@@ -281,30 +289,34 @@ class CausalConv3d(nn.Conv3d):
             cache.put(self, buf[:, :, -self.context :].clone())
         return self._conv(buf)
 
-    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> list[torch.Tensor]:
-        """`forward_buffer` whose output may come as the partial sums of the three time taps, for the
-        caller's next pass to add (`cache.conv_impl == "taps2d"`, square 3×3×3 convs, where cuDNN's 2-D
-        kernels beat its 3-D ones): sum_k conv2d(frames[k : k + T], weight[:, :, k]), frames as the
-        batch, the bias in the first. Each [B, C_out, T, H, W] channels-last-3d."""
+    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """`forward_buffer` without the bias, which is returned for the caller's next pass to add (cuDNN
+        adds a conv's bias as a separate pass over the output), and whose output may come as the partial
+        sums of the three time taps, for that pass to add too (`cache.conv_impl == "taps2d"`, square 3×3×3
+        convs, where cuDNN's 2-D kernels beat its 3-D ones): sum_k conv2d(frames[k : k + T],
+        weight[:, :, k]), frames as the batch. -> (parts, bias): each part [B, C_out, T, H, W]
+        channels-last-3d; bias [C_out] or None."""
         taps = cache.conv_impl == "taps2d" and self.kernel_size == (3, 3, 3)
         if not (taps and self.in_channels == self.out_channels):
-            return [self.forward_buffer(buf, cache)]
+            if self.context:
+                cache.put(self, buf[:, :, -self.context :].clone())
+            return [self._conv(buf, with_bias=False)], self.bias
         cache.put(self, buf[:, :, -self.context :].clone())
         t = buf.shape[2] - 2
         parts = []
         for k in range(3):
             per_batch = [
-                F.conv2d(buf[i].transpose(0, 1)[k : k + t], self.weight[:, :, k], self.bias if k == 0 else None, padding=1)
+                F.conv2d(buf[i].transpose(0, 1)[k : k + t], self.weight[:, :, k], None, padding=1)
                 for i in range(buf.shape[0])
             ]  # [T, C_out, H, W] channels-last each
             # [B, C_out, T, H, W]; for B = 1 a view (stacking would copy into NCDHW layout)
             parts.append(per_batch[0].transpose(0, 1)[None] if len(per_batch) == 1 else
                          _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
-        return parts
+        return parts, self.bias
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
-        return F.conv3d(x, self.weight, self.bias, padding=pad)
+        return F.conv3d(x, self.weight, self.bias if with_bias else None, padding=pad)
 
 
 class RMSNorm(nn.Module):
@@ -342,15 +354,18 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
         if cache.fused:  # eval only (no dropout): each norm + SiLU writes into its conv's padded input
+            # the convs' biases ride along into the next pass (cuDNN would add each in a pass of its own)
             buf, new = conv1.input_buffer(x, cache)
             _norm_silu_into([x], norm1.gamma, new)
-            parts = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W], maybe as 3 tap partials
+            parts, bias = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W], maybe 3 tap partials
             buf, new = conv2.input_buffer(parts[0], cache)
-            _norm_silu_into(parts, norm2.gamma, new)
+            _norm_silu_into(parts, norm2.gamma, new, bias)
             del parts
-            parts = conv2.forward_buffer_parts(buf, cache)
+            parts, bias = conv2.forward_buffer_parts(buf, cache)
             del buf
-            return _sum_residual(parts, x if self.shortcut is None else self.shortcut(x, cache))
+            if self.shortcut is None:
+                return _sum_residual(parts, x, bias)
+            return _sum_residual(parts, self.shortcut._conv(x, with_bias=False), _add_biases(bias, self.shortcut.bias))
         h = conv1(act1(norm1(x)), cache)  # [B, C_out, T, H, W]
         h = conv2(dropout(act2(norm2(h))), cache)
         return h + (x if self.shortcut is None else self.shortcut(x, cache))
@@ -604,9 +619,10 @@ class WanVAE(nn.Module):
         super().__init__()
         self.config = config
         self.memory_budget = memory_budget
-        # Fast path: how square 3×3×3 convs run, one of CONV_IMPLS. "cudnn3d" is the measured default;
-        # "taps2d" measured faster with separate adds (kernels/NOTES_vae.md), its fused form is unmeasured.
-        self.conv_impl = "cudnn3d"
+        # Fast path: how square 3×3×3 convs run, one of CONV_IMPLS. "taps2d" (tap sums fused into the norm
+        # passes) decoded 480p in 0.761 s vs cuDNN conv3d's 0.889 s, 720p 1.945 vs 2.249 s, cos 0.99991 to
+        # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16).
+        self.conv_impl = "taps2d"
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)

@@ -9,6 +9,7 @@ from _kernel_helpers import assert_fa_rule
 
 from kernels.rmsnorm_silu import (
     reference,
+    residual_sum_out,
     rmsnorm_silu,
     rmsnorm_silu_out,
     tap_sum_out,
@@ -75,6 +76,47 @@ def test_tap_sums(dtype):
     in_place = parts[0].clone()
     tap_sum_out(in_place, parts[1], parts[2], res, in_place)  # sum_out over the first partial
     torch.testing.assert_close(in_place, expected, rtol=0, atol=ATOL[dtype] * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_deferred_conv_bias_is_added_in_the_pass(dtype):
+    # The VAE leaves the conv's bias out of cuDNN (which adds it in a pass of its own) and adds it here.
+    dev = _device()
+    parts = [torch.randn(21, 40, device=dev).to(dtype) for _ in range(3)]
+    res = torch.randn(21, 40, device=dev).to(dtype)
+    gamma = (1 + 0.3 * torch.randn(40, device=dev)).to(dtype)
+    bias = (2 * torch.randn(40, device=dev)).to(dtype)  # large enough that leaving it out fails every check
+    total = parts[0].double() + parts[1].double() + parts[2].double() + bias.double()
+    tol = lambda t: ATOL[dtype] * t.abs().max().item()  # noqa: E731
+
+    out = torch.full_like(res, float("nan"))
+    tap_sum_rmsnorm_silu_out(*parts, gamma, out, bias=bias)
+    truth, _ = reference(total, gamma, compute_dtype=torch.float64)
+    _assert_fa_rule(out, truth, reference(total.float().to(dtype), gamma)[0].to(dtype))
+
+    out = torch.full_like(res, float("nan"))
+    rmsnorm_silu_out(parts[0], gamma, out, bias=bias)
+    one = parts[0].double() + bias.double()
+    truth, _ = reference(one, gamma, compute_dtype=torch.float64)
+    _assert_fa_rule(out, truth, reference(one.float().to(dtype), gamma)[0].to(dtype))
+
+    in_place = parts[0].clone()
+    tap_sum_out(in_place, parts[1], parts[2], res, in_place, bias=bias)
+    expected = (total + res.double()).to(dtype)
+    torch.testing.assert_close(in_place, expected, rtol=0, atol=tol(expected))
+
+    in_place = parts[0].clone()
+    residual_sum_out(in_place, res, in_place, bias=bias)
+    expected = (parts[0].double() + bias.double() + res.double()).to(dtype)
+    torch.testing.assert_close(in_place, expected, rtol=0, atol=tol(expected))
+    residual_sum_out(parts[1], res, out)  # no bias: the plain sum
+    expected = (parts[1].double() + res.double()).to(dtype)
+    torch.testing.assert_close(out, expected, rtol=0, atol=tol(expected))
+
+    with pytest.raises(ValueError, match="bias must hold 40"):
+        tap_sum_out(parts[0], parts[1], parts[2], res, out, bias=bias[:39])
+    with pytest.raises(ValueError, match="only without a residual"):
+        rmsnorm_silu_out(parts[0], gamma, out, residual=res, sum_out=in_place, bias=bias)
 
 
 def test_residual_out_needs_sum_out():

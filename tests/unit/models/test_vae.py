@@ -201,17 +201,50 @@ def test_fused_residual_block_copies_only_the_causal_context(conv_impl: str) -> 
     assert meter.elements <= 2 * 2 * frame, meter.elements / frame
 
 
+class ConvBiases(TorchDispatchMode):
+    """Convolutions run, and how many of them were handed a bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = self.with_bias = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if str(func.overloadpacket) in ("aten.convolution", "aten.conv2d", "aten.conv3d"):
+            self.convs += 1
+            self.with_bias += args[2] is not None
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d"])
+@pytest.mark.parametrize("dims", [(8, 8), (6, 8)])  # (6, 8): conv1 changes the width, a 1×1×1 shortcut
+def test_fused_residual_block_adds_the_conv_biases_in_its_norm_passes(conv_impl: str, dims: tuple[int, int]) -> None:
+    # cuDNN adds a conv's bias in a separate pass over the output (~110 ms of a 480p decode on an H200):
+    # the fast path hands every conv of a residual block no bias and adds them in the norm / sum passes.
+    torch.manual_seed(0)
+    block = ResidualBlock(*dims).eval()
+    for m in block.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.normal_(m.bias, std=1.0)  # large biases: leaving one out would show in the output
+    x = torch.randn(1, dims[0], 5, 6, 7).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        expected = block(x, CausalCache())
+        with ConvBiases() as meter:
+            got = block(x, CausalCache(fused=True, conv_impl=conv_impl))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert meter.convs >= 2 and meter.with_bias == 0, (meter.convs, meter.with_bias)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d"])
 def test_fused_decode_matches_eager(vae: WanVAE, conv_impl: str) -> None:
     # Triton interpreter on CPU: slow, so one small decode in two chunks after the first.
     latents = torch.randn(1, 16, 3, 2, 3)
     eager = vae.decode(latents, fused=False)
-    vae.conv_impl = conv_impl
+    default, vae.conv_impl = vae.conv_impl, conv_impl
     try:
         chunks = list(vae.decode_iter(latents, fused=True, chunk_latents=1, prefix_latents=2))
     finally:
-        vae.conv_impl = "cudnn3d"
+        vae.conv_impl = default
         for m in vae.modules():  # back to contiguous weights for the other tests
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 m.weight.data = m.weight.data.contiguous()
