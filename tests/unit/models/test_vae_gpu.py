@@ -37,12 +37,12 @@ def test_fast_decode_matches_fp32(models: tuple[WanVAE, WanVAE], conv_impl: str)
     ref, fast = models
     latents = torch.randn(1, 16, 5, 32, 40, device="cuda")  # 17 frames of 320×256
     expected = ref.decode(latents, fused=False)
-    fast.conv_impl = conv_impl
+    default, fast.conv_impl = fast.conv_impl, conv_impl
     try:
         chunks = list(fast.decode_iter(latents.bfloat16(), chunk_latents=2))
         whole = fast.decode(latents.bfloat16(), chunk_latents=3)
     finally:
-        fast.conv_impl = "cudnn3d"
+        fast.conv_impl = default
     assert [c.shape[2] for c in chunks] == [1, 8, 8]
     streamed = torch.cat(chunks, dim=2)
     assert streamed.dtype == torch.bfloat16 and streamed.shape == expected.shape
