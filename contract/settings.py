@@ -124,9 +124,10 @@ class WorkerSettings(BaseModel):
     # PCIe-linked GPUs).
     sp_exchange: Literal["bf16", "int8"] = "bf16"
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
-    # the bitstream depends on it (worker/encode.py). Raise it on many-core hosts when the encode tail
-    # is throughput-bound (noisy content: `python -m worker.encode --content noise --threads 4,8`).
-    encoder_threads: int = Field(default=4, ge=1, le=64)
+    # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail
+    # was 0.115 s vs 0.405 s at 4, 720p 0.172 vs 0.402 s; lower it on hosts with few cores per worker
+    # (`python -m worker.encode --content noise --threads 4,8` compares them).
+    encoder_threads: int = Field(default=8, ge=1, le=64)
     # "slice": a frame's slices in parallel (no delay; x264 allows one slice per 4 macroblock rows, 7 at
     # 480p); "frame": a frame per thread (more throughput on noisy content, up to `encoder_threads` frames
     # of delay). Compare with `python -m worker.encode --content noise --threads 8 --frame-threads`.

@@ -50,7 +50,7 @@ log = logging.getLogger("turbovid.worker")
 
 DEFAULT_CRF = 23  # x264 CRF (NVENC: constant-quality `cq`)
 X264_PRESET = "veryfast"
-ENCODER_THREADS = 4  # fixed, not "auto": the bitstream depends on it (see the module docstring)
+ENCODER_THREADS = 8  # fixed, not "auto": the bitstream depends on it (see the module docstring)
 X264_PARAMS = "rc-lookahead=5:sliced-threads=1"  # a short encode tail (see the module docstring)
 # frame threads instead: each thread a frame (more throughput on noisy content, up to `threads` frames of
 # delay); worker.encoder_thread_type = "frame"
