@@ -420,8 +420,9 @@ def bench() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        profiled = dataclasses.replace(sp, exchange=args.exchange.split(",")[-1])  # the last --exchange
         with torch.inference_mode(), profile(activities=activities) as prof:
-            model(latents, times[0], ctx, cond, sp=sp)
+            model(latents, times[0], ctx, cond, sp=profiled)
             if cuda:
                 torch.cuda.synchronize()
         if rank == 0:
