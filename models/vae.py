@@ -440,8 +440,13 @@ def _upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
             wr = rows[a]  # [C_out, C, 2, 3]
             cols = (torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], 3), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], 3))
             w_ab = cols[b].to(x.dtype).contiguous(memory_format=torch.channels_last)  # [C_out, C, 2, 2]
-            # on all of xp (a slice would be copied to a contiguous input first), one extra row and column
-            out[:, :, a::2, b::2] = F.conv2d(xp, w_ab, bias)[:, :, a : a + h, b : b + w]
+            # on all of xp (a slice would be copied to a contiguous input first), one extra row and column;
+            # the bias is added by the interleaving copy (cuDNN would add it in a pass of its own)
+            y = F.conv2d(xp, w_ab)[:, :, a : a + h, b : b + w]
+            if bias is None:
+                out[:, :, a::2, b::2] = y
+            else:
+                torch.add(y, bias.view(1, -1, 1, 1), out=out[:, :, a::2, b::2])
     return out
 
 
