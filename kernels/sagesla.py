@@ -670,7 +670,7 @@ def _bench_block_map(q: torch.Tensor, topk_ratio: float) -> str:
     score = torch.bmm(pq, pk.transpose(1, 2))
     warps = " ".join(f"w{w} {triton.testing.do_bench(partial(select_blocks, score, topk, w)):.3f}" for w in (2, 4, 8))
     return (f"block-map select H={H}: bmm+torch.topk+sort {triton.testing.do_bench(partial(select_torch)):.3f} ms, "
-            f"bmm+triton sort-select {triton.testing.do_bench(partial(select_triton)):.3f} ms (same={same}); "
+            f"bmm+triton threshold-select {triton.testing.do_bench(partial(select_triton)):.3f} ms (same={same}); "
             f"select alone by num_warps: {warps}")
 
 
