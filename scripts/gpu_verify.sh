@@ -12,6 +12,7 @@
 #   bash scripts/gpu_verify.sh x2d      two GPUs, ~8 min: session 15's unmeasured single-GPU changes (below)
 #   bash scripts/gpu_verify.sh x2e      two GPUs, ~5 min: session 15's multi-GPU changes (int8 exchange, CFG)
 #   bash scripts/gpu_verify.sh x2f      two GPUs, ~8 min: kernel profiles (1.3B DiT, VAE taps2d, 14B split forward)
+#   bash scripts/gpu_verify.sh x2g      two GPUs, ~8 min: session 16's changes (VAE biases, top-k, x264 threads)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -133,6 +134,33 @@ elif [ "$mode" = x2f ]; then
     for f in dit13b vae; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -14; done
     echo "== 14B 720p split forward profile (rank 0), int8 exchange"
     timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 2 --attention sagesla \
+        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
+        | grep "^{" | tail -3
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = x2g ]; then
+    # Session 16's changes (~8 min on nvidia-h200-x2). GPU 1: the top-k block selection (bisection vs sort),
+    # the VAE (biases in the norm passes, taps2d default, encode too) and its profile. GPU 0: the GPU tests
+    # of the changed kernels, then turbovid bench (whole job: 8 x264 threads, the new VAE; --logs keeps the
+    # worker's autotune choices). Then both GPUs: the 14B 720p sequence-parallel bench (int8 exchange) with
+    # rank 0's profile of one split forward.
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 40 python3 -m kernels.sla_blockmap > "$OUT/logs/blockmap.log" 2>&1
+      timeout 190 python3 -m models.bench_vae --sizes 832x480,1280x720 --profile "$OUT/logs/vae_prof.txt" \
+          > "$OUT/logs/vae.log" 2>&1 ) &
+    gpu1=$!
+    export CUDA_VISIBLE_DEVICES=0
+    timeout 100 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 90 tests/unit/models/test_vae_gpu.py \
+        tests/unit/kernels/test_rmsnorm_silu.py tests/unit/kernels/test_sagesla_blockmap.py 2>&1 \
+        | tee "$OUT/logs/tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed" | tail -20
+    timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
+        --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    unset CUDA_VISIBLE_DEVICES
+    wait $gpu1
+    for f in blockmap vae; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -16; done
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
+    timeout 170 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
         --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
         | grep "^{" | tail -3
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
