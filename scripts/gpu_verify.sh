@@ -13,6 +13,7 @@
 #   bash scripts/gpu_verify.sh x2e      two GPUs, ~5 min: session 15's multi-GPU changes (int8 exchange, CFG)
 #   bash scripts/gpu_verify.sh x2f      two GPUs, ~8 min: kernel profiles (1.3B DiT, VAE taps2d, 14B split forward)
 #   bash scripts/gpu_verify.sh x2g      two GPUs, ~8 min: session 16's changes (VAE biases, top-k, x264 threads)
+#   bash scripts/gpu_verify.sh x2h      two GPUs, ~5 min: the 14B sequence-parallel bench alone (int8 exchange)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -163,6 +164,15 @@ elif [ "$mode" = x2g ]; then
     timeout 170 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
         --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
         | grep "^{" | tail -3
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = x2h ]; then
+    # ~5 min on nvidia-h200-x2: the 14B 720p sequence-parallel bench alone (int8 exchange) with the top-k bit
+    # search, and rank 0's profile of one split forward (x2g's run of it timed out).
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
+    timeout 330 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
+        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 \
+        | tee "$OUT/logs/sp14b.log" | grep "^{" | tail -3
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
