@@ -120,9 +120,10 @@ class WorkerSettings(BaseModel):
     # processes over gloo with device cpu; the model's attention heads must divide by N.
     gpus: int = Field(default=1, ge=1)
     # How the ranks' q/k/v and attention outputs travel (models.parallel.SequenceParallel.exchange): "bf16"
-    # as computed, or "int8" (codes + one fp32 scale per token and head: about half the bytes; for
-    # PCIe-linked GPUs).
-    sp_exchange: Literal["bf16", "int8"] = "bf16"
+    # as computed, or "int8" (codes + one fp32 scale per token and head: about half the bytes). "auto":
+    # int8 for DiTs of width >= INT8_EXCHANGE_MIN_DIM (14B: 2 H200s at 0.557x one vs 0.568x with bf16), bf16
+    # below (1.3B: the packing costs more than the bytes save, 0.889x vs 0.785x for guided steps).
+    sp_exchange: Literal["auto", "bf16", "int8"] = "auto"
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail
     # was 0.115 s vs 0.405 s at 4, 720p 0.172 vs 0.402 s; lower it on hosts with few cores per worker
