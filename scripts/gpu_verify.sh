@@ -183,11 +183,12 @@ elif [ "$mode" = x2i ]; then
       timeout 40 python3 -m kernels.conv_rgb > "$OUT/conv_rgb.log" 2>&1
       timeout 110 python3 -m models.bench_vae --sizes 832x480 --skip-encode > "$OUT/vae.log" 2>&1
       timeout 90 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 80 tests/unit/kernels/test_conv_rgb.py \
-          tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1 ) &
+          tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1
+      timeout 40 python3 scripts/quant_warps.py > "$OUT/quant.log" 2>&1 ) &
     gpu1=$!
     CUDA_VISIBLE_DEVICES=0 timeout 250 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/a14b.log" 2>&1
     wait $gpu1
-    for f in conv_rgb vae tests a14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -12; done
+    for f in conv_rgb vae tests quant a14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -12; done
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
