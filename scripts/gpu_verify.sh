@@ -182,9 +182,9 @@ elif [ "$mode" = x2i ]; then
     ( export CUDA_VISIBLE_DEVICES=1
       timeout 40 python3 -m kernels.conv_rgb > "$OUT/conv_rgb.log" 2>&1
       timeout 110 python3 -m models.bench_vae --sizes 832x480 --skip-encode > "$OUT/vae.log" 2>&1
-      timeout 90 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 80 tests/unit/kernels/test_conv_rgb.py \
+      timeout 75 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 70 tests/unit/kernels/test_conv_rgb.py \
           tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1
-      timeout 40 python3 scripts/quant_warps.py > "$OUT/quant.log" 2>&1 ) &
+      timeout 30 python3 scripts/quant_warps.py > "$OUT/quant.log" 2>&1 ) &
     gpu1=$!
     CUDA_VISIBLE_DEVICES=0 timeout 250 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/a14b.log" 2>&1
     wait $gpu1
