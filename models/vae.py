@@ -372,16 +372,9 @@ class ResidualBlock(nn.Module):
 
 
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
-    """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv. A
-    3×3×3 conv to at most 16 channels (the decoder's RGB head) runs as our direct Triton conv: cuDNN
-    tiles C_out = 3 at ~24 TFLOP/s (kernels/conv_rgb.py)."""
-    from kernels.conv_rgb import MAX_OUT, conv3d_few_out
-
+    """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv."""
     buf, new = conv.input_buffer(x, cache)
     _norm_silu_into([x], norm.gamma, new)
-    if conv.out_channels <= MAX_OUT and conv.kernel_size == (3, 3, 3):
-        cache.put(conv, buf[:, :, -conv.context :].clone())
-        return conv3d_few_out(buf, conv.weight, conv.bias)
     return conv.forward_buffer(buf, cache)
 
 
