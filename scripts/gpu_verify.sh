@@ -14,7 +14,7 @@
 #   bash scripts/gpu_verify.sh x2f      two GPUs, ~8 min: kernel profiles (1.3B DiT, VAE taps2d, 14B split forward)
 #   bash scripts/gpu_verify.sh x2g      two GPUs, ~8 min: session 16's changes (VAE biases, top-k, x264 threads)
 #   bash scripts/gpu_verify.sh x2h      two GPUs, ~5 min: the 14B sequence-parallel bench alone (int8 exchange)
-#   bash scripts/gpu_verify.sh x2i      two GPUs, ~5 min: the RGB head conv kernel, the 480p VAE, the A14B whole job
+#   bash scripts/gpu_verify.sh x2i      two GPUs, ~5 min: the 480p VAE, the quant pass by warps, the A14B whole job
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -176,19 +176,19 @@ elif [ "$mode" = x2h ]; then
         | tee "$OUT/logs/sp14b.log" | grep "^{" | tail -3
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2i ]; then
-    # ~5 min on nvidia-h200-x2, logs straight into $OUT (a call cut short still returns them). GPU 1: the RGB
-    # head conv kernel vs cuDNN, the 480p VAE decode with it, the GPU tests of both. GPU 0: the A14B I2V 720p
-    # whole job within 32 GiB (session 16's faster VAE and top-k; 17.5 s in session 14, target 12 s).
+    # ~5 min on nvidia-h200-x2, logs straight into $OUT (a call cut short still returns them). GPU 1: the 480p
+    # VAE decode, its GPU tests, the activation-quant pass by num_warps. GPU 0: the A14B I2V 720p whole job
+    # within 32 GiB (session 16: 14.86 s; 17.8 s in session 14; target 12 s). (Session 16's run also timed a
+    # direct Triton RGB-head conv, 0.65x cuDNN, since removed.)
     ( export CUDA_VISIBLE_DEVICES=1
-      timeout 40 python3 -m kernels.conv_rgb > "$OUT/conv_rgb.log" 2>&1
       timeout 110 python3 -m models.bench_vae --sizes 832x480 --skip-encode > "$OUT/vae.log" 2>&1
-      timeout 75 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 70 tests/unit/kernels/test_conv_rgb.py \
+      timeout 75 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 70 \
           tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1
       timeout 30 python3 scripts/quant_warps.py > "$OUT/quant.log" 2>&1 ) &
     gpu1=$!
     CUDA_VISIBLE_DEVICES=0 timeout 250 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/a14b.log" 2>&1
     wait $gpu1
-    for f in conv_rgb vae tests quant a14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -12; done
+    for f in vae tests quant a14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -12; done
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
