@@ -22,6 +22,13 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT/e2e" "$OUT/logs"
 export PYTHONUNBUFFERED=1
 mode=${1:-tests}
 W=/tmp/turbovid-bench-weights-$mode
+# sp14b SECONDS STEPS: the 14B 720p sequence-parallel bench on 2 GPUs, int8 exchange, with rank 0's profile of
+# one split forward in $OUT/logs/sp14b_prof.txt; prints its result line
+sp14b() {
+    timeout "$1" torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps "$2" --attention sagesla \
+        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
+        | grep "^{" | tail -3
+}
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   nproc; df -h /tmp | tail -1; } 2>&1 | tee "$OUT/$mode.log"
@@ -135,9 +142,7 @@ elif [ "$mode" = x2f ]; then
     wait $gpu1
     for f in dit13b vae; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -14; done
     echo "== 14B 720p split forward profile (rank 0), int8 exchange"
-    timeout 200 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 2 --attention sagesla \
-        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
-        | grep "^{" | tail -3
+    sp14b 200 2
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2g ]; then
     # Session 16's changes (~8 min on nvidia-h200-x2). GPU 1: the top-k block selection (bisection vs sort),
@@ -162,18 +167,14 @@ elif [ "$mode" = x2g ]; then
     wait $gpu1
     for f in blockmap vae; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -16; done
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
-    timeout 170 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
-        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
-        | grep "^{" | tail -3
+    sp14b 300 4  # (its run in session 16 had 170 s and was cut short: x2h)
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2h ]; then
     # ~5 min on nvidia-h200-x2: the 14B 720p sequence-parallel bench alone (int8 exchange) with the top-k bit
     # search, and rank 0's profile of one split forward (x2g's run of it timed out).
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
-    timeout 330 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
-        --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 \
-        | tee "$OUT/logs/sp14b.log" | grep "^{" | tail -3
+    sp14b 330 4
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2i ]; then
     # ~5 min on nvidia-h200-x2, logs straight into $OUT (a call cut short still returns them). GPU 1: the 480p

@@ -59,13 +59,19 @@ def test_residual_and_sum_out(dtype):
     _assert_fa_rule(rmsnorm_silu(x, gamma, res), truth, reference(x, gamma, res)[0].to(dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tap_sums(dtype):
-    # A 3×3×3 conv run as three conv2d leaves three partial outputs: summed (and normalised) in one pass.
+def _tap_inputs(dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Three conv-tap partials, a residual and a gain: [21, 40] each ([40] the gain)."""
     dev = _device()
     parts = [torch.randn(21, 40, device=dev).to(dtype) for _ in range(3)]
     res = torch.randn(21, 40, device=dev).to(dtype)
     gamma = (1 + 0.3 * torch.randn(40, device=dev)).to(dtype)
+    return parts, res, gamma
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tap_sums(dtype):
+    # A 3×3×3 conv run as three conv2d leaves three partial outputs: summed (and normalised) in one pass.
+    parts, res, gamma = _tap_inputs(dtype)
     total = parts[0].double() + parts[1].double() + parts[2].double()
     out = torch.full_like(res, float("nan"))
     tap_sum_rmsnorm_silu_out(*parts, gamma, out)
@@ -81,11 +87,8 @@ def test_tap_sums(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_deferred_conv_bias_is_added_in_the_pass(dtype):
     # The VAE leaves the conv's bias out of cuDNN (which adds it in a pass of its own) and adds it here.
-    dev = _device()
-    parts = [torch.randn(21, 40, device=dev).to(dtype) for _ in range(3)]
-    res = torch.randn(21, 40, device=dev).to(dtype)
-    gamma = (1 + 0.3 * torch.randn(40, device=dev)).to(dtype)
-    bias = (2 * torch.randn(40, device=dev)).to(dtype)  # large enough that leaving it out fails every check
+    parts, res, gamma = _tap_inputs(dtype)
+    bias = (2 * torch.randn(40, device=res.device)).to(dtype)  # large enough that leaving it out fails every check
     total = parts[0].double() + parts[1].double() + parts[2].double() + bias.double()
     tol = lambda t: ATOL[dtype] * t.abs().max().item()  # noqa: E731
 
