@@ -250,16 +250,19 @@ class Ops:
         int8 GEMM, the GELU is applied inside its input's quantization pass (no GELU pass of its own)."""
         up, act, down = ffn
         h = self.apply_linear(up, x)
-        fused = (self.kernels and isinstance(down, W8A8Linear) and isinstance(act, nn.GELU)
-                 and act.approximate == "tanh" and h.dtype in _LOW_PRECISION)
-        if fused:
-            qweight, wscale = down.kernel_weight()
-            w8a8 = _kernel("w8a8")
-            return w8a8.w8a8_linear(h, w8a8.W8A8Weight(qweight, wscale), down.bias, input_act="gelu_tanh")
+        if isinstance(act, nn.GELU) and act.approximate == "tanh" and self._int8_gemm_quantizes(down, h):
+            return self.apply_linear(down, h, input_act="gelu_tanh")
         return self.apply_linear(down, act(h))
 
-    def apply_linear(self, module: nn.Module, x: torch.Tensor | Int8Activation) -> torch.Tensor:
-        """module(x) for x [..., K] (or pre-quantized int8) -> [..., N]."""
+    def _int8_gemm_quantizes(self, module: nn.Module, x: torch.Tensor | Int8Activation) -> bool:
+        """True when `apply_linear(module, x)` quantizes x in the Triton int8 GEMM path (its own quant pass)."""
+        return (self.kernels and isinstance(module, W8A8Linear) and not isinstance(x, Int8Activation)
+                and x.dtype in _LOW_PRECISION)
+
+    def apply_linear(self, module: nn.Module, x: torch.Tensor | Int8Activation,
+                     input_act: str = "none") -> torch.Tensor:
+        """module(x) for x [..., K] (or pre-quantized int8) -> [..., N]. input_act "gelu_tanh" (only where
+        `_int8_gemm_quantizes`): module(GELU(x)), the GELU inside the activation-quantization pass."""
         if isinstance(module, W8A8Linear) and self.kernels:
             w8a8 = _kernel("w8a8")
             qweight, wscale = module.kernel_weight()
@@ -267,7 +270,9 @@ class Ops:
             if isinstance(x, Int8Activation):
                 return w8a8.w8a8_linear_int8(x.q, x.scale, weight, module.bias, x.dtype)
             if x.dtype in _LOW_PRECISION:
-                return w8a8.w8a8_linear(x, weight, module.bias)
+                return w8a8.w8a8_linear(x, weight, module.bias, input_act=input_act)
+        if input_act != "none":
+            raise ValueError(f"input_act {input_act!r} needs the Triton int8 GEMM path")
         if isinstance(x, Int8Activation):
             x = x.dequantize()
         return module(x)
