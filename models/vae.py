@@ -283,11 +283,12 @@ class CausalConv3d(nn.Conv3d):
                 buf[:, :, ctx - n_past : ctx].copy_(past)
         return buf, buf[:, :, ctx:]
 
-    def forward_buffer(self, buf: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        """Convolve a filled `input_buffer`, keeping its last frames for the next chunk: [B, C_out, T, H, W]."""
+    def forward_buffer(self, buf: torch.Tensor, cache: CausalCache, *, with_bias: bool = True) -> torch.Tensor:
+        """Convolve a filled `input_buffer`, keeping its last frames for the next chunk: [B, C_out, T, H, W]
+        (with_bias False: without the bias, for the caller to add)."""
         if self.context:
             cache.put(self, buf[:, :, -self.context :].clone())
-        return self._conv(buf)
+        return self._conv(buf, with_bias=with_bias)
 
     def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """`forward_buffer` without the bias, which is returned for the caller's next pass to add (cuDNN
@@ -298,9 +299,7 @@ class CausalConv3d(nn.Conv3d):
         channels-last-3d; bias [C_out] or None."""
         taps = cache.conv_impl == "taps2d" and self.kernel_size == (3, 3, 3)
         if not (taps and self.in_channels == self.out_channels):
-            if self.context:
-                cache.put(self, buf[:, :, -self.context :].clone())
-            return [self._conv(buf, with_bias=False)], self.bias
+            return [self.forward_buffer(buf, cache, with_bias=False)], self.bias
         cache.put(self, buf[:, :, -self.context :].clone())
         t = buf.shape[2] - 2
         parts = []
