@@ -30,15 +30,13 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.int8_quant import reference_quantize_activation
+
 __all__ = ["pack_int8", "pack_tokens_int8", "reference_pack", "reference_pack_tokens", "reference_unpack",
            "reference_unpack_tokens", "unpack_int8", "unpack_tokens_int8"]
 
 SCALE_BYTES = 4
 ROWS = 32  # (token, head) rows per program
-
-
-def _round_half_away(v: torch.Tensor) -> torch.Tensor:
-    return torch.trunc(v + 0.5 * torch.sign(v))
 
 
 def reference_pack(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -48,11 +46,11 @@ def reference_pack(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _pack_rows(x: torch.Tensor) -> torch.Tensor:
-    """x [..., D] -> [..., D + 4] uint8: int8 codes of each row and its fp32 scale (absmax / 127)."""
-    xf = x.float()
-    amax = xf.abs().amax(-1, keepdim=True)
-    q = torch.where(amax > 0, _round_half_away(xf * (127.0 / amax.clamp_min(1e-30))), torch.zeros_like(xf))
-    return torch.cat([q.clamp(-127, 127).to(torch.int8).view(torch.uint8), (amax / 127.0).view(torch.uint8)], -1)
+    """x [..., D] -> [..., D + 4] uint8: int8 codes of each row and its fp32 scale (absmax / 127), the
+    per-token activation quantization of the W8A8 path with a (token, head) row as the token."""
+    q, scale = reference_quantize_activation(x.reshape(-1, x.shape[-1]))
+    q, scale = q.view(*x.shape), scale.view(*x.shape[:-1], 1)
+    return torch.cat([q.view(torch.uint8), scale.view(torch.uint8)], -1)
 
 
 def _unpack_rows(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
