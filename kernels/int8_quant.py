@@ -137,6 +137,15 @@ def _gelu_tanh(x):
 
 
 @triton.jit
+def _load_act(x_ptr, rows, cols, stride_xm, mask, GELU: tl.constexpr):
+    """x[rows, cols] as fp32 (masked entries 0), or GELU of it (GELU(0) = 0: masked entries stay 0)."""
+    xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        xf = _gelu_tanh(xf)
+    return xf
+
+
+@triton.jit
 def _quantize_rows_kernel(
     # pointers
     x_ptr,
@@ -166,18 +175,14 @@ def _quantize_rows_kernel(
     if ONE_PASS:
         cols = tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
-        xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if GELU:
-            xf = _gelu_tanh(xf)  # GELU(0) = 0: masked columns stay 0
+        xf = _load_act(x_ptr, rows, cols, stride_xm, mask, GELU)
         amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
-            xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if GELU:
-                xf = _gelu_tanh(xf)
+            xf = _load_act(x_ptr, rows, cols, stride_xm, mask, GELU)
             amax = tl.maximum(amax, tl.max(tl.abs(xf), axis=1))
     inv = tl.where(amax > 0, 127.0 / tl.maximum(amax, 1e-30), 0.0)  # [BLOCK_M]
     tl.store(s_ptr + rows, amax / 127.0, mask=row_ok)
@@ -192,9 +197,7 @@ def _quantize_rows_kernel(
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
-            xf = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if GELU:
-                xf = _gelu_tanh(xf)
+            xf = _load_act(x_ptr, rows, cols, stride_xm, mask, GELU)
             v = xf * inv[:, None]
             v = tl.where(v >= 0, v + 0.5, v - 0.5)
             v = tl.minimum(tl.maximum(v, -127.0), 127.0)
