@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from models.samplers import cfg_combine
+
 __all__ = ["CfgParallel", "SequenceParallel", "SequenceShard", "cfg_layout", "cfg_sequence_parallel",
            "init_sequence_parallel", "pad_to_multiple"]
 
@@ -257,8 +259,7 @@ class CfgParallel:
             mine = (cond if self.rank == 0 else uncond)(x, t).float().contiguous()
             parts = [torch.empty_like(mine) for _ in range(2)]
             dist.all_gather(parts, mine, group=self.group)
-            v_c, v_u = parts
-            return v_u + guidance_scale * (v_c - v_u)
+            return cfg_combine(*parts, guidance_scale)  # parts: [v_cond, v_uncond]
 
         return velocity
 
@@ -372,11 +373,7 @@ def bench() -> None:
             return cfg.guided(call(ctx, cfg.sp), call(negative, cfg.sp), guidance)
         c, u = call(ctx, split), call(negative, split)
 
-        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-            v_c, v_u = c(x, t).float(), u(x, t).float()
-            return v_u + guidance * (v_c - v_u)
-
-        return velocity
+        return lambda x, t: cfg_combine(c(x, t).float(), u(x, t).float(), guidance)
 
     def run(fn: VelocityFn, together: bool) -> tuple[float, list[torch.Tensor]]:
         with torch.inference_mode():

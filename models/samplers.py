@@ -106,6 +106,11 @@ def flow_sigmas(num_steps: int, shift: float) -> list[float]:
     return out
 
 
+def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: v_uncond + g·(v_cond − v_uncond) (fp32 velocities)."""
+    return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+
 def sample_flow_cfg(
     velocity_cond: VelocityFn,
     velocity_uncond: VelocityFn | None,
@@ -123,8 +128,7 @@ def sample_flow_cfg(
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         v = velocity_cond(x, s).float()
         if velocity_uncond is not None and guidance_scale != 1.0:
-            v_u = velocity_uncond(x, s).float()
-            v = v_u + guidance_scale * (v - v_u)
+            v = cfg_combine(v, velocity_uncond(x, s).float(), guidance_scale)
         if on_x0 is not None:
             on_x0(i + 1, num_steps, x - s * v)
         x = x + (s_next - s) * v
