@@ -8,6 +8,7 @@ import torch
 from kernels.int8_quant import (
     dequantize_weight_blockwise,
     quantize_activation,
+    quantize_activation_chunked,
     quantize_weight_blockwise,
     reference_quantize_activation,
     requantize_per_channel,
@@ -108,3 +109,38 @@ def test_quantize_activation_with_gelu_quantizes_gelu_of_x(one_pass):
     assert (q.float() * s[:, None] - gelu).abs().max() <= 0.51 * s.max()  # within half a step of GELU(x)
     q_plain, _ = quantize_activation(x, block_k=512 if one_pass else 64)
     assert (q != q_plain).float().mean() > 0.3  # the activation really ran
+
+
+@pytest.mark.parametrize("groups,ranks", [(1, 2), (2, 2), (3, 2), (2, 1)])
+def test_quantize_activation_chunked_reads_x_from_its_column_chunks(groups, ranks):
+    # The Ulysses way back leaves the attention output as buf[g, j] (rank j's heads of head group g); the
+    # logical x has column chunk j·G + g = buf[g, j]. Quantizing buf must equal quantizing that x, with no
+    # copy of x made; W = 24 does not divide the interpreter's 32-wide column blocks.
+    torch.manual_seed(11)
+    M, W = 9, 24
+    buf = (torch.randn(groups, ranks, M, W) * 2).to(torch.bfloat16)
+    buf[:, :, 5] = 0  # an all-zero row
+    x = buf.permute(2, 1, 0, 3).reshape(M, ranks * groups * W)
+    q, s = quantize_activation_chunked(buf)
+    q_ref, s_ref = quantize_activation(x)
+    assert q.shape == (M, ranks * groups * W)
+    torch.testing.assert_close(q, q_ref, rtol=0, atol=0)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+    assert s[5].item() == 0.0
+    with pytest.raises(ValueError, match="contiguous"):
+        quantize_activation_chunked(buf.transpose(0, 1) if groups > 1 and ranks > 1 else buf[..., :8])
+
+
+@pytest.mark.gpu
+def test_gelu_quant_with_the_fast_tanh_matches_the_fp32_definition_gpu():
+    # On CUDA the GELU's tanh is tanh.approx.f32: codes within 1 of the fp32 definition's, scales within
+    # 1e-3 relative, and the dequantized values within half a step (plus the approximation) of GELU(x).
+    torch.manual_seed(5)
+    x = (torch.randn(4099, 8960, device="cuda") * 3).to(torch.bfloat16)
+    q, s = quantize_activation(x, gelu=True)
+    q_ref, s_ref = reference_quantize_activation(x, gelu=True)
+    torch.testing.assert_close(s, s_ref, rtol=1e-3, atol=0)
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    assert (q.int() != q_ref.int()).float().mean() < 0.01
+    gelu = torch.nn.functional.gelu(x.float(), approximate="tanh")
+    assert ((q.float() * s[:, None] - gelu).abs() <= 0.51 * s[:, None] + 2e-3 * gelu.abs()).all()
