@@ -69,6 +69,16 @@ def reference_rmsnorm(
 
 # 2. kernel --------------------------------------------------------------------------------------------
 @triton.jit
+def _out_offsets(rows, cols, C, out_w, out_s, OUT_SPLIT: tl.constexpr):
+    """Where element (row, col) of the output goes: row·C + col, or OUT_SPLIT (the output as column chunks
+    [C / out_w, rows, out_w], out_s elements apart: Ulysses' send layout) chunk base + row·out_w + col in it."""
+    if OUT_SPLIT:
+        col_offs = (cols // out_w).to(tl.int64) * out_s + cols % out_w
+        return rows.to(tl.int64)[:, None] * out_w + col_offs[None, :]
+    return rows.to(tl.int64)[:, None] * C + cols[None, :]
+
+
+@triton.jit
 def _rope_store(
     n,  # [BLOCK_L, WIDTH] fp32 normalized part of the rows
     rows,
@@ -78,11 +88,14 @@ def _rope_store(
     out_ptr,
     L,
     C,
+    out_w,
+    out_s,
     COL0: tl.constexpr,  # first column of this part (even, so pairs never straddle parts)
     WIDTH: tl.constexpr,
     HALF_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
     HAS_ROPE: tl.constexpr,
+    OUT_SPLIT: tl.constexpr,
 ):
     """Rotate interleaved pairs (e, o) -> (e·cos − o·sin, e·sin + o·cos) of one part and store it."""
     cols = COL0 + tl.arange(0, WIDTH)  # [WIDTH]
@@ -96,7 +109,8 @@ def _rope_store(
         c = tl.load(cos_ptr + t_offs, mask=t_mask, other=0.0)
         s = tl.load(sin_ptr + t_offs, mask=t_mask, other=0.0)
         n = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), (BLOCK_L, WIDTH))
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], n.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + _out_offsets(rows, cols, C, out_w, out_s, OUT_SPLIT), n.to(out_ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
@@ -112,6 +126,8 @@ def _rmsnorm_rope_kernel(
     L,  # positions (row % L indexes cos/sin)
     C,  # channels per row = H * D
     eps,
+    out_w,  # OUT_SPLIT: columns per output chunk
+    out_s,  # OUT_SPLIT: elements from one output chunk to the next
     # meta
     HALF_D: tl.constexpr,
     BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
@@ -121,6 +137,7 @@ def _rmsnorm_rope_kernel(
     PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
     HAS_WEIGHT: tl.constexpr,
     HAS_ROPE: tl.constexpr,
+    OUT_SPLIT: tl.constexpr = False,  # the output as column chunks (`_out_offsets`)
 ):
     tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
     if PROGS_PER_SM == 0:
@@ -146,7 +163,8 @@ def _rmsnorm_rope_kernel(
             c = tl.load(cos_ptr + t_offs, mask=t_mask, other=0.0)
             s = tl.load(sin_ptr + t_offs, mask=t_mask, other=0.0)
             n = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), (BLOCK_L, BLOCK_C))
-        tl.store(out_ptr + offs, n.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + _out_offsets(rows, cols, C, out_w, out_s, OUT_SPLIT), n.to(out_ptr.dtype.element_ty),
+                 mask=mask)
     else:
         # B. persistent: PROGS_PER_SM programs per SM stride over the tiles
         # 1. loop-invariant: column parts and the gain, loaded once per program. Unsplit, part a is the
@@ -182,14 +200,14 @@ def _rmsnorm_rope_kernel(
             n_a = x_a * rstd
             if HAS_WEIGHT:
                 n_a = n_a * w_a[None, :]
-            _rope_store(n_a, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, 0, HEAD, HALF_D, BLOCK_L, HAS_ROPE)
+            _rope_store(n_a, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, out_w, out_s, 0, HEAD, HALF_D, BLOCK_L,
+                        HAS_ROPE, OUT_SPLIT)
             if SPLIT:
                 n_b = x_b * rstd
                 if HAS_WEIGHT:
                     n_b = n_b * w_b[None, :]
-                _rope_store(
-                    n_b, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, HEAD, BLOCK_TAIL, HALF_D, BLOCK_L, HAS_ROPE
-                )
+                _rope_store(n_b, rows, row_ok, cos_ptr, sin_ptr, out_ptr, L, C, out_w, out_s, HEAD, BLOCK_TAIL, HALF_D,
+                            BLOCK_L, HAS_ROPE, OUT_SPLIT)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
@@ -222,11 +240,13 @@ def _launch(
     half_d: int,
     eps: float,
     config: dict | None = None,
+    out_chunks: int = 1,
 ) -> torch.Tensor:
-    """Launch on x2 [N, C]; ``config`` (BLOCK_L, SPLIT, PROGS_PER_SM, num_warps, num_stages) bypasses the
+    """Launch on x2 [N, C] -> [N, C], or out_chunks > 1: [out_chunks, N, C / out_chunks] (column chunk j of
+    the output in out[j]); ``config`` (BLOCK_L, SPLIT, PROGS_PER_SM, num_warps, num_stages) bypasses the
     autotuner (tests and the bench use it to run one specific variant)."""
     N, C = x2.shape
-    out = torch.empty_like(x2)
+    out = x2.new_empty(out_chunks, N, C // out_chunks) if out_chunks > 1 else torch.empty_like(x2)
     if N == 0:
         return out
     dummy = x2  # never read when the matching constexpr flag is off
@@ -241,11 +261,14 @@ def _launch(
         L,
         C,
         eps,
+        C // out_chunks,
+        N * (C // out_chunks),
         HALF_D=half_d,
         BLOCK_C=triton.next_power_of_2(C),
         BLOCK_TAIL=split_tail(C),
         HAS_WEIGHT=weight is not None,
         HAS_ROPE=cos is not None,
+        OUT_SPLIT=out_chunks > 1,
         **(config or {}),
     )
     return out
@@ -257,11 +280,14 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 @torch.library.custom_op("turbovid::rmsnorm_rope", mutates_args=())
 def rmsnorm_rope(
-    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float = 1e-6,
+    chunks: int = 1,
 ) -> torch.Tensor:
     """RMSNorm over all ``H*D`` channels of each token, then Wan's interleaved-pair RoPE.
 
     x [B, L, H, D] (bf16/fp16/fp32), weight [H*D], cos/sin [L, D//2] float32 -> [B, L, H, D] x.dtype.
+    chunks > 1 (dividing H): the output split by heads instead, [chunks, B, L, H/chunks, D] (out[j]: heads
+    j·H/chunks ...), written in place by the kernel: Ulysses' send layout, no packing copy.
     """
     if x.dim() != 4:
         raise ValueError(f"x must be [B, L, H, D], got {tuple(x.shape)}")
@@ -276,6 +302,8 @@ def rmsnorm_rope(
         raise ValueError(f"cos/sin must be [{L}, {D // 2}], got {tuple(cos.shape)} / {tuple(sin.shape)}")
     if cos.dtype != torch.float32 or sin.dtype != torch.float32:
         raise TypeError("cos/sin must be float32")
+    if chunks < 1 or H % chunks:
+        raise ValueError(f"chunks must divide the heads ({H}), got {chunks}")
     out = _launch(
         x.contiguous().view(B * L, H * D),
         weight.contiguous(),
@@ -284,13 +312,17 @@ def rmsnorm_rope(
         L,
         D // 2,
         eps,
+        out_chunks=chunks,
     )
-    return out.view(B, L, H, D)
+    return out.view(B, L, H, D) if chunks == 1 else out.view(chunks, B, L, H // chunks, D)
 
 
 @rmsnorm_rope.register_fake
-def _(x, weight, cos, sin, eps=1e-6):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(x, weight, cos, sin, eps=1e-6, chunks=1):
+    if chunks == 1:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    B, L, H, D = x.shape
+    return x.new_empty(chunks, B, L, H // chunks, D)
 
 
 @torch.library.custom_op("turbovid::rmsnorm", mutates_args=())

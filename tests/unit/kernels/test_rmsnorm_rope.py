@@ -105,6 +105,10 @@ def test_rmsnorm_rope_fake_impl_traces_shapes():
         x = torch.empty(2, 9, 3, 64, dtype=torch.bfloat16)
         out = torch.ops.turbovid.rmsnorm_rope(x, torch.empty(192), torch.empty(9, 32), torch.empty(9, 32))
     assert out.shape == (2, 9, 3, 64) and out.dtype == torch.bfloat16
+    with FakeTensorMode():
+        x = torch.empty(2, 9, 4, 64, dtype=torch.bfloat16)
+        out = torch.ops.turbovid.rmsnorm_rope(x, torch.empty(256), torch.empty(9, 32), torch.empty(9, 32), 1e-6, 2)
+    assert out.shape == (2, 2, 9, 2, 64)
 
 
 @pytest.mark.gpu
@@ -146,3 +150,32 @@ def test_rmsnorm_rope_explicit_configs_cover_every_row(config):
     plain = _launch(x.view(B * L, H * D), w, None, None, 1, 1, 1e-6, config=config)
     torch.testing.assert_close(plain.double(), reference_rmsnorm(x.view(B * L, H * D), w, compute_dtype=torch.float64),
                                rtol=1e-5, atol=1e-5)
+    # the head-split output (Ulysses' send layout) of every variant: chunk j = heads j·H/n ... of each row
+    B, L, H, D = 1, 19, 6, 20  # C = 120: split rows are 64 + 56 columns, chunks of 40 / 60 straddle them
+    x = torch.randn(B, L, H, D, device=dev)
+    w = torch.rand(H * D, device=dev) + 0.5
+    cos, sin = _tables(L, D, dev)
+    truth = reference(x, w, cos, sin, compute_dtype=torch.float64)
+    for n in (2, 3):
+        split = _launch(x.view(B * L, H * D), w, cos, sin, L, D // 2, 1e-6, config=config, out_chunks=n)
+        assert split.shape == (n, B * L, H * D // n)
+        want = truth.view(B * L, n, H * D // n).transpose(0, 1)
+        torch.testing.assert_close(split.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_rmsnorm_rope_chunks_write_the_heads_of_each_rank_apart(n):
+    # chunks=n: [n, B, L, H/n, D], out[j] = heads j·H/n ... of the plain output: exactly what Ulysses sends
+    # to rank j, written by the kernel itself (B = 2: chunk j holds both batch elements' rows)
+    dev = _device()
+    B, L, H, D = 2, 7, 8, 16
+    x = torch.randn(B, L, H, D, device=dev).to(torch.bfloat16)
+    w = (torch.rand(H * D, device=dev) + 0.5).to(torch.bfloat16)
+    cos, sin = _tables(L, D, dev)
+    plain = rmsnorm_rope(x, w, cos, sin)
+    split = rmsnorm_rope(x, w, cos, sin, chunks=n)
+    assert split.shape == (n, B, L, H // n, D) and split.is_contiguous()
+    want = plain.view(B, L, n, H // n, D).permute(2, 0, 1, 3, 4)
+    torch.testing.assert_close(split, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="divide the heads"):
+        rmsnorm_rope(x, w, cos, sin, chunks=3)
