@@ -541,10 +541,12 @@ def _prepare(
 
 
 def _launch(p: _Prepared) -> torch.Tensor:
-    """The fused sparse attention (+ linear epilogue) over prepared operands -> o [B, H, L, D]."""
+    """The fused sparse attention (+ linear epilogue) over prepared operands -> o [B, H, L, D], stored
+    token-major ([B, L, H, D] storage, as the DiT's projections lay out q/k/v): the output projection reads
+    o.transpose(1, 2) as a plain [B, L, H·D] view, and a Ulysses way back sends it without a packing copy."""
     B, H, L, D = p.q.shape
     nq, nk = p.q_scale.shape[1], p.k_scale.shape[1]
-    o = torch.empty_like(p.q)
+    o = p.q.new_empty(B, L, H, D).transpose(1, 2)
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _sagesla_fwd[grid](
         p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.olin, o,
@@ -574,7 +576,8 @@ def _sagesla_op(
 
 @_sagesla_op.register_fake
 def _(q, k, v, topk_ratio, proj_l_weight, proj_l_bias, block_q, block_k, dense, pv_fp8):  # noqa: ANN001
-    return torch.empty_like(q), q.new_empty((), dtype=torch.float32)
+    B, H, L, D = q.shape
+    return q.new_empty(B, L, H, D).transpose(1, 2), q.new_empty((), dtype=torch.float32)
 
 
 def sagesla_attention(

@@ -80,6 +80,8 @@ def test_sagesla_matches_reference(L: int, D: int, topk_ratio: float, linear: bo
     o, density = sagesla_attention(q, k, v, topk_ratio=topk_ratio, proj_l_weight=w, proj_l_bias=b,
                                    block_q=BQ, block_k=BK, pv_fp8=pv_fp8)
     ref, ref_density = reference(q, k, v, topk_ratio=topk_ratio, proj_l_weight=w, proj_l_bias=b, block_q=BQ, block_k=BK)
+    # stored token-major: the output projection (and a Ulysses way back) reads [B, L, H·D] without a copy
+    assert o.shape == q.shape and o.transpose(1, 2).is_contiguous()
     assert density.item() == pytest.approx(ref_density.item())
     assert density.item() == pytest.approx(topk_count(topk_ratio, math.ceil(L / BK)) / math.ceil(L / BK))
     cos = F.cosine_similarity(o.flatten(), ref.flatten(), dim=0).item()
