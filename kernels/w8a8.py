@@ -311,6 +311,7 @@ def w8a8_gemm(
     config: dict | None = None,
     epilogue: bool = True,
     inv: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ):
     """Pre-quantized xq [M, K] int8 + sx [M] -> y [M, N] in out_dtype.
 
@@ -318,11 +319,15 @@ def w8a8_gemm(
     tile config (dict of BLOCK_M/N/K, GROUP_M, optional num_warps/num_stages) instead of autotuning.
     epilogue=False skips scales and bias (profiling only). inv [M] (= 127/absmax per token) switches the
     TMA kernel to fused quantization: xq is then the bf16/fp16 activation, quantized tile by tile in
-    registers (experimental, measured in bench).
+    registers (experimental, measured in bench). out: a contiguous [M, N] tensor of out_dtype to write y into
+    (e.g. one rank's slice of a sequence-parallel send buffer) instead of a new one.
     """
     m, k = xq.shape
     n = weight.qweight.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {out_dtype} [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
     if m == 0:
         return out
     if backend == "auto":
@@ -499,6 +504,24 @@ def w8a8_linear(
         raise ValueError(f"unknown input_act {input_act!r}; known: {INPUT_ACTS}")
     _check(x, weight.qweight, weight.scale, bias)
     return _w8a8_linear_op(x, weight.qweight, weight.scale, bias, input_act)
+
+
+def w8a8_linear_chunked(
+    buf: torch.Tensor, weight: W8A8Weight, bias: torch.Tensor | None, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """`w8a8_linear` of x [M, K] held as column chunks buf [G, N, M, W] (x[m, (j·G + g)·W + w] =
+    buf[g, j, m, w], `int8_quant.quantize_activation_chunked`): the quantization pass gathers the chunks,
+    so the Ulysses way back's received buffers feed the output projection without an unpacking copy.
+    -> y [M, N_out] in out_dtype."""
+    from kernels.int8_quant import quantize_activation_chunked
+
+    if buf.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"buf must be bf16 or fp16, got {buf.dtype}")
+    g, n, m, w = buf.shape
+    if weight.qweight.shape[1] != n * g * w:
+        raise ValueError(f"chunks hold K = {n * g * w}, the weight wants {weight.qweight.shape[1]}")
+    xq, sx = quantize_activation_chunked(buf)
+    return w8a8_gemm(xq, sx, weight, bias, out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------

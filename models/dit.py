@@ -24,7 +24,7 @@ from torch import nn
 
 from models.attention import AttentionOp
 from models.config import WanConfig
-from models.ops import Int8Activation, Ops, apply_rope, rms_norm
+from models.ops import HeadChunks, Int8Activation, Ops, apply_rope, rms_norm
 
 if TYPE_CHECKING:
     from models.parallel import SequenceParallel
@@ -126,14 +126,24 @@ class WanSelfAttention(nn.Module):
         sp = seq.sp
         B, L, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        v = sp.start_heads(ops.apply_linear(self.v, x).view(B, L, H, D))
-        q = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps,
-                                            cos, sin, H))
-        k = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps,
-                                            cos, sin, H))
+        if sp.exchange == "bf16":  # the projections write the send layout [N, B, L, H/N, D] themselves
+            N = sp.world_size
+            v = sp.start_packed(ops.linear_heads(self.v, x, N).view(N, B, L, H // N, D))
+            q = sp.start_packed(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps,
+                                                 cos, sin, H, chunks=N))
+            k = sp.start_packed(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps,
+                                                 cos, sin, H, chunks=N))
+        else:
+            v = sp.start_heads(ops.apply_linear(self.v, x).view(B, L, H, D))
+            q = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps,
+                                                cos, sin, H))
+            k = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps,
+                                                cos, sin, H))
         local = replace(ops, sequence=None)  # the attention itself runs over the full sequence of H/N heads
         o = seq.attend_started(q, k, v, lambda q_, k_, v_: self.attn_op(q_, k_, v_, local, sla_topk))
-        return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L/N, C]
+        if not isinstance(o, HeadChunks):  # [B, H, L/N, D]
+            o = o.transpose(1, 2).reshape(B, L, -1)
+        return ops.apply_linear(self.o, o)  # [B, L/N, C]
 
     @property
     def eps(self) -> float:

@@ -97,6 +97,25 @@ class Int8Activation(NamedTuple):
         return (self.q.float() * self.scale[..., None]).to(self.dtype)
 
 
+class HeadChunks(NamedTuple):
+    """An activation [B, L, K] held as column chunks: buf [G, N, B, L, W], K = N·G·W, column chunk j·G + g
+    (W columns) in buf[g, j]. What the Ulysses way back receives (models/parallel.py: buf[g, j] = rank j's
+    heads of head group g, for this rank's tokens); `Ops.apply_linear` hands it to the int8 GEMM as it is
+    (its quantization pass gathers the chunks), other paths take `dense()`, a copy."""
+
+    buf: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        G, N, B, L, W = self.buf.shape
+        return torch.Size((B, L, N * G * W))
+
+    def dense(self) -> torch.Tensor:
+        """[B, L, K] (contiguous)."""
+        G, N, B, L, W = self.buf.shape
+        return self.buf.permute(2, 3, 1, 0, 4).reshape(B, L, N * G * W)
+
+
 # 2. attention ---------------------------------------------------------------------------------------
 def attention(
     q: torch.Tensor,
@@ -173,16 +192,17 @@ class Ops:
     # norms -------------------------------------------------------------------------------------------
     def rmsnorm_rope(
         self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor, sin: torch.Tensor,
-        num_heads: int,
+        num_heads: int, chunks: int = 1,
     ) -> torch.Tensor:
-        """x [B, L, H·D] -> RMSNorm over all H·D channels (skipped when weight is None), RoPE: [B, L, H, D]."""
+        """x [B, L, H·D] -> RMSNorm over all H·D channels (skipped when weight is None), RoPE: [B, L, H, D];
+        chunks > 1: split by heads, [chunks, B, L, H/chunks, D] (Ulysses' send layout; the kernel writes it
+        directly)."""
         B, L, C = x.shape
         x = x.view(B, L, num_heads, C // num_heads)  # [B, L, H, D]
-        if weight is None:
-            return apply_rope(x, cos, sin)
-        if self.kernels:
-            return _kernel("rmsnorm_rope").rmsnorm_rope(x, weight, cos, sin, eps)
-        return apply_rope(rms_norm(x.flatten(2), weight, eps).view(x.shape), cos, sin)
+        if weight is not None and self.kernels:
+            return _kernel("rmsnorm_rope").rmsnorm_rope(x, weight, cos, sin, eps, chunks)
+        y = apply_rope(x if weight is None else rms_norm(x.flatten(2), weight, eps).view(x.shape), cos, sin)
+        return y if chunks == 1 else _split_heads(y, chunks)
 
     def qk_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
         """RMSNorm over the last dim of x [..., C] (the cross-attention's q/k norm; None: no norm) in x.dtype."""
@@ -259,10 +279,41 @@ class Ops:
         return (self.kernels and isinstance(module, W8A8Linear) and not isinstance(x, Int8Activation)
                 and x.dtype in _LOW_PRECISION)
 
-    def apply_linear(self, module: nn.Module, x: torch.Tensor | Int8Activation,
+    def linear_heads(self, module: nn.Module, x: torch.Tensor | Int8Activation, chunks: int) -> torch.Tensor:
+        """module(x) for x [B, L, K] split by output columns: [chunks, B, L, N/chunks] (out[j]: columns
+        j·N/chunks ...; Ulysses' send layout of a projection). On the int8 GEMM with x already int8 (the
+        norm's output) each part is one GEMM over the weight's rows of that part, written in place; other
+        paths split the output with a copy."""
+        if chunks > 1 and isinstance(module, W8A8Linear) and self.kernels and isinstance(x, Int8Activation):
+            w8a8 = _kernel("w8a8")
+            qweight, wscale = module.kernel_weight()
+            B, L, K = x.q.shape
+            c = qweight.shape[0] // chunks
+            out = torch.empty(chunks, B * L, c, dtype=x.dtype, device=x.q.device)
+            xq, sx = x.q.reshape(B * L, K), x.scale.reshape(B * L)
+            for j in range(chunks):
+                rows = slice(j * c, (j + 1) * c)
+                bias = None if module.bias is None else module.bias[rows]
+                w8a8.w8a8_gemm(xq, sx, w8a8.W8A8Weight(qweight[rows], wscale[rows]), bias, x.dtype, out=out[j])
+            return out.view(chunks, B, L, c)
+        y = self.apply_linear(module, x)
+        return y if chunks == 1 else _split_heads(y.unsqueeze(-1), chunks).squeeze(-1)
+
+    def apply_linear(self, module: nn.Module, x: torch.Tensor | Int8Activation | HeadChunks,
                      input_act: str = "none") -> torch.Tensor:
-        """module(x) for x [..., K] (or pre-quantized int8) -> [..., N]. input_act "gelu_tanh" (only where
-        `_int8_gemm_quantizes`): module(GELU(x)), the GELU inside the activation-quantization pass."""
+        """module(x) for x [..., K] (or pre-quantized int8, or `HeadChunks`) -> [..., N]. input_act
+        "gelu_tanh" (only where `_int8_gemm_quantizes`): module(GELU(x)), the GELU inside the
+        activation-quantization pass."""
+        if isinstance(x, HeadChunks):
+            if (isinstance(module, W8A8Linear) and self.kernels and x.buf.dtype in _LOW_PRECISION
+                    and input_act == "none"):
+                w8a8 = _kernel("w8a8")
+                qweight, wscale = module.kernel_weight()
+                G, N, B, L, W = x.buf.shape
+                y = w8a8.w8a8_linear_chunked(x.buf.view(G, N, B * L, W), w8a8.W8A8Weight(qweight, wscale),
+                                             module.bias, x.buf.dtype)
+                return y.view(B, L, -1)
+            x = x.dense()
         if isinstance(module, W8A8Linear) and self.kernels:
             w8a8 = _kernel("w8a8")
             qweight, wscale = module.kernel_weight()
@@ -276,6 +327,14 @@ class Ops:
         if isinstance(x, Int8Activation):
             x = x.dequantize()
         return module(x)
+
+
+def _split_heads(y: torch.Tensor, chunks: int) -> torch.Tensor:
+    """y [B, L, H, D] -> [chunks, B, L, H/chunks, D] (contiguous): part j holds heads j·H/chunks ..."""
+    B, L, H, D = y.shape
+    if H % chunks:
+        raise ValueError(f"chunks must divide the heads ({H}), got {chunks}")
+    return y.view(B, L, chunks, H // chunks, D).permute(2, 0, 1, 3, 4).contiguous()
 
 
 @contextlib.contextmanager

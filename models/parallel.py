@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from models.ops import HeadChunks
 from models.samplers import cfg_combine
 
 __all__ = ["CfgParallel", "SequenceParallel", "SequenceShard", "cfg_layout", "cfg_sequence_parallel",
@@ -131,6 +132,15 @@ class SequenceParallel:
         send = x.reshape(B, Ls, N, H // N, D).permute(2, 0, 1, 3, 4).contiguous()  # [N, B, Ls, H/N, D]
         return self._exchange(send)
 
+    def start_packed(self, send: torch.Tensor) -> PendingExchange:
+        """Start the exchange of q/k/v already in the send layout [N, B, L/N, H/N, D] (send[j]: rank j's heads of
+        this rank's tokens), as the bf16 path's projections write it (`Ops.rmsnorm_rope(chunks=N)`,
+        `Ops.linear_heads`): no packing copy; `finish_heads` waits for it."""
+        if self.exchange != "bf16" or send.dim() != 5 or send.shape[0] != self.world_size:
+            raise ValueError(f"start_packed sends bf16 [{self.world_size}, B, L/N, H/N, D], got "
+                             f"{self.exchange} {tuple(send.shape)}")
+        return self._exchange(send.contiguous())
+
     def finish_heads(self, pending: PendingExchange, length: int) -> torch.Tensor:
         """-> [B, H/N, length, D] (the padding dropped): a view of token-major storage when B == 1."""
         recv = pending.wait()
@@ -143,9 +153,11 @@ class SequenceParallel:
             full = recv.transpose(0, 1).reshape(B, N * Ls, Hn, D)  # recv[j]: rank j's tokens, in order
         return full.narrow(1, 0, length).transpose(1, 2)
 
-    def start_tokens(self, o: torch.Tensor) -> PendingExchange:
+    def start_tokens(self, o: torch.Tensor, recv: torch.Tensor | None = None) -> PendingExchange:
         """Start the way back: o [B, h, L, D] (all tokens of h of this rank's heads) -> every rank's h heads
-        of its own tokens; `finish_tokens` waits for the parts and assembles them."""
+        of its own tokens; `finish_tokens` waits for the parts and assembles them. With bf16, o stored
+        token-major ([B, L, h, D], as SageSLA writes it) and L a multiple of N, B = 1 needs no packing copy;
+        recv: where the received parts go (bf16; default a new buffer)."""
         B, h, L, D = o.shape
         N = self.world_size
         if self.exchange == "int8":
@@ -154,11 +166,19 @@ class SequenceParallel:
             return self._exchange(pack_tokens_int8(o, N), unpack_to=o.dtype)  # [N, B, Ls, h, D + 4] uint8
         t = pad_to_multiple(o.transpose(1, 2), 1, N)  # [B, L_pad, h, D]
         send = t.reshape(B, N, t.shape[1] // N, h, D).transpose(0, 1).contiguous()  # [N, B, Ls, h, D]
-        return self._exchange(send)
+        return self._exchange(send, recv=recv)
 
-    def finish_tokens(self, parts: list[PendingExchange]) -> torch.Tensor:
+    def finish_tokens(self, parts: list[PendingExchange], stacked: torch.Tensor | None = None,
+                      ) -> torch.Tensor | HeadChunks:
         """The head groups' exchanges (group i: heads i·h ... of each rank's H/N) -> [B, H, L/N, D], a view of
-        token-major [B, L/N, H, D] storage (what the output projection reads)."""
+        token-major [B, L/N, H, D] storage (what the output projection reads). stacked (bf16): the buffer
+        [G, N, B, L/N, h, D] the parts were received into (`start_tokens(recv=stacked[i])`): returned as it
+        is, as `HeadChunks` (the output projection's quantization pass gathers it; no unpacking copy)."""
+        if stacked is not None:
+            for part in parts:
+                part.wait()
+            G, N, B, Ls, h, D = stacked.shape
+            return HeadChunks(stacked.view(G, N, B, Ls, h * D))
         N, B, Ls, h, D = parts[0].recv.shape
         dtype = parts[0].unpack_to
         if dtype is not None:  # int8-packed rows of D + 4 bytes
@@ -174,8 +194,9 @@ class SequenceParallel:
                 out[:, :, :, i] = part.wait().permute(1, 2, 0, 3, 4)
         return out.view(B, Ls, N * len(parts) * h, D).transpose(1, 2)
 
-    def _exchange(self, send: torch.Tensor, unpack_to: torch.dtype | None = None) -> PendingExchange:
-        recv = torch.empty_like(send)
+    def _exchange(self, send: torch.Tensor, unpack_to: torch.dtype | None = None,
+                  recv: torch.Tensor | None = None) -> PendingExchange:
+        recv = torch.empty_like(send) if recv is None else recv
         work = dist.all_to_all_single(recv, send, group=self.group, async_op=True)
         return PendingExchange(work, send, recv, unpack_to)
 
@@ -186,7 +207,9 @@ class SequenceParallel:
 
     def heads_to_seq(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H/N, L_pad, D] -> [B, H, L/N, D]: the inverse of `seq_to_heads`."""
-        return self.finish_tokens([self.start_tokens(x)])
+        out = self.finish_tokens([self.start_tokens(x)])
+        assert isinstance(out, torch.Tensor)
+        return out
 
 
 @dataclass
@@ -217,22 +240,29 @@ class SequenceShard:
         """Ulysses attention: q, k, v [B, H, L/N, D] (this rank's tokens) -> o [B, H, L/N, D]; `fn` runs the
         attention of H/N heads over the full, unpadded sequence."""
         sp = self.sp
+        B, H, Ls, D = q.shape
         pending = [sp.start_heads(t.transpose(1, 2)) for t in (q, k, v)]
-        return self.attend_started(*pending, fn)
+        o = self.attend_started(*pending, fn)
+        return o.dense().view(B, Ls, H, D).transpose(1, 2) if isinstance(o, HeadChunks) else o
 
     def attend_started(self, q: PendingExchange, k: PendingExchange, v: PendingExchange,
-                       fn: AttentionFn) -> torch.Tensor:
+                       fn: AttentionFn) -> torch.Tensor | HeadChunks:
         """The rest of `attend` once q/k/v's exchanges are started (`SequenceParallel.start_heads`, called by
         the model right after each projection so the exchange overlaps the next projection): the attention
-        runs per group of heads and each group's way back starts while the next group computes."""
+        runs per group of heads and each group's way back starts while the next group computes. Returns
+        [B, H, L/N, D] (int8 exchange) or, bf16, the received parts as `HeadChunks` [B, L/N, H·D]."""
         sp, L = self.sp, self.length
         qf, kf, vf = (sp.finish_heads(t, L) for t in (q, k, v))  # [B, H/N, L, D]
-        Hn = qf.shape[1]
+        B, Hn, _, D = qf.shape
         groups = self.head_groups if Hn % self.head_groups == 0 and Hn // self.head_groups >= MIN_GROUP_HEADS else 1
         h = Hn // groups
-        back = [sp.start_tokens(fn(qf[:, i * h:(i + 1) * h], kf[:, i * h:(i + 1) * h], vf[:, i * h:(i + 1) * h]))
+        # bf16: every group's way back lands in one buffer [G, N, B, L/N, h, D], read as it is by the output
+        # projection (`finish_tokens(stacked=...)`)
+        stacked = qf.new_empty(groups, sp.world_size, B, sp.local_len(L), h, D) if sp.exchange == "bf16" else None
+        back = [sp.start_tokens(fn(qf[:, i * h:(i + 1) * h], kf[:, i * h:(i + 1) * h], vf[:, i * h:(i + 1) * h]),
+                                recv=None if stacked is None else stacked[i])
                 for i in range(groups)]
-        return sp.finish_tokens(back)
+        return sp.finish_tokens(back, stacked)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,16 @@ def _dit(attention: str) -> WanTransformer:
     return model
 
 
+def _kernel_dit() -> WanTransformer:
+    """SLA_CFG4 on the fast path's structure: W8A8 block Linears on the Triton kernels (int8 GEMM, norms with
+    int8 output, rmsnorm_rope; the interpreter on CPU) in bf16. Under sequence parallel with the bf16
+    exchange its projections write the send layout themselves and the output projection gathers the way
+    back's received parts in its quantization pass (models/parallel.py)."""
+    from models.bench_dit import random_model
+
+    return random_model(SLA_CFG4, device="cpu", dtype=torch.bfloat16, attention="sla", linear="w8a8", kernels=True)
+
+
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(2)
     latents = torch.randn(LATENT, generator=gen)
@@ -97,6 +107,9 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
             result = {f"dit_{a}": _dit(a)(latents, t, ctx, sp=sp) for a in DIT_VARIANTS}
             int8 = dataclasses.replace(sp, exchange="int8")  # q/k/v packed to int8 on the wire
             result.update({f"int8_{a}": _dit(a)(latents, t, ctx, sp=int8) for a in ("dense", "sla4")})
+            fast = _kernel_dit()
+            result["kernels_bf16"] = fast(latents, t, ctx.bfloat16(), sp=sp)
+            result["kernels_int8"] = fast(latents, t, ctx.bfloat16(), sp=int8)
             head_rows: dict[str, list[int]] = {"rcm": [], "flow": []}  # rows the VAE's RGB head saw
             pipe = _load("rcm", head_rows["rcm"])
             pipe.sp = sp
@@ -195,6 +208,7 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
     latents, t, ctx = _inputs()
     with torch.inference_mode():
         want = {f"dit_{a}": _dit(a)(latents, t, ctx) for a in DIT_VARIANTS}
+        fast = _kernel_dit()(latents, t, ctx.bfloat16())
         frames = torch.from_numpy(load_pipeline("wan-tiny", [tiny]).generate(_gen_params()).frames.copy())
         flow_pipe = load_pipeline("wan-tiny", [tiny], solver="flow")
         flow = flow_pipe.generate(_flow_params()).frames
@@ -226,6 +240,11 @@ def test_two_ranks_equal_one_process_dense_sla_rcm_generation_and_cfg_parallel(t
         for a in ("dense", "sla4"):
             assert _cos(got[f"int8_{a}"], want[f"dit_{a}"]) >= 0.999, a
             assert not torch.allclose(got[f"int8_{a}"], want[f"dit_{a}"], atol=1e-5, rtol=1e-4), a
+        # the kernel path (W8A8, Triton norms): with bf16 on the wire the split is exact per token (the send
+        # layout written by the projections, the way back gathered by o's quantization pass); int8 is close
+        assert torch.allclose(got["kernels_bf16"], fast, atol=1e-4, rtol=1e-3), "kernels bf16"
+        assert _cos(got["kernels_bf16"], fast) >= 0.99999
+        assert _cos(got["kernels_int8"], fast) >= 0.999 and not torch.equal(got["kernels_int8"], fast)
     assert torch.equal(torch.load(out / "rank0.pt")["dit_sla"], torch.load(out / "rank1.pt")["dit_sla"])
     assert not torch.allclose(want["dit_sla"], want["dit_dense"], atol=1e-3)  # SLA really is another path
 
