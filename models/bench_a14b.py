@@ -3,6 +3,7 @@
 
     python -m models.bench_a14b                            # H200: 1280x720, 81 frames, 4 steps, 32 GiB budget
     python -m models.bench_a14b --size tiny --device cpu   # CPU smoke run (tests/unit/models/test_bench_a14b.py)
+    torchrun --nproc-per-node 2 -m models.bench_a14b --ranks --exchange bf16,int8   # 2 GPUs vs one (bench_ranks)
 
 The pipeline is the one `load_pipeline` assembles for the card (`wan2.2-i2v-a14b`: two I2V experts,
 umT5-XXL, the Wan2.1 VAE), built without disk I/O: each expert from `models.bench_dit.random_model` on the
@@ -238,15 +239,73 @@ def bench(size: str = "a14b", *, device: str = "cuda", budget_gb: float = 32.0, 
     return row
 
 
+def bench_ranks(size: str = "a14b", *, device: str = "cuda", steps: int = 4, exchanges: tuple[str, ...] = ("bf16",),
+                seed: int = 0, log: Callable[[str], None] = _log) -> dict[str, Any] | None:
+    """The whole I2V job on one GPU against the same job split over every rank of a torchrun (one process per
+    GPU; the multi-GPU worker's setup: `WanPipeline.sp`, the DiT sequence parallel and the VAE decode split
+    across the ranks). Every rank builds the same random pipeline resident on its GPU and first runs the job
+    alone (all at once, no communication: rank 0's time is the one-GPU time), then split, once per q/k/v
+    wire format in `exchanges`. Rank 0's result row (None on the other ranks). device "cpu": gloo, fp32 (the
+    CI smoke run)."""
+    import os
+
+    import torch.distributed as dist
+
+    from models.parallel import init_sequence_parallel
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+    sp = init_sequence_parallel(rank, world, host=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                                port=int(os.environ["MASTER_PORT"]), backend="nccl" if cuda else "gloo",
+                                timeout_s=900)
+    model_id, (width, height), frames = SIZES[size]
+    card = get_card(model_id)
+    if not card.experts:
+        card = dataclasses.replace(card, experts=True, also_serves=())
+    pipe = build_pipeline(card, device=f"cuda:{local}" if cuda else device,
+                          dtype=torch.bfloat16 if cuda else torch.float32, seed=seed,
+                          log=log if rank == 0 else lambda _m: None)
+    image = input_image(width, height)
+    params = [GenerationParams(kind="i2v", width=width, height=height, num_frames=frames, num_steps=steps,
+                               seed=seed, prompt=f"a lighthouse on a cliff at dusk, waves below, take {run}")
+              for run in range(2)]
+    quiet = log if rank == 0 else lambda _m: None
+    one_s, one, one_peak, _ = run_variant("one GPU", pipe, params, image, quiet)
+    row: dict[str, Any] = {"model": card.id, "size": f"{width}x{height}", "frames": frames, "steps": steps,
+                           "ranks": world, "one_s": round(one_s, 3), "one_peak_gib": one_peak,
+                           "one_stages": {k: round(v, 3) for k, v in one.timings.as_dict().items()}}
+    for exchange in exchanges:
+        dist.barrier()
+        pipe.sp = dataclasses.replace(sp, exchange=exchange)
+        split_s, split, split_peak, _ = run_variant(f"{world} GPUs, {exchange}", pipe, params, image, quiet)
+        row[f"split_{exchange}"] = {"s": round(split_s, 3), "ratio": round(split_s / one_s, 3),
+                                    "peak_gib": split_peak,
+                                    "stages": {k: round(v, 3) for k, v in split.timings.as_dict().items()},
+                                    **_compare(one.frames, split.frames, pipe.device)}
+    dist.barrier()  # no rank tears the group down while another still uses it
+    dist.destroy_process_group()
+    return row if rank == 0 else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="a14b", choices=sorted(SIZES))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-gb", type=float, default=32.0, help="GiB (the worker's gpu_memory_gb)")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--ranks", action="store_true",
+                    help="under torchrun: one GPU vs split over every rank (bench_ranks) instead of the budget")
+    ap.add_argument("--exchange", default="bf16", help="--ranks: q/k/v wire formats, comma-separated (bf16,int8)")
     args = ap.parse_args()
-    row = bench(args.size, device=args.device, budget_gb=args.budget_gb, steps=args.steps)
-    print(json.dumps(row), flush=True)
+    if args.ranks:
+        row = bench_ranks(args.size, device=args.device, steps=args.steps, exchanges=tuple(args.exchange.split(",")))
+    else:
+        row = bench(args.size, device=args.device, budget_gb=args.budget_gb, steps=args.steps)
+    if row is not None:
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@
 #   bash scripts/gpu_verify.sh x2g      two GPUs, ~8 min: session 16's changes (VAE biases, top-k, x264 threads)
 #   bash scripts/gpu_verify.sh x2h      two GPUs, ~5 min: the 14B sequence-parallel bench alone (int8 exchange)
 #   bash scripts/gpu_verify.sh x2i      two GPUs, ~5 min: the 480p VAE, the quant pass by warps, the A14B whole job
+#   bash scripts/gpu_verify.sh x2j      two GPUs, ~8 min: session 17's GPU tests, then the 14B sequence-parallel
+#                                       bench with the pack-free bf16 exchange next to int8 (1 and 2 head groups)
+#   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
+#                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +194,47 @@ elif [ "$mode" = x2i ]; then
     CUDA_VISIBLE_DEVICES=0 timeout 250 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/a14b.log" 2>&1
     wait $gpu1
     for f in vae tests quant a14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -12; done
+elif [ "$mode" = x2j ]; then
+    # Session 17 (~8 min on nvidia-h200-x2), logs straight into $OUT. First the GPU tests of the changed kernels
+    # (GPU 0: the quant pass with the tanh.approx GELU and chunked input, rmsnorm_rope's split output, the W8A8
+    # GELU test at Wan shapes; GPU 1: SageSLA's token-major output, the fused ops, the pipeline), then both
+    # GPUs: the 14B 720p split with the pack-free bf16 exchange (projections write the send layout, the output
+    # projection gathers the way back) next to int8, 1 and 2 head groups; rank 0 profiles a bf16 split forward.
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( CUDA_VISIBLE_DEVICES=1 timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 110 \
+          tests/unit/kernels/test_sagesla_kernels.py tests/unit/models/test_ops.py \
+          tests/unit/models/test_pipeline_gpu.py > "$OUT/tests1.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 110 \
+        tests/unit/kernels/test_int8_quant.py tests/unit/kernels/test_rmsnorm_rope.py \
+        tests/unit/kernels/test_w8a8_gpu.py > "$OUT/tests0.log" 2>&1
+    wait $gpu1
+    for f in tests0 tests1; do echo "== $f"; grep -E "passed|failed|Error|FAIL" "$OUT/$f.log" | tail -8; done
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1: int8 and pack-free bf16, 1 and 2 head groups"
+    timeout 420 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
+        --linear w8a8 --exchange int8,bf16 --head-groups 2,1 --profile "$OUT/sp14b_prof.txt" > "$OUT/sp14b.log" 2>&1
+    grep "^{" "$OUT/sp14b.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/sp14b.log" | tail -5
+elif [ "$mode" = x2k ]; then
+    # Session 17 (~8 min on nvidia-h200-x2), logs into $OUT. GPU 0: turbovid bench (whole job; --logs keeps the
+    # worker's autotune choices to ship). GPU 1 meanwhile: the quant pass (tanh.approx GELU vs sigmoid), the 1.3B
+    # and 14B DiT. Then both GPUs: the A14B I2V 720p whole job on 2 GPUs vs 1 (bf16 and int8 exchange).
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 40 python3 scripts/quant_warps.py > "$OUT/quant.log" 2>&1
+      timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --profile "$OUT/logs/prof" \
+          --variants sagesla/w8a8/fused > "$OUT/logs/dit13b.log" 2>&1
+      timeout 120 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
+          > "$OUT/logs/dit14b.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 \
+        --jobs 3 --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    wait $gpu1
+    for f in quant logs/dit13b logs/dit14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -8; done
+    echo "== A14B I2V 720p whole job, 2 GPUs vs 1"
+    timeout 250 torchrun --nproc-per-node 2 -m models.bench_a14b --ranks --exchange bf16,int8 > "$OUT/a14b_ranks.log" 2>&1
+    grep "^{" "$OUT/a14b_ranks.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/a14b_ranks.log" | tail -6
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
