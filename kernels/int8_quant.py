@@ -150,8 +150,10 @@ def _col_offsets(cols, chunk_w, chunk_g, chunk_n, chunk_s, CHUNKED: tl.constexpr
     buf[g, j, m, :chunk_w], column chunk q = j·chunk_g + g of the logical row): chunk base + column in chunk."""
     if CHUNKED:
         q = cols // chunk_w
-        return ((q % chunk_g) * chunk_n + q // chunk_g).to(tl.int64) * chunk_s + cols % chunk_w
-    return cols
+        offs = ((q % chunk_g) * chunk_n + q // chunk_g).to(tl.int64) * chunk_s + cols % chunk_w
+    else:
+        offs = cols.to(tl.int64)
+    return offs  # one return of one type: Triton 3.6 rejects a constexpr branch returning another
 
 
 @triton.jit

@@ -74,8 +74,10 @@ def _out_offsets(rows, cols, C, out_w, out_s, OUT_SPLIT: tl.constexpr):
     [C / out_w, rows, out_w], out_s elements apart: Ulysses' send layout) chunk base + row·out_w + col in it."""
     if OUT_SPLIT:
         col_offs = (cols // out_w).to(tl.int64) * out_s + cols % out_w
-        return rows.to(tl.int64)[:, None] * out_w + col_offs[None, :]
-    return rows.to(tl.int64)[:, None] * C + cols[None, :]
+        offs = rows.to(tl.int64)[:, None] * out_w + col_offs[None, :]
+    else:
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    return offs  # one return: Triton 3.6 rejects returns from inside a constexpr branch
 
 
 @triton.jit

@@ -118,7 +118,8 @@ def test_quantize_activation_chunked_reads_x_from_its_column_chunks(groups, rank
     # copy of x made; W = 24 does not divide the interpreter's 32-wide column blocks.
     torch.manual_seed(11)
     M, W = 9, 24
-    buf = (torch.randn(groups, ranks, M, W) * 2).to(torch.bfloat16)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU host: the compiled kernel (x2j runs it)
+    buf = (torch.randn(groups, ranks, M, W, device=dev) * 2).to(torch.bfloat16)
     buf[:, :, 5] = 0  # an all-zero row
     x = buf.permute(2, 1, 0, 3).reshape(M, ranks * groups * W)
     q, s = quantize_activation_chunked(buf)
