@@ -120,9 +120,9 @@ class WorkerSettings(BaseModel):
     # processes over gloo with device cpu; the model's attention heads must divide by N.
     gpus: int = Field(default=1, ge=1)
     # How the ranks' q/k/v and attention outputs travel (models.parallel.SequenceParallel.exchange): "bf16"
-    # as computed, or "int8" (codes + one fp32 scale per token and head: about half the bytes). "auto":
-    # int8 for DiTs of width >= INT8_EXCHANGE_MIN_DIM (14B: 2 H200s at 0.557x one vs 0.568x with bf16), bf16
-    # below (1.3B: the packing costs more than the bytes save, 0.889x vs 0.785x for guided steps).
+    # as computed, or "int8" (codes + one fp32 scale per token and head: about half the bytes, for GPUs that
+    # talk over PCIe). "auto": bf16, which needs no packing pass (on 2 H200s the 14B split took 0.548x one
+    # GPU with bf16 against 0.565x with int8; 1.3B guided steps 0.785x against 0.889x).
     sp_exchange: Literal["auto", "bf16", "int8"] = "auto"
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail

@@ -208,7 +208,7 @@ elif [ "$mode" = x2j ]; then
     CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 \
         tests/unit/kernels/test_int8_quant.py tests/unit/kernels/test_rmsnorm_rope.py \
         "tests/unit/kernels/test_w8a8_gpu.py::test_ffn_down_with_the_gelu_in_its_quant_pass_at_wan_shapes" \
-        -k "chunk or explicit_configs or gpu or gelu" > "$OUT/tests0.log" 2>&1
+        -k "chunk or explicit_configs or gpu" > "$OUT/tests0.log" 2>&1
     wait $gpu1
     for f in tests0 tests1; do echo "== $f"; grep -E "passed|failed|Error|FAIL" "$OUT/$f.log" | tail -8; done
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1: pack-free bf16, 2 and 1 head groups (int8: 0.565, x2j's first run)"
