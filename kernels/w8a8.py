@@ -160,13 +160,16 @@ def _w8a8_tma_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     NUM_SMS: tl.constexpr,
+    FLATTEN: tl.constexpr = False,  # the tile and K loops as one software-pipelined loop (scripts/gemm_variants.py)
+    WARP_SPEC: tl.constexpr = False,  # Triton's automatic warp specialization of the tile loop
 ):
     # 1. persistent schedule: program p takes tiles p, p + NUM_SMS, ...
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     out_dtype = c_desc.dtype
-    for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+    for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN,
+                            warp_specialize=WARP_SPEC):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N

@@ -17,6 +17,7 @@
 #   bash scripts/gpu_verify.sh x2i      two GPUs, ~5 min: the 480p VAE, the quant pass by warps, the A14B whole job
 #   bash scripts/gpu_verify.sh x2j      two GPUs, ~8 min: session 17's GPU tests, then the 14B sequence-parallel
 #                                       bench with the pack-free bf16 exchange next to int8 (1 and 2 head groups)
+#   bash scripts/gpu_verify.sh gemm     one GPU, ~3 min: the W8A8 GEMM's tile loop flattened / warp-specialized
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -215,6 +216,8 @@ elif [ "$mode" = x2j ]; then
     timeout 360 torchrun --nproc-per-node 2 -m models.parallel --size 14b --steps 4 --attention sagesla \
         --linear w8a8 --exchange bf16 --head-groups 2,1 --profile "$OUT/sp14b_prof.txt" > "$OUT/sp14b.log" 2>&1
     grep "^{" "$OUT/sp14b.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/sp14b.log" | tail -5
+elif [ "$mode" = gemm ]; then
+    timeout 240 python3 scripts/gemm_variants.py 2>&1 | tee "$OUT/gemm.log" | grep -v "^W\|Warning\|warn"
 elif [ "$mode" = x2k ]; then
     # Session 17 (~8 min on nvidia-h200-x2), logs into $OUT. GPU 0: turbovid bench (whole job; --logs keeps the
     # worker's autotune choices to ship). GPU 1 meanwhile: the quant pass (tanh.approx GELU vs sigmoid), the 1.3B
