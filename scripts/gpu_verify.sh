@@ -18,6 +18,8 @@
 #   bash scripts/gpu_verify.sh x2j      two GPUs, ~8 min: session 17's GPU tests, then the 14B sequence-parallel
 #                                       bench with the pack-free bf16 exchange next to int8 (1 and 2 head groups)
 #   bash scripts/gpu_verify.sh gemm     one GPU, ~3 min: the W8A8 GEMM's tile loop flattened / warp-specialized
+#   bash scripts/gpu_verify.sh x2l      two GPUs, ~5 min: GPU 0 turbovid bench (ships the autotune choices with the
+#                                       flattened GEMM configs); GPU 1 the W8A8 GPU tests, the 1.3B and 14B DiT
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -218,6 +220,22 @@ elif [ "$mode" = x2j ]; then
     grep "^{" "$OUT/sp14b.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/sp14b.log" | tail -5
 elif [ "$mode" = gemm ]; then
     timeout 240 python3 scripts/gemm_variants.py 2>&1 | tee "$OUT/gemm.log" | grep -v "^W\|Warning\|warn"
+elif [ "$mode" = x2l ]; then
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 90 tests/unit/kernels/test_w8a8_gpu.py \
+          > "$OUT/logs/tests.log" 2>&1
+      timeout 70 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --variants sagesla/w8a8/fused \
+          > "$OUT/logs/dit13b.log" 2>&1
+      timeout 100 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
+          > "$OUT/logs/dit14b.log" 2>&1 ) &
+    gpu1=$!
+    CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 \
+        --jobs 3 --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    wait $gpu1
+    grep -E "passed|failed" "$OUT/logs/tests.log" | tail -3
+    for f in dit13b dit14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -3; done
+    tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 elif [ "$mode" = x2k ]; then
     # Session 17 (~8 min on nvidia-h200-x2), logs into $OUT. GPU 0: turbovid bench (whole job; --logs keeps the
     # worker's autotune choices to ship). GPU 1 meanwhile: the quant pass (tanh.approx GELU vs sigmoid), the 1.3B
