@@ -36,6 +36,21 @@ sp14b() {
         --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
         | grep "^{" | tail -3
 }
+# turbovid_bench SECONDS: turbovid bench (1.3B whole job, 2-layer umT5); --logs keeps the worker's logs and
+# autotune choices (to ship) in $OUT/logs/e2e
+turbovid_bench() {
+    timeout "$1" python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
+        --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
+        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+}
+# dit_benches [ARGS]: the fast path's 1.3B and 14B DiT per NFE into $OUT/logs/dit13b.log / dit14b.log (ARGS: to
+# the 1.3B run, e.g. --profile DIR)
+dit_benches() {
+    timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --variants sagesla/w8a8/fused "$@" \
+        > "$OUT/logs/dit13b.log" 2>&1
+    timeout 110 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
+        > "$OUT/logs/dit14b.log" 2>&1
+}
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   nproc; df -h /tmp | tail -1; } 2>&1 | tee "$OUT/$mode.log"
@@ -224,14 +239,9 @@ elif [ "$mode" = x2l ]; then
     ( export CUDA_VISIBLE_DEVICES=1
       timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 90 tests/unit/kernels/test_w8a8_gpu.py \
           > "$OUT/logs/tests.log" 2>&1
-      timeout 70 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --variants sagesla/w8a8/fused \
-          > "$OUT/logs/dit13b.log" 2>&1
-      timeout 100 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
-          > "$OUT/logs/dit14b.log" 2>&1 ) &
+      dit_benches ) &
     gpu1=$!
-    CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 \
-        --jobs 3 --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
-        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    CUDA_VISIBLE_DEVICES=0 turbovid_bench 240
     wait $gpu1
     grep -E "passed|failed" "$OUT/logs/tests.log" | tail -3
     for f in dit13b dit14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -3; done
@@ -243,14 +253,9 @@ elif [ "$mode" = x2k ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     ( export CUDA_VISIBLE_DEVICES=1
       timeout 40 python3 scripts/quant_warps.py > "$OUT/quant.log" 2>&1
-      timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --profile "$OUT/logs/prof" \
-          --variants sagesla/w8a8/fused > "$OUT/logs/dit13b.log" 2>&1
-      timeout 120 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused \
-          > "$OUT/logs/dit14b.log" 2>&1 ) &
+      dit_benches --profile "$OUT/logs/prof" ) &
     gpu1=$!
-    CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 \
-        --jobs 3 --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
-        | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
+    CUDA_VISIBLE_DEVICES=0 turbovid_bench 240
     wait $gpu1
     for f in quant logs/dit13b logs/dit14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/$f.log" | tail -8; done
     echo "== A14B I2V 720p whole job, 2 GPUs vs 1"
