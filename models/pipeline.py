@@ -54,7 +54,7 @@ from models.pipeline_types import (
     as_progress,
 )
 from models.samplers import A14B_SWITCH_T, VelocityFn, initial_noise, sample_flow_cfg, sample_rcm
-from models.vae_parallel import split_decode_iter
+from models.vae_parallel import split_decode_iter, split_encode
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,11 @@ class WanPipeline:
         first = self._image_tensor(image, width, height).to(self.device, self.dtype)
         video = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
         video[0, :, 0] = first
-        latent = self.vae.encode(video)  # type: ignore[attr-defined]  # [1, 16, T, h, w]
+        ranks = self.sp if self.sp is not None else self.cfg_parallel
+        if ranks is not None and ranks.world_size > 1:  # every rank: its band of rows, then the whole latents
+            latent = split_encode(self.vae, video, ranks)  # type: ignore[arg-type]
+        else:
+            latent = self.vae.encode(video)  # type: ignore[attr-defined]  # [1, 16, T, h, w]
         t_lat, h, w = latent.shape[2:]
         mask = torch.zeros(1, 4 * t_lat, h, w, device=self.device, dtype=latent.dtype)
         mask[:, :4] = 1.0  # the first latent frame stands for 4 "frames", all known

@@ -564,10 +564,21 @@ class Encoder(nn.Module):
         self.head = _head(dims[-1], cfg.z_dim * 2)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        return self.forward_low(self.forward_high(x, cache), cache)  # [B, 2z, T', H/8, W/8]
+
+    def forward_high(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The input conv and the down levels (every block with a spatial reach only: rows can be split,
+        `models.vae_parallel.split_encode`) -> [B, C_top, T', H/8, W/8]."""
         x = self.conv1(x, cache)  # [B, base, T, H, W]
-        for block in (*self.downsamples, *self.middle):
+        for block in self.downsamples:
             x = block(x, cache)
-        return _run_head(self.head, x, cache)  # [B, 2z, T', H/8, W/8]
+        return x
+
+    def forward_low(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The mid block (its self-attention spans a whole frame) and the head, at latent resolution."""
+        for block in self.middle:
+            x = block(x, cache)
+        return _run_head(self.head, x, cache)
 
 
 class Decoder(nn.Module):
@@ -673,13 +684,16 @@ class WanVAE(nn.Module):
         chunk_latents: int | None = None,
         fused: bool | None = None,
         memory_budget: int | None = None,
+        run: Callable[[torch.Tensor, CausalCache], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H, W multiples of 8 ->
         normalised latents [B, z, (F-1)/4+1, H/8, W/8] ((mu - mean) / std), in the model's dtype.
 
         The first frame goes alone, then `chunk_latents` × 4 frames at a time (default: as many as
         `memory_budget` allows on the fast path, 1 on the eager path). `fused`: the fast path
-        (default: on CUDA)."""
+        (default: on CUDA). `run(x, cache)`: what turns one chunk of video into [B, 2z, n, H/8, W/8]
+        (default: the encoder, then the 1×1×1 conv; `models.vae_parallel.split_encode` passes its
+        split one)."""
         cfg, p = self.config, self._param()
         tf, sf = cfg.temporal_factor, cfg.spatial_factor
         if video.dim() != 5 or video.shape[1] != 3:
@@ -699,12 +713,14 @@ class WanVAE(nn.Module):
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
         cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
+        if run is None:
+            run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0
         while i < t_lat:
             n = 1 if i == 0 else min(chunk_latents, t_lat - i)
             start, stop = (0, 1) if i == 0 else (1 + tf * (i - 1), 1 + tf * (i - 1 + n))
             x = video[:, :, start:stop]
-            out = self.conv1(self.encoder(_channels_last(x) if fused else x, cache), cache)  # [B, 2z, n, h, w]
+            out = run(_channels_last(x) if fused else x, cache)  # [B, 2z, n, h, w]
             mu[:, :, i : i + n] = out[:, : cfg.z_dim]
             i += n
 

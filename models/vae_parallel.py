@@ -40,6 +40,13 @@ every rank decodes the whole video instead.
 Every rank must consume the chunks in step: each chunk holds collectives, so a rank that stops early
 (a cancelled job) must make the others stop at the same chunk, or they wait for the group's timeout.
 
+The encode side (`split_encode`, the I2V image condition of a split `WanPipeline`) is simpler: every rank
+holds the whole video, so each runs the encoder's down path (its input conv and down levels, nearly all
+of its work) on its band of latent rows plus the video rows they reach (`encoder_reach`, widened to
+whole latent rows so the stride-2 convs keep the frame's row parity) with no exchange; per chunk the
+bands' latent-resolution rows are all-gathered and every rank runs the mid block and head on the whole
+frame.
+
 `torchrun --nproc-per-node 2 -m models.vae_parallel --size 832x480 --frames 81` is the bench.
 """
 
@@ -55,7 +62,8 @@ from torch import nn
 
 from models.vae import AttentionBlock, CausalCache, Resample, ResidualBlock, WanVAE, _run_head
 
-__all__ = ["RankGroup", "Stage", "bands", "split_decode", "split_decode_iter", "stage_reach", "work_fractions"]
+__all__ = ["RankGroup", "Stage", "bands", "encoder_reach", "split_decode", "split_decode_iter", "split_encode",
+           "stage_reach", "work_fractions"]
 
 _CL3D = torch.channels_last_3d
 
@@ -237,6 +245,71 @@ def _run_stage(stage: Stage, vae: WanVAE, x: torch.Tensor, cache: CausalCache) -
 def split_decode(vae: WanVAE, latents: torch.Tensor, sp: RankGroup, **chunking: Any) -> torch.Tensor:
     """The chunks of `split_decode_iter` in one tensor [B, 3, 4(T-1)+1, 8h, 8w] (every rank)."""
     return torch.cat(list(split_decode_iter(vae, latents, sp, **chunking)), dim=2)
+
+
+def encoder_reach(vae: WanVAE, lo: int, hi: int) -> tuple[int, int]:
+    """Video rows [lo', hi') that rows [lo, hi) of the encoder's down path (`Encoder.forward_high`, at latent
+    resolution) depend on, unclipped. Walks it backwards: a residual block's two 3×3 convs widen by 2 rows
+    on each side; a stride-2 downsampler (bottom zero pad, 3×3 conv) maps output rows [lo, hi) to input rows
+    [2·lo, 2·(hi - 1) + 3); the input conv widens by 1."""
+    enc = vae.encoder
+    for blk in reversed(enc.downsamples):
+        if isinstance(blk, ResidualBlock):
+            r = _pad_rows(blk.residual[2]) + _pad_rows(blk.residual[6])
+            lo, hi = lo - r, hi + r
+        elif isinstance(blk, Resample) and blk.mode.startswith("downsample"):
+            conv = blk.resample[1]
+            k, st = conv.kernel_size[-2], conv.stride[-2]
+            lo, hi = st * lo, st * (hi - 1) + k
+        else:
+            raise TypeError(f"no row reach known for {type(blk).__name__}")
+    p = _pad_rows(enc.conv1)
+    return lo - p, hi + p
+
+
+def _row_factor(vae: WanVAE) -> int:
+    """Video rows per latent row of the down path (the product of its downsamplers' strides)."""
+    f = 1
+    for blk in vae.encoder.downsamples:
+        if isinstance(blk, Resample):
+            f *= blk.resample[1].stride[-2]
+    return f
+
+
+@torch.no_grad()
+def split_encode(vae: WanVAE, video: torch.Tensor, sp: RankGroup, **chunking: Any) -> torch.Tensor:
+    """`vae.encode(video, ...)` with the work split across the ranks of `sp`: every rank calls it with the
+    same video and gets the same latents. Each rank runs the down path (`Encoder.forward_high`: the input
+    conv and the down levels, ~all of the encoder's work) on its band of latent rows (`bands`) plus the
+    video rows they reach (`encoder_reach`, widened to whole latent rows so the strided convs stay aligned
+    to the frame); the zero padding at a band's cut corrupts only rows outside the kept band. Every rank
+    needs the whole video anyway, so the halo comes from the input: no exchange inside the down path. Per
+    chunk the bands are all-gathered at latent resolution and every rank runs the mid block (its
+    attention spans the frame) and the head on the whole frame. `chunking`: encode's chunk_latents /
+    memory_budget / fused."""
+    h_video = video.shape[3] if video.dim() == 5 else 0
+    f = _row_factor(vae)
+    h = h_video // f
+    if sp.world_size == 1 or h < sp.world_size:
+        return vae.encode(video, **chunking)
+    own = bands(h, sp.world_size)
+    lo, hi = own[sp.rank]
+    need_lo, need_hi = encoder_reach(vae, lo, hi)
+    a = max(0, need_lo) // f * f  # whole latent rows: every stride-2 conv sees the frame's row parity
+    b = min(h_video, -(-need_hi // f) * f)
+    enc = vae.encoder
+
+    def run(x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        band = x[:, :, :, a:b]
+        if cache.fused:
+            band = band.contiguous(memory_format=_CL3D)
+        mine = enc.forward_high(band, cache)[:, :, :, lo - a // f : hi - a // f]  # [B, C, n, own rows, w]
+        full = _gather_rows(mine, own, sp)  # [B, C, n, h, w]
+        if cache.fused:
+            full = full.contiguous(memory_format=_CL3D)
+        return vae.conv1(enc.forward_low(full, cache), cache)
+
+    return vae.encode(video, run=run, **chunking)
 
 
 def work_fractions(vae: WanVAE, shape: tuple[int, ...], world: int) -> dict[str, Any]:

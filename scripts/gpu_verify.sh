@@ -20,6 +20,7 @@
 #   bash scripts/gpu_verify.sh gemm     one GPU, ~3 min: the W8A8 GEMM's tile loop flattened / warp-specialized
 #   bash scripts/gpu_verify.sh x2l      two GPUs, ~5 min: GPU 0 turbovid bench (ships the autotune choices with the
 #                                       flattened GEMM configs); GPU 1 the W8A8 GPU tests, the 1.3B and 14B DiT
+#   bash scripts/gpu_verify.sh a14b2    two GPUs, ~3 min: the A14B I2V whole job on 2 GPUs vs 1, bf16 (split encode)
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -246,6 +247,10 @@ elif [ "$mode" = x2l ]; then
     grep -E "passed|failed" "$OUT/logs/tests.log" | tail -3
     for f in dit13b dit14b; do echo "== $f"; grep -v "^W\|Warning\|warn" "$OUT/logs/$f.log" | tail -3; done
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = a14b2 ]; then
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    timeout 220 torchrun --nproc-per-node 2 -m models.bench_a14b --ranks --exchange bf16 > "$OUT/a14b_ranks.log" 2>&1
+    grep "^{" "$OUT/a14b_ranks.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/a14b_ranks.log" | tail -4
 elif [ "$mode" = x2k ]; then
     # Session 17 (~8 min on nvidia-h200-x2), logs into $OUT. GPU 0: turbovid bench (whole job; --logs keeps the
     # worker's autotune choices to ship). GPU 1 meanwhile: the quant pass (tanh.approx GELU vs sigmoid), the 1.3B

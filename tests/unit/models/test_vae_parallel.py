@@ -17,7 +17,7 @@ import torch
 from test_parallel import _cos, _run_ranks
 
 from models.vae import CausalCache, VAEConfig, WanVAE, _run_head
-from models.vae_parallel import bands, stage_reach, stages, work_fractions
+from models.vae_parallel import bands, encoder_reach, stage_reach, stages, work_fractions
 
 # (latents shape, decode_iter arguments): latent heights 7 and 13 (not divisible by 2 or 3), 4 (bands
 # of 1 and 2 rows: halos wider than a neighbour's band), a tapered plan, one latent frame at a time.
@@ -27,6 +27,15 @@ CASES = [
     ((1, 16, 3, 4, 3), dict(chunk_latents=2, taper=False)),
 ]
 FUSED_CASE = (1, 16, 2, 2, 3)  # the fast path under Triton's CPU interpreter: slow, so tiny
+# split_encode: (video shape, encode arguments). The down path reaches ~5 latent rows each way, so the bands
+# are only really cut from ~12 latent rows up: 32 and 25 (odd) latent rows, and 4 (bands of 1-2 rows whose
+# halo is the whole frame); two time chunkings
+ENCODE_CASES = [
+    ((1, 3, 5, 256, 16), dict(chunk_latents=1)),
+    ((1, 3, 9, 200, 8), dict(chunk_latents=2)),
+    ((1, 3, 9, 32, 24), dict(chunk_latents=1)),
+]
+FUSED_ENCODE_CASE = (1, 3, 5, 128, 8)
 
 
 def _vae() -> WanVAE:
@@ -42,10 +51,14 @@ def _latents(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
 
 
+def _video(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) * 2 - 1
+
+
 def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
     """mode "exact": CASES with oneDNN off; "all": CASES with oneDNN on, and the fast path (FUSED_CASE)."""
     from models.parallel import init_sequence_parallel
-    from models.vae_parallel import split_decode_iter
+    from models.vae_parallel import split_decode_iter, split_encode
 
     torch.set_num_threads(1)
     sp = init_sequence_parallel(rank, world, port=port, backend="gloo")
@@ -60,8 +73,13 @@ def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
                 result[f"split{i}_{onednn}"] = torch.cat(chunks, dim=2)
                 result[f"sizes{i}_{onednn}"] = [c.shape[2] for c in chunks]
                 result[f"whole{i}_{onednn}"] = vae.decode(latents, **kw)
+            for i, (shape, kw) in enumerate(ENCODE_CASES):
+                video = _video(shape)
+                result[f"enc_split{i}_{onednn}"] = split_encode(vae, video, sp, **kw)
+                result[f"enc_whole{i}_{onednn}"] = vae.encode(video, **kw)
         if mode == "all":
             result["fused"] = torch.cat(list(split_decode_iter(vae, _latents(FUSED_CASE), sp, fused=True)), dim=2)
+            result["enc_fused"] = split_encode(vae, _video(FUSED_ENCODE_CASE), sp, fused=True)
     torch.save(result, out / f"rank{rank}.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -82,6 +100,15 @@ def _check(out: Path, world: int, *, onednn: bool) -> None:
             torch.testing.assert_close(split, whole, atol=1e-5 if onednn else 1e-6, rtol=0)
             torch.testing.assert_close(split, here, atol=1e-5, rtol=0)
             assert _cos(split, here) > 0.9999999
+    for i, (shape, kw) in enumerate(ENCODE_CASES):  # the split encode: every rank the whole latents
+        here = vae.encode(_video(shape), **kw)
+        for rank in range(world):
+            got = torch.load(out / f"rank{rank}.pt")
+            split, whole = got[f"enc_split{i}_{onednn}"], got[f"enc_whole{i}_{onednn}"]
+            assert split.shape == whole.shape == here.shape == (1, 16, (shape[2] - 1) // 4 + 1, shape[3] // 8,
+                                                                 shape[4] // 8)
+            torch.testing.assert_close(split, whole, atol=1e-5 if onednn else 1e-6, rtol=0)
+            torch.testing.assert_close(split, here, atol=1e-5, rtol=0)
 
 
 def test_stage_reach_is_the_exact_receptive_field() -> None:
@@ -109,6 +136,29 @@ def test_stage_reach_is_the_exact_receptive_field() -> None:
         assert changed == expect, (k, changed, expect)
 
 
+def test_encoder_reach_covers_the_receptive_field() -> None:
+    # Perturb one video row: every latent row of the down path that changes has that row in its reach
+    # (what makes the split exact), and the reach is tight to within one latent row at each end (interval
+    # arithmetic through the stride-2 convs ignores row parity); the real config's layers, tiny channels.
+    vae = _vae()
+    x = torch.randn(1, 3, 1, 256, 8)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encoder.forward_high(x, CausalCache())
+
+    base = run(x)
+    for row in (0, 100, 131, 255):
+        y = x.clone()
+        y[:, :, :, row] += 1.0
+        changed = ((run(y) - base).abs().amax(dim=(0, 1, 2, 4)) > 0).nonzero().flatten().tolist()
+        expect = [o for o in range(base.shape[3]) if encoder_reach(vae, o, o + 1)[0] <= row
+                  < encoder_reach(vae, o, o + 1)[1]]  # fmt: skip
+        assert changed and set(changed) <= set(expect), (row, changed, expect)
+        assert changed[0] - expect[0] <= 1 and expect[-1] - changed[-1] <= 1, (row, changed, expect)
+    assert encoder_reach(vae, 3, 4) == (-37, 100)
+
+
 def test_bands_and_work_fractions_at_480p() -> None:
     assert bands(7, 2) == [(0, 3), (3, 7)] and bands(4, 3) == [(0, 1), (1, 2), (2, 4)]
     with torch.device("meta"):
@@ -128,6 +178,10 @@ def test_two_ranks_decode_equals_whole_decode_and_on_the_fast_path(tmp_path: Pat
     for rank in range(2):  # the fast path (channels-last, Triton norms) split, vs the eager whole decode
         got = torch.load(tmp_path / f"rank{rank}.pt")["fused"]
         torch.testing.assert_close(got, eager, atol=2e-5, rtol=1e-5)
+    eager = _vae().encode(_video(FUSED_ENCODE_CASE), fused=False)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")["enc_fused"]
+        torch.testing.assert_close(got, eager, atol=5e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
