@@ -166,13 +166,12 @@ def _join_group(rank: int, world_size: int, backend: str, timeout_s: float, stor
     return dist.new_group(backend="gloo", timeout=timeout)
 
 
-def exchange_for(pipe: Any, setting: str) -> str:
-    """worker.sp_exchange resolved for this pipeline: "auto" is bf16. Measured on 2 H200s (NVLink) since the
-    bf16 exchange needs no packing (session 17: the projections write the send layout, the output
-    projection gathers the way back): the 14B 720p split took 0.548x one GPU against 0.565x with int8, and
-    1.3B guided steps were slower with int8 too. int8 halves the bytes, for hosts whose GPUs talk over PCIe
-    (unmeasured here: set it explicitly)."""
-    del pipe  # the choice no longer depends on the model: kept in the signature for the callers
+def exchange_for(setting: str) -> str:
+    """worker.sp_exchange resolved: "auto" is bf16. Measured on 2 H200s (NVLink) since the bf16 exchange needs
+    no packing (session 17: the projections write the send layout, the output projection gathers the way
+    back): the 14B 720p split took 0.548x one GPU against 0.565x with int8, and 1.3B guided steps were
+    slower with int8 too. int8 halves the bytes, for hosts whose GPUs talk over PCIe (unmeasured here: set
+    it explicitly)."""
     return "bf16" if setting == "auto" else setting
 
 
@@ -181,10 +180,10 @@ def _attach(pipe: Any, rank: int, world_size: int, control: Any, exchange: str =
     A guided flow job runs CFG parallel (WanPipeline.cfg_parallel): with 2 ranks cond on rank 0
     and uncond on rank 1, with 2·k ranks each call sequence parallel over k of them (SP × CFG); every
     other job is sequence parallel over all the ranks. exchange: worker.sp_exchange ("auto" resolved
-    here, the same on every rank: they load the same model)."""
+    here by `exchange_for`, the same on every rank)."""
     from models.parallel import SequenceParallel, cfg_sequence_parallel
 
-    exchange = exchange_for(pipe, exchange)
+    exchange = exchange_for(exchange)
     log.info("rank %d: sequence parallel over %d ranks, q/k/v exchanged as %s", rank, world_size, exchange)
     pipe.sp = SequenceParallel(rank=rank, world_size=world_size, exchange=exchange)  # q/k/v: worker.sp_exchange
     if world_size % 2 == 0:

@@ -55,12 +55,12 @@ def test_auto_exchange_is_the_pack_free_bf16_for_every_model():
             mods[f"expert{i}"].cfg = SimpleNamespace(dim=dim)
         return SimpleNamespace(transformers=mods, sp=None, cfg_parallel=None)
 
+    assert exchange_for("auto") == "bf16"
+    assert exchange_for("bf16") == "bf16" and exchange_for("int8") == "int8"
     for dims in ((1536,), (5120,), (5120, 5120)):  # 1.3B, 14B, A14B (two experts)
-        assert exchange_for(pipe_of(*dims), "auto") == "bf16"
-    assert exchange_for(pipe_of(5120), "bf16") == "bf16" and exchange_for(pipe_of(1536), "int8") == "int8"
-    big = pipe_of(5120)
-    _attach(big, 1, 2, None, exchange="auto")
-    assert big.sp.exchange == "bf16"
+        pipe = pipe_of(*dims)
+        _attach(pipe, 1, 2, None, exchange="auto")
+        assert pipe.sp.exchange == "bf16", dims
     forced = pipe_of(5120)
     _attach(forced, 1, 2, None, exchange="int8")
     assert forced.sp.exchange == "int8"
