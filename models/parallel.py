@@ -200,17 +200,6 @@ class SequenceParallel:
         work = dist.all_to_all_single(recv, send, group=self.group, async_op=True)
         return PendingExchange(work, send, recv, unpack_to)
 
-    # the blocking forms (kept for callers holding [B, H, L/N, D] tensors) --------------------------------
-    def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, L/N, D] (this rank's tokens, all heads) -> [B, H/N, L_pad, D] (all tokens, this rank's heads)."""
-        return self.finish_heads(self.start_heads(x.transpose(1, 2)), x.shape[2] * self.world_size)
-
-    def heads_to_seq(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H/N, L_pad, D] -> [B, H, L/N, D]: the inverse of `seq_to_heads`."""
-        out = self.finish_tokens([self.start_tokens(x)])
-        assert isinstance(out, torch.Tensor)
-        return out
-
 
 @dataclass
 class PendingExchange:

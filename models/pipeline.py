@@ -188,8 +188,8 @@ class WanPipeline:
         first = self._image_tensor(image, width, height).to(self.device, self.dtype)
         video = torch.zeros(1, 3, num_frames, height, width, device=self.device, dtype=self.dtype)
         video[0, :, 0] = first
-        ranks = self.sp if self.sp is not None else self.cfg_parallel
-        if ranks is not None and ranks.world_size > 1:  # every rank: its band of rows, then the whole latents
+        ranks = self._vae_ranks()
+        if ranks is not None:  # every rank: its band of rows, then the whole latents
             latent = split_encode(self.vae, video, ranks)  # type: ignore[arg-type]
         else:
             latent = self.vae.encode(video)  # type: ignore[attr-defined]  # [1, 16, T, h, w]
@@ -341,10 +341,16 @@ class WanPipeline:
     def _decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """The VAE's decoded chunks [1, 3, n, H, W]: split across the ranks of `sp` (or of `cfg_parallel`)
         when there are several (every rank calls this and gets every chunk), else this process alone."""
-        ranks = self.sp if self.sp is not None else self.cfg_parallel
-        if ranks is not None and ranks.world_size > 1:
+        ranks = self._vae_ranks()
+        if ranks is not None:
             return split_decode_iter(self.vae, latents, ranks)  # type: ignore[arg-type]
         return self.vae.decode_iter(latents)  # type: ignore[attr-defined,no-any-return]
+
+    def _vae_ranks(self) -> SequenceParallel | CfgParallel | None:
+        """The ranks the VAE encode and decode split across: those of `sp` (or of `cfg_parallel`) when there
+        are several, else None (this process alone)."""
+        ranks = self.sp if self.sp is not None else self.cfg_parallel
+        return ranks if ranks is not None and ranks.world_size > 1 else None
 
 
 class _StepReporter:
