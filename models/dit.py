@@ -126,19 +126,15 @@ class WanSelfAttention(nn.Module):
         sp = seq.sp
         B, L, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        if sp.exchange == "bf16":  # the projections write the send layout [N, B, L, H/N, D] themselves
-            N = sp.world_size
-            v = sp.start_packed(ops.linear_heads(self.v, x, N).view(N, B, L, H // N, D))
-            q = sp.start_packed(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps,
-                                                 cos, sin, H, chunks=N))
-            k = sp.start_packed(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps,
-                                                 cos, sin, H, chunks=N))
-        else:
-            v = sp.start_heads(ops.apply_linear(self.v, x).view(B, L, H, D))
-            q = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps,
-                                                cos, sin, H))
-            k = sp.start_heads(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps,
-                                                cos, sin, H))
+        # bf16 on the wire: the projections write the send layout [N, B, L, H/N, D] themselves (no packing)
+        N = sp.world_size if sp.exchange == "bf16" else 1
+        start = sp.start_packed if N > 1 else sp.start_heads
+        v = ops.linear_heads(self.v, x, N)  # [N, B, L, C/N] or [B, L, C]
+        v = start(v.view(N, B, L, H // N, D) if N > 1 else v.view(B, L, H, D))
+        q = start(ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps, cos, sin, H,
+                                   chunks=N))
+        k = start(ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps, cos, sin, H,
+                                   chunks=N))
         local = replace(ops, sequence=None)  # the attention itself runs over the full sequence of H/N heads
         o = seq.attend_started(q, k, v, lambda q_, k_, v_: self.attn_op(q_, k_, v_, local, sla_topk))
         if not isinstance(o, HeadChunks):  # [B, H, L/N, D]
