@@ -255,7 +255,7 @@ def quantize_activation(
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be 2-D with a contiguous last dim, got shape {tuple(x.shape)}")
     m, k = x.shape
-    return _quantize(x, m, k, x.stride(0), (1, 1, 1, 0), block_m, block_k, gelu, chunked=False)
+    return _quantize(x, m, k, x.stride(0), None, block_m, block_k, gelu)
 
 
 def quantize_activation_chunked(buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,11 +266,13 @@ def quantize_activation_chunked(buf: torch.Tensor) -> tuple[torch.Tensor, torch.
     if buf.dim() != 4 or not buf.is_contiguous():
         raise ValueError(f"buf must be a contiguous [G, N, M, W], got {tuple(buf.shape)}")
     g, n, m, w = buf.shape
-    return _quantize(buf, m, n * g * w, w, (w, g, n, m * w), None, None, False, chunked=True)
+    return _quantize(buf, m, n * g * w, w, (w, g, n, m * w), None, None, False)
 
 
-def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int, int, int, int],
-              block_m: int | None, block_k: int | None, gelu: bool, *, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int, int, int, int] | None,
+              block_m: int | None, block_k: int | None, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the quant kernel over x's M rows of K; chunks (chunk_w, chunk_g, chunk_n, chunk_s): x held as
+    column chunks (`quantize_activation_chunked`), None: plain rows stride_xm apart."""
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0:
@@ -287,14 +289,14 @@ def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int
         k,
         stride_xm,
         q.stride(0),
-        *chunks,
+        *(chunks or (1, 1, 1, 0)),  # unread unless CHUNKED
         BLOCK_M=bm,
         BLOCK_K=bk,
         WRITE_Q=True,
         ONE_PASS=bk >= k,
         GELU=gelu,
         FAST_TANH=not on_cpu,
-        CHUNKED=chunked,
+        CHUNKED=chunks is not None,
         **({} if on_cpu else {"num_warps": warps}),
     )
     return q, s
