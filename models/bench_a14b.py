@@ -178,22 +178,32 @@ def _compare(a: np.ndarray, b: np.ndarray, device: torch.device) -> dict[str, fl
             "frames_std": round(x.std().item(), 2)}  # content: equal constant frames would prove nothing
 
 
+def _card(model_id: str) -> ModelCard:
+    """The catalog card, with two experts (the tiny I2V card has one; the bench runs the A14B layout)."""
+    card = get_card(model_id)
+    return card if card.experts else dataclasses.replace(card, experts=True, also_serves=())
+
+
+def _runs(width: int, height: int, frames: int, steps: int, seed: int) -> list[GenerationParams]:
+    """A variant's two generations (a warm-up, then the timed one), each with a new prompt so the text
+    encoder runs each time."""
+    return [GenerationParams(kind="i2v", width=width, height=height, num_frames=frames, num_steps=steps,
+                             seed=seed, prompt=f"a lighthouse on a cliff at dusk, waves below, take {run}")
+            for run in range(2)]
+
+
 def bench(size: str = "a14b", *, device: str = "cuda", budget_gb: float = 32.0, steps: int = 4, seed: int = 0,
           log: Callable[[str], None] = _log) -> dict[str, Any]:
     """The whole I2V job resident, then under `budget_gb` GiB with expert + text-encoder offload; the
     result row (see the module docstring)."""
     model_id, (width, height), frames = SIZES[size]
-    card = get_card(model_id)
-    if not card.experts:
-        card = dataclasses.replace(card, experts=True, also_serves=())
+    card = _card(model_id)
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     log(f"{card.id} {width}x{height} {frames} frames {steps} steps on {device}; building random weights")
     pipe = build_pipeline(card, device=device, dtype=dtype, seed=seed, log=log)
     image = input_image(width, height)
-    params = [GenerationParams(kind="i2v", width=width, height=height, num_frames=frames, num_steps=steps,
-                               seed=seed, prompt=f"a lighthouse on a cliff at dusk, waves below, take {run}")
-              for run in range(2)]  # a new prompt per run: the text encoder runs each time
+    params = _runs(width, height, frames, steps, seed)
 
     resident_s, resident, resident_peak, resident_reserved = run_variant("resident", pipe, params, image, log)
     want = resident.frames.copy()
@@ -262,16 +272,12 @@ def bench_ranks(size: str = "a14b", *, device: str = "cuda", steps: int = 4, exc
                                 port=int(os.environ["MASTER_PORT"]), backend="nccl" if cuda else "gloo",
                                 timeout_s=900)
     model_id, (width, height), frames = SIZES[size]
-    card = get_card(model_id)
-    if not card.experts:
-        card = dataclasses.replace(card, experts=True, also_serves=())
+    card = _card(model_id)
     pipe = build_pipeline(card, device=f"cuda:{local}" if cuda else device,
                           dtype=torch.bfloat16 if cuda else torch.float32, seed=seed,
                           log=log if rank == 0 else lambda _m: None)
     image = input_image(width, height)
-    params = [GenerationParams(kind="i2v", width=width, height=height, num_frames=frames, num_steps=steps,
-                               seed=seed, prompt=f"a lighthouse on a cliff at dusk, waves below, take {run}")
-              for run in range(2)]
+    params = _runs(width, height, frames, steps, seed)
     quiet = log if rank == 0 else lambda _m: None
     one_s, one, one_peak, _ = run_variant("one GPU", pipe, params, image, quiet)
     row: dict[str, Any] = {"model": card.id, "size": f"{width}x{height}", "frames": frames, "steps": steps,
