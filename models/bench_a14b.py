@@ -273,12 +273,12 @@ def bench_ranks(size: str = "a14b", *, device: str = "cuda", steps: int = 4, exc
                                 timeout_s=900)
     model_id, (width, height), frames = SIZES[size]
     card = _card(model_id)
+    quiet = log if rank == 0 else lambda _m: None  # rank 0 speaks for all
     pipe = build_pipeline(card, device=f"cuda:{local}" if cuda else device,
                           dtype=torch.bfloat16 if cuda else torch.float32, seed=seed,
-                          log=log if rank == 0 else lambda _m: None)
+                          log=quiet)
     image = input_image(width, height)
     params = _runs(width, height, frames, steps, seed)
-    quiet = log if rank == 0 else lambda _m: None
     one_s, one, one_peak, _ = run_variant("one GPU", pipe, params, image, quiet)
     row: dict[str, Any] = {"model": card.id, "size": f"{width}x{height}", "frames": frames, "steps": steps,
                            "ranks": world, "one_s": round(one_s, 3), "one_peak_gib": one_peak,
