@@ -21,6 +21,8 @@
 #   bash scripts/gpu_verify.sh x2l      two GPUs, ~5 min: GPU 0 turbovid bench (ships the autotune choices with the
 #                                       flattened GEMM configs); GPU 1 the W8A8 GPU tests, the 1.3B and 14B DiT
 #   bash scripts/gpu_verify.sh a14b2    two GPUs, ~3 min: the A14B I2V whole job on 2 GPUs vs 1, bf16 (split encode)
+#   bash scripts/gpu_verify.sh s18a     one GPU, ~4 min: VAE time taps merged on the output channels (micro-bench),
+#                                       the 1.3B DiT and 480p VAE decode kernel profiles
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -267,6 +269,12 @@ elif [ "$mode" = x2k ]; then
     timeout 250 torchrun --nproc-per-node 2 -m models.bench_a14b --ranks --exchange bf16,int8 > "$OUT/a14b_ranks.log" 2>&1
     grep "^{" "$OUT/a14b_ranks.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/a14b_ranks.log" | tail -6
     tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+elif [ "$mode" = s18a ]; then
+    timeout 60 python3 scripts/vae_tap_merge.py > "$OUT/tap_merge.log" 2>&1; cat "$OUT/tap_merge.log"
+    timeout 150 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --profile "$OUT/prof" \
+        --variants sagesla/w8a8/fused > "$OUT/dit13b.log" 2>&1; tail -3 "$OUT/dit13b.log"
+    timeout 100 python3 -m models.bench_vae --sizes 832x480 --skip-encode --profile "$OUT/vae_prof.txt" \
+        > "$OUT/vae.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae.log" | tail -6
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
