@@ -140,8 +140,10 @@ def test_encoder_reach_covers_the_receptive_field() -> None:
     # Perturb one video row: every latent row of the down path that changes has that row in its reach
     # (what makes the split exact), and the reach is tight to within one latent row at each end (interval
     # arithmetic through the stride-2 convs ignores row parity); the real config's layers, tiny channels.
-    vae = _vae()
-    x = torch.randn(1, 3, 1, 256, 8)
+    # float64: at the edge of the reach the change decays below fp32's resolution (row 131's effect on
+    # latent row 24, whose reach starts at 131, is ~3e-8 of the output) and would read as "unchanged".
+    vae = _vae().double()
+    x = torch.randn(1, 3, 1, 256, 8, dtype=torch.float64)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
