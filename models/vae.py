@@ -161,11 +161,14 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d") -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", conv_frames: int | None = None) -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+        if conv_frames is not None and conv_frames < 1:
+            raise ValueError(f"conv_frames must be a positive number of frames or None, got {conv_frames}")
         self.fused = fused
         self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
+        self.conv_frames = conv_frames  # taps2d: most frames per 2-D conv call (None: the whole chunk)
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
 
@@ -200,32 +203,53 @@ def _rows(x: torch.Tensor) -> list[torch.Tensor]:
     return [x[i].movedim(0, -1).view(-1, x.shape[1]) for i in range(x.shape[0])]
 
 
-def _norm_silu_into(parts: list[torch.Tensor], gamma: torch.Tensor, out: torch.Tensor,
+# A conv's output on the fast path: frame groups (consecutive, in time order; one unless
+# `CausalCache.conv_frames` splits the chunk), each a list of one tensor or of the three time taps'
+# partial outputs, every tensor [B, C_out, frames of the group, H, W] channels-last-3d.
+ConvParts = list[list[torch.Tensor]]
+
+
+def _frame_slices(groups: ConvParts) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+    t0 = 0
+    for parts in groups:
+        n = parts[0].shape[2]
+        yield slice(t0, t0 + n), parts
+        t0 += n
+
+
+def _norm_silu_into(groups: ConvParts, gamma: torch.Tensor, out: torch.Tensor,
                     bias: torch.Tensor | None = None) -> None:
-    """out <- silu(rms_norm(sum(parts) (+ bias)) · gamma) in one Triton pass. parts: one tensor, or a conv's
-    three time-tap partial outputs; bias: the conv's [C] bias when it was left out of the conv; out: a
-    channels-last-3d view (the new frames of a conv's padded input)."""
+    """out <- silu(rms_norm(sum(parts) (+ bias)) · gamma) in one Triton pass per frame group. groups: see
+    `ConvParts` ([[x]] for a plain tensor); bias: the conv's [C] bias when it was left out of the conv; out:
+    a channels-last-3d view (the new frames of a conv's padded input)."""
     from kernels.rmsnorm_silu import rmsnorm_silu_out, tap_sum_rmsnorm_silu_out
 
-    rows = [_rows(_channels_last(p)) for p in parts]
-    for i, outr in enumerate(_rows(out)):
-        if len(parts) == 1:
-            rmsnorm_silu_out(rows[0][i], gamma, outr, bias=bias)
-        else:
-            tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr, bias=bias)
+    for frames, parts in _frame_slices(groups):
+        rows = [_rows(_channels_last(p)) for p in parts]
+        for i, outr in enumerate(_rows(out[:, :, frames])):
+            if len(parts) == 1:
+                rmsnorm_silu_out(rows[0][i], gamma, outr, bias=bias)
+            else:
+                tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr, bias=bias)
 
 
-def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """sum(parts) (+ bias) + residual in one Triton pass, written over parts[0]."""
+def _sum_residual(groups: ConvParts, residual: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(parts) (+ bias) + residual in one Triton pass per frame group: written over the first part when
+    there is one group, else into a new channels-last-3d tensor."""
     from kernels.rmsnorm_silu import residual_sum_out, tap_sum_out
 
-    out = _channels_last(parts[0])
-    rows = [_rows(out), *(_rows(_channels_last(p)) for p in (*parts[1:], residual))]
-    for row in zip(*rows, strict=True):
-        if len(parts) == 1:
-            residual_sum_out(row[0], row[1], row[0], bias=bias)
-        else:
-            tap_sum_out(*row, row[0], bias=bias)
+    residual = _channels_last(residual)
+    if len(groups) == 1:
+        out = _channels_last(groups[0][0])
+    else:
+        out = torch.empty(residual.shape, device=residual.device, dtype=groups[0][0].dtype, memory_format=_CL3D)
+    for frames, parts in _frame_slices(groups):
+        rows = [_rows(out[:, :, frames]), *(_rows(_channels_last(p)) for p in parts), _rows(residual[:, :, frames])]
+        for row in zip(*rows, strict=True):
+            if len(parts) == 1:
+                residual_sum_out(row[1], row[2], row[0], bias=bias)
+            else:
+                tap_sum_out(*row[1:], row[0], bias=bias)
     return out
 
 
@@ -290,28 +314,34 @@ class CausalConv3d(nn.Conv3d):
             cache.put(self, buf[:, :, -self.context :].clone())
         return self._conv(buf, with_bias=with_bias)
 
-    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[ConvParts, torch.Tensor | None]:
         """`forward_buffer` without the bias, which is returned for the caller's next pass to add (cuDNN
         adds a conv's bias as a separate pass over the output), and whose output may come as the partial
         sums of the three time taps, for that pass to add too (`cache.conv_impl == "taps2d"`, square 3×3×3
         convs, where cuDNN's 2-D kernels beat its 3-D ones): sum_k conv2d(frames[k : k + T],
-        weight[:, :, k]), frames as the batch. -> (parts, bias): each part [B, C_out, T, H, W]
-        channels-last-3d; bias [C_out] or None."""
+        weight[:, :, k]), frames as the batch, at most `cache.conv_frames` output frames per conv2d
+        call (cuDNN ran the 96-channel convs at 480p 14 % faster per frame 4 at a time than 16 at a
+        time). -> (groups, bias): see `ConvParts`; bias [C_out] or None."""
         taps = cache.conv_impl == "taps2d" and self.kernel_size == (3, 3, 3)
         if not (taps and self.in_channels == self.out_channels):
-            return [self.forward_buffer(buf, cache, with_bias=False)], self.bias
+            return [[self.forward_buffer(buf, cache, with_bias=False)]], self.bias
         cache.put(self, buf[:, :, -self.context :].clone())
         t = buf.shape[2] - 2
-        parts = []
-        for k in range(3):
-            per_batch = [
-                F.conv2d(buf[i].transpose(0, 1)[k : k + t], self.weight[:, :, k], None, padding=1)
-                for i in range(buf.shape[0])
-            ]  # [T, C_out, H, W] channels-last each
-            # [B, C_out, T, H, W]; for B = 1 a view (stacking would copy into NCDHW layout)
-            parts.append(per_batch[0].transpose(0, 1)[None] if len(per_batch) == 1 else
-                         _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
-        return parts, self.bias
+        step = t if cache.conv_frames is None else cache.conv_frames
+        groups = []
+        for t0 in range(0, t, step):
+            n = min(step, t - t0)
+            parts = []
+            for k in range(3):
+                per_batch = [
+                    F.conv2d(buf[i].transpose(0, 1)[t0 + k : t0 + k + n], self.weight[:, :, k], None, padding=1)
+                    for i in range(buf.shape[0])
+                ]  # [n, C_out, H, W] channels-last each
+                # [B, C_out, n, H, W]; for B = 1 a view (stacking would copy into NCDHW layout)
+                parts.append(per_batch[0].transpose(0, 1)[None] if len(per_batch) == 1 else
+                             _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
+            groups.append(parts)
+        return groups, self.bias
 
     def _conv(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
@@ -355,9 +385,9 @@ class ResidualBlock(nn.Module):
         if cache.fused:  # eval only (no dropout): each norm + SiLU writes into its conv's padded input
             # the convs' biases ride along into the next pass (cuDNN would add each in a pass of its own)
             buf, new = conv1.input_buffer(x, cache)
-            _norm_silu_into([x], norm1.gamma, new)
-            parts, bias = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W], maybe 3 tap partials
-            buf, new = conv2.input_buffer(parts[0], cache)
+            _norm_silu_into([[x]], norm1.gamma, new)
+            parts, bias = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W] groups, maybe 3 tap partials
+            buf, new = conv2.input_buffer(x, cache)  # (x: for its batch, frames, size; conv2's C_in is C_out)
             _norm_silu_into(parts, norm2.gamma, new, bias)
             del parts
             parts, bias = conv2.forward_buffer_parts(buf, cache)
@@ -373,7 +403,7 @@ class ResidualBlock(nn.Module):
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
     """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv."""
     buf, new = conv.input_buffer(x, cache)
-    _norm_silu_into([x], norm.gamma, new)
+    _norm_silu_into([[x]], norm.gamma, new)
     return conv.forward_buffer(buf, cache)
 
 
@@ -424,29 +454,34 @@ def _nearest2x(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-def _upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _subpixel_weights(weight: torch.Tensor) -> torch.Tensor:
+    """A 3×3 conv's weight [C_out, C, 3, 3] -> the 2×2 weights of the four output parities of
+    conv3x3(nearest2x(x)), stacked on the output channels in parity order (a, b) = (0, 0), (0, 1), (1, 0),
+    (1, 1): [4·C_out, C, 2, 2] (see `_upsample2x_conv3x3`), channels-last, weight's dtype, summed in fp32."""
+    wf = weight.float()
+    rows = (torch.stack([wf[:, :, 0], wf[:, :, 1] + wf[:, :, 2]], 2), torch.stack([wf[:, :, 0] + wf[:, :, 1], wf[:, :, 2]], 2))
+    parities = []
+    for a in (0, 1):
+        wr = rows[a]  # [C_out, C, 2, 3]
+        cols = (torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], 3), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], 3))
+        parities += [cols[0], cols[1]]  # [C_out, C, 2, 2] for b = 0, 1
+    return torch.cat(parities).to(weight.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        merged: torch.Tensor | None = None) -> torch.Tensor:
     """conv3x3(nearest2x(x)) (padding 1) without forming the upsampled frames: output pixel (2i+a, 2j+b)
     sees only low-resolution rows {i-1+a, i+a} and columns {j-1+b, j+b}, so each of the 4 parities is a
     2×2 conv of x with summed taps (rows: a=0 -> [w0, w1+w2], a=1 -> [w0+w1, w2]; columns alike): 16
-    instead of 36 multiply-adds per output. x [N, C, H, W] channels-last -> [N, C_out, 2H, 2W] channels-last."""
-    n, _, h, w = x.shape
-    wf = weight.float()
-    rows = (torch.stack([wf[:, :, 0], wf[:, :, 1] + wf[:, :, 2]], 2), torch.stack([wf[:, :, 0] + wf[:, :, 1], wf[:, :, 2]], 2))
-    xp = F.pad(x, (1, 1, 1, 1))  # [N, C, H+2, W+2]
-    out = torch.empty((n, weight.shape[0], 2 * h, 2 * w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    for a in (0, 1):
-        for b in (0, 1):
-            wr = rows[a]  # [C_out, C, 2, 3]
-            cols = (torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], 3), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], 3))
-            w_ab = cols[b].to(x.dtype).contiguous(memory_format=torch.channels_last)  # [C_out, C, 2, 2]
-            # on all of xp (a slice would be copied to a contiguous input first), one extra row and column;
-            # the bias is added by the interleaving copy (cuDNN would add it in a pass of its own)
-            y = F.conv2d(xp, w_ab)[:, :, a : a + h, b : b + w]
-            if bias is None:
-                out[:, :, a::2, b::2] = y
-            else:
-                torch.add(y, bias.view(1, -1, 1, 1), out=out[:, :, a::2, b::2])
-    return out
+    instead of 36 multiply-adds per output. The four parities run as one conv (their weights stacked on
+    the output channels, `_subpixel_weights`; `merged`: those, precomputed) over the zero-padded input,
+    and one Triton pass interleaves them and adds the bias (`kernels.pixel_interleave`).
+    x [N, C, H, W] channels-last -> [N, C_out, 2H, 2W] channels-last."""
+    from kernels.pixel_interleave import pixel_interleave
+
+    w4 = _subpixel_weights(weight) if merged is None else merged
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4)  # [N, 4·C_out, H+1, W+1]
+    return pixel_interleave(y, bias)
 
 
 class NearestUpsample2x(nn.Module):
@@ -477,6 +512,16 @@ class Resample(nn.Module):
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1))
         elif mode == "downsample3d":
             self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def _subpixel(self, weight: torch.Tensor) -> torch.Tensor:
+        """`_subpixel_weights(weight)`, computed once per weight (kept while the weight's storage and
+        version stay the same: a new state dict or an in-place change recomputes it)."""
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = self.__dict__.get("_subpixel_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, _subpixel_weights(weight))
+            self.__dict__["_subpixel_cache"] = cached
+        return cached[1]
 
     def _double_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         assert isinstance(self.time_conv, CausalConv3d)
@@ -523,7 +568,8 @@ class Resample(nn.Module):
             x = self._double_time(x, cache)  # [B, C, T', H, W]
         if cache.fused and self.mode.startswith("upsample"):
             conv = self.resample[1]
-            return _per_frame(_channels_last(x), lambda f: _upsample2x_conv3x3(f, conv.weight, conv.bias))
+            merged = self._subpixel(conv.weight)
+            return _per_frame(_channels_last(x), lambda f: _upsample2x_conv3x3(f, conv.weight, conv.bias, merged))
         x = _per_frame(x, self.resample)  # [B, C', T', H*2 or H/2, W*2 or W/2]
         if self.mode == "downsample3d":
             x = self._halve_time(x, cache)
@@ -638,6 +684,8 @@ class WanVAE(nn.Module):
         # passes) decoded 480p in 0.761 s vs cuDNN conv3d's 0.889 s, 720p 1.945 vs 2.249 s, cos 0.99991 to
         # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16).
         self.conv_impl = "taps2d"
+        # taps2d: most output frames per 2-D conv call (None: a chunk's frames in one call each).
+        self.conv_frames: int | None = None
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -712,7 +760,7 @@ class WanVAE(nn.Module):
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, conv_frames=self.conv_frames)
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0
@@ -779,7 +827,7 @@ class WanVAE(nn.Module):
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
         if fused:
             z = _channels_last(z)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, conv_frames=self.conv_frames)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
 
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.
