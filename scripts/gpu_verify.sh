@@ -23,6 +23,8 @@
 #   bash scripts/gpu_verify.sh a14b2    two GPUs, ~3 min: the A14B I2V whole job on 2 GPUs vs 1, bf16 (split encode)
 #   bash scripts/gpu_verify.sh s18a     one GPU, ~4 min: VAE time taps merged on the output channels (micro-bench),
 #                                       the 1.3B DiT and 480p VAE decode kernel profiles
+#   bash scripts/gpu_verify.sh s18b     one GPU, ~5 min: the VAE's merged sub-pixel upsampler and taps2d frame groups
+#                                       (GPU tests; 480p decode + encode and 720p decode by frames per conv; profile)
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -275,6 +277,14 @@ elif [ "$mode" = s18a ]; then
         --variants sagesla/w8a8/fused > "$OUT/dit13b.log" 2>&1; tail -3 "$OUT/dit13b.log"
     timeout 100 python3 -m models.bench_vae --sizes 832x480 --skip-encode --profile "$OUT/vae_prof.txt" \
         > "$OUT/vae.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae.log" | tail -6
+elif [ "$mode" = s18b ]; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 110 tests/unit/models/test_vae_gpu.py \
+        tests/unit/kernels/test_pixel_interleave.py tests/unit/models/test_vae.py -k "gpu or interleave or fused_residual" \
+        > "$OUT/tests.log" 2>&1; grep -E "passed|failed|Error" "$OUT/tests.log" | tail -5
+    timeout 150 python3 -m models.bench_vae --sizes 832x480 --conv-frames 2,4,8 --profile "$OUT/vae_prof.txt" \
+        > "$OUT/vae480.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A30 "^size" | head -16
+    timeout 120 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --conv-frames 4 \
+        > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
