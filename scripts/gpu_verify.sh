@@ -25,6 +25,8 @@
 #                                       the 1.3B DiT and 480p VAE decode kernel profiles
 #   bash scripts/gpu_verify.sh s18b     one GPU, ~5 min: the VAE's merged sub-pixel upsampler and taps2d frame groups
 #                                       (GPU tests; 480p decode + encode and 720p decode by frames per conv; profile)
+#   bash scripts/gpu_verify.sh s18c     one GPU, ~3 min: cuDNN's choice by frames per conv call (heuristic vs benchmark
+#                                       mode) and the 480p decode / 720p decode in benchmark mode
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -284,6 +286,12 @@ elif [ "$mode" = s18b ]; then
     timeout 150 python3 -m models.bench_vae --sizes 832x480 --conv-frames 2,4,8 --profile "$OUT/vae_prof.txt" \
         > "$OUT/vae480.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A30 "^size" | head -16
     timeout 120 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --conv-frames 4 \
+        > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+elif [ "$mode" = s18c ]; then
+    timeout 100 python3 scripts/vae_tap_merge.py --sweep 2>&1 | tee "$OUT/sweep.log" | grep -v "^W\|Warning\|warn"
+    timeout 120 python3 -m models.bench_vae --sizes 832x480 --no-reference --cudnn-benchmark --conv-frames 4,16 \
+        > "$OUT/vae480.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A30 "^size" | head -16
+    timeout 100 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --cudnn-benchmark \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left

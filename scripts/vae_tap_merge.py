@@ -8,7 +8,9 @@ channels may tile better. Prints, per decoder level at 480p, ms for T output fra
     3in      conv2d C -> 3C over the T new frames only (input-stationary: the partial outputs that
              reach into the next chunk are kept instead of the input frames)
 
-    python3 scripts/vae_tap_merge.py
+    python3 scripts/vae_tap_merge.py            # the table above
+    python3 scripts/vae_tap_merge.py --sweep    # one tap's conv2d by frames per call: µs per frame with
+                                                # cuDNN's heuristic choice and with benchmark mode
 """
 
 from __future__ import annotations
@@ -24,7 +26,31 @@ def _conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, w, None, padding=1)
 
 
+def sweep() -> None:
+    """The 480p decode profile showed a 96-channel 3×3 conv2d over 8 frames taking as long as over 16."""
+    cl = torch.channels_last
+    dev, dt = "cuda", torch.bfloat16
+    for c, h, w in ((96, 480, 832), (192, 240, 416), (384, 120, 208)):
+        wt = (torch.randn(c, c, 3, 3, device=dev, dtype=dt) * 0.02).contiguous(memory_format=cl)
+        row = []
+        for n in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20):
+            x = torch.randn(n, c, h, w, device=dev, dtype=dt).contiguous(memory_format=cl)
+            per = []
+            for bench in (False, True):
+                torch.backends.cudnn.benchmark = bench
+                per.append(do_bench(partial(_conv, x, wt), return_mode="median") * 1e3 / n)
+            torch.backends.cudnn.benchmark = False
+            row.append(f"{n}: {per[0]:.0f}/{per[1]:.0f}")
+            del x
+        print(f"C={c} {h}x{w} us per frame (heuristic/benchmark): " + "  ".join(row), flush=True)  # noqa: T201
+
+
 def main() -> None:
+    import sys
+
+    if "--sweep" in sys.argv:
+        sweep()
+        return
     torch.backends.cudnn.benchmark = False
     cl = torch.channels_last
     dev, dt = "cuda", torch.bfloat16
