@@ -127,8 +127,6 @@ def bench() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--budget-gib", type=float, default=12.0)
     parser.add_argument("--chunks", default="", help="extra fast-path decode rows: comma-separated chunk_latents")
-    parser.add_argument("--conv-frames", default="",
-                        help="extra fast-path rows: comma-separated WanVAE.conv_frames (taps2d frames per conv call)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="also time the fast path in cuDNN benchmark mode")
     parser.add_argument("--skip-encode", action="store_true")
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
@@ -179,21 +177,15 @@ def bench() -> None:
                 variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
             variants += [("fast, taps2d (default)", dict(fused=True)),
                          ("fast, taps2d, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
-            variants += [(f"fast, {n} frames/conv", dict(fused=True, conv_frames=int(n)))
-                         for n in args.conv_frames.split(",") if n]  # fmt: skip
             if args.cudnn_benchmark:
                 variants += [("fast + cudnn.benchmark", dict(fused=True))]
             base = None
-            default_frames = ours.conv_frames
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
                 ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "taps2d")
-                kw = dict(kw)
-                ours.conv_frames = kw.pop("conv_frames", default_frames)
                 xin = x.to(dtype)
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
                 torch.backends.cudnn.benchmark = False
-                ours.conv_frames = default_frames
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)
                 rows.append((f"{width}x{height}", stage, name, t, base / t, peak, cos))

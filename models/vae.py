@@ -161,14 +161,11 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", conv_frames: int | None = None) -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d") -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-        if conv_frames is not None and conv_frames < 1:
-            raise ValueError(f"conv_frames must be a positive number of frames or None, got {conv_frames}")
         self.fused = fused
         self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
-        self.conv_frames = conv_frames  # taps2d: most frames per 2-D conv call (None: the whole chunk)
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
 
@@ -203,53 +200,32 @@ def _rows(x: torch.Tensor) -> list[torch.Tensor]:
     return [x[i].movedim(0, -1).view(-1, x.shape[1]) for i in range(x.shape[0])]
 
 
-# A conv's output on the fast path: frame groups (consecutive, in time order; one unless
-# `CausalCache.conv_frames` splits the chunk), each a list of one tensor or of the three time taps'
-# partial outputs, every tensor [B, C_out, frames of the group, H, W] channels-last-3d.
-ConvParts = list[list[torch.Tensor]]
-
-
-def _frame_slices(groups: ConvParts) -> Iterator[tuple[slice, list[torch.Tensor]]]:
-    t0 = 0
-    for parts in groups:
-        n = parts[0].shape[2]
-        yield slice(t0, t0 + n), parts
-        t0 += n
-
-
-def _norm_silu_into(groups: ConvParts, gamma: torch.Tensor, out: torch.Tensor,
+def _norm_silu_into(parts: list[torch.Tensor], gamma: torch.Tensor, out: torch.Tensor,
                     bias: torch.Tensor | None = None) -> None:
-    """out <- silu(rms_norm(sum(parts) (+ bias)) · gamma) in one Triton pass per frame group. groups: see
-    `ConvParts` ([[x]] for a plain tensor); bias: the conv's [C] bias when it was left out of the conv; out:
-    a channels-last-3d view (the new frames of a conv's padded input)."""
+    """out <- silu(rms_norm(sum(parts) (+ bias)) · gamma) in one Triton pass. parts: one tensor, or a conv's
+    three time-tap partial outputs; bias: the conv's [C] bias when it was left out of the conv; out: a
+    channels-last-3d view (the new frames of a conv's padded input)."""
     from kernels.rmsnorm_silu import rmsnorm_silu_out, tap_sum_rmsnorm_silu_out
 
-    for frames, parts in _frame_slices(groups):
-        rows = [_rows(_channels_last(p)) for p in parts]
-        for i, outr in enumerate(_rows(out[:, :, frames])):
-            if len(parts) == 1:
-                rmsnorm_silu_out(rows[0][i], gamma, outr, bias=bias)
-            else:
-                tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr, bias=bias)
+    rows = [_rows(_channels_last(p)) for p in parts]
+    for i, outr in enumerate(_rows(out)):
+        if len(parts) == 1:
+            rmsnorm_silu_out(rows[0][i], gamma, outr, bias=bias)
+        else:
+            tap_sum_rmsnorm_silu_out(rows[0][i], rows[1][i], rows[2][i], gamma, outr, bias=bias)
 
 
-def _sum_residual(groups: ConvParts, residual: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """sum(parts) (+ bias) + residual in one Triton pass per frame group: written over the first part when
-    there is one group, else into a new channels-last-3d tensor."""
+def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(parts) (+ bias) + residual in one Triton pass, written over parts[0]."""
     from kernels.rmsnorm_silu import residual_sum_out, tap_sum_out
 
-    residual = _channels_last(residual)
-    if len(groups) == 1:
-        out = _channels_last(groups[0][0])
-    else:
-        out = torch.empty(residual.shape, device=residual.device, dtype=groups[0][0].dtype, memory_format=_CL3D)
-    for frames, parts in _frame_slices(groups):
-        rows = [_rows(out[:, :, frames]), *(_rows(_channels_last(p)) for p in parts), _rows(residual[:, :, frames])]
-        for row in zip(*rows, strict=True):
-            if len(parts) == 1:
-                residual_sum_out(row[1], row[2], row[0], bias=bias)
-            else:
-                tap_sum_out(*row[1:], row[0], bias=bias)
+    out = _channels_last(parts[0])
+    rows = [_rows(out), *(_rows(_channels_last(p)) for p in (*parts[1:], residual))]
+    for row in zip(*rows, strict=True):
+        if len(parts) == 1:
+            residual_sum_out(row[0], row[1], row[0], bias=bias)
+        else:
+            tap_sum_out(*row, row[0], bias=bias)
     return out
 
 
@@ -314,34 +290,28 @@ class CausalConv3d(nn.Conv3d):
             cache.put(self, buf[:, :, -self.context :].clone())
         return self._conv(buf, with_bias=with_bias)
 
-    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[ConvParts, torch.Tensor | None]:
+    def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """`forward_buffer` without the bias, which is returned for the caller's next pass to add (cuDNN
         adds a conv's bias as a separate pass over the output), and whose output may come as the partial
         sums of the three time taps, for that pass to add too (`cache.conv_impl == "taps2d"`, square 3×3×3
         convs, where cuDNN's 2-D kernels beat its 3-D ones): sum_k conv2d(frames[k : k + T],
-        weight[:, :, k]), frames as the batch, at most `cache.conv_frames` output frames per conv2d
-        call (cuDNN ran the 96-channel convs at 480p 14 % faster per frame 4 at a time than 16 at a
-        time). -> (groups, bias): see `ConvParts`; bias [C_out] or None."""
+        weight[:, :, k]), frames as the batch. -> (parts, bias): each part [B, C_out, T, H, W]
+        channels-last-3d; bias [C_out] or None."""
         taps = cache.conv_impl == "taps2d" and self.kernel_size == (3, 3, 3)
         if not (taps and self.in_channels == self.out_channels):
-            return [[self.forward_buffer(buf, cache, with_bias=False)]], self.bias
+            return [self.forward_buffer(buf, cache, with_bias=False)], self.bias
         cache.put(self, buf[:, :, -self.context :].clone())
         t = buf.shape[2] - 2
-        step = t if cache.conv_frames is None else cache.conv_frames
-        groups = []
-        for t0 in range(0, t, step):
-            n = min(step, t - t0)
-            parts = []
-            for k in range(3):
-                per_batch = [
-                    F.conv2d(buf[i].transpose(0, 1)[t0 + k : t0 + k + n], self.weight[:, :, k], None, padding=1)
-                    for i in range(buf.shape[0])
-                ]  # [n, C_out, H, W] channels-last each
-                # [B, C_out, n, H, W]; for B = 1 a view (stacking would copy into NCDHW layout)
-                parts.append(per_batch[0].transpose(0, 1)[None] if len(per_batch) == 1 else
-                             _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
-            groups.append(parts)
-        return groups, self.bias
+        parts = []
+        for k in range(3):
+            per_batch = [
+                F.conv2d(buf[i].transpose(0, 1)[k : k + t], self.weight[:, :, k], None, padding=1)
+                for i in range(buf.shape[0])
+            ]  # [T, C_out, H, W] channels-last each
+            # [B, C_out, T, H, W]; for B = 1 a view (stacking would copy into NCDHW layout)
+            parts.append(per_batch[0].transpose(0, 1)[None] if len(per_batch) == 1 else
+                         _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
+        return parts, self.bias
 
     def _conv(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
@@ -385,9 +355,9 @@ class ResidualBlock(nn.Module):
         if cache.fused:  # eval only (no dropout): each norm + SiLU writes into its conv's padded input
             # the convs' biases ride along into the next pass (cuDNN would add each in a pass of its own)
             buf, new = conv1.input_buffer(x, cache)
-            _norm_silu_into([[x]], norm1.gamma, new)
-            parts, bias = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W] groups, maybe 3 tap partials
-            buf, new = conv2.input_buffer(x, cache)  # (x: for its batch, frames, size; conv2's C_in is C_out)
+            _norm_silu_into([x], norm1.gamma, new)
+            parts, bias = conv1.forward_buffer_parts(buf, cache)  # [B, C_out, T, H, W], maybe 3 tap partials
+            buf, new = conv2.input_buffer(parts[0], cache)
             _norm_silu_into(parts, norm2.gamma, new, bias)
             del parts
             parts, bias = conv2.forward_buffer_parts(buf, cache)
@@ -403,7 +373,7 @@ class ResidualBlock(nn.Module):
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
     """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv."""
     buf, new = conv.input_buffer(x, cache)
-    _norm_silu_into([[x]], norm.gamma, new)
+    _norm_silu_into([x], norm.gamma, new)
     return conv.forward_buffer(buf, cache)
 
 
@@ -684,8 +654,6 @@ class WanVAE(nn.Module):
         # passes) decoded 480p in 0.761 s vs cuDNN conv3d's 0.889 s, 720p 1.945 vs 2.249 s, cos 0.99991 to
         # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16).
         self.conv_impl = "taps2d"
-        # taps2d: most output frames per 2-D conv call (None: a chunk's frames in one call each).
-        self.conv_frames: int | None = None
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -760,7 +728,7 @@ class WanVAE(nn.Module):
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, conv_frames=self.conv_frames)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0
@@ -827,7 +795,7 @@ class WanVAE(nn.Module):
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
         if fused:
             z = _channels_last(z)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, conv_frames=self.conv_frames)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
 
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.

@@ -24,7 +24,8 @@
 #   bash scripts/gpu_verify.sh s18a     one GPU, ~4 min: VAE time taps merged on the output channels (micro-bench),
 #                                       the 1.3B DiT and 480p VAE decode kernel profiles
 #   bash scripts/gpu_verify.sh s18b     one GPU, ~5 min: the VAE's merged sub-pixel upsampler and taps2d frame groups
-#                                       (GPU tests; 480p decode + encode and 720p decode by frames per conv; profile)
+#                                       (GPU tests; 480p decode + encode and 720p decode by frames per conv; profile;
+#                                       bench_vae --conv-frames and WanVAE.conv_frames were removed after s18c: no gain)
 #   bash scripts/gpu_verify.sh s18c     one GPU, ~3 min: cuDNN's choice by frames per conv call (heuristic vs benchmark
 #                                       mode) and the 480p decode / 720p decode in benchmark mode
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the

@@ -164,8 +164,6 @@ def test_fast_path_helpers_match_eager_ops() -> None:
     )
     with pytest.raises(ValueError, match="conv_impl"):
         CausalCache(fused=True, conv_impl="winograd")
-    with pytest.raises(ValueError, match="conv_frames"):
-        CausalCache(fused=True, conv_frames=0)
 
 
 def test_upsampler_keeps_its_merged_subpixel_weights_until_the_weight_changes() -> None:
@@ -199,9 +197,8 @@ class CopiedElements(TorchDispatchMode):
 
 
 # CPU's conv3d returns NCDHW whatever its input's layout (cuDNN keeps channels-last), hence GPU only.
-@pytest.mark.parametrize(("conv_impl", "conv_frames"),
-                         [("taps2d", None), ("taps2d", 3), pytest.param("cudnn3d", None, marks=pytest.mark.gpu)])
-def test_fused_residual_block_copies_only_the_causal_context(conv_impl: str, conv_frames: int | None) -> None:
+@pytest.mark.parametrize("conv_impl", ["taps2d", pytest.param("cudnn3d", marks=pytest.mark.gpu)])
+def test_fused_residual_block_copies_only_the_causal_context(conv_impl: str) -> None:
     # The fast path moves activations only through the norm kernel: besides it, each causal conv copies
     # just the 2 context frames it keeps for the next chunk (a stack of the tap partials once copied all).
     torch.manual_seed(0)
@@ -214,7 +211,7 @@ def test_fused_residual_block_copies_only_the_causal_context(conv_impl: str, con
     with torch.no_grad():
         expected = block(x, CausalCache())
         with CopiedElements() as meter:
-            got = block(x, CausalCache(fused=True, conv_impl=conv_impl, conv_frames=conv_frames))
+            got = block(x, CausalCache(fused=True, conv_impl=conv_impl))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     frame = 8 * 6 * 7
     assert meter.elements <= 2 * 2 * frame, meter.elements / frame
@@ -234,11 +231,9 @@ class ConvBiases(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize(("conv_impl", "conv_frames"), [("taps2d", None), ("taps2d", 2), ("cudnn3d", None)])
+@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d"])
 @pytest.mark.parametrize("dims", [(8, 8), (6, 8)])  # (6, 8): conv1 changes the width, a 1×1×1 shortcut
-def test_fused_residual_block_adds_the_conv_biases_in_its_norm_passes(
-    conv_impl: str, conv_frames: int | None, dims: tuple[int, int]
-) -> None:
+def test_fused_residual_block_adds_the_conv_biases_in_its_norm_passes(conv_impl: str, dims: tuple[int, int]) -> None:
     # cuDNN adds a conv's bias in a separate pass over the output (~110 ms of a 480p decode on an H200):
     # the fast path hands every conv of a residual block no bias and adds them in the norm / sum passes.
     torch.manual_seed(0)
@@ -250,11 +245,9 @@ def test_fused_residual_block_adds_the_conv_biases_in_its_norm_passes(
     with torch.no_grad():
         expected = block(x, CausalCache())
         with ConvBiases() as meter:
-            got = block(x, CausalCache(fused=True, conv_impl=conv_impl, conv_frames=conv_frames))
+            got = block(x, CausalCache(fused=True, conv_impl=conv_impl))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert meter.convs >= 2 and meter.with_bias == 0, (meter.convs, meter.with_bias)
-    if conv_frames and dims[0] == dims[1]:  # 5 frames, 2 at a time: 3 groups × 3 taps × 2 convs
-        assert meter.convs == 18, meter.convs
 
 
 @pytest.mark.slow
