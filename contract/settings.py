@@ -124,6 +124,11 @@ class WorkerSettings(BaseModel):
     # talk over PCIe). "auto": bf16, which needs no packing pass (on 2 H200s the 14B split took 0.548x one
     # GPU with bf16 against 0.565x with int8; 1.3B guided steps 0.785x against 0.889x).
     sp_exchange: Literal["auto", "bf16", "int8"] = "auto"
+    # Replay each DiT forward as a CUDA graph, one per served size (models/cuda_graphs.py): the step's ~750
+    # kernels go out in one launch instead of one Python call each. Applies on CUDA with one GPU and no
+    # memory budget (gpu_memory_gb): the graph keeps the forward's activations reserved (~2.8 GiB at 1.3B
+    # 480p). A size whose capture fails runs eagerly (logged).
+    cuda_graphs: bool = True
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail
     # was 0.115 s vs 0.405 s at 4, 720p 0.172 vs 0.402 s; lower it on hosts with few cores per worker

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from models.config import WanConfig
+from models.cuda_graphs import ForwardGraphs
 from models.dit import WanTransformer
 from models.linear import convert_for_runtime, prepare_for_kernels
 from models.ops import Ops
@@ -201,7 +202,8 @@ def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str)
 
 
 def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
-          variants: list[tuple[str, str, bool]] | None = None, profile_dir: Path | None = None) -> list[dict]:
+          variants: list[tuple[str, str, bool]] | None = None, profile_dir: Path | None = None,
+          graphs: bool = False) -> list[dict]:
     started = time.time()
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -228,6 +230,15 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
                 sec, peak = time_forward(model, args, reps, device)
                 rows.append({"size": size, "variant": name, "s_per_nfe": sec, "peak_gib": peak,
                              "weights_gib": weights_gib, "vs_floor": sec / floor})
+                if graphs and device == "cuda":  # the same forward replayed as a CUDA graph
+                    print(json.dumps(rows[-1]), flush=True)
+                    graphed = ForwardGraphs(model)
+                    g_sec, g_peak = time_forward(graphed, args, reps, device)  # type: ignore[arg-type]
+                    with torch.no_grad():
+                        same = torch.equal(graphed(*args), model(*args))
+                    rows.append({"size": size, "variant": name + " +CUDA graph", "s_per_nfe": g_sec,
+                                 "peak_gib": g_peak, "vs_eager": g_sec / sec, "equal_to_eager": same,
+                                 "captured": len(graphed.captured)})
                 if profile_dir is not None:
                     profile_dir.mkdir(parents=True, exist_ok=True)
                     profile_forward(model, args, profile_dir / f"profile_{size}_{name.replace('/', '-')}.txt", device)
@@ -250,6 +261,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write JSON lines here")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder: one torch.profiler kernel table per variant (one forward, after timing)")
+    parser.add_argument("--graphs", action="store_true",
+                        help="also time each variant replayed as a CUDA graph (models.cuda_graphs)")
     parser.add_argument("--variants", default=None,
                         help="comma-separated attention/linear/fused|torch, e.g. dense/native/torch,sagesla/w8a8/fused")
     args = parser.parse_args()
@@ -262,7 +275,7 @@ def main() -> None:
     variants = None
     if args.variants:
         variants = [(a, lin, f == "fused") for a, lin, f in (v.split("/") for v in args.variants.split(","))]
-    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile)
+    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile, args.graphs)
 
     print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")
     for r in check_rows:

@@ -41,6 +41,7 @@ from PIL import Image
 from contract.catalog import FLOW_SHIFT, ModelCard, Solver, get_card, latent_frames
 from contract.jobs import Capabilities, GenerationParams
 from models.checkpoint_components import Components, resolve_components
+from models.cuda_graphs import ForwardGraphs
 from models.latent_preview import LatentPreview
 from models.offload import ExpertOffloader
 from models.parallel import CfgParallel, SequenceParallel
@@ -121,11 +122,15 @@ class WanPipeline:
     # (its embeddings are cached). None: everything resident.
     expert_offload: ExpertOffloader | None = None
     text_encoder_offload: ExpertOffloader | None = None
+    # Replay each DiT forward as a CUDA graph, one per input size (models.cuda_graphs), on CUDA when this
+    # process runs the whole forward (no `sp`) and the experts are resident (no `expert_offload`).
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; known: {SOLVERS}")
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._graphs: dict[torch.nn.Module, ForwardGraphs] = {}
 
     @property
     def model_id(self) -> str:
@@ -214,9 +219,21 @@ class WanPipeline:
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((x.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
-            return self._expert(kind, t)(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=sp)
+            model = self._expert(kind, t)
+            if self._graphed(sp):
+                return self._graphs_of(model)(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk)
+            return model(x.to(self.dtype), timestep, context, cond, sla_topk=sla_topk, sp=sp)
 
         return velocity
+
+    def _graphed(self, sp: SequenceParallel | None) -> bool:
+        return self.cuda_graphs and sp is None and self.expert_offload is None and self.device.type == "cuda"
+
+    def _graphs_of(self, model: torch.nn.Module) -> ForwardGraphs:
+        """The CUDA graphs of one DiT (made on first use, kept with the pipeline)."""
+        if model not in self._graphs:
+            self._graphs[model] = ForwardGraphs(model)
+        return self._graphs[model]
 
     # 3. the whole thing -------------------------------------------------------------------------
     @torch.inference_mode()
