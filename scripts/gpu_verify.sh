@@ -28,6 +28,8 @@
 #                                       bench_vae --conv-frames and WanVAE.conv_frames were removed after s18c: no gain)
 #   bash scripts/gpu_verify.sh s18c     one GPU, ~3 min: cuDNN's choice by frames per conv call (heuristic vs benchmark
 #                                       mode) and the 480p decode / 720p decode in benchmark mode
+#   bash scripts/gpu_verify.sh s18d     one GPU, ~7 min: CUDA graph + VAE GPU tests, the 1.3B DiT eager vs CUDA graph,
+#                                       turbovid bench (whole job: graphs on by default, merged sub-pixel upsampler)
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -294,6 +296,13 @@ elif [ "$mode" = s18c ]; then
         > "$OUT/vae480.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A30 "^size" | head -16
     timeout 100 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --cudnn-benchmark \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+elif [ "$mode" = s18d ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 tests/unit/models/test_cuda_graphs.py \
+        tests/unit/models/test_vae_gpu.py tests/unit/kernels/test_pixel_interleave.py -k "gpu or graph or scatters" \
+        > "$OUT/tests.log" 2>&1; grep -E "^FAILED|passed|failed|Error" "$OUT/tests.log" | tail -8
+    timeout 120 python3 -m models.bench_dit --sizes 1.3b --reps 5 --no-checks --graphs --variants sagesla/w8a8/fused \
+        > "$OUT/dit13b.log" 2>&1; grep "^{" "$OUT/dit13b.log"
+    turbovid_bench 280
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
