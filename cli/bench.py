@@ -20,7 +20,8 @@ end to end through the real processes.
    - baseline: diffusers' `WanTransformer3DModel` for the same NFE, its `AutoencoderKLWan` decode and
      `export_to_video`, when diffusers is installed; else our dense bf16 path (attention dense, linear
      native) with the VAE's eager path (`fused=False`) and x264 after the last frame (`encode_mp4`).
-   - ours: `load_pipeline(..., attention="auto", linear="auto")` and the worker's streamed encode
+   - ours: `load_pipeline(..., attention="auto", linear="auto")` with a worker's default CUDA graphs
+     (`worker.cuda_graphs`) and the worker's streamed encode
      (`worker.encode.Mp4Stream` fed each decoded chunk; video_encode is the tail after the last one).
 """
 
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.catalog import ModelCard, get_card
+from contract.settings import WorkerSettings
 
 COMPLETE = "COMPLETE"
 STAGES = ("text_encode", "denoise", "vae_decode", "video_encode")
@@ -276,6 +278,7 @@ def run_stages(card: ModelCard, weights: Path, *, size: tuple[int, int], frames:
     rows: list[StageRow] = []
     log(f"loading ours (attention/linear auto) from {weights}")
     ours = load_pipeline(card.id, [weights], device=device, dtype=dtype, cache_dir=tmp / "cache")
+    ours.cuda_graphs = WorkerSettings().cuda_graphs  # as a worker runs it (CUDA graphs on a CUDA device)
     shape = dict(card=card, size=size, frames=frames, steps=steps, reps=reps, device=device, tmp=tmp)
 
     if _has_diffusers() and card.text_encoder == "umt5-xxl":

@@ -79,6 +79,7 @@ class ForwardGraphs:
                 torch.cuda.synchronize(first.device)
                 return self.module(*tensors, **static)
             self.graphs[key] = entry
+            log.info("CUDA graph captured for %s (%d kept)", key, len(self.graphs))
         for dst, src in zip(entry.inputs, tensors, strict=True):
             if dst is not None and src is not None:
                 dst.copy_(src)
