@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+import models.vae as vae_mod
 from models.vae import CONV_IMPLS, VAEConfig, WanVAE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -177,6 +178,9 @@ def bench() -> None:
                 variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
             variants += [("fast, taps2d (default)", dict(fused=True)),
                          ("fast, taps2d, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
+            if stage == "decode":  # the RGB head through cuDNN's conv3d (before the GEMM + gather head), and
+                # the head's partials in bf16
+                variants += [("fast, cuDNN RGB head", dict(fused=True)), ("fast, bf16 head partials", dict(fused=True))]
             if args.cudnn_benchmark:
                 variants += [("fast + cudnn.benchmark", dict(fused=True))]
             base = None
@@ -184,7 +188,11 @@ def bench() -> None:
                 torch.backends.cudnn.benchmark = "benchmark" in name
                 ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "taps2d")
                 xin = x.to(dtype)
+                head = vae_mod._HEAD_GEMM_MAX_OUT, vae_mod._HEAD_PARTIALS_FP32
+                vae_mod._HEAD_GEMM_MAX_OUT = 0 if "cuDNN RGB" in name else head[0]
+                vae_mod._HEAD_PARTIALS_FP32 = "bf16 head" not in name and head[1]
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
+                vae_mod._HEAD_GEMM_MAX_OUT, vae_mod._HEAD_PARTIALS_FP32 = head
                 torch.backends.cudnn.benchmark = False
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)

@@ -229,6 +229,34 @@ def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor, bias: torch
     return out
 
 
+def _derived(module: nn.Module, slot: str, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """make(weight), computed once and kept on `module` (outside its parameters and state dict) while the
+    weight's storage and version stay the same: a new state dict or an in-place change recomputes it."""
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    cached = module.__dict__.get(slot)
+    if cached is None or cached[0] != key:
+        cached = (key, make(weight))
+        module.__dict__[slot] = cached
+    return cached[1]  # type: ignore[no-any-return]
+
+
+# The decoder's RGB head (C_out 3) runs as a GEMM with 27·C_out columns (padded to this multiple) and a
+# gather pass (kernels/conv_head.py): cuDNN ran it at ~24 TFLOP/s, 21 ms of a 480p decode on an H200.
+_HEAD_GEMM_MAX_OUT = 4
+_HEAD_COLUMNS = 8
+_HEAD_PARTIALS_FP32 = True  # False: the 27 partials in the activations' dtype (half the bytes, 27 roundings)
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with fp32 output: on CUDA bf16 inputs with an fp32 result (torch's mm out_dtype), elsewhere in fp32."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without mm(out_dtype=) on CUDA
+            return torch.mm(a, b).float()
+    return torch.mm(a.float(), b.float())
+
+
 def _add_biases(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return b if a is None else a if b is None else a + b
 
@@ -313,6 +341,29 @@ class CausalConv3d(nn.Conv3d):
                          _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
         return parts, self.bias
 
+    def head_gemm(self) -> bool:
+        """Whether the fast path runs this conv as `forward_head` (3×3×3 with a few output channels)."""
+        return self.kernel_size == (3, 3, 3) and self.out_channels <= _HEAD_GEMM_MAX_OUT
+
+    def forward_head(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The fast path of a conv with few output channels (the decoder's RGB head): x [B, C_in, T, H, W]
+        channels-last-3d (this chunk's frames; no padded buffer) times all 27 taps' weights at once, a
+        GEMM over the pixels, then `kernels.conv_head.col2im_causal` sums the partials onto each output
+        pixel. The cache keeps the last two frames of partials (what the next chunk's first outputs
+        need) instead of input frames. -> [B, C_out, T, H, W] channels-last-3d, x's dtype."""
+        from kernels.conv_head import TAPS, col2im_causal, tap_matrix
+
+        b, c_in, t, h, w = x.shape
+        n_cols = -(-TAPS * self.out_channels // _HEAD_COLUMNS) * _HEAD_COLUMNS
+        m = _derived(self, "_tap_matrix_cache", self.weight, lambda wt: tap_matrix(wt, n_cols).to(x.dtype))
+        rows = _channels_last(x).permute(0, 2, 3, 4, 1).reshape(b * t * h * w, c_in)  # a view
+        y = (_mm_fp32(rows, m) if _HEAD_PARTIALS_FP32 else torch.mm(rows, m)).view(b, t, h, w, n_cols)
+        prev = cache.get(self)
+        out = col2im_causal(y, prev, self.bias, self.out_channels, out_dtype=x.dtype)
+        keep = y if prev is None or t >= 2 else torch.cat([prev, y], dim=1)
+        cache.put(self, keep[:, -2:].clone())  # [B, <= 2, H, W, n_cols]
+        return out
+
     def _conv(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         pad = (0, self.spatial_pad[2], self.spatial_pad[0])  # (t, h, w): cuDNN pads H and W itself
         return F.conv3d(x, self.weight, self.bias if with_bias else None, padding=pad)
@@ -371,7 +422,12 @@ class ResidualBlock(nn.Module):
 
 
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
-    """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv."""
+    """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv (a conv
+    with few output channels: into a plain tensor, then `CausalConv3d.forward_head`)."""
+    if conv.head_gemm():
+        act = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=_CL3D)
+        _norm_silu_into([x], norm.gamma, act)
+        return conv.forward_head(act, cache)
     buf, new = conv.input_buffer(x, cache)
     _norm_silu_into([x], norm.gamma, new)
     return conv.forward_buffer(buf, cache)
@@ -484,14 +540,8 @@ class Resample(nn.Module):
             self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
 
     def _subpixel(self, weight: torch.Tensor) -> torch.Tensor:
-        """`_subpixel_weights(weight)`, computed once per weight (kept while the weight's storage and
-        version stay the same: a new state dict or an in-place change recomputes it)."""
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        cached = self.__dict__.get("_subpixel_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, _subpixel_weights(weight))
-            self.__dict__["_subpixel_cache"] = cached
-        return cached[1]
+        """`_subpixel_weights(weight)`, computed once per weight (`_derived`)."""
+        return _derived(self, "_subpixel_cache", weight, _subpixel_weights)
 
     def _double_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         assert isinstance(self.time_conv, CausalConv3d)

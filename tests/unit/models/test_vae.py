@@ -20,7 +20,9 @@ from models.vae import (
     ResidualBlock,
     VAEConfig,
     WanVAE,
+    _head,
     _nearest2x,
+    _run_head,
     _subpixel_weights,
     _upsample2x_conv3x3,
     chunk_plan,
@@ -248,6 +250,28 @@ def test_fused_residual_block_adds_the_conv_biases_in_its_norm_passes(conv_impl:
             got = block(x, CausalCache(fused=True, conv_impl=conv_impl))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert meter.convs >= 2 and meter.with_bias == 0, (meter.convs, meter.with_bias)
+
+
+def test_fused_rgb_head_is_a_gemm_and_a_gather_across_chunks() -> None:
+    # The decoder's head (norm, SiLU, causal 3×3×3 conv to 3 channels): the fast path runs no convolution
+    # (one GEMM over the pixels, then kernels.conv_head's gather), and chunks of 1, 4, 1 and 2 frames carry
+    # the causal context in its cache of partials, as the eager conv does with input frames.
+    torch.manual_seed(0)
+    head = _head(8, 3).eval()
+    nn.init.normal_(head[2].bias, std=1.0)
+    x = torch.randn(1, 8, 8, 6, 7).contiguous(memory_format=torch.channels_last_3d)
+    eager_cache, fused_cache = CausalCache(), CausalCache(fused=True)
+    t0 = 0
+    with torch.no_grad():
+        for n in (1, 4, 1, 2):
+            chunk = x[:, :, t0 : t0 + n]
+            expected = _run_head(head, chunk, eager_cache)
+            with ConvBiases() as meter:
+                got = _run_head(head, chunk, fused_cache)
+            assert meter.convs == 0
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+            t0 += n
+    assert fused_cache.get(head[2]).shape == (1, 2, 6, 7, 88)  # two frames of 81 (+7 pad) partials
 
 
 @pytest.mark.slow
