@@ -30,6 +30,8 @@
 #                                       mode) and the 480p decode / 720p decode in benchmark mode
 #   bash scripts/gpu_verify.sh s18d     one GPU, ~7 min: CUDA graph + VAE GPU tests, the 1.3B DiT eager vs CUDA graph,
 #                                       turbovid bench (whole job: graphs on by default, merged sub-pixel upsampler)
+#   bash scripts/gpu_verify.sh s18e     one GPU, ~8 min: RGB head GEMM + gather (GPU tests; 480p/720p decode vs the cuDNN
+#                                       head), turbovid bench (ships autotune choices), 14B DiT eager vs CUDA graph
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -303,6 +305,17 @@ elif [ "$mode" = s18d ]; then
     timeout 120 python3 -m models.bench_dit --sizes 1.3b --reps 5 --no-checks --graphs --variants sagesla/w8a8/fused \
         > "$OUT/dit13b.log" 2>&1; grep "^{" "$OUT/dit13b.log"
     turbovid_bench 280
+elif [ "$mode" = s18e ]; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 110 tests/unit/kernels/test_conv_head.py \
+        tests/unit/models/test_vae_gpu.py -k "gpu or gather" > "$OUT/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/tests.log" | tail -6
+    timeout 100 python3 -m models.bench_vae --sizes 832x480 --skip-encode > "$OUT/vae480.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A12 "^size"
+    timeout 90 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference > "$OUT/vae720.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+    turbovid_bench 260
+    timeout 150 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --graphs --variants sagesla/w8a8/fused \
+        > "$OUT/dit14b.log" 2>&1; grep "^{" "$OUT/dit14b.log"
 elif [ "$mode" = one ]; then
     # one short call: turbovid bench (2-layer umT5), then the fast-path GPU tests with what time is left
     timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --reps 2 --jobs 3 \
