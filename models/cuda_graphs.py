@@ -16,6 +16,12 @@ Where a capture fails (an op that cannot be captured, a host sync), that signatu
 then on and the reason is logged once: a graph is only ever a faster way to run the same forward. The
 forward must not read anything but its inputs and parameters that changes between calls (true of
 `models.dit.WanTransformer`); a module whose parameters are replaced must get a new `ForwardGraphs`.
+
+Measured on an H200 (`python3 -m models.bench_dit --graphs --variants sagesla/w8a8/fused`, random weights,
+outputs bit-equal to the eager forward): 1.3B 480p 0.1748 -> 0.1662 s per forward (0.951x); 14B 720p
+2.804 vs 2.809 s (GPU-bound: nothing to gain). `turbovid bench`'s in-process denoise (4 steps) took
+0.679 s with graphs against 0.721 s without in the run before; the worker's denoise stage stayed at
+0.705-0.733 s in both runs (with graphs).
 """
 
 from __future__ import annotations
