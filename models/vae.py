@@ -360,7 +360,7 @@ class CausalConv3d(nn.Conv3d):
 
         b, c_in, t, h, w = x.shape
         n_cols = -(-TAPS * self.out_channels // _HEAD_COLUMNS) * _HEAD_COLUMNS
-        m = _derived(self, "_tap_matrix_cache", self.weight, lambda wt: tap_matrix(wt, n_cols).to(x.dtype))
+        m = _derived(self, "_tap_matrix_cache", self.weight, lambda wt: tap_matrix(wt, n_cols))  # [C_in, n_cols]
         rows = _channels_last(x).permute(0, 2, 3, 4, 1).reshape(b * t * h * w, c_in)  # a view
         y = (_mm_fp32(rows, m) if _HEAD_PARTIALS_FP32 else torch.mm(rows, m)).view(b, t, h, w, n_cols)
         prev = cache.get(self)
