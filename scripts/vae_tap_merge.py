@@ -11,6 +11,8 @@ channels may tile better. Prints, per decoder level at 480p, ms for T output fra
     python3 scripts/vae_tap_merge.py            # the table above
     python3 scripts/vae_tap_merge.py --sweep    # one tap's conv2d by frames per call: µs per frame with
                                                 # cuDNN's heuristic choice and with benchmark mode
+    python3 scripts/vae_tap_merge.py --stacked  # the three taps' input frames stacked on the channels: one
+                                                # conv2d 3C -> C (K = 27·C, no partials) vs three C -> C
 """
 
 from __future__ import annotations
@@ -45,9 +47,31 @@ def sweep() -> None:
         print(f"C={c} {h}x{w} us per frame (heuristic/benchmark): " + "  ".join(row), flush=True)  # noqa: T201
 
 
+def stacked() -> None:
+    """One conv2d over [T, 3C, H, W] (frames t, t+1, t+2 on the channels) against taps2d's three convs."""
+    cl = torch.channels_last
+    dev, dt = "cuda", torch.bfloat16
+    for c, h, w in ((96, 480, 832), (192, 240, 416), (384, 120, 208)):
+        for t in (4, 16):
+            x = torch.randn(t + 2, c, h, w, device=dev, dtype=dt).contiguous(memory_format=cl)
+            xs = torch.randn(t, 3 * c, h, w, device=dev, dtype=dt).contiguous(memory_format=cl)
+            w1 = (torch.randn(c, c, 3, 3, device=dev, dtype=dt) * 0.02).contiguous(memory_format=cl)
+            w3 = (torch.randn(c, 3 * c, 3, 3, device=dev, dtype=dt) * 0.02).contiguous(memory_format=cl)
+            taps = 3 * do_bench(partial(_conv, x[:t], w1), return_mode="median")
+            one = do_bench(partial(_conv, xs, w3), return_mode="median")
+            flops = 3 * 2 * t * h * w * c * c * 9
+            line = (f"C={c} {h}x{w} T={t}: taps2d {taps:.3f} ms ({flops / taps / 1e9:.0f} TF/s)  stacked {one:.3f} ms "
+                    f"({flops / one / 1e9:.0f} TF/s, {taps / one:.2f}x)")
+            print(line, flush=True)  # noqa: T201 - the bench's output
+            del x, xs
+
+
 def main() -> None:
     import sys
 
+    if "--stacked" in sys.argv:
+        stacked()
+        return
     if "--sweep" in sys.argv:
         sweep()
         return
