@@ -62,7 +62,10 @@ def test_the_ranks_bench_splits_the_whole_job_over_two_gloo_ranks(tmp_path):
     assert row["ranks"] == 2 and row["one_s"] > 0 and set(row["one_stages"]) == STAGES
     for exchange in ("bf16", "int8"):
         split = row[f"split_{exchange}"]
-        assert split["s"] > 0 and abs(split["ratio"] - split["s"] / row["one_s"]) < 0.01
+        # ratio, s and one_s are each rounded to 3 decimals: allow exactly that rounding (one_s is ~0.02 s
+        # here, so a fixed 0.01 was flaky)
+        rounding = 0.0005 + split["ratio"] * (0.0005 / row["one_s"] + 0.0005 / split["s"])
+        assert split["s"] > 0 and abs(split["ratio"] - split["s"] / row["one_s"]) <= rounding
         assert set(split["stages"]) == STAGES and split["frames_std"] > 10.0
         assert split["frames_cos"] >= 0.999, exchange
     assert row["split_bf16"]["frames_max_abs"] <= 1.0  # float sums on other threads may round one step apart
