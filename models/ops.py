@@ -337,6 +337,11 @@ def _split_heads(y: torch.Tensor, chunks: int) -> torch.Tensor:
     return y.view(B, L, chunks, H // chunks, D).permute(2, 0, 1, 3, 4).contiguous()
 
 
+def overridden() -> bool:
+    """Whether an `override` block is active (a forward then reads backends its inputs do not show)."""
+    return _OVERRIDE.get() is not None
+
+
 @contextlib.contextmanager
 def override(*, attention: str | None = None, kernels: bool | None = None) -> Iterator[None]:
     """Within the block every model forward uses these backends (None: the model's own choice)."""

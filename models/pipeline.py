@@ -44,6 +44,7 @@ from models.checkpoint_components import Components, resolve_components
 from models.cuda_graphs import ForwardGraphs
 from models.latent_preview import LatentPreview
 from models.offload import ExpertOffloader
+from models.ops import overridden
 from models.parallel import CfgParallel, SequenceParallel
 from models.pipeline_types import (
     GenerationRequest,
@@ -227,7 +228,9 @@ class WanPipeline:
         return velocity
 
     def _graphed(self, sp: SequenceParallel | None) -> bool:
-        return self.cuda_graphs and sp is None and self.expert_offload is None and self.device.type == "cuda"
+        # not under `models.ops.override`: a captured graph would replay the backends of its capture
+        return (self.cuda_graphs and sp is None and self.expert_offload is None and self.device.type == "cuda"
+                and not overridden())
 
     def _graphs_of(self, model: torch.nn.Module) -> ForwardGraphs:
         """The CUDA graphs of one DiT (made on first use, kept with the pipeline)."""

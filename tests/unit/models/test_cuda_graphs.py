@@ -95,3 +95,20 @@ def test_a_pipeline_with_graphs_generates_the_same_frames(gpu_pipe):
     assert not np.array_equal(again, graphed)  # another seed: other frames through the same graph
     (graphs,) = gpu_pipe._graphs.values()
     assert len(graphs.captured) == 1
+
+
+@pytest.mark.gpu
+def test_an_ops_override_bypasses_the_captured_graphs(gpu_pipe):
+    # A graph replays the backends it was captured with: under `override` the pipeline runs eagerly.
+    from models.ops import override
+
+    with override(kernels=False):
+        plain = gpu_pipe.generate(_params()).frames  # eager, plain PyTorch
+    gpu_pipe.cuda_graphs = True
+    try:
+        gpu_pipe.generate(_params())  # captures (Triton kernels)
+        with override(kernels=False):
+            forced = gpu_pipe.generate(_params()).frames
+    finally:
+        gpu_pipe.cuda_graphs = False
+    assert np.array_equal(forced, plain)
