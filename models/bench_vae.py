@@ -134,6 +134,8 @@ def bench() -> None:
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
     parser.add_argument("--conv-impl", default="taps2d", choices=CONV_IMPLS, help="for the profiled decode")
+    parser.add_argument("--igemm", default="96,96+192", help="rows with conv_impl igemm (CUDA): comma-separated "
+                        "residual-block widths joined by +, e.g. 96,96+192")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,18 +183,24 @@ def bench() -> None:
             if stage == "decode":  # the RGB head through cuDNN's conv3d (before the GEMM + gather head), and
                 # the head's partials in fp32
                 variants += [("fast, cuDNN RGB head", dict(fused=True)), ("fast, fp32 head partials", dict(fused=True))]
+            if device.type == "cuda":  # the implicit-GEMM residual blocks (kernels/conv3d_igemm.py) by width
+                variants += [(f"fast, igemm {widths}", dict(fused=True)) for widths in args.igemm.split(",") if widths]
             if args.cudnn_benchmark:
                 variants += [("fast + cudnn.benchmark", dict(fused=True))]
             base = None
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
                 ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "taps2d")
+                widths = ours.igemm_channels
+                if "igemm" in name:
+                    ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
                 xin = x.to(dtype)
                 head = vae_mod._HEAD_GEMM_MAX_OUT, vae_mod._HEAD_PARTIALS_FP32
                 vae_mod._HEAD_GEMM_MAX_OUT = 0 if "cuDNN RGB" in name else head[0]
                 vae_mod._HEAD_PARTIALS_FP32 = "fp32 head" in name or head[1]
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
                 vae_mod._HEAD_GEMM_MAX_OUT, vae_mod._HEAD_PARTIALS_FP32 = head
+                ours.igemm_channels = widths
                 torch.backends.cudnn.benchmark = False
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)

@@ -28,6 +28,10 @@ many latent frames per chunk as the memory budget allows, ending on chunks of 4,
 `WanVAE.conv_impl = "taps2d"` (the default; "cudnn3d" for cuDNN's 3-D kernels) runs the residual blocks'
 3×3×3 convs as three conv2d (one per time tap) whose partial outputs the next norm pass sums; the
 residual blocks' conv biases are added in those passes too (cuDNN would add each in a pass of its own).
+`conv_impl = "igemm"` runs the square residual blocks whose width is in `WanVAE.igemm_channels` with
+`kernels.conv3d_igemm` instead (sm90+; elsewhere as taps2d): each conv one implicit GEMM summing all 27 taps,
+the first conv's epilogue writing the next norm + SiLU straight into the second conv's input buffer, the
+second's adding bias and residual, so neither conv's output makes a pass through memory of its own.
 Chunking never changes the result beyond rounding (every layer is causal and carries its cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
 diffusers. Measurements: kernels/NOTES_vae.md.
 
@@ -164,11 +168,12 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d") -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", igemm_channels: tuple[int, ...] = ()) -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         self.fused = fused
         self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
+        self.igemm_channels = igemm_channels  # conv_impl "igemm": the residual blocks' widths it applies to
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
 
@@ -190,7 +195,7 @@ class CausalCache:
 
 
 _CL3D = torch.channels_last_3d
-CONV_IMPLS = ("cudnn3d", "taps2d")
+CONV_IMPLS = ("cudnn3d", "taps2d", "igemm")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -326,11 +331,11 @@ class CausalConv3d(nn.Conv3d):
     def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """`forward_buffer` without the bias, which is returned for the caller's next pass to add (cuDNN
         adds a conv's bias as a separate pass over the output), and whose output may come as the partial
-        sums of the three time taps, for that pass to add too (`cache.conv_impl == "taps2d"`, square 3×3×3
+        sums of the three time taps, for that pass to add too (`cache.conv_impl` "taps2d" or "igemm", square 3×3×3
         convs, where cuDNN's 2-D kernels beat its 3-D ones): sum_k conv2d(frames[k : k + T],
         weight[:, :, k]), frames as the batch. -> (parts, bias): each part [B, C_out, T, H, W]
         channels-last-3d; bias [C_out] or None."""
-        taps = cache.conv_impl == "taps2d" and self.kernel_size == (3, 3, 3)
+        taps = cache.conv_impl in ("taps2d", "igemm") and self.kernel_size == (3, 3, 3)
         if not (taps and self.in_channels == self.out_channels):
             return [self.forward_buffer(buf, cache, with_bias=False)], self.bias
         cache.put(self, buf[:, :, -self.context :].clone())
@@ -408,6 +413,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
+        if cache.fused and self._igemm(x, cache):
+            return self._forward_igemm(x, cache)
         if cache.fused:  # eval only (no dropout): each norm + SiLU writes into its conv's padded input
             # the convs' biases ride along into the next pass (cuDNN would add each in a pass of its own)
             buf, new = conv1.input_buffer(x, cache)
@@ -424,6 +431,37 @@ class ResidualBlock(nn.Module):
         h = conv1(act1(norm1(x)), cache)  # [B, C_out, T, H, W]
         h = conv2(dropout(act2(norm2(h))), cache)
         return h + (x if self.shortcut is None else self.shortcut(x, cache))
+
+    def _igemm(self, x: torch.Tensor, cache: CausalCache) -> bool:
+        """Whether the fast path runs this block with `kernels.conv3d_igemm` (conv_impl "igemm", a square
+        block of one of its widths, a device the kernel runs on, 16-bit activations on CUDA)."""
+        if cache.conv_impl != "igemm" or self.shortcut is not None or x.shape[1] not in cache.igemm_channels:
+            return False
+        from kernels.conv3d_igemm import available, supported
+
+        conv1 = self.residual[2]
+        return (supported(x.shape[1], x.shape[1]) and available(x.device) and conv1.weight.dtype == x.dtype
+                and (not x.is_cuda or x.dtype in (torch.bfloat16, torch.float16)))  # fmt: skip
+
+    def _forward_igemm(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The fused block with two implicit-GEMM convs: norm + SiLU (one pass) into conv1's padded input;
+        conv1, whose epilogue adds its bias and writes norm + SiLU straight into conv2's padded input;
+        conv2, whose epilogue adds its bias and the residual. Each conv's last input frames go to the cache."""
+        from kernels.conv3d_igemm import causal_conv3x3x3, weight_matrix
+
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual
+        x = _channels_last(x)
+        c = x.shape[1]
+        buf, new = conv1.input_buffer(x, cache)
+        _norm_silu_into([x], norm1.gamma, new)
+        cache.put(conv1, buf[:, :, -conv1.context :].clone())
+        buf2, new2 = conv2.input_buffer(x, cache)
+        w1 = _derived(conv1, "_igemm_cache", conv1.weight, weight_matrix)
+        causal_conv3x3x3(buf, w1, c, bias=conv1.bias, norm_gamma=norm2.gamma, out=new2)
+        del buf
+        cache.put(conv2, buf2[:, :, -conv2.context :].clone())
+        w2 = _derived(conv2, "_igemm_cache", conv2.weight, weight_matrix)
+        return causal_conv3x3x3(buf2, w2, c, bias=conv2.bias, residual=x)
 
 
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
@@ -709,6 +747,7 @@ class WanVAE(nn.Module):
         # passes) decoded 480p in 0.761 s vs cuDNN conv3d's 0.889 s, 720p 1.945 vs 2.249 s, cos 0.99991 to
         # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16).
         self.conv_impl = "taps2d"
+        self.igemm_channels: tuple[int, ...] = (96,)  # conv_impl "igemm": the residual blocks it runs
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -783,7 +822,7 @@ class WanVAE(nn.Module):
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels)
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0
@@ -850,7 +889,7 @@ class WanVAE(nn.Module):
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
         if fused:
             z = _channels_last(z)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
 
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.

@@ -34,6 +34,8 @@
 #                                       head), turbovid bench (ships autotune choices), 14B DiT eager vs CUDA graph
 #   bash scripts/gpu_verify.sh x2k      two GPUs, ~8 min: turbovid bench ‖ DiT benches and the quant pass; then the
 #                                       A14B I2V whole job on 2 GPUs vs 1 (models.bench_a14b --ranks)
+#   bash scripts/gpu_verify.sh s19a     one GPU, ~6 min: the implicit-GEMM VAE conv (kernels/conv3d_igemm.py): GPU tests,
+#                                       its bench vs cuDNN taps, 480p decode + encode and 720p decode with igemm rows
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -297,6 +299,15 @@ elif [ "$mode" = s18c ]; then
     timeout 120 python3 -m models.bench_vae --sizes 832x480 --no-reference --cudnn-benchmark --conv-frames 4,16 \
         > "$OUT/vae480.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A30 "^size" | head -16
     timeout 100 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --cudnn-benchmark \
+        > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+elif [ "$mode" = s19a ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 tests/unit/kernels/test_conv3d_igemm.py \
+        tests/unit/models/test_vae_gpu.py -k "gpu or vae_widths or fast_decode" > "$OUT/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/tests.log" | tail -8
+    timeout 120 python3 -m kernels.conv3d_igemm 2>&1 | grep -v "^W\|Warning\|warn" | tee "$OUT/conv.log"
+    timeout 150 python3 -m models.bench_vae --sizes 832x480 --igemm 96,96+192 > "$OUT/vae480.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A20 "^size"
+    timeout 100 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
 elif [ "$mode" = s18d ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 tests/unit/models/test_cuda_graphs.py \

@@ -252,6 +252,33 @@ def test_fused_residual_block_adds_the_conv_biases_in_its_norm_passes(conv_impl:
     assert meter.convs >= 2 and meter.with_bias == 0, (meter.convs, meter.with_bias)
 
 
+def test_igemm_residual_block_runs_no_convolution_and_matches_eager_across_chunks() -> None:
+    # conv_impl "igemm": a square block of a listed width runs both convs in kernels.conv3d_igemm (the first's
+    # epilogue writing the next norm + SiLU, the second's adding bias and residual): no aten convolution,
+    # the eager result over chunks of 3 and 2 frames (the causal context carried in the cache).
+    torch.manual_seed(0)
+    block = ResidualBlock(32, 32).eval()
+    for m in block.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.normal_(m.bias, std=1.0)
+    x = torch.randn(1, 32, 5, 4, 6).contiguous(memory_format=torch.channels_last_3d)
+    eager, fused = CausalCache(), CausalCache(fused=True, conv_impl="igemm", igemm_channels=(32,))
+    other = CausalCache(fused=True, conv_impl="igemm", igemm_channels=(96,))  # width not listed: taps2d
+    with torch.no_grad():
+        for t0, n in ((0, 3), (3, 2)):
+            chunk = x[:, :, t0 : t0 + n]
+            expected = block(chunk, eager)
+            with ConvBiases() as meter:
+                got = block(chunk, fused)
+            assert meter.convs == 0
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            with ConvBiases() as meter:
+                fallback = block(chunk, other)
+            assert meter.convs == 6  # three time taps per conv
+            torch.testing.assert_close(fallback, expected, atol=1e-5, rtol=1e-5)
+    assert fused.get(block.residual[2]).shape == (1, 32, 2, 4, 6)  # each conv keeps its 2 context frames
+
+
 def test_fused_rgb_head_is_a_gemm_and_a_gather_across_chunks() -> None:
     # The decoder's head (norm, SiLU, causal 3×3×3 conv to 3 channels): the fast path runs no convolution
     # (one GEMM over the pixels, then kernels.conv_head's gather), and chunks of 1, 4, 1 and 2 frames carry
@@ -275,16 +302,18 @@ def test_fused_rgb_head_is_a_gemm_and_a_gather_across_chunks() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d"])
+@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d", "igemm"])
 def test_fused_decode_matches_eager(vae: WanVAE, conv_impl: str) -> None:
-    # Triton interpreter on CPU: slow, so one small decode in two chunks after the first.
+    # Triton interpreter on CPU: slow, so one small decode in two chunks after the first. "igemm": the tiny
+    # decoder's 32-wide blocks (the middle and the first level) through kernels.conv3d_igemm.
     latents = torch.randn(1, 16, 3, 2, 3)
     eager = vae.decode(latents, fused=False)
     default, vae.conv_impl = vae.conv_impl, conv_impl
+    widths, vae.igemm_channels = vae.igemm_channels, (32,)
     try:
         chunks = list(vae.decode_iter(latents, fused=True, chunk_latents=1, prefix_latents=2))
     finally:
-        vae.conv_impl = default
+        vae.conv_impl, vae.igemm_channels = default, widths
         for m in vae.modules():  # back to contiguous weights for the other tests
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 m.weight.data = m.weight.data.contiguous()

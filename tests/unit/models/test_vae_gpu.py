@@ -32,7 +32,7 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
-@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d"])
+@pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d", "igemm"])
 def test_fast_decode_matches_fp32(models: tuple[WanVAE, WanVAE], conv_impl: str) -> None:
     ref, fast = models
     latents = torch.randn(1, 16, 5, 32, 40, device="cuda")  # 17 frames of 320×256

@@ -1,0 +1,367 @@
+"""Causal 3×3×3 convolution of the Wan VAE as one implicit GEMM, the three time taps summed in-kernel.
+
+The VAE's fast path (`models.vae`, `conv_impl="taps2d"`) runs a square 3×3×3 conv as three cuDNN conv2d
+calls, one per time tap, and the pass after the conv sums the three partial outputs. That writes and
+reads each conv's output three times, and cuDNN tiles the 96 output channels of the full-resolution
+level 128 wide. This kernel computes the whole conv in one accumulation instead:
+
+    out[b, t, p, n] = Σ_{dt, dh, dw, c} x[b, t + dt, h(p) + dh - 1, w(p) + dw - 1, c] · W[n, c, dt, dh, dw]
+
+  x    the conv's time-padded input buffer [B, C_in, T + 2, H, W], channels-last-3d (the two causal
+       context frames first, as `CausalConv3d.input_buffer` builds it); rows/columns outside the frame
+       read as zero (the conv's spatial padding 1).
+  W    prepared once per weight by `weight_matrix`: [27·C_in, N_pad] with row k = (dt·9 + dh·3 + dw)·C_in + c
+       (the GEMM's K), columns the output channels zero-padded to a multiple of 128.
+  out  [B, C_out, T, H, W] channels-last-3d, x's dtype; fp32 accumulation; no bias (the VAE adds it in
+       the pass that reads the output, as for cuDNN).
+
+GEMM view: M = the H·W pixels of one output frame (tiles of BLOCK_M flattened pixels, so no tile is lost
+at the end of a row), N = C_out, K = 27·C_in. A tile's output channels are covered by one or two dots,
+BLOCK_N0 + BLOCK_N1 wide (64 + 32 for 96 channels: both legal tensor-core widths, no padded columns).
+A operand: gathered pixel rows of x (masked at the frame's edges), pipelined by Triton into shared memory.
+
+Reference: `reference` (torch conv3d). Configs are autotuned per (C_in, C_out) on the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+__all__ = ["reference", "weight_matrix", "causal_conv3x3x3", "supported", "available", "bench"]
+
+TAPS = 27
+_N_ALIGN = 128  # the weight matrix's columns are padded to this
+
+
+# 1. reference -----------------------------------------------------------------------------------------
+def reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [B, C_in, T + 2, H, W] (the time-padded buffer), weight [C_out, C_in, 3, 3, 3] -> [B, C_out, T, H, W]:
+    conv3d with no time padding (x holds the context) and spatial padding 1, in x's dtype."""
+    return F.conv3d(x, weight.to(x.dtype), None, padding=(0, 1, 1))
+
+
+def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """[C_out, C_in, 3, 3, 3] -> the kernel's [27·C_in, N_pad] (see the module docstring), weight's dtype."""
+    c_out, c_in = weight.shape[:2]
+    n_pad = -(-c_out // _N_ALIGN) * _N_ALIGN
+    m = weight.permute(2, 3, 4, 1, 0).reshape(TAPS * c_in, c_out)  # [(dt, dh, dw, c), n]
+    return F.pad(m, (0, n_pad - c_out)).contiguous()
+
+
+def supported(c_in: int, c_out: int) -> bool:
+    """Channel counts the kernel takes: multiples of 32 (the VAE's 96, 192, 384)."""
+    return c_in % 32 == 0 and c_out % 32 == 0
+
+
+# 2. kernel --------------------------------------------------------------------------------------------
+@triton.jit
+def _conv_tma_kernel(
+    x_desc,  # [B, T + 2, H, W, C_in], block [1, 1, 1, BLOCK_M, BLOCK_K]; rows/columns outside read as zero
+    w0_desc,  # [27·C_in, N_pad], block [BLOCK_K, BLOCK_N0]
+    w1_desc,  # the same, block [BLOCK_K, BLOCK_N1] (unused when BLOCK_N1 = 0)
+    o0_desc,  # [B, T, H, W, C_out], block [1, 1, 1, BLOCK_M, BLOCK_N0]; stores are clipped to the tensor
+    o1_desc,
+    r0_desc,  # EPI 2: the residual [B, T, H, W, C_out], blocks as o0_desc / o1_desc
+    r1_desc,
+    bias_ptr,  # [C_out] or a dummy (HAS_BIAS)
+    gamma_ptr,  # EPI 1: the norm's [C_out] gain
+    T,
+    H,
+    W,
+    scale,  # EPI 1: sqrt(C_out)
+    eps,
+    C_IN: tl.constexpr,
+    C_OUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EPI: tl.constexpr,  # 0: the conv; 1: silu(rms_norm(conv + bias) · gamma); 2: conv + bias + residual
+    BLOCK_M: tl.constexpr,  # pixels along one row
+    BLOCK_N0: tl.constexpr,
+    BLOCK_N1: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_F32: tl.constexpr = False,
+):
+    # sm90 form: the tensor-memory accelerator loads the shifted input rows, zero-filling the conv's padding
+    pid_m = tl.program_id(0)  # (row, column tile) of one output frame
+    pid_n = tl.program_id(1)
+    frame = tl.program_id(2)
+    n_wt = tl.cdiv(W, BLOCK_M)
+    h = pid_m // n_wt
+    w0 = (pid_m % n_wt) * BLOCK_M
+    b = frame // T
+    t = frame % T
+    n_base = pid_n * (BLOCK_N0 + BLOCK_N1)
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N0), dtype=tl.float32)
+    if BLOCK_N1 > 0:
+        acc1 = tl.zeros((BLOCK_M, BLOCK_N1), dtype=tl.float32)
+    for kk in range(27 * C_IN // BLOCK_K):
+        k0 = kk * BLOCK_K
+        tap = k0 // C_IN
+        a = x_desc.load([b, t + tap // 9, h + (tap // 3) % 3 - 1, w0 + tap % 3 - 1, k0 % C_IN])
+        a = a.reshape(BLOCK_M, BLOCK_K)
+        b0 = w0_desc.load([k0, n_base])
+        if DOT_F32:
+            a = a.to(tl.float32)
+            b0 = b0.to(tl.float32)
+        acc0 = tl.dot(a, b0, acc0)
+        if BLOCK_N1 > 0:
+            b1 = w1_desc.load([k0, n_base + BLOCK_N0])
+            if DOT_F32:
+                b1 = b1.to(tl.float32)
+            acc1 = tl.dot(a, b1, acc1)
+    # epilogue: bias, then the residual or the next norm + SiLU, in fp32 (a tile holds whole pixel rows
+    # of channels for EPI 1, so the norm needs no second pass)
+    if HAS_BIAS:
+        cols0 = n_base + tl.arange(0, BLOCK_N0)
+        acc0 += tl.load(bias_ptr + cols0, mask=cols0 < C_OUT, other=0.0).to(tl.float32)[None, :]
+        if BLOCK_N1 > 0:
+            cols1 = n_base + BLOCK_N0 + tl.arange(0, BLOCK_N1)
+            acc1 += tl.load(bias_ptr + cols1, mask=cols1 < C_OUT, other=0.0).to(tl.float32)[None, :]
+    if EPI == 2:
+        acc0 += r0_desc.load([b, t, h, w0, n_base]).reshape(BLOCK_M, BLOCK_N0).to(tl.float32)
+        if BLOCK_N1 > 0:
+            acc1 += r1_desc.load([b, t, h, w0, n_base + BLOCK_N0]).reshape(BLOCK_M, BLOCK_N1).to(tl.float32)
+    if EPI == 1:
+        ss = tl.sum(acc0 * acc0, axis=1)
+        if BLOCK_N1 > 0:
+            ss += tl.sum(acc1 * acc1, axis=1)
+        inv = scale / tl.maximum(tl.sqrt(ss), eps)  # [BLOCK_M]
+        g0 = tl.load(gamma_ptr + tl.arange(0, BLOCK_N0), mask=tl.arange(0, BLOCK_N0) < C_OUT, other=0.0)
+        acc0 = acc0 * inv[:, None] * g0.to(tl.float32)[None, :]
+        acc0 = acc0 * tl.sigmoid(acc0)
+        if BLOCK_N1 > 0:
+            g1 = tl.load(gamma_ptr + BLOCK_N0 + tl.arange(0, BLOCK_N1),
+                         mask=BLOCK_N0 + tl.arange(0, BLOCK_N1) < C_OUT, other=0.0)  # fmt: skip
+            acc1 = acc1 * inv[:, None] * g1.to(tl.float32)[None, :]
+            acc1 = acc1 * tl.sigmoid(acc1)
+    o0_desc.store([b, t, h, w0, n_base], acc0.to(o0_desc.dtype).reshape(1, 1, 1, BLOCK_M, BLOCK_N0))
+    if BLOCK_N1 > 0:
+        o1_desc.store([b, t, h, w0, n_base + BLOCK_N0], acc1.to(o1_desc.dtype).reshape(1, 1, 1, BLOCK_M, BLOCK_N1))
+
+
+# 3. configs -------------------------------------------------------------------------------------------
+_TILES = [  # BM (pixels of a row), N0, N1, BK, warps, stages: the H200 sweep's best few per channel count
+    (128, 64, 32, 32, 4, 4), (128, 128, 0, 32, 4, 4), (64, 64, 32, 32, 4, 4), (128, 64, 32, 64, 8, 3),
+    (128, 128, 64, 64, 8, 3), (128, 256, 0, 64, 8, 3), (128, 256, 128, 64, 8, 3), (128, 128, 0, 64, 8, 3),
+]
+
+
+def _configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N0": n0, "BLOCK_N1": n1, "BLOCK_K": bk}, num_warps=w, num_stages=s,
+                      pre_hook=_set_blocks)
+        for bm, n0, n1, bk, w, s in _TILES
+    ]
+
+
+@functools.cache
+def _smem_limit(device_index: int) -> int:
+    props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return int(props["max_shared_mem"]) - 4096
+
+
+def _fits(c_in: int, c_out: int, epi: int, bm: int, n0: int, n1: int, bk: int, stages: int, smem_limit: int) -> bool:
+    """A tile fits when BK divides C_in, at most a third of its channel columns are padding, one tile covers
+    all channels for the norm epilogue, and the pipeline's stages fit shared memory."""
+    nb = n0 + n1
+    covered = -(-c_out // nb) * nb
+    smem = stages * (bm * bk + bk * nb) * 2
+    return not (c_in % bk or covered * 3 > c_out * 4 or (epi == 1 and nb < c_out) or smem > smem_limit)
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    limit = _smem_limit(torch.cuda.current_device())
+    kept = [
+        cfg for cfg in configs
+        if _fits(kwargs["C_IN"], kwargs["C_OUT"], kwargs["EPI"], *(cfg.kwargs[k] for k in _BLOCK_KEYS),
+                 cfg.num_stages, limit)
+    ]  # fmt: skip
+    if not kept:
+        raise ValueError(f"no conv tile fits C_in={kwargs['C_IN']}, C_out={kwargs['C_OUT']}, epilogue {kwargs['EPI']}")
+    return kept
+
+
+_BLOCK_KEYS = ("BLOCK_M", "BLOCK_N0", "BLOCK_N1", "BLOCK_K")
+_DESCS = ("x_desc", "w0_desc", "w1_desc", "o0_desc", "o1_desc", "r0_desc", "r1_desc")
+
+
+def _set_blocks(nargs: dict) -> None:
+    """Give the host descriptors the config's block shapes (an autotuner pre-hook, and for fixed configs)."""
+    bm, n0, n1, bk = (nargs[k] for k in _BLOCK_KEYS)
+    n1 = max(n1, 16)  # BLOCK_N1 = 0: the second descriptors are never read
+    shapes = ([1, 1, 1, bm, bk], [bk, n0], [bk, n1], [1, 1, 1, bm, n0], [1, 1, 1, bm, n1], [1, 1, 1, bm, n0],
+              [1, 1, 1, bm, n1])  # fmt: skip
+    for name, shape in zip(_DESCS, shapes, strict=True):
+        nargs[name].block_shape = shape
+
+
+_conv_tuned = triton.autotune(
+    _configs(), key=["C_IN", "C_OUT", "HAS_BIAS", "EPI"], prune_configs_by={"early_config_prune": _prune}
+)(_conv_tma_kernel)
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernel runs on `device` here: CUDA sm90+ (tensor-memory-accelerator loads), or the Triton
+    interpreter (TRITON_INTERPRET=1) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# 4. wrapper -------------------------------------------------------------------------------------------
+def causal_conv3x3x3(
+    x: torch.Tensor,
+    wmat: torch.Tensor,
+    c_out: int,
+    *,
+    bias: torch.Tensor | None = None,
+    norm_gamma: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    eps: float = 1e-12,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """x [B, C_in, T + 2, H, W] channels-last-3d (the time-padded input buffer), wmat = weight_matrix(weight)
+    -> [B, C_out, T, H, W] in x's dtype: `reference` (+ bias), then one of
+      norm_gamma  silu(rms_norm(·) · gamma), Wan's RMS-norm (x / ||x||₂ · sqrt(C_out) · gamma) + SiLU: the
+                  next conv's input, written straight into its padded buffer by passing `out`;
+      residual    + residual ([B, C_out, T, H, W] channels-last-3d): a residual block's output.
+    out: where to write (a channels-last-3d [B, C_out, T, H, W], possibly a view of frames of a larger
+    buffer); default a new channels-last-3d tensor. config: fixed tile kwargs (BLOCK_M, BLOCK_N0, BLOCK_N1,
+    BLOCK_K, num_warps, num_stages) instead of the autotuner's (the interpreter always uses fixed ones)."""
+    if x.dim() != 5 or x.shape[2] < 3 or x.stride(1) != 1:
+        raise ValueError(f"x must be [B, C_in, T + 2 >= 3, H, W] channels-last-3d, got {tuple(x.shape)} {x.stride()}")
+    b, c_in, tp, h, w = x.shape
+    t = tp - 2
+    if not supported(c_in, c_out):
+        raise ValueError(f"channels must be multiples of 32, got C_in={c_in}, C_out={c_out}")
+    if wmat.shape[0] != TAPS * c_in or wmat.shape[1] < c_out or wmat.stride(1) != 1 or wmat.dtype != x.dtype:
+        raise ValueError(f"wmat must be weight_matrix(weight) [{TAPS * c_in}, >= {c_out}] in {x.dtype}, got "
+                         f"{tuple(wmat.shape)} {wmat.dtype}")
+    if norm_gamma is not None and residual is not None:
+        raise ValueError("norm_gamma and residual are two different epilogues; pass one")
+    shape = (b, c_out, t, h, w)
+    for name, ten in (("bias", bias), ("norm_gamma", norm_gamma)):
+        if ten is not None and ten.numel() != c_out:
+            raise ValueError(f"{name} must hold {c_out} values, got {tuple(ten.shape)}")
+    for name, ten in (("residual", residual), ("out", out)):
+        if ten is not None and (tuple(ten.shape) != shape or ten.stride(1) != 1 or ten.dtype != x.dtype
+                                or ten.device != x.device):  # fmt: skip
+            raise ValueError(f"{name} must be {list(shape)} channels-last-3d {x.dtype} on {x.device}, got "
+                             f"{tuple(ten.shape)} {ten.stride()} {ten.dtype}")
+    if not available(x.device):
+        raise RuntimeError(f"causal_conv3x3x3 needs a CUDA sm90+ device or TRITON_INTERPRET=1, got {x.device}")
+    if out is None:
+        out = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
+    if out.numel() == 0:
+        return out
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    def desc(ten: torch.Tensor) -> TensorDescriptor:  # [B, C, T, H, W] -> a [B, T, H, W, C] descriptor
+        view = ten.permute(0, 2, 3, 4, 1) if ten.dim() == 5 else ten
+        return TensorDescriptor(view, list(view.shape), list(view.stride()), [1] * (view.dim() - 1) + [16])
+
+    r = residual if residual is not None else out
+    descs = {"x_desc": desc(x), "w0_desc": desc(wmat), "w1_desc": desc(wmat), "o0_desc": desc(out),
+             "o1_desc": desc(out), "r0_desc": desc(r), "r1_desc": desc(r)}  # fmt: skip
+    epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
+    dummy = bias if bias is not None else wmat
+    args = dict(descs, bias_ptr=dummy, gamma_ptr=norm_gamma if norm_gamma is not None else dummy, T=t, H=h, W=w,
+                scale=float(c_out) ** 0.5, eps=eps, C_IN=c_in, C_OUT=c_out, HAS_BIAS=bias is not None, EPI=epi)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (h * triton.cdiv(w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N0"] + meta["BLOCK_N1"]), b * t)
+
+    if x.is_cuda and config is None:
+        _conv_tuned[grid](**args)
+        return out
+    fixed = dict(config or {"BLOCK_M": triton.next_power_of_2(w), "BLOCK_N0": triton.next_power_of_2(c_out) // 2,
+                            "num_warps": 4, "num_stages": 1, "BLOCK_K": 32})  # fmt: skip
+    if config is None:  # the interpreter: one program per output row, all channels
+        rest = c_out - fixed["BLOCK_N0"]
+        fixed["BLOCK_N1"] = triton.next_power_of_2(rest) if rest > 0 else 0
+    _set_blocks({**descs, **{k: fixed[k] for k in _BLOCK_KEYS}})
+    _conv_tma_kernel[grid(fixed)](**args, DOT_F32=not x.is_cuda, **fixed)
+    return out
+
+
+# 5. bench ---------------------------------------------------------------------------------------------
+def bench(shapes: list[tuple[int, int, int, int, int]] | None = None, sweep: bool = False) -> list[dict]:
+    """Time the kernel against cuDNN at the 480p VAE decoder's shapes (bf16, one chunk of 16 frames at full
+    resolution), per residual-block conv and with the passes around it:
+      conv1   cuDNN: 3 tap convs + the norm pass over the 3 partials (+ bias)  | ours: conv + norm epilogue
+      conv2   cuDNN: 3 tap convs + the residual sum over the 3 partials         | ours: conv + residual epilogue
+    shapes: (C, T, H, W) of square convs. sweep: also time every config on its own (plain epilogue)."""
+    from triton.testing import do_bench
+
+    from kernels.rmsnorm_silu import tap_sum_out, tap_sum_rmsnorm_silu_out
+
+    shapes = shapes or [(96, 16, 480, 832), (192, 16, 240, 416), (384, 8, 120, 208), (96, 16, 720, 1280)]  # type: ignore[list-item]
+    rows = []
+
+    def ms(fn) -> float:  # noqa: ANN001
+        return do_bench(fn, warmup=10, rep=100, return_mode="median")
+
+    for c, t, h, w in shapes:  # type: ignore[misc]
+        buf = torch.randn(1, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last_3d)
+        weight = (torch.randn(c, c, 3, 3, 3, device="cuda") / (27 * c) ** 0.5).to(torch.bfloat16)
+        bias = 0.1 * torch.randn(c, device="cuda", dtype=torch.bfloat16)
+        gamma = 1 + 0.1 * torch.randn(c, device="cuda", dtype=torch.bfloat16)
+        w2d = [weight[:, :, k].contiguous(memory_format=torch.channels_last) for k in range(3)]
+        wmat = weight_matrix(weight)
+        res = torch.randn(1, c, t, h, w, device="cuda", dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last_3d)
+        nxt = torch.empty(1, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16, memory_format=torch.channels_last_3d)
+        flop = 2 * t * h * w * c * 27 * c
+
+        def taps(buf=buf, w2d=w2d, t=t):
+            return [F.conv2d(buf[0].transpose(0, 1)[k : k + t], w2d[k], None, padding=1) for k in range(3)]
+
+        def rows_of(y: torch.Tensor) -> torch.Tensor:  # channels-last [T, C, H, W] / [1, C, T, H, W] -> [T·H·W, C]
+            return (y[0] if y.dim() == 5 else y.transpose(0, 1)).movedim(0, -1).reshape(-1, y.shape[1])
+
+        ref = F.conv3d(buf.float(), weight.float(), bias.float(), padding=(0, 1, 1))
+        plain = causal_conv3x3x3(buf, wmat, c, bias=bias)
+        err = ((plain.float() - ref).norm() / ref.norm()).item()
+        parts = taps()
+        pr = [rows_of(p) for p in parts]
+        nrows = rows_of(nxt[:, :, 2:].contiguous(memory_format=torch.channels_last_3d))
+        t_taps = ms(taps)
+        t_norm3 = ms(lambda: tap_sum_rmsnorm_silu_out(*pr, gamma, nrows, bias=bias))  # noqa: B023
+        t_sum3 = ms(lambda: tap_sum_out(*pr, rows_of(res), pr[0], bias=bias))  # noqa: B023
+        t_plain = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias))  # noqa: B023
+        t_epi1 = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, norm_gamma=gamma, out=nxt[:, :, 2:]))  # noqa: B023
+        t_epi2 = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, residual=res))  # noqa: B023
+        ratio1, ratio2 = t_epi1 / (t_taps + t_norm3), t_epi2 / (t_taps + t_sum3)
+        row = {"shape": (c, t, h, w), "taps_ms": t_taps, "norm3_ms": t_norm3, "sum3_ms": t_sum3, "plain_ms": t_plain,
+               "epi_norm_ms": t_epi1, "epi_res_ms": t_epi2, "tflops_taps": flop / t_taps / 1e9,
+               "tflops_ours": flop / t_plain / 1e9, "rel_err": err, "ratio_conv1": ratio1, "ratio_conv2": ratio2,
+               "ratio_block": (t_epi1 + t_epi2) / (2 * t_taps + t_norm3 + t_sum3)}  # fmt: skip
+        rows.append(row)
+        print(f"C={c} T={t} {h}x{w}: cuDNN taps {t_taps:.3f} ms ({row['tflops_taps']:.0f} TFLOP/s), ours {t_plain:.3f} "
+              f"({row['tflops_ours']:.0f}) | conv1+norm: taps {t_taps + t_norm3:.3f} vs ours {t_epi1:.3f} ({ratio1:.3f}x) | "
+              f"conv2+residual: taps {t_taps + t_sum3:.3f} vs ours {t_epi2:.3f} ({ratio2:.3f}x) | block "
+              f"{row['ratio_block']:.3f}x | rel err {err:.2e}", flush=True)
+        if sweep:
+            for cfg in _configs():
+                kw = [cfg.kwargs[k] for k in _BLOCK_KEYS]
+                if not _fits(c, c, 0, *kw, cfg.num_stages, _smem_limit(torch.cuda.current_device())):
+                    continue
+                fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                t_cfg = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, config=fixed))  # noqa: B023
+                print(f"    {fixed}: {t_cfg:.3f} ms ({flop / t_cfg / 1e9:.0f} TFLOP/s)", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", action="store_true", help="also time every config on its own")
+    bench(sweep=ap.parse_args().sweep)
