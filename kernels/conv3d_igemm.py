@@ -145,9 +145,12 @@ def _conv_tma_kernel(
 
 
 # 3. configs -------------------------------------------------------------------------------------------
-_TILES = [  # BM (pixels of a row), N0, N1, BK, warps, stages: the H200 sweep's best few per channel count
+_TILES = [  # BM (pixels of a row), N0, N1, BK, warps, stages: the H200 sweep's best few per channel count,
+    # with 64- and 256-pixel rows for widths that 128 does not divide (832 = 13·64, 416 = 6.5·64)
     (128, 64, 32, 32, 4, 4), (128, 128, 0, 32, 4, 4), (64, 64, 32, 32, 4, 4), (128, 64, 32, 64, 8, 3),
-    (128, 128, 64, 64, 8, 3), (128, 256, 0, 64, 8, 3), (128, 256, 128, 64, 8, 3), (128, 128, 0, 64, 8, 3),
+    (64, 64, 32, 64, 4, 3), (256, 64, 32, 32, 8, 3),
+    (128, 128, 64, 64, 8, 3), (64, 128, 64, 64, 4, 3), (128, 256, 0, 64, 8, 3), (128, 256, 128, 64, 8, 3),
+    (128, 128, 0, 64, 8, 3),
 ]
 
 
@@ -201,7 +204,7 @@ def _set_blocks(nargs: dict) -> None:
 
 
 _conv_tuned = triton.autotune(
-    _configs(), key=["C_IN", "C_OUT", "HAS_BIAS", "EPI"], prune_configs_by={"early_config_prune": _prune}
+    _configs(), key=["C_IN", "C_OUT", "W", "HAS_BIAS", "EPI"], prune_configs_by={"early_config_prune": _prune}
 )(_conv_tma_kernel)
 
 

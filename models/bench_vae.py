@@ -133,7 +133,7 @@ def bench() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
-    parser.add_argument("--conv-impl", default="taps2d", choices=CONV_IMPLS, help="for the profiled decode")
+    parser.add_argument("--conv-impl", default="igemm", choices=CONV_IMPLS, help="for the profiled decode")
     parser.add_argument("--igemm", default="96,96+192", help="rows with conv_impl igemm (CUDA): comma-separated "
                         "residual-block widths joined by +, e.g. 96,96+192")
     args = parser.parse_args()
@@ -178,8 +178,8 @@ def bench() -> None:
             if stage == "decode":
                 variants[0][1]["prefix_latents"] = 1
                 variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
-            variants += [("fast, taps2d (default)", dict(fused=True)),
-                         ("fast, taps2d, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
+            variants += [("fast, taps2d", dict(fused=True)),
+                         ("fast, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
             if stage == "decode":  # the RGB head through cuDNN's conv3d (before the GEMM + gather head), and
                 # the head's partials in fp32
                 variants += [("fast, cuDNN RGB head", dict(fused=True)), ("fast, fp32 head partials", dict(fused=True))]
@@ -190,7 +190,7 @@ def bench() -> None:
             base = None
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
-                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "taps2d")
+                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "igemm")
                 widths = ours.igemm_channels
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))

@@ -25,10 +25,10 @@ cuDNN tiles badly) as one GEMM over the pixels with all 27 taps' weights and a T
 latent-resolution blocks see all latent frames at once, the blocks after the first upsampler see as
 many latent frames per chunk as the memory budget allows, ending on chunks of 4, 2, 1 latent frames
 (`chunk_plan`: the streaming MP4 encoder then has little left after the last one).
-`WanVAE.conv_impl = "taps2d"` (the default; "cudnn3d" for cuDNN's 3-D kernels) runs the residual blocks'
+`WanVAE.conv_impl = "taps2d"` ("cudnn3d" for cuDNN's 3-D kernels) runs the residual blocks'
 3×3×3 convs as three conv2d (one per time tap) whose partial outputs the next norm pass sums; the
 residual blocks' conv biases are added in those passes too (cuDNN would add each in a pass of its own).
-`conv_impl = "igemm"` runs the square residual blocks whose width is in `WanVAE.igemm_channels` with
+`conv_impl = "igemm"` (the default) runs the square residual blocks whose width is in `WanVAE.igemm_channels` with
 `kernels.conv3d_igemm` instead (sm90+; elsewhere as taps2d): each conv one implicit GEMM summing all 27 taps,
 the first conv's epilogue writing the next norm + SiLU straight into the second conv's input buffer, the
 second's adding bias and residual, so neither conv's output makes a pass through memory of its own.
@@ -745,8 +745,10 @@ class WanVAE(nn.Module):
         self.memory_budget = memory_budget
         # Fast path: how square 3×3×3 convs run, one of CONV_IMPLS. "taps2d" (tap sums fused into the norm
         # passes) decoded 480p in 0.761 s vs cuDNN conv3d's 0.889 s, 720p 1.945 vs 2.249 s, cos 0.99991 to
-        # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16).
-        self.conv_impl = "taps2d"
+        # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16). "igemm" (the full-resolution
+        # 96-wide blocks through kernels.conv3d_igemm, taps2d elsewhere; taps2d where the kernel cannot run)
+        # decoded 480p in 0.599 s vs taps2d's 0.629 s, 720p 1.562 vs 1.656 s (session 19).
+        self.conv_impl = "igemm"
         self.igemm_channels: tuple[int, ...] = (96,)  # conv_impl "igemm": the residual blocks it runs
         z = config.z_dim
         self.encoder = Encoder(config)
