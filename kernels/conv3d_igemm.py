@@ -168,25 +168,37 @@ def _smem_limit(device_index: int) -> int:
     return int(props["max_shared_mem"]) - 4096
 
 
-def _fits(c_in: int, c_out: int, epi: int, bm: int, n0: int, n1: int, bk: int, stages: int, smem_limit: int) -> bool:
-    """A tile fits when BK divides C_in, at most a third of its channel columns are padding, one tile covers
-    all channels for the norm epilogue, and the pipeline's stages fit shared memory."""
+def _fits(c_in: int, c_out: int, epi: int, bm: int, n0: int, n1: int, bk: int, stages: int, smem_limit: int,
+          *, max_waste: bool = True) -> bool:
+    """A tile fits when BK divides C_in, one tile covers all channels for the norm epilogue, the pipeline's
+    stages fit shared memory and (max_waste) at most a third of its channel columns are padding."""
     nb = n0 + n1
     covered = -(-c_out // nb) * nb
     smem = stages * (bm * bk + bk * nb) * 2
-    return not (c_in % bk or covered * 3 > c_out * 4 or (epi == 1 and nb < c_out) or smem > smem_limit)
+    if c_in % bk or (epi == 1 and nb < c_out) or smem > smem_limit:
+        return False
+    return not (max_waste and covered * 3 > c_out * 4)
+
+
+def select_configs(configs: list[triton.Config], c_in: int, c_out: int, epi: int, smem_limit: int) -> list[triton.Config]:
+    """The configs the autotuner times: those that fit (`_fits`); where none wastes at most a third of its
+    channel columns (narrow outputs, e.g. 32), the ones that fit otherwise, least padded first."""
+    def keys(cfg: triton.Config) -> list[int]:
+        return [cfg.kwargs[k] for k in _BLOCK_KEYS]
+
+    kept = [cfg for cfg in configs if _fits(c_in, c_out, epi, *keys(cfg), cfg.num_stages, smem_limit)]
+    if not kept:
+        loose = [cfg for cfg in configs
+                 if _fits(c_in, c_out, epi, *keys(cfg), cfg.num_stages, smem_limit, max_waste=False)]  # fmt: skip
+        kept = sorted(loose, key=lambda cfg: cfg.kwargs["BLOCK_N0"] + cfg.kwargs["BLOCK_N1"])[:2]
+    if not kept:
+        raise ValueError(f"no conv tile fits C_in={c_in}, C_out={c_out}, epilogue {epi}")
+    return kept
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     limit = _smem_limit(torch.cuda.current_device())
-    kept = [
-        cfg for cfg in configs
-        if _fits(kwargs["C_IN"], kwargs["C_OUT"], kwargs["EPI"], *(cfg.kwargs[k] for k in _BLOCK_KEYS),
-                 cfg.num_stages, limit)
-    ]  # fmt: skip
-    if not kept:
-        raise ValueError(f"no conv tile fits C_in={kwargs['C_IN']}, C_out={kwargs['C_OUT']}, epilogue {kwargs['EPI']}")
-    return kept
+    return select_configs(configs, kwargs["C_IN"], kwargs["C_OUT"], kwargs["EPI"], limit)
 
 
 _BLOCK_KEYS = ("BLOCK_M", "BLOCK_N0", "BLOCK_N1", "BLOCK_K")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.conv3d_igemm import available, causal_conv3x3x3, reference, weight_matrix
+from kernels.conv3d_igemm import _configs, available, causal_conv3x3x3, reference, select_configs, weight_matrix
 from kernels.rmsnorm_silu import reference as norm_reference
 
 CL3D = torch.channels_last_3d
@@ -140,3 +140,19 @@ def test_vae_widths_on_the_gpu(c, h, w):
     causal_conv3x3x3(x, wm, c, bias=bias, norm_gamma=gamma, out=nxt[:, :, 2:])
     want_n = _norm64(want.double(), gamma).float()
     assert ((nxt[:, :, 2:].float() - want_n).norm() / want_n.norm()).item() < 5e-3
+
+
+def test_config_selection_by_width():
+    """What the autotuner may time: no tile wastes over a third of the channel columns where one fits
+    (96 -> 64 + 32 or 96-covering tiles, never 128 + 64), the norm epilogue only whole-channel tiles, narrow
+    outputs (32) the least padded tiles rather than none, and nothing over the shared-memory limit."""
+    configs = _configs()
+    widths = lambda cs: {c.kwargs["BLOCK_N0"] + c.kwargs["BLOCK_N1"] for c in cs}  # noqa: E731
+    assert widths(select_configs(configs, 96, 96, 0, 227 * 1024)) == {96, 128}
+    assert widths(select_configs(configs, 384, 384, 1, 227 * 1024)) == {384}  # one tile holds every channel
+    narrow = select_configs(configs, 64, 32, 1, 227 * 1024)
+    assert narrow and widths(narrow) == {96}
+    assert all(c.num_stages * (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] + c.kwargs["BLOCK_K"] * 384) * 2 <= 100 * 1024
+               for c in select_configs(configs, 384, 384, 0, 100 * 1024) if widths([c]) == {384})
+    with pytest.raises(ValueError, match="no conv tile"):
+        select_configs(configs, 48, 96, 0, 227 * 1024)  # no BK divides 48
