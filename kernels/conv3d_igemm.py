@@ -15,7 +15,7 @@ level 128 wide. This kernel computes the whole conv in one accumulation instead:
   out  [B, C_out, T, H, W] channels-last-3d, x's dtype; fp32 accumulation; no bias (the VAE adds it in
        the pass that reads the output, as for cuDNN).
 
-GEMM view: M = the H·W pixels of one output frame (tiles of BLOCK_M flattened pixels, so no tile is lost
+GEMM view: M = the H·W pixels of one output frame (tiles of BLOCK_H rows × BLOCK_W columns, BLOCK_M pixels,
 at the end of a row), N = C_out, K = 27·C_in. A tile's output channels are covered by one or two dots,
 BLOCK_N0 + BLOCK_N1 wide (64 + 32 for 96 channels: both legal tensor-core widths, no padded columns).
 A operand: gathered pixel rows of x (masked at the frame's edges), pipelined by Triton into shared memory.
@@ -62,10 +62,10 @@ def supported(c_in: int, c_out: int) -> bool:
 # 2. kernel --------------------------------------------------------------------------------------------
 @triton.jit
 def _conv_tma_kernel(
-    x_desc,  # [B, T + 2, H, W, C_in], block [1, 1, 1, BLOCK_M, BLOCK_K]; rows/columns outside read as zero
+    x_desc,  # [B, T + 2, H, W, C_in], block [1, 1, BLOCK_H, BLOCK_W, BLOCK_K]; rows/columns outside read as zero
     w0_desc,  # [27·C_in, N_pad], block [BLOCK_K, BLOCK_N0]
     w1_desc,  # the same, block [BLOCK_K, BLOCK_N1] (unused when BLOCK_N1 = 0)
-    o0_desc,  # [B, T, H, W, C_out], block [1, 1, 1, BLOCK_M, BLOCK_N0]; stores are clipped to the tensor
+    o0_desc,  # [B, T, H, W, C_out], block [1, 1, BLOCK_H, BLOCK_W, BLOCK_N0]; stores are clipped to the tensor
     o1_desc,
     r0_desc,  # EPI 2: the residual [B, T, H, W, C_out], blocks as o0_desc / o1_desc
     r1_desc,
@@ -80,7 +80,9 @@ def _conv_tma_kernel(
     C_OUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     EPI: tl.constexpr,  # 0: the conv; 1: silu(rms_norm(conv + bias) · gamma); 2: conv + bias + residual
-    BLOCK_M: tl.constexpr,  # pixels along one row
+    BLOCK_M: tl.constexpr,  # pixels per tile: BLOCK_H rows of BLOCK_W = BLOCK_M / BLOCK_H
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     BLOCK_N0: tl.constexpr,
     BLOCK_N1: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -90,9 +92,9 @@ def _conv_tma_kernel(
     pid_m = tl.program_id(0)  # (row, column tile) of one output frame
     pid_n = tl.program_id(1)
     frame = tl.program_id(2)
-    n_wt = tl.cdiv(W, BLOCK_M)
-    h = pid_m // n_wt
-    w0 = (pid_m % n_wt) * BLOCK_M
+    n_wt = tl.cdiv(W, BLOCK_W)
+    h0 = (pid_m // n_wt) * BLOCK_H
+    w0 = (pid_m % n_wt) * BLOCK_W
     b = frame // T
     t = frame % T
     n_base = pid_n * (BLOCK_N0 + BLOCK_N1)
@@ -102,7 +104,7 @@ def _conv_tma_kernel(
     for kk in range(27 * C_IN // BLOCK_K):
         k0 = kk * BLOCK_K
         tap = k0 // C_IN
-        a = x_desc.load([b, t + tap // 9, h + (tap // 3) % 3 - 1, w0 + tap % 3 - 1, k0 % C_IN])
+        a = x_desc.load([b, t + tap // 9, h0 + (tap // 3) % 3 - 1, w0 + tap % 3 - 1, k0 % C_IN])
         a = a.reshape(BLOCK_M, BLOCK_K)
         b0 = w0_desc.load([k0, n_base])
         if DOT_F32:
@@ -123,9 +125,9 @@ def _conv_tma_kernel(
             cols1 = n_base + BLOCK_N0 + tl.arange(0, BLOCK_N1)
             acc1 += tl.load(bias_ptr + cols1, mask=cols1 < C_OUT, other=0.0).to(tl.float32)[None, :]
     if EPI == 2:
-        acc0 += r0_desc.load([b, t, h, w0, n_base]).reshape(BLOCK_M, BLOCK_N0).to(tl.float32)
+        acc0 += r0_desc.load([b, t, h0, w0, n_base]).reshape(BLOCK_M, BLOCK_N0).to(tl.float32)
         if BLOCK_N1 > 0:
-            acc1 += r1_desc.load([b, t, h, w0, n_base + BLOCK_N0]).reshape(BLOCK_M, BLOCK_N1).to(tl.float32)
+            acc1 += r1_desc.load([b, t, h0, w0, n_base + BLOCK_N0]).reshape(BLOCK_M, BLOCK_N1).to(tl.float32)
     if EPI == 1:
         ss = tl.sum(acc0 * acc0, axis=1)
         if BLOCK_N1 > 0:
@@ -139,26 +141,28 @@ def _conv_tma_kernel(
                          mask=BLOCK_N0 + tl.arange(0, BLOCK_N1) < C_OUT, other=0.0)  # fmt: skip
             acc1 = acc1 * inv[:, None] * g1.to(tl.float32)[None, :]
             acc1 = acc1 * tl.sigmoid(acc1)
-    o0_desc.store([b, t, h, w0, n_base], acc0.to(o0_desc.dtype).reshape(1, 1, 1, BLOCK_M, BLOCK_N0))
+    o0_desc.store([b, t, h0, w0, n_base], acc0.to(o0_desc.dtype).reshape(1, 1, BLOCK_H, BLOCK_W, BLOCK_N0))
     if BLOCK_N1 > 0:
-        o1_desc.store([b, t, h, w0, n_base + BLOCK_N0], acc1.to(o1_desc.dtype).reshape(1, 1, 1, BLOCK_M, BLOCK_N1))
+        o1_desc.store([b, t, h0, w0, n_base + BLOCK_N0],
+                      acc1.to(o1_desc.dtype).reshape(1, 1, BLOCK_H, BLOCK_W, BLOCK_N1))
 
 
 # 3. configs -------------------------------------------------------------------------------------------
-_TILES = [  # BM (pixels of a row), N0, N1, BK, warps, stages: the H200 sweep's best few per channel count,
-    # with 64- and 256-pixel rows for widths that 128 does not divide (832 = 13·64, 416 = 6.5·64)
-    (128, 64, 32, 32, 4, 4), (128, 128, 0, 32, 4, 4), (64, 64, 32, 32, 4, 4), (128, 64, 32, 64, 8, 3),
-    (64, 64, 32, 64, 4, 3), (256, 64, 32, 32, 8, 3),
-    (128, 128, 64, 64, 8, 3), (64, 128, 64, 64, 4, 3), (128, 256, 0, 64, 8, 3), (128, 256, 128, 64, 8, 3),
-    (128, 128, 0, 64, 8, 3),
+_TILES = [  # BM pixels as BH rows, N0, N1, BK, warps, stages: the H200 sweep's best few per channel count, and
+    # tiles of 2 or 4 rows for widths that 128 pixels do not divide (832 = 13·64, 416 = 13·32)
+    (128, 1, 64, 32, 32, 4, 4), (128, 1, 128, 0, 32, 4, 4), (64, 1, 64, 32, 32, 4, 4), (128, 2, 64, 32, 32, 4, 4),
+    (128, 4, 64, 32, 32, 4, 4),
+    (128, 1, 128, 64, 64, 8, 3), (128, 4, 128, 64, 64, 8, 3), (64, 1, 128, 64, 64, 4, 3), (128, 1, 256, 0, 64, 8, 3),
+    (128, 1, 256, 128, 64, 8, 3), (128, 4, 256, 128, 64, 8, 3), (128, 1, 128, 0, 64, 8, 3),
 ]
 
 
 def _configs() -> list[triton.Config]:
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N0": n0, "BLOCK_N1": n1, "BLOCK_K": bk}, num_warps=w, num_stages=s,
-                      pre_hook=_set_blocks)
-        for bm, n0, n1, bk, w, s in _TILES
+        triton.Config({"BLOCK_M": bm, "BLOCK_H": bh, "BLOCK_W": bm // bh, "BLOCK_N0": n0, "BLOCK_N1": n1,
+                       "BLOCK_K": bk}, num_warps=w,
+                      num_stages=s, pre_hook=_set_blocks)
+        for bm, bh, n0, n1, bk, w, s in _TILES
     ]
 
 
@@ -180,9 +184,17 @@ def _fits(c_in: int, c_out: int, epi: int, bm: int, n0: int, n1: int, bk: int, s
     return not (max_waste and covered * 3 > c_out * 4)
 
 
-def select_configs(configs: list[triton.Config], c_in: int, c_out: int, epi: int, smem_limit: int) -> list[triton.Config]:
+def _row_waste(w: int, bm: int, bh: int) -> float:
+    """The share of a tile row's columns past the frame's width W (loaded as zeros, stored nowhere)."""
+    bw = bm // bh
+    return 1 - w / (-(-w // bw) * bw)
+
+
+def select_configs(configs: list[triton.Config], c_in: int, c_out: int, epi: int, smem_limit: int,
+                   w: int | None = None) -> list[triton.Config]:
     """The configs the autotuner times: those that fit (`_fits`); where none wastes at most a third of its
-    channel columns (narrow outputs, e.g. 32), the ones that fit otherwise, least padded first."""
+    channel columns (narrow outputs, e.g. 32), the ones that fit otherwise, least padded first. With the row
+    width w: of those, the ones whose tile rows waste at most 8 % more of it than the least wasteful."""
     def keys(cfg: triton.Config) -> list[int]:
         return [cfg.kwargs[k] for k in _BLOCK_KEYS]
 
@@ -193,12 +205,16 @@ def select_configs(configs: list[triton.Config], c_in: int, c_out: int, epi: int
         kept = sorted(loose, key=lambda cfg: cfg.kwargs["BLOCK_N0"] + cfg.kwargs["BLOCK_N1"])[:2]
     if not kept:
         raise ValueError(f"no conv tile fits C_in={c_in}, C_out={c_out}, epilogue {epi}")
+    if w is not None:
+        waste = {id(cfg): _row_waste(w, cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_H"]) for cfg in kept}
+        least = min(waste.values())
+        kept = [cfg for cfg in kept if waste[id(cfg)] <= least + 0.08]
     return kept
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     limit = _smem_limit(torch.cuda.current_device())
-    return select_configs(configs, kwargs["C_IN"], kwargs["C_OUT"], kwargs["EPI"], limit)
+    return select_configs(configs, kwargs["C_IN"], kwargs["C_OUT"], kwargs["EPI"], limit, w=named_args["W"])
 
 
 _BLOCK_KEYS = ("BLOCK_M", "BLOCK_N0", "BLOCK_N1", "BLOCK_K")
@@ -208,9 +224,11 @@ _DESCS = ("x_desc", "w0_desc", "w1_desc", "o0_desc", "o1_desc", "r0_desc", "r1_d
 def _set_blocks(nargs: dict) -> None:
     """Give the host descriptors the config's block shapes (an autotuner pre-hook, and for fixed configs)."""
     bm, n0, n1, bk = (nargs[k] for k in _BLOCK_KEYS)
+    bh = nargs["BLOCK_H"]
+    bw = bm // bh
     n1 = max(n1, 16)  # BLOCK_N1 = 0: the second descriptors are never read
-    shapes = ([1, 1, 1, bm, bk], [bk, n0], [bk, n1], [1, 1, 1, bm, n0], [1, 1, 1, bm, n1], [1, 1, 1, bm, n0],
-              [1, 1, 1, bm, n1])  # fmt: skip
+    shapes = ([1, 1, bh, bw, bk], [bk, n0], [bk, n1], [1, 1, bh, bw, n0], [1, 1, bh, bw, n1], [1, 1, bh, bw, n0],
+              [1, 1, bh, bw, n1])  # fmt: skip
     for name, shape in zip(_DESCS, shapes, strict=True):
         nargs[name].block_shape = shape
 
@@ -247,8 +265,8 @@ def causal_conv3x3x3(
                   next conv's input, written straight into its padded buffer by passing `out`;
       residual    + residual ([B, C_out, T, H, W] channels-last-3d): a residual block's output.
     out: where to write (a channels-last-3d [B, C_out, T, H, W], possibly a view of frames of a larger
-    buffer); default a new channels-last-3d tensor. config: fixed tile kwargs (BLOCK_M, BLOCK_N0, BLOCK_N1,
-    BLOCK_K, num_warps, num_stages) instead of the autotuner's (the interpreter always uses fixed ones)."""
+    buffer); default a new channels-last-3d tensor. config: fixed tile kwargs (BLOCK_M, BLOCK_H (default 1),
+    BLOCK_N0, BLOCK_N1, BLOCK_K, num_warps, num_stages) instead of the autotuner's (the interpreter always uses fixed ones)."""
     if x.dim() != 5 or x.shape[2] < 3 or x.stride(1) != 1:
         raise ValueError(f"x must be [B, C_in, T + 2 >= 3, H, W] channels-last-3d, got {tuple(x.shape)} {x.stride()}")
     b, c_in, tp, h, w = x.shape
@@ -290,17 +308,21 @@ def causal_conv3x3x3(
                 scale=float(c_out) ** 0.5, eps=eps, C_IN=c_in, C_OUT=c_out, HAS_BIAS=bias is not None, EPI=epi)
 
     def grid(meta: dict) -> tuple[int, int, int]:
-        return (h * triton.cdiv(w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N0"] + meta["BLOCK_N1"]), b * t)
+        tiles = triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_M"] // meta["BLOCK_H"])
+        return (tiles, triton.cdiv(c_out, meta["BLOCK_N0"] + meta["BLOCK_N1"]), b * t)
 
     if x.is_cuda and config is None:
         _conv_tuned[grid](**args)
         return out
-    fixed = dict(config or {"BLOCK_M": triton.next_power_of_2(w), "BLOCK_N0": triton.next_power_of_2(c_out) // 2,
+    fixed = dict(config or {"BLOCK_M": triton.next_power_of_2(w), "BLOCK_H": 1,
+                            "BLOCK_N0": triton.next_power_of_2(c_out) // 2,
                             "num_warps": 4, "num_stages": 1, "BLOCK_K": 32})  # fmt: skip
     if config is None:  # the interpreter: one program per output row, all channels
         rest = c_out - fixed["BLOCK_N0"]
         fixed["BLOCK_N1"] = triton.next_power_of_2(rest) if rest > 0 else 0
-    _set_blocks({**descs, **{k: fixed[k] for k in _BLOCK_KEYS}})
+    fixed.setdefault("BLOCK_H", 1)
+    fixed["BLOCK_W"] = fixed["BLOCK_M"] // fixed["BLOCK_H"]
+    _set_blocks({**descs, **{k: fixed[k] for k in (*_BLOCK_KEYS, "BLOCK_H")}})
     _conv_tma_kernel[grid(fixed)](**args, DOT_F32=not x.is_cuda, **fixed)
     return out
 

@@ -38,6 +38,9 @@
 #                                       its bench vs cuDNN taps, 480p decode + encode and 720p decode with igemm rows
 #   bash scripts/gpu_verify.sh s19b     one GPU, ~9 min: turbovid bench with the igemm VAE default (ships autotune
 #                                       choices), 480p / 720p decode rows by igemm width, the VAE and conv GPU tests
+#   bash scripts/gpu_verify.sh s19c     one GPU, ~5 min: multi-row conv tiles: conv + VAE GPU tests, the conv bench,
+#                                       480p / 720p decode rows by igemm width
+#   bash scripts/gpu_verify.sh s19d     one GPU, ~5 min: turbovid bench (ships the autotune choices)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -320,6 +323,17 @@ elif [ "$mode" = s19b ]; then
     timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 110 tests/unit/kernels/test_conv3d_igemm.py \
         tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error" "$OUT/tests.log" | tail -8
+elif [ "$mode" = s19c ]; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 110 tests/unit/kernels/test_conv3d_igemm.py \
+        tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/tests.log" | tail -8
+    timeout 90 python3 -m kernels.conv3d_igemm 2>&1 | grep -v "^W\|Warning\|warn" | tee "$OUT/conv.log"
+    timeout 110 python3 -m models.bench_vae --sizes 832x480 --skip-encode --igemm 96,96+192 > "$OUT/vae480.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A14 "^size"
+    timeout 80 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
+        > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+elif [ "$mode" = s19d ]; then
+    turbovid_bench 280
 elif [ "$mode" = s18d ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 tests/unit/models/test_cuda_graphs.py \
         tests/unit/models/test_vae_gpu.py tests/unit/kernels/test_pixel_interleave.py -k "gpu or graph or scatters" \

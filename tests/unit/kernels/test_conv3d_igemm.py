@@ -11,7 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.conv3d_igemm import _configs, available, causal_conv3x3x3, reference, select_configs, weight_matrix
+from kernels.conv3d_igemm import (
+    _configs,
+    available,
+    causal_conv3x3x3,
+    reference,
+    select_configs,
+    weight_matrix,
+)
 from kernels.rmsnorm_silu import reference as norm_reference
 
 CL3D = torch.channels_last_3d
@@ -156,3 +163,19 @@ def test_config_selection_by_width():
                for c in select_configs(configs, 384, 384, 0, 100 * 1024) if widths([c]) == {384})
     with pytest.raises(ValueError, match="no conv tile"):
         select_configs(configs, 48, 96, 0, 227 * 1024)  # no BK divides 48
+    # by row width: 416 = 13·32 drops 128-pixel rows (19 % of a last tile past the frame), keeps 64 (7 %), 32
+    cols = lambda cs: {c.kwargs["BLOCK_M"] // c.kwargs["BLOCK_H"] for c in cs}  # noqa: E731
+    assert cols(select_configs(configs, 192, 192, 0, 227 * 1024, w=416)) == {32, 64}
+    assert 128 in cols(select_configs(configs, 96, 96, 0, 227 * 1024, w=1280))
+
+
+@pytest.mark.parametrize(("block_m", "block_h"), [(8, 2), (16, 4), (4, 1)])
+def test_multi_row_tiles(block_m, block_h):
+    """Tiles of several rows (the bottom one past the frame) and of part of a row give the same conv."""
+    dtype = torch.bfloat16
+    x, weight, bias, gamma, res = _inputs(1, 32, 96, 2, 5, 7, dtype, _device(), seed=11)
+    cfg = {"BLOCK_M": block_m, "BLOCK_H": block_h, "BLOCK_N0": 64, "BLOCK_N1": 32, "BLOCK_K": 32, "num_warps": 4,
+           "num_stages": 2}
+    got = causal_conv3x3x3(x, weight_matrix(weight), 96, bias=bias, residual=res, config=cfg)
+    want = _conv64(x, weight, bias) + res.double()
+    torch.testing.assert_close(got.double(), want, atol=1e-2 * want.abs().max().item(), rtol=1e-2)
