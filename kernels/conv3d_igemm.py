@@ -26,6 +26,7 @@ Reference: `reference` (torch conv3d). Configs are autotuned per (C_in, C_out) o
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
@@ -36,6 +37,7 @@ import triton.language as tl
 __all__ = ["reference", "weight_matrix", "causal_conv3x3x3", "supported", "available", "bench"]
 
 TAPS = 27
+log = logging.getLogger(__name__)
 _N_ALIGN = 128  # the weight matrix's columns are padded to this
 
 
@@ -213,8 +215,39 @@ def select_configs(configs: list[triton.Config], c_in: int, c_out: int, epi: int
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    limit = _smem_limit(torch.cuda.current_device())
-    return select_configs(configs, kwargs["C_IN"], kwargs["C_OUT"], kwargs["EPI"], limit, w=named_args["W"])
+    """The autotuner's early prune: it hands positional arguments in named_args and keyword ones (all of
+    them, as `causal_conv3x3x3` launches) in kwargs."""
+    args = {**named_args, **kwargs}
+    limit = _smem_limit(torch.cuda.current_device()) if torch.cuda.is_available() else _DEFAULT_SMEM
+    if torch.cuda.is_available() and not _multirow_supported(torch.cuda.current_device()):
+        configs = [cfg for cfg in configs if cfg.kwargs["BLOCK_H"] == 1]
+    return select_configs(configs, args["C_IN"], args["C_OUT"], args["EPI"], limit, w=args["W"])
+
+
+@functools.cache
+def _multirow_supported(device_index: int) -> bool:
+    """Whether this Triton compiles tiles of several rows (a 5-D TMA block reshaped for the dot) and gets
+    them right: one tiny launch per process, checked against conv3d; where not, single-row tiles only."""
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(1, 32, 3, 4, 64, generator=g).to(f"cuda:{device_index}", torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        weight = (torch.randn(32, 32, 3, 3, 3, generator=g) / 17).to(x.device, torch.bfloat16)
+        cfg = {"BLOCK_M": 64, "BLOCK_H": 2, "BLOCK_N0": 32, "BLOCK_N1": 0, "BLOCK_K": 32, "num_warps": 4,
+               "num_stages": 2}
+        got = causal_conv3x3x3(x, weight_matrix(weight), 32, config=cfg).float()
+        want = F.conv3d(x.float(), weight.float(), None, padding=(0, 1, 1))
+        ok = bool(((got - want).norm() / want.norm()).item() < 1e-2)
+        if not ok:
+            log.warning("multi-row conv tiles give wrong results on this Triton %s; single-row tiles only", triton.__version__)
+        return ok
+    except Exception as exc:  # noqa: BLE001 - any compile failure means: do not offer these tiles
+        log.warning("multi-row conv tiles do not compile on this Triton %s (%s); single-row tiles only",
+                    triton.__version__, f"{type(exc).__name__}: {str(exc)[:200]}")
+        return False
+
+
+_DEFAULT_SMEM = 227 * 1024  # an H100/H200's per-block shared memory (the limit where no GPU is queried)
 
 
 _BLOCK_KEYS = ("BLOCK_M", "BLOCK_N0", "BLOCK_N1", "BLOCK_K")
@@ -339,6 +372,7 @@ def bench(shapes: list[tuple[int, int, int, int, int]] | None = None, sweep: boo
     from kernels.rmsnorm_silu import tap_sum_out, tap_sum_rmsnorm_silu_out
 
     shapes = shapes or [(96, 16, 480, 832), (192, 16, 240, 416), (384, 8, 120, 208), (96, 16, 720, 1280)]  # type: ignore[list-item]
+    print(f"multi-row tiles offered: {_multirow_supported(torch.cuda.current_device())}", flush=True)
     rows = []
 
     def ms(fn) -> float:  # noqa: ANN001

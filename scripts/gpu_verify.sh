@@ -41,6 +41,8 @@
 #   bash scripts/gpu_verify.sh s19c     one GPU, ~5 min: multi-row conv tiles: conv + VAE GPU tests, the conv bench,
 #                                       480p / 720p decode rows by igemm width
 #   bash scripts/gpu_verify.sh s19d     one GPU, ~5 min: turbovid bench (ships the autotune choices)
+#   bash scripts/gpu_verify.sh s19e     one GPU, ~8 min: turbovid bench (ships autotune choices), conv + VAE GPU tests,
+#                                       480p / 720p decode rows by igemm width
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -334,6 +336,15 @@ elif [ "$mode" = s19c ]; then
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
 elif [ "$mode" = s19d ]; then
     turbovid_bench 280
+elif [ "$mode" = s19e ]; then
+    turbovid_bench 250
+    timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
+        tests/unit/models/test_vae_gpu.py > "$OUT/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/tests.log" | tail -8
+    timeout 105 python3 -m models.bench_vae --sizes 832x480 --skip-encode --igemm 96,96+192 > "$OUT/vae480.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A14 "^size"
+    timeout 75 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
+        > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
 elif [ "$mode" = s18d ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 tests/unit/models/test_cuda_graphs.py \
         tests/unit/models/test_vae_gpu.py tests/unit/kernels/test_pixel_interleave.py -k "gpu or graph or scatters" \

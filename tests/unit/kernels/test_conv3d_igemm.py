@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kernels.conv3d_igemm import (
     _configs,
+    _prune,
     available,
     causal_conv3x3x3,
     reference,
@@ -167,6 +168,14 @@ def test_config_selection_by_width():
     cols = lambda cs: {c.kwargs["BLOCK_M"] // c.kwargs["BLOCK_H"] for c in cs}  # noqa: E731
     assert cols(select_configs(configs, 192, 192, 0, 227 * 1024, w=416)) == {32, 64}
     assert 128 in cols(select_configs(configs, 96, 96, 0, 227 * 1024, w=1280))
+
+
+def test_the_autotuner_prune_reads_keyword_and_positional_arguments():
+    # causal_conv3x3x3 launches with keyword arguments only: the autotuner then passes an empty named_args
+    kw = {"C_IN": 192, "C_OUT": 192, "EPI": 0, "W": 416, "H": 240, "T": 4}
+    by_keyword = _prune(_configs(), {}, **kw)
+    assert by_keyword == select_configs(_configs(), 192, 192, 0, 227 * 1024, w=416)
+    assert _prune(_configs(), {"W": 416, "H": 240}, C_IN=192, C_OUT=192, EPI=0) == by_keyword
 
 
 @pytest.mark.parametrize(("block_m", "block_h"), [(8, 2), (16, 4), (4, 1)])
