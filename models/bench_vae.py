@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import torch
 
-import models.vae as vae_mod
 from models.vae import CONV_IMPLS, VAEConfig, WanVAE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -195,11 +194,9 @@ def bench() -> None:
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
                 xin = x.to(dtype)
-                head = vae_mod._HEAD_GEMM_MAX_OUT, vae_mod._HEAD_PARTIALS_FP32
-                vae_mod._HEAD_GEMM_MAX_OUT = 0 if "cuDNN RGB" in name else head[0]
-                vae_mod._HEAD_PARTIALS_FP32 = "fp32 head" in name or head[1]
+                ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else "gemm"
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
-                vae_mod._HEAD_GEMM_MAX_OUT, vae_mod._HEAD_PARTIALS_FP32 = head
+                ours.head_impl = "gemm"
                 ours.igemm_channels = widths
                 torch.backends.cudnn.benchmark = False
                 base = base or t

@@ -168,9 +168,13 @@ class CausalCache:
     `fused` selects the fast path for every layer of that call (see the module docstring).
     """
 
-    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", igemm_channels: tuple[int, ...] = ()) -> None:
+    def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", igemm_channels: tuple[int, ...] = (),
+                 head_impl: str = "gemm") -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+        if head_impl not in HEAD_IMPLS:
+            raise ValueError(f"head_impl must be one of {HEAD_IMPLS}, got {head_impl!r}")
+        self.head_impl = head_impl  # fast path: the RGB head (see HEAD_IMPLS)
         self.fused = fused
         self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
         self.igemm_channels = igemm_channels  # conv_impl "igemm": the residual blocks' widths it applies to
@@ -252,9 +256,10 @@ def _derived(module: nn.Module, slot: str, weight: torch.Tensor, make: Callable[
 # gather pass (kernels/conv_head.py): cuDNN ran it at ~24 TFLOP/s, 21 ms of a 480p decode on an H200.
 _HEAD_GEMM_MAX_OUT = 4
 _HEAD_COLUMNS = 8
-# The 27 partials in the activations' dtype (bf16): half the bytes of fp32 and the same fidelity on an H200
-# (480p decode 0.641 s vs 0.649 s fp32 vs 0.658 s cuDNN's conv, cos 0.999917 to the fp32 decode either way).
-_HEAD_PARTIALS_FP32 = False
+# How the fast path runs that head (`WanVAE.head_impl`): "gemm" keeps the 27 partials in the activations'
+# dtype (bf16), half the bytes of "gemm_fp32" at the same fidelity on an H200 (480p decode 0.641 s vs
+# 0.649 s vs 0.658 s for "cudnn", cuDNN's conv; cos 0.999917 to the fp32 decode in all three).
+HEAD_IMPLS = ("gemm", "gemm_fp32", "cudnn")
 
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -351,9 +356,10 @@ class CausalConv3d(nn.Conv3d):
                          _channels_last(torch.stack([p.transpose(0, 1) for p in per_batch])))  # fmt: skip
         return parts, self.bias
 
-    def head_gemm(self) -> bool:
-        """Whether the fast path runs this conv as `forward_head` (3×3×3 with a few output channels)."""
-        return self.kernel_size == (3, 3, 3) and self.out_channels <= _HEAD_GEMM_MAX_OUT
+    def head_gemm(self, cache: CausalCache) -> bool:
+        """Whether the fast path runs this conv as `forward_head` (3×3×3 with a few output channels, and
+        the cache's head_impl not "cudnn")."""
+        return cache.head_impl != "cudnn" and self.kernel_size == (3, 3, 3) and self.out_channels <= _HEAD_GEMM_MAX_OUT
 
     def forward_head(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """The fast path of a conv with few output channels (the decoder's RGB head): x [B, C_in, T, H, W]
@@ -367,7 +373,7 @@ class CausalConv3d(nn.Conv3d):
         n_cols = -(-TAPS * self.out_channels // _HEAD_COLUMNS) * _HEAD_COLUMNS
         m = _derived(self, "_tap_matrix_cache", self.weight, lambda wt: tap_matrix(wt, n_cols))  # [C_in, n_cols]
         rows = _channels_last(x).permute(0, 2, 3, 4, 1).reshape(b * t * h * w, c_in)  # a view
-        y = (_mm_fp32(rows, m) if _HEAD_PARTIALS_FP32 else torch.mm(rows, m)).view(b, t, h, w, n_cols)
+        y = (_mm_fp32(rows, m) if cache.head_impl == "gemm_fp32" else torch.mm(rows, m)).view(b, t, h, w, n_cols)
         prev = cache.get(self)
         out = col2im_causal(y, prev, self.bias, self.out_channels, out_dtype=x.dtype)
         keep = y if prev is None or t >= 2 else torch.cat([prev, y], dim=1)
@@ -467,7 +473,7 @@ class ResidualBlock(nn.Module):
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
     """conv(silu(norm(x))) on the fast path: one Triton pass into the conv's padded input, one conv (a conv
     with few output channels: into a plain tensor, then `CausalConv3d.forward_head`)."""
-    if conv.head_gemm():
+    if conv.head_gemm(cache):
         act = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=_CL3D)
         _norm_silu_into([x], norm.gamma, act)
         return conv.forward_head(act, cache)
@@ -750,6 +756,7 @@ class WanVAE(nn.Module):
         # decoded 480p in 0.599 s vs taps2d's 0.629 s, 720p 1.562 vs 1.656 s (session 19).
         self.conv_impl = "igemm"
         self.igemm_channels: tuple[int, ...] = (96,)  # conv_impl "igemm": the residual blocks it runs
+        self.head_impl = "gemm"  # the decoder's RGB head on the fast path, one of HEAD_IMPLS
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -824,7 +831,8 @@ class WanVAE(nn.Module):
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
+                            head_impl=self.head_impl)
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0
@@ -891,7 +899,8 @@ class WanVAE(nn.Module):
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
         if fused:
             z = _channels_last(z)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels)
+        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
+                            head_impl=self.head_impl)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
 
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.

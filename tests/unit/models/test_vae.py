@@ -301,6 +301,27 @@ def test_fused_rgb_head_is_a_gemm_and_a_gather_across_chunks() -> None:
     assert fused_cache.get(head[2]).shape == (1, 2, 6, 7, 88)  # two frames of 81 (+7 pad) partials
 
 
+@pytest.mark.parametrize(("head_impl", "convs"), [("gemm", 0), ("gemm_fp32", 0), ("cudnn", 1)])
+def test_rgb_head_impls_agree(head_impl: str, convs: int) -> None:
+    # WanVAE.head_impl / CausalCache(head_impl=): the GEMM + gather head with bf16-or-input-dtype partials
+    # ("gemm"), fp32 partials ("gemm_fp32"), or one conv per chunk ("cudnn"); all the eager head's result.
+    torch.manual_seed(0)
+    head = _head(8, 3).eval()
+    nn.init.normal_(head[2].bias, std=1.0)
+    x = torch.randn(1, 8, 5, 6, 7).contiguous(memory_format=torch.channels_last_3d)
+    eager_cache, fused_cache = CausalCache(), CausalCache(fused=True, head_impl=head_impl)
+    with torch.no_grad():
+        for t0, n in ((0, 1), (1, 4)):
+            chunk = x[:, :, t0 : t0 + n]
+            expected = _run_head(head, chunk, eager_cache)
+            with ConvBiases() as meter:
+                got = _run_head(head, chunk, fused_cache)
+            assert meter.convs == convs
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="head_impl"):
+        CausalCache(fused=True, head_impl="winograd")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("conv_impl", ["taps2d", "cudnn3d", "igemm"])
 def test_fused_decode_matches_eager(vae: WanVAE, conv_impl: str) -> None:
