@@ -12,15 +12,22 @@ level 128 wide. This kernel computes the whole conv in one accumulation instead:
        read as zero (the conv's spatial padding 1).
   W    prepared once per weight by `weight_matrix`: [27·C_in, N_pad] with row k = (dt·9 + dh·3 + dw)·C_in + c
        (the GEMM's K), columns the output channels zero-padded to a multiple of 128.
-  out  [B, C_out, T, H, W] channels-last-3d, x's dtype; fp32 accumulation; no bias (the VAE adds it in
-       the pass that reads the output, as for cuDNN).
+  out  [B, C_out, T, H, W] channels-last-3d (or frames of a larger buffer), x's dtype; fp32 accumulation.
 
-GEMM view: M = the H·W pixels of one output frame (tiles of BLOCK_H rows × BLOCK_W columns, BLOCK_M pixels,
-at the end of a row), N = C_out, K = 27·C_in. A tile's output channels are covered by one or two dots,
-BLOCK_N0 + BLOCK_N1 wide (64 + 32 for 96 channels: both legal tensor-core widths, no padded columns).
-A operand: gathered pixel rows of x (masked at the frame's edges), pipelined by Triton into shared memory.
+Epilogues (in registers, before the one store): + bias; then nothing, or RMS-norm + SiLU over the output
+channels (Wan's RMS_norm · gamma; a tile holds all channels of its pixels), or + a residual. A residual
+block (`models.vae.ResidualBlock`, conv_impl "igemm") thus runs conv1 writing norm + SiLU straight into
+conv2's padded input and conv2 adding bias and residual: no pass over either conv's output of its own.
 
-Reference: `reference` (torch conv3d). Configs are autotuned per (C_in, C_out) on the GPU.
+GEMM view: M = the H·W pixels of one output frame in tiles of BLOCK_H rows × BLOCK_W columns (BLOCK_M
+pixels; 2 or 4 rows where 128 pixels would run past a row's end, e.g. 832 = 13·64, 416 = 13·32),
+N = C_out in one or two dots BLOCK_N0 + BLOCK_N1 wide (64 + 32 for 96 channels: both legal tensor-core
+widths, no padded columns), K = 27·C_in. A operand: 5-D TMA loads of the shifted rows (sm90+); TMA's
+out-of-bounds zero fill is the spatial padding. The first form, pointer loads with masks, ran 2.4-3.3×
+slower than cuDNN and was dropped (kernels/NOTES_vae.md, session 19).
+
+Reference: `reference` (torch conv3d). Configs are autotuned per (C_in, C_out, W, bias, epilogue) on
+the GPU; the Triton interpreter runs fixed ones (CPU tests).
 """
 
 from __future__ import annotations
