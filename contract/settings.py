@@ -129,6 +129,12 @@ class WorkerSettings(BaseModel):
     # memory budget (gpu_memory_gb): the graph keeps the forward's activations reserved (~2.8 GiB at 1.3B
     # 480p). A size whose capture fails runs eagerly (logged).
     cuda_graphs: bool = True
+    # How the VAE's fast path (CUDA) runs its residual blocks' 3×3×3 convs (models/vae.py, conv_impl):
+    # "igemm" the full-resolution blocks as one Triton implicit GEMM each with the norm / residual in its
+    # epilogue (sm90+; taps2d elsewhere), "taps2d" three cuDNN conv2d per conv, "cudnn3d" cuDNN's conv3d.
+    # On an H200 the 480p decode took 0.599-0.615 s with igemm, 0.629-0.645 s with taps2d
+    # (kernels/NOTES_vae.md); taps2d is the fallback should the kernel misbehave on a GPU or Triton.
+    vae_conv: Literal["igemm", "taps2d", "cudnn3d"] = "igemm"
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail
     # was 0.115 s vs 0.405 s at 4, 720p 0.172 vs 0.402 s; lower it on hosts with few cores per worker

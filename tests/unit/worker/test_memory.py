@@ -72,6 +72,19 @@ def test_load_model_pipeline_offloads_what_the_budget_wants(tmp_path):
     assert resident.vae.memory_budget == DEFAULT_MEMORY_BUDGET  # no budget: the VAE's own chunk budget
     assert small.vae.memory_budget == int(VAE_MIN_GIB * 2**30)  # a tiny budget: the smallest chunks
     assert load(40.0).vae.memory_budget == int(VAE_MAX_GIB * 2**30)  # room to spare: capped at the default
+    assert resident.vae.conv_impl == "igemm"  # worker.vae_conv's default
+
+
+def test_worker_vae_conv_setting_reaches_the_vae(tmp_path):
+    from pydantic import ValidationError
+
+    from worker.main import load_model_pipeline
+
+    settings = Settings(dev_mode=True, auth={"enabled": False},
+                        worker={"model": "wan-tiny", "cache_dir": tmp_path, "vae_conv": "taps2d"})
+    assert load_model_pipeline(settings, "cpu", "float32").vae.conv_impl == "taps2d"
+    with pytest.raises(ValidationError, match="vae_conv"):
+        Settings(dev_mode=True, auth={"enabled": False}, worker={"vae_conv": "winograd"})
 
 
 def test_the_vae_chunk_budget_is_what_the_budget_leaves():
