@@ -278,7 +278,9 @@ def run_stages(card: ModelCard, weights: Path, *, size: tuple[int, int], frames:
     rows: list[StageRow] = []
     log(f"loading ours (attention/linear auto) from {weights}")
     ours = load_pipeline(card.id, [weights], device=device, dtype=dtype, cache_dir=tmp / "cache")
-    ours.cuda_graphs = WorkerSettings().cuda_graphs  # as a worker runs it (CUDA graphs on a CUDA device)
+    worker_settings = WorkerSettings()  # as a worker runs it: CUDA graphs on a CUDA device, the VAE's convs
+    ours.cuda_graphs = worker_settings.cuda_graphs
+    ours.vae.conv_impl = worker_settings.vae_conv
     shape = dict(card=card, size=size, frames=frames, steps=steps, reps=reps, device=device, tmp=tmp)
 
     if _has_diffusers() and card.text_encoder == "umt5-xxl":
