@@ -41,6 +41,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.w8a8 import _smem_limit  # shared memory per block on a GPU, less headroom
+
 __all__ = ["reference", "weight_matrix", "causal_conv3x3x3", "supported", "available", "bench"]
 
 TAPS = 27
@@ -173,12 +175,6 @@ def _configs() -> list[triton.Config]:
                       num_stages=s, pre_hook=_set_blocks)
         for bm, bh, n0, n1, bk, w, s in _TILES
     ]
-
-
-@functools.cache
-def _smem_limit(device_index: int) -> int:
-    props = triton.runtime.driver.active.utils.get_device_properties(device_index)
-    return int(props["max_shared_mem"]) - 4096
 
 
 def _fits(c_in: int, c_out: int, epi: int, bm: int, n0: int, n1: int, bk: int, stages: int, smem_limit: int,

@@ -301,11 +301,17 @@ class CausalConv3d(nn.Conv3d):
             past = cache.get(self)
             if past is not None:
                 x = torch.cat([past, x], dim=2)  # [B, C, T_past + T, H, W]
-            cache.put(self, x[:, :, -self.context :].clone())
+            self.keep_context(x, cache)
             zeros_t = self.context - (0 if past is None else past.shape[2])
         if zeros_t or any(self.spatial_pad):
             x = F.pad(x, (*self.spatial_pad, zeros_t, 0))
         return super().forward(x)
+
+    def keep_context(self, frames: torch.Tensor, cache: CausalCache) -> None:
+        """Keep the last `context` frames of this conv's input [B, C_in, T, H, W] for the next chunk (a
+        copy: the input's memory is reused or freed)."""
+        if self.context:
+            cache.put(self, frames[:, :, -self.context :].clone())
 
     # Fast path: the caller writes the chunk straight into the time-padded input buffer.
     def input_buffer(self, like: torch.Tensor, cache: CausalCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,8 +335,7 @@ class CausalConv3d(nn.Conv3d):
     def forward_buffer(self, buf: torch.Tensor, cache: CausalCache, *, with_bias: bool = True) -> torch.Tensor:
         """Convolve a filled `input_buffer`, keeping its last frames for the next chunk: [B, C_out, T, H, W]
         (with_bias False: without the bias, for the caller to add)."""
-        if self.context:
-            cache.put(self, buf[:, :, -self.context :].clone())
+        self.keep_context(buf, cache)
         return self._conv(buf, with_bias=with_bias)
 
     def forward_buffer_parts(self, buf: torch.Tensor, cache: CausalCache) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -343,7 +348,7 @@ class CausalConv3d(nn.Conv3d):
         taps = cache.conv_impl in ("taps2d", "igemm") and self.kernel_size == (3, 3, 3)
         if not (taps and self.in_channels == self.out_channels):
             return [self.forward_buffer(buf, cache, with_bias=False)], self.bias
-        cache.put(self, buf[:, :, -self.context :].clone())
+        self.keep_context(buf, cache)
         t = buf.shape[2] - 2
         parts = []
         for k in range(3):
@@ -460,12 +465,12 @@ class ResidualBlock(nn.Module):
         c = x.shape[1]
         buf, new = conv1.input_buffer(x, cache)
         _norm_silu_into([x], norm1.gamma, new)
-        cache.put(conv1, buf[:, :, -conv1.context :].clone())
+        conv1.keep_context(buf, cache)
         buf2, new2 = conv2.input_buffer(x, cache)
         w1 = _derived(conv1, "_igemm_cache", conv1.weight, weight_matrix)
         causal_conv3x3x3(buf, w1, c, bias=conv1.bias, norm_gamma=norm2.gamma, out=new2)
         del buf
-        cache.put(conv2, buf2[:, :, -conv2.context :].clone())
+        conv2.keep_context(buf2, cache)
         w2 = _derived(conv2, "_igemm_cache", conv2.weight, weight_matrix)
         return causal_conv3x3x3(buf2, w2, c, bias=conv2.bias, residual=x)
 
@@ -772,6 +777,11 @@ class WanVAE(nn.Module):
     def _param(self) -> torch.Tensor:
         return self.conv2.weight
 
+    def _cache(self, fused: bool) -> CausalCache:
+        """A new cache for one encode or decode call, with this VAE's fast-path choices."""
+        return CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
+                           head_impl=self.head_impl)
+
     def _fast(self, fused: bool | None) -> bool:
         """Resolve `fused` (None: on CUDA) and put the conv weights in channels-last memory for it."""
         fused = self._param().is_cuda if fused is None else fused
@@ -831,8 +841,7 @@ class WanVAE(nn.Module):
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
-                            head_impl=self.head_impl)
+        cache = self._cache(fused)
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0
@@ -899,8 +908,7 @@ class WanVAE(nn.Module):
         z = (latents.to(device=p.device, dtype=torch.float32) * std + mean).to(p.dtype)
         if fused:
             z = _channels_last(z)
-        cache = CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
-                            head_impl=self.head_impl)
+        cache = self._cache(fused)
         z = self.conv2(z, cache)  # [B, z, T, h, w]
 
         # 2. The latent-resolution blocks, `prefix_latents` frames at a time, ahead of the rest.
