@@ -190,14 +190,13 @@ def bench() -> None:
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
                 ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "igemm")
-                widths = ours.igemm_channels
+                widths, head_impl = ours.igemm_channels, ours.head_impl
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
                 xin = x.to(dtype)
-                ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else "gemm"
+                ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else head_impl
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
-                ours.head_impl = "gemm"
-                ours.igemm_channels = widths
+                ours.head_impl, ours.igemm_channels = head_impl, widths
                 torch.backends.cudnn.benchmark = False
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)
