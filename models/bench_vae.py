@@ -189,14 +189,14 @@ def bench() -> None:
             base = None
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
-                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), "igemm")
-                widths, head_impl = ours.igemm_channels, ours.head_impl
+                conv_impl, widths, head_impl = ours.conv_impl, ours.igemm_channels, ours.head_impl
+                ours.conv_impl = next((c for c in CONV_IMPLS if c in name), conv_impl)
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
                 xin = x.to(dtype)
                 ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else head_impl
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
-                ours.head_impl, ours.igemm_channels = head_impl, widths
+                ours.conv_impl, ours.head_impl, ours.igemm_channels = conv_impl, head_impl, widths
                 torch.backends.cudnn.benchmark = False
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)
