@@ -40,7 +40,6 @@
 #                                       choices), 480p / 720p decode rows by igemm width, the VAE and conv GPU tests
 #   bash scripts/gpu_verify.sh s19c     one GPU, ~5 min: multi-row conv tiles: conv + VAE GPU tests, the conv bench,
 #                                       480p / 720p decode rows by igemm width
-#   bash scripts/gpu_verify.sh s19d     one GPU, ~5 min: turbovid bench (ships the autotune choices)
 #   bash scripts/gpu_verify.sh s19e     one GPU, ~8 min: turbovid bench (ships autotune choices), conv + VAE GPU tests,
 #                                       480p / 720p decode rows by igemm width
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -334,8 +333,6 @@ elif [ "$mode" = s19c ]; then
     grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A14 "^size"
     timeout 80 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
-elif [ "$mode" = s19d ]; then
-    turbovid_bench 280
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
