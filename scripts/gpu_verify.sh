@@ -42,6 +42,8 @@
 #                                       480p / 720p decode rows by igemm width
 #   bash scripts/gpu_verify.sh s19e     one GPU, ~8 min: turbovid bench (ships autotune choices), conv + VAE GPU tests,
 #                                       480p / 720p decode rows by igemm width
+#   bash scripts/gpu_verify.sh s20a     one GPU, ~9 min: SageSLA's TMA attention kernel by config vs the pointer kernel
+#                                       (scripts/sagesla_variants.py), the 1.3B DiT per NFE with each
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -333,6 +335,16 @@ elif [ "$mode" = s19c ]; then
     grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A14 "^size"
     timeout 80 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+elif [ "$mode" = s20a ]; then
+    # SageSLA's TMA attention kernel: every config against the pointer kernel (1.3B / 14B shapes), then the
+    # 1.3B DiT per NFE with each kernel
+    timeout 330 python3 scripts/sagesla_variants.py 2>&1 | tee "$OUT/logs/variants.log" | grep -v "^W\|Warning"
+    for kern in pointer tma; do
+        echo "== 1.3B DiT per NFE, attention kernel $kern"
+        TURBOVID_SAGESLA_KERNEL=$kern timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
+            --variants sagesla/w8a8/fused > "$OUT/logs/dit13b_$kern.log" 2>&1
+        grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b_$kern.log" | tail -4
+    done
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
