@@ -355,26 +355,45 @@ def _sagesla_fwd_kernel(
 
 
 @triton.jit
+def _tile_rows(desc, ptr, row0, n_rows, ROWS: tl.constexpr, TMA: tl.constexpr):
+    """Rows row0 .. row0 + ROWS of a [n_rows, D] tensor: a TMA load (TMA) or masked pointer loads (triage)."""
+    if TMA:
+        return desc.load([row0, 0])
+    D: tl.constexpr = desc.block_shape[1]
+    rows = row0 + tl.arange(0, ROWS)
+    return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=(rows < n_rows)[:, None], other=0)
+
+
+@triton.jit
+def _tile_cols(desc, ptr, row0, col0, row_len, COLS: tl.constexpr, TMA: tl.constexpr):
+    """The [D, COLS] tile at (row0, col0) of a [*, row_len] tensor: TMA or pointer loads (triage)."""
+    if TMA:
+        return desc.load([row0, col0])
+    D: tl.constexpr = desc.block_shape[0]
+    return tl.load(ptr + (row0 + tl.arange(0, D))[:, None] * row_len + (col0 + tl.arange(0, COLS))[None, :])
+
+
+@triton.jit
 def _tma_tile(
     acc, m_i, l_i, q, q_scale, kb0, kb1,
     # descriptors / pointers
-    k_desc, vt_desc, ks_base,
+    k_desc, vt_desc, ks_base, KQ, VT,
     # sizes
-    k_row0, vt_row0, L,
+    k_row0, vt_row0, L, N_ROWS, L_PAD,
     # meta
-    BLK: tl.constexpr, TWO: tl.constexpr, MASKED: tl.constexpr, P_OFF: tl.constexpr,
+    BLK: tl.constexpr, TWO: tl.constexpr, MASKED: tl.constexpr, P_OFF: tl.constexpr, TMA_MASK: tl.constexpr,
 ):
     """Key block kb0 (and kb1 when TWO) of one head through TMA: int8 S = Q K^T per block (each with its
     own scale, softmax scale and log2(e) folded in), one online-softmax update for both, fp8 P @ V per
     block. MASKED: the last of them may hold keys past L. P carries 2^P_OFF (cancels in acc / l)."""
     offs = tl.arange(0, BLK)
-    k0 = k_desc.load([k_row0 + kb0 * BLK, 0])  # [BLK, D] int8
+    k0 = _tile_rows(k_desc, KQ, k_row0 + kb0 * BLK, N_ROWS, BLK, TMA_MASK & 2)  # [BLK, D] int8
     s0 = tl.dot(q, tl.trans(k0), out_dtype=tl.int32).to(tl.float32) * (q_scale * tl.load(ks_base + kb0))
     if MASKED and not TWO:
         s0 = tl.where((kb0 * BLK + offs < L)[None, :], s0, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s0, axis=1))
     if TWO:
-        k1 = k_desc.load([k_row0 + kb1 * BLK, 0])
+        k1 = _tile_rows(k_desc, KQ, k_row0 + kb1 * BLK, N_ROWS, BLK, TMA_MASK & 2)
         s1 = tl.dot(q, tl.trans(k1), out_dtype=tl.int32).to(tl.float32) * (q_scale * tl.load(ks_base + kb1))
         if MASKED:
             s1 = tl.where((kb1 * BLK + offs < L)[None, :], s1, float("-inf"))
@@ -384,12 +403,12 @@ def _tma_tile(
     p0 = tl.exp2(s0 - shift[:, None])
     l_new = tl.sum(p0, axis=1)
     acc = acc * alpha[:, None]
-    v0 = vt_desc.load([vt_row0, kb0 * BLK])  # [D, BLK] fp8, zero past L
+    v0 = _tile_cols(vt_desc, VT, vt_row0, kb0 * BLK, L_PAD, BLK, TMA_MASK & 4)  # [D, BLK] fp8, zero past L
     acc = tl.dot(p0.to(tl.float8e4nv), tl.trans(v0), acc)
     if TWO:
         p1 = tl.exp2(s1 - shift[:, None])
         l_new += tl.sum(p1, axis=1)
-        v1 = vt_desc.load([vt_row0, kb1 * BLK])
+        v1 = _tile_cols(vt_desc, VT, vt_row0, kb1 * BLK, L_PAD, BLK, TMA_MASK & 4)
         acc = tl.dot(p1.to(tl.float8e4nv), tl.trans(v1), acc)
     return acc, m_new, l_i * alpha + l_new
 
@@ -401,12 +420,14 @@ def _sagesla_tma_kernel(
     k_desc,  # [B*H*L, D] int8, block [BLOCK_N, D]
     vt_desc,  # [B*H*D, L_PAD] fp8, block [D, BLOCK_N]
     QSCALE, KSCALE, VSCALE, LUT, OLIN, O,
+    QQ, KQ, VT,  # the same tensors as pointers (loads that TMA_MASK leaves to pointers)
     # sizes
-    L, H, n_qblocks, n_kblocks, TOPK,
+    L, H, n_qblocks, n_kblocks, TOPK, N_ROWS, L_PAD,
     stride_ob, stride_oh, stride_ol,
     # meta
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr, DENSE: tl.constexpr,
     HAS_LINEAR: tl.constexpr, P_OFF: tl.constexpr, PAIR: tl.constexpr, WARP_SPEC: tl.constexpr,
+    TMA_MASK: tl.constexpr = 7,  # which tiles come by TMA: 1 Q, 2 K, 4 V^T (the rest by pointer loads; triage)
 ):
     """`_sagesla_fwd_kernel` with FP8 P @ V (sm90+) and every Q, K and V^T tile a TMA load from a 2-D
     descriptor over all heads' rows (the selected key blocks are contiguous rows: no gather address math,
@@ -423,7 +444,7 @@ def _sagesla_tma_kernel(
     row_ok = offs_m < L
 
     # 1. int8 Q tile and its block scale
-    q = q_desc.load([bh * L + pid_m * BLOCK_M, 0])  # [BLOCK_M, D]
+    q = _tile_rows(q_desc, QQ, bh * L + pid_m * BLOCK_M, N_ROWS, BLOCK_M, TMA_MASK & 1)  # [BLOCK_M, D]
     q_scale = tl.load(QSCALE + bh * n_qblocks + qb)
     ks_base = KSCALE + bh * n_kblocks
     k_row0 = bh * L
@@ -443,8 +464,8 @@ def _sagesla_tma_kernel(
             else:
                 kb0 = tl.load(lut + 2 * i)
                 kb1 = tl.load(lut + 2 * i + 1)
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb1, k_desc, vt_desc, ks_base, k_row0,
-                                      vt_row0, L, BLOCK_N, True, False, P_OFF)
+            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb1, k_desc, vt_desc, ks_base, KQ, VT,
+                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, True, False, P_OFF, TMA_MASK)
         if DENSE:
             kb0 = 2 * n_full
             kb1 = TOPK - 1
@@ -452,25 +473,25 @@ def _sagesla_tma_kernel(
             kb0 = tl.load(lut + 2 * n_full)
             kb1 = tl.load(lut + TOPK - 1)
         if TOPK - 2 * n_full == 2:
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb1, k_desc, vt_desc, ks_base, k_row0,
-                                      vt_row0, L, BLOCK_N, True, True, P_OFF)
+            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb1, k_desc, vt_desc, ks_base, KQ, VT,
+                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, True, True, P_OFF, TMA_MASK)
         else:
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb1, kb1, k_desc, vt_desc, ks_base, k_row0,
-                                      vt_row0, L, BLOCK_N, False, True, P_OFF)
+            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb1, kb1, k_desc, vt_desc, ks_base, KQ, VT,
+                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, False, True, P_OFF, TMA_MASK)
     else:
         for i in tl.range(0, TOPK - 1, warp_specialize=WARP_SPEC):
             if DENSE:
                 kb0 = i
             else:
                 kb0 = tl.load(lut + i)
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb0, k_desc, vt_desc, ks_base, k_row0,
-                                      vt_row0, L, BLOCK_N, False, False, P_OFF)
+            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb0, k_desc, vt_desc, ks_base, KQ, VT,
+                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, False, False, P_OFF, TMA_MASK)
         if DENSE:
             kb0 = TOPK - 1
         else:
             kb0 = tl.load(lut + TOPK - 1)
-        acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb0, k_desc, vt_desc, ks_base, k_row0,
-                                  vt_row0, L, BLOCK_N, False, True, P_OFF)
+        acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb0, k_desc, vt_desc, ks_base, KQ, VT,
+                                  k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, False, True, P_OFF, TMA_MASK)
     vscale = tl.load(VSCALE + bh * D + offs_d)  # [D]
     o = acc * vscale[None, :] / l_i[:, None]
 
@@ -735,14 +756,14 @@ def _launch(p: _Prepared, kernel: str | None = None, config: dict | None = None)
         q_desc = TensorDescriptor.from_tensor(p.q8.view(-1, D), [bm, D])
         k_desc = TensorDescriptor.from_tensor(p.k8.view(-1, D), [p.block_k, D])
         vt_desc = TensorDescriptor.from_tensor(p.vt.view(-1, p.vt.shape[-1]), [D, p.block_k])
-        args = (q_desc, k_desc, vt_desc, p.q_scale, p.k_scale, p.v_scale, p.lut, p.olin, o,
-                L, H, nq, nk, p.topk, *o.stride()[:3])
+        args = (q_desc, k_desc, vt_desc, p.q_scale, p.k_scale, p.v_scale, p.lut, p.olin, o, p.q8, p.k8, p.vt,
+                L, H, nq, nk, p.topk, B * H * L, p.vt.shape[-1], *o.stride()[:3])
         meta = {"D": D, "BLK_Q": p.block_q, "BLOCK_N": p.block_k, "DENSE": p.dense, "HAS_LINEAR": p.has_linear,
                 "P_OFF": p_off}
         if config is None:
             _sagesla_tma[lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)](*args, **meta)
         else:
-            launch = {k: config[k] for k in ("BLOCK_M", "PAIR", "WARP_SPEC")}
+            launch = {k: config[k] for k in ("BLOCK_M", "PAIR", "WARP_SPEC", "TMA_MASK") if k in config}
             if not _interpreting():
                 launch.update(num_warps=config.get("num_warps", 8), num_stages=config.get("num_stages", 2))
             _sagesla_tma_kernel[(triton.cdiv(L, bm), B * H)](*args, **meta, **launch)

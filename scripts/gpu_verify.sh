@@ -44,6 +44,8 @@
 #                                       480p / 720p decode rows by igemm width
 #   bash scripts/gpu_verify.sh s20a     one GPU, ~9 min: SageSLA's TMA attention kernel by config vs the pointer kernel
 #                                       (scripts/sagesla_variants.py), the 1.3B DiT per NFE with each
+#   bash scripts/gpu_verify.sh s20b     one GPU, ~5 min: triage of the TMA kernel (memcheck, TMA/pointer tile mixes),
+#                                       the 1.3B DiT at the previous source (.gl/old.tar) and now
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -345,6 +347,31 @@ elif [ "$mode" = s20a ]; then
             --variants sagesla/w8a8/fused > "$OUT/logs/dit13b_$kern.log" 2>&1
         grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b_$kern.log" | tail -4
     done
+elif [ "$mode" = s20b ]; then
+    # triage of the TMA attention kernel's illegal memory access (s20a): memcheck of one launch, then every
+    # combination of TMA / pointer tiles at 1 and 2 stages, one process each; the 1.3B DiT per NFE at the
+    # source before this session's changes (.gl/old.tar) and at this one (s20a measured 0.213 s vs 0.171)
+    timeout 150 compute-sanitizer --tool memcheck --print-limit 8 python3 scripts/sagesla_tma_triage.py --mask 7 \
+        --stages 1 --L 1024 --H 1 > "$OUT/logs/memcheck.log" 2>&1
+    grep -v "^W\|Warning" "$OUT/logs/memcheck.log" | head -60
+    for st in 1 2; do for m in 0 1 2 3 4 5 6 7; do
+        timeout 120 python3 scripts/sagesla_tma_triage.py --mask $m --stages $st > "$OUT/logs/tri_${m}_$st.log" 2>&1 &
+    done; done; wait
+    for st in 1 2; do for m in 0 1 2 3 4 5 6 7; do grep "^RESULT" "$OUT/logs/tri_${m}_$st.log" || echo "mask $m st $st: no result"; done; done
+    for pair in 0 1; do for bm in 64 128; do
+        timeout 120 python3 scripts/sagesla_tma_triage.py --mask 0 --stages 2 --pair $pair --block-m $bm --warps 4 \
+            --L 32760 --H 12 > "$OUT/logs/tri_big_${pair}_$bm.log" 2>&1 &
+    done; done; wait
+    grep -h "^RESULT" "$OUT/logs"/tri_big_*.log
+    if [ -f .gl/old.tar ]; then
+        mkdir -p /tmp/old && tar -xf .gl/old.tar -C /tmp/old
+        echo "== 1.3B DiT per NFE at the source before this session"
+        ( cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 \
+            --no-checks --variants sagesla/w8a8/fused 2>&1 | grep "sagesla/w8a8" | tail -1 )
+    fi
+    echo "== 1.3B DiT per NFE now (auto kernel = pointer where TMA failed)"
+    TURBOVID_SAGESLA_KERNEL=pointer timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
+        --variants sagesla/w8a8/fused 2>&1 | grep "sagesla/w8a8" | tail -1
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
