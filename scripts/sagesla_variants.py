@@ -37,7 +37,7 @@ def _configs() -> list[dict]:
     return out
 
 
-def run(H: int, L: int, D: int = 128, topk: float = 0.1, dense_too: bool = True) -> None:
+def run(H: int, L: int, D: int = 128, topk: float = 0.1, dense_too: bool = True, mask: int = 7) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dev = torch.device("cuda")
@@ -58,7 +58,8 @@ def run(H: int, L: int, D: int = 128, topk: float = 0.1, dense_too: bool = True)
         print(f"{tag:<12} pointer (autotuned)        {t_ptr:7.3f} ms  {t_sdpa / t_ptr:6.2f}x cuDNN", flush=True)
         best = (math.inf, None)
         for cfg in _configs():
-            label = (f"pair={int(cfg['PAIR'])} ws={int(cfg['WARP_SPEC'])} bm={cfg['BLOCK_M']} w={cfg['num_warps']} "
+            cfg["TMA_MASK"] = mask
+            label = (f"m{mask} pair={int(cfg['PAIR'])} ws={int(cfg['WARP_SPEC'])} bm={cfg['BLOCK_M']} w={cfg['num_warps']} "
                      f"st={cfg['num_stages']}")
             try:
                 o = _launch(p, "tma", cfg)
@@ -70,6 +71,8 @@ def run(H: int, L: int, D: int = 128, topk: float = 0.1, dense_too: bool = True)
                       f"cos {c:.6f}", flush=True)
             except Exception as exc:  # noqa: BLE001 - a config this Triton cannot build is a result too
                 print(f"{tag:<12} tma {label:<24} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+        if mask != 7:  # the autotuned kernel loads every tile by TMA
+            continue
         try:
             o_auto = _launch(p, "tma")  # the autotuner over _TMA_ATTN_CONFIGS
             t_auto = do_bench(partial(_launch, p, "tma"), return_mode="median")
@@ -93,10 +96,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heads", default="12,40")
     ap.add_argument("--lengths", default="32760,75600")
+    ap.add_argument("--mask", type=int, default=7, help="TMA_MASK: which tiles come by TMA (1 Q, 2 K, 4 V^T)")
     args = ap.parse_args()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
     for H, L in zip((int(h) for h in args.heads.split(",")), (int(n) for n in args.lengths.split(",")), strict=True):
-        run(H, L, dense_too=False)
+        run(H, L, dense_too=False, mask=args.mask)
         torch.cuda.empty_cache()
 
 
