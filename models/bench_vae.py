@@ -129,6 +129,8 @@ def bench() -> None:
     parser.add_argument("--chunks", default="", help="extra fast-path decode rows: comma-separated chunk_latents")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="also time the fast path in cuDNN benchmark mode")
     parser.add_argument("--skip-encode", action="store_true")
+    parser.add_argument("--i2v", action="store_true", help="also encode an I2V condition (the image, then zeros) "
+                        "with every frame through every layer vs the steady frames skipped")
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
@@ -170,19 +172,27 @@ def bench() -> None:
         stages: list[tuple[str, Callable[..., torch.Tensor], torch.Tensor]] = [("decode", WanVAE.decode, latents)]
         if not args.skip_encode:
             stages.append(("encode", WanVAE.encode, video))
+        if args.i2v:
+            i2v = torch.zeros_like(video)
+            i2v[:, :, :1] = video[:, :, :1]
+            stages.append(("i2v-encode", WanVAE.encode, i2v))
         for stage, method, x in stages:
+            ref_model.skip_steady_frames = False  # the reference: every frame through every layer
             ref = None if args.no_reference else method(ref_model, x, fused=False)
             variants: list[tuple[str, dict]] = [("old (eager, 1/chunk)", dict(fused=False, chunk_latents=1)),
                                                 ("fast, cudnn3d", dict(fused=True))]  # fmt: skip
+            if stage == "i2v-encode":
+                variants = [("fast, every frame", dict(fused=True)), ("fast, steady skipped", dict(fused=True))]
             if stage == "decode":
                 variants[0][1]["prefix_latents"] = 1
                 variants += [(f"fast (chunk {n})", dict(fused=True, chunk_latents=int(n))) for n in args.chunks.split(",") if n]
-            variants += [("fast, taps2d", dict(fused=True)),
-                         ("fast, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
+            if stage != "i2v-encode":
+                variants += [("fast, taps2d", dict(fused=True)),
+                             ("fast, budget 6 GiB", dict(fused=True, memory_budget=6 * 2**30))]  # fmt: skip
             if stage == "decode":  # the RGB head through cuDNN's conv3d (before the GEMM + gather head), and
                 # the head's partials in fp32
                 variants += [("fast, cuDNN RGB head", dict(fused=True)), ("fast, fp32 head partials", dict(fused=True))]
-            if device.type == "cuda":  # the implicit-GEMM residual blocks (kernels/conv3d_igemm.py) by width
+            if device.type == "cuda" and stage != "i2v-encode":  # the implicit-GEMM residual blocks by width
                 variants += [(f"fast, igemm {widths}", dict(fused=True)) for widths in args.igemm.split(",") if widths]
             if args.cudnn_benchmark:
                 variants += [("fast + cudnn.benchmark", dict(fused=True))]
@@ -194,6 +204,7 @@ def bench() -> None:
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
                 xin = x.to(dtype)
+                ours.skip_steady_frames = name != "fast, every frame"
                 ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else head_impl
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
                 ours.conv_impl, ours.head_impl, ours.igemm_channels = conv_impl, head_impl, widths

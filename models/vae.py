@@ -180,6 +180,10 @@ class CausalCache:
         self.igemm_channels = igemm_channels  # conv_impl "igemm": the residual blocks' widths it applies to
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
+        # Steady-state skipping (`WanVAE.encode` turns it on for a video whose last frames are all equal):
+        # per layer, the last input frame seen and how many frames in a row it has been the same.
+        self.steady = False
+        self._runs: dict[nn.Module, tuple[torch.Tensor, int]] = {}
 
     def get(self, layer: nn.Module) -> torch.Tensor | None:
         return self._frames.get(layer)
@@ -195,7 +199,7 @@ class CausalCache:
         return True
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._frames.values())
+        return sum(t.numel() * t.element_size() for t in (*self._frames.values(), *(f for f, _ in self._runs.values())))
 
 
 _CL3D = torch.channels_last_3d
@@ -205,6 +209,77 @@ CONV_IMPLS = ("cudnn3d", "taps2d", "igemm")
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """[B, C, T, H, W] in channels-last-3d memory (a no-op when it already is)."""
     return x.contiguous(memory_format=_CL3D)
+
+
+def _repeat_last(x: torch.Tensor, total: int, fused: bool) -> torch.Tensor:
+    """The first `total` frames of x [B, C, n, H, W] followed by copies of its last frame (channels-last-3d on
+    the fast path): a view of x when total <= n."""
+    n = x.shape[2]
+    if total <= n:
+        return x[:, :, :total]
+    out = torch.empty((*x.shape[:2], total, *x.shape[3:]), device=x.device, dtype=x.dtype,
+                      memory_format=_CL3D if fused else torch.contiguous_format)
+    out[:, :, :n].copy_(x)
+    out[:, :, n:].copy_(x[:, :, n - 1 :].expand(-1, -1, total - n, -1, -1))
+    return out
+
+
+def _time_window(layer: nn.Module) -> tuple[int, int, int]:
+    """(reach, stride, offset) of a layer in time: output frame j of a chunk reads its input frames
+    stride·j + offset - reach … stride·j + offset (negative: the previous chunk's, through the cache)."""
+    if isinstance(layer, CausalConv3d):
+        return layer.context, 1, 0
+    if isinstance(layer, ResidualBlock):
+        return sum(m.context for m in layer.residual if isinstance(m, CausalConv3d)), 1, 0
+    if isinstance(layer, Resample) and layer.mode == "downsample3d":
+        return 2, 2, 1  # [past, x]: stride-2 windows (x[2j-1], x[2j], x[2j+1])
+    if isinstance(layer, AttentionBlock) or (isinstance(layer, Resample) and layer.mode == "downsample2d"):
+        return 0, 1, 0  # frame by frame
+    raise TypeError(f"no time window known for {type(layer).__name__}")
+
+
+# `_steady_call`: how far apart two frames computed in different chunks may be and still continue one run,
+# in units of the dtype's epsilon times the frame's largest magnitude. The same frame computed in a chunk
+# of another length can differ by rounding (another convolution algorithm; seen on CPU with oneDNN).
+STEADY_TOLERANCE_EPS = 4.0
+
+
+def _same_frame(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a equals b, or differs from it by rounding only (STEADY_TOLERANCE_EPS)."""
+    if torch.equal(a, b):
+        return True
+    scale = a.abs().amax().float()
+    return bool((a.float() - b.float()).abs().amax() <= STEADY_TOLERANCE_EPS * torch.finfo(a.dtype).eps * scale)
+
+
+def _steady_call(
+    layer: nn.Module, fn: Callable[[torch.Tensor, CausalCache], torch.Tensor], x: torch.Tensor, total: int,
+    cache: CausalCache,
+) -> tuple[torch.Tensor, int]:
+    """fn(x) for a chunk of `total` frames given as x [B, C, n, H, W] (n <= total: frames n.. repeat the
+    last one), computing only the output frames that differ: an output frame whose whole time window lies
+    in a run of equal input frames (within this chunk, or continuing the run the previous chunk ended on)
+    equals every later one, so the layer runs on the input up to the first such frame and the rest of
+    its output is that frame repeated. Within a chunk this is exact (the frames left out are the same
+    computation on the same inputs); a run continues across chunks when the new chunk's frames equal the
+    last one before it up to rounding (`_same_frame`). The layer's cache ends as after the whole chunk (its
+    last input frames are in the run). -> (output frames computed, output frames in all)."""
+    reach, stride, offset = _time_window(layer)
+    n = x.shape[2]
+    last = x[:, :, n - 1]
+    s = n - 1  # the run of frames equal to the last one starts at s (then continues to `total`)
+    while s > 0 and torch.equal(x[:, :, s - 1], last):
+        s -= 1
+    prev = cache._runs.get(layer)
+    start = -prev[1] if s == 0 and prev is not None and _same_frame(x[:, :, 0], prev[0]) else s
+    cache._runs[layer] = (last.clone(), total - start)
+    # the first output frame whose window is all in the run, and the input frames through it
+    first = max(0, -(-(start + reach - offset) // stride))
+    m = stride * first + offset + 1
+    if total == 1 or m >= total:  # nothing to leave out (the first chunk: the resamplers' first frame)
+        m = total
+    y = fn(_repeat_last(x, m, cache.fused), cache)
+    return y, total // stride if total > 1 else y.shape[2]
 
 
 def _rows(x: torch.Tensor) -> list[torch.Tensor]:
@@ -689,16 +764,26 @@ class Encoder(nn.Module):
     def forward_high(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """The input conv and the down levels (every block with a spatial reach only: rows can be split,
         `models.vae_parallel.split_encode`) -> [B, C_top, T', H/8, W/8]."""
-        x = self.conv1(x, cache)  # [B, base, T, H, W]
-        for block in self.downsamples:
-            x = block(x, cache)
-        return x
+        return self._run([(self.conv1, self.conv1), *((b, b) for b in self.downsamples)], x, cache)
 
     def forward_low(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """The mid block (its self-attention spans a whole frame) and the head, at latent resolution."""
-        for block in self.middle:
-            x = block(x, cache)
-        return _run_head(self.head, x, cache)
+        head = (self.head[2], lambda h, c: _run_head(self.head, h, c))
+        return self._run([*((b, b) for b in self.middle), head], x, cache)
+
+    @staticmethod
+    def _run(layers: list[tuple[nn.Module, Callable[[torch.Tensor, CausalCache], torch.Tensor]]], x: torch.Tensor,
+             cache: CausalCache) -> torch.Tensor:
+        """x through each (layer, call) in turn; with `cache.steady`, each computes only the frames that
+        differ (`_steady_call`) and the output is completed at the end."""
+        if not cache.steady:
+            for _, fn in layers:
+                x = fn(x, cache)
+            return x
+        total = x.shape[2]
+        for layer, fn in layers:
+            x, total = _steady_call(layer, fn, x, total, cache)
+        return _repeat_last(x, total, cache.fused)
 
 
 class Decoder(nn.Module):
@@ -742,6 +827,15 @@ class Decoder(nn.Module):
         return _run_head(self.head, x, cache)
 
 
+def _equal_tail(video: torch.Tensor) -> int:
+    """How many frames at the end of video [B, C, F, H, W] equal its last frame (1 when only itself)."""
+    f = video.shape[2]
+    n = 1
+    while n < f and torch.equal(video[:, :, f - 1 - n], video[:, :, f - 1]):
+        n += 1
+    return n
+
+
 class WanVAE(nn.Module):
     """The Wan2.1 VAE. `encode` and `decode` work on normalised latents; see the module docstring.
 
@@ -762,6 +856,9 @@ class WanVAE(nn.Module):
         self.conv_impl = "igemm"
         self.igemm_channels: tuple[int, ...] = (96,)  # conv_impl "igemm": the residual blocks it runs
         self.head_impl = "gemm"  # the decoder's RGB head on the fast path, one of HEAD_IMPLS
+        # encode: when the video ends on equal frames (an I2V condition: the image, then zeros), compute each
+        # layer's output only until it settles (exact; `_steady_call`). False: every frame, every layer.
+        self.skip_steady_frames = True
         z = config.z_dim
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)  # encoder output -> (mu, log-variance)
@@ -842,6 +939,8 @@ class WanVAE(nn.Module):
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
         cache = self._cache(fused)
+        # A video ending on many equal frames (I2V: the image, then zeros): skip what repeats (_steady_call).
+        cache.steady = self.skip_steady_frames and _equal_tail(video) >= 2 * tf
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0

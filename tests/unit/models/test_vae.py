@@ -503,3 +503,91 @@ def test_canonical_manifest_is_checked(vae: WanVAE, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a Wan VAE"):
         torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "other.pth")
         load_vae(tmp_path / "other.pth")
+
+
+def _conv_macs(vae: WanVAE) -> tuple[dict[str, int], list]:
+    """Multiply-accumulates of the encoder's convolutions, counted by forward hooks (and the hooks)."""
+    count = {"macs": 0}
+
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        assert isinstance(m, (nn.Conv2d, nn.Conv3d))
+        count["macs"] += out.numel() * m.in_channels * int(torch.tensor(m.kernel_size).prod())
+
+    hooks = [m.register_forward_hook(hook) for m in vae.encoder.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    return count, hooks
+
+
+def _i2v_video(frames: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    video = torch.zeros(1, 3, frames, h, w)
+    video[:, :, :1] = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
+    return video
+
+
+@pytest.mark.parametrize("chunk_latents", [1, 2, 3])
+def test_steady_encode_of_an_i2v_video_matches_the_full_encode_with_less_work(vae: WanVAE,
+                                                                               chunk_latents: int) -> None:
+    """The image then zeros (Wan's I2V condition): each layer stops computing frames once its output
+    settles, and the latents equal those of every frame computed."""
+    video = _i2v_video(41, 16, 24)
+    count, hooks = _conv_macs(vae)
+    try:
+        vae.skip_steady_frames = False
+        full = vae.encode(video, chunk_latents=chunk_latents)
+        full_macs = count["macs"]
+        count["macs"] = 0
+        vae.skip_steady_frames = True
+        steady = vae.encode(video, chunk_latents=chunk_latents)
+        steady_macs = count["macs"]
+    finally:
+        vae.skip_steady_frames = True
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(steady, full, atol=1e-5, rtol=1e-5)
+    assert steady_macs < 0.7 * full_macs, (steady_macs, full_macs)
+
+
+def test_steady_encode_of_a_constant_tail_starting_mid_chunk(vae: WanVAE) -> None:
+    """Moving frames, then a still grey tail that starts inside a chunk: the same latents."""
+    video = torch.rand(1, 3, 33, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    video[:, :, 14:] = 0.3
+    vae.skip_steady_frames = False
+    try:
+        full = vae.encode(video, chunk_latents=3)
+    finally:
+        vae.skip_steady_frames = True
+    torch.testing.assert_close(vae.encode(video, chunk_latents=3), full, atol=1e-5, rtol=1e-5)
+
+
+def test_steady_skipping_stays_off_for_moving_video(vae: WanVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A video whose last frames differ runs every layer on every frame, as before (no per-layer checks)."""
+    import models.vae as vae_module
+
+    calls = []
+    monkeypatch.setattr(vae_module, "_steady_call", lambda *a: calls.append(a) or pytest.fail("steady path ran"))
+    video = torch.rand(1, 3, 17, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    vae.encode(video, chunk_latents=2)
+    assert calls == []
+
+
+def test_steady_call_computes_only_until_the_run_and_keeps_the_cache_exact() -> None:
+    """One causal conv over a chunk whose last frames are equal: only the frames up to the first output
+    inside the run are computed, the rest repeats it, and the next chunk sees the same context."""
+    from models.vae import CausalConv3d, _steady_call
+
+    torch.manual_seed(5)
+    conv = CausalConv3d(4, 4, 3).eval()
+    x = torch.rand(1, 4, 10, 5, 5)
+    x[:, :, 3:] = x[:, :, 3:4]  # frames 3..9 equal
+    ref_cache, cache = CausalCache(), CausalCache()
+    cache.steady = True
+    with torch.no_grad():
+        head_ref = conv(x[:, :, :1], ref_cache)
+        head, _ = _steady_call(conv, conv, x[:, :, :1], 1, cache)
+        ref = conv(x[:, :, 1:], ref_cache)  # [1, 4, 9, 5, 5]
+        y, total = _steady_call(conv, conv, x[:, :, 1:], 9, cache)
+        assert total == 9 and y.shape[2] == 5  # run starts at chunk frame 2: outputs 0..4 computed
+        torch.testing.assert_close(torch.cat([y, y[:, :, -1:].expand(-1, -1, 4, -1, -1)], 2), ref)
+        nxt = torch.rand(1, 4, 3, 5, 5)
+        torch.testing.assert_close(conv(nxt, cache), conv(nxt, ref_cache))  # the cache is the full chunk's
+    torch.testing.assert_close(head, head_ref)

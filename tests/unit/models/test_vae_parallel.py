@@ -34,6 +34,7 @@ ENCODE_CASES = [
     ((1, 3, 5, 256, 16), dict(chunk_latents=1)),
     ((1, 3, 9, 200, 8), dict(chunk_latents=2)),
     ((1, 3, 9, 32, 24), dict(chunk_latents=1)),
+    ((1, 3, 17, 96, 8), dict(chunk_latents=1)),  # an I2V condition (`_video`): each rank skips steady frames
 ]
 FUSED_ENCODE_CASE = (1, 3, 5, 128, 8)
 
@@ -52,7 +53,11 @@ def _latents(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _video(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) * 2 - 1
+    """Random frames; for 17 frames the first frame, then zeros (Wan's I2V condition)."""
+    video = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) * 2 - 1
+    if shape[2] == 17:
+        video[:, :, 1:] = 0
+    return video
 
 
 def _rank_main(mode: str, rank: int, world: int, port: int, out: Path) -> None:
@@ -102,6 +107,9 @@ def _check(out: Path, world: int, *, onednn: bool) -> None:
             assert _cos(split, here) > 0.9999999
     for i, (shape, kw) in enumerate(ENCODE_CASES):  # the split encode: every rank the whole latents
         here = vae.encode(_video(shape), **kw)
+        vae.skip_steady_frames = False  # every frame through every layer: the same latents
+        torch.testing.assert_close(vae.encode(_video(shape), **kw), here, atol=1e-5, rtol=0)
+        vae.skip_steady_frames = True
         for rank in range(world):
             got = torch.load(out / f"rank{rank}.pt")
             split, whole = got[f"enc_split{i}_{onednn}"], got[f"enc_whole{i}_{onednn}"]
