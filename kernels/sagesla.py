@@ -354,156 +354,6 @@ def _sagesla_fwd_kernel(
              o.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
-def _tile_rows(desc, ptr, row0, n_rows, ROWS: tl.constexpr, TMA: tl.constexpr):
-    """Rows row0 .. row0 + ROWS of a [n_rows, D] tensor: a TMA load (TMA) or masked pointer loads (triage)."""
-    if TMA:
-        return desc.load([row0, 0])
-    D: tl.constexpr = desc.block_shape[1]
-    rows = row0 + tl.arange(0, ROWS)
-    return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=(rows < n_rows)[:, None], other=0)
-
-
-@triton.jit
-def _tile_cols(desc, ptr, row0, col0, row_len, COLS: tl.constexpr, TMA: tl.constexpr):
-    """The [D, COLS] tile at (row0, col0) of a [*, row_len] tensor: TMA or pointer loads (triage)."""
-    if TMA:
-        return desc.load([row0, col0])
-    D: tl.constexpr = desc.block_shape[0]
-    return tl.load(ptr + (row0 + tl.arange(0, D))[:, None] * row_len + (col0 + tl.arange(0, COLS))[None, :])
-
-
-@triton.jit
-def _tma_tile(
-    acc, m_i, l_i, q, q_scale, kb0, kb1,
-    # descriptors / pointers
-    k_desc, vt_desc, ks_base, KQ, VT,
-    # sizes
-    k_row0, vt_row0, L, N_ROWS, L_PAD,
-    # meta
-    BLK: tl.constexpr, TWO: tl.constexpr, MASKED: tl.constexpr, P_OFF: tl.constexpr, TMA_MASK: tl.constexpr,
-):
-    """Key block kb0 (and kb1 when TWO) of one head through TMA: int8 S = Q K^T per block (each with its
-    own scale, softmax scale and log2(e) folded in), one online-softmax update for both, fp8 P @ V per
-    block. MASKED: the last of them may hold keys past L. P carries 2^P_OFF (cancels in acc / l)."""
-    offs = tl.arange(0, BLK)
-    k0 = _tile_rows(k_desc, KQ, k_row0 + kb0 * BLK, N_ROWS, BLK, TMA_MASK & 2)  # [BLK, D] int8
-    s0 = tl.dot(q, tl.trans(k0), out_dtype=tl.int32).to(tl.float32) * (q_scale * tl.load(ks_base + kb0))
-    if MASKED and not TWO:
-        s0 = tl.where((kb0 * BLK + offs < L)[None, :], s0, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s0, axis=1))
-    if TWO:
-        k1 = _tile_rows(k_desc, KQ, k_row0 + kb1 * BLK, N_ROWS, BLK, TMA_MASK & 2)
-        s1 = tl.dot(q, tl.trans(k1), out_dtype=tl.int32).to(tl.float32) * (q_scale * tl.load(ks_base + kb1))
-        if MASKED:
-            s1 = tl.where((kb1 * BLK + offs < L)[None, :], s1, float("-inf"))
-        m_new = tl.maximum(m_new, tl.max(s1, axis=1))
-    shift = m_new - P_OFF
-    alpha = tl.exp2(m_i - m_new)
-    p0 = tl.exp2(s0 - shift[:, None])
-    l_new = tl.sum(p0, axis=1)
-    acc = acc * alpha[:, None]
-    v0 = _tile_cols(vt_desc, VT, vt_row0, kb0 * BLK, L_PAD, BLK, TMA_MASK & 4)  # [D, BLK] fp8, zero past L
-    acc = tl.dot(p0.to(tl.float8e4nv), tl.trans(v0), acc)
-    if TWO:
-        p1 = tl.exp2(s1 - shift[:, None])
-        l_new += tl.sum(p1, axis=1)
-        v1 = _tile_cols(vt_desc, VT, vt_row0, kb1 * BLK, L_PAD, BLK, TMA_MASK & 4)
-        acc = tl.dot(p1.to(tl.float8e4nv), tl.trans(v1), acc)
-    return acc, m_new, l_i * alpha + l_new
-
-
-@triton.jit
-def _sagesla_tma_kernel(
-    # descriptors / pointers
-    q_desc,  # [B*H*L, D] int8, block [BLOCK_M, D]
-    k_desc,  # [B*H*L, D] int8, block [BLOCK_N, D]
-    vt_desc,  # [B*H*D, L_PAD] fp8, block [D, BLOCK_N]
-    QSCALE, KSCALE, VSCALE, LUT, OLIN, O,
-    QQ, KQ, VT,  # the same tensors as pointers (loads that TMA_MASK leaves to pointers)
-    # sizes
-    L, H, n_qblocks, n_kblocks, TOPK, N_ROWS, L_PAD,
-    stride_ob, stride_oh, stride_ol,
-    # meta
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLK_Q: tl.constexpr, BLOCK_N: tl.constexpr, DENSE: tl.constexpr,
-    HAS_LINEAR: tl.constexpr, P_OFF: tl.constexpr, PAIR: tl.constexpr, WARP_SPEC: tl.constexpr,
-    TMA_MASK: tl.constexpr = 7,  # which tiles come by TMA: 1 Q, 2 K, 4 V^T (the rest by pointer loads; triage)
-):
-    """`_sagesla_fwd_kernel` with FP8 P @ V (sm90+) and every Q, K and V^T tile a TMA load from a 2-D
-    descriptor over all heads' rows (the selected key blocks are contiguous rows: no gather address math,
-    no masks). PAIR: two key blocks per online-softmax update (two dots each, one rescale). Rows a tile
-    reads past its head's L belong to the next head (or are zero past the tensor): their scores are
-    masked (keys) or never stored (queries)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    qb = (pid_m * BLOCK_M) // BLK_Q
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    row_ok = offs_m < L
-
-    # 1. int8 Q tile and its block scale
-    q = _tile_rows(q_desc, QQ, bh * L + pid_m * BLOCK_M, N_ROWS, BLOCK_M, TMA_MASK & 1)  # [BLOCK_M, D]
-    q_scale = tl.load(QSCALE + bh * n_qblocks + qb)
-    ks_base = KSCALE + bh * n_kblocks
-    k_row0 = bh * L
-    vt_row0 = bh * D
-    lut = LUT + (bh * n_qblocks + qb) * TOPK
-
-    # 2. online softmax over the selected key blocks; only the last (the LUT is sorted) can pass L
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    if PAIR:
-        n_full = (TOPK - 1) // 2
-        for i in tl.range(0, n_full, warp_specialize=WARP_SPEC):
-            if DENSE:
-                kb0 = 2 * i
-                kb1 = 2 * i + 1
-            else:
-                kb0 = tl.load(lut + 2 * i)
-                kb1 = tl.load(lut + 2 * i + 1)
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb1, k_desc, vt_desc, ks_base, KQ, VT,
-                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, True, False, P_OFF, TMA_MASK)
-        if DENSE:
-            kb0 = 2 * n_full
-            kb1 = TOPK - 1
-        else:
-            kb0 = tl.load(lut + 2 * n_full)
-            kb1 = tl.load(lut + TOPK - 1)
-        if TOPK - 2 * n_full == 2:
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb1, k_desc, vt_desc, ks_base, KQ, VT,
-                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, True, True, P_OFF, TMA_MASK)
-        else:
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb1, kb1, k_desc, vt_desc, ks_base, KQ, VT,
-                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, False, True, P_OFF, TMA_MASK)
-    else:
-        for i in tl.range(0, TOPK - 1, warp_specialize=WARP_SPEC):
-            if DENSE:
-                kb0 = i
-            else:
-                kb0 = tl.load(lut + i)
-            acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb0, k_desc, vt_desc, ks_base, KQ, VT,
-                                      k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, False, False, P_OFF, TMA_MASK)
-        if DENSE:
-            kb0 = TOPK - 1
-        else:
-            kb0 = tl.load(lut + TOPK - 1)
-        acc, m_i, l_i = _tma_tile(acc, m_i, l_i, q, q_scale, kb0, kb0, k_desc, vt_desc, ks_base, KQ, VT,
-                                  k_row0, vt_row0, L, N_ROWS, L_PAD, BLOCK_N, False, True, P_OFF, TMA_MASK)
-    vscale = tl.load(VSCALE + bh * D + offs_d)  # [D]
-    o = acc * vscale[None, :] / l_i[:, None]
-
-    # 3. linear branch (computed in the Q pass), as in `_sagesla_fwd_kernel`
-    if HAS_LINEAR:
-        o = o.to(O.dtype.element_ty).to(tl.float32)
-        o += tl.load(OLIN + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None],
-                     other=0.0).to(tl.float32)
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
-             o.to(O.dtype.element_ty), mask=row_ok[:, None])
-
-
 # ----------------------------------------------------------------------------------------------------
 # autotune configs
 # ----------------------------------------------------------------------------------------------------
@@ -564,37 +414,6 @@ _sagesla_fwd = triton.autotune(
     key=["D", "BLK_Q", "BLOCK_N", "DENSE", "PV_FP8", "HAS_LINEAR"],
     prune_configs_by={"early_config_prune": _prune_attn_configs},
 )(_sagesla_fwd_kernel)
-
-# The TMA kernel: two key blocks per update or one, with or without Triton's warp specialization of the
-# key loop (scripts/sagesla_variants.py times each on the GPU).
-_TMA_ATTN_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "PAIR": pair, "WARP_SPEC": ws}, num_warps=w, num_stages=st)
-    for pair in (True, False)
-    for ws in (False, True)
-    for bm, w, st in [(128, 8, 2), (128, 8, 3), (128, 4, 3), (64, 4, 3)]
-]
-
-
-def _prune_tma_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    blk_q = kwargs.get("BLK_Q", named_args.get("BLK_Q"))
-    ok = [c for c in configs if blk_q % c.kwargs["BLOCK_M"] == 0]
-    if not ok or _interpreting():  # one config there (tests pass PAIR through `_launch(config=...)`)
-        ok = [triton.Config({"BLOCK_M": blk_q, "PAIR": True, "WARP_SPEC": False}, num_warps=4, num_stages=1)]
-    return ok
-
-
-def _set_tma_q_block(nargs: dict) -> None:
-    nargs["q_desc"].block_shape = [nargs["BLOCK_M"], nargs["q_desc"].block_shape[1]]
-
-
-for _c in _TMA_ATTN_CONFIGS:
-    _c.pre_hook = _set_tma_q_block
-
-_sagesla_tma = triton.autotune(
-    configs=_TMA_ATTN_CONFIGS,
-    key=["D", "BLK_Q", "BLOCK_N", "DENSE", "HAS_LINEAR"],
-    prune_configs_by={"early_config_prune": _prune_tma_configs},
-)(_sagesla_tma_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -721,59 +540,19 @@ def _prepare(
                      pv_fp8, has_linear)
 
 
-ATTN_KERNELS = ("auto", "tma", "pointer")
-# Which fused attention kernel `_launch` runs: "tma" (sm90+, FP8 P @ V), "pointer" (`_sagesla_fwd_kernel`,
-# any GPU), "auto" (tma where it applies). TURBOVID_SAGESLA_KERNEL sets it for a process (benches, triage).
-ATTN_KERNEL = os.environ.get("TURBOVID_SAGESLA_KERNEL", "auto")
-
-
-def _tma_applies(p: _Prepared) -> bool:
-    """The TMA kernel needs FP8 P @ V, a Hopper-or-newer GPU (or the interpreter) and 16-byte rows."""
-    dev = p.q.device
-    gpu_ok = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
-    return p.pv_fp8 and (gpu_ok or _interpreting()) and p.q.shape[-1] >= 16
-
-
-def _launch(p: _Prepared, kernel: str | None = None, config: dict | None = None) -> torch.Tensor:
+def _launch(p: _Prepared) -> torch.Tensor:
     """The fused sparse attention (+ linear epilogue) over prepared operands -> o [B, H, L, D], stored
     token-major ([B, L, H, D] storage, as the DiT's projections lay out q/k/v): the output projection reads
-    o.transpose(1, 2) as a plain [B, L, H·D] view, and a Ulysses way back sends it without a packing copy.
-    kernel: one of ATTN_KERNELS (None: `ATTN_KERNEL`); config: fixed TMA-kernel meta-parameters (BLOCK_M,
-    PAIR, WARP_SPEC, num_warps, num_stages) instead of its autotuner (benches and tests)."""
-    kernel = ATTN_KERNEL if kernel is None else kernel
-    if kernel not in ATTN_KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; known: {ATTN_KERNELS}")
-    if kernel == "tma" and not _tma_applies(p):
-        raise ValueError("the TMA attention kernel needs FP8 P @ V on an sm90+ GPU (or the interpreter)")
+    o.transpose(1, 2) as a plain [B, L, H·D] view, and a Ulysses way back sends it without a packing copy."""
     B, H, L, D = p.q.shape
     nq, nk = p.q_scale.shape[1], p.k_scale.shape[1]
     o = p.q.new_empty(B, L, H, D).transpose(1, 2)
-    p_off = 8.8 if p.pv_fp8 else 0.0  # fp8: P scaled by 2^8.8 ~ 446 < 448 (e4m3 max); cancels in acc / l
-    if kernel == "tma" or (kernel == "auto" and _tma_applies(p)):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        bm = p.block_q if config is None else config["BLOCK_M"]  # the autotune hook resets it
-        q_desc = TensorDescriptor.from_tensor(p.q8.view(-1, D), [bm, D])
-        k_desc = TensorDescriptor.from_tensor(p.k8.view(-1, D), [p.block_k, D])
-        vt_desc = TensorDescriptor.from_tensor(p.vt.view(-1, p.vt.shape[-1]), [D, p.block_k])
-        args = (q_desc, k_desc, vt_desc, p.q_scale, p.k_scale, p.v_scale, p.lut, p.olin, o, p.q8, p.k8, p.vt,
-                L, H, nq, nk, p.topk, B * H * L, p.vt.shape[-1], *o.stride()[:3])
-        meta = {"D": D, "BLK_Q": p.block_q, "BLOCK_N": p.block_k, "DENSE": p.dense, "HAS_LINEAR": p.has_linear,
-                "P_OFF": p_off}
-        if config is None:
-            _sagesla_tma[lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)](*args, **meta)
-        else:
-            launch = {k: config[k] for k in ("BLOCK_M", "PAIR", "WARP_SPEC", "TMA_MASK") if k in config}
-            if not _interpreting():
-                launch.update(num_warps=config.get("num_warps", 8), num_stages=config.get("num_stages", 2))
-            _sagesla_tma_kernel[(triton.cdiv(L, bm), B * H)](*args, **meta, **launch)
-        return o
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _sagesla_fwd[grid](
         p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.olin, o,
         L, nk * p.block_k, H, nq, nk, p.topk, *p.v.stride()[:3], *o.stride()[:3],
         D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8, HAS_LINEAR=p.has_linear,
-        P_OFF=p_off,
+        P_OFF=8.8 if p.pv_fp8 else 0.0,  # fp8: P scaled by 2^8.8 ~ 446 < 448 (e4m3 max); cancels in acc / l
     )
     return o
 

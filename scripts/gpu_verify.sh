@@ -42,12 +42,6 @@
 #                                       480p / 720p decode rows by igemm width
 #   bash scripts/gpu_verify.sh s19e     one GPU, ~8 min: turbovid bench (ships autotune choices), conv + VAE GPU tests,
 #                                       480p / 720p decode rows by igemm width
-#   bash scripts/gpu_verify.sh s20a     one GPU, ~9 min: SageSLA's TMA attention kernel by config vs the pointer kernel
-#                                       (scripts/sagesla_variants.py), the 1.3B DiT per NFE with each
-#   bash scripts/gpu_verify.sh s20b     one GPU, ~5 min: triage of the TMA kernel (memcheck, TMA/pointer tile mixes),
-#                                       the 1.3B DiT at the previous source (.gl/old.tar) and now
-#   bash scripts/gpu_verify.sh s20c     one GPU, ~7 min: the TMA kernel at the real shape (memcheck, tile mixes with
-#                                       and without the linear branch), the variants bench with the widest mix that ran
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -339,63 +333,6 @@ elif [ "$mode" = s19c ]; then
     grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A14 "^size"
     timeout 80 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
-elif [ "$mode" = s20a ]; then
-    # SageSLA's TMA attention kernel: every config against the pointer kernel (1.3B / 14B shapes), then the
-    # 1.3B DiT per NFE with each kernel
-    timeout 330 python3 scripts/sagesla_variants.py 2>&1 | tee "$OUT/logs/variants.log" | grep -v "^W\|Warning"
-    for kern in pointer tma; do
-        echo "== 1.3B DiT per NFE, attention kernel $kern"
-        TURBOVID_SAGESLA_KERNEL=$kern timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
-            --variants sagesla/w8a8/fused > "$OUT/logs/dit13b_$kern.log" 2>&1
-        grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b_$kern.log" | tail -4
-    done
-elif [ "$mode" = s20b ]; then
-    # triage of the TMA attention kernel's illegal memory access (s20a): memcheck of one launch, then every
-    # combination of TMA / pointer tiles at 1 and 2 stages, one process each; the 1.3B DiT per NFE at the
-    # source before this session's changes (.gl/old.tar) and at this one (s20a measured 0.213 s vs 0.171)
-    timeout 150 compute-sanitizer --tool memcheck --print-limit 8 python3 scripts/sagesla_tma_triage.py --mask 7 \
-        --stages 1 --L 1024 --H 1 > "$OUT/logs/memcheck.log" 2>&1
-    grep -v "^W\|Warning" "$OUT/logs/memcheck.log" | head -60
-    for st in 1 2; do for m in 0 1 2 3 4 5 6 7; do
-        timeout 120 python3 scripts/sagesla_tma_triage.py --mask $m --stages $st > "$OUT/logs/tri_${m}_$st.log" 2>&1 &
-    done; done; wait
-    for st in 1 2; do for m in 0 1 2 3 4 5 6 7; do grep "^RESULT" "$OUT/logs/tri_${m}_$st.log" || echo "mask $m st $st: no result"; done; done
-    for pair in 0 1; do for bm in 64 128; do
-        timeout 120 python3 scripts/sagesla_tma_triage.py --mask 0 --stages 2 --pair $pair --block-m $bm --warps 4 \
-            --L 32760 --H 12 > "$OUT/logs/tri_big_${pair}_$bm.log" 2>&1 &
-    done; done; wait
-    grep -h "^RESULT" "$OUT/logs"/tri_big_*.log
-    if [ -f .gl/old.tar ]; then
-        mkdir -p /tmp/old && tar -xf .gl/old.tar -C /tmp/old
-        echo "== 1.3B DiT per NFE at the source before this session"
-        ( cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 \
-            --no-checks --variants sagesla/w8a8/fused 2>&1 | grep "sagesla/w8a8" | tail -1 )
-    fi
-    echo "== 1.3B DiT per NFE now (auto kernel = pointer where TMA failed)"
-    TURBOVID_SAGESLA_KERNEL=pointer timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
-        --variants sagesla/w8a8/fused 2>&1 | grep "sagesla/w8a8" | tail -1
-elif [ "$mode" = s20c ]; then
-    # the TMA kernel at the real shape (s20b ran it only at small ones): memcheck of the failing case, the tile
-    # mixes with and without the linear branch, then the variants bench with the widest mix that ran
-    T=scripts/sagesla_tma_triage.py
-    timeout 150 compute-sanitizer --tool memcheck --print-limit 6 python3 $T --mask 7 --stages 2 --L 32760 --H 1 \
-        --linear 1 --no-ref > "$OUT/logs/memcheck.log" 2>&1
-    grep -v "^W\|Warning" "$OUT/logs/memcheck.log" | cut -c1-220 | head -45
-    i=0
-    for args in "--mask 7 --linear 1" "--mask 7 --linear 0" "--mask 1 --linear 1" "--mask 2 --linear 1" \
-                "--mask 4 --linear 1" "--mask 3 --linear 1" "--mask 6 --linear 1" "--mask 5 --linear 1" \
-                "--mask 7 --linear 0 --L 32768" "--mask 7 --linear 0 --L 4096 --H 12" "--mask 7 --linear 0 --H 1"; do
-        i=$((i + 1))
-        timeout 120 python3 $T --stages 2 --L 32760 --H 12 $args > "$OUT/logs/tri_$i.log" 2>&1 &
-    done; wait
-    for j in $(seq 1 $i); do grep -h "^RESULT" "$OUT/logs/tri_$j.log" || { echo "tri $j: no result"; tail -2 "$OUT/logs/tri_$j.log"; }; done
-    mask=0
-    for m in 7 6 5 3 4 2 1; do
-        if grep -q "^RESULT mask=$m .*linear=1: ok" "$OUT"/logs/tri_*.log; then mask=$m; break; fi
-    done
-    echo "== variants bench with TMA_MASK=$mask"
-    timeout 240 python3 scripts/sagesla_variants.py --mask $mask 2>&1 | tee "$OUT/logs/variants.log" | grep -v "^W\|Warning" \
-        | grep -v "^ \|^%\|^#\|^}\|^{\|^module" | cut -c1-200 | tail -40
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
