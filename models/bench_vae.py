@@ -129,6 +129,7 @@ def bench() -> None:
     parser.add_argument("--chunks", default="", help="extra fast-path decode rows: comma-separated chunk_latents")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="also time the fast path in cuDNN benchmark mode")
     parser.add_argument("--skip-encode", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--i2v", action="store_true", help="also encode an I2V condition (the image, then zeros) "
                         "with every frame through every layer vs the steady frames skipped")
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
@@ -169,7 +170,9 @@ def bench() -> None:
         gen = torch.Generator(device).manual_seed(1)
         latents = torch.randn(1, cfg.z_dim, t_lat, height // sf, width // sf, device=device, generator=gen)
         video = torch.rand(1, 3, args.frames, height, width, device=device, generator=gen) * 2 - 1
-        stages: list[tuple[str, Callable[..., torch.Tensor], torch.Tensor]] = [("decode", WanVAE.decode, latents)]
+        stages: list[tuple[str, Callable[..., torch.Tensor], torch.Tensor]] = []
+        if not args.skip_decode:
+            stages.append(("decode", WanVAE.decode, latents))
         if not args.skip_encode:
             stages.append(("encode", WanVAE.encode, video))
         if args.i2v:

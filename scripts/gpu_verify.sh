@@ -42,6 +42,8 @@
 #                                       480p / 720p decode rows by igemm width
 #   bash scripts/gpu_verify.sh s19e     one GPU, ~8 min: turbovid bench (ships autotune choices), conv + VAE GPU tests,
 #                                       480p / 720p decode rows by igemm width
+#   bash scripts/gpu_verify.sh s20d     one GPU, ~8 min: the I2V encode with steady frames skipped (VAE encode GPU tests,
+#                                       bench_vae --i2v at 480p / 720p), the A14B I2V 720p whole job (models.bench_a14b)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -333,6 +335,17 @@ elif [ "$mode" = s19c ]; then
     grep -v "^W\|Warning\|warn" "$OUT/vae480.log" | grep -A14 "^size"
     timeout 80 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --igemm 96,96+192 \
         > "$OUT/vae720.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/vae720.log" | grep -A12 "^size"
+elif [ "$mode" = s20d ]; then
+    # the I2V encode with steady frames skipped: the VAE encode GPU tests, the 480p / 720p I2V condition encode
+    # with every frame vs skipped (same run), the A14B I2V 720p whole job (resident and 32 GiB budget)
+    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 tests/unit/models/test_vae_gpu.py -k encode \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    timeout 150 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --skip-decode --i2v \
+        > "$OUT/logs/vae_i2v.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v.log" | tail -8
+    timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
+    grep -v "^W\|Warning" "$OUT/logs/a14b.log" | tail -4
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \

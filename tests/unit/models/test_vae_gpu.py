@@ -73,3 +73,22 @@ def test_decode_480p_stays_within_the_memory_budget(models: tuple[WanVAE, WanVAE
     peak = torch.cuda.max_memory_allocated() - base
     assert video.shape == (1, 3, 81, 480, 832)
     assert peak <= budget_gib * 2**30, f"peak {peak / 2**30:.2f} GiB over a {budget_gib} GiB budget"
+
+
+def test_fast_encode_of_an_i2v_condition_skips_steady_frames(models: tuple[WanVAE, WanVAE]) -> None:
+    """The image then zeros: the steady-frame encode keeps the fp32 fidelity and equals the every-frame
+    encode up to bf16 rounding."""
+    ref, fast = models
+    video = torch.zeros(1, 3, 33, 256, 320, device="cuda")
+    video[:, :, 0] = torch.rand(3, 256, 320, device="cuda") * 2 - 1
+    ref.skip_steady_frames = False
+    expected = ref.encode(video, fused=False)
+    fast.skip_steady_frames = False
+    try:
+        full = fast.encode(video.bfloat16(), chunk_latents=2)
+    finally:
+        fast.skip_steady_frames = True
+    got = fast.encode(video.bfloat16(), chunk_latents=2)
+    assert got.shape == expected.shape == (1, 16, 9, 32, 40)
+    assert _cosine(got, expected) >= 0.999
+    assert _cosine(got, full) >= 0.9999
