@@ -253,11 +253,12 @@ def _same_frame(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _steady_call(
-    layer: nn.Module, fn: Callable[[torch.Tensor, CausalCache], torch.Tensor], x: torch.Tensor, total: int,
+    layer: nn.Module, fn: Callable[[torch.Tensor, CausalCache], torch.Tensor], box: list[torch.Tensor], total: int,
     cache: CausalCache,
 ) -> tuple[torch.Tensor, int]:
-    """fn(x) for a chunk of `total` frames given as x [B, C, n, H, W] (n <= total: frames n.. repeat the
-    last one), computing only the output frames that differ: an output frame whose whole time window lies
+    """fn(x) for a chunk of `total` frames given as x = box.pop() [B, C, n, H, W] (n <= total: frames n..
+    repeat the last one; taken out of the box so that it is freed once the layer's input is built from it),
+    computing only the output frames that differ: an output frame whose whole time window lies
     in a run of equal input frames (within this chunk, or continuing the run the previous chunk ended on)
     equals every later one, so the layer runs on the input up to the first such frame and the rest of
     its output is that frame repeated. Within a chunk this is exact (the frames left out are the same
@@ -265,6 +266,7 @@ def _steady_call(
     last one before it up to rounding (`_same_frame`). The layer's cache ends as after the whole chunk (its
     last input frames are in the run). -> (output frames computed, output frames in all)."""
     reach, stride, offset = _time_window(layer)
+    x = box.pop()
     n = x.shape[2]
     last = x[:, :, n - 1]
     s = n - 1  # the run of frames equal to the last one starts at s (then continues to `total`)
@@ -278,7 +280,9 @@ def _steady_call(
     m = stride * first + offset + 1
     if total == 1 or m >= total:  # nothing to leave out (the first chunk: the resamplers' first frame)
         m = total
-    y = fn(_repeat_last(x, m, cache.fused), cache)
+    inp = _repeat_last(x, m, cache.fused)
+    del x, last
+    y = fn(inp, cache)
     return y, total // stride if total > 1 else y.shape[2]
 
 
@@ -781,9 +785,13 @@ class Encoder(nn.Module):
                 x = fn(x, cache)
             return x
         total = x.shape[2]
+        box = [x]
+        del x  # the box holds the only reference: each layer's input is freed once the next one is built
         for layer, fn in layers:
-            x, total = _steady_call(layer, fn, x, total, cache)
-        return _repeat_last(x, total, cache.fused)
+            y, total = _steady_call(layer, fn, box, total, cache)
+            box.append(y)
+            del y
+        return _repeat_last(box.pop(), total, cache.fused)
 
 
 class Decoder(nn.Module):

@@ -583,11 +583,25 @@ def test_steady_call_computes_only_until_the_run_and_keeps_the_cache_exact() -> 
     cache.steady = True
     with torch.no_grad():
         head_ref = conv(x[:, :, :1], ref_cache)
-        head, _ = _steady_call(conv, conv, x[:, :, :1], 1, cache)
+        head, _ = _steady_call(conv, conv, [x[:, :, :1]], 1, cache)
         ref = conv(x[:, :, 1:], ref_cache)  # [1, 4, 9, 5, 5]
-        y, total = _steady_call(conv, conv, x[:, :, 1:], 9, cache)
+        y, total = _steady_call(conv, conv, [x[:, :, 1:]], 9, cache)
         assert total == 9 and y.shape[2] == 5  # run starts at chunk frame 2: outputs 0..4 computed
         torch.testing.assert_close(torch.cat([y, y[:, :, -1:].expand(-1, -1, 4, -1, -1)], 2), ref)
         nxt = torch.rand(1, 4, 3, 5, 5)
         torch.testing.assert_close(conv(nxt, cache), conv(nxt, ref_cache))  # the cache is the full chunk's
     torch.testing.assert_close(head, head_ref)
+
+
+def test_steady_encode_takes_no_more_memory_than_the_full_encode(vae: WanVAE) -> None:
+    """Each layer's input is freed once the next layer's is built: skipping frames never raises the peak
+    (the frames each layer keeps to compare the next chunk with are counted too)."""
+    video = _i2v_video(41, 64, 96, seed=6)
+    peaks = {}
+    for steady in (False, True):
+        vae.skip_steady_frames = steady
+        with torch.no_grad(), LiveTensorBytes() as live:
+            vae.encode(video, chunk_latents=3)
+        peaks[steady] = live.peak
+    vae.skip_steady_frames = True
+    assert peaks[True] <= peaks[False], peaks
