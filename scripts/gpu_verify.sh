@@ -44,6 +44,8 @@
 #                                       480p / 720p decode rows by igemm width
 #   bash scripts/gpu_verify.sh s20d     one GPU, ~8 min: the I2V encode with steady frames skipped (VAE encode GPU tests,
 #                                       bench_vae --i2v at 480p / 720p), the A14B I2V 720p whole job (models.bench_a14b)
+#   bash scripts/gpu_verify.sh s20e     one GPU, ~4 min: 192-wide igemm blocks tuned into the choices to ship
+#                                       (scripts/vae_autotune_choices.py), decode rows by igemm width, the I2V encode
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -346,6 +348,14 @@ elif [ "$mode" = s20d ]; then
     grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v.log" | tail -8
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | tail -4
+elif [ "$mode" = s20e ]; then
+    # the 192-wide residual blocks on the implicit-GEMM conv: tune them at 480p and 720p into a copy of the
+    # shipped choices (to ship), then the 480p / 720p decode rows by igemm width and the I2V encode
+    timeout 200 python3 scripts/vae_autotune_choices.py --widths 96,192 --out "$OUT/NVIDIA_H200-cc90.json" 2>&1 \
+        | grep -v "^W\|Warning" | tail -5
+    timeout 150 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --no-reference --i2v \
+        --igemm 96,96+192 > "$OUT/logs/vae.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae.log" | tail -20
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
