@@ -353,7 +353,7 @@ elif [ "$mode" = s20e ]; then
     # shipped choices (to ship), then the 480p / 720p decode rows by igemm width and the I2V encode
     timeout 200 python3 scripts/vae_autotune_choices.py --widths 96,192 --out "$OUT/NVIDIA_H200-cc90.json" 2>&1 \
         | grep -v "^W\|Warning" | tail -5
-    timeout 150 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --no-reference --i2v \
+    timeout 230 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --no-reference --i2v \
         --igemm 96,96+192 > "$OUT/logs/vae.log" 2>&1
     grep -v "^W\|Warning\|warn" "$OUT/logs/vae.log" | tail -20
 elif [ "$mode" = s19e ]; then
