@@ -858,14 +858,15 @@ class WanVAE(nn.Module):
         self.memory_budget = memory_budget
         # Fast path: how square 3×3×3 convs run, one of CONV_IMPLS. "taps2d" (tap sums fused into the norm
         # passes) decoded 480p in 0.761 s vs cuDNN conv3d's 0.889 s, 720p 1.945 vs 2.249 s, cos 0.99991 to
-        # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16). "igemm" (the full-resolution
-        # 96-wide blocks through kernels.conv3d_igemm, taps2d elsewhere; taps2d where the kernel cannot run)
-        # decoded 480p in 0.599 s vs taps2d's 0.629 s, 720p 1.562 vs 1.656 s (session 19).
+        # fp32 vs 0.99990, on an H200 (kernels/NOTES_vae.md, session 16). "igemm" (the 96- and 192-wide
+        # blocks through kernels.conv3d_igemm, taps2d elsewhere; taps2d where the kernel cannot run) decoded
+        # 480p in 0.604 s vs taps2d's 0.635 s, 720p 1.544 vs 1.658 s (session 20; the 96-wide blocks alone:
+        # 0.608 and 1.585 s; the 384-wide ones stay on cuDNN, which is faster there).
         self.conv_impl = "igemm"
-        self.igemm_channels: tuple[int, ...] = (96,)  # conv_impl "igemm": the residual blocks it runs
+        self.igemm_channels: tuple[int, ...] = (96, 192)  # conv_impl "igemm": the residual blocks it runs
         self.head_impl = "gemm"  # the decoder's RGB head on the fast path, one of HEAD_IMPLS
         # encode: when the video ends on equal frames (an I2V condition: the image, then zeros), compute each
-        # layer's output only until it settles (exact; `_steady_call`). False: every frame, every layer.
+        # layer's output only until it settles (`_steady_call`). False: every frame, every layer.
         self.skip_steady_frames = True
         z = config.z_dim
         self.encoder = Encoder(config)

@@ -310,6 +310,10 @@ class AutotuneChoices:
                 self._other[name] = entry
                 continue
             if entry.get("source") != _source_hash(tuner):
+                # measured on another version of the kernel's source (or another Triton): not reused, so
+                # this kernel is tuned again at its first launch of each shape (slower first job / warm-up)
+                log.warning("autotune choices for %s in %s were saved for another version of its source or of "
+                            "Triton: ignored, it is tuned again", name, self.path)
                 continue
             for key, cfg in entry.get("choices", []):
                 config = self._match(tuner, cfg)

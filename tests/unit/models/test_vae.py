@@ -593,10 +593,16 @@ def test_steady_call_computes_only_until_the_run_and_keeps_the_cache_exact() -> 
     torch.testing.assert_close(head, head_ref)
 
 
-def test_steady_encode_takes_no_more_memory_than_the_full_encode(vae: WanVAE) -> None:
-    """Each layer's input is freed once the next layer's is built: skipping frames never raises the peak
-    (the frames each layer keeps to compare the next chunk with are counted too)."""
+def test_steady_encode_takes_no_more_memory_than_the_full_encode(vae: WanVAE,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each layer's input is freed once the next layer's is built. Skipping frames raises the peak by at most
+    the one frame per layer kept to compare the next chunk with (~0.9 GiB at 720p on the real VAE, where the
+    peak is 9.4 against 8.4 GiB); at this size it lowers it (it rose above the full encode's before the
+    inputs were freed)."""
     video = _i2v_video(41, 64, 96, seed=6)
+    caches: list[CausalCache] = []
+    make = WanVAE._cache
+    monkeypatch.setattr(WanVAE, "_cache", lambda self, fused: caches.append(make(self, fused)) or caches[-1])
     peaks = {}
     for steady in (False, True):
         vae.skip_steady_frames = steady
@@ -604,4 +610,7 @@ def test_steady_encode_takes_no_more_memory_than_the_full_encode(vae: WanVAE) ->
             vae.encode(video, chunk_latents=3)
         peaks[steady] = live.peak
     vae.skip_steady_frames = True
+    kept = sum(f.numel() * f.element_size() for f, _ in caches[-1]._runs.values())
+    assert kept > 0 and not caches[0]._runs
+    assert peaks[True] <= peaks[False] + kept, (peaks, kept)
     assert peaks[True] <= peaks[False], peaks
