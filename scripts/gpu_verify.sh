@@ -46,6 +46,7 @@
 #                                       bench_vae --i2v at 480p / 720p), the A14B I2V 720p whole job (models.bench_a14b)
 #   bash scripts/gpu_verify.sh s20e     one GPU, ~4 min: 192-wide igemm blocks tuned into the choices to ship
 #                                       (scripts/vae_autotune_choices.py), decode rows by igemm width, the I2V encode
+#   bash scripts/gpu_verify.sh s20f     one GPU, ~6 min: turbovid bench with session 20's defaults (+ stale-choice check)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -356,6 +357,11 @@ elif [ "$mode" = s20e ]; then
     timeout 230 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --no-reference --i2v \
         --igemm 96,96+192 > "$OUT/logs/vae.log" 2>&1
     grep -v "^W\|Warning\|warn" "$OUT/logs/vae.log" | tail -20
+elif [ "$mode" = s20f ]; then
+    # turbovid bench with session 20's defaults (192-wide igemm blocks, the re-shipped conv choices): fresh start,
+    # whole job through the real processes, per-stage table; any shipped choice the worker could not use
+    turbovid_bench 400
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
 elif [ "$mode" = s19e ]; then
     turbovid_bench 250
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/unit/kernels/test_conv3d_igemm.py \
