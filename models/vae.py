@@ -33,7 +33,9 @@ residual blocks' conv biases are added in those passes too (cuDNN would add each
 the first conv's epilogue writing the next norm + SiLU straight into the second conv's input buffer, the
 second's adding bias and residual, so neither conv's output makes a pass through memory of its own.
 Chunking never changes the result beyond rounding (every layer is causal and carries its cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
-diffusers. Measurements: kernels/NOTES_vae.md.
+diffusers. An encode whose video ends on equal frames (an I2V condition: the image, then zeros) computes
+each encoder layer only until its output settles into a repeated frame (`WanVAE.skip_steady_frames`,
+`_steady_call`). Measurements: kernels/NOTES_vae.md.
 
 Temporal resampling, as Wan defines it (the first frame is special):
     downsample3d: out = [x0] + [conv(x[2k-2], x[2k-1], x[2k]) for k >= 1]      (stride-2 kernel-3 conv)
