@@ -118,6 +118,9 @@ DEFAULT_MEMORY_BUDGET = 12 * 2**30
 # bytes for everything else (cuDNN workspace, attention, caches). Measured peaks: kernels/NOTES_vae.md.
 _LIVE_ACTIVATIONS = 7
 _WORKSPACE = 3 * 2**29
+# A steady-frame encode (`_steady_call`) also keeps one input frame per encoder layer between chunks: about
+# this many full-resolution base_dim frames (0.9 GiB at 720p on the real VAE, measured on an H200).
+_STEADY_KEPT_FRAMES = 5
 
 def chunk_plan(t_rest: int, chunk: int, *, taper: bool) -> list[int]:
     """Latent frames per decode chunk after the first latent frame (which always goes alone): chunks of
@@ -943,15 +946,18 @@ class WanVAE(nn.Module):
         fused = self._fast(fused)
         video = video.to(device=p.device, dtype=p.dtype)
         t_lat = (f - 1) // tf + 1
+        # A video ending on many equal frames (I2V: the image, then zeros): skip what repeats (_steady_call).
+        steady = self.skip_steady_frames and _equal_tail(video) >= 2 * tf
         if chunk_latents is None:
-            per_latent = _LIVE_ACTIVATIONS * tf * b * cfg.base_dim * h * w * p.element_size()
-            chunk_latents = self._latents_per_chunk(per_latent, _WORKSPACE, t_lat - 1, memory_budget) if fused else 1
+            frame = b * cfg.base_dim * h * w * p.element_size()  # one full-resolution activation frame
+            fixed = _WORKSPACE + (_STEADY_KEPT_FRAMES * frame if steady else 0)
+            chunk_latents = self._latents_per_chunk(_LIVE_ACTIVATIONS * tf * frame, fixed, t_lat - 1,
+                                                    memory_budget) if fused else 1
 
         # 1. First frame alone, then chunks of `chunk_latents · tf` frames (one latent frame per `tf`).
         mu = torch.empty(b, cfg.z_dim, t_lat, h // sf, w // sf, device=p.device, dtype=p.dtype)
         cache = self._cache(fused)
-        # A video ending on many equal frames (I2V: the image, then zeros): skip what repeats (_steady_call).
-        cache.steady = self.skip_steady_frames and _equal_tail(video) >= 2 * tf
+        cache.steady = steady
         if run is None:
             run = lambda x, c: self.conv1(self.encoder(x, c), c)
         i = 0

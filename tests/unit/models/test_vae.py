@@ -627,3 +627,26 @@ def test_steady_encode_on_the_fast_path_matches_its_every_frame_encode(vae: WanV
     finally:
         vae.skip_steady_frames = True
     torch.testing.assert_close(vae.encode(video, fused=True, chunk_latents=2), full, atol=1e-5, rtol=1e-5)
+
+
+def test_steady_encode_chunks_leave_room_for_the_kept_frames(vae: WanVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path's chunk size counts the frames a steady-frame encode keeps between chunks (an I2V
+    condition), and only then."""
+    class Planned(Exception):
+        pass
+
+    seen: list[tuple[int, int]] = []
+
+    def plan(self: WanVAE, per_latent: int, fixed: int, t_rest: int, budget: int | None) -> int:
+        seen.append((per_latent, fixed))
+        raise Planned
+
+    monkeypatch.setattr(WanVAE, "_latents_per_chunk", plan)
+    moving = torch.rand(1, 3, 17, 16, 24, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    for video in (moving, _i2v_video(17, 16, 24)):
+        with pytest.raises(Planned):
+            vae.encode(video, fused=True)
+    frame = vae.config.base_dim * 16 * 24 * 4  # one fp32 full-resolution activation frame
+    (per_moving, fixed_moving), (per_i2v, fixed_i2v) = seen
+    assert per_moving == per_i2v == 7 * 4 * frame
+    assert fixed_i2v - fixed_moving == 5 * frame
