@@ -135,11 +135,18 @@ class Engine:
         """Create the job record and put the job on its model's queue (`priority="high"`: at the front)."""
         record = self.store.create(spec, ttl_s=self.record_ttl_s(), metadata=metadata, webhook_url=webhook_url)
         try:
-            self.queue.submit(spec, at_front=priority == "high")
+            # "queued" goes on the job's event stream before the job goes on the queue: an idle worker takes
+            # it (and publishes "started") the moment it lands there. Its place: 0 at the front, else the
+            # number of jobs ahead of it now (a concurrent creation may shift it by one; the event stream
+            # reports the live place while the job waits).
+            front = priority == "high"
+            position = 0 if front else self.queue.depth(spec.model)
+            self._publish(spec, "queued", self.record_ttl_s(), queue_position=position)
+            self.queue.submit(spec, at_front=front)
         except redis.RedisError:
             self.store.delete(spec.job_id)
+            self.events.delete(spec.job_id)
             raise
-        self._publish(spec, "queued", self.record_ttl_s(), queue_position=self.queue_position(record))
         return record
 
     def get(self, job_id: str) -> JobRecord | None:

@@ -117,6 +117,26 @@ def test_replay_follow_in_order_and_close_after_the_terminal_event(gateway) -> N
     assert [e["id"] for e in read_events(client, vid)] == ids
 
 
+def test_queued_comes_first_even_when_a_worker_takes_the_job_at_once(gateway,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle worker takes a job the moment it lands on the queue and publishes "started" at once (seen in
+    CI: a stream that began ['started', 'stage', 'queued', ...]). The gateway's "queued" still comes first."""
+    client, state, log = gateway
+    submit = state.engine.queue.submit
+
+    def submit_and_start(spec, **kw):  # noqa: ANN001, ANN202 - the queue's own signature
+        job = submit(spec, **kw)
+        log.publish(spec.job_id, JobEvent(event="started", progress=1, elapsed_s=0.01), ttl_s=60)
+        return job
+
+    monkeypatch.setattr(state.engine.queue, "submit", submit_and_start)
+    vid = _create(client)
+    state.engine.store.mark_started(vid, "w1")
+    state.engine.store.set_progress(vid, 100)
+    log.publish(vid, JobEvent(event="completed", progress=100, elapsed_s=0.2), ttl_s=60)
+    assert [e["event"] for e in read_events(client, vid)] == ["queued", "started", "completed"]
+
+
 def test_resume_after_last_event_id_on_another_replica(gateway, tmp_path: Path) -> None:
     client, state, log = gateway
     vid = _create(client)
@@ -235,3 +255,23 @@ def test_preview_variant(gateway) -> None:
     state.engine.store.finish(vid, JobStatus.failed, ttl_s=60)
     resp = client.get(f"/v1/videos/{vid}/content", params={"variant": "preview"}, headers=A)
     assert resp.status_code == 409 and "previews exist only while it runs" in resp.json()["error"]["message"]
+
+
+def test_a_job_the_queue_refuses_leaves_no_record_and_no_events(gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis fails between the "queued" event and the enqueue: the POST fails, and neither the job's
+    record nor its event stream is left behind (no one could follow them; nothing claims a job exists)."""
+    import redis
+
+    client, state, log = gateway
+    created: list[str] = []
+
+    def refuse(spec, **kw):  # noqa: ANN001, ANN202 - the queue's own signature
+        created.append(spec.job_id)
+        assert [e.event for _, e in log.read(spec.job_id)] == ["queued"]  # published first
+        raise redis.ConnectionError("the queue went away")
+
+    monkeypatch.setattr(state.engine.queue, "submit", refuse)
+    resp = client.post("/v1/videos", json={"prompt": "a fox"}, headers=A)
+    assert resp.status_code >= 500
+    assert created and state.engine.store.get(created[0]) is None
+    assert log.read(created[0]) == []
