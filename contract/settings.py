@@ -130,10 +130,10 @@ class WorkerSettings(BaseModel):
     # 480p). A size whose capture fails runs eagerly (logged).
     cuda_graphs: bool = True
     # How the VAE's fast path (CUDA) runs its residual blocks' 3×3×3 convs (models/vae.py, conv_impl):
-    # "igemm" the full-resolution blocks as one Triton implicit GEMM each with the norm / residual in its
-    # epilogue (sm90+; taps2d elsewhere), "taps2d" three cuDNN conv2d per conv, "cudnn3d" cuDNN's conv3d.
-    # On an H200 the 480p decode took 0.599-0.615 s with igemm, 0.629-0.645 s with taps2d
-    # (kernels/NOTES_vae.md); taps2d is the fallback should the kernel misbehave on a GPU or Triton.
+    # "igemm" the 96- and 192-wide blocks (WanVAE.igemm_channels) as one Triton implicit GEMM each with the
+    # norm / residual in its epilogue (sm90+; taps2d elsewhere), "taps2d" three cuDNN conv2d per conv,
+    # "cudnn3d" cuDNN's conv3d. On an H200 the 480p decode took 0.604 s with igemm, 0.635 s with taps2d,
+    # 720p 1.544 vs 1.658 s (kernels/NOTES_vae.md); taps2d is the fallback should the kernel misbehave.
     vae_conv: Literal["igemm", "taps2d", "cudnn3d"] = "igemm"
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail

@@ -148,6 +148,7 @@ def bench() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     budget = int(args.budget_gib * 2**30)
     ref_model = WanVAE(cfg).eval().requires_grad_(False).to(device)
+    ref_model.skip_steady_frames = False  # the reference: every frame through every layer
     ours = WanVAE(cfg, memory_budget=budget).eval().requires_grad_(False)
     ours.load_state_dict(ref_model.state_dict())
     ours = ours.to(device, dtype)
@@ -180,7 +181,6 @@ def bench() -> None:
             i2v[:, :, :1] = video[:, :, :1]
             stages.append(("i2v-encode", WanVAE.encode, i2v))
         for stage, method, x in stages:
-            ref_model.skip_steady_frames = False  # the reference: every frame through every layer
             ref = None if args.no_reference else method(ref_model, x, fused=False)
             variants: list[tuple[str, dict]] = [("old (eager, 1/chunk)", dict(fused=False, chunk_latents=1)),
                                                 ("fast, cudnn3d", dict(fused=True))]  # fmt: skip

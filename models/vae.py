@@ -257,6 +257,17 @@ def _same_frame(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((a.float() - b.float()).abs().amax() <= STEADY_TOLERANCE_EPS * torch.finfo(a.dtype).eps * scale)
 
 
+def _equal_tail(x: torch.Tensor, limit: int | None = None) -> int:
+    """How many frames at the end of x [B, C, T, H, W] equal its last frame (1 when only itself), counting
+    no further than `limit`."""
+    t = x.shape[2]
+    stop = t if limit is None else min(t, limit)
+    n = 1
+    while n < stop and torch.equal(x[:, :, t - 1 - n], x[:, :, t - 1]):
+        n += 1
+    return n
+
+
 def _steady_call(
     layer: nn.Module, fn: Callable[[torch.Tensor, CausalCache], torch.Tensor], box: list[torch.Tensor], total: int,
     cache: CausalCache,
@@ -274,9 +285,7 @@ def _steady_call(
     x = box.pop()
     n = x.shape[2]
     last = x[:, :, n - 1]
-    s = n - 1  # the run of frames equal to the last one starts at s (then continues to `total`)
-    while s > 0 and torch.equal(x[:, :, s - 1], last):
-        s -= 1
+    s = n - _equal_tail(x)  # the run of frames equal to the last one starts at s (then continues to `total`)
     prev = cache._runs.get(layer)
     start = -prev[1] if s == 0 and prev is not None and _same_frame(x[:, :, 0], prev[0]) else s
     cache._runs[layer] = (last.clone(), total - start)
@@ -840,15 +849,6 @@ class Decoder(nn.Module):
         return _run_head(self.head, x, cache)
 
 
-def _equal_tail(video: torch.Tensor) -> int:
-    """How many frames at the end of video [B, C, F, H, W] equal its last frame (1 when only itself)."""
-    f = video.shape[2]
-    n = 1
-    while n < f and torch.equal(video[:, :, f - 1 - n], video[:, :, f - 1]):
-        n += 1
-    return n
-
-
 class WanVAE(nn.Module):
     """The Wan2.1 VAE. `encode` and `decode` work on normalised latents; see the module docstring.
 
@@ -947,7 +947,7 @@ class WanVAE(nn.Module):
         video = video.to(device=p.device, dtype=p.dtype)
         t_lat = (f - 1) // tf + 1
         # A video ending on many equal frames (I2V: the image, then zeros): skip what repeats (_steady_call).
-        steady = self.skip_steady_frames and _equal_tail(video) >= 2 * tf
+        steady = self.skip_steady_frames and _equal_tail(video, limit=2 * tf) >= 2 * tf
         if chunk_latents is None:
             frame = b * cfg.base_dim * h * w * p.element_size()  # one full-resolution activation frame
             fixed = _WORKSPACE + (_STEADY_KEPT_FRAMES * frame if steady else 0)

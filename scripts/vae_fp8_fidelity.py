@@ -13,13 +13,9 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 
+from models.bench_vae import _cosine
 from models.vae import CausalCache, CausalConv3d, ResidualBlock, VAEConfig, WanVAE
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
 def _fp8(t: torch.Tensor, dim: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -61,7 +57,7 @@ def main() -> None:
             quant["fn"] = fn
             out = vae.decode(latents, fused=False)
             quant["fn"] = None
-            print(f"  {name:18} cos to fp32 {_cos(out, exact):.6f}  max |diff| {(out - exact).abs().max().item():.4f}")
+            print(f"  {name:18} cos to fp32 {_cosine(out, exact):.6f}  max |diff| {(out - exact).abs().max().item():.4f}")
 
 
 if __name__ == "__main__":
