@@ -133,6 +133,8 @@ def bench() -> None:
     parser.add_argument("--i2v", action="store_true", help="also encode an I2V condition (the image, then zeros) "
                         "with every frame through every layer vs the steady frames skipped")
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
+    parser.add_argument("--rows", default="", help="only the rows whose path contains one of these comma-separated "
+                        "strings (e.g. 'chunk,igemm'); default: every row")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
     parser.add_argument("--conv-impl", default="igemm", choices=CONV_IMPLS, help="for the profiled decode")
@@ -199,6 +201,8 @@ def bench() -> None:
                 variants += [(f"fast, igemm {widths}", dict(fused=True)) for widths in args.igemm.split(",") if widths]
             if args.cudnn_benchmark:
                 variants += [("fast + cudnn.benchmark", dict(fused=True))]
+            if args.rows:
+                variants = [(n, kw) for n, kw in variants if any(r in n for r in args.rows.split(",") if r)]
             base = None
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name

@@ -47,6 +47,8 @@
 #   bash scripts/gpu_verify.sh s20e     one GPU, ~4 min: 192-wide igemm blocks tuned into the choices to ship
 #                                       (scripts/vae_autotune_choices.py), decode rows by igemm width, the I2V encode
 #   bash scripts/gpu_verify.sh s20f     one GPU, ~6 min: turbovid bench with session 20's defaults (+ stale-choice check)
+#   bash scripts/gpu_verify.sh s21a     one GPU, ~6 min: decode by chunk size at 720p / 480p (+ 720p profile), the 1.3B
+#                                       DiT kernel profile
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -357,6 +359,17 @@ elif [ "$mode" = s20e ]; then
     timeout 230 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --no-reference --i2v \
         --igemm 96,96+192 > "$OUT/logs/vae.log" 2>&1
     grep -v "^W\|Warning\|warn" "$OUT/logs/vae.log" | tail -20
+elif [ "$mode" = s21a ]; then
+    # where the 720p decode's time goes: rows by chunk size (720p: 1 latent per chunk by default) and the profile;
+    # 480p by chunk size; the 1.3B DiT's kernel profile
+    timeout 150 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --rows chunk,igemm \
+        --igemm 96+192 --chunks 1,2,3 --profile "$OUT/logs/vae720_prof.txt" > "$OUT/logs/vae720.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae720.log" | grep -A8 "^size"
+    timeout 100 python3 -m models.bench_vae --sizes 832x480 --skip-encode --no-reference --rows chunk,igemm \
+        --igemm 96+192 --chunks 4,7,10 > "$OUT/logs/vae480.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae480.log" | grep -A8 "^size"
+    timeout 150 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --variants sagesla/w8a8/fused \
+        --profile "$OUT/logs/dit" > "$OUT/logs/dit.log" 2>&1; grep "^{" "$OUT/logs/dit.log"
 elif [ "$mode" = s20f ]; then
     # turbovid bench with session 20's defaults (192-wide igemm blocks, the re-shipped conv choices): fresh start,
     # whole job through the real processes, per-stage table; any shipped choice the worker could not use
