@@ -197,6 +197,8 @@ def bench() -> None:
             if stage == "decode":  # the RGB head through cuDNN's conv3d (before the GEMM + gather head), and
                 # the head's partials in fp32
                 variants += [("fast, cuDNN RGB head", dict(fused=True)), ("fast, fp32 head partials", dict(fused=True))]
+            if stage == "decode":  # the mid blocks' attention through torch's SDPA (before `_frame_attention`)
+                variants += [("fast, sdpa attention", dict(fused=True))]
             if device.type == "cuda" and stage != "i2v-encode":  # the implicit-GEMM residual blocks by width
                 variants += [(f"fast, igemm {widths}", dict(fused=True)) for widths in args.igemm.split(",") if widths]
             if args.cudnn_benchmark:
@@ -206,7 +208,8 @@ def bench() -> None:
             base = None
             for name, kw in variants:
                 torch.backends.cudnn.benchmark = "benchmark" in name
-                conv_impl, widths, head_impl = ours.conv_impl, ours.igemm_channels, ours.head_impl
+                conv_impl, widths, head_impl, attn = ours.conv_impl, ours.igemm_channels, ours.head_impl, ours.attention_impl
+                ours.attention_impl = "sdpa" if "sdpa attention" in name else attn
                 ours.conv_impl = next((c for c in CONV_IMPLS if c in name), conv_impl)
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
@@ -214,7 +217,7 @@ def bench() -> None:
                 ours.skip_steady_frames = name != "fast, every frame"
                 ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else head_impl
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
-                ours.conv_impl, ours.head_impl, ours.igemm_channels = conv_impl, head_impl, widths
+                ours.conv_impl, ours.head_impl, ours.igemm_channels, ours.attention_impl = conv_impl, head_impl, widths, attn
                 torch.backends.cudnn.benchmark = False
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)

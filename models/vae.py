@@ -44,6 +44,7 @@ Temporal resampling, as Wan defines it (the first frame is special):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -118,6 +119,13 @@ DEFAULT_MEMORY_BUDGET = 12 * 2**30
 # bytes for everything else (cuDNN workspace, attention, caches). Measured peaks: kernels/NOTES_vae.md.
 _LIVE_ACTIVATIONS = 7
 _WORKSPACE = 3 * 2**29
+# With the full-resolution residual blocks on the implicit-GEMM conv (conv_impl "igemm": no tap partials, no
+# separate norm or residual passes) a decode chunk holds ~4 such activations per frame, and the causal cache
+# ~22 full-resolution frames (every conv's last 2 input frames, all levels). Measured on an H200 at 480p and
+# 720p: peak = fixed + 4.0 activations per frame (kernels/NOTES_vae.md, session 21); these leave ~0.8 GiB spare.
+_LIVE_ACTIVATIONS_IGEMM = 4.25
+_CACHE_FRAMES_IGEMM = 22
+_WORKSPACE_IGEMM = 2**29
 # A steady-frame encode (`_steady_call`) also keeps one input frame per encoder layer between chunks: about
 # this many full-resolution base_dim frames (0.9 GiB at 720p on the real VAE, measured on an H200).
 _STEADY_KEPT_FRAMES = 5
@@ -174,12 +182,15 @@ class CausalCache:
     """
 
     def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", igemm_channels: tuple[int, ...] = (),
-                 head_impl: str = "gemm") -> None:
+                 head_impl: str = "gemm", attention_impl: str = "gemm") -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         if head_impl not in HEAD_IMPLS:
             raise ValueError(f"head_impl must be one of {HEAD_IMPLS}, got {head_impl!r}")
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
         self.head_impl = head_impl  # fast path: the RGB head (see HEAD_IMPLS)
+        self.attention_impl = attention_impl  # fast path: the mid blocks' attention (see ATTENTION_IMPLS)
         self.fused = fused
         self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
         self.igemm_channels = igemm_channels  # conv_impl "igemm": the residual blocks' widths it applies to
@@ -209,6 +220,10 @@ class CausalCache:
 
 _CL3D = torch.channels_last_3d
 CONV_IMPLS = ("cudnn3d", "taps2d", "igemm")
+# Fast path: the mid blocks' single-head attention. "gemm": `_frame_attention` (fp32 scores from a 16-bit GEMM,
+# a Triton softmax, a second GEMM); "sdpa": torch's scaled_dot_product_attention (its math fallback for the
+# 384-wide head: fp32 on CUDA cores).
+ATTENTION_IMPLS = ("gemm", "sdpa")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -596,27 +611,56 @@ class AttentionBlock(nn.Module):
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.proj = nn.Conv2d(dim, dim, 1)
 
-    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+    def _frames(self, x: torch.Tensor, impl: str = "sdpa") -> torch.Tensor:
         n, c, h, w = x.shape
         qkv = self.to_qkv(self.norm(x))  # [N, 3C, H, W]
         qkv = qkv.reshape(n, 1, 3 * c, h * w).transpose(2, 3)  # [N, 1, H*W, 3C]
         q, k, v = qkv.chunk(3, dim=-1)  # [N, 1, H*W, C] each
-        y = F.scaled_dot_product_attention(q, k, v)  # [N, 1, H*W, C]
-        y = y.squeeze(1).transpose(1, 2).reshape(n, c, h, w)
+        if impl == "gemm":
+            y = _frame_attention(q[:, 0], k[:, 0], v[:, 0])  # [N, H*W, C]
+        else:
+            y = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # [N, H*W, C]
+        y = y.transpose(1, 2).reshape(n, c, h, w)
         return self.proj(y)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         if not cache.fused:
             return x + _per_frame(x, self._frames)
-        # Fast path: a few frames at a time, so that SDPA's [H·W, H·W] scores (head dim > 256 has no
-        # flash kernel) stay near 1 GiB whatever the chunk.
+        # Fast path: a few frames at a time, so that the [H·W, H·W] scores (fp32, and their 16-bit
+        # probabilities) stay near 1 GiB whatever the chunk.
         hw = x.shape[3] * x.shape[4]
-        step = max(1, 2**30 // (4 * hw * hw))
+        step = max(1, 2**30 // (6 * hw * hw))
         out = torch.empty_like(x)
+        frames_fn = functools.partial(self._frames, impl=cache.attention_impl)
         for t in range(0, x.shape[2], step):
             frames = x[:, :, t : t + step]
-            out[:, :, t : t + step] = frames + _per_frame(frames, self._frames)
+            out[:, :, t : t + step] = frames + _per_frame(frames, frames_fn)
         return out
+
+
+def _frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √C) v for q, k, v [N, L, C] (any strides with a unit channel stride) -> [N, L, C] in
+    q's dtype: the fast path's single-head attention ("gemm" of ATTENTION_IMPLS). No fused SDPA kernel takes
+    the VAE's 384-wide head, and PyTorch's fallback runs it in fp32 on CUDA cores (8.5 ms per 720p frame on
+    an H200). Here the scores come from a tensor-core GEMM with fp32 output (bf16/fp16 on CUDA; an fp32
+    GEMM elsewhere), `kernels.softmax_rows` turns them into probabilities in q's dtype in one pass, and a
+    second GEMM applies them to v: the same roundings as a flash kernel (fp32 scores, 16-bit P)."""
+    from kernels.softmax_rows import MAX_COLS, softmax_rows
+
+    n, length, c = q.shape
+    if length > MAX_COLS:
+        return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    scores = None
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        try:
+            scores = torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)  # [N, L, L]
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without bmm's out_dtype
+            scores = None
+    if scores is None:
+        scores = torch.bmm(q.float(), k.float().transpose(1, 2))
+    probs = softmax_rows(scores, c**-0.5, out_dtype=q.dtype)
+    del scores
+    return torch.bmm(probs, v)
 
 
 def _nearest2x(x: torch.Tensor) -> torch.Tensor:
@@ -870,6 +914,7 @@ class WanVAE(nn.Module):
         self.conv_impl = "igemm"
         self.igemm_channels: tuple[int, ...] = (96, 192)  # conv_impl "igemm": the residual blocks it runs
         self.head_impl = "gemm"  # the decoder's RGB head on the fast path, one of HEAD_IMPLS
+        self.attention_impl = "gemm"  # the mid blocks' attention on the fast path, one of ATTENTION_IMPLS
         # encode: when the video ends on equal frames (an I2V condition: the image, then zeros), compute each
         # layer's output only until it settles (`_steady_call`). False: every frame, every layer.
         self.skip_steady_frames = True
@@ -891,7 +936,7 @@ class WanVAE(nn.Module):
     def _cache(self, fused: bool) -> CausalCache:
         """A new cache for one encode or decode call, with this VAE's fast-path choices."""
         return CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
-                           head_impl=self.head_impl)
+                           head_impl=self.head_impl, attention_impl=self.attention_impl)
 
     def _fast(self, fused: bool | None) -> bool:
         """Resolve `fused` (None: on CUDA) and put the conv weights in channels-last memory for it."""
@@ -907,6 +952,17 @@ class WanVAE(nn.Module):
                         if not m.weight.is_contiguous(memory_format=fmt):
                             m.weight.data = m.weight.data.contiguous(memory_format=fmt)
         return fused
+
+    def _igemm_full_resolution(self) -> bool:
+        """Whether the fast path runs the decoder's full-resolution residual blocks on `kernels.conv3d_igemm`
+        (which needs less memory per frame than the other conv impls: see _LIVE_ACTIVATIONS_IGEMM)."""
+        c, p = self.config.base_dim * self.config.dim_mult[0], self._param()
+        if self.conv_impl != "igemm" or c not in self.igemm_channels:
+            return False
+        from kernels.conv3d_igemm import available, supported
+
+        return (supported(c, c) and available(p.device)
+                and (not p.is_cuda or p.dtype in (torch.bfloat16, torch.float16)))  # fmt: skip
 
     def _latents_per_chunk(self, per_latent: int, fixed: int, t_rest: int, budget: int | None) -> int:
         """How many latent frames (after the first) one chunk takes: as many as `budget` bytes hold
@@ -1000,9 +1056,15 @@ class WanVAE(nn.Module):
         if taper is None:
             taper = chunk_latents is None
         if chunk_latents is None:
-            per_latent = _LIVE_ACTIVATIONS * tf * b * cfg.base_dim * cfg.dim_mult[0] * (sf * rows) * (sf * w) * el
+            frame = b * cfg.base_dim * cfg.dim_mult[0] * (sf * rows) * (sf * w) * el  # one full-resolution activation
             output = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el
-            fixed = output + low_per_latent * min(t, prefix_latents) + _WORKSPACE
+            fixed = output + low_per_latent * min(t, prefix_latents)
+            if fused and self._igemm_full_resolution():
+                per_latent = int(_LIVE_ACTIVATIONS_IGEMM * tf * frame)
+                fixed += _CACHE_FRAMES_IGEMM * frame + _WORKSPACE_IGEMM
+            else:
+                per_latent = _LIVE_ACTIVATIONS * tf * frame
+                fixed += _WORKSPACE
             chunk_latents = self._latents_per_chunk(per_latent, fixed, t - 1, budget) if fused else 1
         return prefix_latents, [1, *chunk_plan(t - 1, chunk_latents, taper=taper)]
 

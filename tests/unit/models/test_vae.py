@@ -9,17 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from models.checkpoint_io import CheckpointError, Manifest, write_canonical
 from models.vae import (
+    AttentionBlock,
     CausalCache,
     Resample,
     ResidualBlock,
     VAEConfig,
     WanVAE,
+    _frame_attention,
     _head,
     _nearest2x,
     _run_head,
@@ -650,3 +653,64 @@ def test_steady_encode_chunks_leave_room_for_the_kept_frames(vae: WanVAE, monkey
     (per_moving, fixed_moving), (per_i2v, fixed_i2v) = seen
     assert per_moving == per_i2v == 7 * 4 * frame
     assert fixed_i2v - fixed_moving == 5 * frame
+
+
+def test_frame_attention_matches_sdpa_on_the_strided_qkv_views() -> None:
+    # q, k, v as the attention block makes them: thirds of one [N, L, 3C] tensor (row stride 3C)
+    torch.manual_seed(0)
+    qkv = torch.randn(3, 37, 3 * 24)
+    q, k, v = qkv.chunk(3, dim=-1)
+    want = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    got = _frame_attention(q, k, v)
+    assert got.shape == (3, 37, 24) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # 16-bit inputs: fp32 scores, probabilities rounded once to the input dtype, as a flash kernel does
+    qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+    got_b = _frame_attention(qb, kb, vb)
+    want_b = F.scaled_dot_product_attention(qb.float()[:, None], kb.float()[:, None], vb.float()[:, None])[:, 0]
+    assert got_b.dtype == torch.bfloat16
+    torch.testing.assert_close(got_b.float(), want_b, atol=3e-2, rtol=3e-2)
+    assert F.cosine_similarity(got_b.float().flatten(), want_b.flatten(), dim=0) > 0.9999
+
+
+@pytest.mark.parametrize("impl", ["gemm", "sdpa"])
+def test_fused_attention_block_impls_match_eager(vae: WanVAE, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = next(m for m in vae.decoder.modules() if isinstance(m, AttentionBlock))
+    c = block.proj.out_channels
+    x = torch.randn(1, c, 3, 4, 5)
+    with torch.no_grad():
+        eager = block(x, CausalCache())
+        if impl == "gemm":  # the fast path must not fall back to torch's SDPA
+
+            def no_sdpa(*args: object, **kwargs: object) -> torch.Tensor:
+                raise AssertionError("SDPA called")
+
+            monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
+        fused = block(x.contiguous(memory_format=torch.channels_last_3d),
+                      CausalCache(fused=True, attention_impl=impl))
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attention_impl"):
+        CausalCache(fused=True, attention_impl="flash")
+
+
+def test_igemm_decode_plan_takes_bigger_chunks_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The implicit-GEMM blocks hold ~4 full-resolution activations per frame, not 7: at 720p the default
+    # 12 GiB budget takes 2 latent frames per chunk instead of 1 (measured on an H200: 10.6 GiB peak).
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernel "runs" on this (meta) device
+    with torch.device("meta"):
+        full = WanVAE(VAEConfig.from_name("wan2.1")).to(torch.bfloat16)
+    assert full._igemm_full_resolution()
+    shape_720p = (1, 16, 21, 90, 160)
+    _, plan = full.decode_plan(shape_720p, fused=True, taper=False)
+    assert max(plan) == 2 and sum(plan) == 21
+    full.igemm_channels = (192,)  # the full-resolution (96-wide) blocks on cuDNN taps: the old sizing
+    assert not full._igemm_full_resolution()
+    assert max(full.decode_plan(shape_720p, fused=True, taper=False)[1]) == 1
+    full.igemm_channels, full.conv_impl = (96, 192), "taps2d"
+    assert max(full.decode_plan(shape_720p, fused=True, taper=False)[1]) == 1
+    full.conv_impl = "igemm"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # nowhere to run the kernel: the old sizing
+    assert max(full.decode_plan(shape_720p, fused=True, taper=False)[1]) == 1
+    # a smaller budget still shrinks the chunks
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert max(full.decode_plan(shape_720p, fused=True, taper=False, memory_budget=9 * 2**30)[1]) == 1

@@ -92,3 +92,18 @@ def test_fast_encode_of_an_i2v_condition_skips_steady_frames(models: tuple[WanVA
     assert got.shape == expected.shape == (1, 16, 9, 32, 40)
     assert _cosine(got, expected) >= 0.999
     assert _cosine(got, full) >= 0.9999
+
+
+def test_frame_attention_at_the_720p_mid_block_shape_matches_fp32() -> None:
+    # The mid block's single 384-wide head over a 720p frame's 14,400 latent pixels: fp32 scores from a
+    # tensor-core GEMM (bmm's out_dtype must exist on this torch, or the fast path falls back to fp32 inputs).
+    from models.vae import _frame_attention
+
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 14400, 3 * 384, device="cuda")
+    q, k, v = qkv.chunk(3, dim=-1)
+    want = torch.nn.functional.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+    assert torch.bmm(qb, kb.transpose(1, 2), out_dtype=torch.float32).dtype == torch.float32
+    got = _frame_attention(qb, kb, vb)
+    assert got.dtype == torch.bfloat16 and _cosine(got, want) > 0.9999
