@@ -49,6 +49,8 @@
 #   bash scripts/gpu_verify.sh s20f     one GPU, ~6 min: turbovid bench with session 20's defaults (+ stale-choice check)
 #   bash scripts/gpu_verify.sh s21a     one GPU, ~6 min: decode by chunk size at 720p / 480p (+ 720p profile), the 1.3B
 #                                       DiT kernel profile
+#   bash scripts/gpu_verify.sh s21b     one GPU, ~5 min: the VAE attention as GEMMs + Triton softmax and the igemm chunk
+#                                       sizing (VAE GPU tests, softmax kernel tests, 480p / 720p decode rows, profile)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -370,6 +372,15 @@ elif [ "$mode" = s21a ]; then
     grep -v "^W\|Warning\|warn" "$OUT/logs/vae480.log" | grep -A8 "^size"
     timeout 150 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --variants sagesla/w8a8/fused \
         --profile "$OUT/logs/dit" > "$OUT/logs/dit.log" 2>&1; grep "^{" "$OUT/logs/dit.log"
+elif [ "$mode" = s21b ]; then
+    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 tests/unit/models/test_vae_gpu.py \
+        tests/unit/kernels/test_softmax_rows.py -k "not encode" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    timeout 150 python3 -m models.bench_vae --sizes 832x480 --skip-encode --rows "igemm,sdpa,chunk" --chunks 7 \
+        --igemm 96+192 > "$OUT/logs/vae480.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/logs/vae480.log" | grep -A8 "^size"
+    timeout 150 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --rows "igemm,sdpa" \
+        --igemm 96+192 --profile "$OUT/logs/vae720_prof.txt" > "$OUT/logs/vae720.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae720.log" | grep -A8 "^size"
 elif [ "$mode" = s20f ]; then
     # turbovid bench with session 20's defaults (192-wide igemm blocks, the re-shipped conv choices): fresh start,
     # whole job through the real processes, per-stage table; any shipped choice the worker could not use
