@@ -697,7 +697,7 @@ def _upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     from kernels.pixel_interleave import pixel_interleave
 
     w4 = _subpixel_weights(weight) if merged is None else merged
-    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4)  # [N, 4·C_out, H+1, W+1]
+    y = F.conv2d(x, w4, padding=1)  # [N, 4·C_out, H+1, W+1]: the conv pads (no padded copy of x)
     return pixel_interleave(y, bias)
 
 

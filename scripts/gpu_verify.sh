@@ -51,6 +51,8 @@
 #                                       DiT kernel profile
 #   bash scripts/gpu_verify.sh s21b     one GPU, ~5 min: the VAE attention as GEMMs + Triton softmax and the igemm chunk
 #                                       sizing (VAE GPU tests, softmax kernel tests, 480p / 720p decode rows, profile)
+#   bash scripts/gpu_verify.sh s21c     one GPU, ~9 min: 480p decode rows + profile (sub-pixel conv pads itself), the I2V
+#                                       condition encode at 480p / 720p, turbovid bench with session 21's VAE
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -381,6 +383,14 @@ elif [ "$mode" = s21b ]; then
     timeout 150 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --no-reference --rows "igemm,sdpa" \
         --igemm 96+192 --profile "$OUT/logs/vae720_prof.txt" > "$OUT/logs/vae720.log" 2>&1
     grep -v "^W\|Warning\|warn" "$OUT/logs/vae720.log" | grep -A8 "^size"
+elif [ "$mode" = s21c ]; then
+    timeout 100 python3 -m models.bench_vae --sizes 832x480 --skip-encode --no-reference --rows "igemm,sdpa" \
+        --igemm 96+192 --profile "$OUT/logs/vae480_prof.txt" > "$OUT/logs/vae480.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae480.log" | grep -A4 "^size"
+    timeout 100 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --skip-decode --i2v \
+        > "$OUT/logs/vae_i2v.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v.log" | grep -A6 "^size"
+    turbovid_bench 400
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
 elif [ "$mode" = s20f ]; then
     # turbovid bench with session 20's defaults (192-wide igemm blocks, the re-shipped conv choices): fresh start,
     # whole job through the real processes, per-stage table; any shipped choice the worker could not use
