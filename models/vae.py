@@ -126,6 +126,11 @@ _WORKSPACE = 3 * 2**29
 _LIVE_ACTIVATIONS_IGEMM = 4.25
 _CACHE_FRAMES_IGEMM = 22
 _WORKSPACE_IGEMM = 2**29
+# Budget-sized decode chunks stop at this many latent frames (16 video frames): beyond it the convs gain nothing
+# (480p on an H200: 0.619 / 0.620 / 0.618 s at 4 / 7 / 10 latents per chunk), while the memory grows and a
+# streaming consumer (the worker's MP4 encoder) gets its first frames later and ends further behind: with 7
+# the whole job's encode tail went from 0.12-0.14 to 0.25-0.27 s (kernels/NOTES_vae.md, session 21).
+_MAX_CHUNK_LATENTS = 4
 # A steady-frame encode (`_steady_call`) also keeps one input frame per encoder layer between chunks: about
 # this many full-resolution base_dim frames (0.9 GiB at 720p on the real VAE, measured on an H200).
 _STEADY_KEPT_FRAMES = 5
@@ -1065,7 +1070,7 @@ class WanVAE(nn.Module):
             else:
                 per_latent = _LIVE_ACTIVATIONS * tf * frame
                 fixed += _WORKSPACE
-            chunk_latents = self._latents_per_chunk(per_latent, fixed, t - 1, budget) if fused else 1
+            chunk_latents = min(self._latents_per_chunk(per_latent, fixed, t - 1, budget), _MAX_CHUNK_LATENTS) if fused else 1
         return prefix_latents, [1, *chunk_plan(t - 1, chunk_latents, taper=taper)]
 
     @torch.no_grad()

@@ -53,6 +53,8 @@
 #                                       sizing (VAE GPU tests, softmax kernel tests, 480p / 720p decode rows, profile)
 #   bash scripts/gpu_verify.sh s21c     one GPU, ~9 min: 480p decode rows + profile (sub-pixel conv pads itself), the I2V
 #                                       condition encode at 480p / 720p, turbovid bench with session 21's VAE
+#   bash scripts/gpu_verify.sh s21d     one GPU, ~9 min: turbovid bench (decode chunks capped at 4 latents), the A14B I2V
+#                                       720p whole job (resident and 32 GiB budget), the VAE decode GPU tests
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -391,6 +393,14 @@ elif [ "$mode" = s21c ]; then
         > "$OUT/logs/vae_i2v.log" 2>&1; grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v.log" | grep -A6 "^size"
     turbovid_bench 400
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
+elif [ "$mode" = s21d ]; then
+    turbovid_bench 300
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
+    timeout 230 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
+    grep -v "^W\|Warning" "$OUT/logs/a14b.log" | tail -4
+    timeout 50 python3 -m pytest -q -p no:cacheprovider --timeout 45 tests/unit/models/test_vae_gpu.py \
+        -k "fast_decode or frame_attention" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
 elif [ "$mode" = s20f ]; then
     # turbovid bench with session 20's defaults (192-wide igemm blocks, the re-shipped conv choices): fresh start,
     # whole job through the real processes, per-stage table; any shipped choice the worker could not use

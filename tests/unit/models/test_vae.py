@@ -711,6 +711,10 @@ def test_igemm_decode_plan_takes_bigger_chunks_within_the_budget(monkeypatch: py
     full.conv_impl = "igemm"
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # nowhere to run the kernel: the old sizing
     assert max(full.decode_plan(shape_720p, fused=True, taper=False)[1]) == 1
+    # at 480p the budget would allow 7, but budget-sized chunks stop at 4 latent frames (16 video frames)
+    assert max(full.decode_plan((1, 16, 21, 60, 104), fused=True, taper=False)[1]) == 4
+    assert max(full.decode_plan(shape_720p, fused=True, taper=False, memory_budget=40 * 2**30)[1]) == 4
+    assert max(full.decode_plan((1, 16, 21, 60, 104), fused=True, chunk_latents=7)[1]) == 7  # asked for: kept
     # a smaller budget still shrinks the chunks
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert max(full.decode_plan(shape_720p, fused=True, taper=False, memory_budget=9 * 2**30)[1]) == 1
