@@ -55,6 +55,7 @@
 #                                       condition encode at 480p / 720p, turbovid bench with session 21's VAE
 #   bash scripts/gpu_verify.sh s21d     one GPU, ~9 min: turbovid bench (decode chunks capped at 4 latents), the A14B I2V
 #                                       720p whole job (resident and 32 GiB budget), the VAE decode GPU tests
+#   bash scripts/gpu_verify.sh s21e     one GPU, ~5 min: the A14B I2V 720p whole job alone (resident and 32 GiB budget)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -401,6 +402,9 @@ elif [ "$mode" = s21d ]; then
     timeout 50 python3 -m pytest -q -p no:cacheprovider --timeout 45 tests/unit/models/test_vae_gpu.py \
         -k "fast_decode or frame_attention" > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+elif [ "$mode" = s21e ]; then
+    timeout 300 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
+    grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
 elif [ "$mode" = s20f ]; then
     # turbovid bench with session 20's defaults (192-wide igemm blocks, the re-shipped conv choices): fresh start,
     # whole job through the real processes, per-stage table; any shipped choice the worker could not use
