@@ -1116,7 +1116,7 @@ class WanVAE(nn.Module):
         the chunks concatenate to `decode(latents)` whatever their size.
 
         chunk_latents: latent frames per chunk after the first (default: as many as `memory_budget`
-            bytes allow on the fast path; 1 on the eager path).
+            bytes allow on the fast path, at most `_MAX_CHUNK_LATENTS` = 4; 1 on the eager path).
         prefix_latents: latent frames per chunk through the latent-resolution blocks, which run ahead
             of the rest (default: all of them when they fit the budget; 1 on the eager path).
         fused: the fast path (channels-last, Triton norm + SiLU); default: on CUDA.
