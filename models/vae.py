@@ -21,10 +21,12 @@ padding done by the convolution itself, the upsamplers' nearest-2× + 3×3 conv 
 2×2 convs on the low-resolution frames (16 instead of 36 multiply-adds per output), stacked into one conv
 and interleaved by one Triton pass (`kernels.pixel_interleave`), the RGB head (3 output channels, which
 cuDNN tiles badly) as one GEMM over the pixels with all 27 taps' weights and a Triton gather pass
-(`kernels.conv_head`), and big chunks: the
-latent-resolution blocks see all latent frames at once, the blocks after the first upsampler see as
-many latent frames per chunk as the memory budget allows, ending on chunks of 4, 2, 1 latent frames
-(`chunk_plan`: the streaming MP4 encoder then has little left after the last one).
+(`kernels.conv_head`), the mid blocks' single 384-wide attention head (too wide for any fused SDPA kernel)
+as two tensor-core GEMMs with fp32 scores around a one-pass Triton softmax (`_frame_attention`,
+`kernels.softmax_rows`), and big chunks: the latent-resolution blocks see all latent frames at once, the
+blocks after the first upsampler see as many latent frames per chunk as the memory budget allows (at most
+4), ending on chunks of 4, 2, 1 latent frames (`chunk_plan`: the streaming MP4 encoder then has little left
+after the last one).
 `WanVAE.conv_impl = "taps2d"` ("cudnn3d" for cuDNN's 3-D kernels) runs the residual blocks'
 3×3×3 convs as three conv2d (one per time tap) whose partial outputs the next norm pass sums; the
 residual blocks' conv biases are added in those passes too (cuDNN would add each in a pass of its own).
