@@ -1,0 +1,253 @@
+"""Compile the kernels' GPU-only forms for an NVIDIA architecture without a GPU (default sm_90: H100/H200).
+
+CI runs every kernel under Triton's interpreter (TRITON_INTERPRET=1), which never compiles it, and several
+kernels take other branches there. What only a GPU compile exercises:
+  - TMA descriptor loads and stores and wgmma tiles (`conv3d_igemm`, the W8A8 TMA GEMM);
+  - FP8 (e4m3) casts and dots (SageSLA's P @ V, V's transposed FP8 copy in the K pass);
+  - the GELU's `tanh.approx.f32` inline asm (`int8_quant`, FAST_TANH);
+  - every autotune config's tile shapes and shared memory (the interpreter runs one small config).
+This module compiles those through Triton's own compiler (ptxas comes with its wheel), for the target given,
+with a stand-in driver that reports that target instead of asking a device. Nothing is launched, so it says
+nothing about speed or results; the GPU tests do. It does catch what used to cost a device call: a kernel
+that does not compile on the GPU's Triton (e.g. `tl.dot` of int8 without out_dtype on 3.6), or a config
+whose shared memory exceeds the part's.
+
+    TRITON_INTERPRET=0 python -m kernels.compile_check                       # sm_90, the installed Triton
+    TRITON_INTERPRET=0 PYTHONPATH=DIR python -m kernels.compile_check        # DIR: `pip install --target DIR
+                                                                             #  triton==3.6.0` (the H200 image's)
+
+One line per case: the configs compiled and the largest shared memory among them; exit status 1 when a case
+fails to compile or a config the autotuner would keep needs more shared memory than `--smem` (227 KB, an
+H100/H200 block's limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import triton
+
+__all__ = ["CASES", "Result", "run"]
+
+_SMEM = 227 * 1024
+
+
+@dataclass
+class Result:
+    case: str
+    compiled: int = 0
+    max_shared: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _use_target(arch: int) -> None:
+    """Make Triton compile for CUDA `arch` (e.g. 90) in this process, with no device present."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.driver import CudaDriver
+    from triton.runtime import driver
+
+    class _TargetOnly(CudaDriver):  # what JIT compilation asks of a driver, without touching libcuda
+        def __init__(self) -> None:
+            pass
+
+        def get_current_target(self) -> GPUTarget:
+            return GPUTarget("cuda", arch, 32)
+
+        def get_current_device(self) -> int:
+            return 0
+
+        def get_current_stream(self, device: int | None = None) -> int:
+            return 0
+
+        def get_active_torch_device(self) -> torch.device:
+            return torch.device("cpu")
+
+    driver.set_active(_TargetOnly())
+
+
+def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int, ...], smem: int,
+             **args: object) -> None:
+    """Compile `fn` (a @triton.jit kernel) with `args` and one config; record it in `res`."""
+    if isinstance(cfg, triton.Config):
+        meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    else:
+        meta = dict(cfg)
+    try:
+        kernel = fn.warmup(**args, **meta, grid=grid)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - report every failing config, go on with the next
+        res.errors.append(f"{meta}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+        return
+    res.compiled += 1
+    shared = int(kernel.metadata.shared)
+    if shared > smem:
+        res.errors.append(f"{meta}: needs {shared} B of shared memory (limit {smem})")
+    res.max_shared = max(res.max_shared, shared)
+
+
+def _conv3d_igemm(smem: int) -> Result:
+    """The VAE's implicit-GEMM conv: every tile the autotuner keeps, each epilogue, the 96/192/384-wide
+    blocks at the 480p rows (832, 416, 208 pixels)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from kernels import conv3d_igemm as cv
+
+    res = Result("conv3d_igemm (TMA, wgmma)")
+
+    def desc(ten: torch.Tensor) -> TensorDescriptor:
+        view = ten.permute(0, 2, 3, 4, 1) if ten.dim() == 5 else ten
+        return TensorDescriptor(view, list(view.shape), list(view.stride()), [1] * (view.dim() - 1) + [16])
+
+    for c, w in ((96, 832), (192, 416), (384, 208)):
+        x = torch.zeros(1, c, 3, 2, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        out = torch.zeros(1, c, 1, 2, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        wmat = torch.zeros(cv.TAPS * c, c, dtype=torch.bfloat16)
+        vec = torch.zeros(c, dtype=torch.bfloat16)
+        for epi in (0, 1, 2):
+            for cfg in cv.select_configs(cv._configs(), c, c, epi, smem, w=w):
+                descs = {"x_desc": desc(x), "w0_desc": desc(wmat), "w1_desc": desc(wmat), "o0_desc": desc(out),
+                         "o1_desc": desc(out), "r0_desc": desc(out), "r1_desc": desc(out)}  # fmt: skip
+                cv._set_blocks({**descs, **cfg.kwargs})
+                _compile(res, cv._conv_tma_kernel, cfg, (1, 1, 1), smem, **descs, bias_ptr=vec, gamma_ptr=vec,
+                         T=1, H=2, W=w, scale=1.0, eps=1e-12, C_IN=c, C_OUT=c, HAS_BIAS=True, EPI=epi)
+    return res
+
+
+def _w8a8_tma(smem: int) -> Result:
+    """The W8A8 GEMM's TMA kernel: every config, at the Wan shapes' K (1536, 5120, 8960), bf16 out."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from kernels import w8a8
+
+    res = Result("w8a8 TMA GEMM (int8 wgmma)")
+    for k in (1536, 5120, 8960):
+        for cfg in w8a8._w8a8_tma_tuned.configs:
+            bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+            if cfg.num_stages * (bm + bn) * bk + bm * bn * 2 > smem:  # what w8a8._prune drops on this part
+                continue
+            a, b = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
+            c = torch.zeros(256, 256, dtype=torch.bfloat16)
+            descs = {"a_desc": TensorDescriptor.from_tensor(a, [bm, bk]),
+                     "b_desc": TensorDescriptor.from_tensor(b, [bn, bk]),
+                     "c_desc": TensorDescriptor.from_tensor(c, [bm, bn])}  # fmt: skip
+            f32 = torch.zeros(256)
+            _compile(res, w8a8._w8a8_tma_kernel, cfg, (1,), smem, **descs, sa_ptr=f32, sb_ptr=f32,
+                     bias_ptr=torch.zeros(256, dtype=torch.bfloat16), inv_ptr=f32, M=256, N=256, K=k,
+                     HAS_BIAS=True, EPILOGUE=True, FUSED_QUANT=False, NUM_SMS=132)
+    return res
+
+
+def _sagesla(smem: int) -> Result:
+    """SageSLA's fused attention with FP8 P @ V (with and without the linear branch), every config the
+    autotuner keeps at the default blocks, and both pool/quant passes (the K pass's FP8 V^T, the Q pass's
+    linear branch)."""
+    from kernels import sagesla as sg
+
+    res = Result("sagesla (fp8 P@V, pool/quant passes)")
+    bh, length, d, blk_q, blk_k = 2, 256, 128, sg.BLOCK_Q, sg.BLOCK_K
+    nq, nk = length // blk_q, length // blk_k
+    i8, f32, f16 = (torch.zeros(bh, length, d, dtype=t) for t in (torch.int8, torch.float32, torch.float16))
+    bf = torch.zeros(1, 2, length, d, dtype=torch.bfloat16)
+    vt = torch.zeros(bh, d, length, dtype=torch.float8_e4m3fn)
+    scales = torch.zeros(bh, max(nq, nk))
+    lut = torch.zeros(bh, nq, 2, dtype=torch.int32)
+    named = {"BLK_Q": blk_q, "BLOCK_N": blk_k}
+    for linear in (True, False):
+        for cfg in sg._prune_attn_configs(sg._ATTN_CONFIGS, named):
+            _compile(res, sg._sagesla_fwd_kernel, cfg, (1, bh), smem, QQ=i8, QSCALE=scales, KQ=i8, KSCALE=scales,
+                     V=bf, VT=vt, VSCALE=f32, LUT=lut, OLIN=f16, O=bf, L=length, L_PAD=length, H=2,
+                     n_qblocks=nq, n_kblocks=nk, TOPK=2, stride_vb=bf.stride(0), stride_vh=bf.stride(1),
+                     stride_vl=bf.stride(2), stride_ob=bf.stride(0), stride_oh=bf.stride(1), stride_ol=bf.stride(2),
+                     D=d, BLK_Q=blk_q, BLOCK_N=blk_k, DENSE=False, PV_FP8=True, HAS_LINEAR=linear, P_OFF=8.8)
+    pool = torch.zeros(bh, max(nq, nk), d)
+    for k_pass in (True, False):
+        for cfg in sg._pool_quant.configs:
+            _compile(res, sg._pool_quant_kernel, cfg, (1, bh), smem, X=bf, MEAN=f32, XQ=i8, SCALE=scales, POOL=pool,
+                     V=bf, VSCALE=f32, VT=vt, LIN_M=f16, FKSUM=f32, LIN_B=f32, OLIN=f16, PHI=f16, PHI_POOL=pool,
+                     L=length, L_PAD=length, H=2, n_blocks=nk, scale_mult=1.0, lin_eps=1e-6,
+                     stride_xb=bf.stride(0), stride_xh=bf.stride(1), stride_xl=bf.stride(2), stride_vb=bf.stride(0),
+                     stride_vh=bf.stride(1), stride_vl=bf.stride(2), D=d, BLK=blk_k if k_pass else blk_q,
+                     SMOOTH=k_pass, DO_POOL=True, V_FP8=k_pass, HAS_LINEAR=not k_pass, HAS_BIAS=not k_pass,
+                     PHI_OUT=k_pass)
+    return res
+
+
+def _int8_quant(smem: int) -> Result:
+    """The per-token activation quantization as the GPU runs it: whole rows in registers, the GELU's
+    `tanh.approx` (FAST_TANH) at the FFN-down widths, plain at the projection widths."""
+    from kernels import int8_quant as iq
+
+    res = Result("int8_quant activation pass (tanh.approx GELU)")
+    for k, gelu in ((8960, True), (13824, True), (1536, False), (5120, False), (20480, False)):
+        bm, bk, warps = iq._quant_blocks(k, False)
+        x, q = torch.zeros(4, k, dtype=torch.bfloat16), torch.zeros(4, k, dtype=torch.int8)
+        s = torch.zeros(4)
+        _compile(res, iq._quantize_rows_kernel, {"num_warps": warps}, (1,), smem, x_ptr=x, q_ptr=q, s_ptr=s,
+                 inv_ptr=s, M=4, K=k, stride_xm=k, stride_qm=k, chunk_w=1, chunk_g=1, chunk_n=1, chunk_s=0,
+                 BLOCK_M=bm, BLOCK_K=bk, WRITE_Q=True, ONE_PASS=bk >= k, GELU=gelu, FAST_TANH=gelu, CHUNKED=False)
+    return res
+
+
+def _softmax_rows(smem: int) -> Result:
+    """The VAE attention's softmax at 480p and 720p rows (6,240 and 14,400 keys) and the longest row."""
+    from kernels import softmax_rows as sm
+
+    res = Result("softmax_rows (VAE attention)")
+    for n in (6240, 14400, sm.MAX_COLS):
+        block = triton.next_power_of_2(n)
+        s, p = torch.zeros(2, n), torch.zeros(2, n, dtype=torch.bfloat16)
+        _compile(res, sm._softmax_rows_kernel, {"num_warps": min(32, max(1, block // 2048))}, (2,), smem,
+                 s_ptr=s, p_ptr=p, n_cols=n, stride_s=n, stride_p=n, scale_log2e=1.0, BLOCK=block)
+    return res
+
+
+CASES: dict[str, Callable[[int], Result]] = {
+    "conv3d_igemm": _conv3d_igemm,
+    "w8a8": _w8a8_tma,
+    "sagesla": _sagesla,
+    "int8_quant": _int8_quant,
+    "softmax_rows": _softmax_rows,
+}
+
+
+def run(cases: list[str] | None = None, arch: int = 90, smem: int = _SMEM) -> list[Result]:
+    """Compile the named cases (default all) for CUDA `arch`; the results, in order."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("the interpreter never compiles: run with TRITON_INTERPRET=0 (before importing kernels)")
+    _use_target(arch)
+    results = []
+    for name in cases or list(CASES):
+        try:
+            results.append(CASES[name](smem))
+        except Exception:  # noqa: BLE001 - a case that cannot even set up is a failure too
+            results.append(Result(name, errors=[traceback.format_exc(limit=3).strip().splitlines()[-1]]))
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cases", nargs="*", help=f"some of {', '.join(CASES)} (default: all)")
+    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability as one number (90: sm_90)")
+    ap.add_argument("--smem", type=int, default=_SMEM, help="shared memory per block in bytes")
+    args = ap.parse_args()
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown cases {unknown}; known: {list(CASES)}")
+    print(f"triton {triton.__version__}, target sm_{args.arch}", flush=True)
+    failed = False
+    for r in run(args.cases or None, args.arch, args.smem):
+        status = "ok" if not r.errors and r.compiled else "FAILED"
+        failed |= status != "ok"
+        print(f"{status:6} {r.case}: {r.compiled} configs compiled, max shared {r.max_shared} B", flush=True)
+        for err in r.errors:
+            print(f"       {err}", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
