@@ -5,7 +5,8 @@ kernels take other branches there. What only a GPU compile exercises:
   - TMA descriptor loads and stores and wgmma tiles (`conv3d_igemm`, the W8A8 TMA GEMM);
   - FP8 (e4m3) casts and dots (SageSLA's P @ V, V's transposed FP8 copy in the K pass);
   - the GELU's `tanh.approx.f32` inline asm (`int8_quant`, FAST_TANH);
-  - every autotune config's tile shapes and shared memory (the interpreter runs one small config).
+  - every autotune config's tile shapes and shared memory (the interpreter runs one small config), also
+    of the DiT's row kernels (LayerNorm + AdaLN with int8 out, RMSNorm + RoPE).
 This module compiles those through Triton's own compiler (ptxas comes with its wheel), for the target given,
 with a stand-in driver that reports that target instead of asking a device. Nothing is launched, so it says
 nothing about speed or results; the GPU tests do. It does catch what used to cost a device call: a kernel
@@ -206,12 +207,41 @@ def _softmax_rows(smem: int) -> Result:
     return res
 
 
+def _row_norms(smem: int) -> Result:
+    """The DiT's row kernels (LayerNorm + AdaLN modulate with bf16 or int8 out, q/k RMSNorm + RoPE) at the
+    1.3B and 14B widths: every row config the GPU autotuner keeps (the interpreter keeps the first)."""
+    from types import SimpleNamespace
+
+    from kernels import adaln, rmsnorm_rope
+    from kernels.row_configs import ROW_CONFIGS, prune_row_configs, split_tail
+
+    res = Result("row norms (adaln bf16/int8 out, rmsnorm_rope)")
+    on_gpu = SimpleNamespace(is_cuda=True)  # what the prune asks of x (its CPU branch keeps one config)
+    for c in (1536, 5120):
+        sizes = {"BLOCK_C": triton.next_power_of_2(c), "BLOCK_TAIL": split_tail(c)}
+        configs = prune_row_configs(ROW_CONFIGS, {"x_ptr": on_gpu, "C": c}, **sizes)
+        x, vec = torch.zeros(2, c, dtype=torch.bfloat16), torch.zeros(1, c, dtype=torch.bfloat16)
+        for out_int8 in (False, True):
+            out = torch.zeros(2, c, dtype=torch.int8 if out_int8 else torch.bfloat16)
+            for cfg in configs:
+                _compile(res, adaln._ln_modulate_kernel, cfg, (1, 1), smem, x_ptr=x, shift_ptr=vec, scale_ptr=vec,
+                         out_ptr=out, qscale_ptr=torch.zeros(2), N=2, L=2, C=c, stride_shift_b=c, stride_scale_b=c,
+                         eps=1e-6, **sizes, OUT_INT8=out_int8)
+        rope = torch.zeros(2, 64)
+        for cfg in configs:
+            _compile(res, rmsnorm_rope._rmsnorm_rope_kernel, cfg, (1,), smem, x_ptr=x, w_ptr=vec, cos_ptr=rope,
+                     sin_ptr=rope, out_ptr=x, N=2, L=2, C=c, eps=1e-6, out_w=c, out_s=2 * c, HALF_D=64, **sizes,
+                     HAS_WEIGHT=True, HAS_ROPE=True)
+    return res
+
+
 CASES: dict[str, Callable[[int], Result]] = {
     "conv3d_igemm": _conv3d_igemm,
     "w8a8": _w8a8_tma,
     "sagesla": _sagesla,
     "int8_quant": _int8_quant,
     "softmax_rows": _softmax_rows,
+    "row_norms": _row_norms,
 }
 
 
