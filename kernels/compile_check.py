@@ -94,16 +94,9 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
 def _conv3d_igemm(smem: int) -> Result:
     """The VAE's implicit-GEMM conv: every tile the autotuner keeps, each epilogue, the 96/192/384-wide
     blocks at the 480p rows (832, 416, 208 pixels)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     from kernels import conv3d_igemm as cv
 
     res = Result("conv3d_igemm (TMA, wgmma)")
-
-    def desc(ten: torch.Tensor) -> TensorDescriptor:
-        view = ten.permute(0, 2, 3, 4, 1) if ten.dim() == 5 else ten
-        return TensorDescriptor(view, list(view.shape), list(view.stride()), [1] * (view.dim() - 1) + [16])
-
     for c, w in ((96, 832), (192, 416), (384, 208)):
         x = torch.zeros(1, c, 3, 2, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
         out = torch.zeros(1, c, 1, 2, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
@@ -111,8 +104,8 @@ def _conv3d_igemm(smem: int) -> Result:
         vec = torch.zeros(c, dtype=torch.bfloat16)
         for epi in (0, 1, 2):
             for cfg in cv.select_configs(cv._configs(), c, c, epi, smem, w=w):
-                descs = {"x_desc": desc(x), "w0_desc": desc(wmat), "w1_desc": desc(wmat), "o0_desc": desc(out),
-                         "o1_desc": desc(out), "r0_desc": desc(out), "r1_desc": desc(out)}  # fmt: skip
+                tensors = (x, wmat, wmat, out, out, out, out)
+                descs = {name: cv._descriptor(t) for name, t in zip(cv._DESCS, tensors, strict=True)}
                 cv._set_blocks({**descs, **cfg.kwargs})
                 _compile(res, cv._conv_tma_kernel, cfg, (1, 1, 1), smem, **descs, bias_ptr=vec, gamma_ptr=vec,
                          T=1, H=2, W=w, scale=1.0, eps=1e-12, C_IN=c, C_OUT=c, HAS_BIAS=True, EPI=epi)
@@ -120,17 +113,16 @@ def _conv3d_igemm(smem: int) -> Result:
 
 
 def _w8a8_tma(smem: int) -> Result:
-    """The W8A8 GEMM's TMA kernel: every config, at the Wan shapes' K (1536, 5120, 8960), bf16 out."""
+    """The W8A8 GEMM's TMA kernel: every config its prune keeps, at the Wan shapes' K (1536, 5120, 8960),
+    bf16 out."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from kernels import w8a8
 
     res = Result("w8a8 TMA GEMM (int8 wgmma)")
     for k in (1536, 5120, 8960):
-        for cfg in w8a8._w8a8_tma_tuned.configs:
+        for cfg in w8a8.select_configs(w8a8._w8a8_tma_tuned.configs, k, smem):
             bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-            if cfg.num_stages * (bm + bn) * bk + bm * bn * 2 > smem:  # what w8a8._prune drops on this part
-                continue
             a, b = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
             c = torch.zeros(256, 256, dtype=torch.bfloat16)
             descs = {"a_desc": TensorDescriptor.from_tensor(a, [bm, bk]),

@@ -283,6 +283,15 @@ def available(device: torch.device) -> bool:
 
 
 # 4. wrapper -------------------------------------------------------------------------------------------
+def _descriptor(ten: torch.Tensor) -> object:
+    """A host TMA descriptor of a [B, C, T, H, W] tensor as [B, T, H, W, C] (a 2-D tensor as it is), block
+    shape set later by `_set_blocks`."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    view = ten.permute(0, 2, 3, 4, 1) if ten.dim() == 5 else ten
+    return TensorDescriptor(view, list(view.shape), list(view.stride()), [1] * (view.dim() - 1) + [16])
+
+
 def causal_conv3x3x3(
     x: torch.Tensor,
     wmat: torch.Tensor,
@@ -329,15 +338,8 @@ def causal_conv3x3x3(
         out = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
     if out.numel() == 0:
         return out
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    def desc(ten: torch.Tensor) -> TensorDescriptor:  # [B, C, T, H, W] -> a [B, T, H, W, C] descriptor
-        view = ten.permute(0, 2, 3, 4, 1) if ten.dim() == 5 else ten
-        return TensorDescriptor(view, list(view.shape), list(view.stride()), [1] * (view.dim() - 1) + [16])
-
     r = residual if residual is not None else out
-    descs = {"x_desc": desc(x), "w0_desc": desc(wmat), "w1_desc": desc(wmat), "o0_desc": desc(out),
-             "o1_desc": desc(out), "r0_desc": desc(r), "r1_desc": desc(r)}  # fmt: skip
+    descs = {name: _descriptor(ten) for name, ten in zip(_DESCS, (x, wmat, wmat, out, out, r, r), strict=True)}
     epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
     dummy = bias if bias is not None else wmat
     args = dict(descs, bias_ptr=dummy, gamma_ptr=norm_gamma if norm_gamma is not None else dummy, T=t, H=h, W=w,

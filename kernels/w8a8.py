@@ -256,13 +256,17 @@ def _portable_configs() -> list[triton.Config]:
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop configs whose shared memory does not fit, or whose tiles are far larger than the problem."""
-    k = named_args["K"]
+    return select_configs(configs, named_args["K"], _smem_limit(torch.cuda.current_device()))
+
+
+def select_configs(configs: list[triton.Config], k: int, smem_limit: int) -> list[triton.Config]:
+    """`_prune` for a given shared-memory limit (bytes per block) and K (also `kernels.compile_check`'s)."""
     out_bytes = 2
     kept = []
     for c in configs:
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         smem = c.num_stages * (bm + bn) * bk + bm * bn * out_bytes
-        if smem <= _smem_limit(torch.cuda.current_device()) and bk <= max(32, triton.next_power_of_2(k)):
+        if smem <= smem_limit and bk <= max(32, triton.next_power_of_2(k)):
             kept.append(c)
     return kept or configs[-1:]
 

@@ -559,15 +559,12 @@ class ResidualBlock(nn.Module):
         return h + (x if self.shortcut is None else self.shortcut(x, cache))
 
     def _igemm(self, x: torch.Tensor, cache: CausalCache) -> bool:
-        """Whether the fast path runs this block with `kernels.conv3d_igemm` (conv_impl "igemm", a square
-        block of one of its widths, a device the kernel runs on, 16-bit activations on CUDA)."""
-        if cache.conv_impl != "igemm" or self.shortcut is not None or x.shape[1] not in cache.igemm_channels:
-            return False
-        from kernels.conv3d_igemm import available, supported
-
+        """Whether the fast path runs this block with `kernels.conv3d_igemm` (a square block, `_igemm_runs`,
+        weights in x's dtype)."""
         conv1 = self.residual[2]
-        return (supported(x.shape[1], x.shape[1]) and available(x.device) and conv1.weight.dtype == x.dtype
-                and (not x.is_cuda or x.dtype in (torch.bfloat16, torch.float16)))  # fmt: skip
+        return (self.shortcut is None and conv1.weight.dtype == x.dtype
+                and _igemm_runs(cache.conv_impl, cache.igemm_channels, x.shape[1], x.device, x.dtype))  # fmt: skip
+
 
     def _forward_igemm(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """The fused block with two implicit-GEMM convs: norm + SiLU (one pass) into conv1's padded input;
@@ -588,6 +585,16 @@ class ResidualBlock(nn.Module):
         conv2.keep_context(buf2, cache)
         w2 = _derived(conv2, "_igemm_cache", conv2.weight, weight_matrix)
         return causal_conv3x3x3(buf2, w2, c, bias=conv2.bias, residual=x)
+
+
+def _igemm_runs(conv_impl: str, channels: tuple[int, ...], c: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a square residual block of width c runs on `kernels.conv3d_igemm`: conv_impl "igemm", c one of
+    its `channels` and a width the kernel takes, a device it runs on, 16-bit activations on CUDA."""
+    if conv_impl != "igemm" or c not in channels:
+        return False
+    from kernels.conv3d_igemm import available, supported
+
+    return supported(c, c) and available(device) and (device.type != "cuda" or dtype in (torch.bfloat16, torch.float16))
 
 
 def _norm_silu_conv(x: torch.Tensor, norm: RMSNorm, conv: CausalConv3d, cache: CausalCache) -> torch.Tensor:
@@ -661,8 +668,8 @@ def _frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         try:
             scores = torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)  # [N, L, L]
-        except (TypeError, RuntimeError, NotImplementedError):  # a torch without bmm's out_dtype
-            scores = None
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without bmm's out_dtype: below
+            pass
     if scores is None:
         scores = torch.bmm(q.float(), k.float().transpose(1, 2))
     probs = softmax_rows(scores, c**-0.5, out_dtype=q.dtype)
@@ -964,12 +971,7 @@ class WanVAE(nn.Module):
         """Whether the fast path runs the decoder's full-resolution residual blocks on `kernels.conv3d_igemm`
         (which needs less memory per frame than the other conv impls: see _LIVE_ACTIVATIONS_IGEMM)."""
         c, p = self.config.base_dim * self.config.dim_mult[0], self._param()
-        if self.conv_impl != "igemm" or c not in self.igemm_channels:
-            return False
-        from kernels.conv3d_igemm import available, supported
-
-        return (supported(c, c) and available(p.device)
-                and (not p.is_cuda or p.dtype in (torch.bfloat16, torch.float16)))  # fmt: skip
+        return _igemm_runs(self.conv_impl, self.igemm_channels, c, p.device, p.dtype)
 
     def _latents_per_chunk(self, per_latent: int, fixed: int, t_rest: int, budget: int | None) -> int:
         """How many latent frames (after the first) one chunk takes: as many as `budget` bytes hold
