@@ -114,24 +114,27 @@ def _conv3d_igemm(smem: int) -> Result:
 
 def _w8a8_tma(smem: int) -> Result:
     """The W8A8 GEMM's TMA kernel: every config its prune keeps, at the Wan shapes' K (1536, 5120, 8960),
-    bf16 out."""
+    bf16 out, and with the residual epilogue (fp32 out: the block's gated residual sum)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from kernels import w8a8
 
     res = Result("w8a8 TMA GEMM (int8 wgmma)")
     for k in (1536, 5120, 8960):
-        for cfg in w8a8.select_configs(w8a8._w8a8_tma_tuned.configs, k, smem):
-            bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-            a, b = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
-            c = torch.zeros(256, 256, dtype=torch.bfloat16)
-            descs = {"a_desc": TensorDescriptor.from_tensor(a, [bm, bk]),
-                     "b_desc": TensorDescriptor.from_tensor(b, [bn, bk]),
-                     "c_desc": TensorDescriptor.from_tensor(c, [bm, bn])}  # fmt: skip
-            f32 = torch.zeros(256)
-            _compile(res, w8a8._w8a8_tma_kernel, cfg, (1,), smem, **descs, sa_ptr=f32, sb_ptr=f32,
-                     bias_ptr=torch.zeros(256, dtype=torch.bfloat16), inv_ptr=f32, M=256, N=256, K=k,
-                     HAS_BIAS=True, EPILOGUE=True, FUSED_QUANT=False, NUM_SMS=132)
+        for residual in (0, 2):
+            for cfg in w8a8.select_configs(w8a8._w8a8_tma_tuned.configs, k, smem):
+                bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+                a, b = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
+                c = torch.zeros(256, 256, dtype=torch.float32 if residual else torch.bfloat16)
+                descs = {"a_desc": TensorDescriptor.from_tensor(a, [bm, bk]),
+                         "b_desc": TensorDescriptor.from_tensor(b, [bn, bk]),
+                         "c_desc": TensorDescriptor.from_tensor(c, [bm, bn])}  # fmt: skip
+                f32 = torch.zeros(256)
+                _compile(res, w8a8._w8a8_tma_kernel, cfg, (1,), smem, **descs, sa_ptr=f32, sb_ptr=f32,
+                         bias_ptr=torch.zeros(256, dtype=torch.bfloat16), inv_ptr=f32,
+                         res_ptr=torch.zeros(256, 256), gate_ptr=f32, out_ptr=torch.zeros(256, 256), M=256, N=256, K=k, rows_per_gate=256,
+                         stride_gate=256, HAS_BIAS=True, EPILOGUE=True, FUSED_QUANT=False, NUM_SMS=132,
+                         RESIDUAL=residual)
     return res
 
 
@@ -175,14 +178,14 @@ def _int8_quant(smem: int) -> Result:
     `tanh.approx` (FAST_TANH) at the FFN-down widths, plain at the projection widths."""
     from kernels import int8_quant as iq
 
-    res = Result("int8_quant activation pass (tanh.approx GELU)")
+    res = Result("int8_quant activation pass (tanh.approx GELU, rows as pieces)")
     for k, gelu in ((8960, True), (13824, True), (1536, False), (5120, False), (20480, False)):
-        bm, bk, warps = iq._quant_blocks(k, False)
+        meta = iq.launch_meta(k, False)
         x, q = torch.zeros(4, k, dtype=torch.bfloat16), torch.zeros(4, k, dtype=torch.int8)
         s = torch.zeros(4)
-        _compile(res, iq._quantize_rows_kernel, {"num_warps": warps}, (1,), smem, x_ptr=x, q_ptr=q, s_ptr=s,
+        _compile(res, iq._quantize_rows_kernel, meta, (1,), smem, x_ptr=x, q_ptr=q, s_ptr=s,
                  inv_ptr=s, M=4, K=k, stride_xm=k, stride_qm=k, chunk_w=1, chunk_g=1, chunk_n=1, chunk_s=0,
-                 BLOCK_M=bm, BLOCK_K=bk, WRITE_Q=True, ONE_PASS=bk >= k, GELU=gelu, FAST_TANH=gelu, CHUNKED=False)
+                 WRITE_Q=True, GELU=gelu, FAST_TANH=gelu, CHUNKED=False)
     return res
 
 

@@ -170,6 +170,15 @@ def _load_act(x_ptr, rows, cols, stride_xm, mask, chunk_w, chunk_g, chunk_n, chu
 
 
 @triton.jit
+def _store_codes(q_ptr, rows, cols, stride_qm, mask, xf, inv):
+    """round(xf · inv) (ties away from zero), clamped to ±127, as int8 at q[rows, cols]."""
+    v = xf * inv[:, None]
+    v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
+    v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+    tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
+
+
+@triton.jit
 def _quantize_rows_kernel(
     # pointers
     x_ptr,
@@ -193,10 +202,14 @@ def _quantize_rows_kernel(
     GELU: tl.constexpr,  # quantize GELU(x) (fp32, tanh approximation)
     FAST_TANH: tl.constexpr = False,  # the GELU's tanh as one `tanh.approx.f32` (CUDA only)
     CHUNKED: tl.constexpr = False,  # x stored as column chunks (chunk_*); stride_xm is the chunk's row stride
+    BLOCK_K1: tl.constexpr = 0,  # ONE_PASS: a second piece of the row, columns BLOCK_K .. BLOCK_K + BLOCK_K1
+    BLOCK_K2: tl.constexpr = 0,  # and a third after it (0: none; see `row_pieces`)
 ):
     """Each program owns BLOCK_M rows: find each row's absmax, then scale, round and store.
 
-    ONE_PASS (BLOCK_K >= K): the rows stay in registers, x is read once. Otherwise pass 1 loops over K
+    ONE_PASS (BLOCK_K + BLOCK_K1 + BLOCK_K2 >= K): the rows stay in registers, x is read once, as up to
+    three power-of-two pieces (8960 = 8192 + 512 + 256 lanes instead of 16384, nearly half of them
+    masked: the GELU pass is compute-bound, so masked lanes cost time). Otherwise pass 1 loops over K
     for the absmax and pass 2 reads x again. With WRITE_Q False only the absmax is computed and
     127/absmax goes to inv_ptr (for GEMMs that quantize in-tile).
     """
@@ -208,6 +221,18 @@ def _quantize_rows_kernel(
         xf = _load_act(x_ptr, rows, cols, stride_xm, mask, chunk_w, chunk_g, chunk_n, chunk_s, GELU, FAST_TANH,
                        CHUNKED)
         amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
+        if BLOCK_K1 > 0:
+            cols1 = BLOCK_K + tl.arange(0, BLOCK_K1)
+            mask1 = row_ok[:, None] & (cols1[None, :] < K)
+            xf1 = _load_act(x_ptr, rows, cols1, stride_xm, mask1, chunk_w, chunk_g, chunk_n, chunk_s, GELU,
+                            FAST_TANH, CHUNKED)
+            amax = tl.maximum(amax, tl.max(tl.abs(xf1), axis=1))
+        if BLOCK_K2 > 0:
+            cols2 = BLOCK_K + BLOCK_K1 + tl.arange(0, BLOCK_K2)
+            mask2 = row_ok[:, None] & (cols2[None, :] < K)
+            xf2 = _load_act(x_ptr, rows, cols2, stride_xm, mask2, chunk_w, chunk_g, chunk_n, chunk_s, GELU,
+                            FAST_TANH, CHUNKED)
+            amax = tl.maximum(amax, tl.max(tl.abs(xf2), axis=1))
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -221,10 +246,11 @@ def _quantize_rows_kernel(
     if not WRITE_Q:
         tl.store(inv_ptr + rows, inv, mask=row_ok)
     elif ONE_PASS:
-        v = xf * inv[:, None]
-        v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
-        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
+        _store_codes(q_ptr, rows, cols, stride_qm, mask, xf, inv)
+        if BLOCK_K1 > 0:
+            _store_codes(q_ptr, rows, cols1, stride_qm, mask1, xf1, inv)
+        if BLOCK_K2 > 0:
+            _store_codes(q_ptr, rows, cols2, stride_qm, mask2, xf2, inv)
     else:
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
@@ -235,6 +261,17 @@ def _quantize_rows_kernel(
             v = tl.where(v >= 0, v + 0.5, v - 0.5)
             v = tl.minimum(tl.maximum(v, -127.0), 127.0)
             tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
+
+
+def row_pieces(k: int) -> tuple[int, int, int]:
+    """K as up to three power-of-two lane blocks (the last one padded), fewest padded lanes first:
+    8960 -> (8192, 512, 256), 13824 -> (8192, 4096, 2048), 1536 -> (1024, 512, 0), 4096 -> (4096, 0, 0)."""
+    p0 = 1 << (k.bit_length() - 1)  # the largest power of two <= k
+    rest = k - p0
+    p1 = 1 << (rest.bit_length() - 1) if rest else 0
+    rest -= p1
+    p2 = triton.next_power_of_2(rest) if rest else 0
+    return p0, p1, p2
 
 
 def _quant_blocks(k: int, on_cpu: bool) -> tuple[int, int, int]:
@@ -270,17 +307,19 @@ def quantize_activation_chunked(buf: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int, int, int, int] | None,
-              block_m: int | None, block_k: int | None, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              block_m: int | None, block_k: int | None, gelu: bool,
+              pieces: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the quant kernel over x's M rows of K; chunks (chunk_w, chunk_g, chunk_n, chunk_s): x held as
-    column chunks (`quantize_activation_chunked`), None: plain rows stride_xm apart."""
+    column chunks (`quantize_activation_chunked`), None: plain rows stride_xm apart. pieces: a whole row
+    in registers as `row_pieces` (None: where the row is held whole and no block_k is given) instead of
+    one next-power-of-two block."""
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
     on_cpu = x.device.type == "cpu"
-    bm, bk, warps = _quant_blocks(k, on_cpu)
-    bm, bk = block_m or bm, block_k or bk
-    _quantize_rows_kernel[(triton.cdiv(m, bm),)](
+    meta = launch_meta(k, on_cpu, block_m, block_k, pieces)
+    _quantize_rows_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
         x,
         q,
         s,
@@ -290,16 +329,32 @@ def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int
         stride_xm,
         q.stride(0),
         *(chunks or (1, 1, 1, 0)),  # unread unless CHUNKED
-        BLOCK_M=bm,
-        BLOCK_K=bk,
         WRITE_Q=True,
-        ONE_PASS=bk >= k,
         GELU=gelu,
         FAST_TANH=not on_cpu,
         CHUNKED=chunks is not None,
-        **({} if on_cpu else {"num_warps": warps}),
+        **meta,
     )
     return q, s
+
+
+def launch_meta(k: int, on_cpu: bool, block_m: int | None = None, block_k: int | None = None,
+                pieces: bool | None = None) -> dict[str, int | bool]:
+    """The quant kernel's blocks for rows of K (also `kernels.compile_check`'s): BLOCK_M, BLOCK_K (+
+    BLOCK_K1/2 when the whole row is held as `row_pieces`), ONE_PASS, and num_warps on the GPU. pieces
+    None: wherever the row is held whole and no block_k is forced."""
+    bm, bk, warps = _quant_blocks(k, on_cpu)
+    if pieces is None:
+        pieces = block_k is None and bk >= k
+    bm, bk = block_m or bm, block_k or bk
+    bk1 = bk2 = 0
+    if pieces:
+        bk, bk1, bk2 = row_pieces(k)
+    meta: dict[str, int | bool] = {"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_K1": bk1, "BLOCK_K2": bk2,
+                                   "ONE_PASS": bk + bk1 + bk2 >= k}
+    if not on_cpu:
+        meta["num_warps"] = warps
+    return meta
 
 
 def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from kernels.int8_quant import (
+    _quantize,
     dequantize_weight_blockwise,
     quantize_activation,
     quantize_activation_chunked,
     quantize_weight_blockwise,
     reference_quantize_activation,
     requantize_per_channel,
+    row_pieces,
 )
 
 
@@ -109,6 +111,38 @@ def test_quantize_activation_with_gelu_quantizes_gelu_of_x(one_pass):
     assert (q.float() * s[:, None] - gelu).abs().max() <= 0.51 * s.max()  # within half a step of GELU(x)
     q_plain, _ = quantize_activation(x, block_k=512 if one_pass else 64)
     assert (q != q_plain).float().mean() > 0.3  # the activation really ran
+
+
+def test_row_pieces_cover_k_with_few_padded_lanes():
+    assert row_pieces(8960) == (8192, 512, 256)  # 1.3B FFN-down input: no padding (16384 lanes before)
+    assert row_pieces(13824) == (8192, 4096, 2048)  # 14B: 14336 lanes instead of 16384
+    assert row_pieces(1536) == (1024, 512, 0) and row_pieces(5120) == (4096, 1024, 0)
+    assert row_pieces(4096) == (4096, 0, 0) and row_pieces(1) == (1, 0, 0)
+    for k in range(1, 3000):
+        p0, p1, p2 = row_pieces(k)
+        assert all(p & (p - 1) == 0 for p in (p0, p1, p2))  # powers of two (or 0)
+        assert p0 + p1 <= k <= p0 + p1 + p2
+        assert p0 + p1 + p2 < 2 * k  # never worse than one next-power-of-two block
+
+
+@pytest.mark.parametrize("k", [80, 88, 100])  # pieces (64, 16, 0), (64, 16, 8), (64, 32, 4): a masked tail
+@pytest.mark.parametrize("gelu", [False, True])
+def test_whole_row_in_pieces_matches_one_block(k, gelu):
+    """The GPU's whole-row pass with the row held as power-of-two pieces (what `quantize_activation` runs
+    on CUDA) gives the codes and scales of the one-block pass, also from column chunks."""
+    torch.manual_seed(k)
+    x = (torch.randn(13, k) * 3).to(torch.bfloat16)
+    x[2, -1] = 40.0  # the row's absmax in the last piece
+    x[7] = 0
+    whole = _quantize(x, 13, k, x.stride(0), None, 4, 128, gelu, pieces=False)
+    pieces = _quantize(x, 13, k, x.stride(0), None, 4, None, gelu, pieces=True)
+    torch.testing.assert_close(pieces[0], whole[0], rtol=0, atol=0)
+    torch.testing.assert_close(pieces[1], whole[1], rtol=0, atol=0)
+    assert pieces[1][2].item() == pytest.approx((torch.nn.functional.gelu(torch.tensor(40.0)) if gelu else 40.0) / 127)
+    if not gelu and k % 4 == 0:  # and from the Ulysses column chunks: buf [G=2, N=2, M, K/4]
+        buf = x.view(13, 2, 2, k // 4).permute(2, 1, 0, 3).contiguous()
+        chunked = _quantize(buf, 13, k, k // 4, (k // 4, 2, 2, 13 * k // 4), 4, None, False, pieces=True)
+        torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("groups,ranks", [(1, 2), (2, 2), (3, 2), (2, 1)])
