@@ -56,6 +56,8 @@
 #   bash scripts/gpu_verify.sh s21d     one GPU, ~9 min: turbovid bench (decode chunks capped at 4 latents), the A14B I2V
 #                                       720p whole job (resident and 32 GiB budget), the VAE decode GPU tests
 #   bash scripts/gpu_verify.sh s21e     one GPU, ~5 min: the A14B I2V 720p whole job alone (resident and 32 GiB budget)
+#   bash scripts/gpu_verify.sh s22a     one GPU, ~8 min: the residual epilogue and the quant pass's row pieces: GPU tests,
+#                                       micro-benches (vs the split forms, same run), the 1.3B and 14B DiT fused vs split
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -402,6 +404,19 @@ elif [ "$mode" = s21d ]; then
     timeout 50 python3 -m pytest -q -p no:cacheprovider --timeout 45 tests/unit/models/test_vae_gpu.py \
         -k "fast_decode or frame_attention" > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+elif [ "$mode" = s22a ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 tests/unit/kernels/test_w8a8_gpu.py \
+        tests/unit/kernels/test_int8_quant.py tests/unit/models/test_ops.py -k "residual or gelu or fused or pieces" \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -8
+    timeout 60 python3 scripts/quant_warps.py --pieces 2>&1 | grep -v "^W\|Warning" | tail -5
+    timeout 150 python3 -m kernels.w8a8 --residual 2>&1 | grep -v "^W\|Warning" | tail -5
+    timeout 150 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --graphs \
+        --variants sagesla/w8a8/fused,sagesla/w8a8/split --profile "$OUT/logs/dit" > "$OUT/logs/dit.log" 2>&1
+    grep "^{" "$OUT/logs/dit.log"
+    timeout 200 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks \
+        --variants sagesla/w8a8/fused,sagesla/w8a8/split > "$OUT/logs/dit14.log" 2>&1
+    grep "^{" "$OUT/logs/dit14.log"
 elif [ "$mode" = s21e ]; then
     timeout 300 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
