@@ -114,27 +114,24 @@ def _conv3d_igemm(smem: int) -> Result:
 
 def _w8a8_tma(smem: int) -> Result:
     """The W8A8 GEMM's TMA kernel: every config its prune keeps, at the Wan shapes' K (1536, 5120, 8960),
-    bf16 out, and with the residual epilogue (fp32 out: the block's gated residual sum)."""
+    bf16 out."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from kernels import w8a8
 
     res = Result("w8a8 TMA GEMM (int8 wgmma)")
     for k in (1536, 5120, 8960):
-        for residual in (0, 2):
-            for cfg in w8a8.select_configs(w8a8._w8a8_tma_tuned.configs, k, smem):
-                bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-                a, b = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
-                c = torch.zeros(256, 256, dtype=torch.float32 if residual else torch.bfloat16)
-                descs = {"a_desc": TensorDescriptor.from_tensor(a, [bm, bk]),
-                         "b_desc": TensorDescriptor.from_tensor(b, [bn, bk]),
-                         "c_desc": TensorDescriptor.from_tensor(c, [bm, bn])}  # fmt: skip
-                f32 = torch.zeros(256)
-                _compile(res, w8a8._w8a8_tma_kernel, cfg, (1,), smem, **descs, sa_ptr=f32, sb_ptr=f32,
-                         bias_ptr=torch.zeros(256, dtype=torch.bfloat16), inv_ptr=f32,
-                         res_ptr=torch.zeros(256, 256), gate_ptr=f32, out_ptr=torch.zeros(256, 256), M=256, N=256, K=k, rows_per_gate=256,
-                         stride_gate=256, HAS_BIAS=True, EPILOGUE=True, FUSED_QUANT=False, NUM_SMS=132,
-                         RESIDUAL=residual)
+        for cfg in w8a8.select_configs(w8a8._w8a8_tma_tuned.configs, k, smem):
+            bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+            a, b = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
+            c = torch.zeros(256, 256, dtype=torch.bfloat16)
+            descs = {"a_desc": TensorDescriptor.from_tensor(a, [bm, bk]),
+                     "b_desc": TensorDescriptor.from_tensor(b, [bn, bk]),
+                     "c_desc": TensorDescriptor.from_tensor(c, [bm, bn])}  # fmt: skip
+            f32 = torch.zeros(256)
+            _compile(res, w8a8._w8a8_tma_kernel, cfg, (1,), smem, **descs, sa_ptr=f32, sb_ptr=f32,
+                     bias_ptr=torch.zeros(256, dtype=torch.bfloat16), inv_ptr=f32, M=256, N=256, K=k,
+                     HAS_BIAS=True, EPILOGUE=True, FUSED_QUANT=False, NUM_SMS=132)
     return res
 
 

@@ -342,10 +342,14 @@ def launch_meta(k: int, on_cpu: bool, block_m: int | None = None, block_k: int |
                 pieces: bool | None = None) -> dict[str, int | bool]:
     """The quant kernel's blocks for rows of K (also `kernels.compile_check`'s): BLOCK_M, BLOCK_K (+
     BLOCK_K1/2 when the whole row is held as `row_pieces`), ONE_PASS, and num_warps on the GPU. pieces
-    None: wherever the row is held whole and no block_k is forced."""
+    None: where the row is held whole, no block_k is forced and the pieces save at least a quarter of the
+    lanes. Measured on the H200 (scripts/quant_warps.py --pieces, session 22), one block -> pieces:
+    GELU pass 443 -> 378 us at 32760 x 8960 (1.3B FFN-down), 522 -> 471 at 75600 x 5120, 65 -> 60 at
+    32760 x 1536; plain 368 -> 347 at 75600 x 5120, 50 -> 51 at 32760 x 1536. At 75600 x 13824 (14B
+    FFN-down, 8192 + 4096 + 2048 lanes: 12.5 % fewer) it lost, 1055 -> 1156 us with the GELU."""
     bm, bk, warps = _quant_blocks(k, on_cpu)
     if pieces is None:
-        pieces = block_k is None and bk >= k
+        pieces = block_k is None and bk >= k and 4 * sum(row_pieces(k)) <= 3 * bk
     bm, bk = block_m or bm, block_k or bk
     bk1 = bk2 = 0
     if pieces:

@@ -81,25 +81,6 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _add_residual(y, res_ptr, gate_ptr, offs_m, offs_n, m_ok, n_ok, N, rows_per_gate, stride_gate,
-                  RESIDUAL: tl.constexpr, ROUND_FP16: tl.constexpr):
-    """The block's residual add in the epilogue: res + y (RESIDUAL 1) or res + gate[b]·y (2), fp32. y is
-    first rounded to the Linear's output dtype, so the sum is exactly what the unfused path computes
-    (the Linear's bf16/fp16 output, then `kernels.gated_residual`'s fp32 add); res is [M, N] fp32."""
-    if ROUND_FP16:
-        y = y.to(tl.float16).to(tl.float32)
-    else:
-        y = y.to(tl.bfloat16).to(tl.float32)
-    mask = m_ok[:, None] & n_ok[None, :]
-    r = tl.load(res_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
-    if RESIDUAL == 2:
-        b = (offs_m // rows_per_gate).to(tl.int64)
-        g = tl.load(gate_ptr + b[:, None] * stride_gate + offs_n[None, :], mask=mask, other=0.0)
-        return r + g.to(tl.float32) * y
-    return r + y
-
-
-@triton.jit
 def _w8a8_kernel(
     # pointers
     a_ptr,  # [M, K] int8 activations
@@ -107,9 +88,7 @@ def _w8a8_kernel(
     sa_ptr,  # [M] fp32 per-token scales
     sb_ptr,  # [N] fp32 per-channel scales
     bias_ptr,  # [N] or dummy
-    c_ptr,  # [M, N] output (fp32 with RESIDUAL)
-    res_ptr,  # RESIDUAL: [M, N] fp32 residual (may alias c_ptr), else dummy
-    gate_ptr,  # RESIDUAL == 2: [B, N] gates, row m's batch is m // rows_per_gate; else dummy
+    c_ptr,  # [M, N] output
     # sizes
     M,
     N,
@@ -117,8 +96,6 @@ def _w8a8_kernel(
     stride_am,
     stride_bn,
     stride_cm,
-    rows_per_gate,
-    stride_gate,
     # meta
     HAS_BIAS: tl.constexpr,
     EPILOGUE: tl.constexpr,
@@ -126,8 +103,6 @@ def _w8a8_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
-    RESIDUAL: tl.constexpr = 0,  # 0: y; 1: res + y; 2: res + gate·y (fp32, y first rounded to ROUND_FP16's dtype)
-    ROUND_FP16: tl.constexpr = False,  # RESIDUAL: the Linear's own output dtype is fp16 (else bf16)
 ):
     # 1. which output tile
     pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -158,9 +133,6 @@ def _w8a8_kernel(
             y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     else:
         y = acc.to(tl.float32)
-    if RESIDUAL:
-        y = _add_residual(y, res_ptr, gate_ptr, offs_m, offs_n, m_ok, n_ok, N, rows_per_gate, stride_gate,
-                          RESIDUAL, ROUND_FP16)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -175,15 +147,10 @@ def _w8a8_tma_kernel(
     sb_ptr,
     bias_ptr,
     inv_ptr,  # [M] fp32 127/absmax per token, read only with FUSED_QUANT
-    res_ptr,  # RESIDUAL: [M, N] fp32 residual (may alias out_ptr), else dummy
-    gate_ptr,  # RESIDUAL == 2: [B, N] gates (row m: batch m // rows_per_gate), else dummy
-    out_ptr,  # RESIDUAL: the fp32 [M, N] sum, stored from registers (c_desc unused), else dummy
     # sizes
     M,
     N,
     K,
-    rows_per_gate,
-    stride_gate,
     # meta
     HAS_BIAS: tl.constexpr,
     EPILOGUE: tl.constexpr,
@@ -195,10 +162,6 @@ def _w8a8_tma_kernel(
     NUM_SMS: tl.constexpr,
     FLATTEN: tl.constexpr = False,  # the tile and K loops as one software-pipelined loop (scripts/gemm_variants.py)
     WARP_SPEC: tl.constexpr = False,  # Triton's automatic warp specialization of the tile loop
-    # as in `_w8a8_kernel`. The fp32 sum is stored from registers: a TMA store would stage an fp32 tile in
-    # shared memory (128 KB at 128x256), which only the 128x128 tiles could still afford
-    RESIDUAL: tl.constexpr = 0,
-    ROUND_FP16: tl.constexpr = False,
 ):
     # 1. persistent schedule: program p takes tiles p, p + NUM_SMS, ...
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -227,9 +190,9 @@ def _w8a8_tma_kernel(
             acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)  # [BM, BN]
 
         # 3. epilogue; the TMA store clips rows >= M and cols >= N
-        offs_m = off_m + tl.arange(0, BLOCK_M)
-        offs_n = off_n + tl.arange(0, BLOCK_N)
         if EPILOGUE:
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            offs_n = off_n + tl.arange(0, BLOCK_N)
             sa = tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)
             sb = tl.load(sb_ptr + offs_n, mask=offs_n < N, other=0.0)
             y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
@@ -237,13 +200,7 @@ def _w8a8_tma_kernel(
                 y += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         else:
             y = acc.to(tl.float32)
-        if RESIDUAL:
-            y = _add_residual(y, res_ptr, gate_ptr, offs_m, offs_n, offs_m < M, offs_n < N, N, rows_per_gate,
-                              stride_gate, RESIDUAL, ROUND_FP16)
-            tl.store(out_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], y,
-                     mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
-        else:
-            c_desc.store([off_m, off_n], y.to(out_dtype))
+        c_desc.store([off_m, off_n], y.to(out_dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,9 +260,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 
 
 def select_configs(configs: list[triton.Config], k: int, smem_limit: int) -> list[triton.Config]:
-    """`_prune` for a given shared-memory limit (bytes per block) and K (also `kernels.compile_check`'s).
-    The bf16 output tile the TMA store stages is counted; the residual epilogue stores from registers and
-    needs no more."""
+    """`_prune` for a given shared-memory limit (bytes per block) and K (also `kernels.compile_check`'s)."""
     out_bytes = 2
     kept = []
     for c in configs:
@@ -331,12 +286,12 @@ def _with_hook(configs: list[triton.Config]) -> list[triton.Config]:
 
 _w8a8_tuned = triton.autotune(
     _portable_configs(),
-    key=["N", "K", "HAS_BIAS", "EPILOGUE", "RESIDUAL"],
+    key=["N", "K", "HAS_BIAS", "EPILOGUE"],
     prune_configs_by={"early_config_prune": _prune},
 )(_w8a8_kernel)
 _w8a8_tma_tuned = triton.autotune(
     _with_hook(_tma_configs()),
-    key=["N", "K", "HAS_BIAS", "EPILOGUE", "RESIDUAL"],
+    key=["N", "K", "HAS_BIAS", "EPILOGUE"],
     prune_configs_by={"early_config_prune": _prune},
 )(_w8a8_tma_kernel)
 
@@ -373,9 +328,6 @@ def w8a8_gemm(
     epilogue: bool = True,
     inv: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None,
-    gate: torch.Tensor | None = None,
-    rows_per_gate: int | None = None,
 ):
     """Pre-quantized xq [M, K] int8 + sx [M] -> y [M, N] in out_dtype.
 
@@ -385,26 +337,13 @@ def w8a8_gemm(
     TMA kernel to fused quantization: xq is then the bf16/fp16 activation, quantized tile by tile in
     registers (experimental, measured in bench). out: a contiguous [M, N] tensor of out_dtype to write y into
     (e.g. one rank's slice of a sequence-parallel send buffer) instead of a new one.
-
-    residual [M, N] fp32 (contiguous): return the block's residual sum instead of y, fp32 [M, N]:
-    ``residual + y`` or, with gate [B, N] (any float dtype, last dim contiguous; row m uses gate[m //
-    rows_per_gate]), ``residual + gate·y``. y is rounded to out_dtype first, so the sum equals the unfused
-    `gated_residual(residual, y, gate)` of the GEMM's out_dtype output; `out` (fp32 then) may be residual
-    itself (in place).
     """
     m, k = xq.shape
     n = weight.qweight.shape[0]
-    res_mode = 0
-    if residual is not None:
-        _check_residual(residual, gate, rows_per_gate, m, n, out_dtype)
-        res_mode = 2 if gate is not None else 1
-    elif gate is not None:
-        raise ValueError("gate needs a residual")
-    store_dtype = torch.float32 if res_mode else out_dtype
     if out is None:
-        out = torch.empty((m, n), dtype=store_dtype, device=xq.device)
-    elif out.shape != (m, n) or out.dtype != store_dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {store_dtype} [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
+        out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    elif out.shape != (m, n) or out.dtype != out_dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {out_dtype} [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
     if m == 0:
         return out
     if backend == "auto":
@@ -417,11 +356,6 @@ def w8a8_gemm(
     inv_arg = inv if fused else sx  # never read unless FUSED_QUANT
     if fused and backend != "tma":
         raise ValueError("fused activation quantization exists only in the TMA kernel")
-    res_arg = residual if residual is not None else sx  # never read unless RESIDUAL
-    gate_arg = gate if gate is not None else sx  # never read unless RESIDUAL == 2
-    res_meta = {"RESIDUAL": res_mode, "ROUND_FP16": out_dtype == torch.float16}
-    rows_arg = rows_per_gate or m
-    gate_stride = gate.stride(0) if gate is not None else 0
     meta = {}
     if config is not None:
         meta = {key: config[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
@@ -449,19 +383,13 @@ def w8a8_gemm(
             weight.scale,
             bias_arg,
             inv_arg,
-            res_arg,
-            gate_arg,
-            out,
             m,
             n,
             k,
-            rows_arg,
-            gate_stride,
             HAS_BIAS=has_bias,
             EPILOGUE=epilogue,
             FUSED_QUANT=fused,
             NUM_SMS=num_sms,
-            **res_meta,
             **meta,
         )
     elif backend == "portable":
@@ -472,42 +400,22 @@ def w8a8_gemm(
             weight.scale,
             bias_arg,
             out,
-            res_arg,
-            gate_arg,
             m,
             n,
             k,
             xq.stride(0),
             weight.qweight.stride(0),
             out.stride(0),
-            rows_arg,
-            gate_stride,
         )
         if config is None:
             grid = lambda meta_: (triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_N"]),)
-            _w8a8_tuned[grid](*args, HAS_BIAS=has_bias, EPILOGUE=epilogue, **res_meta)
+            _w8a8_tuned[grid](*args, HAS_BIAS=has_bias, EPILOGUE=epilogue)
         else:
             grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-            _w8a8_kernel[grid](*args, HAS_BIAS=has_bias, EPILOGUE=epilogue, **res_meta, **meta)
+            _w8a8_kernel[grid](*args, HAS_BIAS=has_bias, EPILOGUE=epilogue, **meta)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return out
-
-
-def _check_residual(residual: torch.Tensor, gate: torch.Tensor | None, rows_per_gate: int | None, m: int, n: int,
-                    out_dtype: torch.dtype) -> None:
-    if residual.shape != (m, n) or residual.dtype != torch.float32 or not residual.is_contiguous():
-        raise ValueError(f"residual must be a contiguous fp32 [{m}, {n}], got {residual.dtype} {tuple(residual.shape)}")
-    if out_dtype not in (torch.bfloat16, torch.float16):
-        raise TypeError(f"a residual sum rounds y to bf16 or fp16 first, got out_dtype {out_dtype}")
-    if gate is None:
-        return
-    if not rows_per_gate or m % rows_per_gate:
-        raise ValueError(f"rows_per_gate must divide M = {m}, got {rows_per_gate}")
-    b = m // rows_per_gate
-    if gate.shape != (b, n) or not gate.is_floating_point() or gate.stride(1) != 1:
-        raise ValueError(f"gate must be a float [{b}, {n}] with a contiguous last dim, got {gate.dtype} "
-                         f"{tuple(gate.shape)}")
 
 
 def _check(x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -612,86 +520,6 @@ def w8a8_linear(
         raise ValueError(f"unknown input_act {input_act!r}; known: {INPUT_ACTS}")
     _check(x, weight.qweight, weight.scale, bias)
     return _w8a8_linear_op(x, weight.qweight, weight.scale, bias, input_act)
-
-
-@torch.library.custom_op("turbovid::w8a8_linear_residual", mutates_args=())
-def _w8a8_linear_residual_op(
-    x: torch.Tensor,
-    sx: torch.Tensor | None,
-    qweight: torch.Tensor,
-    wscale: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    gate: torch.Tensor | None,
-    input_act: str,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if sx is not None:  # x is already int8 codes
-        xq, sx2 = x2, sx.reshape(-1).contiguous()
-    else:
-        xq, sx2 = quantize_activation(x2, gelu=input_act == "gelu_tanh")
-    n = qweight.shape[0]
-    rows = x2.shape[0] // residual.shape[0] if residual.dim() == 3 else x2.shape[0]
-    res2 = residual.reshape(-1, n)
-    if not res2.is_contiguous():
-        res2 = res2.contiguous()
-    y = w8a8_gemm(xq, sx2, W8A8Weight(qweight, wscale), bias, out_dtype, residual=res2, gate=gate,
-                  rows_per_gate=rows if gate is not None else None)  # [M, N] fp32
-    return y.reshape(*x.shape[:-1], n)
-
-
-@_w8a8_linear_residual_op.register_fake
-def _(x, sx, qweight, wscale, bias, residual, gate, input_act, out_dtype):
-    return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
-
-
-def w8a8_linear_residual(
-    x: torch.Tensor,
-    weight: W8A8Weight,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    gate: torch.Tensor | None = None,
-    *,
-    sx: torch.Tensor | None = None,
-    out_dtype: torch.dtype | None = None,
-    input_act: str = "none",
-) -> torch.Tensor:
-    """A Wan block's residual update with the Linear in it, one GEMM: ``residual + gate[b]·linear(x)``
-    (or ``residual + linear(x)`` without gate) -> fp32 [..., N], the sum done in the GEMM's epilogue.
-
-    x [B, L, K] (or [M, K]) bf16/fp16 (quantized per token here; input_act as in `w8a8_linear`), or int8
-    codes with their per-token scales sx [B, L] (as `w8a8_linear_int8`; out_dtype then says the Linear's
-    output dtype). residual fp32 of x's leading shape with N last; gate [B, N] (Wan's fp32 modulation
-    chunk). The Linear's output is rounded to its dtype before the add, so this equals
-    `kernels.gated_residual.gated_residual(residual, linear(x), gate)` — without writing and reading y.
-    """
-    if input_act not in INPUT_ACTS:
-        raise ValueError(f"unknown input_act {input_act!r}; known: {INPUT_ACTS}")
-    if sx is None:
-        _check(x, weight.qweight, weight.scale, bias)
-        out_dtype = x.dtype
-    else:
-        if x.dtype != torch.int8 or sx.dtype != torch.float32 or tuple(sx.shape) != tuple(x.shape[:-1]):
-            raise ValueError(f"int8 x needs fp32 scales of its leading shape, got x {x.dtype} {tuple(x.shape)}, "
-                             f"sx {sx.dtype} {tuple(sx.shape)}")
-        if input_act != "none":
-            raise ValueError("input_act applies only to a bf16/fp16 x")
-        if out_dtype not in (torch.bfloat16, torch.float16):
-            raise TypeError(f"out_dtype must be bf16 or fp16 for int8 x, got {out_dtype}")
-    n = weight.qweight.shape[0]
-    if tuple(residual.shape) != (*x.shape[:-1], n) or residual.dtype != torch.float32:
-        raise ValueError(f"residual must be fp32 {(*x.shape[:-1], n)}, got {residual.dtype} {tuple(residual.shape)}")
-    if gate is not None:
-        batches = x.shape[0] if x.dim() == 3 else 1
-        if gate.shape != (batches, n) or not gate.is_floating_point():
-            raise ValueError(f"gate must be a float [{batches}, {n}], got {gate.dtype} {tuple(gate.shape)}")
-        if gate.stride(1) != 1:
-            gate = gate.contiguous()
-    assert out_dtype is not None
-    return _w8a8_linear_residual_op(x, sx, weight.qweight, weight.scale, bias, residual, gate, input_act, out_dtype)
 
 
 def w8a8_linear_chunked(
@@ -980,59 +808,5 @@ def accuracy_study(m: int = 512, k: int = 1536, n: int = 1536, seed: int = 0) ->
         )
 
 
-RESIDUAL_SHAPES = [  # name, M (tokens), K, N: the Linears whose output is added to the residual stream
-    ("1.3B o", 32760, 1536, 1536),
-    ("1.3B ffn_down", 32760, 8960, 1536),
-    ("14B o", 75600, 5120, 5120),
-    ("14B ffn_down", 75600, 13824, 5120),
-]
-
-
-def bench_residual(shapes=RESIDUAL_SHAPES) -> list[dict]:
-    """The block's residual add in the GEMM epilogue vs the GEMM (bf16 y) then `gated_residual` (fp32 x),
-    on pre-quantized x, same process; outputs compared bit for bit. Median ms (triton do_bench)."""
-    rows = []
-    for name, m, k, n in shapes:
-        rows.append(_bench_residual_case(name, m, k, n))
-        r = rows[-1]
-        print(f"{name:<14} M={m:<6} gemm {r['gemm_ms']:7.3f} ms | gemm + residual pass {r['split_ms']:7.3f} | "
-              f"residual in epilogue {r['fused_ms']:7.3f} ({r['speedup']:.2f}x) | bit-equal {r['equal']}", flush=True)
-    return rows
-
-
-def _bench_residual_case(name: str, m: int, k: int, n: int) -> dict:
-    from triton.testing import do_bench
-
-    from kernels.gated_residual import gated_residual
-    from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
-
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
-    weight = prepare_weight(iw, sc)
-    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
-    xq, sx = quantize_activation(torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16))
-    res = torch.randn(1, m, n, device="cuda", generator=gen)
-    gate = torch.randn(1, 6, n, device="cuda", generator=gen)[:, 2]
-
-    def gemm():
-        return w8a8_gemm(xq, sx, weight, bias, torch.bfloat16)
-
-    def split():
-        return gated_residual(res, gemm().view(1, m, n), gate)
-
-    def fused():
-        return w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, residual=res.view(m, n), gate=gate, rows_per_gate=m)
-
-    equal = torch.equal(split().view(m, n), fused())
-    t_gemm, t_split, t_fused = (do_bench(f, warmup=25, rep=200, return_mode="median") for f in (gemm, split, fused))
-    return {"shape": name, "M": m, "K": k, "N": n, "gemm_ms": t_gemm, "split_ms": t_split, "fused_ms": t_fused,
-            "speedup": t_split / t_fused, "equal": equal}
-
-
 if __name__ == "__main__":
-    import sys
-
-    if "--residual" in sys.argv:
-        bench_residual()
-    else:
-        bench()
+    bench()

@@ -8,8 +8,7 @@ One NFE = one forward of the transformer: 1.3B on latents [1, 16, 21, 60, 104] (
 32 760 tokens), 14B on [1, 16, 21, 90, 160] (1280×720, 81 frames, 75 600 tokens), text context
 [1, 512, 4096]. Variants: attention dense (SDPA) / sagesla (Triton, Top-K 10 %), linear native (cuBLAS
 bf16) / w8a8 (Triton int8), and the norms/residuals either as plain PyTorch ("torch") or the fused Triton
-kernels ("fused"; "split": the same, but each residual add as its own pass instead of in the int8 GEMM's
-epilogue). Baselines, measured in the same run (no diffusers on the GPU machine): the plain-PyTorch
+kernels ("fused"). Baselines, measured in the same run (no diffusers on the GPU machine): the plain-PyTorch
 dense bf16 path of this same model, and the "GEMM+SDPA floor" — the sum over layers of cuBLAS bf16 time
 for every Linear at its real shape plus SDPA time for self- and cross-attention, i.e. what the forward
 would cost if everything else were free.
@@ -40,14 +39,11 @@ SIZES = {
 
 
 def random_model(cfg: WanConfig, *, device: str, dtype: torch.dtype, attention: str = "dense",
-                 linear: str = "native", kernels: bool = False, seed: int = 0,
-                 residual_epilogue: bool = True) -> WanTransformer:
+                 linear: str = "native", kernels: bool = False, seed: int = 0) -> WanTransformer:
     """A WanTransformer with random weights made directly on `device` (no CPU copy); kernels: the Triton
-    norm / gated-add / int8 GEMM path (what the loader picks on CUDA) instead of plain PyTorch;
-    residual_epilogue False: the residual adds as their own pass (`Ops.residual_epilogue`)."""
+    norm / gated-add / int8 GEMM path (what the loader picks on CUDA) instead of plain PyTorch."""
     with torch.device("meta"):
-        ops = Ops(attention, linear, kernels, residual_epilogue=residual_epilogue)
-        model = WanTransformer(cfg, ops=ops).to_dtype(dtype)
+        model = WanTransformer(cfg, ops=Ops(attention, linear, kernels)).to_dtype(dtype)
     model = model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -189,9 +185,8 @@ def checks(device: str) -> list[dict]:
     return rows
 
 
-VARIANTS = [("dense", "native", "fused"), ("dense", "native", "torch"), ("dense", "w8a8", "fused"),
-            ("sagesla", "native", "fused"), ("sagesla", "w8a8", "fused")]
-MODES = ("fused", "split", "torch")
+VARIANTS = [("dense", "native", True), ("dense", "native", False), ("dense", "w8a8", True),
+            ("sagesla", "native", True), ("sagesla", "w8a8", True)]
 
 
 def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str) -> None:
@@ -207,7 +202,7 @@ def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str)
 
 
 def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
-          variants: list[tuple[str, str, str]] | None = None, profile_dir: Path | None = None,
+          variants: list[tuple[str, str, bool]] | None = None, profile_dir: Path | None = None,
           graphs: bool = False) -> list[dict]:
     started = time.time()
     rows: list[dict] = []
@@ -219,9 +214,8 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
         floor = gemm_sdpa_floor(cfg, tokens, dtype, device)
         rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor})
         print(json.dumps(rows[-1]), flush=True)
-        for attention, linear, mode in variants or VARIANTS:
-            fused = mode != "torch"
-            name = f"{attention}/{linear}/{mode}"
+        for attention, linear, fused in variants or VARIANTS:
+            name = f"{attention}/{linear}/{'fused' if fused else 'torch'}"
             if time.time() - started > budget_s:
                 rows.append({"size": size, "variant": name, "skipped": "time budget"})
                 continue
@@ -230,7 +224,7 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
                 if device == "cuda":
                     torch.cuda.empty_cache()
                 model = random_model(cfg, device=device, dtype=dtype, attention=attention, linear=linear,
-                                     kernels=fused and device == "cuda", residual_epilogue=mode != "split")
+                                     kernels=fused and device == "cuda")
                 weights_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
                 args = inputs(cfg, shape, device, dtype)
                 sec, peak = time_forward(model, args, reps, device)
@@ -270,8 +264,7 @@ def main() -> None:
     parser.add_argument("--graphs", action="store_true",
                         help="also time each variant replayed as a CUDA graph (models.cuda_graphs)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated attention/linear/fused|split|torch, e.g. "
-                             "dense/native/torch,sagesla/w8a8/fused,sagesla/w8a8/split")
+                        help="comma-separated attention/linear/fused|torch, e.g. dense/native/torch,sagesla/w8a8/fused")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
@@ -281,9 +274,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     variants = None
     if args.variants:
-        variants = [(a, lin, f) for a, lin, f in (v.split("/") for v in args.variants.split(","))]
-        if bad := [f for _, _, f in variants if f not in MODES]:
-            parser.error(f"unknown mode(s) {bad}; known: {MODES}")
+        variants = [(a, lin, f == "fused") for a, lin, f in (v.split("/") for v in args.variants.split(","))]
     rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile, args.graphs)
 
     print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")

@@ -101,22 +101,21 @@ class WanSelfAttention(nn.Module):
                                    block_q=cfg.sla_block_q, block_k=cfg.sla_block_k)
 
     def forward(self, x: torch.Tensor | Int8Activation, cos: torch.Tensor, sin: torch.Tensor, ops: Ops,
-                sla_topk: float | None = None, residual: Residual | None = None) -> torch.Tensor:
+                sla_topk: float | None = None) -> torch.Tensor:
         """x [B, L, C] (compute dtype, or int8 for W8A8: quantized once for q, k and v), cos/sin [L, D/2]
-        -> [B, L, C]; residual (r, gate): ``r + gate·attention(x)`` in fp32 instead (`Ops.linear_residual`)."""
+        -> [B, L, C]."""
         B, L, _ = x.shape
         H, D = self.num_heads, self.head_dim
         if ops.sequence is not None:
-            out = self._forward_ulysses(x, cos, sin, ops, sla_topk)
-            return out if residual is None else _add_residual(ops, residual, out)
+            return self._forward_ulysses(x, cos, sin, ops, sla_topk)
         # 1. projections, q/k RMSNorm across all heads, RoPE
         q = ops.rmsnorm_rope(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), self.eps, cos, sin, H)
         k = ops.rmsnorm_rope(ops.apply_linear(self.k, x), _norm_weight(self.norm_k), self.eps, cos, sin, H)
         v = ops.apply_linear(self.v, x).view(B, L, H, D)  # q, k, v: [B, L, H, D]
         # 2. attention (dense / sla / sagesla), this call's Top-K
         o = self.attn_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ops, sla_topk)  # [B, H, L, D]
-        # 3. output projection (with the block's residual add)
-        return _project(ops, self.o, o.transpose(1, 2).reshape(B, L, -1), residual)  # [B, L, C]
+        # 3. output projection
+        return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
 
     def _forward_ulysses(self, x: torch.Tensor | Int8Activation, cos: torch.Tensor, sin: torch.Tensor, ops: Ops,
                          sla_topk: float | None) -> torch.Tensor:
@@ -147,21 +146,6 @@ class WanSelfAttention(nn.Module):
         return getattr(self.norm_q, "eps", 0.0)
 
 
-Residual = tuple[torch.Tensor, "torch.Tensor | None"]  # (fp32 residual stream [B, L, C], gate [B, 1, C] or None)
-
-
-def _project(ops: Ops, linear: nn.Module, x: torch.Tensor, residual: Residual | None) -> torch.Tensor:
-    """linear(x), or with residual (r, gate) ``r + gate·linear(x)`` in fp32 (one GEMM on the int8 path)."""
-    if residual is None:
-        return ops.apply_linear(linear, x)
-    return ops.linear_residual(linear, x, residual[0], residual[1])
-
-
-def _add_residual(ops: Ops, residual: Residual, y: torch.Tensor) -> torch.Tensor:
-    r, gate = residual
-    return ops.add(r, y) if gate is None else ops.gated_add(r, y, gate)
-
-
 def _norm_weight(norm: nn.Module) -> torch.Tensor | None:
     """The q/k RMSNorm weight, None without q/k norm (cfg.qk_norm False)."""
     return norm.weight if isinstance(norm, RMSNorm) else None
@@ -178,10 +162,8 @@ class WanCrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor | Int8Activation, context: torch.Tensor, ops: Ops,
-                residual: Residual | None = None) -> torch.Tensor:
-        """x [B, L, C] (or its int8 form from norm3), context [B, Lt, C] -> [B, L, C]; residual (r, gate):
-        ``r + gate·attention`` in fp32 instead."""
+    def forward(self, x: torch.Tensor | Int8Activation, context: torch.Tensor, ops: Ops) -> torch.Tensor:
+        """x [B, L, C] (or its int8 form from norm3), context [B, Lt, C] -> [B, L, C]."""
         B, L, _ = x.shape
         H, D = self.num_heads, self.head_dim
         q = ops.qk_norm(ops.apply_linear(self.q, x), _norm_weight(self.norm_q), getattr(self.norm_q, "eps", 0.0))
@@ -190,7 +172,7 @@ class WanCrossAttention(nn.Module):
         k = k.view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
         v = ops.apply_linear(self.v, context).view(B, -1, H, D).transpose(1, 2)  # [B, H, Lt, D]
         o = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, D]
-        return _project(ops, self.o, o.transpose(1, 2).reshape(B, L, -1), residual)  # [B, L, C]
+        return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
 
 
 class WanBlock(nn.Module):
@@ -212,17 +194,18 @@ class WanBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
         # 1. self-attention with AdaLN (int8 out when q/k/v are W8A8 on the kernels: one quantization)
         h = ops.modulate(x, shift1, scale1, self.norm1.eps, dtype, next_linear=self.self_attn.q)
-        x = self.self_attn(h, cos, sin, ops, sla_topk, residual=(x, gate1))  # x + gate1·attn (fp32)
+        x = ops.gated_add(x, self.self_attn(h, cos, sin, ops, sla_topk), gate1)
         # 2. cross-attention to the text
         if isinstance(self.norm3, LayerNorm32):  # on the kernels: one pass, int8 out for a W8A8 q
             h = ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.norm3.eps, dtype,
                                next_linear=self.cross_attn.q)
         else:
             h = self.norm3(x).to(dtype)
-        x = self.cross_attn(h, context, ops, residual=(x, None))  # x + cross-attn (fp32)
+        x = ops.add(x, self.cross_attn(h, context, ops))
         # 3. FFN with AdaLN
         h = ops.modulate(x, shift2, scale2, self.norm2.eps, dtype, next_linear=self.ffn[0])
-        return ops.ffn(self.ffn, h, residual=(x, gate2))  # x + gate2·FFN (fp32)
+        y = ops.ffn(self.ffn, h)  # [B, L, C]
+        return ops.gated_add(x, y, gate2)
 
 
 class Head(nn.Module):

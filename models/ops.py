@@ -15,9 +15,6 @@ block calls through it:
                                 directly (no separate activation-quant pass)
     gated_add(x, y, gate)       ``x + gate·y`` in fp32; add(x, y): ``x + y`` (the cross-attention's residual)
     apply_linear(module, x)     nn.Linear; `W8A8Linear` through the Triton int8 GEMM or its PyTorch path
-    linear_residual(m, x, r, g) ``r + g·m(x)`` (a block's output projection or FFN-down with its residual
-                                add); on the int8 GEMM one kernel, the sum in its epilogue (no bf16 y
-                                written and read back), bit-equal to apply_linear + gated_add
     ffn(ffn, x)                 Linear → GELU → Linear; on the int8 GEMM the GELU runs in the FFN-down's
                                 activation-quantization pass
 
@@ -161,8 +158,6 @@ class Ops:
     attention: str = "dense"
     linear: str = "native"
     kernels: bool = False
-    # the residual add in the int8 GEMM's epilogue (`linear_residual`); False: its own pass (benchmarks)
-    residual_epilogue: bool = True
     # one forward's sequence-parallel split (set by WanTransformer.forward under `sp`); None: one process
     sequence: SequenceShard | None = field(default=None, compare=False, repr=False)
 
@@ -269,40 +264,15 @@ class Ops:
             return _kernel("gated_residual").gated_residual(x, y, gate[:, 0])
         return x + y.float() * gate
 
-    def linear_residual(self, module: nn.Module, x: torch.Tensor | Int8Activation | HeadChunks,
-                        residual: torch.Tensor, gate: torch.Tensor | None = None,
-                        input_act: str = "none") -> torch.Tensor:
-        """``residual + gate·module(x)`` (gate [B, 1, N] fp32; None: ``residual + module(x)``) -> fp32 [B, L, N].
-
-        Where `apply_linear` would run the Triton int8 GEMM on a plain (or int8) x, the sum happens in the
-        GEMM's epilogue: the Linear's output is rounded to its dtype there, then added in fp32, so the
-        result is bit-equal to ``gated_add(residual, apply_linear(module, x), gate)``."""
-        if (self.kernels and self.residual_epilogue and isinstance(module, W8A8Linear)
-                and residual.dtype == torch.float32 and residual.is_contiguous()
-                and (isinstance(x, Int8Activation) or (isinstance(x, torch.Tensor) and x.dtype in _LOW_PRECISION))):
-            w8a8 = _kernel("w8a8")
-            qweight, wscale = module.kernel_weight()
-            weight = w8a8.W8A8Weight(qweight, wscale)
-            g = None if gate is None else gate[:, 0]
-            if isinstance(x, Int8Activation):
-                return w8a8.w8a8_linear_residual(x.q, weight, module.bias, residual, g, sx=x.scale, out_dtype=x.dtype)
-            return w8a8.w8a8_linear_residual(x, weight, module.bias, residual, g, input_act=input_act)
-        y = self.apply_linear(module, x, input_act=input_act)
-        return self.add(residual, y) if gate is None else self.gated_add(residual, y, gate)
-
     # linear ------------------------------------------------------------------------------------------
-    def ffn(self, ffn: nn.Sequential, x: torch.Tensor | Int8Activation,
-            residual: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+    def ffn(self, ffn: nn.Sequential, x: torch.Tensor | Int8Activation) -> torch.Tensor:
         """Wan's FFN ``Linear → GELU(tanh) → Linear`` on x [B, L, C]. When the second Linear runs on the
-        int8 GEMM, the GELU is applied inside its input's quantization pass (no GELU pass of its own).
-        residual (r, gate): return ``r + gate·FFN(x)`` in fp32 instead (`linear_residual`)."""
+        int8 GEMM, the GELU is applied inside its input's quantization pass (no GELU pass of its own)."""
         up, act, down = ffn
         h = self.apply_linear(up, x)
-        fuse_gelu = isinstance(act, nn.GELU) and act.approximate == "tanh" and self._int8_gemm_quantizes(down, h)
-        h, input_act = (h, "gelu_tanh") if fuse_gelu else (act(h), "none")
-        if residual is not None:
-            return self.linear_residual(down, h, residual[0], residual[1], input_act=input_act)
-        return self.apply_linear(down, h, input_act=input_act)
+        if isinstance(act, nn.GELU) and act.approximate == "tanh" and self._int8_gemm_quantizes(down, h):
+            return self.apply_linear(down, h, input_act="gelu_tanh")
+        return self.apply_linear(down, act(h))
 
     def _int8_gemm_quantizes(self, module: nn.Module, x: torch.Tensor | Int8Activation) -> bool:
         """True when `apply_linear(module, x)` quantizes x in the Triton int8 GEMM path (its own quant pass)."""
@@ -373,8 +343,7 @@ def overridden() -> bool:
 
 
 @contextlib.contextmanager
-def override(*, attention: str | None = None, kernels: bool | None = None,
-             residual_epilogue: bool | None = None) -> Iterator[None]:
+def override(*, attention: str | None = None, kernels: bool | None = None) -> Iterator[None]:
     """Within the block every model forward uses these backends (None: the model's own choice)."""
     if attention is not None and attention not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {attention!r}; known: {ATTENTION_BACKENDS}")
@@ -383,8 +352,6 @@ def override(*, attention: str | None = None, kernels: bool | None = None,
         forced["attention"] = attention
     if kernels is not None:
         forced["kernels"] = kernels
-    if residual_epilogue is not None:
-        forced["residual_epilogue"] = residual_epilogue
     token = _OVERRIDE.set(forced or None)
     try:
         yield

@@ -56,7 +56,7 @@
 #   bash scripts/gpu_verify.sh s21d     one GPU, ~9 min: turbovid bench (decode chunks capped at 4 latents), the A14B I2V
 #                                       720p whole job (resident and 32 GiB budget), the VAE decode GPU tests
 #   bash scripts/gpu_verify.sh s21e     one GPU, ~5 min: the A14B I2V 720p whole job alone (resident and 32 GiB budget)
-#   bash scripts/gpu_verify.sh s22a     one GPU, ~8 min: the residual epilogue and the quant pass's row pieces: GPU tests,
+#   bash scripts/gpu_verify.sh s22a     one GPU, ~8 min (ran at eb7ae03; its residual epilogue was removed after: no gain): GPU tests,
 #                                       micro-benches (vs the split forms, same run), the 1.3B and 14B DiT fused vs split
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail

@@ -8,15 +8,7 @@ from _kernel_helpers import emulate_w8a8 as emulate
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
-from kernels.w8a8 import (
-    W8A8Weight,
-    prepare_weight,
-    reference,
-    w8a8_gemm,
-    w8a8_linear,
-    w8a8_linear_int8,
-    w8a8_linear_residual,
-)
+from kernels.w8a8 import W8A8Weight, prepare_weight, reference, w8a8_gemm, w8a8_linear, w8a8_linear_int8
 
 
 def _layer(n: int, k: int, bias: bool, seed: int = 0):
@@ -154,82 +146,3 @@ def test_fused_quant_variant_matches_separate_quant():
     y = w8a8_gemm(x, s, weight, b.to(torch.bfloat16), torch.bfloat16, backend="tma", inv=inv)
     same_math = emulate(x, weight, b.to(torch.bfloat16))
     assert ((y.float() - same_math.float()).abs() <= 0.01 * same_math.float().abs() + 1e-2).all()
-
-
-# the block's residual add in the GEMM epilogue ----------------------------------------------------------
-def _residual_case(dtype: torch.dtype, seed: int = 7):
-    b, length, n, k = 2, 19, 40, 80  # rows of the two batch elements share 16-row test tiles
-    iw, sc, bias = _layer(n, k, True, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(b, length, k, generator=g).to(dtype)
-    res = torch.randn(b, length, n, generator=g) * 4  # the fp32 residual stream
-    gate = torch.randn(b, 6, n, generator=g)[:, 2]  # a strided chunk of the modulation, like Wan's
-    return prepare_weight(iw, sc), bias.to(dtype), x, res, gate
-
-
-@pytest.mark.parametrize("backend", ["portable", "tma"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("gated", [True, False])
-def test_residual_epilogue_equals_the_gemm_then_the_residual_pass(backend, dtype, gated):
-    from kernels.gated_residual import gated_residual
-
-    weight, bias, x, res, gate = _residual_case(dtype)
-    b, length, n = res.shape
-    xq, sx = quantize_activation(x.reshape(b * length, -1))
-    y = w8a8_gemm(xq, sx, weight, bias, dtype, backend=backend).view(b, length, n)
-    want = gated_residual(res, y, gate.contiguous()) if gated else res + y.float()
-    kwargs = {"gate": gate, "rows_per_gate": length} if gated else {}
-    got = w8a8_gemm(xq, sx, weight, bias, dtype, backend=backend, residual=res.view(-1, n), **kwargs)
-    assert got.dtype == torch.float32 and got.shape == (b * length, n)
-    assert torch.equal(got.view(b, length, n), want)  # the Linear's rounding, then the same fp32 sum
-    # in place: the residual stream updated where it lies
-    stream = res.clone().view(-1, n)
-    w8a8_gemm(xq, sx, weight, bias, dtype, backend=backend, residual=stream, out=stream, **kwargs)
-    assert torch.equal(stream.view(b, length, n), want)
-    if gated:  # and the gate really is per batch element: swapping them changes the rows
-        swapped = w8a8_gemm(xq, sx, weight, bias, dtype, backend=backend, residual=res.view(-1, n),
-                            gate=gate.flip(0), rows_per_gate=length)
-        assert not torch.equal(swapped, got)
-
-
-@pytest.mark.parametrize("input_kind", ["bf16", "gelu", "int8"])
-def test_w8a8_linear_residual_public_api(input_kind):
-    from kernels.gated_residual import gated_residual
-
-    weight, bias, x, res, gate = _residual_case(torch.bfloat16, seed=11)
-    if input_kind == "int8":
-        b, length, k = x.shape
-        xq, sx = quantize_activation(x.reshape(-1, k))
-        xq, sx = xq.view(b, length, k), sx.view(b, length)
-        y = w8a8_linear_int8(xq, sx, weight, bias, torch.bfloat16)
-        got = w8a8_linear_residual(xq, weight, bias, res, gate, sx=sx, out_dtype=torch.bfloat16)
-    else:
-        act = "gelu_tanh" if input_kind == "gelu" else "none"
-        y = w8a8_linear(x, weight, bias, input_act=act)
-        got = w8a8_linear_residual(x, weight, bias, res, gate, input_act=act)
-    assert got.dtype == torch.float32 and got.shape == res.shape
-    assert torch.equal(got, gated_residual(res, y, gate.contiguous()))
-    assert torch.equal(w8a8_linear_residual(x, weight, bias, res), res + w8a8_linear(x, weight, bias).float())
-
-
-def test_w8a8_linear_residual_rejects_bad_inputs():
-    weight, bias, x, res, gate = _residual_case(torch.bfloat16)
-    with pytest.raises(ValueError, match="residual must be fp32"):
-        w8a8_linear_residual(x, weight, bias, res.to(torch.bfloat16), gate)
-    with pytest.raises(ValueError, match="residual must be fp32"):
-        w8a8_linear_residual(x, weight, bias, res[:, :5], gate)
-    with pytest.raises(ValueError, match="gate must be"):
-        w8a8_linear_residual(x, weight, bias, res, gate[:1])
-    with pytest.raises(ValueError, match="int8 x needs"):
-        w8a8_linear_residual(x, weight, bias, res, gate, sx=torch.ones(x.shape[:-1]))
-    with pytest.raises(ValueError, match="unknown input_act"):
-        w8a8_linear_residual(x, weight, bias, res, gate, input_act="relu")
-    xq, sx = quantize_activation(x.reshape(-1, x.shape[-1]))
-    n = res.shape[-1]
-    with pytest.raises(ValueError, match="rows_per_gate"):
-        w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, residual=res.view(-1, n), gate=gate, rows_per_gate=5)
-    with pytest.raises(ValueError, match="gate needs a residual"):
-        w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, gate=gate, rows_per_gate=19)
-    with pytest.raises(ValueError, match="out must be a contiguous torch.float32"):
-        w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, residual=res.view(-1, n),
-                  out=torch.empty(res.view(-1, n).shape, dtype=torch.bfloat16))

@@ -150,42 +150,6 @@ def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
 
 
 @needs_kernels
-def test_block_residuals_run_in_the_int8_gemm_epilogue_bit_equal(monkeypatch):
-    """On the int8 GEMM the three residual adds of each block (self-attn o, cross-attn o, FFN-down) happen in
-    the projections' epilogues: no gated-residual pass runs, and the forward equals, bit for bit, the one
-    with the residual as its own pass (`residual_epilogue=False`); batch 2 for per-sample gates."""
-    import kernels.gated_residual as gated_residual
-    import kernels.w8a8 as w8a8
-
-    model = _w8a8_model(torch.bfloat16)
-    prepare_for_kernels(model)
-    latents, t, ctx = _inputs(dtype=torch.bfloat16, text_len=16)
-    latents, t, ctx = torch.cat([latents, -latents]), torch.tensor([500.0, 250.0]), torch.cat([ctx, ctx.flip(1)])
-    calls: dict[str, int] = {"residual_pass": 0, "epilogue": 0}
-    real_pass, real_epilogue = gated_residual.gated_residual, w8a8.w8a8_linear_residual
-
-    def counted_pass(*args, **kwargs):
-        calls["residual_pass"] += 1
-        return real_pass(*args, **kwargs)
-
-    def counted_epilogue(*args, **kwargs):
-        calls["epilogue"] += 1
-        return real_epilogue(*args, **kwargs)
-
-    monkeypatch.setattr(gated_residual, "gated_residual", counted_pass)
-    monkeypatch.setattr(w8a8, "w8a8_linear_residual", counted_epilogue)
-    with torch.no_grad(), override(kernels=True, residual_epilogue=False):
-        split = model(latents, t, ctx)
-    assert calls == {"residual_pass": 3 * TINY.num_layers, "epilogue": 0}
-    calls.update(residual_pass=0)
-    with torch.no_grad(), override(kernels=True):
-        fused = model(latents, t, ctx)
-    assert calls == {"residual_pass": 0, "epilogue": 3 * TINY.num_layers}
-    assert torch.equal(fused, split)
-    assert not torch.equal(fused[0], fused[1])
-
-
-@needs_kernels
 def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
     """norm3 (LayerNorm with affine), the cross-attention's q/k RMSNorm and its residual add are one
     kernel each on the kernels path (they were several plain-PyTorch passes), and match plain PyTorch."""
