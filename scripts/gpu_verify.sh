@@ -58,6 +58,9 @@
 #   bash scripts/gpu_verify.sh s21e     one GPU, ~5 min: the A14B I2V 720p whole job alone (resident and 32 GiB budget)
 #   bash scripts/gpu_verify.sh s22a     one GPU, ~8 min (ran at eb7ae03; its residual epilogue was removed after: no gain): GPU tests,
 #                                       micro-benches (vs the split forms, same run), the 1.3B and 14B DiT fused vs split
+#   bash scripts/gpu_verify.sh s22b     one GPU, ~8 min: where the noise-frame encode tail comes from on this host (CPU
+#                                       bench_tail: thread counts, frame threads, with and without a GIL-holding
+#                                       decoder), then turbovid bench
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -417,6 +420,14 @@ elif [ "$mode" = s22a ]; then
     timeout 200 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks \
         --variants sagesla/w8a8/fused,sagesla/w8a8/split > "$OUT/logs/dit14.log" 2>&1
     grep "^{" "$OUT/logs/dit14.log"
+elif [ "$mode" = s22b ]; then
+    nproc; lscpu | grep -E "Model name|^CPU\(s\)|Thread|MHz" | head -5
+    for busy in "" "--busy"; do
+        timeout 100 python3 -m worker.encode --content noise --decode-s 0.6 --repeats 3 --threads 8,12,16 \
+            --frame-threads $busy 2>&1 | grep -v "^W\|Warning" | tail -11
+    done
+    turbovid_bench 330
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
 elif [ "$mode" = s21e ]; then
     timeout 300 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
