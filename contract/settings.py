@@ -140,10 +140,12 @@ class WorkerSettings(BaseModel):
     # was 0.115 s vs 0.405 s at 4, 720p 0.172 vs 0.402 s; lower it on hosts with few cores per worker
     # (`python -m worker.encode --content noise --threads 4,8` compares them).
     encoder_threads: int = Field(default=8, ge=1, le=64)
-    # "slice": a frame's slices in parallel (no delay; x264 allows one slice per 4 macroblock rows, 7 at
-    # 480p); "frame": a frame per thread (more throughput on noisy content, up to `encoder_threads` frames
-    # of delay). Compare with `python -m worker.encode --content noise --threads 8 --frame-threads`.
-    encoder_thread_type: Literal["slice", "frame"] = "slice"
+    # "frame" (default, = worker.encode.DEFAULT_THREAD_TYPE): a frame per thread, up to `encoder_threads`
+    # frames of delay; "slice": a frame's slices in parallel (no delay, but x264 allows one slice per 4
+    # macroblock rows, 7 at 480p, so it stops scaling: on the H200 host the 480p noise tail was 0.28 s sliced
+    # vs 0.11 s with frame threads). Compare with `python -m worker.encode --content noise --threads 8
+    # --frame-threads`.
+    encoder_thread_type: Literal["slice", "frame"] = "frame"
 
 
 class Settings(BaseSettings):

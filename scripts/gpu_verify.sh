@@ -61,6 +61,8 @@
 #   bash scripts/gpu_verify.sh s22b     one GPU, ~8 min: where the noise-frame encode tail comes from on this host (CPU
 #                                       bench_tail: thread counts, frame threads, with and without a GIL-holding
 #                                       decoder), then turbovid bench
+#   bash scripts/gpu_verify.sh s22c     one GPU, ~6 min: frame threads by default: the real-looking-content tail sliced vs
+#                                       frame threads (with and without a GIL-holding decoder), turbovid bench
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -425,6 +427,13 @@ elif [ "$mode" = s22b ]; then
     for busy in "" "--busy"; do
         timeout 100 python3 -m worker.encode --content noise --decode-s 0.6 --repeats 3 --threads 8,12,16 \
             --frame-threads $busy 2>&1 | grep -v "^W\|Warning" | tail -11
+    done
+    turbovid_bench 330
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
+elif [ "$mode" = s22c ]; then
+    for busy in "" "--busy"; do
+        timeout 60 python3 -m worker.encode --content sample --decode-s 0.6 --repeats 3 --threads 8 \
+            --frame-threads $busy 2>&1 | grep -v "^W\|Warning" | grep "thr"
     done
     turbovid_bench 330
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5

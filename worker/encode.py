@@ -13,9 +13,9 @@ few hundred kB, noise is large).
 
 The encode tail (what the worker waits for after the VAE's last chunk): x264 holds back the frames its
 rate-control lookahead and B-frame decision still look at, and encodes them only once later frames (or
-the close) come. `X264_PARAMS` keeps that short: a 5-frame lookahead instead of veryfast's 10 (same CRF;
--2 % size, -0.1 dB PSNR on the bench's content) and sliced threads (a frame's slices in parallel, no
-frame-thread delay; PyAV's default thread type, stated so that a PyAV change cannot add delay). The VAE
+the close) come. `X264_PARAMS` / `X264_FRAME_PARAMS` keep that short: a 5-frame lookahead instead of
+veryfast's 10 (same CRF; -2 % size, -0.1 dB PSNR on the bench's content), and the thread type stated
+(sliced or frame threads, below) so that a PyAV change cannot alter it. The VAE
 ends its decode on small chunks (`models.vae.chunk_plan`) for the same reason. `python -m worker.encode`
 measures the tail (see `bench_tail`). Determinism: x264's output depends on its frame-thread count, and
 "auto" threads are 1.5× the CPUs the process may run on (its affinity mask), so the same frames gave
@@ -23,9 +23,13 @@ different files on different machines, or after a library pinned the process to 
 the thread count (`ENCODER_THREADS`). And x264 reads some heap memory it never wrote (its content then
 comes from the process's earlier allocations): `deterministic_heap()` sets glibc's M_PERTURB so that
 memory always holds the same byte. With both, the bytes depend on the frames and these settings only.
-Threads: sliced by default; frame threads (`thread_type="frame"`, `worker.encoder_thread_type`) scale
-further (x264 caps slices at one per 4 macroblock rows: 7 at 480p) at up to `threads` frames of delay,
-for hosts where x264's throughput, not its delay, sets the tail (noisy content).
+Threads: frame threads by default (`DEFAULT_THREAD_TYPE`, `worker.encoder_thread_type`): each thread a
+frame, at up to `threads` frames of delay. Sliced threads (`"slice"`: a frame's slices in parallel, no
+delay) stop scaling at x264's one slice per 4 macroblock rows (7 at 480p), so on noisy content their
+throughput, not the delay, set the tail. Measured on the H200 host (16 cores, session 22, `python -m
+worker.encode --content noise --decode-s 0.6 --threads 8,12,16 --frame-threads`): 480p noise tail 0.28-0.30
+s sliced (8, 12 or 16 threads alike) vs 0.104-0.115 s with frame threads (2 % smaller files: slices
+break prediction); with a decoder thread holding the GIL (`--busy`), 0.72 vs 0.32-0.39 s.
 
 Codec: `pick_codec("auto")` takes NVENC (`h264_nvenc`) when PyAV has it and a GPU can open it
 (RTX-class nodes; H100/H200 have no NVENC), else libx264, and says why.
@@ -56,6 +60,7 @@ X264_PARAMS = "rc-lookahead=5:sliced-threads=1"  # a short encode tail (see the 
 # delay); worker.encoder_thread_type = "frame"
 X264_FRAME_PARAMS = "rc-lookahead=5:sliced-threads=0"
 THREAD_TYPES = {"slice": X264_PARAMS, "frame": X264_FRAME_PARAMS}
+DEFAULT_THREAD_TYPE = "frame"  # contract.settings' worker.encoder_thread_type default says the same
 NVENC = "h264_nvenc"
 X264 = "libx264"
 M_PERTURB = -6  # glibc mallopt parameter (malloc.h)
@@ -108,7 +113,8 @@ def pick_codec(prefer: str = "auto") -> tuple[str, str]:
     return NVENC, "h264_nvenc opens on this machine"
 
 
-def _codec_options(codec: str, crf: int, preset: str, threads: int, thread_type: str = "slice") -> dict[str, str]:
+def _codec_options(codec: str, crf: int, preset: str, threads: int,
+                   thread_type: str = DEFAULT_THREAD_TYPE) -> dict[str, str]:
     if thread_type not in THREAD_TYPES:
         raise ValueError(f"unknown thread_type {thread_type!r}; known: {sorted(THREAD_TYPES)}")
     if codec == NVENC:
@@ -132,7 +138,7 @@ class Mp4Stream:
     def __init__(self, path: Path, *, width: int, height: int, fps: int, codec: str = X264,
                  crf: int = DEFAULT_CRF, preset: str = X264_PRESET, threads: int = ENCODER_THREADS,
                  thumbnail_index: int | None = None, x264_params: str | None = None,
-                 thread_type: str = "slice") -> None:
+                 thread_type: str = DEFAULT_THREAD_TYPE) -> None:
         if not deterministic_heap():
             log.warning("glibc M_PERTURB unavailable: x264 output may vary between runs for identical frames")
         self.path = Path(path)

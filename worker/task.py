@@ -61,7 +61,7 @@ from contract.queue import TASK_PATH, JobQueue
 from contract.settings import Settings
 from contract.storage import Storage, StorageError
 from models.pipeline_types import GenerationResult, StageEvent, StepCallback
-from worker.encode import Mp4Stream, decode_image, encode_thumbnail, pick_codec
+from worker.encode import DEFAULT_THREAD_TYPE, Mp4Stream, decode_image, encode_thumbnail, pick_codec
 from worker.metrics import WorkerMetrics
 from worker.progress import NEARLY_DONE, JobCancelled, JobProgress, ShutdownRequeue
 from worker.reaper import Lease, submit_end_webhook
@@ -258,7 +258,7 @@ class _Frames:
     """Decoded frame chunks → the MP4 encoder's thread, opened at the first chunk."""
 
     def __init__(self, path: Path, *, fps: int, num_frames: int, codec: str, threads: int,
-                 thread_type: str = "slice") -> None:
+                 thread_type: str = DEFAULT_THREAD_TYPE) -> None:
         self.path, self.fps, self.num_frames, self.codec, self.threads = path, fps, num_frames, codec, threads
         self.thread_type = thread_type
         self.encoder: Mp4Stream | None = None

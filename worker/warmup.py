@@ -45,7 +45,7 @@ import numpy as np
 from contract.jobs import GenerationParams
 from contract.settings import WorkerSettings, parse_warmup_size
 from models.pipeline_types import Progress
-from worker.encode import X264, Mp4Stream, encode_jpeg, pick_codec
+from worker.encode import DEFAULT_THREAD_TYPE, X264, Mp4Stream, encode_jpeg, pick_codec
 from worker.task import Pipeline
 
 log = logging.getLogger("turbovid.worker")
@@ -138,7 +138,7 @@ class _JobPaths(Progress):
 
     wants_preview = True
 
-    def __init__(self, shape: WarmupShape, codec: str, threads: int, thread_type: str = "slice") -> None:
+    def __init__(self, shape: WarmupShape, codec: str, threads: int, thread_type: str = DEFAULT_THREAD_TYPE) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="turbovid-warmup-"))
         self.stream = Mp4Stream(self.folder / "warmup.mp4", width=shape.width, height=shape.height, fps=16,
                                 codec=codec, threads=threads, thread_type=thread_type,

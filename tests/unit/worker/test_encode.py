@@ -214,12 +214,16 @@ def _x264_delay(options: dict[str, str], frames: np.ndarray) -> int:
 
 def test_x264_holds_back_few_frames_at_the_same_crf():
     # The encode tail after the VAE's last chunk is that chunk plus what x264 still holds back (its
-    # lookahead and B-frames), encoded only at close: ours holds 6 frames, veryfast's defaults 11.
+    # lookahead and B-frames, and with frame threads a frame per thread), encoded only at close: sliced,
+    # ours holds 6 frames, veryfast's defaults 11; frame threads (the default) add the threads (13 at 4).
     frames = _moving(24, 48, 80)
-    ours = _codec_options(X264, DEFAULT_CRF, X264_PRESET, 4)
-    assert _x264_delay(ours, frames) <= 6
-    veryfast = {k: v for k, v in ours.items() if k != "x264-params"}
+    sliced = _codec_options(X264, DEFAULT_CRF, X264_PRESET, 4, "slice")
+    assert _x264_delay(sliced, frames) <= 6
+    veryfast = {k: v for k, v in sliced.items() if k != "x264-params"}
     assert _x264_delay(veryfast, frames) >= 10
+    framed = _codec_options(X264, DEFAULT_CRF, X264_PRESET, 4)
+    assert framed["x264-params"] == "rc-lookahead=5:sliced-threads=0"  # DEFAULT_THREAD_TYPE
+    assert _x264_delay(framed, frames) <= 5 + 4 + 4
 
 
 def test_streamed_mp4_has_every_frame_at_crf_23_and_the_short_lookahead(tmp_path):
@@ -279,3 +283,18 @@ def test_the_real_looking_tail_follows_the_vaes_chunk_plan(tmp_path):
     assert 0 <= tail < time.perf_counter() - t0 and (tmp_path / "t.mp4").stat().st_size > 0
     with av.open(str(tmp_path / "t.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 17
+
+
+def test_the_workers_default_thread_type_is_the_encoders(tmp_path):
+    # worker.encoder_thread_type's default (contract, which may not import the worker) is the encoder's own
+    # default, frame threads: x264 writes it into the stream
+    from contract.settings import WorkerSettings
+    from worker.encode import DEFAULT_THREAD_TYPE
+
+    assert WorkerSettings().encoder_thread_type == DEFAULT_THREAD_TYPE == "frame"
+    enc = Mp4Stream(tmp_path / "d.mp4", width=80, height=48, fps=16)
+    enc.write(_moving(9, 48, 80))
+    enc.close()
+    data = (tmp_path / "d.mp4").read_bytes()
+    info = data[data.find(b"x264 - core") :][:2000]
+    assert b"sliced_threads=0" in info and b"threads=8" in info
