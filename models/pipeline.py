@@ -313,8 +313,8 @@ class WanPipeline:
 
     def preview_map(self) -> LatentPreview:
         """The latent → RGB factors of this pipeline's VAE (fitted once, on first use)."""
-        if self.latent_preview is None:
-            self.latent_preview = LatentPreview.fit(self.vae)  # type: ignore[arg-type]
+        if self.latent_preview is None:  # kept on the device: no host copy (and stream sync) per preview
+            self.latent_preview = LatentPreview.fit(self.vae).to(self.device)  # type: ignore[arg-type]
         return self.latent_preview
 
     def _decode_frames(self, latents: torch.Tensor, num_frames: int, progress: Progress) -> np.ndarray:

@@ -95,3 +95,41 @@ def test_flow_cfg_combines_guidance_and_reaches_the_clean_sample():
     uncond = lambda x, s: torch.zeros_like(x)
     out = sample_flow_cfg(cond, uncond, noise, num_steps=4, shift=1.0, guidance_scale=3.0)
     torch.testing.assert_close(out, noise - 3.0)  # sum of (s_next - s) over steps is -1
+
+
+@pytest.mark.gpu
+def test_rcm_loop_never_waits_for_the_gpu():
+    """On CUDA the denoise loop queues everything: the SDE's fresh noise (drawn on the CPU for seeds that
+    mean the same on every device) goes up from pinned memory and the preview's latent->RGB factors live on
+    the device; a pageable host->device copy would first wait for the step in flight (a host sync per step).
+    CUDA's sync debug mode turns any synchronizing call into an error; the values are the CPU run's."""
+    from models.latent_preview import LatentPreview
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    noise = torch.randn(1, 16, 3, 8, 8)
+    preview = LatentPreview(weight=torch.randn(3, 16), bias=torch.zeros(3)).to("cuda")
+    images = []
+
+    def run(start, x0_hook=None):
+        vel = lambda x, t: torch.sin(x) * t  # noqa: E731
+        return sample_rcm(vel, start, num_steps=4, sigma_max=80.0, mode="sde",
+                          generator=torch.Generator().manual_seed(3), on_x0=x0_hook)
+
+    want = run(noise)
+    start = noise.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = run(start, lambda i, n, x0: images.append(preview.to_rgb(x0[0, :, 1])))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    assert len(images) == 4 and images[0].is_cuda and images[0].dtype == torch.uint8
+    # and the check is real: a pageable copy inside the loop is refused
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            torch.randn(4, 4).to("cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
