@@ -63,6 +63,8 @@
 #                                       decoder), then turbovid bench
 #   bash scripts/gpu_verify.sh s22c     one GPU, ~6 min: frame threads by default: the real-looking-content tail sliced vs
 #                                       frame threads (with and without a GIL-holding decoder), turbovid bench
+#   bash scripts/gpu_verify.sh s22d     one GPU, ~9 min: no host syncs in the denoise loop (GPU test), turbovid bench,
+#                                       the A14B I2V 720p whole job (resident and 32 GiB budget)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -437,6 +439,14 @@ elif [ "$mode" = s22c ]; then
     done
     turbovid_bench 330
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
+elif [ "$mode" = s22d ]; then
+    timeout 90 python3 -m pytest -q -p no:cacheprovider --timeout 80 tests/unit/models/test_samplers.py \
+        tests/unit/kernels/test_int8_quant.py tests/unit/worker/test_encode.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    turbovid_bench 300
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
+    timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
+    grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
 elif [ "$mode" = s21e ]; then
     timeout 300 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
