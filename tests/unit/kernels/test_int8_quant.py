@@ -18,6 +18,10 @@ from kernels.int8_quant import (
 )
 
 
+# the activation kernel's tests run wherever Triton can: the interpreter on CPU (CI), compiled on a GPU host
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def test_weight_blockwise_layout_and_error_bound():
     torch.manual_seed(0)
     w = torch.randn(200, 300) * torch.rand(200, 1) * 3  # N, K not multiples of 128
@@ -76,7 +80,7 @@ def test_requantize_error_bounded_by_half_step():
 @pytest.mark.parametrize("one_pass", [False, True])  # rows in registers (block_k >= K) or two passes
 def test_quantize_activation_matches_reference(dtype, shape, one_pass):
     torch.manual_seed(3)
-    x = (torch.randn(*shape) * torch.rand(shape[0], 1) * 10).to(dtype)
+    x = (torch.randn(*shape) * torch.rand(shape[0], 1) * 10).to(DEV, dtype)
     q, s = quantize_activation(x, block_k=512 if one_pass else 32)
     q_ref, s_ref = reference_quantize_activation(x)
     assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (shape[0],)
@@ -88,7 +92,7 @@ def test_quantize_activation_matches_reference(dtype, shape, one_pass):
 
 def test_quantize_activation_zero_rows_and_strided_input():
     torch.manual_seed(4)
-    base = torch.randn(9, 64, dtype=torch.bfloat16)
+    base = torch.randn(9, 64, dtype=torch.bfloat16).to(DEV)
     base[3] = 0
     x = base[:, :50]  # row stride 64, last dim contiguous
     q, s = quantize_activation(x, block_k=64)
@@ -137,8 +141,7 @@ def test_whole_row_in_pieces_matches_one_block(k, gelu):
     """The GPU's whole-row pass with the row held as power-of-two pieces (what `quantize_activation` runs
     on CUDA) gives the codes and scales of the one-block pass, also from column chunks."""
     torch.manual_seed(k)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU host: the compiled kernel
-    x = (torch.randn(13, k, device=dev) * 3).to(torch.bfloat16)
+    x = (torch.randn(13, k) * 3).to(DEV, torch.bfloat16)
     x[2, -1] = 40.0  # the row's absmax in the last piece
     x[7] = 0
     whole = _quantize(x, 13, k, x.stride(0), None, 4, 128, gelu, pieces=False)
