@@ -65,6 +65,8 @@
 #                                       frame threads (with and without a GIL-holding decoder), turbovid bench
 #   bash scripts/gpu_verify.sh s22d     one GPU, ~9 min: no host syncs in the denoise loop (GPU test), turbovid bench,
 #                                       the A14B I2V 720p whole job (resident and 32 GiB budget)
+#   bash scripts/gpu_verify.sh s22e     one GPU, ~4 min: the encoder's frames built by one NumPy copy (without the GIL):
+#                                       int8/encode tests on the GPU host, turbovid bench
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -447,6 +449,12 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s22e ]; then
+    timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 tests/unit/kernels/test_int8_quant.py \
+        tests/unit/worker/test_encode.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    turbovid_bench 240
+    grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
 elif [ "$mode" = s21e ]; then
     timeout 300 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8

