@@ -8,15 +8,14 @@ import torch
 from kernels.int8_quant import (
     _quantize,
     dequantize_weight_blockwise,
+    launch_meta,
     quantize_activation,
     quantize_activation_chunked,
     quantize_weight_blockwise,
     reference_quantize_activation,
-    launch_meta,
     requantize_per_channel,
     row_pieces,
 )
-
 
 # the activation kernel's tests run wherever Triton can: the interpreter on CPU (CI), compiled on a GPU host
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
