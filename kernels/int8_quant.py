@@ -257,10 +257,7 @@ def _quantize_rows_kernel(
             mask = row_ok[:, None] & (cols[None, :] < K)
             xf = _load_act(x_ptr, rows, cols, stride_xm, mask, chunk_w, chunk_g, chunk_n, chunk_s, GELU, FAST_TANH,
                        CHUNKED)
-            v = xf * inv[:, None]
-            v = tl.where(v >= 0, v + 0.5, v - 0.5)
-            v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-            tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], v.to(tl.int8), mask=mask)
+            _store_codes(q_ptr, rows, cols, stride_qm, mask, xf, inv)
 
 
 def row_pieces(k: int) -> tuple[int, int, int]:
