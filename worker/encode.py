@@ -93,7 +93,7 @@ def rgb_frame(rgb: np.ndarray) -> av.VideoFrame:
     h, w, _ = rgb.shape
     frame = av.VideoFrame(w, h, "rgb24")
     plane = frame.planes[0]
-    rows = np.frombuffer(plane, dtype=np.uint8).reshape(h, plane.line_size)  # line_size: padded to alignment
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(h, plane.line_size)  # line_size: row padding
     np.copyto(rows[:, : w * 3], rgb.reshape(h, w * 3))
     return frame
 
