@@ -106,7 +106,8 @@ def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
     choices = use_kernel_cache(settings.cache_dir, report) if on_gpu else None
     shapes = served_shapes(pipeline, settings.warmup_sizes) if on_gpu else [small_shape(pipeline)]
     report.codec, reason = pick_codec()
-    log.info("video encoder: %s (%s)", report.codec, reason)
+    threads = f"; {settings.encoder_threads} {settings.encoder_thread_type} threads" if report.codec == X264 else ""
+    log.info("video encoder: %s (%s%s)", report.codec, reason, threads)
     try:
         for i, shape in enumerate(shapes):
             t0 = time.perf_counter()

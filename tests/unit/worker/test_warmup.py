@@ -145,10 +145,14 @@ def test_warm_up_on_a_gpu_runs_every_served_shape_with_all_default_steps(tmp_pat
     assert [s for s, _ in report.shapes] == served_shapes(pipe, ["128x128"])
 
 
-def test_warm_up_off_the_gpu_is_one_small_generation(tmp_path: Path) -> None:
+def test_warm_up_off_the_gpu_is_one_small_generation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pipe = _Pipe("wan2.1-t2v-1.3b", device="cpu")
-    warmup.warm_up(pipe, WorkerSettings(cache_dir=tmp_path))
+    with caplog.at_level("INFO", logger="turbovid.worker"):
+        warmup.warm_up(pipe, WorkerSettings(cache_dir=tmp_path, encoder_threads=6))
     assert [(p.width, p.height, p.num_frames, p.num_steps) for p, _ in pipe.calls] == [(64, 64, 5, 1)]
+    # the start log says how the jobs' MP4s will be encoded (no NVENC on a CPU host)
+    assert any(r.getMessage().startswith("video encoder: libx264 (") and "; 6 frame threads)" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_warmup_sizes_setting_is_checked_against_the_model() -> None:
