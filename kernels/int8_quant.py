@@ -368,9 +368,8 @@ def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     inv = torch.empty((m,), dtype=torch.float32, device=x.device)
-    on_cpu = x.device.type == "cpu"
-    bm, bk, warps = _quant_blocks(k, on_cpu)
-    _quantize_rows_kernel[(triton.cdiv(m, bm),)](
+    meta = launch_meta(k, x.device.type == "cpu", pieces=False)
+    _quantize_rows_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
         x,
         x,
         s,
@@ -383,11 +382,8 @@ def activation_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         1,
         1,
         0,
-        BLOCK_M=bm,
-        BLOCK_K=bk,
         WRITE_Q=False,
-        ONE_PASS=bk >= k,
         GELU=False,
-        **({} if on_cpu else {"num_warps": warps}),
+        **meta,
     )
     return s, inv

@@ -565,7 +565,6 @@ class ResidualBlock(nn.Module):
         return (self.shortcut is None and conv1.weight.dtype == x.dtype
                 and _igemm_runs(cache.conv_impl, cache.igemm_channels, x.shape[1], x.device, x.dtype))  # fmt: skip
 
-
     def _forward_igemm(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """The fused block with two implicit-GEMM convs: norm + SiLU (one pass) into conv1's padded input;
         conv1, whose epilogue adds its bias and writes norm + SiLU straight into conv2's padded input;
