@@ -654,7 +654,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for a worker to become ready")
     p.add_argument("--job-timeout", type=float, default=300.0, help="seconds per end-to-end job")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
-    p.add_argument("--logs", type=Path, default=None, help="copy the end-to-end processes' logs (and the worker's autotune choices) here")
+    p.add_argument("--logs", type=Path, default=None, help="copy the end-to-end processes' logs (and the worker's autotune choices and "
+                        "recorded kernel list, to ship in worker/autotune/) here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -728,7 +729,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.logs is not None and (tmp / "e2e").is_dir():
             args.logs.mkdir(parents=True, exist_ok=True)
-            for log_file in [*(tmp / "e2e").glob("*.log"), *(tmp / "e2e" / "cache" / "autotune").glob("*.json")]:
-                shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", log_file.name))
+            cache = tmp / "e2e" / "cache"  # the autotune choices and the recorded kernel list: to ship
+            for prefix, files in (("", (tmp / "e2e").glob("*.log")), ("", (cache / "autotune").glob("*.json")),
+                                  ("kernels-", (cache / "kernels").glob("*.json"))):
+                for log_file in files:
+                    shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", prefix + log_file.name))
         shutil.rmtree(tmp, ignore_errors=True)
     return code

@@ -110,6 +110,10 @@ class WorkerSettings(BaseModel):
     # Sizes warmed up beyond the catalog's default, for each kind the model serves: "WIDTHxHEIGHT" or
     # "WIDTHxHEIGHTxFRAMES" (frames default to the model's), e.g. ["1280x720", "832x480x41"].
     warmup_sizes: list[str] = Field(default_factory=list)
+    # Compile the Triton kernels recorded by this host's earlier starts (or shipped for its GPU model) on one
+    # thread per CPU while the weights load, instead of one after the other at the warm-up's first launches
+    # (worker/precompile.py). Off: every kernel compiles at its first launch, as before.
+    precompile_kernels: bool = True
     name: str | None = None  # RQ worker name; default host:pid
     cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
     # GPU memory budget in GB (GiB; None: the device's own), per rank. Under it the worker offloads what

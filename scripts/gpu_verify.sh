@@ -67,6 +67,9 @@
 #                                       the A14B I2V 720p whole job (resident and 32 GiB budget)
 #   bash scripts/gpu_verify.sh s22e     one GPU, ~4 min: the encoder's frames built by one NumPy copy (without the GIL):
 #                                       int8/encode tests on the GPU host, turbovid bench
+#   bash scripts/gpu_verify.sh s23a     one GPU, ~6 min: the precompile's tests, the decode with/without the streamed
+#                                       encoder (scripts/decode_contention.py), then two fresh worker starts through
+#                                       real processes: without a kernel list, then with the list the first recorded
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -449,6 +452,23 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s23a ]; then
+    timeout 90 python3 -m pytest -q -p no:cacheprovider --timeout 80 tests/unit/worker/test_precompile.py \
+        tests/unit/worker/test_warmup.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    timeout 90 python3 scripts/decode_contention.py --size 832x480 --repeats 3 2>&1 | grep -v "^W\|Warn" | tail -8
+    # fresh start A: no kernel list (none shipped); it records one
+    timeout 200 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2eA" > "$OUT/logs/benchA.log" 2>&1
+    grep -E "start -> ready|POST->completed" "$OUT/logs/benchA.log" | head -4
+    grep -hE "precompile|compiled .* at launch|warm-up done|loading pipeline|warm-up t2v" "$OUT"/logs/e2eA/*worker*.log | cut -c1-220
+    ls "$OUT/logs/e2eA" | grep kernels
+    cp "$OUT"/logs/e2eA/kernels-*.json worker/autotune/NVIDIA_H200-cc90.kernels.json || echo "no kernel list recorded"
+    # fresh start B: the recorded list shipped; then a restart on the warm cache
+    timeout 200 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --skip-stages \
+        --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2eB" > "$OUT/logs/benchB.log" 2>&1
+    grep -E "start -> ready|POST->completed|first / second|restart" "$OUT/logs/benchB.log" | head -8
+    grep -hE "precompile|compiled .* at launch|warm-up done|loading pipeline|warm-up t2v" "$OUT"/logs/e2eB/*worker*.log | cut -c1-220
 elif [ "$mode" = s22e ]; then
     timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 tests/unit/kernels/test_int8_quant.py \
         tests/unit/worker/test_encode.py > "$OUT/logs/tests.log" 2>&1

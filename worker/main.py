@@ -244,14 +244,17 @@ def run_worker(
     beat.start()
     ranks: RankedPipeline | None = None
     try:
+        kernels = None
         if pipeline is None:
+            if w.warmup and device.startswith("cuda"):  # kernel caches; recorded kernels compile during the load
+                kernels = warmup.start_kernels(w)
             log.info("loading pipeline %s (device=%s dtype=%s ranks=%d)", w.model, device, dtype, w.gpus)
             if w.gpus > 1:
                 pipeline = ranks = start_ranks(settings, "cuda" if device.startswith("cuda") else device, dtype,
                                                world_size=w.gpus, load=load)
             else:
                 pipeline = load(settings, device, dtype)
-        codec = warmup.warm_up(pipeline, w).codec if w.warmup else None  # served sizes, kernel caches in w.cache_dir
+        codec = warmup.warm_up(pipeline, w, kernels).codec if w.warmup else None  # served sizes, kernel caches
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
                                             "linear": pipeline.linear, "ready": True})
         beat.advertise()

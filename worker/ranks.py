@@ -455,11 +455,14 @@ def _rank_main(rank: int, world_size: int, settings: Settings, device: str, dtyp
             torch.cuda.set_device(device)
         else:
             _cpu_threads(world_size)
-        pipe = load(settings, device, dtype)
-        if device.startswith("cuda"):  # rank 0's compiled kernels and autotune choices (worker/warmup.py)
-            from worker.warmup import use_kernel_cache
+        kernels = None
+        if device.startswith("cuda"):  # rank 0's compiled kernels and autotune choices (worker/warmup.py);
+            from worker.warmup import start_kernels  # the kernels rank 0 recorded compile during the load
 
-            use_kernel_cache(settings.worker.cache_dir)
+            kernels = start_kernels(settings.worker, record=False)
+        pipe = load(settings, device, dtype)
+        if kernels is not None and kernels.precompile is not None:
+            kernels.precompile.wait()
     except BaseException as exc:
         log.exception("rank %d: loading failed", rank)
         _send(status, ("error", 0, f"{type(exc).__name__}: {exc}"))

@@ -18,6 +18,12 @@ advertises itself ready:
    (dev stack, tests) nothing is compiled or tuned: one small generation (64×64, 5 frames, 1 step).
 3. The autotuner's choices are written back for the next process.
 
+Compiling is the larger part of a fresh start (~30 of ~50 s at 1.3B 480p on an H200 host, one kernel after
+the other). `start_kernels`, called before the pipeline loads, also starts `worker.precompile.Precompile`:
+the kernel specializations recorded by an earlier start on this host (or shipped for this GPU model,
+`worker/autotune/<GPU>.kernels.json`) compile on a thread pool while the weights load, and the warm-up's
+launches find them compiled. The warm-up records what it compiles for the next start.
+
 Triton's own `autotune(cache_results=True)` cannot be used for this: it skips configs that carry a
 `pre_hook` (the TMA W8A8 kernel's set the descriptors' block shapes), and its switch is read when the
 kernel module is imported. `AutotuneChoices` records the chosen config per tuning key for every
@@ -46,6 +52,7 @@ from contract.jobs import GenerationParams
 from contract.settings import WorkerSettings, parse_warmup_size
 from models.pipeline_types import Progress
 from worker.encode import DEFAULT_THREAD_TYPE, X264, Mp4Stream, encode_jpeg, pick_codec
+from worker.precompile import Precompile, PrecompileReport
 from worker.task import Pipeline
 
 log = logging.getLogger("turbovid.worker")
@@ -75,6 +82,18 @@ class WarmupReport:
     kernel_cache: Path | None = None  # Triton's compiled-kernel folder, when Triton is present
     seconds: float = 0.0
     codec: str = X264  # the MP4 encoder this host opens (`worker.encode.pick_codec`), chosen once here
+    precompile: PrecompileReport | None = None  # the recorded kernels compiled before the warm-up
+    compiled_at_launch: int = 0  # kernels the warm-up still compiled when it launched them (not in the lists)
+
+
+@dataclass
+class KernelStart:
+    """The kernel caches of a GPU worker, set up before its pipeline loads (`start_kernels`)."""
+
+    choices: AutotuneChoices
+    kernel_cache: Path | None
+    choices_loaded: int
+    precompile: Precompile | None
 
 
 def served_shapes(pipeline: Pipeline, extra_sizes: list[str]) -> list[WarmupShape]:
@@ -97,13 +116,33 @@ def served_shapes(pipeline: Pipeline, extra_sizes: list[str]) -> list[WarmupShap
     return list(dict.fromkeys(shapes))
 
 
-def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
+def start_kernels(settings: WorkerSettings, *, record: bool = True) -> KernelStart | None:
+    """Point Triton at the kernel caches of `settings.cache_dir` (`use_kernel_cache`) and, unless
+    `settings.precompile_kernels` is off, start compiling the recorded kernels in the background (recording
+    what this process compiles from now on when `record`). None where Triton or CUDA is missing. Call it
+    before loading the pipeline: the compiles overlap the load."""
+    report = WarmupReport()
+    choices = use_kernel_cache(settings.cache_dir, report)
+    if choices is None:
+        return None
+    pre = Precompile(settings.cache_dir, record=record) if settings.precompile_kernels else None
+    return KernelStart(choices, report.kernel_cache, report.choices_loaded, pre)
+
+
+def warm_up(pipeline: Pipeline, settings: WorkerSettings, kernels: KernelStart | None = None) -> WarmupReport:
     """Generate once at every served shape (see the module docstring) with the kernel caches of
-    `settings.cache_dir`; returns what was done and how long each shape took."""
+    `settings.cache_dir` (`kernels`: as `start_kernels` set them up earlier; else set up here); returns what
+    was done and how long each shape took."""
     started = time.perf_counter()
     report = WarmupReport()
     on_gpu = str(getattr(pipeline, "device", "cpu")).startswith("cuda")
-    choices = use_kernel_cache(settings.cache_dir, report) if on_gpu else None
+    if on_gpu and kernels is None:
+        kernels = start_kernels(settings)
+    choices = kernels.choices if kernels is not None else None
+    if kernels is not None:
+        report.kernel_cache, report.choices_loaded = kernels.kernel_cache, kernels.choices_loaded
+        if kernels.precompile is not None:
+            report.precompile = kernels.precompile.wait()
     shapes = served_shapes(pipeline, settings.warmup_sizes) if on_gpu else [small_shape(pipeline)]
     report.codec, reason = pick_codec()
     threads = f"; {settings.encoder_threads} {settings.encoder_thread_type} threads" if report.codec == X264 else ""
@@ -126,6 +165,10 @@ def warm_up(pipeline: Pipeline, settings: WorkerSettings) -> WarmupReport:
     finally:
         if choices is not None:
             report.choices_saved = choices.save()
+        if kernels is not None and kernels.precompile is not None:
+            report.compiled_at_launch, listed = kernels.precompile.save()
+            log.info("warm-up compiled %d kernels at launch (not precompiled); %d kernel specializations "
+                     "recorded for the next start", report.compiled_at_launch, listed)
     report.seconds = time.perf_counter() - started
     log.info("warm-up done in %.1f s (%d shapes; autotune choices: %d loaded, %d saved)", report.seconds,
              len(report.shapes), report.choices_loaded, report.choices_saved)

@@ -231,3 +231,54 @@ def test_warm_up_runs_a_jobs_side_paths_so_the_first_job_does_not(tmp_path: Path
     assert sum(written) == 5 and len(closed) == 1 and closed[0] > 0  # every frame of the 64×64×5 run encoded
     assert report.codec == "libx264"  # no NVENC here
     assert not list(Path(tempfile.gettempdir()).glob("turbovid-warmup-*"))  # the temporary MP4 is gone
+
+
+def test_a_gpu_warm_up_records_its_compiles_and_the_next_start_precompiles_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernels_module: types.ModuleType) -> None:
+    """start_kernels → warm_up records each kernel Triton compiles during the warm-up into this host's list;
+    the next start hands that list to the precompile (before the warm-up's first launch)."""
+    from triton import knobs
+    from triton.runtime.jit import JITFunction
+
+    from worker import precompile as pc
+
+    def _src_kernel(x_ptr, BLOCK: tl.constexpr):  # noqa: ANN001, ANN202 - a kernel body, never compiled here
+        pass
+
+    _src_kernel.__module__, _src_kernel.__qualname__ = "kernels.fake_for_test", "_src_kernel"
+    jit = JITFunction(_src_kernel)  # a real JITFunction even under the interpreter
+    kernels_module.kernel = jit  # type: ignore[attr-defined]
+    spec = json.dumps({"name": "kernels.fake_for_test._src_kernel", "key": "k", "signature": {"x_ptr": "*fp32"}})
+
+    class CompilingPipe(_Pipe):
+        def generate(self, params: Any, *, image: Any = None, on_step: Any = None) -> None:
+            super().generate(params, image=image, on_step=on_step)
+            hook = knobs.runtime.jit_post_compile_hook  # what Triton calls after compiling a specialization
+            assert hook is not None
+            hook(key="k", repr="r", fn=types.SimpleNamespace(jit_function=jit, name="_src_kernel"),
+                 compile={"key": "k", "specialization_data": spec}, is_manual_warmup=False, already_compiled=False)
+
+    given: list[list[Any]] = []
+
+    def fake_precompile(entries: Any, threads: Any = None, package: str = "kernels") -> pc.PrecompileReport:
+        given.append(list(entries))  # (compiling needs a GPU or compile_check's driver: test_precompile.py)
+        return pc.PrecompileReport(listed=len(given[-1]), compiled=len(given[-1]), threads=1)
+
+    monkeypatch.setattr(pc, "precompile", fake_precompile)
+    monkeypatch.setattr(pc, "SHIPPED", tmp_path / "shipped")  # no shipped list for this "GPU"
+    monkeypatch.setattr(warmup, "use_kernel_cache",
+                        lambda cache_dir, report=None: AutotuneChoices(Path(cache_dir) / "autotune" / "x.json"))
+    settings = WorkerSettings(cache_dir=tmp_path / "cache")
+    report = warmup.warm_up(CompilingPipe("wan2.1-t2v-1.3b"), settings, warmup.start_kernels(settings))
+    assert given == [[]]  # first start: nothing recorded yet
+    assert report.precompile is not None and report.compiled_at_launch == 1
+    assert knobs.runtime.jit_post_compile_hook is None  # recording stops with the warm-up
+    listing = next((tmp_path / "cache" / "kernels").glob("*.json"))
+    assert [e["kernel"] for e in json.loads(listing.read_text())["kernels"]] == ["kernels.fake_for_test._src_kernel"]
+
+    report = warmup.warm_up(_Pipe("wan2.1-t2v-1.3b"), settings, warmup.start_kernels(settings))
+    assert [[e.kernel for e in g] for g in given] == [[], ["kernels.fake_for_test._src_kernel"]]
+    assert report.precompile is not None and report.precompile.compiled == 1 and report.compiled_at_launch == 0
+    off = WorkerSettings(cache_dir=tmp_path / "cache", precompile_kernels=False)
+    kernels = warmup.start_kernels(off)
+    assert kernels is not None and kernels.precompile is None and len(given) == 2

@@ -1,0 +1,91 @@
+"""Does the streamed MP4 encoder slow the VAE decode down? (GPU; issue 8)
+
+`turbovid bench` measured the worker's 480p vae_decode at 0.62 s where `models.bench_vae` decodes the same
+latents in 0.59 s. The worker's decode (`WanPipeline._decode_frames`) differs in two ways: each chunk is
+turned into uint8 RGB and copied to pinned host memory, and its frames go to x264 (`worker.encode.Mp4Stream`)
+on other threads while the next chunk decodes. This times `_decode_frames` on random full-size weights with
+no consumer and with the encoder in each threading mode, in one process, same latents:
+
+    python3 scripts/decode_contention.py [--size 832x480] [--repeats 3]
+
+Prints, per consumer, the median decode seconds (start → last chunk handed over) and the encode tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.pipeline import WanPipeline  # noqa: E402
+from models.pipeline_types import Progress  # noqa: E402
+from models.vae import VAEConfig, WanVAE  # noqa: E402
+from worker.encode import Mp4Stream  # noqa: E402
+
+
+class _Sink(Progress):
+    def __init__(self, stream: Mp4Stream | None) -> None:
+        self.stream = stream
+
+    def on_frames(self, start: int, frames: np.ndarray) -> None:
+        if self.stream is not None:
+            self.stream.write(frames)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="832x480")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--preset", default="wan2.1", choices=["wan2.1", "tiny"], help="tiny: a CPU smoke run")
+    args = ap.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    cuda = torch.cuda.is_available()
+    device, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
+    cfg = VAEConfig.from_name(args.preset)
+    torch.manual_seed(0)
+    vae = WanVAE(cfg).eval().requires_grad_(False).to(device, dtype)
+    host = types.SimpleNamespace(vae=vae, device=device, dtype=dtype, _decode_chunks=vae.decode_iter)
+    t_lat = (args.frames - 1) // cfg.temporal_factor + 1
+    latents = torch.randn(1, cfg.z_dim, t_lat, height // cfg.spatial_factor, width // cfg.spatial_factor, device=device, dtype=dtype)
+    folder = Path(tempfile.mkdtemp())
+    consumers: list[tuple[str, dict[str, object] | None]] = [
+        ("none", None), ("x264 frame 8", {"threads": 8, "thread_type": "frame"}),
+        ("x264 slice 8", {"threads": 8, "thread_type": "slice"}), ("x264 frame 4", {"threads": 4, "thread_type": "frame"}),
+        ("none again", None)]
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    print(f"{torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}; {width}x{height} {args.frames} frames", flush=True)
+    print(f"{'consumer':14} {'decode s':>9} {'tail s':>8}  runs", flush=True)
+    with torch.inference_mode():
+        WanPipeline._decode_frames(host, latents, args.frames, _Sink(None))  # type: ignore[arg-type]  # warm
+        sync()
+        for name, opts in consumers:
+            decodes, tails = [], []
+            for rep in range(args.repeats + 1):
+                stream = None if opts is None else Mp4Stream(folder / f"{rep}.mp4", width=width, height=height,
+                                                             fps=16, **opts)  # type: ignore[arg-type]
+                sync()
+                t0 = time.perf_counter()
+                WanPipeline._decode_frames(host, latents, args.frames, _Sink(stream))  # type: ignore[arg-type]
+                t1 = time.perf_counter()
+                if stream is not None:
+                    stream.close()
+                t2 = time.perf_counter()
+                if rep:  # the first of each row is untimed
+                    decodes.append(t1 - t0)
+                    tails.append(t2 - t1)
+            print(f"{name:14} {statistics.median(decodes):9.3f} {statistics.median(tails):8.3f}  "
+                  f"{' '.join(f'{d:.3f}' for d in decodes)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

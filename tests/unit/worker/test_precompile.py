@@ -1,0 +1,147 @@
+"""worker/precompile.py: the kernel specializations a process compiles are recorded, and a later process
+compiles them on a thread pool into the JIT's caches, so that its launches compile nothing.
+
+The compiling tests run real kernels of `kernels/` through Triton's compiler in a subprocess (the interpreter,
+on for the other CPU tests, never compiles): on a CPU host for sm_90 with compile_check's stand-in driver, on a
+GPU host for its own GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import triton
+
+from worker.precompile import KernelSpec, KernelSpecs, PrecompileReport, precompile
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# Records two real kernels' specializations (the VAE softmax at three row lengths, the activation quant at
+# five widths) while launching them, then forgets every compiled kernel (the JIT's memory and a new file
+# cache), loads the list back and precompiles it; finally launches the same kernels again, counting compiles.
+_SCRIPT = textwrap.dedent("""
+    import json, sys, tempfile
+    from pathlib import Path
+    import torch
+    from triton import knobs
+    from kernels import compile_check as cc
+    from worker.precompile import KernelSpecs, find_jit_functions, precompile
+
+    listing, mode = Path(sys.argv[1]), sys.argv[2]
+    if not torch.cuda.is_available():
+        cc._use_target(90)
+    else:  # launch-free compiles for this GPU, through the same warmup() calls
+        cc._use_target(int("".join(map(str, torch.cuda.get_device_capability()))))
+    cases = ("softmax_rows", "int8_quant")
+    out = {}
+    knobs.cache.dir = tempfile.mkdtemp()
+    before = []  # a hook installed by someone else keeps being called
+    knobs.runtime.jit_post_compile_hook = lambda **kw: before.append(kw["fn"].name)
+    specs = KernelSpecs(listing)
+    with specs.recording():
+        for case in cases:
+            assert not cc.CASES[case](cc._SMEM).errors
+    out["recorded"], out["compiles_seen"], out["hook_before"] = specs.save(), specs.compiles, len(before)
+    out["hook_restored"] = knobs.runtime.jit_post_compile_hook is not None and specs.compiles == len(before)
+    if mode == "edit":  # one entry's kernel edited since, one whose signature no longer fits
+        data = json.loads(listing.read_text())
+        data["kernels"][0]["source"] = "0" * 16
+        data["kernels"][1]["spec"]["signature"] = {"nonexistent_arg": "*fp32"}
+        listing.write_text(json.dumps(data))
+    for fn in find_jit_functions().values():
+        fn.device_caches.clear()
+    fresh = Path(tempfile.mkdtemp())
+    knobs.cache.dir = str(fresh)
+    loaded = KernelSpecs(listing)
+    out["loaded"] = loaded.load()
+    report = precompile(loaded.entries.values(), threads=2)
+    out["report"] = {"listed": report.listed, "compiled": report.compiled, "stale": report.stale,
+                     "failed": report.failed, "threads": report.threads, "errors": report.errors}
+    out["cache_files"] = sum(1 for p in fresh.rglob("*.cubin"))
+    compiled_at_launch = []
+    knobs.runtime.jit_cache_hook = lambda **kw: compiled_at_launch.append(kw["fn"].name)
+    for case in cases:
+        assert not cc.CASES[case](cc._SMEM).errors
+    out["compiled_at_launch"] = compiled_at_launch
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def _run(tmp_path: Path, mode: str) -> dict:
+    script = tmp_path / "precompile_script.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "kernels.json"), mode], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_recorded_kernels_precompile_so_that_launches_compile_nothing(tmp_path: Path) -> None:
+    out = _run(tmp_path, "plain")
+    # 3 softmax row lengths + 5 quant widths, each its own specialization
+    assert out["recorded"] == out["loaded"] == 8, out
+    assert out["compiles_seen"] == 8 and out["hook_restored"] and out["hook_before"] == 8, out
+    assert out["report"] == {"listed": 8, "compiled": 8, "stale": 0, "failed": 0, "threads": 2, "errors": []}, out
+    assert out["cache_files"] == 8, out  # Triton's file cache holds them too (the next process loads them)
+    assert out["compiled_at_launch"] == [], out  # without the precompile: 8, one per launch
+
+
+def test_edited_or_mismatched_entries_are_skipped_and_the_rest_still_compile(tmp_path: Path) -> None:
+    out = _run(tmp_path, "edit")
+    report = out["report"]
+    assert report["listed"] == 8 and report["stale"] == 1 and report["failed"] == 1 and report["compiled"] == 6, out
+    assert len(report["errors"]) == 1 and "kernels." in report["errors"][0], out
+    # the two left out compile at their launch, as without a list; nothing else does
+    assert len(out["compiled_at_launch"]) == 2, out
+
+
+def _entry(kernel: str = "kernels.fake._k", source: str = "abc", key: str = "k1") -> KernelSpec:
+    return KernelSpec(kernel, source, json.dumps({"name": kernel, "key": key, "signature": {"x": "*fp32"}}))
+
+
+def test_the_list_round_trips_dedupes_and_ignores_another_tritons_file(tmp_path: Path) -> None:
+    path = tmp_path / "k" / "gpu.json"
+    specs = KernelSpecs(path)
+    specs.add(_entry(key="a"))
+    specs.add(_entry(key="a"))  # the same specialization twice: one entry
+    specs.add(_entry(key="b"))
+    assert specs.save() == 2
+    back = KernelSpecs(path)
+    assert back.load() == 2 and list(back.entries.values()) == list(specs.entries.values())
+    data = json.loads(path.read_text())
+    assert data["triton"] == triton.__version__
+    data["triton"] = "0.0.1"  # recorded by another Triton: its options and keys need not match this one's
+    path.write_text(json.dumps(data))
+    assert KernelSpecs(path).load() == 0
+    path.write_text("{not json")
+    assert KernelSpecs(path).load() == 0  # unreadable: logged, ignored
+    assert KernelSpecs(tmp_path / "missing.json").load() == 0
+
+
+def test_malformed_entries_are_dropped_and_the_rest_kept(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.json"
+    good = _entry().to_json()
+    path.write_text(json.dumps({"triton": triton.__version__, "kernels": [{"kernel": "x"}, good, 7]}))
+    specs = KernelSpecs(path)
+    assert specs.load() == 1 and next(iter(specs.entries.values())).kernel == "kernels.fake._k"
+
+
+def test_entries_of_kernels_that_are_gone_are_stale_not_errors() -> None:
+    report = precompile([_entry("kernels.no_such_module._kernel")], threads=1)
+    assert isinstance(report, PrecompileReport)
+    assert (report.listed, report.stale, report.compiled, report.failed) == (1, 1, 0, 0)
+
+
+def test_precompile_is_on_by_default_and_a_setting_turns_it_off() -> None:
+    from contract.settings import WorkerSettings, load_settings
+
+    assert WorkerSettings().precompile_kernels is True
+    env = {"TURBOVID_DEV_MODE": "true", "TURBOVID_WORKER__PRECOMPILE_KERNELS": "false"}
+    assert load_settings(env).worker.precompile_kernels is False

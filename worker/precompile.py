@@ -1,0 +1,309 @@
+"""Compile the Triton kernels a worker is about to launch, many at once, before it launches them.
+
+A fresh worker compiles every kernel specialization its warm-up meets (one per kernel, config and class of
+argument shapes: ~130 for the 1.3B model at 480p) when the warm-up first launches it, so one after the
+other: that was ~30 of the ~50 s from start to ready on an H200 host. Each compile is independent, and
+Triton's compiler spends its time in MLIR/LLVM passes that release the GIL and in a `ptxas` subprocess, so
+a thread pool runs them side by side (1.8× on 2 cores; the host's cores are otherwise idle at start).
+
+What to compile is recorded, not guessed. Triton hands each compiled specialization to
+`knobs.runtime.jit_post_compile_hook` in its own serialized form (signature, constexprs, alignment
+attributes, options); `KernelSpecs.recording` keeps those of this project's kernels (`kernels/`) during the
+warm-up, and `save` writes them to `<cache_dir>/kernels/<device_tag>.json`. The next start hands them back
+to Triton through `JITFunction.preload` inside `AsyncCompileMode` (`precompile`), which puts each kernel in
+the JIT's in-memory cache under the key a launch computes, so the warm-up's launches find them compiled.
+On a fresh host the list shipped for its GPU model (`worker/autotune/<gpu_tag>.kernels.json`, recorded by
+`turbovid bench --logs` there) is used, as the autotuner's shipped choices are.
+
+A recorded entry is skipped when its kernel's source changed since (the hash of `JITFunction.cache_key`,
+as `worker.warmup.AutotuneChoices` checks), when the file was written by another Triton version, or when
+the kernel no longer exists; one that fails to compile is logged and left to compile at its launch, as
+before. None of this changes what runs: a kernel missing from the list compiles when launched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("turbovid.worker")
+
+KERNEL_PACKAGE = "kernels"
+SHIPPED = Path(__file__).parent / "autotune"  # <gpu_tag>.kernels.json, next to the shipped autotune choices
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One compiled specialization: the kernel's full name, a hash of its source, Triton's serialized form."""
+
+    kernel: str
+    source: str
+    spec: str  # JSON, as Triton's serialize_specialization_data wrote it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "source": self.source, "spec": json.loads(self.spec)}
+
+
+@dataclass
+class PrecompileReport:
+    listed: int = 0  # entries in the files read
+    compiled: int = 0  # now in the JIT's cache, ready for the first launch
+    stale: int = 0  # kernel gone or its source edited since the entry was recorded
+    failed: int = 0  # did not compile (left to compile at launch)
+    threads: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # the first few failures, for the log
+
+    def describe(self) -> str:
+        return (f"{self.compiled} of {self.listed} recorded kernel specializations compiled in {self.seconds:.1f} s "
+                f"on {self.threads} threads ({self.stale} stale, {self.failed} failed)")
+
+
+def source_hash(fn: Any) -> str:
+    """A hash of a JITFunction's source and the jit functions it calls (Triton's `cache_key`)."""
+    try:
+        key = str(fn.cache_key)
+    except Exception:  # noqa: BLE001 - a Triton without it: the source alone
+        key = getattr(fn, "src", None) or repr(fn)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def find_jit_functions(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
+    """Every JITFunction held by an imported module of `package`, directly or inside an autotuner /
+    heuristics wrapper, by its full name ("module.qualname", Triton's own naming in serialized specs)."""
+    import sys
+
+    from triton.runtime.jit import JITFunction
+
+    found: dict[str, Any] = {}
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or not (mod_name == package or mod_name.startswith(package + ".")):
+            continue
+        for value in list(vars(module).values()):
+            obj, depth = value, 0
+            while obj is not None and depth < 4 and not isinstance(obj, JITFunction):
+                try:
+                    obj = getattr(obj, "fn", None)
+                except Exception:  # noqa: BLE001 - objects whose attribute lookup itself fails
+                    obj = None
+                depth += 1
+            if isinstance(obj, JITFunction):
+                found[f"{obj.fn.__module__}.{obj.fn.__qualname__}"] = obj
+    return found
+
+
+class KernelSpecs:
+    """The recorded specializations of one file: {"triton": version, "kernels": [entry, ...]}."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[tuple[str, str], KernelSpec] = {}  # (kernel, spec) -> entry, in recording order
+        self.compiles = 0  # compiles seen while recording (each launch that missed the JIT's memory cache)
+        self._lock = threading.Lock()
+
+    def load(self) -> int:
+        """Read the file (missing: nothing); entries written by another Triton version are dropped. Returns
+        the number read."""
+        import triton
+
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable kernel list %s: %s", self.path, exc)
+            return 0
+        if not isinstance(data, dict) or data.get("triton") != triton.__version__:
+            log.info("kernel list %s was recorded with Triton %s, this is %s: not used", self.path,
+                     data.get("triton") if isinstance(data, dict) else "?", triton.__version__)
+            return 0
+        n = 0
+        for item in data.get("kernels", []):
+            try:
+                entry = KernelSpec(str(item["kernel"]), str(item["source"]), json.dumps(item["spec"]))
+            except (KeyError, TypeError) as exc:
+                log.warning("ignoring a malformed entry of %s: %s", self.path, exc)
+                continue
+            self.add(entry)
+            n += 1
+        return n
+
+    def add(self, entry: KernelSpec) -> None:
+        with self._lock:
+            self.entries.setdefault((entry.kernel, entry.spec), entry)
+
+    def merge(self, other: KernelSpecs) -> None:
+        for entry in list(other.entries.values()):
+            self.add(entry)
+
+    def drop_stale(self, package: str = KERNEL_PACKAGE) -> int:
+        """Drop the entries whose kernel is gone or was edited since; returns how many were dropped."""
+        functions = find_jit_functions(package)
+        with self._lock:
+            stale = [k for k, e in self.entries.items()
+                     if e.kernel not in functions or source_hash(functions[e.kernel]) != e.source]
+            for k in stale:
+                del self.entries[k]
+        return len(stale)
+
+    def save(self) -> int:
+        """Write the entries (atomically); returns how many. Errors are logged, not raised."""
+        import triton
+
+        with self._lock:
+            items = [e.to_json() for e in self.entries.values()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".kernels-", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"triton": triton.__version__, "kernels": items}, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not save the kernel list %s: %s", self.path, exc)
+            return 0
+        return len(items)
+
+    @contextmanager
+    def recording(self, package: str = KERNEL_PACKAGE) -> Iterator[KernelSpecs]:
+        """Within the block, every specialization Triton compiles (or loads from its file cache) for a
+        kernel of `package` is added here. Any hook installed before is still called."""
+        from triton import knobs
+
+        before = knobs.runtime.jit_post_compile_hook
+        prefix = package + "."
+
+        def hook(*, fn: Any, compile: dict[str, Any], **kwargs: Any) -> Any:
+            try:
+                jit = fn.jit_function
+                name = f"{jit.fn.__module__}.{jit.fn.__qualname__}"
+                if name.startswith(prefix):
+                    with self._lock:
+                        self.compiles += 1
+                    self.add(KernelSpec(name, source_hash(jit), compile["specialization_data"]))
+            except Exception:  # noqa: BLE001 - recording is an optimisation: never fail a launch for it
+                log.debug("could not record a compiled kernel", exc_info=True)
+            return before(fn=fn, compile=compile, **kwargs) if before is not None else None
+
+        knobs.runtime.jit_post_compile_hook = hook
+        try:
+            yield self
+        finally:
+            knobs.runtime.jit_post_compile_hook = before
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def precompile(entries: Iterable[KernelSpec], threads: int | None = None, package: str = KERNEL_PACKAGE) -> PrecompileReport:
+    """Compile `entries` on `threads` threads (default: one per CPU) into the JIT's caches (the in-memory
+    one a launch looks up, and Triton's file cache). The kernels' modules must be imported."""
+    from triton.runtime._async_compile import AsyncCompileMode
+    from triton.runtime.driver import driver
+
+    started = time.perf_counter()
+    entries = list(entries)
+    report = PrecompileReport(listed=len(entries), threads=threads or default_threads())
+    functions = find_jit_functions(package)
+    todo: list[tuple[Any, KernelSpec, str]] = []
+    for entry in entries:
+        fn = functions.get(entry.kernel)
+        if fn is None or source_hash(fn) != entry.source:
+            report.stale += 1
+            continue
+        todo.append((fn, entry, str(json.loads(entry.spec)["key"])))
+    if todo:
+        with ThreadPoolExecutor(report.threads, thread_name_prefix="turbovid-compile") as pool:
+            with AsyncCompileMode(pool, ignore_errors=True):  # on exit: waits for every compile
+                for fn, entry, _ in todo:
+                    try:
+                        fn.preload(entry.spec)
+                    except Exception as exc:  # noqa: BLE001 - e.g. the signature changed: compiled at launch
+                        _failed(report, entry, exc)
+        device = driver.active.get_current_device()
+        for fn, entry, key in todo:  # a compile that failed in its thread left no kernel under its key
+            kernel = fn.device_caches[device][0].get(key)
+            if kernel is not None and not hasattr(kernel, "future"):
+                report.compiled += 1
+            elif not any(entry.kernel in e for e in report.errors):
+                _failed(report, entry, RuntimeError("the compile failed"))
+    report.failed = len(todo) - report.compiled
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _failed(report: PrecompileReport, entry: KernelSpec, exc: BaseException) -> None:
+    if len(report.errors) < 5:
+        report.errors.append(f"{entry.kernel}: {type(exc).__name__}: {str(exc).strip()[:200]}")
+
+
+def lists_for(cache_dir: Path) -> tuple[Path, Path]:
+    """(the list shipped for this GPU model, this host's own list under `cache_dir`)."""
+    from worker.warmup import device_tag, gpu_tag
+
+    return SHIPPED / f"{gpu_tag()}.kernels.json", Path(cache_dir) / "kernels" / f"{device_tag()}.json"
+
+
+class Precompile:
+    """`precompile` of the shipped and this host's lists on a background thread, started at once so that it
+    overlaps loading the pipeline. With `record`, what the process compiles from then on is added to this
+    host's list, which `save` writes (after the warm-up)."""
+
+    def __init__(self, cache_dir: Path, threads: int | None = None, *, record: bool = True) -> None:
+        shipped, own = lists_for(cache_dir)
+        self.host = KernelSpecs(own)
+        listed = KernelSpecs(shipped)
+        listed.load()
+        self.host.load()
+        listed.merge(self.host)
+        self.report: PrecompileReport | None = None
+        self._compiles_before = 0
+        self._recording = self.host.recording() if record else None
+        if self._recording is not None:
+            self._recording.__enter__()  # on until `save`: the warm-up's compiles are what to record
+        self._thread = threading.Thread(target=self._run, args=(list(listed.entries.values()), threads),
+                                        name="turbovid-precompile", daemon=True)
+        self._thread.start()
+
+    def _run(self, entries: list[KernelSpec], threads: int | None) -> None:
+        try:
+            self.report = precompile(entries, threads)
+        except Exception as exc:  # noqa: BLE001 - never fatal: the kernels compile at launch instead
+            log.warning("precompiling the recorded kernels failed (%s): they compile at their first launch", exc)
+            self.report = PrecompileReport(listed=len(entries), failed=len(entries), errors=[str(exc)])
+
+    def wait(self) -> PrecompileReport:
+        """Wait for the compiles; returns (and logs) what they did."""
+        self._thread.join()
+        assert self.report is not None
+        self._compiles_before = self.host.compiles  # the precompile's own, seen by the recorder
+        if self.report.listed:
+            log.info("precompile: %s", self.report.describe())
+            for err in self.report.errors:
+                log.warning("precompile: %s", err)
+        return self.report
+
+    def save(self) -> tuple[int, int]:
+        """Stop recording and write this host's list (stale entries dropped). Returns (kernels compiled at
+        launch since `wait`, i.e. missing from the lists; entries written)."""
+        if self._recording is None:
+            return 0, 0
+        self._recording.__exit__(None, None, None)
+        self._recording = None
+        self.host.drop_stale()
+        return self.host.compiles - self._compiles_before, self.host.save()
