@@ -145,3 +145,42 @@ def test_precompile_is_on_by_default_and_a_setting_turns_it_off() -> None:
     assert WorkerSettings().precompile_kernels is True
     env = {"TURBOVID_DEV_MODE": "true", "TURBOVID_WORKER__PRECOMPILE_KERNELS": "false"}
     assert load_settings(env).worker.precompile_kernels is False
+
+
+def test_the_shipped_lists_match_the_kernels_sources() -> None:
+    """Everything shipped in worker/autotune/ (autotune choices, kernel lists) was recorded for the kernels'
+    current sources: an entry of an edited kernel is skipped at start, so a fresh GPU host would silently
+    compile (and tune) it one at a time again. After editing a kernel, re-record both files with
+    `turbovid bench --logs` on the GPU, or delete that kernel's entries.
+
+    (A subprocess: under the interpreter the kernels are not JITFunctions and have no source hash.)"""
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from worker import precompile, warmup
+
+        warmup._import_kernels()
+        functions, tuners = precompile.find_jit_functions(), warmup.find_autotuners()
+        bad, checked = [], 0
+        for path in sorted(Path("worker/autotune").glob("*.json")):
+            data = json.loads(path.read_text())
+            if path.name.endswith(".kernels.json"):
+                for e in data["kernels"]:
+                    fn = functions.get(e["kernel"])
+                    checked += 1
+                    if fn is None or precompile.source_hash(fn) != e["source"]:
+                        bad.append(f"{path.name}: {e['kernel']}")
+            else:
+                for name, entry in data.items():
+                    checked += 1
+                    if name not in tuners or warmup._source_hash(tuners[name]) != entry["source"]:
+                        bad.append(f"{path.name}: {name}")
+        print("RESULT " + json.dumps({"checked": checked, "stale": sorted(set(bad))}))
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert out["checked"] >= 49 and out["stale"] == [], out
