@@ -70,6 +70,9 @@
 #   bash scripts/gpu_verify.sh s23a     one GPU, ~6 min: the precompile's tests, the decode with/without the streamed
 #                                       encoder (scripts/decode_contention.py), then two fresh worker starts through
 #                                       real processes: without a kernel list, then with the list the first recorded
+#   bash scripts/gpu_verify.sh s23b     one GPU, ~4 min: the precompile also builds the kernels' C launchers (GPU test),
+#                                       the decode after an empty allocator cache or a GPU burn, a fresh start with
+#                                       the shipped kernel list
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -452,6 +455,16 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s23b ]; then
+    timeout 90 python3 -m pytest -q -p no:cacheprovider --timeout 80 tests/unit/worker/test_precompile.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    timeout 120 python3 scripts/decode_contention.py --size 832x480 --repeats 3 2>&1 | grep -v "^W\|Warn" | tail -10
+    timeout 200 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --skip-stages \
+        --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench.log" 2>&1
+    grep -E "start -> ready|POST->completed|first / second|restart" "$OUT/logs/bench.log" | head -8
+    grep -hE "precompile|compiled .* at launch|warm-up done|loading pipeline|loaded:|warm-up t2v|video encoder|graph captured" \
+        "$OUT"/logs/e2e/*worker*.log | cut -c1-200
 elif [ "$mode" = s23a ]; then
     timeout 90 python3 -m pytest -q -p no:cacheprovider --timeout 80 tests/unit/worker/test_precompile.py \
         tests/unit/worker/test_warmup.py > "$OUT/logs/tests.log" 2>&1

@@ -61,13 +61,14 @@ class PrecompileReport:
     compiled: int = 0  # now in the JIT's cache, ready for the first launch
     stale: int = 0  # kernel gone or its source edited since the entry was recorded
     failed: int = 0  # did not compile (left to compile at launch)
+    launchers: int = 0  # of the compiled kernels, those whose C launcher was built (else built at first launch)
     threads: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)  # the first few failures, for the log
 
     def describe(self) -> str:
         return (f"{self.compiled} of {self.listed} recorded kernel specializations compiled in {self.seconds:.1f} s "
-                f"on {self.threads} threads ({self.stale} stale, {self.failed} failed)")
+                f"on {self.threads} threads ({self.stale} stale, {self.failed} failed; {self.launchers} launchers built)")
 
 
 def source_hash(fn: Any) -> str:
@@ -212,7 +213,9 @@ def default_threads() -> int:
 
 def precompile(entries: Iterable[KernelSpec], threads: int | None = None, package: str = KERNEL_PACKAGE) -> PrecompileReport:
     """Compile `entries` on `threads` threads (default: one per CPU) into the JIT's caches (the in-memory
-    one a launch looks up, and Triton's file cache). The kernels' modules must be imported."""
+    one a launch looks up, and Triton's file cache), then build each compiled kernel's C launcher (a small
+    C module Triton compiles with the host's C compiler at a kernel's first launch, cached in its file
+    cache). The kernels' modules must be imported."""
     from triton.runtime._async_compile import AsyncCompileMode
     from triton.runtime.driver import driver
 
@@ -236,15 +239,41 @@ def precompile(entries: Iterable[KernelSpec], threads: int | None = None, packag
                     except Exception as exc:  # noqa: BLE001 - e.g. the signature changed: compiled at launch
                         _failed(report, entry, exc)
         device = driver.active.get_current_device()
+        compiled = []
         for fn, entry, key in todo:  # a compile that failed in its thread left no kernel under its key
             kernel = fn.device_caches[device][0].get(key)
             if kernel is not None and not hasattr(kernel, "future"):
-                report.compiled += 1
+                compiled.append(kernel)
             elif not any(entry.kernel in e for e in report.errors):
                 _failed(report, entry, RuntimeError("the compile failed"))
+        report.compiled = len(compiled)
+        report.launchers = build_launchers(compiled, report.threads)
     report.failed = len(todo) - report.compiled
     report.seconds = time.perf_counter() - started
     return report
+
+
+def build_launchers(kernels: list[Any], threads: int) -> int:
+    """Build the C launcher of each compiled kernel on `threads` threads, as its first launch would, so
+    that the launch finds it in Triton's file cache; returns how many were built. Nothing is loaded onto
+    the GPU. Where a launcher cannot be built (no C compiler or driver library, a stand-in driver) the
+    first launch tries again, as without this."""
+    from triton.runtime.driver import driver
+
+    make = getattr(driver.active, "launcher_cls", None)
+    if make is None:
+        return 0
+
+    def one(kernel: Any) -> bool:
+        try:
+            make(kernel.src, kernel.metadata)
+            return True
+        except Exception:  # noqa: BLE001 - built (or reported) at the kernel's first launch instead
+            log.debug("precompile: no launcher for %s", getattr(kernel, "name", kernel), exc_info=True)
+            return False
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="turbovid-launcher") as pool:
+        return sum(pool.map(one, kernels))
 
 
 def _failed(report: PrecompileReport, entry: KernelSpec, exc: BaseException) -> None:
@@ -273,6 +302,7 @@ class Precompile:
         listed.merge(self.host)
         self.report: PrecompileReport | None = None
         self._compiles_before = 0
+        self._device = _current_cuda_device()  # the compiling thread looks up (and fills) this device's caches
         self._recording = self.host.recording() if record else None
         if self._recording is not None:
             self._recording.__enter__()  # on until `save`: the warm-up's compiles are what to record
@@ -282,6 +312,10 @@ class Precompile:
 
     def _run(self, entries: list[KernelSpec], threads: int | None) -> None:
         try:
+            if self._device is not None:  # a new thread starts on device 0; the worker may run on another
+                import torch
+
+                torch.cuda.set_device(self._device)
             self.report = precompile(entries, threads)
         except Exception as exc:  # noqa: BLE001 - never fatal: the kernels compile at launch instead
             log.warning("precompiling the recorded kernels failed (%s): they compile at their first launch", exc)
@@ -307,3 +341,12 @@ class Precompile:
         self._recording = None
         self.host.drop_stale()
         return self.host.compiles - self._compiles_before, self.host.save()
+
+
+def _current_cuda_device() -> int | None:
+    try:
+        import torch
+
+        return torch.cuda.current_device() if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - no usable CUDA: Triton's driver answers for itself
+        return None
