@@ -73,6 +73,7 @@
 #   bash scripts/gpu_verify.sh s23b     one GPU, ~4 min: the precompile also builds the kernels' C launchers (GPU test),
 #                                       the decode after an empty allocator cache or a GPU burn, a fresh start with
 #                                       the shipped kernel list
+#   bash scripts/gpu_verify.sh s23c     one GPU, ~2 min: the decode with the worker's lazily opened encoder, profiled
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -455,6 +456,9 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s23c ]; then
+    timeout 200 python3 scripts/decode_contention.py --size 832x480 --repeats 3 \
+        --profile "none,x264 frame 8,worker sink (lazy open)" 2>&1 | grep -v "^W\|Warn" | tail -16
 elif [ "$mode" = s23b ]; then
     timeout 90 python3 -m pytest -q -p no:cacheprovider --timeout 80 tests/unit/worker/test_precompile.py \
         > "$OUT/logs/tests.log" 2>&1
