@@ -74,6 +74,7 @@
 #                                       the decode after an empty allocator cache or a GPU burn, a fresh start with
 #                                       the shipped kernel list
 #   bash scripts/gpu_verify.sh s23c     one GPU, ~2 min: the decode with the worker's lazily opened encoder, profiled
+#   bash scripts/gpu_verify.sh s23d     one GPU, ~3 min: the decode inside a whole generation vs alone, profiled
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -456,6 +457,8 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s23d ]; then
+    timeout 300 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 2>&1 | grep -v "^W\|Warn\|warn\|USDT" | tail -24
 elif [ "$mode" = s23c ]; then
     timeout 200 python3 scripts/decode_contention.py --size 832x480 --repeats 3 \
         --profile "none,x264 frame 8,worker sink (lazy open)" 2>&1 | grep -v "^W\|Warn" | tail -16

@@ -1,0 +1,174 @@
+"""Why is the VAE decode slower inside a whole generation than alone? (GPU; issue 8)
+
+`turbovid bench` reports the 1.3B 480p job's vae_decode at 0.60–0.63 s, `scripts/decode_contention.py` the
+same decode (`WanPipeline._decode_frames`, the worker's streamed encoder) at 0.58 s on its own. This loads the
+real pipeline on the bench's random full-size weights and times, in one process:
+
+  A. `generate` as the worker runs it (CUDA graphs, the worker's encoder sink): its vae_decode stage;
+  B. `_decode_frames` alone right after, on the same pipeline and A's latents, with the same sink;
+
+then profiles one of each (GPU busy share of the decode's kernel span, the largest idle gaps, and the
+kernels whose total time differs most between A and B).
+
+    python3 scripts/decode_in_pipeline.py --weights DIR [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cli.bench import build_weights  # noqa: E402
+from contract.catalog import get_card  # noqa: E402
+from contract.jobs import GenerationParams  # noqa: E402
+from contract.settings import WorkerSettings  # noqa: E402
+from models.pipeline import load_pipeline  # noqa: E402
+from models.pipeline_types import Progress  # noqa: E402
+from worker.task import _Frames  # noqa: E402
+
+
+class _Sink(Progress):
+    def __init__(self, frames: _Frames) -> None:
+        self.frames = frames
+
+    def on_frames(self, start: int, frames: Any) -> None:
+        self.frames(start, frames)
+
+    def close(self) -> None:
+        if self.frames.encoder is not None:
+            self.frames.encoder.close()
+
+
+class _Keep:
+    """Wraps `pipe._decode_frames` to keep the latents it was given (for B)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe, self.inner, self.latents = pipe, pipe._decode_frames, None
+        self.trace = False  # profile the next call (the decode inside a generate), into `self.prof`
+        self.prof: Any = None
+
+    def __call__(self, latents: torch.Tensor, num_frames: int, progress: Any) -> Any:
+        self.latents = latents.clone()
+        if not self.trace:
+            return self.inner(latents, num_frames, progress)
+        from torch.profiler import ProfilerActivity, profile
+
+        self.trace = False
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            out = self.inner(latents, num_frames, progress)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        self.prof = prof
+        return out
+
+
+def _kernels(prof: Any) -> tuple[dict[str, float], float, float, list[tuple[float, float]]]:
+    """Per-kernel-name CUDA µs of the last ~decode-long window, and (busy, span, gaps) of the whole trace."""
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+              and e.time_range.end > e.time_range.start]
+    events.sort(key=lambda e: e.time_range.start)
+    by_name: dict[str, float] = defaultdict(float)
+    spans = [(e.time_range.start, e.time_range.end) for e in events]
+    for e in events:
+        by_name[e.name[:90]] += e.time_range.end - e.time_range.start
+    if not spans:  # a CPU run
+        return by_name, 0.0, 1.0, []
+    busy, gaps, cur_s, cur_e = 0.0, [], spans[0][0], spans[0][1]
+    for s0, e0 in spans[1:]:
+        if s0 > cur_e:
+            busy += cur_e - cur_s
+            gaps.append((s0 - cur_e, cur_e - spans[0][0]))
+            cur_s = s0
+        cur_e = max(cur_e, e0)
+    busy += cur_e - cur_s
+    return by_name, busy, cur_e - spans[0][0], gaps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, required=True)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--model", default="wan2.1-t2v-1.3b", help="wan-tiny: a CPU smoke run")
+    ap.add_argument("--size", default="832x480")
+    ap.add_argument("--frames", type=int, default=81)
+    args = ap.parse_args()
+    card = get_card(args.model)
+    width, height = (int(v) for v in args.size.split("x"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    build_weights(card, args.weights, device=device, text_encoder="small")
+    tmp = Path(tempfile.mkdtemp())
+    pipe = load_pipeline(card.id, [args.weights], device=device,
+                         dtype=torch.bfloat16 if device == "cuda" else torch.float32, cache_dir=tmp / "cache")
+    w = WorkerSettings()
+    pipe.cuda_graphs, pipe.vae.conv_impl = w.cuda_graphs, w.vae_conv
+    keep = _Keep(pipe)
+    pipe._decode_frames = keep  # type: ignore[method-assign]
+    params = GenerationParams(kind="t2v", width=width, height=height, num_frames=args.frames, prompt="a cat", seed=1,
+                              num_steps=4)
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def sink() -> _Sink:
+        return _Sink(_Frames(tmp / "v.mp4", fps=16, num_frames=args.frames, codec="libx264", threads=w.encoder_threads,
+                             thread_type=w.encoder_thread_type))
+
+    def run_a() -> float:
+        s = sink()
+        result = pipe.generate(params, on_step=s)
+        s.close()
+        return result.timings.vae_decode
+
+    def run_b() -> float:
+        s = sink()
+        sync()
+        t0 = time.perf_counter()
+        keep.inner(keep.latents, args.frames, s)
+        t1 = time.perf_counter()
+        s.close()
+        return t1 - t0
+
+    for _ in range(2):  # warm: graphs captured, kernels compiled and tuned
+        run_a()
+        run_b()
+    a, b = [], []
+    for _ in range(args.reps):
+        a.append(run_a())
+        b.append(run_b())
+    print(f"A vae_decode inside generate: median {statistics.median(a):.3f} s ({' '.join(f'{x:.3f}' for x in a)})")
+    print(f"B _decode_frames alone:       median {statistics.median(b):.3f} s ({' '.join(f'{x:.3f}' for x in b)})")
+
+    results = {}
+    for name, fn in (("A", run_a), ("B", run_b)):
+        keep.trace = True
+        if name == "B":  # B calls the inner decode itself: trace it through the wrapper
+            s = sink()
+            sync()
+            keep(keep.latents, args.frames, s)
+            s.close()
+        else:
+            fn()
+        results[name] = _kernels(keep.prof)
+        by_name, busy, span, gaps = results[name]
+        top = sorted(gaps, reverse=True)[:6]
+        print(f"profile {name}: kernels span {span / 1e3:.1f} ms, busy {busy / 1e3:.1f} ms ({100 * busy / span:.1f} %), "
+              f"gaps > 0.2 ms totalling {sum(g for g, _ in gaps if g > 200) / 1e3:.1f} ms; largest: "
+              + ", ".join(f"{g / 1e3:.2f}@{t / 1e3:.0f}" for g, t in top), flush=True)
+    a_k, b_k = results["A"][0], results["B"][0]
+    diff = sorted(((a_k.get(k, 0.0) - b_k.get(k, 0.0), k) for k in set(a_k) | set(b_k)), reverse=True)
+    print("kernels with the most extra time in A (ms A / B):")
+    for d, k in diff[:12]:
+        print(f"  {d / 1e3:+8.2f}  {a_k.get(k, 0.0) / 1e3:8.2f} / {b_k.get(k, 0.0) / 1e3:8.2f}  {k}")
+
+
+if __name__ == "__main__":
+    main()
