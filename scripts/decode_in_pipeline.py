@@ -56,11 +56,16 @@ class _Keep:
         self.pipe, self.inner, self.latents = pipe, pipe._decode_frames, None
         self.trace = False  # profile the next call (the decode inside a generate), into `self.prof`
         self.prof: Any = None
+        self.windows: list[tuple[str, float, float]] = []  # (label, wall start, wall end) of each decode
+        self.label = "A decode"
 
     def __call__(self, latents: torch.Tensor, num_frames: int, progress: Any) -> Any:
         self.latents = latents.clone()
         if not self.trace:
-            return self.inner(latents, num_frames, progress)
+            t0 = time.time()
+            out = self.inner(latents, num_frames, progress)
+            self.windows.append((self.label, t0, time.time()))
+            return out
         from torch.profiler import ProfilerActivity, profile
 
         self.trace = False
@@ -94,6 +99,51 @@ def _kernels(prof: Any) -> tuple[dict[str, float], float, float, list[tuple[floa
     return by_name, busy, cur_e - spans[0][0], gaps
 
 
+class _Clocks:
+    """`nvidia-smi` sampling the SM clock, power and throttle reasons every 20 ms in the background."""
+
+    FIELDS = "timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+
+    def __init__(self) -> None:
+        import subprocess
+
+        try:
+            self.proc: Any = subprocess.Popen(["nvidia-smi", f"--query-gpu={self.FIELDS}", "--format=csv,noheader,nounits",
+                                               "-lms", "20"], stdout=subprocess.PIPE, text=True)
+        except OSError:
+            self.proc = None
+
+    def report(self, windows: list[tuple[str, float, float]]) -> None:
+        if self.proc is None:
+            print("nvidia-smi: not available")
+            return
+        from datetime import datetime
+
+        self.proc.terminate()
+        out = self.proc.communicate()[0]
+        samples = []
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            try:
+                t = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+                samples.append((t, float(parts[1]), float(parts[2]), float(parts[3]), float(parts[4]), parts[5]))
+            except (ValueError, IndexError):
+                continue
+        by_label: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+        reasons: dict[str, set[str]] = defaultdict(set)
+        for label, t0, t1 in windows:
+            for smp in samples:
+                if t0 <= smp[0] <= t1:
+                    by_label[label].append(smp[1:5])
+                    reasons[label].add(str(smp[5]))
+        print(f"nvidia-smi every 20 ms ({len(samples)} samples): median SM MHz / mem MHz / W / C, throttle reasons")
+        for label, rows in by_label.items():
+            cols = list(zip(*rows, strict=True))
+            print(f"  {label:16} n={len(rows):3}  SM {statistics.median(cols[0]):6.0f} (min {min(cols[0]):5.0f})  "
+                  f"mem {statistics.median(cols[1]):5.0f}  power {statistics.median(cols[2]):5.0f} W (max "
+                  f"{max(cols[2]):4.0f})  temp {statistics.median(cols[3]):3.0f} C  reasons {sorted(reasons[label])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, required=True)
@@ -124,7 +174,9 @@ def main() -> None:
 
     def run_a() -> float:
         s = sink()
+        t0 = time.time()
         result = pipe.generate(params, on_step=s)
+        keep.windows.append(("A text+denoise", t0, keep.windows[-1][1]))
         s.close()
         return result.timings.vae_decode
 
@@ -132,18 +184,25 @@ def main() -> None:
         s = sink()
         sync()
         t0 = time.perf_counter()
+        w0 = time.time()
         keep.inner(keep.latents, args.frames, s)
         t1 = time.perf_counter()
+        keep.windows.append(("B decode alone", w0, time.time()))
         s.close()
         return t1 - t0
 
     for _ in range(2):  # warm: graphs captured, kernels compiled and tuned
         run_a()
         run_b()
+    smi = _Clocks()
+    keep.windows.clear()
     a, b = [], []
     for _ in range(args.reps):
         a.append(run_a())
+        time.sleep(0.5)  # B starts on a rested GPU, as in scripts/decode_contention.py
         b.append(run_b())
+        time.sleep(0.5)
+    smi.report(keep.windows)
     print(f"A vae_decode inside generate: median {statistics.median(a):.3f} s ({' '.join(f'{x:.3f}' for x in a)})")
     print(f"B _decode_frames alone:       median {statistics.median(b):.3f} s ({' '.join(f'{x:.3f}' for x in b)})")
 
