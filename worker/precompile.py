@@ -15,6 +15,10 @@ the JIT's in-memory cache under the key a launch computes, so the warm-up's laun
 On a fresh host the list shipped for its GPU model (`worker/autotune/<gpu_tag>.kernels.json`, recorded by
 `turbovid bench --logs` there) is used, as the autotuner's shipped choices are.
 
+A warm-up that tunes a kernel (no saved autotune choice for a shape) compiles every candidate config, and
+all of them are recorded: the next start compiles them all, in parallel, although only the chosen ones
+run. The shipped list is recorded with the shipped choices loaded, so it holds the chosen configs only.
+
 A recorded entry is skipped when its kernel's source changed since (the hash of `JITFunction.cache_key`,
 as `worker.warmup.AutotuneChoices` checks), when the file was written by another Triton version, or when
 the kernel no longer exists; one that fails to compile is logged and left to compile at its launch, as
