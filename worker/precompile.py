@@ -15,9 +15,9 @@ the JIT's in-memory cache under the key a launch computes, so the warm-up's laun
 On a fresh host the list shipped for its GPU model (`worker/autotune/<gpu_tag>.kernels.json`, recorded by
 `turbovid bench --logs` there) is used, as the autotuner's shipped choices are.
 
-A warm-up that tunes a kernel (no saved autotune choice for a shape) compiles every candidate config, and
-all of them are recorded: the next start compiles them all, in parallel, although only the chosen ones
-run. The shipped list is recorded with the shipped choices loaded, so it holds the chosen configs only.
+A warm-up that tunes a kernel (no saved autotune choice for a shape) compiles every candidate config; only
+the configs its autotuner chose are kept in the list (`KernelSpecs.keep_chosen`), the ones the next start
+runs.
 
 A recorded entry is skipped when its kernel's source changed since (the hash of `JITFunction.cache_key`,
 as `worker.warmup.AutotuneChoices` checks), when the file was written by another Triton version, or when
@@ -162,6 +162,20 @@ class KernelSpecs:
                 del self.entries[k]
         return len(stale)
 
+    def keep_chosen(self, package: str = KERNEL_PACKAGE) -> int:
+        """Drop the entries of autotuned kernels that are not a config their autotuner chose (the candidates
+        a tuning warm-up compiled and timed); returns how many were dropped. A kernel whose autotuner has
+        chosen nothing in this process keeps its entries."""
+        chosen = chosen_configs(package)
+        functions = find_jit_functions(package)
+        with self._lock:
+            drop = [k for k, e in self.entries.items()
+                    if chosen.get(e.kernel) and e.kernel in functions
+                    and not any(spec_matches(e.spec, functions[e.kernel], c) for c in chosen[e.kernel])]
+            for k in drop:
+                del self.entries[k]
+        return len(drop)
+
     def save(self) -> int:
         """Write the entries (atomically); returns how many. Errors are logged, not raised."""
         import triton
@@ -205,6 +219,36 @@ class KernelSpecs:
             yield self
         finally:
             knobs.runtime.jit_post_compile_hook = before
+
+
+def chosen_configs(package: str = KERNEL_PACKAGE) -> dict[str, list[Any]]:
+    """The configs each autotuner of `package` has chosen so far (its cache), by the tuned kernel's full name."""
+    from triton.runtime.jit import JITFunction
+
+    from worker.warmup import find_autotuners
+
+    out: dict[str, list[Any]] = {}
+    for tuner in find_autotuners(package).values():
+        fn, depth = tuner.fn, 0
+        while not isinstance(fn, JITFunction) and depth < 4:
+            fn, depth = getattr(fn, "fn", None), depth + 1
+        if isinstance(fn, JITFunction):
+            out.setdefault(f"{fn.fn.__module__}.{fn.fn.__qualname__}", []).extend(tuner.cache.values())
+    return out
+
+
+def spec_matches(spec: str, fn: Any, config: Any) -> bool:
+    """Whether a serialized specialization of `fn` was compiled with `config` (a triton.Config): its
+    constexpr values for the config's keyword arguments, and its warps and stages."""
+    data = json.loads(spec)
+    names = fn.arg_names
+    consts: dict[str, Any] = {}
+    for key, value in zip(data.get("constant_keys", []), data.get("constant_vals", []), strict=False):
+        if isinstance(key, list) and len(key) == 1 and isinstance(key[0], int) and key[0] < len(names):
+            consts[names[key[0]]] = value["constexpr"] if isinstance(value, dict) and "constexpr" in value else value
+    options = data.get("options", {})
+    return (all(consts.get(k, object()) == v for k, v in config.kwargs.items())
+            and options.get("num_warps") == config.num_warps and options.get("num_stages") == config.num_stages)
 
 
 def default_threads() -> int:
@@ -344,6 +388,7 @@ class Precompile:
         self._recording.__exit__(None, None, None)
         self._recording = None
         self.host.drop_stale()
+        self.host.keep_chosen()
         return self.host.compiles - self._compiles_before, self.host.save()
 
 

@@ -282,3 +282,44 @@ def test_a_gpu_warm_up_records_its_compiles_and_the_next_start_precompiles_them(
     off = WorkerSettings(cache_dir=tmp_path / "cache", precompile_kernels=False)
     kernels = warmup.start_kernels(off)
     assert kernels is not None and kernels.precompile is None and len(given) == 2
+
+
+def test_only_the_configs_an_autotuner_chose_stay_in_the_kernel_list(
+        tmp_path: Path, kernels_module: types.ModuleType) -> None:
+    """A tuning warm-up compiles every candidate config; the list keeps the chosen ones (what the next start
+    runs), and all entries of a kernel whose autotuner chose nothing here (nothing to judge them by)."""
+    from triton.runtime.jit import JITFunction
+
+    from worker.precompile import KernelSpec, KernelSpecs, spec_matches
+
+    def _tuned_kernel(x_ptr, N, BLOCK: tl.constexpr):  # noqa: ANN001, ANN202 - never compiled here
+        pass
+
+    def _other_kernel(x_ptr, BLOCK: tl.constexpr):  # noqa: ANN001, ANN202
+        pass
+
+    jits = {}
+    for f in (_tuned_kernel, _other_kernel):
+        f.__module__, f.__qualname__ = "kernels.fake_for_test", f.__name__
+        jits[f.__name__] = JITFunction(f)
+    configs = [triton.Config({"BLOCK": 32}, num_warps=4, num_stages=2), triton.Config({"BLOCK": 64}, num_warps=8,
+                                                                                      num_stages=3)]
+    kernels_module.tuned = triton.autotune(configs, key=["N"])(jits["_tuned_kernel"])  # type: ignore[attr-defined]
+    kernels_module.other = triton.autotune(configs, key=[])(jits["_other_kernel"])  # type: ignore[attr-defined]
+    kernels_module.tuned.cache[(4096,)] = configs[1]  # what timing chose
+
+    def spec(name: str, block: int, warps: int, stages: int, index: int) -> KernelSpec:
+        data = {"name": f"kernels.fake_for_test.{name}", "key": f"{block}-{warps}", "constant_keys": [[index]],
+                "constant_vals": [block], "options": {"num_warps": warps, "num_stages": stages}}
+        return KernelSpec(f"kernels.fake_for_test.{name}", "src", json.dumps(data))
+
+    chosen, candidate = spec("_tuned_kernel", 64, 8, 3, 2), spec("_tuned_kernel", 32, 4, 2, 2)
+    same_block_other_warps = spec("_tuned_kernel", 64, 4, 3, 2)
+    untuned = [spec("_other_kernel", 32, 4, 2, 1), spec("_other_kernel", 64, 8, 3, 1)]
+    assert spec_matches(chosen.spec, jits["_tuned_kernel"], configs[1])
+    assert not spec_matches(same_block_other_warps.spec, jits["_tuned_kernel"], configs[1])
+    specs = KernelSpecs(tmp_path / "k.json")
+    for e in (chosen, candidate, same_block_other_warps, *untuned):
+        specs.add(e)
+    assert specs.keep_chosen() == 2
+    assert list(specs.entries.values()) == [chosen, *untuned]
