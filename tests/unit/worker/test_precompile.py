@@ -151,8 +151,9 @@ def test_precompile_is_on_by_default_and_a_setting_turns_it_off() -> None:
 def test_the_shipped_lists_match_the_kernels_sources() -> None:
     """Everything shipped in worker/autotune/ (autotune choices, kernel lists) was recorded for the kernels'
     current sources, and a kernel list holds only the configs the shipped choices pick: an entry of an edited kernel is skipped at start, so a fresh GPU host would silently
-    compile (and tune) it one at a time again. After editing a kernel, re-record both files with
-    `turbovid bench --logs` on the GPU, or delete that kernel's entries.
+    compile (and tune) it one at a time again. Triton's hash covers a kernel's source, the jit functions it
+    calls and the line it starts at, so an edit above a kernel in its module counts too. After such an edit,
+    re-record both files with `turbovid bench --logs` on the GPU, or delete that kernel's entries.
 
     (A subprocess: under the interpreter the kernels are not JITFunctions and have no source hash.)"""
     script = textwrap.dedent("""
