@@ -32,7 +32,7 @@ import triton.language as tl
 
 from kernels.row_configs import ROW_CONFIGS, num_sms, prune_row_configs, split_tail
 
-__all__ = ["reference", "reference_int8", "layernorm_modulate", "bench"]
+__all__ = ["reference", "reference_int8", "layernorm_modulate", "residual_layernorm_modulate", "bench"]
 
 
 # 1. reference ----------------------------------------------------------------------------------------
@@ -203,6 +203,169 @@ def _ln_modulate_kernel(
                 _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
 
 
+# 2b. the residual add in front: x' = x + gate * y, then the above on x', in one pass ----------------------
+# Wan's blocks add each branch back into the fp32 residual stream and normalize the sum right away (norm3
+# after the self-attention, norm2 after the cross-attention). Fused, the pass reads x and y and writes x' and
+# the norm's output; gated_residual then layernorm_modulate would also read x' back:
+#
+#     x'  = x + gate[b] * y                 fp32 math as kernels/gated_residual.py, stored in x's dtype
+#                                           (gate None: x + y, the cross-attention's ungated residual)
+#     out = layernorm_modulate(x')          from the stored values, bf16/fp out or int8 + per-token scales
+#
+# Bit for bit the two passes' results when both run the same row config. It sits below the kernels above on
+# purpose: Triton's hash of a kernel covers the line it starts at, and the shipped autotune choices
+# (worker/autotune/) are keyed by that hash.
+def reference_residual(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-PyTorch definition of :func:`residual_layernorm_modulate` (bf16/fp out): (x' in x.dtype, fp32
+    modulated norm of x')."""
+    yf = y.float() if gate is None else gate.float()[:, None, :] * y.float()
+    x_new = (x.float() + yf).to(x.dtype)
+    return x_new, reference(x_new, shift, scale, eps)
+
+
+@triton.jit
+def _residual_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, HAS_GATE: tl.constexpr):
+    """One part of the residual add, ``x + g * y`` with fp32 math (kernels/gated_residual.py's), stored in
+    x_out's dtype; returns the stored values in fp32 (what a separate norm pass would load back)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        x = x + g * y
+    else:
+        x = x + y
+    x = x.to(x_out_ptr.dtype.element_ty)
+    tl.store(x_out_ptr + offs, x, mask=mask)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _residual_ln_modulate_kernel(
+    # pointers
+    x_ptr,
+    y_ptr,
+    gate_ptr,  # [B, C] (HAS_GATE only)
+    x_out_ptr,  # x + gate * y, x.dtype
+    shift_ptr,
+    scale_ptr,
+    out_ptr,  # x.dtype, or int8 when OUT_INT8
+    qscale_ptr,  # [B * L] fp32 per-token scales (OUT_INT8 only)
+    # sizes
+    N,  # rows = B * L
+    L,  # rows per batch element (persistent form: grid axis 1 is the batch element)
+    C,
+    stride_gate_b,
+    stride_shift_b,
+    stride_scale_b,
+    eps,
+    # meta
+    BLOCK_C: tl.constexpr,
+    BLOCK_TAIL: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr,
+    HAS_GATE: tl.constexpr,  # False: x + y
+    OUT_INT8: tl.constexpr,
+):
+    """`_ln_modulate_kernel` (same forms, same meta) on x' = x + gate * y, computed and stored by the pass
+    itself: each part of a row comes from `_residual_part` instead of a load of x; the rest is the same math
+    in the same order, so the two passes it replaces give the same bits."""
+    tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
+    if PROGS_PER_SM == 0:
+        # A. one tile of BLOCK_L whole rows per program, straight-line
+        rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+        cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
+        row_ok = rows < N
+        col_ok = cols < C
+        mask = row_ok[:, None] & col_ok[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
+        b = (rows // L).to(tl.int64)  # [BLOCK_L] each row's batch element (a tile may straddle two)
+        g = 0.0
+        if HAS_GATE:
+            g = tl.load(gate_ptr + b[:, None] * stride_gate_b + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = _residual_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, HAS_GATE)
+        mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
+        sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
+        sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
+        y = xc * rstd[:, None] * (1.0 + sc.to(tl.float32)) + sh.to(tl.float32)  # masked lanes stay 0
+        if OUT_INT8:
+            amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
+            inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+            tl.store(out_ptr + offs, _to_int8_codes(y * inv[:, None]), mask=mask)
+            tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
+        else:
+            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        # B. persistent: PROGS_PER_SM programs per SM (shared by the batch) stride over one batch
+        #    element's tiles
+        # 1. loop-invariant: this batch element's gate and modulation vectors, loaded once per program
+        tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
+        HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
+        b = tl.program_id(1).to(tl.int64)
+        cols_a = tl.arange(0, HEAD)  # [HEAD]
+        sh_ptr, sc_ptr = shift_ptr + b * stride_shift_b, scale_ptr + b * stride_scale_b
+        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+        g_a = 0.0
+        if HAS_GATE:
+            g_a = tl.load(gate_ptr + b * stride_gate_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
+        if SPLIT:
+            cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
+            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+            g_b = 0.0
+            if HAS_GATE:
+                g_b = tl.load(gate_ptr + b * stride_gate_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
+
+        # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
+        num_tiles = tl.cdiv(L, BLOCK_L)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L] positions within the batch element
+            row_ok = pos < L
+            rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
+            mask_a = row_ok[:, None] & (cols_a < C)[None, :]
+            offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
+            x_a = _residual_part(x_ptr, y_ptr, g_a, x_out_ptr, offs_a, mask_a, HAS_GATE)
+
+            # 3. fp32 mean / variance over the row (masked lanes excluded)
+            if SPLIT:
+                mask_b = row_ok[:, None] & (cols_b < C)[None, :]
+                offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
+                x_b = _residual_part(x_ptr, y_ptr, g_b, x_out_ptr, offs_b, mask_b, HAS_GATE)
+                mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
+                xc_a = tl.where(mask_a, x_a - mean, 0.0)
+                xc_b = tl.where(mask_b, x_b - mean, 0.0)
+                rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
+            else:
+                mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
+                xc_a = tl.where(mask_a, x_a - mean, 0.0)
+                rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
+
+            # 4. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
+            inv = 0.0
+            if OUT_INT8:
+                if SPLIT:
+                    amax = tl.maximum(
+                        tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :])),
+                        tl.max(tl.abs(xc_b * rstd * sc1_b[None, :] + sh_b[None, :])),
+                    )  # scalar
+                    tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
+                else:
+                    y_a = xc_a * rstd * sc1_a[None, :] + sh_a[None, :]
+                    amax = tl.max(tl.abs(y_a), axis=1)[:, None]  # [BLOCK_L, 1]
+                    tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
+                inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+
+            # 5. modulate and store each part
+            _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
+            if SPLIT:
+                _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
+
+
 # 3. autotune configs ----------------------------------------------------------------------------------
 # Candidates: the straight-line form (fastest for bf16 out on the H200) plus persistent / split forms
 # (they won ln_modulate_int8 at C=1536); the measurements: kernels/NOTES_norms.md. num_stages stays 1
@@ -212,6 +375,12 @@ _ln_modulate = triton.autotune(
     key=["C", "OUT_INT8"],
     prune_configs_by={"early_config_prune": prune_row_configs},
 )(_ln_modulate_kernel)
+# The fused residual form: the same candidates, tuned on its own (it moves more bytes per row).
+_residual_ln_modulate = triton.autotune(
+    configs=ROW_CONFIGS,
+    key=["C", "OUT_INT8", "HAS_GATE"],
+    prune_configs_by={"early_config_prune": prune_row_configs},
+)(_residual_ln_modulate_kernel)
 
 
 def _check(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> None:
@@ -266,6 +435,69 @@ def _launch(
         eps,
         BLOCK_C=triton.next_power_of_2(C),
         BLOCK_TAIL=split_tail(C),
+        OUT_INT8=out.dtype == torch.int8,
+        **(config or {}),
+    )
+
+
+def _check_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> None:
+    if y.shape != x.shape:
+        raise ValueError(f"y must be the same [B, L, C] as x {tuple(x.shape)}, got {tuple(y.shape)}")
+    if y.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"unsupported y dtype {y.dtype}")
+    B, _, C = x.shape
+    if gate is not None and (gate.shape != (B, C) or not gate.is_floating_point()):
+        raise ValueError(f"gate must be a float [{B}, {C}] or None, got {gate.dtype} {tuple(gate.shape)}")
+
+
+def _launch_residual(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    x_out: torch.Tensor,
+    out: torch.Tensor,
+    qscale: torch.Tensor,
+    config: dict | None = None,
+) -> None:
+    """Launch the fused residual form on contiguous x, y [B, L, C]; ``config`` as for `_launch`."""
+    B, L, C = x.shape
+    if B * L == 0:
+        return
+    shift = shift if shift.stride(1) == 1 else shift.contiguous()
+    scale = scale if scale.stride(1) == 1 else scale.contiguous()
+    if gate is not None and gate.stride(1) != 1:
+        gate = gate.contiguous()
+    sms = num_sms(x.device)
+
+    def grid(meta: dict) -> tuple[int, int]:
+        if not meta["PROGS_PER_SM"]:
+            return (triton.cdiv(B * L, meta["BLOCK_L"]), 1)
+        tiles = triton.cdiv(L, meta["BLOCK_L"])
+        return (max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)), B)
+
+    kernel = _residual_ln_modulate if config is None else _residual_ln_modulate_kernel
+    kernel[grid](
+        x,
+        y,
+        shift if gate is None else gate,  # not read without a gate
+        x_out,
+        shift,
+        scale,
+        out,
+        qscale,
+        B * L,
+        L,
+        C,
+        0 if gate is None else gate.stride(0),
+        shift.stride(0),
+        scale.stride(0),
+        eps,
+        BLOCK_C=triton.next_power_of_2(C),
+        BLOCK_TAIL=split_tail(C),
+        HAS_GATE=gate is not None,
         OUT_INT8=out.dtype == torch.int8,
         **(config or {}),
     )
@@ -327,6 +559,77 @@ def layernorm_modulate(
     if out_int8:
         return torch.ops.turbovid.layernorm_modulate_int8(x, shift, scale, eps)
     return torch.ops.turbovid.layernorm_modulate(x, shift, scale, eps, out_dtype)
+
+
+@torch.library.custom_op("turbovid::residual_layernorm_modulate", mutates_args=())
+def _residual_layernorm_modulate(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, shift, scale)
+    _check_residual(x, y, gate)
+    if out_dtype is not None and out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"unsupported out_dtype {out_dtype}")
+    x, y = x.contiguous(), y.contiguous()
+    x_out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+    _launch_residual(x, y, gate, shift, scale, eps, x_out, out, out)
+    return x_out, out
+
+
+@_residual_layernorm_modulate.register_fake
+def _(x, y, gate, shift, scale, eps, out_dtype):
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=out_dtype or x.dtype)
+
+
+@torch.library.custom_op("turbovid::residual_layernorm_modulate_int8", mutates_args=())
+def _residual_layernorm_modulate_int8(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check(x, shift, scale)
+    _check_residual(x, y, gate)
+    x, y = x.contiguous(), y.contiguous()
+    B, L, C = x.shape
+    x_out = torch.empty_like(x)
+    q = torch.empty((B, L, C), dtype=torch.int8, device=x.device)
+    s = torch.empty((B, L), dtype=torch.float32, device=x.device)
+    _launch_residual(x, y, gate, shift, scale, eps, x_out, q, s)
+    return x_out, q, s
+
+
+@_residual_layernorm_modulate_int8.register_fake
+def _(x, y, gate, shift, scale, eps):
+    B, L, C = x.shape
+    return x.new_empty(x.shape), x.new_empty((B, L, C), dtype=torch.int8), x.new_empty((B, L), dtype=torch.float32)
+
+
+def residual_layernorm_modulate(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    out_int8: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """The residual add ``x' = x + gate·y`` (fp32 math, x's dtype) and `layernorm_modulate` of x', one pass.
+
+    x [B, L, C] bf16/fp16/fp32 (Wan: the fp32 residual stream); y [B, L, C] any of those (the branch
+    output); gate [B, C] (last dim contiguous, any batch stride) or None for ``x + y``; shift, scale, eps,
+    out_int8, out_dtype as for `layernorm_modulate`. Returns (x' [B, L, C] in x.dtype, a new tensor; out),
+    out as `layernorm_modulate` returns it: [B, L, C] or (q int8 [B, L, C], s fp32 [B, L]). Bit for bit
+    ``gated_residual(x, y, gate)`` then `layernorm_modulate` of its output, when both run the same row config.
+    """
+    if out_int8:
+        x_new, q, s = torch.ops.turbovid.residual_layernorm_modulate_int8(x, y, gate, shift, scale, eps)
+        return x_new, (q, s)
+    return torch.ops.turbovid.residual_layernorm_modulate(x, y, gate, shift, scale, eps, out_dtype)
 
 
 # 5. bench ---------------------------------------------------------------------------------------------

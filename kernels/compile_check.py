@@ -200,25 +200,33 @@ def _softmax_rows(smem: int) -> Result:
 
 
 def _row_norms(smem: int) -> Result:
-    """The DiT's row kernels (LayerNorm + AdaLN modulate with bf16 or int8 out, q/k RMSNorm + RoPE) at the
-    1.3B and 14B widths: every row config the GPU autotuner keeps (the interpreter keeps the first)."""
+    """The DiT's row kernels (LayerNorm + AdaLN modulate with bf16 or int8 out, alone and fused after the
+    gated residual add, q/k RMSNorm + RoPE) at the 1.3B and 14B widths: every row config the GPU autotuner
+    keeps (the interpreter keeps the first)."""
     from types import SimpleNamespace
 
     from kernels import adaln, rmsnorm_rope
     from kernels.row_configs import ROW_CONFIGS, prune_row_configs, split_tail
 
-    res = Result("row norms (adaln bf16/int8 out, rmsnorm_rope)")
+    res = Result("row norms (adaln bf16/int8 out, residual + adaln, rmsnorm_rope)")
     on_gpu = SimpleNamespace(is_cuda=True)  # what the prune asks of x (its CPU branch keeps one config)
     for c in (1536, 5120):
         sizes = {"BLOCK_C": triton.next_power_of_2(c), "BLOCK_TAIL": split_tail(c)}
         configs = prune_row_configs(ROW_CONFIGS, {"x_ptr": on_gpu, "C": c}, **sizes)
         x, vec = torch.zeros(2, c, dtype=torch.bfloat16), torch.zeros(1, c, dtype=torch.bfloat16)
+        x32, vec32 = torch.zeros(2, c), torch.zeros(1, c)
         for out_int8 in (False, True):
             out = torch.zeros(2, c, dtype=torch.int8 if out_int8 else torch.bfloat16)
             for cfg in configs:
                 _compile(res, adaln._ln_modulate_kernel, cfg, (1, 1), smem, x_ptr=x, shift_ptr=vec, scale_ptr=vec,
                          out_ptr=out, qscale_ptr=torch.zeros(2), N=2, L=2, C=c, stride_shift_b=c, stride_scale_b=c,
                          eps=1e-6, **sizes, OUT_INT8=out_int8)
+                # fused after the residual add (fp32 stream, bf16 branch output; gated and gate 1)
+                for has_gate in (True, False):
+                    _compile(res, adaln._residual_ln_modulate_kernel, cfg, (1, 1), smem, x_ptr=x32, y_ptr=x,
+                             gate_ptr=vec32, x_out_ptr=x32, shift_ptr=vec32, scale_ptr=vec32, out_ptr=out,
+                             qscale_ptr=torch.zeros(2), N=2, L=2, C=c, stride_gate_b=c, stride_shift_b=c,
+                             stride_scale_b=c, eps=1e-6, **sizes, HAS_GATE=has_gate, OUT_INT8=out_int8)
         rope = torch.zeros(2, 64)
         for cfg in configs:
             _compile(res, rmsnorm_rope._rmsnorm_rope_kernel, cfg, (1,), smem, x_ptr=x, w_ptr=vec, cos_ptr=rope,
