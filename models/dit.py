@@ -194,16 +194,17 @@ class WanBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
         # 1. self-attention with AdaLN (int8 out when q/k/v are W8A8 on the kernels: one quantization)
         h = ops.modulate(x, shift1, scale1, self.norm1.eps, dtype, next_linear=self.self_attn.q)
-        x = ops.gated_add(x, self.self_attn(h, cos, sin, ops, sla_topk), gate1)
-        # 2. cross-attention to the text
-        if isinstance(self.norm3, LayerNorm32):  # on the kernels: one pass, int8 out for a W8A8 q
-            h = ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.norm3.eps, dtype,
-                               next_linear=self.cross_attn.q)
+        # 2. cross-attention to the text. A residual add and the norm after it are one pass on the kernels
+        #    (the branch outputs are passed inline: nothing holds them through the next branch)
+        if isinstance(self.norm3, LayerNorm32):  # int8 out for a W8A8 q
+            x, h = ops.gated_add_layer_norm(x, self.self_attn(h, cos, sin, ops, sla_topk), gate1, self.norm3.weight,
+                                            self.norm3.bias, self.norm3.eps, dtype, next_linear=self.cross_attn.q)
         else:
+            x = ops.gated_add(x, self.self_attn(h, cos, sin, ops, sla_topk), gate1)
             h = self.norm3(x).to(dtype)
-        x = ops.add(x, self.cross_attn(h, context, ops))
-        # 3. FFN with AdaLN
-        h = ops.modulate(x, shift2, scale2, self.norm2.eps, dtype, next_linear=self.ffn[0])
+        # 3. FFN with AdaLN, after the cross-attention's residual add (gate 1)
+        x, h = ops.gated_add_modulate(x, self.cross_attn(h, context, ops), None, shift2, scale2, self.norm2.eps,
+                                      dtype, next_linear=self.ffn[0])
         y = ops.ffn(self.ffn, h)  # [B, L, C]
         return ops.gated_add(x, y, gate2)
 

@@ -14,6 +14,10 @@ block calls through it:
                                 int8 codes + per-token scales (`Int8Activation`) that feed the GEMM
                                 directly (no separate activation-quant pass)
     gated_add(x, y, gate)       ``x + gate·y`` in fp32; add(x, y): ``x + y`` (the cross-attention's residual)
+    gated_add_modulate(...), gated_add_layer_norm(...)
+                                a residual add (gate None: `add`), then `modulate` / `layer_norm` of the sum; on
+                                the kernels one pass that writes the sum and the norm's output (the sum is not
+                                read back), bit for bit the two ops' results
     apply_linear(module, x)     nn.Linear; `W8A8Linear` through the Triton int8 GEMM or its PyTorch path
     ffn(ffn, x)                 Linear → GELU → Linear; on the int8 GEMM the GELU runs in the FFN-down's
                                 activation-quantization pass
@@ -243,12 +247,37 @@ class Ops:
             w = None if weight is None else weight.float()
             b = None if bias is None else bias.float()
             return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(dtype)
-        B, _, C = x.shape
+        shift, scale = _affine_as_modulation(x, weight, bias)
+        return self.modulate(x, shift, scale, eps, dtype, next_linear)
 
-        def vector(v: torch.Tensor | None, offset: float) -> torch.Tensor:  # [B, 1, C], last dim contiguous
-            return (v.float() + offset if v is not None else x.new_zeros(C, dtype=torch.float32)).expand(B, 1, C)
+    def gated_add_modulate(
+        self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor,
+        scale: torch.Tensor, eps: float, dtype: torch.dtype, next_linear: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | Int8Activation]:
+        """`gated_add(x, y, gate)` (gate None: `add(x, y)`) then `modulate` of the sum -> (the sum [B, L, C]
+        fp32, the norm's output). On the kernels one pass (kernels/adaln.residual_layernorm_modulate) with the
+        same bits: the sum is written once and normalized from registers, never read back."""
+        if not self.kernels:
+            x = self.add(x, y) if gate is None else self.gated_add(x, y, gate)
+            return x, self.modulate(x, shift, scale, eps, dtype, next_linear)
+        adaln = _kernel("adaln")
+        g = None if gate is None else gate[:, 0]
+        if self.wants_int8(next_linear, dtype):
+            x, (q, s) = adaln.residual_layernorm_modulate(x, y, g, shift[:, 0], scale[:, 0], eps, out_int8=True)
+            return x, Int8Activation(q, s, dtype)
+        return adaln.residual_layernorm_modulate(x, y, g, shift[:, 0], scale[:, 0], eps, out_dtype=dtype)
 
-        return self.modulate(x, vector(bias, 0.0), vector(weight, -1.0), eps, dtype, next_linear)
+    def gated_add_layer_norm(
+        self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
+        bias: torch.Tensor | None, eps: float, dtype: torch.dtype, next_linear: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | Int8Activation]:
+        """`gated_add(x, y, gate)` (gate None: `add(x, y)`) then `layer_norm` of the sum -> (the sum, the
+        norm's output); one pass on the kernels, as `gated_add_modulate`."""
+        if not self.kernels:
+            x = self.add(x, y) if gate is None else self.gated_add(x, y, gate)
+            return x, self.layer_norm(x, weight, bias, eps, dtype, next_linear)
+        shift, scale = _affine_as_modulation(x, weight, bias)
+        return self.gated_add_modulate(x, y, gate, shift, scale, eps, dtype, next_linear)
 
     # residual ----------------------------------------------------------------------------------------
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -327,6 +356,19 @@ class Ops:
         if isinstance(x, Int8Activation):
             x = x.dequantize()
         return module(x)
+
+
+def _affine_as_modulation(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LayerNorm's affine (weight, bias [C]; None: none) as AdaLN's (shift, scale) = (bias, weight - 1) for
+    x [B, L, C]: fp32 [B, 1, C] views, last dim contiguous."""
+    B, _, C = x.shape
+
+    def vector(v: torch.Tensor | None, offset: float) -> torch.Tensor:
+        return (v.float() + offset if v is not None else x.new_zeros(C, dtype=torch.float32)).expand(B, 1, C)
+
+    return vector(bias, 0.0), vector(weight, -1.0)
 
 
 def _split_heads(y: torch.Tensor, chunks: int) -> torch.Tensor:

@@ -208,6 +208,43 @@ def test_fused_kernel_path_matches_pytorch():
     assert _cos(got, want) >= 0.99999
 
 
+@pytest.mark.parametrize("cross_attn_norm", [True, False])
+def test_residual_adds_run_in_the_norm_passes_with_the_unfused_bits(monkeypatch, cross_attn_norm):
+    """On the kernels each block's self-attention and cross-attention residual adds run inside the next norm's
+    pass (norm3 and norm2; without norm3, an nn.Identity, only norm2's), and the forward's output is bit for
+    bit the one of the separate gated_residual + layernorm_modulate passes."""
+    import os
+
+    from models.ops import override
+
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    adaln = pytest.importorskip("kernels.adaln")
+    from kernels.gated_residual import gated_residual
+
+    cfg = TINY.with_(cross_attn_norm=cross_attn_norm)
+    latents, t, ctx, _ = _inputs(cfg)
+    model = _model(cfg)
+    fused = adaln.residual_layernorm_modulate
+    calls = []
+
+    def counted(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return fused(x, *args, **kwargs)
+
+    def unfused(x, y, gate, shift, scale, eps=1e-6, out_int8=False, out_dtype=None):
+        x = gated_residual(x, y, torch.ones_like(shift) if gate is None else gate)
+        return x, adaln.layernorm_modulate(x, shift, scale, eps, out_int8=out_int8, out_dtype=out_dtype)
+
+    with torch.no_grad(), override(kernels=True):
+        monkeypatch.setattr(adaln, "residual_layernorm_modulate", counted)
+        got = model(latents, t, ctx)
+        monkeypatch.setattr(adaln, "residual_layernorm_modulate", unfused)
+        want = model(latents, t, ctx)
+    assert calls == [(1, 12, cfg.dim)] * (2 if cross_attn_norm else 1) * cfg.num_layers  # 2×4×6 latents: 12 tokens
+    assert torch.equal(got, want)
+
+
 def test_sla_topk_is_per_call_and_never_stored():
     pytest.importorskip("kernels.sagesla")
     latents, t, ctx, _ = _inputs()

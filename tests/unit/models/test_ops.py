@@ -151,8 +151,9 @@ def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
 
 @needs_kernels
 def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
-    """norm3 (LayerNorm with affine), the cross-attention's q/k RMSNorm and its residual add are one
-    kernel each on the kernels path (they were several plain-PyTorch passes), and match plain PyTorch."""
+    """norm3 (LayerNorm with affine), the cross-attention's q/k RMSNorm and its residual add run on the
+    kernels path (they were several plain-PyTorch passes), and match plain PyTorch. The residual adds before
+    norm3 and norm2 run inside those norms' passes (residual_layernorm_modulate), only the FFN's alone."""
     import kernels.adaln as adaln
     import kernels.gated_residual as gated_residual
     import kernels.rmsnorm_rope as rmsnorm_rope
@@ -165,7 +166,8 @@ def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
                       block.cross_attn.norm_k.weight):
                 p.normal_(1.0 if p is not block.norm3.bias else 0.0, 0.3)
     latents, t, ctx = _inputs(text_len=16)
-    calls: dict[str, list[tuple[int, ...]]] = {"layernorm_modulate": [], "rmsnorm": [], "gated_residual": []}
+    calls: dict[str, list[tuple[int, ...]]] = {"layernorm_modulate": [], "residual_layernorm_modulate": [],
+                                               "rmsnorm": [], "gated_residual": []}
     for module in (adaln, rmsnorm_rope, gated_residual):
         for name in calls:
             if hasattr(module, name):
@@ -182,9 +184,11 @@ def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
         with override(kernels=True):
             fused = model(latents, t, ctx)
     layers, tokens = TINY.num_layers, 2 * 2 * 3  # latents 2×4×6 in 1×2×2 patches
-    assert len(calls["layernorm_modulate"]) == 3 * layers + 1  # norm1, norm3 (affine), norm2; the head
+    assert len(calls["layernorm_modulate"]) == layers + 1  # norm1; the head
+    # self-attn's residual + norm3 (affine), cross-attn's residual (gate 1) + norm2
+    assert calls["residual_layernorm_modulate"] == [(1, tokens, TINY.dim)] * 2 * layers
     assert calls["rmsnorm"] == [(1, tokens, TINY.dim), (1, 16, TINY.dim)] * layers  # cross-attn q, k
-    assert len(calls["gated_residual"]) == 3 * layers  # self-attn, cross-attn (gate 1), FFN
+    assert len(calls["gated_residual"]) == layers  # FFN
     assert _cos(fused, plain) >= 0.99999
 
 
@@ -198,6 +202,53 @@ def test_plain_layer_norm_and_add_are_wans_norm3_and_residual():
     assert isinstance(got, torch.Tensor) and got.dtype == torch.bfloat16  # plain PyTorch never emits int8
     torch.testing.assert_close(got, norm(x).to(torch.bfloat16))
     torch.testing.assert_close(Ops().add(x, y), x + y.float())
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_plain_fused_residual_norms_are_the_two_ops(gated):
+    """Off the kernels, gated_add_modulate / gated_add_layer_norm are gated_add (or add) then the norm."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 5, 16, generator=g) * 3 + 1, torch.randn(2, 5, 16, generator=g).to(torch.bfloat16)
+    gate, shift, scale = (torch.randn(2, 1, 16, generator=g) for _ in range(3))
+    weight, bias = torch.randn(16, generator=g) + 1, torch.randn(16, generator=g)
+    ops, lin = Ops(), W8A8Linear(16, 8)
+    x_want = ops.gated_add(x, y, gate) if gated else ops.add(x, y)
+    x_new, h = ops.gated_add_modulate(x, y, gate if gated else None, shift, scale, 1e-6, torch.bfloat16, lin)
+    assert torch.equal(x_new, x_want)
+    assert torch.equal(h, ops.modulate(x_want, shift, scale, 1e-6, torch.bfloat16, lin))
+    x_new, h = ops.gated_add_layer_norm(x, y, gate if gated else None, weight, bias, 1e-6, torch.bfloat16, lin)
+    assert torch.equal(x_new, x_want)
+    assert torch.equal(h, ops.layer_norm(x_want, weight, bias, 1e-6, torch.bfloat16, lin))
+
+
+@needs_kernels
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("int8", [False, True])
+def test_kernel_fused_residual_norms_equal_the_unfused_kernels(gated, int8):
+    """On the kernels, one residual+norm pass gives the bits of gated_add (or add) then modulate / layer_norm,
+    for bf16 out and for the int8 activations a W8A8 linear takes."""
+    g = torch.Generator().manual_seed(1)
+    C = 48  # split 32 + 16, like 1536 = 1024 + 512
+    x, y = torch.randn(2, 7, C, generator=g) * 3 + 1, torch.randn(2, 7, C, generator=g).to(torch.bfloat16)
+    mod = torch.randn(2, 6, C, generator=g)
+    shift, scale, gate = mod[:, 0:1], mod[:, 1:2], mod[:, 2:3] if gated else None  # [B, 1, C] chunks
+    weight, bias = torch.randn(C, generator=g) + 1, torch.randn(C, generator=g)
+    ops = Ops(linear="w8a8", kernels=True)
+    lin = W8A8Linear(C, 8) if int8 else None
+    x_want = ops.add(x, y) if gate is None else ops.gated_add(x, y, gate)
+    for fused, unfused in (
+        (ops.gated_add_modulate(x, y, gate, shift, scale, 1e-6, torch.bfloat16, lin),
+         ops.modulate(x_want, shift, scale, 1e-6, torch.bfloat16, lin)),
+        (ops.gated_add_layer_norm(x, y, gate, weight, bias, 1e-6, torch.bfloat16, lin),
+         ops.layer_norm(x_want, weight, bias, 1e-6, torch.bfloat16, lin)),
+    ):
+        x_new, h = fused
+        assert torch.equal(x_new, x_want)
+        assert isinstance(h, Int8Activation) == int8 == isinstance(unfused, Int8Activation)
+        if int8:
+            assert torch.equal(h.q, unfused.q) and torch.equal(h.scale, unfused.scale) and h.dtype == torch.bfloat16
+        else:
+            assert torch.equal(h, unfused)
 
 
 def test_int8_activation_falls_back_to_dequantized_input_on_plain_linear():
