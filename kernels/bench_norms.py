@@ -1,6 +1,7 @@
 """Benchmark all fused elementwise kernels in one process at Wan 1.3B / 14B shapes.
 
     python -m kernels.bench_norms [--L 32760] [--compile] [--no-sweep] [--json out.json]
+    python -m kernels.bench_norms --residual [--residual-lengths 32760 75600] [--dims 1536 5120]
 
 Measures a device-to-device copy's bandwidth first (bytes read + written, 2 GiB buffers, and one at
 each kernel's own traffic size), then sweeps every autotune config of rmsnorm_rope / ln_modulate /
@@ -8,6 +9,10 @@ ln_modulate_int8 (checked against the reference, then timed; ``--no-sweep`` skip
 bf16, C = 1536 / 5120), printing per kernel: time, GB/s, % of the copy bandwidth, speedup vs eager
 PyTorch, and the autotuner's timing of every config it tried. ``--compile`` adds torch.compile'd eager
 baselines (Inductor fuses these ops too, so it is the stronger baseline). A table comes last.
+
+``--residual`` times only the DiT block's residual-add boundary (fp32 residual stream x, bf16 branch output,
+int8 out for a W8A8 linear): gated_residual + layernorm_modulate (two passes, x' written then read back) vs
+adaln.residual_layernorm_modulate (one pass), both autotuned, with the ratio and whether the bits agree.
 
 Measurements (dated bench tables, the per-config sweep, offline SASS counts): kernels/NOTES_norms.md.
 """
@@ -137,6 +142,51 @@ def _sweep_table(rows: list[dict]) -> None:
     print(f"sweep: {nbad} config(s) BAD or FAILED", flush=True)
 
 
+def residual_rows(lengths: tuple[int, ...], dims: tuple[int, ...], copy_gbps: float | None = None,
+                  device: str = "cuda") -> list[dict]:
+    """Residual add + LayerNorm/AdaLN with int8 out at B=1: the two kernels in sequence vs the fused pass.
+
+    GB/s counts each tensor once (fused: x and x' fp32, y bf16, q int8, s; unfused also reads x' back).
+    ``device`` "cpu" runs one small shape under the interpreter (a smoke test of this code, no timing)."""
+    from kernels.adaln import _residual_ln_modulate, layernorm_modulate, residual_layernorm_modulate
+    from kernels.gated_residual import gated_residual
+
+    rows = []
+    for L in lengths:
+        for C in dims:
+            x = torch.randn(1, L, C, device=device) * 2 + 0.7  # the fp32 residual stream
+            y = torch.randn(1, L, C, device=device, dtype=torch.bfloat16)  # a branch output
+            mod = torch.randn(1, 6, C, device=device) * 0.1  # Wan's [B, 6, C] fp32 modulation
+            gate, shift, scale = mod[:, 2], mod[:, 0], mod[:, 1]
+
+            def unfused(x=x, y=y, gate=gate, shift=shift, scale=scale):
+                x_new = gated_residual(x, y, gate)
+                return x_new, layernorm_modulate(x_new, shift, scale, out_int8=True)
+
+            def fused(x=x, y=y, gate=gate, shift=shift, scale=scale):
+                return residual_layernorm_modulate(x, y, gate, shift, scale, out_int8=True)
+
+            (xa, (qa, sa)), (xb, (qb, sb)) = unfused(), fused()
+            same = torch.equal(xa, xb) and torch.equal(qa, qb) and torch.equal(sa, sb)
+            codes_apart = (qa.int() - qb.int()).abs().max().item()  # configs may differ: the sums' rounding
+            if device == "cpu":
+                t_u = t_f = float("nan")
+            else:
+                t_u = do_bench(unfused, warmup=25, rep=200, return_mode="median")
+                t_f = do_bench(fused, warmup=25, rep=200, return_mode="median")
+            nbytes = x.numel() * (4 + 2 + 4 + 1) + L * 4  # x, y, x', q, s
+            gbps = nbytes / t_f / 1e6
+            row = {"kernel": "residual_ln_modulate_int8", "C": C, "L": L, "unfused_ms": t_u, "fused_ms": t_f,
+                   "ratio": t_u / t_f, "GB/s": gbps, "pct_copy": 100 * gbps / copy_gbps if copy_gbps else float("nan"),
+                   "bit_equal": same, "codes_apart": codes_apart, "config": str(_residual_ln_modulate.best_config)}
+            rows.append(row)
+            print(f"residual+ln int8 C={C:5d} L={L:6d}: unfused {t_u * 1e3:8.1f} us | fused {t_f * 1e3:8.1f} us "
+                  f"{gbps:6.0f} GB/s {row['pct_copy']:5.1f}% copy | x{row['ratio']:.2f} | "
+                  f"{'bit-equal' if same else f'differs ({codes_apart} codes apart at most)'} | {row['config']}",
+                  flush=True)
+    return rows
+
+
 def _tuning_log(name: str, kernel) -> None:
     timings = getattr(kernel, "configs_timings", None) or {}
     for cfg, t in sorted(timings.items(), key=lambda kv: kv[1][0] if isinstance(kv[1], list) else kv[1]):
@@ -190,6 +240,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd eager baselines")
     p.add_argument("--json", default=None, help="write all rows here")
     p.add_argument("--no-sweep", action="store_true", help="skip the per-config check-and-time sweep")
+    p.add_argument("--residual", action="store_true",
+                   help="only the residual add + norm boundary: two passes vs the fused one")
+    p.add_argument("--residual-lengths", type=int, nargs="+", default=[32760, 75600])
     args = p.parse_args()
 
     from kernels import adaln, gated_residual, rmsnorm_rope
@@ -198,6 +251,12 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     big = copy_bandwidth(2 << 30)
     print(f"copy bandwidth (2 GiB, read+write): {big:.0f} GB/s", flush=True)
+    if args.residual:
+        rows = residual_rows(tuple(args.residual_lengths), tuple(args.dims), big)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"copy_gbps": big, "residual": rows}, f, indent=1)
+        return
     for C in args.dims:
         print(f"copy bandwidth ({args.L}x{C} bf16): {copy_bandwidth(args.L * C * 2):.0f} GB/s", flush=True)
 

@@ -286,6 +286,14 @@ def test_residual_form_rejects_bad_shapes_and_traces():
     assert q.shape == (2, 9, 64) and q.dtype == torch.int8 and s.shape == (2, 9) and s.dtype == torch.float32
 
 
+def test_bench_residual_rows_run_and_check_the_bits_on_cpu():
+    # kernels/bench_norms.py --residual's rows (timed on the GPU only) compare the two paths' outputs too.
+    from kernels.bench_norms import residual_rows
+
+    rows = residual_rows((5,), (48,), device="cpu")
+    assert [(r["C"], r["L"], r["bit_equal"], r["codes_apart"]) for r in rows] == [(48, 5, True, 0)]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("C", [1536, 5120])
 def test_residual_form_wan_shapes_every_config_bit_for_bit_gpu(C):
