@@ -17,6 +17,7 @@ would cost if everything else were free.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -202,8 +203,11 @@ def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str)
 
 
 def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
-          variants: list[tuple[str, str, bool]] | None = None, profile_dir: Path | None = None,
+          variants: list[tuple[str, str, bool | str]] | None = None, profile_dir: Path | None = None,
           graphs: bool = False) -> list[dict]:
+    """variants: (attention, linear, norms) with norms True / "fused" (the Triton norm kernels), False /
+    "torch" (plain PyTorch), or "split" (the kernels, with each residual add in a pass of its own instead
+    of inside the next norm's: `Ops.fuse_residual_norms` off)."""
     started = time.time()
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -214,8 +218,10 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
         floor = gemm_sdpa_floor(cfg, tokens, dtype, device)
         rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor})
         print(json.dumps(rows[-1]), flush=True)
-        for attention, linear, fused in variants or VARIANTS:
-            name = f"{attention}/{linear}/{'fused' if fused else 'torch'}"
+        for attention, linear, norms in variants or VARIANTS:
+            mode = {True: "fused", False: "torch"}.get(norms, norms) if isinstance(norms, bool) else norms
+            fused = mode != "torch"
+            name = f"{attention}/{linear}/{mode}"
             if time.time() - started > budget_s:
                 rows.append({"size": size, "variant": name, "skipped": "time budget"})
                 continue
@@ -225,6 +231,8 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
                     torch.cuda.empty_cache()
                 model = random_model(cfg, device=device, dtype=dtype, attention=attention, linear=linear,
                                      kernels=fused and device == "cuda")
+                if mode == "split":
+                    model.ops = dataclasses.replace(model.ops, fuse_residual_norms=False)
                 weights_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
                 args = inputs(cfg, shape, device, dtype)
                 sec, peak = time_forward(model, args, reps, device)
@@ -264,7 +272,9 @@ def main() -> None:
     parser.add_argument("--graphs", action="store_true",
                         help="also time each variant replayed as a CUDA graph (models.cuda_graphs)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated attention/linear/fused|torch, e.g. dense/native/torch,sagesla/w8a8/fused")
+                        help="comma-separated attention/linear/fused|torch|split, e.g. "
+                        "dense/native/torch,sagesla/w8a8/fused (split: the kernels without the residual adds "
+                        "folded into the norms)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
@@ -274,7 +284,9 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     variants = None
     if args.variants:
-        variants = [(a, lin, f == "fused") for a, lin, f in (v.split("/") for v in args.variants.split(","))]
+        variants = [(a, lin, f) for a, lin, f in (v.split("/") for v in args.variants.split(","))]
+        if any(f not in ("fused", "torch", "split") for _, _, f in variants):
+            parser.error("--variants: the third part is fused, torch or split")
     rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile, args.graphs)
 
     print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")

@@ -162,6 +162,9 @@ class Ops:
     attention: str = "dense"
     linear: str = "native"
     kernels: bool = False
+    # on the kernels: each block's residual adds run inside the next norm's pass (`gated_add_modulate`,
+    # `gated_add_layer_norm`); False: two passes each, the same bits (a bench's before/after)
+    fuse_residual_norms: bool = True
     # one forward's sequence-parallel split (set by WanTransformer.forward under `sp`); None: one process
     sequence: SequenceShard | None = field(default=None, compare=False, repr=False)
 
@@ -257,7 +260,7 @@ class Ops:
         """`gated_add(x, y, gate)` (gate None: `add(x, y)`) then `modulate` of the sum -> (the sum [B, L, C]
         fp32, the norm's output). On the kernels one pass (kernels/adaln.residual_layernorm_modulate) with the
         same bits: the sum is written once and normalized from registers, never read back."""
-        if not self.kernels:
+        if not (self.kernels and self.fuse_residual_norms):
             x = self.add(x, y) if gate is None else self.gated_add(x, y, gate)
             return x, self.modulate(x, shift, scale, eps, dtype, next_linear)
         adaln = _kernel("adaln")
@@ -273,7 +276,7 @@ class Ops:
     ) -> tuple[torch.Tensor, torch.Tensor | Int8Activation]:
         """`gated_add(x, y, gate)` (gate None: `add(x, y)`) then `layer_norm` of the sum -> (the sum, the
         norm's output); one pass on the kernels, as `gated_add_modulate`."""
-        if not self.kernels:
+        if not (self.kernels and self.fuse_residual_norms):
             x = self.add(x, y) if gate is None else self.gated_add(x, y, gate)
             return x, self.layer_norm(x, weight, bias, eps, dtype, next_linear)
         shift, scale = _affine_as_modulation(x, weight, bias)

@@ -336,3 +336,25 @@ def test_cuda_fused_kernels_match_plain_pytorch(tmp_path, linear):
             plain = model(latents, t, ctx)
     assert torch.isfinite(fused).all()
     assert _cos(fused, plain) >= (0.999 if linear == "w8a8" else 0.9999)
+
+
+def test_the_fusion_switch_runs_the_two_kernels_with_the_same_bits(monkeypatch):
+    """`fuse_residual_norms=False` (bench_dit's "split" variants, the before/after of the fusion) runs the
+    residual add and the norm as two kernel passes, and gives the fused form's bits."""
+    from kernels import adaln
+
+    calls = []
+    fused_op = adaln.residual_layernorm_modulate
+    monkeypatch.setattr(adaln, "residual_layernorm_modulate", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
+    g = torch.Generator().manual_seed(2)
+    C = 48
+    x, y = torch.randn(1, 5, C, generator=g), torch.randn(1, 5, C, generator=g).to(torch.bfloat16)
+    mod = torch.randn(1, 6, C, generator=g)
+    lin = W8A8Linear(C, 8)
+    outs = []
+    for switch in (True, False):
+        ops = Ops(linear="w8a8", kernels=True, fuse_residual_norms=switch)
+        outs.append(ops.gated_add_modulate(x, y, mod[:, 2:3], mod[:, 0:1], mod[:, 1:2], 1e-6, torch.bfloat16, lin))
+    assert calls == [1]  # only the fused run called the one-pass kernel
+    (x_f, h_f), (x_s, h_s) = outs
+    assert torch.equal(x_f, x_s) and torch.equal(h_f.q, h_s.q) and torch.equal(h_f.scale, h_s.scale)
