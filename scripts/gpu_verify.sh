@@ -75,6 +75,9 @@
 #                                       the shipped kernel list
 #   bash scripts/gpu_verify.sh s23c     one GPU, ~2 min: the decode with the worker's lazily opened encoder, profiled
 #   bash scripts/gpu_verify.sh s23d     one GPU, ~3 min: the decode inside a whole generation vs alone, profiled
+#   bash scripts/gpu_verify.sh s23e     one GPU, ~8 min: the residual add folded into the next norm's pass: GPU tests,
+#                                       bench_norms --residual, the 1.3B and 14B DiT fused vs split, turbovid bench
+#                                       (its --logs: the autotune choices and kernel list to ship)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -457,6 +460,19 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s23e ]; then
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 90 -m gpu tests/unit/kernels/test_adaln.py \
+        tests/unit/worker/test_precompile.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error" "$OUT/logs/tests.log" | tail -6
+    timeout 80 python3 -m kernels.bench_norms --residual > "$OUT/logs/norms.log" 2>&1; grep -v "^W\|Warn" "$OUT/logs/norms.log" | tail -12
+    timeout 100 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --graphs \
+        --variants sagesla/w8a8/fused,sagesla/w8a8/split > "$OUT/logs/dit13b.log" 2>&1
+    grep -A8 "per-NFE" "$OUT/logs/dit13b.log"
+    timeout 130 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused,sagesla/w8a8/split \
+        > "$OUT/logs/dit14b.log" 2>&1
+    grep -A6 "per-NFE" "$OUT/logs/dit14b.log"
+    turbovid_bench 260
+    grep -rh "another version of its source\|precompile:\|compiled .* at launch" "$OUT/logs/e2e"/*.log | cut -c1-200 | head -6
 elif [ "$mode" = s23d ]; then
     timeout 300 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 2>&1 | grep -v "^W\|Warn\|warn\|USDT" | tail -24
 elif [ "$mode" = s23c ]; then
