@@ -157,9 +157,16 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     build_weights(card, args.weights, device=device, text_encoder="small")
     tmp = Path(tempfile.mkdtemp())
+    w = WorkerSettings(cache_dir=tmp / "cache")
+    kernels = None
+    if device == "cuda":  # as a worker starts: the shipped autotune choices, the shipped kernel list compiled
+        from worker.warmup import start_kernels
+
+        kernels = start_kernels(w, record=False)
     pipe = load_pipeline(card.id, [args.weights], device=device,
                          dtype=torch.bfloat16 if device == "cuda" else torch.float32, cache_dir=tmp / "cache")
-    w = WorkerSettings()
+    if kernels is not None and kernels.precompile is not None:
+        print(f"precompile: {kernels.precompile.wait().describe()}", flush=True)
     pipe.cuda_graphs, pipe.vae.conv_impl = w.cuda_graphs, w.vae_conv
     keep = _Keep(pipe)
     pipe._decode_frames = keep  # type: ignore[method-assign]

@@ -78,6 +78,8 @@
 #   bash scripts/gpu_verify.sh s23e     one GPU, ~8 min: the residual add folded into the next norm's pass: GPU tests,
 #                                       bench_norms --residual, the 1.3B and 14B DiT fused vs split, turbovid bench
 #                                       (its --logs: the autotune choices and kernel list to ship)
+#   bash scripts/gpu_verify.sh s23f     one GPU, ~4.5 min: the fused kernel's GPU test, a fresh worker start with the
+#                                       re-shipped files, the decode inside a job vs alone with SM clock and power
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -460,6 +462,15 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s23f ]; then
+    timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 65 -m gpu tests/unit/kernels/test_adaln.py -k residual \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    timeout 90 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 80 --job-timeout 30 --logs "$OUT/logs/e2e" > "$OUT/logs/bench.log" 2>&1
+    grep -E "start -> ready|POST->completed" "$OUT/logs/bench.log" | head -3
+    grep -hE "precompile:|compiled .* at launch|warm-up done|another version" "$OUT"/logs/e2e/*worker*.log | cut -c1-200
+    timeout 100 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 2 2>&1 | grep -v "^W\|Warn\|warn\|USDT" | tail -16
 elif [ "$mode" = s23e ]; then
     timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 90 -m gpu tests/unit/kernels/test_adaln.py \
         tests/unit/worker/test_precompile.py > "$OUT/logs/tests.log" 2>&1
