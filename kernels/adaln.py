@@ -212,9 +212,9 @@ def _ln_modulate_kernel(
 #                                           (gate None: x + y, the cross-attention's ungated residual)
 #     out = layernorm_modulate(x')          from the stored values, bf16/fp out or int8 + per-token scales
 #
-# Bit for bit the two passes' results when both run the same row config. It sits below the kernels above on
-# purpose: Triton's hash of a kernel covers the line it starts at, and the shipped autotune choices
-# (worker/autotune/) are keyed by that hash.
+# Bit for bit the two passes' results with the same row config. It sits below the kernels above, and repeats
+# their stats / int8-scale steps instead of sharing a helper, on purpose: Triton's hash of a kernel covers its
+# source and start line, and the shipped autotune choices (worker/autotune/) are keyed by that hash.
 def reference_residual(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
     eps: float = 1e-6,

@@ -124,6 +124,20 @@ def main() -> None:
                   f"{' '.join(f'{d:.3f}' for d in decodes)}", flush=True)
 
 
+def busy_and_gaps(spans: list[tuple[float, float]]) -> tuple[float, float, list[tuple[float, float]]]:
+    """Of kernel (start, end) µs spans sorted by start: (µs with a kernel running, µs from the first start to
+    the last end, [(idle µs, at µs from the first start)] for each gap between kernels)."""
+    busy, gaps, cur_s, cur_e = 0.0, [], spans[0][0], spans[0][1]
+    for s0, e0 in spans[1:]:
+        if s0 > cur_e:
+            busy += cur_e - cur_s
+            gaps.append((s0 - cur_e, cur_e - spans[0][0]))
+            cur_s = s0
+        cur_e = max(cur_e, e0)
+    busy += cur_e - cur_s
+    return busy, cur_e - spans[0][0], gaps
+
+
 def _profile(name: str, run: object) -> None:
     """One more run of a row under torch.profiler: how much of the decode's span the GPU was busy, and the
     largest gaps between kernels (ms from the first kernel)."""
@@ -139,15 +153,7 @@ def _profile(name: str, run: object) -> None:
     if not spans:
         print(f"  profile {name}: no CUDA events")
         return
-    busy, gaps, cur_s, cur_e = 0.0, [], spans[0][0], spans[0][1]
-    for s0, e0 in spans[1:]:
-        if s0 > cur_e:
-            busy += cur_e - cur_s
-            gaps.append((s0 - cur_e, cur_e - spans[0][0]))
-            cur_s = s0
-        cur_e = max(cur_e, e0)
-    busy += cur_e - cur_s
-    span = cur_e - spans[0][0]
+    busy, span, gaps = busy_and_gaps(spans)
     top = sorted(gaps, reverse=True)[:6]
     print(f"  profile {name}: wall {wall * 1e3:.1f} ms, kernels span {span / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms "
           f"({100 * busy / span:.1f} %), gaps > 0.2 ms: {sum(1 for g, _ in gaps if g > 200)} totalling "

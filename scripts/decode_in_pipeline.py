@@ -34,6 +34,7 @@ from contract.jobs import GenerationParams  # noqa: E402
 from contract.settings import WorkerSettings  # noqa: E402
 from models.pipeline import load_pipeline  # noqa: E402
 from models.pipeline_types import Progress  # noqa: E402
+from scripts.decode_contention import busy_and_gaps  # noqa: E402
 from worker.task import _Frames  # noqa: E402
 
 
@@ -78,7 +79,7 @@ class _Keep:
 
 
 def _kernels(prof: Any) -> tuple[dict[str, float], float, float, list[tuple[float, float]]]:
-    """Per-kernel-name CUDA µs of the last ~decode-long window, and (busy, span, gaps) of the whole trace."""
+    """Per-kernel-name CUDA µs of a trace, and its (busy, span, gaps) (`busy_and_gaps`)."""
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
               and e.time_range.end > e.time_range.start]
     events.sort(key=lambda e: e.time_range.start)
@@ -88,15 +89,7 @@ def _kernels(prof: Any) -> tuple[dict[str, float], float, float, list[tuple[floa
         by_name[e.name[:90]] += e.time_range.end - e.time_range.start
     if not spans:  # a CPU run
         return by_name, 0.0, 1.0, []
-    busy, gaps, cur_s, cur_e = 0.0, [], spans[0][0], spans[0][1]
-    for s0, e0 in spans[1:]:
-        if s0 > cur_e:
-            busy += cur_e - cur_s
-            gaps.append((s0 - cur_e, cur_e - spans[0][0]))
-            cur_s = s0
-        cur_e = max(cur_e, e0)
-    busy += cur_e - cur_s
-    return by_name, busy, cur_e - spans[0][0], gaps
+    return (by_name, *busy_and_gaps(spans))
 
 
 class _Clocks:

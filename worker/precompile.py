@@ -84,28 +84,32 @@ def source_hash(fn: Any) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def find_jit_functions(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
-    """Every JITFunction held by an imported module of `package`, directly or inside an autotuner /
-    heuristics wrapper, by its full name ("module.qualname", Triton's own naming in serialized specs)."""
+def find_in_modules(cls: type, package: str = KERNEL_PACKAGE) -> Iterator[tuple[str, str, Any]]:
+    """(module name, attribute, object) for each `cls` instance held by an imported module of `package`,
+    directly or inside wrappers reached through their `.fn` (Triton's autotuner and heuristics)."""
     import sys
 
-    from triton.runtime.jit import JITFunction
-
-    found: dict[str, Any] = {}
     for mod_name, module in list(sys.modules.items()):
         if module is None or not (mod_name == package or mod_name.startswith(package + ".")):
             continue
-        for value in list(vars(module).values()):
+        for attr, value in list(vars(module).items()):
             obj, depth = value, 0
-            while obj is not None and depth < 4 and not isinstance(obj, JITFunction):
+            while obj is not None and depth < 4 and not isinstance(obj, cls):
                 try:
                     obj = getattr(obj, "fn", None)
                 except Exception:  # noqa: BLE001 - objects whose attribute lookup itself fails
                     obj = None
                 depth += 1
-            if isinstance(obj, JITFunction):
-                found[f"{obj.fn.__module__}.{obj.fn.__qualname__}"] = obj
-    return found
+            if isinstance(obj, cls):
+                yield mod_name, attr, obj
+
+
+def find_jit_functions(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
+    """Every JITFunction held by an imported module of `package`, directly or inside an autotuner /
+    heuristics wrapper, by its full name ("module.qualname", Triton's own naming in serialized specs)."""
+    from triton.runtime.jit import JITFunction
+
+    return {f"{fn.fn.__module__}.{fn.fn.__qualname__}": fn for _, _, fn in find_in_modules(JITFunction, package)}
 
 
 class KernelSpecs:

@@ -33,13 +33,11 @@ hands the autotuner back its own config object (pre_hook included).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,7 +50,7 @@ from contract.jobs import GenerationParams
 from contract.settings import WorkerSettings, parse_warmup_size
 from models.pipeline_types import Progress
 from worker.encode import DEFAULT_THREAD_TYPE, X264, Mp4Stream, encode_jpeg, pick_codec
-from worker.precompile import Precompile, PrecompileReport
+from worker.precompile import Precompile, PrecompileReport, find_in_modules, source_hash
 from worker.task import Pipeline
 
 log = logging.getLogger("turbovid.worker")
@@ -290,21 +288,7 @@ def find_autotuners(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
     by "module.attribute"."""
     from triton.runtime.autotuner import Autotuner
 
-    found: dict[str, Any] = {}
-    for mod_name, module in list(sys.modules.items()):
-        if module is None or not (mod_name == package or mod_name.startswith(package + ".")):
-            continue
-        for attr, value in vars(module).items():
-            obj, depth = value, 0
-            while obj is not None and depth < 4 and not isinstance(obj, Autotuner):
-                try:
-                    obj = getattr(obj, "fn", None)
-                except Exception:  # noqa: BLE001 - objects whose attribute lookup itself fails
-                    obj = None
-                depth += 1
-            if isinstance(obj, Autotuner):
-                found[f"{mod_name}.{attr}"] = obj
-    return found
+    return {f"{mod_name}.{attr}": tuner for mod_name, attr, tuner in find_in_modules(Autotuner, package)}
 
 
 def _source_hash(tuner: Any) -> str:
@@ -312,11 +296,7 @@ def _source_hash(tuner: Any) -> str:
     fn = tuner.fn
     while hasattr(fn, "fn") and not hasattr(fn, "src"):
         fn = fn.fn
-    try:
-        key = str(fn.cache_key)  # source + the jit functions it calls (JITFunction)
-    except Exception:  # noqa: BLE001 - any Triton version without it: the source alone
-        key = getattr(fn, "src", None) or repr(fn)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return source_hash(fn)  # source + the jit functions it calls + its start line (JITFunction.cache_key)
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
