@@ -126,12 +126,8 @@ class KernelSpecs:
         the number read."""
         import triton
 
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable kernel list %s: %s", self.path, exc)
+        data = read_json(self.path, "kernel list")
+        if data is None:
             return 0
         if not isinstance(data, dict) or data.get("triton") != triton.__version__:
             log.info("kernel list %s was recorded with Triton %s, this is %s: not used", self.path,
@@ -186,16 +182,9 @@ class KernelSpecs:
 
         with self._lock:
             items = [e.to_json() for e in self.entries.values()]
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".kernels-", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"triton": triton.__version__, "kernels": items}, f, indent=1)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("could not save the kernel list %s: %s", self.path, exc)
-            return 0
-        return len(items)
+        # Triton's own key order: an entry read back compares equal to the same specialization recorded again
+        ok = write_json(self.path, {"triton": triton.__version__, "kernels": items}, "kernel list", sort_keys=False)
+        return len(items) if ok else 0
 
     @contextmanager
     def recording(self, package: str = KERNEL_PACKAGE) -> Iterator[KernelSpecs]:
@@ -253,6 +242,31 @@ def spec_matches(spec: str, fn: Any, config: Any) -> bool:
     options = data.get("options", {})
     return (all(consts.get(k, object()) == v for k, v in config.kwargs.items())
             and options.get("num_warps") == config.num_warps and options.get("num_stages") == config.num_stages)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in `path`; None when it is missing or unreadable (logged: the caller goes on without it)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s %s: %s", what, path, exc)
+        return None
+
+
+def write_json(path: Path, data: Any, what: str, *, sort_keys: bool = True) -> bool:
+    """Write `data` to `path` atomically (a temporary file renamed over it); False (logged) on an OS error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=sort_keys)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not save the %s to %s: %s", what, path, exc)
+        return False
+    return True
 
 
 def default_threads() -> int:

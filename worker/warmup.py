@@ -33,9 +33,7 @@ hands the autotuner back its own config object (pre_hook included).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -50,7 +48,14 @@ from contract.jobs import GenerationParams
 from contract.settings import WorkerSettings, parse_warmup_size
 from models.pipeline_types import Progress
 from worker.encode import DEFAULT_THREAD_TYPE, X264, Mp4Stream, encode_jpeg, pick_codec
-from worker.precompile import Precompile, PrecompileReport, find_in_modules, source_hash
+from worker.precompile import (
+    Precompile,
+    PrecompileReport,
+    find_in_modules,
+    read_json,
+    source_hash,
+    write_json,
+)
 from worker.task import Pipeline
 
 log = logging.getLogger("turbovid.worker")
@@ -319,12 +324,8 @@ class AutotuneChoices:
         self._other: dict[str, Any] = {}  # entries of kernels not imported here: kept on save
 
     def load(self) -> int:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable autotune choices %s: %s", self.path, exc)
+        data = read_json(self.path, "autotune choices")
+        if not isinstance(data, dict):
             return 0
         tuners = find_autotuners()
         loaded = 0
@@ -368,13 +369,4 @@ class AutotuneChoices:
             if choices:
                 data[name] = {"source": _source_hash(tuner), "choices": choices}
                 saved += len(choices)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("could not save autotune choices to %s: %s", self.path, exc)
-            return 0
-        return saved
+        return saved if write_json(self.path, data, "autotune choices") else 0
