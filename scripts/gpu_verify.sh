@@ -80,6 +80,9 @@
 #                                       (its --logs: the autotune choices and kernel list to ship)
 #   bash scripts/gpu_verify.sh s23f     one GPU, ~4.5 min: the fused kernel's GPU test, a fresh worker start with the
 #                                       re-shipped files, the decode inside a job vs alone with SM clock and power
+#   bash scripts/gpu_verify.sh s24a     one GPU, ~10 min, not run yet: what session 23's calls cut short: the fused
+#                                       residual+norm kernel's every-config GPU test, the in-job decode with the SM clock
+#                                       and power read (nvidia-smi), the 14B DiT fused vs split
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -462,6 +465,15 @@ elif [ "$mode" = s22d ]; then
     grep -rh "another version of its source" "$OUT/logs/e2e" | cut -c1-200 | head -5
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
+elif [ "$mode" = s24a ]; then
+    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 -m gpu tests/unit/kernels/test_adaln.py -k residual \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
+    grep -E "^A |^B |nvidia-smi|^  [AB] |^profile|precompile" "$OUT/logs/decode.log"
+    timeout 240 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused,sagesla/w8a8/split \
+        > "$OUT/logs/dit14b.log" 2>&1
+    grep -A6 "per-NFE" "$OUT/logs/dit14b.log"
 elif [ "$mode" = s23f ]; then
     timeout 70 python3 -m pytest -q -p no:cacheprovider --timeout 65 -m gpu tests/unit/kernels/test_adaln.py -k residual \
         > "$OUT/logs/tests.log" 2>&1
