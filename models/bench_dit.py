@@ -219,7 +219,7 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
         rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor})
         print(json.dumps(rows[-1]), flush=True)
         for attention, linear, norms in variants or VARIANTS:
-            mode = {True: "fused", False: "torch"}.get(norms, norms) if isinstance(norms, bool) else norms
+            mode = ("fused" if norms else "torch") if isinstance(norms, bool) else norms
             fused = mode != "torch"
             name = f"{attention}/{linear}/{mode}"
             if time.time() - started > budget_s:

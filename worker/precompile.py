@@ -36,8 +36,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,32 +85,44 @@ def source_hash(fn: Any) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def unwrap(obj: Any, cls: type) -> Any:
+    """`obj` if it is a `cls`, else the first `cls` reached through its wrappers' `.fn` (Triton's autotuner
+    and heuristics; up to 4 deep); None when there is none."""
+    depth = 0
+    while obj is not None and depth < 4 and not isinstance(obj, cls):
+        try:
+            obj = getattr(obj, "fn", None)
+        except Exception:  # noqa: BLE001 - objects whose attribute lookup itself fails
+            obj = None
+        depth += 1
+    return obj if isinstance(obj, cls) else None
+
+
+def full_name(jit: Any) -> str:
+    """A JITFunction's "module.qualname", Triton's own naming in serialized specializations."""
+    return f"{jit.fn.__module__}.{jit.fn.__qualname__}"
+
+
 def find_in_modules(cls: type, package: str = KERNEL_PACKAGE) -> Iterator[tuple[str, str, Any]]:
     """(module name, attribute, object) for each `cls` instance held by an imported module of `package`,
-    directly or inside wrappers reached through their `.fn` (Triton's autotuner and heuristics)."""
+    directly or inside wrappers (`unwrap`)."""
     import sys
 
     for mod_name, module in list(sys.modules.items()):
         if module is None or not (mod_name == package or mod_name.startswith(package + ".")):
             continue
         for attr, value in list(vars(module).items()):
-            obj, depth = value, 0
-            while obj is not None and depth < 4 and not isinstance(obj, cls):
-                try:
-                    obj = getattr(obj, "fn", None)
-                except Exception:  # noqa: BLE001 - objects whose attribute lookup itself fails
-                    obj = None
-                depth += 1
-            if isinstance(obj, cls):
+            obj = unwrap(value, cls)
+            if obj is not None:
                 yield mod_name, attr, obj
 
 
 def find_jit_functions(package: str = KERNEL_PACKAGE) -> dict[str, Any]:
     """Every JITFunction held by an imported module of `package`, directly or inside an autotuner /
-    heuristics wrapper, by its full name ("module.qualname", Triton's own naming in serialized specs)."""
+    heuristics wrapper, by its `full_name`."""
     from triton.runtime.jit import JITFunction
 
-    return {f"{fn.fn.__module__}.{fn.fn.__qualname__}": fn for _, _, fn in find_in_modules(JITFunction, package)}
+    return {full_name(fn): fn for _, _, fn in find_in_modules(JITFunction, package)}
 
 
 class KernelSpecs:
@@ -199,7 +211,7 @@ class KernelSpecs:
         def hook(*, fn: Any, compile: dict[str, Any], **kwargs: Any) -> Any:
             try:
                 jit = fn.jit_function
-                name = f"{jit.fn.__module__}.{jit.fn.__qualname__}"
+                name = full_name(jit)
                 if name.startswith(prefix):
                     with self._lock:
                         self.compiles += 1
@@ -223,11 +235,9 @@ def chosen_configs(package: str = KERNEL_PACKAGE) -> dict[str, list[Any]]:
 
     out: dict[str, list[Any]] = {}
     for tuner in find_autotuners(package).values():
-        fn, depth = tuner.fn, 0
-        while not isinstance(fn, JITFunction) and depth < 4:
-            fn, depth = getattr(fn, "fn", None), depth + 1
-        if isinstance(fn, JITFunction):
-            out.setdefault(f"{fn.fn.__module__}.{fn.fn.__qualname__}", []).extend(tuner.cache.values())
+        fn = unwrap(tuner.fn, JITFunction)
+        if fn is not None:
+            out.setdefault(full_name(fn), []).extend(tuner.cache.values())
     return out
 
 
@@ -305,23 +315,23 @@ def precompile(entries: Iterable[KernelSpec], threads: int | None = None, packag
                         fn.preload(entry.spec)
                     except Exception as exc:  # noqa: BLE001 - e.g. the signature changed: compiled at launch
                         _failed(report, entry, exc)
-        device = driver.active.get_current_device()
-        compiled = []
-        for fn, entry, key in todo:  # a compile that failed in its thread left no kernel under its key
-            kernel = fn.device_caches[device][0].get(key)
-            if kernel is not None and not hasattr(kernel, "future"):
-                compiled.append(kernel)
-            elif not any(entry.kernel in e for e in report.errors):
-                _failed(report, entry, RuntimeError("the compile failed"))
-        report.compiled = len(compiled)
-        report.launchers = build_launchers(compiled, report.threads)
+            device = driver.active.get_current_device()
+            compiled = []
+            for fn, entry, key in todo:  # a compile that failed in its thread left no kernel under its key
+                kernel = fn.device_caches[device][0].get(key)
+                if kernel is not None and not hasattr(kernel, "future"):
+                    compiled.append(kernel)
+                elif not any(entry.kernel in e for e in report.errors):
+                    _failed(report, entry, RuntimeError("the compile failed"))
+            report.compiled = len(compiled)
+            report.launchers = build_launchers(compiled, pool)
     report.failed = len(todo) - report.compiled
     report.seconds = time.perf_counter() - started
     return report
 
 
-def build_launchers(kernels: list[Any], threads: int) -> int:
-    """Build the C launcher of each compiled kernel on `threads` threads, as its first launch would, so
+def build_launchers(kernels: list[Any], pool: Executor) -> int:
+    """Build the C launcher of each compiled kernel on `pool`, as its first launch would, so
     that the launch finds it in Triton's file cache; returns how many were built. Nothing is loaded onto
     the GPU. Where a launcher cannot be built (no C compiler or driver library, a stand-in driver) the
     first launch tries again, as without this."""
@@ -339,8 +349,7 @@ def build_launchers(kernels: list[Any], threads: int) -> int:
             log.debug("precompile: no launcher for %s", getattr(kernel, "name", kernel), exc_info=True)
             return False
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="turbovid-launcher") as pool:
-        return sum(pool.map(one, kernels))
+    return sum(pool.map(one, kernels))
 
 
 def _failed(report: PrecompileReport, entry: KernelSpec, exc: BaseException) -> None:
@@ -370,9 +379,9 @@ class Precompile:
         self.report: PrecompileReport | None = None
         self._compiles_before = 0
         self._device = _current_cuda_device()  # the compiling thread looks up (and fills) this device's caches
-        self._recording = self.host.recording() if record else None
-        if self._recording is not None:
-            self._recording.__enter__()  # on until `save`: the warm-up's compiles are what to record
+        self._recording: ExitStack | None = ExitStack() if record else None
+        if self._recording is not None:  # on until `save`: the warm-up's compiles are what to record
+            self._recording.enter_context(self.host.recording())
         self._thread = threading.Thread(target=self._run, args=(list(listed.entries.values()), threads),
                                         name="turbovid-precompile", daemon=True)
         self._thread.start()
@@ -404,7 +413,7 @@ class Precompile:
         launch since `wait`, i.e. missing from the lists; entries written)."""
         if self._recording is None:
             return 0, 0
-        self._recording.__exit__(None, None, None)
+        self._recording.close()
         self._recording = None
         self.host.drop_stale()
         self.host.keep_chosen()

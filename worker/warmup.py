@@ -18,8 +18,7 @@ advertises itself ready:
    (dev stack, tests) nothing is compiled or tuned: one small generation (64×64, 5 frames, 1 step).
 3. The autotuner's choices are written back for the next process.
 
-Compiling is the larger part of a fresh start (~30 of ~50 s at 1.3B 480p on an H200 host, one kernel after
-the other). `start_kernels`, called before the pipeline loads, also starts `worker.precompile.Precompile`:
+Compiling was most of a fresh start (35 of 45 s at 1.3B 480p on an H200 host, one kernel after the other). `start_kernels`, called before the pipeline loads, also starts `worker.precompile.Precompile`:
 the kernel specializations recorded by an earlier start on this host (or shipped for this GPU model,
 `worker/autotune/<GPU>.kernels.json`) compile on a thread pool while the weights load, and the warm-up's
 launches find them compiled. The warm-up records what it compiles for the next start.
