@@ -76,8 +76,8 @@ def _to_int8_codes(v):
 def _modulate_store(
     xc,  # [BLOCK_L, WIDTH] fp32 centred part of the rows (masked lanes 0)
     rstd,  # [BLOCK_L, 1] or scalar
-    sc1,  # [WIDTH] fp32 1 + scale[b]
-    sh,  # [WIDTH] fp32 shift[b]
+    sc1,  # fp32 1 + scale[b], broadcastable to xc ([1, WIDTH], or [BLOCK_L, WIDTH] per row)
+    sh,  # fp32 shift[b], as sc1
     inv,  # 127 / absmax (int8 only)
     offs,
     mask,
@@ -85,11 +85,66 @@ def _modulate_store(
     OUT_INT8: tl.constexpr,
 ):
     """Store one part of y = n * (1 + scale) + shift: in out's dtype, or as int8 codes of y * inv."""
-    y = xc * rstd * sc1[None, :] + sh[None, :]
+    y = xc * rstd * sc1 + sh
     if OUT_INT8:
         tl.store(out_ptr + offs, _to_int8_codes(y * inv), mask=mask)
     else:
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_modulate_store(
+    x_a,  # [BLOCK_L, WIDTH_A] fp32 rows (masked lanes 0): the whole row, or its first part when SPLIT
+    x_b,  # [1, BLOCK_TAIL] the second part when SPLIT (otherwise unused: pass x_a again)
+    mask_a,
+    mask_b,
+    offs_a,
+    offs_b,
+    sc1_a,  # fp32 1 + scale[b] broadcastable to x_a: [1, WIDTH_A], or [BLOCK_L, WIDTH_A] per row
+    sh_a,  # fp32 shift[b], as sc1_a
+    sc1_b,  # the same for part b (unused unless SPLIT)
+    sh_b,
+    rows,  # [BLOCK_L] flattened row indices
+    row_ok,  # [BLOCK_L]
+    C,
+    eps,
+    out_ptr,
+    qscale_ptr,
+    SPLIT: tl.constexpr,  # a split row is reduced as a scalar: BLOCK_L = 1
+    OUT_INT8: tl.constexpr,
+):
+    """What both kernels do once a tile's rows are in registers: the fp32 LayerNorm statistics (masked
+    lanes excluded), the per-token int8 scale when OUT_INT8, and the modulated store of each part."""
+    # 1. fp32 mean / variance over the row; a split row (one per tile) is reduced to scalars so its two
+    #    differently laid-out parts never meet in one tensor
+    if SPLIT:
+        mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
+        xc_a = tl.where(mask_a, x_a - mean, 0.0)
+        xc_b = tl.where(mask_b, x_b - mean, 0.0)
+        rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
+    else:
+        mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
+        xc_a = tl.where(mask_a, x_a - mean, 0.0)
+        xc_b = xc_a  # unused
+        rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
+
+    # 2. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
+    inv = 0.0
+    if OUT_INT8:
+        if SPLIT:
+            amax = tl.maximum(
+                tl.max(tl.abs(xc_a * rstd * sc1_a + sh_a)), tl.max(tl.abs(xc_b * rstd * sc1_b + sh_b))
+            )  # scalar
+            tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
+        else:
+            amax = tl.max(tl.abs(xc_a * rstd * sc1_a + sh_a), axis=1)[:, None]  # [BLOCK_L, 1]
+            tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
+        inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
+
+    # 3. modulate and store each part
+    _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
+    if SPLIT:
+        _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
 
 
 @triton.jit
@@ -122,24 +177,15 @@ def _ln_modulate_kernel(
         rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
         cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
         row_ok = rows < N
-        col_ok = cols < C
-        mask = row_ok[:, None] & col_ok[None, :]
+        mask = row_ok[:, None] & (cols < C)[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
         b = (rows // L).to(tl.int64)  # [BLOCK_L] each row's batch element (a tile may straddle two)
         sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
         sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
-        y = xc * rstd[:, None] * (1.0 + sc.to(tl.float32)) + sh.to(tl.float32)  # masked lanes stay 0
-        if OUT_INT8:
-            amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
-            inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-            tl.store(out_ptr + offs, _to_int8_codes(y * inv[:, None]), mask=mask)
-            tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
-        else:
-            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        sc1, sh = 1.0 + sc.to(tl.float32), sh.to(tl.float32)  # masked lanes: y stays 0
+        _norm_modulate_store(x, x, mask, mask, offs, offs, sc1, sh, sc1, sh, rows, row_ok, C, eps, out_ptr,
+                             qscale_ptr, False, OUT_INT8)
     else:
         # B. persistent: PROGS_PER_SM programs per SM (shared by the batch) stride over one batch
         #    element's tiles
@@ -150,12 +196,14 @@ def _ln_modulate_kernel(
         b = tl.program_id(1).to(tl.int64)
         cols_a = tl.arange(0, HEAD)  # [HEAD]
         sh_ptr, sc_ptr = shift_ptr + b * stride_shift_b, scale_ptr + b * stride_scale_b
-        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
-        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
+        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
         if SPLIT:
             cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
-            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
-            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
+            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
+        else:
+            cols_b, sh_b, sc1_b = cols_a, sh_a, sc1_a  # unused
 
         # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
         num_tiles = tl.cdiv(L, BLOCK_L)
@@ -166,41 +214,14 @@ def _ln_modulate_kernel(
             mask_a = row_ok[:, None] & (cols_a < C)[None, :]
             offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
             x_a = tl.load(x_ptr + offs_a, mask=mask_a, other=0.0).to(tl.float32)
-
-            # 3. fp32 mean / variance over the row (masked lanes excluded); a split row (one per tile) is
-            #    reduced to scalars so its two differently laid-out parts never meet in one tensor
             if SPLIT:
                 mask_b = row_ok[:, None] & (cols_b < C)[None, :]
                 offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
                 x_b = tl.load(x_ptr + offs_b, mask=mask_b, other=0.0).to(tl.float32)
-                mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
-                xc_a = tl.where(mask_a, x_a - mean, 0.0)
-                xc_b = tl.where(mask_b, x_b - mean, 0.0)
-                rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
             else:
-                mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
-                xc_a = tl.where(mask_a, x_a - mean, 0.0)
-                rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
-
-            # 4. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
-            inv = 0.0
-            if OUT_INT8:
-                if SPLIT:
-                    amax = tl.maximum(
-                        tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :])),
-                        tl.max(tl.abs(xc_b * rstd * sc1_b[None, :] + sh_b[None, :])),
-                    )  # scalar
-                    tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
-                else:
-                    y_a = xc_a * rstd * sc1_a[None, :] + sh_a[None, :]
-                    amax = tl.max(tl.abs(y_a), axis=1)[:, None]  # [BLOCK_L, 1]
-                    tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
-                inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-
-            # 5. modulate and store each part
-            _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
-            if SPLIT:
-                _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
+                mask_b, offs_b, x_b = mask_a, offs_a, x_a  # unused
+            _norm_modulate_store(x_a, x_b, mask_a, mask_b, offs_a, offs_b, sc1_a, sh_a, sc1_b, sh_b, rows,
+                                 row_ok, C, eps, out_ptr, qscale_ptr, SPLIT, OUT_INT8)
 
 
 # 2b. the residual add in front: x' = x + gate * y, then the above on x', in one pass ----------------------
@@ -212,9 +233,7 @@ def _ln_modulate_kernel(
 #                                           (gate None: x + y, the cross-attention's ungated residual)
 #     out = layernorm_modulate(x')          from the stored values, bf16/fp out or int8 + per-token scales
 #
-# Bit for bit the two passes' results with the same row config. It sits below the kernels above, and repeats
-# their stats / int8-scale steps instead of sharing a helper, on purpose: Triton's hash of a kernel covers its
-# source and start line, and the shipped autotune choices (worker/autotune/) are keyed by that hash.
+# Bit for bit the two passes' results with the same row config: the rest after the add is the same helper.
 def reference_residual(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
     eps: float = 1e-6,
@@ -270,35 +289,26 @@ def _residual_ln_modulate_kernel(
     OUT_INT8: tl.constexpr,
 ):
     """`_ln_modulate_kernel` (same forms, same meta) on x' = x + gate * y, computed and stored by the pass
-    itself: each part of a row comes from `_residual_part` instead of a load of x; the rest is the same math
-    in the same order, so the two passes it replaces give the same bits."""
+    itself: each part of a row comes from `_residual_part` instead of a load of x, and the rest is the same
+    helper, so the two passes it replaces give the same bits."""
     tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
     if PROGS_PER_SM == 0:
         # A. one tile of BLOCK_L whole rows per program, straight-line
         rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
         cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
         row_ok = rows < N
-        col_ok = cols < C
-        mask = row_ok[:, None] & col_ok[None, :]
+        mask = row_ok[:, None] & (cols < C)[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
         b = (rows // L).to(tl.int64)  # [BLOCK_L] each row's batch element (a tile may straddle two)
         g = 0.0
         if HAS_GATE:
             g = tl.load(gate_ptr + b[:, None] * stride_gate_b + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         x = _residual_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, HAS_GATE)
-        mean = tl.sum(x, axis=1) / C  # [BLOCK_L]
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)  # [BLOCK_L]
         sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
         sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
-        y = xc * rstd[:, None] * (1.0 + sc.to(tl.float32)) + sh.to(tl.float32)  # masked lanes stay 0
-        if OUT_INT8:
-            amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_L]
-            inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-            tl.store(out_ptr + offs, _to_int8_codes(y * inv[:, None]), mask=mask)
-            tl.store(qscale_ptr + rows, amax / 127.0, mask=row_ok)
-        else:
-            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        sc1, sh = 1.0 + sc.to(tl.float32), sh.to(tl.float32)  # masked lanes: y stays 0
+        _norm_modulate_store(x, x, mask, mask, offs, offs, sc1, sh, sc1, sh, rows, row_ok, C, eps, out_ptr,
+                             qscale_ptr, False, OUT_INT8)
     else:
         # B. persistent: PROGS_PER_SM programs per SM (shared by the batch) stride over one batch
         #    element's tiles
@@ -308,18 +318,20 @@ def _residual_ln_modulate_kernel(
         b = tl.program_id(1).to(tl.int64)
         cols_a = tl.arange(0, HEAD)  # [HEAD]
         sh_ptr, sc_ptr = shift_ptr + b * stride_shift_b, scale_ptr + b * stride_scale_b
-        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
-        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)
+        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
+        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
         g_a = 0.0
         if HAS_GATE:
             g_a = tl.load(gate_ptr + b * stride_gate_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
         if SPLIT:
             cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
-            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
-            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)
+            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
+            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
             g_b = 0.0
             if HAS_GATE:
                 g_b = tl.load(gate_ptr + b * stride_gate_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
+        else:
+            cols_b, sh_b, sc1_b = cols_a, sh_a, sc1_a  # unused
 
         # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
         num_tiles = tl.cdiv(L, BLOCK_L)
@@ -330,40 +342,14 @@ def _residual_ln_modulate_kernel(
             mask_a = row_ok[:, None] & (cols_a < C)[None, :]
             offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
             x_a = _residual_part(x_ptr, y_ptr, g_a, x_out_ptr, offs_a, mask_a, HAS_GATE)
-
-            # 3. fp32 mean / variance over the row (masked lanes excluded)
             if SPLIT:
                 mask_b = row_ok[:, None] & (cols_b < C)[None, :]
                 offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
                 x_b = _residual_part(x_ptr, y_ptr, g_b, x_out_ptr, offs_b, mask_b, HAS_GATE)
-                mean = (tl.sum(x_a) + tl.sum(x_b)) / C  # scalar
-                xc_a = tl.where(mask_a, x_a - mean, 0.0)
-                xc_b = tl.where(mask_b, x_b - mean, 0.0)
-                rstd = tl.rsqrt((tl.sum(xc_a * xc_a) + tl.sum(xc_b * xc_b)) / C + eps)
             else:
-                mean = tl.sum(x_a, axis=1)[:, None] / C  # [BLOCK_L, 1]
-                xc_a = tl.where(mask_a, x_a - mean, 0.0)
-                rstd = tl.rsqrt(tl.sum(xc_a * xc_a, axis=1) / C + eps)[:, None]  # [BLOCK_L, 1]
-
-            # 4. per-token int8 scale: absmax of y = n * (1 + scale[b]) + shift[b] (masked lanes are 0)
-            inv = 0.0
-            if OUT_INT8:
-                if SPLIT:
-                    amax = tl.maximum(
-                        tl.max(tl.abs(xc_a * rstd * sc1_a[None, :] + sh_a[None, :])),
-                        tl.max(tl.abs(xc_b * rstd * sc1_b[None, :] + sh_b[None, :])),
-                    )  # scalar
-                    tl.store(qscale_ptr + rows, tl.zeros_like(rows).to(tl.float32) + amax / 127.0, mask=row_ok)
-                else:
-                    y_a = xc_a * rstd * sc1_a[None, :] + sh_a[None, :]
-                    amax = tl.max(tl.abs(y_a), axis=1)[:, None]  # [BLOCK_L, 1]
-                    tl.store(qscale_ptr + rows[:, None], amax / 127.0, mask=row_ok[:, None])
-                inv = tl.where(amax > 0, 127.0 / tl.where(amax > 0, amax, 1.0), 0.0)
-
-            # 5. modulate and store each part
-            _modulate_store(xc_a, rstd, sc1_a, sh_a, inv, offs_a, mask_a, out_ptr, OUT_INT8)
-            if SPLIT:
-                _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
+                mask_b, offs_b, x_b = mask_a, offs_a, x_a  # unused
+            _norm_modulate_store(x_a, x_b, mask_a, mask_b, offs_a, offs_b, sc1_a, sh_a, sc1_b, sh_b, rows,
+                                 row_ok, C, eps, out_ptr, qscale_ptr, SPLIT, OUT_INT8)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------

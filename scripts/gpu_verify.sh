@@ -80,9 +80,12 @@
 #                                       (its --logs: the autotune choices and kernel list to ship)
 #   bash scripts/gpu_verify.sh s23f     one GPU, ~4.5 min: the fused kernel's GPU test, a fresh worker start with the
 #                                       re-shipped files, the decode inside a job vs alone with SM clock and power
-#   bash scripts/gpu_verify.sh s24a     one GPU, ~10 min, not run yet: what session 23's calls cut short: the fused
-#                                       residual+norm kernel's every-config GPU test, the in-job decode with the SM clock
-#                                       and power read (nvidia-smi), the 14B DiT fused vs split
+#   bash scripts/gpu_verify.sh s24a     one GPU, ~9 min: adaln's kernels share one stats/store helper (session 24), which
+#                                       invalidated their shipped entries: adaln's GPU tests, turbovid bench (re-records
+#                                       them; its --logs holds the files to ship), the in-job decode with the SM clock
+#                                       and power read (nvidia-smi)
+#   bash scripts/gpu_verify.sh s24b     one GPU, ~9 min: a fresh start with the re-shipped files, the fused residual+norm
+#                                       kernel's every-config GPU test, the 14B DiT fused vs split
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -466,12 +469,23 @@ elif [ "$mode" = s22d ]; then
     timeout 280 python3 -m models.bench_a14b --size a14b --budget-gb 32 > "$OUT/logs/a14b.log" 2>&1
     grep -v "^W\|Warning" "$OUT/logs/a14b.log" | grep -v "denoise [0-9]\|decode [0-9]\|encode [0-9]" | tail -8
 elif [ "$mode" = s24a ]; then
-    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 -m gpu tests/unit/kernels/test_adaln.py -k residual \
-        > "$OUT/logs/tests.log" 2>&1
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_adaln.py \
+        -k "not every_config" > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    turbovid_bench 330
+    grep -rhE "another version of its source|precompile:|compiled .* at launch|tun" "$OUT/logs/e2e"/*worker*.log \
+        | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
-    grep -E "^A |^B |nvidia-smi|^  [AB] |^profile|precompile" "$OUT/logs/decode.log"
-    timeout 240 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused,sagesla/w8a8/split \
+    grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s24b ]; then
+    timeout 100 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 90 --job-timeout 30 --logs "$OUT/logs/e2e" > "$OUT/logs/bench.log" 2>&1
+    grep -E "start -> ready|POST->completed|first / second" "$OUT/logs/bench.log" | head -4
+    grep -hE "precompile:|compiled .* at launch|warm-up done|another version" "$OUT"/logs/e2e/*worker*.log | cut -c1-200
+    timeout 280 python3 -m pytest -q -p no:cacheprovider --timeout 135 -m gpu tests/unit/kernels/test_adaln.py \
+        -k every_config > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    timeout 200 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --variants sagesla/w8a8/fused,sagesla/w8a8/split \
         > "$OUT/logs/dit14b.log" 2>&1
     grep -A6 "per-NFE" "$OUT/logs/dit14b.log"
 elif [ "$mode" = s23f ]; then
