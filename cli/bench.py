@@ -467,7 +467,7 @@ class Stack:
 
 
 def stack_env(card: ModelCard, weights: Path, folder: Path, *, redis_url: str, port: int, metrics_port: int,
-              device: str) -> dict[str, str]:
+              device: str, size: tuple[int, int] | None = None, frames: int | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURBOVID_")}
     env.update({
         "PYTHONUNBUFFERED": "1",
@@ -487,6 +487,11 @@ def stack_env(card: ModelCard, weights: Path, folder: Path, *, redis_url: str, p
         "TURBOVID_STORAGE__BACKEND": "local",
         "TURBOVID_STORAGE__LOCAL_DIR": str(folder / "storage"),
     })
+    size, frames = size or card.default_size, frames or card.default_frames
+    if tuple(size) != tuple(card.default_size) or frames != card.default_frames:
+        # the jobs' shape beyond the catalog's default, as an operator serving it would set (a first job at a
+        # shape the warm-up did not run would compile and tune at launch)
+        env["TURBOVID_WORKER__WARMUP_SIZES"] = json.dumps([f"{size[0]}x{size[1]}x{frames}"])
     return env
 
 
@@ -545,7 +550,7 @@ def run_e2e(card: ModelCard, weights: Path, folder: Path, *, size: tuple[int, in
         redis_srv.start()
         stack.redis = redis_srv
         stack.env = stack_env(card, weights, folder, redis_url=redis_srv.url, port=port, metrics_port=metrics_port,
-                              device=device)
+                              device=device, size=size, frames=frames)
         base, ready = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/ready"
         stack.spawn("gateway", ["gateway"])
         stack.spawn("worker", ["worker"])

@@ -86,6 +86,9 @@
 #                                       and power read (nvidia-smi)
 #   bash scripts/gpu_verify.sh s24b     one GPU, ~9 min: a fresh start with the re-shipped files, the fused residual+norm
 #                                       kernel's every-config GPU test, the 14B DiT fused vs split
+#   bash scripts/gpu_verify.sh s24c     one GPU, ~9 min: the 14B T2V worker's fresh start through real processes (warm-up at
+#                                       480p and 720p), recording its own kernel list (the shipped 1.3B list set aside),
+#                                       two 720p jobs; its --logs hold the 14B files to ship
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -477,6 +480,13 @@ elif [ "$mode" = s24a ]; then
         | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
     grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s24c ]; then
+    rm -f worker/autotune/*.kernels.json  # this copy only: the 14B worker records a list of its own kernels
+    timeout 545 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 --weights /tmp/turbovid-bench-weights-14b \
+        --text-encoder small --jobs 2 --no-restart --skip-stages --start-timeout 420 --job-timeout 90 \
+        --logs "$OUT/logs/e2e" > "$OUT/logs/bench.log" 2>&1
+    grep -E "weights ready|start -> ready|POST->completed|first / second|peak|rror" "$OUT/logs/bench.log" | cut -c1-300 | head -12
+    grep -hE "precompile:|compiled .* at launch|warm-up|loaded|tuned|choices" "$OUT"/logs/e2e/*worker*.log | cut -c1-220 | head -20
 elif [ "$mode" = s24b ]; then
     timeout 100 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
         --start-timeout 90 --job-timeout 30 --logs "$OUT/logs/e2e" > "$OUT/logs/bench.log" 2>&1

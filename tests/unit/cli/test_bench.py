@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,28 @@ def test_a_worker_that_cannot_start_fails_the_run_with_its_log(tmp_path: Path,
                       restart=False, device="cpu", start_timeout=120, job_timeout=30, log=lambda _: None)
     assert "no-weights" in str(err.value) or "checkpoint" in str(err.value).lower()  # the worker's own error
     assert len(stacks) == 1 and stacks[0].redis.proc.poll() is not None
+
+
+def test_the_worker_warms_up_at_the_benched_shape_when_it_is_not_the_default(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A first job at a shape the warm-up never ran compiles and tunes at launch; the bench's worker is told to
+    # warm up at the jobs' shape, as an operator serving it would, and the real settings accept it.
+    from contract.settings import Settings
+
+    card = MODELS["wan2.1-t2v-14b"]
+
+    def env(**kw: Any) -> dict[str, str]:
+        return bench.stack_env(card, tmp_path / "w", tmp_path, redis_url="redis://127.0.0.1:1/0", port=1,
+                               metrics_port=2, device="cpu", **kw)
+
+    assert "TURBOVID_WORKER__WARMUP_SIZES" not in env(size=card.default_size, frames=card.default_frames)
+    assert "TURBOVID_WORKER__WARMUP_SIZES" not in env()
+    e = env(size=(1280, 720), frames=81)
+    assert json.loads(e["TURBOVID_WORKER__WARMUP_SIZES"]) == ["1280x720x81"]
+    for k in [k for k in os.environ if k.startswith("TURBOVID_")]:
+        monkeypatch.delenv(k)
+    for k, v in e.items():
+        if k.startswith("TURBOVID_"):
+            monkeypatch.setenv(k, v)
+    assert Settings().worker.warmup_sizes == ["1280x720x81"]
+    assert json.loads(env(frames=41)["TURBOVID_WORKER__WARMUP_SIZES"]) == ["832x480x41"]
