@@ -736,7 +736,7 @@ def run(args: argparse.Namespace) -> int:
             args.logs.mkdir(parents=True, exist_ok=True)
             cache = tmp / "e2e" / "cache"  # the autotune choices and the recorded kernel list: to ship
             for prefix, files in (("", (tmp / "e2e").glob("*.log")), ("", (cache / "autotune").glob("*.json")),
-                                  ("kernels-", (cache / "kernels").glob("*.json"))):
+                                  (f"kernels-{card.id}-", (cache / "kernels").glob("*/*.json"))):
                 for log_file in files:
                     shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", prefix + log_file.name))
         shutil.rmtree(tmp, ignore_errors=True)

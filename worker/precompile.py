@@ -10,11 +10,13 @@ load. With the shipped list that start took 18 s.
 What to compile is recorded, not guessed. Triton hands each compiled specialization to
 `knobs.runtime.jit_post_compile_hook` in its own serialized form (signature, constexprs, alignment
 attributes, options); `KernelSpecs.recording` keeps those of this project's kernels (`kernels/`) during the
-warm-up, and `save` writes them to `<cache_dir>/kernels/<device_tag>.json`. The next start hands them back
+warm-up, and `save` writes them to `<cache_dir>/kernels/<model>/<device_tag>.json`. The next start hands them back
 to Triton through `JITFunction.preload` inside `AsyncCompileMode` (`precompile`), which puts each kernel in
 the JIT's in-memory cache under the key a launch computes, so the warm-up's launches find them compiled.
-On a fresh host the list shipped for its GPU model (`worker/autotune/<gpu_tag>.kernels.json`, recorded by
-`turbovid bench --logs` there) is used, as the autotuner's shipped choices are.
+On a fresh host the list shipped for its GPU model and the worker's model
+(`worker/autotune/<gpu_tag>.<model>.kernels.json`, recorded by `turbovid bench --logs` there) is used, as the
+autotuner's shipped choices are. Lists are per model: the 14B's 86 specializations at 480p + 720p would only
+slow a 1.3B worker's start, since the warm-up waits for the precompile.
 
 A warm-up that tunes a kernel (no saved autotune choice for a shape) compiles every candidate config; only
 the configs its autotuner chose are kept in the list (`KernelSpecs.keep_chosen`), the ones the next start
@@ -32,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -45,7 +48,7 @@ from typing import Any
 log = logging.getLogger("turbovid.worker")
 
 KERNEL_PACKAGE = "kernels"
-SHIPPED = Path(__file__).parent / "autotune"  # <gpu_tag>.kernels.json, next to the shipped autotune choices
+SHIPPED = Path(__file__).parent / "autotune"  # <gpu_tag>.<model>.kernels.json, beside the shipped autotune choices
 
 
 @dataclass(frozen=True)
@@ -357,11 +360,27 @@ def _failed(report: PrecompileReport, entry: KernelSpec, exc: BaseException) -> 
         report.errors.append(f"{entry.kernel}: {type(exc).__name__}: {str(exc).strip()[:200]}")
 
 
-def lists_for(cache_dir: Path) -> tuple[Path, Path]:
-    """(the list shipped for this GPU model, this host's own list under `cache_dir`)."""
+def model_part(model: str) -> str:
+    """`model` as a file-name part (catalog ids are already safe: "wan2.1-t2v-14b")."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model)
+
+
+def lists_for(cache_dir: Path, model: str) -> tuple[Path, Path]:
+    """(the list shipped for this GPU model and `model`, this host's own list for `model` under `cache_dir`).
+    Lists are kept per model: a 1.3B worker has no use for the 14B's specializations, and compiling them
+    would hold up its start (the warm-up waits for the precompile)."""
     from worker.warmup import device_tag, gpu_tag
 
-    return SHIPPED / f"{gpu_tag()}.kernels.json", Path(cache_dir) / "kernels" / f"{device_tag()}.json"
+    m = model_part(model)
+    return SHIPPED / f"{gpu_tag()}.{m}.kernels.json", Path(cache_dir) / "kernels" / m / f"{device_tag()}.json"
+
+
+def legacy_list(cache_dir: Path) -> Path:
+    """Where hosts kept their list before lists were per model (session 23): read once when the model's own
+    list does not exist yet, so an upgraded host's next start still finds what it compiled before."""
+    from worker.warmup import device_tag
+
+    return Path(cache_dir) / "kernels" / f"{device_tag()}.json"
 
 
 class Precompile:
@@ -369,12 +388,17 @@ class Precompile:
     overlaps loading the pipeline. With `record`, what the process compiles from then on is added to this
     host's list, which `save` writes (after the warm-up)."""
 
-    def __init__(self, cache_dir: Path, threads: int | None = None, *, record: bool = True) -> None:
-        shipped, own = lists_for(cache_dir)
+    def __init__(self, cache_dir: Path, model: str, threads: int | None = None, *, record: bool = True) -> None:
+        shipped, own = lists_for(cache_dir, model)
         self.host = KernelSpecs(own)
         listed = KernelSpecs(shipped)
         listed.load()
-        self.host.load()
+        if own.is_file():
+            self.host.load()
+        elif legacy_list(cache_dir).is_file():
+            earlier = KernelSpecs(legacy_list(cache_dir))
+            earlier.load()
+            self.host.merge(earlier)  # saved under the model's own path from now on
         listed.merge(self.host)
         self.report: PrecompileReport | None = None
         self._compiles_before = 0

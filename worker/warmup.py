@@ -19,8 +19,8 @@ advertises itself ready:
 3. The autotuner's choices are written back for the next process.
 
 Compiling was most of a fresh start (35 of 45 s at 1.3B 480p on an H200 host, one kernel after the other). `start_kernels`, called before the pipeline loads, also starts `worker.precompile.Precompile`:
-the kernel specializations recorded by an earlier start on this host (or shipped for this GPU model,
-`worker/autotune/<GPU>.kernels.json`) compile on a thread pool while the weights load, and the warm-up's
+the kernel specializations recorded by an earlier start of this model on this host (or shipped for this GPU
+model and this model, `worker/autotune/<GPU>.<model>.kernels.json`) compile on a thread pool while the weights load, and the warm-up's
 launches find them compiled. The warm-up records what it compiles for the next start.
 
 Triton's own `autotune(cache_results=True)` cannot be used for this: it skips configs that carry a
@@ -127,7 +127,9 @@ def start_kernels(settings: WorkerSettings, *, record: bool = True) -> KernelSta
     choices = use_kernel_cache(settings.cache_dir, report)
     if choices is None:
         return None
-    pre = Precompile(settings.cache_dir, record=record) if settings.precompile_kernels else None
+    pre = None
+    if settings.precompile_kernels:
+        pre = Precompile(settings.cache_dir, settings.model, record=record)
     return KernelStart(choices, report.kernel_cache, report.choices_loaded, pre)
 
 

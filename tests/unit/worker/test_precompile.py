@@ -164,6 +164,7 @@ def test_the_shipped_lists_match_the_kernels_sources() -> None:
         warmup._import_kernels()
         functions, tuners = precompile.find_jit_functions(), warmup.find_autotuners()
         bad, checked = [], 0
+        data_of = lambda path: json.loads(path.read_text())
         for path in sorted(Path("worker/autotune").glob("*.json")):
             data = json.loads(path.read_text())
             if path.name.endswith(".kernels.json"):
@@ -177,16 +178,22 @@ def test_the_shipped_lists_match_the_kernels_sources() -> None:
                     checked += 1
                     if name not in tuners or warmup._source_hash(tuners[name]) != entry["source"]:
                         bad.append(f"{path.name}: {name}")
-        # a shipped kernel list holds, of each tuned kernel, only configs the shipped choices pick
-        extra = []
+        # a shipped kernel list holds, of each tuned kernel, only configs the shipped choices pick (its entries
+        # read as they are: KernelSpecs.load would drop a list recorded with another Triton than this one)
+        extra, lists = [], []
         for path in sorted(Path("worker/autotune").glob("*.kernels.json")):
-            warmup.AutotuneChoices(path.with_name(path.name.replace(".kernels.json", ".json"))).load()
+            gpu, _, rest = path.name.partition(".")
+            lists.append([gpu, rest[: -len(".kernels.json")], path.with_name(gpu + ".json").is_file()])
+            for tuner in tuners.values():
+                tuner.cache.clear()
+            warmup.AutotuneChoices(path.with_name(gpu + ".json")).load()
             specs = precompile.KernelSpecs(path)
-            specs.load()
+            for item in data_of(path)["kernels"]:
+                specs.add(precompile.KernelSpec(item["kernel"], item["source"], json.dumps(item["spec"])))
             before = list(specs.entries.values())
             specs.keep_chosen()
             extra += [f"{path.name}: {e.kernel}" for e in before if e not in specs.entries.values()]
-        print("RESULT " + json.dumps({"checked": checked, "stale": sorted(set(bad)), "extra": extra}))
+        print("RESULT " + json.dumps({"checked": checked, "stale": sorted(set(bad)), "extra": extra, "lists": lists}))
     """)
     env = {**os.environ, "TRITON_INTERPRET": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -195,3 +202,9 @@ def test_the_shipped_lists_match_the_kernels_sources() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
     assert out["checked"] >= 49 and out["stale"] == [] and out["extra"] == [], out
+    # each list is named <gpu_tag>.<model id>.kernels.json (what `precompile.lists_for` looks up) and has its
+    # GPU's autotune choices beside it
+    from contract.catalog import MODELS
+
+    assert out["lists"] and all(model in MODELS and has_choices for _, model, has_choices in out["lists"]), out["lists"]
+    assert {model for _, model, _ in out["lists"]} >= {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b"}

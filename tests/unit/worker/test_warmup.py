@@ -273,7 +273,7 @@ def test_a_gpu_warm_up_records_its_compiles_and_the_next_start_precompiles_them(
     assert given == [[]]  # first start: nothing recorded yet
     assert report.precompile is not None and report.compiled_at_launch == 1
     assert knobs.runtime.jit_post_compile_hook is None  # recording stops with the warm-up
-    listing = next((tmp_path / "cache" / "kernels").glob("*.json"))
+    listing = next((tmp_path / "cache" / "kernels" / settings.model).glob("*.json"))  # one list per model
     assert [e["kernel"] for e in json.loads(listing.read_text())["kernels"]] == ["kernels.fake_for_test._src_kernel"]
 
     report = warmup.warm_up(_Pipe("wan2.1-t2v-1.3b"), settings, warmup.start_kernels(settings))
@@ -282,6 +282,59 @@ def test_a_gpu_warm_up_records_its_compiles_and_the_next_start_precompiles_them(
     off = WorkerSettings(cache_dir=tmp_path / "cache", precompile_kernels=False)
     kernels = warmup.start_kernels(off)
     assert kernels is not None and kernels.precompile is None and len(given) == 2
+
+
+def test_kernel_lists_are_kept_per_model_and_an_older_host_list_is_carried_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernels_module: types.ModuleType) -> None:
+    """A worker precompiles the list shipped for its own model and its own host list, never another model's
+    (the 14B's specializations would only hold up a 1.3B start); a host list from before lists were per model
+    is read once and then saved under the model's own path."""
+    from triton.runtime.jit import JITFunction
+
+    from worker import precompile as pc
+
+    def _k(x_ptr, BLOCK: tl.constexpr):  # noqa: ANN001, ANN202 - never compiled here
+        pass
+
+    _k.__module__, _k.__qualname__ = "kernels.fake_for_test", "_k"
+    jit = JITFunction(_k)
+    kernels_module.k = jit  # type: ignore[attr-defined]
+
+    def entry(tag: str) -> Any:
+        return pc.KernelSpec("kernels.fake_for_test._k", pc.source_hash(jit),
+                             json.dumps({"name": "kernels.fake_for_test._k", "key": tag}))
+
+    given: list[list[str]] = []
+
+    def fake_precompile(entries: Any, threads: Any = None, package: str = "kernels") -> pc.PrecompileReport:
+        given.append(sorted(json.loads(e.spec)["key"] for e in entries))
+        return pc.PrecompileReport(listed=len(given[-1]), compiled=len(given[-1]), threads=1)
+
+    monkeypatch.setattr(pc, "precompile", fake_precompile)
+    monkeypatch.setattr(pc, "SHIPPED", tmp_path / "shipped")
+    cache = tmp_path / "cache"
+    small, big = pc.lists_for(cache, "wan2.1-t2v-1.3b"), pc.lists_for(cache, "wan2.1-t2v-14b")
+    assert small[0].name.endswith(".wan2.1-t2v-1.3b.kernels.json") and small[0] != big[0] and small[1] != big[1]
+    for (shipped, _), tag in ((small, "shipped-1.3b"), (big, "shipped-14b")):
+        specs = pc.KernelSpecs(shipped)
+        specs.add(entry(tag))
+        assert specs.save() == 1
+    older = pc.KernelSpecs(pc.legacy_list(cache))  # <cache>/kernels/<device_tag>.json, as session 23 wrote it
+    older.add(entry("this host, before"))
+    older.save()
+
+    pre = pc.Precompile(cache, "wan2.1-t2v-1.3b")
+    pre.wait()
+    assert given[-1] == ["shipped-1.3b", "this host, before"]
+    pre.save()
+    saved = json.loads(small[1].read_text())["kernels"]
+    assert [e["spec"]["key"] for e in saved] == ["this host, before"]  # now under the model's own path
+
+    pc.Precompile(cache, "wan2.1-t2v-14b", record=False).wait()
+    assert given[-1] == ["shipped-14b", "this host, before"]
+    small[1].write_text(json.dumps({"triton": __import__("triton").__version__, "kernels": []}))
+    pc.Precompile(cache, "wan2.1-t2v-1.3b", record=False).wait()
+    assert given[-1] == ["shipped-1.3b"]  # the model's own list exists: the older one is not read again
 
 
 def test_only_the_configs_an_autotuner_chose_stay_in_the_kernel_list(
