@@ -89,6 +89,8 @@
 #   bash scripts/gpu_verify.sh s24c     one GPU, ~9 min: the 14B T2V worker's fresh start through real processes (warm-up at
 #                                       480p and 720p), recording its own kernel list (the shipped 1.3B list set aside),
 #                                       two 720p jobs; its --logs hold the 14B files to ship
+#   bash scripts/gpu_verify.sh s24d     one GPU, ~5 min: fresh starts with the per-model shipped lists: the 14B worker
+#                                       (480p + 720p warm-up, two 720p jobs), then the 1.3B worker (two jobs)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -480,6 +482,16 @@ elif [ "$mode" = s24a ]; then
         | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
     grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s24d ]; then
+    timeout 300 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 --weights /tmp/turbovid-bench-weights-14b \
+        --text-encoder small --jobs 2 --no-restart --skip-stages --start-timeout 240 --job-timeout 60 \
+        --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
+    grep -E "weights ready|start -> ready|POST->completed|first / second|peak|rror" "$OUT/logs/bench14.log" | cut -c1-300 | head -12
+    grep -hE "precompile:|compiled .* at launch|warm-up|loaded" "$OUT"/logs/e2e14/*worker*.log | cut -c1-220 | head -12
+    timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 90 --job-timeout 30 --logs "$OUT/logs/e2e" > "$OUT/logs/bench.log" 2>&1
+    grep -E "start -> ready|POST->completed|first / second" "$OUT/logs/bench.log" | head -4
+    grep -hE "precompile:|compiled .* at launch|warm-up done|another version" "$OUT"/logs/e2e/*worker*.log | cut -c1-200
 elif [ "$mode" = s24c ]; then
     rm -f worker/autotune/*.kernels.json  # this copy only: the 14B worker records a list of its own kernels
     timeout 545 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 --weights /tmp/turbovid-bench-weights-14b \
