@@ -91,6 +91,8 @@
 #                                       two 720p jobs; its --logs hold the 14B files to ship
 #   bash scripts/gpu_verify.sh s24d     one GPU, ~5 min: fresh starts with the per-model shipped lists: the 14B worker
 #                                       (480p + 720p warm-up, two 720p jobs), then the 1.3B worker (two jobs)
+#   bash scripts/gpu_verify.sh s24e     one GPU, ~6 min: a fresh A14B I2V 720p start in process (scripts/warm_start_inprocess.py)
+#                                       with no A14B list shipped: the 14B's list precompiles (same DiT); records the A14B's
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -482,6 +484,10 @@ elif [ "$mode" = s24a ]; then
         | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
     grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s24e ]; then
+    timeout 420 python3 scripts/warm_start_inprocess.py --model wan2.2-i2v-a14b --jobs 2 --out "$OUT/logs/a14b" \
+        > "$OUT/logs/a14b.log" 2>&1
+    grep -E "^\{|precompile:|compiled .* at launch|warm-up|Error|rror:" "$OUT/logs/a14b.log" | cut -c1-400 | tail -12
 elif [ "$mode" = s24d ]; then
     timeout 300 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 --weights /tmp/turbovid-bench-weights-14b \
         --text-encoder small --jobs 2 --no-restart --skip-stages --start-timeout 240 --job-timeout 60 \

@@ -365,14 +365,42 @@ def model_part(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", model)
 
 
-def lists_for(cache_dir: Path, model: str) -> tuple[Path, Path]:
-    """(the list shipped for this GPU model and `model`, this host's own list for `model` under `cache_dir`).
-    Lists are kept per model: a 1.3B worker has no use for the 14B's specializations, and compiling them
-    would hold up its start (the warm-up waits for the precompile)."""
-    from worker.warmup import device_tag, gpu_tag
+def same_transformer(model: str) -> list[str]:
+    """The other catalog models whose DiT has `model`'s dimensions (the A14B experts are the 14B's blocks):
+    their kernels are, at the same sizes, mostly the ones `model` launches."""
+    from contract.catalog import MODELS
+    from models.config import WanConfig
 
-    m = model_part(model)
-    return SHIPPED / f"{gpu_tag()}.{m}.kernels.json", Path(cache_dir) / "kernels" / m / f"{device_tag()}.json"
+    def dims(model_id: str) -> tuple[int, ...] | None:
+        try:
+            cfg = WanConfig.from_name(MODELS[model_id].architecture)
+        except (KeyError, ValueError):
+            return None
+        return cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.num_layers
+
+    mine = dims(model)
+    return [m for m in MODELS if m != model and mine is not None and dims(m) == mine]
+
+
+def shipped_list(model: str) -> Path:
+    """The list shipped for this GPU model and `model`; where there is none, the one shipped for a model
+    with the same DiT (`same_transformer`), whose entries `model` mostly launches too (what it does not
+    launch is compiled for nothing; what is missing compiles at launch and is recorded for the next start)."""
+    from worker.warmup import gpu_tag
+
+    def path(m: str) -> Path:
+        return SHIPPED / f"{gpu_tag()}.{model_part(m)}.kernels.json"
+
+    return next((path(m) for m in [model, *same_transformer(model)] if path(m).is_file()), path(model))
+
+
+def lists_for(cache_dir: Path, model: str) -> tuple[Path, Path]:
+    """(the list shipped for `model` on this GPU model (`shipped_list`), this host's own list for `model` under
+    `cache_dir`). Lists are kept per model: a 1.3B worker has no use for the 14B's specializations, and
+    compiling them would hold up its start (the warm-up waits for the precompile)."""
+    from worker.warmup import device_tag
+
+    return shipped_list(model), Path(cache_dir) / "kernels" / model_part(model) / f"{device_tag()}.json"
 
 
 def legacy_list(cache_dir: Path) -> Path:

@@ -337,6 +337,26 @@ def test_kernel_lists_are_kept_per_model_and_an_older_host_list_is_carried_over(
     assert given[-1] == ["shipped-1.3b"]  # the model's own list exists: the older one is not read again
 
 
+def test_a_model_without_a_shipped_list_takes_the_one_of_a_model_with_the_same_dit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The A14B experts are the 14B's DiT: with no list shipped for the A14B, its workers precompile the 14B's;
+    one shipped for the A14B itself wins; a DiT of other dimensions (the 1.3B) never takes another's."""
+    from worker import precompile as pc
+
+    monkeypatch.setattr(pc, "SHIPPED", tmp_path)
+    gpu = warmup.gpu_tag()
+    big = tmp_path / f"{gpu}.wan2.1-t2v-14b.kernels.json"
+    a14b = tmp_path / f"{gpu}.wan2.2-i2v-a14b.kernels.json"
+    assert pc.shipped_list("wan2.2-i2v-a14b") == a14b  # nothing shipped: its own (missing) path
+    big.write_text("{}")
+    assert pc.shipped_list("wan2.2-i2v-a14b") == big
+    assert pc.shipped_list("wan2.1-t2v-1.3b") == tmp_path / f"{gpu}.wan2.1-t2v-1.3b.kernels.json"
+    assert pc.lists_for(tmp_path / "cache", "wan2.2-i2v-a14b")[1].parent.name == "wan2.2-i2v-a14b"  # own host list
+    a14b.write_text("{}")
+    assert pc.shipped_list("wan2.2-i2v-a14b") == a14b
+    assert pc.same_transformer("not-a-model") == []
+
+
 def test_only_the_configs_an_autotuner_chose_stay_in_the_kernel_list(
         tmp_path: Path, kernels_module: types.ModuleType) -> None:
     """A tuning warm-up compiles every candidate config; the list keeps the chosen ones (what the next start
