@@ -467,7 +467,8 @@ class Stack:
 
 
 def stack_env(card: ModelCard, weights: Path, folder: Path, *, redis_url: str, port: int, metrics_port: int,
-              device: str, size: tuple[int, int] | None = None, frames: int | None = None) -> dict[str, str]:
+              device: str, size: tuple[int, int] | None = None, frames: int | None = None,
+              worker_settings: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURBOVID_")}
     env.update({
         "PYTHONUNBUFFERED": "1",
@@ -492,6 +493,8 @@ def stack_env(card: ModelCard, weights: Path, folder: Path, *, redis_url: str, p
         # the jobs' shape beyond the catalog's default, as an operator serving it would set (a first job at a
         # shape the warm-up did not run would compile and tune at launch)
         env["TURBOVID_WORKER__WARMUP_SIZES"] = json.dumps([f"{size[0]}x{size[1]}x{frames}"])
+    for name, value in (worker_settings or {}).items():
+        env[f"TURBOVID_WORKER__{name.upper()}"] = value
     return env
 
 
@@ -538,7 +541,7 @@ def _worker_peak_gib(metrics_url: str) -> float:
 
 def run_e2e(card: ModelCard, weights: Path, folder: Path, *, size: tuple[int, int], frames: int, steps: int,
             jobs: int, restart: bool, device: str, start_timeout: float, job_timeout: float,
-            log: Callable[[str], None]) -> E2EReport:
+            log: Callable[[str], None], worker_settings: dict[str, str] | None = None) -> E2EReport:
     from cli.devstack import EmbeddedRedis, free_port
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -550,7 +553,7 @@ def run_e2e(card: ModelCard, weights: Path, folder: Path, *, size: tuple[int, in
         redis_srv.start()
         stack.redis = redis_srv
         stack.env = stack_env(card, weights, folder, redis_url=redis_srv.url, port=port, metrics_port=metrics_port,
-                              device=device, size=size, frames=frames)
+                              device=device, size=size, frames=frames, worker_settings=worker_settings)
         base, ready = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/ready"
         stack.spawn("gateway", ["gateway"])
         stack.spawn("worker", ["worker"])
@@ -659,8 +662,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for a worker to become ready")
     p.add_argument("--job-timeout", type=float, default=300.0, help="seconds per end-to-end job")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--worker-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a worker setting for the end-to-end run (TURBOVID_WORKER__NAME=VALUE; repeatable), "
+                        "e.g. precompile_in_processes=false")
     p.add_argument("--logs", type=Path, default=None, help="copy the end-to-end processes' logs (and the worker's autotune choices and "
                         "recorded kernel list, to ship in worker/autotune/) here")
+
+
+def parse_worker_settings(items: list[str]) -> dict[str, str]:
+    """`--worker-setting NAME=VALUE` items as {name: value}; SystemExit naming the bad one otherwise."""
+    from contract.settings import WorkerSettings
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in WorkerSettings.model_fields:
+            raise SystemExit(f"turbovid bench: --worker-setting {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(sorted(WorkerSettings.model_fields))}")
+        out[name] = value
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -673,6 +694,7 @@ def run(args: argparse.Namespace) -> int:
 
     card = get_card(args.model)
     size = parse_size(card, args.size)
+    worker_settings = parse_worker_settings(args.worker_setting)
     frames = args.frames or card.default_frames
     check_frames(frames, card.max_frames)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -699,7 +721,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 e2e = run_e2e(card, weights, tmp / "e2e", size=size, frames=frames, steps=args.steps,
                               jobs=max(2, args.jobs), restart=not args.no_restart, device=device,
-                              start_timeout=args.start_timeout, job_timeout=args.job_timeout, log=log)
+                              start_timeout=args.start_timeout, job_timeout=args.job_timeout, log=log,
+                              worker_settings=worker_settings)
                 results["e2e"] = asdict(e2e)
                 print(f"\n== {title} ==\n-- whole job through redis-server + gateway + worker processes --\n"
                       f"{format_e2e(e2e)}", flush=True)

@@ -114,6 +114,9 @@ class WorkerSettings(BaseModel):
     # thread per CPU while the weights load, instead of one after the other at the warm-up's first launches
     # (worker/precompile.py). Off: every kernel compiles at its first launch, as before.
     precompile_kernels: bool = True
+    # Run those compiles' code generator in child processes (no CUDA context; a GIL each, so the weight load
+    # is not slowed), the worker's threads then load them from Triton's file cache. False: threads only.
+    precompile_in_processes: bool = True
     name: str | None = None  # RQ worker name; default host:pid
     cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
     # GPU memory budget in GB (GiB; None: the device's own), per rank. Under it the worker offloads what

@@ -47,7 +47,7 @@ class Result:
     errors: list[str] = field(default_factory=list)
 
 
-def _use_target(arch: int) -> None:
+def use_target(arch: int) -> None:
     """Make Triton compile for CUDA `arch` (e.g. 90) in this process, with no device present."""
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.driver import CudaDriver
@@ -249,7 +249,7 @@ def run(cases: list[str] | None = None, arch: int = 90, smem: int = _SMEM) -> li
     """Compile the named cases (default all) for CUDA `arch`; the results, in order."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("the interpreter never compiles: run with TRITON_INTERPRET=0 (before importing kernels)")
-    _use_target(arch)
+    use_target(arch)
     results = []
     for name in cases or list(CASES):
         try:

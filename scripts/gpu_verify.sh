@@ -93,6 +93,8 @@
 #                                       (480p + 720p warm-up, two 720p jobs), then the 1.3B worker (two jobs)
 #   bash scripts/gpu_verify.sh s24e     one GPU, ~6 min: a fresh A14B I2V 720p start in process (scripts/warm_start_inprocess.py)
 #                                       with no A14B list shipped: the 14B's list precompiles (same DiT); records the A14B's
+#   bash scripts/gpu_verify.sh s24f     one GPU, ~5 min: fresh starts with the precompile's compiles in child processes vs
+#                                       on threads only (precompile_in_processes), 1.3B and 14B, same host
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -484,6 +486,19 @@ elif [ "$mode" = s24a ]; then
         | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
     grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s24f ]; then
+    for m in "wan2.1-t2v-1.3b 832x480 $W" "wan2.1-t2v-14b 1280x720 /tmp/turbovid-bench-weights-14b"; do
+        set -- $m
+        for procs in true false; do
+            timeout 150 python3 -m cli.main bench --model "$1" --size "$2" --weights "$3" --text-encoder small --jobs 2 \
+                --no-restart --skip-stages --start-timeout 120 --job-timeout 60 \
+                --worker-setting precompile_in_processes=$procs --logs "$OUT/logs/e2e-$1-$procs" \
+                > "$OUT/logs/bench-$1-$procs.log" 2>&1
+            echo "== $1 precompile_in_processes=$procs"
+            grep -E "start -> ready, fresh|POST->completed" "$OUT/logs/bench-$1-$procs.log" | cut -c1-200 | head -3
+            grep -hE "precompile:|loaded:|warm-up done|compiled .* at launch" "$OUT/logs/e2e-$1-$procs"/worker.log | cut -c1-230
+        done
+    done
 elif [ "$mode" = s24e ]; then
     timeout 420 python3 scripts/warm_start_inprocess.py --model wan2.2-i2v-a14b --jobs 2 --out "$OUT/logs/a14b" \
         > "$OUT/logs/a14b.log" 2>&1

@@ -71,12 +71,14 @@ class PrecompileReport:
     failed: int = 0  # did not compile (left to compile at launch)
     launchers: int = 0  # of the compiled kernels, those whose C launcher was built (else built at first launch)
     threads: int = 0
+    in_processes: int = 0  # of the compiled kernels, those the code generator ran for in child processes
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)  # the first few failures, for the log
 
     def describe(self) -> str:
+        where = f"{self.threads} processes, then threads" if self.in_processes else f"{self.threads} threads"
         return (f"{self.compiled} of {self.listed} recorded kernel specializations compiled in {self.seconds:.1f} s "
-                f"on {self.threads} threads ({self.stale} stale, {self.failed} failed; {self.launchers} launchers built)")
+                f"on {where} ({self.stale} stale, {self.failed} failed; {self.launchers} launchers built)")
 
 
 def source_hash(fn: Any) -> str:
@@ -291,11 +293,82 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def precompile(entries: Iterable[KernelSpec], threads: int | None = None, package: str = KERNEL_PACKAGE) -> PrecompileReport:
+def compile_in_processes(entries: list[KernelSpec], processes: int) -> int:
+    """Run Triton's compiler for `entries` in `processes` spawned child processes, for this process's GPU
+    target and into its file cache; returns how many compiled (0, logged, when the pool cannot run).
+
+    Compiling on threads beside the weight load, the code generator's Python holds the GIL that the load also
+    needs (the 14B load took 21 s beside 16 compile threads, 11 s alone). Children have a GIL each and no CUDA
+    context: they compile for the target through `kernels.compile_check`'s stand-in driver and leave the
+    kernels in Triton's file cache, under the keys the parent's compile of the same specialization computes, so
+    the parent's `preload` then only loads them. A child that does not compile an entry leaves it to the
+    parent, which compiles it as before."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from triton import knobs
+    from triton.runtime.driver import driver
+
+    target = driver.active.get_current_target()
+    if target.backend != "cuda" or not entries:
+        return 0
+    started = time.perf_counter()
+    modules = sorted({e.kernel.rsplit(".", 1)[0] for e in entries})
+    try:
+        with ProcessPoolExecutor(min(processes, len(entries)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_child_start,
+                                 initargs=(str(knobs.cache.dir), int(target.arch), modules)) as pool:
+            done = sum(pool.map(_child_compile, [(e.kernel, e.spec) for e in entries]))
+    except Exception as exc:  # noqa: BLE001 - never fatal: the threads compile everything instead
+        log.warning("precompile: compiling in child processes failed (%s); compiling on threads", exc)
+        return 0
+    log.debug("precompile: %d of %d compiled in %d processes in %.1f s", done, len(entries), processes,
+              time.perf_counter() - started)
+    return done
+
+
+_CHILD_FUNCTIONS: dict[str, Any] = {}
+
+
+def _child_start(cache_dir: str, arch: int, modules: list[str]) -> None:
+    """A compile process's set-up: no GPU (no CUDA context, no device memory), the parent's file cache, a
+    driver that reports the parent's target, the kernels' modules imported."""
+    import importlib
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from triton import knobs
+
+    from kernels.compile_check import use_target
+
+    knobs.cache.dir = cache_dir
+    use_target(arch)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - its entries are left to the parent
+            log.debug("precompile child: cannot import %s", module, exc_info=True)
+    _CHILD_FUNCTIONS.update(find_jit_functions())
+
+
+def _child_compile(item: tuple[str, str]) -> bool:
+    kernel, spec = item
+    fn = _CHILD_FUNCTIONS.get(kernel)
+    if fn is None:
+        return False
+    try:
+        fn.preload(spec)
+    except Exception:  # noqa: BLE001 - the parent compiles it (and reports a real failure)
+        return False
+    return True
+
+
+def precompile(entries: Iterable[KernelSpec], threads: int | None = None, package: str = KERNEL_PACKAGE, *,
+               processes: bool = False) -> PrecompileReport:
     """Compile `entries` on `threads` threads (default: one per CPU) into the JIT's caches (the in-memory
     one a launch looks up, and Triton's file cache), then build each compiled kernel's C launcher (a small
     C module Triton compiles with the host's C compiler at a kernel's first launch, cached in its file
-    cache). The kernels' modules must be imported."""
+    cache). The kernels' modules must be imported. With `processes`, the compiles run first in as many
+    child processes (`compile_in_processes`), and the threads then load them from the file cache."""
     from triton.runtime._async_compile import AsyncCompileMode
     from triton.runtime.driver import driver
 
@@ -310,6 +383,8 @@ def precompile(entries: Iterable[KernelSpec], threads: int | None = None, packag
             report.stale += 1
             continue
         todo.append((fn, entry, str(json.loads(entry.spec)["key"])))
+    if todo and processes:
+        report.in_processes = compile_in_processes([entry for _, entry, _ in todo], report.threads)
     if todo:
         with ThreadPoolExecutor(report.threads, thread_name_prefix="turbovid-compile") as pool:
             with AsyncCompileMode(pool, ignore_errors=True):  # on exit: waits for every compile
@@ -416,7 +491,8 @@ class Precompile:
     overlaps loading the pipeline. With `record`, what the process compiles from then on is added to this
     host's list, which `save` writes (after the warm-up)."""
 
-    def __init__(self, cache_dir: Path, model: str, threads: int | None = None, *, record: bool = True) -> None:
+    def __init__(self, cache_dir: Path, model: str, threads: int | None = None, *, record: bool = True,
+                 processes: bool = False) -> None:
         shipped, own = lists_for(cache_dir, model)
         self.host = KernelSpecs(own)
         listed = KernelSpecs(shipped)
@@ -434,6 +510,7 @@ class Precompile:
         self._recording: ExitStack | None = ExitStack() if record else None
         if self._recording is not None:  # on until `save`: the warm-up's compiles are what to record
             self._recording.enter_context(self.host.recording())
+        self._processes = processes
         self._thread = threading.Thread(target=self._run, args=(list(listed.entries.values()), threads),
                                         name="turbovid-precompile", daemon=True)
         self._thread.start()
@@ -444,7 +521,7 @@ class Precompile:
                 import torch
 
                 torch.cuda.set_device(self._device)
-            self.report = precompile(entries, threads)
+            self.report = precompile(entries, threads, processes=self._processes)
         except Exception as exc:  # noqa: BLE001 - never fatal: the kernels compile at launch instead
             log.warning("precompiling the recorded kernels failed (%s): they compile at their first launch", exc)
             self.report = PrecompileReport(listed=len(entries), failed=len(entries), errors=[str(exc)])

@@ -129,7 +129,8 @@ def start_kernels(settings: WorkerSettings, *, record: bool = True) -> KernelSta
         return None
     pre = None
     if settings.precompile_kernels:
-        pre = Precompile(settings.cache_dir, settings.model, record=record)
+        pre = Precompile(settings.cache_dir, settings.model, record=record,
+                         processes=settings.precompile_in_processes)
     return KernelStart(choices, report.kernel_cache, report.choices_loaded, pre)
 
 

@@ -139,3 +139,14 @@ def test_the_worker_warms_up_at_the_benched_shape_when_it_is_not_the_default(tmp
             monkeypatch.setenv(k, v)
     assert Settings().worker.warmup_sizes == ["1280x720x81"]
     assert json.loads(env(frames=41)["TURBOVID_WORKER__WARMUP_SIZES"]) == ["832x480x41"]
+
+
+def test_worker_settings_reach_the_benched_worker_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    assert bench.parse_worker_settings(["precompile_in_processes=false", "ENCODER_THREADS=4"]) == {
+        "precompile_in_processes": "false", "encoder_threads": "4"}
+    for bad in ("no_such_setting=1", "precompile_in_processes"):
+        with pytest.raises(SystemExit, match="worker-setting"):
+            bench.parse_worker_settings([bad])
+    env = bench.stack_env(MODELS["wan-tiny"], tmp_path / "w", tmp_path, redis_url="redis://127.0.0.1:1/0", port=1,
+                          metrics_port=2, device="cpu", worker_settings={"precompile_in_processes": "false"})
+    assert env["TURBOVID_WORKER__PRECOMPILE_IN_PROCESSES"] == "false"

@@ -54,7 +54,7 @@ def test_a_kernel_only_a_gpu_compile_rejects_is_reported(tmp_path: Path) -> None
             offs = tl.arange(0, BLOCK)
             tl.store(x_ptr + offs, tl.load(x_ptr + offs) * 2)
 
-        cc._use_target(90)
+        cc.use_target(90)
         x = torch.zeros(128)
         for fn in (bad, good):
             res = cc.Result(fn.__name__)

@@ -31,42 +31,56 @@ _SCRIPT = textwrap.dedent("""
     from kernels import compile_check as cc
     from worker.precompile import KernelSpecs, find_jit_functions, precompile
 
-    listing, mode = Path(sys.argv[1]), sys.argv[2]
-    if not torch.cuda.is_available():  # else Triton's own driver: compiles for this GPU (nothing launched)
-        cc._use_target(90)
-    cases = ("softmax_rows", "int8_quant")
-    out = {}
-    knobs.cache.dir = tempfile.mkdtemp()
-    before = []  # a hook installed by someone else keeps being called
-    knobs.runtime.jit_post_compile_hook = lambda **kw: before.append(kw["fn"].name)
-    specs = KernelSpecs(listing)
-    with specs.recording():
+
+    def main():
+        listing, mode = Path(sys.argv[1]), sys.argv[2]
+        if not torch.cuda.is_available():  # else Triton's own driver: compiles for this GPU (nothing launched)
+            cc.use_target(90)
+        cases = ("softmax_rows", "int8_quant")
+        out = {}
+        knobs.cache.dir = tempfile.mkdtemp()
+        before = []  # a hook installed by someone else keeps being called
+        knobs.runtime.jit_post_compile_hook = lambda **kw: before.append(kw["fn"].name)
+        specs = KernelSpecs(listing)
+        with specs.recording():
+            for case in cases:
+                assert not cc.CASES[case](cc._SMEM).errors
+        out["recorded"], out["compiles_seen"], out["hook_before"] = specs.save(), specs.compiles, len(before)
+        out["hook_restored"] = knobs.runtime.jit_post_compile_hook is not None and specs.compiles == len(before)
+        if mode == "edit":  # one entry's kernel edited since, one whose signature no longer fits
+            data = json.loads(listing.read_text())
+            data["kernels"][0]["source"] = "0" * 16
+            data["kernels"][1]["spec"]["signature"] = {"nonexistent_arg": "*fp32"}
+            listing.write_text(json.dumps(data))
+        for fn in find_jit_functions().values():
+            fn.device_caches.clear()
+        fresh = Path(tempfile.mkdtemp())
+        knobs.cache.dir = str(fresh)
+        loaded = KernelSpecs(listing)
+        out["loaded"] = loaded.load()
+        if mode == "processes":  # the children compile; this process may only load their results
+            import triton.compiler.code_generator as code_generator
+
+            def no_codegen(*args, **kwargs):
+                raise RuntimeError("the parent ran Triton's code generator")
+
+            code_generator.ast_to_ttir = no_codegen
+        report = precompile(loaded.entries.values(), threads=2, processes=mode == "processes")
+        out["report"] = {"listed": report.listed, "compiled": report.compiled, "stale": report.stale,
+                         "failed": report.failed, "threads": report.threads, "errors": report.errors,
+                         "in_processes": report.in_processes}
+        out["launchers"], out["cuda"] = report.launchers, torch.cuda.is_available()
+        out["cache_files"] = sum(1 for p in fresh.rglob("*.cubin"))
+        compiled_at_launch = []
+        knobs.runtime.jit_cache_hook = lambda **kw: compiled_at_launch.append(kw["fn"].name)
         for case in cases:
             assert not cc.CASES[case](cc._SMEM).errors
-    out["recorded"], out["compiles_seen"], out["hook_before"] = specs.save(), specs.compiles, len(before)
-    out["hook_restored"] = knobs.runtime.jit_post_compile_hook is not None and specs.compiles == len(before)
-    if mode == "edit":  # one entry's kernel edited since, one whose signature no longer fits
-        data = json.loads(listing.read_text())
-        data["kernels"][0]["source"] = "0" * 16
-        data["kernels"][1]["spec"]["signature"] = {"nonexistent_arg": "*fp32"}
-        listing.write_text(json.dumps(data))
-    for fn in find_jit_functions().values():
-        fn.device_caches.clear()
-    fresh = Path(tempfile.mkdtemp())
-    knobs.cache.dir = str(fresh)
-    loaded = KernelSpecs(listing)
-    out["loaded"] = loaded.load()
-    report = precompile(loaded.entries.values(), threads=2)
-    out["report"] = {"listed": report.listed, "compiled": report.compiled, "stale": report.stale,
-                     "failed": report.failed, "threads": report.threads, "errors": report.errors}
-    out["launchers"], out["cuda"] = report.launchers, torch.cuda.is_available()
-    out["cache_files"] = sum(1 for p in fresh.rglob("*.cubin"))
-    compiled_at_launch = []
-    knobs.runtime.jit_cache_hook = lambda **kw: compiled_at_launch.append(kw["fn"].name)
-    for case in cases:
-        assert not cc.CASES[case](cc._SMEM).errors
-    out["compiled_at_launch"] = compiled_at_launch
-    print("RESULT " + json.dumps(out))
+        out["compiled_at_launch"] = compiled_at_launch
+        print("RESULT " + json.dumps(out))
+
+
+    if __name__ == "__main__":  # spawned compile processes import this file too
+        main()
 """)
 
 
@@ -87,11 +101,22 @@ def test_recorded_kernels_precompile_so_that_launches_compile_nothing(tmp_path: 
     # 3 softmax row lengths + 5 quant widths, each its own specialization
     assert out["recorded"] == out["loaded"] == 8, out
     assert out["compiles_seen"] == 8 and out["hook_restored"] and out["hook_before"] == 8, out
-    assert out["report"] == {"listed": 8, "compiled": 8, "stale": 0, "failed": 0, "threads": 2, "errors": []}, out
+    assert out["report"] == {"listed": 8, "compiled": 8, "stale": 0, "failed": 0, "threads": 2, "errors": [],
+                             "in_processes": 0}, out
     assert out["cache_files"] == 8, out  # Triton's file cache holds them too (the next process loads them)
     # each kernel's C launcher is built too on a GPU host (the stand-in driver of a CPU host has none)
     assert out["launchers"] == (8 if out["cuda"] else 0), out
     assert out["compiled_at_launch"] == [], out  # without the precompile: 8, one per launch
+
+
+def test_compiles_in_child_processes_leave_the_parent_only_loading_them(tmp_path: Path) -> None:
+    # Spawned processes (their own GIL, no CUDA context) run the code generator for this target into the
+    # file cache; this process, whose code generator raises if called, loads all 8 from there, and the
+    # launches after it compile nothing either.
+    out = _run(tmp_path, "processes")
+    assert out["report"] == {"listed": 8, "compiled": 8, "stale": 0, "failed": 0, "threads": 2, "errors": [],
+                             "in_processes": 8}, out
+    assert out["cache_files"] == 8 and out["compiled_at_launch"] == [], out
 
 
 def test_edited_or_mismatched_entries_are_skipped_and_the_rest_still_compile(tmp_path: Path) -> None:
@@ -146,6 +171,9 @@ def test_precompile_is_on_by_default_and_a_setting_turns_it_off() -> None:
     assert WorkerSettings().precompile_kernels is True
     env = {"TURBOVID_DEV_MODE": "true", "TURBOVID_WORKER__PRECOMPILE_KERNELS": "false"}
     assert load_settings(env).worker.precompile_kernels is False
+    assert WorkerSettings().precompile_in_processes is True
+    env = {"TURBOVID_DEV_MODE": "true", "TURBOVID_WORKER__PRECOMPILE_IN_PROCESSES": "false"}
+    assert load_settings(env).worker.precompile_in_processes is False
 
 
 def test_the_shipped_lists_match_the_kernels_sources() -> None:
