@@ -664,7 +664,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--worker-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="a worker setting for the end-to-end run (TURBOVID_WORKER__NAME=VALUE; repeatable), "
-                        "e.g. precompile_in_processes=false")
+                        "e.g. precompile_in_processes=true")
     p.add_argument("--logs", type=Path, default=None, help="copy the end-to-end processes' logs (and the worker's autotune choices and "
                         "recorded kernel list, to ship in worker/autotune/) here")
 

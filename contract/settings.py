@@ -114,9 +114,11 @@ class WorkerSettings(BaseModel):
     # thread per CPU while the weights load, instead of one after the other at the warm-up's first launches
     # (worker/precompile.py). Off: every kernel compiles at its first launch, as before.
     precompile_kernels: bool = True
-    # Run those compiles' code generator in child processes (no CUDA context; a GIL each, so the weight load
-    # is not slowed), the worker's threads then load them from Triton's file cache. False: threads only.
-    precompile_in_processes: bool = True
+    # Run those compiles' code generator in child processes first (no CUDA context; a GIL each, so the weight
+    # load is not slowed), the worker's threads then load them from Triton's file cache. Off by default: on an
+    # H200 host it made the 14B's load 4.4 s shorter and its start 2.7 s, but the 1.3B's start 1.8 s longer (the
+    # children's own start-up; gpu_verify s24f).
+    precompile_in_processes: bool = False
     name: str | None = None  # RQ worker name; default host:pid
     cache_dir: Path = Path(".turbovid/cache")  # built tiny weights, compiled kernels, tokenizers
     # GPU memory budget in GB (GiB; None: the device's own), per rank. Under it the worker offloads what

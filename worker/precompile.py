@@ -26,6 +26,12 @@ A recorded entry is skipped when its kernel's source changed since (the hash of 
 as `worker.warmup.AutotuneChoices` checks), when the file was written by another Triton version, or when
 the kernel no longer exists; one that fails to compile is logged and left to compile at its launch, as
 before. None of this changes what runs: a kernel missing from the list compiles when launched.
+
+`worker.precompile_in_processes` (off by default) runs the compiles in spawned child processes first
+(`compile_in_processes`) and the threads then only load them from the file cache. Measured on one H200 host
+(`gpu_verify.sh s24f`): the 14B's load went from 17.0 to 12.6 s and its start from 42.9 to 40.2 s, but the
+precompile itself did not get shorter (the children's own start-up: spawning, importing torch and the kernels),
+so the 1.3B, whose load is short, started in 19.8 s against 18.0 s.
 """
 
 from __future__ import annotations
