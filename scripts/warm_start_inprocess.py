@@ -5,6 +5,7 @@ kernel list and autotune choices it recorded (to ship as worker/autotune/<GPU>.<
 
     python3 scripts/warm_start_inprocess.py --out DIR                 # H200: wan2.2-i2v-a14b at 1280x720
     python3 scripts/warm_start_inprocess.py --no-precompile           # the same start without the lists
+    python3 scripts/warm_start_inprocess.py --model wan-tiny-i2v --device cpu --steps 1   # CPU smoke (a test)
 
 The pipeline is `models.bench_a14b.build_pipeline`'s (random weights made on the device, no disk), so "load"
 here is that build, not a checkpoint read: compare the warm-up and the jobs, not the load, with a real
@@ -28,6 +29,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--no-precompile", action="store_true", help="worker.precompile_kernels = false")
+    p.add_argument("--device", default="cuda", help="cpu: a smoke run (no kernels to precompile there)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -44,7 +46,8 @@ def main() -> None:
     shipped = precompile.shipped_list(card.id)
     t0 = time.perf_counter()
     kernels = warmup.start_kernels(settings)
-    pipe = build_pipeline(card, device="cuda", dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    pipe = build_pipeline(card, device=args.device, dtype=dtype)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     built = time.perf_counter() - t0
