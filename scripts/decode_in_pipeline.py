@@ -150,7 +150,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     build_weights(card, args.weights, device=device, text_encoder="small")
     tmp = Path(tempfile.mkdtemp())
-    w = WorkerSettings(cache_dir=tmp / "cache")
+    w = WorkerSettings(model=card.id, cache_dir=tmp / "cache")  # the model picks the shipped kernel list
     kernels = None
     if device == "cuda":  # as a worker starts: the shipped autotune choices, the shipped kernel list compiled
         from worker.warmup import start_kernels
