@@ -95,6 +95,11 @@
 #                                       with no A14B list shipped: the 14B's list precompiles (same DiT); records the A14B's
 #   bash scripts/gpu_verify.sh s24f     one GPU, ~5 min: fresh starts with the precompile's compiles in child processes vs
 #                                       on threads only (precompile_in_processes), 1.3B and 14B, same host
+#   bash scripts/gpu_verify.sh s25x2a   two GPUs, ~9 min, not run yet: issue 12's two-GPU numbers with today's kernels: the
+#                                       14B 720p DiT on 2 ranks vs 1 (int8 exchange, sp14b), the A14B I2V 720p whole job
+#                                       on 2 GPUs vs 1 (bf16 and int8 exchange)
+#   bash scripts/gpu_verify.sh s25x2b   two GPUs, ~7 min, not run yet: the 14B worker through real processes at 720p with
+#                                       `--worker-setting gpus=2` (one RQ consumer driving 2 ranks), then with 1 GPU
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -486,6 +491,23 @@ elif [ "$mode" = s24a ]; then
         | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
     grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s25x2a ]; then
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
+    sp14b 290 4
+    timeout 260 torchrun --nproc-per-node 2 -m models.bench_a14b --ranks --exchange bf16,int8 > "$OUT/logs/a14b_ranks.log" 2>&1
+    grep "^{" "$OUT/logs/a14b_ranks.log"; grep -v "^W\|Warning\|warn\|^{" "$OUT/logs/a14b_ranks.log" | tail -4
+elif [ "$mode" = s25x2b ]; then
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    for gpus in 2 1; do
+        timeout 250 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
+            --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 2 --no-restart --skip-stages \
+            --start-timeout 200 --job-timeout 60 --worker-setting gpus=$gpus --logs "$OUT/logs/e2e-$gpus" \
+            > "$OUT/logs/bench-$gpus.log" 2>&1
+        echo "== 14B 720p worker, gpus=$gpus"
+        grep -E "start -> ready, fresh|POST->completed|peak|rror" "$OUT/logs/bench-$gpus.log" | cut -c1-260 | head -4
+        grep -hE "precompile:|ranks|warm-up done" "$OUT/logs/e2e-$gpus"/worker.log | cut -c1-200 | head -4
+    done
 elif [ "$mode" = s24f ]; then
     for m in "wan2.1-t2v-1.3b 832x480 $W" "wan2.1-t2v-14b 1280x720 /tmp/turbovid-bench-weights-14b"; do
         set -- $m
