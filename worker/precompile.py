@@ -304,7 +304,7 @@ def compile_in_processes(entries: list[KernelSpec], processes: int) -> int:
     target and into its file cache; returns how many compiled (0, logged, when the pool cannot run).
 
     Compiling on threads beside the weight load, the code generator's Python holds the GIL that the load also
-    needs (the 14B load took 21 s beside 16 compile threads, 11 s alone). Children have a GIL each and no CUDA
+    needs (the 14B load took 17-21 s beside 16 compile threads, 11 s alone). Children have a GIL each and no CUDA
     context: they compile for the target through `kernels.compile_check`'s stand-in driver and leave the
     kernels in Triton's file cache, under the keys the parent's compile of the same specialization computes, so
     the parent's `preload` then only loads them. A child that does not compile an entry leaves it to the
