@@ -100,6 +100,9 @@
 #                                       on 2 GPUs vs 1 (bf16 and int8 exchange)
 #   bash scripts/gpu_verify.sh s25x2b   two GPUs, ~7 min, not run yet: the 14B worker through real processes at 720p with
 #                                       `--worker-setting gpus=2` (one RQ consumer driving 2 ranks), then with 1 GPU
+#   bash scripts/gpu_verify.sh s25a     one GPU, ~9 min, not run yet: the A14B I2V 720p whole job through real processes
+#                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
+#                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -491,6 +494,18 @@ elif [ "$mode" = s24a ]; then
         | cut -c1-200 | head -8
     timeout 150 python3 scripts/decode_in_pipeline.py --weights "$W" --reps 3 > "$OUT/logs/decode.log" 2>&1
     grep -v "^W\|Warn\|warn\|USDT" "$OUT/logs/decode.log" | grep -A8 -E "^A |^B |nvidia-smi|median" | head -40
+elif [ "$mode" = s25a ]; then
+    for budget in "" 32; do
+        extra=(); [ -n "$budget" ] && extra=(--worker-setting gpu_memory_gb=$budget)
+        timeout 280 python3 -m cli.main bench --model wan2.2-i2v-a14b --weights /tmp/turbovid-bench-weights-a14b \
+            --text-encoder small --jobs 2 --no-restart --skip-stages --start-timeout 200 --job-timeout 90 \
+            "${extra[@]}" --logs "$OUT/logs/e2e-a14b$budget" > "$OUT/logs/bench-a14b$budget.log" 2>&1
+        echo "== A14B I2V 720p worker, budget ${budget:-none}"
+        grep -E "weights ready|start -> ready, fresh|POST->completed|peak|rror" "$OUT/logs/bench-a14b$budget.log" \
+            | cut -c1-300 | head -5
+        grep -hE "precompile:|compiled .* at launch|warm-up done|memory plan|budget" "$OUT/logs/e2e-a14b$budget"/worker.log \
+            | cut -c1-200 | head -5
+    done
 elif [ "$mode" = s25x2a ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"

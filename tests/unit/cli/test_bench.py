@@ -150,3 +150,34 @@ def test_worker_settings_reach_the_benched_worker_and_bad_ones_are_refused(tmp_p
     env = bench.stack_env(MODELS["wan-tiny"], tmp_path / "w", tmp_path, redis_url="redis://127.0.0.1:1/0", port=1,
                           metrics_port=2, device="cpu", worker_settings={"precompile_in_processes": "false"})
     assert env["TURBOVID_WORKER__PRECOMPILE_IN_PROCESSES"] == "false"
+
+
+def test_two_expert_weights_are_laid_out_as_diffusers_a14b_and_resolve_to_both_experts(tmp_path: Path) -> None:
+    # The A14B's bench weights, at the tiny I2V card's size: transformer/ (high noise) and transformer_2/ (low
+    # noise), both I2V DiTs, which the loader's component rules find as the two experts.
+    import dataclasses
+
+    from models.checkpoint_components import resolve_components
+
+    card = dataclasses.replace(MODELS["wan-tiny-i2v"], experts=True, also_serves=())
+    folder = bench.build_weights(card, tmp_path / "w", device="cpu", text_encoder="small")
+    assert (folder / "transformer").is_dir() and (folder / "transformer_2").is_dir()
+    found = resolve_components([folder], card, linear="w8a8")
+    assert set(found.transformers) == {"high", "low"}, found
+    assert "transformer_2" in str(found.transformers["low"]) and "transformer_2" not in str(found.transformers["high"])
+
+
+@pytest.mark.slow
+@needs_redis
+def test_an_i2v_model_is_benched_end_to_end_with_its_conditioning_image(tmp_path: Path) -> None:
+    # An I2V card's jobs carry an image (OpenAI's input_reference, a PNG data URL) through the real gateway and
+    # worker, and the worker's timings show it was encoded.
+    card = MODELS["wan-tiny-i2v"]
+    weights = bench.build_weights(card, tmp_path / "w", device="cpu", text_encoder="small")
+    report = bench.run_e2e(card, weights, tmp_path / "e2e", size=(64, 64), frames=5, steps=1, jobs=2, restart=False,
+                           device="cpu", start_timeout=120, job_timeout=60, log=lambda _: None)
+    assert len(report.jobs) == 2
+    for job in report.jobs:
+        assert job.mp4_bytes > 0 and "image_encode" in job.worker_timings, job.worker_timings
+    url = bench.input_image_url(96, 64)
+    assert url.startswith("data:image/png;base64,")
