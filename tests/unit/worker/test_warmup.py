@@ -260,7 +260,7 @@ def test_a_gpu_warm_up_records_its_compiles_and_the_next_start_precompiles_them(
 
     given: list[list[Any]] = []
 
-    def fake_precompile(entries: Any, threads: Any = None, package: str = "kernels") -> pc.PrecompileReport:
+    def fake_precompile(entries: Any, threads: Any = None, package: str = "kernels", **_: Any) -> pc.PrecompileReport:
         given.append(list(entries))  # (compiling needs a GPU or compile_check's driver: test_precompile.py)
         return pc.PrecompileReport(listed=len(given[-1]), compiled=len(given[-1]), threads=1)
 
@@ -306,7 +306,7 @@ def test_kernel_lists_are_kept_per_model_and_an_older_host_list_is_carried_over(
 
     given: list[list[str]] = []
 
-    def fake_precompile(entries: Any, threads: Any = None, package: str = "kernels") -> pc.PrecompileReport:
+    def fake_precompile(entries: Any, threads: Any = None, package: str = "kernels", **_: Any) -> pc.PrecompileReport:
         given.append(sorted(json.loads(e.spec)["key"] for e in entries))
         return pc.PrecompileReport(listed=len(given[-1]), compiled=len(given[-1]), threads=1)
 
