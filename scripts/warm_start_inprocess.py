@@ -1,5 +1,5 @@
-"""A fresh worker's start for a model `turbovid bench` cannot start as a process (the A14B: two experts), in
-process: the worker's own kernel set-up (`worker.warmup.start_kernels`: the shipped list precompiling while the
+"""A fresh worker's start in process, without the gateway, Redis or a checkpoint on disk (the A14B's random
+weights are built on the device in ~25 s instead of written and read): the worker's own kernel set-up (`worker.warmup.start_kernels`: the shipped list precompiling while the
 pipeline builds), its warm-up at the served sizes, then two jobs. Prints one JSON line; `--out DIR` gets the
 kernel list and autotune choices it recorded (to ship as worker/autotune/<GPU>.<model>.kernels.json).
 
