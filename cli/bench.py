@@ -689,6 +689,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "recorded kernel list, to ship in worker/autotune/) here")
 
 
+def copy_shippable(cache_dir: Path, dest: Path) -> None:
+    """Copy what a worker's cache dir holds to ship in worker/autotune/: its autotune choices (`<device>.json`,
+    as `<GPU>.json`) and each model's recorded kernel list (`kernels-<model>-<device>.json`, as
+    `<GPU>.<model>.kernels.json`), under file-name-safe names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in (cache_dir / "autotune").glob("*.json"):
+        shutil.copy(path, dest / re.sub(r"[^A-Za-z0-9._-]", "_", path.name))
+    for path in (cache_dir / "kernels").glob("*/*.json"):  # kernels/<model>/<device>.json
+        shutil.copy(path, dest / re.sub(r"[^A-Za-z0-9._-]", "_", f"kernels-{path.parent.name}-{path.name}"))
+
+
 def parse_worker_settings(items: list[str]) -> dict[str, str]:
     """`--worker-setting NAME=VALUE` items as {name: value}; SystemExit naming the bad one otherwise."""
     from contract.settings import WorkerSettings
@@ -780,10 +791,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.logs is not None and (tmp / "e2e").is_dir():
             args.logs.mkdir(parents=True, exist_ok=True)
-            cache = tmp / "e2e" / "cache"  # the autotune choices and the recorded kernel list: to ship
-            for prefix, files in (("", (tmp / "e2e").glob("*.log")), ("", (cache / "autotune").glob("*.json")),
-                                  (f"kernels-{card.id}-", (cache / "kernels").glob("*/*.json"))):
-                for log_file in files:
-                    shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", prefix + log_file.name))
+            for log_file in (tmp / "e2e").glob("*.log"):
+                shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", log_file.name))
+            copy_shippable(tmp / "e2e" / "cache", args.logs)
         shutil.rmtree(tmp, ignore_errors=True)
     return code

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ def main() -> None:
 
     import torch
 
+    from cli.bench import copy_shippable
     from contract.settings import WorkerSettings
     from models.bench_a14b import _card, _runs, build_pipeline, input_image
     from worker import precompile, warmup
@@ -71,10 +71,7 @@ def main() -> None:
            "first_over_second": round(jobs[0]["s"] / jobs[1]["s"], 3) if len(jobs) > 1 else None}
     print(json.dumps(row), flush=True)  # noqa: T201 - the result line
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for f in [*(cache / "kernels").glob("*/*.json"), *(cache / "autotune").glob("*.json")]:
-            name = f"kernels-{f.parent.name}-{f.name}" if f.parent.parent.name == "kernels" else f.name
-            shutil.copy(f, args.out / name)
+        copy_shippable(cache, args.out)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,19 @@ def test_an_i2v_model_is_benched_end_to_end_with_its_conditioning_image(tmp_path
         assert job.mp4_bytes > 0 and "image_encode" in job.worker_timings, job.worker_timings
     url = bench.input_image_url(96, 64)
     assert url.startswith("data:image/png;base64,")
+
+
+def test_the_files_to_ship_are_copied_under_safe_names_one_kernel_list_per_model(tmp_path: Path) -> None:
+    cache, dest = tmp_path / "cache", tmp_path / "out"
+    for rel in ("autotune/NVIDIA_H200-cc90-triton3.6.0-torch2.11.0+cu130.json",
+                "kernels/wan2.1-t2v-14b/NVIDIA_H200-cc90-triton3.6.0-torch2.11.0+cu130.json",
+                "kernels/wan2.1-t2v-1.3b/NVIDIA_H200-cc90-triton3.6.0-torch2.11.0+cu130.json"):
+        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / rel).write_text(rel)
+    bench.copy_shippable(cache, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "NVIDIA_H200-cc90-triton3.6.0-torch2.11.0_cu130.json",
+        "kernels-wan2.1-t2v-1.3b-NVIDIA_H200-cc90-triton3.6.0-torch2.11.0_cu130.json",
+        "kernels-wan2.1-t2v-14b-NVIDIA_H200-cc90-triton3.6.0-torch2.11.0_cu130.json"]
+    assert (dest / "kernels-wan2.1-t2v-14b-NVIDIA_H200-cc90-triton3.6.0-torch2.11.0_cu130.json").read_text().startswith(
+        "kernels/wan2.1-t2v-14b/")
