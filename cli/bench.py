@@ -628,7 +628,8 @@ def format_e2e(e: E2EReport) -> str:
 
     def job_line(name: str, j: JobRun) -> str:
         w = j.worker_timings
-        stages = " ".join(f"{k} {w[k]:.3f}" for k in ("queue_wait", *STAGES, "upload", "total") if k in w)
+        order = ("queue_wait", STAGES[0], "image_encode", *STAGES[1:], "upload", "total")  # image_encode: I2V
+        stages = " ".join(f"{k} {w[k]:.3f}" for k in order if k in w)
         return (f"{name:<22} POST->completed {j.completed_s:.3f} s  ->MP4 downloaded {j.downloaded_s:.3f} s  "
                 f"({j.mp4_bytes / 1e6:.1f} MB)  worker: {stages}")
 

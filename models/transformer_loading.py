@@ -36,7 +36,14 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint_io import CheckpointError, Manifest, check_keys, read_manifest, read_state_dict
+from models.checkpoint_io import (
+    CheckpointError,
+    Manifest,
+    check_keys,
+    read_manifest,
+    read_shapes,
+    read_state_dict,
+)
 from models.config import PRESETS, WanConfig
 from models.dit import WanTransformer, keeps_fp32
 from models.fp8_scaled import dequantize_fp8, is_marker
@@ -185,6 +192,12 @@ def _resolve(path: Path) -> Path:
     if path.is_dir() and (path / "transformer").is_dir() and not any(path.glob("*.safetensors")):
         return path / "transformer"  # diffusers pipeline folder
     return path
+
+
+def read_transformer_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names (as stored) -> shapes of a DiT checkpoint in any supported layout (a diffusers pipeline
+    folder: its transformer/), from the headers: no tensor data is read."""
+    return read_shapes(_resolve(Path(path)))
 
 
 def build_transformer(

@@ -46,7 +46,7 @@ from contract.settings import ConfigError, Settings
 from contract.storage import make_storage
 from contract.workers import WorkerInfo, WorkerRegistry
 from worker import warmup
-from worker.memory import GIB, plan_memory
+from worker.memory import GIB, checkpoint_gib, plan_memory
 from worker.metrics import WorkerMetrics, cuda_memory_reader
 from worker.ranks import Loader, RankedPipeline, check_world, start_ranks
 from worker.reaper import Lease, lease_ttl_s, reap, sweep_slots
@@ -101,8 +101,10 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     torch_dtype = getattr(torch, dtype)
     cuda = device.startswith("cuda")
     device_gib = torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None
-    plan = plan_memory(get_card(w.model), budget_gib=w.gpu_memory_gb, device_gib=device_gib, linear=w.linear,
-                       dtype_bytes=torch.finfo(torch_dtype).bits // 8)
+    card, dtype_bytes = get_card(w.model), torch.finfo(torch_dtype).bits // 8
+    weights = checkpoint_gib(card, list(w.checkpoint), linear=w.linear, dtype_bytes=dtype_bytes, solver=w.solver)
+    plan = plan_memory(card, budget_gib=w.gpu_memory_gb, device_gib=device_gib, linear=w.linear,
+                       dtype_bytes=dtype_bytes, weights=weights)
     log.info("%s (%s)", plan.describe(), device)
     if plan.fraction is not None:
         index = torch.device(device).index  # "cuda": the current device (torch.cuda wants an index here)

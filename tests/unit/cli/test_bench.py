@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,7 @@ def test_an_i2v_model_is_benched_end_to_end_with_its_conditioning_image(tmp_path
     assert len(report.jobs) == 2
     for job in report.jobs:
         assert job.mp4_bytes > 0 and "image_encode" in job.worker_timings, job.worker_timings
+    assert re.search(r"text_encode [\d.]+ image_encode [\d.]+ denoise", bench.format_e2e(report))  # printed too
     url = bench.input_image_url(96, 64)
     assert url.startswith("data:image/png;base64,")
 

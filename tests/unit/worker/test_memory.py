@@ -94,3 +94,150 @@ def test_the_vae_chunk_budget_is_what_the_budget_leaves():
     assert VAE_MIN_GIB < at[24] < at[28] < at[32] <= VAE_MAX_GIB  # grows with the budget
     plan = _plan(A14B, 32)
     assert plan.need_gib - 6.0 + plan.vae_budget_gib + 1.0 <= 32 + 1e-9  # the rest's estimate + chunks fit
+
+
+# the weights sized from the checkpoint files ----------------------------------------------------------
+def _device_bytes(module) -> int:
+    """What a loaded model's tensors (parameters and persistent buffers) take."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from models.tiny import ensure_tiny_checkpoints
+
+    return ensure_tiny_checkpoints(tmp_path_factory.mktemp("ckpt") / "wan-tiny")
+
+
+def _quantized_copy(src, dest, *, in_dim_extra: int = 0, seed: int = 0):
+    """A W8A8 (int8 + block scales) canonical DiT in `dest`, TurboDiffusion-style, of the tiny config."""
+    import torch
+
+    from models.checkpoint_io import Manifest, write_canonical
+    from models.config import WanConfig
+    from models.linear import BLOCK, quantize_state_dict
+    from models.tiny import _random_dit
+
+    cfg = WanConfig.from_name(get_card("wan-tiny").architecture)
+    cfg = cfg.with_(in_dim=cfg.out_dim + in_dim_extra) if in_dim_extra else cfg
+    sd = quantize_state_dict({k: v.to(torch.bfloat16) for k, v in _random_dit(cfg, seed).items()})
+    write_canonical(dest, sd, Manifest(component="transformer", architecture=cfg.to_dict(),
+                                       quantization={"method": "w8a8", "block": BLOCK}, source="test"))
+    return dest
+
+
+@pytest.mark.parametrize("linear", ["native", "w8a8"])
+def test_dit_bytes_equal_what_the_loader_holds(tiny_dir, tmp_path, linear):
+    import torch
+
+    from models.transformer_loading import load_transformer, read_transformer_shapes
+    from worker.memory import dit_bytes
+
+    quant = _quantized_copy(tiny_dir / "transformer", tmp_path / "q")
+    for path in (tiny_dir / "transformer", quant):  # an fp32 file and an int8 one, each loaded both ways
+        model = load_transformer(path, dtype=torch.bfloat16, attention="dense", linear=linear)
+        assert dit_bytes(read_transformer_shapes(path), linear=linear, dtype_bytes=2) == pytest.approx(
+            _device_bytes(model), rel=0.01), (path, linear)
+    # "auto" is W8A8 exactly when the file is quantized
+    auto_q = dit_bytes(read_transformer_shapes(quant), linear="auto", dtype_bytes=2)
+    assert auto_q == dit_bytes(read_transformer_shapes(quant), linear="w8a8", dtype_bytes=2)
+    dense = read_transformer_shapes(tiny_dir / "transformer")
+    assert dit_bytes(dense, linear="auto", dtype_bytes=2) == dit_bytes(dense, linear="native", dtype_bytes=2)
+    assert auto_q < dit_bytes(dense, linear="auto", dtype_bytes=2)
+
+
+def test_dit_bytes_read_diffusers_names_like_wan_names(tiny_dir):
+    from models.transformer_loading import read_transformer_shapes
+    from worker.memory import dit_bytes
+
+    wan = read_transformer_shapes(tiny_dir / "transformer")
+    to_diffusers = [(".self_attn.", ".attn1."), (".cross_attn.", ".attn2."), (".q.", ".to_q."),
+                    (".k.", ".to_k."), (".v.", ".to_v."), (".o.", ".to_out.0."), (".ffn.0.", ".ffn.net.0.proj."),
+                    (".ffn.2.", ".ffn.net.2."), (".modulation", ".scale_shift_table")]
+    renamed = {}
+    for key, shape in wan.items():
+        if key.startswith("blocks."):
+            for old, new in to_diffusers:
+                key = key.replace(old, new)
+        renamed[key] = shape
+    assert any(".attn1." in k for k in renamed)
+    for linear in ("native", "w8a8"):  # the fp32 modulation tables are found under either name
+        assert dit_bytes(renamed, linear=linear, dtype_bytes=2) == dit_bytes(wan, linear=linear, dtype_bytes=2)
+
+
+def test_text_encoder_bytes_skip_the_decoder_the_tied_copy_and_the_tokenizer(tiny_dir):
+    import torch
+
+    from models.checkpoint_io import read_shapes
+    from models.text_encoder_loading import load_text_encoder
+    from worker.memory import text_encoder_bytes
+
+    path = tiny_dir / "text_encoder"
+    encoder = load_text_encoder(path, dtype=torch.bfloat16)
+    shapes = read_shapes(path)
+    assert text_encoder_bytes(shapes, dtype_bytes=2) == _device_bytes(encoder.model)
+    hf_extra = {"decoder.block.0.layer.0.SelfAttention.q.weight": (64, 64), "lm_head.weight": (100, 64),
+                "shared.weight": (100, 64), "encoder.embed_tokens.weight": (100, 64), "spiece_model": (5000,)}
+    # one of the two tied embedding names counts; the decoder, LM head and tokenizer bytes do not
+    assert text_encoder_bytes({**shapes, **hf_extra}, dtype_bytes=2) == _device_bytes(encoder.model) + 100 * 64 * 2
+
+
+def test_checkpoint_gib_sizes_each_expert_and_the_text_encoder(tiny_dir, tmp_path):
+    import shutil
+
+    from worker.memory import checkpoint_gib
+
+    root = tmp_path / "a14b"  # diffusers' A14B layout: transformer/ high-noise, transformer_2/ low-noise
+    _quantized_copy(None, root / "transformer", in_dim_extra=20, seed=1)
+    _quantized_copy(None, root / "transformer_2", in_dim_extra=20, seed=2)
+    for sub in ("text_encoder", "vae"):
+        shutil.copytree(tiny_dir / sub, root / sub)
+    sizes = checkpoint_gib(A14B, [str(root)], linear="auto", dtype_bytes=2)
+    assert sizes is not None and set(sizes.dits) == {"high", "low"}
+    assert sizes.dits["high"] == pytest.approx(sizes.dits["low"]) and 0 < sizes.dits["high"] < 0.01
+    native = checkpoint_gib(A14B, [str(root)], linear="native", dtype_bytes=2)
+    assert native is not None and native.dits["high"] > 1.2 * sizes.dits["high"]  # dequantized: bf16
+    from models.transformer_loading import read_transformer_shapes
+    from worker.memory import GIB, dit_bytes
+
+    high = read_transformer_shapes(root / "transformer")  # transformer/ is the high-noise expert
+    assert sizes.dits["high"] == dit_bytes(high, linear="w8a8", dtype_bytes=2) / GIB
+    assert sizes.text_encoder is not None and 0 < sizes.text_encoder < 0.01
+    # nothing to read, or files that do not make the model: the presets stand in (the loader reports it)
+    assert checkpoint_gib(A14B, [], linear="auto", dtype_bytes=2) is None
+    assert checkpoint_gib(A14B, [str(tiny_dir / "vae")], linear="auto", dtype_bytes=2) is None
+
+
+def test_the_plan_takes_the_measured_weights():
+    from worker.memory import CheckpointSizes
+
+    # the A14B as turbovid bench lays it out on the H200 (int8 experts, 2-layer umT5): 41.9 GiB measured
+    # resident, 22.2 GiB within 32 GiB (docs/multi_gpu.md)
+    bench = CheckpointSizes({"high": 13.2, "low": 13.2}, text_encoder=2.4)
+    resident = plan_memory(A14B, budget_gib=None, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=bench)
+    assert resident.weights_from == "checkpoint" and 40 < resident.resident_gib < 44
+    assert "checkpoint files" in resident.describe() and "catalog presets" in _plan(A14B, 32).describe()
+    fit = plan_memory(A14B, budget_gib=32, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=bench)
+    assert (fit.offload_experts, fit.offload_text_encoder) == (True, False)  # the small encoder stays
+    assert fit.need_gib <= 32 and "over the budget" not in fit.describe()
+    xxl = CheckpointSizes({"high": 13.2, "low": 13.2}, text_encoder=10.6)  # the real umT5-XXL encoder
+    both = plan_memory(A14B, budget_gib=32, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=xxl)
+    assert (both.offload_experts, both.offload_text_encoder) == (True, True) and both.need_gib <= 32
+    uneven = CheckpointSizes({"high": 13.2, "low": 20.0}, text_encoder=None)  # one slot: the larger expert
+    plan = plan_memory(A14B, budget_gib=50, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=uneven)
+    assert plan.resident_gib > 50 and not plan.offload_text_encoder  # no encoder file: the preset umT5-XXL
+    assert plan.offload_experts and plan.need_gib == pytest.approx(plan.resident_gib - 13.2)
+
+
+def test_load_model_pipeline_sizes_the_checkpoint_it_loads(tiny_dir, tmp_path, caplog):
+    import logging
+
+    from worker.main import load_model_pipeline
+
+    settings = Settings(dev_mode=True, auth={"enabled": False},
+                        worker={"model": "wan-tiny", "cache_dir": tmp_path, "checkpoint": [str(tiny_dir)],
+                                "gpu_memory_gb": 0.5})
+    with caplog.at_level(logging.INFO, logger="turbovid.worker"):
+        pipe = load_model_pipeline(settings, "cpu", "float32")
+    assert "weights from the checkpoint files" in caplog.text
+    assert pipe.text_encoder_offload is not None  # 0.5 GiB is below even the tiny model's allowances
