@@ -20,7 +20,7 @@ dtype; a text encoder's decoder half and an embedded tokenizer are not counted. 
 largest size the card serves (tokens × (ffn + 4·dim) × dtype bytes × 1.5) and a fixed allowance for the
 VAE's weights and decode chunks. For the A14B in bf16 + W8A8 with umT5-XXL they put the offload of the
 experts below ~51 GiB and of the text encoder below ~37 GiB; measured on an H200 through real processes
-(`turbovid bench`, 2-layer umT5): 41.9 GiB peak resident against 42.2 estimated, 22.2 GiB within a 32 GiB
+(`turbovid bench`, 2-layer umT5): 41.9 GiB peak resident against 43.7 estimated, 22.2 GiB within a 32 GiB
 budget (docs/multi_gpu.md).
 """
 

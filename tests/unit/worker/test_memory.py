@@ -213,14 +213,14 @@ def test_the_plan_takes_the_measured_weights():
 
     # the A14B as turbovid bench lays it out on the H200 (int8 experts, 2-layer umT5): 41.9 GiB measured
     # resident, 22.2 GiB within 32 GiB (docs/multi_gpu.md)
-    bench = CheckpointSizes({"high": 13.2, "low": 13.2}, text_encoder=2.4)
+    bench = CheckpointSizes({"high": 13.9, "low": 13.9}, text_encoder=2.7)
     resident = plan_memory(A14B, budget_gib=None, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=bench)
     assert resident.weights_from == "checkpoint" and 40 < resident.resident_gib < 44
     assert "checkpoint files" in resident.describe() and "catalog presets" in _plan(A14B, 32).describe()
     fit = plan_memory(A14B, budget_gib=32, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=bench)
     assert (fit.offload_experts, fit.offload_text_encoder) == (True, False)  # the small encoder stays
     assert fit.need_gib <= 32 and "over the budget" not in fit.describe()
-    xxl = CheckpointSizes({"high": 13.2, "low": 13.2}, text_encoder=10.6)  # the real umT5-XXL encoder
+    xxl = CheckpointSizes({"high": 13.9, "low": 13.9}, text_encoder=10.6)  # the real umT5-XXL encoder
     both = plan_memory(A14B, budget_gib=32, device_gib=H200_GIB, linear="auto", dtype_bytes=2, weights=xxl)
     assert (both.offload_experts, both.offload_text_encoder) == (True, True) and both.need_gib <= 32
     uneven = CheckpointSizes({"high": 13.2, "low": 20.0}, text_encoder=None)  # one slot: the larger expert
