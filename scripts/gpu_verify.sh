@@ -100,7 +100,10 @@
 #                                       on 2 GPUs vs 1 (bf16 and int8 exchange)
 #   bash scripts/gpu_verify.sh s25x2b   two GPUs, ~7 min, not run yet: the 14B worker through real processes at 720p with
 #                                       `--worker-setting gpus=2` (one RQ consumer driving 2 ranks), then with 1 GPU
-#   bash scripts/gpu_verify.sh s25a     one GPU, ~9 min, not run yet: the A14B I2V 720p whole job through real processes
+#   bash scripts/gpu_verify.sh s25b     one GPU, ~8 min: the A14B I2V 720p job through real processes within 32 GiB with
+#                                       the memory plan sized from the checkpoint files (experts offloaded, the 2-layer
+#                                       umT5 resident, smaller VAE chunks), then turbovid bench on the 1.3B (regression)
+#   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
 # Needs: redis-server on PATH (the e2e part), the service's packages importable.
@@ -506,6 +509,17 @@ elif [ "$mode" = s25a ]; then
         grep -hE "precompile:|compiled .* at launch|warm-up done|memory plan|budget" "$OUT/logs/e2e-a14b$budget"/worker.log \
             | cut -c1-200 | head -5
     done
+elif [ "$mode" = s25b ]; then
+    timeout 240 python3 -m cli.main bench --model wan2.2-i2v-a14b --weights /tmp/turbovid-bench-weights-a14b \
+        --text-encoder small --jobs 2 --no-restart --skip-stages --start-timeout 200 --job-timeout 90 \
+        --worker-setting gpu_memory_gb=32 --logs "$OUT/logs/e2e-a14b32" > "$OUT/logs/bench-a14b32.log" 2>&1
+    echo "== A14B I2V 720p worker, budget 32 GiB, plan from the checkpoint files"
+    grep -E "weights ready|start -> ready, fresh|POST->completed|peak|rror" "$OUT/logs/bench-a14b32.log" | cut -c1-330 | head -6
+    grep -hE "memory:|precompile:|compiled .* at launch|CUDA graphs|out of memory|Traceback" "$OUT/logs/e2e-a14b32"/worker.log \
+        | cut -c1-220 | head -6
+    rm -rf /tmp/turbovid-bench-weights-a14b
+    turbovid_bench 330
+    grep -rhE "memory:|another version of its source|compiled .* at launch" "$OUT/logs/e2e"/worker.log | cut -c1-200 | head -4
 elif [ "$mode" = s25x2a ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
