@@ -19,16 +19,20 @@ whose shared memory exceeds the part's.
 
 One line per case: the configs compiled and the largest shared memory among them; exit status 1 when a case
 fails to compile or a config the autotuner would keep needs more shared memory than `--smem` (227 KB, an
-H100/H200 block's limit).
+H100/H200 block's limit). The compiles are spread over `--jobs` processes (default: the CPUs, at most 8):
+process k of n compiles every n-th config of every case, in the same order, and the results are summed
+(a cold run is ~350 compiles, ~4 minutes on one core; each compile is single-threaded).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -72,9 +76,19 @@ def use_target(arch: int) -> None:
     driver.set_active(_TargetOnly())
 
 
+# this process's share of the compiles: (k, n) compiles the calls i with i % n == k (see `run`)
+_SHARD = [0, 1]
+_CALLS = [0]
+
+
 def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int, ...], smem: int,
              **args: object) -> None:
-    """Compile `fn` (a @triton.jit kernel) with `args` and one config; record it in `res`."""
+    """Compile `fn` (a @triton.jit kernel) with `args` and one config; record it in `res`. Another
+    process's share (see `run`) is skipped."""
+    call = _CALLS[0]
+    _CALLS[0] += 1
+    if call % _SHARD[1] != _SHARD[0]:
+        return
     if isinstance(cfg, triton.Config):
         meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     else:
@@ -245,17 +259,40 @@ CASES: dict[str, Callable[[int], Result]] = {
 }
 
 
-def run(cases: list[str] | None = None, arch: int = 90, smem: int = _SMEM) -> list[Result]:
-    """Compile the named cases (default all) for CUDA `arch`; the results, in order."""
+def _run_shard(cases: list[str], arch: int, smem: int, shard: int, shards: int) -> list[Result]:
+    """One process's share: every `shards`-th compile of the cases, starting at `shard`."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("the interpreter never compiles: run with TRITON_INTERPRET=0 (before importing kernels)")
     use_target(arch)
+    _SHARD[:] = [shard, shards]
+    _CALLS[0] = 0
     results = []
-    for name in cases or list(CASES):
+    for name in cases:
         try:
             results.append(CASES[name](smem))
         except Exception:  # noqa: BLE001 - a case that cannot even set up is a failure too
             results.append(Result(name, errors=[traceback.format_exc(limit=3).strip().splitlines()[-1]]))
+    return results
+
+
+def run(cases: list[str] | None = None, arch: int = 90, smem: int = _SMEM, jobs: int = 1) -> list[Result]:
+    """Compile the named cases (default all) for CUDA `arch` in `jobs` processes (1: this one); the results,
+    in order, each summed over the processes."""
+    names = cases or list(CASES)
+    if jobs <= 1:
+        return _run_shard(names, arch, smem, 0, 1)
+    # spawn: each process imports the kernels afresh and installs its own stand-in driver
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_run_shard, *zip(*[(names, arch, smem, k, jobs) for k in range(jobs)], strict=True)))
+    results = []
+    for i, first in enumerate(parts[0]):
+        merged = Result(first.case)
+        for part in parts:
+            r = part[i]
+            merged.compiled += r.compiled
+            merged.max_shared = max(merged.max_shared, r.max_shared)
+            merged.errors += [e for e in r.errors if e not in merged.errors]  # a set-up error comes from each
+        results.append(merged)
     return results
 
 
@@ -264,13 +301,14 @@ def main() -> None:
     ap.add_argument("cases", nargs="*", help=f"some of {', '.join(CASES)} (default: all)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability as one number (90: sm_90)")
     ap.add_argument("--smem", type=int, default=_SMEM, help="shared memory per block in bytes")
+    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compile processes")
     args = ap.parse_args()
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         ap.error(f"unknown cases {unknown}; known: {list(CASES)}")
-    print(f"triton {triton.__version__}, target sm_{args.arch}", flush=True)
+    print(f"triton {triton.__version__}, target sm_{args.arch}, {args.jobs} processes", flush=True)
     failed = False
-    for r in run(args.cases or None, args.arch, args.smem):
+    for r in run(args.cases or None, args.arch, args.smem, args.jobs):
         status = "ok" if not r.errors and r.compiled else "FAILED"
         failed |= status != "ok"
         print(f"{status:6} {r.case}: {r.compiled} configs compiled, max shared {r.max_shared} B", flush=True)

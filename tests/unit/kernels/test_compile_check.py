@@ -35,6 +35,19 @@ def test_every_gpu_kernel_form_compiles_for_sm90() -> None:
     assert min(counts) >= 3 and sum(counts) > 50, proc.stdout
 
 
+def test_the_compiles_split_over_processes_add_up_to_one_process() -> None:
+    # process k of n compiles every n-th config; the summed counts and largest shared memory equal one process's
+    cases = ["softmax_rows", "int8_quant"]
+    one, two = (_run(["-m", "kernels.compile_check", *cases, "--jobs", n], timeout=300) for n in ("1", "2"))
+    assert one.returncode == 0 and two.returncode == 0, one.stdout + one.stderr + two.stdout + two.stderr
+
+    def verdicts(proc: subprocess.CompletedProcess[str]) -> list[str]:
+        return [line for line in proc.stdout.splitlines() if line.startswith(("ok ", "FAILED"))]
+
+    assert len(verdicts(one)) == len(cases) and verdicts(one) == verdicts(two), (one.stdout, two.stdout)
+    assert "2 processes" in two.stdout
+
+
 def test_a_kernel_only_a_gpu_compile_rejects_is_reported(tmp_path: Path) -> None:
     # Inline PTX that ptxas rejects: the interpreter cannot run inline asm at all, so only a compile sees it.
     script = textwrap.dedent("""
