@@ -26,6 +26,8 @@ Reference: Wan2.1 ``wan/modules/model.py`` (WanAttentionBlock.forward).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -147,83 +149,6 @@ def _norm_modulate_store(
         _modulate_store(xc_b, rstd, sc1_b, sh_b, inv, offs_b, mask_b, out_ptr, OUT_INT8)
 
 
-@triton.jit
-def _ln_modulate_kernel(
-    # pointers
-    x_ptr,
-    shift_ptr,
-    scale_ptr,
-    out_ptr,  # x.dtype, or int8 when OUT_INT8
-    qscale_ptr,  # [B * L] fp32 per-token scales (OUT_INT8 only)
-    # sizes
-    N,  # rows = B * L
-    L,  # rows per batch element (persistent form: grid axis 1 is the batch element)
-    C,
-    stride_shift_b,
-    stride_scale_b,
-    eps,
-    # meta
-    BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
-    BLOCK_TAIL: tl.constexpr,  # next power of two >= C - BLOCK_C/2 (the second part when SPLIT)
-    SPLIT: tl.constexpr,  # row as two power-of-two parts [0, BLOCK_C/2) + [BLOCK_C/2, +BLOCK_TAIL); BLOCK_L = 1
-    BLOCK_L: tl.constexpr,  # rows per tile
-    PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
-    OUT_INT8: tl.constexpr,
-):
-    tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
-    if PROGS_PER_SM == 0:
-        # A. one tile of BLOCK_L whole rows per program, straight-line: every load of the tile (x and
-        #    its rows' shift/scale) is issued up front (fastest for bf16 out on the H200)
-        rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
-        cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
-        row_ok = rows < N
-        mask = row_ok[:, None] & (cols < C)[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        b = (rows // L).to(tl.int64)  # [BLOCK_L] each row's batch element (a tile may straddle two)
-        sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
-        sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
-        sc1, sh = 1.0 + sc.to(tl.float32), sh.to(tl.float32)  # masked lanes: y stays 0
-        _norm_modulate_store(x, x, mask, mask, offs, offs, sc1, sh, sc1, sh, rows, row_ok, C, eps, out_ptr,
-                             qscale_ptr, False, OUT_INT8)
-    else:
-        # B. persistent: PROGS_PER_SM programs per SM (shared by the batch) stride over one batch
-        #    element's tiles
-        # 1. loop-invariant: this batch element's modulation vectors, loaded once per program. Unsplit, part
-        #    a is the whole padded row; split (e.g. 5120 = 4096 + 1024), a is always full and b the tail.
-        tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
-        HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
-        b = tl.program_id(1).to(tl.int64)
-        cols_a = tl.arange(0, HEAD)  # [HEAD]
-        sh_ptr, sc_ptr = shift_ptr + b * stride_shift_b, scale_ptr + b * stride_scale_b
-        sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
-        sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
-        if SPLIT:
-            cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
-            sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
-            sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
-        else:
-            cols_b, sh_b, sc1_b = cols_a, sh_a, sc1_a  # unused
-
-        # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
-        num_tiles = tl.cdiv(L, BLOCK_L)
-        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-            pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L] positions within the batch element
-            row_ok = pos < L
-            rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
-            mask_a = row_ok[:, None] & (cols_a < C)[None, :]
-            offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
-            x_a = tl.load(x_ptr + offs_a, mask=mask_a, other=0.0).to(tl.float32)
-            if SPLIT:
-                mask_b = row_ok[:, None] & (cols_b < C)[None, :]
-                offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
-                x_b = tl.load(x_ptr + offs_b, mask=mask_b, other=0.0).to(tl.float32)
-            else:
-                mask_b, offs_b, x_b = mask_a, offs_a, x_a  # unused
-            _norm_modulate_store(x_a, x_b, mask_a, mask_b, offs_a, offs_b, sc1_a, sh_a, sc1_b, sh_b, rows,
-                                 row_ok, C, eps, out_ptr, qscale_ptr, SPLIT, OUT_INT8)
-
-
 # 2b. the residual add in front: x' = x + gate * y, then the above on x', in one pass ----------------------
 # Wan's blocks add each branch back into the fp32 residual stream and normalize the sum right away (norm3
 # after the self-attention, norm2 after the cross-attention). Fused, the pass reads x and y and writes x' and
@@ -261,39 +186,29 @@ def _residual_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, HAS_GATE: tl.constexp
 
 
 @triton.jit
-def _residual_ln_modulate_kernel(
-    # pointers
-    x_ptr,
-    y_ptr,
-    gate_ptr,  # [B, C] (HAS_GATE only)
-    x_out_ptr,  # x + gate * y, x.dtype
-    shift_ptr,
-    scale_ptr,
-    out_ptr,  # x.dtype, or int8 when OUT_INT8
-    qscale_ptr,  # [B * L] fp32 per-token scales (OUT_INT8 only)
-    # sizes
-    N,  # rows = B * L
-    L,  # rows per batch element (persistent form: grid axis 1 is the batch element)
-    C,
-    stride_gate_b,
-    stride_shift_b,
-    stride_scale_b,
-    eps,
-    # meta
-    BLOCK_C: tl.constexpr,
-    BLOCK_TAIL: tl.constexpr,
-    SPLIT: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    PROGS_PER_SM: tl.constexpr,
-    HAS_GATE: tl.constexpr,  # False: x + y
-    OUT_INT8: tl.constexpr,
+def _row_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr):
+    """One part of a tile's rows in fp32: loaded, or (RESIDUAL) x + g * y computed and stored by `_residual_part`."""
+    if RESIDUAL:
+        return _residual_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, HAS_GATE)
+    return tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _ln_modulate_tiles(
+    x_ptr, y_ptr, gate_ptr, x_out_ptr,  # y, gate, x_out: RESIDUAL only (gate: HAS_GATE only)
+    shift_ptr, scale_ptr, out_ptr, qscale_ptr,
+    N, L, C, stride_gate_b, stride_shift_b, stride_scale_b, eps,
+    BLOCK_C: tl.constexpr, BLOCK_TAIL: tl.constexpr, SPLIT: tl.constexpr, BLOCK_L: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr, OUT_INT8: tl.constexpr,
 ):
-    """`_ln_modulate_kernel` (same forms, same meta) on x' = x + gate * y, computed and stored by the pass
-    itself: each part of a row comes from `_residual_part` instead of a load of x, and the rest is the same
-    helper, so the two passes it replaces give the same bits."""
+    """The tiles of both kernels (their arguments are documented there). Each part of a row comes from
+    `_row_part` (a load, or the residual add), then `_norm_modulate_store` does the rest, so the fused
+    residual pass gives the bits of the two passes it replaces."""
     tl.static_assert(PROGS_PER_SM > 0 or not SPLIT, "only the persistent form splits rows")
+    GATED: tl.constexpr = RESIDUAL and HAS_GATE
     if PROGS_PER_SM == 0:
-        # A. one tile of BLOCK_L whole rows per program, straight-line
+        # A. one tile of BLOCK_L whole rows per program, straight-line: every load of the tile (x, y and
+        #    its rows' gate/shift/scale) is issued up front (fastest for bf16 out on the H200)
         rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
         cols = tl.arange(0, BLOCK_C)  # [BLOCK_C]
         row_ok = rows < N
@@ -301,9 +216,9 @@ def _residual_ln_modulate_kernel(
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]  # [BLOCK_L, BLOCK_C]
         b = (rows // L).to(tl.int64)  # [BLOCK_L] each row's batch element (a tile may straddle two)
         g = 0.0
-        if HAS_GATE:
+        if GATED:
             g = tl.load(gate_ptr + b[:, None] * stride_gate_b + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = _residual_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, HAS_GATE)
+        x = _row_part(x_ptr, y_ptr, g, x_out_ptr, offs, mask, RESIDUAL, HAS_GATE)
         sh = tl.load(shift_ptr + b[:, None] * stride_shift_b + cols[None, :], mask=mask, other=0.0)
         sc = tl.load(scale_ptr + b[:, None] * stride_scale_b + cols[None, :], mask=mask, other=0.0)
         sc1, sh = 1.0 + sc.to(tl.float32), sh.to(tl.float32)  # masked lanes: y stays 0
@@ -312,7 +227,9 @@ def _residual_ln_modulate_kernel(
     else:
         # B. persistent: PROGS_PER_SM programs per SM (shared by the batch) stride over one batch
         #    element's tiles
-        # 1. loop-invariant: this batch element's gate and modulation vectors, loaded once per program
+        # 1. loop-invariant: this batch element's gate and modulation vectors, loaded once per program.
+        #    Unsplit, part a is the whole padded row; split (e.g. 5120 = 4096 + 1024), a is always full and
+        #    b the tail.
         tl.static_assert(BLOCK_L == 1 or not SPLIT, "a split row is reduced as a scalar: one row per tile")
         HEAD: tl.constexpr = BLOCK_C // 2 if SPLIT else BLOCK_C
         b = tl.program_id(1).to(tl.int64)
@@ -321,17 +238,17 @@ def _residual_ln_modulate_kernel(
         sh_a = tl.load(sh_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
         sc1_a = 1.0 + tl.load(sc_ptr + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
         g_a = 0.0
-        if HAS_GATE:
+        if GATED:
             g_a = tl.load(gate_ptr + b * stride_gate_b + cols_a, mask=cols_a < C, other=0.0).to(tl.float32)[None, :]
         if SPLIT:
             cols_b = HEAD + tl.arange(0, BLOCK_TAIL)  # [BLOCK_TAIL]
             sh_b = tl.load(sh_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
             sc1_b = 1.0 + tl.load(sc_ptr + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
             g_b = 0.0
-            if HAS_GATE:
+            if GATED:
                 g_b = tl.load(gate_ptr + b * stride_gate_b + cols_b, mask=cols_b < C, other=0.0).to(tl.float32)[None, :]
         else:
-            cols_b, sh_b, sc1_b = cols_a, sh_a, sc1_a  # unused
+            cols_b, sh_b, sc1_b, g_b = cols_a, sh_a, sc1_a, g_a  # unused
 
         # 2. tiles of BLOCK_L whole rows of batch element b; a persistent program strides over them
         num_tiles = tl.cdiv(L, BLOCK_L)
@@ -341,15 +258,58 @@ def _residual_ln_modulate_kernel(
             rows = b * L + pos.to(tl.int64)  # [BLOCK_L] flattened row index
             mask_a = row_ok[:, None] & (cols_a < C)[None, :]
             offs_a = rows[:, None] * C + cols_a[None, :]  # [BLOCK_L, HEAD]
-            x_a = _residual_part(x_ptr, y_ptr, g_a, x_out_ptr, offs_a, mask_a, HAS_GATE)
+            x_a = _row_part(x_ptr, y_ptr, g_a, x_out_ptr, offs_a, mask_a, RESIDUAL, HAS_GATE)
             if SPLIT:
                 mask_b = row_ok[:, None] & (cols_b < C)[None, :]
                 offs_b = rows[:, None] * C + cols_b[None, :]  # [1, BLOCK_TAIL]
-                x_b = _residual_part(x_ptr, y_ptr, g_b, x_out_ptr, offs_b, mask_b, HAS_GATE)
+                x_b = _row_part(x_ptr, y_ptr, g_b, x_out_ptr, offs_b, mask_b, RESIDUAL, HAS_GATE)
             else:
                 mask_b, offs_b, x_b = mask_a, offs_a, x_a  # unused
             _norm_modulate_store(x_a, x_b, mask_a, mask_b, offs_a, offs_b, sc1_a, sh_a, sc1_b, sh_b, rows,
                                  row_ok, C, eps, out_ptr, qscale_ptr, SPLIT, OUT_INT8)
+
+
+@triton.jit
+def _ln_modulate_kernel(
+    # pointers
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    out_ptr,  # x.dtype, or int8 when OUT_INT8
+    qscale_ptr,  # [B * L] fp32 per-token scales (OUT_INT8 only)
+    # sizes
+    N,  # rows = B * L
+    L,  # rows per batch element (persistent form: grid axis 1 is the batch element)
+    C,
+    stride_shift_b,
+    stride_scale_b,
+    eps,
+    # meta
+    BLOCK_C: tl.constexpr,  # next power of two >= C (the whole row lives in registers)
+    BLOCK_TAIL: tl.constexpr,  # next power of two >= C - BLOCK_C/2 (the second part when SPLIT)
+    SPLIT: tl.constexpr,  # row as two power-of-two parts [0, BLOCK_C/2) + [BLOCK_C/2, +BLOCK_TAIL); BLOCK_L = 1
+    BLOCK_L: tl.constexpr,  # rows per tile
+    PROGS_PER_SM: tl.constexpr,  # 0: one program per tile; k > 0: persistent grid of k programs per SM
+    OUT_INT8: tl.constexpr,
+):
+    _ln_modulate_tiles(x_ptr, x_ptr, x_ptr, x_ptr, shift_ptr, scale_ptr, out_ptr, qscale_ptr, N, L, C, 0,
+                       stride_shift_b, stride_scale_b, eps, BLOCK_C, BLOCK_TAIL, SPLIT, BLOCK_L, PROGS_PER_SM,
+                       False, False, OUT_INT8)
+
+
+@triton.jit
+def _residual_ln_modulate_kernel(
+    x_ptr, y_ptr, gate_ptr, x_out_ptr,  # x' = x + gate * y (gate [B, C], HAS_GATE only) stored to x_out
+    shift_ptr, scale_ptr, out_ptr, qscale_ptr,  # as `_ln_modulate_kernel`'s
+    N, L, C, stride_gate_b, stride_shift_b, stride_scale_b, eps,
+    BLOCK_C: tl.constexpr, BLOCK_TAIL: tl.constexpr, SPLIT: tl.constexpr, BLOCK_L: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr, HAS_GATE: tl.constexpr, OUT_INT8: tl.constexpr,  # HAS_GATE False: x + y
+):
+    """`_ln_modulate_kernel` (same forms, same meta) on x' = x + gate * y, computed and stored by the pass
+    itself (`_ln_modulate_tiles` with RESIDUAL)."""
+    _ln_modulate_tiles(x_ptr, y_ptr, gate_ptr, x_out_ptr, shift_ptr, scale_ptr, out_ptr, qscale_ptr, N, L, C,
+                       stride_gate_b, stride_shift_b, stride_scale_b, eps, BLOCK_C, BLOCK_TAIL, SPLIT, BLOCK_L,
+                       PROGS_PER_SM, True, HAS_GATE, OUT_INT8)
 
 
 # 3. autotune configs ----------------------------------------------------------------------------------
@@ -382,6 +342,20 @@ def _check(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> None:
             raise TypeError(f"{name} must be floating point, got {t.dtype}")
 
 
+def _grid(B: int, L: int, device: torch.device) -> Callable[[dict], tuple[int, int]]:
+    """Both kernels' launch grid for a config: one program per tile of the flattened rows (straight-line),
+    or PROGS_PER_SM programs per SM shared by the batch elements (persistent; axis 1 = batch element)."""
+    sms = num_sms(device)
+
+    def grid(meta: dict) -> tuple[int, int]:
+        if not meta["PROGS_PER_SM"]:
+            return (triton.cdiv(B * L, meta["BLOCK_L"]), 1)
+        tiles = triton.cdiv(L, meta["BLOCK_L"])
+        return (max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)), B)
+
+    return grid
+
+
 def _launch(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -398,14 +372,7 @@ def _launch(
         return
     shift = shift if shift.stride(1) == 1 else shift.contiguous()
     scale = scale if scale.stride(1) == 1 else scale.contiguous()
-    sms = num_sms(x.device)
-
-    def grid(meta: dict) -> tuple[int, int]:
-        if not meta["PROGS_PER_SM"]:  # straight-line: one program per tile of the flattened rows
-            return (triton.cdiv(B * L, meta["BLOCK_L"]), 1)
-        tiles = triton.cdiv(L, meta["BLOCK_L"])
-        return (max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)), B)
-
+    grid = _grid(B, L, x.device)
     kernel = _ln_modulate if config is None else _ln_modulate_kernel
     kernel[grid](
         x,
@@ -456,14 +423,7 @@ def _launch_residual(
     scale = scale if scale.stride(1) == 1 else scale.contiguous()
     if gate is not None and gate.stride(1) != 1:
         gate = gate.contiguous()
-    sms = num_sms(x.device)
-
-    def grid(meta: dict) -> tuple[int, int]:
-        if not meta["PROGS_PER_SM"]:
-            return (triton.cdiv(B * L, meta["BLOCK_L"]), 1)
-        tiles = triton.cdiv(L, meta["BLOCK_L"])
-        return (max(1, min(tiles, sms * meta["PROGS_PER_SM"] // B)), B)
-
+    grid = _grid(B, L, x.device)
     kernel = _residual_ln_modulate if config is None else _residual_ln_modulate_kernel
     kernel[grid](
         x,

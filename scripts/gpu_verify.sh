@@ -103,6 +103,9 @@
 #   bash scripts/gpu_verify.sh s25b     one GPU, ~8 min: the A14B I2V 720p job through real processes within 32 GiB with
 #                                       the memory plan sized from the checkpoint files (experts offloaded, the 2-layer
 #                                       umT5 resident, smaller VAE chunks), then turbovid bench on the 1.3B (regression)
+#   bash scripts/gpu_verify.sh s25c     one GPU, ~7 min: adaln's two kernels share one tile body: its GPU tests (every
+#                                       config too), then the shipped choices and both models' kernel lists re-recorded
+#                                       (1.3B 480p, then the 14B 720p starting from the 1.3B run's choices)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -520,6 +523,23 @@ elif [ "$mode" = s25b ]; then
     rm -rf /tmp/turbovid-bench-weights-a14b
     turbovid_bench 330
     grep -rhE "memory:|another version of its source|compiled .* at launch" "$OUT/logs/e2e"/worker.log | cut -c1-200 | head -4
+elif [ "$mode" = s25c ]; then
+    timeout 230 python3 -m pytest -q -p no:cacheprovider --timeout 220 -m gpu tests/unit/kernels/test_adaln.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 120 --job-timeout 60 --logs "$OUT/logs/e2e13" > "$OUT/logs/bench13.log" 2>&1
+    echo "== 1.3B 480p"; grep -E "start -> ready, fresh|POST->completed|rror" "$OUT/logs/bench13.log" | cut -c1-250 | head -4
+    grep -hE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e13"/worker.log | cut -c1-200 | head -3
+    # the 14B run starts from the 1.3B run's choices, so its saved file holds both models' (the ones shipped)
+    cp "$OUT"/logs/e2e13/NVIDIA_H200-cc90-*.json worker/autotune/NVIDIA_H200-cc90.json
+    timeout 200 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
+        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 1 --no-restart --skip-stages \
+        --start-timeout 170 --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
+    echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|rror" "$OUT/logs/bench14.log" | cut -c1-250 | head -4
+    grep -hE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-200 | head -3
+    mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e14/NVIDIA_H200-cc90-*.json "$OUT/ship/" \
+        && cp "$OUT"/logs/e2e13/kernels-*.json "$OUT"/logs/e2e14/kernels-*.json "$OUT/ship/"; ls "$OUT/ship"
 elif [ "$mode" = s25x2a ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
