@@ -106,6 +106,8 @@
 #   bash scripts/gpu_verify.sh s25c     one GPU, ~7 min: adaln's two kernels share one tile body: its GPU tests (every
 #                                       config too), then the shipped choices and both models' kernel lists re-recorded
 #                                       (1.3B 480p, then the 14B 720p starting from the 1.3B run's choices)
+#   bash scripts/gpu_verify.sh s25d     one GPU, ~6 min: turbovid bench on the 1.3B with s25c's shipped files (fresh start
+#                                       compiles nothing; the in-process part adds the baseline's bf16-out norm choices)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -540,6 +542,11 @@ elif [ "$mode" = s25c ]; then
     grep -hE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-200 | head -3
     mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e14/NVIDIA_H200-cc90-*.json "$OUT/ship/" \
         && cp "$OUT"/logs/e2e13/kernels-*.json "$OUT"/logs/e2e14/kernels-*.json "$OUT/ship/"; ls "$OUT/ship"
+elif [ "$mode" = s25d ]; then
+    turbovid_bench 400
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source" "$OUT/logs/e2e"/worker.log \
+        | cut -c1-200 | head -6
+    mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e/NVIDIA_H200-cc90-*.json "$OUT"/logs/e2e/kernels-*.json "$OUT/ship/"
 elif [ "$mode" = s25x2a ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
