@@ -31,6 +31,8 @@ class WorkerInfo(BaseModel):
     started_at: float
     ready: bool = True  # False while the model is still loading
     ranks: int = 1  # sequence-parallel ranks (GPUs) behind this one consumer (`turbovid worker --gpus N`)
+    gpu_memory_gb: float | None = None  # the memory budget it runs under (worker.gpu_memory_gb), None: the device's
+    offload: list[str] = []  # what its memory plan keeps off the device between uses: "experts", "text_encoder"
 
     @property
     def sla(self) -> bool:

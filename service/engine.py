@@ -279,12 +279,19 @@ class Engine:
 
 
 def worker_pools(workers: list[WorkerInfo]) -> list[dict[str, Any]]:
-    """Live workers grouped by what they run: solver, attention, linear, with ready/loading counts."""
-    counts: Counter[tuple[str, str, str, bool]] = Counter(
-        (w.solver, w.attention, w.linear, w.ready) for w in workers)
-    pools: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for (solver, attention, linear, ready), n in sorted(counts.items()):
-        pool = pools.setdefault((solver, attention, linear), {"solver": solver, "attention": attention,
-                                                              "linear": linear, "ready": 0, "loading": 0})
+    """Live workers grouped by what they run: solver, attention, linear, GPUs per worker (ranks), memory budget
+    and what it offloads, with ready/loading counts."""
+    Key = tuple[str, str, str, int, float | None, tuple[str, ...]]
+    counts: Counter[tuple[Key, bool]] = Counter(
+        ((w.solver, w.attention, w.linear, w.ranks, w.gpu_memory_gb, tuple(w.offload)), w.ready) for w in workers)
+    pools: dict[Key, dict[str, Any]] = {}
+    def order(item: tuple[tuple[Key, bool], int]) -> tuple[Any, ...]:  # no budget (None) before any budget
+        (solver, attention, linear, ranks, budget, offload), ready = item[0]
+        return solver, attention, linear, ranks, budget is not None, budget or 0.0, offload, ready
+
+    for (key, ready), n in sorted(counts.items(), key=order):
+        solver, attention, linear, ranks, budget, offload = key
+        pool = pools.setdefault(key, {"solver": solver, "attention": attention, "linear": linear, "ranks": ranks,
+                                      "gpu_memory_gb": budget, "offload": list(offload), "ready": 0, "loading": 0})
         pool["ready" if ready else "loading"] += n
     return list(pools.values())

@@ -1,7 +1,8 @@
 """`GET /v1/models`: the models this gateway serves, what their live workers run, which knobs they honour.
 
 Per model: the catalog's card (kind, sizes, default size, frames, the solver its checkpoints are made
-for), the live workers grouped by what they run (solver, attention, linear; ready/loading counts), the
+for), the live workers grouped by what they run (solver, attention, linear, GPUs per worker, memory budget and
+offloads; ready/loading counts), the
 `Capabilities` a create is checked against now, and the knobs honoured or refused under them. Which
 knobs are honoured is asked of `GenerationParams.check` itself (one rule, not restated here).
 """

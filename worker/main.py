@@ -124,6 +124,14 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     return pipeline  # type: ignore[no-any-return]
 
 
+def offloads(pipeline: Any) -> list[str]:
+    """What the loaded pipeline keeps off the device between uses (its memory plan's offloads), as advertised
+    in /v1/models: "experts" (two-expert models: one device slot), "text_encoder"."""
+    pipe = pipeline.pipe if isinstance(pipeline, RankedPipeline) else pipeline  # ranks: rank 0's, planned alike
+    return [name for name, attr in (("experts", "expert_offload"), ("text_encoder", "text_encoder_offload"))
+            if getattr(pipe, attr, None) is not None]
+
+
 class TurboWorker(SimpleWorker):
     """SimpleWorker that runs each job with its WorkerContext, shares its stop flag with the job and
     re-queues interrupted jobs."""
@@ -258,7 +266,8 @@ def run_worker(
                 pipeline = load(settings, device, dtype)
         codec = warmup.warm_up(pipeline, w, kernels).codec if w.warmup else None  # served sizes, kernel caches
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
-                                            "linear": pipeline.linear, "ready": True})
+                                            "linear": pipeline.linear, "ready": True,
+                                            "gpu_memory_gb": w.gpu_memory_gb, "offload": offloads(pipeline)})
         beat.advertise()
         metrics.ready.set()  # the metrics server's /ready (the k8s startupProbe) now answers 200
         ctx = WorkerContext(settings=settings, pipeline=pipeline, store=store, jobs=jobs, storage=storage,

@@ -139,9 +139,10 @@ def test_models_show_advertised_workers_and_the_knobs_they_honour(client: TestCl
     data = {m["id"]: m for m in client.get("/v1/models", headers=A).json()["data"]}
     tiny, i2v = data["wan-tiny"], data["wan-tiny-i2v"]
     assert tiny["workers"]["ready"] == 2 and tiny["workers"]["loading"] == 1
+    one_gpu = {"ranks": 1, "gpu_memory_gb": None, "offload": []}
     assert tiny["workers"]["running"] == [
-        {"solver": "flow", "attention": "sagesla", "linear": "native", "ready": 1, "loading": 0},
-        {"solver": "flow", "attention": "sla", "linear": "w8a8", "ready": 1, "loading": 1},
+        {"solver": "flow", "attention": "sagesla", "linear": "native", **one_gpu, "ready": 1, "loading": 0},
+        {"solver": "flow", "attention": "sla", "linear": "w8a8", **one_gpu, "ready": 1, "loading": 1},
     ]
     assert tiny["capabilities"] == {"solver": "flow", "sla": True}
     assert set(tiny["knobs"]["honoured"]) == {"prompt", "num_steps", "seed", "negative_prompt", "guidance_scale",

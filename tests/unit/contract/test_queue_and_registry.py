@@ -134,3 +134,26 @@ def test_slots_of_jobs_that_ended_unnoticed_are_swept(client, keys):
     client.delete(keys.job("video_new"))
     client.zadd(keys.active("k"), {"video_new": time.time() - 500, "video_inflight": time.time() - 500})
     assert store.sweep_all_slots(**ttl) == 2 and store.active_count("k") == 0
+
+
+def test_worker_pools_show_ranks_budget_and_offloads_and_read_older_records(client, keys):
+    from service.engine import worker_pools
+
+    reg = WorkerRegistry(client, keys)
+    reg.advertise(_info("a", linear="w8a8"), ttl_s=30)
+    reg.advertise(_info("b", linear="w8a8", gpu_memory_gb=32.0, offload=["experts"]), ttl_s=30)
+    reg.advertise(_info("c", linear="w8a8", gpu_memory_gb=32.0, offload=["experts"], ready=False), ttl_s=30)
+    reg.advertise(_info("d", linear="w8a8", ranks=2), ttl_s=30)
+    # a record written before these fields existed (a worker of the previous release) still reads
+    old = _info("e", linear="w8a8").model_dump()
+    for field in ("gpu_memory_gb", "offload"):
+        old.pop(field)
+    client.set(keys.worker("e"), json.dumps(old), ex=30)
+    client.sadd(keys.workers("wan-tiny"), "e")
+    pools = worker_pools(reg.live("wan-tiny"))
+    common = {"solver": "rcm", "attention": "dense", "linear": "w8a8"}
+    assert pools == [
+        {**common, "ranks": 1, "gpu_memory_gb": None, "offload": [], "ready": 2, "loading": 0},  # a and e
+        {**common, "ranks": 1, "gpu_memory_gb": 32.0, "offload": ["experts"], "ready": 1, "loading": 1},
+        {**common, "ranks": 2, "gpu_memory_gb": None, "offload": [], "ready": 1, "loading": 0},
+    ]

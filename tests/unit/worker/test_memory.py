@@ -67,6 +67,9 @@ def test_load_model_pipeline_offloads_what_the_budget_wants(tmp_path):
     resident, small = load(None), load(0.5)
     assert resident.text_encoder_offload is None  # CPU without a budget: everything resident
     assert small.text_encoder_offload is not None  # below the estimate: the encoder only while encoding
+    from worker.main import offloads
+
+    assert offloads(resident) == [] and offloads(small) == ["text_encoder"]  # what /v1/models shows
     from models.vae import DEFAULT_MEMORY_BUDGET
 
     assert resident.vae.memory_budget == DEFAULT_MEMORY_BUDGET  # no budget: the VAE's own chunk budget
