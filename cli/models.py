@@ -1,4 +1,4 @@
-"""`turbovid generate | convert | download`: the offline model commands.
+"""`turbovid generate | convert | download | memory-plan`: the offline model commands.
 
 Registered on the `turbovid` parser by cli/main.py through `add_model_commands(subparsers)`. These
 are entry points: they read their arguments and pass plain values down. `generate` builds the same
@@ -97,6 +97,23 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     d.add_argument("--dir", type=Path, default=Path("checkpoints"))
     d.add_argument("--full-precision", action="store_true", help="the bf16 DiT instead of the -quant one")
     d.set_defaults(func=_user_errors(_download))
+
+    m = sub.add_parser("memory-plan", help="what a worker would keep on the GPU and offload, without loading",
+                       description="The memory plan a worker makes at start (worker/memory.py), from the checkpoint "
+                                   "files' headers (or the catalog presets without --checkpoint): per component, "
+                                   "what it offloads under the budget and the VAE's chunk budget. Exit status 1 "
+                                   "when even the plan's offloads do not fit.")
+    m.add_argument("--model", required=True, choices=sorted(MODELS), metavar="ID", help="model id")
+    m.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",
+                   help="checkpoint files/folders or ROLE=PATH, as the worker takes them (TURBOVID_WORKER__CHECKPOINT)")
+    m.add_argument("--gpu-memory-gb", type=float, default=None,
+                   help="the worker's budget in GiB (TURBOVID_WORKER__GPU_MEMORY_GB); default: the GPU's memory")
+    m.add_argument("--device-memory-gb", type=float, default=None,
+                   help="the GPU's memory in GiB (default: this machine's first GPU; e.g. 31.4 for an RTX 5090)")
+    m.add_argument("--linear", choices=["auto", "native", "w8a8"], default="auto", help="TURBOVID_WORKER__LINEAR")
+    m.add_argument("--solver", choices=["auto", "rcm", "flow"], default="auto", help="TURBOVID_WORKER__SOLVER")
+    m.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="compute dtype")
+    m.set_defaults(func=_user_errors(_memory_plan))
 
 
 def _models_epilog() -> str:
@@ -244,3 +261,43 @@ def _download(args: argparse.Namespace) -> int:
         print(f"fetched {folder}")
     print(f"then: turbovid generate --model {card.id} --checkpoint {' '.join(checkpoints)} --prompt ... --out x.mp4")
     return 0
+
+
+def _memory_plan(args: argparse.Namespace) -> int:
+    from contract.catalog import get_card
+    from worker.memory import GIB, checkpoint_gib, estimate_gib, plan_memory
+
+    card = get_card(args.model)
+    dtype_bytes = 4 if args.dtype == "float32" else 2
+    device_gib = args.device_memory_gb
+    if device_gib is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+        raise ValueError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
+    weights = checkpoint_gib(card, args.checkpoint, linear=args.linear, dtype_bytes=dtype_bytes, solver=args.solver,
+                             strict=True)
+    plan = plan_memory(card, budget_gib=args.gpu_memory_gb, device_gib=device_gib, linear=args.linear,
+                       dtype_bytes=dtype_bytes, weights=weights)
+    est = estimate_gib(card, linear=args.linear, dtype_bytes=dtype_bytes)
+    rows: list[tuple[str, float]] = []
+    if weights is not None:
+        rows += [(f"DiT {role}", gib) for role, gib in weights.dits.items()]
+    else:
+        rows += [(f"DiT {role}", est["dit"]) for role in (("high", "low") if card.experts else ("",))]
+    text = weights.text_encoder if weights is not None and weights.text_encoder is not None else est["text_encoder"]
+    rows += [("text encoder", text), ("VAE (allowance)", est["vae"]),
+             (f"activations (largest size, {card.max_frames} frames)", est["activations"])]
+    print(f"{card.id}: linear {args.linear}, {args.dtype}, weights from the "
+          f"{'checkpoint files' if weights is not None else 'catalog presets'}")
+    for name, gib in rows:
+        print(f"  {name.strip():<40} {gib:7.2f} GiB")
+    print(plan.describe())
+    if plan.vae_budget_gib is not None:
+        print(f"VAE chunk budget: {plan.vae_budget_gib:.1f} GiB")
+    if plan.budget_gib is None:
+        print("(no GPU here and no --gpu-memory-gb / --device-memory-gb: nothing to plan against)")
+        return 0
+    return 0 if plan.need_gib <= plan.budget_gib else 1

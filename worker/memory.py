@@ -185,10 +185,11 @@ def text_encoder_bytes(shapes: Mapping[str, tuple[int, ...]], *, dtype_bytes: in
 
 
 def checkpoint_gib(card: ModelCard, checkpoints: list[str] | list[Path], *, linear: str, dtype_bytes: int,
-                   solver: str | None = None) -> CheckpointSizes | None:
+                   solver: str | None = None, strict: bool = False) -> CheckpointSizes | None:
     """The on-device GiB of the DiT(s) and text encoder the worker will load for `card` from
     `checkpoints` (headers only); None when there are none to read or they cannot be sized (the caller
-    falls back to the presets, and the loader reports any real problem with the files)."""
+    falls back to the presets, and the loader reports any real problem with the files). strict: raise
+    instead (`turbovid memory-plan`, where the files are the question)."""
     if not checkpoints:
         return None
     from models.checkpoint_components import resolve_components
@@ -205,6 +206,8 @@ def checkpoint_gib(card: ModelCard, checkpoints: list[str] | list[Path], *, line
         if parts.text_encoder is not None:
             text = text_encoder_bytes(read_shapes(parts.text_encoder), dtype_bytes=dtype_bytes) / GIB
     except Exception as exc:  # noqa: BLE001 - sizing is advisory: the loader gives the real error
+        if strict:
+            raise
         log.warning("memory plan: could not size the checkpoint files (%s); using the catalog's presets", exc)
         return None
     return CheckpointSizes(dits, text)

@@ -244,3 +244,27 @@ def test_load_model_pipeline_sizes_the_checkpoint_it_loads(tiny_dir, tmp_path, c
         pipe = load_model_pipeline(settings, "cpu", "float32")
     assert "weights from the checkpoint files" in caplog.text
     assert pipe.text_encoder_offload is not None  # 0.5 GiB is below even the tiny model's allowances
+
+
+def test_memory_plan_command_prints_the_plan_and_says_if_it_fits(tiny_dir, tmp_path, capsys):
+    from cli.main import main
+
+    # the tiny model's files, sized from their headers: both DiTs, the text encoder; it fits 100 GiB
+    assert main(["memory-plan", "--model", "wan-tiny", "--checkpoint", str(tiny_dir),
+                 "--device-memory-gb", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "weights from the checkpoint files" in out and "offload: nothing" in out
+    assert "DiT t2v" in out and "DiT i2v" in out and "text encoder" in out
+    # a budget below even its allowances: exit 1, the plan says so
+    assert main(["memory-plan", "--model", "wan-tiny", "--checkpoint", str(tiny_dir), "--gpu-memory-gb", "0.5",
+                 "--device-memory-gb", "100"]) == 1
+    out = capsys.readouterr().out
+    assert "offload: text encoder" in out and "over the budget" in out and "VAE chunk budget: 1.0 GiB" in out
+    # the A14B on an RTX 5090's 31.4 GiB from the presets: int8 experts share one slot, umT5 off the device
+    assert main(["memory-plan", "--model", "wan2.2-i2v-a14b", "--linear", "w8a8", "--device-memory-gb", "31.4"]) == 0
+    out = capsys.readouterr().out
+    assert "catalog presets" in out and "offload: experts, text encoder" in out and "over the budget" not in out
+    # files that are not there are an error (exit 2), not a silent fallback to the presets
+    assert main(["memory-plan", "--model", "wan-tiny", "--checkpoint", str(tmp_path / "nope"),
+                 "--device-memory-gb", "100"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
