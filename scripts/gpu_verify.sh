@@ -108,6 +108,7 @@
 #                                       (1.3B 480p, then the 14B 720p starting from the 1.3B run's choices)
 #   bash scripts/gpu_verify.sh s25d     one GPU, ~6 min: turbovid bench on the 1.3B with s25c's shipped files (fresh start
 #                                       compiles nothing; the in-process part adds the baseline's bf16-out norm choices)
+#   bash scripts/gpu_verify.sh s25e     one GPU, ~3 min: the 14B 720p worker's fresh start from the re-recorded list
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -547,6 +548,13 @@ elif [ "$mode" = s25d ]; then
     grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source" "$OUT/logs/e2e"/worker.log \
         | cut -c1-200 | head -6
     mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e/NVIDIA_H200-cc90-*.json "$OUT"/logs/e2e/kernels-*.json "$OUT/ship/"
+elif [ "$mode" = s25e ]; then
+    timeout 230 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
+        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 170 --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
+    echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench14.log" \
+        | cut -c1-250 | head -6
+    grep -hE "memory:|precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-220 | head -4
 elif [ "$mode" = s25x2a ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
