@@ -49,6 +49,7 @@ from typing import Any
 
 from contract.catalog import ModelCard, get_card
 from contract.settings import WorkerSettings
+from worker.precompile import safe_name
 
 COMPLETE = "COMPLETE"
 STAGES = ("text_encode", "denoise", "vae_decode", "video_encode")
@@ -696,9 +697,9 @@ def copy_shippable(cache_dir: Path, dest: Path) -> None:
     `<GPU>.<model>.kernels.json`), under file-name-safe names."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in (cache_dir / "autotune").glob("*.json"):
-        shutil.copy(path, dest / re.sub(r"[^A-Za-z0-9._-]", "_", path.name))
+        shutil.copy(path, dest / safe_name(path.name))
     for path in (cache_dir / "kernels").glob("*/*.json"):  # kernels/<model>/<device>.json
-        shutil.copy(path, dest / re.sub(r"[^A-Za-z0-9._-]", "_", f"kernels-{path.parent.name}-{path.name}"))
+        shutil.copy(path, dest / safe_name(f"kernels-{path.parent.name}-{path.name}"))
 
 
 def parse_worker_settings(items: list[str]) -> dict[str, str]:
@@ -793,7 +794,7 @@ def run(args: argparse.Namespace) -> int:
         if args.logs is not None and (tmp / "e2e").is_dir():
             args.logs.mkdir(parents=True, exist_ok=True)
             for log_file in (tmp / "e2e").glob("*.log"):
-                shutil.copy(log_file, args.logs / re.sub(r"[^A-Za-z0-9._-]", "_", log_file.name))
+                shutil.copy(log_file, args.logs / safe_name(log_file.name))
             copy_shippable(tmp / "e2e" / "cache", args.logs)
         shutil.rmtree(tmp, ignore_errors=True)
     return code

@@ -441,9 +441,10 @@ def _failed(report: PrecompileReport, entry: KernelSpec, exc: BaseException) -> 
         report.errors.append(f"{entry.kernel}: {type(exc).__name__}: {str(exc).strip()[:200]}")
 
 
-def model_part(model: str) -> str:
-    """`model` as a file-name part (catalog ids are already safe: "wan2.1-t2v-14b")."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", model)
+def safe_name(text: str) -> str:
+    """`text` as a file-name part: anything but letters, digits, ".", "_" and "-" as "_" (catalog ids are
+    already safe: "wan2.1-t2v-14b"; device tags are not: "+cu130")."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def same_transformer(model: str) -> list[str]:
@@ -470,7 +471,7 @@ def shipped_list(model: str) -> Path:
     from worker.warmup import gpu_tag
 
     def path(m: str) -> Path:
-        return SHIPPED / f"{gpu_tag()}.{model_part(m)}.kernels.json"
+        return SHIPPED / f"{gpu_tag()}.{safe_name(m)}.kernels.json"
 
     return next((path(m) for m in [model, *same_transformer(model)] if path(m).is_file()), path(model))
 
@@ -481,7 +482,7 @@ def lists_for(cache_dir: Path, model: str) -> tuple[Path, Path]:
     compiling them would hold up its start (the warm-up waits for the precompile)."""
     from worker.warmup import device_tag
 
-    return shipped_list(model), Path(cache_dir) / "kernels" / model_part(model) / f"{device_tag()}.json"
+    return shipped_list(model), Path(cache_dir) / "kernels" / safe_name(model) / f"{device_tag()}.json"
 
 
 def legacy_list(cache_dir: Path) -> Path:
