@@ -265,7 +265,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _memory_plan(args: argparse.Namespace) -> int:
     from contract.catalog import get_card
-    from worker.memory import GIB, checkpoint_gib, estimate_gib, plan_memory
+    from worker.memory import GIB, checkpoint_gib, plan_memory
 
     card = get_card(args.model)
     dtype_bytes = 4 if args.dtype == "float32" else 2
@@ -281,19 +281,10 @@ def _memory_plan(args: argparse.Namespace) -> int:
                              strict=True)
     plan = plan_memory(card, budget_gib=args.gpu_memory_gb, device_gib=device_gib, linear=args.linear,
                        dtype_bytes=dtype_bytes, weights=weights)
-    est = estimate_gib(card, linear=args.linear, dtype_bytes=dtype_bytes)
-    rows: list[tuple[str, float]] = []
-    if weights is not None:
-        rows += [(f"DiT {role}", gib) for role, gib in weights.dits.items()]
-    else:
-        rows += [(f"DiT {role}", est["dit"]) for role in (("high", "low") if card.experts else ("",))]
-    text = weights.text_encoder if weights is not None and weights.text_encoder is not None else est["text_encoder"]
-    rows += [("text encoder", text), ("VAE (allowance)", est["vae"]),
-             (f"activations (largest size, {card.max_frames} frames)", est["activations"])]
     print(f"{card.id}: linear {args.linear}, {args.dtype}, weights from the "
           f"{'checkpoint files' if weights is not None else 'catalog presets'}")
-    for name, gib in rows:
-        print(f"  {name.strip():<40} {gib:7.2f} GiB")
+    for name, gib in plan.parts.items():
+        print(f"  {name:<40} {gib:7.2f} GiB")
     print(plan.describe())
     if plan.vae_budget_gib is not None:
         print(f"VAE chunk budget: {plan.vae_budget_gib:.1f} GiB")

@@ -42,6 +42,7 @@ from models.checkpoint_io import (
     Manifest,
     assign_state_dict,
     read_manifest,
+    read_shapes,
     read_state_dict,
     strip_prefix,
     write_canonical,
@@ -207,6 +208,19 @@ def read_text_encoder(
         sd = map_hf_state_dict(sd)
         return sd, infer_config(sd, where=str(path), base=base), "hf", spiece
     return sd, infer_config(sd, where=str(path)), "wan", spiece
+
+
+def read_text_encoder_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Names -> shapes of the tensors `read_text_encoder` would keep from `path` (our names; another text
+    encoder in the same file, a T5 decoder and LM head, the second name of HF's tied embedding and an embedded
+    tokenizer left out), from the headers: no tensor data is read."""
+    path = Path(path)
+    canonical = path.is_dir() or path.name == CANONICAL_WEIGHTS
+    if canonical and path.exists() and read_manifest(path) is not None:
+        return read_shapes(path)
+    shapes = {k: v for k, v in read_shapes(path).items() if k != SPIECE_KEY and not k.endswith("." + SPIECE_KEY)}
+    sd, _ = _select_encoder(shapes, str(path))  # type: ignore[arg-type]  # keys only: no tensor is touched
+    return map_hf_state_dict(sd) if is_hf_layout(set(sd)) else sd  # type: ignore[arg-type, return-value]
 
 
 def build_encoder(

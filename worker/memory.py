@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.catalog import ModelCard, latent_frames
@@ -55,6 +55,7 @@ class MemoryPlan:
     fraction: float | None = None  # torch.cuda.set_per_process_memory_fraction, when a budget is set
     vae_budget_gib: float | None = None  # the VAE's chunk budget (WanVAE.memory_budget) under gpu_memory_gb
     weights_from: str = "presets"  # "checkpoint": the weights were sized from the files to load
+    parts: dict[str, float] = field(default_factory=dict)  # GiB of each part the estimate adds up
 
     def describe(self) -> str:
         offloads = [n for n, on in (("experts", self.offload_experts), ("text encoder", self.offload_text_encoder))
@@ -92,17 +93,22 @@ def plan_memory(card: ModelCard, *, budget_gib: float | None, device_gib: float 
                 dtype_bytes: int, weights: CheckpointSizes | None = None) -> MemoryPlan:
     """What to offload so that `card` fits `budget_gib` (else `device_gib`, the device's memory).
     weights: the sizes of the checkpoint files to load (`checkpoint_gib`); None: the catalog's presets."""
+    from models.checkpoint_components import EXPERTS
+
     est = estimate_gib(card, linear=linear, dtype_bytes=dtype_bytes)
-    dits = [est["dit"]] * (2 if card.experts else 1)
+    dit_gib = dict.fromkeys(EXPERTS if card.experts else ("",), est["dit"])
     if weights is not None:
-        dits = list(weights.dits.values()) or dits
+        dit_gib = weights.dits or dit_gib
         if weights.text_encoder is not None:
             est["text_encoder"] = weights.text_encoder
+    dits = list(dit_gib.values())
+    parts = {**{f"DiT {role}".strip(): gib for role, gib in dit_gib.items()}, "text encoder": est["text_encoder"],
+             "VAE (allowance)": est["vae"], f"activations (largest size, {card.max_frames} frames)": est["activations"]}
     source = "presets" if weights is None else "checkpoint"
-    resident = sum(dits) + est["text_encoder"] + est["vae"] + est["activations"]
+    resident = sum(parts.values())
     budget = budget_gib if budget_gib is not None else device_gib
     if budget is None:
-        return MemoryPlan(None, resident, resident, weights_from=source)
+        return MemoryPlan(None, resident, resident, weights_from=source, parts=parts)
     need = resident
     offload_experts = bool(card.experts) and len(dits) > 1 and budget < need
     if offload_experts:  # one device slot, the size of the largest expert
@@ -115,7 +121,7 @@ def plan_memory(card: ModelCard, *, budget_gib: float | None, device_gib: float 
     if budget_gib is not None:  # the VAE chunks get what the rest leaves, within [VAE_MIN_GIB, VAE_MAX_GIB]
         headroom = budget_gib - (need - est["vae"]) - VAE_MARGIN_GIB
         vae_budget = min(VAE_MAX_GIB, max(VAE_MIN_GIB, headroom))
-    return MemoryPlan(budget, resident, need, offload_experts, offload_text, fraction, vae_budget, source)
+    return MemoryPlan(budget, resident, need, offload_experts, offload_text, fraction, vae_budget, source, parts)
 
 
 # the weights of the checkpoint files to load ---------------------------------------------------------
@@ -136,11 +142,11 @@ def dit_bytes(shapes: Mapping[str, tuple[int, ...]], *, linear: str, dtype_bytes
     ("auto": W8A8 exactly when the file holds int8 weights) in a `dtype_bytes` compute dtype."""
     from models.dit import keeps_fp32
     from models.fp8_scaled import is_marker
-    from models.linear import is_quantized_linear_key
+    from models.linear import is_quantized, is_quantized_linear_key
     from models.transformer_loading import to_wan_names
 
     named: dict[str, tuple[int, ...]] = to_wan_names(shapes)  # type: ignore[arg-type]  # names only
-    quantized = any(k.endswith(".int8_weight") for k in named)
+    quantized = is_quantized(named)  # type: ignore[arg-type]  # names only
     w8a8 = linear == "w8a8" or (linear == "auto" and quantized)
     total = 0
     for key, shape in named.items():
@@ -160,28 +166,10 @@ def dit_bytes(shapes: Mapping[str, tuple[int, ...]], *, linear: str, dtype_bytes
     return total
 
 
-_DIT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "vae.")  # not text encoder tensors
-_TIED = ("shared.weight", "encoder.embed_tokens.weight")  # HF T5: one embedding, saved under both names
-
-
 def text_encoder_bytes(shapes: Mapping[str, tuple[int, ...]], *, dtype_bytes: int) -> int:
-    """Bytes of a umT5 text encoder checkpoint's tensors once loaded in a `dtype_bytes` dtype: its decoder
-    and LM head, an embedded tokenizer and (in an all-in-one file) the DiT and VAE are not loaded."""
-    from models.fp8_scaled import is_marker
-
-    total = 0
-    tied = 0
-    for key, shape in shapes.items():
-        if key.startswith(_DIT_PREFIXES) or is_marker(key) or key.endswith("spiece_model"):
-            continue
-        if key.split(".", 1)[0] in ("decoder", "lm_head") or ".decoder." in key or ".lm_head." in key:
-            continue
-        if key.endswith(_TIED):
-            tied += 1
-            if tied > 1:
-                continue
-        total += _numel(shape) * dtype_bytes
-    return total
+    """Bytes of a text encoder's tensors (`models.text_encoder_loading.read_text_encoder_shapes`: what its loader
+    keeps) once loaded in a `dtype_bytes` dtype."""
+    return sum(_numel(shape) for shape in shapes.values()) * dtype_bytes
 
 
 def checkpoint_gib(card: ModelCard, checkpoints: list[str] | list[Path], *, linear: str, dtype_bytes: int,
@@ -193,7 +181,7 @@ def checkpoint_gib(card: ModelCard, checkpoints: list[str] | list[Path], *, line
     if not checkpoints:
         return None
     from models.checkpoint_components import resolve_components
-    from models.checkpoint_io import read_shapes
+    from models.text_encoder_loading import read_text_encoder_shapes
     from models.transformer_loading import read_transformer_shapes
 
     try:
@@ -204,7 +192,7 @@ def checkpoint_gib(card: ModelCard, checkpoints: list[str] | list[Path], *, line
                 for role, path in parts.transformers.items()}
         text = None
         if parts.text_encoder is not None:
-            text = text_encoder_bytes(read_shapes(parts.text_encoder), dtype_bytes=dtype_bytes) / GIB
+            text = text_encoder_bytes(read_text_encoder_shapes(parts.text_encoder), dtype_bytes=dtype_bytes) / GIB
     except Exception as exc:  # noqa: BLE001 - sizing is advisory: the loader gives the real error
         if strict:
             raise

@@ -197,6 +197,21 @@ def test_comfy_all_in_one_checkpoint(refs, text_ref, tmp_path):
         assert L.cos(load_vae(path).encode(video), latents) >= 0.99999
 
 
+def test_text_encoder_shapes_are_the_tensors_its_loader_keeps(refs, tmp_path):
+    # read_text_encoder_shapes (the memory plan's sizing, from headers) against what the loader holds, for an
+    # all-in-one file (DiT, VAE and tokenizer beside it) and a full HF UMT5ForConditionalGeneration file (decoder,
+    # LM head, the embedding under both tied names)
+    from models.text_encoder_loading import read_text_encoder, read_text_encoder_shapes
+
+    full = {k: v.clone().contiguous() for k, v in refs.umt5.state_dict().items()}
+    full["encoder.embed_tokens.weight"] = full["shared.weight"].clone()
+    assert any(k.startswith("decoder.") for k in full) and "lm_head.weight" in full
+    save_file(full, str(tmp_path / "umt5_full.safetensors"))
+    for path in (L.comfy_all_in_one(refs, tmp_path), tmp_path / "umt5_full.safetensors"):
+        loaded, _, _, _ = read_text_encoder(path)
+        assert read_text_encoder_shapes(path) == {k: tuple(v.shape) for k, v in loaded.items()}, path
+
+
 # 5. what does not load ------------------------------------------------------------------------------------
 def test_unsupported_layouts_name_the_layout_and_what_is_missing(refs, tmp_path):
     wan = L.wan_state(refs.i2v_high)

@@ -168,21 +168,16 @@ def test_dit_bytes_read_diffusers_names_like_wan_names(tiny_dir):
         assert dit_bytes(renamed, linear=linear, dtype_bytes=2) == dit_bytes(wan, linear=linear, dtype_bytes=2)
 
 
-def test_text_encoder_bytes_skip_the_decoder_the_tied_copy_and_the_tokenizer(tiny_dir):
+def test_text_encoder_bytes_equal_what_the_loader_holds(tiny_dir):
+    # (which tensors of an HF or all-in-one file the loader keeps: tests/unit/models/test_checkpoint_layouts.py)
     import torch
 
-    from models.checkpoint_io import read_shapes
-    from models.text_encoder_loading import load_text_encoder
+    from models.text_encoder_loading import load_text_encoder, read_text_encoder_shapes
     from worker.memory import text_encoder_bytes
 
     path = tiny_dir / "text_encoder"
     encoder = load_text_encoder(path, dtype=torch.bfloat16)
-    shapes = read_shapes(path)
-    assert text_encoder_bytes(shapes, dtype_bytes=2) == _device_bytes(encoder.model)
-    hf_extra = {"decoder.block.0.layer.0.SelfAttention.q.weight": (64, 64), "lm_head.weight": (100, 64),
-                "shared.weight": (100, 64), "encoder.embed_tokens.weight": (100, 64), "spiece_model": (5000,)}
-    # one of the two tied embedding names counts; the decoder, LM head and tokenizer bytes do not
-    assert text_encoder_bytes({**shapes, **hf_extra}, dtype_bytes=2) == _device_bytes(encoder.model) + 100 * 64 * 2
+    assert text_encoder_bytes(read_text_encoder_shapes(path), dtype_bytes=2) == _device_bytes(encoder.model)
 
 
 def test_checkpoint_gib_sizes_each_expert_and_the_text_encoder(tiny_dir, tmp_path):
