@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 import redis
@@ -280,18 +279,12 @@ class Engine:
 
 def worker_pools(workers: list[WorkerInfo]) -> list[dict[str, Any]]:
     """Live workers grouped by what they run: solver, attention, linear, GPUs per worker (ranks), memory budget
-    and what it offloads, with ready/loading counts."""
-    Key = tuple[str, str, str, int, float | None, tuple[str, ...]]
-    counts: Counter[tuple[Key, bool]] = Counter(
-        ((w.solver, w.attention, w.linear, w.ranks, w.gpu_memory_gb, tuple(w.offload)), w.ready) for w in workers)
-    pools: dict[Key, dict[str, Any]] = {}
-    def order(item: tuple[tuple[Key, bool], int]) -> tuple[Any, ...]:  # no budget (None) before any budget
-        (solver, attention, linear, ranks, budget, offload), ready = item[0]
-        return solver, attention, linear, ranks, budget is not None, budget or 0.0, offload, ready
-
-    for (key, ready), n in sorted(counts.items(), key=order):
-        solver, attention, linear, ranks, budget, offload = key
-        pool = pools.setdefault(key, {"solver": solver, "attention": attention, "linear": linear, "ranks": ranks,
-                                      "gpu_memory_gb": budget, "offload": list(offload), "ready": 0, "loading": 0})
-        pool["ready" if ready else "loading"] += n
-    return list(pools.values())
+    and what it offloads, with ready/loading counts; no budget (None) sorts before any budget."""
+    pools: dict[tuple[str, str, str, int, float | None, tuple[str, ...]], dict[str, Any]] = {}
+    for w in workers:
+        key = (w.solver, w.attention, w.linear, w.ranks, w.gpu_memory_gb, tuple(w.offload))
+        pool = pools.setdefault(key, {"solver": w.solver, "attention": w.attention, "linear": w.linear,
+                                      "ranks": w.ranks, "gpu_memory_gb": w.gpu_memory_gb, "offload": list(w.offload),
+                                      "ready": 0, "loading": 0})
+        pool["ready" if w.ready else "loading"] += 1
+    return [pools[k] for k in sorted(pools, key=lambda k: (*k[:4], k[4] is not None, k[4] or 0.0, k[5]))]
