@@ -112,7 +112,7 @@ def tiny_dir(tmp_path_factory):
     return ensure_tiny_checkpoints(tmp_path_factory.mktemp("ckpt") / "wan-tiny")
 
 
-def _quantized_copy(src, dest, *, in_dim_extra: int = 0, seed: int = 0):
+def _quantized_dit(dest, *, in_dim_extra: int = 0, seed: int = 0):
     """A W8A8 (int8 + block scales) canonical DiT in `dest`, TurboDiffusion-style, of the tiny config."""
     import torch
 
@@ -136,7 +136,7 @@ def test_dit_bytes_equal_what_the_loader_holds(tiny_dir, tmp_path, linear):
     from models.transformer_loading import load_transformer, read_transformer_shapes
     from worker.memory import dit_bytes
 
-    quant = _quantized_copy(tiny_dir / "transformer", tmp_path / "q")
+    quant = _quantized_dit(tmp_path / "q")
     for path in (tiny_dir / "transformer", quant):  # an fp32 file and an int8 one, each loaded both ways
         model = load_transformer(path, dtype=torch.bfloat16, attention="dense", linear=linear)
         assert dit_bytes(read_transformer_shapes(path), linear=linear, dtype_bytes=2) == pytest.approx(
@@ -186,8 +186,8 @@ def test_checkpoint_gib_sizes_each_expert_and_the_text_encoder(tiny_dir, tmp_pat
     from worker.memory import checkpoint_gib
 
     root = tmp_path / "a14b"  # diffusers' A14B layout: transformer/ high-noise, transformer_2/ low-noise
-    _quantized_copy(None, root / "transformer", in_dim_extra=20, seed=1)
-    _quantized_copy(None, root / "transformer_2", in_dim_extra=20, seed=2)
+    _quantized_dit(root / "transformer", in_dim_extra=20, seed=1)
+    _quantized_dit(root / "transformer_2", in_dim_extra=20, seed=2)
     for sub in ("text_encoder", "vae"):
         shutil.copytree(tiny_dir / sub, root / sub)
     sizes = checkpoint_gib(A14B, [str(root)], linear="auto", dtype_bytes=2)
