@@ -283,7 +283,7 @@ def run(cases: list[str] | None = None, arch: int = 90, smem: int = _SMEM, jobs:
         return _run_shard(names, arch, smem, 0, 1)
     # spawn: each process imports the kernels afresh and installs its own stand-in driver
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(_run_shard, *zip(*[(names, arch, smem, k, jobs) for k in range(jobs)], strict=True)))
+        parts = [f.result() for f in [pool.submit(_run_shard, names, arch, smem, k, jobs) for k in range(jobs)]]
     results = []
     for i, first in enumerate(parts[0]):
         merged = Result(first.case)
