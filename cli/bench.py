@@ -286,7 +286,6 @@ def run_stages(card: ModelCard, weights: Path, *, size: tuple[int, int], frames:
     worker_settings = WorkerSettings()  # as a worker runs it: CUDA graphs on a CUDA device, the VAE's convs
     ours.cuda_graphs = worker_settings.cuda_graphs
     ours.vae.conv_impl = worker_settings.vae_conv
-    ours.vae.conv_int8 = worker_settings.vae_conv_int8
     shape = dict(card=card, size=size, frames=frames, steps=steps, reps=reps, device=device, tmp=tmp)
 
     if _has_diffusers() and card.text_encoder == "umt5-xxl":

@@ -144,12 +144,6 @@ class WorkerSettings(BaseModel):
     # "cudnn3d" cuDNN's conv3d. On an H200 the 480p decode took 0.604 s with igemm, 0.635 s with taps2d,
     # 720p 1.544 vs 1.658 s (kernels/NOTES_vae.md); taps2d is the fallback should the kernel misbehave.
     vae_conv: Literal["igemm", "taps2d", "cudnn3d"] = "igemm"
-    # With vae_conv "igemm": run those blocks' convs on int8 codes (int8 tensor cores; each conv input smoothed
-    # per channel by its norm's gain and quantized with one scale per decode chunk, the weights per output
-    # channel; models/vae.py WanVAE.conv_int8). Off by default: the fidelity was measured with random weights
-    # only (kernels/NOTES_vae.md, session 26); check `python -m models.bench_vae`'s cos column on your
-    # checkpoint before turning it on.
-    vae_conv_int8: bool = False
     # x264 threads (sliced: a frame's slices in parallel) of each job's MP4 encoder. Fixed, not "auto":
     # the bitstream depends on it (worker/encode.py). 8: on an H200 host (32 cores) the 480p noise tail
     # was 0.115 s vs 0.405 s at 4, 720p 0.172 vs 0.402 s; lower it on hosts with few cores per worker

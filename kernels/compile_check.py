@@ -107,38 +107,22 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
 
 def _conv3d_igemm(smem: int) -> Result:
     """The VAE's implicit-GEMM conv: every tile the autotuner keeps, each epilogue, the 96/192/384-wide
-    blocks at the 480p rows (832, 416, 208 pixels); the int8 form (int8 wgmma, K-major weights) at 96 and 192,
-    and its input-quantization passes."""
+    blocks at the 480p rows (832, 416, 208 pixels)."""
     from kernels import conv3d_igemm as cv
 
-    res = Result("conv3d_igemm (TMA, wgmma; bf16 and int8)")
-    cl3d = torch.channels_last_3d
-    for int8, shapes in ((False, ((96, 832), (192, 416), (384, 208))), (True, ((96, 832), (192, 416)))):
-        for c, w in shapes:
-            x = torch.zeros(1, c, 3, 2, w, dtype=torch.int8 if int8 else torch.bfloat16).contiguous(memory_format=cl3d)
-            out = torch.zeros(1, c, 1, 2, w, dtype=torch.bfloat16).contiguous(memory_format=cl3d)
-            wmat = torch.zeros((128 * -(-c // 128), cv.TAPS * c) if int8 else (cv.TAPS * c, c),
-                               dtype=torch.int8 if int8 else torch.bfloat16)  # fmt: skip
-            vec = torch.zeros(c, dtype=torch.bfloat16)
-            fvec = torch.zeros(wmat.shape[0], dtype=torch.float32)
-            for epi in (0, 1, 2):
-                for cfg in cv.select_configs(cv._configs(), c, c, epi, smem, w=w, int8=int8):
-                    tensors = (x, wmat, wmat, out, out, out, out)
-                    descs = {name: cv._descriptor(t) for name, t in zip(cv._DESCS, tensors, strict=True)}
-                    cv._set_blocks({**descs, **cfg.kwargs})
-                    _compile(res, cv._conv_tma_kernel, cfg, (1, 1, 1), smem, **descs, bias_ptr=vec, gamma_ptr=vec,
-                             xs_ptr=fvec if int8 else vec, ws_ptr=fvec if int8 else vec, T=1, H=2, W=w, scale=1.0,
-                             eps=1e-12, C_IN=c, C_OUT=c, HAS_BIAS=True, EPI=epi, INT8=int8)
-    for c in (96, 192):
-        x = torch.zeros(1, c, 3, 2, 8, dtype=torch.bfloat16).contiguous(memory_format=cl3d)
-        codes = torch.zeros_like(x, dtype=torch.int8)
-        inv = torch.zeros(c)
-        one = torch.zeros(1)
-        meta = {"C": c, "BLOCK_C": 128 * -(-c // 128), "BLOCK_R": cv._QUANT_ELEMS // (128 * -(-c // 128)),
-                "num_warps": 4}  # fmt: skip
-        _compile(res, cv._absmax_kernel, meta, (1,), smem, x_ptr=x, inv_ptr=inv, amax_ptr=one, n_rows=48)
-        _compile(res, cv._quantize_input_kernel, meta, (1,), smem, x_ptr=x, inv_ptr=inv, amax_ptr=one, q_ptr=codes,
-                 xs_ptr=one, n_rows=48)
+    res = Result("conv3d_igemm (TMA, wgmma)")
+    for c, w in ((96, 832), (192, 416), (384, 208)):
+        x = torch.zeros(1, c, 3, 2, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        out = torch.zeros(1, c, 1, 2, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        wmat = torch.zeros(cv.TAPS * c, c, dtype=torch.bfloat16)
+        vec = torch.zeros(c, dtype=torch.bfloat16)
+        for epi in (0, 1, 2):
+            for cfg in cv.select_configs(cv._configs(), c, c, epi, smem, w=w):
+                tensors = (x, wmat, wmat, out, out, out, out)
+                descs = {name: cv._descriptor(t) for name, t in zip(cv._DESCS, tensors, strict=True)}
+                cv._set_blocks({**descs, **cfg.kwargs})
+                _compile(res, cv._conv_tma_kernel, cfg, (1, 1, 1), smem, **descs, bias_ptr=vec, gamma_ptr=vec,
+                         T=1, H=2, W=w, scale=1.0, eps=1e-12, C_IN=c, C_OUT=c, HAS_BIAS=True, EPI=epi)
     return res
 
 

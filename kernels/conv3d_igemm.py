@@ -43,8 +43,7 @@ import triton.language as tl
 
 from kernels.w8a8 import _smem_limit  # shared memory per block on a GPU, less headroom
 
-__all__ = ["reference", "weight_matrix", "weight_matrix_int8", "quantize_input", "smoothing", "causal_conv3x3x3", "supported",
-           "available", "bench"]
+__all__ = ["reference", "weight_matrix", "causal_conv3x3x3", "supported", "available", "bench"]
 
 TAPS = 27
 log = logging.getLogger(__name__)
@@ -66,24 +65,6 @@ def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return F.pad(m, (0, n_pad - c_out)).contiguous()
 
 
-def weight_matrix_int8(weight: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[C_out, C_in, 3, 3, 3] (and the input channels' smoothing factors s [C_in]: the int8 input holds
-    x / s, so the weights take s) -> (codes [N_pad, 27·C_in] int8, K contiguous as 8-bit wgmma wants; scales
-    [N_pad] fp32), one scale per output channel (absmax / 127, codes rounded half away from zero); padded rows
-    are zero with scale 1."""
-    c_out, c_in = weight.shape[:2]
-    n_pad = -(-c_out // _N_ALIGN) * _N_ALIGN
-    w = weight.float()
-    if smooth is not None:
-        w = w * smooth.float().reshape(1, c_in, 1, 1, 1)
-    m = w.permute(0, 2, 3, 4, 1).reshape(c_out, TAPS * c_in)  # [n, (dt, dh, dw, c)]
-    scale = m.abs().amax(dim=1).clamp_min(1e-12) / 127
-    v = m / scale[:, None]
-    codes = torch.where(v >= 0, v + 0.5, v - 0.5).trunc().clamp(-127, 127).to(torch.int8)
-    codes = F.pad(codes, (0, 0, 0, n_pad - c_out)).contiguous()
-    return codes, F.pad(scale, (0, n_pad - c_out), value=1.0).contiguous()
-
-
 def supported(c_in: int, c_out: int) -> bool:
     """Channel counts the kernel takes: multiples of 32 (the VAE's 96, 192, 384)."""
     return c_in % 32 == 0 and c_out % 32 == 0
@@ -101,8 +82,6 @@ def _conv_tma_kernel(
     r1_desc,
     bias_ptr,  # [C_out] or a dummy (HAS_BIAS)
     gamma_ptr,  # EPI 1: the norm's [C_out] gain
-    xs_ptr,  # INT8: x's one scale (fp32 [1]); x ≈ codes · xs / smoothing, folded into the weights
-    ws_ptr,  # INT8: the weight rows' scales (fp32 [N_pad])
     T,
     H,
     W,
@@ -119,7 +98,6 @@ def _conv_tma_kernel(
     BLOCK_N1: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT_F32: tl.constexpr = False,
-    INT8: tl.constexpr = False,  # int8 x and weights ([N_pad, 27·C_in], K contiguous), int32 accumulation
 ):
     # sm90 form: the tensor-memory accelerator loads the shifted input rows, zero-filling the conv's padding
     pid_m = tl.program_id(0)  # (row, column tile) of one output frame
@@ -131,37 +109,24 @@ def _conv_tma_kernel(
     b = frame // T
     t = frame % T
     n_base = pid_n * (BLOCK_N0 + BLOCK_N1)
-    acc_dtype = tl.int32 if INT8 else tl.float32
-    acc0 = tl.zeros((BLOCK_M, BLOCK_N0), dtype=acc_dtype)
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N0), dtype=tl.float32)
     if BLOCK_N1 > 0:
-        acc1 = tl.zeros((BLOCK_M, BLOCK_N1), dtype=acc_dtype)
+        acc1 = tl.zeros((BLOCK_M, BLOCK_N1), dtype=tl.float32)
     for kk in range(27 * C_IN // BLOCK_K):
         k0 = kk * BLOCK_K
         tap = k0 // C_IN
         a = x_desc.load([b, t + tap // 9, h0 + (tap // 3) % 3 - 1, w0 + tap % 3 - 1, k0 % C_IN])
         a = a.reshape(BLOCK_M, BLOCK_K)
-        if INT8:  # 8-bit wgmma takes K-major operands only: the weights are stored [N, K]
-            acc0 = tl.dot(a, w0_desc.load([n_base, k0]).T, acc0, out_dtype=tl.int32)
-            if BLOCK_N1 > 0:
-                acc1 = tl.dot(a, w1_desc.load([n_base + BLOCK_N0, k0]).T, acc1, out_dtype=tl.int32)
-        else:
-            b0 = w0_desc.load([k0, n_base])
-            if DOT_F32:
-                a = a.to(tl.float32)
-                b0 = b0.to(tl.float32)
-            acc0 = tl.dot(a, b0, acc0)
-            if BLOCK_N1 > 0:
-                b1 = w1_desc.load([k0, n_base + BLOCK_N0])
-                if DOT_F32:
-                    b1 = b1.to(tl.float32)
-                acc1 = tl.dot(a, b1, acc1)
-    if INT8:  # back to real units: x's scale times each output channel's weight scale
-        xs = tl.load(xs_ptr)
-        cols0 = n_base + tl.arange(0, BLOCK_N0)
-        acc0 = acc0.to(tl.float32) * (xs * tl.load(ws_ptr + cols0, mask=cols0 < C_OUT, other=0.0))[None, :]
+        b0 = w0_desc.load([k0, n_base])
+        if DOT_F32:
+            a = a.to(tl.float32)
+            b0 = b0.to(tl.float32)
+        acc0 = tl.dot(a, b0, acc0)
         if BLOCK_N1 > 0:
-            cols1 = n_base + BLOCK_N0 + tl.arange(0, BLOCK_N1)
-            acc1 = acc1.to(tl.float32) * (xs * tl.load(ws_ptr + cols1, mask=cols1 < C_OUT, other=0.0))[None, :]
+            b1 = w1_desc.load([k0, n_base + BLOCK_N0])
+            if DOT_F32:
+                b1 = b1.to(tl.float32)
+            acc1 = tl.dot(a, b1, acc1)
     # epilogue: bias, then the residual or the next norm + SiLU, in fp32 (a tile holds whole pixel rows
     # of channels for EPI 1, so the norm needs no second pass)
     if HAS_BIAS:
@@ -193,74 +158,6 @@ def _conv_tma_kernel(
                       acc1.to(o1_desc.dtype).reshape(1, 1, BLOCK_H, BLOCK_W, BLOCK_N1))
 
 
-# int8 input: one scale for the whole buffer, after a per-channel smoothing ---------------------------------
-@triton.jit
-def _input_rows(x_ptr, inv_ptr, n_rows, C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """This program's rows of x [n_rows, C] times the smoothing's inverses, fp32 (masked lanes 0)."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_C)
-    mask = (rows < n_rows)[:, None] & (cols < C)[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    return x * tl.load(inv_ptr + cols, mask=cols < C, other=0.0)[None, :], offs, mask
-
-
-@triton.jit
-def _absmax_kernel(x_ptr, inv_ptr, amax_ptr, n_rows, C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    z, _, _ = _input_rows(x_ptr, inv_ptr, n_rows, C, BLOCK_R, BLOCK_C)
-    tl.atomic_max(amax_ptr, tl.max(tl.max(tl.abs(z), axis=1), axis=0))  # values >= 0: float max is int max
-
-
-@triton.jit
-def _quantize_input_kernel(x_ptr, inv_ptr, amax_ptr, q_ptr, xs_ptr, n_rows, C: tl.constexpr, BLOCK_R: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
-    z, offs, mask = _input_rows(x_ptr, inv_ptr, n_rows, C, BLOCK_R, BLOCK_C)
-    amax = tl.maximum(tl.load(amax_ptr), 1e-12)
-    v = z * (127.0 / amax)
-    v = tl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
-    tl.store(q_ptr + offs, tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8), mask=mask)
-    if tl.program_id(0) == 0:
-        tl.store(xs_ptr, amax / 127.0)
-
-
-_QUANT_ELEMS = 8192  # values per program of the two passes
-
-
-def quantize_input(x: torch.Tensor, inv_smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [B, C, T, H, W] channels-last-3d (a conv's padded input buffer) and the smoothing's inverses 1/s [C]
-    -> (codes, scale): int8 codes of x / s in x's shape and layout, and their one fp32 scale [1]
-    (absmax(x / s) / 127, so x[c] ≈ codes[c] · scale · s[c]); rounding half away from zero. Two Triton passes
-    (the absmax, then the codes); CUDA or the interpreter."""
-    if x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d):
-        raise ValueError(f"x must be a channels-last-3d [B, C, T, H, W] tensor, got {tuple(x.shape)} {x.stride()}")
-    c = x.shape[1]
-    if inv_smooth.numel() != c:
-        raise ValueError(f"inv_smooth must hold {c} values, got {tuple(inv_smooth.shape)}")
-    if not available(x.device):
-        raise RuntimeError(f"quantize_input needs a CUDA sm90+ device or TRITON_INTERPRET=1, got {x.device}")
-    codes = torch.empty_like(x, dtype=torch.int8, memory_format=torch.channels_last_3d)
-    amax = torch.zeros(1, device=x.device, dtype=torch.float32)
-    scale = torch.empty(1, device=x.device, dtype=torch.float32)
-    n_rows = x.numel() // c
-    if n_rows == 0:
-        return codes, scale.fill_(1e-12 / 127)
-    block_c = triton.next_power_of_2(c)
-    block_r = max(1, _QUANT_ELEMS // block_c)
-    inv = inv_smooth.to(device=x.device, dtype=torch.float32).contiguous()
-    meta = dict(C=c, BLOCK_R=block_r, BLOCK_C=block_c)
-    grid = (triton.cdiv(n_rows, block_r),)
-    _absmax_kernel[grid](x, inv, amax, n_rows, **meta)
-    _quantize_input_kernel[grid](x, inv, amax, codes, scale, n_rows, **meta)
-    return codes, scale
-
-
-def smoothing(gamma: torch.Tensor) -> torch.Tensor:
-    """A conv's input smoothing s [C] from the RMS-norm gain gamma before it (the input is silu(norm · gamma),
-    so each channel's size follows |gamma|): |gamma|, at least 1e-3 of its largest, in fp32."""
-    g = gamma.detach().float().abs().flatten()
-    return g.clamp_min(1e-3 * float(g.max().clamp_min(1e-12)))
-
-
 # 3. configs -------------------------------------------------------------------------------------------
 _TILES = [  # BM pixels as BH rows, N0, N1, BK, warps, stages: the H200 sweep's best few per channel count, and
     # tiles of 2 or 4 rows for widths that 128 pixels do not divide (832 = 13·64, 416 = 13·32)
@@ -268,11 +165,7 @@ _TILES = [  # BM pixels as BH rows, N0, N1, BK, warps, stages: the H200 sweep's 
     (128, 4, 64, 32, 32, 4, 4),
     (128, 1, 128, 64, 64, 8, 3), (128, 4, 128, 64, 64, 8, 3), (64, 1, 128, 64, 64, 4, 3), (128, 1, 256, 0, 64, 8, 3),
     (128, 1, 256, 128, 64, 8, 3), (128, 4, 256, 128, 64, 8, 3), (128, 1, 128, 0, 64, 8, 3),
-    # int8 only (`_INT8_STAGES`): half the bytes per stage leave room for deeper pipelines
-    (128, 1, 64, 32, 32, 4, 6), (128, 2, 64, 32, 32, 4, 6), (128, 2, 64, 32, 32, 8, 6), (128, 1, 128, 64, 64, 8, 5),
-    (128, 4, 128, 64, 64, 8, 5), (128, 1, 256, 0, 64, 8, 5),
 ]
-_INT8_STAGES = 5  # configs with at least this many stages are offered to the int8 kernel only
 
 
 def _configs() -> list[triton.Config]:
@@ -285,13 +178,12 @@ def _configs() -> list[triton.Config]:
 
 
 def _fits(c_in: int, c_out: int, epi: int, bm: int, n0: int, n1: int, bk: int, stages: int, smem_limit: int,
-          *, max_waste: bool = True, elem_bytes: int = 2) -> bool:
+          *, max_waste: bool = True) -> bool:
     """A tile fits when BK divides C_in, one tile covers all channels for the norm epilogue, the pipeline's
-    stages fit shared memory (operands of elem_bytes) and (max_waste) at most a third of its channel columns
-    are padding."""
+    stages fit shared memory and (max_waste) at most a third of its channel columns are padding."""
     nb = n0 + n1
     covered = -(-c_out // nb) * nb
-    smem = stages * (bm * bk + bk * nb) * elem_bytes
+    smem = stages * (bm * bk + bk * nb) * 2
     if c_in % bk or (epi == 1 and nb < c_out) or smem > smem_limit:
         return False
     return not (max_waste and covered * 3 > c_out * 4)
@@ -304,19 +196,17 @@ def _row_waste(w: int, bm: int, bh: int) -> float:
 
 
 def select_configs(configs: list[triton.Config], c_in: int, c_out: int, epi: int, smem_limit: int,
-                   w: int | None = None, int8: bool = False) -> list[triton.Config]:
+                   w: int | None = None) -> list[triton.Config]:
     """The configs the autotuner times: those that fit (`_fits`); where none wastes at most a third of its
     channel columns (narrow outputs, e.g. 32), the ones that fit otherwise, least padded first. With the row
     width w: of those, the ones whose tile rows waste at most 8 % more of it than the least wasteful."""
     def keys(cfg: triton.Config) -> list[int]:
         return [cfg.kwargs[k] for k in _BLOCK_KEYS]
 
-    eb = 1 if int8 else 2
-    configs = [cfg for cfg in configs if int8 or cfg.num_stages < _INT8_STAGES]
-    kept = [cfg for cfg in configs if _fits(c_in, c_out, epi, *keys(cfg), cfg.num_stages, smem_limit, elem_bytes=eb)]
+    kept = [cfg for cfg in configs if _fits(c_in, c_out, epi, *keys(cfg), cfg.num_stages, smem_limit)]
     if not kept:
         loose = [cfg for cfg in configs
-                 if _fits(c_in, c_out, epi, *keys(cfg), cfg.num_stages, smem_limit, max_waste=False, elem_bytes=eb)]  # fmt: skip
+                 if _fits(c_in, c_out, epi, *keys(cfg), cfg.num_stages, smem_limit, max_waste=False)]  # fmt: skip
         kept = sorted(loose, key=lambda cfg: cfg.kwargs["BLOCK_N0"] + cfg.kwargs["BLOCK_N1"])[:2]
     if not kept:
         raise ValueError(f"no conv tile fits C_in={c_in}, C_out={c_out}, epilogue {epi}")
@@ -334,8 +224,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     limit = _smem_limit(torch.cuda.current_device()) if torch.cuda.is_available() else _DEFAULT_SMEM
     if torch.cuda.is_available() and not _multirow_supported(torch.cuda.current_device()):
         configs = [cfg for cfg in configs if cfg.kwargs["BLOCK_H"] == 1]
-    return select_configs(configs, args["C_IN"], args["C_OUT"], args["EPI"], limit, w=args["W"],
-                          int8=bool(args.get("INT8", False)))
+    return select_configs(configs, args["C_IN"], args["C_OUT"], args["EPI"], limit, w=args["W"])
 
 
 @functools.cache
@@ -374,15 +263,14 @@ def _set_blocks(nargs: dict) -> None:
     bh = nargs["BLOCK_H"]
     bw = bm // bh
     n1 = max(n1, 16)  # BLOCK_N1 = 0: the second descriptors are never read
-    w_int8 = nargs["w0_desc"].base.dtype == torch.int8  # the int8 kernel's weights are [N, K]
-    shapes = ([1, 1, bh, bw, bk], [n0, bk] if w_int8 else [bk, n0], [n1, bk] if w_int8 else [bk, n1],
-              [1, 1, bh, bw, n0], [1, 1, bh, bw, n1], [1, 1, bh, bw, n0], [1, 1, bh, bw, n1])  # fmt: skip
+    shapes = ([1, 1, bh, bw, bk], [bk, n0], [bk, n1], [1, 1, bh, bw, n0], [1, 1, bh, bw, n1], [1, 1, bh, bw, n0],
+              [1, 1, bh, bw, n1])  # fmt: skip
     for name, shape in zip(_DESCS, shapes, strict=True):
         nargs[name].block_shape = shape
 
 
 _conv_tuned = triton.autotune(
-    _configs(), key=["C_IN", "C_OUT", "W", "HAS_BIAS", "EPI", "INT8"], prune_configs_by={"early_config_prune": _prune}
+    _configs(), key=["C_IN", "C_OUT", "W", "HAS_BIAS", "EPI"], prune_configs_by={"early_config_prune": _prune}
 )(_conv_tma_kernel)
 
 
@@ -415,9 +303,6 @@ def causal_conv3x3x3(
     out: torch.Tensor | None = None,
     eps: float = 1e-12,
     config: dict | None = None,
-    x_scale: torch.Tensor | None = None,
-    w_scale: torch.Tensor | None = None,
-    out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
     """x [B, C_in, T + 2, H, W] channels-last-3d (the time-padded input buffer), wmat = weight_matrix(weight)
     -> [B, C_out, T, H, W] in x's dtype: `reference` (+ bias), then one of
@@ -426,33 +311,16 @@ def causal_conv3x3x3(
       residual    + residual ([B, C_out, T, H, W] channels-last-3d): a residual block's output.
     out: where to write (a channels-last-3d [B, C_out, T, H, W], possibly a view of frames of a larger
     buffer); default a new channels-last-3d tensor. config: fixed tile kwargs (BLOCK_M, BLOCK_H (default 1),
-    BLOCK_N0, BLOCK_N1, BLOCK_K, num_warps, num_stages) instead of the autotuner's (the interpreter always uses fixed ones).
-
-    int8 x (`quantize_input`'s codes, with x_scale its fp32 [1] scale) takes (wmat, w_scale) =
-    `weight_matrix_int8(weight, smooth)` with the same smoothing: int8 tensor cores, int32 accumulation, the two
-    scales applied once in the epilogue; the output (and residual) are out_dtype (or out's)."""
+    BLOCK_N0, BLOCK_N1, BLOCK_K, num_warps, num_stages) instead of the autotuner's (the interpreter always uses fixed ones)."""
     if x.dim() != 5 or x.shape[2] < 3 or x.stride(1) != 1:
         raise ValueError(f"x must be [B, C_in, T + 2 >= 3, H, W] channels-last-3d, got {tuple(x.shape)} {x.stride()}")
     b, c_in, tp, h, w = x.shape
     t = tp - 2
-    int8 = x.dtype == torch.int8
     if not supported(c_in, c_out):
         raise ValueError(f"channels must be multiples of 32, got C_in={c_in}, C_out={c_out}")
-    if int8:
-        n_rows = wmat.shape[0]
-        if (wmat.dim() != 2 or wmat.dtype != torch.int8 or wmat.shape[1] != TAPS * c_in or n_rows < c_out
-                or wmat.stride(1) != 1):  # fmt: skip
-            raise ValueError(f"int8 x takes wmat = weight_matrix_int8(weight)[0], int8 [>= {c_out}, {TAPS * c_in}], "
-                             f"got {tuple(wmat.shape)} {wmat.dtype}")
-        for name, ten, n in (("x_scale", x_scale, 1), ("w_scale", w_scale, n_rows)):
-            if ten is None or ten.dtype != torch.float32 or ten.numel() != n or ten.device != x.device:
-                raise ValueError(f"int8 x needs {name}: fp32 with {n} values on {x.device}")
-        out_dtype = out.dtype if out is not None else out_dtype
-    else:
-        if wmat.shape[0] != TAPS * c_in or wmat.shape[1] < c_out or wmat.stride(1) != 1 or wmat.dtype != x.dtype:
-            raise ValueError(f"wmat must be weight_matrix(weight) [{TAPS * c_in}, >= {c_out}] in {x.dtype}, got "
-                             f"{tuple(wmat.shape)} {wmat.dtype}")
-        out_dtype = x.dtype
+    if wmat.shape[0] != TAPS * c_in or wmat.shape[1] < c_out or wmat.stride(1) != 1 or wmat.dtype != x.dtype:
+        raise ValueError(f"wmat must be weight_matrix(weight) [{TAPS * c_in}, >= {c_out}] in {x.dtype}, got "
+                         f"{tuple(wmat.shape)} {wmat.dtype}")
     if norm_gamma is not None and residual is not None:
         raise ValueError("norm_gamma and residual are two different epilogues; pass one")
     shape = (b, c_out, t, h, w)
@@ -460,24 +328,22 @@ def causal_conv3x3x3(
         if ten is not None and ten.numel() != c_out:
             raise ValueError(f"{name} must hold {c_out} values, got {tuple(ten.shape)}")
     for name, ten in (("residual", residual), ("out", out)):
-        if ten is not None and (tuple(ten.shape) != shape or ten.stride(1) != 1 or ten.dtype != out_dtype
+        if ten is not None and (tuple(ten.shape) != shape or ten.stride(1) != 1 or ten.dtype != x.dtype
                                 or ten.device != x.device):  # fmt: skip
-            raise ValueError(f"{name} must be {list(shape)} channels-last-3d {out_dtype} on {x.device}, got "
+            raise ValueError(f"{name} must be {list(shape)} channels-last-3d {x.dtype} on {x.device}, got "
                              f"{tuple(ten.shape)} {ten.stride()} {ten.dtype}")
     if not available(x.device):
         raise RuntimeError(f"causal_conv3x3x3 needs a CUDA sm90+ device or TRITON_INTERPRET=1, got {x.device}")
     if out is None:
-        out = torch.empty(shape, device=x.device, dtype=out_dtype, memory_format=torch.channels_last_3d)
+        out = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
     if out.numel() == 0:
         return out
     r = residual if residual is not None else out
     descs = {name: _descriptor(ten) for name, ten in zip(_DESCS, (x, wmat, wmat, out, out, r, r), strict=True)}
     epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
     dummy = bias if bias is not None else wmat
-    args = dict(descs, bias_ptr=dummy, gamma_ptr=norm_gamma if norm_gamma is not None else dummy,
-                xs_ptr=x_scale if int8 else dummy, ws_ptr=w_scale if int8 else dummy, T=t, H=h, W=w,
-                scale=float(c_out) ** 0.5, eps=eps, C_IN=c_in, C_OUT=c_out, HAS_BIAS=bias is not None, EPI=epi,
-                INT8=int8)  # fmt: skip
+    args = dict(descs, bias_ptr=dummy, gamma_ptr=norm_gamma if norm_gamma is not None else dummy, T=t, H=h, W=w,
+                scale=float(c_out) ** 0.5, eps=eps, C_IN=c_in, C_OUT=c_out, HAS_BIAS=bias is not None, EPI=epi)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         tiles = triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_M"] // meta["BLOCK_H"])
@@ -495,7 +361,7 @@ def causal_conv3x3x3(
     fixed.setdefault("BLOCK_H", 1)
     fixed["BLOCK_W"] = fixed["BLOCK_M"] // fixed["BLOCK_H"]
     _set_blocks({**descs, **{k: fixed[k] for k in (*_BLOCK_KEYS, "BLOCK_H")}})
-    _conv_tma_kernel[grid(fixed)](**args, DOT_F32=not x.is_cuda and not int8, **fixed)
+    _conv_tma_kernel[grid(fixed)](**args, DOT_F32=not x.is_cuda, **fixed)
     return out
 
 
@@ -549,56 +415,23 @@ def bench(shapes: list[tuple[int, int, int, int, int]] | None = None, sweep: boo
         t_epi1 = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, norm_gamma=gamma, out=nxt[:, :, 2:]))  # noqa: B023
         t_epi2 = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, residual=res))  # noqa: B023
         ratio1, ratio2 = t_epi1 / (t_taps + t_norm3), t_epi2 / (t_taps + t_sum3)
-        # int8: the input's two quantization passes, then the conv on codes (gains of different sizes)
-        gain = torch.exp(0.5 * torch.randn(c, device="cuda"))
-        inv = 1 / smoothing(gain)
-        codes, xs = quantize_input(buf, inv)
-        wq, ws = weight_matrix_int8(weight, smoothing(gain))
-        t_quant = ms(lambda: quantize_input(buf, inv))  # noqa: B023
-        t_i8 = ms(lambda: causal_conv3x3x3(codes, wq, c, bias=bias, x_scale=xs, w_scale=ws))  # noqa: B023
-        t_i8_epi1 = ms(lambda: causal_conv3x3x3(codes, wq, c, bias=bias, norm_gamma=gamma, out=nxt[:, :, 2:],  # noqa: B023
-                                                x_scale=xs, w_scale=ws))  # noqa: B023
-        t_i8_epi2 = ms(lambda: causal_conv3x3x3(codes, wq, c, bias=bias, residual=res, x_scale=xs, w_scale=ws))  # noqa: B023
-        xin = (buf.float() * gain.view(1, -1, 1, 1, 1)).to(buf.dtype).contiguous(memory_format=torch.channels_last_3d)
-        q_s, xs_s = quantize_input(xin, inv)  # an input whose channels follow the gain, as the VAE's do
-        got_s = causal_conv3x3x3(q_s, wq, c, bias=bias, x_scale=xs_s, w_scale=ws)
-        ref_s = F.conv3d(xin.float(), weight.float(), bias.float(), padding=(0, 1, 1))
-        del xin, q_s
-        err8 = ((got_s.float() - ref_s).norm() / ref_s.norm()).item()
-        block8 = (2 * t_quant + t_i8_epi1 + t_i8_epi2) / (t_epi1 + t_epi2)
         row = {"shape": (c, t, h, w), "taps_ms": t_taps, "norm3_ms": t_norm3, "sum3_ms": t_sum3, "plain_ms": t_plain,
                "epi_norm_ms": t_epi1, "epi_res_ms": t_epi2, "tflops_taps": flop / t_taps / 1e9,
                "tflops_ours": flop / t_plain / 1e9, "rel_err": err, "ratio_conv1": ratio1, "ratio_conv2": ratio2,
-               "ratio_block": (t_epi1 + t_epi2) / (2 * t_taps + t_norm3 + t_sum3), "int8_ms": t_i8,
-               "int8_quant_ms": t_quant, "int8_epi_norm_ms": t_i8_epi1, "int8_epi_res_ms": t_i8_epi2,
-               "int8_rel_err": err8, "int8_block_ratio": block8}  # fmt: skip
+               "ratio_block": (t_epi1 + t_epi2) / (2 * t_taps + t_norm3 + t_sum3)}  # fmt: skip
         rows.append(row)
         print(f"C={c} T={t} {h}x{w}: cuDNN taps {t_taps:.3f} ms ({row['tflops_taps']:.0f} TFLOP/s), ours {t_plain:.3f} "
               f"({row['tflops_ours']:.0f}) | conv1+norm: taps {t_taps + t_norm3:.3f} vs ours {t_epi1:.3f} ({ratio1:.3f}x) | "
               f"conv2+residual: taps {t_taps + t_sum3:.3f} vs ours {t_epi2:.3f} ({ratio2:.3f}x) | block "
               f"{row['ratio_block']:.3f}x | rel err {err:.2e}", flush=True)
-        print(f"    int8: conv {t_i8:.3f} ms ({flop / t_i8 / 1e9:.0f} TOP/s, {t_plain / t_i8:.2f}x bf16) | input quant "
-              f"{t_quant:.3f} | conv1+norm {t_i8_epi1:.3f} conv2+res {t_i8_epi2:.3f} | block with 2 quant passes "
-              f"{block8:.3f}x the bf16 block's time | rel err {err8:.2e} (smoothed input)", flush=True)
         if sweep:
             for cfg in _configs():
                 kw = [cfg.kwargs[k] for k in _BLOCK_KEYS]
-                for i8 in (False, True):
-                    if not _fits(c, c, 0, *kw, cfg.num_stages, _smem_limit(torch.cuda.current_device()),
-                                 elem_bytes=1 if i8 else 2) or (not i8 and cfg.num_stages >= _INT8_STAGES):  # fmt: skip
-                        continue
-                    fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-                    try:
-                        if i8:
-                            t_cfg = ms(lambda: causal_conv3x3x3(codes, wq, c, bias=bias, config=fixed, x_scale=xs,  # noqa: B023
-                                                                w_scale=ws))  # noqa: B023
-                        else:
-                            t_cfg = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, config=fixed))  # noqa: B023
-                    except Exception as exc:  # noqa: BLE001 - a config that does not run is reported, not fatal
-                        print(f"    {'int8' if i8 else 'bf16'} {fixed}: failed {type(exc).__name__}", flush=True)
-                        continue
-                    print(f"    {'int8' if i8 else 'bf16'} {fixed}: {t_cfg:.3f} ms ({flop / t_cfg / 1e9:.0f} T/s)",
-                          flush=True)
+                if not _fits(c, c, 0, *kw, cfg.num_stages, _smem_limit(torch.cuda.current_device())):
+                    continue
+                fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                t_cfg = ms(lambda: causal_conv3x3x3(buf, wmat, c, bias=bias, config=fixed))  # noqa: B023
+                print(f"    {fixed}: {t_cfg:.3f} ms ({flop / t_cfg / 1e9:.0f} TFLOP/s)", flush=True)
     return rows
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.vae import CONV_IMPLS, RMSNorm, VAEConfig, WanVAE
+from models.vae import CONV_IMPLS, VAEConfig, WanVAE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -135,8 +135,6 @@ def bench() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
     parser.add_argument("--rows", default="", help="only the rows whose path contains one of these comma-separated "
                         "strings (e.g. 'chunk,igemm'); default: every row")
-    parser.add_argument("--gain-spread", type=float, default=0.0, help="draw every RMS-norm gain as exp(S·N(0, 1)) "
-                        "instead of the init's ones (trained gains differ per channel: a harder case for the int8 convs)")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
     parser.add_argument("--conv-impl", default="igemm", choices=CONV_IMPLS, help="for the profiled decode")
@@ -153,11 +151,6 @@ def bench() -> None:
     budget = int(args.budget_gib * 2**30)
     ref_model = WanVAE(cfg).eval().requires_grad_(False).to(device)
     ref_model.skip_steady_frames = False  # the reference: every frame through every layer
-    if args.gain_spread:
-        with torch.no_grad():
-            for m in ref_model.modules():
-                if isinstance(m, RMSNorm):
-                    m.gamma.copy_(torch.exp(args.gain_spread * torch.randn_like(m.gamma)))
     ours = WanVAE(cfg, memory_budget=budget).eval().requires_grad_(False)
     ours.load_state_dict(ref_model.state_dict())
     ours = ours.to(device, dtype)
@@ -208,8 +201,6 @@ def bench() -> None:
                 variants += [("fast, sdpa attention", dict(fused=True))]
             if device.type == "cuda" and stage != "i2v-encode":  # the implicit-GEMM residual blocks by width
                 variants += [(f"fast, igemm {widths}", dict(fused=True)) for widths in args.igemm.split(",") if widths]
-            if device.type == "cuda":  # the igemm blocks' convs on int8 codes (WanVAE.conv_int8)
-                variants += [("fast, int8 convs", dict(fused=True))]
             if args.cudnn_benchmark:
                 variants += [("fast + cudnn.benchmark", dict(fused=True))]
             if args.rows:
@@ -220,7 +211,6 @@ def bench() -> None:
                 conv_impl, widths, head_impl, attn = ours.conv_impl, ours.igemm_channels, ours.head_impl, ours.attention_impl
                 ours.attention_impl = "sdpa" if "sdpa attention" in name else attn
                 ours.conv_impl = next((c for c in CONV_IMPLS if c in name), conv_impl)
-                ours.conv_int8 = "int8" in name
                 if "igemm" in name:
                     ours.igemm_channels = tuple(int(v) for v in name.split("igemm ")[1].split("+"))
                 xin = x.to(dtype)
@@ -228,7 +218,6 @@ def bench() -> None:
                 ours.head_impl = "cudnn" if "cuDNN RGB" in name else "gemm_fp32" if "fp32 head" in name else head_impl
                 t, peak, out = _measure(lambda m=method, xin=xin, kw=kw: m(ours, xin, **kw), device, args.repeats)
                 ours.conv_impl, ours.head_impl, ours.igemm_channels, ours.attention_impl = conv_impl, head_impl, widths, attn
-                ours.conv_int8 = False
                 torch.backends.cudnn.benchmark = False
                 base = base or t
                 cos = float("nan") if ref is None else _cosine(out, ref)

@@ -49,13 +49,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_T = TypeVar("_T")
 
 # Per-channel statistics of the Wan2.1 VAE's posterior mean, as published with Wan2.1
 # (wan/modules/vae.py); latents are (mu - mean) / std.
@@ -128,9 +126,6 @@ _WORKSPACE = 3 * 2**29
 # ~22 full-resolution frames (every conv's last 2 input frames, all levels). Measured on an H200 at 480p and
 # 720p: peak = fixed + 4.0 activations per frame (kernels/NOTES_vae.md, session 21); these leave ~0.8 GiB spare.
 _LIVE_ACTIVATIONS_IGEMM = 4.25
-# With int8 convs (`WanVAE.conv_int8`) each conv's input also exists as int8 codes (half a bf16 activation)
-# while its bf16 buffer is quantized.
-_LIVE_ACTIVATIONS_IGEMM_INT8 = 4.75
 _CACHE_FRAMES_IGEMM = 22
 _WORKSPACE_IGEMM = 2**29
 # Budget-sized decode chunks stop at this many latent frames (16 video frames): beyond it the convs gain nothing
@@ -194,7 +189,7 @@ class CausalCache:
     """
 
     def __init__(self, *, fused: bool = False, conv_impl: str = "cudnn3d", igemm_channels: tuple[int, ...] = (),
-                 head_impl: str = "gemm", attention_impl: str = "gemm", conv_int8: bool = False) -> None:
+                 head_impl: str = "gemm", attention_impl: str = "gemm") -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         if head_impl not in HEAD_IMPLS:
@@ -206,7 +201,6 @@ class CausalCache:
         self.fused = fused
         self.conv_impl = conv_impl  # fast path: how 3×3×3 convs run (see CausalConv3d.forward_buffer)
         self.igemm_channels = igemm_channels  # conv_impl "igemm": the residual blocks' widths it applies to
-        self.conv_int8 = conv_int8  # conv_impl "igemm": those blocks' convs on int8 codes (WanVAE.conv_int8)
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
         # Steady-state skipping (`WanVAE.encode` turns it on for a video whose last frames are all equal):
@@ -362,12 +356,10 @@ def _sum_residual(parts: list[torch.Tensor], residual: torch.Tensor, bias: torch
     return out
 
 
-def _derived(module: nn.Module, slot: str, weight: torch.Tensor, make: Callable[[torch.Tensor], _T],
-             also: torch.Tensor | None = None) -> _T:
+def _derived(module: nn.Module, slot: str, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """make(weight), computed once and kept on `module` (outside its parameters and state dict) while the
-    weight's storage and version stay the same (and those of `also`, a second tensor it depends on): a new
-    state dict or an in-place change recomputes it."""
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (weight, also) if t is not None)
+    weight's storage and version stay the same: a new state dict or an in-place change recomputes it."""
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
     cached = module.__dict__.get(slot)
     if cached is None or cached[0] != key:
         cached = (key, make(weight))
@@ -586,38 +578,12 @@ class ResidualBlock(nn.Module):
         _norm_silu_into([x], norm1.gamma, new)
         conv1.keep_context(buf, cache)
         buf2, new2 = conv2.input_buffer(x, cache)
-        if cache.conv_int8:
-            codes, xs, w1, ws1 = _int8_conv_input(buf, conv1, norm1)
-            del buf
-            causal_conv3x3x3(codes, w1, c, bias=conv1.bias, norm_gamma=norm2.gamma, out=new2, x_scale=xs, w_scale=ws1)
-            del codes
-            conv2.keep_context(buf2, cache)
-            codes, xs, w2, ws2 = _int8_conv_input(buf2, conv2, norm2)
-            del buf2
-            return causal_conv3x3x3(codes, w2, c, bias=conv2.bias, residual=x, x_scale=xs, w_scale=ws2,
-                                    out_dtype=x.dtype)
         w1 = _derived(conv1, "_igemm_cache", conv1.weight, weight_matrix)
         causal_conv3x3x3(buf, w1, c, bias=conv1.bias, norm_gamma=norm2.gamma, out=new2)
         del buf
         conv2.keep_context(buf2, cache)
         w2 = _derived(conv2, "_igemm_cache", conv2.weight, weight_matrix)
         return causal_conv3x3x3(buf2, w2, c, bias=conv2.bias, residual=x)
-
-
-def _int8_conv_input(buf: torch.Tensor, conv: CausalConv3d, norm: RMSNorm) -> tuple[torch.Tensor, ...]:
-    """A filled padded input buffer of `conv` (silu(norm(·)) of the block) as int8: (codes, scale, weight
-    codes, weight scales). The channels are smoothed by |norm.gamma| first (each channel's size follows it),
-    the weights take the smoothing; both kept on the conv while its weight and the gain stay the same."""
-    from kernels.conv3d_igemm import quantize_input, smoothing, weight_matrix_int8
-
-    def make(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = smoothing(norm.gamma)
-        codes, scales = weight_matrix_int8(weight, s)
-        return codes, scales, 1 / s
-
-    w, ws, inv = _derived(conv, "_igemm_int8_cache", conv.weight, make, also=norm.gamma)
-    codes, xs = quantize_input(buf, inv)
-    return codes, xs, w, ws
 
 
 def _igemm_runs(conv_impl: str, channels: tuple[int, ...], c: int, device: torch.device, dtype: torch.dtype) -> bool:
@@ -960,11 +926,6 @@ class WanVAE(nn.Module):
         # 0.608 and 1.585 s; the 384-wide ones stay on cuDNN, which is faster there).
         self.conv_impl = "igemm"
         self.igemm_channels: tuple[int, ...] = (96, 192)  # conv_impl "igemm": the residual blocks it runs
-        # conv_impl "igemm": run those blocks' convs on int8 codes (int8 tensor cores, twice bf16's rate): each
-        # conv input smoothed per channel by its norm's |gamma| and quantized with one scale per chunk, the
-        # weights per output channel. Off by default: with random weights the emulated decode kept cos 0.9992
-        # to fp32 (kernels/NOTES_vae.md, session 26), and real checkpoints have not been checked.
-        self.conv_int8 = False
         self.head_impl = "gemm"  # the decoder's RGB head on the fast path, one of HEAD_IMPLS
         self.attention_impl = "gemm"  # the mid blocks' attention on the fast path, one of ATTENTION_IMPLS
         # encode: when the video ends on equal frames (an I2V condition: the image, then zeros), compute each
@@ -988,7 +949,7 @@ class WanVAE(nn.Module):
     def _cache(self, fused: bool) -> CausalCache:
         """A new cache for one encode or decode call, with this VAE's fast-path choices."""
         return CausalCache(fused=fused, conv_impl=self.conv_impl, igemm_channels=self.igemm_channels,
-                           head_impl=self.head_impl, attention_impl=self.attention_impl, conv_int8=self.conv_int8)
+                           head_impl=self.head_impl, attention_impl=self.attention_impl)
 
     def _fast(self, fused: bool | None) -> bool:
         """Resolve `fused` (None: on CUDA) and put the conv weights in channels-last memory for it."""
@@ -1107,7 +1068,7 @@ class WanVAE(nn.Module):
             output = b * 3 * (tf * (t - 1) + 1) * (sf * h) * (sf * w) * el
             fixed = output + low_per_latent * min(t, prefix_latents)
             if fused and self._igemm_full_resolution():
-                per_latent = int((_LIVE_ACTIVATIONS_IGEMM_INT8 if self.conv_int8 else _LIVE_ACTIVATIONS_IGEMM) * tf * frame)
+                per_latent = int(_LIVE_ACTIVATIONS_IGEMM * tf * frame)
                 fixed += _CACHE_FRAMES_IGEMM * frame + _WORKSPACE_IGEMM
             else:
                 per_latent = _LIVE_ACTIVATIONS * tf * frame

@@ -109,8 +109,6 @@
 #   bash scripts/gpu_verify.sh s25d     one GPU, ~6 min: turbovid bench on the 1.3B with s25c's shipped files (fresh start
 #                                       compiles nothing; the in-process part adds the baseline's bf16-out norm choices)
 #   bash scripts/gpu_verify.sh s25e     one GPU, ~3 min: the 14B 720p worker's fresh start from the re-recorded list
-#   bash scripts/gpu_verify.sh s26a     one GPU, ~8 min: the VAE's int8 implicit-GEMM convs: GPU tests, the conv bench
-#                                       (int8 rows), 480p / 720p decode bf16 vs int8 with random and spread norm gains
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -528,16 +526,6 @@ elif [ "$mode" = s25b ]; then
     rm -rf /tmp/turbovid-bench-weights-a14b
     turbovid_bench 330
     grep -rhE "memory:|another version of its source|compiled .* at launch" "$OUT/logs/e2e"/worker.log | cut -c1-200 | head -4
-elif [ "$mode" = s26a ]; then
-    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 -m gpu tests/unit/kernels/test_conv3d_igemm_int8.py \
-        tests/unit/kernels/test_conv3d_igemm.py > "$OUT/logs/tests.log" 2>&1
-    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
-    timeout 150 python3 -m kernels.conv3d_igemm > "$OUT/logs/conv_bench.log" 2>&1; grep -v Warn "$OUT/logs/conv_bench.log" | tail -12
-    for spread in 0 0.7; do
-        timeout 150 python3 -m models.bench_vae --sizes 832x480,1280x720 --repeats 2 --skip-encode --igemm 96+192 \
-            --rows "igemm,int8" --gain-spread $spread > "$OUT/logs/bench_vae_$spread.log" 2>&1
-        echo "== gain spread $spread"; grep -A8 "^size" "$OUT/logs/bench_vae_$spread.log" | tail -6; grep -i "error" "$OUT/logs/bench_vae_$spread.log" | tail -3
-    done
 elif [ "$mode" = s25c ]; then
     timeout 230 python3 -m pytest -q -p no:cacheprovider --timeout 220 -m gpu tests/unit/kernels/test_adaln.py \
         > "$OUT/logs/tests.log" 2>&1

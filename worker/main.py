@@ -117,7 +117,6 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     if plan.vae_budget_gib is not None:  # VAE decode/encode chunks sized to what the budget leaves
         pipeline.vae.memory_budget = int(plan.vae_budget_gib * GIB)
     pipeline.vae.conv_impl = w.vae_conv
-    pipeline.vae.conv_int8 = w.vae_conv_int8
     # CUDA graphs keep the DiT forward's activations reserved: not under a memory budget
     pipeline.cuda_graphs = w.cuda_graphs and cuda and plan.fraction is None
     if w.cuda_graphs and cuda and plan.fraction is not None:
