@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.vae import CONV_IMPLS, VAEConfig, WanVAE
+from models.vae import CONV_IMPLS, RMSNorm, VAEConfig, WanVAE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -135,6 +135,8 @@ def bench() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 reference (no cosine)")
     parser.add_argument("--rows", default="", help="only the rows whose path contains one of these comma-separated "
                         "strings (e.g. 'chunk,igemm'); default: every row")
+    parser.add_argument("--gain-spread", type=float, default=0.0, help="draw every RMS-norm gain as exp(S·N(0, 1)) "
+                        "instead of the init's ones (trained gains differ per channel; a harder fidelity case)")
     parser.add_argument("--micro", action="store_true", help="conv3d layout table and the norm kernel bench")
     parser.add_argument("--profile", default="", help="write the fast decode's top CUDA kernels (first size) here")
     parser.add_argument("--conv-impl", default="igemm", choices=CONV_IMPLS, help="for the profiled decode")
@@ -151,6 +153,11 @@ def bench() -> None:
     budget = int(args.budget_gib * 2**30)
     ref_model = WanVAE(cfg).eval().requires_grad_(False).to(device)
     ref_model.skip_steady_frames = False  # the reference: every frame through every layer
+    if args.gain_spread:
+        with torch.no_grad():
+            for m in ref_model.modules():
+                if isinstance(m, RMSNorm):
+                    m.gamma.copy_(torch.exp(args.gain_spread * torch.randn_like(m.gamma)))
     ours = WanVAE(cfg, memory_budget=budget).eval().requires_grad_(False)
     ours.load_state_dict(ref_model.state_dict())
     ours = ours.to(device, dtype)
