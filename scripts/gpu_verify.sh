@@ -109,6 +109,8 @@
 #   bash scripts/gpu_verify.sh s25d     one GPU, ~6 min: turbovid bench on the 1.3B with s25c's shipped files (fresh start
 #                                       compiles nothing; the in-process part adds the baseline's bf16-out norm choices)
 #   bash scripts/gpu_verify.sh s25e     one GPU, ~3 min: the 14B 720p worker's fresh start from the re-recorded list
+#   bash scripts/gpu_verify.sh s26b     one GPU, ~6 min: turbovid bench on the 1.3B, then each job's wall-clock phases
+#                                       from the worker's log (where POST -> completed goes beyond the stage timings)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -526,6 +528,10 @@ elif [ "$mode" = s25b ]; then
     rm -rf /tmp/turbovid-bench-weights-a14b
     turbovid_bench 330
     grep -rhE "memory:|another version of its source|compiled .* at launch" "$OUT/logs/e2e"/worker.log | cut -c1-200 | head -4
+elif [ "$mode" = s26b ]; then
+    turbovid_bench 420
+    echo "== the worker's wall-clock phases per job"
+    grep -h "wall s:" "$OUT/logs/e2e"/worker*.log | sed 's/.*job /job /' | cut -c1-260
 elif [ "$mode" = s25c ]; then
     timeout 230 python3 -m pytest -q -p no:cacheprovider --timeout 220 -m gpu tests/unit/kernels/test_adaln.py \
         > "$OUT/logs/tests.log" 2>&1

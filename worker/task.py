@@ -190,6 +190,7 @@ def _events(ctx: WorkerContext) -> EventLog:
 
 def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
     """Run one job from its JSON spec; returns a small summary for RQ's result."""
+    entered = time.perf_counter()
     spec = JobSpec.model_validate_json(spec_json)
     job_id = spec.job_id
     record = ctx.store.get(job_id)
@@ -215,12 +216,15 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
     progress.started()
     timings: dict[str, float] = {Stage.queue_wait.value: max(0.0, started - spec.created_at)}
     ctx.metrics.observe_timings({Stage.queue_wait.value: timings[Stage.queue_wait.value]})
+    wall: dict[str, float] = {"entered": entered}
     try:
         with tempfile.TemporaryDirectory(prefix=f"turbovid-{job_id}-") as tmp:
-            output = _generate_and_upload(ctx, spec, timings, Path(tmp), progress)
+            output = _generate_and_upload(ctx, spec, timings, Path(tmp), progress, wall)
         timings[Stage.total.value] = time.time() - spec.created_at
         progress.remove_preview()
         _terminal(ctx, spec, JobStatus.completed, progress, output=output, timings=timings)
+        wall["finished"] = time.perf_counter()
+        _log_wall(job_id, wall, timings)
         ctx.metrics.observe_timings({k: v for k, v in timings.items() if k != Stage.queue_wait.value})
         return {"status": JobStatus.completed.value, "key": output.key, "timings": timings}
     except JobCancelled as exc:
@@ -254,6 +258,24 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
         ctx.lease.release()
 
 
+_WALL_PHASES = (("setup", "entered", "generate"), ("generate", "generate", "generated"),
+                ("encode_tail", "generated", "encoded"), ("upload", "encoded", "uploaded"),
+                ("finish", "uploaded", "finished"))
+
+
+def _log_wall(job_id: str, wall: dict[str, float], timings: dict[str, float]) -> None:
+    """One line per completed job: the worker's wall-clock phases, from the job's dequeue to its record
+    finished, beside the device time of the generation's stages (CUDA events on a GPU, which leave out the
+    host's work between stages): where a job's time goes that the stage timings do not show."""
+    if not all(k in wall for k in ("entered", "generate", "generated", "encoded", "uploaded", "finished")):
+        return
+    stages = sum(timings.get(s.value, 0.0) for s in (Stage.text_encode, Stage.image_encode, Stage.denoise,
+                                                      Stage.vae_decode))  # fmt: skip
+    parts = " ".join(f"{name} {wall[b] - wall[a]:.4f}" for name, a, b in _WALL_PHASES)
+    log.info("job %s wall s: %s (generate's device stages %.4f); dequeue to finished %.4f", job_id, parts, stages,
+             wall["finished"] - wall["entered"])
+
+
 class _Frames:
     """Decoded frame chunks → the MP4 encoder's thread, opened at the first chunk."""
 
@@ -281,7 +303,7 @@ class _Frames:
 
 
 def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, float], tmp: Path,
-                         progress: JobProgress) -> JobOutput:
+                         progress: JobProgress, wall: dict[str, float] | None = None) -> JobOutput:
     job_id, params, pipe = spec.job_id, spec.params, ctx.pipeline
 
     # 2. what this pipeline honours, then the inputs -------------------------------------------------
@@ -302,9 +324,11 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
                    threads=ctx.settings.worker.encoder_threads,
                    thread_type=ctx.settings.worker.encoder_thread_type)
     progress.frames_sink = sink
+    wall = {} if wall is None else wall
     try:
+        wall["generate"] = time.perf_counter()
         result = pipe.generate(params, image=image, on_step=progress)
-        t0 = time.perf_counter()  # the encode tail starts when the last chunk is decoded
+        t0 = wall["generated"] = time.perf_counter()  # the encode tail starts when the last chunk is decoded
         progress.close()  # no previews after the denoise
         if sink.next == 0:  # a pipeline that does not stream: all of the frames now
             sink(0, result.frames)
@@ -320,7 +344,8 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
         assert sink.encoder is not None
         size = sink.encoder.close()
         thumbnail = sink.encoder.thumbnail or encode_thumbnail(result.frames)
-        timings[Stage.video_encode.value] = time.perf_counter() - t0
+        wall["encoded"] = time.perf_counter()
+        timings[Stage.video_encode.value] = wall["encoded"] - t0
         progress.on_stage(StageEvent(Stage.video_encode.value, 1, 1))  # raises JobCancelled if cancelled
     except BaseException:
         sink.abort()
@@ -335,7 +360,8 @@ def _generate_and_upload(ctx: WorkerContext, spec: JobSpec, timings: dict[str, f
         ctx.storage.put_bytes(thumbnail, thumb_key, "image/jpeg")
     except Exception as exc:
         raise JobFailed(ErrorCode.storage_error, f"upload failed: {type(exc).__name__}: {exc}") from exc
-    timings[Stage.upload.value] = time.perf_counter() - t0
+    wall["uploaded"] = time.perf_counter()
+    timings[Stage.upload.value] = wall["uploaded"] - t0
     try:
         progress.on_stage(StageEvent(Stage.upload.value, 1, 1))
     except JobCancelled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 
@@ -34,10 +35,11 @@ def _decode(data: bytes) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def test_t2v_job_completes_with_mp4_thumbnail_timings_and_progress(tmp_path):
+def test_t2v_job_completes_with_mp4_thumbnail_timings_and_progress(tmp_path, caplog):
     settings = test_settings(tmp_path)
     spec = submit(settings, frames=9, size=(64, 48))
-    run_worker(settings, pipeline=PatternPipeline(), burst=True)
+    with caplog.at_level("INFO", logger="turbovid.worker"):
+        run_worker(settings, pipeline=PatternPipeline(), burst=True)
 
     record = _store(settings).get(spec.job_id)
     assert record is not None and record.status is JobStatus.completed, record
@@ -54,6 +56,12 @@ def test_t2v_job_completes_with_mp4_thumbnail_timings_and_progress(tmp_path):
         assert stage in record.timings, stage
     assert record.timings["total"] >= record.timings["queue_wait"] >= 0
     assert not _store(settings).r.zscore(_store(settings).keys.active("test"), spec.job_id) is not None
+    # the worker's log has the job's wall-clock phases; they add up to the dequeue-to-finished time
+    line = next(r.getMessage() for r in caplog.records if f"job {spec.job_id} wall s:" in r.getMessage())
+    phases = dict(re.findall(r"(setup|generate|encode_tail|upload|finish) (\d+\.\d+)", line))
+    assert set(phases) == {"setup", "generate", "encode_tail", "upload", "finish"}, line
+    whole = float(re.search(r"dequeue to finished (\d+\.\d+)", line)[1])
+    assert abs(sum(map(float, phases.values())) - whole) < 2e-3 and whole > 0
 
 
 @pytest.mark.parametrize(("threads", "kind"), [(2, "slice"), (4, "slice"), (3, "frame")])
