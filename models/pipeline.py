@@ -261,7 +261,6 @@ class WanPipeline:
         generator = torch.Generator().manual_seed(params.seed)
         shape = (1, 16, latent_frames(params.num_frames), params.height // VAE_STRIDE[1],
                  params.width // VAE_STRIDE[2])
-        noise = initial_noise(shape, generator, self.device)
 
         progress.on_stage(StageEvent("text_encode", 0, 1))
         with clock.span("text_encode"):
@@ -276,6 +275,8 @@ class WanPipeline:
                 cond = self.image_condition(image, params.num_frames, params.width, params.height)
             progress.on_stage(StageEvent("image_encode", 1, 1))
 
+        # drawn on the host (the same noise for a seed on every device) while the device runs the encoders
+        noise = initial_noise(shape, generator, self.device)
         steps = _StepReporter(clock, progress, self.preview_map() if progress.wants_preview else None)
         progress.on_stage(StageEvent("denoise", 0, params.num_steps))
         steps.start()
@@ -298,10 +299,9 @@ class WanPipeline:
             latents = sample_flow_cfg(velocity, uncond, noise, num_steps=params.num_steps, shift=self.flow_shift,
                                       guidance_scale=params.guidance_scale, on_step=steps.step,
                                       on_x0=steps.x0 if progress.wants_preview else None)
-        steps.finish()  # the one wait: the last step's event, before the decode is queued
-
         with clock.span("vae_decode"):
-            frames = self._decode_frames(latents, params.num_frames, progress)
+            # the one wait, for the last step's event, comes once the first decode chunk is queued behind it
+            frames = self._decode_frames(latents, params.num_frames, progress, before_first=steps.finish)
 
         timings = StageTimings()
         for name, seconds in clock.resolve():
@@ -317,16 +317,24 @@ class WanPipeline:
             self.latent_preview = LatentPreview.fit(self.vae).to(self.device)  # type: ignore[arg-type]
         return self.latent_preview
 
-    def _decode_frames(self, latents: torch.Tensor, num_frames: int, progress: Progress) -> np.ndarray:
+    def _decode_frames(self, latents: torch.Tensor, num_frames: int, progress: Progress,
+                       before_first: Callable[[], None] | None = None) -> np.ndarray:
         """VAE-decode chunk by chunk into [F, H, W, 3] uint8 on the host (pinned on CUDA). Each chunk's
         copy to the host is queued before the next chunk is decoded and handed to `progress` once the
-        next chunk has been queued, so the device never waits for the host's callbacks."""
+        next chunk has been queued, so the device never waits for the host's callbacks. before_first: called
+        once the first chunk is queued, before any decode event (the denoise's last report, which waits
+        for the device: the decode is queued behind it by then, so the device does not wait for the host)."""
         _, _, t_lat, h, w = latents.shape
         tf = self.vae.config.temporal_factor  # type: ignore[attr-defined]
         cuda = self.device.type == "cuda"
         out = torch.empty((num_frames, h * VAE_STRIDE[1], w * VAE_STRIDE[2], 3), dtype=torch.uint8, pin_memory=cuda)
         host = out.numpy()
-        progress.on_stage(StageEvent("vae_decode", 0, t_lat))
+
+        def started() -> None:
+            if before_first is not None:
+                before_first()
+            progress.on_stage(StageEvent("vae_decode", 0, t_lat))
+
         pending: tuple[int, int, object] | None = None
         decoded = 0  # latent frames handed over
 
@@ -349,10 +357,14 @@ class WanPipeline:
                 ready.record()  # type: ignore[attr-defined]
             if pending is not None:
                 deliver(*pending)
+            else:
+                started()
             pending = (start, n, ready)
             start += n
         if pending is not None:
             deliver(*pending)
+        else:
+            started()
         if start != num_frames:
             raise RuntimeError(f"the VAE decoded {start} frames, expected {num_frames}")
         return host

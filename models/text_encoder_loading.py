@@ -291,12 +291,12 @@ class TextEncoder:
         Only the first max(lengths) positions are computed: keys past a prompt's length are masked
         and relative-position bias depends only on distances, so trimming changes nothing else.
         """
-        input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
         B, L = input_ids.shape
         if B == 0:
             return torch.zeros(0, L, self.config.d_model, device=self.device, dtype=self.dtype)
-        keep = max(int(attention_mask.sum(dim=1).max()), 1)
+        keep = max(int(attention_mask.sum(dim=1).max()), 1)  # before the copies: no device sync for it
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
         mask = attention_mask[:, :keep]
         hidden = self.model(input_ids[:, :keep], mask, attn_backend=self.attn_backend)  # [B, keep, C]
         hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)

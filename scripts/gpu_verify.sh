@@ -111,6 +111,9 @@
 #   bash scripts/gpu_verify.sh s25e     one GPU, ~3 min: the 14B 720p worker's fresh start from the re-recorded list
 #   bash scripts/gpu_verify.sh s26b     one GPU, ~6 min: turbovid bench on the 1.3B, then each job's wall-clock phases
 #                                       from the worker's log (where POST -> completed goes beyond the stage timings)
+#   bash scripts/gpu_verify.sh s26c     one GPU, ~6 min: the pipeline GPU tests, turbovid bench with the initial noise drawn
+#                                       while the encoders run and the decode queued before the last step's report
+#                                       (the wall-clock phases per job), the x264 noise tail by thread count
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -532,6 +535,15 @@ elif [ "$mode" = s26b ]; then
     turbovid_bench 420
     echo "== the worker's wall-clock phases per job"
     grep -h "wall s:" "$OUT/logs/e2e"/worker*.log | sed 's/.*job /job /' | cut -c1-260
+elif [ "$mode" = s26c ]; then
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 90 -m gpu tests/unit/models/test_pipeline_gpu.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    turbovid_bench 400
+    echo "== the worker's wall-clock phases per job"
+    grep -h "wall s:" "$OUT/logs/e2e"/worker*.log | sed 's/.*job /job /' | cut -c1-260
+    echo "== x264 noise tail by frame-thread count on this host ($(nproc) CPUs)"
+    timeout 90 python3 -m worker.encode --content noise --decode-s 0.64 --threads 8,12,16 --frame-threads 2>&1 | tail -8
 elif [ "$mode" = s25c ]; then
     timeout 230 python3 -m pytest -q -p no:cacheprovider --timeout 220 -m gpu tests/unit/kernels/test_adaln.py \
         > "$OUT/logs/tests.log" 2>&1

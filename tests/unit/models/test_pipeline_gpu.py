@@ -59,3 +59,39 @@ def test_cuda_sagesla_honours_sla_topk_per_request(cpu_pipe):
     b = gpu.generate(_params(sla_topk=1.0, **big)).frames
     assert not np.array_equal(a, b)
     assert np.array_equal(a, gpu.generate(_params(sla_topk=0.1, **big)).frames)
+
+
+def test_cuda_progress_reports_every_step_before_the_decode_and_streams_the_frames(cpu_pipe):
+    """On CUDA the steps are reported as the device completes them and the last one is waited for only once
+    the first decode chunk is queued behind it; the events still come in order (every denoise step, then
+    the decode chunk by chunk) and the streamed frames are the returned ones, the same as the CPU's order."""
+    from models.pipeline_types import StageEvent
+
+    class Log:
+        wants_preview = True
+
+        def __init__(self) -> None:
+            self.stages: list[tuple[str, int, int]] = []
+            self.previews: list[int] = []
+            self.chunks: list[tuple[int, np.ndarray]] = []
+
+        def on_stage(self, event: StageEvent) -> None:
+            self.stages.append((event.stage, event.done, event.total))
+
+        def on_preview(self, step: int, total: int, image: np.ndarray) -> None:
+            self.previews.append(step)
+
+        def on_frames(self, start: int, frames: np.ndarray) -> None:
+            self.chunks.append((start, frames.copy()))
+
+    cache, cpu = cpu_pipe
+    gpu = load_pipeline("wan-tiny", [], cache_dir=cache, device="cuda", dtype=torch.bfloat16)
+    for pipe in (cpu, gpu):
+        rec = Log()
+        result = pipe.generate(_params(), on_step=rec)
+        decode = [s for s in rec.stages if s[0] == "vae_decode"]
+        assert rec.stages[:2] == [("text_encode", 0, 1), ("text_encode", 1, 1)]
+        assert rec.stages[2:7] == [("denoise", i, 4) for i in range(5)]
+        assert rec.stages[7:] == decode and decode[0][1] == 0 and decode[-1][1] == decode[-1][2]
+        assert rec.previews == [1, 2, 3, 4]
+        assert np.array_equal(np.concatenate([c for _, c in rec.chunks]), result.frames)
