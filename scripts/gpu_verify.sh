@@ -114,6 +114,8 @@
 #   bash scripts/gpu_verify.sh s26c     one GPU, ~6 min: the pipeline GPU tests, turbovid bench with the initial noise drawn
 #                                       while the encoders run and the decode queued before the last step's report
 #                                       (the wall-clock phases per job), the x264 noise tail by thread count
+#   bash scripts/gpu_verify.sh s26d     one GPU, ~5 min: the pipeline GPU tests, then the whole job A/B on one host: the
+#                                       tree at OLD_SRC and this one, alternately (turbovid bench, 4 jobs each)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -544,6 +546,21 @@ elif [ "$mode" = s26c ]; then
     grep -h "wall s:" "$OUT/logs/e2e"/worker*.log | sed 's/.*job /job /' | cut -c1-260
     echo "== x264 noise tail by frame-thread count on this host ($(nproc) CPUs)"
     timeout 90 python3 -m worker.encode --content noise --decode-s 0.64 --threads 8,12,16 --frame-threads 2>&1 | tail -8
+elif [ "$mode" = s26d ]; then
+    # A/B on one host: OLD_SRC (a tree of an earlier commit) and this tree, alternately, the same weights
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 90 -m gpu tests/unit/models/test_pipeline_gpu.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    here=$PWD
+    for run in old1 new1 old2 new2; do
+        tree=$here; [ "${run#old}" != "$run" ] && tree=$OLD_SRC
+        (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" timeout 200 python3 -m cli.main bench --weights "$W" \
+            --text-encoder small --jobs 4 --no-restart --skip-stages --start-timeout 150 --job-timeout 60 \
+            --logs "$OUT/logs/e2e-$run" > "$OUT/logs/bench-$run.log" 2>&1)
+        echo "== $run ($(cd "$tree" && git log --oneline -1 2>/dev/null | cut -c1-7))"
+        grep -E "POST->completed" "$OUT/logs/bench-$run.log" | grep -v "^\[" | cut -c1-120 | head -5
+        grep -h "wall s:" "$OUT/logs/e2e-$run"/worker*.log | sed 's/.*wall s: //' | cut -c1-200
+    done
 elif [ "$mode" = s25c ]; then
     timeout 230 python3 -m pytest -q -p no:cacheprovider --timeout 220 -m gpu tests/unit/kernels/test_adaln.py \
         > "$OUT/logs/tests.log" 2>&1

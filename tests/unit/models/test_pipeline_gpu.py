@@ -65,9 +65,9 @@ def test_cuda_progress_reports_every_step_before_the_decode_and_streams_the_fram
     """On CUDA the steps are reported as the device completes them and the last one is waited for only once
     the first decode chunk is queued behind it; the events still come in order (every denoise step, then
     the decode chunk by chunk) and the streamed frames are the returned ones, the same as the CPU's order."""
-    from models.pipeline_types import StageEvent
+    from models.pipeline_types import Progress, StageEvent
 
-    class Log:
+    class Log(Progress):
         wants_preview = True
 
         def __init__(self) -> None:
