@@ -116,6 +116,8 @@
 #                                       (the wall-clock phases per job), the x264 noise tail by thread count
 #   bash scripts/gpu_verify.sh s26d     one GPU, ~5 min: the pipeline GPU tests, then the whole job A/B on one host: the
 #                                       tree at OLD_SRC and this one, alternately (turbovid bench, 4 jobs each)
+#   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
+#                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
 #                                       (turbovid bench: gateway, worker, POST with an image -> MP4), resident, then
 #                                       within a 32 GB budget (--worker-setting gpu_memory_gb=32)
@@ -561,6 +563,11 @@ elif [ "$mode" = s26d ]; then
         grep -E "POST->completed" "$OUT/logs/bench-$run.log" | grep -v "^\[" | cut -c1-120 | head -5
         grep -h "wall s:" "$OUT/logs/e2e-$run"/worker*.log | sed 's/.*wall s: //' | cut -c1-200
     done
+elif [ "$mode" = s26e ]; then
+    timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
+        > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
+    timeout 300 python3 scripts/generate_gaps.py --weights "$W" > "$OUT/logs/gaps.log" 2>&1
+    grep -v "USDT\|Warning\|warn" "$OUT/logs/gaps.log" | tail -22
 elif [ "$mode" = s25c ]; then
     timeout 230 python3 -m pytest -q -p no:cacheprovider --timeout 220 -m gpu tests/unit/kernels/test_adaln.py \
         > "$OUT/logs/tests.log" 2>&1
