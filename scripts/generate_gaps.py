@@ -15,6 +15,7 @@ for the largest gaps the Python frames (ours) and CPU ops running on the host me
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -79,9 +80,16 @@ def main() -> None:
     events = prof.profiler.kineto_results.events()
     dev = sorted((e.start_ns(), e.end_ns()) for e in events
                  if e.device_type() == torch.autograd.DeviceType.CUDA and e.duration_ns() > 0)  # fmt: skip
-    host = [(e.start_ns(), e.end_ns(), e.name(), e.is_python_function()) for e in events
+    host = [(e.start_ns(), e.end_ns(), e.name(), _is_python(e)) for e in events
             if e.device_type() == torch.autograd.DeviceType.CPU and e.duration_ns() > 0]  # fmt: skip
     analyze(dev, host, args.gaps)
+
+def _is_python(event: object) -> bool:
+    """A Python frame of the profile (with_stack): the event's own flag where this torch has it, else its
+    name ("path.py(line): function")."""
+    flag = getattr(event, "is_python_function", None)
+    return bool(flag()) if callable(flag) else re.search(r"\.py\(\d+\)", event.name()) is not None  # type: ignore[attr-defined]
+
 
 def analyze(dev: list[tuple[int, int]], host: list[tuple[int, int, str, bool]], n_gaps: int) -> None:
     """Print the device's busy time, span and idle gaps (dev: sorted (start, end) ns of device work), and
