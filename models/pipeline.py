@@ -55,7 +55,7 @@ from models.pipeline_types import (
     StepCallback,
     as_progress,
 )
-from models.samplers import A14B_SWITCH_T, VelocityFn, initial_noise, sample_flow_cfg, sample_rcm
+from models.samplers import A14B_SWITCH_T, VelocityFn, draw_initial_noise, sample_flow_cfg, sample_rcm
 from models.vae_parallel import split_decode_iter, split_encode
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,8 @@ class WanPipeline:
         generator = torch.Generator().manual_seed(params.seed)
         shape = (1, 16, latent_frames(params.num_frames), params.height // VAE_STRIDE[1],
                  params.width // VAE_STRIDE[2])
+        # drawn on the host (the same noise for a seed on every device) on a thread while the encoders run
+        take_noise = draw_initial_noise(shape, generator, self.device)
 
         progress.on_stage(StageEvent("text_encode", 0, 1))
         with clock.span("text_encode"):
@@ -275,8 +277,7 @@ class WanPipeline:
                 cond = self.image_condition(image, params.num_frames, params.width, params.height)
             progress.on_stage(StageEvent("image_encode", 1, 1))
 
-        # drawn on the host (the same noise for a seed on every device) while the device runs the encoders
-        noise = initial_noise(shape, generator, self.device)
+        noise = take_noise()
         steps = _StepReporter(clock, progress, self.preview_map() if progress.wants_preview else None)
         progress.on_stage(StageEvent("denoise", 0, params.num_steps))
         steps.start()

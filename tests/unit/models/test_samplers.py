@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from models.samplers import flow_sigmas, rcm_timesteps, sample_flow_cfg, sample_rcm
+from models.samplers import (
+    draw_initial_noise,
+    flow_sigmas,
+    initial_noise,
+    rcm_timesteps,
+    sample_flow_cfg,
+    sample_rcm,
+)
 
 
 def test_rcm_timesteps_match_the_published_schedule():
@@ -133,3 +140,34 @@ def test_rcm_loop_never_waits_for_the_gpu():
             torch.randn(4, 4).to("cuda")
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_initial_noise_drawn_on_a_thread_is_the_seeds_noise_and_leaves_the_generator_where_it_was():
+    """draw_initial_noise (generate draws the noise while the encoders run): take() gives exactly
+    initial_noise's tensor for the seed, and the generator then continues as after initial_noise (the SDE's
+    later draws are unchanged); a failed draw is raised by take(), not lost on the thread."""
+    shape = (1, 16, 3, 6, 8)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    take = draw_initial_noise(shape, g1, "cpu")
+    want = initial_noise(shape, g2, "cpu")
+    got = take()
+    assert torch.equal(got, want) and got.shape == shape and got.dtype == torch.float32
+    assert torch.equal(torch.randn(5, generator=g1), torch.randn(5, generator=g2))
+    bad = draw_initial_noise((1, -3), torch.Generator().manual_seed(0), "cpu")
+    with pytest.raises(RuntimeError):
+        bad()
+
+
+@pytest.mark.gpu
+def test_initial_noise_drawn_on_a_thread_reaches_the_gpu_without_a_sync():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    take = draw_initial_noise((1, 16, 3, 6, 8), torch.Generator().manual_seed(7), "cuda")
+    want = initial_noise((1, 16, 3, 6, 8), torch.Generator().manual_seed(7), "cpu")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = take()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert got.is_cuda and torch.equal(got.cpu(), want)
