@@ -100,8 +100,7 @@ def draw_initial_noise(
         thread.join()
         if "error" in box:
             raise box["error"]
-        host = box["noise"]
-        return host.to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+        return _to_device(box["noise"], device)  # pinned already on CUDA: pin_memory() returns it as it is
 
     return take
 

@@ -267,7 +267,7 @@ def _log_wall(job_id: str, wall: dict[str, float], timings: dict[str, float]) ->
     """One line per completed job: the worker's wall-clock phases, from the job's dequeue to its record
     finished, beside the device time of the generation's stages (CUDA events on a GPU, which leave out the
     host's work between stages): where a job's time goes that the stage timings do not show."""
-    if not all(k in wall for k in ("entered", "generate", "generated", "encoded", "uploaded", "finished")):
+    if not all(k in wall for _, start, end in _WALL_PHASES for k in (start, end)):
         return
     stages = sum(timings.get(s.value, 0.0) for s in (Stage.text_encode, Stage.image_encode, Stage.denoise,
                                                       Stage.vae_decode))  # fmt: skip
