@@ -116,6 +116,8 @@
 #                                       (the wall-clock phases per job), the x264 noise tail by thread count
 #   bash scripts/gpu_verify.sh s26d     one GPU, ~5 min: the pipeline GPU tests, then the whole job A/B on one host: the
 #                                       tree at OLD_SRC and this one, alternately (turbovid bench, 4 jobs each)
+#   bash scripts/gpu_verify.sh s27a     one GPU, ~7 min: the samplers' and pipeline GPU tests, then Nsight Compute (ncu) on
+#                                       the VAE convs, the 1.3B GEMMs and one SageSLA call (scripts/ncu_targets.py)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -563,6 +565,27 @@ elif [ "$mode" = s26d ]; then
         grep -E "POST->completed" "$OUT/logs/bench-$run.log" | grep -v "^\[" | cut -c1-120 | head -5
         grep -h "wall s:" "$OUT/logs/e2e-$run"/worker*.log | sed 's/.*wall s: //' | cut -c1-200
     done
+elif [ "$mode" = s27a ]; then
+    export PATH=$PATH:/usr/local/cuda/bin:$(ls -d /opt/nvidia/nsight-compute/*/ 2>/dev/null | tail -1)
+    echo "ncu: $(command -v ncu)"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 100 -m gpu tests/unit/models/test_samplers.py \
+        tests/unit/models/test_pipeline_gpu.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    # hardware counters of the kernels that hold the job's time (scripts/ncu_targets.py), one process
+    targets=${NCU_TARGETS:-conv96 conv192 ffn_up ffn_down sagesla}
+    timeout 100 python3 scripts/ncu_targets.py $targets --time --cache /tmp/ncu-cache 2>&1 | grep -v Warn | tail -8
+    inc=(); for t in $targets; do inc+=(--nvtx-include "$t/"); done
+    timeout 330 ncu --clock-control none --nvtx "${inc[@]}" --section SpeedOfLight --section WarpStateStats \
+        --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+        --section Occupancy --section LaunchStats --section SourceCounters --section InstructionStats \
+        -f -o "$OUT/logs/targets" python3 scripts/ncu_targets.py $targets --cache /tmp/ncu-cache \
+        > "$OUT/logs/ncu.log" 2>&1; echo "ncu rc $?"; tail -3 "$OUT/logs/ncu.log"
+    ncu -i "$OUT/logs/targets.ncu-rep" --page details --print-units base > "$OUT/logs/details.txt" 2>&1
+    ncu -i "$OUT/logs/targets.ncu-rep" --page raw --csv > "$OUT/logs/raw.csv" 2>&1
+    ncu -i "$OUT/logs/targets.ncu-rep" --page source --csv --print-source sass > "$OUT/logs/source.csv" 2>&1
+    ls -la "$OUT/logs" | tail -8
+    grep -E "^  [_a-zA-Z].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issued Ipc" \
+        "$OUT/logs/details.txt" | head -60
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
