@@ -118,6 +118,8 @@
 #                                       tree at OLD_SRC and this one, alternately (turbovid bench, 4 jobs each)
 #   bash scripts/gpu_verify.sh s27a     one GPU, ~7 min: the samplers' and pipeline GPU tests, then Nsight Compute (ncu) on
 #                                       the VAE convs, the 1.3B GEMMs and one SageSLA call (scripts/ncu_targets.py)
+#   bash scripts/gpu_verify.sh s27b     one GPU, ~8 min: scripts/tile_probe.py (the Gluon int8 GEMM vs the Triton one; VAE
+#                                       conv tiles of 256 pixels)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -586,6 +588,10 @@ elif [ "$mode" = s27a ]; then
     ls -la "$OUT/logs" | tail -8
     grep -E "^  [_a-zA-Z].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issued Ipc" \
         "$OUT/logs/details.txt" | head -60
+elif [ "$mode" = s27b ]; then
+    # the int8 GEMM with overlapping MMAs (Gluon) vs the Triton kernel; 256-pixel VAE conv tiles
+    timeout 520 python3 scripts/tile_probe.py ${PROBE_PARTS:-gemm conv} --cache /tmp/probe-cache 2>&1 \
+        | grep -v "Warn\|warn" | tee "$OUT/logs/tile_probe.log" | tail -80
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
