@@ -79,6 +79,7 @@ def use_target(arch: int) -> None:
 # this process's share of the compiles: (k, n) compiles the calls i with i % n == k (see `run`)
 _SHARD = [0, 1]
 _CALLS = [0]
+_LAST: list = [None]  # the last compiled kernel (its PTX, for cases that check it)
 
 
 def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int, ...], smem: int,
@@ -98,6 +99,7 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
     except Exception as exc:  # noqa: BLE001 - report every failing config, go on with the next
         res.errors.append(f"{meta}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
         return
+    _LAST[0] = kernel
     res.compiled += 1
     shared = int(kernel.metadata.shared)
     if shared > smem:
@@ -146,6 +148,35 @@ def _w8a8_tma(smem: int) -> Result:
             _compile(res, w8a8._w8a8_tma_kernel, cfg, (1,), smem, **descs, sa_ptr=f32, sb_ptr=f32,
                      bias_ptr=torch.zeros(256, dtype=torch.bfloat16), inv_ptr=f32, M=256, N=256, K=k,
                      HAS_BIAS=True, EPILOGUE=True, FUSED_QUANT=False, NUM_SMS=132)
+    return res
+
+
+def _w8a8_gluon(smem: int) -> Result:
+    """The Gluon int8 GEMM (`kernels.w8a8_gluon`): every config, at the Wan shapes' K, bf16 out; each must keep
+    one MMA group in flight in its K loop (`wgmma.wait_group 1` in the PTX), the point of this kernel."""
+    import re
+
+    from kernels import w8a8_gluon as wg
+
+    res = Result("w8a8 Gluon GEMM (async int8 wgmma)")
+    if not wg.available():
+        res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
+        return res
+    for k in (1536, 5120, 8960):
+        for cfg in wg.CONFIGS:
+            bm, bn, bk, stages, warps = cfg
+            xq, wq = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
+            y = torch.zeros(256, 256, dtype=torch.bfloat16)
+            a_desc, b_desc, c_desc = wg.descriptors(xq, wq, y, bm, bn, bk)
+            f32 = torch.zeros(256)
+            before = res.compiled
+            meta = {"HAS_BIAS": True, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132, "num_warps": warps}
+            _compile(res, wg._w8a8_gluon_kernel, meta, (1,), smem, a_desc=a_desc, b_desc=b_desc, c_desc=c_desc,
+                     sa_ptr=f32, sb_ptr=f32, bias_ptr=y[0], M=256, N=256, K=k)
+            if res.compiled > before:
+                ptx = _LAST[0].asm["ptx"] if _LAST[0] is not None else ""
+                if "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
+                    res.errors.append(f"{cfg} at K={k}: no wgmma.wait_group 1 (its MMAs do not overlap)")
     return res
 
 
@@ -252,6 +283,7 @@ def _row_norms(smem: int) -> Result:
 CASES: dict[str, Callable[[int], Result]] = {
     "conv3d_igemm": _conv3d_igemm,
     "w8a8": _w8a8_tma,
+    "w8a8_gluon": _w8a8_gluon,
     "sagesla": _sagesla,
     "int8_quant": _int8_quant,
     "softmax_rows": _softmax_rows,

@@ -304,6 +304,49 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# sm90 runs `kernels.w8a8_gluon` by default: the same persistent TMA GEMM in Gluon, its int8 MMAs asynchronous
+# (one wgmma group in flight), 1.00-1.15x `_w8a8_tma_kernel` with bit-equal output (Triton's pipeliner keeps
+# int32-accumulator dots synchronous; kernels/NOTES_w8a8.md, session 27). TURBOVID_W8A8_BACKEND = auto
+# (default) / gluon / triton chooses on Hopper. (Kept below the kernels: Triton's cache key holds their lines.)
+BACKEND_ENV = "TURBOVID_W8A8_BACKEND"
+
+
+@functools.cache
+def _gluon_usable(device_index: int) -> bool:
+    """Whether `kernels.w8a8_gluon` runs here: a Hopper GPU (sm90: its wgmma), a Triton with the Gluon Hopper
+    API, not turned off by TURBOVID_W8A8_BACKEND=triton, and one small launch per process equal to the
+    Triton kernel's output (a Triton whose Gluon compiles differently falls back with a warning)."""
+    import logging
+    import os
+
+    from kernels import w8a8_gluon
+
+    log = logging.getLogger(__name__)
+    choice = os.environ.get(BACKEND_ENV, "auto").lower()
+    if choice not in ("auto", "gluon", "triton"):
+        log.warning("%s=%r is not auto, gluon or triton: using auto", BACKEND_ENV, choice)
+        choice = "auto"
+    if choice == "triton" or torch.cuda.get_device_capability(device_index) != (9, 0) or not w8a8_gluon.available():
+        return False
+    try:
+        dev = torch.device("cuda", device_index)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        xq = torch.randint(-127, 128, (300, 256), generator=g, dtype=torch.int8).to(dev)
+        wq = torch.randint(-127, 128, (272, 256), generator=g, dtype=torch.int8).to(dev)
+        sx, sw = torch.rand(300, generator=g).to(dev), torch.rand(272, generator=g).to(dev)
+        bias = torch.randn(272, generator=g).to(dev, torch.bfloat16)
+        want = w8a8_gemm(xq, sx, W8A8Weight(wq, sw), bias, torch.bfloat16, backend="tma")
+        got = w8a8_gluon.w8a8_gemm_gluon(xq, sx, wq, sw, bias, torch.bfloat16)
+        if torch.equal(got, want):
+            return True
+        log.warning("the Gluon int8 GEMM differs from the Triton one on this Triton %s: using Triton's",
+                    triton.__version__)
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the Triton kernel
+        log.warning("the Gluon int8 GEMM does not run on this Triton %s (%s): using Triton's", triton.__version__,
+                    f"{type(exc).__name__}: {str(exc)[:200]}")
+    return False
+
+
 def tma_supported(device: torch.device, n: int, k: int) -> bool:
     """True where the sm90 TMA kernel applies: Hopper or newer and 16-byte aligned row strides."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
@@ -331,8 +374,10 @@ def w8a8_gemm(
 ):
     """Pre-quantized xq [M, K] int8 + sx [M] -> y [M, N] in out_dtype.
 
-    backend: "auto" (TMA on sm90+ where shapes allow, else portable), "tma" or "portable". config: a fixed
-    tile config (dict of BLOCK_M/N/K, GROUP_M, optional num_warps/num_stages) instead of autotuning.
+    backend: "auto" (sm90: the Gluon kernel, `kernels.w8a8_gluon`; the Triton TMA kernel on other sm90+
+    parts, with a fixed config, with `inv` or without epilogue; else portable), "gluon", "tma" or
+    "portable". config: a fixed tile config for the Triton kernels (dict of BLOCK_M/N/K, GROUP_M, optional
+    num_warps/num_stages) instead of autotuning.
     epilogue=False skips scales and bias (profiling only). inv [M] (= 127/absmax per token) switches the
     TMA kernel to fused quantization: xq is then the bf16/fp16 activation, quantized tile by tile in
     registers (experimental, measured in bench). out: a contiguous [M, N] tensor of out_dtype to write y into
@@ -348,6 +393,16 @@ def w8a8_gemm(
         return out
     if backend == "auto":
         backend = "tma" if tma_supported(xq.device, n, k) else "portable"
+        if (backend == "tma" and config is None and inv is None and epilogue
+                and _gluon_usable(xq.device.index if xq.device.index is not None else torch.cuda.current_device())):
+            backend = "gluon"
+    if backend == "gluon":
+        from kernels import w8a8_gluon
+
+        if inv is not None or not epilogue or config is not None:
+            raise ValueError("the Gluon kernel takes pre-quantized x with the epilogue and its own tiles")
+        return w8a8_gluon.w8a8_gemm_gluon(xq, sx, weight.qweight, weight.scale, bias, out_dtype,
+                                          config=w8a8_gluon.pick_config(n, k), out=out)
     if xq.device.type == "cpu" and config is None:
         config = INTERPRET_CONFIG
     has_bias = bias is not None

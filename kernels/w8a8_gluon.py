@@ -45,10 +45,19 @@ try:  # Gluon (Triton >= 3.5): Hopper TMA, mbarriers and asynchronous warpgroup 
 except ImportError:  # pragma: no cover - older Triton
     _HAVE_GLUON = False
 
-__all__ = ["available", "w8a8_gemm_gluon", "CONFIGS"]
+__all__ = ["available", "w8a8_gemm_gluon", "pick_config", "CONFIGS"]
 
-# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps (8 warps: two warpgroups of 64 rows each)
-CONFIGS = [(128, 256, 64, 5, 8), (128, 256, 128, 3, 8), (256, 128, 64, 5, 8), (128, 256, 64, 4, 8), (128, 128, 128, 5, 8)]
+# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps (8 warps: two warpgroups); the first two are the ones `pick_config`
+# returns, the rest were measured against them (scripts/tile_probe.py gemm, session 27)
+CONFIGS = [(128, 256, 128, 3, 8), (256, 128, 64, 5, 8), (128, 256, 64, 5, 8), (128, 256, 64, 4, 8), (128, 128, 128, 5, 8)]
+
+
+def pick_config(n: int, k: int) -> tuple:
+    """The tile for an [M, K] x [K, N] GEMM, from the H200 sweep at the Wan shapes (M = 32760 / 75600):
+    256x128 with 64-wide K steps for the square qkvo-sized GEMMs (1.3B 1536², 14B 5120²: 1.07x / 1.15x the
+    Triton kernel), 128x256 with 128-wide K steps for the FFN GEMMs (1.00-1.14x). A fixed choice, no
+    autotuning: nothing to tune or ship at a worker's first start."""
+    return CONFIGS[1] if n <= 5120 and k <= 5120 else CONFIGS[0]
 
 
 def available() -> bool:
@@ -164,12 +173,12 @@ def w8a8_gemm_gluon(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, w
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] = (xq @ qweight^T) · sx[:, None] · wscale[None, :] (+ bias), in out_dtype. xq [M, K] int8,
     qweight [N, K] int8 (K contiguous, K and N multiples of 16), sx [M] / wscale [N] fp32. config: one of
-    CONFIGS (default the first)."""
+    CONFIGS (default `pick_config`'s)."""
     if not _HAVE_GLUON:
         raise RuntimeError(f"Triton {triton.__version__} has no Gluon Hopper API")
     m, k = xq.shape
     n = qweight.shape[0]
-    bm, bn, bk, stages, warps = config or CONFIGS[0]
+    bm, bn, bk, stages, warps = config or pick_config(n, k)
     y = out if out is not None else torch.empty(m, n, device=xq.device, dtype=out_dtype)
     a_desc, b_desc, c_desc = descriptors(xq, qweight, y, bm, bn, bk)
     sms = _num_sms(xq.device.index or 0)

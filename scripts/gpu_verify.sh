@@ -120,6 +120,10 @@
 #                                       the VAE convs, the 1.3B GEMMs and one SageSLA call (scripts/ncu_targets.py)
 #   bash scripts/gpu_verify.sh s27b     one GPU, ~8 min: scripts/tile_probe.py (the Gluon int8 GEMM vs the Triton one; VAE
 #                                       conv tiles of 256 pixels)
+#   bash scripts/gpu_verify.sh s27c     one GPU, ~9 min: the Gluon GEMM's GPU tests, the 1.3B DiT with it and without, the
+#                                       1.3B worker recording the shipped choices and kernel list (files in $OUT/ship)
+#   bash scripts/gpu_verify.sh s27d     one GPU, ~8 min: the 14B 720p worker recording (from the shipped 1.3B files), the
+#                                       14B DiT with the Gluon GEMM and without
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -592,6 +596,37 @@ elif [ "$mode" = s27b ]; then
     # the int8 GEMM with overlapping MMAs (Gluon) vs the Triton kernel; 256-pixel VAE conv tiles
     timeout 520 python3 scripts/tile_probe.py ${PROBE_PARTS:-gemm conv} --cache /tmp/probe-cache 2>&1 \
         | grep -v "Warn\|warn" | tee "$OUT/logs/tile_probe.log" | tail -80
+elif [ "$mode" = s27c ]; then
+    # the Gluon int8 GEMM in the DiT (A/B against the Triton kernel, same process kind, same host), its GPU
+    # tests, then the 1.3B worker re-recording the shipped choices (conv tuned per T) and kernel list
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_w8a8_gpu.py \
+        -k "gluon or graph or wgmma or public" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    for be in triton auto; do
+        TURBOVID_W8A8_BACKEND=$be timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --graphs \
+            --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$be.log" 2>&1
+        echo "== 1.3B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$be.log" | tail -3
+    done
+    timeout 230 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 200 --job-timeout 60 --logs "$OUT/logs/e2e13" > "$OUT/logs/bench13.log" 2>&1
+    echo "== 1.3B 480p (records)"; grep -E "start -> ready, fresh|POST->completed|rror" "$OUT/logs/bench13.log" | cut -c1-250 | head -4
+    grep -hE "precompile:|compiled .* at launch|warm-up done|another version" "$OUT/logs/e2e13"/worker.log | cut -c1-200 | head -4
+    mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e13/NVIDIA_H200-cc90-*.json "$OUT"/logs/e2e13/kernels-*.json "$OUT/ship/"; ls "$OUT/ship"
+elif [ "$mode" = s27d ]; then
+    # the 14B 720p worker re-records from the shipped 1.3B choices (both models' in the saved file), then the
+    # 14B DiT A/B (Gluon vs Triton int8 GEMM)
+    timeout 260 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
+        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 1 --no-restart --skip-stages \
+        --start-timeout 230 --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
+    echo "== 14B 720p (records)"; grep -E "weights ready|start -> ready, fresh|POST->completed|rror" "$OUT/logs/bench14.log" | cut -c1-250 | head -4
+    grep -hE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-200 | head -3
+    mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e14/NVIDIA_H200-cc90-*.json "$OUT"/logs/e2e14/kernels-*.json "$OUT/ship/"; ls "$OUT/ship"
+    rm -rf /tmp/turbovid-bench-weights-14b
+    for be in triton auto; do
+        TURBOVID_W8A8_BACKEND=$be timeout 110 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks \
+            --variants sagesla/w8a8/fused > "$OUT/logs/dit14b-$be.log" 2>&1
+        echo "== 14B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit14b-$be.log" | tail -3
+    done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

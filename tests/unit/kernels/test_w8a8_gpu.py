@@ -127,3 +127,46 @@ def test_sm90_kernel_uses_wgmma():
     report = inspect_sass(TMA_CFG)
     print(report)
     assert int(re.search(r"PTX: (\d+) wgmma", report).group(1)) > 0
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_gluon_kernel_is_bit_equal_to_the_triton_kernel_at_wan_shapes(layer, out_dtype):
+    """kernels.w8a8_gluon (the int8 MMAs asynchronous) computes what the Triton TMA kernel computes, every
+    config, at an M that is no multiple of any tile, with and without bias, into a given `out` too."""
+    from kernels import w8a8_gluon
+
+    if torch.cuda.get_device_capability() != (9, 0) or not w8a8_gluon.available():
+        pytest.skip("the Gluon kernel runs on sm90 with a Triton that has Gluon")
+    iw, sc, weight, bias = layer
+    x = torch.randn(4099, iw.shape[1], device="cuda", dtype=torch.bfloat16)
+    xq, sx = quantize_activation(x)
+    for b in (bias, None):
+        want = w8a8_gemm(xq, sx, weight, b, out_dtype, backend="tma", config=TMA_CFG)
+        for cfg in w8a8_gluon.CONFIGS:
+            got = w8a8_gluon.w8a8_gemm_gluon(xq, sx, weight.qweight, weight.scale, b, out_dtype, config=cfg)
+            assert torch.equal(got, want), cfg
+        out = torch.full_like(want, float("nan"))
+        w8a8_gemm(xq, sx, weight, b, out_dtype, backend="gluon", out=out)
+        assert torch.equal(out, want)
+
+
+def test_auto_backend_runs_the_gluon_kernel_on_hopper_and_the_env_var_turns_it_off(monkeypatch):
+    import subprocess
+    import sys
+
+    from kernels import w8a8, w8a8_gluon
+
+    if torch.cuda.get_device_capability() != (9, 0) or not w8a8_gluon.available():
+        pytest.skip("the Gluon kernel runs on sm90 with a Triton that has Gluon")
+    calls = []
+    real = w8a8_gluon.w8a8_gemm_gluon
+    monkeypatch.setattr(w8a8_gluon, "w8a8_gemm_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _, k, n = WAN_SHAPES[0]
+    iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda") * 0.02)
+    y = w8a8_linear(torch.randn(1000, k, device="cuda", dtype=torch.bfloat16), prepare_weight(iw, sc))
+    assert torch.isfinite(y).all() and calls  # the self-check launch and the call itself
+    # a fresh process with TURBOVID_W8A8_BACKEND=triton never builds the Gluon kernel
+    code = ("import torch; from kernels import w8a8; print(w8a8._gluon_usable(torch.cuda.current_device()))")
+    env = {**__import__("os").environ, w8a8.BACKEND_ENV: "triton"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-500:]
