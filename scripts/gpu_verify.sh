@@ -124,6 +124,8 @@
 #                                       1.3B worker recording the shipped choices and kernel list (files in $OUT/ship)
 #   bash scripts/gpu_verify.sh s27d     one GPU, ~8 min: the 14B 720p worker recording (from the shipped 1.3B files), the
 #                                       14B DiT with the Gluon GEMM and without
+#   bash scripts/gpu_verify.sh s27e     one GPU, ~9 min: with the re-recorded shipped files: turbovid bench on the 1.3B, the
+#                                       conv's GPU tests, the VAE decode alone (480p, 720p)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -627,6 +629,17 @@ elif [ "$mode" = s27d ]; then
             --variants sagesla/w8a8/fused > "$OUT/logs/dit14b-$be.log" 2>&1
         echo "== 14B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit14b-$be.log" | tail -3
     done
+elif [ "$mode" = s27e ]; then
+    # the shipped files of s27c/s27d: turbovid bench on the 1.3B (fresh start, whole job, per stage), the conv's
+    # GPU tests, the VAE decode alone at 480p and 720p
+    timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 -m gpu tests/unit/kernels/test_conv3d_igemm.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -4
+    turbovid_bench 400
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source" "$OUT/logs/e2e"/worker*.log \
+        | cut -c1-200 | head -6
+    timeout 70 python3 -m models.bench_vae --sizes 832x480,1280x720 --repeats 2 --skip-encode > "$OUT/logs/bench_vae.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/bench_vae.log" | tail -10
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
