@@ -126,6 +126,7 @@
 #                                       14B DiT with the Gluon GEMM and without
 #   bash scripts/gpu_verify.sh s27e     one GPU, ~9 min: with the re-recorded shipped files: turbovid bench on the 1.3B, the
 #                                       conv's GPU tests, the VAE decode alone (480p, 720p)
+#   bash scripts/gpu_verify.sh s27f     one GPU, ~7 min: turbovid bench on the 1.3B with the shipped files (s27e, repaired)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -640,6 +641,11 @@ elif [ "$mode" = s27e ]; then
         | cut -c1-200 | head -6
     timeout 70 python3 -m models.bench_vae --sizes 832x480,1280x720 --repeats 2 --skip-encode > "$OUT/logs/bench_vae.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/bench_vae.log" | tail -10
+elif [ "$mode" = s27f ]; then
+    # s27e's turbovid bench again, with the kernel lists in Triton's key order (s27e's sorted ones crashed the warm-up)
+    turbovid_bench 400
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
+        | cut -c1-200 | head -8
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
