@@ -102,6 +102,10 @@ class WorkerSettings(BaseModel):
     # "auto": from the checkpoint's manifest (or keys) and the device (models.ops); or a backend to force
     attention: Literal["auto", "dense", "sla", "sagesla"] = "auto"
     linear: Literal["auto", "native", "w8a8"] = "auto"
+    # The int8 GEMM kernel of w8a8 on Hopper (sm90): "auto"/"gluon" the Gluon kernel with overlapping MMAs
+    # (kernels/w8a8_gluon.py; falls back to Triton's where it does not run), "triton" the Triton TMA kernel.
+    # The kernels read this variable itself, so scripts and rank processes follow it too.
+    w8a8_backend: Literal["auto", "gluon", "triton"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

@@ -306,15 +306,16 @@ def _num_sms(device_index: int) -> int:
 
 # sm90 runs `kernels.w8a8_gluon` by default: the same persistent TMA GEMM in Gluon, its int8 MMAs asynchronous
 # (one wgmma group in flight), 1.00-1.15x `_w8a8_tma_kernel` with bit-equal output (Triton's pipeliner keeps
-# int32-accumulator dots synchronous; kernels/NOTES_w8a8.md, session 27). TURBOVID_W8A8_BACKEND = auto
-# (default) / gluon / triton chooses on Hopper. (Kept below the kernels: Triton's cache key holds their lines.)
-BACKEND_ENV = "TURBOVID_W8A8_BACKEND"
+# int32-accumulator dots synchronous; kernels/NOTES_w8a8.md, session 27). TURBOVID_WORKER__W8A8_BACKEND (the
+# worker setting `w8a8_backend`) = auto (default) / gluon / triton chooses on Hopper. (Kept below the kernels:
+# Triton's cache key holds their lines.)
+BACKEND_ENV = "TURBOVID_WORKER__W8A8_BACKEND"
 
 
 @functools.cache
 def _gluon_usable(device_index: int) -> bool:
     """Whether `kernels.w8a8_gluon` runs here: a Hopper GPU (sm90: its wgmma), a Triton with the Gluon Hopper
-    API, not turned off by TURBOVID_W8A8_BACKEND=triton, and one small launch per process equal to the
+    API, not turned off by TURBOVID_WORKER__W8A8_BACKEND=triton, and one small launch per process equal to the
     Triton kernel's output (a Triton whose Gluon compiles differently falls back with a warning)."""
     import logging
     import os
@@ -345,6 +346,15 @@ def _gluon_usable(device_index: int) -> bool:
         log.warning("the Gluon int8 GEMM does not run on this Triton %s (%s): using Triton's", triton.__version__,
                     f"{type(exc).__name__}: {str(exc)[:200]}")
     return False
+
+
+def gemm_kernel(device: torch.device) -> str:
+    """Which int8 GEMM `w8a8_gemm` runs on `device` for TMA-aligned shapes: "gluon", "triton-tma" or "portable"
+    (for the worker's log; on sm90 this runs `_gluon_usable`'s one-time check)."""
+    if not tma_supported(device, 16, 16):
+        return "portable"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return "gluon" if _gluon_usable(index) else "triton-tma"
 
 
 def tma_supported(device: torch.device, n: int, k: int) -> bool:

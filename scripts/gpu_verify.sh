@@ -127,6 +127,7 @@
 #   bash scripts/gpu_verify.sh s27e     one GPU, ~9 min: with the re-recorded shipped files: turbovid bench on the 1.3B, the
 #                                       conv's GPU tests, the VAE decode alone (480p, 720p)
 #   bash scripts/gpu_verify.sh s27f     one GPU, ~7 min: turbovid bench on the 1.3B with the shipped files (s27e, repaired)
+#   bash scripts/gpu_verify.sh s27g     one GPU, ~4 min: the 1.3B DiT per NFE with the Triton int8 GEMM, then the Gluon one
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -606,7 +607,7 @@ elif [ "$mode" = s27c ]; then
         -k "gluon or graph or wgmma or public" > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
     for be in triton auto; do
-        TURBOVID_W8A8_BACKEND=$be timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --graphs \
+        TURBOVID_WORKER__W8A8_BACKEND=$be timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --graphs \
             --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$be.log" 2>&1
         echo "== 1.3B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$be.log" | tail -3
     done
@@ -626,7 +627,7 @@ elif [ "$mode" = s27d ]; then
     mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e14/NVIDIA_H200-cc90-*.json "$OUT"/logs/e2e14/kernels-*.json "$OUT/ship/"; ls "$OUT/ship"
     rm -rf /tmp/turbovid-bench-weights-14b
     for be in triton auto; do
-        TURBOVID_W8A8_BACKEND=$be timeout 110 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks \
+        TURBOVID_WORKER__W8A8_BACKEND=$be timeout 110 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks \
             --variants sagesla/w8a8/fused > "$OUT/logs/dit14b-$be.log" 2>&1
         echo "== 14B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit14b-$be.log" | tail -3
     done
@@ -646,6 +647,14 @@ elif [ "$mode" = s27f ]; then
     turbovid_bench 400
     grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
         | cut -c1-200 | head -8
+elif [ "$mode" = s27g ]; then
+    # the 1.3B DiT per NFE (CUDA graphs), the int8 GEMM as Triton's kernel and as the Gluon one, same host
+    for be in triton gluon; do
+        TURBOVID_WORKER__W8A8_BACKEND=$be timeout "${BUDGET:-140}" python3 -m models.bench_dit --sizes 1.3b --reps 3 \
+            --no-checks --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$be.log" 2>&1
+        echo "== 1.3B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$be.log" | tail -3
+        BUDGET=100
+    done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

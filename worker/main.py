@@ -95,9 +95,11 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     memory budget wants (worker/memory.py: `worker.gpu_memory_gb`, else the device's own memory)."""
     import torch
 
+    from kernels.w8a8 import BACKEND_ENV, gemm_kernel
     from models.pipeline import load_pipeline
 
     w = settings.worker
+    os.environ[BACKEND_ENV] = w.w8a8_backend  # the kernels read it (this process, and the ranks it starts)
     torch_dtype = getattr(torch, dtype)
     cuda = device.startswith("cuda")
     device_gib = torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None
@@ -114,6 +116,8 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
         linear=w.linear, cache_dir=w.cache_dir, solver=w.solver, offload_experts=plan.offload_experts,
         offload_text_encoder=plan.offload_text_encoder,
     )
+    if cuda and pipeline.linear == "w8a8":
+        log.info("int8 GEMM kernel: %s (worker.w8a8_backend %s)", gemm_kernel(torch.device(device)), w.w8a8_backend)
     if plan.vae_budget_gib is not None:  # VAE decode/encode chunks sized to what the budget leaves
         pipeline.vae.memory_budget = int(plan.vae_budget_gib * GIB)
     pipeline.vae.conv_impl = w.vae_conv

@@ -45,3 +45,16 @@ def test_misspelled_variables_are_found():
     env = {"TURBOVID_WORKER__MODLE": "x", "TURBOVID_REDIS__URL": "redis://x", "TURBOVID_DEV_MODE": "1",
            "TURBOVID_GATEWAY": "x", "TURBOVID_REDIS__URL__HOST": "x", "OTHER": "1"}
     assert unknown_variables(env) == ["TURBOVID_REDIS__URL__HOST", "TURBOVID_WORKER__MODLE"]
+
+
+def test_the_int8_gemm_kernel_setting_is_validated_and_its_variable_is_a_known_one():
+    """worker.w8a8_backend: the kernels read TURBOVID_WORKER__W8A8_BACKEND themselves (kernels/w8a8.py), so the
+    variable must be the setting's own name (no unknown-variable warning) and a bad value stops the start."""
+    from kernels.w8a8 import BACKEND_ENV
+
+    assert BACKEND_ENV == "TURBOVID_WORKER__W8A8_BACKEND"
+    assert load_settings(DEV).worker.w8a8_backend == "auto"
+    assert load_settings({**DEV, BACKEND_ENV: "triton"}).worker.w8a8_backend == "triton"
+    assert unknown_variables({BACKEND_ENV: "gluon"}) == []
+    with pytest.raises(ConfigError, match=BACKEND_ENV):
+        load_settings({**DEV, BACKEND_ENV: "cutlass"})

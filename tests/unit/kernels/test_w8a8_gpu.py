@@ -165,7 +165,7 @@ def test_auto_backend_runs_the_gluon_kernel_on_hopper_and_the_env_var_turns_it_o
     iw, sc = quantize_weight_blockwise(torch.randn(n, k, device="cuda") * 0.02)
     y = w8a8_linear(torch.randn(1000, k, device="cuda", dtype=torch.bfloat16), prepare_weight(iw, sc))
     assert torch.isfinite(y).all() and calls  # the self-check launch and the call itself
-    # a fresh process with TURBOVID_W8A8_BACKEND=triton never builds the Gluon kernel
+    # a fresh process with TURBOVID_WORKER__W8A8_BACKEND=triton never builds the Gluon kernel
     code = ("import torch; from kernels import w8a8; print(w8a8._gluon_usable(torch.cuda.current_device()))")
     env = {**__import__("os").environ, w8a8.BACKEND_ENV: "triton"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
