@@ -26,17 +26,28 @@ CL3D = torch.channels_last_3d
 L13 = 32760  # 1.3B 480p/81f tokens
 
 
-def _conv(c: int, h: int, w: int, t: int = 16) -> Callable[[], object]:
+def conv_operands(c: int, h: int, w: int, t: int = 16) -> dict[str, torch.Tensor]:
+    """A c -> c causal 3x3x3 conv's operands at one frame size (random, seeded): the padded input x, the weight
+    matrix m, bias, the norm's gamma, a residual res and the next conv's padded buffer nxt."""
     from kernels import conv3d_igemm as cv
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(1, c, t + 2, h, w, device="cuda", generator=g, dtype=torch.bfloat16).contiguous(memory_format=CL3D)
+
+    def frames(n: int) -> torch.Tensor:
+        return torch.randn(1, c, n, h, w, device="cuda", generator=g, dtype=torch.bfloat16).contiguous(memory_format=CL3D)
+
+    x = frames(t + 2)
     weight = (torch.randn(c, c, 3, 3, 3, device="cuda", generator=g) / (27 * c) ** 0.5).to(torch.bfloat16)
-    m = cv.weight_matrix(weight)
-    bias = 0.1 * torch.randn(c, device="cuda", generator=g).to(torch.bfloat16)
-    gamma = 1 + 0.1 * torch.randn(c, device="cuda", generator=g).to(torch.bfloat16)
-    nxt = torch.empty(1, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=CL3D)
-    return lambda: cv.causal_conv3x3x3(x, m, c, bias=bias, norm_gamma=gamma, out=nxt[:, :, 2:])
+    return {"x": x, "m": cv.weight_matrix(weight), "bias": 0.1 * torch.randn(c, device="cuda", generator=g).to(torch.bfloat16),
+            "gamma": 1 + 0.1 * torch.randn(c, device="cuda", generator=g).to(torch.bfloat16), "res": frames(t),
+            "nxt": torch.empty_like(x)}
+
+
+def _conv(c: int, h: int, w: int, t: int = 16) -> Callable[[], object]:
+    from kernels import conv3d_igemm as cv
+
+    o = conv_operands(c, h, w, t)
+    return lambda: cv.causal_conv3x3x3(o["x"], o["m"], c, bias=o["bias"], norm_gamma=o["gamma"], out=o["nxt"][:, :, 2:])
 
 
 def _gemm(k: int, n: int, m: int = L13) -> Callable[[], object]:

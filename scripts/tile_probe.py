@@ -75,20 +75,15 @@ CONV_TILES = {  # C: candidate tiles (BM, BH, N0, N1, BK, warps, stages) beyond 
 
 
 def conv() -> None:
+    from ncu_targets import conv_operands  # scripts/ is this script's own directory on sys.path
+
     from kernels import conv3d_igemm as cv
 
-    cl3d = torch.channels_last_3d
     print("== VAE conv: autotuned choice vs candidate tiles (16 frames); ms, TFLOP/s", flush=True)
     for c, h, w in ((96, 480, 832), (96, 720, 1280), (192, 240, 416), (192, 360, 640)):
         t = 16
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(1, c, t + 2, h, w, device="cuda", generator=g, dtype=torch.bfloat16).contiguous(memory_format=cl3d)
-        weight = (torch.randn(c, c, 3, 3, 3, device="cuda", generator=g) / (27 * c) ** 0.5).to(torch.bfloat16)
-        m = cv.weight_matrix(weight)
-        bias = 0.1 * torch.randn(c, device="cuda", generator=g).to(torch.bfloat16)
-        gamma = 1 + 0.1 * torch.randn(c, device="cuda", generator=g).to(torch.bfloat16)
-        res = torch.randn(1, c, t, h, w, device="cuda", generator=g, dtype=torch.bfloat16).contiguous(memory_format=cl3d)
-        nxt = torch.empty(1, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl3d)
+        o = conv_operands(c, h, w, t)
+        x, m, bias, gamma, res, nxt = (o[k] for k in ("x", "m", "bias", "gamma", "res", "nxt"))
         flop = 2 * t * h * w * c * 27 * c
         for epi, kw in ((1, {"norm_gamma": gamma, "out": nxt[:, :, 2:]}), (2, {"residual": res})):
             ref = cv.causal_conv3x3x3(x, m, c, bias=bias, **kw).clone()
