@@ -312,11 +312,27 @@ def _num_sms(device_index: int) -> int:
 BACKEND_ENV = "TURBOVID_WORKER__W8A8_BACKEND"
 
 
-@functools.cache
+_GLUON_CHECKED: dict[int, bool] = {}  # device index -> `_check_gluon`'s answer, once per process
+# the Triton kernel's tile for that check: fixed, so the check compiles one kernel and tunes nothing (the H200's
+# autotuner picked this one at the check's shape)
+_CHECK_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+
+
 def _gluon_usable(device_index: int) -> bool:
-    """Whether `kernels.w8a8_gluon` runs here: a Hopper GPU (sm90: its wgmma), a Triton with the Gluon Hopper
-    API, not turned off by TURBOVID_WORKER__W8A8_BACKEND=triton, and one small launch per process equal to the
-    Triton kernel's output (a Triton whose Gluon compiles differently falls back with a warning)."""
+    """Whether `kernels.w8a8_gluon` runs here (`_check_gluon`, once per device and process). Inside a CUDA graph
+    capture the check cannot launch and compare, so a first call there answers False (the Triton kernel is
+    captured) without remembering it."""
+    if device_index not in _GLUON_CHECKED:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        _GLUON_CHECKED[device_index] = _check_gluon(device_index)
+    return _GLUON_CHECKED[device_index]
+
+
+def _check_gluon(device_index: int) -> bool:
+    """A Hopper GPU (sm90: its wgmma), a Triton with the Gluon Hopper API, not turned off by
+    TURBOVID_WORKER__W8A8_BACKEND=triton, and one small launch equal to the Triton kernel's output (a Triton
+    whose Gluon compiles differently falls back with a warning)."""
     import logging
     import os
 
@@ -336,7 +352,7 @@ def _gluon_usable(device_index: int) -> bool:
         wq = torch.randint(-127, 128, (272, 256), generator=g, dtype=torch.int8).to(dev)
         sx, sw = torch.rand(300, generator=g).to(dev), torch.rand(272, generator=g).to(dev)
         bias = torch.randn(272, generator=g).to(dev, torch.bfloat16)
-        want = w8a8_gemm(xq, sx, W8A8Weight(wq, sw), bias, torch.bfloat16, backend="tma")
+        want = w8a8_gemm(xq, sx, W8A8Weight(wq, sw), bias, torch.bfloat16, backend="tma", config=_CHECK_CONFIG)
         got = w8a8_gluon.w8a8_gemm_gluon(xq, sx, wq, sw, bias, torch.bfloat16)
         if torch.equal(got, want):
             return True

@@ -146,3 +146,21 @@ def test_fused_quant_variant_matches_separate_quant():
     y = w8a8_gemm(x, s, weight, b.to(torch.bfloat16), torch.bfloat16, backend="tma", inv=inv)
     same_math = emulate(x, weight, b.to(torch.bfloat16))
     assert ((y.float() - same_math.float()).abs() <= 0.01 * same_math.float().abs() + 1e-2).all()
+
+
+def test_the_gluon_check_runs_once_per_device_and_never_inside_a_graph_capture(monkeypatch):
+    """`_gluon_usable`: inside a CUDA graph capture it answers False without checking or remembering (the check
+    launches and compares); outside it checks once per device and keeps the answer."""
+    from kernels import w8a8
+
+    checks = []
+    monkeypatch.setattr(w8a8, "_GLUON_CHECKED", {})
+    monkeypatch.setattr(w8a8, "_check_gluon", lambda index: checks.append(index) or index == 0)
+    capturing = [True]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    assert w8a8._gluon_usable(0) is False and checks == [] and w8a8._GLUON_CHECKED == {}
+    capturing[0] = False
+    assert w8a8._gluon_usable(0) is True and w8a8._gluon_usable(0) is True and checks == [0]
+    assert w8a8._gluon_usable(1) is False and checks == [0, 1]
+    capturing[0] = True  # once checked, a capture reuses the answer
+    assert w8a8._gluon_usable(0) is True and checks == [0, 1]

@@ -170,3 +170,36 @@ def test_auto_backend_runs_the_gluon_kernel_on_hopper_and_the_env_var_turns_it_o
     env = {**__import__("os").environ, w8a8.BACKEND_ENV: "triton"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-500:]
+
+
+def test_a_first_int8_gemm_inside_a_cuda_graph_capture_runs_the_triton_kernel_without_checking():
+    """The Gluon kernel's one-time check launches and compares (a sync), which a capture forbids: a process whose
+    first w8a8 call is captured gets the Triton kernel in that graph, and the check runs at the next eager call."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from kernels import w8a8
+from kernels.int8_quant import quantize_weight_blockwise
+iw, sc = quantize_weight_blockwise(torch.randn(256, 256, device="cuda") * 0.02)
+weight = w8a8.prepare_weight(iw, sc)
+x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+xq, sx = w8a8.quantize_activation(x)  # compiled, and the Triton GEMM tuned, before the capture
+w8a8.w8a8_gemm(xq, sx, weight, None, torch.bfloat16, backend="tma")
+torch.cuda.synchronize()
+s = torch.cuda.Stream()
+with torch.cuda.stream(s):
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = w8a8.w8a8_linear(x, weight)
+g.replay(); torch.cuda.synchronize()
+print("checked in capture:", dict(w8a8._GLUON_CHECKED))
+eager = w8a8.w8a8_linear(x, weight)
+print("equal:", torch.equal(y, eager), "checked after:", sorted(w8a8._GLUON_CHECKED))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == "checked in capture: {}"
+    assert lines[-1].startswith("equal: True checked after: [")
