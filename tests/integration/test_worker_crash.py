@@ -55,6 +55,9 @@ def test_killed_job_without_requeues_left_fails_with_worker_crashed(tmp_path):
     assert rec.error is not None and rec.error.code == "worker_crashed"
     assert "crash-a" in rec.error.message
     assert rec.attempts == 1
-    # the job's live stream ends too (GET /v1/videos/{id}/events closes after a terminal event)
-    _, last = EventLog(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix)).last(job_id)
+    # the job's live stream ends too (GET /v1/videos/{id}/events closes after a terminal event). The reaper
+    # publishes that event right after it writes the record, so a reader may see the failed record first.
+    events = EventLog(redis.Redis.from_url(settings.redis.url), Keys(settings.redis.key_prefix))
+    wait_for(lambda: events.last(job_id)[1].event == "failed", timeout=10, what="the stream's failed event")
+    _, last = events.last(job_id)
     assert last.event == "failed" and last.error["code"] == "worker_crashed" and last.progress >= 25
