@@ -304,6 +304,11 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _device_index(device: torch.device) -> int:
+    """A CUDA device's index ("cuda" without one: the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 # sm90 runs `kernels.w8a8_gluon` by default: the same persistent TMA GEMM in Gluon, its int8 MMAs asynchronous
 # (one wgmma group in flight), 1.00-1.15x `_w8a8_tma_kernel` with bit-equal output (Triton's pipeliner keeps
 # int32-accumulator dots synchronous; kernels/NOTES_w8a8.md, session 27). TURBOVID_WORKER__W8A8_BACKEND (the
@@ -369,8 +374,7 @@ def gemm_kernel(device: torch.device) -> str:
     (for the worker's log; on sm90 this runs `_gluon_usable`'s one-time check)."""
     if not tma_supported(device, 16, 16):
         return "portable"
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return "gluon" if _gluon_usable(index) else "triton-tma"
+    return "gluon" if _gluon_usable(_device_index(device)) else "triton-tma"
 
 
 def tma_supported(device: torch.device, n: int, k: int) -> bool:
@@ -419,8 +423,7 @@ def w8a8_gemm(
         return out
     if backend == "auto":
         backend = "tma" if tma_supported(xq.device, n, k) else "portable"
-        if (backend == "tma" and config is None and inv is None and epilogue
-                and _gluon_usable(xq.device.index if xq.device.index is not None else torch.cuda.current_device())):
+        if backend == "tma" and config is None and inv is None and epilogue and _gluon_usable(_device_index(xq.device)):
             backend = "gluon"
     if backend == "gluon":
         from kernels import w8a8_gluon
@@ -452,7 +455,7 @@ def w8a8_gemm(
         a_desc = TensorDescriptor.from_tensor(xq, [bm, bk])
         b_desc = TensorDescriptor.from_tensor(weight.qweight, [bn, bk])
         c_desc = TensorDescriptor.from_tensor(out, [bm, bn])
-        num_sms = _num_sms(xq.device.index or 0) if xq.device.type == "cuda" else 4
+        num_sms = _num_sms(_device_index(xq.device)) if xq.device.type == "cuda" else 4
         # The autotuned kernel picks its own tiles; a given config passes them through `meta`.
         kernel = _w8a8_tma_tuned if config is None else _w8a8_tma_kernel
         grid = lambda meta_: (min(num_sms, triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_N"])),)

@@ -20,10 +20,10 @@ whether this Triton has the Gluon Hopper API.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
+
+from kernels.w8a8 import _device_index, _num_sms
 
 try:  # Gluon (Triton >= 3.5): Hopper TMA, mbarriers and asynchronous warpgroup MMA
     from triton.experimental import gluon
@@ -149,11 +149,6 @@ if _HAVE_GLUON:
             mbarrier.invalidate(ready.index(i))
 
 
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _gl_dtype(dtype: torch.dtype):  # noqa: ANN202 - a Gluon dtype
     return {torch.int8: gl.int8, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
             torch.float32: gl.float32}[dtype]  # fmt: skip
@@ -181,7 +176,7 @@ def w8a8_gemm_gluon(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, w
     bm, bn, bk, stages, warps = config or pick_config(n, k)
     y = out if out is not None else torch.empty(m, n, device=xq.device, dtype=out_dtype)
     a_desc, b_desc, c_desc = descriptors(xq, qweight, y, bm, bn, bk)
-    sms = _num_sms(xq.device.index or 0)
+    sms = _num_sms(_device_index(xq.device))
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     _w8a8_gluon_kernel[(min(sms, tiles),)](
         a_desc, b_desc, c_desc, sx, wscale, bias if bias is not None else wscale, m, n, k,
