@@ -75,7 +75,30 @@ if _HAVE_GLUON:
         return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[wm, wn], instr_shape=[16, n, 32])
 
     @gluon.jit
-    def _issue(a_desc, b_desc, a_bufs, b_bufs, ready, slot, off_m, off_n, k, pred):
+    def _tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr, BLOCK_M: gl.constexpr,
+                      BLOCK_N: gl.constexpr):
+        # grouped order: GROUP_M row tiles share each column tile's weights while they are in L2
+        group = tile // (GROUP_M * num_pid_n)
+        first_m = group * GROUP_M
+        size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * num_pid_n)) % size_m
+        pid_n = (tile % (GROUP_M * num_pid_n)) // size_m
+        return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+    @gluon.jit
+    def _issue(a_desc, b_desc, a_bufs, b_bufs, ready, step, k_tiles, num_pid_m, num_pid_n, total_steps,
+               STAGES: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr):
+        # the loads of this program's K step number `step`, counted over all its tiles, into ring slot
+        # step % STAGES: the next tile's first steps are issued while the current tile's last ones and its
+        # epilogue run, so a tile never starts on an empty pipeline
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        pred = step < total_steps
+        tile = gl.program_id(0) + (step // k_tiles) * NUM_SMS
+        off_m, off_n = _tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M, BLOCK_M, BLOCK_N)
+        k = (step % k_tiles) * BLOCK_K
+        slot = step % STAGES
         bar = ready.index(slot)
         mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
         _tma_load(a_desc, [off_m, k], bar, a_bufs.index(slot), pred=pred)
@@ -88,6 +111,7 @@ if _HAVE_GLUON:
         BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        gl.static_assert(b_desc.block_type.shape[0] == BLOCK_N and b_desc.block_type.shape[1] == BLOCK_K)
         mma: gl.constexpr = _mma_layout(BLOCK_M, BLOCK_N, num_warps)
 
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
@@ -100,34 +124,26 @@ if _HAVE_GLUON:
         num_pid_m = gl.cdiv(M, BLOCK_M)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         k_tiles = gl.cdiv(K, BLOCK_K)
-        issued = 0  # K steps whose loads were issued, over all tiles of this program (ring slot = count % STAGES)
+        my_tiles = gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), NUM_SMS)
+        total_steps = my_tiles * k_tiles  # K steps of all this program's tiles; ring slot = step % STAGES
+
+        # prologue: the first STAGES - 1 steps in flight; from then on one step is issued per step consumed
+        for i in gl.static_range(STAGES - 1):
+            _issue(a_desc, b_desc, a_bufs, b_bufs, ready, i, k_tiles, num_pid_m, num_pid_n, total_steps,
+                   STAGES, GROUP_M, NUM_SMS)
         used = 0  # K steps consumed
-        for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
-            group = tile // (GROUP_M * num_pid_n)
-            first_m = group * GROUP_M
-            size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-            pid_m = first_m + (tile % (GROUP_M * num_pid_n)) % size_m
-            pid_n = (tile % (GROUP_M * num_pid_n)) // size_m
-            off_m = pid_m * BLOCK_M
-            off_n = pid_n * BLOCK_N
-
-            # prologue: the first STAGES - 1 K steps in flight
-            for i in gl.static_range(STAGES - 1):
-                _issue(a_desc, b_desc, a_bufs, b_bufs, ready, issued % STAGES, off_m, off_n, i * BLOCK_K,
-                       i < k_tiles)
-                issued += (i < k_tiles).to(gl.int32)
-
+        for t in range(my_tiles):
+            off_m, off_n = _tile_offsets(gl.program_id(0) + t * NUM_SMS, num_pid_m, num_pid_n, GROUP_M,
+                                         BLOCK_M, BLOCK_N)
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=mma)
-            for ki in range(k_tiles):
+            for _ki in range(k_tiles):
                 slot = used % STAGES
                 mbarrier.wait(ready.index(slot), (used // STAGES) & 1)
                 acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot).permute((1, 0)), acc, is_async=True)
-                # one group left in flight: step ki - 1's MMAs are done, so its slot takes step ki + STAGES - 1
+                # one group left in flight: step used - 1's MMAs are done, so its slot takes step used + STAGES - 1
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                nxt = ki + STAGES - 1
-                _issue(a_desc, b_desc, a_bufs, b_bufs, ready, issued % STAGES, off_m, off_n, nxt * BLOCK_K,
-                       nxt < k_tiles)
-                issued += (nxt < k_tiles).to(gl.int32)
+                _issue(a_desc, b_desc, a_bufs, b_bufs, ready, used + STAGES - 1, k_tiles, num_pid_m, num_pid_n,
+                       total_steps, STAGES, GROUP_M, NUM_SMS)
                 used += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 

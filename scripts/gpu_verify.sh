@@ -128,6 +128,11 @@
 #                                       conv's GPU tests, the VAE decode alone (480p, 720p)
 #   bash scripts/gpu_verify.sh s27f     one GPU, ~7 min: turbovid bench on the 1.3B with the shipped files (s27e, repaired)
 #   bash scripts/gpu_verify.sh s27g     one GPU, ~4 min: the 1.3B DiT per NFE with the Triton int8 GEMM, then the Gluon one
+#   bash scripts/gpu_verify.sh s28a     one GPU, ~7 min: the Gluon GEMM issuing the next tile's loads before the current
+#                                       tile's epilogue, against OLD_SRC's: its GPU tests, tile_probe gemm, the 1.3B DiT
+#                                       per NFE from both trees (CUDA graphs)
+#   bash scripts/gpu_verify.sh s28b     one GPU, ~8 min: turbovid bench from OLD_SRC and this tree, alternately (fresh
+#                                       start of this tree first: its re-hashed kernel list must precompile in full)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -654,6 +659,31 @@ elif [ "$mode" = s27g ]; then
             --no-checks --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$be.log" 2>&1
         echo "== 1.3B DiT, W8A8 backend $be"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$be.log" | tail -3
         BUDGET=100
+    done
+elif [ "$mode" = s28a ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_w8a8_gpu.py \
+        -k "gluon or graph or wgmma or public" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
+    timeout 240 python3 scripts/tile_probe.py gemm --gluon-baseline "$OLD_SRC/kernels/w8a8_gluon.py" 2>&1 \
+        | grep -v "Warn\|warn" | tee "$OUT/logs/tile_probe.log" | tail -60
+    here=$PWD
+    for run in old new old2 new2; do
+        tree=$here; [ "${run#old}" != "$run" ] && tree=$OLD_SRC
+        (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" timeout 90 python3 -m models.bench_dit --sizes 1.3b --reps 3 \
+            --no-checks --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1)
+        echo "== 1.3B DiT, $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -2
+    done
+elif [ "$mode" = s28b ]; then
+    here=$PWD
+    for run in new1 old1 new2 old2; do
+        tree=$here; [ "${run#old}" != "$run" ] && tree=$OLD_SRC
+        (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" timeout 150 python3 -m cli.main bench --weights "$W" \
+            --text-encoder small --jobs 4 --no-restart --skip-stages --start-timeout 120 --job-timeout 60 \
+            --logs "$OUT/logs/e2e-$run" > "$OUT/logs/bench-$run.log" 2>&1)
+        echo "== $run"
+        grep -E "start -> ready|POST->completed|rror" "$OUT/logs/bench-$run.log" | grep -v "^\[" | cut -c1-160 | head -5
+        grep -hE "precompile:|compiled .* at launch" "$OUT/logs/e2e-$run"/worker*.log | cut -c1-200 | head -2
+        grep -h "wall s:" "$OUT/logs/e2e-$run"/worker*.log | sed 's/.*wall s: //' | cut -c1-200
     done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
