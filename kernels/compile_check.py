@@ -170,7 +170,8 @@ def _w8a8_gluon(smem: int) -> Result:
             a_desc, b_desc, c_desc = wg.descriptors(xq, wq, y, bm, bn, bk)
             f32 = torch.zeros(256)
             before = res.compiled
-            meta = {"HAS_BIAS": True, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132, "num_warps": warps}
+            meta = {"HAS_BIAS": True, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132, "num_warps": warps,
+                    "maxnreg": wg.maxnreg(warps)}
             _compile(res, wg._w8a8_gluon_kernel, meta, (1,), smem, a_desc=a_desc, b_desc=b_desc, c_desc=c_desc,
                      sa_ptr=f32, sb_ptr=f32, bias_ptr=y[0], M=256, N=256, K=k)
             if res.compiled > before:

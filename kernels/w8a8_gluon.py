@@ -60,6 +60,13 @@ def pick_config(n: int, k: int) -> tuple:
     return CONFIGS[1] if n <= 5120 and k <= 5120 else CONFIGS[0]
 
 
+def maxnreg(warps: int) -> int:
+    """The per-thread register cap of a launch with `warps` MMA warps: the loader warp's partition takes a
+    whole warpgroup, and the SM's 64 Ki registers are shared by warps + 4 warps of one program (setmaxnreg then
+    moves the loader's unused share to the MMA warps)."""
+    return 65536 // ((warps + 4) * 32) // 8 * 8
+
+
 def available() -> bool:
     return _HAVE_GLUON
 
@@ -86,66 +93,58 @@ if _HAVE_GLUON:
         return pid_m * BLOCK_M, pid_n * BLOCK_N
 
     @gluon.jit
-    def _issue(a_desc, b_desc, a_bufs, b_bufs, ready, step, k_tiles, num_pid_m, num_pid_n, total_steps,
-               STAGES: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr):
-        # the loads of this program's K step number `step`, counted over all its tiles, into ring slot
-        # step % STAGES: the next tile's first steps are issued while the current tile's last ones and its
-        # epilogue run, so a tile never starts on an empty pipeline
+    def _load_partition(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K,
+                        GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr):
+        # one warp: the TMA loads of every K step of this program's tiles, as soon as a ring slot is free (the
+        # MMA partition frees a slot once the MMAs that read it are done), so the next tile's first steps load
+        # while the current tile's last MMAs and its epilogue run
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        pred = step < total_steps
-        tile = gl.program_id(0) + (step // k_tiles) * NUM_SMS
-        off_m, off_n = _tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M, BLOCK_M, BLOCK_N)
-        k = (step % k_tiles) * BLOCK_K
-        slot = step % STAGES
-        bar = ready.index(slot)
-        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-        _tma_load(a_desc, [off_m, k], bar, a_bufs.index(slot), pred=pred)
-        _tma_load(b_desc, [off_n, k], bar, b_bufs.index(slot), pred=pred)
-
-    @gluon.jit
-    def _w8a8_gluon_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
-                           HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                           NUM_SMS: gl.constexpr, num_warps: gl.constexpr):
-        BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
-        BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        gl.static_assert(b_desc.block_type.shape[0] == BLOCK_N and b_desc.block_type.shape[1] == BLOCK_K)
-        mma: gl.constexpr = _mma_layout(BLOCK_M, BLOCK_N, num_warps)
-
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
-        c_smem = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
         num_pid_m = gl.cdiv(M, BLOCK_M)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         k_tiles = gl.cdiv(K, BLOCK_K)
-        my_tiles = gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), NUM_SMS)
-        total_steps = my_tiles * k_tiles  # K steps of all this program's tiles; ring slot = step % STAGES
+        step = 0
+        for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+            off_m, off_n = _tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M, BLOCK_M, BLOCK_N)
+            for ki in range(k_tiles):
+                slot = step % STAGES
+                # a fresh mbarrier counts as having completed the phase before its first: the first lap passes
+                mbarrier.wait(empty.index(slot), ((step // STAGES) & 1) ^ 1)
+                bar = ready.index(slot)
+                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+                _tma_load(a_desc, [off_m, ki * BLOCK_K], bar, a_bufs.index(slot))
+                _tma_load(b_desc, [off_n, ki * BLOCK_K], bar, b_bufs.index(slot))
+                step += 1
 
-        # prologue: the first STAGES - 1 steps in flight; from then on one step is issued per step consumed
-        for i in gl.static_range(STAGES - 1):
-            _issue(a_desc, b_desc, a_bufs, b_bufs, ready, i, k_tiles, num_pid_m, num_pid_n, total_steps,
-                   STAGES, GROUP_M, NUM_SMS)
-        used = 0  # K steps consumed
-        for t in range(my_tiles):
-            off_m, off_n = _tile_offsets(gl.program_id(0) + t * NUM_SMS, num_pid_m, num_pid_n, GROUP_M,
-                                         BLOCK_M, BLOCK_N)
+    @gluon.jit
+    def _mma_partition(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr, bias_ptr,
+                       M, N, K, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
+                       num_warps: gl.constexpr):
+        # the kernel's warps: asynchronous int8 wgmma with one group in flight, then the epilogue of each tile
+        BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        STAGES: gl.constexpr = a_bufs.type.shape[0]
+        mma: gl.constexpr = _mma_layout(BLOCK_M, BLOCK_N, num_warps)
+        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_n = gl.cdiv(N, BLOCK_N)
+        k_tiles = gl.cdiv(K, BLOCK_K)
+        step = 0
+        for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+            off_m, off_n = _tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M, BLOCK_M, BLOCK_N)
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=mma)
-            for _ki in range(k_tiles):
-                slot = used % STAGES
-                mbarrier.wait(ready.index(slot), (used // STAGES) & 1)
+            for ki in range(k_tiles):
+                slot = step % STAGES
+                mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
                 acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot).permute((1, 0)), acc, is_async=True)
-                # one group left in flight: step used - 1's MMAs are done, so its slot takes step used + STAGES - 1
+                # one group left in flight: the previous step's MMAs are done, so its slot goes back to the loader
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                _issue(a_desc, b_desc, a_bufs, b_bufs, ready, used + STAGES - 1, k_tiles, num_pid_m, num_pid_n,
-                       total_steps, STAGES, GROUP_M, NUM_SMS)
-                used += 1
+                mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=ki > 0)
+                step += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1)
 
             # epilogue: scales and bias in fp32, then one TMA store (the previous tile's store drains first)
             rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
@@ -161,8 +160,30 @@ if _HAVE_GLUON:
             fence_async_shared()
             _tma_store(c_desc, [off_m, off_n], c_smem)
         tma.store_wait(pendings=0)
+
+    @gluon.jit
+    def _w8a8_gluon_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
+                           HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                           NUM_SMS: gl.constexpr, num_warps: gl.constexpr):
+        BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        gl.warp_specialize([
+            (_mma_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr,
+                              bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps)),
+            (_load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
+        ], [1], [40])  # the loader: one warp (its warpgroup's registers: 40 each), the rest to the MMA warps
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
+            mbarrier.invalidate(empty.index(i))
 
 
 def _gl_dtype(dtype: torch.dtype):  # noqa: ANN202 - a Gluon dtype
@@ -196,5 +217,5 @@ def w8a8_gemm_gluon(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, w
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     _w8a8_gluon_kernel[(min(sms, tiles),)](
         a_desc, b_desc, c_desc, sx, wscale, bias if bias is not None else wscale, m, n, k,
-        HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=8, NUM_SMS=sms, num_warps=warps)
+        HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=8, NUM_SMS=sms, num_warps=warps, maxnreg=maxnreg(warps))
     return y

@@ -661,10 +661,25 @@ elif [ "$mode" = s27g ]; then
         BUDGET=100
     done
 elif [ "$mode" = s28a ]; then
+    # a hung kernel would burn the call: one small GEMM first, in its own process, with a short limit
+    timeout 60 python3 -c "
+import torch
+from kernels import w8a8_gluon as wg
+from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
+from kernels.w8a8 import prepare_weight, w8a8_gemm
+for m, k, n in ((1000, 1536, 1536), (4096, 8960, 1536), (77, 5120, 13824)):
+    wq, ws = quantize_weight_blockwise(torch.randn(n, k, device='cuda'))
+    w = prepare_weight(wq, ws)
+    xq, sx = quantize_activation(torch.randn(m, k, device='cuda', dtype=torch.bfloat16))
+    for cfg in wg.CONFIGS:
+        y = wg.w8a8_gemm_gluon(xq, sx, w.qweight, w.scale, None, torch.bfloat16, config=cfg)
+        ref = w8a8_gemm(xq, sx, w, None, torch.bfloat16, backend='tma')
+        torch.cuda.synchronize(); print(m, k, n, cfg, 'equal', torch.equal(y, ref))
+" 2>&1 | grep -v Warn | tail -16 || { echo "smoke check failed or hung"; exit 1; }
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_w8a8_gpu.py \
         -k "gluon or graph or wgmma or public" > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
-    timeout 240 python3 scripts/tile_probe.py gemm --gluon-baseline "$OLD_SRC/kernels/w8a8_gluon.py" 2>&1 \
+    timeout 200 python3 scripts/tile_probe.py gemm --gluon-configs 2 --gluon-baseline "$OLD_SRC/kernels/w8a8_gluon.py" 2>&1 \
         | grep -v "Warn\|warn" | tee "$OUT/logs/tile_probe.log" | tail -60
     here=$PWD
     for run in old new old2 new2; do

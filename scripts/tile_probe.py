@@ -27,10 +27,6 @@ GEMM_SHAPES = [("1.3B qkvo", 32760, 1536, 1536), ("1.3B ffn_up", 32760, 1536, 89
                ("14B ffn_up", 75600, 5120, 13824), ("14B ffn_down", 75600, 13824, 5120)]  # fmt: skip
 
 
-# tiles beyond `w8a8_gluon.CONFIGS` that fit the H200's shared memory with the staging tile (session 28)
-GLUON_EXTRA = [(256, 128, 64, 6, 8), (256, 128, 128, 3, 8)]
-
-
 def _load_module(path: str):  # noqa: ANN202 - a module
     import importlib.util
 
@@ -41,8 +37,9 @@ def _load_module(path: str):  # noqa: ANN202 - a module
     return mod
 
 
-def gemm(baseline: str = "") -> None:
-    """baseline: the file of an earlier `kernels/w8a8_gluon.py`, timed config by config beside this one."""
+def gemm(baseline: str = "", n_configs: int = 0) -> None:
+    """baseline: the file of an earlier `kernels/w8a8_gluon.py`, timed config by config beside this one;
+    n_configs: only the first n of `CONFIGS` (0: all)."""
     from kernels import w8a8_gluon as wg
     from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
     from kernels.w8a8 import prepare_weight, w8a8_gemm
@@ -62,8 +59,8 @@ def gemm(baseline: str = "") -> None:
         t_bf16 = bench(lambda: torch.nn.functional.linear(xb, wb))  # noqa: B023
         line = f"{name:<14} cuBLAS bf16 {t_bf16:.3f} | triton {t_tr:.3f} ({ops / t_tr / 1e9:.0f})"
         best = None
-        for label, mod, cfgs in [("gluon", wg, wg.CONFIGS + GLUON_EXTRA)] + (
-                [("gluon baseline", _load_module(baseline), wg.CONFIGS)] if baseline else []):
+        cfgs = wg.CONFIGS[:n_configs] if n_configs else wg.CONFIGS
+        for label, mod in [("gluon", wg)] + ([("gluon baseline", _load_module(baseline))] if baseline else []):
             for cfg in cfgs:
                 try:
                     y = mod.w8a8_gemm_gluon(xq, sx, weight.qweight, weight.scale, bias, torch.bfloat16, config=cfg)
@@ -128,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="+", choices=["gemm", "conv"])
     ap.add_argument("--gluon-baseline", default="", help="gemm: an earlier kernels/w8a8_gluon.py to time beside")
+    ap.add_argument("--gluon-configs", type=int, default=0, help="gemm: time only the first N Gluon configs")
     ap.add_argument("--cache", default="", help="kernel cache dir (loads the worker's shipped autotune choices)")
     args = ap.parse_args()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
@@ -139,7 +137,7 @@ def main() -> None:
         use_kernel_cache(Path(args.cache))
     for part in args.parts:
         if part == "gemm":
-            gemm(args.gluon_baseline)
+            gemm(args.gluon_baseline, args.gluon_configs)
         else:
             conv()
 
