@@ -673,7 +673,7 @@ for m, k, n in ((1000, 1536, 1536), (4096, 8960, 1536), (77, 5120, 13824)):
     xq, sx = quantize_activation(torch.randn(m, k, device='cuda', dtype=torch.bfloat16))
     for cfg in wg.CONFIGS:
         y = wg.w8a8_gemm_gluon(xq, sx, w.qweight, w.scale, None, torch.bfloat16, config=cfg)
-        ref = w8a8_gemm(xq, sx, w, None, torch.bfloat16, backend='tma')
+        ref = w8a8_gemm(xq, sx, w, None, torch.bfloat16, backend='tma', config=dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8))
         torch.cuda.synchronize(); print(m, k, n, cfg, 'equal', torch.equal(y, ref))
 " 2>&1 | grep -v Warn | tail -16 || { echo "smoke check failed or hung"; exit 1; }
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_w8a8_gpu.py \
