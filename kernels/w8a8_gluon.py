@@ -47,17 +47,19 @@ except ImportError:  # pragma: no cover - older Triton
 
 __all__ = ["available", "w8a8_gemm_gluon", "pick_config", "CONFIGS"]
 
-# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps (8 warps: two warpgroups); the first two are the ones `pick_config`
-# returns, the rest were measured against them (scripts/tile_probe.py gemm, session 27)
+# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps (8 MMA warps: two warpgroups, plus the loader's); the first two are
+# the ones `pick_config` returns, the rest were measured against them (scripts/tile_probe.py gemm, session 27,
+# before the kernel was warp-specialized)
 CONFIGS = [(128, 256, 128, 3, 8), (256, 128, 64, 5, 8), (128, 256, 64, 5, 8), (128, 256, 64, 4, 8), (128, 128, 128, 5, 8)]
 
 
 def pick_config(n: int, k: int) -> tuple:
-    """The tile for an [M, K] x [K, N] GEMM, from the H200 sweep at the Wan shapes (M = 32760 / 75600):
-    256x128 with 64-wide K steps for the square qkvo-sized GEMMs (1.3B 1536², 14B 5120²: 1.07x / 1.15x the
-    Triton kernel), 128x256 with 128-wide K steps for the FFN GEMMs (1.00-1.14x). A fixed choice, no
-    autotuning: nothing to tune or ship at a worker's first start."""
-    return CONFIGS[1] if n <= 5120 and k <= 5120 else CONFIGS[0]
+    """The tile for an [M, K] x [K, N] GEMM, from the H200 sweep of the warp-specialized kernel at the Wan
+    shapes (M = 32760 / 75600, session 28): 256x128 with 64-wide K steps when K is short (the 1.3B's K = 1536:
+    qkvo 0.127 against 0.138 ms, ffn_up 0.760 against 0.828), 128x256 with 128-wide K steps otherwise (1.3B
+    ffn_down, every 14B GEMM: 1.01-1.07x the other). A fixed choice, no autotuning: nothing to tune or ship at
+    a worker's first start."""
+    return CONFIGS[1] if k <= 2048 else CONFIGS[0]
 
 
 def maxnreg(warps: int) -> int:

@@ -132,7 +132,8 @@
 #                                       tile's epilogue, against OLD_SRC's: its GPU tests, tile_probe gemm, the 1.3B DiT
 #                                       per NFE from both trees (CUDA graphs)
 #   bash scripts/gpu_verify.sh s28b     one GPU, ~8 min: turbovid bench from OLD_SRC and this tree, alternately (fresh
-#                                       start of this tree first: its re-hashed kernel list must precompile in full)
+#                                       start of this tree first: its re-hashed kernel list must precompile in full),
+#                                       then the 14B DiT per NFE (CUDA graphs)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -700,6 +701,8 @@ elif [ "$mode" = s28b ]; then
         grep -hE "precompile:|compiled .* at launch" "$OUT/logs/e2e-$run"/worker*.log | cut -c1-200 | head -2
         grep -h "wall s:" "$OUT/logs/e2e-$run"/worker*.log | sed 's/.*wall s: //' | cut -c1-200
     done
+    timeout 150 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --graphs --variants sagesla/w8a8/fused \
+        > "$OUT/logs/dit14b.log" 2>&1; echo "== 14B DiT"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit14b.log" | tail -2
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

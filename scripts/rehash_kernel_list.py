@@ -9,6 +9,10 @@ refuses entries whose parameters changed. `tests/unit/worker/test_precompile.py`
 (`test_the_shipped_lists_match_the_kernels_sources`). Whether the new body still compiles and runs for
 each recorded specialization is for the GPU to show: a worker's start log counts compiled and failed entries.
 
+`--launch-option maxnreg=168`: the kernel's launch now passes that compile option (Triton keeps such
+options in the entry's `options` and, as `{'maxnreg': 168, 'debug': ..., ...}`, at the end of its cache
+`key`): both are rewritten, so the precompiled kernel is the one the launch looks up.
+
     python scripts/rehash_kernel_list.py KERNEL [KERNEL ...] [--files F ...]
 """
 
@@ -16,6 +20,7 @@ each recorded specialization is for the GPU to show: a worker's start log counts
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import inspect
 import json
@@ -26,7 +31,18 @@ import triton
 from worker.precompile import SHIPPED, source_hash, unwrap, write_json
 
 
-def rehash(path: Path, kernels: set[str]) -> int:
+def _with_option(key: str, name: str, value: int) -> str:
+    """The cache key with `name=value` first in its trailing options dict (Triton 3.6's
+    `str(specialization) + str(options)`, the launch's own options ahead of debug / instrumentation)."""
+    head, brace, tail = key.rpartition("{")
+    if not brace or not tail.endswith("}"):
+        raise SystemExit(f"unexpected cache key layout: ...{key[-120:]}")
+    opts = ast.literal_eval(brace + tail)
+    opts.pop(name, None)
+    return head + str({name: value, **opts})
+
+
+def rehash(path: Path, kernels: set[str], options: dict[str, int] | None = None) -> int:
     data = json.loads(path.read_text())
     changed = 0
     for entry in data["kernels"]:
@@ -39,6 +55,12 @@ def rehash(path: Path, kernels: set[str]) -> int:
         if [p for p in params if p != "num_warps"] != [p for p in recorded if p != "num_warps"]:
             raise SystemExit(f"{entry['kernel']}: parameters changed ({recorded} -> {params}); record the list on a GPU")
         new = source_hash(fn)
+        spec = entry["spec"]
+        for name, value in (options or {}).items():
+            if spec["options"].get(name) != value:
+                spec["options"][name] = value
+                spec["key"] = _with_option(spec["key"], name, value)
+                entry["source"] = ""  # counted as changed below
         if entry["source"] != new:
             entry["source"], changed = new, changed + 1
     write_json(path, data, "kernel list", sort_keys=False)  # Triton's key order (its launcher follows it)
@@ -49,9 +71,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kernels", nargs="+", help="full names, e.g. kernels.w8a8_gluon._w8a8_gluon_kernel")
     ap.add_argument("--files", nargs="*", type=Path, default=sorted(SHIPPED.glob("*.kernels.json")))
+    ap.add_argument("--launch-option", action="append", default=[], metavar="NAME=INT",
+                    help="a compile option the kernel's launch passes (e.g. maxnreg=168)")
     args = ap.parse_args()
+    options = {k: int(v) for k, v in (o.split("=", 1) for o in args.launch_option)}
     for path in args.files:
-        print(f"{path}: {rehash(path, set(args.kernels))} entries re-hashed")
+        print(f"{path}: {rehash(path, set(args.kernels), options)} entries updated")
 
 
 if __name__ == "__main__":
