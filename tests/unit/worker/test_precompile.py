@@ -241,3 +241,39 @@ def test_the_shipped_lists_match_the_kernels_sources() -> None:
 
     assert out["lists"] and all(model in MODELS and has_choices for _, model, has_choices in out["lists"]), out["lists"]
     assert {model for _, model, _ in out["lists"]} >= {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b"}
+
+
+def test_rehash_carries_an_entry_over_a_body_edit_and_a_new_launch_option(tmp_path: Path) -> None:
+    """scripts/rehash_kernel_list.py: a list entry recorded before the kernel's source changed gets the current
+    source hash (else the worker skips it as stale and compiles at launch), a launch option goes into the entry's
+    options and the tail of its cache key (where Triton's launch looks it up), and an entry whose kernel's
+    parameters changed is refused instead of being rewritten."""
+    shipped = json.loads((ROOT / "worker/autotune/NVIDIA_H200-cc90.wan2.1-t2v-1.3b.kernels.json").read_text())
+    entry = next(e for e in shipped["kernels"] if e["kernel"] == "kernels.w8a8_gluon._w8a8_gluon_kernel")
+    spec = dict(entry["spec"], options={**entry["spec"]["options"], "maxnreg": None})
+    spec["key"] = spec["key"].rsplit("{", 1)[0] + "{'debug': False, 'instrumentation_mode': ''}"
+    stale = {"kernel": entry["kernel"], "source": "0123456789abcdef", "spec": spec}
+    listing = tmp_path / "list.kernels.json"
+    listing.write_text(json.dumps({"triton": shipped["triton"], "kernels": [stale]}))
+    env = {**os.environ, "TRITON_INTERPRET": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "scripts/rehash_kernel_list.py", entry["kernel"], "--launch-option", "maxnreg=168",
+           "--files", str(listing)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1 entries updated" in proc.stdout
+    raw = listing.read_text()
+    out = json.loads(raw)["kernels"][0]
+    assert out["source"] == entry["source"]  # the shipped entry carries the current source's hash
+    assert out["spec"]["options"]["maxnreg"] == 168
+    assert out["spec"]["key"].endswith("{'maxnreg': 168, 'debug': False, 'instrumentation_mode': ''}")
+    assert out["spec"]["key"] == entry["spec"]["key"]
+    assert list(out["spec"]["signature"]) == list(entry["spec"]["signature"])  # Triton's order kept
+
+    # a kernel whose parameters no longer match the recorded signature: refused, the file left as it was
+    renamed = dict(stale, spec=dict(spec, signature={"renamed_" + k: v for k, v in spec["signature"].items()}))
+    listing.write_text(json.dumps({"triton": shipped["triton"], "kernels": [renamed]}))
+    before = listing.read_text()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "parameters changed" in proc.stdout + proc.stderr
+    assert listing.read_text() == before
