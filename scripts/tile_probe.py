@@ -52,8 +52,11 @@ def gemm(baseline: str = "", n_configs: int = 0) -> None:
         bias = 0.01 * torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
         xq, sx = quantize_activation(torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16))
         ops = 2 * m * n * k
-        ref = w8a8_gemm(xq, sx, weight, bias, torch.bfloat16)
-        t_tr = bench(lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16))  # noqa: B023
+        ref = w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend="tma")
+        t_tr = bench(lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend="tma"))  # noqa: B023
+        from kernels.w8a8 import _w8a8_tma_tuned
+
+        print(f"   triton's autotuned config: {_w8a8_tma_tuned.best_config}", flush=True)
         xb = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
         wb = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g)
         t_bf16 = bench(lambda: torch.nn.functional.linear(xb, wb))  # noqa: B023
