@@ -153,7 +153,8 @@ def _w8a8_tma(smem: int) -> Result:
 
 def _w8a8_gluon(smem: int) -> Result:
     """The Gluon int8 GEMM (`kernels.w8a8_gluon`): every config, at the Wan shapes' K, bf16 out; each must keep
-    one MMA group in flight in its K loop (`wgmma.wait_group 1` in the PTX), the point of this kernel."""
+    one MMA group in flight in its K loop (`wgmma.wait_group 1` in the PTX), the point of this kernel, and be
+    warp-specialized (a loader warp: `setmaxnreg` in the PTX)."""
     import re
 
     from kernels import w8a8_gluon as wg
@@ -178,6 +179,8 @@ def _w8a8_gluon(smem: int) -> Result:
                 ptx = _LAST[0].asm["ptx"] if _LAST[0] is not None else ""
                 if "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
                     res.errors.append(f"{cfg} at K={k}: no wgmma.wait_group 1 (its MMAs do not overlap)")
+                if "setmaxnreg" not in ptx:  # the loader warp's partition hands its registers to the MMA warps
+                    res.errors.append(f"{cfg} at K={k}: not warp-specialized (no setmaxnreg in the PTX)")
     return res
 
 
