@@ -153,6 +153,14 @@ sp14b() {
         --linear w8a8 --exchange int8 --profile "$OUT/logs/sp14b_prof.txt" 2>&1 | tee "$OUT/logs/sp14b.log" \
         | grep "^{" | tail -3
 }
+# in_tree RUN CMD...: CMD run in OLD_SRC (a tree of an earlier commit) when RUN starts with "old", else in this
+# tree, with that tree second on PYTHONPATH (after the wheels' site): the A/B runs of one host (s26d, s28a, s28b)
+in_tree() {
+    local tree=$PWD
+    [ "${1#old}" != "$1" ] && tree=$OLD_SRC
+    shift
+    (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" "$@")
+}
 # turbovid_bench SECONDS: turbovid bench (1.3B whole job, 2-layer umT5); --logs keeps the worker's logs and
 # autotune choices (to ship) in $OUT/logs/e2e
 turbovid_bench() {
@@ -571,13 +579,11 @@ elif [ "$mode" = s26d ]; then
     timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 90 -m gpu tests/unit/models/test_pipeline_gpu.py \
         > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
-    here=$PWD
     for run in old1 new1 old2 new2; do
-        tree=$here; [ "${run#old}" != "$run" ] && tree=$OLD_SRC
-        (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" timeout 200 python3 -m cli.main bench --weights "$W" \
+        in_tree "$run" timeout 200 python3 -m cli.main bench --weights "$W" \
             --text-encoder small --jobs 4 --no-restart --skip-stages --start-timeout 150 --job-timeout 60 \
-            --logs "$OUT/logs/e2e-$run" > "$OUT/logs/bench-$run.log" 2>&1)
-        echo "== $run ($(cd "$tree" && git log --oneline -1 2>/dev/null | cut -c1-7))"
+            --logs "$OUT/logs/e2e-$run" > "$OUT/logs/bench-$run.log" 2>&1
+        echo "== $run ($(in_tree "$run" git log --oneline -1 2>/dev/null | cut -c1-7))"
         grep -E "POST->completed" "$OUT/logs/bench-$run.log" | grep -v "^\[" | cut -c1-120 | head -5
         grep -h "wall s:" "$OUT/logs/e2e-$run"/worker*.log | sed 's/.*wall s: //' | cut -c1-200
     done
@@ -672,9 +678,9 @@ for m, k, n in ((1000, 1536, 1536), (4096, 8960, 1536), (77, 5120, 13824)):
     wq, ws = quantize_weight_blockwise(torch.randn(n, k, device='cuda'))
     w = prepare_weight(wq, ws)
     xq, sx = quantize_activation(torch.randn(m, k, device='cuda', dtype=torch.bfloat16))
+    ref = w8a8_gemm(xq, sx, w, None, torch.bfloat16, backend='tma', config=dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8))
     for cfg in wg.CONFIGS:
         y = wg.w8a8_gemm_gluon(xq, sx, w.qweight, w.scale, None, torch.bfloat16, config=cfg)
-        ref = w8a8_gemm(xq, sx, w, None, torch.bfloat16, backend='tma', config=dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8))
         torch.cuda.synchronize(); print(m, k, n, cfg, 'equal', torch.equal(y, ref))
 " 2>&1 | grep -v Warn | tail -16 || { echo "smoke check failed or hung"; exit 1; }
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_w8a8_gpu.py \
@@ -682,20 +688,16 @@ for m, k, n in ((1000, 1536, 1536), (4096, 8960, 1536), (77, 5120, 13824)):
     grep -E "^FAILED|passed|failed|Error|Timeout" "$OUT/logs/tests.log" | tail -6
     timeout 200 python3 scripts/tile_probe.py gemm --gluon-configs 2 --gluon-baseline "$OLD_SRC/kernels/w8a8_gluon.py" 2>&1 \
         | grep -v "Warn\|warn" | tee "$OUT/logs/tile_probe.log" | tail -60
-    here=$PWD
     for run in old new old2 new2; do
-        tree=$here; [ "${run#old}" != "$run" ] && tree=$OLD_SRC
-        (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" timeout 90 python3 -m models.bench_dit --sizes 1.3b --reps 3 \
-            --no-checks --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1)
+        in_tree "$run" timeout 90 python3 -m models.bench_dit --sizes 1.3b --reps 3 \
+            --no-checks --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1
         echo "== 1.3B DiT, $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -2
     done
 elif [ "$mode" = s28b ]; then
-    here=$PWD
     for run in new1 old1 new2 old2; do
-        tree=$here; [ "${run#old}" != "$run" ] && tree=$OLD_SRC
-        (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" timeout 150 python3 -m cli.main bench --weights "$W" \
+        in_tree "$run" timeout 150 python3 -m cli.main bench --weights "$W" \
             --text-encoder small --jobs 4 --no-restart --skip-stages --start-timeout 120 --job-timeout 60 \
-            --logs "$OUT/logs/e2e-$run" > "$OUT/logs/bench-$run.log" 2>&1)
+            --logs "$OUT/logs/e2e-$run" > "$OUT/logs/bench-$run.log" 2>&1
         echo "== $run"
         grep -E "start -> ready|POST->completed|rror" "$OUT/logs/bench-$run.log" | grep -v "^\[" | cut -c1-160 | head -5
         grep -hE "precompile:|compiled .* at launch" "$OUT/logs/e2e-$run"/worker*.log | cut -c1-200 | head -2

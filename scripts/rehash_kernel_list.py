@@ -54,15 +54,16 @@ def rehash(path: Path, kernels: set[str], options: dict[str, int] | None = None)
         recorded = list(entry["spec"]["signature"])
         if [p for p in params if p != "num_warps"] != [p for p in recorded if p != "num_warps"]:
             raise SystemExit(f"{entry['kernel']}: parameters changed ({recorded} -> {params}); record the list on a GPU")
-        new = source_hash(fn)
-        spec = entry["spec"]
+        spec, updated = entry["spec"], False
         for name, value in (options or {}).items():
             if spec["options"].get(name) != value:
                 spec["options"][name] = value
                 spec["key"] = _with_option(spec["key"], name, value)
-                entry["source"] = ""  # counted as changed below
+                updated = True
+        new = source_hash(fn)
         if entry["source"] != new:
-            entry["source"], changed = new, changed + 1
+            entry["source"], updated = new, True
+        changed += updated
     write_json(path, data, "kernel list", sort_keys=False)  # Triton's key order (its launcher follows it)
     return changed
 

@@ -42,8 +42,10 @@ def gemm(baseline: str = "", n_configs: int = 0) -> None:
     n_configs: only the first n of `CONFIGS` (0: all)."""
     from kernels import w8a8_gluon as wg
     from kernels.int8_quant import quantize_activation, quantize_weight_blockwise
-    from kernels.w8a8 import prepare_weight, w8a8_gemm
+    from kernels.w8a8 import _w8a8_tma_tuned, prepare_weight, w8a8_gemm
 
+    cfgs = wg.CONFIGS[:n_configs] if n_configs else wg.CONFIGS
+    variants = [("gluon", wg)] + ([("gluon baseline", _load_module(baseline))] if baseline else [])
     print("== int8 GEMM: Triton (sync wgmma per K step) vs Gluon (async, 1 group in flight); ms, TOP/s", flush=True)
     for name, m, k, n in GEMM_SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -54,16 +56,13 @@ def gemm(baseline: str = "", n_configs: int = 0) -> None:
         ops = 2 * m * n * k
         ref = w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend="tma")
         t_tr = bench(lambda: w8a8_gemm(xq, sx, weight, bias, torch.bfloat16, backend="tma"))  # noqa: B023
-        from kernels.w8a8 import _w8a8_tma_tuned
-
         print(f"   triton's autotuned config: {_w8a8_tma_tuned.best_config}", flush=True)
         xb = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
         wb = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g)
         t_bf16 = bench(lambda: torch.nn.functional.linear(xb, wb))  # noqa: B023
         line = f"{name:<14} cuBLAS bf16 {t_bf16:.3f} | triton {t_tr:.3f} ({ops / t_tr / 1e9:.0f})"
         best = None
-        cfgs = wg.CONFIGS[:n_configs] if n_configs else wg.CONFIGS
-        for label, mod in [("gluon", wg)] + ([("gluon baseline", _load_module(baseline))] if baseline else []):
+        for label, mod in variants:
             for cfg in cfgs:
                 try:
                     y = mod.w8a8_gemm_gluon(xq, sx, weight.qweight, weight.scale, bias, torch.bfloat16, config=cfg)
