@@ -55,13 +55,16 @@ class EventLog:
         self.keys = keys
         self.max_events = max_events
 
-    def publish(self, job_id: str, event: JobEvent, *, ttl_s: int) -> str:
-        """Append an event; returns its id (the SSE event id)."""
+    def publish(self, job_id: str, event: JobEvent, *, ttl_s: int, pipeline: Any = None) -> str:
+        """Append an event; returns its id (the SSE event id). With `pipeline` the commands are only
+        added to the caller's transaction and "" is returned (the id is known once it executes)."""
         key = self.keys.events(job_id)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=False) if pipeline is None else pipeline
         pipe.xadd(key, {"data": event.model_dump_json(exclude_none=True)}, maxlen=self.max_events,
                   approximate=True)
         pipe.expire(key, ttl_s)
+        if pipeline is not None:
+            return ""
         entry_id = pipe.execute()[0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 

@@ -132,7 +132,11 @@ class JobStore:
         ttl_s: int,
         metadata: dict[str, Any] | None = None,
         webhook_url: str | None = None,
+        pipeline: Any = None,
     ) -> JobRecord:
+        """The job's record (queued), its place in the owner's list and its concurrency slot, in one
+        transaction; with `pipeline` the commands are only added to it (the caller's transaction also
+        enqueues the job, so a job is never recorded without being queued, or queued without a record)."""
         record = JobRecord(
             spec=spec,
             status=JobStatus.queued,
@@ -140,12 +144,13 @@ class JobStore:
             metadata=metadata,
             webhook_url=webhook_url,
         )
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=True) if pipeline is None else pipeline
         pipe.hset(self.keys.job(spec.job_id), mapping=_dump(record))  # type: ignore[arg-type]
         pipe.expire(self.keys.job(spec.job_id), ttl_s)
         pipe.zadd(self.keys.owner(spec.owner), {spec.job_id: spec.created_at})
         pipe.zadd(self.keys.active(spec.owner), {spec.job_id: time.time()}, nx=True)
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -236,9 +241,10 @@ class JobStore:
         pipe.delete(self.keys.cancel(job_id))
         pipe.execute()
 
-    def requeue(self, job_id: str) -> None:
-        """Back to queued after a worker died mid-job (the caller re-enqueues the RQ job)."""
-        self._update(job_id, {"status": JobStatus.queued.value, "progress": "0"})
+    def requeue(self, job_id: str, *, pipeline: Any = None) -> None:
+        """Back to queued after a worker died mid-job (the caller re-enqueues the RQ job, in the same
+        transaction when it passes its `pipeline`)."""
+        self._update(job_id, {"status": JobStatus.queued.value, "progress": "0"}, client=pipeline)
 
 
 _JSON_FIELDS = ("spec", "timings", "output", "error", "metadata")

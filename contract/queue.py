@@ -41,14 +41,22 @@ class JobQueue:
         return Queue(name, connection=self.r, serializer=RQ_SERIALIZER)
 
     # video jobs ---------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec, *, at_front: bool = False, queue_name: str | None = None) -> Job:
+    def submit(self, spec: JobSpec, *, at_front: bool = False, queue_name: str | None = None,
+               pipeline: Any = None) -> Job:
         """Put a job on its model's queue (or `queue_name`), replacing any earlier RQ job of that id
-        (a re-queue after a crash or a shutdown); the queued TTL counts again from now."""
+        (a re-queue after a crash or a shutdown); the queued TTL counts again from now. The registry
+        clean-up and the enqueue are one transaction: `pipeline`'s when given (the caller executes it),
+        else one of its own."""
         queue = self.queue(queue_name or spec.model)
+        if pipeline is None:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.multi()  # RQ's enqueue on a given pipeline expects MULTI already issued
+        else:
+            pipe = pipeline
         for registry in (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry):
-            remove_from_registry(self.r, registry.key, spec.job_id)
+            remove_from_registry(self.r, registry.key, spec.job_id, pipeline=pipe)
         p = spec.params
-        return queue.enqueue_call(
+        job = queue.enqueue_call(
             TASK_PATH,
             args=(spec.model_dump_json(),),
             job_id=spec.job_id,
@@ -58,7 +66,11 @@ class JobQueue:
             ttl=self.cfg.queued_ttl_s,
             at_front=at_front,
             description=f"turbovid {p.kind} {spec.model} {p.width}x{p.height}x{p.num_frames}",
+            pipeline=pipe,
         )
+        if pipeline is None:
+            pipe.execute()
+        return job
 
     def remove(self, model: str, job_id: str) -> None:
         """Take a queued job off the queue and delete its RQ job."""
@@ -93,11 +105,12 @@ class JobQueue:
         return str(job.id)
 
 
-def remove_from_registry(client: redis.Redis, key: str, job_id: str) -> None:
-    """Registry members are `job_id` or `job_id:execution_id` (RQ >= 2)."""
+def remove_from_registry(client: redis.Redis, key: str, job_id: str, *, pipeline: Any = None) -> None:
+    """Registry members are `job_id` or `job_id:execution_id` (RQ >= 2). The members are read now; their
+    removal goes on `pipeline` when given."""
     stale = [m for m in registry_members(client, key) if m == job_id or m.startswith(f"{job_id}:")]
     if stale:
-        client.zrem(key, *stale)
+        (client if pipeline is None else pipeline).zrem(key, *stale)
 
 
 def registry_members(client: redis.Redis, key: str) -> list[str]:

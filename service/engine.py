@@ -132,21 +132,38 @@ class Engine:
     def submit(self, spec: JobSpec, *, priority: str, metadata: dict[str, str] | None,
                webhook_url: str | None) -> JobRecord:
         """Create the job record and put the job on its model's queue (`priority="high"`: at the front)."""
-        record = self.store.create(spec, ttl_s=self.record_ttl_s(), metadata=metadata, webhook_url=webhook_url)
+        # The record, the slot, the "queued" event and the queue entry are one transaction: a creation that
+        # loses Redis half-way leaves either nothing or a whole job (one that a worker will run and that
+        # ends with its webhook), never a record "queued" with nothing on the queue. Its place: 0 at the
+        # front, else the number of jobs ahead of it now (a concurrent creation may shift it by one; the
+        # event stream reports the live place while the job waits). The event goes in before the enqueue,
+        # so an idle worker's "started" always follows it.
+        front = priority == "high"
+        position = 0 if front else self.queue.depth(spec.model)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.multi()  # explicit: RQ's enqueue on a caller's pipeline expects MULTI already issued
+        record = self.store.create(spec, ttl_s=self.record_ttl_s(), metadata=metadata, webhook_url=webhook_url,
+                                   pipeline=pipe)
+        self._publish(spec, "queued", self.record_ttl_s(), queue_position=position, pipeline=pipe)
+        self.queue.submit(spec, at_front=front, pipeline=pipe)
         try:
-            # "queued" goes on the job's event stream before the job goes on the queue: an idle worker takes
-            # it (and publishes "started") the moment it lands there. Its place: 0 at the front, else the
-            # number of jobs ahead of it now (a concurrent creation may shift it by one; the event stream
-            # reports the live place while the job waits).
-            front = priority == "high"
-            position = 0 if front else self.queue.depth(spec.model)
-            self._publish(spec, "queued", self.record_ttl_s(), queue_position=position)
-            self.queue.submit(spec, at_front=front)
+            pipe.execute()
         except redis.RedisError:
-            self.store.delete(spec.job_id)
-            self.events.delete(spec.job_id)
+            # The reply may be what was lost (the transaction ran): take the job back if Redis still
+            # answers, so the client's retry does not run it twice. If it does not, the job stands whole.
+            self._take_back(spec)
             raise
         return record
+
+    def _take_back(self, spec: JobSpec) -> None:
+        """Undo a creation whose transaction may or may not have run; logged, never raised."""
+        try:
+            self.queue.remove(spec.model, spec.job_id)
+            self.store.delete(spec.job_id)
+            self.events.delete(spec.job_id)
+        except redis.RedisError as exc:
+            log.warning("job %s: its creation failed and Redis is unreachable to undo it (%s); if the creation "
+                        "did reach Redis, the job runs as created", spec.job_id, exc)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job's record, failing it first (with its webhook) if it sat queued past the queue TTL."""
@@ -183,12 +200,13 @@ class Engine:
                           error=JobError(code=ErrorCode.cancelled, message="the job was cancelled"))
 
     def _publish(self, spec: JobSpec, event: EventType, ttl_s: int, *, queue_position: int | None = None,
-                 error: JobError | None = None) -> None:
+                 error: JobError | None = None, pipeline: Any = None) -> None:
         """A job event the gateway decides (contract/events.py); the worker publishes the rest."""
         err = {"code": str(error.code), "message": error.message} if error is not None else None
         elapsed = round(time.time() - spec.created_at, 3)
         self.events.publish(spec.job_id, JobEvent(event=event, progress=0, elapsed_s=elapsed,
-                                                  queue_position=queue_position, error=err), ttl_s=ttl_s)
+                                                  queue_position=queue_position, error=err), ttl_s=ttl_s,
+                            pipeline=pipeline)
 
     def delete(self, job_id: str) -> None:
         self.cancel(job_id)

@@ -141,15 +141,24 @@ def reap(
             remove_from_registry(client, registry.key, job_id)
             out.append(Reaped(job_id, "cleared"))
             continue
-        crashes = int(client.incr(store.keys.crashes(job_id)))  # type: ignore[arg-type]
-        client.expire(store.keys.crashes(job_id), q.result_ttl_s)
+        # The crash is counted in the transaction that acts on it (the reap marker above keeps other
+        # reapers off this job meanwhile): a pass cut off by Redis counts nothing and changes nothing.
+        crashes_key = store.keys.crashes(job_id)
+        crashes = int(client.get(crashes_key) or 0) + 1  # type: ignore[arg-type]
         if crashes <= q.max_requeues:
-            store.requeue(job_id)
-            jobs.submit(record.spec, at_front=True, queue_name=queue.name)
+            pipe = client.pipeline(transaction=True)  # back to queued and on the queue, or neither
+            pipe.multi()  # explicit, as RQ's enqueue on a given pipeline expects
+            pipe.incr(crashes_key)
+            pipe.expire(crashes_key, q.result_ttl_s)
+            store.requeue(job_id, pipeline=pipe)
+            jobs.submit(record.spec, at_front=True, queue_name=queue.name, pipeline=pipe)
+            pipe.execute()
             log.warning("job %s lost its worker %s; re-queued (%d/%d)", job_id, record.worker, crashes,
                         q.max_requeues)
             out.append(Reaped(job_id, "requeued"))
         else:
+            client.incr(crashes_key)
+            client.expire(crashes_key, q.result_ttl_s)
             message = (f"the worker running this job ({record.worker or 'unknown'}) stopped responding "
                        f"{crashes} time(s); giving up after {q.max_requeues} re-queue(s)")
             store.finish(job_id, JobStatus.failed, ttl_s=q.failure_ttl_s,

@@ -189,18 +189,22 @@ def test_no_job_is_lost_or_stuck_through_worker_kills_a_redis_restart_and_a_gate
         submitter.join(timeout=60)
         assert not submitter.is_alive() and len(accepted) == JOBS, (len(accepted), refused)
 
-        # every accepted job ends: completed, or failed with a reason
+        # every accepted job ends: completed, or failed with a reason. So does any job whose creation reached
+        # Redis while its reply did not (the gateway could not take it back): the client never saw it, but
+        # it is whole, runs and ends like the others.
         states: dict[str, dict] = {}
+        unseen: list[str] = []
 
         def all_ended() -> bool:
             stack.tick()
-            for vid in accepted:
+            unseen[:] = [v for v in _created_ids(stack) if v not in accepted]
+            for vid in accepted + unseen:
                 if states.get(vid, {}).get("status") in TERMINAL:
                     continue
                 r = _http("GET", f"{stack.base}/v1/videos/{vid}")
                 if r is not None and r.status_code in (200, 404):
                     states[vid] = r.json() if r.status_code == 200 else {"status": "lost"}
-            return all(states.get(v, {}).get("status") in TERMINAL | {"lost"} for v in accepted)
+            return all(states.get(v, {}).get("status") in TERMINAL | {"lost"} for v in accepted + unseen)
 
         try:
             wait_for(all_ended, timeout=90, what="every job ended")
@@ -222,12 +226,13 @@ def test_no_job_is_lost_or_stuck_through_worker_kills_a_redis_restart_and_a_gate
     print(f"\nfault injection (seed {seed}): {len(accepted)} jobs accepted ({refused} creations retried by the "
           f"client while the gateway/Redis were down); {kills} worker SIGKILLs, {redis_restarts} Redis "
           f"SIGKILL+restart (AOF), {gateway_restarts} gateway restart, {stack.restarts} supervised process "
-          f"restarts; outcome {counts}, failure codes {codes}; webhooks for "
+          f"restarts; outcome {counts}, failure codes {codes}; {len(unseen)} jobs created whose reply was lost "
+          f"({[states.get(v, {}).get('status') for v in unseen]}); webhooks for "
           f"{len(receiver.job_ids() & set(accepted))}/{len(accepted)} jobs; "
           f"{sum(1 for a in attempts if a > 1)} jobs re-queued after losing their worker (max attempts "
           f"{max(attempts, default=0)}); {len(held)} slots held at the end ({left_after_sweep} after the grace-period sweep); {time.monotonic() - t_start:.1f} s")
     lost = [v for v in accepted if states.get(v, {}).get("status") == "lost"]
-    stuck = [v for v in accepted if states.get(v, {}).get("status") not in TERMINAL | {"lost"}]
+    stuck = [v for v in accepted + unseen if states.get(v, {}).get("status") not in TERMINAL | {"lost"}]
     assert not lost, f"lost jobs: {lost}"
     assert not stuck, f"stuck jobs: {[(v, states.get(v, {}).get('status')) for v in stuck]}"
     assert all(s.get("error", {}).get("code") and s["error"].get("message") for s in failed)
@@ -257,6 +262,19 @@ def _attempts(stack: Stack, job_ids: list[str]) -> tuple[list[int], list[tuple[s
     store.sweep_slots("dev", queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s,
                       now=time.time() + RESERVATION_GRACE_S + 1)
     return attempts, held, store.active_count("dev")
+
+
+def _created_ids(stack: Stack) -> list[str]:
+    """Every job of the owner that Redis holds a record of (accepted or not)."""
+    import redis as redis_lib
+
+    from contract.keys import Keys
+
+    try:
+        client = redis_lib.Redis.from_url(stack.settings.redis.url, socket_timeout=1)
+        return [i.decode() for i in client.zrange(Keys(stack.settings.redis.key_prefix).owner("dev"), 0, -1)]
+    except Exception:
+        return []
 
 
 def _running_workers(stack: Stack) -> list[str]:

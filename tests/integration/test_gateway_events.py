@@ -120,16 +120,30 @@ def test_replay_follow_in_order_and_close_after_the_terminal_event(gateway) -> N
 def test_queued_comes_first_even_when_a_worker_takes_the_job_at_once(gateway,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle worker takes a job the moment it lands on the queue and publishes "started" at once (seen in
-    CI: a stream that began ['started', 'stage', 'queued', ...]). The gateway's "queued" still comes first."""
+    CI: a stream that began ['started', 'stage', 'queued', ...]). The gateway's "queued" still comes first:
+    here "started" is published the moment the creation's transaction has run (the earliest a worker can
+    see the job on its queue)."""
     client, state, log = gateway
-    submit = state.engine.queue.submit
+    engine = state.engine
+    real_pipeline = engine._r.pipeline
+    started: set[str] = set()
 
-    def submit_and_start(spec, **kw):  # noqa: ANN001, ANN202 - the queue's own signature
-        job = submit(spec, **kw)
-        log.publish(spec.job_id, JobEvent(event="started", progress=1, elapsed_s=0.01), ttl_s=60)
-        return job
+    def pipeline_then_start(*args, **kw):  # noqa: ANN002, ANN003, ANN202 - redis-py's own signature
+        pipe = real_pipeline(*args, **kw)
+        real_execute = pipe.execute
 
-    monkeypatch.setattr(state.engine.queue, "submit", submit_and_start)
+        def execute(*eargs, **ekw):  # noqa: ANN002, ANN003, ANN202
+            out = real_execute(*eargs, **ekw)
+            for model in state.settings.gateway.models:
+                for job_id in set(engine.queue.queue(model).get_job_ids()) - started:
+                    started.add(job_id)
+                    log.publish(job_id, JobEvent(event="started", progress=1, elapsed_s=0.01), ttl_s=60)
+            return out
+
+        pipe.execute = execute
+        return pipe
+
+    monkeypatch.setattr(engine._r, "pipeline", pipeline_then_start)
     vid = _create(client)
     state.engine.store.mark_started(vid, "w1")
     state.engine.store.set_progress(vid, 100)

@@ -1,0 +1,171 @@
+"""Redis cut off in the middle of a write: a job's creation and a reaper's re-queue leave either nothing
+or a whole, consistent job, never a record "queued" with nothing on the queue (a job nobody runs and whose
+concurrency slot stays taken until the queued TTL).
+
+The Redis is real; the cut is a connection class that stops talking at a chosen point — before a
+transaction reaches the server ("unreachable") or after the server ran it but before its reply arrives
+("reply lost") — and then refuses every command until the test brings Redis "back"."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+from worker_support import submit, test_settings
+
+from contract.catalog import get_card
+from contract.jobs import Capabilities, GenerationParams, JobSpec, JobStatus
+from contract.jobstore import JobStore
+from contract.keys import Keys
+from contract.queue import RQ_SERIALIZER, JobQueue
+from service.engine import Engine
+from worker.reaper import reap
+
+
+class Cut:
+    """Shared state of the CuttableConnections of one client."""
+
+    def __init__(self) -> None:
+        self.at: str | None = None  # "unreachable" | "reply_lost": armed for the next transaction
+        self.down = False
+        self.back_after_cut = False  # Redis answers again right after the cut (the reply alone was lost)
+        self.fired = 0
+
+    def send(self, conn: redis.Connection, packed: Any) -> None:
+        if self.down:
+            raise redis.ConnectionError("test: Redis is unreachable")
+        is_exec = b"EXEC" in b"".join(bytes(part) for part in (packed if isinstance(packed, list) else [packed]))
+        if is_exec and self.at == "unreachable":
+            self._fire()
+            raise redis.ConnectionError("test: Redis became unreachable before the transaction reached it")
+        redis.Connection.send_packed_command(conn, packed)
+        if is_exec and self.at == "reply_lost":
+            self._fire()
+            self.pending_loss = True
+
+    def _fire(self) -> None:
+        self.at = None
+        self.fired += 1
+        self.down = not self.back_after_cut
+
+    def read(self, conn: redis.Connection, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "pending_loss", False):
+            self.pending_loss = False
+            conn.disconnect()
+            raise redis.ConnectionError("test: the connection dropped before the reply arrived")
+        if self.down:
+            raise redis.ConnectionError("test: Redis is unreachable")
+        return redis.Connection.read_response(conn, *args, **kwargs)
+
+
+def _client(url: str, cut: Cut) -> redis.Redis:
+    class CuttableConnection(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            cut.send(self, command)
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            return cut.read(self, *args, **kwargs)
+
+    pool = redis.ConnectionPool.from_url(url, connection_class=CuttableConnection)
+    return redis.Redis(connection_pool=pool, retry=None)  # no client retry: the cut must reach the caller
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return test_settings(tmp_path)
+
+
+def _spec(model: str) -> JobSpec:
+    job_id = f"video_{uuid.uuid4().hex}"
+    params = GenerationParams(prompt="p", width=64, height=64, num_frames=9).resolve(get_card("wan-tiny"),
+                                                                                    Capabilities())
+    return JobSpec(job_id=job_id, owner="dev", model=model, params=params, output_key=f"o/{job_id}.mp4",
+                   created_at=time.time())
+
+
+def _state(client: redis.Redis, keys: Keys, spec: JobSpec) -> dict[str, object]:
+    """What Redis holds of a job: its record's status, its slot, its place on the queue, its events."""
+    store = JobStore(client, keys)
+    record = store.get(spec.job_id)
+    q = Queue(spec.model, connection=client, serializer=RQ_SERIALIZER)
+    return {
+        "record": None if record is None else record.status.value,
+        "slot": client.zscore(keys.active(spec.owner), spec.job_id) is not None,
+        "queued": spec.job_id in q.get_job_ids(),
+        "events": int(client.xlen(keys.events(spec.job_id))),  # type: ignore[arg-type]
+    }
+
+
+NOTHING = {"record": None, "slot": False, "queued": False, "events": 0}
+WHOLE = {"record": "queued", "slot": True, "queued": True, "events": 1}
+
+
+@pytest.mark.parametrize(("at", "back_after_cut", "expected"), [
+    ("unreachable", False, NOTHING),   # the transaction never ran
+    ("reply_lost", False, WHOLE),      # it ran, and Redis stayed away: the job stands whole and will run
+    ("reply_lost", True, NOTHING),     # it ran, and Redis answered the take-back: undone
+])
+def test_a_creation_cut_mid_write_leaves_nothing_or_a_whole_job(settings, at, back_after_cut, expected):
+    cut = Cut()
+    model = settings.worker.queues[0]
+    keys = Keys(settings.redis.key_prefix)
+    engine = Engine(_client(settings.redis.url, cut), keys, settings)
+    plain = redis.Redis.from_url(settings.redis.url)
+    spec = _spec(model)
+    cut.at, cut.back_after_cut = at, back_after_cut
+    with pytest.raises(redis.ConnectionError):
+        engine.submit(spec, priority="normal", metadata=None, webhook_url=None)
+    assert cut.fired == 1
+    assert _state(plain, keys, spec) == expected
+    # and with Redis answering, the next creation is whole
+    cut.down = False
+    again = _spec(model)
+    engine.submit(again, priority="normal", metadata=None, webhook_url=None)
+    assert _state(plain, keys, again) == WHOLE
+    Queue(model, connection=plain, serializer=RQ_SERIALIZER).empty()
+
+
+def _take_and_die(client: redis.Redis, store: JobStore, q: Queue, job_id: str) -> None:
+    """A worker takes the job and dies: off the queue, in the started registry, in_progress, no lease."""
+    q.remove(job_id)
+    job = Job.fetch(job_id, connection=client, serializer=RQ_SERIALIZER)
+    job.started_at = datetime.now(UTC)
+    job.save()
+    client.zadd(q.started_job_registry.key, {f"{job_id}:exec-1": time.time() + 3600})
+    store.mark_started(job_id, "w-dead")
+
+
+def test_a_requeue_cut_mid_write_is_retried_by_the_next_pass_never_half_done(settings):
+    plain = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.key_prefix)
+    spec = submit(settings)
+    q_plain = Queue(settings.worker.queues[0], connection=plain, serializer=RQ_SERIALIZER)
+    _take_and_die(plain, JobStore(plain, keys), q_plain, spec.job_id)
+
+    cut = Cut()
+    client = _client(settings.redis.url, cut)
+    store, jobs = JobStore(client, keys), JobQueue(client, settings.queue)
+    q = Queue(settings.worker.queues[0], connection=client, serializer=RQ_SERIALIZER)
+    cut.at = "unreachable"  # Redis goes away just as the re-queue's transaction is sent
+    with pytest.raises(redis.ConnectionError):
+        reap(q, store, jobs, settings.queue, settings.webhooks, now=time.time() + 10)
+    # Nothing of the re-queue happened: still in_progress and in the started registry, so a later pass
+    # (after the reap marker's TTL; deleted here instead of waiting) re-queues it.
+    rec = JobStore(plain, keys).get(spec.job_id)
+    assert rec is not None and rec.status is JobStatus.in_progress
+    assert q_plain.get_job_ids() == [] and any(m.startswith(spec.job_id) for m in q_plain.started_job_registry
+                                               .get_job_ids(cleanup=False))
+    cut.down = False
+    plain.delete(keys.reap(spec.job_id))
+    done = reap(q, store, jobs, settings.queue, settings.webhooks, now=time.time() + 10)
+    assert [(r.job_id, r.action) for r in done] == [(spec.job_id, "requeued")]
+    rec = JobStore(plain, keys).get(spec.job_id)
+    assert rec is not None and rec.status is JobStatus.queued and q_plain.get_job_ids() == [spec.job_id]
+    assert not [m for m in q_plain.started_job_registry.get_job_ids(cleanup=False) if m.startswith(spec.job_id)]
+    q_plain.empty()
