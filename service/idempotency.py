@@ -3,17 +3,24 @@
 The first request claims `Keys.idempotency(owner, key)` with SET NX, storing the SHA-256 of its
 canonical body and the job id it is about to create. Later requests compare hashes. `Keys.idempotency_of`
 maps the job back to its key, so deleting the job frees the key (a later create with it makes a new job).
+
+A claim whose job was never made — its creation failed and could not give the key back because Redis was
+unreachable — is taken over by the next request with the same body once it is older than
+`RESERVATION_GRACE_S` (no creation in flight takes that long); a younger one is answered 409
+`idempotency_in_progress`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from contract.jobstore import RESERVATION_GRACE_S
 from contract.keys import Keys
 from service.errors import ApiError
 
@@ -24,6 +31,14 @@ _RELEASE = """
 local raw = redis.call('GET', KEYS[1])
 if raw and cjson.decode(raw)['job_id'] == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('DEL', KEYS[2])
+return 1
+"""
+# Take over a claim only while it still names the abandoned job (another request may have taken it first).
+_TAKE_OVER = """
+local raw = redis.call('GET', KEYS[1])
+if not raw or cjson.decode(raw)['job_id'] ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
 return 1
 """
 
@@ -47,14 +62,18 @@ class Idempotency:
         self.r = client
         self.keys = keys
         self._release = client.register_script(_RELEASE)
+        self._take_over = client.register_script(_TAKE_OVER)
 
-    def claim(self, owner: str, key: str, digest: str, job_id: str, ttl_s: int) -> Claim:
+    def claim(self, owner: str, key: str, digest: str, job_id: str, ttl_s: int, *,
+              now: float | None = None) -> Claim:
         if not key or len(key) > MAX_KEY_LEN:
             raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LEN} characters",
                            "Idempotency-Key")
+        now = time.time() if now is None else now
         rkey = self.keys.idempotency(owner, key)
+        value = json.dumps({"hash": digest, "job_id": job_id, "at": now})
         while True:
-            if self.r.set(rkey, json.dumps({"hash": digest, "job_id": job_id}), nx=True, ex=ttl_s):
+            if self.r.set(rkey, value, nx=True, ex=ttl_s):
                 self.r.set(self.keys.idempotency_of(job_id), key, ex=ttl_s)
                 return Claim(job_id, fresh=True)
             raw = self.r.get(rkey)
@@ -66,7 +85,14 @@ class Idempotency:
             raise ApiError(409, "idempotency_key_reused",
                            "this Idempotency-Key was already used with a different request body",
                            "Idempotency-Key")
-        return Claim(str(prior["job_id"]), fresh=False)
+        prior_id = str(prior["job_id"])
+        abandoned = (now - float(prior.get("at", 0)) > RESERVATION_GRACE_S
+                     and not self.r.exists(self.keys.job(prior_id)))
+        if abandoned and self._take_over(keys=[rkey, self.keys.idempotency_of(job_id)],
+                                         args=[prior_id, value, ttl_s, key]):
+            self.r.delete(self.keys.idempotency_of(prior_id))
+            return Claim(job_id, fresh=True)
+        return Claim(prior_id, fresh=False)
 
     def release(self, owner: str, key: str, job_id: str) -> None:
         """Forget the claim of `job_id` (never created: validation or enqueue failed after claiming)."""
