@@ -69,6 +69,16 @@ class Lease:
             self._job_id = job_id
             self.r.set(self.keys.lease(job_id), self.worker_name, ex=self.ttl_s)
 
+    def acquire(self, job_id: str) -> str | None:
+        """Take the job's lease unless a live worker holds it; None when taken, else the holder's name
+        (the job is running elsewhere: this delivery of it is a duplicate)."""
+        with self._lock:
+            if self.r.set(self.keys.lease(job_id), self.worker_name, ex=self.ttl_s, nx=True):
+                self._job_id = job_id
+                return None
+            holder = self.r.get(self.keys.lease(job_id))
+            return "unknown" if holder is None else holder.decode() if isinstance(holder, bytes) else str(holder)
+
     def refresh(self) -> None:
         with self._lock:
             if self._job_id is not None:

@@ -207,9 +207,15 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
     # 1. start: lease (heartbeat for the reaper) + job state + "started" event ---------------------
     started = time.time()
     record_ttl = int(ctx.store.r.ttl(ctx.store.keys.job(job_id)))  # type: ignore[arg-type]
+    # The lease first, taken only if free: a job on the queue twice (a client's retry of a transaction
+    # whose reply was lost re-ran its enqueue) must not run on two workers at once.
+    holder = ctx.lease.acquire(job_id)
+    if holder is not None:
+        log.warning("job %s is being run by worker %s; this second delivery of it is skipped", job_id, holder)
+        return {"status": "duplicate"}
     if not ctx.store.mark_started(job_id, ctx.worker_name):
+        ctx.lease.release()
         return {"status": "gone"}  # deleted just now
-    ctx.lease.hold(job_id)
     ctx.metrics.set_busy(True)
     progress = JobProgress(spec, store=ctx.store, events=_events(ctx), storage=ctx.storage,
                            ttl_s=max(record_ttl, 3600), refresh=ctx.lease.refresh, stop=ctx.stop)

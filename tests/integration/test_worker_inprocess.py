@@ -352,3 +352,29 @@ def test_a_rerun_never_shows_less_progress_than_its_stream_did(tmp_path):
     run_worker(settings, pipeline=PatternPipeline(), burst=True)
     progress = [e.progress for e in _events(settings, spec.job_id)]
     assert progress == sorted(progress) and progress[0] == 60 and progress[-1] == 100
+
+
+def test_a_second_delivery_of_a_running_job_is_skipped_and_a_later_one_of_an_ended_job_too(tmp_path, caplog):
+    """A job can land on its queue twice (a client retry re-ran the enqueue of a transaction whose reply was
+    lost). The delivery that finds the job's lease held by a live worker leaves it alone; one that comes
+    after the job ended leaves it alone too."""
+    settings = test_settings(tmp_path)
+    store = _store(settings)
+    q = Queue(settings.worker.queues[0], connection=store.r, serializer=RQ_SERIALIZER)
+    spec = submit(settings, frames=5, size=(64, 48))
+    store.r.set(store.keys.lease(spec.job_id), "w-elsewhere", ex=30)  # running on another worker now
+    with caplog.at_level("WARNING", logger="turbovid.worker"):
+        run_worker(settings, pipeline=PatternPipeline(), burst=True)
+    record = store.get(spec.job_id)
+    assert record is not None and record.status is JobStatus.queued and record.attempts == 0
+    assert store.r.get(store.keys.lease(spec.job_id)) == b"w-elsewhere"  # not taken, not released
+    assert any(f"job {spec.job_id} is being run by worker w-elsewhere" in r.getMessage() for r in caplog.records)
+
+    # the other worker is gone (its lease with it); the job is on the queue twice: it runs once
+    store.r.delete(store.keys.lease(spec.job_id))
+    q.enqueue_call("worker.task.run_job", args=(spec.model_dump_json(),), job_id=spec.job_id)
+    store.r.rpush(q.key, spec.job_id)
+    assert q.get_job_ids() == [spec.job_id, spec.job_id]
+    run_worker(settings, pipeline=PatternPipeline(), burst=True)
+    record = store.get(spec.job_id)
+    assert record is not None and record.status is JobStatus.completed and record.attempts == 1
