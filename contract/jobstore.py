@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -53,6 +54,10 @@ if n >= tonumber(ARGV[2]) then return -1 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return n
 """
+# What else a job's move to a terminal state must do in the same transaction (the end webhook's enqueue):
+# called as hook(pipeline, record before the move, new status); it adds commands, it executes nothing.
+FinishHook = Callable[[Any, "JobRecord", JobStatus], None]
+
 # A reservation younger than this may belong to a creation still in flight (its record not written
 # yet): the sweep leaves it alone.
 RESERVATION_GRACE_S = 120
@@ -81,19 +86,19 @@ class JobStore:
         self.r.zrem(self.keys.active(owner), job_id)
 
     def expire_if_stale(self, record: JobRecord, *, queued_ttl_s: int, failure_ttl_s: int,
-                        now: float | None = None) -> JobRecord:
-        """A job still queued after `queued_ttl_s` (RQ dropped it from the queue) fails as queue_timeout;
-        returns the record as it now is."""
+                        now: float | None = None, hook: FinishHook | None = None) -> JobRecord:
+        """A job still queued after `queued_ttl_s` (RQ dropped it from the queue) fails as queue_timeout
+        (with `hook`, as in `finish`); returns the record as it now is."""
         now = time.time() if now is None else now
         if record.status is not JobStatus.queued or now - record.created_at <= queued_ttl_s:
             return record
-        self.finish(record.spec.job_id, JobStatus.failed, ttl_s=failure_ttl_s,
+        self.finish(record.spec.job_id, JobStatus.failed, ttl_s=failure_ttl_s, hook=hook,
                     error=JobError(code=ErrorCode.queue_timeout,
                                    message=f"no worker started the job within {queued_ttl_s}s"))
         return self.get(record.spec.job_id) or record
 
     def sweep_slots(self, owner: str, *, queued_ttl_s: int, failure_ttl_s: int,
-                    now: float | None = None) -> list[str]:
+                    now: float | None = None, hook: FinishHook | None = None) -> list[str]:
         """Give back the owner's slots held by jobs that ended without `finish` running for them: records
         that expired, jobs already terminal, jobs that expired in the queue (failed here). Reservations
         younger than RESERVATION_GRACE_S without a record are left alone (a creation in flight).
@@ -109,7 +114,7 @@ class JobStore:
                 continue
             if record is not None:
                 record = self.expire_if_stale(record, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s,
-                                              now=now)
+                                              now=now, hook=hook)
                 if record.status not in TERMINAL:
                     continue
             self.r.zrem(self.keys.active(owner), job_id)
@@ -213,13 +218,16 @@ class JobStore:
         output: JobOutput | None = None,
         error: JobError | None = None,
         timings: dict[str, float] | None = None,
-    ) -> None:
-        """Move a job to a terminal state; a job already terminal is left as it is."""
+        hook: FinishHook | None = None,
+    ) -> bool:
+        """Move a job to a terminal state, giving back its slot, in one transaction that also holds what
+        `hook` adds (the end webhook: a job never ends without it, nor gets it without ending). A job
+        already terminal (or gone) is left as it is: False."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not terminal")
         record = self.get(job_id)
         if record is None or record.status in TERMINAL:
-            return
+            return False
         now = time.time()
         fields: dict[str, str] = {
             "status": status.value,
@@ -235,11 +243,15 @@ class JobStore:
         if timings is not None:
             fields["timings"] = json.dumps(timings)
         pipe = self.r.pipeline(transaction=True)
+        pipe.multi()  # explicit: a hook's RQ enqueue expects MULTI already issued
         pipe.hset(self.keys.job(job_id), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(self.keys.job(job_id), ttl_s)
         pipe.zrem(self.keys.active(record.spec.owner), job_id)
         pipe.delete(self.keys.cancel(job_id))
+        if hook is not None:
+            hook(pipe, record, status)
         pipe.execute()
+        return True
 
     def requeue(self, job_id: str, *, pipeline: Any = None) -> None:
         """Back to queued after a worker died mid-job (the caller re-enqueues the RQ job, in the same

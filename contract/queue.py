@@ -18,7 +18,8 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job
 
-from contract.jobs import JobSpec
+from contract.jobs import JobSpec, JobStatus
+from contract.jobstore import FinishHook, JobRecord
 from contract.settings import QueueSettings, WebhookSettings
 
 # The RQ job functions, called by dotted path (the enqueuing process never imports them).
@@ -87,8 +88,19 @@ class JobQueue:
         return int(self.queue(model).count)
 
     # webhooks -----------------------------------------------------------------------------------
-    def submit_webhook(self, job_id: str, event_type: str, url: str, cfg: WebhookSettings) -> str:
-        """Queue the delivery of `event_type` ("video.completed" / "video.failed") for a job."""
+    def end_webhook(self, cfg: WebhookSettings) -> FinishHook:
+        """The `JobStore.finish` hook that queues a job's end webhook ("video.completed", or "video.failed"
+        for any other end) in the transaction that ends it, if its creator asked for one."""
+        def add(pipe: Any, record: JobRecord, status: JobStatus) -> None:
+            if record.webhook_url:
+                event = "video.completed" if status is JobStatus.completed else "video.failed"
+                self.submit_webhook(record.spec.job_id, event, record.webhook_url, cfg, pipeline=pipe)
+        return add
+
+    def submit_webhook(self, job_id: str, event_type: str, url: str, cfg: WebhookSettings, *,
+                       pipeline: Any = None) -> str:
+        """Queue the delivery of `event_type` ("video.completed" / "video.failed") for a job; on
+        `pipeline` (a transaction in MULTI, executed by the caller) when given."""
         retries = cfg.max_attempts - 1
         event_id = f"evt_{job_id}_{event_type.rsplit('.', 1)[-1]}"
         payload = json.dumps({"event_id": event_id, "type": event_type, "job_id": job_id, "url": url})
@@ -101,6 +113,7 @@ class JobQueue:
             failure_ttl=self.cfg.failure_ttl_s,
             ttl=self.cfg.queued_ttl_s,
             retry=Retry(max=retries, interval=list(WEBHOOK_BACKOFF_S[:retries]) or 0) if retries > 0 else None,
+            pipeline=pipeline,
         )
         return str(job.id)
 

@@ -110,19 +110,19 @@ class Engine:
         reservation is tried once more."""
         if self.store.reserve_slot(owner, job_id, limit):
             return True
-        freed = self.store.sweep_slots(owner, queued_ttl_s=self.cfg.queued_ttl_s, failure_ttl_s=self.cfg.failure_ttl_s)
+        freed = self.store.sweep_slots(owner, queued_ttl_s=self.cfg.queued_ttl_s, failure_ttl_s=self.cfg.failure_ttl_s,
+                                       hook=self.queue.end_webhook(self.webhook_cfg))
         for freed_id in freed:
             self._after_queue_timeout(self.store.get(freed_id))
         return bool(freed) and self.store.reserve_slot(owner, job_id, limit)
 
     def _after_queue_timeout(self, record: JobRecord | None) -> None:
-        """Follow-up of a job the store just failed as queue_timeout: off the queue, its event, its webhook."""
+        """Follow-up of a job the store just failed as queue_timeout (its webhook went with that): off the
+        queue, its event."""
         if record is None or record.error is None or record.error.code is not ErrorCode.queue_timeout:
             return
         self.queue.remove(record.spec.model, record.spec.job_id)
         self._publish(record.spec, "failed", self.cfg.failure_ttl_s, error=record.error)
-        if record.webhook_url:
-            self.queue.submit_webhook(record.spec.job_id, "video.failed", record.webhook_url, self.webhook_cfg)
 
     def release_slot(self, owner: str, job_id: str) -> None:
         """Give back a slot reserved for a job that was never created."""
@@ -171,7 +171,8 @@ class Engine:
         if record is None or record.status is not JobStatus.queued:
             return record
         now = self.store.expire_if_stale(record, queued_ttl_s=self.cfg.queued_ttl_s,
-                                         failure_ttl_s=self.cfg.failure_ttl_s)
+                                         failure_ttl_s=self.cfg.failure_ttl_s,
+                                         hook=self.queue.end_webhook(self.webhook_cfg))
         if now.status is not JobStatus.queued:  # it just failed as queue_timeout
             self._after_queue_timeout(now)
         return now

@@ -91,16 +91,6 @@ class Lease:
             self._job_id = None
 
 
-def submit_end_webhook(store: JobStore, jobs: JobQueue, cfg: WebhookSettings, job_id: str) -> None:
-    """Queue the webhook delivery of a job that just ended, if its creator asked for one. The
-    deliverer renders the payload from the job record; the worker sends only the id and event."""
-    record = store.get(job_id)
-    if record is None or not record.webhook_url or record.status not in TERMINAL:
-        return
-    event = "video.completed" if record.status is JobStatus.completed else "video.failed"
-    jobs.submit_webhook(job_id, event, record.webhook_url, cfg)
-
-
 def publish_failed(store: JobStore, job_id: str, ttl_s: int) -> None:
     """The "failed" event that ends a job's live stream, for jobs failed outside a running task
     (worker_crashed here, queue_timeout by the sweep); progress stays where the stream left it."""
@@ -171,13 +161,12 @@ def reap(
             client.expire(crashes_key, q.result_ttl_s)
             message = (f"the worker running this job ({record.worker or 'unknown'}) stopped responding "
                        f"{crashes} time(s); giving up after {q.max_requeues} re-queue(s)")
-            store.finish(job_id, JobStatus.failed, ttl_s=q.failure_ttl_s,
+            store.finish(job_id, JobStatus.failed, ttl_s=q.failure_ttl_s, hook=jobs.end_webhook(webhooks),
                          error=JobError(code=ErrorCode.worker_crashed, message=message))
             remove_from_registry(client, registry.key, job_id)
             queue.failed_job_registry.add(job, ttl=q.failure_ttl_s, exc_string=message)
             log.error("job %s failed: %s", job_id, message)
             publish_failed(store, job_id, q.failure_ttl_s)
-            submit_end_webhook(store, jobs, webhooks, job_id)
             out.append(Reaped(job_id, "failed"))
     return out
 
@@ -195,14 +184,14 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
     freed: list[str] = []
     for key in client.scan_iter(match=store.keys.active("*"), count=500):
         owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(prefix)
-        freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s)
+        freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s,
+                                   hook=jobs.end_webhook(webhooks))
     for job_id in freed:
         record = store.get(job_id)
         if (record is not None and record.status is JobStatus.failed and record.error is not None
                 and record.error.code == ErrorCode.queue_timeout and (record.completed_at or 0) >= started):
             jobs.remove(record.spec.model, job_id)
             publish_failed(store, job_id, q.failure_ttl_s)
-            submit_end_webhook(store, jobs, webhooks, job_id)
     if freed:
         log.warning("freed %d concurrency slot(s) of jobs that ended without giving them back: %s", len(freed),
                     ", ".join(freed[:20]))

@@ -64,7 +64,7 @@ from models.pipeline_types import GenerationResult, StageEvent, StepCallback
 from worker.encode import DEFAULT_THREAD_TYPE, Mp4Stream, decode_image, encode_thumbnail, pick_codec
 from worker.metrics import WorkerMetrics
 from worker.progress import NEARLY_DONE, JobCancelled, JobProgress, ShutdownRequeue
-from worker.reaper import Lease, submit_end_webhook
+from worker.reaper import Lease
 
 log = logging.getLogger("turbovid.worker")
 
@@ -159,11 +159,11 @@ def error_code(exc: BaseException) -> ErrorCode:
 
 def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, progress: JobProgress | None = None,
               **kw: Any) -> None:
-    """Finish the record, then publish the job's last event (when the record is still there: a deleted
-    job's stream is gone with it), metrics and the webhook."""
+    """Finish the record with its end webhook queued in the same transaction, then publish the job's last
+    event (when the record is still there: a deleted job's stream is gone with it) and metrics."""
     q = ctx.settings.queue
     ttl_s = q.result_ttl_s if status is JobStatus.completed else q.failure_ttl_s
-    ctx.store.finish(spec.job_id, status, ttl_s=ttl_s, **kw)
+    ctx.store.finish(spec.job_id, status, ttl_s=ttl_s, hook=ctx.jobs.end_webhook(ctx.settings.webhooks), **kw)
     ctx.metrics.job_finished(status.value)
     record = ctx.store.get(spec.job_id)
     if record is not None and record.status is status:
@@ -172,10 +172,6 @@ def _terminal(ctx: WorkerContext, spec: JobSpec, status: JobStatus, progress: Jo
         error = kw.get("error")
         progress.terminal("completed" if status is JobStatus.completed else "failed", ttl_s=ttl_s,
                           error={"code": str(error.code), "message": error.message} if error is not None else None)
-    try:
-        submit_end_webhook(ctx.store, ctx.jobs, ctx.settings.webhooks, spec.job_id)
-    except Exception:  # a webhook problem must not fail the job a second time
-        log.exception("webhook enqueue failed for job %s", spec.job_id)
 
 
 def fail_job(ctx: WorkerContext, spec: JobSpec, code: ErrorCode, message: str) -> None:

@@ -169,3 +169,40 @@ def test_a_requeue_cut_mid_write_is_retried_by_the_next_pass_never_half_done(set
     assert rec is not None and rec.status is JobStatus.queued and q_plain.get_job_ids() == [spec.job_id]
     assert not [m for m in q_plain.started_job_registry.get_job_ids(cleanup=False) if m.startswith(spec.job_id)]
     q_plain.empty()
+
+
+@pytest.mark.parametrize(("at", "ended"), [("unreachable", False), ("reply_lost", True)])
+def test_a_job_ends_together_with_its_webhook_or_not_at_all(settings, at, ended):
+    """The reaper gives up on a job (its worker died once too often): the failed record, the freed slot and the
+    "video.failed" webhook's enqueue are one transaction, so a cut leaves all of them or none."""
+    from contract.queue import WEBHOOK_QUEUE
+
+    plain = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.key_prefix)
+    spec = submit(settings, webhook_url="https://hooks.example.com/end")
+    q_plain = Queue(settings.worker.queues[0], connection=plain, serializer=RQ_SERIALIZER)
+    plain.set(keys.crashes(spec.job_id), settings.queue.max_requeues)  # no re-queue left
+    _take_and_die(plain, JobStore(plain, keys), q_plain, spec.job_id)
+
+    def webhooks() -> list[str]:
+        hooks = Queue(WEBHOOK_QUEUE, connection=plain, serializer=RQ_SERIALIZER)
+        return [j.id for j in hooks.get_jobs() if spec.job_id in j.args[0]]
+
+    cut = Cut()
+    client = _client(settings.redis.url, cut)
+    q = Queue(settings.worker.queues[0], connection=client, serializer=RQ_SERIALIZER)
+    cut.at = at
+    with pytest.raises(redis.ConnectionError):
+        reap(q, JobStore(client, keys), JobQueue(client, settings.queue), settings.queue, settings.webhooks,
+             now=time.time() + 10)
+    rec = JobStore(plain, keys).get(spec.job_id)
+    assert rec is not None
+    slot = plain.zscore(keys.active(spec.owner), spec.job_id) is not None
+    if ended:
+        assert rec.status is JobStatus.failed and rec.error is not None and rec.error.code == "worker_crashed"
+        assert not slot and webhooks() == [f"webhook-evt_{spec.job_id}_failed"]
+    else:
+        assert rec.status is JobStatus.in_progress and slot and webhooks() == []
+    for j in Queue(WEBHOOK_QUEUE, connection=plain, serializer=RQ_SERIALIZER).get_jobs():
+        if spec.job_id in j.args[0]:
+            j.delete(remove_from_queue=True)  # nobody should deliver to example.com
