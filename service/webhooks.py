@@ -1,8 +1,9 @@
 """The webhook deliverer (`turbovid webhooks`): signed POSTs to a job's `webhook_url` when it ends.
 
 Flow: whoever moves a job to a terminal state (the worker, the reaper, the gateway's queue-TTL expiry)
-calls `JobQueue.submit_webhook(job_id, "video.completed" | "video.failed", url, settings.webhooks)`,
-which queues a delivery job carrying only {event_id, type, job_id, url} on `WEBHOOK_QUEUE` with an RQ
+does it with `JobStore.finish(..., hook=JobQueue.end_webhook(settings.webhooks))`, which calls
+`JobQueue.submit_webhook(job_id, "video.completed" | "video.failed", url, settings.webhooks)` inside
+the transaction that ends the job (no job ends without its delivery queued). That queues a delivery job carrying only {event_id, type, job_id, url} on `WEBHOOK_QUEUE` with an RQ
 `Retry` (backoff in contract/queue.py). This process runs the RQ worker that delivers them: at each
 attempt it reads the job record and renders the payload, the video object exactly as
 `GET /v1/videos/{id}` shows it, so a payload is never staler than the record.
