@@ -58,6 +58,9 @@ return n
 # called as hook(pipeline, record before the move, new status); it adds commands, it executes nothing.
 FinishHook = Callable[[Any, "JobRecord", JobStatus], None]
 
+# How often a watched read-then-write (`JobStore.finish`) is tried when the record keeps changing under it.
+WATCH_TRIES = 10
+
 # A reservation younger than this may belong to a creation still in flight (its record not written
 # yet): the sweep leaves it alone.
 RESERVATION_GRACE_S = 120
@@ -222,12 +225,40 @@ class JobStore:
     ) -> bool:
         """Move a job to a terminal state, giving back its slot, in one transaction that also holds what
         `hook` adds (the end webhook: a job never ends without it, nor gets it without ending). A job
-        already terminal (or gone) is left as it is: False."""
+        already terminal (or gone) is left as it is: False. The record is watched from the read to the
+        write, so two parties ending one job at once (its worker completing it while a reaper gives up on
+        it) cannot both win: the second sees the first's end and leaves it."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not terminal")
-        record = self.get(job_id)
-        if record is None or record.status in TERMINAL:
-            return False
+        for attempt in range(WATCH_TRIES):
+            pipe, record = self.watch(job_id)
+            try:
+                if record is None or record.status in TERMINAL:
+                    return False
+                self._finish_on(pipe, record, status, ttl_s=ttl_s, output=output, error=error, timings=timings,
+                                hook=hook)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                if attempt == WATCH_TRIES - 1:
+                    raise
+            finally:
+                pipe.reset()
+        raise AssertionError("unreachable")
+
+    def watch(self, job_id: str) -> tuple[Any, JobRecord | None]:
+        """A transaction pipeline WATCHing the job's record, and the record as read under that watch: the
+        caller issues `multi()`, its writes and `execute()`, which raises redis.WatchError if anyone
+        changed the record since (then read again), and `reset()`s the pipeline in every case."""
+        pipe = self.r.pipeline(transaction=True)
+        key = self.keys.job(job_id)
+        pipe.watch(key)
+        raw = pipe.hgetall(key)
+        return pipe, (load_record(raw) if raw else None)
+
+    def _finish_on(self, pipe: Any, record: JobRecord, status: JobStatus, *, ttl_s: int, output: JobOutput | None,
+                   error: JobError | None, timings: dict[str, float] | None, hook: FinishHook | None) -> None:
+        job_id = record.spec.job_id
         now = time.time()
         fields: dict[str, str] = {
             "status": status.value,
@@ -242,16 +273,13 @@ class JobStore:
             fields["error"] = error.model_dump_json()
         if timings is not None:
             fields["timings"] = json.dumps(timings)
-        pipe = self.r.pipeline(transaction=True)
         pipe.multi()  # explicit: a hook's RQ enqueue expects MULTI already issued
-        pipe.hset(self.keys.job(job_id), mapping=fields)  # type: ignore[arg-type]
+        pipe.hset(self.keys.job(job_id), mapping=fields)
         pipe.expire(self.keys.job(job_id), ttl_s)
         pipe.zrem(self.keys.active(record.spec.owner), job_id)
         pipe.delete(self.keys.cancel(job_id))
         if hook is not None:
             hook(pipe, record, status)
-        pipe.execute()
-        return True
 
     def requeue(self, job_id: str, *, pipeline: Any = None) -> None:
         """Back to queued after a worker died mid-job (the caller re-enqueues the RQ job, in the same

@@ -136,8 +136,12 @@ def reap(
             continue  # just started: its worker sets the lease within moments
         if not client.set(store.keys.reap(job_id), "1", nx=True, ex=ttl):
             continue  # another reaper is on it
-        record = store.get(job_id)
+        # The record is watched from this read to the re-queue's write: a worker that ends the job meanwhile
+        # (alive after all, its lease lost to a Redis outage) makes the re-queue fail instead of turning a
+        # completed job back into a queued one.
+        pipe, record = store.watch(job_id)
         if record is None or record.status in TERMINAL or job is None:
+            pipe.reset()
             remove_from_registry(client, registry.key, job_id)
             out.append(Reaped(job_id, "cleared"))
             continue
@@ -146,24 +150,34 @@ def reap(
         crashes_key = store.keys.crashes(job_id)
         crashes = int(client.get(crashes_key) or 0) + 1  # type: ignore[arg-type]
         if crashes <= q.max_requeues:
-            pipe = client.pipeline(transaction=True)  # back to queued and on the queue, or neither
-            pipe.multi()  # explicit, as RQ's enqueue on a given pipeline expects
-            pipe.incr(crashes_key)
-            pipe.expire(crashes_key, q.result_ttl_s)
-            store.requeue(job_id, pipeline=pipe)
-            jobs.submit(record.spec, at_front=True, queue_name=queue.name, pipeline=pipe)
-            pipe.execute()
+            try:  # back to queued and on the queue, or neither
+                pipe.multi()  # explicit, as RQ's enqueue on a given pipeline expects
+                pipe.incr(crashes_key)
+                pipe.expire(crashes_key, q.result_ttl_s)
+                store.requeue(job_id, pipeline=pipe)
+                jobs.submit(record.spec, at_front=True, queue_name=queue.name, pipeline=pipe)
+                pipe.execute()
+            except redis.WatchError:
+                log.info("job %s changed while being re-queued (its worker is alive); left to it", job_id)
+                client.delete(store.keys.reap(job_id))  # the next pass looks again
+                continue
+            finally:
+                pipe.reset()
             log.warning("job %s lost its worker %s; re-queued (%d/%d)", job_id, record.worker, crashes,
                         q.max_requeues)
             out.append(Reaped(job_id, "requeued"))
         else:
-            client.incr(crashes_key)
-            client.expire(crashes_key, q.result_ttl_s)
+            pipe.reset()  # finish() watches the record itself
             message = (f"the worker running this job ({record.worker or 'unknown'}) stopped responding "
                        f"{crashes} time(s); giving up after {q.max_requeues} re-queue(s)")
-            store.finish(job_id, JobStatus.failed, ttl_s=q.failure_ttl_s, hook=jobs.end_webhook(webhooks),
-                         error=JobError(code=ErrorCode.worker_crashed, message=message))
+            ended = store.finish(job_id, JobStatus.failed, ttl_s=q.failure_ttl_s, hook=jobs.end_webhook(webhooks),
+                                 error=JobError(code=ErrorCode.worker_crashed, message=message))
             remove_from_registry(client, registry.key, job_id)
+            if not ended:  # its worker ended it meanwhile (or it was deleted): that end stands
+                out.append(Reaped(job_id, "cleared"))
+                continue
+            client.incr(crashes_key)
+            client.expire(crashes_key, q.result_ttl_s)
             queue.failed_job_registry.add(job, ttl=q.failure_ttl_s, exc_string=message)
             log.error("job %s failed: %s", job_id, message)
             publish_failed(store, job_id, q.failure_ttl_s)

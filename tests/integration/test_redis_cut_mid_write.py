@@ -36,11 +36,15 @@ class Cut:
         self.down = False
         self.back_after_cut = False  # Redis answers again right after the cut (the reply alone was lost)
         self.fired = 0
+        self.before_exec: Any = None  # a callable run once just before the next transaction is sent
 
     def send(self, conn: redis.Connection, packed: Any) -> None:
         if self.down:
             raise redis.ConnectionError("test: Redis is unreachable")
         is_exec = b"EXEC" in b"".join(bytes(part) for part in (packed if isinstance(packed, list) else [packed]))
+        if is_exec and self.before_exec is not None:
+            other, self.before_exec = self.before_exec, None
+            other()
         if is_exec and self.at == "unreachable":
             self._fire()
             raise redis.ConnectionError("test: Redis became unreachable before the transaction reached it")
@@ -206,3 +210,45 @@ def test_a_job_ends_together_with_its_webhook_or_not_at_all(settings, at, ended)
     for j in Queue(WEBHOOK_QUEUE, connection=plain, serializer=RQ_SERIALIZER).get_jobs():
         if spec.job_id in j.args[0]:
             j.delete(remove_from_queue=True)  # nobody should deliver to example.com
+
+
+@pytest.mark.parametrize("crashes_before", [0, 1])
+def test_a_worker_ending_the_job_while_the_reaper_acts_keeps_its_end(settings, crashes_before):
+    """The reaper read the job as abandoned (no lease), but its worker was alive (its lease lost to a Redis
+    outage) and completes it just before the reaper's transaction. Neither the re-queue (crashes_before 0)
+    nor the give-up (1: no re-queue left) may overwrite that end: the record stays completed, nothing is
+    queued, no "video.failed" webhook goes out, the crash is not counted."""
+    from contract.jobs import JobOutput
+    from contract.queue import WEBHOOK_QUEUE
+
+    plain = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.key_prefix)
+    spec = submit(settings, webhook_url="https://hooks.example.com/end")
+    q_plain = Queue(settings.worker.queues[0], connection=plain, serializer=RQ_SERIALIZER)
+    if crashes_before:
+        plain.set(keys.crashes(spec.job_id), crashes_before)
+    _take_and_die(plain, JobStore(plain, keys), q_plain, spec.job_id)
+    worker_jobs = JobQueue(plain, settings.queue)
+
+    def the_worker_completes() -> None:
+        out = JobOutput(key=spec.output_key, bytes=1, width=64, height=48, num_frames=5, fps=16, seed=7)
+        assert JobStore(plain, keys).finish(spec.job_id, JobStatus.completed, ttl_s=60, output=out,
+                                            hook=worker_jobs.end_webhook(settings.webhooks))
+
+    cut = Cut()
+    cut.before_exec = the_worker_completes
+    client = _client(settings.redis.url, cut)
+    q = Queue(settings.worker.queues[0], connection=client, serializer=RQ_SERIALIZER)
+    done = reap(q, JobStore(client, keys), JobQueue(client, settings.queue), settings.queue, settings.webhooks,
+                now=time.time() + 10)
+    assert cut.before_exec is None  # the worker's end did land inside the reaper's read-to-write window
+    assert [r.action for r in done] == ([] if crashes_before == 0 else ["cleared"])
+    rec = JobStore(plain, keys).get(spec.job_id)
+    assert rec is not None and rec.status is JobStatus.completed and rec.error is None
+    assert q_plain.get_job_ids() == []
+    assert int(plain.get(keys.crashes(spec.job_id)) or 0) == crashes_before
+    hooks = Queue(WEBHOOK_QUEUE, connection=plain, serializer=RQ_SERIALIZER)
+    mine = [j for j in hooks.get_jobs() if spec.job_id in j.args[0]]
+    assert [j.id for j in mine] == [f"webhook-evt_{spec.job_id}_completed"]
+    for j in mine:
+        j.delete(remove_from_queue=True)  # nobody should deliver to example.com
