@@ -16,6 +16,7 @@
 | `<p>:crashes:<id>` | string | reaper | how many times the job lost its worker |
 | `<p>:reap:<id>` | string | reaper | lock so that one reaper acts on a job |
 | `<p>:sweep:slots` | string | worker | lock so that one worker per interval sweeps leaked slots |
+| `<p>:orphan:<id>` | string | worker (sweep) | when a queued job was first seen with nothing on its queue |
 | `<p>:worker:<name>` | string | worker | the worker's advertised capabilities (JSON), TTL = liveness |
 | `<p>:workers:<model>` | set | worker | names of workers that registered for a model's queue |
 
@@ -72,6 +73,9 @@ class Keys:
 
     def slot_sweep(self) -> str:
         return f"{self.prefix}:sweep:slots"
+
+    def orphan(self, job_id: str) -> str:
+        return f"{self.prefix}:orphan:{job_id}"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"

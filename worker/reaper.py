@@ -42,6 +42,10 @@ log = logging.getLogger("turbovid.reaper")
 
 # One slot sweep per this many heartbeats, fleet-wide (60 s with the default 10 s heartbeat).
 SLOT_SWEEP_HEARTBEATS = 6
+# A queued job seen with nothing on its queue (and no worker holding it) at two sweeps this far apart is
+# put back on its queue. A worker takes a job off its queue and into the started registry within
+# moments, and a shutdown's re-queue re-enqueues within seconds, so 30 s apart means nobody will.
+ORPHAN_CONFIRM_S = 30
 
 
 def lease_ttl_s(q: QueueSettings) -> int:
@@ -209,4 +213,66 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
     if freed:
         log.warning("freed %d concurrency slot(s) of jobs that ended without giving them back: %s", len(freed),
                     ", ".join(freed[:20]))
+    rescue_orphans(store, jobs, q)
     return freed
+
+
+def rescue_orphans(store: JobStore, jobs: JobQueue, q: QueueSettings, *, now: float | None = None) -> list[str]:
+    """Put back on its queue every job whose record says queued while nothing runs or waits for it: not on
+    its model's queue, not in its started registry (nor claimed by a live worker's lease), at two sweeps
+    ORPHAN_CONFIRM_S apart. Such a job would otherwise wait out its whole queued TTL (a day by default)
+    and then fail as queue_timeout. What leaves one: a worker shutting down that lost Redis between
+    giving its job back and re-enqueueing it, an RQ worker dying between taking a job and registering
+    it, a Redis that lost its last second of writes. Jobs past their queued TTL are left to the slot
+    sweep (they fail as queue_timeout). Returns the re-queued job ids."""
+    client = store.r
+    now = time.time() if now is None else now
+    rescued: list[str] = []
+    present: set[str] | None = None  # every job id on any RQ queue or in any started registry, read once
+    for key in client.scan_iter(match=store.keys.active("*"), count=500):
+        for raw in client.zrange(key, 0, -1):  # type: ignore[union-attr]
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            record = store.get(job_id)
+            marker = store.keys.orphan(job_id)
+            if record is None or record.status is not JobStatus.queued or now - record.created_at > q.queued_ttl_s:
+                client.delete(marker)
+                continue
+            if present is None:
+                present = _ids_on_queues(client)
+            if job_id in present or client.exists(store.keys.lease(job_id)):
+                client.delete(marker)
+                continue
+            first = client.get(marker)
+            if first is None:
+                client.set(marker, repr(now), ex=max(600, 4 * ORPHAN_CONFIRM_S))
+                continue
+            if now - float(first) < ORPHAN_CONFIRM_S:  # type: ignore[arg-type]
+                continue
+            pipe, current = store.watch(job_id)
+            try:
+                if current is None or current.status is not JobStatus.queued:
+                    continue
+                pipe.multi()
+                jobs.submit(current.spec, at_front=True, pipeline=pipe)
+                pipe.delete(marker)
+                pipe.execute()
+            except redis.WatchError:
+                continue  # it moved meanwhile: somebody has it
+            finally:
+                pipe.reset()
+            log.warning("job %s was queued with nothing on its queue for %.0f s; put back on queue %s", job_id,
+                        now - float(first), current.spec.model)  # type: ignore[arg-type]
+            rescued.append(job_id)
+    return rescued
+
+
+def _ids_on_queues(client: redis.Redis) -> set[str]:
+    """The job ids waiting on any RQ queue, or taken by a worker (any started registry, RQ's intermediate
+    lists): a queued job found here has someone to run it."""
+    ids: set[str] = set()
+    for queue in Queue.all(connection=client, serializer=RQ_SERIALIZER):
+        ids.update(queue.get_job_ids())
+        ids.update(m.split(":", 1)[0] for m in registry_members(client, queue.started_job_registry.key))
+        for raw in client.lrange(f"{queue.key}:intermediate", 0, -1):  # type: ignore[union-attr]
+            ids.add(raw.decode() if isinstance(raw, bytes) else str(raw))
+    return ids

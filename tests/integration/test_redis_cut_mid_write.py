@@ -252,3 +252,54 @@ def test_a_worker_ending_the_job_while_the_reaper_acts_keeps_its_end(settings, c
     assert [j.id for j in mine] == [f"webhook-evt_{spec.job_id}_completed"]
     for j in mine:
         j.delete(remove_from_queue=True)  # nobody should deliver to example.com
+
+
+def test_a_queued_job_with_nothing_on_its_queue_is_put_back_after_two_sightings(settings):
+    """A record "queued" that no queue holds and no worker has (what a lost write leaves) goes back on its
+    queue at the front once two sweeps ORPHAN_CONFIRM_S apart saw it so; jobs that wait on a queue, that a
+    worker took, that hold a lease, or that are past their queued TTL are left alone."""
+    from worker.reaper import ORPHAN_CONFIRM_S, rescue_orphans
+
+    plain = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.key_prefix)
+    store, jobs = JobStore(plain, keys), JobQueue(plain, settings.queue)
+    model = settings.worker.queues[0]
+    q = Queue(model, connection=plain, serializer=RQ_SERIALIZER)
+
+    def made(*, enqueued: bool, age_s: float = 0.0) -> JobSpec:
+        spec = _spec(model).model_copy(update={"created_at": time.time() - age_s})
+        store.create(spec, ttl_s=3600)
+        if enqueued:
+            jobs.submit(spec)
+        return spec
+
+    waiting = made(enqueued=True)
+    orphan = made(enqueued=False)
+    taken = made(enqueued=True)
+    q.remove(taken.job_id)
+    plain.zadd(q.started_job_registry.key, {f"{taken.job_id}:exec-1": time.time() + 3600})
+    leased = made(enqueued=False)
+    plain.set(keys.lease(leased.job_id), "w-live", ex=60)
+    stale = made(enqueued=False, age_s=settings.queue.queued_ttl_s + 10)
+
+    t = time.time()
+    assert rescue_orphans(store, jobs, settings.queue, now=t) == []  # first sighting only
+    assert plain.exists(keys.orphan(orphan.job_id)) and not any(
+        plain.exists(keys.orphan(s.job_id)) for s in (waiting, taken, leased, stale))
+    assert rescue_orphans(store, jobs, settings.queue, now=t + ORPHAN_CONFIRM_S / 2) == []  # not yet
+    assert rescue_orphans(store, jobs, settings.queue, now=t + ORPHAN_CONFIRM_S + 1) == [orphan.job_id]
+    assert q.get_job_ids() == [orphan.job_id, waiting.job_id]  # at the front
+    assert not plain.exists(keys.orphan(orphan.job_id))
+    rec = store.get(orphan.job_id)
+    assert rec is not None and rec.status is JobStatus.queued
+    job = Job.fetch(orphan.job_id, connection=plain, serializer=RQ_SERIALIZER)
+    assert JobSpec.model_validate_json(job.args[0]) == orphan
+    # on its queue now: later sweeps leave it
+    assert rescue_orphans(store, jobs, settings.queue, now=t + 10 * ORPHAN_CONFIRM_S) == []
+    # the workers' periodic sweep (heartbeat) is what looks
+    from worker.reaper import sweep_slots
+
+    another = made(enqueued=False)
+    sweep_slots(store, jobs, settings.queue, settings.webhooks, force=True)
+    assert plain.exists(keys.orphan(another.job_id))
+    q.empty()
