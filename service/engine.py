@@ -141,6 +141,10 @@ class Engine:
         front = priority == "high"
         position = 0 if front else self.queue.depth(spec.model)
         pipe = self._r.pipeline(transaction=True)
+        # Watching the (not yet existing) record makes the transaction run at most once: redis-py re-sends a
+        # transaction whose reply was lost (its default retries), which would put the job on its queue twice;
+        # while watching it raises WatchError instead, and the job is taken back below.
+        pipe.watch(self.store.keys.job(spec.job_id))
         pipe.multi()  # explicit: RQ's enqueue on a caller's pipeline expects MULTI already issued
         record = self.store.create(spec, ttl_s=self.record_ttl_s(), metadata=metadata, webhook_url=webhook_url,
                                    pipeline=pipe)
@@ -148,11 +152,15 @@ class Engine:
         self.queue.submit(spec, at_front=front, pipeline=pipe)
         try:
             pipe.execute()
-        except redis.RedisError:
+        except redis.RedisError as exc:
             # The reply may be what was lost (the transaction ran): take the job back if Redis still
             # answers, so the client's retry does not run it twice. If it does not, the job stands whole.
             self._take_back(spec)
+            if isinstance(exc, redis.WatchError):  # only a dropped connection trips this watch
+                raise redis.ConnectionError(f"the connection to Redis dropped while creating {spec.job_id}") from exc
             raise
+        finally:
+            pipe.reset()
         return record
 
     def _take_back(self, spec: JobSpec) -> None:

@@ -203,8 +203,9 @@ def execute(ctx: WorkerContext, spec_json: str) -> dict[str, Any]:
     # 1. start: lease (heartbeat for the reaper) + job state + "started" event ---------------------
     started = time.time()
     record_ttl = int(ctx.store.r.ttl(ctx.store.keys.job(job_id)))  # type: ignore[arg-type]
-    # The lease first, taken only if free: a job on the queue twice (a client's retry of a transaction
-    # whose reply was lost re-ran its enqueue) must not run on two workers at once.
+    # The lease first, taken only if free: a job on its queue twice (a retrying client re-sent an enqueue
+    # whose reply was lost: the workers' client retries ~15 s, e.g. a shutdown's re-queue) must not run on
+    # two workers at once.
     holder = ctx.lease.acquire(job_id)
     if holder is not None:
         log.warning("job %s is being run by worker %s; this second delivery of it is skipped", job_id, holder)

@@ -68,7 +68,7 @@ class Cut:
         return redis.Connection.read_response(conn, *args, **kwargs)
 
 
-def _client(url: str, cut: Cut) -> redis.Redis:
+def _client(url: str, cut: Cut, *, retry: bool = False) -> redis.Redis:
     class CuttableConnection(redis.Connection):
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             cut.send(self, command)
@@ -76,6 +76,14 @@ def _client(url: str, cut: Cut) -> redis.Redis:
         def read_response(self, *args: Any, **kwargs: Any) -> Any:
             return cut.read(self, *args, **kwargs)
 
+    if retry:  # a dropped connection is retried, as the workers' client does (worker.main.redis_client)
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        pool = redis.ConnectionPool.from_url(url, connection_class=CuttableConnection,
+                                             retry=Retry(ExponentialBackoff(cap=0.01, base=0.001), 3),
+                                             retry_on_error=[redis.ConnectionError])
+        return redis.Redis(connection_pool=pool)
     pool = redis.ConnectionPool.from_url(url, connection_class=CuttableConnection)
     return redis.Redis(connection_pool=pool, retry=None)  # no client retry: the cut must reach the caller
 
@@ -133,6 +141,24 @@ def test_a_creation_cut_mid_write_leaves_nothing_or_a_whole_job(settings, at, ba
     engine.submit(again, priority="normal", metadata=None, webhook_url=None)
     assert _state(plain, keys, again) == WHOLE
     Queue(model, connection=plain, serializer=RQ_SERIALIZER).empty()
+
+
+def test_a_creation_whose_reply_was_lost_is_not_resent_by_the_client_retry(settings):
+    """A client that retries a dropped connection (the workers' does; the gateway's today does not) would
+    re-send a transaction whose reply was lost, putting the job on its queue twice. The creation's watched
+    transaction fails instead, and the job is taken back (Redis answers again at once here)."""
+    cut = Cut()
+    model = settings.worker.queues[0]
+    keys = Keys(settings.redis.key_prefix)
+    engine = Engine(_client(settings.redis.url, cut, retry=True), keys, settings)
+    plain = redis.Redis.from_url(settings.redis.url)
+    spec = _spec(model)
+    cut.at, cut.back_after_cut = "reply_lost", True
+    with pytest.raises(redis.ConnectionError):
+        engine.submit(spec, priority="normal", metadata=None, webhook_url=None)
+    assert cut.fired == 1
+    assert _state(plain, keys, spec) == NOTHING
+    assert Queue(model, connection=plain, serializer=RQ_SERIALIZER).get_job_ids() == []
 
 
 def _take_and_die(client: redis.Redis, store: JobStore, q: Queue, job_id: str) -> None:
