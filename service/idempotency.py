@@ -33,12 +33,14 @@ if raw and cjson.decode(raw)['job_id'] == ARGV[1] then redis.call('DEL', KEYS[1]
 redis.call('DEL', KEYS[2])
 return 1
 """
-# Take over a claim only while it still names the abandoned job (another request may have taken it first).
+# Take over a claim only while it still names the abandoned job (another request may have taken it first):
+# the claim and the new job's back-reference are set, the abandoned job's back-reference dropped.
 _TAKE_OVER = """
 local raw = redis.call('GET', KEYS[1])
 if not raw or cjson.decode(raw)['job_id'] ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
+redis.call('DEL', KEYS[3])
 return 1
 """
 
@@ -88,9 +90,9 @@ class Idempotency:
         prior_id = str(prior["job_id"])
         abandoned = (now - float(prior.get("at", 0)) > RESERVATION_GRACE_S
                      and not self.r.exists(self.keys.job(prior_id)))
-        if abandoned and self._take_over(keys=[rkey, self.keys.idempotency_of(job_id)],
+        if abandoned and self._take_over(keys=[rkey, self.keys.idempotency_of(job_id),
+                                               self.keys.idempotency_of(prior_id)],
                                          args=[prior_id, value, ttl_s, key]):
-            self.r.delete(self.keys.idempotency_of(prior_id))
             return Claim(job_id, fresh=True)
         return Claim(prior_id, fresh=False)
 

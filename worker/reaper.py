@@ -68,11 +68,6 @@ class Lease:
     def job_id(self) -> str | None:
         return self._job_id
 
-    def hold(self, job_id: str) -> None:
-        with self._lock:
-            self._job_id = job_id
-            self.r.set(self.keys.lease(job_id), self.worker_name, ex=self.ttl_s)
-
     def acquire(self, job_id: str) -> str | None:
         """Take the job's lease unless a live worker holds it; None when taken, else the holder's name
         (the job is running elsewhere: this delivery of it is a duplicate)."""

@@ -37,6 +37,7 @@ class Cut:
         self.back_after_cut = False  # Redis answers again right after the cut (the reply alone was lost)
         self.fired = 0
         self.before_exec: Any = None  # a callable run once just before the next transaction is sent
+        self.pending_loss = False  # the transaction just sent ran; its reply is to be lost
 
     def send(self, conn: redis.Connection, packed: Any) -> None:
         if self.down:
@@ -59,7 +60,7 @@ class Cut:
         self.down = not self.back_after_cut
 
     def read(self, conn: redis.Connection, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self, "pending_loss", False):
+        if self.pending_loss:
             self.pending_loss = False
             conn.disconnect()
             raise redis.ConnectionError("test: the connection dropped before the reply arrived")

@@ -49,7 +49,7 @@ def test_reaper_requeues_once_then_fails_and_respects_leases(tmp_path):
     assert reap_at(time.time()) == []
     # A live worker's lease protects the job however old it is.
     lease = Lease(client, store.keys, "w-live", ttl_s=3)
-    lease.hold(spec.job_id)
+    assert lease.acquire(spec.job_id) is None
     assert reap_at(time.time() + 60) == []
     lease.release()
 
