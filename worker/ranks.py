@@ -519,8 +519,10 @@ def _profiled(rank: int, seq: int, generate: Callable[[], GenerationResult]) -> 
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=50, max_name_column_width=90)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"rank{rank}-job{seq}.txt"), "w") as f:
+    path = os.path.join(folder, f"rank{rank}-job{seq}.txt")
+    with open(f"{path}.tmp", "w") as f:  # whole or absent: a reader may look while a rank still writes
         f.write(f"rank {rank}, job {seq}: {_stage_line(result)}\n{table}")
+    os.replace(f"{path}.tmp", path)
     return result
 
 
