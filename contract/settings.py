@@ -106,6 +106,10 @@ class WorkerSettings(BaseModel):
     # (kernels/w8a8_gluon.py; falls back to Triton's where it does not run), "triton" the Triton TMA kernel.
     # The kernels read this variable itself, so scripts and rank processes follow it too.
     w8a8_backend: Literal["auto", "gluon", "triton"] = "auto"
+    # Wan's FFN under w8a8 on Hopper: "auto" runs it as two kernels, the GELU and int8 codes with one scale per
+    # (row, 128 columns) out of the first GEMM's epilogue (kernels/w8a8_blockq.py; where the Gluon GEMM runs);
+    # "rowq" keeps ffn_up, a quantization pass with one scale per row, then ffn_down. Read by the kernels too.
+    w8a8_ffn: Literal["auto", "rowq"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

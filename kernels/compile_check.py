@@ -107,6 +107,29 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
     res.max_shared = max(res.max_shared, shared)
 
 
+def _ptxas_report(ptx: str, arch: int) -> tuple[int, bool]:
+    """(bytes of spill stores, whether ptxas serializes the wgmmas) for a kernel's PTX, from `ptxas -v` (the
+    compiler's own binary; a compile without a device has no loaded kernel to ask). ptxas serializes the
+    wgmmas (its advisory C7514) when other instructions read an in-flight accumulator's registers, e.g. a copy
+    of one: the MMAs then no longer overlap anything."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([get_ptxas(arch).path, "-v", f"-arch=sm_{arch}a", src, "-o", os.path.join(tmp, "k.o")],
+                              capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        raise RuntimeError(f"ptxas failed: {proc.stderr.strip()[-300:]}")
+    spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", proc.stderr))
+    return spilled, "wgmma.mma_async instructions are serialized" in proc.stderr
+
+
 def _conv3d_igemm(smem: int) -> Result:
     """The VAE's implicit-GEMM conv: every tile the autotuner keeps, each epilogue, the 96/192/384-wide
     blocks at the 480p rows (832, 416, 208 pixels)."""
@@ -181,6 +204,50 @@ def _w8a8_gluon(smem: int) -> Result:
                     res.errors.append(f"{cfg} at K={k}: no wgmma.wait_group 1 (its MMAs do not overlap)")
                 if "setmaxnreg" not in ptx:  # the loader warp's partition hands its registers to the MMA warps
                     res.errors.append(f"{cfg} at K={k}: not warp-specialized (no setmaxnreg in the PTX)")
+    return res
+
+
+def _w8a8_blockq(smem: int) -> Result:
+    """The block-scaled FFN kernels (`kernels.w8a8_blockq`): ffn_up with its GELU + int8 epilogue and ffn_down
+    with block-scaled activations (two MMA warpgroups), at the Wan shapes' K, with and without bias. Each must
+    be warp-specialized (`setmaxnreg`), spill no registers and keep its wgmmas unserialized (ptxas -v); ffn_up
+    must keep one MMA group in flight in its K loop (`wgmma.wait_group 1`)."""
+    import re
+
+    from kernels import w8a8_blockq as bq
+    from kernels import w8a8_gluon as wg
+
+    res = Result("w8a8 block-scaled FFN (Gluon)")
+    if not bq.available():
+        res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
+        return res
+    for up, cfg, ks in ((True, bq.UP_CONFIG, (1536, 5120)), (False, bq.DOWN_CONFIG, (8960, 13824))):
+        bm, bn, bk, stages, warps = cfg
+        for k in ks:
+            for has_bias in (True, False):
+                xq, wq = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
+                y = torch.zeros(256, 256, dtype=torch.int8 if up else torch.bfloat16)
+                a_desc, b_desc, c_desc = wg.descriptors(xq, wq, y, bm if up else bm // 2, bn, bk)
+                a_desc = wg.descriptors(xq, wq, y, bm, bn, bk)[0]
+                f32 = torch.zeros(256 * (k // bq.SCALE_BLOCK))
+                before = res.compiled
+                meta = {"UP": up, "HAS_BIAS": has_bias, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132,
+                        "num_warps": warps if up else 4, "maxnreg": wg.maxnreg(warps)}
+                _compile(res, bq._ffn_blockq_kernel, meta, (1,), smem, a_desc=a_desc, b_desc=b_desc, c_desc=c_desc,
+                         sa_ptr=f32, sb_ptr=f32, bias_ptr=torch.zeros(256, dtype=torch.bfloat16), so_ptr=f32,
+                         M=256, N=256, K=k)
+                if res.compiled > before:
+                    ptx = _LAST[0].asm["ptx"]
+                    name = f"{'up' if up else 'down'} K={k} bias={has_bias}"
+                    if up and "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
+                        res.errors.append(f"{name}: no wgmma.wait_group 1 (its MMAs do not overlap)")
+                    if ptx.count("setmaxnreg") < (2 if up else 3):
+                        res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
+                    spilled, serialized = _ptxas_report(ptx, 90)
+                    if spilled:
+                        res.errors.append(f"{name}: {spilled} bytes of registers spilled")
+                    if serialized:
+                        res.errors.append(f"{name}: ptxas serializes its wgmmas (C7514)")
     return res
 
 
@@ -288,6 +355,7 @@ CASES: dict[str, Callable[[int], Result]] = {
     "conv3d_igemm": _conv3d_igemm,
     "w8a8": _w8a8_tma,
     "w8a8_gluon": _w8a8_gluon,
+    "w8a8_blockq": _w8a8_blockq,
     "sagesla": _sagesla,
     "int8_quant": _int8_quant,
     "softmax_rows": _softmax_rows,

@@ -298,13 +298,35 @@ class Ops:
 
     # linear ------------------------------------------------------------------------------------------
     def ffn(self, ffn: nn.Sequential, x: torch.Tensor | Int8Activation) -> torch.Tensor:
-        """Wan's FFN ``Linear → GELU(tanh) → Linear`` on x [B, L, C]. When the second Linear runs on the
-        int8 GEMM, the GELU is applied inside its input's quantization pass (no GELU pass of its own)."""
+        """Wan's FFN ``Linear → GELU(tanh) → Linear`` on x [B, L, C]. On Hopper with both Linears W8A8 it is two
+        kernels, the GELU and the int8 codes out of the first one's epilogue (`_blockq_ffn`). Otherwise, when the
+        second Linear runs on the int8 GEMM, the GELU is applied inside its input's quantization pass (no GELU
+        pass of its own)."""
         up, act, down = ffn
+        if self._blockq_ffn(up, act, down, x):
+            blockq = _kernel("w8a8_blockq")
+            if not isinstance(x, Int8Activation):
+                q, scale = _kernel("int8_quant").quantize_activation(x.reshape(-1, x.shape[-1]))
+                x = Int8Activation(q.view(x.shape), scale.view(x.shape[:-1]), x.dtype)
+            (uq, us), (dq, ds) = up.kernel_weight(), down.kernel_weight()
+            return blockq.ffn_int8(x.q, x.scale, uq, us, up.bias, dq, ds, down.bias, x.dtype)
         h = self.apply_linear(up, x)
         if isinstance(act, nn.GELU) and act.approximate == "tanh" and self._int8_gemm_quantizes(down, h):
             return self.apply_linear(down, h, input_act="gelu_tanh")
         return self.apply_linear(down, act(h))
+
+    def _blockq_ffn(self, up: nn.Module, act: nn.Module, down: nn.Module, x: torch.Tensor | Int8Activation) -> bool:
+        """True when the FFN runs as the two block-scaled int8 kernels (kernels/w8a8_blockq.py: GELU and int8
+        codes out of ffn_up's epilogue, no quantization pass): both Linears W8A8, the GELU Wan's tanh one, and
+        `w8a8_blockq.usable` on x's device (sm90 with the Gluon GEMM; not TURBOVID_WORKER__W8A8_FFN=rowq)."""
+        if not (self.kernels and isinstance(up, W8A8Linear) and isinstance(down, W8A8Linear)
+                and isinstance(act, nn.GELU) and act.approximate == "tanh"):
+            return False
+        device = x.q.device if isinstance(x, Int8Activation) else x.device
+        if not isinstance(x, Int8Activation) and x.dtype not in _LOW_PRECISION:
+            return False
+        f, c = up.int8_weight.shape
+        return _kernel("w8a8_blockq").usable(device, f, c, down.int8_weight.shape[0])
 
     def _int8_gemm_quantizes(self, module: nn.Module, x: torch.Tensor | Int8Activation) -> bool:
         """True when `apply_linear(module, x)` quantizes x in the Triton int8 GEMM path (its own quant pass)."""

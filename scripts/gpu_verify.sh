@@ -134,6 +134,9 @@
 #   bash scripts/gpu_verify.sh s28b     one GPU, ~8 min: turbovid bench from OLD_SRC and this tree, alternately (fresh
 #                                       start of this tree first: its re-hashed kernel list must precompile in full),
 #                                       then the 14B DiT per NFE (CUDA graphs)
+#   bash scripts/gpu_verify.sh s30a     one GPU, ~8 min: the block-scaled int8 FFN (kernels/w8a8_blockq.py): a smoke
+#                                       launch, its GPU tests, kernels.bench_ffn, the 1.3B DiT per NFE with it and
+#                                       with the row-scaled FFN (w8a8_ffn=rowq), turbovid bench on the 1.3B
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -705,6 +708,26 @@ elif [ "$mode" = s28b ]; then
     done
     timeout 150 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks --graphs --variants sagesla/w8a8/fused \
         > "$OUT/logs/dit14b.log" 2>&1; echo "== 14B DiT"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit14b.log" | tail -2
+elif [ "$mode" = s30a ]; then
+    # a hung kernel would burn the call: one small FFN first, in its own process, with a short limit
+    timeout 90 python3 -c "
+import torch
+from kernels import w8a8_blockq as bq
+print('usable', bq.usable(torch.device('cuda'), 8960, 1536, 1536), bq._CHECKED)
+" 2>&1 | grep -v Warn | tail -4
+    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout|assert" "$OUT/logs/tests.log" | head -12
+    timeout 120 python3 -m kernels.bench_ffn > "$OUT/logs/bench_ffn.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/bench_ffn.log" | tail -14
+    for ffn in rowq auto; do
+        TURBOVID_WORKER__W8A8_FFN=$ffn timeout 120 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
+            --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$ffn.log" 2>&1
+        echo "== 1.3B DiT, w8a8_ffn $ffn"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$ffn.log" | tail -2
+    done
+    turbovid_bench 300
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
+        | cut -c1-200 | head -8
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

@@ -58,3 +58,16 @@ def test_the_int8_gemm_kernel_setting_is_validated_and_its_variable_is_a_known_o
     assert unknown_variables({BACKEND_ENV: "gluon"}) == []
     with pytest.raises(ConfigError, match=BACKEND_ENV):
         load_settings({**DEV, BACKEND_ENV: "cutlass"})
+
+
+def test_the_int8_ffn_setting_is_validated_and_its_variable_is_a_known_one():
+    """worker.w8a8_ffn: read by kernels/w8a8_blockq.py as TURBOVID_WORKER__W8A8_FFN (the setting's own name)."""
+    from kernels.w8a8_blockq import FFN_CHOICES, FFN_ENV
+
+    assert FFN_ENV == "TURBOVID_WORKER__W8A8_FFN"
+    assert load_settings(DEV).worker.w8a8_ffn == "auto"
+    assert load_settings({**DEV, FFN_ENV: "rowq"}).worker.w8a8_ffn == "rowq"
+    assert unknown_variables({FFN_ENV: "rowq"}) == []
+    assert set(FFN_CHOICES) == {"auto", "rowq"}
+    with pytest.raises(ConfigError, match=FFN_ENV):
+        load_settings({**DEV, FFN_ENV: "blockwise"})
