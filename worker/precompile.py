@@ -403,10 +403,10 @@ def precompile(entries: Iterable[KernelSpec], threads: int | None = None, packag
             compiled = []
             for fn, entry, key in todo:  # a compile that failed in its thread left no kernel under its key
                 kernel = fn.device_caches[device][0].get(key)
-                if kernel is not None and not hasattr(kernel, "future"):
+                if kernel is None or hasattr(kernel, "future"):
+                    kernel = _retry(fn, entry, key, device, report)
+                if kernel is not None:
                     compiled.append(kernel)
-                elif not any(entry.kernel in e for e in report.errors):
-                    _failed(report, entry, RuntimeError("the compile failed"))
             report.compiled = len(compiled)
             report.launchers = build_launchers(compiled, pool)
     report.failed = len(todo) - report.compiled
@@ -434,6 +434,23 @@ def build_launchers(kernels: list[Any], pool: Executor) -> int:
             return False
 
     return sum(pool.map(one, kernels))
+
+
+def _retry(fn: Any, entry: KernelSpec, key: str, device: int, report: PrecompileReport) -> Any:
+    """A compile that failed on a pool thread (whose error the async mode swallows), once more on this thread:
+    the kernel when it compiles now, else None with its own error in the report."""
+    if any(entry.kernel in e for e in report.errors):  # its preload raised already (reported)
+        return None
+    try:
+        fn.preload(entry.spec)
+    except Exception as exc:  # noqa: BLE001 - compiled at launch instead
+        _failed(report, entry, exc)
+        return None
+    kernel = fn.device_caches[device][0].get(key)
+    if kernel is None or hasattr(kernel, "future"):
+        _failed(report, entry, RuntimeError("the compile left no kernel under its recorded key"))
+        return None
+    return kernel
 
 
 def _failed(report: PrecompileReport, entry: KernelSpec, exc: BaseException) -> None:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # five widths) while launching them, then forgets every compiled kernel (the JIT's memory and a new file
 # cache), loads the list back and precompiles it; finally launches the same kernels again, counting compiles.
 _SCRIPT = textwrap.dedent("""
-    import json, sys, tempfile
+    import json, re, sys, tempfile
     from pathlib import Path
     import torch
     from triton import knobs
@@ -51,6 +51,16 @@ _SCRIPT = textwrap.dedent("""
             data = json.loads(listing.read_text())
             data["kernels"][0]["source"] = "0" * 16
             data["kernels"][1]["spec"]["signature"] = {"nonexistent_arg": "*fp32"}
+            listing.write_text(json.dumps(data))
+        if mode == "twin":  # the same compile listed under a second launch key (an autotuned launch's key holds
+            # num_ctas, a direct launch's does not: the worker's first start records both for one GEMM)
+            data = json.loads(listing.read_text())
+            twin = json.loads(json.dumps(data["kernels"][0]))
+            key = twin["spec"]["key"]
+            twin["spec"]["key"] = (key.replace("'num_ctas': 1, ", "") if "'num_ctas'" in key
+                                   else re.sub(r"('num_warps': \\d+, )", r"\\1'num_ctas': 1, ", key, count=1))
+            assert twin["spec"]["key"] != data["kernels"][0]["spec"]["key"], key
+            data["kernels"].append(twin)
             listing.write_text(json.dumps(data))
         for fn in find_jit_functions().values():
             fn.device_caches.clear()
@@ -126,6 +136,15 @@ def test_edited_or_mismatched_entries_are_skipped_and_the_rest_still_compile(tmp
     assert len(report["errors"]) == 1 and "kernels." in report["errors"][0], out
     # the two left out compile at their launch, as without a list; nothing else does
     assert len(out["compiled_at_launch"]) == 2, out
+
+
+def test_one_compile_listed_under_two_launch_keys_lands_under_both(tmp_path: Path) -> None:
+    # Triton's async compile mode runs one compile per compiled-kernel hash and files the result under the
+    # first launch key only; the second entry is compiled again on the worker's own thread (it used to be
+    # reported as "the compile failed" at every restart, and its kernel compiled at its first launch).
+    out = _run(tmp_path, "twin")
+    assert out["report"]["listed"] == 9 and out["report"]["compiled"] == 9, out
+    assert out["report"]["failed"] == 0 and out["report"]["errors"] == [], out
 
 
 def _entry(kernel: str = "kernels.fake._k", source: str = "abc", key: str = "k1") -> KernelSpec:
