@@ -151,8 +151,7 @@ def reap(
         if crashes <= q.max_requeues:
             try:  # back to queued and on the queue, or neither
                 pipe.multi()  # explicit, as RQ's enqueue on a given pipeline expects
-                pipe.incr(crashes_key)
-                pipe.expire(crashes_key, q.result_ttl_s)
+                _count_crash(pipe, crashes_key, q.result_ttl_s)
                 store.requeue(job_id, pipeline=pipe)
                 jobs.submit(record.spec, at_front=True, queue_name=queue.name, pipeline=pipe)
                 pipe.execute()
@@ -175,13 +174,18 @@ def reap(
             if not ended:  # its worker ended it meanwhile (or it was deleted): that end stands
                 out.append(Reaped(job_id, "cleared"))
                 continue
-            client.incr(crashes_key)
-            client.expire(crashes_key, q.result_ttl_s)
+            _count_crash(client, crashes_key, q.result_ttl_s)
             queue.failed_job_registry.add(job, ttl=q.failure_ttl_s, exc_string=message)
             log.error("job %s failed: %s", job_id, message)
             publish_failed(store, job_id, q.failure_ttl_s)
             out.append(Reaped(job_id, "failed"))
     return out
+
+
+def _count_crash(r: redis.Redis | redis.client.Pipeline, key: str, ttl_s: int) -> None:
+    """One more lost worker on the job's crash counter (kept as long as its result)."""
+    r.incr(key)
+    r.expire(key, ttl_s)
 
 
 def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: WebhookSettings, *,
