@@ -3,8 +3,9 @@ one (`kernels.w8a8_blockq`), per kernel and in all, at the Wan 1.3B / 14B shapes
 
     python -m kernels.bench_ffn [--sizes 1.3b,14b] [--reps 50]
 
-Row-scaled: `w8a8_gemm` (ffn_up, bf16 out) + `quantize_activation(gelu=True)` + `w8a8_gemm` (ffn_down), the
-path `Ops.ffn` took before. Block-scaled: `ffn_up_gelu_q` + `ffn_down_blockq`. Also a bf16 cuBLAS FFN
+Row-scaled: `w8a8_gemm` (ffn_up, bf16 out) + `quantize_activation(gelu=True)` + `w8a8_gemm` (ffn_down).
+Block-scaled: `ffn_up_gelu_q` (one 256x128 tile at a time, and ping-pong: two warpgroups on alternate tiles) +
+`ffn_down_blockq` (folded and exact promotion); "block" is `ffn_int8` with the module's chosen variants. Also a bf16 cuBLAS FFN
 (`F.linear` + GELU + `F.linear`) for scale. Each path's error against an fp32 FFN on the same int8 weights
 (the dequantized ones) and inputs is printed next to its time; one JSON line per size comes last.
 """
@@ -64,8 +65,17 @@ def run(name: str, reps: int) -> dict:
 
     q, s = blk_up()
 
+    def blk_up_pingpong() -> tuple[torch.Tensor, torch.Tensor]:
+        return bq.ffn_up_gelu_q(xq, sx, uq, us, ub, pingpong=True)
+
+    q2, s2 = blk_up_pingpong()
+    same_codes = bool(torch.equal(q, q2) and torch.equal(s, s2))
+
     def blk_down() -> torch.Tensor:
         return bq.ffn_down_blockq(q, s, dq, ds, db, torch.bfloat16)
+
+    def blk_down_exact() -> torch.Tensor:
+        return bq.ffn_down_blockq(q, s, dq, ds, db, torch.bfloat16, fold=False)
 
     def blk() -> torch.Tensor:
         return bq.ffn_int8(xq, sx, uq, us, ub, dq, ds, db, torch.bfloat16)
@@ -84,16 +94,19 @@ def run(name: str, reps: int) -> dict:
 
     times = {key: do_bench(fn, warmup=10, rep=reps, return_mode="median") for key, fn in (
         ("row_up", row_up), ("row_quant", row_quant), ("row_down", row_down), ("row", row),
-        ("block_up", blk_up), ("block_down", blk_down), ("block", blk), ("cublas_bf16", cublas))}
+        ("block_up", blk_up), ("block_up_pingpong", blk_up_pingpong), ("block_down", blk_down), ("block_down_exact", blk_down_exact), ("block", blk),
+        ("cublas_bf16", cublas))}
     out = {"size": name, "M": m, "C": c, "F": f, "ms": {k: round(v, 4) for k, v in times.items()},
            "row_over_block": round(times["row"] / times["block"], 3),
            "cublas_over_block": round(times["cublas_bf16"] / times["block"], 3),
-           "err_row": round(err(row()), 5), "err_block": round(err(blk()), 5), "err_cublas": round(err(cublas()), 5)}
+           "pingpong_same_codes": same_codes, "err_row": round(err(row()), 5), "err_block": round(err(blk()), 5), "err_cublas": round(err(cublas()), 5)}
     print(f"== {name}: M={m} C={c} F={f}")
     print(f"  row-scaled    ffn_up {times['row_up']:.3f} + quant(GELU) {times['row_quant']:.3f} + ffn_down "
           f"{times['row_down']:.3f} ms; whole {times['row']:.3f} ms; error {out['err_row']:.4f}")
-    print(f"  block-scaled  ffn_up+GELU+int8 {times['block_up']:.3f} + ffn_down {times['block_down']:.3f} ms; "
+    print(f"  block-scaled  ffn_up+GELU+int8 {times['block_up']:.3f} + ffn_down {times['block_down']:.3f} ms "
+          f"(exact promotion {times['block_down_exact']:.3f}); "
           f"whole {times['block']:.3f} ms; error {out['err_block']:.4f}")
+    print(f"  block-scaled  ffn_up ping-pong {times['block_up_pingpong']:.3f} ms (codes equal: {same_codes})")
     print(f"  bf16 cuBLAS   whole {times['cublas_bf16']:.3f} ms; error {out['err_cublas']:.4f}")
     print(f"  row / block {out['row_over_block']:.3f}x, cuBLAS bf16 / block {out['cublas_over_block']:.3f}x")
     return out

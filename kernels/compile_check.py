@@ -221,7 +221,9 @@ def _w8a8_blockq(smem: int) -> Result:
     if not bq.available():
         res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
         return res
-    for up, cfg, ks in ((True, bq.UP_CONFIG, (1536, 5120)), (False, bq.DOWN_CONFIG, (8960, 13824))):
+    for up, pingpong, cfg, ks in ((True, False, bq.UP_CONFIG, (1536, 5120)),
+                                  (True, True, bq.UP_PINGPONG_CONFIG, (1536, 5120)),
+                                  (False, False, bq.DOWN_CONFIG, (8960, 13824))):
         bm, bn, bk, stages, warps = cfg
         for k in ks:
             for has_bias in (True, False):
@@ -232,16 +234,18 @@ def _w8a8_blockq(smem: int) -> Result:
                 f32 = torch.zeros(256 * (k // bq.SCALE_BLOCK))
                 before = res.compiled
                 meta = {"UP": up, "HAS_BIAS": has_bias, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132,
-                        "num_warps": warps if up else 4, "maxnreg": wg.maxnreg(warps)}
+                        "num_warps": warps if up and not pingpong else 4, "maxnreg": wg.maxnreg(8),
+                        "FOLD": has_bias,  # ffn_down's two promotions (folded offset or exact), one each
+                        "PINGPONG": pingpong}
                 _compile(res, bq._ffn_blockq_kernel, meta, (1,), smem, a_desc=a_desc, b_desc=b_desc, c_desc=c_desc,
                          sa_ptr=f32, sb_ptr=f32, bias_ptr=torch.zeros(256, dtype=torch.bfloat16), so_ptr=f32,
                          M=256, N=256, K=k)
                 if res.compiled > before:
                     ptx = _LAST[0].asm["ptx"]
-                    name = f"{'up' if up else 'down'} K={k} bias={has_bias}"
+                    name = f"{'up' if up else 'down'}{' ping-pong' if pingpong else ''} K={k} bias={has_bias}"
                     if up and "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
                         res.errors.append(f"{name}: no wgmma.wait_group 1 (its MMAs do not overlap)")
-                    if ptx.count("setmaxnreg") < (2 if up else 3):
+                    if ptx.count("setmaxnreg") < (2 if up and not pingpong else 3):
                         res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
                     spilled, serialized = _ptxas_report(ptx, 90)
                     if spilled:

@@ -33,7 +33,7 @@ import torch
 import triton
 
 from kernels import w8a8_gluon as wg
-from kernels.int8_quant import QMAX, _round_half_away
+from kernels.int8_quant import QMAX
 from kernels.w8a8 import _device_index, _num_sms
 
 SCALE_BLOCK = 128  # columns of the hidden activation per scale (= ffn_up's BLOCK_N = ffn_down's BLOCK_K)
@@ -43,8 +43,12 @@ SCALE_BLOCK = 128  # columns of the hidden activation per scale (= ffn_up's BLOC
 # tiles, K steps of one scale block, two MMA warpgroups of 64 rows each (an fp32 and an int32 accumulator of
 # 64 registers per thread each).
 UP_CONFIG = (256, 128, 64, 5, 8)
+UP_PINGPONG_CONFIG = (128, 128, 64, 6, 4)  # per MMA warpgroup: a 128x128 tile (128 int32 registers per thread)
 DOWN_CONFIG = (128, 128, 128, 5, 8)
 DOWN_WORKER_REGS_ = 232  # the second MMA warpgroup's registers per thread (setmaxnreg), the loader's 24
+# the variants `ffn_int8` runs (both forms of each kernel are kept, compiled and tested; bench_ffn times them)
+UP_PINGPONG = False
+DOWN_FOLD = True
 
 # TURBOVID_WORKER__W8A8_FFN (the worker setting `w8a8_ffn`): "auto" (default) runs Wan's FFN with these kernels
 # wherever `usable` says they run, "rowq" keeps the row-scaled path (ffn_up, quantization pass, ffn_down).
@@ -123,12 +127,14 @@ def _check(device_index: int) -> bool:
 
 
 def quantize_blocks(h: torch.Tensor, block: int = SCALE_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """h [M, F] (F a multiple of block) -> (q [M, F] int8, s [F/block, M] fp32), h ≈ q · s per (row, block)."""
+    """h [M, F] (F a multiple of block) -> (q [M, F] int8, s [F/block, M] fp32), h ≈ q · s per (row, block);
+    codes rounded to nearest, ties to even (as the kernel's magic-number rounding; the row-scaled pass rounds
+    ties away from zero)."""
     m, f = h.shape
     hb = h.float().reshape(m, f // block, block)
     amax = hb.abs().amax(dim=2)  # [M, F/block]
     inv = torch.where(amax > 0, QMAX / amax.clamp_min(1e-30), torch.zeros_like(amax))
-    q = _round_half_away(hb * inv[..., None]).clamp_(-QMAX, QMAX).to(torch.int8).reshape(m, f)
+    q = torch.round((hb * inv[..., None]).clamp_(-QMAX, QMAX)).to(torch.int8).reshape(m, f)  # ties to even
     return q, (amax / QMAX).t().contiguous()
 
 
@@ -184,20 +190,24 @@ if wg.available():
     @gluon.jit
     def _up_partition(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr, bias_ptr,
                       so_ptr, M, N, K, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      WARPS: gl.constexpr, PARITY: gl.constexpr, STRIDE: gl.constexpr):
         # ffn_up's MMA warps: the row-scaled kernel's K loop, then an epilogue that writes GELU'd int8 codes and
-        # one scale per (row, tile) -- the tile is BLOCK_N = 128 columns wide, one scale block
+        # one scale per (row, tile) -- the tile is BLOCK_N = 128 columns wide, one scale block. STRIDE 2 (ping-
+        # pong): two such partitions take the program's tiles in turn (this one every other, from PARITY), so one
+        # partition's epilogue (CUDA-core work: GELU, absmax, codes) runs while the other's MMAs do.
         BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         STAGES: gl.constexpr = a_bufs.type.shape[0]
-        mma: gl.constexpr = wg._mma_layout(BLOCK_M, BLOCK_N, num_warps)
+        mma: gl.constexpr = wg._mma_layout(BLOCK_M, BLOCK_N, WARPS)
         num_pid_m = gl.cdiv(M, BLOCK_M)
         num_pid_n = gl.cdiv(N, BLOCK_N)
         k_tiles = gl.cdiv(K, BLOCK_K)
-        step = 0
-        for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+        turn = PARITY  # the tile's place among this program's tiles: its K steps are ring entries turn * k_tiles...
+        for tile in range(gl.program_id(0) + PARITY * NUM_SMS, num_pid_m * num_pid_n, STRIDE * NUM_SMS):
             off_m, off_n = wg._tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M, BLOCK_M, BLOCK_N)
+            step = turn * k_tiles
+            turn += STRIDE
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=mma)
             for ki in range(k_tiles):
                 slot = step % STAGES
@@ -220,12 +230,14 @@ if wg.available():
             y = _gelu_tanh_fast(y)  # columns past N: acc, sb and bias are 0 there, and GELU(0) = 0
             amax = gl.max(gl.abs(y), axis=1)  # [BLOCK_M]: this tile's 128 columns of each row
             inv = gl.where(amax > 0, 127.0 / gl.maximum(amax, 1e-30), 0.0)
-            v = y * gl.expand_dims(inv, 1)
-            v = gl.where(v >= 0, v + 0.5, v - 0.5)  # the int cast truncates: ties away from zero
-            v = gl.minimum(gl.maximum(v, -127.0), 127.0)
+            v = gl.minimum(gl.maximum(y * gl.expand_dims(inv, 1), -127.0), 127.0)
+            # round to the nearest integer (ties to even) by adding 1.5 * 2^23: the sum's low mantissa bits are
+            # the integer, in two's complement, so its low byte is the int8 code. Full-rate FADD instead of a
+            # float-to-int conversion (F2I, a quarter-rate unit: 128 per thread per tile)
+            codes = (v + 12582912.0).to(gl.int32, bitcast=True).to(gl.int8)
             gl.store(so_ptr + (off_n // BLOCK_N) * M + rows, amax / 127.0, mask=rows < M)
             tma.store_wait(pendings=0)
-            c_smem.store(v.to(gl.int8))
+            c_smem.store(codes)
             fence_async_shared()
             wg._tma_store(c_desc, [off_m, off_n], c_smem)
         tma.store_wait(pendings=0)
@@ -233,7 +245,7 @@ if wg.available():
     @gluon.jit
     def _down_partition(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr, bias_ptr,
                         M, N, K, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
-                        HALF: gl.constexpr):
+                        HALF: gl.constexpr, FOLD: gl.constexpr):
         # one of ffn_down's two MMA warpgroups: rows HALF * BLOCK_M/2 ... of each tile (the other warpgroup has
         # the other half; both read the same ring slots, which go back to the loader once both are done). Each
         # K step (one scale block) goes into a fresh int32 accumulator and is promoted into the fp32 one with its
@@ -256,6 +268,7 @@ if wg.available():
             rows = off_m + gl.arange(0, HALF_M, layout=gl.SliceLayout(1, mma))
             row_ok = rows < M
             acc = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=mma)
+            s_sum = gl.zeros([HALF_M], gl.float32, layout=gl.SliceLayout(1, mma))
             for ki in range(k_tiles):
                 s = gl.load(sa_ptr + ki * M + rows, mask=row_ok, other=0.0)
                 slot = step % STAGES
@@ -264,8 +277,19 @@ if wg.available():
                                      b_bufs.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
                 part = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
                 mbarrier.arrive(empty.index(slot), count=1)
-                acc = acc + part.to(gl.float32) * gl.expand_dims(s, 1)
+                # int32 -> fp32 without a conversion instruction (I2FP, quarter rate: it made this loop slower
+                # than its MMAs): a step's sum is below 128 * 127 * 127 < 2^22 in magnitude, so the bits of
+                # part + 0x4B400000 are the float 1.5 * 2^23 + part exactly; the 1.5 * 2^23 · s terms are taken
+                # off once at the end (s_sum). One integer add and one FMA per element.
+                f = (part + 0x4B400000).to(gl.float32, bitcast=True)
+                if FOLD:
+                    s_sum = s_sum + s
+                else:  # exact: the offset off each step (one more FADD per element; FOLD loses ~3e-4 relative)
+                    f = f - 12582912.0
+                acc = acc + f * gl.expand_dims(s, 1)
                 step += 1
+            if FOLD:
+                acc = acc - 12582912.0 * gl.expand_dims(s_sum, 1)
 
             cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
             sb = gl.load(sb_ptr + cols, mask=cols < N, other=0.0)
@@ -282,7 +306,8 @@ if wg.available():
     @gluon.jit
     def _ffn_blockq_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, so_ptr, M, N, K,
                            UP: gl.constexpr, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                           NUM_SMS: gl.constexpr, num_warps: gl.constexpr):
+                           NUM_SMS: gl.constexpr, num_warps: gl.constexpr, FOLD: gl.constexpr = True,
+                           PINGPONG: gl.constexpr = False):
         # UP: ffn_up (int8 codes + block scales out, so_ptr; num_warps MMA warps). Else ffn_down (block-scaled A
         # in, sa_ptr [K/128, M]): two MMA warpgroups (the kernel's 4 warps and a worker's 4), each with half of
         # the tile's rows and its own c_desc-sized output buffer.
@@ -296,11 +321,21 @@ if wg.available():
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=1 if UP else 2)  # ffn_down: both MMA warpgroups hand a slot back
-        if UP:
+        if UP and PINGPONG:
+            c0 = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
+            c1 = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
+            gl.warp_specialize([
+                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c0, sa_ptr, sb_ptr,
+                                 bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 0, 2)),
+                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c1, sa_ptr, sb_ptr,
+                                 bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 1, 2)),
+                (wg._load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
+            ], [num_warps, 1], [DOWN_WORKER_REGS, 24])
+        elif UP:
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
             gl.warp_specialize([
                 (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr,
-                                 bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps)),
+                                 bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 0, 1)),
                 (wg._load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
             ], [1], [40])
         else:
@@ -309,9 +344,9 @@ if wg.available():
             c1 = gl.allocate_shared_memory(c_desc.dtype, [HALF_M, BLOCK_N], c_desc.layout)
             gl.warp_specialize([
                 (_down_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c0, sa_ptr, sb_ptr,
-                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 0)),
+                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 0, FOLD)),
                 (_down_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c1, sa_ptr, sb_ptr,
-                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 1)),
+                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 1, FOLD)),
                 (wg._load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
             ], [4, 1], [DOWN_WORKER_REGS, 24])
         for i in gl.static_range(STAGES):
@@ -320,7 +355,8 @@ if wg.available():
 
 
 def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
-            bias: torch.Tensor | None, y: torch.Tensor, so: torch.Tensor | None, config: tuple) -> None:
+            bias: torch.Tensor | None, y: torch.Tensor, so: torch.Tensor | None, config: tuple,
+            fold: bool = True, pingpong: bool = False) -> None:
     if not wg.available():
         raise RuntimeError(f"Triton {triton.__version__} has no Gluon Hopper API")
     m, k = xq.shape
@@ -335,14 +371,15 @@ def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: t
     _ffn_blockq_kernel[(min(sms, tiles),)](
         a_desc, b_desc, c_desc, sa, wscale, bias if bias is not None else wscale, so if up else sa,
         m, n, k, UP=up, HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=8, NUM_SMS=sms,
-        num_warps=warps if up else 4, maxnreg=wg.maxnreg(warps))
+        num_warps=warps if up and not pingpong else 4, maxnreg=wg.maxnreg(8), FOLD=fold, PINGPONG=pingpong)
 
 
 def ffn_up_gelu_q(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
-                  bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  bias: torch.Tensor | None, *, pingpong: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """xq [M, K] int8 with per-token scales sx [M] fp32, qweight [F, K] int8 with per-channel wscale [F] fp32,
     bias [F] or None -> (q [M, F] int8, s [F/128, M] fp32): GELU_tanh of the Linear's output, quantized per
-    (row, 128 columns) (`reference_ffn_up_gelu_q`). F a multiple of 128."""
+    (row, 128 columns) (`reference_ffn_up_gelu_q`). F a multiple of 128. pingpong: two MMA warpgroups on
+    alternate 128x128 tiles (one's epilogue overlaps the other's MMAs) instead of one 256x128 tile at a time."""
     m, k = xq.shape
     f = qweight.shape[0]
     if f % SCALE_BLOCK:
@@ -350,22 +387,25 @@ def ffn_up_gelu_q(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, wsc
     q = torch.empty(m, f, device=xq.device, dtype=torch.int8)
     s = torch.empty(f // SCALE_BLOCK, m, device=xq.device, dtype=torch.float32)
     if m:
-        _launch(xq, sx, qweight, wscale, bias, q, s, UP_CONFIG)
+        _launch(xq, sx, qweight, wscale, bias, q, s, UP_PINGPONG_CONFIG if pingpong else UP_CONFIG,
+                pingpong=pingpong)
     return q, s
 
 
 def ffn_down_blockq(q: torch.Tensor, s: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
                     bias: torch.Tensor | None, out_dtype: torch.dtype, *,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, fold: bool = True) -> torch.Tensor:
     """q [M, K] int8 with block scales s [K/128, M] fp32 (`ffn_up_gelu_q`'s output), qweight [N, K] int8 with
-    per-channel wscale [N] -> y [M, N] in out_dtype (`reference_ffn_down_blockq`)."""
+    per-channel wscale [N] -> y [M, N] in out_dtype (`reference_ffn_down_blockq`). fold: the int32 -> fp32
+    offset comes off once at the end (one FADD per element and step fewer, ~3e-4 relative error), else each
+    step (exact to fp32 accumulation)."""
     m, k = q.shape
     n = qweight.shape[0]
     if k % SCALE_BLOCK or s.shape != (k // SCALE_BLOCK, m) or s.dtype != torch.float32 or not s.is_contiguous():
         raise ValueError(f"s must be a contiguous fp32 [{k // SCALE_BLOCK}, {m}], got {s.dtype} {tuple(s.shape)}")
     y = out if out is not None else torch.empty(m, n, device=q.device, dtype=out_dtype)
     if m:
-        _launch(q, s, qweight, wscale, bias, y, None, DOWN_CONFIG)
+        _launch(q, s, qweight, wscale, bias, y, None, DOWN_CONFIG, fold)
     return y
 
 
@@ -374,8 +414,8 @@ def _ffn_op(xq: torch.Tensor, sx: torch.Tensor, up_q: torch.Tensor, up_s: torch.
             down_q: torch.Tensor, down_s: torch.Tensor, down_b: torch.Tensor | None,
             out_dtype: torch.dtype) -> torch.Tensor:
     k = xq.shape[-1]
-    q, s = ffn_up_gelu_q(xq.reshape(-1, k), sx.reshape(-1), up_q, up_s, up_b)
-    y = ffn_down_blockq(q, s, down_q, down_s, down_b, out_dtype)
+    q, s = ffn_up_gelu_q(xq.reshape(-1, k), sx.reshape(-1), up_q, up_s, up_b, pingpong=UP_PINGPONG)
+    y = ffn_down_blockq(q, s, down_q, down_s, down_b, out_dtype, fold=DOWN_FOLD)
     return y.reshape(*xq.shape[:-1], down_q.shape[0])
 
 

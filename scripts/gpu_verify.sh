@@ -137,6 +137,9 @@
 #   bash scripts/gpu_verify.sh s30a     one GPU, ~8 min: the block-scaled int8 FFN (kernels/w8a8_blockq.py): a smoke
 #                                       launch, its GPU tests, kernels.bench_ffn, the 1.3B DiT per NFE with it and
 #                                       with the row-scaled FFN (w8a8_ffn=rowq), turbovid bench on the 1.3B
+#   bash scripts/gpu_verify.sh s30b     one GPU, ~5 min: s30a's block-scaled FFN with conversions by magic numbers (no
+#                                       F2I/I2FP) and a ping-pong ffn_up: GPU tests, kernels.bench_ffn, the 1.3B DiT
+#                                       per NFE: row-scaled FFN, block-scaled, block-scaled with the ping-pong ffn_up
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -728,6 +731,29 @@ print('usable', bq.usable(torch.device('cuda'), 8960, 1536, 1536), bq._CHECKED)
     turbovid_bench 300
     grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
         | cut -c1-200 | head -8
+elif [ "$mode" = s30b ]; then
+    timeout 60 python3 -c "
+import torch
+from kernels import w8a8_blockq as bq
+print('usable', bq.usable(torch.device('cuda'), 8960, 1536, 1536), bq._CHECKED)
+" 2>&1 | grep -v Warn | tail -4
+    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests.log" | head -12
+    timeout 150 python3 -m kernels.bench_ffn > "$OUT/logs/bench_ffn.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/bench_ffn.log" | tail -16
+    for run in rowq blockq pingpong; do
+        ffn=auto; [ $run = rowq ] && ffn=rowq
+        pp=False; [ $run = pingpong ] && pp=True
+        TURBOVID_WORKER__W8A8_FFN=$ffn timeout 100 python3 -c "
+import runpy, sys
+import kernels.w8a8_blockq as bq
+bq.UP_PINGPONG = $pp
+sys.argv = ['bench_dit', '--sizes', '1.3b', '--reps', '3', '--no-checks', '--graphs', '--variants', 'sagesla/w8a8/fused']
+runpy.run_module('models.bench_dit', run_name='__main__')
+" > "$OUT/logs/dit13b-$run.log" 2>&1
+        echo "== 1.3B DiT, FFN $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -2
+    done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

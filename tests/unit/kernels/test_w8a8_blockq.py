@@ -121,7 +121,8 @@ def _hopper() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
-def test_ffn_up_writes_the_reference_codes_and_scales(shape):
+@pytest.mark.parametrize("pingpong", [False, True], ids=["one-tile", "ping-pong"])
+def test_ffn_up_writes_the_reference_codes_and_scales(shape, pingpong):
     _hopper()
     _, m, c, f, _ = shape
     g = torch.Generator().manual_seed(3)
@@ -129,7 +130,7 @@ def test_ffn_up_writes_the_reference_codes_and_scales(shape):
     uq, us = _weights(f, c, g)
     ub = (torch.randn(f, generator=g) * 0.1).to(torch.bfloat16)
     want_q, want_s = bq.reference_ffn_up_gelu_q(xq, sx, uq, us, ub)
-    q, s = bq.ffn_up_gelu_q(xq.cuda(), sx.cuda(), uq.cuda(), us.cuda(), ub.cuda())
+    q, s = bq.ffn_up_gelu_q(xq.cuda(), sx.cuda(), uq.cuda(), us.cuda(), ub.cuda(), pingpong=pingpong)
     torch.cuda.synchronize()
     assert q.shape == (m, f) and s.shape == (f // 128, m)
     # the kernel's tanh is `tanh.approx.f32`: a code may land one step off at a rounding boundary
@@ -141,7 +142,8 @@ def test_ffn_up_writes_the_reference_codes_and_scales(shape):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-def test_ffn_down_sums_the_blocks_with_their_scales(shape, out_dtype):
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "exact"])
+def test_ffn_down_sums_the_blocks_with_their_scales(shape, out_dtype, fold):
     _hopper()
     _, m, _, f, n = shape
     g = torch.Generator().manual_seed(4)
@@ -150,9 +152,11 @@ def test_ffn_down_sums_the_blocks_with_their_scales(shape, out_dtype):
     dq, ds = _weights(n, f, g)
     db = (torch.randn(n, generator=g) * 0.1).to(torch.bfloat16)
     want = bq.reference_ffn_down_blockq(q, s, dq, ds, db, torch.float32)
-    y = bq.ffn_down_blockq(q.cuda(), s.cuda(), dq.cuda(), ds.cuda(), db.cuda(), out_dtype)
+    y = bq.ffn_down_blockq(q.cuda(), s.cuda(), dq.cuda(), ds.cuda(), db.cuda(), out_dtype, fold=fold)
     assert y.dtype == out_dtype and y.shape == (m, n)
-    assert _err(y.cpu(), want) < (1e-5 if out_dtype == torch.float32 else 4e-3)
+    # fp32: the kernel folds the int32 -> fp32 conversion's offset (1.5 * 2^23 per step) out at the end, which
+    # costs some 1e-4 of relative precision (far below the int8 codes' own ~1e-2)
+    assert _err(y.cpu(), want) < ((5e-4 if fold else 1e-5) if out_dtype == torch.float32 else 4e-3)
 
 
 def _w8a8_ffn(c: int, f: int, n: int, g: torch.Generator) -> nn.Sequential:
@@ -185,7 +189,9 @@ def test_the_dit_ffn_runs_the_block_scaled_kernels_on_hopper_and_matches_the_row
     assert not ops._blockq_ffn(up, ffn[1], down, x)
     row = ops.ffn(ffn, x)
     assert block.shape == row.shape == (2, 1000, 1536) and block.dtype == torch.bfloat16
-    assert _err(block, exact) <= 1.1 * _err(row, exact) and _err(block, exact) < 0.03
+    # both errors come mostly from x's per-row int8 codes (its outlier channels): the hidden activation's finer
+    # scales make the block-scaled path no worse
+    assert _err(block, exact) <= 1.05 * _err(row, exact) and _err(block, exact) < 0.08
     assert torch.equal(block, from_int8)  # the same codes whether the norm or the path quantized x
 
 
