@@ -188,13 +188,15 @@ if wg.available():
         return 0.5 * x * (1.0 + t)
 
     @gluon.jit
-    def _up_partition(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr, bias_ptr,
-                      so_ptr, M, N, K, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
-                      WARPS: gl.constexpr, PARITY: gl.constexpr, STRIDE: gl.constexpr):
+    def _up_partition(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, order, c_smem, sa_ptr, sb_ptr,
+                      bias_ptr, so_ptr, M, N, K, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr,
+                      NUM_SMS: gl.constexpr, WARPS: gl.constexpr, PARITY: gl.constexpr, STRIDE: gl.constexpr):
         # ffn_up's MMA warps: the row-scaled kernel's K loop, then an epilogue that writes GELU'd int8 codes and
         # one scale per (row, tile) -- the tile is BLOCK_N = 128 columns wide, one scale block. STRIDE 2 (ping-
         # pong): two such partitions take the program's tiles in turn (this one every other, from PARITY), so one
-        # partition's epilogue (CUDA-core work: GELU, absmax, codes) runs while the other's MMAs do.
+        # partition's epilogue (CUDA-core work: GELU, absmax, codes) runs while the other's MMAs do. A partition
+        # starts a tile's K loop only once the other has waited for every K step of the tile before (`order`):
+        # a ring slot's phase parity tells its laps apart only for a waiter at most one lap ahead.
         BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -207,6 +209,8 @@ if wg.available():
         for tile in range(gl.program_id(0) + PARITY * NUM_SMS, num_pid_m * num_pid_n, STRIDE * NUM_SMS):
             off_m, off_n = wg._tile_offsets(tile, num_pid_m, num_pid_n, GROUP_M, BLOCK_M, BLOCK_N)
             step = turn * k_tiles
+            if STRIDE == 2:  # my j-th tile (turn // 2): the other's j-th hand-over (PARITY 0: the first is free)
+                mbarrier.wait(order.index(PARITY), ((turn // 2) & 1) ^ (1 - PARITY))
             turn += STRIDE
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=mma)
             for ki in range(k_tiles):
@@ -216,6 +220,8 @@ if wg.available():
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
                 mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=ki > 0)
                 step += 1
+            if STRIDE == 2:  # every K step of this tile waited for: the other partition may start its next tile
+                mbarrier.arrive(order.index(1 - PARITY), count=1)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1)
 
@@ -318,24 +324,27 @@ if wg.available():
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong's hand-overs
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=1 if UP else 2)  # ffn_down: both MMA warpgroups hand a slot back
+        for i in gl.static_range(2):
+            mbarrier.init(order.index(i), count=1)
         if UP and PINGPONG:
             c0 = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
             c1 = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
             gl.warp_specialize([
-                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c0, sa_ptr, sb_ptr,
+                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, order, c0, sa_ptr, sb_ptr,
                                  bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 0, 2)),
-                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c1, sa_ptr, sb_ptr,
+                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, order, c1, sa_ptr, sb_ptr,
                                  bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 1, 2)),
                 (wg._load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
             ], [num_warps, 1], [DOWN_WORKER_REGS, 24])
         elif UP:
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
             gl.warp_specialize([
-                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr,
-                                 bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 0, 1)),
+                (_up_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, order, c_smem, sa_ptr,
+                                 sb_ptr, bias_ptr, so_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, num_warps, 0, 1)),
                 (wg._load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
             ], [1], [40])
         else:
@@ -352,6 +361,8 @@ if wg.available():
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
             mbarrier.invalidate(empty.index(i))
+        for i in gl.static_range(2):
+            mbarrier.invalidate(order.index(i))
 
 
 def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,

@@ -140,6 +140,8 @@
 #   bash scripts/gpu_verify.sh s30b     one GPU, ~5 min: s30a's block-scaled FFN with conversions by magic numbers (no
 #                                       F2I/I2FP) and a ping-pong ffn_up: GPU tests, kernels.bench_ffn, the 1.3B DiT
 #                                       per NFE: row-scaled FFN, block-scaled, block-scaled with the ping-pong ffn_up
+#   bash scripts/gpu_verify.sh s30c     one GPU, ~6 min: s30b again with the ping-pong ffn_up's hand-over barrier (s30b's
+#                                       crashed: a partition waited a ring slot's parity several laps ahead)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -754,6 +756,42 @@ runpy.run_module('models.bench_dit', run_name='__main__')
 " > "$OUT/logs/dit13b-$run.log" 2>&1
         echo "== 1.3B DiT, FFN $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -2
     done
+elif [ "$mode" = s30c ]; then
+    # each part in its own process: a kernel that crashes poisons its process's CUDA context
+    timeout 60 python3 -c "
+import torch
+from kernels import w8a8_blockq as bq
+print('usable', bq.usable(torch.device('cuda'), 8960, 1536, 1536))
+g = torch.Generator(device='cuda').manual_seed(0)
+xq = torch.randint(-127, 128, (3000, 1536), device='cuda', generator=g, dtype=torch.int8)
+w = torch.randint(-127, 128, (8960, 1536), device='cuda', generator=g, dtype=torch.int8)
+sx, sw = torch.rand(3000, device='cuda') * 1e-2, torch.rand(8960, device='cuda') * 1e-3
+a = bq.ffn_up_gelu_q(xq, sx, w, sw, None)
+b = bq.ffn_up_gelu_q(xq, sx, w, sw, None, pingpong=True)
+torch.cuda.synchronize(); print('pingpong equal', torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]))
+" 2>&1 | grep -v Warn | tail -3 | tee "$OUT/logs/smoke.log"
+pp=--no-pingpong; grep -q "pingpong equal True" "$OUT/logs/smoke.log" && pp=
+    timeout 150 python3 -m kernels.bench_ffn $pp > "$OUT/logs/bench_ffn.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/bench_ffn.log" | tail -16
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 140 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
+        -k "not ping-pong" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests.log" | head -8
+    runs="rowq blockq"; [ -z "$pp" ] && runs="rowq blockq pingpong"
+    for run in $runs; do
+        ffn=auto; [ $run = rowq ] && ffn=rowq
+        pp=False; [ $run = pingpong ] && pp=True
+        TURBOVID_WORKER__W8A8_FFN=$ffn timeout 150 python3 -c "
+import runpy, sys
+import kernels.w8a8_blockq as bq
+bq.UP_PINGPONG = $pp
+sys.argv = ['bench_dit', '--sizes', '1.3b', '--reps', '3', '--no-checks', '--graphs', '--variants', 'sagesla/w8a8/fused']
+runpy.run_module('models.bench_dit', run_name='__main__')
+" > "$OUT/logs/dit13b-$run.log" 2>&1
+        echo "== 1.3B DiT, FFN $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -2
+    done
+    timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
+        -k "ping-pong" > "$OUT/logs/tests_pp.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests_pp.log" | head -4
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
