@@ -106,10 +106,11 @@ class WorkerSettings(BaseModel):
     # (kernels/w8a8_gluon.py; falls back to Triton's where it does not run), "triton" the Triton TMA kernel.
     # The kernels read this variable itself, so scripts and rank processes follow it too.
     w8a8_backend: Literal["auto", "gluon", "triton"] = "auto"
-    # Wan's FFN under w8a8 on Hopper: "auto" runs it as two kernels, the GELU and int8 codes with one scale per
-    # (row, 128 columns) out of the first GEMM's epilogue (kernels/w8a8_blockq.py; where the Gluon GEMM runs);
-    # "rowq" keeps ffn_up, a quantization pass with one scale per row, then ffn_down. Read by the kernels too.
-    w8a8_ffn: Literal["auto", "rowq"] = "auto"
+    # Wan's FFN under w8a8: "rowq" runs ffn_up, a quantization pass (GELU, one scale per row), ffn_down; "blockq"
+    # (Hopper, where the Gluon GEMM runs) two kernels, the GELU and int8 codes with one scale per (row, 128
+    # columns) out of ffn_up's epilogue (kernels/w8a8_blockq.py): no faster on the H200, so not the default.
+    # Read by the kernels too.
+    w8a8_ffn: Literal["rowq", "blockq"] = "rowq"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

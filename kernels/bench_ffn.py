@@ -5,7 +5,7 @@ one (`kernels.w8a8_blockq`), per kernel and in all, at the Wan 1.3B / 14B shapes
 
 Row-scaled: `w8a8_gemm` (ffn_up, bf16 out) + `quantize_activation(gelu=True)` + `w8a8_gemm` (ffn_down).
 Block-scaled: `ffn_up_gelu_q` (one 256x128 tile at a time, and ping-pong: two warpgroups on alternate tiles) +
-`ffn_down_blockq` (folded and exact promotion); "block" is `ffn_int8` with the module's chosen variants. Also a bf16 cuBLAS FFN
+`ffn_down_blockq`; "block" is `ffn_int8` (its ffn_up form by `up_pingpong`). Also a bf16 cuBLAS FFN
 (`F.linear` + GELU + `F.linear`) for scale. Each path's error against an fp32 FFN on the same int8 weights
 (the dequantized ones) and inputs is printed next to its time; one JSON line per size comes last.
 """
@@ -76,9 +76,6 @@ def run(name: str, reps: int, pingpong: bool = True) -> dict:
     def blk_down() -> torch.Tensor:
         return bq.ffn_down_blockq(q, s, dq, ds, db, torch.bfloat16)
 
-    def blk_down_exact() -> torch.Tensor:
-        return bq.ffn_down_blockq(q, s, dq, ds, db, torch.bfloat16, fold=False)
-
     def blk() -> torch.Tensor:
         return bq.ffn_int8(xq, sx, uq, us, ub, dq, ds, db, torch.bfloat16)
 
@@ -96,7 +93,7 @@ def run(name: str, reps: int, pingpong: bool = True) -> dict:
 
     times = {key: do_bench(fn, warmup=10, rep=reps, return_mode="median") for key, fn in (
         ("row_up", row_up), ("row_quant", row_quant), ("row_down", row_down), ("row", row),
-        ("block_up", blk_up), *((("block_up_pingpong", blk_up_pingpong),) if pingpong else ()), ("block_down", blk_down), ("block_down_exact", blk_down_exact), ("block", blk),
+        ("block_up", blk_up), *((("block_up_pingpong", blk_up_pingpong),) if pingpong else ()), ("block_down", blk_down), ("block", blk),
         ("cublas_bf16", cublas))}
     out = {"size": name, "M": m, "C": c, "F": f, "ms": {k: round(v, 4) for k, v in times.items()},
            "row_over_block": round(times["row"] / times["block"], 3),
@@ -105,8 +102,7 @@ def run(name: str, reps: int, pingpong: bool = True) -> dict:
     print(f"== {name}: M={m} C={c} F={f}")
     print(f"  row-scaled    ffn_up {times['row_up']:.3f} + quant(GELU) {times['row_quant']:.3f} + ffn_down "
           f"{times['row_down']:.3f} ms; whole {times['row']:.3f} ms; error {out['err_row']:.4f}")
-    print(f"  block-scaled  ffn_up+GELU+int8 {times['block_up']:.3f} + ffn_down {times['block_down']:.3f} ms "
-          f"(exact promotion {times['block_down_exact']:.3f}); "
+    print(f"  block-scaled  ffn_up+GELU+int8 {times['block_up']:.3f} + ffn_down {times['block_down']:.3f} ms; "
           f"whole {times['block']:.3f} ms; error {out['err_block']:.4f}")
     if pingpong:
         print(f"  block-scaled  ffn_up ping-pong {times['block_up_pingpong']:.3f} ms (codes equal: {same_codes})")

@@ -235,7 +235,6 @@ def _w8a8_blockq(smem: int) -> Result:
                 before = res.compiled
                 meta = {"UP": up, "HAS_BIAS": has_bias, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132,
                         "num_warps": warps if up and not pingpong else 4, "maxnreg": wg.maxnreg(8),
-                        "FOLD": has_bias,  # ffn_down's two promotions (folded offset or exact), one each
                         "PINGPONG": pingpong}
                 _compile(res, bq._ffn_blockq_kernel, meta, (1,), smem, a_desc=a_desc, b_desc=b_desc, c_desc=c_desc,
                          sa_ptr=f32, sb_ptr=f32, bias_ptr=torch.zeros(256, dtype=torch.bfloat16), so_ptr=f32,

@@ -46,14 +46,19 @@ UP_CONFIG = (256, 128, 64, 5, 8)
 UP_PINGPONG_CONFIG = (128, 128, 64, 6, 4)  # per MMA warpgroup: a 128x128 tile (128 int32 registers per thread)
 DOWN_CONFIG = (128, 128, 128, 5, 8)
 DOWN_WORKER_REGS_ = 232  # the second MMA warpgroup's registers per thread (setmaxnreg), the loader's 24
-# the variants `ffn_int8` runs (both forms of each kernel are kept, compiled and tested; bench_ffn times them)
-UP_PINGPONG = False
-DOWN_FOLD = True
 
-# TURBOVID_WORKER__W8A8_FFN (the worker setting `w8a8_ffn`): "auto" (default) runs Wan's FFN with these kernels
-# wherever `usable` says they run, "rowq" keeps the row-scaled path (ffn_up, quantization pass, ffn_down).
+
+def up_pingpong(k: int) -> bool:
+    """Whether `ffn_int8` runs ffn_up as the ping-pong kernel for an input width k: where it was faster on the
+    H200 (s30c, kernels.bench_ffn): 0.764 against 0.835 ms at the 1.3B's K = 1536, 8.78 against 7.93 at the
+    14B's K = 5120 (its 128-row tiles load the weights twice as often)."""
+    return k <= 2048
+
+# TURBOVID_WORKER__W8A8_FFN (the worker setting `w8a8_ffn`): "rowq" (default) runs Wan's FFN as ffn_up, the
+# row-scaled quantization pass, ffn_down; "blockq" as these two kernels wherever `usable` says they run. Not the
+# default: on the H200 they are no faster (kernels/NOTES_w8a8.md, session 30).
 FFN_ENV = "TURBOVID_WORKER__W8A8_FFN"
-FFN_CHOICES = ("auto", "rowq")
+FFN_CHOICES = ("rowq", "blockq")
 
 __all__ = ["SCALE_BLOCK", "FFN_ENV", "available", "supported", "usable", "ffn_int8", "ffn_up_gelu_q",
            "ffn_down_blockq", "reference_ffn_up_gelu_q", "reference_ffn_down_blockq"]
@@ -74,17 +79,14 @@ _CHECKED: dict[int, bool] = {}  # device index -> `_check`'s answer, once per pr
 
 
 def usable(device: torch.device, n_hidden: int, k_in: int, n_out: int) -> bool:
-    """Whether `ffn_int8` runs an FFN of these sizes on `device`: supported sizes, not turned off by
-    TURBOVID_WORKER__W8A8_FFN=rowq, and (once per device and process, `_check`) the Gluon int8 GEMM in use there
-    and one small FFN through these kernels within tolerance of the reference. Inside a CUDA graph capture the
-    check cannot launch, so a first call there answers False (the row-scaled path is captured) without
-    remembering it."""
-    if device.type != "cuda" or not supported(n_hidden, k_in, n_out):
-        return False
-    choice = os.environ.get(FFN_ENV, "auto").lower()
+    """Whether `ffn_int8` runs an FFN of these sizes on `device`: asked for (TURBOVID_WORKER__W8A8_FFN=blockq),
+    supported sizes, and (once per device and process, `_check`) the Gluon int8 GEMM in use there and one small
+    FFN through these kernels within tolerance of the reference. Inside a CUDA graph capture the check cannot
+    launch, so a first call there answers False (the row-scaled path is captured) without remembering it."""
+    choice = os.environ.get(FFN_ENV, "rowq").lower()
     if choice not in FFN_CHOICES:
-        log.warning("%s=%r is not one of %s: using auto", FFN_ENV, choice, FFN_CHOICES)
-    if choice == "rowq":
+        log.warning("%s=%r is not one of %s: using rowq", FFN_ENV, choice, FFN_CHOICES)
+    if choice != "blockq" or device.type != "cuda" or not supported(n_hidden, k_in, n_out):
         return False
     index = _device_index(device)
     if index not in _CHECKED:
@@ -251,7 +253,7 @@ if wg.available():
     @gluon.jit
     def _down_partition(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c_smem, sa_ptr, sb_ptr, bias_ptr,
                         M, N, K, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_SMS: gl.constexpr,
-                        HALF: gl.constexpr, FOLD: gl.constexpr):
+                        HALF: gl.constexpr):
         # one of ffn_down's two MMA warpgroups: rows HALF * BLOCK_M/2 ... of each tile (the other warpgroup has
         # the other half; both read the same ring slots, which go back to the loader once both are done). Each
         # K step (one scale block) goes into a fresh int32 accumulator and is promoted into the fp32 one with its
@@ -274,7 +276,6 @@ if wg.available():
             rows = off_m + gl.arange(0, HALF_M, layout=gl.SliceLayout(1, mma))
             row_ok = rows < M
             acc = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=mma)
-            s_sum = gl.zeros([HALF_M], gl.float32, layout=gl.SliceLayout(1, mma))
             for ki in range(k_tiles):
                 s = gl.load(sa_ptr + ki * M + rows, mask=row_ok, other=0.0)
                 slot = step % STAGES
@@ -283,19 +284,13 @@ if wg.available():
                                      b_bufs.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
                 part = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
                 mbarrier.arrive(empty.index(slot), count=1)
-                # int32 -> fp32 without a conversion instruction (I2FP, quarter rate: it made this loop slower
-                # than its MMAs): a step's sum is below 128 * 127 * 127 < 2^22 in magnitude, so the bits of
-                # part + 0x4B400000 are the float 1.5 * 2^23 + part exactly; the 1.5 * 2^23 · s terms are taken
-                # off once at the end (s_sum). One integer add and one FMA per element.
-                f = (part + 0x4B400000).to(gl.float32, bitcast=True)
-                if FOLD:
-                    s_sum = s_sum + s
-                else:  # exact: the offset off each step (one more FADD per element; FOLD loses ~3e-4 relative)
-                    f = f - 12582912.0
+                # int32 -> fp32 by a magic number instead of a conversion instruction: a step's sum is below
+                # 128 * 127 * 127 < 2^22 in magnitude, so the bits of part + 0x4B400000 are the float
+                # 1.5 * 2^23 + part exactly, and taking 1.5 * 2^23 off is exact too (1.180 ms with the offset
+                # folded out once at the end instead, 0.967 with I2FP, 0.912 this way: s30a/s30c)
+                f = (part + 0x4B400000).to(gl.float32, bitcast=True) - 12582912.0
                 acc = acc + f * gl.expand_dims(s, 1)
                 step += 1
-            if FOLD:
-                acc = acc - 12582912.0 * gl.expand_dims(s_sum, 1)
 
             cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
             sb = gl.load(sb_ptr + cols, mask=cols < N, other=0.0)
@@ -312,8 +307,7 @@ if wg.available():
     @gluon.jit
     def _ffn_blockq_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, so_ptr, M, N, K,
                            UP: gl.constexpr, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                           NUM_SMS: gl.constexpr, num_warps: gl.constexpr, FOLD: gl.constexpr = True,
-                           PINGPONG: gl.constexpr = False):
+                           NUM_SMS: gl.constexpr, num_warps: gl.constexpr, PINGPONG: gl.constexpr = False):
         # UP: ffn_up (int8 codes + block scales out, so_ptr; num_warps MMA warps). Else ffn_down (block-scaled A
         # in, sa_ptr [K/128, M]): two MMA warpgroups (the kernel's 4 warps and a worker's 4), each with half of
         # the tile's rows and its own c_desc-sized output buffer.
@@ -353,9 +347,9 @@ if wg.available():
             c1 = gl.allocate_shared_memory(c_desc.dtype, [HALF_M, BLOCK_N], c_desc.layout)
             gl.warp_specialize([
                 (_down_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c0, sa_ptr, sb_ptr,
-                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 0, FOLD)),
+                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 0)),
                 (_down_partition, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, c1, sa_ptr, sb_ptr,
-                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 1, FOLD)),
+                                   bias_ptr, M, N, K, HAS_BIAS, GROUP_M, NUM_SMS, 1)),
                 (wg._load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M, NUM_SMS)),
             ], [4, 1], [DOWN_WORKER_REGS, 24])
         for i in gl.static_range(STAGES):
@@ -367,7 +361,7 @@ if wg.available():
 
 def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
             bias: torch.Tensor | None, y: torch.Tensor, so: torch.Tensor | None, config: tuple,
-            fold: bool = True, pingpong: bool = False) -> None:
+            pingpong: bool = False) -> None:
     if not wg.available():
         raise RuntimeError(f"Triton {triton.__version__} has no Gluon Hopper API")
     m, k = xq.shape
@@ -382,7 +376,7 @@ def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: t
     _ffn_blockq_kernel[(min(sms, tiles),)](
         a_desc, b_desc, c_desc, sa, wscale, bias if bias is not None else wscale, so if up else sa,
         m, n, k, UP=up, HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=8, NUM_SMS=sms,
-        num_warps=warps if up and not pingpong else 4, maxnreg=wg.maxnreg(8), FOLD=fold, PINGPONG=pingpong)
+        num_warps=warps if up and not pingpong else 4, maxnreg=wg.maxnreg(8), PINGPONG=pingpong)
 
 
 def ffn_up_gelu_q(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
@@ -405,18 +399,16 @@ def ffn_up_gelu_q(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, wsc
 
 def ffn_down_blockq(q: torch.Tensor, s: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
                     bias: torch.Tensor | None, out_dtype: torch.dtype, *,
-                    out: torch.Tensor | None = None, fold: bool = True) -> torch.Tensor:
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """q [M, K] int8 with block scales s [K/128, M] fp32 (`ffn_up_gelu_q`'s output), qweight [N, K] int8 with
-    per-channel wscale [N] -> y [M, N] in out_dtype (`reference_ffn_down_blockq`). fold: the int32 -> fp32
-    offset comes off once at the end (one FADD per element and step fewer, ~3e-4 relative error), else each
-    step (exact to fp32 accumulation)."""
+    per-channel wscale [N] -> y [M, N] in out_dtype (`reference_ffn_down_blockq`)."""
     m, k = q.shape
     n = qweight.shape[0]
     if k % SCALE_BLOCK or s.shape != (k // SCALE_BLOCK, m) or s.dtype != torch.float32 or not s.is_contiguous():
         raise ValueError(f"s must be a contiguous fp32 [{k // SCALE_BLOCK}, {m}], got {s.dtype} {tuple(s.shape)}")
     y = out if out is not None else torch.empty(m, n, device=q.device, dtype=out_dtype)
     if m:
-        _launch(q, s, qweight, wscale, bias, y, None, DOWN_CONFIG, fold)
+        _launch(q, s, qweight, wscale, bias, y, None, DOWN_CONFIG)
     return y
 
 
@@ -425,8 +417,8 @@ def _ffn_op(xq: torch.Tensor, sx: torch.Tensor, up_q: torch.Tensor, up_s: torch.
             down_q: torch.Tensor, down_s: torch.Tensor, down_b: torch.Tensor | None,
             out_dtype: torch.dtype) -> torch.Tensor:
     k = xq.shape[-1]
-    q, s = ffn_up_gelu_q(xq.reshape(-1, k), sx.reshape(-1), up_q, up_s, up_b, pingpong=UP_PINGPONG)
-    y = ffn_down_blockq(q, s, down_q, down_s, down_b, out_dtype, fold=DOWN_FOLD)
+    q, s = ffn_up_gelu_q(xq.reshape(-1, k), sx.reshape(-1), up_q, up_s, up_b, pingpong=up_pingpong(k))
+    y = ffn_down_blockq(q, s, down_q, down_s, down_b, out_dtype)
     return y.reshape(*xq.shape[:-1], down_q.shape[0])
 
 

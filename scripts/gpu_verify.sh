@@ -134,14 +134,16 @@
 #   bash scripts/gpu_verify.sh s28b     one GPU, ~8 min: turbovid bench from OLD_SRC and this tree, alternately (fresh
 #                                       start of this tree first: its re-hashed kernel list must precompile in full),
 #                                       then the 14B DiT per NFE (CUDA graphs)
-#   bash scripts/gpu_verify.sh s30a     one GPU, ~8 min: the block-scaled int8 FFN (kernels/w8a8_blockq.py): a smoke
+#   bash scripts/gpu_verify.sh s30a     one GPU, ~8 min (ran at 87169d7): the block-scaled int8 FFN (kernels/w8a8_blockq.py): a smoke
 #                                       launch, its GPU tests, kernels.bench_ffn, the 1.3B DiT per NFE with it and
 #                                       with the row-scaled FFN (w8a8_ffn=rowq), turbovid bench on the 1.3B
-#   bash scripts/gpu_verify.sh s30b     one GPU, ~5 min: s30a's block-scaled FFN with conversions by magic numbers (no
+#   bash scripts/gpu_verify.sh s30b     one GPU, ~5 min (ran at a8ff999; its UP_PINGPONG switch is gone): s30a's block-scaled FFN with conversions by magic numbers (no
 #                                       F2I/I2FP) and a ping-pong ffn_up: GPU tests, kernels.bench_ffn, the 1.3B DiT
 #                                       per NFE: row-scaled FFN, block-scaled, block-scaled with the ping-pong ffn_up
-#   bash scripts/gpu_verify.sh s30c     one GPU, ~6 min: s30b again with the ping-pong ffn_up's hand-over barrier (s30b's
+#   bash scripts/gpu_verify.sh s30c     one GPU, ~6 min (ran at 35564da; since, the folded promotion is gone): s30b again with the ping-pong ffn_up's hand-over barrier (s30b's
 #                                       crashed: a partition waited a ring slot's parity several laps ahead)
+#   bash scripts/gpu_verify.sh s30d     one GPU, ~4 min: the block-scaled FFN as kept (GPU tests, kernels.bench_ffn), then
+#                                       turbovid bench on the 1.3B (default row-scaled FFN; the precompile's retry)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -792,6 +794,15 @@ runpy.run_module('models.bench_dit', run_name='__main__')
     timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
         -k "ping-pong" > "$OUT/logs/tests_pp.log" 2>&1
     grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests_pp.log" | head -4
+elif [ "$mode" = s30d ]; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider --timeout 110 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests.log" | head -8
+    timeout 120 python3 -m kernels.bench_ffn > "$OUT/logs/bench_ffn.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/bench_ffn.log" | tail -16
+    turbovid_bench 240
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
+        | cut -c1-200 | head -8
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

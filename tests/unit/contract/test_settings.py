@@ -65,9 +65,9 @@ def test_the_int8_ffn_setting_is_validated_and_its_variable_is_a_known_one():
     from kernels.w8a8_blockq import FFN_CHOICES, FFN_ENV
 
     assert FFN_ENV == "TURBOVID_WORKER__W8A8_FFN"
-    assert load_settings(DEV).worker.w8a8_ffn == "auto"
-    assert load_settings({**DEV, FFN_ENV: "rowq"}).worker.w8a8_ffn == "rowq"
-    assert unknown_variables({FFN_ENV: "rowq"}) == []
-    assert set(FFN_CHOICES) == {"auto", "rowq"}
+    assert load_settings(DEV).worker.w8a8_ffn == "rowq"
+    assert load_settings({**DEV, FFN_ENV: "blockq"}).worker.w8a8_ffn == "blockq"
+    assert unknown_variables({FFN_ENV: "blockq"}) == []
+    assert set(FFN_CHOICES) == {"rowq", "blockq"}
     with pytest.raises(ConfigError, match=FFN_ENV):
         load_settings({**DEV, FFN_ENV: "blockwise"})
