@@ -134,14 +134,14 @@
 #   bash scripts/gpu_verify.sh s28b     one GPU, ~8 min: turbovid bench from OLD_SRC and this tree, alternately (fresh
 #                                       start of this tree first: its re-hashed kernel list must precompile in full),
 #                                       then the 14B DiT per NFE (CUDA graphs)
-#   bash scripts/gpu_verify.sh s30a     one GPU, ~8 min (ran at 87169d7): the block-scaled int8 FFN (kernels/w8a8_blockq.py): a smoke
-#                                       launch, its GPU tests, kernels.bench_ffn, the 1.3B DiT per NFE with it and
-#                                       with the row-scaled FFN (w8a8_ffn=rowq), turbovid bench on the 1.3B
-#   bash scripts/gpu_verify.sh s30b     one GPU, ~5 min (ran at a8ff999; its UP_PINGPONG switch is gone): s30a's block-scaled FFN with conversions by magic numbers (no
-#                                       F2I/I2FP) and a ping-pong ffn_up: GPU tests, kernels.bench_ffn, the 1.3B DiT
-#                                       per NFE: row-scaled FFN, block-scaled, block-scaled with the ping-pong ffn_up
-#   bash scripts/gpu_verify.sh s30c     one GPU, ~6 min (ran at 35564da; since, the folded promotion is gone): s30b again with the ping-pong ffn_up's hand-over barrier (s30b's
-#                                       crashed: a partition waited a ring slot's parity several laps ahead)
+#   bash scripts/gpu_verify.sh s30a     one GPU, ~8 min (ran at 87169d7, when w8a8_ffn was auto|rowq): the block-scaled
+#                                       int8 FFN (kernels/w8a8_blockq.py): a smoke launch, its GPU tests,
+#                                       kernels.bench_ffn, the 1.3B DiT per NFE with it and with the row-scaled FFN,
+#                                       turbovid bench on the 1.3B
+#   bash scripts/gpu_verify.sh s30c     one GPU, ~6 min (ran at 35564da; its UP_PINGPONG switch and the folded promotion
+#                                       are gone since): s30a's parts with the magic-number conversions and the
+#                                       ping-pong ffn_up with its hand-over barrier (s30b, at a8ff999, crashed without
+#                                       it: a partition waited on a ring slot's parity several laps ahead)
 #   bash scripts/gpu_verify.sh s30d     one GPU, ~4 min: the block-scaled FFN as kept (GPU tests, kernels.bench_ffn), then
 #                                       turbovid bench on the 1.3B (default row-scaled FFN; the precompile's retry)
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
@@ -735,29 +735,6 @@ print('usable', bq.usable(torch.device('cuda'), 8960, 1536, 1536), bq._CHECKED)
     turbovid_bench 300
     grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
         | cut -c1-200 | head -8
-elif [ "$mode" = s30b ]; then
-    timeout 60 python3 -c "
-import torch
-from kernels import w8a8_blockq as bq
-print('usable', bq.usable(torch.device('cuda'), 8960, 1536, 1536), bq._CHECKED)
-" 2>&1 | grep -v Warn | tail -4
-    timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 190 -m gpu tests/unit/kernels/test_w8a8_blockq.py \
-        > "$OUT/logs/tests.log" 2>&1
-    grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests.log" | head -12
-    timeout 150 python3 -m kernels.bench_ffn > "$OUT/logs/bench_ffn.log" 2>&1
-    grep -v "Warn\|warn" "$OUT/logs/bench_ffn.log" | tail -16
-    for run in rowq blockq pingpong; do
-        ffn=auto; [ $run = rowq ] && ffn=rowq
-        pp=False; [ $run = pingpong ] && pp=True
-        TURBOVID_WORKER__W8A8_FFN=$ffn timeout 100 python3 -c "
-import runpy, sys
-import kernels.w8a8_blockq as bq
-bq.UP_PINGPONG = $pp
-sys.argv = ['bench_dit', '--sizes', '1.3b', '--reps', '3', '--no-checks', '--graphs', '--variants', 'sagesla/w8a8/fused']
-runpy.run_module('models.bench_dit', run_name='__main__')
-" > "$OUT/logs/dit13b-$run.log" 2>&1
-        echo "== 1.3B DiT, FFN $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -2
-    done
 elif [ "$mode" = s30c ]; then
     # each part in its own process: a kernel that crashes poisons its process's CUDA context
     timeout 60 python3 -c "
