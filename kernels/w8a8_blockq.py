@@ -14,8 +14,12 @@ has every value its scales need:
   scales for a run of rows). No bf16 copy of the hidden activation is ever written.
 - `ffn_down_blockq`: a K step is exactly one scale block (BLOCK_K = 128). Each step's MMAs go into a fresh
   int32 accumulator; once they are done, the CUDA cores add it, times that block's row scales, to an fp32
-  accumulator while the next step's MMAs run (two int32 accumulators alternate, so the promotion overlaps the
-  tensor cores). The per-channel weight scale and the bias come last.
+  accumulator. Two MMA warpgroups take 64 rows each of a 128x128 tile, so one promotes while the other's MMAs
+  run. The per-channel weight scale and the bias come last.
+
+Opt-in (`worker.w8a8_ffn: blockq`): on the H200 the pair is no faster than the row-scaled path (1.3B FFN
+1.68-1.81 ms against 1.66-1.71, 14B 21.1 against 16.1; kernels/NOTES_w8a8.md, session 30, says why: the GELU and
+code work is compute-bound wherever it runs, and ffn_down's per-step promotion keeps its tensor cores waiting).
 
 Finer scales are no less accurate than one per row (each block's codes use the whole int8 range); the
 reference forms (`reference_ffn_up_gelu_q`, `reference_ffn_down_blockq`) are the fp32 definitions the GPU tests
@@ -26,6 +30,7 @@ kernels on the GPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -53,6 +58,7 @@ def up_pingpong(k: int) -> bool:
     H200 (s30c, kernels.bench_ffn): 0.764 against 0.835 ms at the 1.3B's K = 1536, 8.78 against 7.93 at the
     14B's K = 5120 (its 128-row tiles load the weights twice as often)."""
     return k <= 2048
+
 
 # TURBOVID_WORKER__W8A8_FFN (the worker setting `w8a8_ffn`): "rowq" (default) runs Wan's FFN as ffn_up, the
 # row-scaled quantization pass, ffn_down; "blockq" as these two kernels wherever `usable` says they run. Not the
@@ -85,7 +91,7 @@ def usable(device: torch.device, n_hidden: int, k_in: int, n_out: int) -> bool:
     launch, so a first call there answers False (the row-scaled path is captured) without remembering it."""
     choice = os.environ.get(FFN_ENV, "rowq").lower()
     if choice not in FFN_CHOICES:
-        log.warning("%s=%r is not one of %s: using rowq", FFN_ENV, choice, FFN_CHOICES)
+        _unknown_choice(choice)
     if choice != "blockq" or device.type != "cuda" or not supported(n_hidden, k_in, n_out):
         return False
     index = _device_index(device)
@@ -94,6 +100,11 @@ def usable(device: torch.device, n_hidden: int, k_in: int, n_out: int) -> bool:
             return False
         _CHECKED[index] = _check(index)
     return _CHECKED[index]
+
+
+@functools.cache
+def _unknown_choice(choice: str) -> None:  # said once per value, not at each of a forward's FFNs
+    log.warning("%s=%r is not one of %s: using rowq", FFN_ENV, choice, FFN_CHOICES)
 
 
 def _check(device_index: int) -> bool:
