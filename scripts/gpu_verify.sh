@@ -144,6 +144,10 @@
 #                                       it: a partition waited on a ring slot's parity several laps ahead)
 #   bash scripts/gpu_verify.sh s30d     one GPU, ~4 min: the block-scaled FFN as kept (GPU tests, kernels.bench_ffn), then
 #                                       turbovid bench on the 1.3B (default row-scaled FFN; the precompile's retry)
+#   bash scripts/gpu_verify.sh s31a     one GPU, ~5 min, NOT RUN YET (OLD_SRC: a tree at ed1d6b8 or earlier): the GELU
+#                                       quant pass taking a row's absmax from GELU(max x) (its SASS: 964 instructions
+#                                       per thread at 1.3B instead of 1224) against OLD_SRC's: the pass alone at the
+#                                       1.3B / 14B FFN shapes, its GPU test, the 1.3B and 14B DiT per NFE from both
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -780,6 +784,26 @@ elif [ "$mode" = s30d ]; then
     turbovid_bench 240
     grep -rhE "precompile:|compiled .* at launch|warm-up done|another version of its source|rror" "$OUT/logs/e2e"/worker*.log \
         | cut -c1-200 | head -8
+elif [ "$mode" = s31a ]; then
+    timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 -m gpu tests/unit/kernels/test_int8_quant.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|^E " "$OUT/logs/tests.log" | head -6
+    for run in old new old2 new2; do
+        echo "== GELU quant pass, $run (ms)"
+        in_tree "$run" timeout 60 python3 -c "
+import torch
+from triton.testing import do_bench
+from kernels.int8_quant import quantize_activation
+for m, k in ((32760, 8960), (75600, 13824)):
+    x = torch.randn(m, k, device='cuda', dtype=torch.bfloat16) * 3
+    print(m, k, round(do_bench(lambda: quantize_activation(x, gelu=True), warmup=10, rep=100, return_mode='median'), 4))
+" 2>&1 | grep -v Warn | tail -2
+    done
+    for run in old new; do
+        in_tree "$run" timeout 110 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --graphs \
+            --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1
+        echo "== 1.3B DiT, $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -1
+    done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"

@@ -118,6 +118,25 @@ def test_quantize_activation_with_gelu_quantizes_gelu_of_x(one_pass):
     assert (q != q_plain).float().mean() > 0.3  # the activation really ran
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's exact GELU; on CUDA: the fast-tanh test below")
+@pytest.mark.parametrize("pieces", [False, True])
+def test_gelu_absmax_of_rows_whose_largest_value_is_small_or_negative(pieces):
+    # The whole-row pass takes a row's absmax as GELU(max x) when that is at least GELU_NEG_BOUND (every
+    # negative x has |GELU(x)| < 0.1701), else from every element: rows of each kind in one block of 4 rows.
+    torch.manual_seed(6)
+    x = (torch.randn(8, 96) * 3).to(torch.bfloat16)
+    x[1] = -(torch.rand(96) * 4).to(torch.bfloat16)  # all negative: |GELU| peaks near x = -0.75
+    x[1, 17] = -0.75
+    x[2] = (torch.rand(96) * 0.3 - 3).to(torch.bfloat16)
+    x[2, 5], x[2, 9] = 0.3, -0.75  # GELU(0.3) = 0.185 is the largest, but under the bound
+    x[6] = 0
+    q, s = _quantize(x, 8, 96, x.stride(0), None, 4, None if pieces else 128, True, pieces=pieces)
+    q_ref, s_ref = reference_quantize_activation(x, gelu=True)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    assert s[1].item() == pytest.approx(0.1700 / 127, rel=1e-3) and s[6].item() == 0.0
+
+
 def test_row_pieces_cover_k_with_few_padded_lanes():
     assert row_pieces(8960) == (8192, 512, 256)  # 1.3B FFN-down input: no padding (16384 lanes before)
     assert row_pieces(13824) == (8192, 4096, 2048)  # 14B: 14336 lanes instead of 16384
