@@ -233,6 +233,10 @@ def _quantize_rows_kernel(
             mask2 = row_ok[:, None] & (cols2[None, :] < K)
             xf2 = _load_act(x_ptr, rows, cols2, stride_xm, mask2, chunk_w, chunk_g, chunk_n, chunk_s, False,
                             FAST_TANH, CHUNKED)
+        # the absmax of every element: without GELU always (a constant the compiler folds; amax is then
+        # only a name the branch below may assign), with GELU only where the shortcut below does not hold
+        every = True
+        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         if GELU:
             # A row's largest |GELU(x)| is GELU(max x) whenever that is at least GELU_NEG_BOUND: GELU rises for
             # x > 0, and |GELU(x)| < 0.1701 for every x < 0. So the absmax comes from one scalar GELU per row
@@ -250,14 +254,9 @@ def _quantize_rows_kernel(
                 xf1 = _gelu_tanh(xf1, FAST_TANH)
             if BLOCK_K2 > 0:
                 xf2 = _gelu_tanh(xf2, FAST_TANH)
-            if tl.min(tl.where(row_ok, amax, GELU_NEG_BOUND), axis=0) < GELU_NEG_BOUND:
-                # a row whose values are all small or negative (rare in an FFN): the absmax of every element
-                amax = tl.max(tl.abs(xf), axis=1)
-                if BLOCK_K1 > 0:
-                    amax = tl.maximum(amax, tl.max(tl.abs(xf1), axis=1))
-                if BLOCK_K2 > 0:
-                    amax = tl.maximum(amax, tl.max(tl.abs(xf2), axis=1))
-        else:
+            # a row whose values are all small or negative (rare in an FFN) takes every element's absmax
+            every = tl.min(tl.where(row_ok, amax, GELU_NEG_BOUND), axis=0) < GELU_NEG_BOUND
+        if every:
             amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
             if BLOCK_K1 > 0:
                 amax = tl.maximum(amax, tl.max(tl.abs(xf1), axis=1))
