@@ -215,7 +215,6 @@ def _w8a8_blockq(smem: int) -> Result:
     import re
 
     from kernels import w8a8_blockq as bq
-    from kernels import w8a8_gluon as wg
 
     res = Result("w8a8 block-scaled FFN (Gluon)")
     if not bq.available():
@@ -224,18 +223,14 @@ def _w8a8_blockq(smem: int) -> Result:
     for up, pingpong, cfg, ks in ((True, False, bq.UP_CONFIG, (1536, 5120)),
                                   (True, True, bq.UP_PINGPONG_CONFIG, (1536, 5120)),
                                   (False, False, bq.DOWN_CONFIG, (8960, 13824))):
-        bm, bn, bk, stages, warps = cfg
         for k in ks:
             for has_bias in (True, False):
                 xq, wq = torch.zeros(256, k, dtype=torch.int8), torch.zeros(256, k, dtype=torch.int8)
                 y = torch.zeros(256, 256, dtype=torch.int8 if up else torch.bfloat16)
-                a_desc, b_desc, c_desc = wg.descriptors(xq, wq, y, bm if up else bm // 2, bn, bk)
-                a_desc = wg.descriptors(xq, wq, y, bm, bn, bk)[0]
+                a_desc, b_desc, c_desc = bq.descriptors(xq, wq, y, cfg, up)
                 f32 = torch.zeros(256 * (k // bq.SCALE_BLOCK))
                 before = res.compiled
-                meta = {"UP": up, "HAS_BIAS": has_bias, "STAGES": stages, "GROUP_M": 8, "NUM_SMS": 132,
-                        "num_warps": warps if up and not pingpong else 4, "maxnreg": wg.maxnreg(8),
-                        "PINGPONG": pingpong}
+                meta = {"HAS_BIAS": has_bias, "NUM_SMS": 132, **bq.launch_meta(cfg, up, pingpong)}
                 _compile(res, bq._ffn_blockq_kernel, meta, (1,), smem, a_desc=a_desc, b_desc=b_desc, c_desc=c_desc,
                          sa_ptr=f32, sb_ptr=f32, bias_ptr=torch.zeros(256, dtype=torch.bfloat16), so_ptr=f32,
                          M=256, N=256, K=k)

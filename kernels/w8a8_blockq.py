@@ -370,6 +370,25 @@ if wg.available():
             mbarrier.invalidate(order.index(i))
 
 
+def descriptors(xq: torch.Tensor, qweight: torch.Tensor, y: torch.Tensor, config: tuple, up: bool) -> tuple:
+    """The kernel's TMA descriptors for x, the weight and y: ffn_up's as the row-scaled GEMM's; ffn_down's y
+    in half-tile boxes (each MMA warpgroup stores its half of the rows; A's loads are whole tiles)."""
+    bm, bn, bk = config[:3]
+    a_desc, b_desc, c_desc = wg.descriptors(xq, qweight, y, bm, bn, bk)
+    if not up:
+        c_desc = wg.descriptors(xq, qweight, y, bm // 2, bn, bk)[2]
+    return a_desc, b_desc, c_desc
+
+
+def launch_meta(config: tuple, up: bool, pingpong: bool) -> dict:
+    """The kernel's launch constants for a config: the kernel's own warps are ffn_up's MMA warps, or one of the
+    two MMA warpgroups (ffn_down, ping-pong ffn_up; the other is a worker partition); 12 warps in all, so one
+    register cap."""
+    stages, warps = config[3:]
+    return {"UP": up, "PINGPONG": pingpong, "STAGES": stages, "GROUP_M": 8,
+            "num_warps": warps if up and not pingpong else 4, "maxnreg": wg.maxnreg(8)}
+
+
 def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
             bias: torch.Tensor | None, y: torch.Tensor, so: torch.Tensor | None, config: tuple,
             pingpong: bool = False) -> None:
@@ -377,17 +396,13 @@ def _launch(xq: torch.Tensor, sa: torch.Tensor, qweight: torch.Tensor, wscale: t
         raise RuntimeError(f"Triton {triton.__version__} has no Gluon Hopper API")
     m, k = xq.shape
     n = qweight.shape[0]
-    bm, bn, bk, stages, warps = config
     up = so is not None
-    a_desc, b_desc, c_desc = wg.descriptors(xq, qweight, y, bm if up else bm // 2, bn, bk)
-    if not up:  # A's loads are whole tiles; each MMA warpgroup stores its half of the rows
-        a_desc = wg.descriptors(xq, qweight, y, bm, bn, bk)[0]
+    a_desc, b_desc, c_desc = descriptors(xq, qweight, y, config, up)
     sms = _num_sms(_device_index(xq.device))
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    tiles = triton.cdiv(m, config[0]) * triton.cdiv(n, config[1])
     _ffn_blockq_kernel[(min(sms, tiles),)](
         a_desc, b_desc, c_desc, sa, wscale, bias if bias is not None else wscale, so if up else sa,
-        m, n, k, UP=up, HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=8, NUM_SMS=sms,
-        num_warps=warps if up and not pingpong else 4, maxnreg=wg.maxnreg(8), PINGPONG=pingpong)
+        m, n, k, HAS_BIAS=bias is not None, NUM_SMS=sms, **launch_meta(config, up, pingpong))
 
 
 def ffn_up_gelu_q(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
