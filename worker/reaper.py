@@ -199,10 +199,11 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
     started = time.time()
     prefix = store.keys.active("")
     freed: list[str] = []
+    end_webhook = jobs.end_webhook(webhooks)
     for key in client.scan_iter(match=store.keys.active("*"), count=500):
         owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(prefix)
         freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s,
-                                   hook=jobs.end_webhook(webhooks))
+                                   hook=end_webhook)
     for job_id in freed:
         record = store.get(job_id)
         if (record is not None and record.status is JobStatus.failed and record.error is not None
