@@ -148,6 +148,9 @@
 #                                       quant pass taking a row's absmax from GELU(max x) (its SASS: 964 instructions
 #                                       per thread at 1.3B instead of 1224) against OLD_SRC's: the pass alone at the
 #                                       1.3B / 14B FFN shapes, its GPU test, the 1.3B and 14B DiT per NFE from both
+#   bash scripts/gpu_verify.sh s31b     one GPU, ~7 min (OLD_SRC: a tree at ed1d6b8 or earlier): s31a, then Nsight Compute
+#                                       on the SageSLA attention kernel alone (1.3B shape): issue slots, per-pipe use
+#                                       (xu: exp2 and conversions; fma; alu; tensor), warp stalls
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -804,6 +807,31 @@ for m, k in ((32760, 8960), (75600, 13824)):
             --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1
         echo "== 1.3B DiT, $run"; grep -v "^W\|Warning\|warn" "$OUT/logs/dit13b-$run.log" | tail -1
     done
+elif [ "$mode" = s31b ]; then
+    OUT=$OUT OLD_SRC=$OLD_SRC bash "$0" s31a
+    export PATH=$PATH:/usr/local/cuda/bin:$(ls -d /opt/nvidia/nsight-compute/*/ 2>/dev/null | tail -1)
+    timeout 150 ncu --clock-control none --nvtx --nvtx-include "sagesla/" --kernel-name regex:_sagesla_fwd \
+        --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+        --section Occupancy --section InstructionStats --section LaunchStats \
+        -f -o "$OUT/logs/attn" python3 scripts/ncu_targets.py sagesla --cache /tmp/ncu-cache \
+        > "$OUT/logs/ncu.log" 2>&1; echo "ncu rc $?"; tail -2 "$OUT/logs/ncu.log"
+    ncu -i "$OUT/logs/attn.ncu-rep" --page details --print-units base > "$OUT/logs/attn_details.txt" 2>&1
+    ncu -i "$OUT/logs/attn.ncu-rep" --page raw --csv > "$OUT/logs/attn_raw.csv" 2>&1
+    grep -E "Duration|SM Frequency|Issue Slots Busy|Issued Ipc|Warp Cycles Per Issued|Achieved Occupancy|Registers Per|Theoretical Occupancy" \
+        "$OUT/logs/attn_details.txt" | head -14
+    python3 - "$OUT/logs/attn_raw.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+head = next(i for i, r in enumerate(rows) if r and r[0] == "ID")
+names, vals = rows[head], rows[head + 2]
+for n, v in zip(names, vals):
+    if ("pipe" in n and "pct_of_peak_sustained_active" in n) or ("warp_issue_stalled" in n and n.endswith("_per_warp_active.pct")):
+        try:
+            if float(v.replace(",", "")) >= 1.0:
+                print(f"{n} {v}")
+        except ValueError:
+            pass
+PY
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
