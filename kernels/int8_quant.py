@@ -30,8 +30,6 @@ import triton.language as tl
 
 BLOCK = 128
 QMAX = 127.0
-# |GELU_tanh(x)| for x < 0 peaks at 0.17004 (x = -0.7525); a bound above it with room for tanh.approx's error
-GELU_NEG_BOUND: tl.constexpr = tl.constexpr(0.25)
 
 
 def _round_half_away(v: torch.Tensor) -> torch.Tensor:
@@ -218,50 +216,23 @@ def _quantize_rows_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     row_ok = rows < M
     if ONE_PASS:
-        # the row as loaded (no GELU yet: see below), in up to three pieces
         cols = tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
-        xf = _load_act(x_ptr, rows, cols, stride_xm, mask, chunk_w, chunk_g, chunk_n, chunk_s, False, FAST_TANH,
+        xf = _load_act(x_ptr, rows, cols, stride_xm, mask, chunk_w, chunk_g, chunk_n, chunk_s, GELU, FAST_TANH,
                        CHUNKED)
+        amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
         if BLOCK_K1 > 0:
             cols1 = BLOCK_K + tl.arange(0, BLOCK_K1)
             mask1 = row_ok[:, None] & (cols1[None, :] < K)
-            xf1 = _load_act(x_ptr, rows, cols1, stride_xm, mask1, chunk_w, chunk_g, chunk_n, chunk_s, False,
+            xf1 = _load_act(x_ptr, rows, cols1, stride_xm, mask1, chunk_w, chunk_g, chunk_n, chunk_s, GELU,
                             FAST_TANH, CHUNKED)
+            amax = tl.maximum(amax, tl.max(tl.abs(xf1), axis=1))
         if BLOCK_K2 > 0:
             cols2 = BLOCK_K + BLOCK_K1 + tl.arange(0, BLOCK_K2)
             mask2 = row_ok[:, None] & (cols2[None, :] < K)
-            xf2 = _load_act(x_ptr, rows, cols2, stride_xm, mask2, chunk_w, chunk_g, chunk_n, chunk_s, False,
+            xf2 = _load_act(x_ptr, rows, cols2, stride_xm, mask2, chunk_w, chunk_g, chunk_n, chunk_s, GELU,
                             FAST_TANH, CHUNKED)
-        # the absmax of every element: without GELU always (a constant the compiler folds; amax is then
-        # only a name the branch below may assign), with GELU only where the shortcut below does not hold
-        every = True
-        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-        if GELU:
-            # A row's largest |GELU(x)| is GELU(max x) whenever that is at least GELU_NEG_BOUND: GELU rises for
-            # x > 0, and |GELU(x)| < 0.1701 for every x < 0. So the absmax comes from one scalar GELU per row
-            # instead of a GELU of every element feeding the reduction: Triton gave the reduction's operand and
-            # the codes' store different layouts and computed the elementwise GELU once for each (69
-            # tanh.approx per thread for 35 elements in the sm_90 SASS at 1.3B, the pass issue-bound).
-            xmax = tl.max(xf, axis=1)
-            if BLOCK_K1 > 0:
-                xmax = tl.maximum(xmax, tl.max(xf1, axis=1))
-            if BLOCK_K2 > 0:
-                xmax = tl.maximum(xmax, tl.max(xf2, axis=1))
-            amax = _gelu_tanh(xmax, FAST_TANH)
-            xf = _gelu_tanh(xf, FAST_TANH)
-            if BLOCK_K1 > 0:
-                xf1 = _gelu_tanh(xf1, FAST_TANH)
-            if BLOCK_K2 > 0:
-                xf2 = _gelu_tanh(xf2, FAST_TANH)
-            # a row whose values are all small or negative (rare in an FFN) takes every element's absmax
-            every = tl.min(tl.where(row_ok, amax, GELU_NEG_BOUND), axis=0) < GELU_NEG_BOUND
-        if every:
-            amax = tl.max(tl.abs(xf), axis=1)  # [BLOCK_M]
-            if BLOCK_K1 > 0:
-                amax = tl.maximum(amax, tl.max(tl.abs(xf1), axis=1))
-            if BLOCK_K2 > 0:
-                amax = tl.maximum(amax, tl.max(tl.abs(xf2), axis=1))
+            amax = tl.maximum(amax, tl.max(tl.abs(xf2), axis=1))
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
