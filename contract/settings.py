@@ -111,6 +111,10 @@ class WorkerSettings(BaseModel):
     # columns) out of ffn_up's epilogue (kernels/w8a8_blockq.py): no faster on the H200, so not the default.
     # Read by the kernels too.
     w8a8_ffn: Literal["rowq", "blockq"] = "rowq"
+    # SageSLA's fused attention kernel on Hopper (sm90): "auto"/"gluon" the Gluon kernel whose score MMAs overlap
+    # the softmax (kernels/sagesla_gluon.py; where it covers the call and passed its check at the first call, else
+    # Triton's), "triton" the Triton kernel. Read by the kernels too.
+    sagesla_kernel: Literal["auto", "gluon", "triton"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

@@ -284,6 +284,46 @@ def _sagesla(smem: int) -> Result:
     return res
 
 
+def _sagesla_gluon(smem: int) -> Result:
+    """SageSLA's Gluon attention (`kernels.sagesla_gluon`), with and without the linear branch, an even and an odd
+    count of selected blocks (the loop's two peelings): warp-specialized (`setmaxnreg`), its score MMAs overlapping the softmax (a `wgmma.wait_group 1`),
+    no spills and no wgmmas serialized by ptxas."""
+    import re
+
+    from kernels import sagesla_gluon as sgg
+
+    res = Result("sagesla Gluon attention (FA3-style)")
+    if not sgg.available():
+        res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
+        return res
+    bh, length, d, block_k = 2, 256, 128, 64
+    nq, nk = length // 128, length // block_k
+    q8, k8 = torch.zeros(bh, length, d, dtype=torch.int8), torch.zeros(bh, length, d, dtype=torch.int8)
+    vt = torch.zeros(bh, d, length, dtype=torch.float8_e4m3fn)
+    q_desc, k_desc, v_desc = sgg.descriptors(q8, k8, vt, block_k)
+    o = torch.zeros(1, length, 2, d, dtype=torch.bfloat16).transpose(1, 2)
+    for linear, topk in ((True, 4), (False, 5)):
+        before = res.compiled
+        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk), (nq, bh), smem, q_desc=q_desc,
+                 k_desc=k_desc, v_desc=v_desc, QSCALE=torch.zeros(bh, nq), KSCALE=torch.zeros(bh, nk),
+                 VSCALE=torch.zeros(bh, d), LUT=torch.zeros(bh, nq, topk, dtype=torch.int32),
+                 OLIN=torch.zeros(bh, length, d, dtype=torch.float16), O=o, L=length, H=2, n_qblocks=nq,
+                 n_kblocks=nk, TOPK=topk, stride_ob=o.stride(0), stride_oh=o.stride(1), stride_ol=o.stride(2))
+        if res.compiled > before:
+            ptx = _LAST[0].asm["ptx"]
+            name = f"linear={linear} topk={topk}"
+            if "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
+                res.errors.append(f"{name}: no wgmma.wait_group 1 (its score MMAs do not overlap the softmax)")
+            if ptx.count("setmaxnreg") < 3:
+                res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
+            spilled, serialized = _ptxas_report(ptx, 90)
+            if spilled:
+                res.errors.append(f"{name}: {spilled} bytes of registers spilled")
+            if serialized:
+                res.errors.append(f"{name}: ptxas serializes its wgmmas (C7513-C7515)")
+    return res
+
+
 def _int8_quant(smem: int) -> Result:
     """The per-token activation quantization as the GPU runs it: whole rows in registers, the GELU's
     `tanh.approx` (FAST_TANH) at the FFN-down widths, plain at the projection widths."""
@@ -355,6 +395,7 @@ CASES: dict[str, Callable[[int], Result]] = {
     "w8a8_gluon": _w8a8_gluon,
     "w8a8_blockq": _w8a8_blockq,
     "sagesla": _sagesla,
+    "sagesla_gluon": _sagesla_gluon,
     "int8_quant": _int8_quant,
     "softmax_rows": _softmax_rows,
     "row_norms": _row_norms,

@@ -540,10 +540,97 @@ def _prepare(
                      pv_fp8, has_linear)
 
 
+# Which kernel runs the fused attention on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel whose score
+# MMAs overlap the softmax (kernels/sagesla_gluon.py), where it covers the call and passed its check against the
+# Triton kernel; "triton" the Triton kernel always. The worker setting `sagesla_kernel` sets this variable.
+KERNEL_ENV = "TURBOVID_WORKER__SAGESLA_KERNEL"
+KERNEL_CHOICES = ("auto", "gluon", "triton")
+P_OFF_FP8 = 8.8  # FP8 P is kept scaled by 2^8.8 ~ 446 < 448 (e4m3's largest); it cancels in acc / l
+_GLUON_CHECKED: dict[int, bool] = {}  # device index -> `_check_gluon`'s answer, once per process
+_WARNED: set[str] = set()  # unknown KERNEL_ENV values already warned about
+
+
+def _gluon_runs(p: _Prepared) -> bool:
+    """Whether this prepared call runs on the Gluon kernel: sm90, asked for (not "triton"), a call it covers, and
+    (once per device and process) `_check_gluon`. Inside a CUDA graph capture the check cannot launch, so a
+    first call there answers False (the Triton kernel is captured) without remembering it."""
+    from kernels import sagesla_gluon
+
+    dev = p.q.device
+    if dev.type != "cuda" or _interpreting() or _kernel_choice() == "triton":
+        return False
+    if not sagesla_gluon.supported(p.q.shape[-1], p.block_q, p.block_k, p.topk, p.dense, p.pv_fp8):
+        return False
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index not in _GLUON_CHECKED:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        _GLUON_CHECKED[index] = _check_gluon(index)
+    return _GLUON_CHECKED[index]
+
+
+def _kernel_choice() -> str:
+    import logging
+
+    choice = os.environ.get(KERNEL_ENV, "auto").lower()
+    if choice in KERNEL_CHOICES:
+        return choice
+    if choice not in _WARNED:  # said once per value, not at each of a forward's attention calls
+        _WARNED.add(choice)
+        logging.getLogger(__name__).warning("%s=%r is not one of %s: using auto", KERNEL_ENV, choice, KERNEL_CHOICES)
+    return "auto"
+
+
+def _check_gluon(device_index: int) -> bool:
+    """A Hopper GPU, a Triton with the Gluon Hopper API, and one small sparse call (an odd and an even count of
+    selected blocks, a partial last key block, the linear branch) within fp32-rounding distance of the Triton
+    kernel's output; otherwise the Triton kernel, with the reason logged."""
+    import logging
+
+    from kernels import sagesla_gluon
+
+    log = logging.getLogger(__name__)
+    if torch.cuda.get_device_capability(device_index) != (9, 0) or not sagesla_gluon.available():
+        return False
+    try:
+        dev = torch.device("cuda", device_index)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        for length, ratio in ((1000, 0.4), (1300, 0.25)):  # 16 key blocks -> 6 selected; 21 -> 5
+            q, k, v = (torch.randn(1, length, 2, 128, generator=g).to(dev, torch.bfloat16).transpose(1, 2)
+                       for _ in range(3))
+            w, b = torch.randn(128, 128, generator=g).to(dev) / 11.3, torch.randn(128, generator=g).to(dev) * 0.01
+            prep = _prepare(q, k, v, ratio, w, b, BLOCK_Q, BLOCK_K, False, True)
+            want = _launch_triton(prep).float()
+            got = _launch_gluon(prep).float()
+            err = ((got - want).norm() / want.norm()).item()
+            if not err < 5e-3:
+                log.warning("the Gluon SageSLA kernel is off by %.3g (relative) on this Triton %s: using the Triton "
+                            "kernel", err, triton.__version__)
+                return False
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means: the Triton kernel
+        log.warning("the Gluon SageSLA kernel does not run on this Triton %s (%s): using the Triton kernel",
+                    triton.__version__, f"{type(exc).__name__}: {str(exc)[:200]}")
+    return False
+
+
 def _launch(p: _Prepared) -> torch.Tensor:
     """The fused sparse attention (+ linear epilogue) over prepared operands -> o [B, H, L, D], stored
     token-major ([B, L, H, D] storage, as the DiT's projections lay out q/k/v): the output projection reads
     o.transpose(1, 2) as a plain [B, L, H·D] view, and a Ulysses way back sends it without a packing copy."""
+    return _launch_gluon(p) if _gluon_runs(p) else _launch_triton(p)
+
+
+def _launch_gluon(p: _Prepared) -> torch.Tensor:
+    from kernels import sagesla_gluon
+
+    B, H, L, D = p.q.shape
+    o = p.q.new_empty(B, L, H, D).transpose(1, 2)
+    return sagesla_gluon.attention(p.q8, p.q_scale, p.k8, p.k_scale, p.vt, p.v_scale, p.lut,
+                                   p.olin if p.has_linear else None, o, H, p.block_k, P_OFF_FP8)
+
+
+def _launch_triton(p: _Prepared) -> torch.Tensor:
     B, H, L, D = p.q.shape
     nq, nk = p.q_scale.shape[1], p.k_scale.shape[1]
     o = p.q.new_empty(B, L, H, D).transpose(1, 2)
@@ -552,7 +639,7 @@ def _launch(p: _Prepared) -> torch.Tensor:
         p.q8, p.q_scale, p.k8, p.k_scale, p.v, p.vt, p.v_scale, p.lut, p.olin, o,
         L, nk * p.block_k, H, nq, nk, p.topk, *p.v.stride()[:3], *o.stride()[:3],
         D=D, BLK_Q=p.block_q, BLOCK_N=p.block_k, DENSE=p.dense, PV_FP8=p.pv_fp8, HAS_LINEAR=p.has_linear,
-        P_OFF=8.8 if p.pv_fp8 else 0.0,  # fp8: P scaled by 2^8.8 ~ 446 < 448 (e4m3 max); cancels in acc / l
+        P_OFF=P_OFF_FP8 if p.pv_fp8 else 0.0,
     )
     return o
 

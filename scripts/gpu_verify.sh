@@ -151,6 +151,9 @@
 #   bash scripts/gpu_verify.sh s31b     one GPU, ~7 min (OLD_SRC: a tree at ed1d6b8 or earlier): s31a, then Nsight Compute
 #                                       on the SageSLA attention kernel alone (1.3B shape): issue slots, per-pipe use
 #                                       (xu: exp2 and conversions; fma; alu; tensor), warp stalls
+#   bash scripts/gpu_verify.sh s31c     one GPU, ~8 min: SageSLA's Gluon attention kernel (kernels/sagesla_gluon.py): its GPU
+#                                       tests and the Triton SageSLA GPU tests, scripts/attn_probe.py (each kernel alone
+#                                       at the 1.3B / 14B shapes), the 1.3B DiT per NFE with each kernel, alternately
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -832,6 +835,17 @@ for n, v in zip(names, vals):
         except ValueError:
             pass
 PY
+elif [ "$mode" = s31c ]; then
+    timeout 170 python3 -m pytest -q -p no:cacheprovider --timeout 80 -m gpu tests/unit/kernels/test_sagesla_gluon.py \
+        tests/unit/kernels/test_sagesla_kernels.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Error|Timeout|^E " "$OUT/logs/tests.log" | head -12
+    timeout 170 python3 scripts/attn_probe.py --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -22
+    for run in triton auto triton auto; do
+        TURBOVID_WORKER__SAGESLA_KERNEL=$run timeout 100 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
+            --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1
+        echo "== 1.3B DiT, attention kernel $run"; grep -E "fused|rror" "$OUT/logs/dit13b-$run.log" | tail -2
+    done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
