@@ -582,9 +582,10 @@ def _kernel_choice() -> str:
 
 
 def _check_gluon(device_index: int) -> bool:
-    """A Hopper GPU, a Triton with the Gluon Hopper API, and one small sparse call (an odd and an even count of
-    selected blocks, a partial last key block, the linear branch) within fp32-rounding distance of the Triton
-    kernel's output; otherwise the Triton kernel, with the reason logged."""
+    """A Hopper GPU, a Triton with the Gluon Hopper API, and two small sparse calls (an even and an odd count of
+    selected blocks, a partial last key block, a query block reaching past L, the linear branch) whose error
+    against the fp32 reference is within 1.5x the Triton kernel's (+1e-3); otherwise the Triton kernel, with the
+    reason logged."""
     import logging
 
     from kernels import sagesla_gluon
@@ -600,12 +601,12 @@ def _check_gluon(device_index: int) -> bool:
                        for _ in range(3))
             w, b = torch.randn(128, 128, generator=g).to(dev) / 11.3, torch.randn(128, generator=g).to(dev) * 0.01
             prep = _prepare(q, k, v, ratio, w, b, BLOCK_Q, BLOCK_K, False, True)
-            want = _launch_triton(prep).float()
-            got = _launch_gluon(prep).float()
-            err = ((got - want).norm() / want.norm()).item()
-            if not err < 5e-3:
-                log.warning("the Gluon SageSLA kernel is off by %.3g (relative) on this Triton %s: using the Triton "
-                            "kernel", err, triton.__version__)
+            ref = reference(q, k, v, topk_ratio=ratio, proj_l_weight=w, proj_l_bias=b)[0].float()
+            err_t, err_g = ((o.float() - ref).norm().item() / ref.norm().item()
+                            for o in (_launch_triton(prep), _launch_gluon(prep)))
+            if not err_g <= 1.5 * err_t + 1e-3:
+                log.warning("the Gluon SageSLA kernel is off by %.3g (relative; the Triton kernel %.3g) on this Triton "
+                            "%s: using the Triton kernel", err_g, err_t, triton.__version__)
                 return False
         return True
     except Exception as exc:  # noqa: BLE001 - any failure means: the Triton kernel

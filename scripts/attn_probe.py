@@ -1,8 +1,9 @@
 """SageSLA's fused attention kernel alone at the Wan shapes: the Triton kernel (autotuned) against the Gluon one
 (kernels/sagesla_gluon.py, each ring depth), on the same prepared operands, in one process (GPU).
 
-Prints, per shape: median ms of each kernel, the speed-up, the Gluon outputs' relative error and cosine to the
-Triton kernel's, the whole `sagesla_attention` call (preparation + kernel) with each kernel, and cuDNN SDPA
+Prints, per shape: median ms of each kernel (the Gluon one in each form: ring depth, K/Vᵀ slots freed by one
+barrier, the warpgroups' softmaxes taking turns), the speed-up, the relative error and cosine to the Triton
+kernel's output, the relative error to the fp32 reference (1.3B: its first two heads), the whole `sagesla_attention` call (preparation + kernel) with each kernel, and cuDNN SDPA
 (bf16, dense) for scale.
 
     python3 scripts/attn_probe.py [--shapes 1.3b,14b] [--cache DIR]
@@ -47,28 +48,45 @@ def main() -> None:
         want = sg._launch_triton(prep)
         t_triton = do_bench(lambda: sg._launch_triton(prep), warmup=10, rep=100, return_mode="median")
         print(f"== {name}: H={h} L={length} topk={prep.topk} of {prep.k_scale.shape[1]} key blocks", flush=True)
-        print(f"triton kernel {t_triton:.3f} ms", flush=True)
-        for stages in (2, 3, 4):
-            def run(stages: int = stages) -> torch.Tensor:
+        ref = None
+        if h * length <= 2 * 32760:  # the fp32 reference materializes [H, L, L]
+            ref = sg.reference(q, k, v, topk_ratio=0.1, proj_l_weight=w, proj_l_bias=bias)[0].float()
+        elif name == "1.3b":  # its first two heads (heads are independent)
+            ref = sg.reference(q[:, :2], k[:, :2], v[:, :2], topk_ratio=0.1, proj_l_weight=w,
+                               proj_l_bias=bias)[0].float()
+
+        def ref_err(o: torch.Tensor) -> str:
+            if ref is None:
+                return ""
+            o = o[:, : ref.shape[1]].float()
+            return f", vs fp32 reference {((o - ref).norm() / ref.norm()).item():.2e}"
+
+        print(f"triton kernel {t_triton:.3f} ms{ref_err(want)}", flush=True)
+        for stages, merged, pingpong in ((2, False, False), (3, False, False), (3, True, False), (2, True, True),
+                                         (3, True, True), (4, True, True)):
+            def run(stages: int = stages, merged: bool = merged, pingpong: bool = pingpong) -> torch.Tensor:
                 out = q.new_empty(1, length, h, 128).transpose(1, 2)
                 return sgg.attention(prep.q8, prep.q_scale, prep.k8, prep.k_scale, prep.vt, prep.v_scale, prep.lut,
-                                     prep.olin, out, h, prep.block_k, sg.P_OFF_FP8, stages=stages)
+                                     prep.olin, out, h, prep.block_k, sg.P_OFF_FP8, stages=stages, merged=merged,
+                                     pingpong=pingpong)
 
             got = run()
             err = ((got.float() - want.float()).norm() / want.float().norm()).item()
             cos = F.cosine_similarity(got.double().flatten(), want.double().flatten(), dim=0).item()
             t = do_bench(run, warmup=10, rep=100, return_mode="median")
-            print(f"gluon kernel, {stages} slots {t:.3f} ms ({t_triton / t:.2f}x), rel err {err:.2e}, cos {cos:.6f}",
-                  flush=True)
+            print(f"gluon kernel, {stages} slots, merged {int(merged)}, ping-pong {int(pingpong)}: {t:.3f} ms "
+                  f"({t_triton / t:.2f}x), vs triton {err:.2e} (cos {cos:.6f}){ref_err(got)}", flush=True)
         for choice in ("triton", "auto"):
             os.environ[sg.KERNEL_ENV] = choice
+            sg._GLUON_CHECKED.clear()
             call = lambda: sg.sagesla_attention(q, k, v, topk_ratio=0.1, proj_l_weight=w, proj_l_bias=bias)  # noqa: E731
             call()
             t = do_bench(call, warmup=5, rep=50, return_mode="median")
-            print(f"whole sagesla_attention call, kernel {choice}: {t:.3f} ms", flush=True)
+            runs = sg._gluon_runs(prep)
+            print(f"whole sagesla_attention call, kernel {choice} (gluon runs: {runs}): {t:.3f} ms", flush=True)
         t_sdpa = do_bench(lambda: F.scaled_dot_product_attention(q, k, v), warmup=3, rep=20, return_mode="median")
         print(f"cuDNN/flash SDPA bf16 dense {t_sdpa:.3f} ms", flush=True)
-        del q, k, v, prep, want
+        del q, k, v, prep, want, ref
         torch.cuda.empty_cache()
 
 

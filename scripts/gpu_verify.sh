@@ -154,6 +154,10 @@
 #   bash scripts/gpu_verify.sh s31c     one GPU, ~8 min: SageSLA's Gluon attention kernel (kernels/sagesla_gluon.py): its GPU
 #                                       tests and the Triton SageSLA GPU tests, scripts/attn_probe.py (each kernel alone
 #                                       at the 1.3B / 14B shapes), the 1.3B DiT per NFE with each kernel, alternately
+#   bash scripts/gpu_verify.sh s31d     one GPU, ~8 min: the Gluon attention's GPU tests (each form against the Triton kernel
+#                                       and the fp32 reference), scripts/attn_probe.py with its forms (ring depth, one
+#                                       barrier per slot, ping-pong softmaxes), Nsight Compute on it (1.3B shape), the
+#                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -845,6 +849,47 @@ elif [ "$mode" = s31c ]; then
         TURBOVID_WORKER__SAGESLA_KERNEL=$run timeout 100 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks \
             --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit13b-$run.log" 2>&1
         echo "== 1.3B DiT, attention kernel $run"; grep -E "fused|rror" "$OUT/logs/dit13b-$run.log" | tail -2
+    done
+elif [ "$mode" = s31d ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 70 --tb=short -m gpu \
+        tests/unit/kernels/test_sagesla_gluon.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
+    timeout 150 python3 scripts/attn_probe.py --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -24
+    export PATH=$PATH:/usr/local/cuda/bin:$(ls -d /opt/nvidia/nsight-compute/*/ 2>/dev/null | tail -1)
+    TURBOVID_WORKER__SAGESLA_KERNEL=auto timeout 100 ncu --clock-control none --nvtx --nvtx-include "sagesla/" \
+        --kernel-name regex:_sagesla_gluon --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+        --section ComputeWorkloadAnalysis --section Occupancy -f -o "$OUT/logs/attn" \
+        python3 scripts/ncu_targets.py sagesla --cache /tmp/ncu-cache > "$OUT/logs/ncu.log" 2>&1; echo "ncu rc $?"
+    ncu -i "$OUT/logs/attn.ncu-rep" --page details --print-units base > "$OUT/logs/attn_details.txt" 2>&1
+    ncu -i "$OUT/logs/attn.ncu-rep" --page raw --csv > "$OUT/logs/attn_raw.csv" 2>&1
+    grep -E "Duration|Issue Slots Busy|Warp Cycles Per Issued|No Eligible|Active Warps Per" "$OUT/logs/attn_details.txt" | head -8
+    python3 - "$OUT/logs/attn_raw.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+head = next(i for i, r in enumerate(rows) if r and r[0] == "ID")
+for n, v in zip(rows[head], rows[head + 2]):
+    keep = (n.startswith("sm__inst_executed_pipe_") and n.endswith(".avg.pct_of_peak_sustained_active")) or \
+        n == "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active" or \
+        ("warp_issue_stalled" in n and n.endswith("_per_warp_active.pct"))
+    try:
+        if keep and float(v.replace(",", "")) >= 2.0:
+            print(n.replace("smsp__average_warp_latency_issue_stalled_", "stall ").replace("smsp__warp_issue_stalled_", "stall "), v)
+    except ValueError:
+        pass
+PY
+    for run in triton plain pp triton pp; do
+        kern=auto; [ $run = triton ] && kern=triton
+        merged=False; [ $run = pp ] && merged=True
+        TURBOVID_WORKER__SAGESLA_KERNEL=$kern timeout 100 python3 -c "
+import runpy, sys
+import kernels.sagesla_gluon as sgg
+sgg.MERGED = sgg.PINGPONG = $merged
+sgg.attention.__defaults__ = (sgg.STAGES, $merged, $merged)
+sys.argv = ['bench_dit', '--sizes', '1.3b', '--reps', '3', '--no-checks', '--graphs', '--variants', 'sagesla/w8a8/fused']
+runpy.run_module('models.bench_dit', run_name='__main__')
+" > "$OUT/logs/dit13b-$run.log" 2>&1
+        echo "== 1.3B DiT, attention $run"; grep -E "fused|rror" "$OUT/logs/dit13b-$run.log" | tail -2
     done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \

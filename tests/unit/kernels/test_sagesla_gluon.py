@@ -101,17 +101,21 @@ needs_hopper = pytest.mark.skipif(
 ])
 def test_gluon_kernel_matches_the_triton_kernel(b, h, length, ratio, linear) -> None:
     q, k, v, w, bias = _gpu_inputs(b, h, length)
-    prep = sg._prepare(q, k, v, ratio, w if linear else None, bias if linear else None, sg.BLOCK_Q, sg.BLOCK_K,
-                       False, True)
+    w, bias = (w, bias) if linear else (None, None)
+    prep = sg._prepare(q, k, v, ratio, w, bias, sg.BLOCK_Q, sg.BLOCK_K, False, True)
     assert sgg.supported(128, prep.block_q, prep.block_k, prep.topk, prep.dense, prep.pv_fp8)
     want = sg._launch_triton(prep).float()
-    for stages in (2, 3):
+    ref = sg.reference(q, k, v, topk_ratio=ratio, proj_l_weight=w, proj_l_bias=bias)[0].float()
+    err_t = ((want - ref).norm() / ref.norm()).item()
+    for stages, merged, pingpong in ((2, False, False), (3, False, False), (3, True, False), (3, True, True)):
         got = sgg.attention(prep.q8, prep.q_scale, prep.k8, prep.k_scale, prep.vt, prep.v_scale, prep.lut,
                             prep.olin if linear else None, q.new_empty(b, length, h, 128).transpose(1, 2), h,
-                            prep.block_k, sg.P_OFF_FP8, stages=stages).float()
+                            prep.block_k, sg.P_OFF_FP8, stages=stages, merged=merged, pingpong=pingpong).float()
         assert torch.isfinite(got).all()
-        err = ((got - want).norm() / want.norm()).item()
-        assert err < 5e-3 and _cos(got, want) > 0.99995, (stages, err)
+        err_g = ((got - ref).norm() / ref.norm()).item()
+        diff = ((got - want).norm() / want.norm()).item()
+        # as close to the fp32 reference as the Triton kernel (both round P to FP8 and o to bf16)
+        assert err_g <= 1.5 * err_t + 1e-3 and _cos(got, want) > 0.9999, (stages, merged, pingpong, err_g, err_t, diff)
 
 
 @pytest.mark.gpu
