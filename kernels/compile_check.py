@@ -286,7 +286,7 @@ def _sagesla(smem: int) -> Result:
 
 def _sagesla_gluon(smem: int) -> Result:
     """SageSLA's Gluon attention (`kernels.sagesla_gluon`), with and without the linear branch, an even and an odd
-    count of selected blocks (the loop's two peelings): warp-specialized (`setmaxnreg`), its score MMAs overlapping the softmax (a `wgmma.wait_group 1`),
+    count of selected blocks (the loop's two peelings), 2 and 3 ring slots: warp-specialized (`setmaxnreg`), its score MMAs overlapping the softmax (a `wgmma.wait_group 1`),
     no spills and no wgmmas serialized by ptxas."""
     import re
 
@@ -302,16 +302,17 @@ def _sagesla_gluon(smem: int) -> Result:
     vt = torch.zeros(bh, d, length, dtype=torch.float8_e4m3fn)
     q_desc, k_desc, v_desc = sgg.descriptors(q8, k8, vt, block_k)
     o = torch.zeros(1, length, 2, d, dtype=torch.bfloat16).transpose(1, 2)
-    for linear, topk in ((True, 4), (False, 5)):
+    # both parities of the selected-block count (the key loop's two peelings), each ring depth
+    for linear, topk, stages in ((True, 4, 2), (False, 5, 2), (True, 5, 3)):
         before = res.compiled
-        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk), (nq, bh), smem, q_desc=q_desc,
-                 k_desc=k_desc, v_desc=v_desc, QSCALE=torch.zeros(bh, nq), KSCALE=torch.zeros(bh, nk),
+        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk, stages), (nq, bh), smem,
+                 q_desc=q_desc, k_desc=k_desc, v_desc=v_desc, QSCALE=torch.zeros(bh, nq), KSCALE=torch.zeros(bh, nk),
                  VSCALE=torch.zeros(bh, d), LUT=torch.zeros(bh, nq, topk, dtype=torch.int32),
                  OLIN=torch.zeros(bh, length, d, dtype=torch.float16), O=o, L=length, H=2, n_qblocks=nq,
                  n_kblocks=nk, TOPK=topk, stride_ob=o.stride(0), stride_oh=o.stride(1), stride_ol=o.stride(2))
         if res.compiled > before:
             ptx = _LAST[0].asm["ptx"]
-            name = f"linear={linear} topk={topk}"
+            name = f"linear={linear} topk={topk} stages={stages}"
             if "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
                 res.errors.append(f"{name}: no wgmma.wait_group 1 (its score MMAs do not overlap the softmax)")
             if ptx.count("setmaxnreg") < 3:

@@ -21,6 +21,13 @@ the FP8 Vᵀ, the sorted block LUT, the linear branch's output):
   2^22, so the bits of s + 0x4B400000 are the float 1.5·2^23 + s exactly; the offset is folded into the
   per-row constant of the one FFMA that scales and shifts each score (exact to < 1 unit of s).
 
+Measured on an H200 (`scripts/attn_probe.py`, sessions 31 `s31c`/`s31d`; kernels/NOTES_sagesla.md): 1.05x the Triton
+kernel at the 1.3B shape (1.071-1.075 against 1.127-1.130 ms), 1.07x at the 14B shape (17.9-18.1 against 19.2-19.3
+ms), the same error to the fp32 reference (3.55e-2 both); the 1.3B DiT 0.154-0.155 s per NFE against 0.156. Nsight
+Compute: still latency-bound (an eligible warp in 46 % of the cycles; a third of the stalls at the warpgroup syncs
+that precede each mbarrier arrive). Freeing a slot's K and Vᵀ with one barrier, and FA3's ping-pong of the two
+warpgroups' softmaxes (turns handed over by mbarriers) gained nothing and were dropped (commit 40fc684 has them).
+
 Same results as the Triton kernel up to fp32 rounding order (P in FP8 e4m3 scaled by 2^P_OFF, V per channel in
 FP8, the sparse part rounded to the output dtype before the linear branch is added).
 
@@ -46,10 +53,8 @@ if wg.available():
 
 __all__ = ["available", "supported", "attention", "STAGES", "CONSUMER_REGS"]
 
-STAGES = 3  # K / Vᵀ ring slots (the loader runs up to this many key blocks ahead)
+STAGES = 2  # K / Vᵀ ring slots: 2 was 1.05x the Triton kernel at 1.3B, 3 and 4 1.01x (14B: 1.07x either way)
 HALF_M = 64  # query rows per consumer warpgroup (two per program: the LUT's 128-row query block)
-MERGED = False  # one barrier frees a slot's K and Vᵀ together, after the block's P·V (one arrive per step, not two)
-PINGPONG = False  # the two consumer warpgroups' softmaxes take turns (FlashAttention-3's inter-warpgroup overlap)
 CONSUMER_REGS = 232  # the second consumer warpgroup's registers per thread (setmaxnreg); the loader's 24
 MAGIC_F = 12582912.0  # 1.5 * 2^23: the float whose bits are 0x4B400000
 
@@ -69,7 +74,7 @@ if wg.available():
 
     @gluon.jit
     def _loader(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
-                lut_ptr, q_row, kv_row, v_row, TOPK, MERGED: gl.constexpr):
+                lut_ptr, q_row, kv_row, v_row, TOPK):
         # one warp: the Q block (both halves), then each selected key block's K and Vᵀ tiles as slots free up
         HALF: gl.constexpr = q_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -84,8 +89,7 @@ if wg.available():
             mbarrier.wait(k_empty.index(slot), phase)
             mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
             _tma_load(k_desc, [kv_row + kb * BLOCK_N, 0], k_ready.index(slot), k_bufs.index(slot))
-            if not MERGED:  # (merged: the K slot's barrier frees both)
-                mbarrier.wait(v_empty.index(slot), phase)
+            mbarrier.wait(v_empty.index(slot), phase)
             mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
             _tma_load(v_desc, [v_row, kb * BLOCK_N], v_ready.index(slot), v_bufs.index(slot))
 
@@ -104,18 +108,16 @@ if wg.available():
         return p, alpha, m_new, l_i
 
     @gluon.jit
-    def _step(i, s, acc, m_i, l_i, q_tile, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, order, zero_s,
-              q_scale, ks_base, lut_ptr, L, P_OFF: gl.constexpr, FIRST: gl.constexpr, LAST: gl.constexpr,
-              WG: gl.constexpr, MERGED: gl.constexpr, PINGPONG: gl.constexpr, s_layout: gl.constexpr,
-              o_layout: gl.constexpr):
+    def _step(i, s, acc, m_i, l_i, q_tile, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, zero_s, q_scale,
+              ks_base, lut_ptr, L, P_OFF: gl.constexpr, FIRST: gl.constexpr, LAST: gl.constexpr,
+              s_layout: gl.constexpr, o_layout: gl.constexpr):
         # one key block of one consumer warpgroup; S_i may be in flight on entry (issued by the step before)
         BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
         NSLOT: gl.constexpr = k_bufs.type.shape[0]
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
         slot = i % NSLOT
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        if not MERGED:
-            mbarrier.arrive(k_empty.index(slot), count=1)
+        mbarrier.arrive(k_empty.index(slot), count=1)
         s_next = s
         if not LAST:  # the next block's scores run on the tensor cores during this block's softmax
             nslot = (i + 1) % NSLOT
@@ -125,11 +127,7 @@ if wg.available():
             s_next = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))  # a type change; waits for nothing
         kb = gl.load(lut_ptr + i)
         sc = q_scale * gl.load(ks_base + kb)
-        if PINGPONG:  # the two warpgroups' softmaxes take turns: one's runs while the other waits on its P·V
-            mbarrier.wait(order.index(WG), (i & 1) ^ (1 - WG))
         p, alpha, m_i, l_i = _softmax(s, m_i, l_i, sc, kb, L, BLOCK_N, P_OFF, LAST, s_layout)
-        if PINGPONG:
-            mbarrier.arrive(order.index(1 - WG), count=1)
         if not FIRST:
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
@@ -138,17 +136,13 @@ if wg.available():
         # kernel when a P·V stays in flight across the softmax while the next scores' MMA is in flight too
         acc = warpgroup_mma(p8, v_bufs.index(slot).permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        if MERGED:  # K and Vᵀ of this block handed back together: one arrive (and its warpgroup sync) per step
-            mbarrier.arrive(k_empty.index(slot), count=1)
-        else:
-            mbarrier.arrive(v_empty.index(slot), count=1)
+        mbarrier.arrive(v_empty.index(slot), count=1)
         return s_next, acc, m_i, l_i
 
     @gluon.jit
-    def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, order, QSCALE, KSCALE, VSCALE,
+    def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
                   lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh, stride_ol,
-                  HAS_LINEAR: gl.constexpr, P_OFF: gl.constexpr, EVEN: gl.constexpr, MERGED: gl.constexpr,
-                  PINGPONG: gl.constexpr, WG: gl.constexpr):
+                  HAS_LINEAR: gl.constexpr, P_OFF: gl.constexpr, EVEN: gl.constexpr, WG: gl.constexpr):
         HALF: gl.constexpr = q_smem.type.shape[1]
         D: gl.constexpr = q_smem.type.shape[2]
         BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -168,26 +162,23 @@ if wg.available():
         mbarrier.wait(k_ready.index(0), 0)
         s = warpgroup_mma(q_tile, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # a type change; waits for nothing
-        bufs = (q_tile, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, order, zero_s, q_scale, ks_base, lut_ptr,
-                L)
-        s, acc, m_i, l_i = _step(0, s, acc, m_i, l_i, *bufs, P_OFF, True, False, WG, MERGED, PINGPONG, s_layout,
-                                 o_layout)
+        bufs = (q_tile, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, zero_s, q_scale, ks_base, lut_ptr, L)
+        s, acc, m_i, l_i = _step(0, s, acc, m_i, l_i, *bufs, P_OFF, True, False, s_layout, o_layout)
         # the middle blocks two per iteration: the scores in flight across the loop's back edge are then the ones
         # the iteration started with, in the same registers (ptxas serializes every wgmma of the kernel when
         # scores still being written are copied); an odd count peels one. The trip count is at least one by
         # construction (`supported`: topk >= 4), which the compiler sees, so no path skips the loop either
         if not EVEN:
-            s, acc, m_i, l_i = _step(1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, WG, MERGED, PINGPONG,
-                                     s_layout, o_layout)
+            s, acc, m_i, l_i = _step(1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
+                                     o_layout)
         START: gl.constexpr = 1 if EVEN else 2
         for j in range(0, gl.maximum((TOPK - 1 - START) // 2, 1)):
             i = START + 2 * j
-            s, acc, m_i, l_i = _step(i, s, acc, m_i, l_i, *bufs, P_OFF, False, False, WG, MERGED, PINGPONG,
-                                     s_layout, o_layout)
-            s, acc, m_i, l_i = _step(i + 1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, WG, MERGED, PINGPONG,
-                                     s_layout, o_layout)
-        s, acc, m_i, l_i = _step(TOPK - 1, s, acc, m_i, l_i, *bufs, P_OFF, False, True, WG, MERGED, PINGPONG,
-                                 s_layout, o_layout)
+            s, acc, m_i, l_i = _step(i, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
+                                     o_layout)
+            s, acc, m_i, l_i = _step(i + 1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
+                                     o_layout)
+        s, acc, m_i, l_i = _step(TOPK - 1, s, acc, m_i, l_i, *bufs, P_OFF, False, True, s_layout, o_layout)
 
         # epilogue: V's per-channel scale and 1 / row sum, the linear branch, one store per row
         rows = qb * (2 * HALF) + WG * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(1, o_layout))
@@ -208,7 +199,7 @@ if wg.available():
     def _sagesla_gluon_kernel(q_desc, k_desc, v_desc, QSCALE, KSCALE, VSCALE, LUT, OLIN, O, L, H, n_qblocks,
                               n_kblocks, TOPK, stride_ob, stride_oh, stride_ol, HAS_LINEAR: gl.constexpr,
                               P_OFF: gl.constexpr, EVEN: gl.constexpr, NSLOT: gl.constexpr,
-                              WORKER_REGS: gl.constexpr, MERGED: gl.constexpr, PINGPONG: gl.constexpr):
+                              WORKER_REGS: gl.constexpr):
         HALF: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -224,10 +215,7 @@ if wg.available():
         k_empty = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
-        order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG's turns
         mbarrier.init(q_bar, count=1)
-        mbarrier.init(order.index(0), count=1)
-        mbarrier.init(order.index(1), count=1)
         for j in gl.static_range(NSLOT):
             mbarrier.init(k_ready.index(j), count=1)
             mbarrier.init(v_ready.index(j), count=1)
@@ -235,18 +223,16 @@ if wg.available():
             mbarrier.init(v_empty.index(j), count=2)
         lut_ptr = LUT + (bh * n_qblocks + qb) * TOPK
         gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, order, QSCALE, KSCALE,
-                         VSCALE, lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
-                         stride_ol, HAS_LINEAR, P_OFF, EVEN, MERGED, PINGPONG, 0)),
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, order, QSCALE, KSCALE,
-                         VSCALE, lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
-                         stride_ol, HAS_LINEAR, P_OFF, EVEN, MERGED, PINGPONG, 1)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
+                         lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
+                         stride_ol, HAS_LINEAR, P_OFF, EVEN, 0)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
+                         lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
+                         stride_ol, HAS_LINEAR, P_OFF, EVEN, 1)),
             (_loader, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
-                       lut_ptr, bh * L + qb * (2 * HALF), bh * L, bh * D, TOPK, MERGED)),
+                       lut_ptr, bh * L + qb * (2 * HALF), bh * L, bh * D, TOPK)),
         ], [4, 1], [WORKER_REGS, 24])
         mbarrier.invalidate(q_bar)
-        mbarrier.invalidate(order.index(0))
-        mbarrier.invalidate(order.index(1))
         for j in gl.static_range(NSLOT):
             mbarrier.invalidate(k_ready.index(j))
             mbarrier.invalidate(v_ready.index(j))
@@ -271,20 +257,18 @@ def descriptors(q8: torch.Tensor, k8: torch.Tensor, vt: torch.Tensor, block_k: i
             desc(vt.view(bh * d, vt.shape[-1]), [d, block_k]))
 
 
-def launch_meta(has_linear: bool, p_off: float, topk: int, stages: int = STAGES, merged: bool = MERGED,
-                pingpong: bool = PINGPONG) -> dict:
+def launch_meta(has_linear: bool, p_off: float, topk: int, stages: int = STAGES) -> dict:
     """The kernel's launch constants: 4 warps of its own (the first consumer warpgroup), a second consumer
     warpgroup and the loader warp as worker partitions: 12 warps in all, hence the register cap. EVEN: whether
     the selected block count is even (how the key loop is peeled)."""
     return {"HAS_LINEAR": has_linear, "P_OFF": p_off, "EVEN": topk % 2 == 0, "NSLOT": stages,
-            "WORKER_REGS": CONSUMER_REGS, "MERGED": merged, "PINGPONG": pingpong,
+            "WORKER_REGS": CONSUMER_REGS,
             "num_warps": 4, "maxnreg": wg.maxnreg(8)}
 
 
 def attention(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor, vt: torch.Tensor,
               v_scale: torch.Tensor, lut: torch.Tensor, olin: torch.Tensor | None, out: torch.Tensor,
-              heads: int, block_k: int, p_off: float, stages: int = STAGES, merged: bool = MERGED,
-              pingpong: bool = PINGPONG) -> torch.Tensor:
+              heads: int, block_k: int, p_off: float, stages: int = STAGES) -> torch.Tensor:
     """o = the sparse attention (+ olin) into `out` ([B, H, L, D] view of token-major storage), from prepared
     operands: q8 / k8 [B·H, L, D] int8 with block scales q_scale [B·H, NQ] (log2(e)/√D folded in) / k_scale
     [B·H, NK], vt [B·H, D, NK·block_k] FP8 with v_scale [B·H, D], lut [B·H, NQ, topk] int32 sorted key blocks
@@ -297,5 +281,5 @@ def attention(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale
     has_linear = olin is not None
     _sagesla_gluon_kernel[(nq, bh)](
         q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, lut, olin if has_linear else q_scale, out,
-        length, heads, nq, nk, topk, *out.stride()[:3], **launch_meta(has_linear, p_off, topk, stages, merged, pingpong))
+        length, heads, nq, nk, topk, *out.stride()[:3], **launch_meta(has_linear, p_off, topk, stages))
     return out

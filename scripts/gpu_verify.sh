@@ -154,10 +154,13 @@
 #   bash scripts/gpu_verify.sh s31c     one GPU, ~8 min: SageSLA's Gluon attention kernel (kernels/sagesla_gluon.py): its GPU
 #                                       tests and the Triton SageSLA GPU tests, scripts/attn_probe.py (each kernel alone
 #                                       at the 1.3B / 14B shapes), the 1.3B DiT per NFE with each kernel, alternately
-#   bash scripts/gpu_verify.sh s31d     one GPU, ~8 min: the Gluon attention's GPU tests (each form against the Triton kernel
+#   bash scripts/gpu_verify.sh s31d     one GPU, ~9 min (ran at 40fc684; its MERGED / PINGPONG forms are gone since, so its DiT
+#                                       part no longer runs): the Gluon attention's GPU tests (each form against the Triton kernel
 #                                       and the fp32 reference), scripts/attn_probe.py with its forms (ring depth, one
 #                                       barrier per slot, ping-pong softmaxes), Nsight Compute on it (1.3B shape), the
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
+#   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
+#                                       scripts/attn_probe.py at the 1.3B shape
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -891,6 +894,12 @@ runpy.run_module('models.bench_dit', run_name='__main__')
 " > "$OUT/logs/dit13b-$run.log" 2>&1
         echo "== 1.3B DiT, attention $run"; grep -E "fused|rror" "$OUT/logs/dit13b-$run.log" | tail -2
     done
+elif [ "$mode" = s31e ]; then
+    timeout 130 python3 -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -m gpu \
+        tests/unit/kernels/test_sagesla_gluon.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -12
+    timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
