@@ -110,8 +110,9 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, bool]:
     """(bytes of spill stores, whether ptxas serializes the wgmmas) for a kernel's PTX, from `ptxas -v` (the
     compiler's own binary; a compile without a device has no loaded kernel to ask). ptxas serializes the
-    wgmmas (its advisory C7514) when other instructions read an in-flight accumulator's registers, e.g. a copy
-    of one: the MMAs then no longer overlap anything."""
+    wgmmas (its advisories C7513-C7515) when other instructions read or write an in-flight wgmma's accumulator or
+    A-fragment registers (e.g. a copy of an accumulator still being written), or when it cannot tell: the MMAs
+    then no longer overlap anything."""
     import re
     import subprocess
     import tempfile
@@ -128,6 +129,24 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, bool]:
         raise RuntimeError(f"ptxas failed: {proc.stderr.strip()[-300:]}")
     spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", proc.stderr))
     return spilled, "wgmma.mma_async instructions are serialized" in proc.stderr
+
+
+def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int, overlap: str | None) -> None:
+    """What a warp-specialized Gluon kernel's sm_90 compile must show: `setmaxnreg` for each of its `partitions`
+    (registers moved between them), no spilled registers, no wgmmas serialized by ptxas (its advisories C7513-C7515:
+    the MMAs would no longer overlap anything) and, where `overlap` says what it is for, a `wgmma.wait_group 1`
+    (one MMA group kept in flight)."""
+    import re
+
+    if overlap is not None and "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
+        res.errors.append(f"{name}: no wgmma.wait_group 1 ({overlap})")
+    if ptx.count("setmaxnreg") < partitions:
+        res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
+    spilled, serialized = _ptxas_report(ptx, 90)
+    if spilled:
+        res.errors.append(f"{name}: {spilled} bytes of registers spilled")
+    if serialized:
+        res.errors.append(f"{name}: ptxas serializes its wgmmas (C7513-C7515)")
 
 
 def _conv3d_igemm(smem: int) -> Result:
@@ -212,8 +231,6 @@ def _w8a8_blockq(smem: int) -> Result:
     with block-scaled activations (two MMA warpgroups), at the Wan shapes' K, with and without bias. Each must
     be warp-specialized (`setmaxnreg`), spill no registers and keep its wgmmas unserialized (ptxas -v); ffn_up
     must keep one MMA group in flight in its K loop (`wgmma.wait_group 1`)."""
-    import re
-
     from kernels import w8a8_blockq as bq
 
     res = Result("w8a8 block-scaled FFN (Gluon)")
@@ -235,17 +252,9 @@ def _w8a8_blockq(smem: int) -> Result:
                          sa_ptr=f32, sb_ptr=f32, bias_ptr=torch.zeros(256, dtype=torch.bfloat16), so_ptr=f32,
                          M=256, N=256, K=k)
                 if res.compiled > before:
-                    ptx = _LAST[0].asm["ptx"]
                     name = f"{'up' if up else 'down'}{' ping-pong' if pingpong else ''} K={k} bias={has_bias}"
-                    if up and "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
-                        res.errors.append(f"{name}: no wgmma.wait_group 1 (its MMAs do not overlap)")
-                    if ptx.count("setmaxnreg") < (2 if up and not pingpong else 3):
-                        res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
-                    spilled, serialized = _ptxas_report(ptx, 90)
-                    if spilled:
-                        res.errors.append(f"{name}: {spilled} bytes of registers spilled")
-                    if serialized:
-                        res.errors.append(f"{name}: ptxas serializes its wgmmas (C7514)")
+                    _check_warp_specialized(res, name, _LAST[0].asm["ptx"], partitions=2 if up and not pingpong else 3,
+                                            overlap="its MMAs do not overlap" if up else None)
     return res
 
 
@@ -286,10 +295,8 @@ def _sagesla(smem: int) -> Result:
 
 def _sagesla_gluon(smem: int) -> Result:
     """SageSLA's Gluon attention (`kernels.sagesla_gluon`), with and without the linear branch, an even and an odd
-    count of selected blocks (the loop's two peelings), 2 and 3 ring slots: warp-specialized (`setmaxnreg`), its score MMAs overlapping the softmax (a `wgmma.wait_group 1`),
-    no spills and no wgmmas serialized by ptxas."""
-    import re
-
+    count of selected blocks (the loop's two peelings), 2 and 3 ring slots: warp-specialized (`setmaxnreg`), its
+    score MMAs overlapping the softmax (a `wgmma.wait_group 1`), no spills and no wgmmas serialized by ptxas."""
     from kernels import sagesla_gluon as sgg
 
     res = Result("sagesla Gluon attention (FA3-style)")
@@ -311,17 +318,8 @@ def _sagesla_gluon(smem: int) -> Result:
                  OLIN=torch.zeros(bh, length, d, dtype=torch.float16), O=o, L=length, H=2, n_qblocks=nq,
                  n_kblocks=nk, TOPK=topk, stride_ob=o.stride(0), stride_oh=o.stride(1), stride_ol=o.stride(2))
         if res.compiled > before:
-            ptx = _LAST[0].asm["ptx"]
-            name = f"linear={linear} topk={topk} stages={stages}"
-            if "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
-                res.errors.append(f"{name}: no wgmma.wait_group 1 (its score MMAs do not overlap the softmax)")
-            if ptx.count("setmaxnreg") < 3:
-                res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
-            spilled, serialized = _ptxas_report(ptx, 90)
-            if spilled:
-                res.errors.append(f"{name}: {spilled} bytes of registers spilled")
-            if serialized:
-                res.errors.append(f"{name}: ptxas serializes its wgmmas (C7513-C7515)")
+            _check_warp_specialized(res, f"linear={linear} topk={topk} stages={stages}", _LAST[0].asm["ptx"],
+                                    partitions=3, overlap="its score MMAs do not overlap the softmax")
     return res
 
 

@@ -188,6 +188,12 @@ in_tree() {
     shift
     (cd "$tree" && PYTHONPATH="${PYTHONPATH%%:*}:$tree" "$@")
 }
+# gluon_attn_tests SECONDS: the Gluon SageSLA kernel's GPU tests, failures shown with their assertion lines
+gluon_attn_tests() {
+    timeout "$1" python3 -m pytest -q -p no:cacheprovider --timeout 70 --tb=short -m gpu \
+        tests/unit/kernels/test_sagesla_gluon.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
+}
 # turbovid_bench SECONDS: turbovid bench (1.3B whole job, 2-layer umT5); --logs keeps the worker's logs and
 # autotune choices (to ship) in $OUT/logs/e2e
 turbovid_bench() {
@@ -854,9 +860,7 @@ elif [ "$mode" = s31c ]; then
         echo "== 1.3B DiT, attention kernel $run"; grep -E "fused|rror" "$OUT/logs/dit13b-$run.log" | tail -2
     done
 elif [ "$mode" = s31d ]; then
-    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 70 --tb=short -m gpu \
-        tests/unit/kernels/test_sagesla_gluon.py > "$OUT/logs/tests.log" 2>&1
-    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
+    gluon_attn_tests 150
     timeout 150 python3 scripts/attn_probe.py --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -24
     export PATH=$PATH:/usr/local/cuda/bin:$(ls -d /opt/nvidia/nsight-compute/*/ 2>/dev/null | tail -1)
@@ -895,9 +899,7 @@ runpy.run_module('models.bench_dit', run_name='__main__')
         echo "== 1.3B DiT, attention $run"; grep -E "fused|rror" "$OUT/logs/dit13b-$run.log" | tail -2
     done
 elif [ "$mode" = s31e ]; then
-    timeout 130 python3 -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -m gpu \
-        tests/unit/kernels/test_sagesla_gluon.py > "$OUT/logs/tests.log" 2>&1
-    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -12
+    gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
 elif [ "$mode" = s26e ]; then
