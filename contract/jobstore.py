@@ -110,9 +110,8 @@ class JobStore:
         members: list[tuple[Any, float]] = self.r.zrange(  # type: ignore[assignment]
             self.keys.active(owner), 0, -1, withscores=True)
         freed = []
-        for raw, reserved_at in members:
-            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            record = self.get(job_id)
+        ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw, _ in members]
+        for job_id, (_, reserved_at), record in zip(ids, members, self.get_many(ids), strict=True):
             if record is None and now - float(reserved_at) < RESERVATION_GRACE_S:
                 continue
             if record is not None:
@@ -166,6 +165,14 @@ class JobStore:
         if not raw:
             return None
         return load_record(raw)
+
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The records of `job_ids` (None where there is none), read in one round trip (a sweep over every
+        active job would otherwise wait on Redis once per job)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
+        return [load_record(raw) if raw else None for raw in pipe.execute()]
 
     def list_ids(self, owner: str, *, after: str | None, limit: int, order: str) -> list[str]:
         """Job ids of `owner`, newest first for order="desc", strictly after the cursor id."""

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from rq import Queue
@@ -227,42 +228,52 @@ def rescue_orphans(store: JobStore, jobs: JobQueue, q: QueueSettings, *, now: fl
     sweep (they fail as queue_timeout). Returns the re-queued job ids."""
     client = store.r
     now = time.time() if now is None else now
+    ids = [raw.decode() if isinstance(raw, bytes) else str(raw)
+           for key in client.scan_iter(match=store.keys.active("*"), count=500)
+           for raw in client.zrange(key, 0, -1)]  # type: ignore[union-attr]
+    if not ids:
+        return []
+    # every read batched: the records, the orphan markers, then (for queued jobs nothing queues) the leases
+    records = store.get_many(ids)
+    markers = [store.keys.orphan(job_id) for job_id in ids]
+    seen: list[Any] = client.mget(markers)  # type: ignore[assignment]
+    queued = [i for i, record in enumerate(records) if record is not None and record.status is JobStatus.queued
+              and now - record.created_at <= q.queued_ttl_s]
+    present = _ids_on_queues(client) if queued else set()
+    unseen = [i for i in queued if ids[i] not in present]
+    pipe = client.pipeline(transaction=False)
+    for i in unseen:
+        pipe.exists(store.keys.lease(ids[i]))
+    orphans = {i for i, leased in zip(unseen, pipe.execute(), strict=True) if not leased}
+    # markers of jobs that are not (or no longer) orphans go, in one command; first sightings are marked
+    gone = [markers[i] for i in range(len(ids)) if i not in orphans and seen[i] is not None]
+    if gone:
+        client.delete(*gone)
+    pipe = client.pipeline(transaction=False)
+    for i in orphans:
+        if seen[i] is None:
+            pipe.set(markers[i], repr(now), ex=max(600, 4 * ORPHAN_CONFIRM_S))
+    pipe.execute()
     rescued: list[str] = []
-    present: set[str] | None = None  # every job id on any RQ queue or in any started registry, read once
-    for key in client.scan_iter(match=store.keys.active("*"), count=500):
-        for raw in client.zrange(key, 0, -1):  # type: ignore[union-attr]
-            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            record = store.get(job_id)
-            marker = store.keys.orphan(job_id)
-            if record is None or record.status is not JobStatus.queued or now - record.created_at > q.queued_ttl_s:
-                client.delete(marker)
+    for i in sorted(orphans):
+        if seen[i] is None or now - float(seen[i]) < ORPHAN_CONFIRM_S:
+            continue
+        job_id = ids[i]
+        pipe, current = store.watch(job_id)
+        try:
+            if current is None or current.status is not JobStatus.queued:
                 continue
-            if present is None:
-                present = _ids_on_queues(client)
-            if job_id in present or client.exists(store.keys.lease(job_id)):
-                client.delete(marker)
-                continue
-            first = client.get(marker)
-            if first is None:
-                client.set(marker, repr(now), ex=max(600, 4 * ORPHAN_CONFIRM_S))
-                continue
-            if now - float(first) < ORPHAN_CONFIRM_S:  # type: ignore[arg-type]
-                continue
-            pipe, current = store.watch(job_id)
-            try:
-                if current is None or current.status is not JobStatus.queued:
-                    continue
-                pipe.multi()
-                jobs.submit(current.spec, at_front=True, pipeline=pipe)
-                pipe.delete(marker)
-                pipe.execute()
-            except redis.WatchError:
-                continue  # it moved meanwhile: somebody has it
-            finally:
-                pipe.reset()
-            log.warning("job %s was queued with nothing on its queue for %.0f s; put back on queue %s", job_id,
-                        now - float(first), current.spec.model)  # type: ignore[arg-type]
-            rescued.append(job_id)
+            pipe.multi()
+            jobs.submit(current.spec, at_front=True, pipeline=pipe)
+            pipe.delete(markers[i])
+            pipe.execute()
+        except redis.WatchError:
+            continue  # it moved meanwhile: somebody has it
+        finally:
+            pipe.reset()
+        log.warning("job %s was queued with nothing on its queue for %.0f s; put back on queue %s", job_id,
+                    now - float(seen[i]), current.spec.model)
+        rescued.append(job_id)
     return rescued
 
 

@@ -281,6 +281,60 @@ def test_a_worker_ending_the_job_while_the_reaper_acts_keeps_its_end(settings, c
         j.delete(remove_from_queue=True)  # nobody should deliver to example.com
 
 
+class _CountingRedis(redis.Redis):
+    """A real client that counts its round trips to Redis: single commands and pipeline executions. SCAN pages
+    are not counted: how many there are depends on the whole keyspace (other tests' keys), not on the caller."""
+
+    trips = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if str(args[0]).upper() != "SCAN":
+            self.trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        outer = self
+
+        class _Pipeline(redis.client.Pipeline):
+            def execute(self, raise_on_error: bool = True) -> Any:
+                outer.trips += 1
+                return super().execute(raise_on_error)
+
+        return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+def test_the_orphan_sweep_waits_on_redis_as_often_for_forty_jobs_as_for_five(settings):
+    """The sweep runs on every heartbeat of one worker of the fleet and looks at every active job: its reads go
+    in batches (records, markers, leases) and it writes nothing when nothing changed, so its round trips do not
+    grow with the number of jobs (it used to read each record, and delete each job's marker, one at a time)."""
+    from worker.reaper import rescue_orphans
+
+    client = _CountingRedis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.key_prefix)
+    store, jobs = JobStore(client, keys), JobQueue(client, settings.queue)
+    model = settings.worker.queues[0]
+    q = Queue(model, connection=client, serializer=RQ_SERIALIZER)
+    leased = _spec(model)  # queued, off the queue, but a live worker's lease says it is taken
+    store.create(leased, ttl_s=3600)
+    client.set(keys.lease(leased.job_id), "w-live", ex=60)
+    client.set(keys.orphan(leased.job_id), repr(time.time()), ex=60)  # seen once before it was taken
+
+    assert rescue_orphans(store, jobs, settings.queue) == []
+    assert not client.exists(keys.orphan(leased.job_id))  # its stale marker went (one DEL)
+    trips = []
+    for n in (5, 40):
+        while len(q.get_job_ids()) < n:
+            spec = _spec(model)
+            store.create(spec, ttl_s=3600)
+            jobs.submit(spec)
+        client.trips = 0
+        assert rescue_orphans(store, jobs, settings.queue) == []
+        trips.append(client.trips)
+        assert not [k for k in client.scan_iter(match=keys.orphan("*"))]  # no job was marked
+    assert trips[0] == trips[1], trips  # (reading the RQ queues' contents takes a few per queue in Redis)
+    q.empty()
+
+
 def test_a_queued_job_with_nothing_on_its_queue_is_put_back_after_two_sightings(settings):
     """A record "queued" that no queue holds and no worker has (what a lost write leaves) goes back on its
     queue at the front once two sweeps ORPHAN_CONFIRM_S apart saw it so; jobs that wait on a queue, that a

@@ -136,6 +136,17 @@ def test_slots_of_jobs_that_ended_unnoticed_are_swept(client, keys):
     assert store.sweep_all_slots(**ttl) == 2 and store.active_count("k") == 0
 
 
+def test_records_read_in_one_batch_match_single_reads(client, keys):
+    store = JobStore(client, keys)
+    for jid in ("video_a", "video_b"):
+        store.create(_spec(jid, owner="k"), ttl_s=600)
+    client.hset(keys.job("video_b"), "status", "completed")
+    got = store.get_many(["video_b", "video_missing", "video_a"])
+    assert got[1] is None and got[0] == store.get("video_b") and got[2] == store.get("video_a")
+    assert got[0].status is JobStatus.completed and got[2].status is JobStatus.queued
+    assert store.get_many([]) == []
+
+
 def test_worker_pools_show_ranks_budget_and_offloads_and_read_older_records(client, keys):
     from service.engine import worker_pools
 
