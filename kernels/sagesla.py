@@ -566,6 +566,11 @@ def _gluon_runs(p: _Prepared) -> bool:
         if torch.cuda.is_current_stream_capturing():
             return False
         _GLUON_CHECKED[index] = _check_gluon(index)
+        if _GLUON_CHECKED[index]:
+            import logging
+
+            logging.getLogger(__name__).info("SageSLA attention on cuda:%d: the Gluon kernel (%s=%s)", index,
+                                             KERNEL_ENV, _kernel_choice())
     return _GLUON_CHECKED[index]
 
 
