@@ -1,8 +1,9 @@
 """SageSLA's fused sparse attention for Hopper (sm90) in Gluon: the score MMAs overlap the softmax.
 
 Why a second form of `kernels.sagesla`'s `_sagesla_fwd_kernel`: in the Triton kernel every key tile's int8
-Q·Kᵀ runs as four chained wgmmas, each waited for before the next is issued, and the softmax of a tile can only
-start after its scores are back. The scores' MMA and the CUDA-core work (int32 → fp32, max, exp2, row sums,
+Q·Kᵀ runs as four chained wgmmas, each waited for before the next is issued (ptxas serializes all of the
+kernel's wgmmas: its advisory C7515, the accumulator rescale written between them), and the softmax of a tile can
+only start after its scores are back. The scores' MMA and the CUDA-core work (int32 → fp32, max, exp2, row sums,
 the fp8 P) take turns, and with ~150 registers per thread three 64-row programs per SM are too few warps to
 fill the gaps (Nsight Compute, session 27: 13-17 % of the samples on `wgmma.wait_group 0`, 14 % on a barrier).
 
@@ -14,7 +15,7 @@ the FP8 Vᵀ, the sorted block LUT, the linear branch's output):
 - in each warpgroup the next key block's Q·Kᵀ is issued before the current block's softmax, so the tensor
   cores work during the softmax, and the two warpgroups' softmaxes interleave with each other's MMAs. (Keeping
   the previous block's P·V in flight during the softmax as well, FlashAttention-3's other overlap, makes ptxas
-  serialize every wgmma of the kernel (C7514) on Triton 3.6, so P·V is waited for at the end of its step;
+  serialize every wgmma of the kernel (C7513/C7514) on Triton 3.6, so P·V is waited for at the end of its step;
   the scores in flight across the key loop's back edge need the loop taken two blocks at a time, for the same
   reason);
 - the int32 scores become floats by a magic number instead of a conversion instruction: |s| ≤ 128·127·127 <
@@ -33,7 +34,8 @@ FP8, the sparse part rounded to the output dtype before the linear branch is add
 
 Gluon has no interpreter: CPU CI compiles this kernel for sm_90 (`kernels.compile_check sagesla_gluon`, which
 also fails if ptxas serializes its wgmmas or spills), and `tests/unit/kernels/test_sagesla_gluon.py` checks it
-against the Triton kernel on the GPU.
+on the GPU against the fp32 reference and the Triton kernel. `sagesla._launch` runs it where `supported` and the
+first call's check (`sagesla._check_gluon`) say so, unless TURBOVID_WORKER__SAGESLA_KERNEL=triton.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ __all__ = ["available", "supported", "attention", "STAGES", "CONSUMER_REGS"]
 STAGES = 2  # K / Vᵀ ring slots: 2 was 1.05x the Triton kernel at 1.3B, 3 and 4 1.01x (14B: 1.07x either way)
 HALF_M = 64  # query rows per consumer warpgroup (two per program: the LUT's 128-row query block)
 CONSUMER_REGS = 232  # the second consumer warpgroup's registers per thread (setmaxnreg); the loader's 24
-MAGIC_F = 12582912.0  # 1.5 * 2^23: the float whose bits are 0x4B400000
 
 
 def available() -> bool:
