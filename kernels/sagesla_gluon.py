@@ -22,12 +22,13 @@ the FP8 Vᵀ, the sorted block LUT, the linear branch's output):
   2^22, so the bits of s + 0x4B400000 are the float 1.5·2^23 + s exactly; the offset is folded into the
   per-row constant of the one FFMA that scales and shifts each score (exact to < 1 unit of s).
 
-Measured on an H200 (`scripts/attn_probe.py`, sessions 31 `s31c`/`s31d`; kernels/NOTES_sagesla.md): 1.05x the Triton
-kernel at the 1.3B shape (1.071-1.075 against 1.127-1.130 ms), 1.07x at the 14B shape (17.9-18.1 against 19.2-19.3
-ms), the same error to the fp32 reference (3.55e-2 both); the 1.3B DiT 0.154-0.155 s per NFE against 0.156. Nsight
-Compute: still latency-bound (an eligible warp in 46 % of the cycles; a third of the stalls at the warpgroup syncs
-that precede each mbarrier arrive). Freeing a slot's K and Vᵀ with one barrier, and FA3's ping-pong of the two
-warpgroups' softmaxes (turns handed over by mbarriers) gained nothing and were dropped (commit 40fc684 has them).
+Measured on an H200 (`scripts/attn_probe.py`, session 31 `s31c`-`s31e`; kernels/NOTES_sagesla.md): 1.05x the
+Triton kernel at the 1.3B shape (1.069-1.075 against 1.127-1.130 ms), 1.07x at the 14B shape (17.9-18.1 against
+19.2-19.3 ms), the same error to the fp32 reference (3.55e-2 both); the 1.3B DiT took 0.154 s per NFE with it and
+0.156 with the Triton kernel. Nsight Compute: still latency-bound (an eligible warp in 46 % of the cycles; a third
+of the stalls at the warpgroup syncs that precede each mbarrier arrive and wait). Freeing a slot's K and Vᵀ with one
+barrier, and FA3's ping-pong of the two warpgroups' softmaxes (turns handed over by mbarriers), gained nothing and
+were dropped (commit 40fc684 has them).
 
 Same results as the Triton kernel up to fp32 rounding order (P in FP8 e4m3 scaled by 2^P_OFF, V per channel in
 FP8, the sparse part rounded to the output dtype before the linear branch is added).
