@@ -161,6 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s32a     one GPU, ~9 min, NOT RUN YET: what session 31's Gluon attention does to the served job:
+#                                       turbovid bench on the 1.3B (fresh start -> ready, where the kernel's first-call
+#                                       check and compiles now fall in the warm-up; POST -> completed), then the 14B
+#                                       DiT per NFE (CUDA graphs) with the Triton attention kernel and with the Gluon one
 #   bash scripts/gpu_verify.sh s26e     one GPU, ~3 min: where the device idles in one whole 1.3B generate and what the host
 #                                       does meanwhile (scripts/generate_gaps.py, torch profiler)
 #   bash scripts/gpu_verify.sh s25a     one GPU, ~5 min (ran in session 25): the A14B I2V 720p whole job through real processes
@@ -902,6 +906,15 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s32a ]; then
+    turbovid_bench 300
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|SageSLA attention on|Gluon SageSLA" \
+        "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -8
+    for kern in triton auto; do
+        TURBOVID_WORKER__SAGESLA_KERNEL=$kern timeout 120 python3 -m models.bench_dit --sizes 14b --reps 2 --no-checks \
+            --graphs --variants sagesla/w8a8/fused > "$OUT/logs/dit14b-$kern.log" 2>&1
+        echo "== 14B DiT, attention kernel $kern"; grep -E "fused|rror" "$OUT/logs/dit14b-$kern.log" | tail -2
+    done
 elif [ "$mode" = s26e ]; then
     timeout 150 python3 -m cli.main bench --weights "$W" --text-encoder small --skip-e2e --skip-stages \
         > "$OUT/logs/weights.log" 2>&1; tail -2 "$OUT/logs/weights.log"
