@@ -541,8 +541,9 @@ def _prepare(
 
 
 # Which kernel runs the fused attention on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel whose score
-# MMAs overlap the softmax (kernels/sagesla_gluon.py), where it covers the call and passed its check against the
-# Triton kernel; "triton" the Triton kernel always. The worker setting `sagesla_kernel` sets this variable.
+# MMAs overlap the softmax (kernels/sagesla_gluon.py), where it covers the call and passed its first-call check
+# (`_check_gluon`: its error to the fp32 reference within 1.5x the Triton kernel's); "triton" the Triton kernel
+# always. The worker setting `sagesla_kernel` sets this variable.
 KERNEL_ENV = "TURBOVID_WORKER__SAGESLA_KERNEL"
 KERNEL_CHOICES = ("auto", "gluon", "triton")
 P_OFF_FP8 = 8.8  # FP8 P is kept scaled by 2^8.8 ~ 446 < 448 (e4m3's largest); it cancels in acc / l
