@@ -7,6 +7,8 @@ Import-light on purpose: `import kernels` does not import triton. The W8A8 entry
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 from typing import Any
 
 _LAZY = {
@@ -18,7 +20,22 @@ _LAZY = {
     "dequantize_weight_blockwise": "kernels.int8_quant",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [*sorted(_LAZY), "env_choice"]
+
+_WARNED: set[tuple[str, str]] = set()  # (variable, value) pairs `env_choice` has warned about
+
+
+def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
+    """A kernel choice read from its environment variable (a worker setting's own name, so scripts and rank
+    processes follow it too), case-insensitive; an unknown value means `default`, with a warning said once per
+    value and process (these are read at every call of a forward's kernels)."""
+    choice = os.environ.get(variable, default).lower()
+    if choice in choices:
+        return choice
+    if (variable, choice) not in _WARNED:
+        _WARNED.add((variable, choice))
+        logging.getLogger(__name__).warning("%s=%r is not one of %s: using %s", variable, choice, choices, default)
+    return default
 
 
 def __getattr__(name: str) -> Any:

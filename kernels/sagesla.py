@@ -548,7 +548,6 @@ KERNEL_ENV = "TURBOVID_WORKER__SAGESLA_KERNEL"
 KERNEL_CHOICES = ("auto", "gluon", "triton")
 P_OFF_FP8 = 8.8  # FP8 P is kept scaled by 2^8.8 ~ 446 < 448 (e4m3's largest); it cancels in acc / l
 _GLUON_CHECKED: dict[int, bool] = {}  # device index -> `_check_gluon`'s answer, once per process
-_WARNED: set[str] = set()  # unknown KERNEL_ENV values already warned about
 
 
 def _gluon_runs(p: _Prepared) -> bool:
@@ -576,15 +575,9 @@ def _gluon_runs(p: _Prepared) -> bool:
 
 
 def _kernel_choice() -> str:
-    import logging
+    from kernels import env_choice
 
-    choice = os.environ.get(KERNEL_ENV, "auto").lower()
-    if choice in KERNEL_CHOICES:
-        return choice
-    if choice not in _WARNED:  # said once per value, not at each of a forward's attention calls
-        _WARNED.add(choice)
-        logging.getLogger(__name__).warning("%s=%r is not one of %s: using auto", KERNEL_ENV, choice, KERNEL_CHOICES)
-    return "auto"
+    return env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto")
 
 
 def _check_gluon(device_index: int) -> bool:

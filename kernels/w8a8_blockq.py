@@ -30,13 +30,12 @@ kernels on the GPU.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 
 import torch
 import triton
 
+from kernels import env_choice
 from kernels import w8a8_gluon as wg
 from kernels.int8_quant import QMAX
 from kernels.w8a8 import _device_index, _num_sms
@@ -89,10 +88,7 @@ def usable(device: torch.device, n_hidden: int, k_in: int, n_out: int) -> bool:
     supported sizes, and (once per device and process, `_check`) the Gluon int8 GEMM in use there and one small
     FFN through these kernels within tolerance of the reference. Inside a CUDA graph capture the check cannot
     launch, so a first call there answers False (the row-scaled path is captured) without remembering it."""
-    choice = os.environ.get(FFN_ENV, "rowq").lower()
-    if choice not in FFN_CHOICES:
-        _unknown_choice(choice)
-    if choice != "blockq" or device.type != "cuda" or not supported(n_hidden, k_in, n_out):
+    if env_choice(FFN_ENV, FFN_CHOICES, "rowq") != "blockq" or device.type != "cuda" or not supported(n_hidden, k_in, n_out):
         return False
     index = _device_index(device)
     if index not in _CHECKED:
@@ -100,11 +96,6 @@ def usable(device: torch.device, n_hidden: int, k_in: int, n_out: int) -> bool:
             return False
         _CHECKED[index] = _check(index)
     return _CHECKED[index]
-
-
-@functools.cache
-def _unknown_choice(choice: str) -> None:  # said once per value, not at each of a forward's FFNs
-    log.warning("%s=%r is not one of %s: using rowq", FFN_ENV, choice, FFN_CHOICES)
 
 
 def _check(device_index: int) -> bool:

@@ -47,27 +47,28 @@ def test_misspelled_variables_are_found():
     assert unknown_variables(env) == ["TURBOVID_REDIS__URL__HOST", "TURBOVID_WORKER__MODLE"]
 
 
-def test_the_int8_gemm_kernel_setting_is_validated_and_its_variable_is_a_known_one():
-    """worker.w8a8_backend: the kernels read TURBOVID_WORKER__W8A8_BACKEND themselves (kernels/w8a8.py), so the
-    variable must be the setting's own name (no unknown-variable warning) and a bad value stops the start."""
-    from kernels.w8a8 import BACKEND_ENV
+@pytest.mark.parametrize(("module", "env_attr", "choices_attr", "field", "default", "other", "bad"), [
+    ("kernels.w8a8", "BACKEND_ENV", None, "w8a8_backend", "auto", "triton", "cutlass"),
+    ("kernels.w8a8_blockq", "FFN_ENV", "FFN_CHOICES", "w8a8_ffn", "rowq", "blockq", "blockwise"),
+    ("kernels.sagesla", "KERNEL_ENV", "KERNEL_CHOICES", "sagesla_kernel", "auto", "triton", "fastest"),
+])
+def test_kernel_choice_settings_are_validated_and_their_variables_are_known_ones(
+        module, env_attr, choices_attr, field, default, other, bad):
+    """worker.w8a8_backend / w8a8_ffn / sagesla_kernel: the kernels read TURBOVID_WORKER__<NAME> themselves, so the
+    variable must be the setting's own name (no unknown-variable warning), the kernels' choices the setting's,
+    and a bad value stops the start."""
+    import importlib
+    import typing
 
-    assert BACKEND_ENV == "TURBOVID_WORKER__W8A8_BACKEND"
-    assert load_settings(DEV).worker.w8a8_backend == "auto"
-    assert load_settings({**DEV, BACKEND_ENV: "triton"}).worker.w8a8_backend == "triton"
-    assert unknown_variables({BACKEND_ENV: "gluon"}) == []
-    with pytest.raises(ConfigError, match=BACKEND_ENV):
-        load_settings({**DEV, BACKEND_ENV: "cutlass"})
+    from contract.settings import WorkerSettings
 
-
-def test_the_int8_ffn_setting_is_validated_and_its_variable_is_a_known_one():
-    """worker.w8a8_ffn: read by kernels/w8a8_blockq.py as TURBOVID_WORKER__W8A8_FFN (the setting's own name)."""
-    from kernels.w8a8_blockq import FFN_CHOICES, FFN_ENV
-
-    assert FFN_ENV == "TURBOVID_WORKER__W8A8_FFN"
-    assert load_settings(DEV).worker.w8a8_ffn == "rowq"
-    assert load_settings({**DEV, FFN_ENV: "blockq"}).worker.w8a8_ffn == "blockq"
-    assert unknown_variables({FFN_ENV: "blockq"}) == []
-    assert set(FFN_CHOICES) == {"rowq", "blockq"}
-    with pytest.raises(ConfigError, match=FFN_ENV):
-        load_settings({**DEV, FFN_ENV: "blockwise"})
+    mod = importlib.import_module(module)
+    env = getattr(mod, env_attr)
+    assert env == f"TURBOVID_WORKER__{field.upper()}"
+    assert load_settings(DEV).worker.model_dump()[field] == default
+    assert load_settings({**DEV, env: other}).worker.model_dump()[field] == other
+    assert unknown_variables({env: other}) == []
+    if choices_attr is not None:
+        assert set(getattr(mod, choices_attr)) == set(typing.get_args(WorkerSettings.model_fields[field].annotation))
+    with pytest.raises(ConfigError, match=env):
+        load_settings({**DEV, env: bad})

@@ -43,29 +43,16 @@ def test_cpu_calls_take_the_triton_kernel() -> None:
 
 
 def test_an_unknown_kernel_choice_is_warned_about_once_and_means_auto(monkeypatch, caplog) -> None:
+    import kernels
+
     monkeypatch.setenv(sg.KERNEL_ENV, "fastest")
-    sg._WARNED.discard("fastest")
-    with caplog.at_level(logging.WARNING, logger="kernels.sagesla"):
+    kernels._WARNED.discard((sg.KERNEL_ENV, "fastest"))
+    with caplog.at_level(logging.WARNING, logger="kernels"):
         assert sg._kernel_choice() == "auto" and sg._kernel_choice() == "auto"
     assert [r.getMessage() for r in caplog.records].count(
         f"{sg.KERNEL_ENV}='fastest' is not one of ('auto', 'gluon', 'triton'): using auto") == 1
     monkeypatch.setenv(sg.KERNEL_ENV, "Triton")
     assert sg._kernel_choice() == "triton"
-
-
-def test_the_worker_setting_takes_the_three_choices_only(monkeypatch) -> None:
-    import pydantic
-
-    from contract.settings import Settings
-
-    monkeypatch.setenv("TURBOVID_DEV_MODE", "true")
-    monkeypatch.delenv(sg.KERNEL_ENV, raising=False)
-    assert Settings().worker.sagesla_kernel == "auto"
-    monkeypatch.setenv(sg.KERNEL_ENV, "triton")  # the worker's own variable: the kernels read the same one
-    assert Settings().worker.sagesla_kernel == "triton"
-    monkeypatch.setenv(sg.KERNEL_ENV, "fastest")
-    with pytest.raises(pydantic.ValidationError, match="sagesla_kernel"):
-        Settings()
 
 
 # ---------------------------------------------------------------------------------------------------- GPU

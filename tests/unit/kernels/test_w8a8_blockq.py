@@ -101,11 +101,20 @@ def test_sizes_and_arguments_are_checked_before_any_launch():
                     torch.bfloat16)
 
 
-def test_it_runs_only_when_asked_for_and_on_the_gpu(monkeypatch):
+def test_it_runs_only_when_asked_for_and_on_the_gpu(monkeypatch, caplog):
+    import kernels
+
     monkeypatch.delenv(bq.FFN_ENV, raising=False)
     assert not bq.usable(torch.device("cuda", 0), 8960, 1536, 1536)  # not asked for: no device is even asked
     monkeypatch.setenv(bq.FFN_ENV, "rowq")
     assert not bq.usable(torch.device("cuda", 0), 8960, 1536, 1536)
+    monkeypatch.setenv(bq.FFN_ENV, "blockwise")  # unknown: rowq, said once
+    kernels._WARNED.discard((bq.FFN_ENV, "blockwise"))
+    with caplog.at_level("WARNING", logger="kernels"):
+        assert not bq.usable(torch.device("cuda", 0), 8960, 1536, 1536)
+        assert not bq.usable(torch.device("cuda", 0), 8960, 1536, 1536)
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{bq.FFN_ENV}='blockwise' is not one of ('rowq', 'blockq'): using rowq") == 1
     monkeypatch.setenv(bq.FFN_ENV, "blockq")
     assert not bq.usable(torch.device("cpu"), 8960, 1536, 1536)
     assert not bq.usable(torch.device("cuda", 0), 1000, 1536, 1536)  # the hidden width is not whole blocks
