@@ -205,8 +205,7 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
         owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(prefix)
         freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s,
                                    hook=end_webhook)
-    for job_id in freed:
-        record = store.get(job_id)
+    for job_id, record in zip(freed, store.get_many(freed), strict=True):
         if (record is not None and record.status is JobStatus.failed and record.error is not None
                 and record.error.code == ErrorCode.queue_timeout and (record.completed_at or 0) >= started):
             jobs.remove(record.spec.model, job_id)
