@@ -50,7 +50,6 @@ if wg.available():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     from kernels.w8a8_gluon import _tma_load
 
@@ -242,21 +241,13 @@ if wg.available():
             mbarrier.invalidate(v_empty.index(j))
 
 
-def _gl_dtype(dtype: torch.dtype):  # noqa: ANN202 - a Gluon dtype
-    return {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}[dtype]
-
-
 def descriptors(q8: torch.Tensor, k8: torch.Tensor, vt: torch.Tensor, block_k: int) -> tuple:
     """TMA descriptors over all heads' rows: int8 Q and K as [B·H·L, D] (boxes of 64 query rows / one key block),
     FP8 Vᵀ as [B·H·D, L_pad] (boxes of D channels × one key block)."""
     bh, length, d = q8.shape
-
-    def desc(t: torch.Tensor, block: list[int]) -> object:
-        layout = gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype))
-        return GluonDescriptor(t, list(t.shape), list(t.stride()), block, layout)
-
-    return (desc(q8.view(bh * length, d), [HALF_M, d]), desc(k8.view(bh * length, d), [block_k, d]),
-            desc(vt.view(bh * d, vt.shape[-1]), [d, block_k]))
+    return (wg.tma_descriptor(q8.view(bh * length, d), [HALF_M, d]),
+            wg.tma_descriptor(k8.view(bh * length, d), [block_k, d]),
+            wg.tma_descriptor(vt.view(bh * d, vt.shape[-1]), [d, block_k]))
 
 
 def launch_meta(has_linear: bool, p_off: float, topk: int, stages: int = STAGES) -> dict:

@@ -197,16 +197,19 @@ if _HAVE_GLUON:
 
 def _gl_dtype(dtype: torch.dtype):  # noqa: ANN202 - a Gluon dtype
     return {torch.int8: gl.int8, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
-            torch.float32: gl.float32}[dtype]  # fmt: skip
+            torch.float32: gl.float32, torch.float8_e4m3fn: gl.float8e4nv}[dtype]  # fmt: skip
+
+
+def tma_descriptor(t: torch.Tensor, block: list[int]) -> object:
+    """A Gluon TMA descriptor over all of t with boxes of `block`, in Gluon's default swizzled shared layout for
+    that box and t's dtype (the layout the kernels' shared-memory buffers are allocated with)."""
+    layout = gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype))
+    return GluonDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
 def descriptors(xq: torch.Tensor, wq: torch.Tensor, y: torch.Tensor, bm: int, bn: int, bk: int) -> tuple:
     """Gluon TMA descriptors for x [M, K], w [N, K] and y [M, N] with the config's blocks."""
-    def desc(t: torch.Tensor, block: list[int]) -> object:
-        layout = gl.NVMMASharedLayout.get_default_for(block, _gl_dtype(t.dtype))
-        return GluonDescriptor(t, list(t.shape), list(t.stride()), block, layout)
-
-    return desc(xq, [bm, bk]), desc(wq, [bn, bk]), desc(y, [bm, bn])
+    return tma_descriptor(xq, [bm, bk]), tma_descriptor(wq, [bn, bk]), tma_descriptor(y, [bm, bn])
 
 
 def w8a8_gemm_gluon(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor,
