@@ -542,18 +542,22 @@ def _prepare(
 
 # Which kernel runs the fused attention on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel whose score
 # MMAs overlap the softmax (kernels/sagesla_gluon.py), where it covers the call and passed its first-call check
-# (`_check_gluon`: its error to the fp32 reference within 1.5x the Triton kernel's); "triton" the Triton kernel
-# always. The worker setting `sagesla_kernel` sets this variable.
+# (`_check_gluon`: on the first covered call's own operands, its output within GLUON_MAX_DISTANCE of the Triton
+# kernel's); "triton" the Triton kernel always. The worker setting `sagesla_kernel` sets this variable.
 KERNEL_ENV = "TURBOVID_WORKER__SAGESLA_KERNEL"
 KERNEL_CHOICES = ("auto", "gluon", "triton")
 P_OFF_FP8 = 8.8  # FP8 P is kept scaled by 2^8.8 ~ 446 < 448 (e4m3's largest); it cancels in acc / l
+# The two kernels read the same quantized operands and differ only in their own rounding (FP8 P, the order of
+# the fp32 sums): 1.7e-3 apart at the 1.3B shape and 1.9e-3 at the 14B one (H200, session 31), while each is
+# 3.6e-2 from the fp32 reference; a kernel that reads a wrong block or races is off by far more than this.
+GLUON_MAX_DISTANCE = 1e-2
 _GLUON_CHECKED: dict[int, bool] = {}  # device index -> `_check_gluon`'s answer, once per process
 
 
 def _gluon_runs(p: _Prepared) -> bool:
     """Whether this prepared call runs on the Gluon kernel: sm90, asked for (not "triton"), a call it covers, and
-    (once per device and process) `_check_gluon`. Inside a CUDA graph capture the check cannot launch, so a
-    first call there answers False (the Triton kernel is captured) without remembering it."""
+    (once per device and process) `_check_gluon` on this call's operands. Inside a CUDA graph capture the check
+    cannot launch, so a first call there answers False (the Triton kernel is captured) without remembering it."""
     from kernels import sagesla_gluon
 
     dev = p.q.device
@@ -565,7 +569,7 @@ def _gluon_runs(p: _Prepared) -> bool:
     if index not in _GLUON_CHECKED:
         if torch.cuda.is_current_stream_capturing():
             return False
-        _GLUON_CHECKED[index] = _check_gluon(index)
+        _GLUON_CHECKED[index] = _check_gluon(index, p)
         if _GLUON_CHECKED[index]:
             import logging
 
@@ -580,11 +584,25 @@ def _kernel_choice() -> str:
     return env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto")
 
 
-def _check_gluon(device_index: int) -> bool:
-    """A Hopper GPU, a Triton with the Gluon Hopper API, and two small sparse calls (an even and an odd count of
-    selected blocks, a partial last key block, a query block reaching past L, the linear branch) whose error
-    against the fp32 reference is within 1.5x the Triton kernel's (+1e-3); otherwise the Triton kernel, with the
-    reason logged."""
+def _relative_distance(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want|| over [B, H, L, D] outputs, a few heads at a time (a 14B call's output is 0.8 GB:
+    no full-size fp32 copies); inf when `got` holds a NaN or an inf."""
+    num = den = 0.0
+    g2, w2 = got.flatten(0, 1), want.flatten(0, 1)
+    for i in range(0, g2.shape[0], 8):
+        a, b = g2[i:i + 8].float(), w2[i:i + 8].float()
+        if not bool(torch.isfinite(a).all()):
+            return math.inf
+        num += (a - b).square().sum().item()
+        den += b.square().sum().item()
+    return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
+
+
+def _check_gluon(device_index: int, p: _Prepared) -> bool:
+    """A Hopper GPU, a Triton with the Gluon Hopper API, and the Gluon kernel's output on this first call's own
+    operands within GLUON_MAX_DISTANCE (relative) of the Triton kernel's; otherwise the Triton kernel, with the
+    reason logged. The check costs one more launch of each kernel at a shape the worker's warm-up compiles anyway
+    (checking on shapes of its own would compile both kernels twice more before the worker is ready)."""
     import logging
 
     from kernels import sagesla_gluon
@@ -593,21 +611,11 @@ def _check_gluon(device_index: int) -> bool:
     if torch.cuda.get_device_capability(device_index) != (9, 0) or not sagesla_gluon.available():
         return False
     try:
-        dev = torch.device("cuda", device_index)
-        g = torch.Generator(device="cpu").manual_seed(0)
-        for length, ratio in ((1000, 0.4), (1300, 0.25)):  # 16 key blocks -> 6 selected; 21 -> 5
-            q, k, v = (torch.randn(1, length, 2, 128, generator=g).to(dev, torch.bfloat16).transpose(1, 2)
-                       for _ in range(3))
-            w, b = torch.randn(128, 128, generator=g).to(dev) / 11.3, torch.randn(128, generator=g).to(dev) * 0.01
-            prep = _prepare(q, k, v, ratio, w, b, BLOCK_Q, BLOCK_K, False, True)
-            ref = reference(q, k, v, topk_ratio=ratio, proj_l_weight=w, proj_l_bias=b)[0].float()
-            err_t, err_g = ((o.float() - ref).norm().item() / ref.norm().item()
-                            for o in (_launch_triton(prep), _launch_gluon(prep)))
-            if not err_g <= 1.5 * err_t + 1e-3:
-                log.warning("the Gluon SageSLA kernel is off by %.3g (relative; the Triton kernel %.3g) on this Triton "
-                            "%s: using the Triton kernel", err_g, err_t, triton.__version__)
-                return False
-        return True
+        distance = _relative_distance(_launch_gluon(p), _launch_triton(p))
+        if distance <= GLUON_MAX_DISTANCE:
+            return True
+        log.warning("the Gluon SageSLA kernel is %.3g (relative) from the Triton kernel's output on this Triton %s "
+                    "(at most %g allowed): using the Triton kernel", distance, triton.__version__, GLUON_MAX_DISTANCE)
     except Exception as exc:  # noqa: BLE001 - any failure means: the Triton kernel
         log.warning("the Gluon SageSLA kernel does not run on this Triton %s (%s): using the Triton kernel",
                     triton.__version__, f"{type(exc).__name__}: {str(exc)[:200]}")

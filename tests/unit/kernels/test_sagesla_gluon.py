@@ -55,6 +55,47 @@ def test_an_unknown_kernel_choice_is_warned_about_once_and_means_auto(monkeypatc
     assert sg._kernel_choice() == "triton"
 
 
+def test_relative_distance_of_two_outputs() -> None:
+    g = torch.Generator().manual_seed(1)
+    want = torch.randn(1, 11, 40, 128, generator=g).to(torch.bfloat16)  # 11 heads: two chunks of 8 and a rest
+    off = (torch.randn(1, 11, 40, 128, generator=g) * 0.03).to(torch.bfloat16)
+    got = (want.float() + off.float()).to(torch.bfloat16)
+    exact = ((got.float() - want.float()).norm() / want.float().norm()).item()
+    assert sg._relative_distance(want, want) == 0.0
+    assert sg._relative_distance(got, want) == pytest.approx(exact, rel=1e-5) and 0.02 < exact < 0.04
+    got[0, 9, 3, 7] = float("nan")  # in the last chunk
+    assert sg._relative_distance(got, want) == math.inf
+
+
+@pytest.mark.parametrize(("offset", "raises", "expect"), [
+    (0.002, False, True),    # as far apart as the two kernels measure: the Gluon kernel
+    (0.05, False, False),    # too far: the Triton kernel, with a warning
+    (0.0, True, False),      # the Gluon kernel fails to compile or launch: the Triton kernel
+])
+def test_the_first_call_check_compares_the_kernels_on_that_calls_operands(
+        monkeypatch, caplog, offset, raises, expect) -> None:
+    prep = _prepared("cpu", length=200)
+    seen: list[int] = []
+    triton_out = torch.randn(1, 2, 200, 128, generator=torch.Generator().manual_seed(2))
+
+    def fake_gluon(p):  # noqa: ANN001, ANN202
+        seen.append(id(p))
+        if raises:
+            raise RuntimeError("PassManager::run failed")
+        return triton_out * (1 + offset)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    monkeypatch.setattr(sgg, "available", lambda: True)
+    monkeypatch.setattr(sg, "_launch_gluon", fake_gluon)
+    monkeypatch.setattr(sg, "_launch_triton", lambda p: seen.append(id(p)) or triton_out)
+    with caplog.at_level(logging.WARNING, logger="kernels.sagesla"):
+        assert sg._check_gluon(0, prep) is expect
+    assert seen and set(seen) == {id(prep)}  # both kernels ran on the call's own prepared operands
+    assert bool(caplog.records) is not expect
+    if not expect:
+        assert "using the Triton kernel" in caplog.records[0].getMessage()
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 
 
