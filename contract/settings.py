@@ -115,6 +115,10 @@ class WorkerSettings(BaseModel):
     # the softmax (kernels/sagesla_gluon.py; where it covers the call and passed its check at the first call, else
     # Triton's), "triton" the Triton kernel. Read by the kernels too.
     sagesla_kernel: Literal["auto", "gluon", "triton"] = "auto"
+    # The per-token int8 quantization of activations (the FFN's GELU pass) on Hopper: "auto"/"gluon" the Gluon
+    # kernel (kernels/int8_quant_gluon.py; where it holds the row and passed its first-call check, else Triton's),
+    # "triton" the Triton kernel. Read by the kernels too.
+    quant_kernel: Literal["auto", "gluon", "triton"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

@@ -339,6 +339,39 @@ def _int8_quant(smem: int) -> Result:
     return res
 
 
+def _int8_quant_gluon(smem: int) -> Result:
+    """The Gluon activation quantization at the Wan widths (GELU at the FFN-down inputs) and a padded one: it
+    must compile, spill nothing, run the GELU's tanh once per element a thread holds (the Triton kernel's
+    layouts made it twice) and round without a float-to-int conversion (`cvt.r*i`)."""
+    import re
+
+    from kernels import int8_quant_gluon as iqg
+
+    res = Result("int8_quant_gluon activation pass (pieces in their own layouts, no F2I)")
+    if not iqg.available():
+        res.errors.append(f"this Triton {triton.__version__} has no Gluon")
+        return res
+    for k, gelu in ((8960, True), (13824, True), (300, True), (1536, False), (5120, False)):
+        meta = iqg.launch_meta(k)
+        x, q = torch.zeros(4, k, dtype=torch.bfloat16), torch.zeros(4, k, dtype=torch.int8)
+        _compile(res, iqg._quant_rows_kernel, meta, (1,), smem, x_ptr=x, q_ptr=q, s_ptr=torch.zeros(4), M=4, K=k,
+                 stride_xm=k, stride_qm=k, GELU=gelu)
+        if _LAST[0] is None or res.errors:
+            continue
+        ptx = _LAST[0].asm["ptx"]
+        held = meta["BLOCK_M"] * sum(iqg.pieces(k)) // (32 * meta["num_warps"])
+        tanh = ptx.count("tanh.approx.f32")
+        if tanh != (held if gelu else 0):
+            res.errors.append(f"K={k}: {tanh} tanh.approx for {held} elements per thread")
+        if re.search(r"cvt\.r[nz]i\.s(8|16|32)\.f32", ptx):
+            res.errors.append(f"K={k}: a float-to-int cvt in the PTX")
+        spilled, _ = _ptxas_report(ptx, 90)
+        if spilled:
+            res.errors.append(f"K={k}: {spilled} bytes of registers spilled")
+        _LAST[0] = None
+    return res
+
+
 def _softmax_rows(smem: int) -> Result:
     """The VAE attention's softmax at 480p and 720p rows (6,240 and 14,400 keys) and the longest row."""
     from kernels import softmax_rows as sm
@@ -396,6 +429,7 @@ CASES: dict[str, Callable[[int], Result]] = {
     "sagesla": _sagesla,
     "sagesla_gluon": _sagesla_gluon,
     "int8_quant": _int8_quant,
+    "int8_quant_gluon": _int8_quant_gluon,
     "softmax_rows": _softmax_rows,
     "row_norms": _row_norms,
 }

@@ -305,16 +305,22 @@ def quantize_activation_chunked(buf: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int, int, int, int] | None,
               block_m: int | None, block_k: int | None, gelu: bool,
-              pieces: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              pieces: bool | None = None, gluon: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the quant kernel over x's M rows of K; chunks (chunk_w, chunk_g, chunk_n, chunk_s): x held as
     column chunks (`quantize_activation_chunked`), None: plain rows stride_xm apart. pieces: a whole row
     in registers as `row_pieces` (None: where the row is held whole and no block_k is given) instead of
-    one next-power-of-two block."""
+    one next-power-of-two block. gluon: plain rows with default blocks go to the Gluon kernel where
+    `_gluon_runs` says so (False: this module's kernel)."""
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
     on_cpu = x.device.type == "cpu"
+    if gluon and chunks is None and block_m is None and block_k is None and pieces is None and _gluon_runs(x, gelu):
+        from kernels import int8_quant_gluon
+
+        int8_quant_gluon.quantize_rows(x.as_strided((m, k), (stride_xm, 1)), q, s, gelu)
+        return q, s
     meta = launch_meta(k, on_cpu, block_m, block_k, pieces)
     _quantize_rows_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
         x,
@@ -333,6 +339,65 @@ def _quantize(x: torch.Tensor, m: int, k: int, stride_xm: int, chunks: tuple[int
         **meta,
     )
     return q, s
+
+
+# Which kernel quantizes activation rows on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel
+# (kernels/int8_quant_gluon.py: the GELU once per element, no F2I) where it holds the row and its first-call check
+# passed (`_check_gluon`); "triton" this module's kernel always. The worker setting `quant_kernel` sets it.
+KERNEL_ENV = "TURBOVID_WORKER__QUANT_KERNEL"
+KERNEL_CHOICES = ("auto", "gluon", "triton")
+# (device index, GELU, row length) -> `_check_gluon`'s answer for that specialization, once per process
+_GLUON_CHECKED: dict[tuple[int, bool, int], bool] = {}
+
+
+def _gluon_runs(x: torch.Tensor, gelu: bool) -> bool:
+    """Whether these rows go to the Gluon kernel: sm90, asked for (not "triton"), a row length it holds, and
+    (once per device, GELU and row length, outside a CUDA graph capture) `_check_gluon` on this call's rows."""
+    import os
+
+    if x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    from kernels import env_choice, int8_quant_gluon
+
+    k = x.shape[-1]
+    if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not int8_quant_gluon.supported(k):
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    key = (index, gelu, k)
+    if key not in _GLUON_CHECKED:
+        if torch.cuda.is_current_stream_capturing():
+            return False  # the Triton kernel is captured; the check waits for an eager call
+        _GLUON_CHECKED[key] = _check_gluon(x, gelu)
+    return _GLUON_CHECKED[key]
+
+
+def _check_gluon(x: torch.Tensor, gelu: bool) -> bool:
+    """A Hopper GPU, Triton's Gluon API, and on this first call's own rows: the Gluon kernel's scales within 1e-5
+    of the Triton kernel's and its codes within one of them, at most 1 % differing (the two round ties
+    differently and compute the GELU in another order); otherwise the Triton kernel, with the reason logged."""
+    import logging
+
+    from kernels import int8_quant_gluon
+
+    log = logging.getLogger(__name__)
+    if torch.cuda.get_device_capability(x.device) != (9, 0) or not int8_quant_gluon.available():
+        return False
+    m, k = x.shape
+    try:
+        q, s = torch.empty((m, k), dtype=torch.int8, device=x.device), torch.empty(m, device=x.device)
+        int8_quant_gluon.quantize_rows(x, q, s, gelu)
+        q_t, s_t = _quantize(x, m, k, x.stride(0), None, None, None, gelu, gluon=False)
+        diff = (q.int() - q_t.int()).abs()
+        scales_ok = bool(torch.allclose(s, s_t, rtol=1e-5, atol=0))
+        if scales_ok and int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 0.01:
+            return True
+        log.warning("the Gluon int8 quantization (GELU %s, rows of %d) differs from the Triton kernel's on this Triton "
+                    "%s (scales %s, codes up to %d apart): using the Triton kernel", gelu, k, triton.__version__,
+                    "equal" if scales_ok else "differ", int(diff.max()))
+    except Exception as exc:  # noqa: BLE001 - any failure means: the Triton kernel
+        log.warning("the Gluon int8 quantization does not run on this Triton %s (%s): using the Triton kernel",
+                    triton.__version__, f"{type(exc).__name__}: {str(exc)[:200]}")
+    return False
 
 
 def launch_meta(k: int, on_cpu: bool, block_m: int | None = None, block_k: int | None = None,

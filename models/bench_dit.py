@@ -204,10 +204,12 @@ def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str)
 
 def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
           variants: list[tuple[str, str, bool | str]] | None = None, profile_dir: Path | None = None,
-          graphs: bool = False) -> list[dict]:
+          graphs: bool = False, floor: bool = True, ab_env: tuple[str, list[str]] | None = None) -> list[dict]:
     """variants: (attention, linear, norms) with norms True / "fused" (the Triton norm kernels), False /
     "torch" (plain PyTorch), or "split" (the kernels, with each residual add in a pass of its own instead
-    of inside the next norm's: `Ops.fuse_residual_norms` off)."""
+    of inside the next norm's: `Ops.fuse_residual_norms` off). floor False: no GEMM+SDPA floor row.
+    ab_env (variable, values): each variant's same weights timed with the variable at each value in turn,
+    twice round (`ab_rows`), instead of once as they are: a kernel switch's A/B within one process."""
     started = time.time()
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -215,9 +217,10 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
         preset, shape = SIZES[size]
         cfg = WanConfig.from_name(preset)
         tokens = math.prod(shape[2:]) // math.prod(cfg.patch)
-        floor = gemm_sdpa_floor(cfg, tokens, dtype, device)
-        rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor})
-        print(json.dumps(rows[-1]), flush=True)
+        floor_s = gemm_sdpa_floor(cfg, tokens, dtype, device) if floor else math.nan
+        if floor:
+            rows.append({"size": size, "variant": "GEMM+SDPA floor (cuBLAS bf16 + SDPA)", "s_per_nfe": floor_s})
+            print(json.dumps(rows[-1]), flush=True)
         for attention, linear, norms in variants or VARIANTS:
             mode = ("fused" if norms else "torch") if isinstance(norms, bool) else norms
             fused = mode != "torch"
@@ -235,9 +238,12 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
                     model.ops = dataclasses.replace(model.ops, fuse_residual_norms=False)
                 weights_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
                 args = inputs(cfg, shape, device, dtype)
+                if ab_env is not None:
+                    rows.extend(ab_rows(model, args, reps, device, name, size, ab_env, graphs))
+                    continue
                 sec, peak = time_forward(model, args, reps, device)
                 rows.append({"size": size, "variant": name, "s_per_nfe": sec, "peak_gib": peak,
-                             "weights_gib": weights_gib, "vs_floor": sec / floor})
+                             "weights_gib": weights_gib, "vs_floor": sec / floor_s})
                 if graphs and device == "cuda":  # the same forward replayed as a CUDA graph
                     print(json.dumps(rows[-1]), flush=True)
                     graphed = ForwardGraphs(model)
@@ -260,12 +266,49 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
     return rows
 
 
+def ab_rows(model: WanTransformer, args: tuple, reps: int, device: str, name: str, size: str,
+            ab_env: tuple[str, list[str]], graphs: bool) -> list[dict]:
+    """One model's forward timed with the environment variable at each value, in the order A, B, .., A, B, ..
+    (two rounds, so a drift of the GPU's clock shows as a spread, not as a difference), each value's forward
+    under a CUDA graph of its own with `graphs`; the variable is restored afterwards. The rows also say
+    whether each value's output equals the first value's."""
+    import os
+
+    variable, values = ab_env
+    before = os.environ.get(variable)
+    rows: list[dict] = []
+    first: torch.Tensor | None = None
+    try:
+        for round_ in (1, 2):
+            for value in values:
+                os.environ[variable] = value
+                run = ForwardGraphs(model) if graphs else model
+                sec, peak = time_forward(run, args, reps, device)  # type: ignore[arg-type]
+                with torch.no_grad():
+                    out = run(*args)
+                first = out if first is None else first
+                cos = F.cosine_similarity(out.double().flatten(), first.double().flatten(), dim=0).item()
+                rows.append({"size": size, "variant": f"{name}{' +CUDA graph' if graphs else ''} {variable}={value}",
+                             "round": round_, "s_per_nfe": sec, "peak_gib": peak, "cos_to_first": cos})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1.3b,14b")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=300.0, help="start no new variant after this")
     parser.add_argument("--no-checks", action="store_true")
+    parser.add_argument("--no-floor", action="store_true", help="skip the GEMM+SDPA floor (it takes 30 s at 14B)")
+    parser.add_argument("--ab-env", default=None, metavar="VAR=A,B",
+                        help="time each variant with the environment variable VAR at A, then B, .., twice round, "
+                             "on the same weights (e.g. TURBOVID_WORKER__QUANT_KERNEL=triton,auto)")
     parser.add_argument("--out", type=Path, default=None, help="write JSON lines here")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder: one torch.profiler kernel table per variant (one forward, after timing)")
@@ -287,7 +330,14 @@ def main() -> None:
         variants = [(a, lin, f) for a, lin, f in (v.split("/") for v in args.variants.split(","))]
         if any(f not in ("fused", "torch", "split") for _, _, f in variants):
             parser.error("--variants: the third part is fused, torch or split")
-    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile, args.graphs)
+    ab_env = None
+    if args.ab_env:
+        var, _, vals = args.ab_env.partition("=")
+        if not var or not vals:
+            parser.error("--ab-env: VAR=A,B")
+        ab_env = (var, vals.split(","))
+    rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile, args.graphs,
+                 floor=not args.no_floor, ab_env=ab_env)
 
     print("\n== checks (vs fp32 PyTorch reference on the same weights) ==")
     for r in check_rows:

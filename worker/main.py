@@ -95,6 +95,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     memory budget wants (worker/memory.py: `worker.gpu_memory_gb`, else the device's own memory)."""
     import torch
 
+    from kernels.int8_quant import KERNEL_ENV as QUANT_KERNEL_ENV
     from kernels.sagesla import KERNEL_ENV
     from kernels.w8a8 import BACKEND_ENV, gemm_kernel
     from kernels.w8a8_blockq import FFN_ENV
@@ -104,6 +105,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     os.environ[BACKEND_ENV] = w.w8a8_backend  # the kernels read it (this process, and the ranks it starts)
     os.environ[FFN_ENV] = w.w8a8_ffn
     os.environ[KERNEL_ENV] = w.sagesla_kernel
+    os.environ[QUANT_KERNEL_ENV] = w.quant_kernel
     torch_dtype = getattr(torch, dtype)
     cuda = device.startswith("cuda")
     device_gib = torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None
