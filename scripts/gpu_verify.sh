@@ -161,7 +161,11 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s32a     one GPU, ~9 min, NOT RUN YET: what session 31's Gluon attention does to the served job:
+#   bash scripts/gpu_verify.sh s32b     one GPU, ~8 min: the Gluon activation quantization (kernels/int8_quant_gluon.py):
+#                                       scripts/quant_probe.py against the Triton kernel, the GPU tests of both quantization
+#                                       kernels and of the Gluon attention, then the 1.3B and 14B DiT per NFE (CUDA graphs)
+#                                       with TURBOVID_WORKER__QUANT_KERNEL=triton / auto, alternately on the same weights
+#   bash scripts/gpu_verify.sh s32a     one GPU, ~5 min (ran in session 32): what session 31's Gluon attention does to the served job:
 #                                       turbovid bench on the 1.3B (fresh start -> ready, where the kernel's first-call
 #                                       check and compiles now fall in the warm-up; POST -> completed), then the 14B
 #                                       DiT per NFE (CUDA graphs) with the Triton attention kernel and with the Gluon one
@@ -906,6 +910,17 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s32b ]; then
+    timeout 60 python3 scripts/quant_probe.py > "$OUT/logs/quant_probe.log" 2>&1; grep -v "Warn\|warn" "$OUT/logs/quant_probe.log"
+    timeout 170 python3 -m pytest -q -p no:cacheprovider --timeout 100 --tb=short -m gpu \
+        tests/unit/kernels/test_int8_quant_gluon.py tests/unit/kernels/test_int8_quant.py \
+        tests/unit/kernels/test_sagesla_gluon.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
+    for size in 1.3b 14b; do
+        timeout 150 python3 -m models.bench_dit --sizes $size --reps 3 --no-checks --no-floor --graphs \
+            --variants sagesla/w8a8/fused --ab-env TURBOVID_WORKER__QUANT_KERNEL=triton,auto > "$OUT/logs/ab-$size.log" 2>&1
+        echo "== $size DiT per NFE, quantization kernel A/B"; grep -E "^\{|rror" "$OUT/logs/ab-$size.log" | cut -c1-220 | tail -5
+    done
 elif [ "$mode" = s32a ]; then
     turbovid_bench 300
     grep -rhE "precompile:|compiled .* at launch|warm-up done|SageSLA attention on|Gluon SageSLA" \
