@@ -360,7 +360,7 @@ def _gluon_runs(x: torch.Tensor, gelu: bool) -> bool:
     from kernels import env_choice, int8_quant_gluon
 
     k = x.shape[-1]
-    if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not int8_quant_gluon.supported(k):
+    if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not int8_quant_gluon.supported(k, gelu):
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     key = (index, gelu, k)

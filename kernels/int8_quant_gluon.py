@@ -39,6 +39,7 @@ NUM_WARPS = 8
 LANES = 32 * NUM_WARPS  # the narrowest piece: one element per thread
 MAX_PIECES = 4
 MAX_K = 32768  # a row held in registers: at most 128 fp32 values per thread with 8 warps
+MIN_PLAIN_K = 4096  # shorter plain rows: the Triton kernel (see `supported`)
 
 
 def available() -> bool:
@@ -55,9 +56,12 @@ def pieces(k: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def supported(k: int) -> bool:
-    """Rows this kernel holds: K ≤ MAX_K in at most MAX_PIECES pieces."""
-    return 0 < k <= MAX_K and len(pieces(k)) <= MAX_PIECES
+def supported(k: int, gelu: bool = True) -> bool:
+    """Rows this kernel holds, K ≤ MAX_K in at most MAX_PIECES pieces, where it is the faster kernel: with the
+    GELU, or plain rows of at least MIN_PLAIN_K (H200, scripts/quant_probe.py, session 32: plain 32760 x 1536
+    took 60 µs against the Triton kernel's 51, 75600 x 5120 279 against 346; with the GELU 32760 x 8960 273
+    against 377)."""
+    return 0 < k <= MAX_K and len(pieces(k)) <= MAX_PIECES and (gelu or k >= MIN_PLAIN_K)
 
 
 def rows_per_program(k: int) -> int:
@@ -81,7 +85,7 @@ if _HAVE_GLUON:
                     GELU: gl.constexpr, NW: gl.constexpr):
         """(activated fp32 values [BLOCK_M, WIDTH] of columns START.., their row absmax [BLOCK_M] in the
         row layout of `rows`) in the piece's own layout: ≤ 8 contiguous columns per thread (16-byte loads)."""
-        layout: gl.constexpr = gl.BlockedLayout([1, min(8, WIDTH // (32 * NW))], [1, 32], [1, NW], [1, 0])
+        layout: gl.constexpr = gl.BlockedLayout([1, max(1, min(8, WIDTH // (32 * NW)))], [1, 32], [1, NW], [1, 0])
         r = gl.convert_layout(rows, gl.SliceLayout(1, layout))
         ok = gl.convert_layout(row_ok, gl.SliceLayout(1, layout))
         cols = START + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, layout))
@@ -134,16 +138,17 @@ if _HAVE_GLUON:
             _piece_store(q_ptr, x3, rows, row_ok, inv, stride_qm, K, P0 + P1 + P2, P3)
 
 
-def launch_meta(k: int) -> dict[str, int]:
-    """The kernel's constexprs for rows of K (also `kernels.compile_check`'s)."""
+def launch_meta(k: int, num_warps: int = NUM_WARPS) -> dict[str, int]:
+    """The kernel's constexprs for rows of K (also `kernels.compile_check`'s); `num_warps` other than 8 for
+    measuring (a piece narrower than 32 lanes per warp is then held twice)."""
     p = pieces(k) + (0,) * (MAX_PIECES - len(pieces(k)))
-    return {"P0": p[0], "P1": p[1], "P2": p[2], "P3": p[3], "BLOCK_M": rows_per_program(k), "NW": NUM_WARPS,
-            "num_warps": NUM_WARPS}
+    return {"P0": p[0], "P1": p[1], "P2": p[2], "P3": p[3], "BLOCK_M": rows_per_program(k), "NW": num_warps,
+            "num_warps": num_warps}
 
 
-def quantize_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, gelu: bool) -> None:
+def quantize_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, gelu: bool, num_warps: int = NUM_WARPS) -> None:
     """q [M, K] int8 and s [M] fp32 of x [M, K] (CUDA, last dim contiguous, `supported(K)`), in place."""
     m, k = x.shape
-    meta = launch_meta(k)
+    meta = launch_meta(k, num_warps)
     _quant_rows_kernel[((m + meta["BLOCK_M"] - 1) // meta["BLOCK_M"],)](
         x, q, s, m, k, x.stride(0), q.stride(0), GELU=gelu, **meta)

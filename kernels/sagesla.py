@@ -547,10 +547,12 @@ def _prepare(
 KERNEL_ENV = "TURBOVID_WORKER__SAGESLA_KERNEL"
 KERNEL_CHOICES = ("auto", "gluon", "triton")
 P_OFF_FP8 = 8.8  # FP8 P is kept scaled by 2^8.8 ~ 446 < 448 (e4m3's largest); it cancels in acc / l
-# The two kernels read the same quantized operands and differ only in their own rounding (FP8 P, the order of
-# the fp32 sums): 1.7e-3 apart at the 1.3B shape and 1.9e-3 at the 14B one (H200, session 31), while each is
-# 3.6e-2 from the fp32 reference; a kernel that reads a wrong block or races is off by far more than this.
-GLUON_MAX_DISTANCE = 1e-2
+# The two kernels read the same quantized operands and differ in their own rounding: FP8 P, rounded against
+# another running max (the Triton kernel's covers two key blocks at a time), and the order of the fp32 sums.
+# That noise averages out over the keys a row sees: 1.7e-3 apart at the 1.3B shape (3264 keys per row) and 1.9e-3
+# at the 14B one, but 1.2e-2 with 384 keys (L 4100, 6 blocks; H200, session 32), while each kernel is 3.6e-2 from
+# the fp32 reference there. A miscompiled kernel (wrong blocks, races) is off by far more than this.
+GLUON_MAX_DISTANCE = 5e-2
 _GLUON_CHECKED: dict[int, bool] = {}  # device index -> `_check_gluon`'s answer, once per process
 
 

@@ -204,12 +204,13 @@ def profile_forward(model: WanTransformer, args: tuple, path: Path, device: str)
 
 def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device: str = "cuda",
           variants: list[tuple[str, str, bool | str]] | None = None, profile_dir: Path | None = None,
-          graphs: bool = False, floor: bool = True, ab_env: tuple[str, list[str]] | None = None) -> list[dict]:
+          graphs: bool = False, floor: bool = True, ab_env: list[tuple[str, list[str]]] | None = None) -> list[dict]:
     """variants: (attention, linear, norms) with norms True / "fused" (the Triton norm kernels), False /
     "torch" (plain PyTorch), or "split" (the kernels, with each residual add in a pass of its own instead
     of inside the next norm's: `Ops.fuse_residual_norms` off). floor False: no GEMM+SDPA floor row.
-    ab_env (variable, values): each variant's same weights timed with the variable at each value in turn,
-    twice round (`ab_rows`), instead of once as they are: a kernel switch's A/B within one process."""
+    ab_env [(variable, values)]: each variant's same weights timed with each variable at each of its values in
+    turn, twice round (`ab_rows`), one variable after the other, instead of once as they are: kernel switches'
+    A/Bs within one process (the weights are built once)."""
     started = time.time()
     rows: list[dict] = []
     dtype = torch.bfloat16
@@ -238,8 +239,9 @@ def bench(sizes: list[str], reps: int, budget_s: float, out: Path | None, device
                     model.ops = dataclasses.replace(model.ops, fuse_residual_norms=False)
                 weights_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
                 args = inputs(cfg, shape, device, dtype)
-                if ab_env is not None:
-                    rows.extend(ab_rows(model, args, reps, device, name, size, ab_env, graphs))
+                if ab_env:
+                    for spec in ab_env:
+                        rows.extend(ab_rows(model, args, reps, device, name, size, spec, graphs))
                     continue
                 sec, peak = time_forward(model, args, reps, device)
                 rows.append({"size": size, "variant": name, "s_per_nfe": sec, "peak_gib": peak,
@@ -306,9 +308,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=300.0, help="start no new variant after this")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--no-floor", action="store_true", help="skip the GEMM+SDPA floor (it takes 30 s at 14B)")
-    parser.add_argument("--ab-env", default=None, metavar="VAR=A,B",
+    parser.add_argument("--ab-env", action="append", default=[], metavar="VAR=A,B",
                         help="time each variant with the environment variable VAR at A, then B, .., twice round, "
-                             "on the same weights (e.g. TURBOVID_WORKER__QUANT_KERNEL=triton,auto)")
+                             "on the same weights (e.g. TURBOVID_WORKER__QUANT_KERNEL=triton,auto); repeatable")
     parser.add_argument("--out", type=Path, default=None, help="write JSON lines here")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder: one torch.profiler kernel table per variant (one forward, after timing)")
@@ -330,12 +332,12 @@ def main() -> None:
         variants = [(a, lin, f) for a, lin, f in (v.split("/") for v in args.variants.split(","))]
         if any(f not in ("fused", "torch", "split") for _, _, f in variants):
             parser.error("--variants: the third part is fused, torch or split")
-    ab_env = None
-    if args.ab_env:
-        var, _, vals = args.ab_env.partition("=")
+    ab_env = []
+    for spec in args.ab_env:
+        var, _, vals = spec.partition("=")
         if not var or not vals:
             parser.error("--ab-env: VAR=A,B")
-        ab_env = (var, vals.split(","))
+        ab_env.append((var, vals.split(",")))
     rows = bench(args.sizes.split(","), args.reps, args.budget_s, args.out, device, variants, args.profile, args.graphs,
                  floor=not args.no_floor, ab_env=ab_env)
 

@@ -161,7 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s32b     one GPU, ~8 min: the Gluon activation quantization (kernels/int8_quant_gluon.py):
+#   bash scripts/gpu_verify.sh s32c     one GPU, ~8 min: the Gluon quantization again (probe with 4/8/16 warps, its GPU tests
+#                                       and the attention's public-call test after the check's new bound), then the 14B DiT
+#                                       per NFE with each quantization kernel and with each attention kernel, one process
+#   bash scripts/gpu_verify.sh s32b     one GPU, ~8 min (ran in session 32): the Gluon activation quantization (kernels/int8_quant_gluon.py):
 #                                       scripts/quant_probe.py against the Triton kernel, the GPU tests of both quantization
 #                                       kernels and of the Gluon attention, then the 1.3B and 14B DiT per NFE (CUDA graphs)
 #                                       with TURBOVID_WORKER__QUANT_KERNEL=triton / auto, alternately on the same weights
@@ -910,6 +913,15 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s32c ]; then
+    timeout 70 python3 scripts/quant_probe.py > "$OUT/logs/quant_probe.log" 2>&1; grep -v "Warn\|warn" "$OUT/logs/quant_probe.log"
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -m gpu tests/unit/kernels/test_int8_quant_gluon.py \
+        tests/unit/kernels/test_sagesla_gluon.py -k "public_call or gluon_codes" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  |WARNING" "$OUT/logs/tests.log" | cut -c1-260 | head -16
+    timeout 330 python3 -m models.bench_dit --sizes 14b --reps 3 --no-checks --no-floor --graphs --variants sagesla/w8a8/fused \
+        --ab-env TURBOVID_WORKER__QUANT_KERNEL=triton,auto --ab-env TURBOVID_WORKER__SAGESLA_KERNEL=triton,auto \
+        > "$OUT/logs/ab-14b.log" 2>&1
+    echo "== 14B DiT per NFE, quantization then attention kernel A/B"; grep -E "^\{|rror" "$OUT/logs/ab-14b.log" | cut -c1-220 | tail -8
 elif [ "$mode" = s32b ]; then
     timeout 60 python3 scripts/quant_probe.py > "$OUT/logs/quant_probe.log" 2>&1; grep -v "Warn\|warn" "$OUT/logs/quant_probe.log"
     timeout 170 python3 -m pytest -q -p no:cacheprovider --timeout 100 --tb=short -m gpu \

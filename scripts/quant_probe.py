@@ -1,7 +1,8 @@
 """GPU micro-bench: the per-token int8 activation quantization, the Triton kernel (`int8_quant`) against the
 Gluon one (`int8_quant_gluon`), at the Wan DiT's shapes, same inputs, same process (median µs, and the
-bandwidth of the bytes each must move: x read once, codes written once). Also how far apart their codes and
-scales are, and which kernel the public `quantize_activation` takes under each TURBOVID_WORKER__QUANT_KERNEL.
+bandwidth of the bytes each must move: x read once, codes written once), the Gluon kernel also at 4 and 16
+warps. Also how far apart their codes and scales are, and what the public `quantize_activation` takes under each
+TURBOVID_WORKER__QUANT_KERNEL.
 
     python3 scripts/quant_probe.py
 """
@@ -46,6 +47,9 @@ def main() -> None:
               f"{t_t2 * 1e3:.0f} us ({moved / t_t / 1e9:.2f} TB/s); gluon {t_g * 1e3:.0f} us ({moved / t_g / 1e9:.2f} TB/s, "
               f"{t_t / t_g:.2f}x); codes apart: max {int(diff.max())}, {float((diff > 0).float().mean()):.2e} of them; "
               f"scales max rel {s_rel:.1e}", flush=True)
+        for warps in (4, 16):  # the kernel's other warp counts (8 above)
+            t = do_bench(partial(iqg.quantize_rows, x, q, s, gelu, warps), warmup=10, rep=100, return_mode="median")
+            print(f"  gluon, {warps} warps: {t * 1e3:.0f} us ({moved / t / 1e9:.2f} TB/s)", flush=True)
         for choice in ("triton", "auto"):
             os.environ[iq.KERNEL_ENV] = choice
             t = do_bench(partial(iq.quantize_activation, x, gelu=gelu), warmup=10, rep=100, return_mode="median")

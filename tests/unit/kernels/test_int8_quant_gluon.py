@@ -34,6 +34,7 @@ def test_supported_row_lengths_and_rows_per_program() -> None:
     assert not iqg.supported(iqg.MAX_K + 256)  # more than a thread's registers hold
     assert not iqg.supported(15 * 256 + 1)  # 2048 + 1024 + 512 + 256 + a padded rest: five pieces
     assert not iqg.supported(0)
+    assert iqg.supported(1536, gelu=True) and not iqg.supported(1536, gelu=False) and iqg.supported(5120, gelu=False)
     assert iqg.rows_per_program(8960) == 1 and iqg.rows_per_program(1536) == 4 and iqg.rows_per_program(300) == 8
     meta = iqg.launch_meta(13824)
     assert (meta["P0"], meta["P1"], meta["P2"], meta["P3"], meta["BLOCK_M"]) == (8192, 4096, 1024, 512, 1)
@@ -99,8 +100,9 @@ def test_the_check_is_kept_per_gelu_and_row_length_and_the_env_turns_it_off(monk
     x = rows(8960)
     assert iq._gluon_runs(x, True) and iq._gluon_runs(x, True)  # checked once
     assert not iq._gluon_runs(x, False)  # another specialization: a check of its own
-    assert not iq._gluon_runs(rows(1536), False)
-    assert checks == [(True, 8960), (False, 8960), (False, 1536)]
+    assert not iq._gluon_runs(rows(1536), False)  # short plain rows: the Triton kernel is faster, no check
+    assert iq._gluon_runs(rows(1536), True)
+    assert checks == [(True, 8960), (False, 8960), (True, 1536)]
     assert not iq._gluon_runs(rows(15 * 256 + 1), True)  # not held: no check
     monkeypatch.setenv(iq.KERNEL_ENV, "triton")
     assert not iq._gluon_runs(x, True) and len(checks) == 3
