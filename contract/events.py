@@ -17,7 +17,7 @@ import redis
 import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
-from contract.keys import Keys
+from contract.keys import Keys, text
 
 EventType = Literal["queued", "started", "stage", "preview", "completed", "failed"]
 TERMINAL_EVENTS = frozenset({"completed", "failed"})
@@ -66,7 +66,7 @@ class EventLog:
         if pipeline is not None:
             return ""
         entry_id = pipe.execute()[0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return text(entry_id)
 
     def read(self, job_id: str, *, after: str = "0", block_ms: int | None = None,
              count: int = 100) -> list[tuple[str, JobEvent]]:
@@ -81,7 +81,7 @@ class EventLog:
             return None
         entry_id, fields = raw[0]
         data = fields.get(b"data", fields.get("data"))
-        return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+        return (text(entry_id),
                 JobEvent.model_validate_json(data))
 
     def delete(self, job_id: str) -> None:
@@ -108,6 +108,6 @@ def _entries(raw: Any) -> list[tuple[str, JobEvent]]:
     for _stream, entries in raw or []:
         for entry_id, fields in entries:
             data = fields.get(b"data", fields.get("data"))
-            eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            eid = text(entry_id)
             out.append((eid, JobEvent.model_validate_json(data)))
     return out

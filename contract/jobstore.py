@@ -16,7 +16,7 @@ import redis
 from pydantic import BaseModel
 
 from contract.jobs import TERMINAL, ErrorCode, JobError, JobOutput, JobSpec, JobStatus
-from contract.keys import Keys
+from contract.keys import Keys, text
 
 
 class JobRecord(BaseModel):
@@ -110,7 +110,7 @@ class JobStore:
         members: list[tuple[Any, float]] = self.r.zrange(  # type: ignore[assignment]
             self.keys.active(owner), 0, -1, withscores=True)
         freed = []
-        ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw, _ in members]
+        ids = [text(raw) for raw, _ in members]
         for job_id, (_, reserved_at), record in zip(ids, members, self.get_many(ids), strict=True):
             if record is None and now - float(reserved_at) < RESERVATION_GRACE_S:
                 continue
@@ -127,7 +127,7 @@ class JobStore:
         """`sweep_slots` for every owner with an active set (a periodic task); returns slots freed."""
         freed = 0
         for key in self.r.scan_iter(match=self.keys.active("*"), count=500):
-            owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(self.keys.active(""))
+            owner = text(key).removeprefix(self.keys.active(""))
             freed += len(self.sweep_slots(owner, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s))
         return freed
 
@@ -178,7 +178,7 @@ class JobStore:
         """Job ids of `owner`, newest first for order="desc", strictly after the cursor id."""
         key = self.keys.owner(owner)
         ids: list[str] = [
-            i.decode() if isinstance(i, bytes) else str(i)
+            text(i)
             for i in (self.r.zrevrange(key, 0, -1) if order == "desc" else self.r.zrange(key, 0, -1))
         ]
         if after is not None:
@@ -316,8 +316,7 @@ def _dump(record: JobRecord) -> dict[str, str]:
 
 def load_record(raw: dict[Any, Any]) -> JobRecord:
     """A JobRecord from the job hash as HGETALL returns it (bytes or str)."""
-    d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-         for k, v in raw.items()}
+    d = {text(k): text(v) for k, v in raw.items()}
     data: dict[str, Any] = {}
     for k, v in d.items():
         if k in _JSON_FIELDS:

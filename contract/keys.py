@@ -28,6 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def text(reply: object) -> str:
+    """A Redis reply item as text: bytes (a client without decode_responses) decoded as UTF-8, anything else
+    through str()."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "turbovid"

@@ -20,6 +20,7 @@ from rq.job import Job
 
 from contract.jobs import JobSpec, JobStatus
 from contract.jobstore import FinishHook, JobRecord
+from contract.keys import text
 from contract.settings import QueueSettings, WebhookSettings
 
 # The RQ job functions, called by dotted path (the enqueuing process never imports them).
@@ -128,5 +129,5 @@ def remove_from_registry(client: redis.Redis, key: str, job_id: str, *, pipeline
 
 def registry_members(client: redis.Redis, key: str) -> list[str]:
     raw: list[Any] = client.zrange(key, 0, -1)  # type: ignore[assignment]
-    return [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
+    return [text(m) for m in raw]
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from contract.catalog import ModelCard, Solver
 from contract.jobs import Capabilities
-from contract.keys import Keys
+from contract.keys import Keys, text
 
 
 class WorkerInfo(BaseModel):
@@ -65,7 +65,7 @@ class WorkerRegistry:
 
     def live(self, model: str) -> list[WorkerInfo]:
         """Live workers serving `model` (ready or loading); forgets the names of dead ones."""
-        names = sorted(n.decode() if isinstance(n, bytes) else str(n)
+        names = sorted(text(n)
                        for n in self.r.smembers(self.keys.workers(model)))  # type: ignore[union-attr]
         if not names:
             return []

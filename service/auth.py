@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
-from contract.keys import Keys
+from contract.keys import Keys, text
 from contract.settings import Settings
 from service.errors import ApiError
 
@@ -55,7 +55,7 @@ class KeyStore:
         raw = self.r.hget(self.keys.api_keys(), hash_key(plaintext))
         if raw is None:
             return None
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return text(raw)
 
 
 def bearer_token(authorization: str | None) -> str:

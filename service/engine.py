@@ -22,7 +22,7 @@ from contract.catalog import ModelCard
 from contract.events import AsyncEventLog, EventLog, EventType, JobEvent
 from contract.jobs import TERMINAL, Capabilities, ErrorCode, JobError, JobSpec, JobStatus
 from contract.jobstore import JobRecord, JobStore
-from contract.keys import Keys
+from contract.keys import Keys, text
 from contract.queue import JobQueue
 from contract.settings import Settings
 from contract.workers import WorkerInfo, WorkerRegistry, capabilities
@@ -232,7 +232,7 @@ class Engine:
         raw = await self._ar.hget(self.store.keys.api_keys(), sha256_hex)  # type: ignore[misc]
         if raw is None:
             return None
-        key_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        key_id = text(raw)
         if len(self._key_cache) >= 10_000:
             self._key_cache.clear()
         self._key_cache[sha256_hex] = (key_id, now + API_KEY_CACHE_S)
@@ -260,7 +260,7 @@ class Engine:
         stop = start + limit - 1
         raw_ids = await (self._ar.zrevrange(key, start, stop) if order == "desc"
                          else self._ar.zrange(key, start, stop))
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw_ids]
+        ids = [text(i) for i in raw_ids]
         if not ids:
             return []
         pipe = self._ar.pipeline(transaction=False)

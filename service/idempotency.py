@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from contract.jobstore import RESERVATION_GRACE_S
-from contract.keys import Keys
+from contract.keys import Keys, text
 from service.errors import ApiError
 
 MAX_KEY_LEN = 255
@@ -104,5 +104,5 @@ class Idempotency:
         """The job is deleted: its Idempotency-Key, if it had one, is free again."""
         raw = self.r.get(self.keys.idempotency_of(job_id))
         if raw is not None:
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            key = text(raw)
             self.release(owner, key, job_id)

@@ -34,7 +34,7 @@ from rq.registry import StartedJobRegistry
 from contract.events import EventLog, JobEvent
 from contract.jobs import TERMINAL, ErrorCode, JobError, JobStatus
 from contract.jobstore import JobStore
-from contract.keys import Keys
+from contract.keys import Keys, text
 from contract.queue import RQ_SERIALIZER, JobQueue, registry_members, remove_from_registry
 from contract.settings import QueueSettings, WebhookSettings
 
@@ -77,7 +77,7 @@ class Lease:
                 self._job_id = job_id
                 return None
             holder = self.r.get(self.keys.lease(job_id))
-            return "unknown" if holder is None else holder.decode() if isinstance(holder, bytes) else str(holder)
+            return "unknown" if holder is None else text(holder)
 
     def refresh(self) -> None:
         with self._lock:
@@ -202,7 +202,7 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
     freed: list[str] = []
     end_webhook = jobs.end_webhook(webhooks)
     for key in client.scan_iter(match=store.keys.active("*"), count=500):
-        owner = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(prefix)
+        owner = text(key).removeprefix(prefix)
         freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s,
                                    hook=end_webhook)
     for job_id, record in zip(freed, store.get_many(freed), strict=True):
@@ -227,7 +227,7 @@ def rescue_orphans(store: JobStore, jobs: JobQueue, q: QueueSettings, *, now: fl
     sweep (they fail as queue_timeout). Returns the re-queued job ids."""
     client = store.r
     now = time.time() if now is None else now
-    ids = [raw.decode() if isinstance(raw, bytes) else str(raw)
+    ids = [text(raw)
            for key in client.scan_iter(match=store.keys.active("*"), count=500)
            for raw in client.zrange(key, 0, -1)]  # type: ignore[union-attr]
     if not ids:
@@ -284,5 +284,5 @@ def _ids_on_queues(client: redis.Redis) -> set[str]:
         ids.update(queue.get_job_ids())
         ids.update(m.split(":", 1)[0] for m in registry_members(client, queue.started_job_registry.key))
         for raw in client.lrange(f"{queue.key}:intermediate", 0, -1):  # type: ignore[union-attr]
-            ids.add(raw.decode() if isinstance(raw, bytes) else str(raw))
+            ids.add(text(raw))
     return ids

@@ -168,3 +168,12 @@ def test_worker_pools_show_ranks_budget_and_offloads_and_read_older_records(clie
         {**common, "ranks": 1, "gpu_memory_gb": 32.0, "offload": ["experts"], "ready": 1, "loading": 1},
         {**common, "ranks": 2, "gpu_memory_gb": None, "offload": [], "ready": 1, "loading": 0},
     ]
+
+
+def test_redis_replies_as_text() -> None:
+    from contract.keys import text
+
+    # a client without decode_responses returns bytes, one with it str; ids and keys are read either way
+    assert text(b"job-\xc3\xa9") == "job-é" and text("job-é") == "job-é" and text(7) == "7"
+    with pytest.raises(UnicodeDecodeError):
+        text(b"\xff")  # not UTF-8: an error, not a mangled id
