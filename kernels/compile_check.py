@@ -310,15 +310,18 @@ def _sagesla_gluon(smem: int) -> Result:
     q_desc, k_desc, v_desc = sgg.descriptors(q8, k8, vt, block_k)
     o = torch.zeros(1, length, 2, d, dtype=torch.bfloat16).transpose(1, 2)
     # both parities of the selected-block count (the key loop's two peelings), each ring depth
-    for linear, topk, stages in ((True, 4, 2), (False, 5, 2), (True, 5, 3)):
+    # and the P_SMEM form (P through shared memory), at its fewest blocks of each parity
+    for linear, topk, stages, p_smem in ((True, 4, 2, False), (False, 5, 2, False), (True, 5, 3, False),
+                                         (True, 6, 2, True), (False, 7, 3, True)):
         before = res.compiled
-        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk, stages), (nq, bh), smem,
+        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk, stages, p_smem), (nq, bh), smem,
                  q_desc=q_desc, k_desc=k_desc, v_desc=v_desc, QSCALE=torch.zeros(bh, nq), KSCALE=torch.zeros(bh, nk),
                  VSCALE=torch.zeros(bh, d), LUT=torch.zeros(bh, nq, topk, dtype=torch.int32),
                  OLIN=torch.zeros(bh, length, d, dtype=torch.float16), O=o, L=length, H=2, n_qblocks=nq,
                  n_kblocks=nk, TOPK=topk, stride_ob=o.stride(0), stride_oh=o.stride(1), stride_ol=o.stride(2))
         if res.compiled > before:
-            _check_warp_specialized(res, f"linear={linear} topk={topk} stages={stages}", _LAST[0].asm["ptx"],
+            _check_warp_specialized(res, f"linear={linear} topk={topk} stages={stages} p_smem={p_smem}",
+                                    _LAST[0].asm["ptx"],
                                     partitions=3, overlap="its score MMAs do not overlap the softmax")
     return res
 
@@ -354,9 +357,11 @@ def _int8_quant_gluon(smem: int) -> Result:
     for k, gelu in ((8960, True), (13824, True), (300, True), (1536, False), (5120, False)):
         meta = iqg.launch_meta(k)
         x, q = torch.zeros(4, k, dtype=torch.bfloat16), torch.zeros(4, k, dtype=torch.int8)
+        _LAST[0] = None  # set again only if this process compiles this call (see `run`'s shards)
+        errors = len(res.errors)
         _compile(res, iqg._quant_rows_kernel, meta, (1,), smem, x_ptr=x, q_ptr=q, s_ptr=torch.zeros(4), M=4, K=k,
                  stride_xm=k, stride_qm=k, GELU=gelu)
-        if _LAST[0] is None or res.errors:
+        if _LAST[0] is None or len(res.errors) > errors:
             continue
         ptx = _LAST[0].asm["ptx"]
         held = meta["BLOCK_M"] * sum(iqg.pieces(k)) // (32 * meta["num_warps"])
@@ -368,7 +373,6 @@ def _int8_quant_gluon(smem: int) -> Result:
         spilled, _ = _ptxas_report(ptx, 90)
         if spilled:
             res.errors.append(f"K={k}: {spilled} bytes of registers spilled")
-        _LAST[0] = None
     return res
 
 

@@ -35,8 +35,11 @@ except ImportError:  # pragma: no cover - older Triton
 
 __all__ = ["available", "pieces", "quantize_rows", "supported"]
 
-NUM_WARPS = 8
-LANES = 32 * NUM_WARPS  # the narrowest piece: one element per thread
+NUM_WARPS = 8  # rows longer than WIDE_K (H200, scripts/quant_probe.py, session 32: 75600 x 13824 with the GELU
+# 1051 µs at 8 warps, 1086 at 4, 1402 at 16)
+NARROW_WARPS = 4  # rows up to WIDE_K: 32760 x 8960 with the GELU 269 µs at 4 warps, 276 at 8; 75600 x 5120 270 / 279
+WIDE_K = 10240
+LANES = 256  # the narrowest piece: one element per thread of 8 warps, two of 4
 MAX_PIECES = 4
 MAX_K = 32768  # a row held in registers: at most 128 fp32 values per thread with 8 warps
 MIN_PLAIN_K = 4096  # shorter plain rows: the Triton kernel (see `supported`)
@@ -138,15 +141,16 @@ if _HAVE_GLUON:
             _piece_store(q_ptr, x3, rows, row_ok, inv, stride_qm, K, P0 + P1 + P2, P3)
 
 
-def launch_meta(k: int, num_warps: int = NUM_WARPS) -> dict[str, int]:
-    """The kernel's constexprs for rows of K (also `kernels.compile_check`'s); `num_warps` other than 8 for
-    measuring (a piece narrower than 32 lanes per warp is then held twice)."""
+def launch_meta(k: int, num_warps: int | None = None) -> dict[str, int]:
+    """The kernel's constexprs for rows of K (also `kernels.compile_check`'s): NARROW_WARPS up to WIDE_K, else
+    NUM_WARPS; another `num_warps` for measuring (a piece narrower than 32 lanes per warp is then held twice)."""
+    num_warps = num_warps or (NARROW_WARPS if k <= WIDE_K else NUM_WARPS)
     p = pieces(k) + (0,) * (MAX_PIECES - len(pieces(k)))
     return {"P0": p[0], "P1": p[1], "P2": p[2], "P3": p[3], "BLOCK_M": rows_per_program(k), "NW": num_warps,
             "num_warps": num_warps}
 
 
-def quantize_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, gelu: bool, num_warps: int = NUM_WARPS) -> None:
+def quantize_rows(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, gelu: bool, num_warps: int | None = None) -> None:
     """q [M, K] int8 and s [M] fp32 of x [M, K] (CUDA, last dim contiguous, `supported(K)`), in place."""
     m, k = x.shape
     meta = launch_meta(k, num_warps)

@@ -161,7 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s32c     one GPU, ~8 min: the Gluon quantization again (probe with 4/8/16 warps, its GPU tests
+#   bash scripts/gpu_verify.sh s32d     one GPU, ~8 min: the Gluon attention's P_SMEM form (P through shared memory) against the
+#                                       kept one: attn_probe, its GPU tests, the 1.3B DiT per NFE with each (one process);
+#                                       then turbovid bench on the 1.3B (whole job; records the kernel list to ship)
+#   bash scripts/gpu_verify.sh s32c     one GPU, ~8 min (ran in session 32): the Gluon quantization again (probe with 4/8/16 warps, its GPU tests
 #                                       and the attention's public-call test after the check's new bound), then the 14B DiT
 #                                       per NFE with each quantization kernel and with each attention kernel, one process
 #   bash scripts/gpu_verify.sh s32b     one GPU, ~8 min (ran in session 32): the Gluon activation quantization (kernels/int8_quant_gluon.py):
@@ -913,6 +916,18 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s32d ]; then
+    timeout 80 python3 scripts/attn_probe.py --cache /tmp/probe-cache > "$OUT/logs/attn_probe.log" 2>&1
+    grep -E "^==|kernel|whole|rror" "$OUT/logs/attn_probe.log" | cut -c1-200
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -m gpu \
+        tests/unit/kernels/test_sagesla_gluon.py -k "matches" > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -12
+    timeout 80 python3 -m models.bench_dit --sizes 1.3b --reps 3 --no-checks --no-floor --graphs \
+        --variants sagesla/w8a8/fused --ab-env TURBOVID_SAGESLA_P_SMEM=0,1 > "$OUT/logs/ab-13b.log" 2>&1
+    echo "== 1.3B DiT per NFE, P through smem 0 / 1"; grep -E "^\{|rror" "$OUT/logs/ab-13b.log" | cut -c1-200 | tail -4
+    turbovid_bench 230
+    grep -rhE "precompile:|compiled .* at launch|warm-up done|SageSLA attention on|quantization" \
+        "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -8
 elif [ "$mode" = s32c ]; then
     timeout 70 python3 scripts/quant_probe.py > "$OUT/logs/quant_probe.log" 2>&1; grep -v "Warn\|warn" "$OUT/logs/quant_probe.log"
     timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -m gpu tests/unit/kernels/test_int8_quant_gluon.py \

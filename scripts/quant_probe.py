@@ -47,7 +47,7 @@ def main() -> None:
               f"{t_t2 * 1e3:.0f} us ({moved / t_t / 1e9:.2f} TB/s); gluon {t_g * 1e3:.0f} us ({moved / t_g / 1e9:.2f} TB/s, "
               f"{t_t / t_g:.2f}x); codes apart: max {int(diff.max())}, {float((diff > 0).float().mean()):.2e} of them; "
               f"scales max rel {s_rel:.1e}", flush=True)
-        for warps in (4, 16):  # the kernel's other warp counts (8 above)
+        for warps in (4, 8, 16):  # each warp count (the line above: the kernel's default for K)
             t = do_bench(partial(iqg.quantize_rows, x, q, s, gelu, warps), warmup=10, rep=100, return_mode="median")
             print(f"  gluon, {warps} warps: {t * 1e3:.0f} us ({moved / t / 1e9:.2f} TB/s)", flush=True)
         for choice in ("triton", "auto"):

@@ -38,6 +38,8 @@ def test_supported_row_lengths_and_rows_per_program() -> None:
     assert iqg.rows_per_program(8960) == 1 and iqg.rows_per_program(1536) == 4 and iqg.rows_per_program(300) == 8
     meta = iqg.launch_meta(13824)
     assert (meta["P0"], meta["P1"], meta["P2"], meta["P3"], meta["BLOCK_M"]) == (8192, 4096, 1024, 512, 1)
+    assert meta["num_warps"] == meta["NW"] == 8 and iqg.launch_meta(8960)["num_warps"] == 4  # measured (notes)
+    assert iqg.launch_meta(8960, num_warps=16)["NW"] == 16
 
 
 def test_cpu_and_interpreter_calls_take_the_triton_kernel(monkeypatch) -> None:
