@@ -310,18 +310,15 @@ def _sagesla_gluon(smem: int) -> Result:
     q_desc, k_desc, v_desc = sgg.descriptors(q8, k8, vt, block_k)
     o = torch.zeros(1, length, 2, d, dtype=torch.bfloat16).transpose(1, 2)
     # both parities of the selected-block count (the key loop's two peelings), each ring depth
-    # and the P_SMEM form (P through shared memory), at its fewest blocks of each parity
-    for linear, topk, stages, p_smem in ((True, 4, 2, False), (False, 5, 2, False), (True, 5, 3, False),
-                                         (True, 6, 2, True), (False, 7, 3, True)):
+    for linear, topk, stages in ((True, 4, 2), (False, 5, 2), (True, 5, 3)):
         before = res.compiled
-        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk, stages, p_smem), (nq, bh), smem,
+        _compile(res, sgg._sagesla_gluon_kernel, sgg.launch_meta(linear, 8.8, topk, stages), (nq, bh), smem,
                  q_desc=q_desc, k_desc=k_desc, v_desc=v_desc, QSCALE=torch.zeros(bh, nq), KSCALE=torch.zeros(bh, nk),
                  VSCALE=torch.zeros(bh, d), LUT=torch.zeros(bh, nq, topk, dtype=torch.int32),
                  OLIN=torch.zeros(bh, length, d, dtype=torch.float16), O=o, L=length, H=2, n_qblocks=nq,
                  n_kblocks=nk, TOPK=topk, stride_ob=o.stride(0), stride_oh=o.stride(1), stride_ol=o.stride(2))
         if res.compiled > before:
-            _check_warp_specialized(res, f"linear={linear} topk={topk} stages={stages} p_smem={p_smem}",
-                                    _LAST[0].asm["ptx"],
+            _check_warp_specialized(res, f"linear={linear} topk={topk} stages={stages}", _LAST[0].asm["ptx"],
                                     partitions=3, overlap="its score MMAs do not overlap the softmax")
     return res
 

@@ -636,10 +636,8 @@ def _launch_gluon(p: _Prepared) -> torch.Tensor:
 
     B, H, L, D = p.q.shape
     o = p.q.new_empty(B, L, H, D).transpose(1, 2)
-    # the P_SMEM form where the switch (or its default) says so and the call has the blocks for it
-    p_smem = os.environ.get(sagesla_gluon.P_SMEM_ENV, "1" if sagesla_gluon.P_SMEM else "0") == "1" and p.topk >= 6
     return sagesla_gluon.attention(p.q8, p.q_scale, p.k8, p.k_scale, p.vt, p.v_scale, p.lut,
-                                   p.olin if p.has_linear else None, o, H, p.block_k, P_OFF_FP8, p_smem=p_smem)
+                                   p.olin if p.has_linear else None, o, H, p.block_k, P_OFF_FP8)
 
 
 def _launch_triton(p: _Prepared) -> torch.Tensor:

@@ -49,41 +49,26 @@ from kernels import w8a8_gluon as wg
 if wg.available():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
     from kernels.w8a8_gluon import _tma_load
-
-    # a barrier of the calling warps (a partition's, inside warp_specialize); renamed after Triton 3.6
-    _warps_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 
 __all__ = ["available", "supported", "attention", "STAGES", "CONSUMER_REGS"]
 
 STAGES = 2  # K / Vᵀ ring slots: 2 was 1.05x the Triton kernel at 1.3B, 3 and 4 1.01x (14B: 1.07x either way)
 HALF_M = 64  # query rows per consumer warpgroup (two per program: the LUT's 128-row query block)
 CONSUMER_REGS = 232  # the second consumer warpgroup's registers per thread (setmaxnreg); the loader's 24
-# The P_SMEM form (`_rstep`): P through shared memory, each softmax overlapping the previous block's P·V as well as
-# the next block's scores. `sagesla._launch_gluon` takes it where P_SMEM (the default) or TURBOVID_SAGESLA_P_SMEM=1
-# (0: not) says so, for calls of at least six blocks.
-P_SMEM = False
-P_SMEM_ENV = "TURBOVID_SAGESLA_P_SMEM"
 
 
 def available() -> bool:
     return wg.available()
 
 
-def supported(d: int, block_q: int, block_k: int, topk: int, dense: bool, pv_fp8: bool, p_smem: bool = False) -> bool:
+def supported(d: int, block_q: int, block_k: int, topk: int, dense: bool, pv_fp8: bool) -> bool:
     """Whether this kernel covers a prepared call: sparse, FP8 P·V, head dim 128, 128-row query blocks (two
     64-row warpgroups), 64-row key blocks (128-row ones spill and serialize the wgmmas), at least four selected
-    key blocks (the first and last steps are peeled, the middle ones taken two at a time); six for the P_SMEM
-    form (two more steps peeled)."""
-    return (not dense and pv_fp8 and d == 128 and block_q == 2 * HALF_M and block_k == 64
-            and topk >= (6 if p_smem else 4))
+    key blocks (the first and last steps are peeled, the middle ones taken two at a time)."""
+    return not dense and pv_fp8 and d == 128 and block_q == 2 * HALF_M and block_k == 64 and topk >= 4
 
 
 if wg.available():
@@ -156,51 +141,9 @@ if wg.available():
         return s_next, acc, m_i, l_i
 
     @gluon.jit
-    def _rstep(i, p, alpha, s, acc, m_i, l_i, q_tile, k_bufs, v_bufs, p_buf, k_ready, k_empty, v_ready, v_empty,
-               zero_s, q_scale, ks_base, lut_ptr, L, P_OFF: gl.constexpr, FIRST: gl.constexpr,
-               HAS_NEXT: gl.constexpr, HAS_NEXT2: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
-        # The P_SMEM form, one key block i: P_i (its softmax done by the step before) goes through shared memory, so
-        # its P·V holds no registers but its accumulator. The step issues P_i·V_i, takes S_{i+1} (done), issues
-        # S_{i+2} (HAS_NEXT2) and runs softmax_{i+1} while both MMAs run, then waits for both: each step's
-        # softmax overlaps the previous block's P·V and the next block's scores, and no MMA is in flight across a
-        # step boundary.
-        BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
-        NSLOT: gl.constexpr = k_bufs.type.shape[0]
-        slot = i % NSLOT
-        if not FIRST:
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        p_buf.store(p.to(gl.float8e4nv))  # the P·V that read this buffer before is done
-        fence_async_shared()
-        _warps_barrier()  # every warp's part of P is in shared memory before the MMA reads it
-        mbarrier.wait(v_ready.index(slot), (i // NSLOT) & 1)
-        acc = warpgroup_mma(p_buf, v_bufs.index(slot).permute((1, 0)), acc, is_async=True)
-        s_next = s
-        if HAS_NEXT:
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_{i+1} (issued before this P·V)
-            mbarrier.arrive(k_empty.index((i + 1) % NSLOT), count=1)
-            if HAS_NEXT2:
-                nslot = (i + 2) % NSLOT
-                mbarrier.wait(k_ready.index(nslot), ((i + 2) // NSLOT) & 1)
-                s_next = warpgroup_mma(q_tile, k_bufs.index(nslot).permute((1, 0)), zero_s, use_acc=False,
-                                       is_async=True)
-                s_next = warpgroup_mma_wait(num_outstanding=2, deps=(s_next,))  # a type change; waits for nothing
-            kb = gl.load(lut_ptr + i + 1)
-            sc = q_scale * gl.load(ks_base + kb)
-            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, sc, kb, L, BLOCK_N, P_OFF, not HAS_NEXT2, s_layout)
-        # both MMAs waited for here, S_{i+2} long done by now: ptxas serializes every wgmma of the kernel when one is
-        # still in flight across the step boundary (found with P·V or the scores left in flight there, both in C7514)
-        if HAS_NEXT2:
-            acc, s_next = warpgroup_mma_wait(num_outstanding=0, deps=(acc, s_next))
-        else:
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(v_empty.index(slot), count=1)
-        return p, alpha, s_next, acc, m_i, l_i
-
-    @gluon.jit
-    def _consumer(q_smem, k_bufs, v_bufs, p_smem, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
+    def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
                   lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh, stride_ol,
-                  HAS_LINEAR: gl.constexpr, P_OFF: gl.constexpr, EVEN: gl.constexpr, WG: gl.constexpr,
-                  P_SMEM: gl.constexpr):
+                  HAS_LINEAR: gl.constexpr, P_OFF: gl.constexpr, EVEN: gl.constexpr, WG: gl.constexpr):
         HALF: gl.constexpr = q_smem.type.shape[1]
         D: gl.constexpr = q_smem.type.shape[2]
         BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -220,58 +163,23 @@ if wg.available():
         mbarrier.wait(k_ready.index(0), 0)
         s = warpgroup_mma(q_tile, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # a type change; waits for nothing
-        if P_SMEM:
-            # prologue: S_0 waited, S_1 issued, softmax_0; then one `_rstep` per key block (see there)
-            p_buf = p_smem.index(WG)
-            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            mbarrier.arrive(k_empty.index(0), count=1)
-            mbarrier.wait(k_ready.index(1 % k_bufs.type.shape[0]), (1 // k_bufs.type.shape[0]) & 1)
-            s_next = warpgroup_mma(q_tile, k_bufs.index(1 % k_bufs.type.shape[0]).permute((1, 0)), zero_s,
-                                   use_acc=False, is_async=True)
-            s_next = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))  # a type change; waits for nothing
-            kb0 = gl.load(lut_ptr)
-            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, q_scale * gl.load(ks_base + kb0), kb0, L,
-                                          k_bufs.type.shape[1], P_OFF, False, s_layout)
-            s = s_next
-            rbufs = (q_tile, k_bufs, v_bufs, p_buf, k_ready, k_empty, v_ready, v_empty, zero_s, q_scale, ks_base,
-                     lut_ptr, L)
-            p, alpha, s, acc, m_i, l_i = _rstep(0, p, alpha, s, acc, m_i, l_i, *rbufs, P_OFF, True, True, True,
-                                                s_layout, o_layout)
-            # blocks 1 .. TOPK-3 have two blocks after them: two per trip (the scores in flight across the back
-            # edge are then in the same registers), one peeled when their count (TOPK - 3) is odd; `supported`
-            # asks TOPK >= 6 of this form, so the loop runs at least once
-            if EVEN:
-                p, alpha, s, acc, m_i, l_i = _rstep(1, p, alpha, s, acc, m_i, l_i, *rbufs, P_OFF, False, True, True,
-                                                    s_layout, o_layout)
-            START_R: gl.constexpr = 2 if EVEN else 1
-            for j in range(0, gl.maximum((TOPK - 2 - START_R) // 2, 1)):
-                i = START_R + 2 * j
-                p, alpha, s, acc, m_i, l_i = _rstep(i, p, alpha, s, acc, m_i, l_i, *rbufs, P_OFF, False, True, True,
-                                                    s_layout, o_layout)
-                p, alpha, s, acc, m_i, l_i = _rstep(i + 1, p, alpha, s, acc, m_i, l_i, *rbufs, P_OFF, False, True,
-                                                    True, s_layout, o_layout)
-            p, alpha, s, acc, m_i, l_i = _rstep(TOPK - 2, p, alpha, s, acc, m_i, l_i, *rbufs, P_OFF, False, True,
-                                                False, s_layout, o_layout)
-            p, alpha, s, acc, m_i, l_i = _rstep(TOPK - 1, p, alpha, s, acc, m_i, l_i, *rbufs, P_OFF, False, False,
-                                                False, s_layout, o_layout)
-        else:
-            bufs = (q_tile, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, zero_s, q_scale, ks_base, lut_ptr, L)
-            s, acc, m_i, l_i = _step(0, s, acc, m_i, l_i, *bufs, P_OFF, True, False, s_layout, o_layout)
-            # the middle blocks two per iteration: the scores in flight across the loop's back edge are then the ones
-            # the iteration started with, in the same registers (ptxas serializes every wgmma of the kernel when
-            # scores still being written are copied); an odd count peels one. The trip count is at least one by
-            # construction (`supported`: topk >= 4), which the compiler sees, so no path skips the loop either
-            if not EVEN:
-                s, acc, m_i, l_i = _step(1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
-                                         o_layout)
-            START: gl.constexpr = 1 if EVEN else 2
-            for j in range(0, gl.maximum((TOPK - 1 - START) // 2, 1)):
-                i = START + 2 * j
-                s, acc, m_i, l_i = _step(i, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
-                                         o_layout)
-                s, acc, m_i, l_i = _step(i + 1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
-                                         o_layout)
-            s, acc, m_i, l_i = _step(TOPK - 1, s, acc, m_i, l_i, *bufs, P_OFF, False, True, s_layout, o_layout)
+        bufs = (q_tile, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, zero_s, q_scale, ks_base, lut_ptr, L)
+        s, acc, m_i, l_i = _step(0, s, acc, m_i, l_i, *bufs, P_OFF, True, False, s_layout, o_layout)
+        # the middle blocks two per iteration: the scores in flight across the loop's back edge are then the ones
+        # the iteration started with, in the same registers (ptxas serializes every wgmma of the kernel when
+        # scores still being written are copied); an odd count peels one. The trip count is at least one by
+        # construction (`supported`: topk >= 4), which the compiler sees, so no path skips the loop either
+        if not EVEN:
+            s, acc, m_i, l_i = _step(1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
+                                     o_layout)
+        START: gl.constexpr = 1 if EVEN else 2
+        for j in range(0, gl.maximum((TOPK - 1 - START) // 2, 1)):
+            i = START + 2 * j
+            s, acc, m_i, l_i = _step(i, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
+                                     o_layout)
+            s, acc, m_i, l_i = _step(i + 1, s, acc, m_i, l_i, *bufs, P_OFF, False, False, s_layout,
+                                     o_layout)
+        s, acc, m_i, l_i = _step(TOPK - 1, s, acc, m_i, l_i, *bufs, P_OFF, False, True, s_layout, o_layout)
 
         # epilogue: V's per-channel scale and 1 / row sum, the linear branch, one store per row
         rows = qb * (2 * HALF) + WG * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(1, o_layout))
@@ -292,7 +200,7 @@ if wg.available():
     def _sagesla_gluon_kernel(q_desc, k_desc, v_desc, QSCALE, KSCALE, VSCALE, LUT, OLIN, O, L, H, n_qblocks,
                               n_kblocks, TOPK, stride_ob, stride_oh, stride_ol, HAS_LINEAR: gl.constexpr,
                               P_OFF: gl.constexpr, EVEN: gl.constexpr, NSLOT: gl.constexpr,
-                              WORKER_REGS: gl.constexpr, P_SMEM: gl.constexpr):
+                              WORKER_REGS: gl.constexpr):
         HALF: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -303,10 +211,6 @@ if wg.available():
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, HALF, D], q_desc.layout)
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NSLOT, BLOCK_N, D], k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NSLOT, D, BLOCK_N], v_desc.layout)
-        # P_SMEM: each consumer warpgroup's FP8 P tile, the A operand of its P·V (otherwise a token allocation)
-        p_rows: gl.constexpr = HALF if P_SMEM else 8
-        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([p_rows, BLOCK_N], gl.float8e4nv)
-        p_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, p_rows, BLOCK_N], p_layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
@@ -320,12 +224,12 @@ if wg.available():
             mbarrier.init(v_empty.index(j), count=2)
         lut_ptr = LUT + (bh * n_qblocks + qb) * TOPK
         gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, p_smem, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE,
-                         VSCALE, lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
-                         stride_ol, HAS_LINEAR, P_OFF, EVEN, 0, P_SMEM)),
-            (_consumer, (q_smem, k_bufs, v_bufs, p_smem, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE,
-                         VSCALE, lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
-                         stride_ol, HAS_LINEAR, P_OFF, EVEN, 1, P_SMEM)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
+                         lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
+                         stride_ol, HAS_LINEAR, P_OFF, EVEN, 0)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, QSCALE, KSCALE, VSCALE,
+                         lut_ptr, OLIN, O, L, bh, b, h, qb, n_qblocks, n_kblocks, TOPK, stride_ob, stride_oh,
+                         stride_ol, HAS_LINEAR, P_OFF, EVEN, 1)),
             (_loader, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
                        lut_ptr, bh * L + qb * (2 * HALF), bh * L, bh * D, TOPK)),
         ], [4, 1], [WORKER_REGS, 24])
@@ -346,18 +250,18 @@ def descriptors(q8: torch.Tensor, k8: torch.Tensor, vt: torch.Tensor, block_k: i
             wg.tma_descriptor(vt.view(bh * d, vt.shape[-1]), [d, block_k]))
 
 
-def launch_meta(has_linear: bool, p_off: float, topk: int, stages: int = STAGES, p_smem: bool = False) -> dict:
+def launch_meta(has_linear: bool, p_off: float, topk: int, stages: int = STAGES) -> dict:
     """The kernel's launch constants: 4 warps of its own (the first consumer warpgroup), a second consumer
     warpgroup and the loader warp as worker partitions: 12 warps in all, hence the register cap. EVEN: whether
     the selected block count is even (how the key loop is peeled)."""
     return {"HAS_LINEAR": has_linear, "P_OFF": p_off, "EVEN": topk % 2 == 0, "NSLOT": stages,
-            "WORKER_REGS": CONSUMER_REGS, "P_SMEM": p_smem,
+            "WORKER_REGS": CONSUMER_REGS,
             "num_warps": 4, "maxnreg": wg.maxnreg(8)}
 
 
 def attention(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor, vt: torch.Tensor,
               v_scale: torch.Tensor, lut: torch.Tensor, olin: torch.Tensor | None, out: torch.Tensor,
-              heads: int, block_k: int, p_off: float, stages: int = STAGES, p_smem: bool = False) -> torch.Tensor:
+              heads: int, block_k: int, p_off: float, stages: int = STAGES) -> torch.Tensor:
     """o = the sparse attention (+ olin) into `out` ([B, H, L, D] view of token-major storage), from prepared
     operands: q8 / k8 [B·H, L, D] int8 with block scales q_scale [B·H, NQ] (log2(e)/√D folded in) / k_scale
     [B·H, NK], vt [B·H, D, NK·block_k] FP8 with v_scale [B·H, D], lut [B·H, NQ, topk] int32 sorted key blocks
@@ -370,5 +274,5 @@ def attention(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale
     has_linear = olin is not None
     _sagesla_gluon_kernel[(nq, bh)](
         q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, lut, olin if has_linear else q_scale, out,
-        length, heads, nq, nk, topk, *out.stride()[:3], **launch_meta(has_linear, p_off, topk, stages, p_smem))
+        length, heads, nq, nk, topk, *out.stride()[:3], **launch_meta(has_linear, p_off, topk, stages))
     return out

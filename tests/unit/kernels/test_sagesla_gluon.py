@@ -24,14 +24,11 @@ def test_supported_calls() -> None:
     assert not sgg.supported(64, 128, 64, 52, False, True)  # head dim 64
     assert not sgg.supported(128, 64, 64, 52, False, True)  # 64-row query blocks
     assert not sgg.supported(128, 128, 128, 52, False, True)  # 128-row key blocks (spill, serialized wgmmas)
-    assert sgg.supported(128, 128, 64, 6, False, True, p_smem=True)  # P through shared memory: two more peeled
-    assert not sgg.supported(128, 128, 64, 5, False, True, p_smem=True)
 
 
 def test_launch_meta_peels_by_parity_and_caps_registers() -> None:
-    even, odd = sgg.launch_meta(True, 8.8, 52), sgg.launch_meta(False, 8.8, 5, stages=3, p_smem=True)
+    even, odd = sgg.launch_meta(True, 8.8, 52), sgg.launch_meta(False, 8.8, 5, stages=3)
     assert even["EVEN"] is True and odd["EVEN"] is False and odd["NSLOT"] == 3 and even["NSLOT"] == sgg.STAGES
-    assert even["P_SMEM"] is False and odd["P_SMEM"] is True
     assert even["num_warps"] == 4 and even["maxnreg"] == 168  # 12 warps: 4 + 4 + the loader's warpgroup
 
 
@@ -138,16 +135,15 @@ def test_gluon_kernel_matches_the_triton_kernel(b, h, length, ratio, linear) -> 
     want = sg._launch_triton(prep).float()
     ref = sg.reference(q, k, v, topk_ratio=ratio, proj_l_weight=w, proj_l_bias=bias)[0].float()
     err_t = ((want - ref).norm() / ref.norm()).item()
-    forms = [(2, False), (3, False)] + ([(2, True), (3, True)] if prep.topk >= 6 else [])  # P_SMEM: six blocks
-    for stages, p_smem in forms:
+    for stages in (2, 3):
         got = sgg.attention(prep.q8, prep.q_scale, prep.k8, prep.k_scale, prep.vt, prep.v_scale, prep.lut,
                             prep.olin if linear else None, q.new_empty(b, length, h, 128).transpose(1, 2), h,
-                            prep.block_k, sg.P_OFF_FP8, stages=stages, p_smem=p_smem).float()
+                            prep.block_k, sg.P_OFF_FP8, stages=stages).float()
         assert torch.isfinite(got).all()
         err_g = ((got - ref).norm() / ref.norm()).item()
         diff = ((got - want).norm() / want.norm()).item()
         # as close to the fp32 reference as the Triton kernel (both round P to FP8 and o to bf16)
-        assert err_g <= 1.5 * err_t + 1e-3 and _cos(got, want) > 0.9999, (stages, p_smem, err_g, err_t, diff)
+        assert err_g <= 1.5 * err_t + 1e-3 and _cos(got, want) > 0.9999, (stages, err_g, err_t, diff)
 
 
 @pytest.mark.gpu
