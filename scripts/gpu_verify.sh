@@ -161,10 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s32d     one GPU, ~8 min: the Gluon attention's P_SMEM form (P through shared memory) against the
-#                                       kept one: attn_probe, its GPU tests, the 1.3B DiT per NFE with each (one process);
-#                                       then turbovid bench on the 1.3B (whole job; records the kernel list to ship)
-#   bash scripts/gpu_verify.sh s32c     one GPU, ~8 min (ran in session 32): the Gluon quantization again (probe with 4/8/16 warps, its GPU tests
+#   bash scripts/gpu_verify.sh s32d     one GPU, ~6 min (ran in session 32, at d5573e3, whose P_SMEM attention form was then
+#                                       dropped: its A/B now times one form twice): attn_probe, the attention's GPU tests, the
+#                                       1.3B DiT per NFE A/B, then turbovid bench on the 1.3B (whole job; records the kernel list)
+#   bash scripts/gpu_verify.sh s32c     one GPU, ~6 min (ran in session 32): the Gluon quantization again (probe with 4/8/16 warps, its GPU tests
 #                                       and the attention's public-call test after the check's new bound), then the 14B DiT
 #                                       per NFE with each quantization kernel and with each attention kernel, one process
 #   bash scripts/gpu_verify.sh s32b     one GPU, ~8 min (ran in session 32): the Gluon activation quantization (kernels/int8_quant_gluon.py):
