@@ -263,3 +263,23 @@ def test_memory_plan_command_prints_the_plan_and_says_if_it_fits(tiny_dir, tmp_p
     assert main(["memory-plan", "--model", "wan-tiny", "--checkpoint", str(tmp_path / "nope"),
                  "--device-memory-gb", "100"]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_the_worker_hands_its_kernel_choices_to_the_kernels(tmp_path, monkeypatch):
+    # the kernels read TURBOVID_WORKER__<NAME> at each call (so the ranks a worker starts follow it too): loading
+    # the pipeline sets each from the worker's settings
+    from kernels.int8_quant import KERNEL_ENV as QUANT_ENV
+    from kernels.sagesla import KERNEL_ENV as ATTN_ENV
+    from kernels.w8a8 import BACKEND_ENV
+    from kernels.w8a8_blockq import FFN_ENV
+    from worker.main import load_model_pipeline
+
+    for env in (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV):
+        monkeypatch.delenv(env, raising=False)
+    settings = Settings(dev_mode=True, auth={"enabled": False},
+                        worker={"model": "wan-tiny", "cache_dir": tmp_path, "quant_kernel": "triton",
+                                "sagesla_kernel": "gluon", "w8a8_backend": "triton", "w8a8_ffn": "blockq"})
+    load_model_pipeline(settings, "cpu", "float32")
+    import os
+
+    assert [os.environ[e] for e in (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV)] == ["triton", "gluon", "triton", "blockq"]
