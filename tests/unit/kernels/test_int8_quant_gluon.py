@@ -51,24 +51,26 @@ def test_cpu_and_interpreter_calls_take_the_triton_kernel(monkeypatch) -> None:
     assert (q.int() - q_ref.int()).abs().max() <= 1 and torch.allclose(s, s_ref, rtol=1e-5)
 
 
-def _fake_cuda_rows(monkeypatch, gluon_q_offset: int, raises: bool = False):
+def _fake_cuda_rows(monkeypatch, gluon_q_offset: int, raises: bool = False, rows: int = 16):
     """CPU rows standing in for a first CUDA call: the capability says sm90, the Gluon launch is replaced by one
-    that writes the Triton kernel's codes moved by `gluon_q_offset` (or raises)."""
-    x = (torch.randn(16, 300, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16)
+    that writes the Triton kernel's codes moved by `gluon_q_offset` (or raises) and records how many rows it got."""
+    x = (torch.randn(rows, 300, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(iqg, "available", lambda: True)
     launched: list[bool] = []
 
     def fake_quantize_rows(xx, q, s, gelu):  # noqa: ANN001, ANN202
         launched.append(gelu)
+        seen_rows.append(xx.shape[0])
         if raises:
             raise RuntimeError("PassManager::run failed")
         q_t, s_t = iq._quantize(xx, *xx.shape, xx.stride(0), None, None, None, gelu, gluon=False)
         q.copy_((q_t.int() + gluon_q_offset).clamp(-127, 127).to(torch.int8))
         s.copy_(s_t)
 
+    seen_rows: list[int] = []
     monkeypatch.setattr(iqg, "quantize_rows", fake_quantize_rows)
-    return x, launched
+    return x, launched, seen_rows
 
 
 @pytest.mark.parametrize(("offset", "raises", "expect"), [
@@ -78,13 +80,22 @@ def _fake_cuda_rows(monkeypatch, gluon_q_offset: int, raises: bool = False):
 ])
 def test_the_first_call_check_compares_both_kernels_on_that_calls_rows(
         monkeypatch, caplog, offset, raises, expect) -> None:
-    x, launched = _fake_cuda_rows(monkeypatch, offset, raises)
+    x, launched, _ = _fake_cuda_rows(monkeypatch, offset, raises)
     with caplog.at_level(logging.WARNING, logger="kernels.int8_quant"):
         assert iq._check_gluon(x, True) is expect
     assert launched == [True]  # the Gluon kernel ran on these rows, with the GELU asked for
     assert bool(caplog.records) is not expect
     if not expect:
         assert "using the Triton kernel" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(("rows", "checked"), [(16, 16), (50, 31), (48, 32)])
+def test_the_check_reads_at_most_check_rows_keeping_the_counts_divisibility(monkeypatch, rows, checked) -> None:
+    # a 14B call's rows are 2 GB: the check takes the first CHECK_ROWS (or one fewer, so that a row count not
+    # divisible by 16 stays so and both kernels run the specialization the call itself will)
+    monkeypatch.setattr(iq, "CHECK_ROWS", 32)  # 4096 on the GPU; fewer rows keep the interpreter quick
+    x, _, seen_rows = _fake_cuda_rows(monkeypatch, 0, rows=rows)
+    assert iq._check_gluon(x, True) and seen_rows == [checked] and (checked % 16 == 0) == (rows % 16 == 0)
 
 
 def test_the_check_is_kept_per_gelu_and_row_length_and_the_env_turns_it_off(monkeypatch) -> None:
