@@ -161,6 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s33a     one GPU, ~9 min, NOT RUN YET: the shipped kernel lists after session 32: a fresh 1.3B start
+#                                       (turbovid bench; expect 0 compiled at launch from the 86-entry list), then a fresh
+#                                       14B 720p worker (2 jobs), whose recorded list ($OUT/logs/e2e14/kernels-*.json) has the
+#                                       new Gluon kernels to add to worker/autotune/NVIDIA_H200-cc90.wan2.1-t2v-14b.kernels.json
 #   bash scripts/gpu_verify.sh s32d     one GPU, ~6 min (ran in session 32, at d5573e3, whose P_SMEM attention form was then
 #                                       dropped: its A/B now times one form twice): attn_probe, the attention's GPU tests, the
 #                                       1.3B DiT per NFE A/B, then turbovid bench on the 1.3B (whole job; records the kernel list)
@@ -916,6 +920,15 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s33a ]; then
+    turbovid_bench 230
+    grep -rhE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
+    timeout 290 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
+        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout 200 --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
+    echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|first /|rror" "$OUT/logs/bench14.log" \
+        | cut -c1-250 | head -6
+    grep -hE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-200 | head -3
 elif [ "$mode" = s32d ]; then
     timeout 80 python3 scripts/attn_probe.py --cache /tmp/probe-cache > "$OUT/logs/attn_probe.log" 2>&1
     grep -E "^==|kernel|whole|rror" "$OUT/logs/attn_probe.log" | cut -c1-200
