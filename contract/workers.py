@@ -33,6 +33,9 @@ class WorkerInfo(BaseModel):
     ranks: int = 1  # sequence-parallel ranks (GPUs) behind this one consumer (`turbovid worker --gpus N`)
     gpu_memory_gb: float | None = None  # the memory budget it runs under (worker.gpu_memory_gb), None: the device's
     offload: list[str] = []  # what its memory plan keeps off the device between uses: "experts", "text_encoder"
+    # which implementation runs each fast-path op, once warm: {"gemm": "gluon", "attention": "gluon", "quant": ...};
+    # empty on the CPU, for a ranked worker, or without a warm-up (worker.main.kernels_in_use)
+    kernels: dict[str, str] = {}
 
     @property
     def sla(self) -> bool:

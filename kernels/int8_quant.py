@@ -374,6 +374,13 @@ def _gluon_runs(x: torch.Tensor, gelu: bool) -> bool:
 CHECK_ROWS = 4096  # at most this many of the first call's rows are checked (the 14B's are 2 GB)
 
 
+def kernel_in_use(device_index: int) -> str:
+    """Which kernel this process's activation quantization on the device took once it ran: "gluon" (every row length
+    checked passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
+    checked = [ok for (index, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
+    return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
+
+
 def _check_gluon(x: torch.Tensor, gelu: bool) -> bool:
     """A Hopper GPU, Triton's Gluon API, and on the first call's own rows (its first CHECK_ROWS or CHECK_ROWS - 1,
     so the row count keeps its divisibility by 16 and both kernels run the specializations the call will): the

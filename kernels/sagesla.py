@@ -586,6 +586,12 @@ def _kernel_choice() -> str:
     return env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto")
 
 
+def kernel_in_use(device_index: int) -> str:
+    """Which kernel this process's SageSLA calls on the device took once they ran: "gluon" where the Gluon kernel
+    passed its first-call check, else "triton" (not checked: not Hopper, turned off, or no call it covers)."""
+    return "gluon" if _GLUON_CHECKED.get(device_index) else "triton"
+
+
 def _relative_distance(got: torch.Tensor, want: torch.Tensor) -> float:
     """||got - want|| / ||want|| over [B, H, L, D] outputs, a few heads at a time (a 14B call's output is 0.8 GB:
     no full-size fp32 copies); inf when `got` holds a NaN or an inf."""

@@ -305,13 +305,15 @@ class Engine:
 
 
 def worker_pools(workers: list[WorkerInfo]) -> list[dict[str, Any]]:
-    """Live workers grouped by what they run: solver, attention, linear, GPUs per worker (ranks), memory budget
-    and what it offloads, with ready/loading counts; no budget (None) sorts before any budget."""
-    pools: dict[tuple[str, str, str, int, float | None, tuple[str, ...]], dict[str, Any]] = {}
+    """Live workers grouped by what they run: solver, attention, linear, GPUs per worker (ranks), memory budget,
+    what it offloads and which kernels run its fast path, with ready/loading counts; no budget (None) sorts before
+    any budget."""
+    pools: dict[tuple[Any, ...], dict[str, Any]] = {}
     for w in workers:
-        key = (w.solver, w.attention, w.linear, w.ranks, w.gpu_memory_gb, tuple(w.offload))
+        key = (w.solver, w.attention, w.linear, w.ranks, w.gpu_memory_gb, tuple(w.offload),
+               tuple(sorted(w.kernels.items())))
         pool = pools.setdefault(key, {"solver": w.solver, "attention": w.attention, "linear": w.linear,
                                       "ranks": w.ranks, "gpu_memory_gb": w.gpu_memory_gb, "offload": list(w.offload),
-                                      "ready": 0, "loading": 0})
+                                      "kernels": dict(w.kernels), "ready": 0, "loading": 0})
         pool["ready" if w.ready else "loading"] += 1
-    return [pools[k] for k in sorted(pools, key=lambda k: (*k[:4], k[4] is not None, k[4] or 0.0, k[5]))]
+    return [pools[k] for k in sorted(pools, key=lambda k: (*k[:4], k[4] is not None, k[4] or 0.0, *k[5:]))]

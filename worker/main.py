@@ -142,6 +142,31 @@ def offloads(pipeline: Any) -> list[str]:
             if getattr(pipe, attr, None) is not None]
 
 
+def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
+    """Which implementation runs each fast-path op in this process once warm, as /v1/models shows it, so that a
+    fallback to the slower kernels is visible (e.g. a Triton upgrade whose Gluon kernels fail their first-call
+    checks): "gemm" gluon | triton-tma | portable and "quant" gluon | mixed | triton (W8A8), "attention" gluon |
+    triton (SageSLA). Empty on the CPU and for a ranked worker (its ranks run the kernels); call it after the
+    warm-up, which makes the kernels' choices."""
+    if not device.startswith("cuda") or isinstance(pipeline, RankedPipeline):
+        return {}
+    import torch
+
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    out: dict[str, str] = {}
+    if pipeline.linear == "w8a8":
+        from kernels import int8_quant, w8a8
+
+        out["gemm"] = w8a8.gemm_kernel(dev)
+        out["quant"] = int8_quant.kernel_in_use(index)
+    if pipeline.attention == "sagesla":
+        from kernels import sagesla
+
+        out["attention"] = sagesla.kernel_in_use(index)
+    return out
+
+
 class TurboWorker(SimpleWorker):
     """SimpleWorker that runs each job with its WorkerContext, shares its stop flag with the job and
     re-queues interrupted jobs."""
@@ -277,7 +302,8 @@ def run_worker(
         codec = warmup.warm_up(pipeline, w, kernels).codec if w.warmup else None  # served sizes, kernel caches
         beat.info = info.model_copy(update={"solver": pipeline.solver, "attention": pipeline.attention,
                                             "linear": pipeline.linear, "ready": True,
-                                            "gpu_memory_gb": w.gpu_memory_gb, "offload": offloads(pipeline)})
+                                            "gpu_memory_gb": w.gpu_memory_gb, "offload": offloads(pipeline),
+                                            "kernels": kernels_in_use(pipeline, device) if w.warmup else {}})
         beat.advertise()
         metrics.ready.set()  # the metrics server's /ready (the k8s startupProbe) now answers 200
         ctx = WorkerContext(settings=settings, pipeline=pipeline, store=store, jobs=jobs, storage=storage,

@@ -67,10 +67,11 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 def advertise_worker(settings: Settings, name: str = "w1", *, models: tuple[str, ...] = ("wan-tiny", "wan-tiny-i2v"),
                      solver: str = "rcm", attention: str = "dense", linear: str = "native", ready: bool = True,
-                     ttl_s: int = 60) -> WorkerInfo:
+                     ttl_s: int = 60, kernels: dict[str, str] | None = None) -> WorkerInfo:
     """What a worker process writes on start and at each heartbeat: its WorkerInfo, with a TTL."""
     info = WorkerInfo(name=name, models=list(models), solver=solver, attention=attention,  # type: ignore[arg-type]
-                      linear=linear, device="cpu", dtype="float32", started_at=time.time(), ready=ready)
+                      linear=linear, device="cpu", dtype="float32", started_at=time.time(), ready=ready,
+                      kernels=kernels or {})
     client = redis.Redis.from_url(settings.redis.url)
     try:
         WorkerRegistry(client, Keys(settings.redis.key_prefix)).advertise(info, ttl_s)

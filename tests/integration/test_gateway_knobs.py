@@ -139,7 +139,7 @@ def test_models_show_advertised_workers_and_the_knobs_they_honour(client: TestCl
     data = {m["id"]: m for m in client.get("/v1/models", headers=A).json()["data"]}
     tiny, i2v = data["wan-tiny"], data["wan-tiny-i2v"]
     assert tiny["workers"]["ready"] == 2 and tiny["workers"]["loading"] == 1
-    one_gpu = {"ranks": 1, "gpu_memory_gb": None, "offload": []}
+    one_gpu = {"ranks": 1, "gpu_memory_gb": None, "offload": [], "kernels": {}}
     assert tiny["workers"]["running"] == [
         {"solver": "flow", "attention": "sagesla", "linear": "native", **one_gpu, "ready": 1, "loading": 0},
         {"solver": "flow", "attention": "sla", "linear": "w8a8", **one_gpu, "ready": 1, "loading": 1},
@@ -150,6 +150,15 @@ def test_models_show_advertised_workers_and_the_knobs_they_honour(client: TestCl
     assert set(tiny["knobs"]["refused"]) == {"sampler", "sigma_max"}
     assert tiny["num_steps"] == {"min": 1, "max": 100, "default": 50}
     assert i2v["workers"] == tiny["workers"]  # the same workers serve both queues
+
+    # workers whose Gluon kernels fell back (a Triton whose Gluon compiles differently) show apart from the others
+    fast = {"gemm": "gluon", "quant": "gluon", "attention": "gluon"}
+    advertise_worker(settings, "d", solver="flow", attention="sla", linear="w8a8", kernels=fast)
+    advertise_worker(settings, "e", solver="flow", attention="sla", linear="w8a8",
+                     kernels={**fast, "attention": "triton"})
+    running = client.get("/v1/models/wan-tiny", headers=A).json()["workers"]["running"]
+    sla_w8a8 = [(p["kernels"], p["ready"], p["loading"]) for p in running if p["attention"] == "sla"]
+    assert sla_w8a8 == [({}, 1, 1), ({**fast, "attention": "gluon"}, 1, 0), ({**fast, "attention": "triton"}, 1, 0)]
 
 
 def test_idempotent_replay_is_stable_and_a_refusal_frees_the_key(client: TestClient) -> None:

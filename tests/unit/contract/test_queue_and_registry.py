@@ -157,16 +157,16 @@ def test_worker_pools_show_ranks_budget_and_offloads_and_read_older_records(clie
     reg.advertise(_info("d", linear="w8a8", ranks=2), ttl_s=30)
     # a record written before these fields existed (a worker of the previous release) still reads
     old = _info("e", linear="w8a8").model_dump()
-    for field in ("gpu_memory_gb", "offload"):
+    for field in ("gpu_memory_gb", "offload", "kernels"):
         old.pop(field)
     client.set(keys.worker("e"), json.dumps(old), ex=30)
     client.sadd(keys.workers("wan-tiny"), "e")
     pools = worker_pools(reg.live("wan-tiny"))
     common = {"solver": "rcm", "attention": "dense", "linear": "w8a8"}
     assert pools == [
-        {**common, "ranks": 1, "gpu_memory_gb": None, "offload": [], "ready": 2, "loading": 0},  # a and e
-        {**common, "ranks": 1, "gpu_memory_gb": 32.0, "offload": ["experts"], "ready": 1, "loading": 1},
-        {**common, "ranks": 2, "gpu_memory_gb": None, "offload": [], "ready": 1, "loading": 0},
+        {**common, "ranks": 1, "gpu_memory_gb": None, "offload": [], "kernels": {}, "ready": 2, "loading": 0},  # a, e
+        {**common, "ranks": 1, "gpu_memory_gb": 32.0, "offload": ["experts"], "kernels": {}, "ready": 1, "loading": 1},
+        {**common, "ranks": 2, "gpu_memory_gb": None, "offload": [], "kernels": {}, "ready": 1, "loading": 0},
     ]
 
 

@@ -283,3 +283,26 @@ def test_the_worker_hands_its_kernel_choices_to_the_kernels(tmp_path, monkeypatc
     import os
 
     assert [os.environ[e] for e in (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV)] == ["triton", "gluon", "triton", "blockq"]
+
+
+def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
+    # what /v1/models shows per worker pool: the kernels' own answers after the warm-up's first calls
+    from types import SimpleNamespace
+
+    from kernels import int8_quant, sagesla, w8a8
+    from worker.main import kernels_in_use
+
+    assert kernels_in_use(SimpleNamespace(linear="w8a8", attention="sagesla"), "cpu") == {}
+    monkeypatch.setattr(int8_quant, "_GLUON_CHECKED", {(0, True, 8960): True, (0, False, 5120): True,
+                                                       (1, True, 8960): False})
+    monkeypatch.setattr(sagesla, "_GLUON_CHECKED", {0: True, 1: False})
+    monkeypatch.setattr(w8a8, "gemm_kernel", lambda device: f"gluon on {device}")
+    assert int8_quant.kernel_in_use(0) == "gluon" and int8_quant.kernel_in_use(1) == "triton"
+    assert int8_quant.kernel_in_use(2) == "triton"  # never checked there: the Triton kernel ran
+    int8_quant._GLUON_CHECKED[(0, True, 13824)] = False  # one row length fell back
+    assert int8_quant.kernel_in_use(0) == "mixed"
+    assert sagesla.kernel_in_use(0) == "gluon" and sagesla.kernel_in_use(1) == "triton"
+    assert sagesla.kernel_in_use(5) == "triton"
+    fast = SimpleNamespace(linear="w8a8", attention="sagesla")
+    assert kernels_in_use(fast, "cuda:1") == {"gemm": "gluon on cuda:1", "quant": "triton", "attention": "triton"}
+    assert kernels_in_use(SimpleNamespace(linear="native", attention="dense"), "cuda:0") == {}
