@@ -219,6 +219,16 @@ turbovid_bench() {
         --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
         | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
 }
+# bench14 SECONDS START_TIMEOUT: a fresh 14B 720p worker through real processes (2 jobs, 2-layer umT5); its logs,
+# recorded kernel list and autotune choices in $OUT/logs/e2e14
+bench14() {
+    timeout "$1" python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
+        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 2 --no-restart --skip-stages \
+        --start-timeout "$2" --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
+    echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench14.log" \
+        | cut -c1-250 | head -6
+    grep -hE "memory:|precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-220 | head -4
+}
 # dit_benches [ARGS]: the fast path's 1.3B and 14B DiT per NFE into $OUT/logs/dit13b.log / dit14b.log (ARGS: to
 # the 1.3B run, e.g. --profile DIR)
 dit_benches() {
@@ -923,12 +933,7 @@ elif [ "$mode" = s31e ]; then
 elif [ "$mode" = s33a ]; then
     turbovid_bench 230
     grep -rhE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
-    timeout 290 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
-        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 2 --no-restart --skip-stages \
-        --start-timeout 200 --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
-    echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|first /|rror" "$OUT/logs/bench14.log" \
-        | cut -c1-250 | head -6
-    grep -hE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-200 | head -3
+    bench14 290 200
 elif [ "$mode" = s32d ]; then
     timeout 80 python3 scripts/attn_probe.py --cache /tmp/probe-cache > "$OUT/logs/attn_probe.log" 2>&1
     grep -E "^==|kernel|whole|rror" "$OUT/logs/attn_probe.log" | cut -c1-200
@@ -998,12 +1003,7 @@ elif [ "$mode" = s25d ]; then
         | cut -c1-200 | head -6
     mkdir -p "$OUT/ship" && cp "$OUT"/logs/e2e/NVIDIA_H200-cc90-*.json "$OUT"/logs/e2e/kernels-*.json "$OUT/ship/"
 elif [ "$mode" = s25e ]; then
-    timeout 230 python3 -m cli.main bench --model wan2.1-t2v-14b --size 1280x720 \
-        --weights /tmp/turbovid-bench-weights-14b --text-encoder small --jobs 2 --no-restart --skip-stages \
-        --start-timeout 170 --job-timeout 60 --logs "$OUT/logs/e2e14" > "$OUT/logs/bench14.log" 2>&1
-    echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench14.log" \
-        | cut -c1-250 | head -6
-    grep -hE "memory:|precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-220 | head -4
+    bench14 230 170
 elif [ "$mode" = s25x2a ]; then
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     echo "== sequence parallel, 14B 720p, 2 ranks vs 1, int8 exchange"
