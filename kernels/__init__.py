@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 _LAZY = {
@@ -20,7 +21,7 @@ _LAZY = {
     "dequantize_weight_blockwise": "kernels.int8_quant",
 }
 
-__all__ = [*sorted(_LAZY), "env_choice"]
+__all__ = [*sorted(_LAZY), "checked_once", "env_choice"]
 
 _WARNED: set[tuple[str, str]] = set()  # (variable, value) pairs `env_choice` has warned about
 
@@ -36,6 +37,19 @@ def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
         _WARNED.add((variable, choice))
         logging.getLogger(__name__).warning("%s=%r is not one of %s: using %s", variable, choice, choices, default)
     return default
+
+
+def checked_once(cache: dict[Any, bool], key: Any, check: Callable[[], bool]) -> bool:
+    """A faster kernel's first-call check, kept per key (device, specialization) for the process: `check()`'s answer,
+    run on the first call outside a CUDA graph capture. A call inside a capture cannot launch the check, so it
+    answers False (the fallback kernel is captured) and remembers nothing."""
+    if key not in cache:
+        import torch
+
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        cache[key] = check()
+    return cache[key]
 
 
 def __getattr__(name: str) -> Any:

@@ -357,21 +357,13 @@ def _gluon_runs(x: torch.Tensor, gelu: bool) -> bool:
 
     if x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
-    from kernels import env_choice, int8_quant_gluon
+    from kernels import checked_once, env_choice, int8_quant_gluon
 
     k = x.shape[-1]
     if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not int8_quant_gluon.supported(k, gelu):
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    key = (index, gelu, k)
-    if key not in _GLUON_CHECKED:
-        if torch.cuda.is_current_stream_capturing():
-            return False  # the Triton kernel is captured; the check waits for an eager call
-        _GLUON_CHECKED[key] = _check_gluon(x, gelu)
-    return _GLUON_CHECKED[key]
-
-
-CHECK_ROWS = 4096  # at most this many of the first call's rows are checked (the 14B's are 2 GB)
+    return checked_once(_GLUON_CHECKED, (index, gelu, k), lambda: _check_gluon(x, gelu))
 
 
 def kernel_in_use(device_index: int) -> str:
@@ -379,6 +371,9 @@ def kernel_in_use(device_index: int) -> str:
     checked passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
     checked = [ok for (index, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
     return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
+
+
+CHECK_ROWS = 4096  # at most this many of the first call's rows are checked (the 14B's are 2 GB)
 
 
 def _check_gluon(x: torch.Tensor, gelu: bool) -> bool:

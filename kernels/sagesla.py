@@ -567,17 +567,10 @@ def _gluon_runs(p: _Prepared) -> bool:
         return False
     if not sagesla_gluon.supported(p.q.shape[-1], p.block_q, p.block_k, p.topk, p.dense, p.pv_fp8):
         return False
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    if index not in _GLUON_CHECKED:
-        if torch.cuda.is_current_stream_capturing():
-            return False
-        _GLUON_CHECKED[index] = _check_gluon(index, p)
-        if _GLUON_CHECKED[index]:
-            import logging
+    from kernels import checked_once
 
-            logging.getLogger(__name__).info("SageSLA attention on cuda:%d: the Gluon kernel (%s=%s)", index,
-                                             KERNEL_ENV, _kernel_choice())
-    return _GLUON_CHECKED[index]
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return checked_once(_GLUON_CHECKED, index, lambda: _check_gluon(index, p))
 
 
 def _kernel_choice() -> str:
@@ -621,6 +614,8 @@ def _check_gluon(device_index: int, p: _Prepared) -> bool:
     try:
         distance = _relative_distance(_launch_gluon(p), _launch_triton(p))
         if distance <= GLUON_MAX_DISTANCE:
+            log.info("SageSLA attention on cuda:%d: the Gluon kernel (%s=%s)", device_index, KERNEL_ENV,
+                     _kernel_choice())
             return True
         log.warning("the Gluon SageSLA kernel is %.3g (relative) from the Triton kernel's output on this Triton %s "
                     "(at most %g allowed): using the Triton kernel", distance, triton.__version__, GLUON_MAX_DISTANCE)

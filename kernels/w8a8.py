@@ -315,6 +315,7 @@ def _device_index(device: torch.device) -> int:
 # worker setting `w8a8_backend`) = auto (default) / gluon / triton chooses on Hopper. (Kept below the kernels:
 # Triton's cache key holds their lines.)
 BACKEND_ENV = "TURBOVID_WORKER__W8A8_BACKEND"
+BACKEND_CHOICES = ("auto", "gluon", "triton")
 
 
 _GLUON_CHECKED: dict[int, bool] = {}  # device index -> `_check_gluon`'s answer, once per process
@@ -327,11 +328,9 @@ def _gluon_usable(device_index: int) -> bool:
     """Whether `kernels.w8a8_gluon` runs here (`_check_gluon`, once per device and process). Inside a CUDA graph
     capture the check cannot launch and compare, so a first call there answers False (the Triton kernel is
     captured) without remembering it."""
-    if device_index not in _GLUON_CHECKED:
-        if torch.cuda.is_current_stream_capturing():
-            return False
-        _GLUON_CHECKED[device_index] = _check_gluon(device_index)
-    return _GLUON_CHECKED[device_index]
+    from kernels import checked_once
+
+    return checked_once(_GLUON_CHECKED, device_index, lambda: _check_gluon(device_index))
 
 
 def _check_gluon(device_index: int) -> bool:
@@ -339,16 +338,11 @@ def _check_gluon(device_index: int) -> bool:
     TURBOVID_WORKER__W8A8_BACKEND=triton, and one small launch equal to the Triton kernel's output (a Triton
     whose Gluon compiles differently falls back with a warning)."""
     import logging
-    import os
 
-    from kernels import w8a8_gluon
+    from kernels import env_choice, w8a8_gluon
 
     log = logging.getLogger(__name__)
-    choice = os.environ.get(BACKEND_ENV, "auto").lower()
-    if choice not in ("auto", "gluon", "triton"):
-        log.warning("%s=%r is not auto, gluon or triton: using auto", BACKEND_ENV, choice)
-        choice = "auto"
-    if choice == "triton" or torch.cuda.get_device_capability(device_index) != (9, 0) or not w8a8_gluon.available():
+    if env_choice(BACKEND_ENV, BACKEND_CHOICES, "auto") == "triton" or torch.cuda.get_device_capability(device_index) != (9, 0) or not w8a8_gluon.available():
         return False
     try:
         dev = torch.device("cuda", device_index)

@@ -35,7 +35,7 @@ import logging
 import torch
 import triton
 
-from kernels import env_choice
+from kernels import checked_once, env_choice
 from kernels import w8a8_gluon as wg
 from kernels.int8_quant import QMAX
 from kernels.w8a8 import _device_index, _num_sms
@@ -91,11 +91,7 @@ def usable(device: torch.device, n_hidden: int, k_in: int, n_out: int) -> bool:
     if env_choice(FFN_ENV, FFN_CHOICES, "rowq") != "blockq" or device.type != "cuda" or not supported(n_hidden, k_in, n_out):
         return False
     index = _device_index(device)
-    if index not in _CHECKED:
-        if torch.cuda.is_current_stream_capturing():
-            return False
-        _CHECKED[index] = _check(index)
-    return _CHECKED[index]
+    return checked_once(_CHECKED, index, lambda: _check(index))
 
 
 def _check(device_index: int) -> bool:

@@ -48,7 +48,7 @@ def test_misspelled_variables_are_found():
 
 
 @pytest.mark.parametrize(("module", "env_attr", "choices_attr", "field", "default", "other", "bad"), [
-    ("kernels.w8a8", "BACKEND_ENV", None, "w8a8_backend", "auto", "triton", "cutlass"),
+    ("kernels.w8a8", "BACKEND_ENV", "BACKEND_CHOICES", "w8a8_backend", "auto", "triton", "cutlass"),
     ("kernels.w8a8_blockq", "FFN_ENV", "FFN_CHOICES", "w8a8_ffn", "rowq", "blockq", "blockwise"),
     ("kernels.sagesla", "KERNEL_ENV", "KERNEL_CHOICES", "sagesla_kernel", "auto", "triton", "fastest"),
     ("kernels.int8_quant", "KERNEL_ENV", "KERNEL_CHOICES", "quant_kernel", "auto", "triton", "cuda"),
@@ -69,7 +69,6 @@ def test_kernel_choice_settings_are_validated_and_their_variables_are_known_ones
     assert load_settings(DEV).worker.model_dump()[field] == default
     assert load_settings({**DEV, env: other}).worker.model_dump()[field] == other
     assert unknown_variables({env: other}) == []
-    if choices_attr is not None:
-        assert set(getattr(mod, choices_attr)) == set(typing.get_args(WorkerSettings.model_fields[field].annotation))
+    assert set(getattr(mod, choices_attr)) == set(typing.get_args(WorkerSettings.model_fields[field].annotation))
     with pytest.raises(ConfigError, match=env):
         load_settings({**DEV, env: bad})
