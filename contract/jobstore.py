@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -123,13 +123,16 @@ class JobStore:
             freed.append(job_id)
         return freed
 
+    def active_owners(self) -> Iterator[str]:
+        """The owners that have an active set (unfinished jobs holding concurrency slots), by a SCAN."""
+        prefix = self.keys.active("")
+        for key in self.r.scan_iter(match=self.keys.active("*"), count=500):
+            yield text(key).removeprefix(prefix)
+
     def sweep_all_slots(self, *, queued_ttl_s: int, failure_ttl_s: int) -> int:
         """`sweep_slots` for every owner with an active set (a periodic task); returns slots freed."""
-        freed = 0
-        for key in self.r.scan_iter(match=self.keys.active("*"), count=500):
-            owner = text(key).removeprefix(self.keys.active(""))
-            freed += len(self.sweep_slots(owner, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s))
-        return freed
+        return sum(len(self.sweep_slots(owner, queued_ttl_s=queued_ttl_s, failure_ttl_s=failure_ttl_s))
+                   for owner in self.active_owners())
 
     # gateway side -------------------------------------------------------------------------------
     def create(

@@ -198,11 +198,9 @@ def sweep_slots(store: JobStore, jobs: JobQueue, q: QueueSettings, webhooks: Web
     if not force and not client.set(store.keys.slot_sweep(), "1", nx=True, ex=SLOT_SWEEP_HEARTBEATS * q.heartbeat_s):
         return []
     started = time.time()
-    prefix = store.keys.active("")
     freed: list[str] = []
     end_webhook = jobs.end_webhook(webhooks)
-    for key in client.scan_iter(match=store.keys.active("*"), count=500):
-        owner = text(key).removeprefix(prefix)
+    for owner in store.active_owners():
         freed += store.sweep_slots(owner, queued_ttl_s=q.queued_ttl_s, failure_ttl_s=q.failure_ttl_s,
                                    hook=end_webhook)
     for job_id, record in zip(freed, store.get_many(freed), strict=True):
@@ -227,9 +225,8 @@ def rescue_orphans(store: JobStore, jobs: JobQueue, q: QueueSettings, *, now: fl
     sweep (they fail as queue_timeout). Returns the re-queued job ids."""
     client = store.r
     now = time.time() if now is None else now
-    ids = [text(raw)
-           for key in client.scan_iter(match=store.keys.active("*"), count=500)
-           for raw in client.zrange(key, 0, -1)]  # type: ignore[union-attr]
+    ids = [text(raw) for owner in store.active_owners()
+           for raw in client.zrange(store.keys.active(owner), 0, -1)]  # type: ignore[union-attr]
     if not ids:
         return []
     # every read batched: the records, the orphan markers, then (for queued jobs nothing queues) the leases
