@@ -355,6 +355,10 @@ def causal_conv3x3x3(
         return (tiles, triton.cdiv(c_out, meta["BLOCK_N0"] + meta["BLOCK_N1"]), b * t)
 
     if x.is_cuda and config is None:
+        if _gluon_runs(x, wmat, c_out, bias, norm_gamma, residual, eps):
+            from kernels import conv3d_gluon
+
+            return conv3d_gluon.conv(x, wmat, out, bias=bias, norm_gamma=norm_gamma, residual=residual, eps=eps)
         _conv_tuned[grid](**args)
         return out
     fixed = dict(config or {"BLOCK_M": triton.next_power_of_2(w), "BLOCK_H": 1,
@@ -368,6 +372,86 @@ def causal_conv3x3x3(
     _set_blocks({**descs, **{k: fixed[k] for k in (*_BLOCK_KEYS, "BLOCK_H")}})
     _conv_tma_kernel[grid(fixed)](**args, DOT_F32=not x.is_cuda, **fixed)
     return out
+
+
+# Which kernel runs the 96-channel convs on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel
+# (kernels/conv3d_gluon.py: each loaded input box serves three row taps) where it covers the conv and its first-call
+# check passed (`_check_gluon`); "triton" this module's kernel always. The worker setting `conv_kernel` sets it.
+KERNEL_ENV = "TURBOVID_WORKER__CONV_KERNEL"
+KERNEL_CHOICES = ("auto", "gluon", "triton")
+# (device index, epilogue, bias) -> `_check_gluon`'s answer, once per process
+_GLUON_CHECKED: dict[tuple[int, int, bool], bool] = {}
+
+
+def _gluon_runs(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Tensor | None,
+                norm_gamma: torch.Tensor | None, residual: torch.Tensor | None, eps: float) -> bool:
+    """Whether this conv goes to the Gluon kernel: sm90, asked for (not "triton"), channels it covers, and (once
+    per device, epilogue and bias, outside a CUDA graph capture) `_check_gluon` on this call's first frame."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    from kernels import checked_once, conv3d_gluon, env_choice
+
+    if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not conv3d_gluon.supported(x.shape[1], c_out):
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
+    return checked_once(_GLUON_CHECKED, (index, epi, bias is not None),
+                        lambda: _check_gluon(x, wmat, c_out, bias, norm_gamma, residual, eps))
+
+
+def kernel_in_use(device_index: int) -> str:
+    """Which kernel this process's 96-channel convs on the device took once they ran: "gluon" (every epilogue checked
+    passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
+    checked = [ok for (index, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
+    return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
+
+
+GLUON_MAX_ERROR = 2e-2  # relative to the fp32 conv; both kernels are ~2e-3 from it (bf16 operands and output)
+
+
+def reference_out(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Tensor | None = None,
+                  norm_gamma: torch.Tensor | None = None, residual: torch.Tensor | None = None, eps: float = 1e-12,
+                  frames: int | None = None) -> torch.Tensor:
+    """`causal_conv3x3x3`'s output in fp32 by torch (its first `frames` output frames; default all): conv3d with the
+    weight rebuilt from wmat, then the epilogue."""
+    c_in = x.shape[1]
+    t = x.shape[2] - 2 if frames is None else frames
+    weight = wmat[:, :c_out].float().reshape(3, 3, 3, c_in, c_out).permute(4, 3, 0, 1, 2)
+    y = F.conv3d(x[:, :, : t + 2].float(), weight, bias.float() if bias is not None else None, padding=(0, 1, 1))
+    if norm_gamma is not None:
+        y = y / y.norm(dim=1, keepdim=True).clamp_min(eps) * c_out ** 0.5 * norm_gamma.float().view(1, -1, 1, 1, 1)
+        y = F.silu(y)
+    if residual is not None:
+        y = y + residual[:, :, :t].float()
+    return y
+
+
+def _check_gluon(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Tensor | None,
+                 norm_gamma: torch.Tensor | None, residual: torch.Tensor | None, eps: float) -> bool:
+    """A Hopper GPU, Triton's Gluon API, and on the first call's first output frame: the Gluon kernel within
+    GLUON_MAX_ERROR (relative) of the fp32 conv with the same epilogue; otherwise the Triton kernel, with the reason
+    logged."""
+    from kernels import conv3d_gluon
+
+    if torch.cuda.get_device_capability(x.device) != (9, 0) or not conv3d_gluon.available():
+        return False
+    try:
+        b, _, _, h, w = x.shape
+        got = torch.empty((b, c_out, 1, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
+        conv3d_gluon.conv(x[:, :, :3], wmat, got, bias=bias, norm_gamma=norm_gamma,
+                          residual=residual[:, :, :1] if residual is not None else None, eps=eps)
+        want = reference_out(x, wmat, c_out, bias, norm_gamma, residual, eps, frames=1)
+        err = float((got.float() - want).norm() / want.norm().clamp_min(1e-30))
+        if err <= GLUON_MAX_ERROR:
+            log.info("conv %dx%d: the Gluon kernel (relative error %.2e to fp32 on the first frame)", x.shape[1], c_out,
+                     err)
+            return True
+        log.warning("the Gluon conv kernel is %.2e from the fp32 conv (bound %.0e) on this Triton %s: using the "
+                    "Triton kernel", err, GLUON_MAX_ERROR, triton.__version__)
+    except Exception as exc:  # noqa: BLE001 - any failure means: the Triton kernel
+        log.warning("the Gluon conv kernel does not run on this Triton %s (%s): using the Triton kernel",
+                    triton.__version__, f"{type(exc).__name__}: {str(exc)[:200]}")
+    return False
 
 
 # 5. bench ---------------------------------------------------------------------------------------------

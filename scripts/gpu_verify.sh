@@ -161,6 +161,9 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s33b     one GPU, ~7 min: the Gluon 96-channel VAE conv (kernels/conv3d_gluon.py):
+#                                       scripts/conv_gluon_probe.py (outputs, times against the Triton kernel, the 480p
+#                                       decode A/B), then its GPU tests and the Triton conv's
 #   bash scripts/gpu_verify.sh s33a     one GPU, ~9 min, NOT RUN YET: the shipped kernel lists after session 32: a fresh 1.3B start
 #                                       (turbovid bench; expect 0 compiled at launch from the 86-entry list), then a fresh
 #                                       14B 720p worker (2 jobs), whose recorded list ($OUT/logs/e2e14/kernels-*.json) has the
@@ -930,6 +933,12 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s33b ]; then
+    timeout 300 python3 scripts/conv_gluon_probe.py --decode 832x480 --reps 3 > "$OUT/logs/conv_probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | cut -c1-400 | tail -26
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 100 --tb=short -m gpu tests/unit/kernels/test_conv3d_gluon.py \
+        tests/unit/kernels/test_conv3d_igemm.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
 elif [ "$mode" = s33a ]; then
     turbovid_bench 230
     grep -rhE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6

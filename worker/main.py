@@ -95,6 +95,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     memory budget wants (worker/memory.py: `worker.gpu_memory_gb`, else the device's own memory)."""
     import torch
 
+    from kernels.conv3d_igemm import KERNEL_ENV as CONV_KERNEL_ENV
     from kernels.int8_quant import KERNEL_ENV as QUANT_KERNEL_ENV
     from kernels.sagesla import KERNEL_ENV
     from kernels.w8a8 import BACKEND_ENV, gemm_kernel
@@ -106,6 +107,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     os.environ[FFN_ENV] = w.w8a8_ffn
     os.environ[KERNEL_ENV] = w.sagesla_kernel
     os.environ[QUANT_KERNEL_ENV] = w.quant_kernel
+    os.environ[CONV_KERNEL_ENV] = w.conv_kernel
     torch_dtype = getattr(torch, dtype)
     cuda = device.startswith("cuda")
     device_gib = torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None
@@ -146,7 +148,7 @@ def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
     """Which implementation runs each fast-path op in this process once warm, as /v1/models shows it, so that a
     fallback to the slower kernels is visible (e.g. a Triton upgrade whose Gluon kernels fail their first-call
     checks): "gemm" gluon | triton-tma | portable and "quant" gluon | mixed | triton (W8A8), "attention" gluon |
-    triton (SageSLA). Empty on the CPU and for a ranked worker (its ranks run the kernels); call it after the
+    triton (SageSLA), "conv" gluon | mixed | triton (the VAE's 96-channel convs, sm90+). Empty on the CPU and for a ranked worker (its ranks run the kernels); call it after the
     warm-up, which makes the kernels' choices."""
     if not device.startswith("cuda") or isinstance(pipeline, RankedPipeline):
         return {}
@@ -164,6 +166,10 @@ def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
         from kernels import sagesla
 
         out["attention"] = sagesla.kernel_in_use(index)
+    from kernels import conv3d_igemm
+
+    if conv3d_igemm.available(dev):  # sm90+: the VAE's implicit-GEMM convs (older GPUs: cuDNN)
+        out["conv"] = conv3d_igemm.kernel_in_use(index)
     return out
 
 

@@ -268,28 +268,31 @@ def test_memory_plan_command_prints_the_plan_and_says_if_it_fits(tiny_dir, tmp_p
 def test_the_worker_hands_its_kernel_choices_to_the_kernels(tmp_path, monkeypatch):
     # the kernels read TURBOVID_WORKER__<NAME> at each call (so the ranks a worker starts follow it too): loading
     # the pipeline sets each from the worker's settings
+    from kernels.conv3d_igemm import KERNEL_ENV as CONV_ENV
     from kernels.int8_quant import KERNEL_ENV as QUANT_ENV
     from kernels.sagesla import KERNEL_ENV as ATTN_ENV
     from kernels.w8a8 import BACKEND_ENV
     from kernels.w8a8_blockq import FFN_ENV
     from worker.main import load_model_pipeline
 
-    for env in (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV):
+    envs = (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV, CONV_ENV)
+    for env in envs:
         monkeypatch.delenv(env, raising=False)
     settings = Settings(dev_mode=True, auth={"enabled": False},
                         worker={"model": "wan-tiny", "cache_dir": tmp_path, "quant_kernel": "triton",
-                                "sagesla_kernel": "gluon", "w8a8_backend": "triton", "w8a8_ffn": "blockq"})
+                                "sagesla_kernel": "gluon", "w8a8_backend": "triton", "w8a8_ffn": "blockq",
+                                "conv_kernel": "triton"})
     load_model_pipeline(settings, "cpu", "float32")
     import os
 
-    assert [os.environ[e] for e in (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV)] == ["triton", "gluon", "triton", "blockq"]
+    assert [os.environ[e] for e in envs] == ["triton", "gluon", "triton", "blockq", "triton"]
 
 
 def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
     # what /v1/models shows per worker pool: the kernels' own answers after the warm-up's first calls
     from types import SimpleNamespace
 
-    from kernels import int8_quant, sagesla, w8a8
+    from kernels import conv3d_igemm, int8_quant, sagesla, w8a8
     from worker.main import kernels_in_use
 
     assert kernels_in_use(SimpleNamespace(linear="w8a8", attention="sagesla"), "cpu") == {}
@@ -303,6 +306,15 @@ def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
     assert int8_quant.kernel_in_use(0) == "mixed"
     assert sagesla.kernel_in_use(0) == "gluon" and sagesla.kernel_in_use(1) == "triton"
     assert sagesla.kernel_in_use(5) == "triton"
+    # the VAE's 96-channel convs: per (device, epilogue, bias); reported where the implicit-GEMM conv runs (sm90+)
+    monkeypatch.setattr(conv3d_igemm, "_GLUON_CHECKED", {(0, 1, True): True, (0, 2, True): True, (1, 1, True): True,
+                                                         (1, 2, True): False})
+    assert conv3d_igemm.kernel_in_use(0) == "gluon" and conv3d_igemm.kernel_in_use(1) == "mixed"
+    assert conv3d_igemm.kernel_in_use(3) == "triton"
+    monkeypatch.setattr(conv3d_igemm, "available", lambda device: False)  # a pre-Hopper GPU: cuDNN convs
     fast = SimpleNamespace(linear="w8a8", attention="sagesla")
     assert kernels_in_use(fast, "cuda:1") == {"gemm": "gluon on cuda:1", "quant": "triton", "attention": "triton"}
     assert kernels_in_use(SimpleNamespace(linear="native", attention="dense"), "cuda:0") == {}
+    monkeypatch.setattr(conv3d_igemm, "available", lambda device: str(device) == "cuda:1")
+    assert kernels_in_use(fast, "cuda:1")["conv"] == "mixed"
+    assert kernels_in_use(SimpleNamespace(linear="native", attention="dense"), "cuda:1") == {"conv": "mixed"}

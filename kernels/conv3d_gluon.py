@@ -1,0 +1,271 @@
+"""The VAE's 96-channel causal 3×3×3 conv in Gluon for Hopper (sm90): each loaded input row block serves three taps.
+
+Why a second form of `kernels.conv3d_igemm`'s kernel: Nsight Compute found that kernel L2-bound at 96 channels
+(85 % of the L2's throughput, the tensor pipe 54 % active; kernels/NOTES_vae.md, session 27). Each of its K steps
+loads, for one tap (dt, dh, dw), the tile's input pixels shifted by that tap: 27 loads of the same rows, shifted by
+a pixel or a row, per channel chunk. Triton cannot take a row-shifted view of a loaded tile, so every tap is a
+load of its own.
+
+This kernel loads, per (dt, dw) and channel chunk, one box of BOX_ROWS = 8 input rows × 64 pixels (the tile's 6
+output rows and the row above and below), and runs the three row taps dh = 0, 1, 2 on row-shifted views of that
+box in shared memory: a view that starts a whole row (64 pixels) further is a legal wgmma operand, a view one
+pixel further is not, so the column taps dw stay separate loads. The input comes from L2 9·8 = 72 row-loads per
+6 output rows instead of 27·6 = 162, and with 6 rows per program the weights are read per 384 pixels instead of
+256: about half the L2 traffic per output pixel.
+
+- one program per 6 × 64 output pixels of one frame, all output channels (64 + 32 = 96: two dots, no padded
+  columns);
+- a loader warp issues the TMA loads (the input box and the step's three weight tiles per ring slot; TMA's
+  out-of-bounds zero fill is the conv's spatial padding, as in the Triton kernel);
+- two consumer warpgroups, 3 output rows each (6 fp32 accumulators, 144 registers per thread), issue the step's
+  18 asynchronous wgmmas with both operands in shared memory and keep them in flight while waiting for the next
+  slot (the previous step's MMAs are waited for before its slot is handed back);
+- the epilogues are `kernels.conv3d_igemm`'s: + bias, then nothing, RMS-norm + SiLU over the channels (the next
+  conv's input), or + a residual; stores go straight from the accumulators' registers, masked at the frame's
+  edges.
+
+Gluon has no interpreter: CPU CI compiles this kernel for sm_90 (`kernels.compile_check conv3d_gluon`: no spills,
+no wgmmas serialized by ptxas), and `tests/unit/kernels/test_conv3d_gluon.py` checks it on the GPU against the fp32
+conv and the Triton kernel. `conv3d_igemm.causal_conv3x3x3` runs it where `supported` and the first call's check
+say so, unless TURBOVID_WORKER__CONV_KERNEL=triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from kernels import w8a8_gluon as wg
+
+if wg.available():
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from kernels.w8a8_gluon import _tma_load
+
+__all__ = ["available", "supported", "conv", "launch_meta", "TILE_W", "TILE_H", "STAGES"]
+
+TILE_W = 64  # output pixels per tile row: one m64 wgmma per row
+ROWS_PER_WG = 3  # output rows per consumer warpgroup
+TILE_H = 2 * ROWS_PER_WG  # output rows per program (two consumer warpgroups)
+BOX_ROWS = 8  # input rows per loaded box: the tile's rows and one above and below (a TMA box is a power of two)
+BLOCK_K = 32  # input channels per step (96 = 3 · 32)
+N0, N1 = 64, 32  # the output channels' two dots
+STAGES = 4  # ring slots: an input box (32 KB) and three weight tiles (18 KB) each
+CONSUMER_REGS = 232  # the second consumer warpgroup's registers per thread (setmaxnreg); the loader's 24
+
+
+def available() -> bool:
+    return wg.available()
+
+
+def supported(c_in: int, c_out: int) -> bool:
+    """The channel counts this kernel covers: 96 in and out (the decoder's full-resolution blocks)."""
+    return c_in == 96 and c_out == N0 + N1
+
+
+if wg.available():
+
+    @gluon.jit
+    def _loader(x_desc, w0_desc, w1_desc, a_bufs, w0_bufs, w1_bufs, ready, empty, b, t, h0, w0,
+                C_IN: gl.constexpr):
+        # one warp: per step (dt, dw, channel chunk) the input box and the three row taps' weight tiles
+        BK: gl.constexpr = x_desc.block_type.shape[4]
+        NSLOT: gl.constexpr = a_bufs.type.shape[0]
+        KC: gl.constexpr = C_IN // BK
+        nbytes: gl.constexpr = x_desc.block_type.nbytes + 3 * (w0_desc.block_type.nbytes + w1_desc.block_type.nbytes)
+        for i in range(9 * KC):
+            kc = i % KC
+            tap = i // KC  # dt · 3 + dw
+            dt = tap // 3
+            dw = tap % 3
+            slot = i % NSLOT
+            phase = ((i // NSLOT) & 1) ^ 1  # a fresh mbarrier passes a wait on the phase before its first
+            mbarrier.wait(empty.index(slot), phase)
+            mbarrier.expect(ready.index(slot), nbytes)
+            _tma_load(x_desc, [b, t + dt, h0 - 1, w0 + dw - 1, kc * BK], ready.index(slot), a_bufs.index(slot))
+            for dh in gl.static_range(3):
+                krow = (dt * 9 + dh * 3 + dw) * C_IN + kc * BK
+                _tma_load(w0_desc, [krow, 0], ready.index(slot), w0_bufs.index(slot * 3 + dh))
+                _tma_load(w1_desc, [krow, w0_desc.block_type.shape[1]], ready.index(slot),
+                          w1_bufs.index(slot * 3 + dh))
+
+    @gluon.jit
+    def _epilogue_row(acc0, acc1, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, hh, w0, H, W, so_b, so_t, so_h,
+                      so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, HAS_BIAS: gl.constexpr, EPI: gl.constexpr,
+                      l0: gl.constexpr, l1: gl.constexpr):
+        BN0: gl.constexpr = acc0.type.shape[1]
+        BN1: gl.constexpr = acc1.type.shape[1]
+        BW: gl.constexpr = acc0.type.shape[0]
+        px0 = w0 + gl.arange(0, BW, layout=gl.SliceLayout(1, l0))
+        px1 = w0 + gl.arange(0, BW, layout=gl.SliceLayout(1, l1))
+        c0 = gl.arange(0, BN0, layout=gl.SliceLayout(0, l0))
+        c1 = BN0 + gl.arange(0, BN1, layout=gl.SliceLayout(0, l1))
+        if HAS_BIAS:
+            acc0 = acc0 + gl.expand_dims(gl.load(bias_ptr + c0).to(gl.float32), 0)
+            acc1 = acc1 + gl.expand_dims(gl.load(bias_ptr + c1).to(gl.float32), 0)
+        ok0 = gl.expand_dims((px0 < W) & (hh < H), 1)
+        ok1 = gl.expand_dims((px1 < W) & (hh < H), 1)
+        if EPI == 2:
+            rbase = res_ptr + b * sr_b + t * sr_t + hh * sr_h
+            r0 = gl.load(rbase + gl.expand_dims(px0 * sr_w, 1) + gl.expand_dims(c0, 0), mask=ok0, other=0.0)
+            r1 = gl.load(rbase + gl.expand_dims(px1 * sr_w, 1) + gl.expand_dims(c1, 0), mask=ok1, other=0.0)
+            acc0 = acc0 + r0.to(gl.float32)
+            acc1 = acc1 + r1.to(gl.float32)
+        if EPI == 1:  # silu(x / ||x|| · sqrt(C) · gamma) over the pixel's channels, both dots
+            ss = gl.sum(acc0 * acc0, axis=1) + gl.convert_layout(gl.sum(acc1 * acc1, axis=1), gl.SliceLayout(1, l0))
+            inv = scale / gl.maximum(gl.sqrt(ss), eps)
+            g0 = gl.load(gamma_ptr + c0).to(gl.float32)
+            g1 = gl.load(gamma_ptr + c1).to(gl.float32)
+            acc0 = acc0 * gl.expand_dims(inv, 1) * gl.expand_dims(g0, 0)
+            acc1 = acc1 * gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, l1)), 1) * gl.expand_dims(g1, 0)
+            acc0 = acc0 / (1.0 + gl.exp2(-1.4426950408889634 * acc0))
+            acc1 = acc1 / (1.0 + gl.exp2(-1.4426950408889634 * acc1))
+        obase = out_ptr + b * so_b + t * so_t + hh * so_h
+        gl.store(obase + gl.expand_dims(px0 * so_w, 1) + gl.expand_dims(c0, 0), acc0.to(out_ptr.dtype.element_ty),
+                 mask=ok0)
+        gl.store(obase + gl.expand_dims(px1 * so_w, 1) + gl.expand_dims(c1, 0), acc1.to(out_ptr.dtype.element_ty),
+                 mask=ok1)
+
+    @gluon.jit
+    def _mma_row(a_all, wt0, wt1, acc0, acc1, row: gl.constexpr, BW: gl.constexpr):
+        a = a_all.slice(row * BW, BW)
+        acc0 = warpgroup_mma(a, wt0, acc0, is_async=True)
+        acc1 = warpgroup_mma(a, wt1, acc1, is_async=True)
+        return acc0, acc1
+
+    @gluon.jit
+    def _consumer(a_bufs, w0_bufs, w1_bufs, ready, empty, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, h0, w0, H,
+                  W, so_b, so_t, so_h, so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, C_IN: gl.constexpr,
+                  HAS_BIAS: gl.constexpr, EPI: gl.constexpr, A_LAYOUT: gl.constexpr, NEW_API: gl.constexpr,
+                  WG: gl.constexpr):
+        NSLOT: gl.constexpr = a_bufs.type.shape[0]
+        BOX: gl.constexpr = a_bufs.type.shape[3]
+        BW: gl.constexpr = a_bufs.type.shape[4]
+        BK: gl.constexpr = a_bufs.type.shape[5]
+        BN0: gl.constexpr = w0_bufs.type.shape[2]
+        BN1: gl.constexpr = w1_bufs.type.shape[2]
+        KC: gl.constexpr = C_IN // BK
+        l0: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN0, 16])
+        l1: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN1, 16])
+        a00 = gl.zeros([BW, BN0], gl.float32, l0)
+        a01 = gl.zeros([BW, BN0], gl.float32, l0)
+        a02 = gl.zeros([BW, BN0], gl.float32, l0)
+        a10 = gl.zeros([BW, BN1], gl.float32, l1)
+        a11 = gl.zeros([BW, BN1], gl.float32, l1)
+        a12 = gl.zeros([BW, BN1], gl.float32, l1)
+        R0: gl.constexpr = WG * 3  # this warpgroup's first output row in the tile (box row R0 + 1)
+        for i in range(9 * KC):
+            slot = i % NSLOT
+            mbarrier.wait(ready.index(slot), (i // NSLOT) & 1)
+            if NEW_API:  # renamed after Triton 3.6
+                a_all = a_bufs.index(slot).reinterpret(gl.bfloat16, [BOX * BW, BK], A_LAYOUT)
+            else:
+                a_all = a_bufs.index(slot)._reinterpret(gl.bfloat16, [BOX * BW, BK], A_LAYOUT)
+            for dh in gl.static_range(3):
+                wt0 = w0_bufs.index(slot * 3 + dh)
+                wt1 = w1_bufs.index(slot * 3 + dh)
+                a00, a10 = _mma_row(a_all, wt0, wt1, a00, a10, R0 + dh, BW)
+                a01, a11 = _mma_row(a_all, wt0, wt1, a01, a11, R0 + 1 + dh, BW)
+                a02, a12 = _mma_row(a_all, wt0, wt1, a02, a12, R0 + 2 + dh, BW)
+            # this step's 18 MMAs stay in flight; the previous step's are done, so its slot goes back
+            a00, a01, a02, a10, a11, a12 = warpgroup_mma_wait(num_outstanding=18,
+                                                              deps=(a00, a01, a02, a10, a11, a12))
+            if i > 0:
+                mbarrier.arrive(empty.index((i - 1) % NSLOT), count=1)
+        a00, a01, a02, a10, a11, a12 = warpgroup_mma_wait(num_outstanding=0, deps=(a00, a01, a02, a10, a11, a12))
+        hh = h0 + R0
+        _epilogue_row(a00, a10, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, hh, w0, H, W, so_b, so_t, so_h, so_w,
+                      sr_b, sr_t, sr_h, sr_w, scale, eps, HAS_BIAS, EPI, l0, l1)
+        _epilogue_row(a01, a11, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, hh + 1, w0, H, W, so_b, so_t, so_h,
+                      so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, HAS_BIAS, EPI, l0, l1)
+        _epilogue_row(a02, a12, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, hh + 2, w0, H, W, so_b, so_t, so_h,
+                      so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, HAS_BIAS, EPI, l0, l1)
+
+    @gluon.jit
+    def _conv_gluon_kernel(x_desc, w0_desc, w1_desc, out_ptr, res_ptr, bias_ptr, gamma_ptr, T, H, W, so_b, so_t,
+                           so_h, so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, C_IN: gl.constexpr,
+                           HAS_BIAS: gl.constexpr, EPI: gl.constexpr, NSLOT: gl.constexpr,
+                           A_LAYOUT: gl.constexpr, NEW_API: gl.constexpr, WORKER_REGS: gl.constexpr):
+        BOX: gl.constexpr = x_desc.block_type.shape[2]
+        BW: gl.constexpr = x_desc.block_type.shape[3]
+        BK: gl.constexpr = x_desc.block_type.shape[4]
+        BN0: gl.constexpr = w0_desc.block_type.shape[1]
+        BN1: gl.constexpr = w1_desc.block_type.shape[1]
+        tile = gl.program_id(0)
+        frame = gl.program_id(1)
+        n_wt = gl.cdiv(W, BW)
+        h0 = (tile // n_wt) * (BOX - 2)
+        w0 = (tile % n_wt) * BW
+        b = frame // T
+        t = frame % T
+        a_bufs = gl.allocate_shared_memory(x_desc.dtype, [NSLOT, 1, 1, BOX, BW, BK], x_desc.layout)
+        w0_bufs = gl.allocate_shared_memory(w0_desc.dtype, [NSLOT * 3, BK, BN0], w0_desc.layout)
+        w1_bufs = gl.allocate_shared_memory(w1_desc.dtype, [NSLOT * 3, BK, BN1], w1_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NSLOT, 1], mbarrier.MBarrierLayout())
+        for j in gl.static_range(NSLOT):
+            mbarrier.init(ready.index(j), count=1)
+            mbarrier.init(empty.index(j), count=2)  # both consumer warpgroups hand a slot back
+        gl.warp_specialize([
+            (_consumer, (a_bufs, w0_bufs, w1_bufs, ready, empty, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, h0,
+                         w0, H, W, so_b, so_t, so_h, so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, C_IN, HAS_BIAS, EPI,
+                         A_LAYOUT, NEW_API, 0)),
+            (_consumer, (a_bufs, w0_bufs, w1_bufs, ready, empty, out_ptr, res_ptr, bias_ptr, gamma_ptr, b, t, h0,
+                         w0, H, W, so_b, so_t, so_h, so_w, sr_b, sr_t, sr_h, sr_w, scale, eps, C_IN, HAS_BIAS, EPI,
+                         A_LAYOUT, NEW_API, 1)),
+            (_loader, (x_desc, w0_desc, w1_desc, a_bufs, w0_bufs, w1_bufs, ready, empty, b, t, h0, w0, C_IN)),
+        ], [4, 1], [WORKER_REGS, 24])
+        for j in gl.static_range(NSLOT):
+            mbarrier.invalidate(ready.index(j))
+            mbarrier.invalidate(empty.index(j))
+
+
+def _layout(block: list[int]) -> object:
+    return gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+
+
+def descriptors(x: torch.Tensor, wmat: torch.Tensor) -> tuple:
+    """TMA descriptors: the time-padded input [B, C, T + 2, H, W] (channels-last-3d) as [B, T + 2, H, W, C] with
+    boxes of BOX_ROWS rows × TILE_W pixels × BLOCK_K channels; the weight matrix [27·C, N_pad] with boxes of
+    BLOCK_K rows × N0 and × N1 columns."""
+    view = x.permute(0, 2, 3, 4, 1)
+    xbox = [1, 1, BOX_ROWS, TILE_W, BLOCK_K]
+    return (GluonDescriptor(view, list(view.shape), list(view.stride()), xbox, _layout(xbox)),
+            GluonDescriptor(wmat, list(wmat.shape), list(wmat.stride()), [BLOCK_K, N0], _layout([BLOCK_K, N0])),
+            GluonDescriptor(wmat, list(wmat.shape), list(wmat.stride()), [BLOCK_K, N1], _layout([BLOCK_K, N1])))
+
+
+def launch_meta(c_in: int, has_bias: bool, epi: int, stages: int = STAGES) -> dict:
+    """The kernel's constants: 4 warps of its own (the first consumer warpgroup), a second consumer warpgroup and
+    the loader warp as worker partitions: 12 warps in all, hence the register cap. A_LAYOUT: the input box's
+    shared layout seen as [BOX_ROWS · TILE_W, BLOCK_K] (its rows are the box's pixels, row-major)."""
+    a_layout = gl.NVMMASharedLayout(swizzle_byte_width=_layout([1, 1, BOX_ROWS, TILE_W, BLOCK_K]).swizzle_byte_width,
+                                    element_bitwidth=16, rank=2)
+    return {"C_IN": c_in, "HAS_BIAS": has_bias, "EPI": epi, "NSLOT": stages, "A_LAYOUT": a_layout,
+            "NEW_API": hasattr(gl.shared_memory_descriptor, "reinterpret"),
+            "WORKER_REGS": CONSUMER_REGS, "num_warps": 4, "maxnreg": wg.maxnreg(8)}
+
+
+def grid(b: int, t: int, h: int, w: int) -> tuple[int, int]:
+    return (triton.cdiv(h, TILE_H) * triton.cdiv(w, TILE_W), b * t)
+
+
+def conv(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, *, bias: torch.Tensor | None,
+         norm_gamma: torch.Tensor | None, residual: torch.Tensor | None, eps: float, stages: int = STAGES) -> torch.Tensor:
+    """`kernels.conv3d_igemm.causal_conv3x3x3` on this kernel, arguments already checked there: x the time-padded
+    input [B, 96, T + 2, H, W] channels-last-3d, wmat its weight matrix, out [B, 96, T, H, W] channels-last-3d
+    (possibly frames of a larger buffer)."""
+    b, c_in, tp, h, w = x.shape
+    t = tp - 2
+    x_desc, w0_desc, w1_desc = descriptors(x, wmat)
+    epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
+    r = residual if residual is not None else out
+    dummy = bias if bias is not None else wmat
+    _conv_gluon_kernel[grid(b, t, h, w)](
+        x_desc, w0_desc, w1_desc, out, r, dummy, norm_gamma if norm_gamma is not None else dummy, t, h, w,
+        out.stride(0), out.stride(2), out.stride(3), out.stride(4), r.stride(0), r.stride(2), r.stride(3), r.stride(4),
+        float(out.shape[1]) ** 0.5, eps, **launch_meta(c_in, bias is not None, epi, stages))
+    return out
