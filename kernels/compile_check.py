@@ -170,6 +170,39 @@ def _conv3d_igemm(smem: int) -> Result:
     return res
 
 
+def _conv3d_gluon(smem: int) -> Result:
+    """The VAE's 96-channel conv in Gluon (`kernels.conv3d_gluon`): each epilogue, with and without bias, the default
+    ring depth and two slots: warp-specialized (`setmaxnreg`), one step's MMAs in flight while the next slot is
+    awaited (a `wgmma.wait_group 18`), no spills and no wgmmas serialized by ptxas."""
+    import re
+
+    from kernels import conv3d_gluon as cg
+
+    res = Result("conv3d Gluon (row taps from one box)")
+    if not cg.available():
+        res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
+        return res
+    c = 96
+    x = torch.zeros(1, c, 3, 8, 832, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    out = torch.zeros(1, c, 1, 8, 832, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    wmat, vec = torch.zeros(27 * c, 128, dtype=torch.bfloat16), torch.zeros(c, dtype=torch.bfloat16)
+    x_desc, w0_desc, w1_desc = cg.descriptors(x, wmat)
+    strides = [out.stride(i) for i in (0, 2, 3, 4)]
+    for epi, bias, stages in ((0, True, cg.STAGES), (1, True, cg.STAGES), (2, True, cg.STAGES), (2, False, 2)):
+        before = res.compiled
+        _compile(res, cg._conv_gluon_kernel, cg.launch_meta(c, bias, epi, stages), (1, 1), smem, x_desc=x_desc,
+                 w0_desc=w0_desc, w1_desc=w1_desc, out_ptr=out, res_ptr=out, bias_ptr=vec, gamma_ptr=vec, T=1, H=8,
+                 W=832, so_b=strides[0], so_t=strides[1], so_h=strides[2], so_w=strides[3], sr_b=strides[0],
+                 sr_t=strides[1], sr_h=strides[2], sr_w=strides[3], scale=1.0, eps=1e-12)
+        if res.compiled > before:
+            ptx = _LAST[0].asm["ptx"]
+            name = f"epilogue {epi} bias={bias} stages={stages}"
+            _check_warp_specialized(res, name, ptx, partitions=3, overlap=None)
+            if "18" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
+                res.errors.append(f"{name}: no wgmma.wait_group 18 (a step's MMAs not kept in flight)")
+    return res
+
+
 def _w8a8_tma(smem: int) -> Result:
     """The W8A8 GEMM's TMA kernel: every config its prune keeps, at the Wan shapes' K (1536, 5120, 8960),
     bf16 out."""
@@ -424,6 +457,7 @@ def _row_norms(smem: int) -> Result:
 
 CASES: dict[str, Callable[[int], Result]] = {
     "conv3d_igemm": _conv3d_igemm,
+    "conv3d_gluon": _conv3d_gluon,
     "w8a8": _w8a8_tma,
     "w8a8_gluon": _w8a8_gluon,
     "w8a8_blockq": _w8a8_blockq,

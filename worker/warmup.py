@@ -32,6 +32,7 @@ hands the autotuner back its own config object (pre_hook included).
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import shutil
@@ -86,6 +87,7 @@ class WarmupReport:
     codec: str = X264  # the MP4 encoder this host opens (`worker.encode.pick_codec`), chosen once here
     precompile: PrecompileReport | None = None  # the recorded kernels compiled before the warm-up
     compiled_at_launch: int = 0  # kernels the warm-up still compiled when it launched them (not in the lists)
+    frozen_objects: int = 0  # objects kept out of later garbage collections (`settle_heap`)
 
 
 @dataclass
@@ -174,10 +176,21 @@ def warm_up(pipeline: Pipeline, settings: WorkerSettings, kernels: KernelStart |
             report.compiled_at_launch, listed = kernels.precompile.save()
             log.info("warm-up compiled %d kernels at launch (not precompiled); %d kernel specializations "
                      "recorded for the next start", report.compiled_at_launch, listed)
+    report.frozen_objects = settle_heap()
     report.seconds = time.perf_counter() - started
     log.info("warm-up done in %.1f s (%d shapes; autotune choices: %d loaded, %d saved)", report.seconds,
              len(report.shapes), report.choices_loaded, report.choices_saved)
     return report
+
+
+def settle_heap() -> int:
+    """A full garbage collection once the warm-up is done, and every object that survives it frozen (`gc.freeze`:
+    kept out of later collections). Loading and warming up leave hundreds of thousands of long-lived objects
+    (modules, compiled kernels, autotune records); without this, the first full collection, which walks them all,
+    can fall inside the first real job. Returns the number of objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class _JobPaths(Progress):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import tempfile
 import types
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,27 @@ def test_warm_up_on_a_gpu_runs_every_served_shape_with_all_default_steps(tmp_pat
     assert all(isinstance(img, np.ndarray) and img.shape == (p.height, p.width, 3)
                for (p, img) in pipe.calls if p.kind == "i2v") and len(images) == 2
     assert [s for s, _ in report.shapes] == served_shapes(pipe, ["128x128"])
+    assert report.frozen_objects == gc.get_freeze_count() > 0  # the heap settled before the worker reports ready
+    gc.unfreeze()
+
+
+def test_settle_heap_collects_the_garbage_and_freezes_the_rest() -> None:
+    class Node:
+        pass
+
+    gc.unfreeze()
+    cycle = Node()
+    cycle.me = cycle  # type: ignore[attr-defined]
+    gone = weakref.ref(cycle)
+    kept = Node()
+    del cycle
+    try:
+        frozen = warmup.settle_heap()
+        assert gone() is None  # garbage (a reference cycle) collected, not frozen
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(o is kept for o in gc.get_objects())  # survivors are out of the collector's lists
+    finally:
+        gc.unfreeze()
 
 
 def test_warm_up_off_the_gpu_is_one_small_generation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
