@@ -94,11 +94,20 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
         meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     else:
         meta = dict(cfg)
+    from triton import knobs
+
+    # as in a worker, which records every compiled specialization (worker/precompile.py): with a post-compile hook
+    # set, Triton serializes the launch's constexprs to JSON, and a value that does not serialize fails the launch
+    specs: list[str] = []
+    before = knobs.runtime.jit_post_compile_hook
+    knobs.runtime.jit_post_compile_hook = lambda *, compile, **kw: specs.append(compile["specialization_data"])
     try:
         kernel = fn.warmup(**args, **meta, grid=grid)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - report every failing config, go on with the next
         res.errors.append(f"{meta}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
         return
+    finally:
+        knobs.runtime.jit_post_compile_hook = before
     _LAST[0] = kernel
     res.compiled += 1
     shared = int(kernel.metadata.shared)
@@ -171,9 +180,9 @@ def _conv3d_igemm(smem: int) -> Result:
 
 
 def _conv3d_gluon(smem: int) -> Result:
-    """The VAE's 96-channel conv in Gluon (`kernels.conv3d_gluon`): each epilogue, with and without bias, the default
-    ring depth and two slots: warp-specialized (`setmaxnreg`), one step's MMAs in flight while the next slot is
-    awaited (a `wgmma.wait_group 18`), no spills and no wgmmas serialized by ptxas."""
+    """The VAE's conv in Gluon (`kernels.conv3d_gluon`) at 96 channels: each epilogue, with and without
+    bias, the default ring depth and two slots: warp-specialized (`setmaxnreg`), one step's MMAs in flight while the
+    next slot is awaited (a `wgmma.wait_group` of one step's count), no spills and no wgmmas serialized by ptxas."""
     import re
 
     from kernels import conv3d_gluon as cg
@@ -182,24 +191,25 @@ def _conv3d_gluon(smem: int) -> Result:
     if not cg.available():
         res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
         return res
-    c = 96
-    x = torch.zeros(1, c, 3, 8, 832, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
-    out = torch.zeros(1, c, 1, 8, 832, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
-    wmat, vec = torch.zeros(27 * c, 128, dtype=torch.bfloat16), torch.zeros(c, dtype=torch.bfloat16)
-    x_desc, w0_desc, w1_desc = cg.descriptors(x, wmat)
-    strides = [out.stride(i) for i in (0, 2, 3, 4)]
-    for epi, bias, stages in ((0, True, cg.STAGES), (1, True, cg.STAGES), (2, True, cg.STAGES), (2, False, 2)):
-        before = res.compiled
-        _compile(res, cg._conv_gluon_kernel, cg.launch_meta(c, bias, epi, stages), (1, 1), smem, x_desc=x_desc,
-                 w0_desc=w0_desc, w1_desc=w1_desc, out_ptr=out, res_ptr=out, bias_ptr=vec, gamma_ptr=vec, T=1, H=8,
-                 W=832, so_b=strides[0], so_t=strides[1], so_h=strides[2], so_w=strides[3], sr_b=strides[0],
-                 sr_t=strides[1], sr_h=strides[2], sr_w=strides[3], scale=1.0, eps=1e-12)
-        if res.compiled > before:
-            ptx = _LAST[0].asm["ptx"]
-            name = f"epilogue {epi} bias={bias} stages={stages}"
-            _check_warp_specialized(res, name, ptx, partitions=3, overlap=None)
-            if "18" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
-                res.errors.append(f"{name}: no wgmma.wait_group 18 (a step's MMAs not kept in flight)")
+    for c, w in ((96, 832),):  # the channel counts in use (cg.USED)
+        rows, n0, n1, _ = cg.tile_config(c)
+        x = torch.zeros(1, c, 3, 8, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        out = torch.zeros(1, c, 1, 8, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        wmat, vec = torch.zeros(27 * c, 256, dtype=torch.bfloat16), torch.zeros(c, dtype=torch.bfloat16)
+        x_desc, w0_desc, w1_desc = cg.descriptors(x, wmat, n0, n1)
+        strides = [out.stride(i) for i in (0, 2, 3, 4)]
+        for epi, bias, stages in ((0, True, None), (1, True, None), (2, True, None), (2, False, 2)):
+            before = res.compiled
+            _compile(res, cg._conv_gluon_kernel, cg.launch_meta(c, bias, epi, stages), (1,), smem, x_desc=x_desc,
+                     w0_desc=w0_desc, w1_desc=w1_desc, out_ptr=out, res_ptr=out, bias_ptr=vec, gamma_ptr=vec, T=1,
+                     H=8, W=w, so_b=strides[0], so_t=strides[1], so_h=strides[2], so_w=strides[3], sr_b=strides[0],
+                     sr_t=strides[1], sr_h=strides[2], sr_w=strides[3], scale=1.0, eps=1e-12, n_tiles=4)
+            if res.compiled > before:
+                ptx = _LAST[0].asm["ptx"]
+                name = f"C={c} epilogue {epi} bias={bias} stages={stages}"
+                _check_warp_specialized(res, name, ptx, partitions=3, overlap=None)
+                if str(6 * rows) not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
+                    res.errors.append(f"{name}: no wgmma.wait_group {6 * rows} (a step's MMAs not kept in flight)")
     return res
 
 

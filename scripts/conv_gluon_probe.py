@@ -1,13 +1,14 @@
 """The VAE's 96-channel conv: the Gluon kernel (kernels/conv3d_gluon.py) against the Triton implicit-GEMM kernel and
 the fp32 conv, on one GPU (sm90).
 
-    python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--stages 2,3,4] [--decode 832x480 --reps 3]
+    python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--decode 832x480 --reps 3]
 
 First the outputs: every epilogue (plain, norm + SiLU, residual; with bias) at small and odd shapes (rows not a
 multiple of 6, widths not of 64, batch 2, output written into frames of a larger buffer), each kernel's error
-relative to the fp32 conv with the same epilogue. Then the times (median ms, the same inputs): one 16-frame chunk at
-480x832 and 720x1280, each epilogue, the Triton kernel at its autotuned choice against the Gluon kernel at each ring
-depth. Prints one JSON line per row."""
+relative to the fp32 conv with the same epilogue, persistent and one program per tile, at 96 and 192 channels.
+Then the times (median ms, the same inputs): one 16-frame chunk at the decoder's 480p and 720p sizes for each width,
+each epilogue, the Triton kernel at its autotuned choice against the Gluon kernel's forms. Then (--decode) the whole
+decode with each kernel in turns. Prints one JSON line per row."""
 
 from __future__ import annotations
 
@@ -51,54 +52,59 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 _FIXED = {"BLOCK_M": 64, "BLOCK_N0": 64, "BLOCK_N1": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
 
 
-def check(shapes: list[tuple[int, int, int, int]]) -> bool:
+def check(shapes: list[tuple[int, int, int, int, int]]) -> bool:
     ok = True
-    for b, t, h, w in shapes:
-        inp = _inputs(b, t, h, w)
+    for c, b, t, h, w in shapes:
+        inp = _inputs(b, t, h, w, c)
+        fixed = {**_FIXED, "BLOCK_N0": 128, "BLOCK_N1": 64} if c == 192 else _FIXED
         for epi in (0, 1, 2):
             kw = _epilogue(inp, epi)
-            want = cv.reference_out(inp["x"], inp["wmat"], 96, **kw)
-            # the output as frames 2.. of a larger buffer (how a block's first conv writes the second's input)
-            big = torch.empty(b, 96, t + 2, h, w, device="cuda", dtype=torch.bfloat16,
-                              memory_format=torch.channels_last_3d).zero_()
-            got = cg.conv(inp["x"], inp["wmat"], big[:, :, 2:], eps=1e-12, **kw)
-            tri = cv.causal_conv3x3x3(inp["x"], inp["wmat"], 96, config=_FIXED, **kw)  # no autotuning here
-            row = {"check": [b, t, h, w], "epi": epi, "gluon_err": _rel(got, want), "triton_err": _rel(tri, want),
-                   "gluon_vs_triton": _rel(got, tri.float()),
-                   "context_untouched": bool((big[:, :, :2] == 0).all())}
-            row["ok"] = row["gluon_err"] < 1.5 * row["triton_err"] + 1e-3 and row["context_untouched"]
-            ok &= row["ok"]
-            print(json.dumps(row), flush=True)
+            want = cv.reference_out(inp["x"], inp["wmat"], c, **kw)
+            tri = cv.causal_conv3x3x3(inp["x"], inp["wmat"], c, config=fixed, **kw)  # no autotuning here
+            for persistent in (True, False):
+                # the output as frames 2.. of a larger buffer (how a block's first conv writes the second's input)
+                big = torch.empty(b, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16,
+                                  memory_format=torch.channels_last_3d).zero_()
+                got = cg.conv(inp["x"], inp["wmat"], big[:, :, 2:], eps=1e-12, persistent=persistent, **kw)
+                row = {"check": [c, b, t, h, w], "epi": epi, "persistent": persistent, "gluon_err": _rel(got, want),
+                       "triton_err": _rel(tri, want), "gluon_vs_triton": _rel(got, tri.float()),
+                       "context_untouched": bool((big[:, :, :2] == 0).all())}
+                row["ok"] = row["gluon_err"] < 1.5 * row["triton_err"] + 1e-3 and row["context_untouched"]
+                ok &= row["ok"]
+                print(json.dumps(row), flush=True)
     return ok
 
 
-def timing(frames: int, stages: list[int]) -> None:
-    for h, w in ((480, 832), (720, 1280)):
-        inp = _inputs(1, frames, h, w)
-        flop = 2 * frames * h * w * 96 * 27 * 96
+def timing(frames: int) -> None:
+    for c, h, w, variants in ((96, 480, 832, ((4, True), (4, False))), (96, 720, 1280, ((4, True), (4, False))),
+                              (192, 240, 416, ((3, True), (2, True))), (192, 360, 640, ((3, True), (2, True)))):
+        inp = _inputs(1, frames, h, w, c)
+        flop = 2 * frames * h * w * c * 27 * c
         for epi in (0, 1, 2):
             kw = _epilogue(inp, epi)
-            out = torch.empty(1, 96, frames, h, w, device="cuda", dtype=torch.bfloat16,
+            out = torch.empty(1, c, frames, h, w, device="cuda", dtype=torch.bfloat16,
                               memory_format=torch.channels_last_3d)
             os.environ[cv.KERNEL_ENV] = "triton"
-            cv.causal_conv3x3x3(inp["x"], inp["wmat"], 96, out=out, **kw)  # autotune first
-            t_tri = do_bench(lambda: cv.causal_conv3x3x3(inp["x"], inp["wmat"], 96, out=out, **kw),  # noqa: B023
+            cv.causal_conv3x3x3(inp["x"], inp["wmat"], c, out=out, **kw)  # autotune first
+            t_tri = do_bench(lambda: cv.causal_conv3x3x3(inp["x"], inp["wmat"], c, out=out, **kw),  # noqa: B023
                              warmup=10, rep=100, return_mode="median")
             os.environ[cv.KERNEL_ENV] = "auto"
-            row = {"size": f"{w}x{h}", "frames": frames, "epi": epi, "triton_ms": round(t_tri, 3),
+            row = {"c": c, "size": f"{w}x{h}", "frames": frames, "epi": epi, "triton_ms": round(t_tri, 3),
                    "triton_tflops": round(flop / t_tri / 1e9)}
-            for s in stages:
-                t_g = do_bench(lambda: cg.conv(inp["x"], inp["wmat"], out, eps=1e-12, stages=s, **kw),  # noqa: B023
+            for stages, persistent in variants:
+                name = f"gluon_s{stages}{'p' if persistent else ''}"
+                t_g = do_bench(lambda: cg.conv(inp["x"], inp["wmat"], out, eps=1e-12, stages=stages,  # noqa: B023
+                                               persistent=persistent, **kw),  # noqa: B023
                                warmup=10, rep=100, return_mode="median")
-                row[f"gluon_s{s}_ms"] = round(t_g, 3)
-                row[f"gluon_s{s}_x"] = round(t_tri / t_g, 3)
+                row[f"{name}_ms"] = round(t_g, 3)
+                row[f"{name}_x"] = round(t_tri / t_g, 3)
             print(json.dumps(row), flush=True)
 
 
 def decode_ab(sizes: list[str], reps: int) -> None:
-    """The whole VAE decode (Wan2.1 config, random weights, 81 frames, the fast path) with each conv kernel, in
-    turns on the same model and latents (the kernels read the variable at each call); each output's cosine to the
-    fp32 decode."""
+    """The whole VAE decode (Wan2.1 config, random weights, 81 frames, the fast path) with the Triton conv, the
+    Gluon conv at 96 channels (the default) and at 96 and 192, in turns on the same model and latents (the kernels
+    read the variable at each call); each output's cosine to the fp32 decode."""
     import time
 
     from models.vae import VAEConfig, WanVAE
@@ -111,43 +117,44 @@ def decode_ab(sizes: list[str], reps: int) -> None:
     ours = WanVAE(cfg, memory_budget=12 * 2**30).eval().requires_grad_(False)
     ours.load_state_dict(ref_model.state_dict())
     ours = ours.to("cuda", torch.bfloat16)
+    variants = {"triton": ("triton", (96,)), "gluon96": ("auto", (96,)), "gluon96+192": ("auto", (96, 192))}
     for size in sizes:
         w, h = (int(v) for v in size.split("x"))
         gen = torch.Generator("cuda").manual_seed(1)
         lat = torch.randn(1, cfg.z_dim, 21, h // 8, w // 8, device="cuda", generator=gen)
         with torch.no_grad():
             ref = ref_model.decode(lat, fused=False).double().flatten()
-            times: dict[str, list[float]] = {"triton": [], "auto": []}
+            times: dict[str, list[float]] = {k: [] for k in variants}
             cos = {}
-            for i in range(2 * reps + 2):
-                kern = ("triton", "auto")[i % 2]
-                os.environ[cv.KERNEL_ENV] = kern
+            for i in range(len(variants) * (reps + 1)):
+                name = list(variants)[i % len(variants)]
+                os.environ[cv.KERNEL_ENV], cg.USED = variants[name]
                 torch.cuda.synchronize()
                 start = time.perf_counter()
                 out = ours.decode(lat.to(torch.bfloat16), fused=True)
                 torch.cuda.synchronize()
-                if i >= 2:  # the first of each: compiles, autotuning, the first-call check
-                    times[kern].append(time.perf_counter() - start)
-                cos[kern] = float(torch.nn.functional.cosine_similarity(out.double().flatten(), ref, dim=0))
-            os.environ[cv.KERNEL_ENV] = "auto"
-        print(json.dumps({"decode": size, "triton_s": [round(t, 4) for t in times["triton"]],
-                          "gluon_s": [round(t, 4) for t in times["auto"]],
-                          "speedup": round(sorted(times["triton"])[reps // 2] / sorted(times["auto"])[reps // 2], 3),
-                          "cos_fp32": cos, "conv_kernel": cv.kernel_in_use(torch.cuda.current_device())}), flush=True)
+                if i >= len(variants):  # the first of each: compiles, autotuning, the first-call check
+                    times[name].append(round(time.perf_counter() - start, 4))
+                cos[name] = round(float(torch.nn.functional.cosine_similarity(out.double().flatten(), ref, dim=0)), 7)
+            os.environ[cv.KERNEL_ENV], cg.USED = "auto", (96,)
+        med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        print(json.dumps({"decode": size, "seconds": times, "median": med,
+                          "speedup": {k: round(med["triton"] / v, 3) for k, v in med.items()}, "cos_fp32": cos,
+                          "conv_kernel": cv.kernel_in_use(torch.cuda.current_device())}), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--stages", default="2,3,4")
     ap.add_argument("--decode", default="", help="also the whole decode A/B at these sizes, e.g. 832x480,1280x720")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    ok = check([(1, 1, 8, 128), (1, 2, 13, 200), (2, 3, 20, 70), (1, 2, 480, 832)])
+    ok = check([(96, 1, 1, 8, 128), (96, 1, 2, 13, 200), (96, 2, 3, 20, 70), (96, 1, 2, 480, 832),
+                (192, 1, 2, 9, 100), (192, 2, 2, 240, 416)])
     print(json.dumps({"all_ok": ok}), flush=True)
     if not args.check_only and ok:
-        timing(args.frames, [int(s) for s in args.stages.split(",")])
+        timing(args.frames)
     if args.decode and ok:
         decode_ab(args.decode.split(","), args.reps)
     sys.exit(0 if ok else 1)

@@ -161,7 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s33b     one GPU, ~7 min: the Gluon 96-channel VAE conv (kernels/conv3d_gluon.py):
+#   bash scripts/gpu_verify.sh s33c     one GPU, ~8 min: the Gluon conv persistent (and at 192 channels, not used): the probe
+#                                       (outputs, times, the 480p decode with the Triton conv / Gluon at 96 / at 96 + 192),
+#                                       its GPU tests, the 1.3B whole job (start + 3 jobs; records the kernel list)
+#   bash scripts/gpu_verify.sh s33b     one GPU, ~7 min (ran in session 33): the Gluon 96-channel VAE conv (kernels/conv3d_gluon.py):
 #                                       scripts/conv_gluon_probe.py (outputs, times against the Triton kernel, the 480p
 #                                       decode A/B), then its GPU tests and the Triton conv's
 #   bash scripts/gpu_verify.sh s33a     one GPU, ~9 min, NOT RUN YET: the shipped kernel lists after session 32: a fresh 1.3B start
@@ -933,6 +936,20 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s33c ]; then
+    timeout 280 python3 scripts/conv_gluon_probe.py --decode 832x480 --reps 3 > "$OUT/logs/conv_probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | grep -v '"ok": true' | cut -c1-420 | tail -22
+    grep -c '"ok": true' "$OUT/logs/conv_probe.log"
+    timeout 90 python3 -m pytest -q -p no:cacheprovider --timeout 80 --tb=line -m gpu tests/unit/kernels/test_conv3d_gluon.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-200 | head -8
+    left=$((525 - SECONDS))
+    if [ "$left" -gt 130 ]; then  # the whole 1.3B job through the real processes (start + 3 jobs), if time is left
+        timeout "$left" python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
+            --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench13.log" 2>&1
+        grep -E "start -> ready|POST->completed|first /|warm median|peak|rror" "$OUT/logs/bench13.log" | cut -c1-300 | head -8
+        grep -hE "precompile:|compiled .* at launch|warm-up done|conv |Gluon conv" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
+    fi
 elif [ "$mode" = s33b ]; then
     timeout 260 python3 scripts/conv_gluon_probe.py --decode 832x480 --reps 3 > "$OUT/logs/conv_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | cut -c1-400 | tail -26
