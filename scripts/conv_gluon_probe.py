@@ -149,7 +149,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--decode", default="", help="also the whole decode A/B at these sizes, e.g. 832x480,1280x720")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--decode-only", action="store_true", help="only the --decode A/B")
     args = ap.parse_args()
+    if args.decode_only:
+        decode_ab(args.decode.split(","), args.reps)
+        return
     ok = check([(96, 1, 1, 8, 128), (96, 1, 2, 13, 200), (96, 2, 3, 20, 70), (96, 1, 2, 480, 832),
                 (192, 1, 2, 9, 100), (192, 2, 2, 240, 416)])
     print(json.dumps({"all_ok": ok}), flush=True)

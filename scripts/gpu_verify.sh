@@ -161,7 +161,9 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s33c     one GPU, ~8 min: the Gluon conv persistent (and at 192 channels, not used): the probe
+#   bash scripts/gpu_verify.sh s33d     one GPU, ~8 min: the 1.3B whole job (start + 3 jobs) with conv_kernel triton / auto /
+#                                       triton / auto, then the 480p decode with the Triton conv / Gluon at 96 / at 96 + 192
+#   bash scripts/gpu_verify.sh s33c     one GPU, ~8 min (ran in session 33): the Gluon conv persistent (and at 192 channels, not used): the probe
 #                                       (outputs, times, the 480p decode with the Triton conv / Gluon at 96 / at 96 + 192),
 #                                       its GPU tests, the 1.3B whole job (start + 3 jobs; records the kernel list)
 #   bash scripts/gpu_verify.sh s33b     one GPU, ~7 min (ran in session 33): the Gluon 96-channel VAE conv (kernels/conv3d_gluon.py):
@@ -936,6 +938,20 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s33d ]; then
+    # the whole 1.3B job through the real processes with each VAE conv kernel, alternating on one host (start + 3 jobs)
+    for run in triton-1 auto-1 triton-2 auto-2; do
+        limit=120; [ "$run" = triton-1 ] && limit=170  # the first run builds the weights
+        timeout $limit python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
+            --start-timeout 110 --job-timeout 60 --worker-setting "conv_kernel=${run%-*}" --logs "$OUT/logs/e2e-$run" \
+            > "$OUT/logs/bench-$run.log" 2>&1
+        echo "== conv_kernel $run"; grep -E "start -> ready, fresh|POST->completed|first /|rror" "$OUT/logs/bench-$run.log" \
+            | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-230 | head -5
+        grep -hE "compiled .* at launch|Gluon conv|conv 96" "$OUT/logs/e2e-$run"/worker*.log | cut -c60-200 | head -3
+    done
+    timeout $((530 - SECONDS)) python3 scripts/conv_gluon_probe.py --decode 832x480 --reps 3 --decode-only \
+        > "$OUT/logs/decode_ab.log" 2>&1
+    grep -E "^\{|rror" "$OUT/logs/decode_ab.log" | cut -c1-600 | tail -3
 elif [ "$mode" = s33c ]; then
     timeout 280 python3 scripts/conv_gluon_probe.py --decode 832x480 --reps 3 > "$OUT/logs/conv_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | grep -v '"ok": true' | cut -c1-420 | tail -22
