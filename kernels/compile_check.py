@@ -98,9 +98,12 @@ def _compile(res: Result, fn: object, cfg: triton.Config | dict, grid: tuple[int
 
     # as in a worker, which records every compiled specialization (worker/precompile.py): with a post-compile hook
     # set, Triton serializes the launch's constexprs to JSON, and a value that does not serialize fails the launch
-    specs: list[str] = []
     before = knobs.runtime.jit_post_compile_hook
-    knobs.runtime.jit_post_compile_hook = lambda *, compile, **kw: specs.append(compile["specialization_data"])
+
+    def hook(**kw: object) -> object:  # a hook set before (a recording worker's, a test's) still sees every compile
+        return before(**kw) if before is not None else None
+
+    knobs.runtime.jit_post_compile_hook = hook
     try:
         kernel = fn.warmup(**args, **meta, grid=grid)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - report every failing config, go on with the next
@@ -140,7 +143,8 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, bool]:
     return spilled, "wgmma.mma_async instructions are serialized" in proc.stderr
 
 
-def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int, overlap: str | None) -> None:
+def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int, overlap: str | None,
+                            max_spill: int = 0) -> None:
     """What a warp-specialized Gluon kernel's sm_90 compile must show: `setmaxnreg` for each of its `partitions`
     (registers moved between them), no spilled registers, no wgmmas serialized by ptxas (its advisories C7513-C7515:
     the MMAs would no longer overlap anything) and, where `overlap` says what it is for, a `wgmma.wait_group 1`
@@ -152,8 +156,8 @@ def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int
     if ptx.count("setmaxnreg") < partitions:
         res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
     spilled, serialized = _ptxas_report(ptx, 90)
-    if spilled:
-        res.errors.append(f"{name}: {spilled} bytes of registers spilled")
+    if spilled > max_spill:
+        res.errors.append(f"{name}: {spilled} bytes of registers spilled" + (f" (at most {max_spill})" if max_spill else ""))
     if serialized:
         res.errors.append(f"{name}: ptxas serializes its wgmmas (C7513-C7515)")
 
@@ -180,9 +184,10 @@ def _conv3d_igemm(smem: int) -> Result:
 
 
 def _conv3d_gluon(smem: int) -> Result:
-    """The VAE's conv in Gluon (`kernels.conv3d_gluon`) at 96 channels: each epilogue, with and without
-    bias, the default ring depth and two slots: warp-specialized (`setmaxnreg`), one step's MMAs in flight while the
-    next slot is awaited (a `wgmma.wait_group` of one step's count), no spills and no wgmmas serialized by ptxas."""
+    """The VAE's conv in Gluon (`kernels.conv3d_gluon`) at the channel counts in use (96, 192): each epilogue, with
+    and without bias, the default ring depth and two slots: warp-specialized (`setmaxnreg`), one step's MMAs in
+    flight while the next slot is awaited (a `wgmma.wait_group` of one step's count), no wgmmas serialized by ptxas,
+    and no spills, except up to SPILL_192 bytes in the 192-channel residual epilogue (see `conv3d_gluon.USED`)."""
     import re
 
     from kernels import conv3d_gluon as cg
@@ -191,7 +196,8 @@ def _conv3d_gluon(smem: int) -> Result:
     if not cg.available():
         res.errors.append(f"Triton {triton.__version__} has no Gluon Hopper API")
         return res
-    for c, w in ((96, 832),):  # the channel counts in use (cg.USED)
+    for c, w in ((96, 832), (192, 416)):
+        assert c in cg.USED
         rows, n0, n1, _ = cg.tile_config(c)
         x = torch.zeros(1, c, 3, 8, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
         out = torch.zeros(1, c, 1, 8, w, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
@@ -207,10 +213,17 @@ def _conv3d_gluon(smem: int) -> Result:
             if res.compiled > before:
                 ptx = _LAST[0].asm["ptx"]
                 name = f"C={c} epilogue {epi} bias={bias} stages={stages}"
-                _check_warp_specialized(res, name, ptx, partitions=3, overlap=None)
+                _check_warp_specialized(res, name, ptx, partitions=3, overlap=None,
+                                        max_spill=SPILL_192 if (c, epi) == (192, 2) else 0)
                 if str(6 * rows) not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
                     res.errors.append(f"{name}: no wgmma.wait_group {6 * rows} (a step's MMAs not kept in flight)")
     return res
+
+
+# the 192-channel conv's residual epilogue: 192 accumulator registers per thread are live while a row's residual
+# is loaded, and ptxas spills 120-204 bytes there, once per tile after the K loop; measured 1.11-1.28x the Triton
+# kernel with it (kernels/NOTES_vae.md, session 33). More would mean a spill that grew, e.g. into the K loop
+SPILL_192 = 256
 
 
 def _w8a8_tma(smem: int) -> Result:

@@ -1,4 +1,4 @@
-"""The VAE's 96-channel causal 3×3×3 conv in Gluon for Hopper (sm90): each loaded input row block serves three taps.
+"""The VAE's 96- and 192-channel causal 3×3×3 convs in Gluon for Hopper (sm90): each loaded input box serves three taps.
 
 Why a second form of `kernels.conv3d_igemm`'s kernel: Nsight Compute found that kernel L2-bound at 96 channels
 (85 % of the L2's throughput, the tensor pipe 54 % active; kernels/NOTES_vae.md, session 27). Each of its K steps
@@ -6,28 +6,38 @@ loads, for one tap (dt, dh, dw), the tile's input pixels shifted by that tap: 27
 a pixel or a row, per channel chunk. Triton cannot take a row-shifted view of a loaded tile, so every tap is a
 load of its own.
 
-This kernel loads, per (dt, dw) and channel chunk, one box of BOX_ROWS = 8 input rows × 64 pixels (the tile's 6
-output rows and the row above and below), and runs the three row taps dh = 0, 1, 2 on row-shifted views of that
-box in shared memory: a view that starts a whole row (64 pixels) further is a legal wgmma operand, a view one
-pixel further is not, so the column taps dw stay separate loads. The input comes from L2 9·8 = 72 row-loads per
-6 output rows instead of 27·6 = 162, and with 6 rows per program the weights are read per 384 pixels instead of
-256: about half the L2 traffic per output pixel.
+This kernel loads, per (dt, dw) and channel chunk, one box of BOX_ROWS = 8 input rows × 64 pixels (the tile's
+output rows and the rows above and below them). It runs the three row taps dh = 0, 1, 2 on views of that box in shared
+memory that start whole rows (64 pixels) further. Such a view is a legal wgmma operand. A view one pixel further is
+not, so the column taps dw stay separate loads. At 96 channels a tile is 6 rows: the input comes from L2 as
+9·8 = 72 row-loads per 6 output rows instead of 27·6 = 162, and the weights are read per 384 pixels instead of
+256. That is about half the L2 traffic per output pixel.
 
-- one program per 6 × 64 output pixels of one frame, all output channels (64 + 32 = 96: two dots, no padded
-  columns);
-- a loader warp issues the TMA loads (the input box and the step's three weight tiles per ring slot; TMA's
-  out-of-bounds zero fill is the conv's spatial padding, as in the Triton kernel);
-- two consumer warpgroups, 3 output rows each (6 fp32 accumulators, 144 registers per thread), issue the step's
-  18 asynchronous wgmmas with both operands in shared memory and keep them in flight while waiting for the next
-  slot (the previous step's MMAs are waited for before its slot is handed back);
-- the epilogues are `kernels.conv3d_igemm`'s: + bias, then nothing, RMS-norm + SiLU over the channels (the next
-  conv's input), or + a residual; stores go straight from the accumulators' registers, masked at the frame's
-  edges.
+- A tile: 2 · ROWS output rows × 64 pixels of one frame, all output channels in two dots (96 = 64 + 32,
+  192 = 128 + 64: no padded columns). ROWS = 3 at 96 channels; 2 at 192, where three rows of accumulators would not
+  fit the registers.
+- Persistent: one program per SM loops over the tiles.
+- A loader warp issues the TMA loads: the input box and the step's three weight tiles per ring slot. TMA's
+  out-of-bounds zero fill is the conv's spatial padding, as in the Triton kernel. It runs ahead into the next tile
+  while the current tile's epilogue runs.
+- Two consumer warpgroups, ROWS output rows each, issue a step's 6 · ROWS asynchronous wgmmas with both operands in
+  shared memory. They keep them in flight while they wait for the next slot, and hand a slot back once its step's
+  MMAs are done.
+- The epilogues are `kernels.conv3d_igemm`'s: + bias, then nothing, RMS-norm + SiLU over the channels (the next
+  conv's input), or + a residual. Stores go straight from the accumulators' registers, masked at the frame's edges.
 
-Gluon has no interpreter: CPU CI compiles this kernel for sm_90 (`kernels.compile_check conv3d_gluon`: no spills,
-no wgmmas serialized by ptxas), and `tests/unit/kernels/test_conv3d_gluon.py` checks it on the GPU against the fp32
-conv and the Triton kernel. `conv3d_igemm.causal_conv3x3x3` runs it where `supported` and the first call's check
-say so, unless TURBOVID_WORKER__CONV_KERNEL=triton.
+Measured on an H200 (`scripts/conv_gluon_probe.py`, session 33; kernels/NOTES_vae.md):
+- one 16-frame chunk: 1.10-1.16x the Triton kernel at 96 channels (480p and 720p) and 1.11-1.28x at 192;
+- the same error to the fp32 conv (1.66e-3);
+- the 480p decode: 1.04x with the Gluon kernel at 96 channels and 1.085x at 96 and 192, the same cosine to the
+  fp32 decode (0.9999218);
+- in the worker at 96 channels, the decode took 0.558-0.565 s against 0.579-0.590 s.
+
+Gluon has no interpreter. CPU CI compiles this kernel for sm_90 (`kernels.compile_check conv3d_gluon`). That check
+fails on wgmmas serialized by ptxas, on a step's MMAs not kept in flight, and on spills, apart from a bounded one in
+the 192-channel residual epilogue. `tests/unit/kernels/test_conv3d_gluon.py` checks the kernel on the GPU against the
+fp32 conv and the Triton kernel. `conv3d_igemm.causal_conv3x3x3` runs it where `supported` and the first call's
+check say so, unless TURBOVID_WORKER__CONV_KERNEL=triton.
 """
 
 from __future__ import annotations
@@ -62,12 +72,14 @@ def available() -> bool:
     return wg.available()
 
 
-USED = (96,)  # the channel counts `causal_conv3x3x3` sends here (192 compiles, but its residual epilogue spills)
+# the channel counts `causal_conv3x3x3` sends here: the decoder's full- and half-resolution residual blocks (192's
+# residual epilogue spills up to ~200 bytes once per tile, and was still 1.11-1.28x the Triton kernel, s33c)
+USED = (96, 192)
 
 
 def supported(c_in: int, c_out: int) -> bool:
     """The channel counts the worker runs on this kernel: square convs of 96 (the decoder's full-resolution
-    blocks)."""
+    blocks) or 192 (the half-resolution ones)."""
     return c_in == c_out and c_in in USED
 
 

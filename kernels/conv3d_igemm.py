@@ -374,19 +374,20 @@ def causal_conv3x3x3(
     return out
 
 
-# Which kernel runs the 96-channel convs on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel
+# Which kernel runs the 96- and 192-channel convs on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel
 # (kernels/conv3d_gluon.py: each loaded input box serves three row taps) where it covers the conv and its first-call
 # check passed (`_check_gluon`); "triton" this module's kernel always. The worker setting `conv_kernel` sets it.
 KERNEL_ENV = "TURBOVID_WORKER__CONV_KERNEL"
 KERNEL_CHOICES = ("auto", "gluon", "triton")
-# (device index, epilogue, bias) -> `_check_gluon`'s answer, once per process
-_GLUON_CHECKED: dict[tuple[int, int, bool], bool] = {}
+# (device index, channels, epilogue, bias) -> `_check_gluon`'s answer, once per process
+_GLUON_CHECKED: dict[tuple[int, int, int, bool], bool] = {}
 
 
 def _gluon_runs(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Tensor | None,
                 norm_gamma: torch.Tensor | None, residual: torch.Tensor | None, eps: float) -> bool:
     """Whether this conv goes to the Gluon kernel: sm90, asked for (not "triton"), channels it covers, and (once
-    per device, epilogue and bias, outside a CUDA graph capture) `_check_gluon` on this call's first frame."""
+    per device, channel count, epilogue and bias, outside a CUDA graph capture) `_check_gluon` on this call's first
+    frame."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
     from kernels import checked_once, conv3d_gluon, env_choice
@@ -395,14 +396,14 @@ def _gluon_runs(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Ten
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
-    return checked_once(_GLUON_CHECKED, (index, epi, bias is not None),
+    return checked_once(_GLUON_CHECKED, (index, x.shape[1], epi, bias is not None),
                         lambda: _check_gluon(x, wmat, c_out, bias, norm_gamma, residual, eps))
 
 
 def kernel_in_use(device_index: int) -> str:
-    """Which kernel this process's 96-channel convs on the device took once they ran: "gluon" (every epilogue checked
+    """Which kernel this process's 96- and 192-channel convs on the device took once they ran: "gluon" (every epilogue checked
     passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
-    checked = [ok for (index, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
+    checked = [ok for (index, _, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
     return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
 
 

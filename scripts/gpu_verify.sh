@@ -161,7 +161,9 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s33d     one GPU, ~8 min: the 1.3B whole job (start + 3 jobs) with conv_kernel triton / auto /
+#   bash scripts/gpu_verify.sh s33e     one GPU, ~3 min: the 1.3B whole job (start + 3 jobs) with the Gluon conv at 96 and 192
+#                                       channels; its recorded kernel list has the 192-channel specializations to ship
+#   bash scripts/gpu_verify.sh s33d     one GPU, ~8 min (ran in session 33): the 1.3B whole job (start + 3 jobs) with conv_kernel triton / auto /
 #                                       triton / auto, then the 480p decode with the Triton conv / Gluon at 96 / at 96 + 192
 #   bash scripts/gpu_verify.sh s33c     one GPU, ~8 min (ran in session 33): the Gluon conv persistent (and at 192 channels, not used): the probe
 #                                       (outputs, times, the 480p decode with the Triton conv / Gluon at 96 / at 96 + 192),
@@ -938,6 +940,13 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s33e ]; then
+    # the Gluon conv at 96 and 192 channels: the 1.3B whole job (start + 3 jobs), its recorded kernel list
+    timeout 200 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
+        --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench13.log" 2>&1
+    grep -E "start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench13.log" \
+        | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-230 | head -6
+    grep -hE "precompile:|compiled .* at launch|conv (96|192)" "$OUT/logs/e2e"/worker*.log | cut -c60-220 | head -6
 elif [ "$mode" = s33d ]; then
     # the whole 1.3B job through the real processes with each VAE conv kernel, alternating on one host (start + 3 jobs)
     for run in triton-1 auto-1 triton-2 auto-2; do

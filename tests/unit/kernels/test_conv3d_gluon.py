@@ -53,9 +53,10 @@ def test_the_reference_is_the_convs_output(epi):
 
 
 def test_supported_channels():
-    assert conv3d_gluon.supported(96, 96)
-    assert not conv3d_gluon.supported(192, 192) and not conv3d_gluon.supported(96, 192)
-    assert not conv3d_gluon.supported(96, 3)
+    assert conv3d_gluon.supported(96, 96) and conv3d_gluon.supported(192, 192)
+    assert not conv3d_gluon.supported(384, 384) and not conv3d_gluon.supported(96, 192)
+    assert not conv3d_gluon.supported(96, 3) and not conv3d_gluon.supported(32, 32)
+    assert all(c in conv3d_gluon.SHAPES for c in conv3d_gluon.USED)
 
 
 @pytest.fixture
@@ -125,7 +126,7 @@ def test_the_setting_and_the_channels_decide_before_any_check(monkeypatch):
     assert conv3d_igemm._GLUON_CHECKED == {}
 
 
-def test_the_check_runs_once_per_device_and_epilogue(monkeypatch):
+def test_the_check_runs_once_per_device_channels_and_epilogue(monkeypatch):
     inp = _inputs(1, 96, 1, 2, 4, "cpu", torch.float32)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(conv3d_igemm.KERNEL_ENV, "auto")
@@ -138,8 +139,13 @@ def test_the_check_runs_once_per_device_and_epilogue(monkeypatch):
     assert conv3d_igemm._gluon_runs(inp["x"], inp["wmat"], 96, inp["bias"], gamma, None, 1e-12)
     assert conv3d_igemm._gluon_runs(inp["x"], inp["wmat"], 96, inp["bias"], gamma, None, 1e-12)  # remembered
     assert not conv3d_igemm._gluon_runs(inp["x"], inp["wmat"], 96, inp["bias"], None, inp["res"], 1e-12)
-    assert conv3d_igemm._GLUON_CHECKED == {(0, 1, True): True, (0, 2, True): False}
+    assert conv3d_igemm._GLUON_CHECKED == {(0, 96, 1, True): True, (0, 96, 2, True): False}
     assert conv3d_igemm.kernel_in_use(0) == "mixed"
+    # another channel count is checked on its own first call
+    wide = _inputs(1, 192, 1, 2, 4, "cpu", torch.float32)
+    answers = iter([True])
+    assert conv3d_igemm._gluon_runs(wide["x"], wide["wmat"], 192, wide["bias"], wide["gamma"], None, 1e-12)
+    assert (0, 192, 1, True) in conv3d_igemm._GLUON_CHECKED
 
 
 @pytest.mark.gpu

@@ -306,9 +306,10 @@ def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
     assert int8_quant.kernel_in_use(0) == "mixed"
     assert sagesla.kernel_in_use(0) == "gluon" and sagesla.kernel_in_use(1) == "triton"
     assert sagesla.kernel_in_use(5) == "triton"
-    # the VAE's 96-channel convs: per (device, epilogue, bias); reported where the implicit-GEMM conv runs (sm90+)
-    monkeypatch.setattr(conv3d_igemm, "_GLUON_CHECKED", {(0, 1, True): True, (0, 2, True): True, (1, 1, True): True,
-                                                         (1, 2, True): False})
+    # the VAE's 96- and 192-channel convs: per (device, channels, epilogue, bias); reported where the implicit-GEMM
+    # conv runs (sm90+)
+    monkeypatch.setattr(conv3d_igemm, "_GLUON_CHECKED", {(0, 96, 1, True): True, (0, 192, 2, True): True,
+                                                         (1, 96, 1, True): True, (1, 192, 2, True): False})
     assert conv3d_igemm.kernel_in_use(0) == "gluon" and conv3d_igemm.kernel_in_use(1) == "mixed"
     assert conv3d_igemm.kernel_in_use(3) == "triton"
     monkeypatch.setattr(conv3d_igemm, "available", lambda device: False)  # a pre-Hopper GPU: cuDNN convs
