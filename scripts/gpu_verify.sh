@@ -229,6 +229,15 @@ turbovid_bench() {
         --start-timeout 150 --job-timeout 60 --out "$OUT/bench.json" --logs "$OUT/logs/e2e" 2>&1 \
         | tee -a "$OUT/$mode.log" | grep -v " INFO \|^INFO" | tail -32
 }
+# e2e13 SECONDS: the 1.3B whole job through the real processes (a fresh start + 3 jobs, 2-layer umT5), logs and the
+# recorded kernel list in $OUT/logs/e2e; prints its summary lines
+e2e13() {
+    timeout "$1" python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
+        --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench13.log" 2>&1
+    grep -E "start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench13.log" \
+        | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-230 | head -6
+    grep -hE "precompile:|compiled .* at launch|warm-up done|conv (96|192)" "$OUT/logs/e2e"/worker*.log | cut -c1-220 | head -6
+}
 # bench14 SECONDS START_TIMEOUT: a fresh 14B 720p worker through real processes (2 jobs, 2-layer umT5); its logs,
 # recorded kernel list and autotune choices in $OUT/logs/e2e14
 bench14() {
@@ -941,12 +950,7 @@ elif [ "$mode" = s31e ]; then
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
 elif [ "$mode" = s33e ]; then
-    # the Gluon conv at 96 and 192 channels: the 1.3B whole job (start + 3 jobs), its recorded kernel list
-    timeout 200 python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
-        --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench13.log" 2>&1
-    grep -E "start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench13.log" \
-        | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-230 | head -6
-    grep -hE "precompile:|compiled .* at launch|conv (96|192)" "$OUT/logs/e2e"/worker*.log | cut -c60-220 | head -6
+    e2e13 200  # the Gluon conv at 96 and 192 channels; the recorded list has the 192-channel specializations
 elif [ "$mode" = s33d ]; then
     # the whole 1.3B job through the real processes with each VAE conv kernel, alternating on one host (start + 3 jobs)
     for run in triton-1 auto-1 triton-2 auto-2; do
@@ -969,12 +973,7 @@ elif [ "$mode" = s33c ]; then
         > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-200 | head -8
     left=$((525 - SECONDS))
-    if [ "$left" -gt 130 ]; then  # the whole 1.3B job through the real processes (start + 3 jobs), if time is left
-        timeout "$left" python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
-            --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench13.log" 2>&1
-        grep -E "start -> ready|POST->completed|first /|warm median|peak|rror" "$OUT/logs/bench13.log" | cut -c1-300 | head -8
-        grep -hE "precompile:|compiled .* at launch|warm-up done|conv |Gluon conv" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
-    fi
+    [ "$left" -gt 130 ] && e2e13 "$left"  # the whole 1.3B job, if time is left
 elif [ "$mode" = s33b ]; then
     timeout 260 python3 scripts/conv_gluon_probe.py --decode 832x480 --reps 3 > "$OUT/logs/conv_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | cut -c1-400 | tail -26
@@ -982,12 +981,7 @@ elif [ "$mode" = s33b ]; then
         tests/unit/kernels/test_conv3d_igemm.py > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-200 | head -8
     left=$((525 - SECONDS))
-    if [ "$left" -gt 150 ]; then  # the whole 1.3B job through the real processes (start + 3 jobs), if time is left
-        timeout "$left" python3 -m cli.main bench --weights "$W" --text-encoder small --jobs 3 --no-restart --skip-stages \
-            --start-timeout 150 --job-timeout 60 --logs "$OUT/logs/e2e" > "$OUT/logs/bench13.log" 2>&1
-        grep -E "start -> ready|POST->completed|first /|warm median|peak|rror" "$OUT/logs/bench13.log" | cut -c1-300 | head -8
-        grep -hE "precompile:|compiled .* at launch|warm-up done|conv .*Gluon|Gluon conv" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
-    fi
+    [ "$left" -gt 150 ] && e2e13 "$left"  # the whole 1.3B job, if time is left
 elif [ "$mode" = s33a ]; then
     turbovid_bench 230
     grep -rhE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
