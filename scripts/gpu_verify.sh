@@ -171,10 +171,11 @@
 #   bash scripts/gpu_verify.sh s33b     one GPU, ~7 min (ran in session 33): the Gluon 96-channel VAE conv (kernels/conv3d_gluon.py):
 #                                       scripts/conv_gluon_probe.py (outputs, times against the Triton kernel, the 480p
 #                                       decode A/B), then its GPU tests and the Triton conv's
-#   bash scripts/gpu_verify.sh s33a     one GPU, ~9 min, NOT RUN YET: the shipped kernel lists after session 32: a fresh 1.3B start
-#                                       (turbovid bench; expect 0 compiled at launch from the 86-entry list), then a fresh
-#                                       14B 720p worker (2 jobs), whose recorded list ($OUT/logs/e2e14/kernels-*.json) has the
-#                                       new Gluon kernels to add to worker/autotune/NVIDIA_H200-cc90.wan2.1-t2v-14b.kernels.json
+#   bash scripts/gpu_verify.sh s33a     one GPU, ~9 min, NOT RUN YET: the shipped kernel lists after sessions 32-33: a fresh 1.3B
+#                                       start (turbovid bench, per stage too; expect 0 compiled at launch from the 102-entry
+#                                       list), then a fresh 14B 720p worker (2 jobs), whose recorded list
+#                                       ($OUT/logs/e2e14/kernels-*.json) has the Gluon attention, quantization and VAE conv to
+#                                       add to worker/autotune/NVIDIA_H200-cc90.wan2.1-t2v-14b.kernels.json
 #   bash scripts/gpu_verify.sh s32d     one GPU, ~6 min (ran in session 32, at d5573e3, whose P_SMEM attention form was then
 #                                       dropped: its A/B now times one form twice): attn_probe, the attention's GPU tests, the
 #                                       1.3B DiT per NFE A/B, then turbovid bench on the 1.3B (whole job; records the kernel list)
