@@ -168,7 +168,8 @@ def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
         out["attention"] = sagesla.kernel_in_use(index)
     from kernels import conv3d_igemm
 
-    if conv3d_igemm.available(dev):  # sm90+: the VAE's implicit-GEMM convs (older GPUs: cuDNN)
+    vae = getattr(pipeline, "vae", None)
+    if getattr(vae, "conv_impl", None) == "igemm" and conv3d_igemm.available(dev):  # older GPUs, taps2d: cuDNN
         out["conv"] = conv3d_igemm.kernel_in_use(index)
     return out
 

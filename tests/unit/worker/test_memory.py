@@ -317,5 +317,10 @@ def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
     assert kernels_in_use(fast, "cuda:1") == {"gemm": "gluon on cuda:1", "quant": "triton", "attention": "triton"}
     assert kernels_in_use(SimpleNamespace(linear="native", attention="dense"), "cuda:0") == {}
     monkeypatch.setattr(conv3d_igemm, "available", lambda device: str(device) == "cuda:1")
-    assert kernels_in_use(fast, "cuda:1")["conv"] == "mixed"
-    assert kernels_in_use(SimpleNamespace(linear="native", attention="dense"), "cuda:1") == {"conv": "mixed"}
+    igemm = SimpleNamespace(conv_impl="igemm")
+    assert "conv" not in kernels_in_use(fast, "cuda:1")  # no VAE (a test double)
+    assert kernels_in_use(SimpleNamespace(linear="w8a8", attention="sagesla", vae=igemm), "cuda:1")["conv"] == "mixed"
+    assert kernels_in_use(SimpleNamespace(linear="native", attention="dense", vae=igemm), "cuda:1") == {"conv": "mixed"}
+    # the VAE on cuDNN's convs (worker.vae_conv taps2d): nothing of ours to report
+    taps = SimpleNamespace(linear="native", attention="dense", vae=SimpleNamespace(conv_impl="taps2d"))
+    assert kernels_in_use(taps, "cuda:1") == {}
