@@ -355,10 +355,9 @@ def causal_conv3x3x3(
         return (tiles, triton.cdiv(c_out, meta["BLOCK_N0"] + meta["BLOCK_N1"]), b * t)
 
     if x.is_cuda and config is None:
-        if _gluon_runs(x, wmat, c_out, bias, norm_gamma, residual, eps):
-            from kernels import conv3d_gluon
-
-            return conv3d_gluon.conv(x, wmat, out, bias=bias, norm_gamma=norm_gamma, residual=residual, eps=eps)
+        if _gluon_runs(x, wmat, c_out, bias, norm_gamma, residual, eps) and _run_gluon(
+                x, wmat, out, c_out, bias, norm_gamma, residual, eps):
+            return out
         _conv_tuned[grid](**args)
         return out
     fixed = dict(config or {"BLOCK_M": triton.next_power_of_2(w), "BLOCK_H": 1,
@@ -394,10 +393,35 @@ def _gluon_runs(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Ten
 
     if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not conv3d_gluon.supported(x.shape[1], c_out):
         return False
+    # bf16 only (its shared layouts), and frames at least one tile's box (8 rows × 64 pixels; smaller ones are cheap)
+    if x.dtype != torch.bfloat16 or x.shape[3] < conv3d_gluon.BOX_ROWS or x.shape[4] < conv3d_gluon.TILE_W:
+        return False
+    return checked_once(_GLUON_CHECKED, _gluon_key(x, norm_gamma, residual, bias),
+                        lambda: _check_gluon(x, wmat, c_out, bias, norm_gamma, residual, eps))
+
+
+def _gluon_key(x: torch.Tensor, norm_gamma: torch.Tensor | None, residual: torch.Tensor | None,
+               bias: torch.Tensor | None) -> tuple[int, int, int, bool]:
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
-    return checked_once(_GLUON_CHECKED, (index, x.shape[1], epi, bias is not None),
-                        lambda: _check_gluon(x, wmat, c_out, bias, norm_gamma, residual, eps))
+    return index, x.shape[1], epi, bias is not None
+
+
+def _run_gluon(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, c_out: int, bias: torch.Tensor | None,
+               norm_gamma: torch.Tensor | None, residual: torch.Tensor | None, eps: float) -> bool:
+    """Launch the Gluon kernel for a checked conv; False (the caller runs the Triton kernel) where the launch raises
+    (e.g. a shape the first-call check did not see), which also sends this specialization to the Triton kernel for
+    the rest of the process, with the reason logged: a job never fails for the faster kernel."""
+    from kernels import conv3d_gluon
+
+    try:
+        conv3d_gluon.conv(x, wmat, out, bias=bias, norm_gamma=norm_gamma, residual=residual, eps=eps)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any launch failure means: the Triton kernel
+        _GLUON_CHECKED[_gluon_key(x, norm_gamma, residual, bias)] = False
+        log.warning("the Gluon conv kernel failed on %s (%s): using the Triton kernel from now on",
+                    tuple(x.shape), f"{type(exc).__name__}: {str(exc)[:200]}")
+        return False
 
 
 def kernel_in_use(device_index: int) -> str:

@@ -111,23 +111,31 @@ def test_the_check_needs_hopper(monkeypatch):
     assert not conv3d_igemm._check_gluon(inp["x"], inp["wmat"], 96, eps=1e-12, **_epilogue(inp, 0))
 
 
-def test_the_setting_and_the_channels_decide_before_any_check(monkeypatch):
-    inp = _inputs(1, 96, 1, 2, 4, "cpu", torch.float32)
+def _bf16(c: int = 96) -> dict:
+    """Inputs the Gluon kernel would take: bf16, frames of at least one tile's box (8 rows × 64 pixels)."""
+    return _inputs(1, c, 1, 8, 64, "cpu", torch.bfloat16)
+
+
+def test_the_setting_the_channels_dtype_and_size_decide_before_any_check(monkeypatch):
+    inp = _bf16()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(conv3d_igemm, "_GLUON_CHECKED", {})
     monkeypatch.setattr(conv3d_igemm, "_check_gluon", lambda *a: pytest.fail("not checked"))
     monkeypatch.setenv(conv3d_igemm.KERNEL_ENV, "triton")
     assert not conv3d_igemm._gluon_runs(inp["x"], inp["wmat"], 96, None, None, None, 1e-12)
     monkeypatch.setenv(conv3d_igemm.KERNEL_ENV, "auto")
-    other = _inputs(1, 32, 1, 2, 4, "cpu", torch.float32)
+    other = _inputs(1, 32, 1, 8, 64, "cpu", torch.bfloat16)
     assert not conv3d_igemm._gluon_runs(other["x"], other["wmat"], 32, None, None, None, 1e-12)
+    for small in (_inputs(1, 96, 1, 7, 64, "cpu", torch.bfloat16), _inputs(1, 96, 1, 8, 63, "cpu", torch.bfloat16),
+                  _inputs(1, 96, 1, 8, 64, "cpu", torch.float16)):  # a frame smaller than the box; not bf16
+        assert not conv3d_igemm._gluon_runs(small["x"], small["wmat"], 96, None, None, None, 1e-12)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter has no Gluon
     assert not conv3d_igemm._gluon_runs(inp["x"], inp["wmat"], 96, None, None, None, 1e-12)
     assert conv3d_igemm._GLUON_CHECKED == {}
 
 
 def test_the_check_runs_once_per_device_channels_and_epilogue(monkeypatch):
-    inp = _inputs(1, 96, 1, 2, 4, "cpu", torch.float32)
+    inp = _bf16()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(conv3d_igemm.KERNEL_ENV, "auto")
     monkeypatch.setattr(conv3d_igemm, "_GLUON_CHECKED", {})
@@ -142,10 +150,31 @@ def test_the_check_runs_once_per_device_channels_and_epilogue(monkeypatch):
     assert conv3d_igemm._GLUON_CHECKED == {(0, 96, 1, True): True, (0, 96, 2, True): False}
     assert conv3d_igemm.kernel_in_use(0) == "mixed"
     # another channel count is checked on its own first call
-    wide = _inputs(1, 192, 1, 2, 4, "cpu", torch.float32)
+    wide = _bf16(192)
     answers = iter([True])
     assert conv3d_igemm._gluon_runs(wide["x"], wide["wmat"], 192, wide["bias"], wide["gamma"], None, 1e-12)
     assert (0, 192, 1, True) in conv3d_igemm._GLUON_CHECKED
+
+
+def test_a_failing_launch_after_the_check_falls_back_for_good(monkeypatch, caplog):
+    # e.g. a shape the first call's check did not see: the conv still runs (on the Triton kernel), and the
+    # specialization stays there, with the reason logged
+    inp = _bf16()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(conv3d_igemm, "_GLUON_CHECKED", {(0, 96, 2, True): True, (0, 96, 1, True): True})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA_ERROR_INVALID_VALUE")
+
+    monkeypatch.setattr(conv3d_gluon, "conv", broken)
+    out = torch.empty_like(inp["res"])
+    with caplog.at_level(logging.WARNING, logger="kernels.conv3d_igemm"):
+        assert not conv3d_igemm._run_gluon(inp["x"], inp["wmat"], out, 96, inp["bias"], None, inp["res"], 1e-12)
+    assert conv3d_igemm._GLUON_CHECKED == {(0, 96, 2, True): False, (0, 96, 1, True): True}
+    assert "failed on (1, 96, 3, 8, 64)" in caplog.text and "CUDA_ERROR_INVALID_VALUE" in caplog.text
+    monkeypatch.setattr(conv3d_gluon, "conv", lambda x, wmat, out, **kw: out.fill_(1.0))
+    assert conv3d_igemm._run_gluon(inp["x"], inp["wmat"], out, 96, inp["bias"], inp["gamma"], None, 1e-12)
+    assert bool((out == 1).all())  # a working launch writes the caller's output
 
 
 @pytest.mark.gpu
