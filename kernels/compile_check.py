@@ -146,7 +146,7 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, bool]:
 def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int, overlap: str | None,
                             max_spill: int = 0) -> None:
     """What a warp-specialized Gluon kernel's sm_90 compile must show: `setmaxnreg` for each of its `partitions`
-    (registers moved between them), no spilled registers, no wgmmas serialized by ptxas (its advisories C7513-C7515:
+    (registers moved between them), no more than `max_spill` bytes of spilled registers (default none), no wgmmas serialized by ptxas (its advisories C7513-C7515:
     the MMAs would no longer overlap anything) and, where `overlap` says what it is for, a `wgmma.wait_group 1`
     (one MMA group kept in flight)."""
     import re

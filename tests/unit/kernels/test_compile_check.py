@@ -89,3 +89,44 @@ def test_refuses_to_run_under_the_interpreter() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"  # conftest sets it for CPU runs
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=0"):
         run(["softmax_rows"])
+
+
+def test_a_constexpr_a_recording_worker_cannot_serialize_is_reported(tmp_path: Path) -> None:
+    # A worker records every compiled specialization through Triton's post-compile hook, and with a hook set Triton
+    # serializes the launch's constexprs to JSON: a layout object there made the Gluon conv's launch fail in the worker
+    # only (session 33). compile_check compiles with a hook set, so CI sees it too; a hook set before its own (a
+    # recording's) still sees every compile.
+    script = textwrap.dedent("""
+        import torch
+        from triton import knobs
+        from triton.experimental import gluon
+        from triton.experimental.gluon import language as gl
+        from kernels import compile_check as cc
+
+        @gluon.jit
+        def kernel(x_ptr, WHAT: gl.constexpr):
+            gl.store(x_ptr + gl.arange(0, 32, gl.BlockedLayout([1], [32], [1], [0])), 1.0)
+
+        cc.use_target(90)
+        seen = []
+        x = torch.zeros(32)
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=16, rank=2)
+        for name, what in (("object", layout), ("int", 64)):
+            if name == "int":  # a recording's hook, set before compile_check's
+                knobs.runtime.jit_post_compile_hook = lambda **kw: seen.append(kw["fn"].name)
+            else:
+                assert knobs.runtime.jit_post_compile_hook is None  # no hook of the caller's: only compile_check's
+            res = cc.Result(name)
+            cc._compile(res, kernel, {"num_warps": 1}, (1,), cc._SMEM, x_ptr=x, WHAT=what)
+            print(name, res.compiled, " | ".join(res.errors)[:120])
+        print("recorded", len(seen), knobs.runtime.jit_post_compile_hook is not None)
+    """)
+    path = tmp_path / "constexpr_kernel.py"
+    path.write_text(script)
+    proc = _run([str(path)], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split(" ", 1)[0]: line for line in proc.stdout.splitlines()
+             if line.startswith(("object ", "int ", "recorded "))}
+    assert lines["object"].startswith("object 0 ") and "not JSON serializable" in lines["object"], proc.stdout
+    assert lines["int"] == "int 1 ", proc.stdout
+    assert lines["recorded"] == "recorded 1 True", proc.stdout  # the earlier hook saw the good compile, and is back
