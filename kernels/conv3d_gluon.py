@@ -309,11 +309,11 @@ def tiles(c: int, b: int, t: int, h: int, w: int) -> int:
 
 def conv(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, *, bias: torch.Tensor | None,
          norm_gamma: torch.Tensor | None, residual: torch.Tensor | None, eps: float, stages: int | None = None,
-         persistent: bool = True) -> torch.Tensor:
+         persistent: bool = True, kernel: object | None = None) -> torch.Tensor:
     """`kernels.conv3d_igemm.causal_conv3x3x3` on this kernel, arguments already checked there: x the time-padded
     input [B, C, T + 2, H, W] channels-last-3d (C `supported`), wmat its weight matrix, out [B, C, T, H, W]
     channels-last-3d (possibly frames of a larger buffer). persistent: one program per SM looping over the tiles
-    (False: one program per tile)."""
+    (False: one program per tile). kernel: a variant of `_conv_gluon_kernel` with its parameters (a probe's)."""
     b, c_in, tp, h, w = x.shape
     t = tp - 2
     _, n0, n1, _ = tile_config(c_in)
@@ -323,7 +323,7 @@ def conv(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, *, bias: torch.
     dummy = bias if bias is not None else wmat
     n_tiles = tiles(c_in, b, t, h, w)
     programs = min(n_tiles, _num_sms(_device_index(x.device))) if persistent else n_tiles
-    _conv_gluon_kernel[(programs,)](
+    (kernel or _conv_gluon_kernel)[(programs,)](  # type: ignore[index]
         x_desc, w0_desc, w1_desc, out, r, dummy, norm_gamma if norm_gamma is not None else dummy, t, h, w,
         out.stride(0), out.stride(2), out.stride(3), out.stride(4), r.stride(0), r.stride(2), r.stride(3), r.stride(4),
         float(out.shape[1]) ** 0.5, eps, n_tiles, **launch_meta(c_in, bias is not None, epi, stages))

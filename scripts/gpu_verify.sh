@@ -161,7 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s33e     one GPU, ~3 min: the 1.3B whole job (start + 3 jobs) with the Gluon conv at 96 and 192
+#   bash scripts/gpu_verify.sh s34a     one GPU, ~8 min, NOT RUN YET: the Gluon conv's staged A-from-registers form
+#                                       (scripts/conv_gluon_probe.py --aregs: outputs and times against the kept form),
+#                                       then turbovid bench on the 1.3B (per stage and whole job)
+#   bash scripts/gpu_verify.sh s33e     one GPU, ~3 min (ran in session 33): the 1.3B whole job (start + 3 jobs) with the Gluon conv at 96 and 192
 #                                       channels; its recorded kernel list has the 192-channel specializations to ship
 #   bash scripts/gpu_verify.sh s33d     one GPU, ~8 min (ran in session 33): the 1.3B whole job (start + 3 jobs) with conv_kernel triton / auto /
 #                                       triton / auto, then the 480p decode with the Triton conv / Gluon at 96 / at 96 + 192
@@ -950,6 +953,13 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s34a ]; then
+    # the staged A-from-registers form of the Gluon conv against the kept one (outputs and times), then the 1.3B
+    # turbovid bench with its per-stage table (the README's is session 32's)
+    timeout 200 python3 scripts/conv_gluon_probe.py --aregs > "$OUT/logs/conv_probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | grep -v '"ok": true' | cut -c1-420 | tail -14
+    grep -c '"ok": true' "$OUT/logs/conv_probe.log"
+    turbovid_bench $((530 - SECONDS))
 elif [ "$mode" = s33e ]; then
     e2e13 200  # the Gluon conv at 96 and 192 channels; the recorded list has the 192-channel specializations
 elif [ "$mode" = s33d ]; then
