@@ -21,7 +21,7 @@ _LAZY = {
     "dequantize_weight_blockwise": "kernels.int8_quant",
 }
 
-__all__ = [*sorted(_LAZY), "checked_once", "env_choice"]
+__all__ = [*sorted(_LAZY), "checked_once", "checked_kernel", "env_choice"]
 
 _WARNED: set[tuple[str, str]] = set()  # (variable, value) pairs `env_choice` has warned about
 
@@ -50,6 +50,14 @@ def checked_once(cache: dict[Any, bool], key: Any, check: Callable[[], bool]) ->
             return False
         cache[key] = check()
     return cache[key]
+
+
+def checked_kernel(cache: dict[Any, bool], device_index: int) -> str:
+    """What a `checked_once` cache says ran on a device, as /v1/models reports it: "gluon" (every check there passed),
+    "mixed" (some fell back: the log says why) or "triton" (none passed, or none ran there). Its keys are the device
+    index, or tuples that start with it."""
+    checked = [ok for key, ok in cache.items() if (key[0] if isinstance(key, tuple) else key) == device_index]
+    return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
 
 
 def __getattr__(name: str) -> Any:

@@ -402,9 +402,10 @@ def _gluon_runs(x: torch.Tensor, wmat: torch.Tensor, c_out: int, bias: torch.Ten
 
 def _gluon_key(x: torch.Tensor, norm_gamma: torch.Tensor | None, residual: torch.Tensor | None,
                bias: torch.Tensor | None) -> tuple[int, int, int, bool]:
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    from kernels.w8a8 import _device_index
+
     epi = 1 if norm_gamma is not None else 2 if residual is not None else 0
-    return index, x.shape[1], epi, bias is not None
+    return _device_index(x.device), x.shape[1], epi, bias is not None
 
 
 def _run_gluon(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, c_out: int, bias: torch.Tensor | None,
@@ -427,8 +428,9 @@ def _run_gluon(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, c_out: in
 def kernel_in_use(device_index: int) -> str:
     """Which kernel this process's 96- and 192-channel convs on the device took once they ran: "gluon" (every epilogue checked
     passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
-    checked = [ok for (index, _, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
-    return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
+    from kernels import checked_kernel
+
+    return checked_kernel(_GLUON_CHECKED, device_index)
 
 
 GLUON_MAX_ERROR = 2e-2  # relative to the fp32 conv; both kernels are ~2e-3 from it (bf16 operands and output)

@@ -362,15 +362,17 @@ def _gluon_runs(x: torch.Tensor, gelu: bool) -> bool:
     k = x.shape[-1]
     if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not int8_quant_gluon.supported(k, gelu):
         return False
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    return checked_once(_GLUON_CHECKED, (index, gelu, k), lambda: _check_gluon(x, gelu))
+    from kernels.w8a8 import _device_index
+
+    return checked_once(_GLUON_CHECKED, (_device_index(x.device), gelu, k), lambda: _check_gluon(x, gelu))
 
 
 def kernel_in_use(device_index: int) -> str:
     """Which kernel this process's activation quantization on the device took once it ran: "gluon" (every row length
     checked passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
-    checked = [ok for (index, _, _), ok in _GLUON_CHECKED.items() if index == device_index]
-    return "triton" if not any(checked) else "gluon" if all(checked) else "mixed"
+    from kernels import checked_kernel
+
+    return checked_kernel(_GLUON_CHECKED, device_index)
 
 
 CHECK_ROWS = 4096  # at most this many of the first call's rows are checked (the 14B's are 2 GB)

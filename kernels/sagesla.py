@@ -568,8 +568,9 @@ def _gluon_runs(p: _Prepared) -> bool:
     if not sagesla_gluon.supported(p.q.shape[-1], p.block_q, p.block_k, p.topk, p.dense, p.pv_fp8):
         return False
     from kernels import checked_once
+    from kernels.w8a8 import _device_index
 
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    index = _device_index(dev)
     return checked_once(_GLUON_CHECKED, index, lambda: _check_gluon(index, p))
 
 
@@ -582,7 +583,9 @@ def _kernel_choice() -> str:
 def kernel_in_use(device_index: int) -> str:
     """Which kernel this process's SageSLA calls on the device took once they ran: "gluon" where the Gluon kernel
     passed its first-call check, else "triton" (not checked: not Hopper, turned off, or no call it covers)."""
-    return "gluon" if _GLUON_CHECKED.get(device_index) else "triton"
+    from kernels import checked_kernel
+
+    return checked_kernel(_GLUON_CHECKED, device_index)
 
 
 def _relative_distance(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -154,8 +154,10 @@ def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
         return {}
     import torch
 
+    from kernels.w8a8 import _device_index
+
     dev = torch.device(device)
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    index = _device_index(dev)
     out: dict[str, str] = {}
     if pipeline.linear == "w8a8":
         from kernels import int8_quant, w8a8
