@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +175,14 @@ class WanCrossAttention(nn.Module):
         return ops.apply_linear(self.o, o.transpose(1, 2).reshape(B, L, -1))  # [B, L, C]
 
 
+class Pending(NamedTuple):
+    """A block's FFN output y [B, L, C] and its gate [B, 1, C] fp32, not yet added to the residual stream: the
+    next norm (`Ops.gated_add_modulate`) adds ``x + gate·y`` in its own pass."""
+
+    y: torch.Tensor
+    gate: torch.Tensor
+
+
 class WanBlock(nn.Module):
     def __init__(self, cfg: WanConfig, sla: bool):
         super().__init__()
@@ -188,12 +196,21 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor, ops: Ops, sla_topk: float | None = None) -> torch.Tensor:
-        """x [B, L, C] fp32 residual stream, e [B, 6, C] fp32, context [B, Lt, C] compute dtype."""
+                sin: torch.Tensor, ops: Ops, sla_topk: float | None = None, *,
+                pending: Pending | None = None, defer: bool = False) -> torch.Tensor | tuple[torch.Tensor, Pending]:
+        """x [B, L, C] fp32 residual stream, e [B, 6, C] fp32, context [B, Lt, C] compute dtype -> the stream
+        after this block. pending: the previous block's FFN output and gate, not yet added to x (added here, in
+        norm1's pass). defer: return (x, this block's own pending FFN residual) instead, for the next block's
+        norm1 or the head's norm to add (`WanTransformer.forward`: one pass fewer per block boundary)."""
         dtype = context.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
-        # 1. self-attention with AdaLN (int8 out when q/k/v are W8A8 on the kernels: one quantization)
-        h = ops.modulate(x, shift1, scale1, self.norm1.eps, dtype, next_linear=self.self_attn.q)
+        # 1. self-attention with AdaLN (int8 out when q/k/v are W8A8 on the kernels: one quantization), after the
+        #    previous block's FFN residual when it was left to this norm
+        if pending is None:
+            h = ops.modulate(x, shift1, scale1, self.norm1.eps, dtype, next_linear=self.self_attn.q)
+        else:
+            x, h = ops.gated_add_modulate(x, pending.y, pending.gate, shift1, scale1, self.norm1.eps, dtype,
+                                          next_linear=self.self_attn.q)
         # 2. cross-attention to the text. A residual add and the norm after it are one pass on the kernels
         #    (the branch outputs are passed inline: nothing holds them through the next branch)
         if isinstance(self.norm3, LayerNorm32):  # int8 out for a W8A8 q
@@ -206,6 +223,8 @@ class WanBlock(nn.Module):
         x, h = ops.gated_add_modulate(x, self.cross_attn(h, context, ops), None, shift2, scale2, self.norm2.eps,
                                       dtype, next_linear=self.ffn[0])
         y = ops.ffn(self.ffn, h)  # [B, L, C]
+        if defer:
+            return x, Pending(y, gate2)
         return ops.gated_add(x, y, gate2)
 
 
@@ -216,10 +235,16 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype, ops: Ops) -> torch.Tensor:
-        """x [B, L, C] fp32, e [B, C] fp32 -> [B, L, pt·ph·pw·C_out] (patch-major, channel last)."""
+    def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype, ops: Ops,
+                pending: Pending | None = None) -> torch.Tensor:
+        """x [B, L, C] fp32, e [B, C] fp32 -> [B, L, pt·ph·pw·C_out] (patch-major, channel last). pending: the
+        last block's FFN residual, added to x inside this norm's pass."""
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # [B, 1, C]
-        return ops.apply_linear(self.head, ops.modulate(x, shift, scale, self.norm.eps, dtype))
+        if pending is None:
+            h = ops.modulate(x, shift, scale, self.norm.eps, dtype)
+        else:
+            _, h = ops.gated_add_modulate(x, pending.y, pending.gate, shift, scale, self.norm.eps, dtype)
+        return ops.apply_linear(self.head, h)
 
 
 class WanTransformer(nn.Module):
@@ -313,11 +338,15 @@ class WanTransformer(nn.Module):
             L = x.shape[1]
             x, cos, sin = sp.shard(x, 1), sp.shard(cos, 0), sp.shard(sin, 0)  # [B, L/N, dim], [L/N, D/2]
             ops = replace(ops, sequence=sp.for_length(L))
+        #    each block's FFN residual is added inside the next norm's pass (the next block's norm1, the head's
+        #    norm): on the kernels one row pass fewer per block boundary, the same sums
+        pending: Pending | None = None
         for block in self.blocks:
-            x = block(x, e6, ctx, cos, sin, ops, sla_topk)
+            x, pending = cast(tuple[torch.Tensor, Pending],
+                              block(x, e6, ctx, cos, sin, ops, sla_topk, pending=pending, defer=True))
 
         # 5. head and unpatchify: [B, L, pt·ph·pw·C_out] -> [B, C_out, T, H, W]
-        out = self.head(x, e, dtype, ops)
+        out = self.head(x, e, dtype, ops, pending)
         if sp is not None:
             out = sp.gather(out, 1, L)  # [B, L, pt·ph·pw·C_out] on every rank
         out = out.view(B, *grid, pt, ph, pw, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)

@@ -1,7 +1,7 @@
 """The VAE's 96-channel conv: the Gluon kernel (kernels/conv3d_gluon.py) against the Triton implicit-GEMM kernel and
 the fp32 conv, on one GPU (sm90).
 
-    python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--aregs] [--decode 832x480 --reps 3]
+    python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--decode 832x480 --reps 3]
 
 First the outputs: every epilogue (plain, norm + SiLU, residual; with bias) at small and odd shapes (rows not a
 multiple of 6, widths not of 64, batch 2, output written into frames of a larger buffer), each kernel's error
@@ -49,50 +49,11 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want).norm() / want.norm())
 
 
-if cg.available():
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma
-
-    @gluon.jit
-    def _mma_row_aregs(a_all, wt0, wt1, acc0, acc1, row: gl.constexpr, BW: gl.constexpr):
-        # the A view loaded into registers once (ldmatrix) and used by both dots; the compiler loads each distinct
-        # view once per step: 5 for 3 rows x 3 row taps
-        BN0: gl.constexpr = wt0.type.shape[1]
-        BN1: gl.constexpr = wt1.type.shape[1]
-        l0: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN0, 16])
-        l1: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN1, 16])
-        a = a_all.slice(row * BW, BW).load(gl.DotOperandLayout(operand_index=0, parent=l0, k_width=2))
-        acc0 = warpgroup_mma(a, wt0, acc0, is_async=True)
-        acc1 = warpgroup_mma(gl.convert_layout(a, gl.DotOperandLayout(operand_index=0, parent=l1, k_width=2)), wt1,
-                             acc1, is_async=True)
-        return acc0, acc1
-
-
-def aregs_kernel() -> object:
-    """The Gluon conv with its A operand from registers (kernels/NOTES_vae.md, session 33's staged form): the
-    kernel's own source, compiled with `_mma_row` swapped in a copy of its module's globals (the production kernel
-    and its cache entries stay as they are)."""
-    import types
-
-    scope = dict(vars(cg))
-    scope["_mma_row"] = _mma_row_aregs
-
-    def rebuild(jit_fn: object) -> object:
-        fn = jit_fn.fn  # type: ignore[attr-defined]
-        copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
-        copy.__annotations__ = dict(fn.__annotations__)  # the constexpr parameters
-        copy.__kwdefaults__, copy.__qualname__, copy.__module__ = fn.__kwdefaults__, fn.__qualname__, fn.__module__
-        return gluon.jit(copy)
-
-    scope["_consumer"] = rebuild(cg._consumer)
-    return rebuild(cg._conv_gluon_kernel)
-
 
 _FIXED = {"BLOCK_M": 64, "BLOCK_N0": 64, "BLOCK_N1": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
 
 
-def check(shapes: list[tuple[int, int, int, int, int]], aregs: object | None = None) -> bool:
+def check(shapes: list[tuple[int, int, int, int, int]]) -> bool:
     ok = True
     for c, b, t, h, w in shapes:
         inp = _inputs(b, t, h, w, c)
@@ -102,7 +63,6 @@ def check(shapes: list[tuple[int, int, int, int, int]], aregs: object | None = N
             want = cv.reference_out(inp["x"], inp["wmat"], c, **kw)
             tri = cv.causal_conv3x3x3(inp["x"], inp["wmat"], c, config=fixed, **kw)  # no autotuning here
             forms = [("persistent", {}), ("per tile", {"persistent": False})]
-            forms += [("A from registers", {"kernel": aregs})] if aregs is not None and c == 96 else []
             for form, extra in forms:
                 # the output as frames 2.. of a larger buffer (how a block's first conv writes the second's input)
                 big = torch.empty(b, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16,
@@ -117,8 +77,8 @@ def check(shapes: list[tuple[int, int, int, int, int]], aregs: object | None = N
     return ok
 
 
-def timing(frames: int, aregs: object | None = None) -> None:
-    v96 = ((4, True, None), (4, False, None)) + (((4, True, aregs),) if aregs is not None else ())
+def timing(frames: int) -> None:
+    v96 = ((4, True, None), (4, False, None))
     for c, h, w, variants in ((96, 480, 832, v96), (96, 720, 1280, v96),
                               (192, 240, 416, ((3, True, None), (2, True, None))),
                               (192, 360, 640, ((3, True, None), (2, True, None)))):
@@ -136,7 +96,7 @@ def timing(frames: int, aregs: object | None = None) -> None:
             row = {"c": c, "size": f"{w}x{h}", "frames": frames, "epi": epi, "triton_ms": round(t_tri, 3),
                    "triton_tflops": round(flop / t_tri / 1e9)}
             for stages, persistent, kernel in variants:
-                name = f"gluon_s{stages}{'p' if persistent else ''}{'_aregs' if kernel is not None else ''}"
+                name = f"gluon_s{stages}{'p' if persistent else ''}"
                 t_g = do_bench(lambda: cg.conv(inp["x"], inp["wmat"], out, eps=1e-12, stages=stages,  # noqa: B023
                                                persistent=persistent, kernel=kernel, **kw),  # noqa: B023
                                warmup=10, rep=100, return_mode="median")
@@ -194,18 +154,15 @@ def main() -> None:
     ap.add_argument("--decode", default="", help="also the whole decode A/B at these sizes, e.g. 832x480,1280x720")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--decode-only", action="store_true", help="only the --decode A/B")
-    ap.add_argument("--aregs", action="store_true", help="also the staged form with its A operand from registers "
-                    "(96 channels: outputs and times)")
     args = ap.parse_args()
-    aregs = aregs_kernel() if args.aregs else None
     if args.decode_only:
         decode_ab(args.decode.split(","), args.reps)
         return
     ok = check([(96, 1, 1, 8, 128), (96, 1, 2, 13, 200), (96, 2, 3, 20, 70), (96, 1, 2, 480, 832),
-                (192, 1, 2, 9, 100), (192, 2, 2, 240, 416)], aregs)
+                (192, 1, 2, 9, 100), (192, 2, 2, 240, 416)])
     print(json.dumps({"all_ok": ok}), flush=True)
     if not args.check_only and ok:
-        timing(args.frames, aregs)
+        timing(args.frames)
     if args.decode and ok:
         decode_ab(args.decode.split(","), args.reps)
     sys.exit(0 if ok else 1)

@@ -161,9 +161,12 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s34a     one GPU, ~8 min, NOT RUN YET: the Gluon conv's staged A-from-registers form
-#                                       (scripts/conv_gluon_probe.py --aregs: outputs and times against the kept form),
-#                                       then turbovid bench on the 1.3B (per stage and whole job)
+#   bash scripts/gpu_verify.sh s34b     one GPU, ~8 min: the FFN residual inside the next block's norm1: the 1.3B DiT per NFE
+#                                       (CUDA graphs) with this tree and OLD_SRC's, alternating processes, then turbovid
+#                                       bench on the 1.3B (per stage and whole job; records the kernel list)
+#   bash scripts/gpu_verify.sh s34a     one GPU, ~3 min (ran in session 34 with the probe's A-from-registers form, whose
+#                                       outputs were wrong and which was then dropped): the Gluon conv's probe, then
+#                                       turbovid bench on the 1.3B (per stage and whole job)
 #   bash scripts/gpu_verify.sh s33e     one GPU, ~3 min (ran in session 33): the 1.3B whole job (start + 3 jobs) with the Gluon conv at 96 and 192
 #                                       channels; its recorded kernel list has the 192-channel specializations to ship
 #   bash scripts/gpu_verify.sh s33d     one GPU, ~8 min (ran in session 33): the 1.3B whole job (start + 3 jobs) with conv_kernel triton / auto /
@@ -953,10 +956,21 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s34b ]; then
+    # the 1.3B DiT per NFE with this tree and OLD_SRC's in alternating processes (new, old, new, old), then the 1.3B
+    # turbovid bench (per stage and whole job)
+    for run in new-1 old-1 new-2 old-2; do
+        tree=$PWD; [ "${run%-*}" = old ] && tree=$OLD_SRC
+        limit=90; [ "$run" = new-1 ] && limit=150  # the first compiles the kernels
+        (cd "$tree" && PYTHONPATH=/tmp/site:$tree timeout $limit python3 -m models.bench_dit --sizes 1.3b --reps 5 \
+            --no-checks --no-floor --graphs --variants sagesla/w8a8/fused) > "$OUT/logs/dit-$run.log" 2>&1
+        echo "== 1.3B DiT per NFE, $run"; grep -E "^\{|rror" "$OUT/logs/dit-$run.log" | cut -c1-200 | tail -2
+    done
+    turbovid_bench $((530 - SECONDS))
+    grep -rhE "precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e"/worker*.log | cut -c1-200 | head -6
 elif [ "$mode" = s34a ]; then
-    # the staged A-from-registers form of the Gluon conv against the kept one (outputs and times), then the 1.3B
-    # turbovid bench with its per-stage table (the README's is session 32's)
-    timeout 200 python3 scripts/conv_gluon_probe.py --aregs > "$OUT/logs/conv_probe.log" 2>&1
+    # the Gluon conv's probe (it also ran an A-from-registers form then), then the 1.3B turbovid bench
+    timeout 200 python3 scripts/conv_gluon_probe.py > "$OUT/logs/conv_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | grep -v '"ok": true' | cut -c1-420 | tail -14
     grep -c '"ok": true' "$OUT/logs/conv_probe.log"
     turbovid_bench $((530 - SECONDS))

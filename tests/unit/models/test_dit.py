@@ -210,9 +210,10 @@ def test_fused_kernel_path_matches_pytorch():
 
 @pytest.mark.parametrize("cross_attn_norm", [True, False])
 def test_residual_adds_run_in_the_norm_passes_with_the_unfused_bits(monkeypatch, cross_attn_norm):
-    """On the kernels each block's self-attention and cross-attention residual adds run inside the next norm's
-    pass (norm3 and norm2; without norm3, an nn.Identity, only norm2's), and the forward's output is bit for
-    bit the one of the separate gated_residual + layernorm_modulate passes."""
+    """On the kernels each block's residual adds run inside the next norm's pass: the self-attention's in norm3
+    (without norm3, an nn.Identity, it stays a pass of its own), the cross-attention's in norm2, the FFN's in the
+    next block's norm1 or the head's norm. The forward's output is bit for bit the one of the separate
+    gated_residual + layernorm_modulate passes."""
     import os
 
     from models.ops import override
@@ -241,7 +242,8 @@ def test_residual_adds_run_in_the_norm_passes_with_the_unfused_bits(monkeypatch,
         got = model(latents, t, ctx)
         monkeypatch.setattr(adaln, "residual_layernorm_modulate", unfused)
         want = model(latents, t, ctx)
-    assert calls == [(1, 12, cfg.dim)] * (2 if cross_attn_norm else 1) * cfg.num_layers  # 2×4×6 latents: 12 tokens
+    per_block = 3 if cross_attn_norm else 2  # norm1 (the previous FFN's add; the head's for the last), norm3, norm2
+    assert calls == [(1, 12, cfg.dim)] * per_block * cfg.num_layers  # 2×4×6 latents: 12 tokens
     assert torch.equal(got, want)
 
 

@@ -3,6 +3,7 @@ feeding W8A8 directly, the W8A8 layout converted once at load, and "auto" backen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -152,8 +153,10 @@ def test_adaln_int8_output_feeds_w8a8_directly(monkeypatch):
 @needs_kernels
 def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
     """norm3 (LayerNorm with affine), the cross-attention's q/k RMSNorm and its residual add run on the
-    kernels path (they were several plain-PyTorch passes), and match plain PyTorch. The residual adds before
-    norm3 and norm2 run inside those norms' passes (residual_layernorm_modulate), only the FFN's alone."""
+    kernels path (they were several plain-PyTorch passes), and match plain PyTorch. Every residual add runs
+    inside the next norm's pass (residual_layernorm_modulate): the self-attention's in norm3, the
+    cross-attention's in norm2, the FFN's in the next block's norm1 or the head's norm. With
+    `fuse_residual_norms` off the same forward runs each add as a pass of its own, with the same bits."""
     import kernels.adaln as adaln
     import kernels.gated_residual as gated_residual
     import kernels.rmsnorm_rope as rmsnorm_rope
@@ -184,12 +187,22 @@ def test_cross_attention_norms_and_residual_run_on_the_kernels(monkeypatch):
         with override(kernels=True):
             fused = model(latents, t, ctx)
     layers, tokens = TINY.num_layers, 2 * 2 * 3  # latents 2×4×6 in 1×2×2 patches
-    assert len(calls["layernorm_modulate"]) == layers + 1  # norm1; the head
-    # self-attn's residual + norm3 (affine), cross-attn's residual (gate 1) + norm2
-    assert calls["residual_layernorm_modulate"] == [(1, tokens, TINY.dim)] * 2 * layers
+    assert len(calls["layernorm_modulate"]) == 1  # the first block's norm1: no residual before it
+    # the previous block's FFN residual + norm1 (blocks 1..), self-attn's residual + norm3 (affine), cross-attn's
+    # residual (gate 1) + norm2, and the last FFN's residual + the head's norm
+    assert calls["residual_layernorm_modulate"] == [(1, tokens, TINY.dim)] * (3 * layers)
     assert calls["rmsnorm"] == [(1, tokens, TINY.dim), (1, 16, TINY.dim)] * layers  # cross-attn q, k
-    assert len(calls["gated_residual"]) == layers  # FFN
+    assert calls["gated_residual"] == []  # no residual add is a pass of its own
     assert _cos(fused, plain) >= 0.99999
+
+    for name in calls:
+        calls[name].clear()
+    model.ops = dataclasses.replace(model.ops, fuse_residual_norms=False)
+    with torch.no_grad(), override(kernels=True):
+        split = model(latents, t, ctx)
+    assert calls["residual_layernorm_modulate"] == []
+    assert len(calls["gated_residual"]) == 3 * layers and len(calls["layernorm_modulate"]) == 3 * layers + 1
+    assert torch.equal(split, fused)  # the interpreter runs both forms on one row config: the same bits
 
 
 def test_plain_layer_norm_and_add_are_wans_norm3_and_residual():
