@@ -1,21 +1,31 @@
 """The VAE's 96-channel conv: the Gluon kernel (kernels/conv3d_gluon.py) against the Triton implicit-GEMM kernel and
 the fp32 conv, on one GPU (sm90).
 
-    python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--decode 832x480 --reps 3]
+    python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--forms wait0,aregs0] [--decode 832x480 --reps 3]
 
 First the outputs: every epilogue (plain, norm + SiLU, residual; with bias) at small and odd shapes (rows not a
 multiple of 6, widths not of 64, batch 2, output written into frames of a larger buffer), each kernel's error
 relative to the fp32 conv with the same epilogue, persistent and one program per tile, at 96 and 192 channels.
 Then the times (median ms, the same inputs): one 16-frame chunk at the decoder's 480p and 720p sizes for each width,
 each epilogue, the Triton kernel at its autotuned choice against the Gluon kernel's forms. Then (--decode) the whole
-decode with each kernel in turns. Prints one JSON line per row."""
+decode with each kernel in turns. Prints one JSON line per row.
+
+--forms: also these variants of the kernel at 96 channels, compiled from a copy of its source with a change
+(`variant_kernel`; the production kernel and its cache entries stay as they are):
+- wait0: each step waits for all its MMAs (no MMAs in flight across steps), A from shared memory as kept;
+- aregs0: as wait0, with each A view loaded into registers once and used by both dots. Session 34 ran the A views
+  from registers with the kept in-flight MMAs and got wrong outputs (kernels/NOTES_vae.md): registers an in-flight
+  wgmma still reads were probably reloaded by the next step. Waiting for the step's MMAs makes that impossible."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,10 +60,51 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 
+_A_SMEM = """        a = a_all.slice(row * BW, BW)
+        acc0 = warpgroup_mma(a, wt0, acc0, is_async=True)
+        acc1 = warpgroup_mma(a, wt1, acc1, is_async=True)
+"""
+_A_REGS = """        l0: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, wt0.type.shape[1], 16])
+        l1: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, wt1.type.shape[1], 16])
+        a = a_all.slice(row * BW, BW).load(gl.DotOperandLayout(operand_index=0, parent=l0, k_width=2))
+        acc0 = warpgroup_mma(a, wt0, acc0, is_async=True)
+        acc1 = warpgroup_mma(gl.convert_layout(a, gl.DotOperandLayout(operand_index=0, parent=l1, k_width=2)), wt1,
+                             acc1, is_async=True)
+"""
+
+
+def variant_kernel(name: str) -> object:
+    """`_conv_gluon_kernel` compiled from a copy of kernels/conv3d_gluon.py with the change `name` names (see the
+    module docstring), imported as a module of its own from a temporary file (Triton reads a kernel's source)."""
+    src = Path(cg.__file__).read_text()
+
+    def swap(old: str, new: str) -> None:
+        nonlocal src
+        if src.count(old) != 1:
+            raise SystemExit(f"variant {name}: the kernel's source changed ({old.strip()[:60]!r} not found once)")
+        src = src.replace(old, new)
+
+    if name not in ("wait0", "aregs0"):
+        raise SystemExit(f"unknown form {name!r}: wait0, aregs0")
+    swap("IN_FLIGHT: gl.constexpr = 6 * ROWS", "IN_FLIGHT: gl.constexpr = 0")
+    if name == "aregs0":
+        swap(_A_SMEM, _A_REGS)
+    path = Path(tempfile.mkdtemp()) / f"conv3d_gluon_{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"conv3d_gluon_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module._conv_gluon_kernel
+
+
 _FIXED = {"BLOCK_M": 64, "BLOCK_N0": 64, "BLOCK_N1": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
 
 
-def check(shapes: list[tuple[int, int, int, int, int]]) -> bool:
+def check(shapes: list[tuple[int, int, int, int, int]], forms: dict[str, object] | None = None) -> bool:
     ok = True
     for c, b, t, h, w in shapes:
         inp = _inputs(b, t, h, w, c)
@@ -62,8 +113,9 @@ def check(shapes: list[tuple[int, int, int, int, int]]) -> bool:
             kw = _epilogue(inp, epi)
             want = cv.reference_out(inp["x"], inp["wmat"], c, **kw)
             tri = cv.causal_conv3x3x3(inp["x"], inp["wmat"], c, config=fixed, **kw)  # no autotuning here
-            forms = [("persistent", {}), ("per tile", {"persistent": False})]
-            for form, extra in forms:
+            runs = [("persistent", {}), ("per tile", {"persistent": False})]
+            runs += [(name, {"kernel": k}) for name, k in (forms or {}).items() if c == 96]
+            for form, extra in runs:
                 # the output as frames 2.. of a larger buffer (how a block's first conv writes the second's input)
                 big = torch.empty(b, c, t + 2, h, w, device="cuda", dtype=torch.bfloat16,
                                   memory_format=torch.channels_last_3d).zero_()
@@ -77,8 +129,9 @@ def check(shapes: list[tuple[int, int, int, int, int]]) -> bool:
     return ok
 
 
-def timing(frames: int) -> None:
-    v96 = ((4, True, None), (4, False, None))
+def timing(frames: int, forms: dict[str, object] | None = None) -> None:
+    v96 = ((4, True, None), (4, False, None)) + tuple((4, True, k) for k in (forms or {}).values())
+    names = {id(k): n for n, k in (forms or {}).items()}
     for c, h, w, variants in ((96, 480, 832, v96), (96, 720, 1280, v96),
                               (192, 240, 416, ((3, True, None), (2, True, None))),
                               (192, 360, 640, ((3, True, None), (2, True, None)))):
@@ -96,7 +149,7 @@ def timing(frames: int) -> None:
             row = {"c": c, "size": f"{w}x{h}", "frames": frames, "epi": epi, "triton_ms": round(t_tri, 3),
                    "triton_tflops": round(flop / t_tri / 1e9)}
             for stages, persistent, kernel in variants:
-                name = f"gluon_s{stages}{'p' if persistent else ''}"
+                name = f"gluon_s{stages}{'p' if persistent else ''}" + (f"_{names[id(kernel)]}" if kernel else "")
                 t_g = do_bench(lambda: cg.conv(inp["x"], inp["wmat"], out, eps=1e-12, stages=stages,  # noqa: B023
                                                persistent=persistent, kernel=kernel, **kw),  # noqa: B023
                                warmup=10, rep=100, return_mode="median")
@@ -154,15 +207,17 @@ def main() -> None:
     ap.add_argument("--decode", default="", help="also the whole decode A/B at these sizes, e.g. 832x480,1280x720")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--decode-only", action="store_true", help="only the --decode A/B")
+    ap.add_argument("--forms", default="", help="also these variants at 96 channels: wait0, aregs0 (comma-separated)")
     args = ap.parse_args()
+    forms = {name: variant_kernel(name) for name in args.forms.split(",") if name}
     if args.decode_only:
         decode_ab(args.decode.split(","), args.reps)
         return
     ok = check([(96, 1, 1, 8, 128), (96, 1, 2, 13, 200), (96, 2, 3, 20, 70), (96, 1, 2, 480, 832),
-                (192, 1, 2, 9, 100), (192, 2, 2, 240, 416)])
+                (192, 1, 2, 9, 100), (192, 2, 2, 240, 416)], forms)
     print(json.dumps({"all_ok": ok}), flush=True)
     if not args.check_only and ok:
-        timing(args.frames)
+        timing(args.frames, forms)
     if args.decode and ok:
         decode_ab(args.decode.split(","), args.reps)
     sys.exit(0 if ok else 1)

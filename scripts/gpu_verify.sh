@@ -161,7 +161,11 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s34b     one GPU, ~8 min: the FFN residual inside the next block's norm1: the 1.3B DiT per NFE
+#   bash scripts/gpu_verify.sh s34c     one GPU, ~7 min: the Gluon conv's forms that wait for each step's MMAs (wait0, and
+#                                       aregs0 with its A views from registers: scripts/conv_gluon_probe.py --forms), then a
+#                                       fresh 14B 720p worker (2 jobs), whose recorded kernel list ($OUT/logs/e2e14) has the
+#                                       Gluon attention, quantization and conv specializations the shipped 14B list lacks
+#   bash scripts/gpu_verify.sh s34b     one GPU, ~8 min (ran in session 34): the FFN residual inside the next block's norm1: the 1.3B DiT per NFE
 #                                       (CUDA graphs) with this tree and OLD_SRC's, alternating processes, then turbovid
 #                                       bench on the 1.3B (per stage and whole job; records the kernel list)
 #   bash scripts/gpu_verify.sh s34a     one GPU, ~3 min (ran in session 34 with the probe's A-from-registers form, whose
@@ -956,6 +960,11 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s34c ]; then
+    timeout 150 python3 scripts/conv_gluon_probe.py --forms wait0,aregs0 > "$OUT/logs/conv_probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | grep -v '"ok": true' | cut -c1-700 | tail -12
+    grep -c '"ok": true' "$OUT/logs/conv_probe.log"
+    bench14 $((535 - SECONDS)) 220
 elif [ "$mode" = s34b ]; then
     # the 1.3B DiT per NFE with this tree and OLD_SRC's in alternating processes (new, old, new, old), then the 1.3B
     # turbovid bench (per stage and whole job)
