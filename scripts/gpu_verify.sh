@@ -161,7 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s34c     one GPU, ~7 min: the Gluon conv's forms that wait for each step's MMAs (wait0, and
+#   bash scripts/gpu_verify.sh s34d     one GPU, ~7 min: the shipped kernel lists after session 34 (1.3B: 103 entries, 14B:
+#                                       141): a fresh 1.3B start (3 jobs), a fresh 14B 720p start (2 jobs), each expected to
+#                                       compile nothing at launch, then the 14B DiT's top CUDA kernels (one eager forward)
+#   bash scripts/gpu_verify.sh s34c     one GPU, ~7 min (ran in session 34): the Gluon conv's forms that wait for each step's MMAs (wait0, and
 #                                       aregs0 with its A views from registers: scripts/conv_gluon_probe.py --forms), then a
 #                                       fresh 14B 720p worker (2 jobs), whose recorded kernel list ($OUT/logs/e2e14) has the
 #                                       Gluon attention, quantization and conv specializations the shipped 14B list lacks
@@ -960,6 +963,13 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s34d ]; then
+    e2e13 150
+    bench14 230 150
+    left=$((535 - SECONDS))
+    [ "$left" -gt 100 ] && timeout $((left - 5)) python3 -m models.bench_dit --sizes 14b --reps 1 --no-checks --no-floor \
+        --variants sagesla/w8a8/fused --profile "$OUT/logs/dit_profile" > "$OUT/logs/dit14_prof.log" 2>&1
+    grep -E "^\{|rror" "$OUT/logs/dit14_prof.log" | cut -c1-200 | tail -2
 elif [ "$mode" = s34c ]; then
     timeout 150 python3 scripts/conv_gluon_probe.py --forms wait0,aregs0 > "$OUT/logs/conv_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/conv_probe.log" | grep -v '"ok": true' | cut -c1-700 | tail -12
