@@ -119,9 +119,9 @@ class WorkerSettings(BaseModel):
     # kernel (kernels/int8_quant_gluon.py; where it holds the row and passed its first-call check, else Triton's),
     # "triton" the Triton kernel. Read by the kernels too.
     quant_kernel: Literal["auto", "gluon", "triton"] = "auto"
-    # The VAE's 96- and 192-channel 3x3x3 convs on Hopper (sm90): "auto"/"gluon" the Gluon kernel whose loaded input rows
-    # serve three taps (kernels/conv3d_gluon.py; where its first-call check passed, else Triton's), "triton" the
-    # Triton implicit-GEMM kernel. Read by the kernels too.
+    # The VAE's 96- and 192-channel 3x3x3 convs on Hopper (sm90): "auto"/"gluon" the Gluon kernel whose loaded
+    # input rows serve three taps (kernels/conv3d_gluon.py; where its first-call check passed, else Triton's),
+    # "triton" the Triton implicit-GEMM kernel. Read by the kernels too.
     conv_kernel: Literal["auto", "gluon", "triton"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.

@@ -146,9 +146,9 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, bool]:
 def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int, overlap: str | None,
                             max_spill: int = 0) -> None:
     """What a warp-specialized Gluon kernel's sm_90 compile must show: `setmaxnreg` for each of its `partitions`
-    (registers moved between them), no more than `max_spill` bytes of spilled registers (default none), no wgmmas serialized by ptxas (its advisories C7513-C7515:
-    the MMAs would no longer overlap anything) and, where `overlap` says what it is for, a `wgmma.wait_group 1`
-    (one MMA group kept in flight)."""
+    (registers moved between them), no more than `max_spill` bytes of spilled registers (default none), no wgmmas
+    serialized by ptxas (its advisories C7513-C7515: the MMAs would no longer overlap anything) and, where `overlap`
+    says what it is for, a `wgmma.wait_group 1` (one MMA group kept in flight)."""
     import re
 
     if overlap is not None and "1" not in re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx):
@@ -157,7 +157,8 @@ def _check_warp_specialized(res: Result, name: str, ptx: str, *, partitions: int
         res.errors.append(f"{name}: not warp-specialized as meant (setmaxnreg in the PTX)")
     spilled, serialized = _ptxas_report(ptx, 90)
     if spilled > max_spill:
-        res.errors.append(f"{name}: {spilled} bytes of registers spilled" + (f" (at most {max_spill})" if max_spill else ""))
+        bound = f" (at most {max_spill})" if max_spill else ""
+        res.errors.append(f"{name}: {spilled} bytes of registers spilled{bound}")
     if serialized:
         res.errors.append(f"{name}: ptxas serializes its wgmmas (C7513-C7515)")
 

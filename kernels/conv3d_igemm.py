@@ -426,8 +426,8 @@ def _run_gluon(x: torch.Tensor, wmat: torch.Tensor, out: torch.Tensor, c_out: in
 
 
 def kernel_in_use(device_index: int) -> str:
-    """Which kernel this process's 96- and 192-channel convs on the device took once they ran: "gluon" (every epilogue checked
-    passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
+    """Which kernel this process's 96- and 192-channel convs on the device took once they ran: "gluon" (every
+    epilogue checked passed), "mixed" (some fell back to the Triton kernel: the log says why), or "triton"."""
     from kernels import checked_kernel
 
     return checked_kernel(_GLUON_CHECKED, device_index)

@@ -1,4 +1,4 @@
-"""The VAE's 96-channel conv: the Gluon kernel (kernels/conv3d_gluon.py) against the Triton implicit-GEMM kernel and
+"""The VAE's 96- and 192-channel convs: the Gluon kernel (kernels/conv3d_gluon.py) against the Triton implicit-GEMM kernel and
 the fp32 conv, on one GPU (sm90).
 
     python3 scripts/conv_gluon_probe.py [--check-only] [--frames 16] [--forms wait0,aregs0] [--decode 832x480 --reps 3]
@@ -57,7 +57,6 @@ def _epilogue(inp: dict, epi: int) -> dict:
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want).norm() / want.norm())
-
 
 
 _A_SMEM = """        a = a_all.slice(row * BW, BW)

@@ -148,8 +148,9 @@ def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
     """Which implementation runs each fast-path op in this process once warm, as /v1/models shows it, so that a
     fallback to the slower kernels is visible (e.g. a Triton upgrade whose Gluon kernels fail their first-call
     checks): "gemm" gluon | triton-tma | portable and "quant" gluon | mixed | triton (W8A8), "attention" gluon |
-    triton (SageSLA), "conv" gluon | mixed | triton (the VAE's 96- and 192-channel convs, sm90+). Empty on the CPU and for a ranked worker (its ranks run the kernels); call it after the
-    warm-up, which makes the kernels' choices."""
+    triton (SageSLA), "conv" gluon | mixed | triton (the VAE's 96- and 192-channel convs, sm90+). Empty on the CPU
+    and for a ranked worker (its ranks run the kernels); call it after the warm-up, which makes the kernels'
+    choices."""
     if not device.startswith("cuda") or isinstance(pipeline, RankedPipeline):
         return {}
     import torch
