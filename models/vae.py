@@ -37,7 +37,8 @@ second's adding bias and residual, so neither conv's output makes a pass through
 Chunking never changes the result beyond rounding (every layer is causal and carries its cache); the eager path (`fused=False`) is the op-for-op definition the parity tests hold against
 diffusers. An encode whose video ends on equal frames (an I2V condition: the image, then zeros) computes
 each encoder layer only until its output settles into a repeated frame (`WanVAE.skip_steady_frames`,
-`_steady_call`). Measurements: kernels/NOTES_vae.md.
+`_steady_call`); a later chunk skips a settled layer altogether, and the video's frames are compared once, in
+one pass, not per layer (each comparison was a device sync). Measurements: kernels/NOTES_vae.md.
 
 Temporal resampling, as Wan defines it (the first frame is special):
     downsample3d: out = [x0] + [conv(x[2k-2], x[2k-1], x[2k]) for k >= 1]      (stride-2 kernel-3 conv)
@@ -49,7 +50,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -133,8 +134,9 @@ _WORKSPACE_IGEMM = 2**29
 # streaming consumer (the worker's MP4 encoder) gets its first frames later and ends further behind: with 7
 # the whole job's encode tail went from 0.12-0.14 to 0.25-0.27 s (kernels/NOTES_vae.md, session 21).
 _MAX_CHUNK_LATENTS = 4
-# A steady-frame encode (`_steady_call`) also keeps one input frame per encoder layer between chunks: about
-# this many full-resolution base_dim frames (0.9 GiB at 720p on the real VAE, measured on an H200).
+# A steady-frame encode (`_steady_call`) also keeps one input frame per encoder layer between chunks (the
+# frame the layer before it settled into, one clone for both): about this many full-resolution base_dim
+# frames (0.9 GiB at 720p on the real VAE, measured on an H200 before settled layers were skipped).
 _STEADY_KEPT_FRAMES = 5
 
 def chunk_plan(t_rest: int, chunk: int, *, taper: bool) -> list[int]:
@@ -180,6 +182,24 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
+class _Run(NamedTuple):
+    """A layer's run of equal input frames at the end of the last chunk (`_steady_call`)."""
+
+    frame: torch.Tensor  # the last input frame [B, C, H, W]
+    length: int  # how many input frames in a row have equalled it
+    output: torch.Tensor | None  # [B, C', 1, H', W']: the output frame the run settled into, once one did
+
+
+class _Hint(NamedTuple):
+    """What `_steady_call` knows of a layer's input x without comparing its frames (each comparison a device
+    sync): from the layer before it (or, for the first layer, from the whole video compared at once)."""
+
+    x: torch.Tensor  # the input it describes (by identity)
+    tail: int  # frames at x's end known to equal its last (at least 1; fewer than there are is still exact)
+    continues: bool | None  # x's first frame equals the layer's last input frame before x (None: unknown)
+    kept: torch.Tensor | None  # a clone of x's last frame [B, C, 1, H, W] already kept, or None
+
+
 class CausalCache:
     """What one time chunk leaves for the next, per layer: the last input frames of each causal conv,
     and which temporal resamplers have already passed their first frame.
@@ -204,9 +224,11 @@ class CausalCache:
         self._frames: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
         # Steady-state skipping (`WanVAE.encode` turns it on for a video whose last frames are all equal):
-        # per layer, the last input frame seen and how many frames in a row it has been the same.
+        # per layer, the last input frame seen, how many frames in a row it has been the same, and the
+        # output frame that run settled into (`_steady_call`).
         self.steady = False
-        self._runs: dict[nn.Module, tuple[torch.Tensor, int]] = {}
+        self._runs: dict[nn.Module, _Run] = {}
+        self._hint: _Hint | None = None  # what is known of the next steady layer's input, without a comparison
 
     def get(self, layer: nn.Module) -> torch.Tensor | None:
         return self._frames.get(layer)
@@ -222,7 +244,9 @@ class CausalCache:
         return True
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self._frames.values(), *(f for f, _ in self._runs.values())))
+        kept = [*self._frames.values(), *(t for r in self._runs.values() for t in (r.frame, r.output) if t is not None)]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}  # shared: once
+        return sum(storages.values())
 
 
 _CL3D = torch.channels_last_3d
@@ -290,6 +314,15 @@ def _equal_tail(x: torch.Tensor, limit: int | None = None) -> int:
     return n
 
 
+def _same_as_previous(x: torch.Tensor) -> list[bool]:
+    """[whether frame i of x [B, C, T, H, W] equals frame i - 1, for each i] (frame 0: False), from one pass."""
+    t = x.shape[2]
+    if t < 2:
+        return [False] * t
+    eq = (x[:, :, 1:] == x[:, :, :-1]).transpose(0, 2).reshape(t - 1, -1).all(dim=1)
+    return [False, *eq.tolist()]
+
+
 def _steady_call(
     layer: nn.Module, fn: Callable[[torch.Tensor, CausalCache], torch.Tensor], box: list[torch.Tensor], total: int,
     cache: CausalCache,
@@ -302,24 +335,55 @@ def _steady_call(
     its output is that frame repeated. Within a chunk this is exact (the frames left out are the same
     computation on the same inputs); a run continues across chunks when the new chunk's frames equal the
     last one before it up to rounding (`_same_frame`). The layer's cache ends as after the whole chunk (its
-    last input frames are in the run). -> (output frames computed, output frames in all)."""
+    last input frames are in the run). A chunk whose every output frame lies in a run that had already
+    settled in an earlier chunk is not computed at all: its output is that earlier frame (the same
+    computation on the same inputs, and the layer's cache already holds the run), so once the I2V
+    condition's zeros have settled through the encoder, later chunks cost a comparison per layer.
+    -> (output frames computed, output frames in all)."""
     reach, stride, offset = _time_window(layer)
+    hint, cache._hint = cache._hint, None
     x = box.pop()
     n = x.shape[2]
     last = x[:, :, n - 1]
-    s = n - _equal_tail(x)  # the run of frames equal to the last one starts at s (then continues to `total`)
+    if hint is not None and hint.x is not x:
+        hint = None
+    # the run of frames equal to the last one starts at s (then continues to `total`)
+    s = n - (hint.tail if hint is not None else _equal_tail(x))
     prev = cache._runs.get(layer)
-    start = -prev[1] if s == 0 and prev is not None and _same_frame(x[:, :, 0], prev[0]) else s
-    cache._runs[layer] = (last.clone(), total - start)
+    continues = False
+    if s == 0 and prev is not None:
+        known = hint.continues if hint is not None else None
+        continues = known if known is not None else _same_frame(x[:, :, 0], prev.frame)
+    start = -prev.length if continues and prev is not None else s
     # the first output frame whose window is all in the run, and the input frames through it
     first = max(0, -(-(start + reach - offset) // stride))
+    n_out = total // stride if total > 1 else 1
+    if first == 0 and continues and prev is not None and prev.output is not None and total > 1:
+        # every output frame is the one the run settled into in an earlier chunk; the next layer last saw
+        # that frame too, so its input continues its run
+        cache._runs[layer] = _Run(prev.frame, total - start, prev.output)
+        cache._hint = _Hint(prev.output, 1, True, None)
+        del x, last, hint
+        return prev.output, n_out
     m = stride * first + offset + 1
     if total == 1 or m >= total:  # nothing to leave out (the first chunk: the resamplers' first frame)
         m = total
     inp = _repeat_last(x, m, cache.fused)
-    del x, last
+    if continues and prev is not None:
+        frame = prev.frame
+    elif hint is not None and hint.kept is not None:  # x's last frame is already kept, by the layer before
+        frame = hint.kept[:, :, 0]
+    else:
+        frame = last.clone()
+    del x, last, hint
     y = fn(inp, cache)
-    return y, total // stride if total > 1 else y.shape[2]
+    # y's last frame is the run's output when `first` is among the frames computed. For the next layer, y is
+    # taken to start no run of its own and to continue none (equal frames here are equal by chance, and
+    # leaving them out of a run is exact: only more is computed)
+    output = y[:, :, -1:].clone() if first < y.shape[2] else None
+    cache._runs[layer] = _Run(frame, total - start, output)
+    cache._hint = _Hint(y, 1, False, output)
+    return y, n_out if total > 1 else y.shape[2]
 
 
 def _rows(x: torch.Tensor) -> list[torch.Tensor]:
@@ -862,7 +926,12 @@ class Encoder(nn.Module):
             y, total = _steady_call(layer, fn, box, total, cache)
             box.append(y)
             del y
-        return _repeat_last(box.pop(), total, cache.fused)
+        y = box.pop()
+        hint = cache._hint if cache._hint is not None and cache._hint.x is y else None
+        out = _repeat_last(y, total, cache.fused)
+        # the frames repeated at the end are known equal to the last, for the next `_run` on this output
+        cache._hint = None if hint is None else hint._replace(x=out, tail=total - y.shape[2] + hint.tail)
+        return out
 
 
 class Decoder(nn.Module):
@@ -1011,7 +1080,9 @@ class WanVAE(nn.Module):
         video = video.to(device=p.device, dtype=p.dtype)
         t_lat = (f - 1) // tf + 1
         # A video ending on many equal frames (I2V: the image, then zeros): skip what repeats (_steady_call).
-        steady = self.skip_steady_frames and _equal_tail(video, limit=2 * tf) >= 2 * tf
+        # same[i]: frame i equals frame i - 1 (all frames compared in one pass: one device sync)
+        same = _same_as_previous(video) if self.skip_steady_frames else [False] * f
+        steady = f >= 2 * tf and all(same[f - 2 * tf + 1 :])
         if chunk_latents is None:
             frame = b * cfg.base_dim * h * w * p.element_size()  # one full-resolution activation frame
             fixed = _WORKSPACE + (_STEADY_KEPT_FRAMES * frame if steady else 0)
@@ -1029,7 +1100,14 @@ class WanVAE(nn.Module):
             n = 1 if i == 0 else min(chunk_latents, t_lat - i)
             start, stop = (0, 1) if i == 0 else (1 + tf * (i - 1), 1 + tf * (i - 1 + n))
             x = video[:, :, start:stop]
-            out = run(_channels_last(x) if fused else x, cache)  # [B, 2z, n, h, w]
+            x = _channels_last(x) if fused else x
+            if steady:  # the first layer's run, from `same` (no comparison in `_steady_call`)
+                tail = 1
+                while stop - tail > start and same[stop - tail]:
+                    tail += 1
+                cache._hint = _Hint(x, tail, same[start] if start else None, None)
+            out = run(x, cache)  # [B, 2z, n, h, w]
+            del x
             mu[:, :, i : i + n] = out[:, : cfg.z_dim]
             i += n
 

@@ -161,6 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s35b     one GPU, ~9 min (OLD_SRC: a tree before the settled-layer skip): the VAE's GPU tests, the
+#                                       I2V condition's encode at 480p / 720p (bench_vae --i2v) with this tree (fp32
+#                                       reference) and OLD_SRC's, then the A14B I2V 720p whole job through real processes,
+#                                       resident (3 jobs; its recorded kernel list is the one to ship), and within 32 GB
 #   bash scripts/gpu_verify.sh s35a     one GPU, ~8 min: the A14B I2V 720p whole job through real processes (turbovid bench:
 #                                       gateway, worker, POST with an image -> MP4) with this tree: resident (3 jobs), then
 #                                       within a 32 GB budget (2 jobs); the worker's wall phases per job
@@ -966,6 +970,30 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s35b ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 --tb=short -m gpu tests/unit/models/test_vae_gpu.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -12
+    timeout 150 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --skip-decode --i2v \
+        > "$OUT/logs/vae_i2v-new.log" 2>&1
+    echo "== I2V condition encode, this tree"; grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v-new.log" | grep "i2v" | tail -6
+    a14b() {  # a14b BUDGET JOBS SECONDS
+        local extra=(); [ -n "$1" ] && extra=(--worker-setting gpu_memory_gb=$1)
+        timeout "$3" python3 -m cli.main bench --model wan2.2-i2v-a14b --weights /tmp/turbovid-bench-weights-a14b \
+            --text-encoder small --jobs "$2" --no-restart --skip-stages --start-timeout 200 --job-timeout 90 "${extra[@]}" \
+            --logs "$OUT/logs/e2e-a14b$1" > "$OUT/logs/bench-a14b$1.log" 2>&1
+        echo "== A14B I2V 720p worker, budget ${1:-none}"
+        grep -E "start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench-a14b$1.log" \
+            | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-330 | head -7
+        grep -hE "memory:|compiled .* at launch|wall s:|Traceback" "$OUT/logs/e2e-a14b$1"/worker.log \
+            | sed 's/.*job [0-9a-f-]* wall/wall/' | cut -c1-230 | head -6
+    }
+    a14b "" 3 260
+    (cd "$OLD_SRC" && PYTHONPATH=/tmp/site:$OLD_SRC timeout 100 python3 -m models.bench_vae --sizes 832x480,1280x720 \
+        --skip-encode --skip-decode --i2v --no-reference --rows steady) > "$OUT/logs/vae_i2v-old.log" 2>&1
+    echo "== I2V condition encode, OLD_SRC"; grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v-old.log" | grep "i2v" | tail -4
+    left=$((535 - SECONDS))
+    [ "$left" -gt 150 ] && a14b 32 2 $((left - 5))
 elif [ "$mode" = s35a ]; then
     for budget in "" 32; do
         extra=(); jobs=3; [ -n "$budget" ] && { extra=(--worker-setting gpu_memory_gb=$budget); jobs=2; }
