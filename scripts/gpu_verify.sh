@@ -161,7 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s35b     one GPU, ~9 min (OLD_SRC: a tree before the settled-layer skip): the VAE's GPU tests, the
+#   bash scripts/gpu_verify.sh s35c     one GPU, ~8 min: the A14B I2V 720p worker from a fresh start with its own shipped kernel
+#                                       list (expected: nothing compiled at launch), 3 jobs; then the same worker with
+#                                       encoder_threads=16 (x264 frame threads; default 8), 3 jobs: the noise-frame tail
+#   bash scripts/gpu_verify.sh s35b     one GPU, ~9 min (ran in session 35; OLD_SRC: a tree before the settled-layer skip): the VAE's GPU tests, the
 #                                       I2V condition's encode at 480p / 720p (bench_vae --i2v) with this tree (fp32
 #                                       reference) and OLD_SRC's, then the A14B I2V 720p whole job through real processes,
 #                                       resident (3 jobs; its recorded kernel list is the one to ship), and within 32 GB
@@ -268,6 +271,20 @@ bench14() {
     echo "== 14B 720p"; grep -E "weights ready|start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench14.log" \
         | cut -c1-250 | head -6
     grep -hE "memory:|precompile:|compiled .* at launch|warm-up done" "$OUT/logs/e2e14"/worker.log | cut -c1-220 | head -4
+}
+# a14b TAG JOBS SECONDS [SETTING=VALUE...]: the A14B I2V 720p worker through real processes (a fresh start, JOBS
+# jobs, 2-layer umT5), with the given worker settings (e.g. gpu_memory_gb=32); logs in $OUT/logs/e2e-a14b-TAG
+a14b() {
+    local tag=$1 jobs=$2 secs=$3 extra=(); shift 3
+    for kv in "$@"; do extra+=(--worker-setting "$kv"); done
+    timeout "$secs" python3 -m cli.main bench --model wan2.2-i2v-a14b --weights /tmp/turbovid-bench-weights-a14b \
+        --text-encoder small --jobs "$jobs" --no-restart --skip-stages --start-timeout 200 --job-timeout 90 "${extra[@]}" \
+        --logs "$OUT/logs/e2e-a14b-$tag" > "$OUT/logs/bench-a14b-$tag.log" 2>&1
+    echo "== A14B I2V 720p worker, $tag ${*:-}"
+    grep -E "start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench-a14b-$tag.log" \
+        | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-330 | head -7
+    grep -hE "memory:|precompile:|compiled .* at launch|wall s:|Traceback" "$OUT/logs/e2e-a14b-$tag"/worker.log \
+        | sed 's/.*job [0-9a-f-]* wall/wall/' | cut -c1-230 | head -7
 }
 # dit_benches [ARGS]: the fast path's 1.3B and 14B DiT per NFE into $OUT/logs/dit13b.log / dit14b.log (ARGS: to
 # the 1.3B run, e.g. --profile DIR)
@@ -970,6 +987,9 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s35c ]; then
+    a14b shipped 3 240
+    a14b threads16 3 $((535 - SECONDS)) encoder_threads=16
 elif [ "$mode" = s35b ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 --tb=short -m gpu tests/unit/models/test_vae_gpu.py \
         > "$OUT/logs/tests.log" 2>&1
@@ -977,23 +997,12 @@ elif [ "$mode" = s35b ]; then
     timeout 150 python3 -m models.bench_vae --sizes 832x480,1280x720 --skip-encode --skip-decode --i2v \
         > "$OUT/logs/vae_i2v-new.log" 2>&1
     echo "== I2V condition encode, this tree"; grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v-new.log" | grep "i2v" | tail -6
-    a14b() {  # a14b BUDGET JOBS SECONDS
-        local extra=(); [ -n "$1" ] && extra=(--worker-setting gpu_memory_gb=$1)
-        timeout "$3" python3 -m cli.main bench --model wan2.2-i2v-a14b --weights /tmp/turbovid-bench-weights-a14b \
-            --text-encoder small --jobs "$2" --no-restart --skip-stages --start-timeout 200 --job-timeout 90 "${extra[@]}" \
-            --logs "$OUT/logs/e2e-a14b$1" > "$OUT/logs/bench-a14b$1.log" 2>&1
-        echo "== A14B I2V 720p worker, budget ${1:-none}"
-        grep -E "start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench-a14b$1.log" \
-            | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-330 | head -7
-        grep -hE "memory:|compiled .* at launch|wall s:|Traceback" "$OUT/logs/e2e-a14b$1"/worker.log \
-            | sed 's/.*job [0-9a-f-]* wall/wall/' | cut -c1-230 | head -6
-    }
-    a14b "" 3 260
+    a14b resident 3 260
     (cd "$OLD_SRC" && PYTHONPATH=/tmp/site:$OLD_SRC timeout 100 python3 -m models.bench_vae --sizes 832x480,1280x720 \
         --skip-encode --skip-decode --i2v --no-reference --rows steady) > "$OUT/logs/vae_i2v-old.log" 2>&1
     echo "== I2V condition encode, OLD_SRC"; grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v-old.log" | grep "i2v" | tail -4
     left=$((535 - SECONDS))
-    [ "$left" -gt 150 ] && a14b 32 2 $((left - 5))
+    [ "$left" -gt 150 ] && a14b budget32 2 $((left - 5)) gpu_memory_gb=32
 elif [ "$mode" = s35a ]; then
     for budget in "" 32; do
         extra=(); jobs=3; [ -n "$budget" ] && { extra=(--worker-setting gpu_memory_gb=$budget); jobs=2; }
