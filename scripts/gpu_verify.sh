@@ -161,14 +161,14 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s35c     one GPU, ~8 min: the A14B I2V 720p worker from a fresh start with its own shipped kernel
+#   bash scripts/gpu_verify.sh s35c     one GPU, ~5 min (ran in session 35): the A14B I2V 720p worker from a fresh start with its own shipped kernel
 #                                       list (expected: nothing compiled at launch), 3 jobs; then the same worker with
 #                                       encoder_threads=16 (x264 frame threads; default 8), 3 jobs: the noise-frame tail
 #   bash scripts/gpu_verify.sh s35b     one GPU, ~9 min (ran in session 35; OLD_SRC: a tree before the settled-layer skip): the VAE's GPU tests, the
 #                                       I2V condition's encode at 480p / 720p (bench_vae --i2v) with this tree (fp32
 #                                       reference) and OLD_SRC's, then the A14B I2V 720p whole job through real processes,
 #                                       resident (3 jobs; its recorded kernel list is the one to ship), and within 32 GB
-#   bash scripts/gpu_verify.sh s35a     one GPU, ~8 min: the A14B I2V 720p whole job through real processes (turbovid bench:
+#   bash scripts/gpu_verify.sh s35a     one GPU, ~6 min (ran in session 35): the A14B I2V 720p whole job through real processes (turbovid bench:
 #                                       gateway, worker, POST with an image -> MP4) with this tree: resident (3 jobs), then
 #                                       within a 32 GB budget (2 jobs); the worker's wall phases per job
 #   bash scripts/gpu_verify.sh s34d     one GPU, ~7 min: the shipped kernel lists after session 34 (1.3B: 103 entries, 14B:
