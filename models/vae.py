@@ -319,7 +319,7 @@ def _same_as_previous(x: torch.Tensor) -> list[bool]:
     t = x.shape[2]
     if t < 2:
         return [False] * t
-    eq = (x[:, :, 1:] == x[:, :, :-1]).transpose(0, 2).reshape(t - 1, -1).all(dim=1)
+    eq = (x[:, :, 1:] == x[:, :, :-1]).all(dim=-1).all(dim=-1).all(dim=1).all(dim=0)  # [T - 1], no copy of x
     return [False, *eq.tolist()]
 
 
@@ -338,8 +338,9 @@ def _steady_call(
     last input frames are in the run). A chunk whose every output frame lies in a run that had already
     settled in an earlier chunk is not computed at all: its output is that earlier frame (the same
     computation on the same inputs, and the layer's cache already holds the run), so once the I2V
-    condition's zeros have settled through the encoder, later chunks cost a comparison per layer.
-    -> (output frames computed, output frames in all)."""
+    condition's zeros have settled through a layer, later chunks do not run it. `cache._hint` tells a layer
+    what its input's run is when the layer before it (or `WanVAE.encode`, for the first) knows, so frames
+    are compared here only without one. -> (output frames computed, output frames in all)."""
     reach, stride, offset = _time_window(layer)
     hint, cache._hint = cache._hint, None
     x = box.pop()

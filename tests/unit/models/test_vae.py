@@ -592,6 +592,16 @@ def test_steady_encode_of_an_i2v_video_compares_no_frames_per_layer(vae: WanVAE,
     torch.testing.assert_close(steady, full, atol=1e-5, rtol=1e-5)
 
 
+def test_same_as_previous_compares_each_frame_over_the_batch() -> None:
+    from models.vae import _same_as_previous
+
+    x = torch.zeros(2, 3, 9, 4, 5)
+    x[:, :, 0] = 1.0
+    x[1, 2, 5, 3, 4] = 2.0  # one value of one sample: frame 5 differs from 4, and 6 from 5
+    assert _same_as_previous(x) == [False, False, True, True, True, False, False, True, True]
+    assert _same_as_previous(x[:, :, :1]) == [False]
+
+
 def test_steady_encode_of_a_constant_tail_starting_mid_chunk(vae: WanVAE) -> None:
     """Moving frames, then a still grey tail that starts inside a chunk: the same latents."""
     video = torch.rand(1, 3, 33, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
