@@ -161,6 +161,8 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s35d     one GPU, ~3 min: the VAE's GPU tests and the 720p I2V condition's encode (bench_vae --i2v,
+#                                       no fp32 reference) with the final form of the steady encode's frame comparison
 #   bash scripts/gpu_verify.sh s35c     one GPU, ~5 min (ran in session 35): the A14B I2V 720p worker from a fresh start with its own shipped kernel
 #                                       list (expected: nothing compiled at launch), 3 jobs; then the same worker with
 #                                       encoder_threads=16 (x264 frame threads; default 8), 3 jobs: the noise-frame tail
@@ -987,6 +989,13 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s35d ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 --tb=short -m gpu tests/unit/models/test_vae_gpu.py \
+        > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -12
+    timeout 100 python3 -m models.bench_vae --sizes 1280x720 --skip-encode --skip-decode --i2v --no-reference \
+        > "$OUT/logs/vae_i2v.log" 2>&1
+    grep -v "^W\|Warning\|warn" "$OUT/logs/vae_i2v.log" | grep "i2v" | tail -2
 elif [ "$mode" = s35c ]; then
     a14b shipped 3 240
     a14b threads16 3 $((535 - SECONDS)) encoder_threads=16
