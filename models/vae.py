@@ -1081,9 +1081,10 @@ class WanVAE(nn.Module):
         video = video.to(device=p.device, dtype=p.dtype)
         t_lat = (f - 1) // tf + 1
         # A video ending on many equal frames (I2V: the image, then zeros): skip what repeats (_steady_call).
-        # same[i]: frame i equals frame i - 1 (all frames compared in one pass: one device sync)
-        same = _same_as_previous(video) if self.skip_steady_frames else [False] * f
-        steady = f >= 2 * tf and all(same[f - 2 * tf + 1 :])
+        # Its last 2·tf frames are compared first, so a moving video costs no pass over all of its frames.
+        steady = self.skip_steady_frames and f >= 2 * tf and all(_same_as_previous(video[:, :, f - 2 * tf :])[1:])
+        # same[i]: frame i equals frame i - 1, for the first layer's runs (one pass, one device sync)
+        same = _same_as_previous(video) if steady else []
         if chunk_latents is None:
             frame = b * cfg.base_dim * h * w * p.element_size()  # one full-resolution activation frame
             fixed = _WORKSPACE + (_STEADY_KEPT_FRAMES * frame if steady else 0)

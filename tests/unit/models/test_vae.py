@@ -615,14 +615,19 @@ def test_steady_encode_of_a_constant_tail_starting_mid_chunk(vae: WanVAE) -> Non
 
 
 def test_steady_skipping_stays_off_for_moving_video(vae: WanVAE, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A video whose last frames differ runs every layer on every frame, as before (no per-layer checks)."""
+    """A video whose last frames differ runs every layer on every frame, as before (no per-layer checks), and
+    only its last 2·tf frames are compared (no pass over the whole video)."""
     import models.vae as vae_module
 
     calls = []
     monkeypatch.setattr(vae_module, "_steady_call", lambda *a: calls.append(a) or pytest.fail("steady path ran"))
+    compared: list[int] = []
+    real = vae_module._same_as_previous
+    monkeypatch.setattr(vae_module, "_same_as_previous", lambda x: compared.append(x.shape[2]) or real(x))
     video = torch.rand(1, 3, 17, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
     vae.encode(video, chunk_latents=2)
     assert calls == []
+    assert compared == [2 * vae.config.temporal_factor]
 
 
 def test_steady_call_computes_only_until_the_run_and_keeps_the_cache_exact() -> None:
