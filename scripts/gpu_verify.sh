@@ -170,9 +170,10 @@
 #                                       I2V condition's encode at 480p / 720p (bench_vae --i2v) with this tree (fp32
 #                                       reference) and OLD_SRC's, then the A14B I2V 720p whole job through real processes,
 #                                       resident (3 jobs; its recorded kernel list is the one to ship), and within 32 GB
-#   bash scripts/gpu_verify.sh s35a     one GPU, ~6 min (ran in session 35): the A14B I2V 720p whole job through real processes (turbovid bench:
-#                                       gateway, worker, POST with an image -> MP4) with this tree: resident (3 jobs), then
-#                                       within a 32 GB budget (2 jobs); the worker's wall phases per job
+#   bash scripts/gpu_verify.sh s35a     one GPU, ~6 min (ran in session 35; its logs were then in e2e-a14b, e2e-a14b32): the
+#                                       A14B I2V 720p whole job through real processes (turbovid bench: gateway, worker,
+#                                       POST with an image -> MP4): resident (3 jobs), then within a 32 GB budget (2 jobs);
+#                                       the worker's wall phases per job
 #   bash scripts/gpu_verify.sh s34d     one GPU, ~7 min: the shipped kernel lists after session 34 (1.3B: 103 entries, 14B:
 #                                       141): a fresh 1.3B start (3 jobs), a fresh 14B 720p start (2 jobs), each expected to
 #                                       compile nothing at launch, then the 14B DiT's top CUDA kernels (one eager forward)
@@ -1013,18 +1014,8 @@ elif [ "$mode" = s35b ]; then
     left=$((535 - SECONDS))
     [ "$left" -gt 150 ] && a14b budget32 2 $((left - 5)) gpu_memory_gb=32
 elif [ "$mode" = s35a ]; then
-    for budget in "" 32; do
-        extra=(); jobs=3; [ -n "$budget" ] && { extra=(--worker-setting gpu_memory_gb=$budget); jobs=2; }
-        timeout $((budget ? 250 : 280)) python3 -m cli.main bench --model wan2.2-i2v-a14b \
-            --weights /tmp/turbovid-bench-weights-a14b --text-encoder small --jobs $jobs --no-restart --skip-stages \
-            --start-timeout 200 --job-timeout 90 "${extra[@]}" --logs "$OUT/logs/e2e-a14b$budget" \
-            > "$OUT/logs/bench-a14b$budget.log" 2>&1
-        echo "== A14B I2V 720p worker, budget ${budget:-none}"
-        grep -E "weights ready|start -> ready, fresh|POST->completed|first /|peak|rror" "$OUT/logs/bench-a14b$budget.log" \
-            | sed 's/->MP4 downloaded.*worker:/worker:/' | cut -c1-330 | head -7
-        grep -hE "memory:|precompile:|compiled .* at launch|warm-up done|wall s:|CUDA graphs|Traceback" \
-            "$OUT/logs/e2e-a14b$budget"/worker.log | sed 's/.*job [0-9a-f-]* wall/wall/' | cut -c1-260 | head -9
-    done
+    a14b resident 3 280
+    a14b budget32 2 250 gpu_memory_gb=32
 elif [ "$mode" = s34d ]; then
     e2e13 150
     bench14 230 150
