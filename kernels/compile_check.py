@@ -317,8 +317,8 @@ def _w8a8_blockq(smem: int) -> Result:
 
 def _sagesla(smem: int) -> Result:
     """SageSLA's fused attention with FP8 P @ V (with and without the linear branch), every config the
-    autotuner keeps at the default blocks, and both pool/quant passes (the K pass's FP8 V^T, the Q pass's
-    linear branch)."""
+    autotuner keeps at the default blocks, both pool/quant passes (the K pass's FP8 V^T, the Q pass's
+    linear branch) and the fused K pass (`kernels.sagesla_kpass`, no spills)."""
     from kernels import sagesla as sg
 
     res = Result("sagesla (fp8 P@V, pool/quant passes)")
@@ -347,6 +347,22 @@ def _sagesla(smem: int) -> Result:
                      stride_vh=bf.stride(1), stride_vl=bf.stride(2), D=d, BLK=blk_k if k_pass else blk_q,
                      SMOOTH=k_pass, DO_POOL=True, V_FP8=k_pass, HAS_LINEAR=not k_pass, HAS_BIAS=not k_pass,
                      PHI_OUT=k_pass)
+    # the fused K pass (kernels.sagesla_kpass): its [D, D] accumulator must stay in registers, unspilled
+    from kernels import sagesla_kpass as kp
+
+    kv, fk = torch.zeros(bh, 2, d, d), torch.zeros(bh, 2, d)
+    for fp8 in (True, False):
+        for cfg in kp._k_pass.configs:
+            before = res.compiled
+            _compile(res, kp._k_pass_kernel, cfg, (2, bh), smem, K=bf, MEAN=f32, KQ=i8, SCALE=scales, POOL=pool,
+                     V=bf, VSCALE=f32, VT=vt, KV=kv, FK=fk, L=length, L_PAD=length, H=2, n_blocks=nk,
+                     blocks_per_prog=2, stride_kb=bf.stride(0), stride_kh=bf.stride(1), stride_kl=bf.stride(2),
+                     stride_vb=bf.stride(0), stride_vh=bf.stride(1), stride_vl=bf.stride(2), D=d, BLK=blk_k,
+                     V_FP8=fp8, IEEE=False)
+            if res.compiled > before:
+                spilled, _ = _ptxas_report(_LAST[0].asm["ptx"], 90)
+                if spilled:
+                    res.errors.append(f"fused K pass {cfg} fp8={fp8}: {spilled} bytes of registers spilled")
     return res
 
 
