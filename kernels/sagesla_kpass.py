@@ -13,8 +13,9 @@ sum phi(K_blk) to accumulators it keeps in registers. At the end it writes one [
 per program; the caller sums the programs' partials (deterministic, no atomics). phi(K) never reaches
 memory, and V is read once instead of twice.
 
-`k_pass(...)` launches it; `kernels.sagesla._prepare` uses it where the linear branch is on, unless
-`TURBOVID_SAGESLA_KPASS=split` (the old form, for A/B benches; `kernels/NOTES_sagesla.md`, session 36).
+`k_pass(...)` launches it; `kernels.sagesla._prepare` uses it where the linear branch is on, unless the worker
+setting `sagesla_kpass` (`TURBOVID_WORKER__SAGESLA_KPASS`) is "split" (the old form, kept for A/B benches;
+`kernels/NOTES_sagesla.md`, session 36).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["KPASS_ENV", "k_pass", "programs_per_head", "use_fused"]
+__all__ = ["KPASS_CHOICES", "KPASS_ENV", "k_pass", "programs_per_head", "use_fused"]
 
-KPASS_ENV = "TURBOVID_SAGESLA_KPASS"  # "fused" (default) / "split"
+KPASS_ENV = "TURBOVID_WORKER__SAGESLA_KPASS"  # the worker setting `sagesla_kpass` sets it; read at every call
+KPASS_CHOICES = ("fused", "split")
 # Programs per SM over the whole launch: each keeps a [D, D] fp32 accumulator (64 registers a thread at
 # D = 128 on 8 warps), so only one or two are resident per SM; more programs only add partials to sum.
 PROGRAMS_PER_SM = 2
@@ -39,7 +41,7 @@ def use_fused() -> bool:
     """The fused K pass unless the environment asks for the split one (read at every call: A/B benches)."""
     from kernels import env_choice
 
-    return env_choice(KPASS_ENV, ("fused", "split"), "fused") == "fused"
+    return env_choice(KPASS_ENV, KPASS_CHOICES, "fused") == "fused"
 
 
 @functools.lru_cache(maxsize=8)

@@ -163,7 +163,7 @@
 #                                       scripts/attn_probe.py at the 1.3B shape
 #   bash scripts/gpu_verify.sh s36a     one GPU, ~7 min: SageSLA's fused K pass (scripts/kpass_probe.py: the preparation
 #                                       and the K pass alone, fused vs split), its GPU tests, then the 1.3B and 14B DiT
-#                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_SAGESLA_KPASS=split,fused)
+#                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__SAGESLA_KPASS=split,fused)
 #   bash scripts/gpu_verify.sh s35d     one GPU, ~3 min: the VAE's GPU tests and the 720p I2V condition's encode (bench_vae --i2v,
 #                                       no fp32 reference) with the final form of the steady encode's frame comparison
 #   bash scripts/gpu_verify.sh s35c     one GPU, ~5 min (ran in session 35): the A14B I2V 720p worker from a fresh start with its own shipped kernel
@@ -998,7 +998,7 @@ elif [ "$mode" = s36a ]; then
     grep -v "Warn\|warn" "$OUT/logs/kpass_probe.log" | cut -c1-400 | tail -12
     for size in 14b 1.3b; do
         timeout $([ $size = 14b ] && echo 200 || echo 100) python3 -m models.bench_dit --sizes $size --reps 3 --no-checks \
-            --no-floor --graphs --variants sagesla/w8a8/fused --ab-env TURBOVID_SAGESLA_KPASS=split,fused \
+            --no-floor --graphs --variants sagesla/w8a8/fused --ab-env TURBOVID_WORKER__SAGESLA_KPASS=split,fused \
             > "$OUT/logs/ab-$size.log" 2>&1
         echo "== $size DiT per NFE, K pass A/B"; grep -E "^\{|rror" "$OUT/logs/ab-$size.log" | cut -c1-220 | tail -5
     done
