@@ -164,6 +164,9 @@
 #   bash scripts/gpu_verify.sh s36a     one GPU, ~7 min: SageSLA's fused K pass (scripts/kpass_probe.py: the preparation
 #                                       and the K pass alone, fused vs split), its GPU tests, then the 1.3B and 14B DiT
 #                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__SAGESLA_KPASS=split,fused)
+#   bash scripts/gpu_verify.sh s36b     one GPU, ~9 min: the A14B I2V 720p worker from a fresh start, 3 jobs, with the fused K
+#                                       pass (its recorded kernel list and autotune choices are the ones to ship), then the
+#                                       same with worker.sagesla_kpass=split (A/B on one host); then the 1.3B worker (its list)
 #   bash scripts/gpu_verify.sh s35d     one GPU, ~3 min: the VAE's GPU tests and the 720p I2V condition's encode (bench_vae --i2v,
 #                                       no fp32 reference) with the final form of the steady encode's frame comparison
 #   bash scripts/gpu_verify.sh s35c     one GPU, ~5 min (ran in session 35): the A14B I2V 720p worker from a fresh start with its own shipped kernel
@@ -993,6 +996,10 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s36b ]; then
+    a14b fused 3 240
+    a14b split 3 170 sagesla_kpass=split
+    e2e13 $((535 - SECONDS))
 elif [ "$mode" = s36a ]; then
     timeout 120 python3 scripts/kpass_probe.py > "$OUT/logs/kpass_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/kpass_probe.log" | cut -c1-400 | tail -12
