@@ -116,9 +116,9 @@ class WorkerSettings(BaseModel):
     # Triton's), "triton" the Triton kernel. Read by the kernels too.
     sagesla_kernel: Literal["auto", "gluon", "triton"] = "auto"
     # SageSLA's K pass with the linear branch on: "fused" sums phi(K)ᵀ V and phi(K) in the pass's registers
-    # (kernels/sagesla_kpass.py); "split" writes phi(K) and runs a batched GEMM over it (the form before session
+    # (kernels/sagesla_prep.py); "split" writes phi(K) and runs a batched GEMM over it (the form before session
     # 36, kept for A/B benches). Read by the kernels too.
-    sagesla_kpass: Literal["fused", "split"] = "fused"
+    sagesla_prep: Literal["fused", "split"] = "fused"
     # The per-token int8 quantization of activations (the FFN's GELU pass) on Hopper: "auto"/"gluon" the Gluon
     # kernel (kernels/int8_quant_gluon.py; where it holds the row and passed its first-call check, else Triton's),
     # "triton" the Triton kernel. Read by the kernels too.

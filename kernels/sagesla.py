@@ -497,12 +497,12 @@ def _prepare(
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
     else:
         v_scale, vt = k_scale, k8
-    from kernels import sagesla_kpass
+    from kernels import sagesla_prep
 
     lin_m = fk = lin_b = olin = k_scale
-    fused = has_linear and sagesla_kpass.use_fused()
-    if fused:  # phi(K)^T V and sum phi(K) / L inside the K pass (kernels/sagesla_kpass.py)
-        kv, fk = sagesla_kpass.k_pass(k, v, k_mean, v_scale if pv_fp8 else None, block_k, k8, k_scale, k_pool,
+    fused = has_linear and sagesla_prep.use_fused()
+    if fused:  # phi(K)^T V and sum phi(K) / L inside the K pass (kernels/sagesla_prep.py)
+        kv, fk = sagesla_prep.k_pass(k, v, k_mean, v_scale if pv_fp8 else None, block_k, k8, k_scale, k_pool,
                                       vt if pv_fp8 else None)
     else:
         phi_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -531,12 +531,16 @@ def _prepare(
         olin = torch.empty(BH, L, D, device=dev, dtype=torch.float16)
 
     # 5. int8 Q (log2e / sqrt(D) folded into its scale), pooled when sparse, + the whole linear branch
-    _pool_quant[(nq, BH)](
-        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin, k_scale, k_scale,
-        L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
-        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
-        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, PHI_OUT=False,
-    )
+    if fused:  # programs looping over query blocks, LIN_M loaded once each (kernels/sagesla_prep.py)
+        sagesla_prep.q_pass(q, lin_m, fk, lin_b if proj_l_bias is not None else None, block_q,
+                            _LOG2E / math.sqrt(D), LINEAR_EPS / L, q8, q_scale, q_pool, olin)
+    else:
+        _pool_quant[(nq, BH)](
+            q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin, k_scale, k_scale,
+            L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
+            D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
+            HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, PHI_OUT=False,
+        )
 
     # 6. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
     if dense:

@@ -161,12 +161,12 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s36a     one GPU, ~7 min: SageSLA's fused K pass (scripts/kpass_probe.py: the preparation
-#                                       and the K pass alone, fused vs split), its GPU tests, then the 1.3B and 14B DiT
-#                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__SAGESLA_KPASS=split,fused)
+#   bash scripts/gpu_verify.sh s36a     one GPU, ~7 min: SageSLA's fused preparation (scripts/prep_probe.py: the whole
+#                                       preparation, the K and Q passes alone, fused vs split), its GPU tests, the 1.3B and 14B DiT
+#                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__SAGESLA_PREP=split,fused)
 #   bash scripts/gpu_verify.sh s36b     one GPU, ~9 min: the A14B I2V 720p worker from a fresh start, 3 jobs, with the fused K
 #                                       pass (its recorded kernel list and autotune choices are the ones to ship), then the
-#                                       same with worker.sagesla_kpass=split (A/B on one host); then the 1.3B worker (its list)
+#                                       same with worker.sagesla_prep=split (A/B on one host); then the 1.3B worker (its list)
 #   bash scripts/gpu_verify.sh s35d     one GPU, ~3 min: the VAE's GPU tests and the 720p I2V condition's encode (bench_vae --i2v,
 #                                       no fp32 reference) with the final form of the steady encode's frame comparison
 #   bash scripts/gpu_verify.sh s35c     one GPU, ~5 min (ran in session 35): the A14B I2V 720p worker from a fresh start with its own shipped kernel
@@ -998,19 +998,19 @@ elif [ "$mode" = s31e ]; then
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
 elif [ "$mode" = s36b ]; then
     a14b fused 3 240
-    a14b split 3 170 sagesla_kpass=split
+    a14b split 3 170 sagesla_prep=split
     e2e13 $((535 - SECONDS))
 elif [ "$mode" = s36a ]; then
-    timeout 120 python3 scripts/kpass_probe.py > "$OUT/logs/kpass_probe.log" 2>&1
-    grep -v "Warn\|warn" "$OUT/logs/kpass_probe.log" | cut -c1-400 | tail -12
+    timeout 120 python3 scripts/prep_probe.py > "$OUT/logs/prep_probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/prep_probe.log" | cut -c1-400 | tail -12
     for size in 14b 1.3b; do
         timeout $([ $size = 14b ] && echo 200 || echo 100) python3 -m models.bench_dit --sizes $size --reps 3 --no-checks \
-            --no-floor --graphs --variants sagesla/w8a8/fused --ab-env TURBOVID_WORKER__SAGESLA_KPASS=split,fused \
+            --no-floor --graphs --variants sagesla/w8a8/fused --ab-env TURBOVID_WORKER__SAGESLA_PREP=split,fused \
             > "$OUT/logs/ab-$size.log" 2>&1
         echo "== $size DiT per NFE, K pass A/B"; grep -E "^\{|rror" "$OUT/logs/ab-$size.log" | cut -c1-220 | tail -5
     done
     timeout 110 python3 -m pytest -q -p no:cacheprovider --timeout 100 --tb=short -m gpu \
-        tests/unit/kernels/test_sagesla_kpass.py tests/unit/kernels/test_sagesla_kernels.py > "$OUT/logs/tests.log" 2>&1
+        tests/unit/kernels/test_sagesla_prep.py tests/unit/kernels/test_sagesla_kernels.py > "$OUT/logs/tests.log" 2>&1
     grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
 elif [ "$mode" = s35d ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 --tb=short -m gpu tests/unit/models/test_vae_gpu.py \

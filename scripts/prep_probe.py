@@ -1,11 +1,12 @@
-"""SageSLA's preparation at the Wan shapes: the fused K pass (kernels/sagesla_kpass.py) against the split form
-(the K pass writing phi(K), then a batched GEMM over it), in one process (GPU).
+"""SageSLA's preparation at the Wan shapes: the fused form (kernels/sagesla_prep.py) against the split one (the K
+pass writing phi(K), then a batched GEMM over it; the Q pass one program per block), in one process (GPU).
 
-Prints, per shape: median ms of the whole `_prepare` call each way, of the K-pass stage alone each way (split: the
-pool/quant K pass + phi(K)ᵀ V's GEMM; fused: `k_pass` at each programs-per-SM count tried), the fused kernel's
-autotuned config, and how far the linear branch's output is from the split form's.
+Prints, per shape: median ms of the whole `_prepare` call each way; of the K-pass stage alone each way (split: the
+pool/quant K pass + phi(K)ᵀ V's GEMM; fused: `k_pass` at each programs-per-SM count tried); of the Q pass alone
+each way (fused: `q_pass` at each count tried); the fused kernels' autotuned configs, and how far the linear
+branch's output is from the split form's.
 
-    python3 scripts/kpass_probe.py [--shapes 1.3b,14b] [--per-sm 1,2,3,4]
+    python3 scripts/prep_probe.py [--shapes 1.3b,14b] [--per-sm 1,2,3,4] [--q-per-sm 2,4,8,16]
 """
 
 # ruff: noqa: T201 - a measurement script: printing is its output
@@ -16,6 +17,7 @@ import math
 import os
 
 import torch
+import triton
 from triton.testing import do_bench
 
 SHAPES = {"1.3b": (12, 32760), "14b": (40, 75600)}  # heads, tokens (480p / 720p, 81 frames)
@@ -25,9 +27,9 @@ def _bench(fn) -> float:  # noqa: ANN001
     return do_bench(fn, warmup=10, rep=100, return_mode="median")
 
 
-def probe(name: str, h: int, length: int, per_sm: list[int]) -> None:
+def probe(name: str, h: int, length: int, per_sm: list[int], q_per_sm: list[int]) -> None:
     from kernels import sagesla as sg
-    from kernels import sagesla_kpass as kp
+    from kernels import sagesla_prep as kp
 
     d, bk = 128, sg.BLOCK_K
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -38,7 +40,7 @@ def probe(name: str, h: int, length: int, per_sm: list[int]) -> None:
     prep_args = (q, k, v, 0.1, w, bias, sg.BLOCK_Q, bk, False, True)
     prepared, ms = {}, {}
     for form in ("split", "fused"):
-        os.environ[kp.KPASS_ENV] = form
+        os.environ[kp.PREP_ENV] = form
         prepared[form] = sg._prepare(*prep_args)
         ms[form] = _bench(lambda: sg._prepare(*prep_args))
     split, fused = prepared["split"], prepared["fused"]
@@ -79,14 +81,45 @@ def probe(name: str, h: int, length: int, per_sm: list[int]) -> None:
     kp.PROGRAMS_PER_SM = keep
     print("; ".join(line), flush=True)
 
+    # the Q pass alone
+    nq = triton.cdiv(length, sg.BLOCK_Q)
+    q8 = torch.empty(h, length, d, device="cuda", dtype=torch.int8)
+    q_scale, q_pool = torch.empty(h, nq, device="cuda"), torch.empty(h, nq, d, device="cuda")
+    lin_m = (torch.randn(h, d, d, device="cuda") / d).half()
+    fk = torch.rand(h, d, device="cuda") / d
+    olin = torch.empty(h, length, d, device="cuda", dtype=torch.float16)
+    scale, eps = 1.0 / math.sqrt(d), 1e-5 / length
+
+    def split_q() -> None:
+        sg._pool_quant[(nq, h)](
+            q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, bias, olin, k_scale, k_scale,
+            length, nk * bk, h, nq, scale, eps, *q.stride()[:3], *v.stride()[:3],
+            D=d, BLK=sg.BLOCK_Q, SMOOTH=False, DO_POOL=True, V_FP8=False, HAS_LINEAR=True, HAS_BIAS=True,
+            PHI_OUT=False)
+
+    def fused_q() -> None:
+        kp.q_pass(q, lin_m, fk, bias, sg.BLOCK_Q, scale, eps, q8, q_scale, q_pool, olin)
+
+    t_split = _bench(split_q)
+    line = [f"Q pass: split {t_split:.3f} ms"]
+    keep = kp.Q_PROGRAMS_PER_SM
+    for n in q_per_sm:
+        kp.Q_PROGRAMS_PER_SM = n
+        t = _bench(fused_q)
+        line.append(f"fused {n}/SM {t:.3f} ms ({t_split / t:.2f}x; {getattr(kp._q_pass, 'best_config', '?')})")
+    kp.Q_PROGRAMS_PER_SM = keep
+    print("; ".join(line), flush=True)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1.3b,14b")
-    ap.add_argument("--per-sm", default="1,2,3,4", help="fused programs per SM to time")
+    ap.add_argument("--per-sm", default="1,2,3,4", help="fused K pass: programs per SM to time")
+    ap.add_argument("--q-per-sm", default="2,4,8,16", help="fused Q pass: programs per SM to time")
     args = ap.parse_args()
     for name in args.shapes.split(","):
-        probe(name, *SHAPES[name], [int(x) for x in args.per_sm.split(",")])
+        probe(name, *SHAPES[name], [int(x) for x in args.per_sm.split(",")],
+              [int(x) for x in args.q_per_sm.split(",")])
         torch.cuda.empty_cache()
 
 

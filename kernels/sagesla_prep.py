@@ -1,5 +1,6 @@
-"""SageSLA's K pass with the linear branch's reductions inside it (Triton).
+"""SageSLA's preparation passes with the linear branch on, programs looping over blocks (Triton).
 
+**The K pass with the linear branch's reductions inside it.**
 The K pass of `kernels.sagesla._prepare` quantizes the smoothed K per block to int8, pools it for the block
 map and writes V's transposed FP8 copy. With the linear branch on, the split form also wrote phi(K) =
 softmax(K, dim=-1) to memory ([B·H, L, D] in V's dtype) and then ran one batched GEMM, phi(K)ᵀ V, over it:
@@ -13,8 +14,14 @@ sum phi(K_blk) to accumulators it keeps in registers. At the end it writes one [
 per program; the caller sums the programs' partials (deterministic, no atomics). phi(K) never reaches
 memory, and V is read once instead of twice.
 
-`k_pass(...)` launches it; `kernels.sagesla._prepare` uses it where the linear branch is on, unless the worker
-setting `sagesla_kpass` (`TURBOVID_WORKER__SAGESLA_KPASS`) is "split" (the old form, kept for A/B benches;
+**The Q pass with LIN_M loaded once per program.** The split Q pass ran one program per 128-row query block,
+each loading its head's [D, D] LIN_M (32 KB in fp16) before one [BLK, D] × [D, D] product: as many bytes
+of LIN_M as of Q. Here each program takes a run of a head's query blocks, loads LIN_M, sum phi(K) / L and
+proj_l's bias once, and per block does what the split Q pass does (int8 codes with the softmax scale folded
+into the block's scale, the pooled row, the linear branch's output row by row).
+
+`k_pass(...)` and `q_pass(...)` launch them; `kernels.sagesla._prepare` uses both where the linear branch is on,
+unless the worker setting `sagesla_prep` (`TURBOVID_WORKER__SAGESLA_PREP`) is "split" (the old form, kept for A/B benches;
 `kernels/NOTES_sagesla.md`, session 36).
 """
 
@@ -27,13 +34,14 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["KPASS_CHOICES", "KPASS_ENV", "k_pass", "programs_per_head", "use_fused"]
+__all__ = ["PREP_CHOICES", "PREP_ENV", "k_pass", "programs_per_head", "q_pass", "use_fused"]
 
-KPASS_ENV = "TURBOVID_WORKER__SAGESLA_KPASS"  # the worker setting `sagesla_kpass` sets it; read at every call
-KPASS_CHOICES = ("fused", "split")
+PREP_ENV = "TURBOVID_WORKER__SAGESLA_PREP"  # the worker setting `sagesla_prep` sets it; read at every call
+PREP_CHOICES = ("fused", "split")
 # Programs per SM over the whole launch: each keeps a [D, D] fp32 accumulator (64 registers a thread at
 # D = 128 on 8 warps), so only one or two are resident per SM; more programs only add partials to sum.
 PROGRAMS_PER_SM = 2
+Q_PROGRAMS_PER_SM = 4  # the Q pass holds no accumulator across blocks: more programs, fewer LIN_M loads each
 _LOG2E = 1.4426950408889634
 
 
@@ -41,7 +49,7 @@ def use_fused() -> bool:
     """The fused K pass unless the environment asks for the split one (read at every call: A/B benches)."""
     from kernels import env_choice
 
-    return env_choice(KPASS_ENV, KPASS_CHOICES, "fused") == "fused"
+    return env_choice(PREP_ENV, PREP_CHOICES, "fused") == "fused"
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,13 +57,15 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def programs_per_head(n_blocks: int, bh: int, device: torch.device) -> int:
-    """How many programs share one head's key blocks: about PROGRAMS_PER_SM per SM over all B·H heads, at
-    least one block each. On the CPU (the interpreter) two, so tests cover the partial sums and an uneven split."""
+def programs_per_head(n_blocks: int, bh: int, device: torch.device, per_sm: int | None = None) -> int:
+    """How many programs share one head's blocks: about `per_sm` (default PROGRAMS_PER_SM) per SM over all B·H
+    heads, at least one block each. On the CPU (the interpreter) two, so tests cover the partial sums and an uneven
+    split."""
     if device.type != "cuda":
         return min(2, n_blocks)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(n_blocks, triton.cdiv(PROGRAMS_PER_SM * _sm_count(index), bh)))
+    per_sm = PROGRAMS_PER_SM if per_sm is None else per_sm
+    return max(1, min(n_blocks, triton.cdiv(per_sm * _sm_count(index), bh)))
 
 
 @triton.jit
@@ -67,13 +77,14 @@ def _k_pass_kernel(
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     # meta
-    D: tl.constexpr, BLK: tl.constexpr, V_FP8: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, BLK: tl.constexpr, V_FP8: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     """Program (p, bh) takes key blocks [p·blocks_per_prog, (p+1)·blocks_per_prog) of head bh. Per block:
     KQ [BH, L, D] int8 codes of K - MEAN, SCALE [BH, NK] their scale, POOL [BH, NK, D] the mean of the smoothed
     real rows, and with V_FP8 VT [BH, D, L_PAD] = e4m3(V / VSCALE) transposed. Over its blocks:
     KV [BH, P, D, D] fp32 = sum phi(K)ᵀ V and FK [BH, P, D] = sum phi(K) / L, phi = softmax over the head dim
-    of the raw rows (padded rows count zero). IEEE: fp32 operands multiplied in full fp32 (CPU tests)."""
+    of the raw rows (padded rows count zero), rounded to V's dtype. F32_DOT: phi(K)ᵀ V multiplied in full fp32 (fp32
+    operands; and under the interpreter, whose bf16 `tl.dot` gives wrong sums: Triton 3.6 and 3.9)."""
     prog = tl.program_id(0)
     bh = tl.program_id(1)
     n_prog = tl.num_programs(0)
@@ -99,8 +110,9 @@ def _k_pass_kernel(
         e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
         fx = tl.where(valid[:, None], e / tl.sum(e, axis=1)[:, None], 0.0)  # [BLK, D]
         fsum += tl.sum(fx, axis=0)
-        if IEEE:
-            kv = tl.dot(tl.trans(fx), v.to(tl.float32), kv, input_precision="ieee")
+        if F32_DOT:
+            fx32 = fx.to(v.dtype).to(tl.float32)
+            kv = tl.dot(tl.trans(fx32), v.to(tl.float32), kv, input_precision="ieee")
         else:
             kv = tl.dot(tl.trans(fx.to(v.dtype)), v, kv)
         # smoothed int8 codes, one scale, the pooled row
@@ -120,6 +132,53 @@ def _k_pass_kernel(
     tl.store(FK + part * D + offs_d, fsum / L)
 
 
+@triton.jit
+def _q_pass_kernel(
+    # pointers
+    Q, QQ, SCALE, POOL, LIN_M, FKSUM, LIN_B, OLIN,
+    # sizes
+    L, H, n_blocks, blocks_per_prog, scale_mult, lin_eps,
+    stride_qb, stride_qh, stride_ql,
+    # meta
+    D: tl.constexpr, BLK: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Program (p, bh) takes query blocks [p·blocks_per_prog, (p+1)·blocks_per_prog) of head bh. Per block:
+    QQ [BH, L, D] int8 codes, SCALE [BH, NQ] = absmax / 127 · scale_mult, POOL [BH, NQ, D] the mean of the real
+    rows, and OLIN [BH, L, D] fp16 = (phi(q) @ LIN_M) / (lin_eps + phi(q) . FKSUM) (+ LIN_B), phi = softmax over
+    the head dim, with LIN_M [BH, D, D] fp16 and FKSUM [BH, D] read once per program."""
+    prog = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_d = tl.arange(0, D)
+    q_base = Q + b * stride_qb + h * stride_qh
+    lin_m = tl.load(LIN_M + bh * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D, D] fp16
+    fks = tl.load(FKSUM + bh * D + offs_d)  # [D]
+    if HAS_BIAS:
+        lin_b = tl.load(LIN_B + offs_d)  # [D]
+    blk0 = prog * blocks_per_prog
+    blk1 = tl.minimum(blk0 + blocks_per_prog, n_blocks)
+    for blk in range(blk0, blk1):
+        offs_l = blk * BLK + tl.arange(0, BLK)
+        valid = offs_l < L
+        x = tl.load(q_base + offs_l[:, None] * stride_ql + offs_d[None, :], mask=valid[:, None],
+                    other=0.0).to(tl.float32)  # [BLK, D]
+        n_real = tl.minimum(L - blk * BLK, BLK)
+        tl.store(POOL + (bh * n_blocks + blk) * D + offs_d, tl.sum(x, axis=0) / n_real)
+        amax = tl.maximum(tl.max(tl.abs(x)), 1e-8)
+        xq = x * (127.0 / amax)
+        xq = tl.where(xq >= 0, xq + 0.5, xq - 0.5).to(tl.int8)  # round half away from zero
+        tl.store(QQ + bh * L * D + offs_l[:, None] * D + offs_d[None, :], xq, mask=valid[:, None])
+        tl.store(SCALE + bh * n_blocks + blk, amax / 127.0 * scale_mult)
+        e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        fx = e / tl.sum(e, axis=1)[:, None]  # [BLK, D] softmax over the head dim
+        den = tl.sum(fx * fks[None, :], axis=1) + lin_eps  # [BLK]
+        o_l = tl.dot(fx.to(tl.float16), lin_m) / den[:, None]  # [BLK, D]
+        if HAS_BIAS:
+            o_l += lin_b[None, :]
+        tl.store(OLIN + bh * L * D + offs_l[:, None] * D + offs_d[None, :], o_l.to(tl.float16), mask=valid[:, None])
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -130,9 +189,16 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: obj
 
 _k_pass = triton.autotune(
     configs=[triton.Config({}, num_warps=w, num_stages=s) for w, s in ((8, 2), (8, 3), (8, 4))],  # 4 and 16 warps spill
-    key=["D", "BLK", "V_FP8", "IEEE"],
+    key=["D", "BLK", "V_FP8", "F32_DOT"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_k_pass_kernel)
+
+
+_q_pass = triton.autotune(
+    configs=[triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2), (4, 3), (8, 3))],
+    key=["D", "BLK", "HAS_BIAS"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_q_pass_kernel)
 
 
 def k_pass(
@@ -153,6 +219,26 @@ def k_pass(
     _k_pass[(n_prog, BH)](
         k, k_mean, k8, k_scale, k_pool, v, v_scale if fp8 else k_mean, vt if fp8 else k8, kv, fk,
         L, nk * block_k, H, nk, per_prog, *k.stride()[:3], *v.stride()[:3],
-        D=D, BLK=block_k, V_FP8=fp8, IEEE=v.dtype == torch.float32,
+        D=D, BLK=block_k, V_FP8=fp8, F32_DOT=v.dtype == torch.float32 or _interpreting(),
     )
     return kv.sum(1), fk.sum(1)
+
+
+def q_pass(
+    q: torch.Tensor, lin_m: torch.Tensor, fk: torch.Tensor, lin_b: torch.Tensor | None, block_q: int,
+    scale_mult: float, lin_eps: float, q8: torch.Tensor, q_scale: torch.Tensor, q_pool: torch.Tensor,
+    olin: torch.Tensor,
+) -> None:
+    """Fill q8 [BH, L, D], q_scale [BH, NQ] (times scale_mult), q_pool [BH, NQ, D] and the linear branch's olin
+    [BH, L, D] fp16 for q [B, H, L, D] (last dim contiguous), with lin_m [BH, D, D] fp16, fk [BH, D] = sum phi(K) / L
+    and proj_l's bias lin_b [D] fp32 (or None)."""
+    B, H, L, D = q.shape
+    BH, nq = B * H, q_scale.shape[1]
+    n_prog = programs_per_head(nq, BH, q.device, Q_PROGRAMS_PER_SM)
+    per_prog = triton.cdiv(nq, n_prog)
+    n_prog = triton.cdiv(nq, per_prog)
+    _q_pass[(n_prog, BH)](
+        q, q8, q_scale, q_pool, lin_m, fk, lin_b if lin_b is not None else fk, olin,
+        L, H, nq, per_prog, scale_mult, lin_eps, *q.stride()[:3],
+        D=D, BLK=block_q, HAS_BIAS=lin_b is not None,
+    )
