@@ -115,10 +115,6 @@ class WorkerSettings(BaseModel):
     # the softmax (kernels/sagesla_gluon.py; where it covers the call and passed its check at the first call, else
     # Triton's), "triton" the Triton kernel. Read by the kernels too.
     sagesla_kernel: Literal["auto", "gluon", "triton"] = "auto"
-    # SageSLA's K pass with the linear branch on: "fused" sums phi(K)ᵀ V and phi(K) in the pass's registers
-    # (kernels/sagesla_prep.py); "split" writes phi(K) and runs a batched GEMM over it (the form before session
-    # 36, kept for A/B benches). Read by the kernels too.
-    sagesla_prep: Literal["fused", "split"] = "fused"
     # The per-token int8 quantization of activations (the FFN's GELU pass) on Hopper: "auto"/"gluon" the Gluon
     # kernel (kernels/int8_quant_gluon.py; where it holds the row and passed its first-call check, else Triton's),
     # "triton" the Triton kernel. Read by the kernels too.

@@ -317,8 +317,8 @@ def _w8a8_blockq(smem: int) -> Result:
 
 def _sagesla(smem: int) -> Result:
     """SageSLA's fused attention with FP8 P @ V (with and without the linear branch), every config the
-    autotuner keeps at the default blocks, both pool/quant passes (the K pass's FP8 V^T, the Q pass's
-    linear branch), and the fused preparation's K pass (`kernels.sagesla_prep`, no spills) and Q pass."""
+    autotuner keeps at the default blocks, and both pool/quant passes (the K pass's FP8 V^T, the Q pass's
+    linear branch)."""
     from kernels import sagesla as sg
 
     res = Result("sagesla (fp8 P@V, pool/quant passes)")
@@ -347,28 +347,6 @@ def _sagesla(smem: int) -> Result:
                      stride_vh=bf.stride(1), stride_vl=bf.stride(2), D=d, BLK=blk_k if k_pass else blk_q,
                      SMOOTH=k_pass, DO_POOL=True, V_FP8=k_pass, HAS_LINEAR=not k_pass, HAS_BIAS=not k_pass,
                      PHI_OUT=k_pass)
-    # the fused K pass (kernels.sagesla_prep): its [D, D] accumulator must stay in registers, unspilled
-    from kernels import sagesla_prep as kp
-
-    kv, fk = torch.zeros(bh, 2, d, d), torch.zeros(bh, 2, d)
-    for fp8 in (True, False):
-        for cfg in kp._k_pass.configs:
-            before = res.compiled
-            _compile(res, kp._k_pass_kernel, cfg, (2, bh), smem, K=bf, MEAN=f32, KQ=i8, SCALE=scales, POOL=pool,
-                     V=bf, VSCALE=f32, VT=vt, KV=kv, FK=fk, L=length, L_PAD=length, H=2, n_blocks=nk,
-                     blocks_per_prog=2, stride_kb=bf.stride(0), stride_kh=bf.stride(1), stride_kl=bf.stride(2),
-                     stride_vb=bf.stride(0), stride_vh=bf.stride(1), stride_vl=bf.stride(2), D=d, BLK=blk_k,
-                     V_FP8=fp8, F32_DOT=False)
-            if res.compiled > before:
-                spilled, _ = _ptxas_report(_LAST[0].asm["ptx"], 90)
-                if spilled:
-                    res.errors.append(f"fused K pass {cfg} fp8={fp8}: {spilled} bytes of registers spilled")
-    for bias in (True, False):
-        for cfg in kp._q_pass.configs:
-            _compile(res, kp._q_pass_kernel, cfg, (2, bh), smem, Q=bf, QQ=i8, SCALE=scales, POOL=pool,
-                     LIN_M=torch.zeros(bh, d, d, dtype=torch.float16), FKSUM=f32, LIN_B=f32, OLIN=f16, L=length, H=2,
-                     n_blocks=nq, blocks_per_prog=1, scale_mult=1.0, lin_eps=1e-6, stride_qb=bf.stride(0),
-                     stride_qh=bf.stride(1), stride_ql=bf.stride(2), D=d, BLK=blk_q, HAS_BIAS=bias)
     return res
 
 

@@ -497,50 +497,38 @@ def _prepare(
         vt = torch.empty(BH, D, l_pad, device=dev, dtype=torch.float8_e4m3fn)
     else:
         v_scale, vt = k_scale, k8
-    from kernels import sagesla_prep
+    phi_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    phi_k = torch.empty(BH, L, D, device=dev, dtype=phi_dtype) if has_linear else k_scale
+    phi_pool = torch.empty(BH, nk, D, device=dev, dtype=torch.float32) if has_linear else k_scale
+    _pool_quant[(nk, BH)](
+        k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, k_scale, k_scale, k_scale, k_scale, phi_k, phi_pool,
+        L, l_pad, H, nk, 1.0, 0.0, *k.stride()[:3], *v.stride()[:3],
+        D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8, HAS_LINEAR=False, HAS_BIAS=False,
+        PHI_OUT=has_linear,
+    )
 
+    # 4. linear branch constants: phi(K)^T V by one batched GEMM, proj_l folded in per head; numerator
+    #    and denominator both divided by L so LIN_M fits fp16 (eps scaled alike)
     lin_m = fk = lin_b = olin = k_scale
-    fused = has_linear and sagesla_prep.use_fused()
-    if fused:  # phi(K)^T V and sum phi(K) / L inside the K pass (kernels/sagesla_prep.py)
-        kv, fk = sagesla_prep.k_pass(k, v, k_mean, v_scale if pv_fp8 else None, block_k, k8, k_scale, k_pool,
-                                      vt if pv_fp8 else None)
-    else:
-        phi_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        phi_k = torch.empty(BH, L, D, device=dev, dtype=phi_dtype) if has_linear else k_scale
-        phi_pool = torch.empty(BH, nk, D, device=dev, dtype=torch.float32) if has_linear else k_scale
-        _pool_quant[(nk, BH)](
-            k, k_mean, k8, k_scale, k_pool, v, v_scale, vt, k_scale, k_scale, k_scale, k_scale, phi_k, phi_pool,
-            L, l_pad, H, nk, 1.0, 0.0, *k.stride()[:3], *v.stride()[:3],
-            D=D, BLK=block_k, SMOOTH=True, DO_POOL=not dense, V_FP8=pv_fp8, HAS_LINEAR=False, HAS_BIAS=False,
-            PHI_OUT=has_linear,
-        )
-
-    # 4. linear branch constants: phi(K)^T V (split form: one batched GEMM over the stored phi(K)), proj_l folded
-    #    in per head; numerator and denominator both divided by L so LIN_M fits fp16 (eps scaled alike)
     if has_linear:
         assert proj_l_weight is not None
-        if not fused:
-            # v as the model hands it over is a transposed view of [B, L, H, D]: for B = 1 its heads are a batch
-            # of [L, D] matrices with row stride H·D, which the batched GEMM reads in place (reshape would copy)
-            v_heads = v[0] if B == 1 else v.reshape(BH, L, D)
-            kv = torch.bmm(phi_k.transpose(1, 2), v_heads.to(phi_dtype)).float()  # [BH, D, D]
-            fk = phi_pool.sum(1)  # [BH, D] = sum phi(K) / L
+        # v as the model hands it over is a transposed view of [B, L, H, D]: for B = 1 its heads are a batch
+        # of [L, D] matrices with row stride H·D, which the batched GEMM reads in place (reshape would copy)
+        v_heads = v[0] if B == 1 else v.reshape(BH, L, D)
+        kv = torch.bmm(phi_k.transpose(1, 2), v_heads.to(phi_dtype)).float()  # [BH, D, D]
         lin_m = (torch.matmul(kv, proj_l_weight.float().t()) / L).half()  # [BH, D, D]
+        fk = phi_pool.sum(1)  # [BH, D] = sum phi(K) / L
         if proj_l_bias is not None:
             lin_b = proj_l_bias.float().contiguous()
         olin = torch.empty(BH, L, D, device=dev, dtype=torch.float16)
 
     # 5. int8 Q (log2e / sqrt(D) folded into its scale), pooled when sparse, + the whole linear branch
-    if fused:  # programs looping over query blocks, LIN_M loaded once each (kernels/sagesla_prep.py)
-        sagesla_prep.q_pass(q, lin_m, fk, lin_b if proj_l_bias is not None else None, block_q,
-                            _LOG2E / math.sqrt(D), LINEAR_EPS / L, q8, q_scale, q_pool, olin)
-    else:
-        _pool_quant[(nq, BH)](
-            q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin, k_scale, k_scale,
-            L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
-            D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
-            HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, PHI_OUT=False,
-        )
+    _pool_quant[(nq, BH)](
+        q, k_mean, q8, q_scale, q_pool, v, v_scale, vt, lin_m, fk, lin_b, olin, k_scale, k_scale,
+        L, l_pad, H, nq, _LOG2E / math.sqrt(D), LINEAR_EPS / L, *q.stride()[:3], *v.stride()[:3],
+        D=D, BLK=block_q, SMOOTH=False, DO_POOL=not dense, V_FP8=False,
+        HAS_LINEAR=has_linear, HAS_BIAS=has_linear and proj_l_bias is not None, PHI_OUT=False,
+    )
 
     # 6. block map: pooled scores -> top-k key blocks per query block, sorted, compacted int32
     if dense:

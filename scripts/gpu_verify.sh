@@ -161,12 +161,10 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
-#   bash scripts/gpu_verify.sh s36a     one GPU, ~7 min: SageSLA's fused preparation (scripts/prep_probe.py: the whole
-#                                       preparation, the K and Q passes alone, fused vs split), its GPU tests, the 1.3B and 14B DiT
-#                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__SAGESLA_PREP=split,fused)
-#   bash scripts/gpu_verify.sh s36b     one GPU, ~9 min: the A14B I2V 720p worker from a fresh start, 3 jobs, with the fused K
-#                                       pass (its recorded kernel list and autotune choices are the ones to ship), then the
-#                                       same with worker.sagesla_prep=split (A/B on one host); then the 1.3B worker (its list)
+#   bash scripts/gpu_verify.sh s36a     one GPU, ~8 min (ran in session 36, from commit f47e9d5, whose kernels/sagesla_prep.py and
+#                                       scripts/prep_probe.py were then removed: slower): SageSLA's preparation as programs
+#                                       looping over a head's blocks (the K pass summing phi(K)ᵀ V in registers, the Q pass
+#                                       loading LIN_M once) vs the split form, its GPU tests, the 14B and 1.3B DiT A/B
 #   bash scripts/gpu_verify.sh s35d     one GPU, ~3 min: the VAE's GPU tests and the 720p I2V condition's encode (bench_vae --i2v,
 #                                       no fp32 reference) with the final form of the steady encode's frame comparison
 #   bash scripts/gpu_verify.sh s35c     one GPU, ~5 min (ran in session 35): the A14B I2V 720p worker from a fresh start with its own shipped kernel
@@ -996,10 +994,6 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
-elif [ "$mode" = s36b ]; then
-    a14b fused 3 240
-    a14b split 3 170 sagesla_prep=split
-    e2e13 $((535 - SECONDS))
 elif [ "$mode" = s36a ]; then
     timeout 120 python3 scripts/prep_probe.py > "$OUT/logs/prep_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/prep_probe.log" | cut -c1-400 | tail -12

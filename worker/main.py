@@ -98,7 +98,6 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     from kernels.conv3d_igemm import KERNEL_ENV as CONV_KERNEL_ENV
     from kernels.int8_quant import KERNEL_ENV as QUANT_KERNEL_ENV
     from kernels.sagesla import KERNEL_ENV
-    from kernels.sagesla_prep import PREP_ENV
     from kernels.w8a8 import BACKEND_ENV, gemm_kernel
     from kernels.w8a8_blockq import FFN_ENV
     from models.pipeline import load_pipeline
@@ -107,7 +106,6 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     os.environ[BACKEND_ENV] = w.w8a8_backend  # the kernels read it (this process, and the ranks it starts)
     os.environ[FFN_ENV] = w.w8a8_ffn
     os.environ[KERNEL_ENV] = w.sagesla_kernel
-    os.environ[PREP_ENV] = w.sagesla_prep
     os.environ[QUANT_KERNEL_ENV] = w.quant_kernel
     os.environ[CONV_KERNEL_ENV] = w.conv_kernel
     torch_dtype = getattr(torch, dtype)

@@ -51,13 +51,12 @@ def test_misspelled_variables_are_found():
     ("kernels.w8a8", "BACKEND_ENV", "BACKEND_CHOICES", "w8a8_backend", "auto", "triton", "cutlass"),
     ("kernels.w8a8_blockq", "FFN_ENV", "FFN_CHOICES", "w8a8_ffn", "rowq", "blockq", "blockwise"),
     ("kernels.sagesla", "KERNEL_ENV", "KERNEL_CHOICES", "sagesla_kernel", "auto", "triton", "fastest"),
-    ("kernels.sagesla_prep", "PREP_ENV", "PREP_CHOICES", "sagesla_prep", "fused", "split", "fastest"),
     ("kernels.int8_quant", "KERNEL_ENV", "KERNEL_CHOICES", "quant_kernel", "auto", "triton", "cuda"),
     ("kernels.conv3d_igemm", "KERNEL_ENV", "KERNEL_CHOICES", "conv_kernel", "auto", "triton", "cudnn"),
 ])
 def test_kernel_choice_settings_are_validated_and_their_variables_are_known_ones(
         module, env_attr, choices_attr, field, default, other, bad):
-    """worker.w8a8_backend / w8a8_ffn / sagesla_kernel / sagesla_prep / quant_kernel / conv_kernel: the kernels read TURBOVID_WORKER__<NAME> themselves, so the
+    """worker.w8a8_backend / w8a8_ffn / sagesla_kernel / quant_kernel / conv_kernel: the kernels read TURBOVID_WORKER__<NAME> themselves, so the
     variable must be the setting's own name (no unknown-variable warning), the kernels' choices the setting's,
     and a bad value stops the start."""
     import importlib

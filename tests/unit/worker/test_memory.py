@@ -271,22 +271,21 @@ def test_the_worker_hands_its_kernel_choices_to_the_kernels(tmp_path, monkeypatc
     from kernels.conv3d_igemm import KERNEL_ENV as CONV_ENV
     from kernels.int8_quant import KERNEL_ENV as QUANT_ENV
     from kernels.sagesla import KERNEL_ENV as ATTN_ENV
-    from kernels.sagesla_prep import PREP_ENV
     from kernels.w8a8 import BACKEND_ENV
     from kernels.w8a8_blockq import FFN_ENV
     from worker.main import load_model_pipeline
 
-    envs = (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV, CONV_ENV, PREP_ENV)
+    envs = (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV, CONV_ENV)
     for env in envs:
         monkeypatch.delenv(env, raising=False)
     settings = Settings(dev_mode=True, auth={"enabled": False},
                         worker={"model": "wan-tiny", "cache_dir": tmp_path, "quant_kernel": "triton",
                                 "sagesla_kernel": "gluon", "w8a8_backend": "triton", "w8a8_ffn": "blockq",
-                                "conv_kernel": "triton", "sagesla_prep": "split"})
+                                "conv_kernel": "triton"})
     load_model_pipeline(settings, "cpu", "float32")
     import os
 
-    assert [os.environ[e] for e in envs] == ["triton", "gluon", "triton", "blockq", "triton", "split"]
+    assert [os.environ[e] for e in envs] == ["triton", "gluon", "triton", "blockq", "triton"]
 
 
 def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
