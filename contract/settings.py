@@ -123,6 +123,10 @@ class WorkerSettings(BaseModel):
     # input rows serve three taps (kernels/conv3d_gluon.py; where its first-call check passed, else Triton's),
     # "triton" the Triton implicit-GEMM kernel. Read by the kernels too.
     conv_kernel: Literal["auto", "gluon", "triton"] = "auto"
+    # The DiT's fused residual add + LayerNorm + AdaLN modulation on Hopper: "auto"/"gluon" the Gluon kernel (each
+    # piece of a row in a layout of its own, kernels/adaln_gluon.py; where it holds the row and passed its first-call
+    # check, else Triton's), "triton" the Triton kernel. Read by the kernels too.
+    norm_kernel: Literal["auto", "gluon", "triton"] = "auto"
     # "auto": the catalog's solver for the model (rCM for TurboDiffusion checkpoints); "flow" serves
     # original (non-distilled) Wan checkpoints with the 50-step flow-matching solver + CFG.
     solver: Literal["auto", "rcm", "flow"] = "auto"

@@ -423,6 +423,27 @@ def _launch_residual(
     scale = scale if scale.stride(1) == 1 else scale.contiguous()
     if gate is not None and gate.stride(1) != 1:
         gate = gate.contiguous()
+    if config is None and _gluon_runs(x, y, gate, shift, scale, eps, out):
+        from kernels import adaln_gluon
+
+        adaln_gluon.residual_ln_modulate(x, y, gate, shift, scale, eps, x_out, out, qscale)
+        return
+    _launch_residual_triton(x, y, gate, shift, scale, eps, x_out, out, qscale, config)
+
+
+def _launch_residual_triton(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    x_out: torch.Tensor,
+    out: torch.Tensor,
+    qscale: torch.Tensor,
+    config: dict | None = None,
+) -> None:
+    B, L, C = x.shape
     grid = _grid(B, L, x.device)
     kernel = _residual_ln_modulate if config is None else _residual_ln_modulate_kernel
     kernel[grid](
@@ -447,6 +468,85 @@ def _launch_residual(
         OUT_INT8=out.dtype == torch.int8,
         **(config or {}),
     )
+
+
+# Which kernel runs the fused residual pass on Hopper (sm90): "auto" (default) / "gluon" the Gluon kernel
+# (kernels/adaln_gluon.py: each piece of a row in a layout of its own, ~20 instead of ~45 SASS instructions per
+# element) where it holds the row and passed its first-call check (`_check_gluon`); "triton" this module's kernel
+# always. The worker setting `norm_kernel` sets it.
+KERNEL_ENV = "TURBOVID_WORKER__NORM_KERNEL"
+KERNEL_CHOICES = ("auto", "gluon", "triton")
+CHECK_ROWS = 1024  # at most this many of the first call's rows are checked
+# (device index, C, gated, out dtype) -> `_check_gluon`'s answer for that specialization, once per process
+_GLUON_CHECKED: dict[tuple[int, int, bool, torch.dtype], bool] = {}
+
+
+def _gluon_runs(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor,
+                scale: torch.Tensor, eps: float, out: torch.Tensor) -> bool:
+    """Whether this call runs on the Gluon kernel: CUDA, not the interpreter, asked for (not "triton"), a row it holds,
+    and (once per device and specialization, outside a CUDA graph capture) `_check_gluon` on this call's rows."""
+    import os  # here, not at the top: a line there would move every kernel of this file and change its Triton hash
+
+    if not x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    from kernels import adaln_gluon, checked_once, env_choice
+    from kernels.w8a8 import _device_index
+
+    C = x.shape[-1]
+    if env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto") == "triton" or not adaln_gluon.supported(C):
+        return False
+    key = (_device_index(x.device), C, gate is not None, out.dtype)
+    return checked_once(_GLUON_CHECKED, key, lambda: _check_gluon(x, y, gate, shift, scale, eps, out.dtype))
+
+
+def kernel_in_use(device_index: int) -> str:
+    """Which kernel this process's fused residual norms on the device took once they ran: "gluon" (every
+    specialization passed its check), "mixed" or "triton" (see `kernels.checked_kernel`)."""
+    from kernels import checked_kernel
+
+    return checked_kernel(_GLUON_CHECKED, device_index)
+
+
+def _check_gluon(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor,
+                 scale: torch.Tensor, eps: float, out_dtype: torch.dtype) -> bool:
+    """A Hopper GPU, Triton's Gluon API, and on the first call's own rows (the first CHECK_ROWS of its first batch
+    element): the Gluon kernel's x' equal to the Triton kernel's, and its output close to it: int8 scales within
+    1e-5 and codes within one, at most 1 % differing (the two round ties differently and reduce in another order);
+    bf16/fp within 1e-2. Otherwise the Triton kernel, with the reason logged."""
+    import logging
+
+    from kernels import adaln_gluon, env_choice
+
+    log = logging.getLogger(__name__)
+    if torch.cuda.get_device_capability(x.device) != (9, 0) or not adaln_gluon.available():
+        return False
+    m = min(CHECK_ROWS, x.shape[1])
+    xs, ys = x[:1, :m].contiguous(), y[:1, :m].contiguous()
+    g, sh, sc = (None if gate is None else gate[:1]), shift[:1], scale[:1]
+    try:
+        got = [torch.empty_like(xs), torch.empty(xs.shape, dtype=out_dtype, device=x.device),
+               torch.empty(m, device=x.device)]
+        want = [torch.empty_like(t) for t in got]
+        adaln_gluon.residual_ln_modulate(xs, ys, g, sh, sc, eps, *got)
+        _launch_residual_triton(xs, ys, g, sh, sc, eps, *want)
+        same_x = bool(torch.equal(got[0], want[0]))
+        if out_dtype == torch.int8:
+            diff = (got[1].to(torch.int16) - want[1].to(torch.int16)).abs()
+            close = (bool(torch.allclose(got[2], want[2], rtol=1e-5, atol=0)) and int(diff.max()) <= 1
+                     and float((diff > 0).float().mean()) <= 0.01)
+        else:
+            close = bool(torch.allclose(got[1].float(), want[1].float(), rtol=1e-2, atol=1e-2))
+        if same_x and close:
+            log.info("residual norms on cuda:%d, C=%d: the Gluon kernel (%s=%s)", x.device.index or 0,
+                     x.shape[-1], KERNEL_ENV, env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto"))
+            return True
+        log.warning("the Gluon residual norm (C=%d, %s out) differs from the Triton kernel's on this Triton %s "
+                    "(x' %s, output %s): using the Triton kernel", x.shape[-1], out_dtype, triton.__version__,
+                    "equal" if same_x else "differs", "close" if close else "differs")
+    except Exception as exc:  # noqa: BLE001 - any failure means: the Triton kernel
+        log.warning("the Gluon residual norm does not run on this Triton %s (%s): using the Triton kernel",
+                    triton.__version__, f"{type(exc).__name__}: {str(exc)[:200]}")
+    return False
 
 
 # 4. public wrappers (torch.library ops with fake impls) ----------------------------------------------

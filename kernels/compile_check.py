@@ -430,6 +430,41 @@ def _int8_quant_gluon(smem: int) -> Result:
     return res
 
 
+def _adaln_gluon(smem: int) -> Result:
+    """The Gluon residual add + LayerNorm + modulation (`kernels.adaln_gluon`) at the Wan widths (1536, 5120) and a
+    padded one, gated and not, int8 and bf16 out: it must compile, spill nothing, and round without a float-to-int
+    conversion (`cvt.r*i`)."""
+    import re
+
+    from kernels import adaln_gluon as ag
+
+    res = Result("adaln_gluon residual LayerNorm + modulate (pieces in their own layouts)")
+    if not ag.available():
+        res.errors.append(f"this Triton {triton.__version__} has no Gluon")
+        return res
+    for c, gate, int8 in ((5120, True, True), (5120, False, False), (1536, True, True), (1536, True, False),
+                          (300, False, True)):
+        meta = ag.launch_meta(c)
+        x = torch.zeros(1, 4, c)
+        y = torch.zeros(1, 4, c, dtype=torch.bfloat16)
+        vec = torch.zeros(1, c)
+        out = torch.zeros(1, 4, c, dtype=torch.int8 if int8 else torch.bfloat16)
+        _LAST[0] = None  # set again only if this process compiles this call (see `run`'s shards)
+        errors = len(res.errors)
+        _compile(res, ag._residual_ln_modulate_kernel, meta, (1, 1), smem, x_ptr=x, y_ptr=y, gate_ptr=vec,
+                 xo_ptr=x, shift_ptr=vec, scale_ptr=vec, out_ptr=out, qscale_ptr=torch.zeros(4), L=4, C=c,
+                 stride_gate_b=c, stride_shift_b=c, stride_scale_b=c, eps=1e-6, HAS_GATE=gate, OUT_INT8=int8)
+        if _LAST[0] is None or len(res.errors) > errors:
+            continue
+        ptx = _LAST[0].asm["ptx"]
+        if re.search(r"cvt\.r[nz]i\.s(8|16|32)\.f32", ptx):
+            res.errors.append(f"C={c}: a float-to-int cvt in the PTX")
+        spilled, _ = _ptxas_report(ptx, 90)
+        if spilled:
+            res.errors.append(f"C={c} gate={gate} int8={int8}: {spilled} bytes of registers spilled")
+    return res
+
+
 def _softmax_rows(smem: int) -> Result:
     """The VAE attention's softmax at 480p and 720p rows (6,240 and 14,400 keys) and the longest row."""
     from kernels import softmax_rows as sm
@@ -489,6 +524,7 @@ CASES: dict[str, Callable[[int], Result]] = {
     "sagesla_gluon": _sagesla_gluon,
     "int8_quant": _int8_quant,
     "int8_quant_gluon": _int8_quant_gluon,
+    "adaln_gluon": _adaln_gluon,
     "softmax_rows": _softmax_rows,
     "row_norms": _row_norms,
 }

@@ -161,6 +161,9 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s36c     one GPU, ~8 min: the Gluon residual norm (kernels/adaln_gluon.py): scripts/norm_probe.py
+#                                       (Triton vs Gluon at the 1.3B / 14B shapes), its GPU tests, then the 14B and 1.3B DiT
+#                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__NORM_KERNEL=triton,auto)
 #   bash scripts/gpu_verify.sh s36a     one GPU, ~8 min (ran in session 36, from commit f47e9d5, whose kernels/sagesla_prep.py and
 #                                       scripts/prep_probe.py were then removed: slower): SageSLA's preparation as programs
 #                                       looping over a head's blocks (the K pass summing phi(K)ᵀ V in registers, the Q pass
@@ -994,6 +997,19 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s36c ]; then
+    timeout 90 python3 scripts/norm_probe.py > "$OUT/logs/norm_probe.log" 2>&1
+    grep -v "Warn\|warn" "$OUT/logs/norm_probe.log" | cut -c1-700 | tail -8
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 90 --tb=short -m gpu \
+        tests/unit/kernels/test_adaln_gluon.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
+    for size in 14b 1.3b; do
+        timeout $([ $size = 14b ] && echo 220 || echo 110) python3 -m models.bench_dit --sizes $size --reps 2 --no-checks \
+            --no-floor --graphs --variants sagesla/w8a8/fused --ab-env TURBOVID_WORKER__NORM_KERNEL=triton,auto \
+            > "$OUT/logs/ab-$size.log" 2>&1
+        echo "== $size DiT per NFE, residual norm kernel A/B"; grep -E "^\{|rror|Gluon residual" "$OUT/logs/ab-$size.log" \
+            | cut -c1-220 | tail -6
+    done
 elif [ "$mode" = s36a ]; then
     timeout 120 python3 scripts/prep_probe.py > "$OUT/logs/prep_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/prep_probe.log" | cut -c1-400 | tail -12

@@ -95,6 +95,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     memory budget wants (worker/memory.py: `worker.gpu_memory_gb`, else the device's own memory)."""
     import torch
 
+    from kernels.adaln import KERNEL_ENV as NORM_KERNEL_ENV
     from kernels.conv3d_igemm import KERNEL_ENV as CONV_KERNEL_ENV
     from kernels.int8_quant import KERNEL_ENV as QUANT_KERNEL_ENV
     from kernels.sagesla import KERNEL_ENV
@@ -108,6 +109,7 @@ def load_model_pipeline(settings: Settings, device: str, dtype: str) -> Pipeline
     os.environ[KERNEL_ENV] = w.sagesla_kernel
     os.environ[QUANT_KERNEL_ENV] = w.quant_kernel
     os.environ[CONV_KERNEL_ENV] = w.conv_kernel
+    os.environ[NORM_KERNEL_ENV] = w.norm_kernel
     torch_dtype = getattr(torch, dtype)
     cuda = device.startswith("cuda")
     device_gib = torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None
@@ -147,7 +149,8 @@ def offloads(pipeline: Any) -> list[str]:
 def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
     """Which implementation runs each fast-path op in this process once warm, as /v1/models shows it, so that a
     fallback to the slower kernels is visible (e.g. a Triton upgrade whose Gluon kernels fail their first-call
-    checks): "gemm" gluon | triton-tma | portable and "quant" gluon | mixed | triton (W8A8), "attention" gluon |
+    checks): "gemm" gluon | triton-tma | portable, "quant" gluon | mixed | triton and "norm" gluon | mixed | triton
+    (W8A8: the activation quantization, the fused residual norms), "attention" gluon |
     triton (SageSLA), "conv" gluon | mixed | triton (the VAE's 96- and 192-channel convs, sm90+). Empty on the CPU
     and for a ranked worker (its ranks run the kernels); call it after the warm-up, which makes the kernels'
     choices."""
@@ -161,10 +164,11 @@ def kernels_in_use(pipeline: Any, device: str) -> dict[str, str]:
     index = _device_index(dev)
     out: dict[str, str] = {}
     if pipeline.linear == "w8a8":
-        from kernels import int8_quant, w8a8
+        from kernels import adaln, int8_quant, w8a8
 
         out["gemm"] = w8a8.gemm_kernel(dev)
         out["quant"] = int8_quant.kernel_in_use(index)
+        out["norm"] = adaln.kernel_in_use(index)
     if pipeline.attention == "sagesla":
         from kernels import sagesla
 

@@ -53,6 +53,7 @@ def test_misspelled_variables_are_found():
     ("kernels.sagesla", "KERNEL_ENV", "KERNEL_CHOICES", "sagesla_kernel", "auto", "triton", "fastest"),
     ("kernels.int8_quant", "KERNEL_ENV", "KERNEL_CHOICES", "quant_kernel", "auto", "triton", "cuda"),
     ("kernels.conv3d_igemm", "KERNEL_ENV", "KERNEL_CHOICES", "conv_kernel", "auto", "triton", "cudnn"),
+    ("kernels.adaln", "KERNEL_ENV", "KERNEL_CHOICES", "norm_kernel", "auto", "triton", "cuda"),
 ])
 def test_kernel_choice_settings_are_validated_and_their_variables_are_known_ones(
         module, env_attr, choices_attr, field, default, other, bad):

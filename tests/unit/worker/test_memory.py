@@ -268,6 +268,7 @@ def test_memory_plan_command_prints_the_plan_and_says_if_it_fits(tiny_dir, tmp_p
 def test_the_worker_hands_its_kernel_choices_to_the_kernels(tmp_path, monkeypatch):
     # the kernels read TURBOVID_WORKER__<NAME> at each call (so the ranks a worker starts follow it too): loading
     # the pipeline sets each from the worker's settings
+    from kernels.adaln import KERNEL_ENV as NORM_ENV
     from kernels.conv3d_igemm import KERNEL_ENV as CONV_ENV
     from kernels.int8_quant import KERNEL_ENV as QUANT_ENV
     from kernels.sagesla import KERNEL_ENV as ATTN_ENV
@@ -275,30 +276,36 @@ def test_the_worker_hands_its_kernel_choices_to_the_kernels(tmp_path, monkeypatc
     from kernels.w8a8_blockq import FFN_ENV
     from worker.main import load_model_pipeline
 
-    envs = (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV, CONV_ENV)
+    envs = (QUANT_ENV, ATTN_ENV, BACKEND_ENV, FFN_ENV, CONV_ENV, NORM_ENV)
     for env in envs:
         monkeypatch.delenv(env, raising=False)
     settings = Settings(dev_mode=True, auth={"enabled": False},
                         worker={"model": "wan-tiny", "cache_dir": tmp_path, "quant_kernel": "triton",
                                 "sagesla_kernel": "gluon", "w8a8_backend": "triton", "w8a8_ffn": "blockq",
-                                "conv_kernel": "triton"})
+                                "conv_kernel": "triton", "norm_kernel": "triton"})
     load_model_pipeline(settings, "cpu", "float32")
     import os
 
-    assert [os.environ[e] for e in envs] == ["triton", "gluon", "triton", "blockq", "triton"]
+    assert [os.environ[e] for e in envs] == ["triton", "gluon", "triton", "blockq", "triton", "triton"]
 
 
 def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
     # what /v1/models shows per worker pool: the kernels' own answers after the warm-up's first calls
     from types import SimpleNamespace
 
-    from kernels import conv3d_igemm, int8_quant, sagesla, w8a8
+    import torch
+
+    from kernels import adaln, conv3d_igemm, int8_quant, sagesla, w8a8
     from worker.main import kernels_in_use
 
     assert kernels_in_use(SimpleNamespace(linear="w8a8", attention="sagesla"), "cpu") == {}
     monkeypatch.setattr(int8_quant, "_GLUON_CHECKED", {(0, True, 8960): True, (0, False, 5120): True,
                                                        (1, True, 8960): False})
     monkeypatch.setattr(sagesla, "_GLUON_CHECKED", {0: True, 1: False})
+    # the fused residual norms: per (device, C, gated, out dtype)
+    monkeypatch.setattr(adaln, "_GLUON_CHECKED", {(0, 5120, True, torch.int8): True, (0, 5120, False, torch.bfloat16): True,
+                                                  (1, 1536, True, torch.int8): True, (1, 1536, False, torch.bfloat16): False})
+    assert adaln.kernel_in_use(0) == "gluon" and adaln.kernel_in_use(1) == "mixed" and adaln.kernel_in_use(2) == "triton"
     monkeypatch.setattr(w8a8, "gemm_kernel", lambda device: f"gluon on {device}")
     assert int8_quant.kernel_in_use(0) == "gluon" and int8_quant.kernel_in_use(1) == "triton"
     assert int8_quant.kernel_in_use(2) == "triton"  # never checked there: the Triton kernel ran
@@ -314,7 +321,8 @@ def test_kernels_in_use_reports_each_fast_path_ops_kernel(monkeypatch):
     assert conv3d_igemm.kernel_in_use(3) == "triton"
     monkeypatch.setattr(conv3d_igemm, "available", lambda device: False)  # a pre-Hopper GPU: cuDNN convs
     fast = SimpleNamespace(linear="w8a8", attention="sagesla")
-    assert kernels_in_use(fast, "cuda:1") == {"gemm": "gluon on cuda:1", "quant": "triton", "attention": "triton"}
+    assert kernels_in_use(fast, "cuda:1") == {"gemm": "gluon on cuda:1", "quant": "triton", "norm": "mixed",
+                                              "attention": "triton"}
     assert kernels_in_use(SimpleNamespace(linear="native", attention="dense"), "cuda:0") == {}
     monkeypatch.setattr(conv3d_igemm, "available", lambda device: str(device) == "cuda:1")
     igemm = SimpleNamespace(conv_impl="igemm")
