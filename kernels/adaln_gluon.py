@@ -39,7 +39,7 @@ LANES = 256  # the narrowest piece
 MAX_PIECES = 3
 MAX_C = 6144  # a row held in registers with its three modulation vectors (checked for spills up to 5120)
 NUM_WARPS = 4
-ROW_VALUES = 6144  # values of a program's rows: ~48 per thread of 4 warps
+ROW_VALUES = 4096  # values of a program's rows: ~32 per thread of 4 warps (at 1536: two rows; see `launch_meta`)
 
 
 def available() -> bool:
@@ -62,10 +62,13 @@ def supported(c: int) -> bool:
 
 def launch_meta(c: int, num_warps: int | None = None, block_m: int | None = None) -> dict[str, int]:
     """The kernel's constexprs for rows of C (also `kernels.compile_check`'s): NUM_WARPS warps, and rows per program
-    so that a thread holds ~40-48 values (C = 5120: one row; 1536: four). Offline sm_90 SASS per element and thread
-    (session 36): 19.4 instructions at C = 5120 with 4 warps and one row, 23.0 with 8 warps and two, 27.2 with 8 and
-    one; 25.2 at 1536 with 4 warps and 4 rows; the Triton kernel's 42-46 at 5120. `num_warps` / `block_m` override
-    them (measuring)."""
+    so that a thread holds ~24-40 values (C = 5120: one row; 1536: two). Measured on the H200 (scripts/norm_probe.py,
+    session 36, µs per call against the Triton kernel's):
+    - 75600 × 5120, gated / plain, int8 out: 4 warps × 1 row 1074 / 1072 (Triton 1375 / 1376, 1.28×); 8 × 1 1077 /
+      1048; 8 × 2 1284 / 1087; 4 × 2 1094 / 1069;
+    - 32760 × 1536, gated int8 / plain int8 / gated bf16: 4 × 2 146 / 139 / 150 (Triton 172 / 154 / 150); 4 × 4
+      144 / 169 / 160; 4 × 8 153 / 153 / 171; 8 × 4 196 / 181 / 154.
+    `num_warps` / `block_m` override them (measuring)."""
     num_warps = num_warps or NUM_WARPS
     if block_m is None:
         block_m = 1

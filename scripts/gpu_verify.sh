@@ -161,6 +161,8 @@
 #                                       1.3B DiT per NFE with the Triton kernel and two Gluon forms, alternately
 #   bash scripts/gpu_verify.sh s31e     one GPU, ~3 min: the Gluon attention as kept (2 slots, no ping-pong): its GPU tests, then
 #                                       scripts/attn_probe.py at the 1.3B shape
+#   bash scripts/gpu_verify.sh s36d     one GPU, ~4 min: the Gluon residual norm's GPU tests (s36c's were cut after 10 of 13), then
+#                                       the 1.3B DiT per NFE A/B with the default of two 1536 rows per program
 #   bash scripts/gpu_verify.sh s36c     one GPU, ~8 min: the Gluon residual norm (kernels/adaln_gluon.py): scripts/norm_probe.py
 #                                       (Triton vs Gluon at the 1.3B / 14B shapes), its GPU tests, then the 14B and 1.3B DiT
 #                                       per NFE A/B (bench_dit --graphs --ab-env TURBOVID_WORKER__NORM_KERNEL=triton,auto)
@@ -997,6 +999,13 @@ elif [ "$mode" = s31e ]; then
     gluon_attn_tests 130
     timeout 60 python3 scripts/attn_probe.py --shapes 1.3b --cache /tmp/probe-cache > "$OUT/logs/probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/probe.log" | tail -8
+elif [ "$mode" = s36d ]; then
+    timeout 110 python3 -m pytest -q -p no:cacheprovider --timeout 100 --tb=short -m gpu \
+        tests/unit/kernels/test_adaln_gluon.py > "$OUT/logs/tests.log" 2>&1
+    grep -E "^FAILED|passed|failed|Timeout|^E  " "$OUT/logs/tests.log" | cut -c1-260 | head -16
+    timeout $((250 - SECONDS)) python3 -m models.bench_dit --sizes 1.3b --reps 2 --no-checks --no-floor --graphs \
+        --variants sagesla/w8a8/fused --ab-env TURBOVID_WORKER__NORM_KERNEL=triton,auto > "$OUT/logs/ab-1.3b.log" 2>&1
+    echo "== 1.3b DiT per NFE, residual norm kernel A/B"; grep -E "^\{|rror" "$OUT/logs/ab-1.3b.log" | cut -c1-220 | tail -6
 elif [ "$mode" = s36c ]; then
     timeout 90 python3 scripts/norm_probe.py > "$OUT/logs/norm_probe.log" 2>&1
     grep -v "Warn\|warn" "$OUT/logs/norm_probe.log" | cut -c1-700 | tail -8

@@ -20,8 +20,8 @@ def test_rows_are_cut_into_power_of_two_pieces() -> None:
     assert not ag.supported(256 + 512 + 1024 + 4096)  # four pieces
 
 
-def test_launch_meta_holds_about_48_values_a_thread() -> None:
-    for c, rows in ((5120, 1), (1536, 4), (3072, 2), (300, 8)):
+def test_launch_meta_holds_one_5120_row_or_two_1536_rows_per_program() -> None:
+    for c, rows in ((5120, 1), (1536, 2), (3072, 1), (300, 8)):
         meta = ag.launch_meta(c)
         assert meta["BLOCK_M"] == rows and meta["num_warps"] == ag.NUM_WARPS, c
         assert sum(meta[p] for p in ("P0", "P1", "P2")) >= c
