@@ -400,8 +400,6 @@ def _int8_quant_gluon(smem: int) -> Result:
     """The Gluon activation quantization at the Wan widths (GELU at the FFN-down inputs) and a padded one: it
     must compile, spill nothing, run the GELU's tanh once per element a thread holds (the Triton kernel's
     layouts made it twice) and round without a float-to-int conversion (`cvt.r*i`)."""
-    import re
-
     from kernels import int8_quant_gluon as iqg
 
     res = Result("int8_quant_gluon activation pass (pieces in their own layouts, no F2I)")
@@ -422,20 +420,26 @@ def _int8_quant_gluon(smem: int) -> Result:
         tanh = ptx.count("tanh.approx.f32")
         if tanh != (held if gelu else 0):
             res.errors.append(f"K={k}: {tanh} tanh.approx for {held} elements per thread")
-        if re.search(r"cvt\.r[nz]i\.s(8|16|32)\.f32", ptx):
-            res.errors.append(f"K={k}: a float-to-int cvt in the PTX")
-        spilled, _ = _ptxas_report(ptx, 90)
-        if spilled:
-            res.errors.append(f"K={k}: {spilled} bytes of registers spilled")
+        _check_rounding_and_spills(res, f"K={k}", ptx)
     return res
+
+
+def _check_rounding_and_spills(res: Result, name: str, ptx: str) -> None:
+    """What a Gluon row kernel's sm_90 compile must show: codes rounded by an FFMA, not a float-to-int conversion
+    (`cvt.r*i`, on the quarter-rate pipe), and no spilled registers."""
+    import re
+
+    if re.search(r"cvt\.r[nz]i\.s(8|16|32)\.f32", ptx):
+        res.errors.append(f"{name}: a float-to-int cvt in the PTX")
+    spilled, _ = _ptxas_report(ptx, 90)
+    if spilled:
+        res.errors.append(f"{name}: {spilled} bytes of registers spilled")
 
 
 def _adaln_gluon(smem: int) -> Result:
     """The Gluon residual add + LayerNorm + modulation (`kernels.adaln_gluon`) at the Wan widths (1536, 5120) and a
     padded one, gated and not, int8 and bf16 out: it must compile, spill nothing, and round without a float-to-int
     conversion (`cvt.r*i`)."""
-    import re
-
     from kernels import adaln_gluon as ag
 
     res = Result("adaln_gluon residual LayerNorm + modulate (pieces in their own layouts)")
@@ -456,12 +460,7 @@ def _adaln_gluon(smem: int) -> Result:
                  stride_gate_b=c, stride_shift_b=c, stride_scale_b=c, eps=1e-6, HAS_GATE=gate, OUT_INT8=int8)
         if _LAST[0] is None or len(res.errors) > errors:
             continue
-        ptx = _LAST[0].asm["ptx"]
-        if re.search(r"cvt\.r[nz]i\.s(8|16|32)\.f32", ptx):
-            res.errors.append(f"C={c}: a float-to-int cvt in the PTX")
-        spilled, _ = _ptxas_report(ptx, 90)
-        if spilled:
-            res.errors.append(f"C={c} gate={gate} int8={int8}: {spilled} bytes of registers spilled")
+        _check_rounding_and_spills(res, f"C={c} gate={gate} int8={int8}", _LAST[0].asm["ptx"])
     return res
 
 
