@@ -4,7 +4,7 @@ registers as power-of-two pieces, each in a layout of its own.
 
 Why: the Triton kernel (`adaln._residual_ln_modulate_kernel`) is issue-bound, not memory-bound. At the 14B's shape
 (75600 tokens × 5120, fp32 stream, int8 out) it moves 4.26 GB in 1.36 ms, 73 % of copy bandwidth, and its sm_90
-SASS holds ~37 instructions per element (`kernels/NOTES_norms.md`): masked lanes of the 8192-wide padded row, the
+SASS holds 42-46 instructions per element (`kernels/NOTES_norms.md`, session 36): masked lanes of the 8192-wide padded row, the
 per-row shift / scale / gate gathers of the straight-line form, index math, layout conversions between the
 reductions and the stores. The DiT runs it three times per block (the self-attention's residual into norm3, the
 cross-attention's into norm2, the FFN's into the next block's norm1): ~0.16 s per 14B NFE.
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.int8_quant_gluon import pieces  # the same power-of-two pieces of a row, at least 256 wide
+
 try:  # Gluon (Triton >= 3.5)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -35,7 +37,6 @@ except ImportError:  # pragma: no cover - older Triton
 
 __all__ = ["available", "launch_meta", "pieces", "residual_ln_modulate", "supported"]
 
-LANES = 256  # the narrowest piece
 MAX_PIECES = 3
 MAX_C = 6144  # a row held in registers with its three modulation vectors (checked for spills up to 5120)
 NUM_WARPS = 4
@@ -44,15 +45,6 @@ ROW_VALUES = 4096  # values of a program's rows: ~32 per thread of 4 warps (at 1
 
 def available() -> bool:
     return _HAVE_GLUON
-
-
-def pieces(c: int) -> tuple[int, ...]:
-    """C as power-of-two pieces of at least LANES, largest first (a rest below LANES padded into one LANES-wide
-    piece): 5120 -> (4096, 1024), 1536 -> (1024, 512), 3072 -> (2048, 1024), 100 -> (256,)."""
-    out = [1 << b for b in range(c.bit_length() - 1, -1, -1) if c & (1 << b) and (1 << b) >= LANES]
-    if c % LANES:
-        out.append(LANES)
-    return tuple(out)
 
 
 def supported(c: int) -> bool:

@@ -18,7 +18,7 @@ import torch
 from triton.testing import do_bench
 
 SHAPES = {"1.3b": (32760, 1536), "14b": (75600, 5120)}  # tokens, channels (480p / 720p, 81 frames)
-VARIANTS = {1536: [(4, 2), (4, 8), (8, 4)], 5120: [(8, 1), (8, 2), (4, 2)]}  # (warps, rows) besides the default
+VARIANTS = {1536: [(4, 4), (4, 8), (8, 4)], 5120: [(8, 1), (8, 2), (4, 2)]}  # (warps, rows) besides the default
 
 
 def probe(name: str, L: int, C: int) -> None:
